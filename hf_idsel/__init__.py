@@ -1,0 +1,73 @@
+"""hf_idsel: diversity-centric instruction data selection for Hugging Face datasets and TRL.
+
+Implements "Diversify and Conquer" (Yu et al., arXiv 2409.11378): embed every instruction, cluster
+with k-means, draw a diverse subset cluster by cluster (kMQ).
+
+    import hf_idsel
+    subset = pool.diverse_select(budget=1000)          # any datasets.Dataset
+    subset = hf_idsel.diverse_select(pool, budget=0.1)  # the same, as a function
+"""
+
+import warnings
+
+import datasets
+
+from .errors import (
+    IdselError,
+    InvalidArgumentError,
+    MethodConflictError,
+    MissingDependencyError,
+    SelectionMismatchError,
+)
+from .manifest import Manifest
+from .pool import load_builtin_pool
+from .quality import score_quality
+from .select import SelectionPlan, diverse_select, load_selection
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IdselError",
+    "InvalidArgumentError",
+    "Manifest",
+    "MethodConflictError",
+    "MissingDependencyError",
+    "SelectionMismatchError",
+    "SelectionPlan",
+    "diverse_select",
+    "install_dataset_method",
+    "load_builtin_pool",
+    "load_selection",
+    "score_quality",
+]
+
+
+def _dataset_method(self, budget=None, **kwargs):
+    return diverse_select(self, budget, **kwargs)
+
+
+_dataset_method.__doc__ = diverse_select.__doc__
+_dataset_method.__hf_idsel__ = True
+
+
+def install_dataset_method() -> None:
+    """Add `diverse_select` to `datasets.Dataset` and `DatasetDict`, unless someone else already did.
+
+    Raises [`MethodConflictError`] when another package defined the method; `import hf_idsel`
+    turns that into a warning so the function form keeps working.
+    """
+    for cls in (datasets.Dataset, datasets.DatasetDict):
+        existing = getattr(cls, "diverse_select", None)
+        if existing is not None and not getattr(existing, "__hf_idsel__", False):
+            raise MethodConflictError(
+                f"`{cls.__name__}.diverse_select` is already defined by {getattr(existing, '__module__', '?')}; "
+                "hf_idsel will not overwrite it. Call `hf_idsel.diverse_select(dataset, ...)` instead, "
+                "or uninstall the other package."
+            )
+        cls.diverse_select = _dataset_method
+
+
+try:
+    install_dataset_method()
+except MethodConflictError as conflict:
+    warnings.warn(str(conflict), RuntimeWarning, stacklevel=2)

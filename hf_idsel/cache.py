@@ -1,0 +1,115 @@
+"""Cache per-row results (embeddings, quality scores) through datasets' own fingerprint mechanism.
+
+A result is keyed by a fingerprint we build ourselves from the pool's `_fingerprint` and every
+option that changes the result, and stored as an Arrow file under datasets' cache folder, so a
+second identical call reads the file instead of running the model again. In-memory pools have no
+cache folder of their own, hence one fixed folder for all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable
+
+import datasets
+from datasets.fingerprint import Hasher
+
+logger = logging.getLogger(__name__)
+
+# Bump when the content of cached results changes meaning, so old files are not reused.
+CACHE_VERSION = "hf_idsel-cache-1"
+
+
+def fingerprint(*parts) -> str:
+    """Hash `parts` (JSON-like values) together with the cache version into a fingerprint."""
+    return Hasher.hash([CACHE_VERSION, *parts])
+
+
+def cache_dir(directory: str | None = None) -> str:
+    """Folder for hf_idsel's cached Arrow files: `directory` or `HF_DATASETS_CACHE/hf_idsel`."""
+    return directory or os.path.join(str(datasets.config.HF_DATASETS_CACHE), "hf_idsel")
+
+
+def cached_map(
+    dataset: datasets.Dataset,
+    function: Callable[[dict], dict],
+    *,
+    kind: str,
+    key: str,
+    batch_size: int,
+    desc: str,
+    directory: str | None = None,
+    input_columns: list[str] | None = None,
+) -> datasets.Dataset:
+    """Run a batched `function` over `dataset` once per `key`; return only the new columns.
+
+    Args:
+        dataset (`datasets.Dataset`):
+            The rows to process.
+        function (`Callable`):
+            Batched map function returning the new columns.
+        kind (`str`):
+            Name of the result, used in the file name (`"embeddings"`, `"quality"`).
+        key (`str`):
+            Fingerprint of everything the result depends on (see [`fingerprint`]).
+        batch_size (`int`):
+            Rows per `map` batch (each is one Arrow write).
+        desc (`str`):
+            Progress bar label.
+        directory (`str`, *optional*):
+            Cache folder; defaults to [`cache_dir`].
+        input_columns (`list[str]`, *optional*):
+            Columns `function` reads; the others are not materialised.
+    """
+    use_cache = datasets.is_caching_enabled()
+    path = None
+    if use_cache:
+        folder = cache_dir(directory)
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{kind}-{key}.arrow")
+        if os.path.exists(path):
+            logger.info("Loaded %s from cache %s", kind, path)
+            return datasets.Dataset.from_file(path)
+    source = dataset.select_columns(input_columns) if input_columns else dataset
+    return source.map(
+        function,
+        batched=True,
+        batch_size=batch_size,
+        remove_columns=source.column_names,
+        new_fingerprint=key,
+        cache_file_name=path,
+        load_from_cache_file=use_cache,
+        desc=desc,
+    )
+
+
+def folder_revision(path: str) -> str:
+    """A revision string for a local model folder: hash of its files' names, sizes and mtimes."""
+    entries = []
+    for root, _, files in os.walk(path):
+        for name in sorted(files):
+            stat = os.stat(os.path.join(root, name))
+            entries.append((os.path.relpath(os.path.join(root, name), path), stat.st_size, stat.st_mtime_ns))
+    return "local-" + Hasher.hash(sorted(entries))
+
+
+def hub_revision(repo_id: str, revision: str | None = None) -> str:
+    """The commit hash of a Hub model already in the local cache, or `revision`/"unknown" offline."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = snapshot_download(repo_id, revision=revision, local_files_only=True)
+    except Exception:  # not cached locally: the loader will raise its own, clearer error
+        return revision or "unknown"
+    return os.path.basename(os.path.normpath(path))
+
+
+def parameter_checksum(module) -> str:
+    """A cheap checksum of a torch module's weights, so an edited in-memory model misses the cache."""
+    import torch
+
+    with torch.no_grad():
+        total = sum(float(p.detach().double().abs().sum()) for p in module.parameters())
+        count = sum(p.numel() for p in module.parameters())
+    return f"params-{count}-{total:.10e}"

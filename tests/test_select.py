@@ -1,0 +1,195 @@
+import datasets
+import numpy as np
+import pytest
+
+import hf_idsel
+from conftest import planted_blobs, unit_rows
+from hf_idsel import InvalidArgumentError, diverse_select
+from hf_idsel.sample import METHODS, cluster_quotas
+
+
+def select(pool, budget, **kwargs):
+    kwargs.setdefault("embedding_column", "embedding")
+    kwargs.setdefault("k", 6)
+    return diverse_select(pool, budget, **kwargs)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("budget, rows", [(37, 37), (0.2, 50), (250, 250)])
+def test_exact_budget_every_method(blob_pool, method, budget, rows):
+    kwargs = {"quality_column": "quality"} if method == "deita" else {}
+    subset = select(blob_pool, budget, method=method, **kwargs)
+    assert len(subset) == rows
+    assert len(set(subset["source_index"])) == rows
+
+
+def test_subset_keeps_columns_and_points_at_pool_rows(blob_pool):
+    subset = select(blob_pool, 40)
+    assert subset.column_names == blob_pool.column_names + ["source_index", "cluster"]
+    for row in subset:
+        original = blob_pool[row["source_index"]]
+        assert {k: row[k] for k in blob_pool.column_names} == original
+    assert subset["source_index"] == sorted(subset["source_index"])
+
+
+def test_same_seed_same_rows_different_seed_differs(blob_pool):
+    for method in ("kmq", "random", "kcenter"):
+        a = select(blob_pool, 30, method=method, seed=1)["source_index"]
+        assert a == select(blob_pool, 30, method=method, seed=1)["source_index"]
+        assert a != select(blob_pool, 30, method=method, seed=2)["source_index"]
+
+
+def test_kmq_quotas_within_one_of_cluster_share(blob_pool):
+    _, manifest = select(blob_pool, 50, return_manifest=True)
+    sizes = np.array(manifest.cluster_sizes)
+    chosen = np.array(manifest.selected_per_cluster)
+    assert chosen.sum() == 50
+    assert (np.abs(chosen - 50 * sizes / sizes.sum()) < 1).all()
+    assert chosen.tolist() == cluster_quotas(sizes, 50).tolist()
+
+
+def test_planted_clusters_are_found_and_cover_the_subset(blob_pool):
+    subset = select(blob_pool, 12, k="auto")
+    blobs = np.array(subset["blob"])
+    assert set(blobs) == set(range(6))  # every planted cluster contributes
+    # cluster ids agree with the planted blobs one to one
+    pairs = set(zip(subset["cluster"], subset["blob"]))
+    assert len(pairs) == len({c for c, _ in pairs}) == len({b for _, b in pairs})
+
+
+def test_auto_k_recovers_planted_count_and_reports_scores(blob_pool):
+    _, manifest = select(blob_pool, 20, k="auto", return_manifest=True)
+    assert manifest.k == 6
+    assert manifest.k_selection["mode"] == "auto"
+    assert max(manifest.k_selection["silhouette"].items(), key=lambda kv: kv[1])[0] == "6"
+
+
+def test_quality_column_shifts_the_draw(blob_pool):
+    quality = np.array(blob_pool["quality"])
+    plain = [quality[select(blob_pool, 40, seed=s)["source_index"]].mean() for s in range(10)]
+    scored = [
+        quality[select(blob_pool, 40, seed=s, quality_column="quality", temperature=0.3)["source_index"]].mean()
+        for s in range(10)
+    ]
+    assert np.mean(scored) > np.mean(plain) + 0.5
+
+
+def test_dataset_method_and_dataset_dict(blob_pool):
+    subset = blob_pool.diverse_select(25, embedding_column="embedding", k=6)
+    assert len(subset) == 25
+    assert subset["source_index"] == select(blob_pool, 25)["source_index"]
+    dd = datasets.DatasetDict({"train": blob_pool, "test": blob_pool.select(range(100))})
+    both = dd.diverse_select(0.1, embedding_column="embedding", k=3)
+    assert len(both["train"]) == 25 and len(both["test"]) == 10
+    only = diverse_select(dd, 0.1, split="train", embedding_column="embedding", k=3)
+    assert len(only["train"]) == 25 and len(only["test"]) == 100 and "source_index" not in only["test"].column_names
+    with pytest.raises(InvalidArgumentError, match="split"):
+        diverse_select(dd, 0.1, split="validation", embedding_column="embedding")
+
+
+def test_method_conflict_is_refused(monkeypatch):
+    monkeypatch.setattr(datasets.Dataset, "diverse_select", lambda self: None, raising=False)
+    with pytest.raises(hf_idsel.MethodConflictError, match="already defined"):
+        hf_idsel.install_dataset_method()
+
+
+def test_selection_of_a_shuffled_view_uses_its_row_order(blob_pool):
+    view = blob_pool.shuffle(seed=3).select(range(120))
+    subset = select(view, 15, k=3)
+    for row in subset:
+        assert row["text"] == view[row["source_index"]]["text"]
+
+
+def test_dedup_drops_near_duplicates(blob_pool):
+    doubled = datasets.concatenate_datasets([blob_pool, blob_pool])
+    subset, manifest = select(doubled, 150, dedup_threshold=0.999, return_manifest=True)
+    assert manifest.dedup["removed"] == len(blob_pool)
+    assert len(set(subset["text"])) == 150
+    with pytest.raises(InvalidArgumentError, match="de-duplication"):
+        select(doubled, 300, dedup_threshold=0.999)
+
+
+def test_all_identical_rows_still_give_an_exact_budget():
+    pool = datasets.Dataset.from_dict({"embedding": [[1.0, 0.0, 0.0]] * 40, "text": ["same"] * 40})
+    for method in ("kmq", "kmeans-closest", "kcenter", "qdit"):
+        assert len(select(pool, 13, k=4, method=method)) == 13
+
+
+def test_token_budget(blob_pool):
+    from transformers import AutoTokenizer
+
+    from hf_idsel.embed import encoder_identity
+
+    tokenizer = AutoTokenizer.from_pretrained(encoder_identity("sentence-transformers/all-MiniLM-L6-v2").location)
+    lengths = np.array([len(tokenizer(t)["input_ids"]) for t in blob_pool["text"]])
+    subset, manifest = select(blob_pool, None, max_tokens=300, tokenizer=tokenizer, return_manifest=True)
+    used = lengths[subset["source_index"]].sum()
+    assert used == manifest.budget["tokens"] <= 300
+    assert used + lengths.min() > 300 - lengths.max()  # filled up to within one row
+    with pytest.raises(InvalidArgumentError, match="tokenizer"):
+        select(blob_pool, None, max_tokens=300)
+    with pytest.raises(InvalidArgumentError, match="max_tokens"):
+        select(blob_pool, None, max_tokens=300, tokenizer=tokenizer, method="kcenter")
+
+
+def test_dry_run_computes_nothing(blob_pool, cache_dir):
+    text_pool = blob_pool.remove_columns("embedding")
+    plan = diverse_select(text_pool, 10, dry_run=True, encoder="/nonexistent/encoder", cache_dir=cache_dir)
+    assert isinstance(plan, hf_idsel.SelectionPlan)
+    assert plan.pool_rows == 250 and plan.budget_rows == 10 and plan.k == "auto"
+    assert not plan.embeddings_cached and plan.estimated_embedding_seconds > 0
+    assert "250" in str(plan)
+
+
+# --- bad input: a clear error naming the argument, before any encoder is loaded ---
+
+MISSING_ENCODER = "/nonexistent/encoder"
+
+
+@pytest.mark.parametrize(
+    "pool, kwargs, match",
+    [
+        ({"text": []}, {"budget": 1}, "empty"),
+        ({"text": ["a", "b"]}, {"budget": 0}, "budget"),
+        ({"text": ["a", "b"]}, {"budget": -1}, "budget"),
+        ({"text": ["a", "b"]}, {"budget": 3}, "budget"),
+        ({"text": ["a", "b"]}, {"budget": 1.5}, "budget"),
+        ({"text": ["a", "b"]}, {"budget": 1, "k": 0}, "`k`"),
+        ({"text": ["a", "b"]}, {"budget": 1, "k": 3}, "`k`"),
+        ({"body": ["a", "b"]}, {"budget": 1}, "text_column"),
+        ({"text": ["a", None]}, {"budget": 1}, "None"),
+        ({"text": [1, 2]}, {"budget": 1}, "not text"),
+        ({"text": ["a", "b"], "q": [1.0, float("nan")]}, {"budget": 1, "quality_column": "q"}, "quality_column"),
+        ({"text": ["a", "b"], "q": [1.0, None]}, {"budget": 1, "quality_column": "q"}, "quality_column"),
+        ({"text": ["a", "b"], "q": [1.0, -2.0]}, {"budget": 1, "quality_column": "q", "quality_weighting": "linear"}, "negative"),
+        ({"text": ["a", "b"]}, {"budget": 1, "quality_column": "q"}, "quality_column"),
+        ({"text": ["a", "b"]}, {"budget": 1, "method": "best"}, "method"),
+        ({"text": ["a", "b"]}, {"budget": 1, "method": "deita"}, "quality_column"),
+        ({"text": ["a", "b"], "source_index": [0, 1]}, {"budget": 1}, "source_index"),
+        ({"messages": [[{"role": "user", "content": None}]]}, {"budget": 1}, "None"),
+        ({"messages": [[{"role": "user", "content": "a"}, {"role": "assistant", "content": None}]]}, {"budget": 1}, "None"),
+        ({"messages": [[{"role": "user", "content": "a"}], []]}, {"budget": 1}, "empty conversation"),
+        ({"messages": [[]]}, {"budget": 1}, "empty conversations"),
+    ],
+)
+def test_bad_input_fails_before_the_encoder(pool, kwargs, match):
+    ds = datasets.Dataset.from_dict(pool) if pool.get("text") != [] else datasets.Dataset.from_dict({"text": []}, features=datasets.Features({"text": datasets.Value("string")}))
+    budget = kwargs.pop("budget")
+    with pytest.raises(InvalidArgumentError, match=match):
+        diverse_select(ds, budget, encoder=MISSING_ENCODER, k=kwargs.pop("k", 1), **kwargs)
+
+
+def test_bad_embedding_column():
+    wrong_dim = datasets.Dataset.from_dict({"embedding": [[1.0, 0.0], [0.0, 1.0, 0.0]]})
+    with pytest.raises(InvalidArgumentError, match="dimension"):
+        diverse_select(wrong_dim, 1, embedding_column="embedding", k=1)
+    nan = datasets.Dataset.from_dict({"embedding": [[1.0, 0.0], [float("nan"), 1.0]]})
+    with pytest.raises(InvalidArgumentError, match="NaN"):
+        diverse_select(nan, 1, embedding_column="embedding", k=1)
+    with pytest.raises(InvalidArgumentError, match="embedding_column"):
+        diverse_select(nan, 1, embedding_column="vectors", k=1)
+
+
+def test_budget_larger_than_pool_fraction_rounding(blob_pool):
+    with pytest.raises(InvalidArgumentError, match="0 rows"):
+        select(blob_pool, 0.001)
