@@ -85,13 +85,19 @@ def cached_map(
 
 
 def folder_revision(path: str) -> str:
-    """A revision string for a local model folder: hash of its files' names, sizes and mtimes."""
-    entries = []
-    for root, _, files in os.walk(path):
-        for name in sorted(files):
-            stat = os.stat(os.path.join(root, name))
-            entries.append((os.path.relpath(os.path.join(root, name), path), stat.st_size, stat.st_mtime_ns))
-    return "local-" + Hasher.hash(sorted(entries))
+    """A revision string for a local model folder (or file): hash of file names, sizes and mtimes."""
+    if os.path.isfile(path):
+        stat = os.stat(path)
+        entries = [(os.path.basename(path), stat.st_size, stat.st_mtime_ns)]
+    else:
+        entries = []
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                stat = os.stat(full)
+                entries.append((os.path.relpath(full, path), stat.st_size, stat.st_mtime_ns))
+    return "local-" + Hasher.hash(entries)
 
 
 def hub_revision(repo_id: str, revision: str | None = None) -> str:
@@ -109,7 +115,10 @@ def parameter_checksum(module) -> str:
     """A cheap checksum of a torch module's weights, so an edited in-memory model misses the cache."""
     import torch
 
+    total, count, dtypes = 0.0, 0, set()
     with torch.no_grad():
-        total = sum(float(p.detach().double().abs().sum()) for p in module.parameters())
-        count = sum(p.numel() for p in module.parameters())
-    return f"params-{count}-{total:.10e}"
+        for parameter in module.parameters():
+            total += parameter.detach().abs().sum(dtype=torch.float64).item()
+            count += parameter.numel()
+            dtypes.add(str(parameter.dtype))
+    return f"params-{count}-{total:.10e}-{'+'.join(sorted(dtypes))}"

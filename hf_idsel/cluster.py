@@ -119,6 +119,8 @@ def kmeans(
             seed=seed,
             spherical=True,
             max_points_per_centroid=max_points_per_centroid,
+            # Small pools are a legitimate use; faiss would print a warning for every k-means call.
+            min_points_per_centroid=1,
             gpu=gpu,
             verbose=False,
         )

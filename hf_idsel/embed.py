@@ -107,8 +107,10 @@ def fit_pairs(prompts: list[str], answers: list[str], tokenizer: Any, max_tokens
             long_rows.append(i)
     if not long_rows:
         return texts
-    encoded_p = tokenizer([prompts[i] for i in long_rows], add_special_tokens=False, return_offsets_mapping=True)
-    encoded_a = tokenizer([answers[i] for i in long_rows], add_special_tokens=False, return_offsets_mapping=True)
+    # verbose=False: these are cut below, so the "longer than the model's maximum" warning is noise.
+    kwargs = {"add_special_tokens": False, "return_offsets_mapping": True, "verbose": False}
+    encoded_p = tokenizer([prompts[i] for i in long_rows], **kwargs)
+    encoded_a = tokenizer([answers[i] for i in long_rows], **kwargs)
     half = max_tokens // 2
     for j, i in enumerate(long_rows):
         off_p, off_a = encoded_p["offset_mapping"][j], encoded_a["offset_mapping"][j]
@@ -194,7 +196,6 @@ def embed_dataset(
         )
         return {"embedding": vectors.astype(np.float32)}
 
-    columns = _render_input_columns(options)
     result = cached_map(
         dataset,
         encode,
@@ -203,15 +204,9 @@ def embed_dataset(
         batch_size=map_batch_size,
         desc="Embedding",
         directory=cache_dir,
-        input_columns=columns,
+        input_columns=options.input_columns,
     )
     return column_matrix(result.data.table, "embedding"), identity
-
-
-def _render_input_columns(options: RenderOptions) -> list[str]:
-    if options.format == "template":
-        return list(options.columns["fields"])
-    return list(options.columns.values())
 
 
 def column_matrix(table: pa.Table, column: str) -> np.ndarray:

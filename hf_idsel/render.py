@@ -19,6 +19,7 @@ import string
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -69,6 +70,11 @@ class RenderOptions:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def input_columns(self) -> list[str]:
+        """The pool columns this rendering reads."""
+        return list(self.columns["fields"]) if self.format == "template" else list(self.columns.values())
 
 
 def resolve_render_options(
@@ -149,8 +155,7 @@ def resolve_render_options(
 
 def validate_columns(table: pa.Table, options: RenderOptions) -> None:
     """Check types and nulls of the columns `options` reads, on the Arrow table (no Python loop)."""
-    columns = options.columns["fields"] if options.format == "template" else list(options.columns.values())
-    for name in columns:
+    for name in options.input_columns:
         column = table.column(name)
         if options.format == "messages" or (
             options.format == "prompt_completion" and pa.types.is_list(column.type)
@@ -276,7 +281,6 @@ def _chat_text(messages: list[dict], tokenizer: Any, *, add_generation_prompt: b
 
 def token_lengths(dataset, options: RenderOptions, tokenizer: Any, *, cache_dir: str | None = None):
     """Tokens per row as the trainer will see them (chat template included), cached by fingerprint."""
-    import numpy as np
     from datasets.fingerprint import Hasher
 
     from .cache import cached_map, fingerprint
@@ -296,9 +300,45 @@ def token_lengths(dataset, options: RenderOptions, tokenizer: Any, *, cache_dir:
         return {"num_tokens": [len(x) for x in encoded]}
 
     key = fingerprint(dataset._fingerprint, Hasher.hash(tokenizer), full.to_dict(), "tokens")
-    columns = options.columns["fields"] if options.format == "template" else list(options.columns.values())
     result = cached_map(
         dataset, count, kind="tokens", key=key, batch_size=1000, desc="Counting tokens",
-        directory=cache_dir, input_columns=columns,
+        directory=cache_dir, input_columns=options.input_columns,
     )
     return np.asarray(result.data.table.column("num_tokens").to_numpy(), dtype=np.int64)
+
+
+def _struct_keys(flat: pa.Array) -> tuple[str, str]:
+    names = {flat.type.field(i).name for i in range(flat.type.num_fields)}
+    return next(keys for keys in _ROLE_KEYS if set(keys) <= names)
+
+
+def first_empty_answer(table: pa.Table, options: RenderOptions) -> int | None:
+    """Row number of the first row whose rendered answer would be empty (Arrow only, no loop).
+
+    Runs after `validate_columns`, so chat columns are non-null, non-empty lists of messages.
+    """
+    if options.format == "messages":
+        column = table.column(options.columns["messages"]).combine_chunks()
+        offsets = column.offsets.to_numpy()
+        starts = offsets[:-1] - offsets[0]
+        flat = column.flatten()
+        role_key, content_key = _struct_keys(flat)
+        lengths = pc.utf8_length(pc.struct_field(flat, content_key)).to_numpy(zero_copy_only=False)
+        is_answer = pc.is_in(pc.struct_field(flat, role_key), value_set=pa.array(list(_ASSISTANT_ROLES)))
+        is_answer = pc.fill_null(is_answer, False).to_numpy(zero_copy_only=False)
+        # Index of each row's last assistant turn (-1 when it has none): a max over each row's turns.
+        last = np.maximum.reduceat(np.where(is_answer, np.arange(len(is_answer)), -1), starts)
+        empty = (last < 0) | (lengths[np.maximum(last, 0)] == 0)
+    else:
+        column = table.column(options.columns["answer"]).combine_chunks()
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            offsets = column.offsets.to_numpy()
+            offsets = offsets - offsets[0]
+            flat = column.flatten()
+            lengths = pc.utf8_length(pc.struct_field(flat, _struct_keys(flat)[1])).to_numpy(zero_copy_only=False)
+            # Turns are joined with "\n", so only a single empty turn renders to "".
+            empty = np.add.reduceat(lengths, offsets[:-1]) + np.diff(offsets) - 1 == 0
+        else:
+            empty = pc.fill_null(pc.equal(pc.utf8_length(column), 0), False).to_numpy(zero_copy_only=False)
+    hits = np.flatnonzero(empty)
+    return int(hits[0]) if len(hits) else None

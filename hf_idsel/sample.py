@@ -265,3 +265,44 @@ def token_prefix(order: np.ndarray, lengths: np.ndarray, max_tokens: int) -> np.
     total = np.cumsum(lengths[order])
     count = int(np.searchsorted(total, max_tokens, side="right"))
     return np.sort(order[:count])
+
+
+WEIGHT_RULES = ("paper", "research")
+
+
+def update_weights(
+    weights: np.ndarray,
+    cluster_scores: np.ndarray,
+    *,
+    rule: str = "paper",
+    temperature: float = 1.0,
+    available: np.ndarray | None = None,
+) -> np.ndarray:
+    """Cluster weights for the next round from this round's cluster scores (NaN = not scored).
+
+    `"paper"` (Algorithm 1): w_j <- softmax(s / T)_j x w_j, renormalised; the softmax is scaled so
+    that scored clusters keep their total weight on average, and an unscored cluster keeps its
+    weight. `"research"` (the research code): scored clusters get softmax(s / T) of their total
+    weight, forgetting the previous split. Clusters with no rows left (`available == 0`) get 0.
+    """
+    if rule not in WEIGHT_RULES:
+        raise InvalidArgumentError(f"`weight_update`={rule!r}; choose one of {list(WEIGHT_RULES)}.")
+    weights = np.asarray(weights, dtype=np.float64).copy()
+    scores = np.asarray(cluster_scores, dtype=np.float64)
+    scored = np.isfinite(scores)
+    if scored.any():
+        z = scores[scored] / temperature
+        soft = np.exp(z - z.max())
+        soft /= soft.sum()
+        if rule == "paper":
+            weights[scored] *= soft * scored.sum()
+        else:
+            weights[scored] = soft * weights[scored].sum()
+    if available is not None:
+        weights[np.asarray(available) <= 0] = 0.0
+    total = weights.sum()
+    if total <= 0:
+        # Every weighted cluster is exhausted: fall back to size-proportional draws among the rest.
+        weights = (np.asarray(available) > 0).astype(np.float64) if available is not None else np.ones_like(weights)
+        total = weights.sum()
+    return weights / total

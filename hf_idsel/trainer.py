@@ -1,0 +1,655 @@
+"""IterativeSelectionTrainer: iterative kMQ (Algorithm 1 of arXiv 2409.11378) inside TRL's SFTTrainer.
+
+`train_dataset` is the whole pool. The trainer embeds and clusters it, draws round 1 with kMQ,
+and trains. At the end of every round it scores each cluster from what the model learned,
+re-weights the clusters and draws the next round from the rows not chosen yet, all inside one
+`train()`: a sampler of fixed length switches to the next round's rows between epochs, so there is
+one optimizer, one LR schedule and a continuous global step ("continue" mode, the paper). In
+"restart" mode (the research code) the model and optimizer go back to their initial state at
+every round and train on everything selected so far.
+
+Every rank holds the same selection: rank 0 clusters and draws, then broadcasts; scores are
+gathered from all ranks before the weights move.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import datasets
+import numpy as np
+import torch
+from accelerate.utils import broadcast_object_list, gather_object
+from transformers import TrainerCallback
+from trl import SFTConfig, SFTTrainer
+
+from . import sample
+from .embed import DEFAULT_ENCODER
+from .errors import InvalidArgumentError
+from .render import first_empty_answer, prompt_and_answer, resolve_render_options, validate_columns
+from .select import embed_and_cluster
+
+logger = logging.getLogger(__name__)
+
+ROW_ID = "hf_idsel_row"
+SCORERS = ("loss", "reward", "perplexity", "likelihood", "judge")
+WEIGHT_RULES = sample.WEIGHT_RULES
+ROUND_MODES = ("continue", "restart")
+STATE_FILE = "hf_idsel_selection.json"
+
+
+@dataclass
+class IterativeSelectionConfig(SFTConfig):
+    r"""
+    Configuration for [`IterativeSelectionTrainer`]: every [`~trl.SFTConfig`] field, plus the selection.
+
+    Parameters:
+        budget (`float`, *optional*, defaults to `0.1`):
+            Rows to select over all rounds: a number above 1 is a row count, a number in (0, 1] a
+            fraction of the pool.
+        rounds (`int`, *optional*, defaults to `3`):
+            Selection rounds; each draws `budget / rounds` new rows (the paper uses 3).
+        k (`str`, *optional*, defaults to `"auto"`):
+            Number of clusters, or `"auto"` (silhouette score on a sample).
+        encoder (`str`, *optional*, defaults to `"sentence-transformers/all-MiniLM-L6-v2"`):
+            Sentence encoder id or path (the default resolves to the packaged offline copy).
+        embedding_column (`str`, *optional*):
+            Precomputed vectors to cluster instead of running the encoder.
+        quality_column (`str`, *optional*):
+            Per-row quality for the draw inside a cluster (kMQ).
+        quality_temperature (`float`, *optional*, defaults to `1.0`):
+            Softmax temperature of the in-cluster draw.
+        scorer (`str`, *optional*, defaults to `"loss"`):
+            How rounds are scored: `"loss"`, `"reward"`, `"perplexity"`, `"likelihood"` or `"judge"`.
+        reward_model (`str`, *optional*):
+            Reward model id or path for `scorer="reward"` (or pass `reward_model=` to the trainer).
+        reference_model (`str`, *optional*, defaults to `"HuggingFaceTB/SmolLM2-135M-Instruct"`):
+            Reference causal LM for `scorer="likelihood"`.
+        weight_update (`str`, *optional*, defaults to `"paper"`):
+            `"paper"`: new weight ~ softmax(score / T) x old weight; `"research"`: softmax(score / T) alone.
+        weight_temperature (`float`, *optional*, defaults to `1.0`):
+            Temperature T of the weight update.
+        scored_rows_per_cluster (`int`, *optional*, defaults to `8`):
+            Rows of each cluster scored by generation scorers per round (0 = all trained rows).
+        generation_max_new_tokens (`int`, *optional*, defaults to `128`):
+            Length limit of the model's answers for generation scorers.
+        scoring_batch_size (`int`, *optional*, defaults to `8`):
+            Batch size for generation and scoring.
+        epochs_per_round (`int`, *optional*, defaults to `1`):
+            Passes over each round's rows.
+        round_mode (`str`, *optional*, defaults to `"continue"`):
+            `"continue"` (the paper) or `"restart"` (the research code).
+        selection_seed (`int`, *optional*):
+            Seed of clustering and draws; defaults to `seed`.
+    """
+
+    budget: float = field(
+        default=0.1,
+        metadata={"help": "Rows to select over all rounds: above 1 a row count, in (0, 1] a fraction of the pool."},
+    )
+    rounds: int = field(default=3, metadata={"help": "Selection rounds; each draws budget / rounds new rows."})
+    k: str = field(default="auto", metadata={"help": "Number of clusters, or 'auto' (silhouette on a sample)."})
+    encoder: str = field(default=DEFAULT_ENCODER, metadata={"help": "Sentence encoder id or path."})
+    embedding_column: str | None = field(
+        default=None, metadata={"help": "Column of precomputed vectors to cluster instead of running the encoder."}
+    )
+    quality_column: str | None = field(
+        default=None, metadata={"help": "Per-row quality column for the draw inside a cluster (kMQ)."}
+    )
+    quality_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the in-cluster draw."})
+    scorer: str = field(
+        default="loss",
+        metadata={"help": "Round scorer.", "choices": list(SCORERS)},
+    )
+    reward_model: str | None = field(default=None, metadata={"help": "Reward model id or path for scorer='reward'."})
+    reference_model: str = field(
+        default="HuggingFaceTB/SmolLM2-135M-Instruct",
+        metadata={"help": "Reference causal LM for scorer='likelihood'."},
+    )
+    weight_update: str = field(
+        default="paper",
+        metadata={"help": "Cluster weight rule: 'paper' (x old weight) or 'research'.", "choices": list(WEIGHT_RULES)},
+    )
+    weight_temperature: float = field(default=1.0, metadata={"help": "Temperature of the weight update softmax."})
+    scored_rows_per_cluster: int = field(
+        default=8, metadata={"help": "Rows per cluster scored by generation scorers each round (0 = all)."}
+    )
+    generation_max_new_tokens: int = field(
+        default=128, metadata={"help": "Length limit of generated answers for generation scorers."}
+    )
+    scoring_batch_size: int = field(default=8, metadata={"help": "Batch size for generation and scoring."})
+    epochs_per_round: int = field(default=1, metadata={"help": "Passes over each round's rows."})
+    round_mode: str = field(
+        default="continue",
+        metadata={"help": "'continue' (paper) or 'restart' (research code).", "choices": list(ROUND_MODES)},
+    )
+    selection_seed: int | None = field(default=None, metadata={"help": "Seed of clustering and draws (default: seed)."})
+
+    def __post_init__(self):
+        if self.rounds < 1:
+            raise InvalidArgumentError(f"`rounds`={self.rounds} must be at least 1.")
+        if self.epochs_per_round < 1:
+            raise InvalidArgumentError(f"`epochs_per_round`={self.epochs_per_round} must be at least 1.")
+        for name, value, allowed in (
+            ("scorer", self.scorer, SCORERS),
+            ("weight_update", self.weight_update, WEIGHT_RULES),
+            ("round_mode", self.round_mode, ROUND_MODES),
+        ):
+            if value not in allowed:
+                raise InvalidArgumentError(f"`{name}`={value!r}; choose one of {list(allowed)}.")
+        if self.weight_temperature <= 0 or self.quality_temperature <= 0:
+            raise InvalidArgumentError("`weight_temperature` and `quality_temperature` must be positive.")
+        if self.max_steps is not None and self.max_steps > 0:
+            raise InvalidArgumentError(
+                "`max_steps` cannot be used: rounds are epochs. Set `rounds` and `epochs_per_round` instead."
+            )
+        if getattr(self, "packing", False):
+            raise InvalidArgumentError(
+                "`packing=True` merges rows into one sequence, so training can no longer be traced back to pool rows "
+                "and clusters. Turn packing off for iterative selection (or select with hf_idsel.diverse_select first "
+                "and pack the subset with a plain SFTTrainer)."
+            )
+        self.num_train_epochs = self.rounds * self.epochs_per_round
+        if self.selection_seed is None:
+            self.selection_seed = self.seed
+        super().__post_init__()
+
+    @property
+    def budget_value(self) -> int | float:
+        """`budget` as `resolve_budget` takes it: an int row count above 1, else a fraction."""
+        if self.budget > 1:
+            if not float(self.budget).is_integer():
+                raise InvalidArgumentError(f"`budget`={self.budget} above 1 is a row count and must be a whole number.")
+            return int(self.budget)
+        return float(self.budget)
+
+    @property
+    def k_value(self) -> int | str:
+        if isinstance(self.k, int) or (isinstance(self.k, str) and self.k.isdigit()):
+            return int(self.k)
+        if self.k != "auto":
+            raise InvalidArgumentError(f"`k`={self.k!r} must be an int or 'auto'.")
+        return "auto"
+
+
+class RoundSampler(torch.utils.data.Sampler):
+    """Yields the rows of the current round (positions in the prepared dataset), reshuffled every epoch.
+
+    Its length is fixed (the largest round) because the Trainer sizes the epoch loop once; a round
+    with fewer rows ends its epoch early.
+    """
+
+    def __init__(self, length: int, seed: int):
+        self.length = length
+        self.seed = seed
+        self.positions: list[int] = []
+        self.epoch = 0
+
+    def set_rows(self, positions) -> None:
+        self.positions = [int(p) for p in positions]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        generator = torch.Generator()
+        generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(len(self.positions), generator=generator).tolist()
+        return iter([self.positions[i] for i in order])
+
+
+class _RowIdCollator:
+    """Carries each example's pool row id past the collator, as a tensor the loss can read."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, examples):
+        rows = [example.pop(ROW_ID, -1) for example in examples]
+        batch = self.collator(examples)
+        batch[ROW_ID] = torch.tensor(rows, dtype=torch.long)
+        return batch
+
+
+class _RoundCallback(TrainerCallback):
+    """Closes a round when the last epoch of that round ends."""
+
+    def __init__(self, trainer: "IterativeSelectionTrainer"):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # A checkpoint saved on an epoch's last step predates that epoch's end: replay the missed ends.
+        steps_per_epoch = state.max_steps // max(int(args.num_train_epochs), 1)
+        epochs_trained = state.global_step // steps_per_epoch if steps_per_epoch else 0
+        while self.trainer.selection.epochs_done < epochs_trained:
+            self.trainer.end_epoch()
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.trainer.end_epoch()
+        return control
+
+
+@dataclass
+class SelectionState:
+    """The selection's progress: JSON in every checkpoint and round file, never a pickle."""
+
+    k: int
+    weights: list
+    rounds: list = field(default_factory=list)  # one dict per finished round
+    current_round: int = 1
+    current_rows: list = field(default_factory=list)  # pool rows of the round in progress
+    labels_digest: str = ""
+    pending_losses: list = field(default_factory=list)  # [row, loss] gathered for the round in progress
+    epochs_done: int = 0
+
+    def selected(self) -> list:
+        rows = [r for done in self.rounds for r in done["selected"]]
+        return rows + list(self.current_rows)
+
+
+class IterativeSelectionTrainer(SFTTrainer):
+    """[`~trl.SFTTrainer`] that selects its own training data from `train_dataset` in rounds (iterative kMQ).
+
+    Args:
+        model (`str` or `PreTrainedModel` or `PeftModel`):
+            As in [`~trl.SFTTrainer`].
+        args ([`IterativeSelectionConfig`], *optional*):
+            Training and selection configuration.
+        train_dataset (`datasets.Dataset`):
+            The whole pool (chat `messages` or prompt/completion rows); the trainer selects from it.
+        reward_model (`str` or `PreTrainedModel`, *optional*):
+            Sequence-classification reward model for `scorer="reward"`.
+        judge (`Callable`, *optional*):
+            `judge(prompts, completions) -> scores` for `scorer="judge"`.
+        score_fn (`Callable`, *optional*):
+            Any `(prompts, golds, generations) -> scores`; overrides `args.scorer`.
+        **kwargs:
+            Every other [`~trl.SFTTrainer`] argument (`eval_dataset`, `processing_class`, `peft_config`, ...).
+    """
+
+    def __init__(
+        self,
+        model,
+        args: IterativeSelectionConfig | None = None,
+        train_dataset: datasets.Dataset | None = None,
+        *,
+        reward_model: Any = None,
+        judge: Callable | None = None,
+        score_fn: Callable | None = None,
+        **kwargs,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "model")
+            args = IterativeSelectionConfig(f"{str(name).split('/')[-1]}-iterative-sft")
+        if not isinstance(args, IterativeSelectionConfig):
+            raise InvalidArgumentError("`args` must be an IterativeSelectionConfig.")
+        if not isinstance(train_dataset, datasets.Dataset):
+            raise InvalidArgumentError("`train_dataset` must be a datasets.Dataset holding the whole pool.")
+        if train_dataset._indices is not None:
+            train_dataset = train_dataset.flatten_indices()
+        self.pool = train_dataset
+        self.budget_rows, self.round_sizes = self._check_selection_args(args, train_dataset, reward_model, judge, score_fn)
+        self.reward_model = reward_model if reward_model is not None else args.reward_model
+        self.judge = judge
+        self.score_fn = score_fn
+
+        pool_with_ids = train_dataset.add_column(ROW_ID, list(range(len(train_dataset))))
+        super().__init__(model, args=args, train_dataset=pool_with_ids, **kwargs)
+        self.data_collator = _RowIdCollator(self.data_collator)
+        self._set_signature_columns_if_needed()
+        self._signature_columns = list(self._signature_columns) + [ROW_ID]
+
+        rows = np.asarray(self.train_dataset[ROW_ID], dtype=np.int64)
+        self.position_of_row = np.full(len(self.pool), -1, dtype=np.int64)
+        self.position_of_row[rows] = np.arange(len(rows))
+        dropped = len(self.pool) - len(rows)
+        if dropped:
+            logger.warning("%d pool rows were dropped by SFTTrainer's preparation and cannot be selected.", dropped)
+        self.trainable = self.position_of_row >= 0
+        if self.budget_rows > int(self.trainable.sum()):
+            raise InvalidArgumentError(
+                f"`budget`={self.budget_rows} rows is more than the {int(self.trainable.sum())} pool rows left after "
+                "tokenization; lower the budget."
+            )
+
+        self.labels, self.k, self.k_selection = self._cluster_pool()
+        self.quality = None
+        if args.quality_column is not None:
+            values = self.pool.data.table.column(args.quality_column).to_numpy(zero_copy_only=False)
+            self.quality = sample.validate_quality(values, args.quality_column)
+        self.selection = SelectionState(
+            k=self.k, weights=[1.0 / self.k] * self.k, labels_digest=_labels_digest(self.labels)
+        )
+        self._draw_round(1, weights=None)
+        length = max(self.round_sizes) if args.round_mode == "continue" else self.budget_rows
+        self.round_sampler = RoundSampler(length, args.selection_seed)
+        self._sync_sampler()
+        self._round_losses: list = []
+        self._initial_state = None
+        if args.round_mode == "restart":
+            self._initial_state = {
+                name: p.detach().clone().cpu() for name, p in self.model.named_parameters() if p.requires_grad
+            }
+        self.add_callback(_RoundCallback(self))
+
+    # ---- set-up ----
+
+    def _check_selection_args(self, args, pool, reward_model, judge, score_fn):
+        if len(pool) == 0:
+            raise InvalidArgumentError("`train_dataset` (the pool) is empty.")
+        budget = sample.resolve_budget(args.budget_value, len(pool))
+        if args.rounds > budget:
+            raise InvalidArgumentError(f"`rounds`={args.rounds} is larger than the budget ({budget} rows).")
+        sizes = [budget // args.rounds + (1 if r < budget % args.rounds else 0) for r in range(args.rounds)]
+        k = args.k_value
+        if k != "auto" and not 1 <= k <= len(pool):
+            raise InvalidArgumentError(f"`k`={k} must be between 1 and the number of rows ({len(pool)}).")
+        if score_fn is None:
+            if args.scorer == "reward" and reward_model is None and args.reward_model is None:
+                raise InvalidArgumentError(
+                    "scorer='reward' needs a reward model: pass `reward_model=` to the trainer or set "
+                    "`IterativeSelectionConfig.reward_model`, or choose another scorer (e.g. 'loss')."
+                )
+            if args.scorer == "judge" and judge is None:
+                raise InvalidArgumentError("scorer='judge' needs `judge=` (a callable (prompts, completions) -> scores).")
+        self._render = resolve_render_options(pool.column_names, format=None, include_answer=True)
+        if self._render.format not in ("messages", "prompt_completion"):
+            raise InvalidArgumentError(
+                "IterativeSelectionTrainer needs chat `messages` or `prompt`/`completion` rows (a gold answer per row); "
+                f"this pool renders as format={self._render.format!r}."
+            )
+        validate_columns(pool.data.table, self._render)
+        if args.scorer != "loss" or score_fn is not None:
+            empty = first_empty_answer(pool.data.table, self._render)
+            if empty is not None:
+                raise InvalidArgumentError(
+                    f"scorer={args.scorer!r} compares the gold answer with the model's own, but pool row {empty} has no "
+                    "gold completion (no assistant turn or an empty one). Drop such rows or use scorer='loss'."
+                )
+        if args.quality_column is not None and args.quality_column not in pool.column_names:
+            raise InvalidArgumentError(f"`quality_column`={args.quality_column!r} is not a column of the pool.")
+        if args.embedding_column is not None and args.embedding_column not in pool.column_names:
+            raise InvalidArgumentError(f"`embedding_column`={args.embedding_column!r} is not a column of the pool.")
+        return budget, sizes
+
+    def _cluster_pool(self):
+        """Embed and cluster on the main process (other ranks read the embedding cache), broadcast labels."""
+        args = self.args
+        payload = [None]
+        with self.accelerator.main_process_first():
+            if self.accelerator.is_main_process:
+                _, clustering, _, k_selection = embed_and_cluster(
+                    self.pool,
+                    self._render,
+                    encoder=args.encoder,
+                    embedding_column=args.embedding_column,
+                    k=args.k_value,
+                    seed=args.selection_seed,
+                )
+                payload = [{"labels": clustering.labels.tolist(), "k": clustering.k, "k_selection": k_selection}]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(payload, from_process=0)
+        data = payload[0]
+        return np.asarray(data["labels"], dtype=np.int64), int(data["k"]), data["k_selection"]
+
+    # ---- rounds ----
+
+    @property
+    def current_round(self) -> int:
+        return self.selection.current_round
+
+    def _draw_round(self, round_index: int, weights) -> None:
+        """Draw the rows of `round_index` on rank 0 and share them with every rank."""
+        payload = [None]
+        if self.accelerator.is_main_process:
+            eligible = self.trainable.copy()
+            eligible[np.asarray(self.selection.selected(), dtype=np.int64)] = False
+            rows = sample.kmq_sample(
+                self.labels,
+                self.round_sizes[round_index - 1],
+                k=self.k,
+                seed=self.args.selection_seed * 1_000_003 + round_index,
+                quality=self.quality,
+                temperature=self.args.quality_temperature,
+                weights=None if weights is None else np.asarray(weights),
+                eligible=eligible,
+            )
+            payload = [rows.tolist()]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(payload, from_process=0)
+        self.selection.current_round = round_index
+        self.selection.current_rows = payload[0]
+
+    def _sync_sampler(self) -> None:
+        rows = self.selection.current_rows
+        if self.args.round_mode == "restart":
+            rows = self.selection.selected()
+        self.round_sampler.set_rows(self.position_of_row[np.asarray(rows, dtype=np.int64)])
+
+    def _get_train_sampler(self, train_dataset=None):
+        return self.round_sampler
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        rows = inputs.pop(ROW_ID, None)
+        collect = rows is not None and self.model.training and self.args.scorer == "loss" and self.score_fn is None
+        if not collect:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        with torch.no_grad():
+            per_row = _per_row_loss(outputs, inputs["labels"])
+        self._round_losses.extend(zip(rows.tolist(), per_row.tolist()))
+        return (loss, outputs) if return_outputs else loss
+
+    def end_epoch(self) -> None:
+        """Count a finished epoch; the last epoch of a round closes the round."""
+        self.selection.epochs_done += 1
+        if self.selection.epochs_done % self.args.epochs_per_round == 0 and self.current_round <= self.args.rounds:
+            self.finish_round()
+
+    def finish_round(self) -> None:
+        """Score the finished round, update the cluster weights, write the round file, draw the next round."""
+        r = self.current_round
+        rows = np.asarray(self.selection.current_rows, dtype=np.int64)
+        scored_rows, scores = self._score_round(rows)
+        cluster_scores = _cluster_means(self.labels, scored_rows, scores, self.k)
+        available = np.bincount(self.labels[self.trainable], minlength=self.k) - np.bincount(
+            self.labels[np.asarray(self.selection.selected(), dtype=np.int64)], minlength=self.k
+        )
+        weights = sample.update_weights(
+            np.asarray(self.selection.weights),
+            cluster_scores,
+            rule=self.args.weight_update,
+            temperature=self.args.weight_temperature,
+            available=available,
+        )
+        record = {
+            "round": r,
+            "weights": weights.tolist(),
+            "cluster_scores": [None if math.isnan(s) else float(s) for s in cluster_scores],
+            "selected": rows.tolist(),
+            "selected_per_cluster": np.bincount(self.labels[rows], minlength=self.k).tolist(),
+            "cumulative_size": len(self.selection.selected()),
+            "scorer": "callable" if self.score_fn is not None else self.args.scorer,
+            "scored_rows": int(len(scored_rows)),
+            "global_step": int(self.state.global_step),
+        }
+        self.selection.rounds.append(record)
+        self.selection.weights = weights.tolist()
+        self.selection.current_rows = []
+        self.selection.pending_losses = []
+        self._round_losses = []
+        self._write_round_file(record)
+        self.log(_round_metrics(record, scores))
+        if r < self.args.rounds:
+            self._draw_round(r + 1, weights)
+            if self.args.round_mode == "restart":
+                self._restart_model()
+            self._sync_sampler()
+        else:
+            self.selection.current_round = r + 1
+
+    def _score_round(self, rows: np.ndarray):
+        """Per-row scores S for this round (high = the gold answer still beats the model), from all ranks."""
+        if self.score_fn is None and self.args.scorer == "loss":
+            gathered = gather_object(list(self._round_losses)) if self.accelerator.num_processes > 1 else self._round_losses
+            merged = {int(row): float(loss) for row, loss in list(self.selection.pending_losses) + list(gathered)}
+            scored = np.asarray(sorted(merged), dtype=np.int64)
+            return scored, np.asarray([merged[r] for r in scored], dtype=np.float64)
+        return self._score_by_generation(rows)
+
+    def _score_by_generation(self, rows: np.ndarray):
+        from . import scorers
+
+        args = self.args
+        seed = args.selection_seed * 1_000_003 + self.current_round
+        scored = scorers.sample_rows_per_cluster(self.labels, rows, args.scored_rows_per_cluster, seed=seed)
+        mine = scored[self.accelerator.process_index :: self.accelerator.num_processes]
+        tokenizer = self.processing_class
+        options = resolve_render_options(self.pool.column_names, tokenizer=tokenizer)
+        pairs = [prompt_and_answer(self.pool[int(r)], options, tokenizer) for r in mine]
+        prompts, golds = [p for p, _ in pairs], [g for _, g in pairs]
+        scorer = self._make_scorer(scorers)
+        generations = None
+        model = self.accelerator.unwrap_model(self.model)
+        if scorer.needs_generation and prompts:
+            generations = scorers.generate_answers(
+                model,
+                tokenizer,
+                prompts,
+                max_new_tokens=args.generation_max_new_tokens,
+                batch_size=args.scoring_batch_size,
+                show_progress=self.accelerator.is_main_process,
+            )
+        if hasattr(scorer, "bind"):
+            scorer.bind(model, tokenizer)
+        values = scorer(prompts, golds, generations).tolist() if prompts else []
+        local = list(zip(mine.tolist(), values))
+        gathered = gather_object(local) if self.accelerator.num_processes > 1 else local
+        merged = dict(gathered)
+        order = np.asarray(sorted(merged), dtype=np.int64)
+        return order, np.asarray([merged[r] for r in order], dtype=np.float64)
+
+    def _make_scorer(self, scorers):
+        args = self.args
+        if self.score_fn is not None:
+            return scorers.CallableScorer(self.score_fn)
+        if args.scorer == "reward":
+            if not isinstance(self.reward_model, scorers.RewardScorer):
+                self.reward_model = scorers.RewardScorer(self.reward_model, batch_size=args.scoring_batch_size)
+            return self.reward_model
+        if args.scorer == "perplexity":
+            return scorers.PerplexityScorer(batch_size=args.scoring_batch_size)
+        if args.scorer == "likelihood":
+            if not hasattr(self, "_likelihood_scorer"):
+                self._likelihood_scorer = scorers.LikelihoodScorer(args.reference_model, batch_size=args.scoring_batch_size)
+            return self._likelihood_scorer
+        return scorers.JudgeScorer(self.judge)
+
+    def _restart_model(self) -> None:
+        """'restart' mode: the trainable weights and the optimizer go back to where training began."""
+        with torch.no_grad():
+            for name, parameter in self.model.named_parameters():
+                if name in self._initial_state:
+                    parameter.copy_(self._initial_state[name].to(parameter.device))
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+        if optimizer is not None:
+            optimizer.state.clear()
+
+    # ---- state on disk ----
+
+    def _write_round_file(self, record: dict) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        folder = os.path.join(self.args.output_dir, "selection")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"round_{record['round']}.json"), "w", encoding="utf-8") as f:
+            json.dump({**record, "k": self.k, "k_selection": self.k_selection}, f, indent=2)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        # Losses of the round in progress live on every rank: collect them so a resume scores the same round.
+        losses = gather_object(list(self._round_losses)) if self.accelerator.num_processes > 1 else self._round_losses
+        if not self.accelerator.is_main_process:
+            return
+        state = copy.deepcopy(self.selection)
+        state.pending_losses = [list(x) for x in list(self.selection.pending_losses) + list(losses)]
+        folder = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
+        with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as f:
+            json.dump(state.__dict__, f)
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        if resume_from_checkpoint:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            folder = resume_from_checkpoint
+            if folder is True:
+                folder = get_last_checkpoint(self.args.output_dir)
+            path = os.path.join(folder, STATE_FILE) if folder else None
+            if not path or not os.path.isfile(path):
+                raise InvalidArgumentError(
+                    f"`resume_from_checkpoint`: {folder!r} holds no {STATE_FILE}; it was not written by IterativeSelectionTrainer."
+                )
+            with open(path, encoding="utf-8") as f:
+                state = SelectionState(**json.load(f))
+            if state.labels_digest != self.selection.labels_digest:
+                raise InvalidArgumentError(
+                    "The checkpoint was made with a different clustering of the pool (different pool, encoder, k or seed)."
+                )
+            # Every rank restores the gathered losses on rank 0 only, so the round's final gather counts each once.
+            if not self.accelerator.is_main_process:
+                state.pending_losses = []
+            self.selection = state
+            self._round_losses = []
+            self._sync_sampler()
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+
+def _per_row_loss(outputs, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss of each row's answer tokens (labels != -100)."""
+    log_probs = getattr(outputs, "log_probs", None)
+    if log_probs is not None and getattr(outputs, "label_mask", None) is not None:
+        mask = outputs.label_mask.float()
+        return -(log_probs * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    logits = outputs.logits[:, :-1, :].float()
+    targets = labels[:, 1:]
+    mask = (targets != -100).float()
+    token_loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), targets.clamp(min=0).reshape(-1), reduction="none"
+    ).view_as(mask)
+    return (token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+def _cluster_means(labels: np.ndarray, rows: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    sums = np.bincount(labels[rows], weights=scores, minlength=k)
+    counts = np.bincount(labels[rows], minlength=k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def _labels_digest(labels: np.ndarray) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(np.asarray(labels, dtype="<i8").tobytes()).hexdigest()
+
+
+def _round_metrics(record: dict, scores: np.ndarray) -> dict:
+    weights = np.asarray(record["weights"])
+    positive = weights[weights > 0]
+    return {
+        "selection/round": float(record["round"]),
+        "selection/weight_entropy": float(-(positive * np.log(positive)).sum()),
+        "selection/score_mean": float(np.mean(scores)) if len(scores) else float("nan"),
+        "selection/score_std": float(np.std(scores)) if len(scores) else float("nan"),
+        "selection/rows_selected": float(len(record["selected"])),
+        "selection/cumulative_size": float(record["cumulative_size"]),
+    }

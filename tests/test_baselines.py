@@ -1,0 +1,278 @@
+"""Behaviour of the baseline selectors in `hf_idsel.baselines` (k-center, Deita, QDIT)."""
+
+import logging
+
+import numpy as np
+import pytest
+
+from hf_idsel import baselines
+from hf_idsel.baselines import deita_select, kcenter_greedy, qdit_select
+from hf_idsel.errors import InvalidArgumentError
+
+
+def _unit(a):
+    a = np.asarray(a, dtype=np.float64)
+    return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _random_pool(n, d, seed):
+    rng = np.random.default_rng(seed)
+    return _unit(rng.standard_normal((n, d))), rng.random(n)
+
+
+def _blobs(n_blobs, per_blob, d, seed, noise=0.02):
+    """Well separated clusters on the sphere; returns embeddings and each row's blob id."""
+    rng = np.random.default_rng(seed)
+    centers = _unit(rng.standard_normal((n_blobs, d)))
+    labels = np.repeat(np.arange(n_blobs), per_blob)
+    rng.shuffle(labels)
+    emb = _unit(centers[labels] + noise * rng.standard_normal((len(labels), d)))
+    return emb, labels
+
+
+def _run(method, emb, scores, budget):
+    if method == "kcenter":
+        return kcenter_greedy(emb, budget, seed=3)
+    if method == "deita":
+        return deita_select(emb, scores, budget)
+    return qdit_select(emb, scores, budget)
+
+
+METHODS = ["kcenter", "deita", "qdit"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("budget", [1, 17, 300])
+def test_exact_budget_distinct_indices(method, budget):
+    emb, scores = _random_pool(300, 16, seed=1)
+    out = _run(method, emb, scores, budget)
+    assert out.dtype == np.int64
+    assert out.ndim == 1 and len(out) == budget
+    assert len(np.unique(out)) == budget
+    assert out.min() >= 0 and out.max() < 300
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_deterministic(method):
+    emb, scores = _random_pool(400, 16, seed=2)
+    a = _run(method, emb, scores, 40)
+    b = _run(method, emb.copy(), scores.copy(), 40)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_kcenter_seed_controls_first_pick():
+    emb, _ = _random_pool(500, 8, seed=3)
+    firsts = {int(kcenter_greedy(emb, 3, seed=s)[0]) for s in range(6)}
+    assert len(firsts) > 1
+    assert int(kcenter_greedy(emb, 1, seed=11)[0]) == int(np.random.default_rng(11).integers(500))
+
+
+def test_kcenter_matches_bruteforce_farthest_point():
+    emb, _ = _random_pool(150, 6, seed=4)
+    budget = 25
+    first = int(np.random.default_rng(7).integers(150))
+    e = emb.astype(np.float64)
+    chosen = [first]
+    while len(chosen) < budget:
+        dist = np.linalg.norm(e[:, None, :] - e[None, chosen, :], axis=2).min(axis=1)
+        dist[chosen] = -1.0
+        chosen.append(int(np.argmax(dist)))
+    np.testing.assert_array_equal(kcenter_greedy(emb, budget, seed=7), chosen)
+
+
+def test_kcenter_picks_one_row_per_planted_blob():
+    emb, labels = _blobs(8, 40, 32, seed=5)
+    for seed in range(3):
+        out = kcenter_greedy(emb, 8, seed=seed)
+        assert sorted(labels[out].tolist()) == list(range(8))
+
+
+def test_kcenter_duplicates_fill_without_repeats():
+    rng = np.random.default_rng(6)
+    distinct = _unit(rng.standard_normal((5, 8)))
+    emb = np.repeat(distinct, 4, axis=0)  # 20 rows, 5 distinct vectors
+    out = kcenter_greedy(emb, 18, seed=0)
+    assert len(np.unique(out)) == 18
+    # The first 5 picks reach every distinct vector before any duplicate.
+    assert sorted((out[:5] // 4).tolist()) == list(range(5))
+    np.testing.assert_array_equal(out, kcenter_greedy(emb, 18, seed=0))
+
+
+def _deita_reference(emb, scores, budget, threshold):
+    order = np.argsort(-scores, kind="stable")
+    chosen = []
+    for i in order:
+        if all(float(emb[i] @ emb[j]) < threshold for j in chosen):
+            chosen.append(int(i))
+            if len(chosen) == budget:
+                break
+    return chosen
+
+
+def test_deita_skips_duplicates_and_prefers_high_scores():
+    rng = np.random.default_rng(7)
+    m = 60
+    distinct = _unit(rng.standard_normal((m, 32)))
+    gram = distinct @ distinct.T
+    np.fill_diagonal(gram, -1.0)
+    assert gram.max() < 0.9  # precondition: the distinct rows are far apart
+    emb = np.concatenate([distinct, distinct])  # row i and i + m are exact duplicates
+    scores = rng.random(2 * m)
+    budget = 40
+    out = deita_select(emb, scores, budget, threshold=0.9)
+    assert len(out) == budget
+    assert len(np.unique(out % m)) == budget  # never both copies of a row
+    sims = emb[out] @ emb[out].T
+    np.fill_diagonal(sims, -1.0)
+    assert sims.max() < 0.9
+    # Each distinct row enters through its better copy, best distinct rows first.
+    best_copy_score = np.maximum(scores[:m], scores[m:])
+    expected_rows = np.argsort(-best_copy_score, kind="stable")[:budget]
+    np.testing.assert_array_equal(out % m, expected_rows)
+    for i in out:
+        assert scores[i] == best_copy_score[i % m]
+
+
+def test_deita_without_near_duplicates_is_top_by_score():
+    emb, scores = _random_pool(200, 64, seed=8)
+    scores[::7] = 0.5  # ties resolve to the lower index
+    out = deita_select(emb, scores, 50, threshold=0.95)
+    np.testing.assert_array_equal(out, np.argsort(-scores, kind="stable")[:50])
+
+
+@pytest.mark.parametrize("block", [1, 7, 1024])
+def test_deita_blocks_match_row_by_row(monkeypatch, block):
+    # Low dimension and a strict threshold: many rows rejected, across block boundaries.
+    emb, scores = _random_pool(600, 4, seed=9)
+    monkeypatch.setattr(baselines, "_DEITA_BLOCK", block)
+    expected = _deita_reference(emb, scores, 600, 0.8)
+    assert 20 < len(expected) < 600
+    budget = len(expected)
+    np.testing.assert_array_equal(deita_select(emb, scores, budget, threshold=0.8), expected)
+
+
+def test_deita_fills_up_when_threshold_too_strict(caplog):
+    rng = np.random.default_rng(10)
+    emb = np.repeat(_unit(rng.standard_normal((1, 16))), 50, axis=0)  # all rows identical
+    scores = rng.random(50)
+    with caplog.at_level(logging.WARNING, logger="hf_idsel.baselines"):
+        out = deita_select(emb, scores, 12, threshold=0.9)
+    assert len(out) == 12 and len(np.unique(out)) == 12
+    # One row passes the filter (the best); the rest are filled in score order.
+    np.testing.assert_array_equal(out, np.argsort(-scores, kind="stable")[:12])
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(messages) == 1
+    assert "filled the remaining 11" in messages[0]
+    assert "deita_threshold" in messages[0]
+
+
+def test_deita_no_warning_when_pass_fills_budget(caplog):
+    emb, scores = _random_pool(100, 32, seed=11)
+    with caplog.at_level(logging.WARNING, logger="hf_idsel.baselines"):
+        deita_select(emb, scores, 30, threshold=0.9)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_qdit_alpha_one_is_top_by_score():
+    emb, scores = _random_pool(300, 16, seed=12)
+    scores[::5] = 0.25  # ties resolve to the lower index
+    out = qdit_select(emb, scores, 60, alpha=1.0)
+    np.testing.assert_array_equal(out, np.argsort(-scores, kind="stable")[:60])
+
+
+def test_qdit_alpha_zero_covers_planted_blobs():
+    emb, labels = _blobs(8, 30, 32, seed=13)
+    scores = np.random.default_rng(13).random(len(labels))
+    out = qdit_select(emb, scores, 8, alpha=0.0)
+    assert sorted(labels[out].tolist()) == list(range(8))
+
+
+def _qdit_naive(emb, scores, budget, alpha):
+    e = emb.astype(np.float64)
+    sim = (1.0 + e @ e.T) / 2.0  # sim[x, c]
+    span = scores.max() - scores.min()
+    q = (scores - scores.min()) / span if span > 0 else np.zeros(len(scores))
+    cur = np.zeros(len(e))
+    chosen = []
+    for _ in range(budget):
+        gain = (1 - alpha) * np.maximum(0.0, sim - cur[:, None]).mean(axis=0)
+        gain += alpha * q / budget
+        gain[chosen] = -np.inf
+        c = int(np.argmax(gain))
+        chosen.append(c)
+        cur = np.maximum(cur, sim[:, c])
+    return chosen
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 0.9])
+@pytest.mark.parametrize("seed", [14, 15])
+def test_qdit_lazy_matches_naive_greedy(alpha, seed):
+    emb, scores = _random_pool(160, 8, seed=seed)
+    budget = 30
+    np.testing.assert_array_equal(
+        qdit_select(emb, scores, budget, alpha=alpha), _qdit_naive(emb, scores, budget, alpha)
+    )
+
+
+@pytest.mark.parametrize("divisor", [1, 4, 10**9])
+def test_qdit_incremental_and_full_refresh_match_naive(monkeypatch, divisor):
+    # divisor 1: stale gains are nearly always updated from the changed rows only;
+    # 10**9: always recomputed over the whole pool.
+    monkeypatch.setattr(baselines, "_QDIT_INCREMENTAL_DIVISOR", divisor)
+    emb, scores = _random_pool(200, 6, seed=19)
+    np.testing.assert_array_equal(
+        qdit_select(emb, scores, 60, alpha=0.2), _qdit_naive(emb, scores, 60, 0.2)
+    )
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_qdit_duplicates_fill_without_repeats(monkeypatch, batch):
+    # Picking a duplicate of a chosen row changes no floor; later refreshes see no changes.
+    monkeypatch.setattr(baselines, "_QDIT_MIN_BATCH", batch)
+    monkeypatch.setattr(baselines, "_QDIT_MAX_BATCH", batch)
+    rng = np.random.default_rng(20)
+    emb = np.repeat(_unit(rng.standard_normal((6, 8))), 5, axis=0)  # 30 rows, 6 distinct
+    scores = rng.random(30)
+    out = qdit_select(emb, scores, 20, alpha=0.3)
+    assert len(np.unique(out)) == 20
+    np.testing.assert_array_equal(out, _qdit_naive(emb, scores, 20, 0.3))
+
+
+def test_qdit_lazy_matches_naive_on_clustered_pool(monkeypatch):
+    # Single-column re-evaluations exercise the lazy loop differently from the batched default.
+    monkeypatch.setattr(baselines, "_QDIT_MIN_BATCH", 1)
+    monkeypatch.setattr(baselines, "_QDIT_MAX_BATCH", 1)
+    emb, _ = _blobs(6, 25, 16, seed=16, noise=0.3)
+    scores = np.random.default_rng(16).random(len(emb))
+    np.testing.assert_array_equal(
+        qdit_select(emb, scores, 20, alpha=0.4), _qdit_naive(emb, scores, 20, 0.4)
+    )
+
+
+def test_qdit_constant_scores_is_pure_diversity():
+    emb, labels = _blobs(5, 20, 16, seed=17)
+    out = qdit_select(emb, np.full(len(emb), 3.0), 5, alpha=0.5)
+    np.testing.assert_array_equal(out, _qdit_naive(emb, np.zeros(len(emb)), 5, 0.0))
+    assert sorted(labels[out].tolist()) == list(range(5))
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda e, s: kcenter_greedy(e, 0), "budget"),
+        (lambda e, s: kcenter_greedy(e, 11), "budget"),
+        (lambda e, s: deita_select(e, s, 0), "budget"),
+        (lambda e, s: qdit_select(e, s, 11), "budget"),
+        (lambda e, s: deita_select(e, s[:9], 3), "scores"),
+        (lambda e, s: qdit_select(e, s[:9], 3), "scores"),
+        (lambda e, s: deita_select(e, s, 3, threshold=0.0), "threshold"),
+        (lambda e, s: deita_select(e, s, 3, threshold=1.5), "threshold"),
+        (lambda e, s: qdit_select(e, s, 3, alpha=-0.1), "alpha"),
+        (lambda e, s: qdit_select(e, s, 3, alpha=1.01), "alpha"),
+        (lambda e, s: kcenter_greedy(e[0], 1), "embeddings"),
+    ],
+)
+def test_invalid_arguments_raise(call, name):
+    emb, scores = _random_pool(10, 4, seed=18)
+    with pytest.raises(InvalidArgumentError, match=f"`{name}`"):
+        call(emb, scores)

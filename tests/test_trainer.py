@@ -1,0 +1,195 @@
+import glob
+import json
+import os
+
+import datasets
+import numpy as np
+import pytest
+
+from _tiny import make_tiny_llama, single_thread
+from conftest import unit_rows
+from hf_idsel import InvalidArgumentError
+from hf_idsel.trainer import IterativeSelectionConfig, IterativeSelectionTrainer
+
+JUNK = "Click here to subscribe! Accept cookies. Copyright 2024 all rights reserved. Sign up for our newsletter."
+TOPICS = {
+    0: ("What colour is {w}?", "The {w} is blue."),
+    1: ("What is {i} plus {i}?", "It is {j}."),
+    2: ("Say hello to {w}.", "Hello, {w}! How are you?"),
+    3: ("Tell me about {w}.", JUNK),  # planted junk: scraped boilerplate as the gold answer
+}
+WORDS = ["sky", "sea", "coal", "snow", "plum", "fox", "dog", "tree", "rain", "sun", "moon", "star"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    with single_thread():
+        yield
+
+
+def make_pool(per_cluster: int = 24) -> datasets.Dataset:
+    rng = np.random.default_rng(0)
+    centers = unit_rows(rng.normal(size=(4, 8)))
+    rows = []
+    for c, (question, answer) in TOPICS.items():
+        for i in range(per_cluster):
+            w = WORDS[i % len(WORDS)]
+            rows.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": question.format(w=w, i=i)},
+                        {"role": "assistant", "content": answer.format(w=w, j=2 * i)},
+                    ],
+                    "topic": c,
+                    "embedding": unit_rows(centers[c : c + 1] + 0.05 * rng.normal(size=(1, 8)))[0].tolist(),
+                }
+            )
+    return datasets.Dataset.from_list(rows)
+
+
+def junk_judge(prompts, completions):
+    return [-5.0 if "subscribe" in c or "cookies" in c else 1.0 for c in completions]
+
+
+def make_trainer(tmp_path, pool=None, model=None, **config):
+    model_tok = make_tiny_llama()
+    defaults = dict(
+        output_dir=str(tmp_path / "run"),
+        budget=48,
+        rounds=3,
+        k="4",
+        embedding_column="embedding",
+        per_device_train_batch_size=4,
+        learning_rate=5e-3,
+        max_length=64,
+        report_to="none",
+        bf16=False,
+        use_cpu=True,
+        logging_steps=1,
+        save_strategy="no",
+        scored_rows_per_cluster=4,
+        generation_max_new_tokens=8,
+        seed=0,
+        disable_tqdm=True,
+    )
+    defaults.update(config)
+    extra = {k: defaults.pop(k) for k in ("judge", "peft_config", "score_fn") if k in defaults}
+    args = IterativeSelectionConfig(**defaults)
+    return IterativeSelectionTrainer(
+        model or model_tok[0], args=args, train_dataset=pool if pool is not None else make_pool(), processing_class=model_tok[1], **extra
+    )
+
+
+def read_rounds(output_dir):
+    files = sorted(glob.glob(os.path.join(output_dir, "selection", "round_*.json")))
+    return [json.load(open(f)) for f in files]
+
+
+def test_rounds_are_exact_disjoint_and_junk_fades(tmp_path):
+    trainer = make_trainer(tmp_path, scorer="judge", judge=junk_judge)
+    trainer.train()
+    rounds = read_rounds(trainer.args.output_dir)
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert [r["cumulative_size"] for r in rounds] == [16, 32, 48]
+    assert [len(r["selected"]) for r in rounds] == [16, 16, 16]
+    chosen = [row for r in rounds for row in r["selected"]]
+    assert len(set(chosen)) == 48
+    topics = np.array(trainer.pool["topic"])
+    labels = trainer.labels
+    junk_cluster = int(np.bincount(labels[topics == 3]).argmax())
+    # Round 1 is kMQ: proportional quotas (4 equal clusters -> 4 rows each).
+    assert rounds[0]["selected_per_cluster"] == [4, 4, 4, 4]
+    # The judge rates the junk gold below the model's own answers: that cluster's weight falls.
+    assert rounds[0]["weights"][junk_cluster] < 0.25
+    # ...so later rounds draw (almost) nothing from it, and an unscored cluster keeps its weight.
+    assert rounds[1]["selected_per_cluster"][junk_cluster] < 4
+    assert rounds[1]["weights"][junk_cluster] <= rounds[0]["weights"][junk_cluster]
+    metrics = [log for log in trainer.state.log_history if "selection/round" in log]
+    assert [m["selection/round"] for m in metrics] == [1.0, 2.0, 3.0]
+    assert all(np.isfinite(m["selection/weight_entropy"]) for m in metrics)
+
+
+def test_loss_scorer_scores_every_trained_row(tmp_path):
+    trainer = make_trainer(tmp_path, scorer="loss", budget=24)
+    trainer.train()
+    rounds = read_rounds(trainer.args.output_dir)
+    assert [r["cumulative_size"] for r in rounds] == [8, 16, 24]
+    assert all(r["scored_rows"] == len(r["selected"]) for r in rounds)
+    assert all(s is None or np.isfinite(s) for r in rounds for s in r["cluster_scores"])
+    assert abs(sum(rounds[-1]["weights"]) - 1) < 1e-9
+
+
+@pytest.mark.parametrize(
+    "save, checkpoint_step",
+    [
+        ({"save_strategy": "epoch"}, 2),  # saved after round 1 closed
+        ({"save_strategy": "steps", "save_steps": 1}, 2),  # saved on round 1's last step, before it closed
+        ({"save_strategy": "steps", "save_steps": 1}, 3),  # saved in the middle of round 2
+    ],
+)
+def test_resume_continues_the_same_trajectory(tmp_path, save, checkpoint_step):
+    full = make_trainer(tmp_path, scorer="loss", budget=24, **save)
+    full.train()
+    expected = read_rounds(full.args.output_dir)
+    for f in glob.glob(os.path.join(full.args.output_dir, "selection", "round_*.json")):
+        os.remove(f)
+    resumed = make_trainer(tmp_path, scorer="loss", budget=24, save_strategy="no")
+    resumed.train(resume_from_checkpoint=os.path.join(full.args.output_dir, f"checkpoint-{checkpoint_step}"))
+    got = read_rounds(resumed.args.output_dir)
+    # The resumed run closes every round not closed before the checkpoint, exactly as the full run did.
+    assert [r["round"] for r in got][-2:] == [2, 3]
+    for b in got:
+        a = expected[b["round"] - 1]
+        assert a["selected"] == b["selected"]
+        assert np.allclose(a["weights"], b["weights"], atol=1e-6)
+
+
+def test_restart_mode_trains_each_round_on_everything_so_far(tmp_path):
+    trainer = make_trainer(tmp_path, scorer="judge", judge=junk_judge, round_mode="restart", budget=24)
+    initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    rounds = read_rounds(trainer.args.output_dir)
+    assert [r["cumulative_size"] for r in rounds] == [8, 16, 24]
+    assert len(trainer.round_sampler.positions) == 24  # the last round saw all selected rows
+    assert any(not np.allclose(initial[n], p.detach()) for n, p in trainer.model.named_parameters())
+
+
+def test_lora(tmp_path):
+    from peft import LoraConfig
+
+    trainer = make_trainer(
+        tmp_path, scorer="judge", judge=junk_judge, budget=16, rounds=2,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    trainer.train()
+    assert [r["cumulative_size"] for r in read_rounds(trainer.args.output_dir)] == [8, 16]
+    assert any("lora" in n for n, p in trainer.model.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        ({"budget": 500}, "budget"),
+        ({"budget": 10, "rounds": 11}, "rounds"),
+        ({"scorer": "reward"}, "reward model"),
+        ({"scorer": "judge"}, "judge"),
+        ({"k": "500"}, "`k`"),
+    ],
+)
+def test_bad_selection_arguments(tmp_path, config, match):
+    with pytest.raises(InvalidArgumentError, match=match):
+        make_trainer(tmp_path, **config)
+
+
+@pytest.mark.parametrize("config, match", [({"rounds": 0}, "rounds"), ({"packing": True}, "packing"), ({"max_steps": 5}, "max_steps")])
+def test_bad_config(tmp_path, config, match):
+    with pytest.raises(InvalidArgumentError, match=match):
+        IterativeSelectionConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True, **config)
+
+
+def test_generation_scorer_needs_gold_answers(tmp_path):
+    pool = datasets.Dataset.from_list(
+        [{"messages": [{"role": "user", "content": f"hi {i}"}], "embedding": [1.0, float(i)]} for i in range(12)]
+    )
+    with pytest.raises(InvalidArgumentError, match="gold completion"):
+        make_trainer(tmp_path, pool=pool, scorer="judge", judge=junk_judge, budget=6, k="2")
