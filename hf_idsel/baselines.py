@@ -25,6 +25,11 @@ logger = logging.getLogger(__name__)
 # Rows per chunk when streaming the pool through a matrix product: bounds temporaries to
 # `_ROW_CHUNK x (something small)` floats whatever n is.
 _ROW_CHUNK = 16384
+# `kcenter_greedy` works on a shortlist of the rows with the smallest similarity bounds, brings
+# at most this many of them up to date per matrix product, against this many centres at a time.
+_KCENTER_SHORTLIST = 4096
+_KCENTER_UPDATE_BLOCK = 512
+_KCENTER_CENTER_CHUNK = 4096
 # Candidates checked together by `deita_select`; larger blocks use BLAS better but waste work
 # past the point where the budget fills.
 _DEITA_BLOCK = 1024
@@ -83,8 +88,13 @@ def kcenter_greedy(embeddings: np.ndarray, budget: int, *, seed: int = 0) -> np.
     farthest from its nearest chosen row. On unit vectors the Euclidean distance is
     `sqrt(2 - 2 cos)`, so this is the row with the smallest maximum cosine similarity to the
     chosen set. Ties go to the lowest index. Once only duplicates of chosen rows remain, the
-    rest are still filled deterministically without repeats. Cost: O(n * d) per step,
-    O(n * d * budget) in total, memory O(n).
+    rest are still filled deterministically without repeats.
+
+    The result is that of the plain O(n * d)-per-step loop, computed lazily: each row keeps its
+    similarity to the centres applied to it so far (a lower bound of the true one) and only the
+    rows that could be the farthest are brought up to date, many centres at a time in one matrix
+    product. Worst case O(n * d * budget) like the plain loop; typically far less, since rows
+    close to a centre are rarely revisited. Memory O(n + budget * d).
 
     Args:
         embeddings (`np.ndarray`):
@@ -98,28 +108,81 @@ def kcenter_greedy(embeddings: np.ndarray, budget: int, *, seed: int = 0) -> np.
         `np.ndarray`: `budget` distinct row indices (`np.int64`) in selection order.
     """
     emb = _as_embeddings(embeddings)
-    n = emb.shape[0]
+    n, d = emb.shape
     budget = _check_budget(budget, n)
 
-    first = int(np.random.default_rng(seed).integers(n))
-    # closest[i] = max cosine similarity of row i to the chosen set; chosen rows get +inf so
-    # they are never picked again even when exact duplicates tie with them.
-    closest = np.full(n, -np.inf, dtype=np.float32)
-    buf = np.empty(min(n, _ROW_CHUNK), dtype=np.float32)
     selected = np.empty(budget, dtype=np.int64)
-    current = first
-    for step in range(budget):
-        selected[step] = current
-        if step == budget - 1:
-            break
-        center = emb[current]
-        for start in range(0, n, _ROW_CHUNK):
-            stop = min(start + _ROW_CHUNK, n)
-            out = buf[: stop - start]
-            np.dot(emb[start:stop], center, out=out)
-            np.maximum(closest[start:stop], out, out=closest[start:stop])
-        closest[current] = np.inf
-        current = int(np.argmin(closest))
+    selected[0] = int(np.random.default_rng(seed).integers(n))
+    if budget == 1:
+        return selected
+    centers = np.empty((budget, d), dtype=np.float32)
+    centers[0] = emb[selected[0]]
+    # closest[i]: max cosine similarity of row i to centers[:applied[i]], a lower bound of its
+    # similarity to the whole chosen set. Chosen rows hold +inf so exact duplicates of them are
+    # never confused with them.
+    closest = np.empty(n, dtype=np.float32)
+    for start in range(0, n, _ROW_CHUNK):
+        np.dot(emb[start : start + _ROW_CHUNK], centers[0], out=closest[start : start + _ROW_CHUNK])
+    closest[selected[0]] = np.inf
+    applied = np.ones(n, dtype=np.int64)
+
+    def bring_up_to_date(rows: np.ndarray, k: int) -> None:
+        # Rows are grouped by how many centres they lack, so that one long-stale row does not
+        # make the whole group recompute centres the others already have.
+        rows = rows[np.argsort(-applied[rows], kind="stable")]
+        lacking = k - applied[rows]
+        start = 0
+        for end in range(1, len(rows) + 1):
+            if end < len(rows) and lacking[end] <= 2 * lacking[start] + 16:
+                continue
+            group = rows[start:end]
+            first = int(applied[group[-1]])
+            best = closest[group]
+            for c0 in range(first, k, _KCENTER_CENTER_CHUNK):
+                sims = emb[group] @ centers[c0 : min(c0 + _KCENTER_CENTER_CHUNK, k)].T
+                np.maximum(best, sims.max(axis=1), out=best)
+            closest[group] = best
+            applied[group] = k
+            start = end
+
+    def shortlist() -> tuple[np.ndarray, float]:
+        # The rows with the smallest bounds (sorted, so argmin ties go to the lowest index) and
+        # a bound that every row outside the shortlist is known to be at or above.
+        if np.count_nonzero(closest < np.inf) <= _KCENTER_SHORTLIST:
+            return np.flatnonzero(closest < np.inf), np.inf
+        part = np.argpartition(closest, _KCENTER_SHORTLIST)
+        return np.sort(part[:_KCENTER_SHORTLIST]), float(closest[part[_KCENTER_SHORTLIST]])
+
+    pool, outside_bound = shortlist()
+    for k in range(1, budget):  # k centres chosen so far
+        just_rebuilt = False
+        while True:
+            if len(pool) == 0:
+                pool, outside_bound = shortlist()
+            j = int(pool[np.argmin(closest[pool])])
+            if applied[j] < k:
+                stale = pool[applied[pool] < k]
+                if len(stale) > _KCENTER_UPDATE_BLOCK:
+                    stale = stale[np.argpartition(closest[stale], _KCENTER_UPDATE_BLOCK)]
+                    stale = stale[:_KCENTER_UPDATE_BLOCK]
+                bring_up_to_date(stale, k)
+                just_rebuilt = False
+                continue
+            if closest[j] < outside_bound:
+                break
+            if just_rebuilt:
+                # Only ties at the bound are left (duplicates): settle them exactly.
+                rest = np.flatnonzero((closest < np.inf) & (applied < k))
+                for r0 in range(0, len(rest), _ROW_CHUNK):
+                    bring_up_to_date(rest[r0 : r0 + _ROW_CHUNK], k)
+                j = int(np.argmin(closest))
+                break
+            pool, outside_bound = shortlist()
+            just_rebuilt = True
+        selected[k] = j
+        centers[k] = emb[j]
+        closest[j] = np.inf
+        pool = pool[pool != j]
     return selected
 
 
@@ -298,8 +361,17 @@ def qdit_select(
         first_event = ev_start[fresh_at[cands]]
         incremental = n_events - first_event <= max_incremental
         if incremental.any():
-            inc = cands[incremental]
-            div_sum[inc] -= sum_drops(inc, first_event[incremental])
+            # Group candidates with similar windows so a long window is not paid by all.
+            order = np.argsort(-first_event[incremental], kind="stable")
+            inc, inc_first = cands[incremental][order], first_event[incremental][order]
+            window = n_events - inc_first
+            start = 0
+            for end in range(1, len(inc) + 1):
+                if end == len(inc) or (
+                    end - start >= _QDIT_MIN_BATCH and window[end] > 2 * window[start] + 64
+                ):
+                    div_sum[inc[start:end]] -= sum_drops(inc[start:end], inc_first[start:end])
+                    start = end
         if not incremental.all():
             full = cands[~incremental]
             div_sum[full] = full_sums(full)

@@ -164,8 +164,8 @@ def generate_answers(
                 attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
                 for j, i in enumerate(rows):
                     length = len(encoded[i])
-                    input_ids[j, :length] = torch.tensor(encoded[i], dtype=torch.long)
-                    attention_mask[j, :length] = 1
+                    input_ids[j, width - length :] = torch.tensor(encoded[i], dtype=torch.long)
+                    attention_mask[j, width - length :] = 1
                 output = model.generate(
                     input_ids=input_ids.to(device),
                     attention_mask=attention_mask.to(device),
@@ -173,6 +173,9 @@ def generate_answers(
                     num_beams=1,
                     max_new_tokens=max_new_tokens,
                     pad_token_id=pad_id,
+                    # A model whose generation config names no EOS would otherwise always run to
+                    # `max_new_tokens`.
+                    eos_token_id=sorted(eos_ids) or None,
                 )
                 for j, i in enumerate(rows):
                     new_tokens = output[j, width:].tolist()
@@ -198,7 +201,9 @@ def _as_scores(values: Any, n: int, who: str) -> np.ndarray:
     except (TypeError, ValueError) as error:
         raise InvalidArgumentError(f"{who} must return numbers, got {type(values).__name__} ({error}).") from error
     if scores.shape != (n,):
-        raise InvalidArgumentError(f"{who} returned shape {scores.shape} for {n} rows; it must return one number per row.")
+        raise InvalidArgumentError(
+            f"{who} returned shape {scores.shape} for {n} rows; it must return one number per row."
+        )
     bad = np.flatnonzero(~np.isfinite(scores))
     if bad.size:
         raise InvalidArgumentError(
@@ -298,7 +303,10 @@ def _log_likelihoods_with_empty(
     generation_ll = np.full(len(generations), values.min() - 1.0, dtype=np.float64)
     generation_ll[scored] = values[len(golds) :]
     if len(scored) < len(generations):
-        logger.info("%d of %d generations are empty; they score as the worst answer.", len(generations) - len(scored), len(generations))
+        logger.info(
+            "%d of %d generations are empty; they score as the worst answer.",
+            len(generations) - len(scored), len(generations),
+        )
     return gold_ll, generation_ll
 
 
@@ -580,7 +588,15 @@ class RewardScorer(RoundScorer):
         return encoded
 
     def rewards(self, texts: list[str]) -> np.ndarray:
-        """The reward of each text (float64, input order)."""
+        """The reward model's scalar output for each text.
+
+        Args:
+            texts (`list[str]`):
+                Full texts (prompt + answer).
+
+        Returns:
+            `np.ndarray`: float64 of shape `(len(texts),)`, in input order.
+        """
         texts = _check_strings("texts", texts)
         encoded = self._encode(texts)
         rewards = np.empty(len(texts), dtype=np.float64)
@@ -674,11 +690,15 @@ def _check_labels_and_rows(labels: Any, rows: Any) -> tuple[np.ndarray, np.ndarr
     labels = np.asarray(labels)
     rows = np.asarray(rows)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise InvalidArgumentError(f"`labels` must be a 1-D integer array, got dtype {labels.dtype} and shape {labels.shape}.")
+        raise InvalidArgumentError(
+            f"`labels` must be a 1-D integer array, got dtype {labels.dtype} and shape {labels.shape}."
+        )
     if rows.size == 0:
         return labels, np.zeros(0, dtype=np.int64)
     if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
-        raise InvalidArgumentError(f"`rows` must be a 1-D integer array, got dtype {rows.dtype} and shape {rows.shape}.")
+        raise InvalidArgumentError(
+            f"`rows` must be a 1-D integer array, got dtype {rows.dtype} and shape {rows.shape}."
+        )
     if rows.min() < 0 or rows.max() >= len(labels):
         raise InvalidArgumentError(f"`rows` must be row ids in [0, {len(labels)}), got values up to {rows.max()}.")
     return labels, rows.astype(np.int64)

@@ -341,6 +341,18 @@ class IterativeSelectionTrainer(SFTTrainer):
                 name: p.detach().clone().cpu() for name, p in self.model.named_parameters() if p.requires_grad
             }
         self.add_callback(_RoundCallback(self))
+        if args.scorer == "reward" and score_fn is None:
+            self._check_reward_model()
+
+    def _check_reward_model(self) -> None:
+        """Load the reward model now and refuse one whose tokenizer cannot encode the pool, before training."""
+        from . import scorers
+
+        scorer = self._make_scorer(scorers)
+        options = resolve_render_options(self.pool.column_names, tokenizer=self.processing_class)
+        rows = np.random.default_rng(self.args.selection_seed).choice(len(self.pool), min(64, len(self.pool)), replace=False)
+        texts = [p + a for p, a in (prompt_and_answer(self.pool[int(r)], options, self.processing_class) for r in rows)]
+        scorer.check_encodable(texts)
 
     # ---- set-up ----
 
@@ -460,8 +472,10 @@ class IterativeSelectionTrainer(SFTTrainer):
         """Score the finished round, update the cluster weights, write the round file, draw the next round."""
         r = self.current_round
         rows = np.asarray(self.selection.current_rows, dtype=np.int64)
+        from .scorers import cluster_scores as mean_per_cluster
+
         scored_rows, scores = self._score_round(rows)
-        cluster_scores = _cluster_means(self.labels, scored_rows, scores, self.k)
+        cluster_scores = mean_per_cluster(self.labels, scored_rows, scores, self.k)
         available = np.bincount(self.labels[self.trainable], minlength=self.k) - np.bincount(
             self.labels[np.asarray(self.selection.selected(), dtype=np.int64)], minlength=self.k
         )
@@ -543,15 +557,20 @@ class IterativeSelectionTrainer(SFTTrainer):
         args = self.args
         if self.score_fn is not None:
             return scorers.CallableScorer(self.score_fn)
+        show = self.accelerator.is_main_process
         if args.scorer == "reward":
             if not isinstance(self.reward_model, scorers.RewardScorer):
-                self.reward_model = scorers.RewardScorer(self.reward_model, batch_size=args.scoring_batch_size)
+                self.reward_model = scorers.RewardScorer(
+                    self.reward_model, batch_size=args.scoring_batch_size, show_progress=show
+                )
             return self.reward_model
         if args.scorer == "perplexity":
-            return scorers.PerplexityScorer(batch_size=args.scoring_batch_size)
+            return scorers.PerplexityScorer(batch_size=args.scoring_batch_size, show_progress=show)
         if args.scorer == "likelihood":
             if not hasattr(self, "_likelihood_scorer"):
-                self._likelihood_scorer = scorers.LikelihoodScorer(args.reference_model, batch_size=args.scoring_batch_size)
+                self._likelihood_scorer = scorers.LikelihoodScorer(
+                    args.reference_model, batch_size=args.scoring_batch_size, show_progress=show
+                )
             return self._likelihood_scorer
         return scorers.JudgeScorer(self.judge)
 
@@ -627,13 +646,6 @@ def _per_row_loss(outputs, labels: torch.Tensor) -> torch.Tensor:
         logits.reshape(-1, logits.size(-1)), targets.clamp(min=0).reshape(-1), reduction="none"
     ).view_as(mask)
     return (token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-
-
-def _cluster_means(labels: np.ndarray, rows: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
-    sums = np.bincount(labels[rows], weights=scores, minlength=k)
-    counts = np.bincount(labels[rows], minlength=k)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
 def _labels_digest(labels: np.ndarray) -> str:

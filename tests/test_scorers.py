@@ -170,6 +170,14 @@ def test_generation_without_pad_token_falls_back_to_eos(trained):
     assert answers == golds[:4]
 
 
+def test_generation_stops_at_the_tokenizer_eos_when_the_model_names_none(trained):
+    model, tokenizer = trained
+    prompts, golds = fact_rows(tokenizer)
+    bare = copy.deepcopy(model)
+    bare.generation_config.eos_token_id = None
+    assert generate_answers(bare, tokenizer, prompts[:3], max_new_tokens=24, show_progress=False) == golds[:3]
+
+
 def test_generation_through_peft_model(trained):
     peft = pytest.importorskip("peft")
     model, tokenizer = trained
@@ -181,6 +189,12 @@ def test_generation_through_peft_model(trained):
     wrapped.train()
     answers = generate_answers(wrapped, tokenizer, prompts, max_new_tokens=16, batch_size=3, show_progress=False)
     assert answers == golds
+    assert wrapped.training
+    # The trainer binds the wrapped model to the perplexity scorer.
+    generations = JUNK[: len(prompts)]
+    through_peft = PerplexityScorer(show_progress=False).bind(wrapped, tokenizer)(prompts, golds, generations)
+    base = PerplexityScorer(show_progress=False).bind(model, tokenizer)(prompts, golds, generations)
+    np.testing.assert_allclose(through_peft, base, atol=1e-5)
     assert wrapped.training
 
 
@@ -233,7 +247,9 @@ def test_perplexity_scorer_handles_empty_generations(trained):
     scores = scorer(prompts, golds, generations)
     assert np.isfinite(scores).all()
     ll_gold = answer_log_likelihood(model, tokenizer, prompts, golds, show_progress=False)
-    ll_gen = answer_log_likelihood(model, tokenizer, [prompts[0], prompts[2]], [generations[0], generations[2]], show_progress=False)
+    ll_gen = answer_log_likelihood(
+        model, tokenizer, [prompts[0], prompts[2]], [generations[0], generations[2]], show_progress=False
+    )
     floor = min(ll_gold.min(), ll_gen.min()) - 1.0
     np.testing.assert_allclose(scores[1], floor - ll_gold[1], atol=1e-5)
     np.testing.assert_allclose(scores[[0, 2]], ll_gen - ll_gold[[0, 2]], atol=1e-5)

@@ -193,3 +193,30 @@ def test_generation_scorer_needs_gold_answers(tmp_path):
     )
     with pytest.raises(InvalidArgumentError, match="gold completion"):
         make_trainer(tmp_path, pool=pool, scorer="judge", judge=junk_judge, budget=6, k="2")
+
+
+@pytest.mark.parametrize("scorer", ["judge", "loss"])
+def test_two_ranks_hold_the_same_selection(tmp_path, scorer):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a free loopback port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    script = os.path.join(os.path.dirname(__file__), "ddp_trainer_run.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port, script, str(tmp_path), scorer],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.load(open(tmp_path / f"rank_{i}.json")) for i in range(2)]
+    assert ranks[0]["world"] == ranks[1]["world"] == 2
+    assert ranks[0]["rounds"] == ranks[1]["rounds"]
+    assert [r["cumulative_size"] for r in ranks[0]["rounds"]] == [8, 16, 24]
+    # Rows scored on both ranks were gathered: every round has scores from more than one rank's share.
+    files = read_rounds(str(tmp_path))
+    assert [f["selected"] for f in files] == [r["selected"] for r in ranks[0]["rounds"]]
+    if scorer == "loss":
+        assert all(f["scored_rows"] == 8 for f in files)

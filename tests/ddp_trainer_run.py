@@ -1,0 +1,44 @@
+"""Run by test_trainer.py under `torchrun --nproc_per_node 2`: an iterative run on 2 CPU ranks (gloo).
+
+Each rank writes the selection it holds to OUT/rank_<i>.json so the test can compare them.
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(__file__))
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+from test_trainer import junk_judge, make_pool  # noqa: E402
+
+from _tiny import make_tiny_llama  # noqa: E402
+from hf_idsel.trainer import IterativeSelectionConfig, IterativeSelectionTrainer  # noqa: E402
+
+
+def main(out: str, scorer: str) -> None:
+    model, tokenizer = make_tiny_llama()
+    args = IterativeSelectionConfig(
+        output_dir=out, budget=24, rounds=3, k="4", embedding_column="embedding", per_device_train_batch_size=2,
+        learning_rate=5e-3, max_length=64, report_to="none", bf16=False, use_cpu=True, save_strategy="no",
+        scorer=scorer, scored_rows_per_cluster=4, generation_max_new_tokens=8, seed=0, disable_tqdm=True,
+        logging_steps=1,
+    )
+    trainer = IterativeSelectionTrainer(
+        model, args=args, train_dataset=make_pool(), processing_class=tokenizer,
+        judge=junk_judge if scorer == "judge" else None,
+    )
+    trainer.train()
+    rank = trainer.accelerator.process_index
+    with open(os.path.join(out, f"rank_{rank}.json"), "w") as f:
+        json.dump({"world": trainer.accelerator.num_processes, "rounds": trainer.selection.rounds}, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(), sys.argv[2] if len(sys.argv) > 2 else "judge")
