@@ -130,16 +130,15 @@ def kcenter_greedy(embeddings: np.ndarray, budget: int, *, seed: int = 0) -> np.
         # Rows are grouped by how many centres they lack, so that one long-stale row does not
         # make the whole group recompute centres the others already have.
         rows = rows[np.argsort(-applied[rows], kind="stable")]
-        lacking = k - applied[rows]
+        lacking = k - applied[rows]  # ascending
         start = 0
-        for end in range(1, len(rows) + 1):
-            if end < len(rows) and lacking[end] <= 2 * lacking[start] + 16:
-                continue
+        while start < len(rows):
+            end = int(np.searchsorted(lacking, 2 * lacking[start] + 16, side="right"))
             group = rows[start:end]
             first = int(applied[group[-1]])
-            best = closest[group]
+            best, group_emb = closest[group], emb[group]
             for c0 in range(first, k, _KCENTER_CENTER_CHUNK):
-                sims = emb[group] @ centers[c0 : min(c0 + _KCENTER_CENTER_CHUNK, k)].T
+                sims = group_emb @ centers[c0 : min(c0 + _KCENTER_CENTER_CHUNK, k)].T
                 np.maximum(best, sims.max(axis=1), out=best)
             closest[group] = best
             applied[group] = k

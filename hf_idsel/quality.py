@@ -703,3 +703,20 @@ def _scoring_function(reference: _LazyReference, options: RenderOptions, metric,
         return {_CACHED_COLUMN: values.tolist()}
 
     return score
+
+
+def unquantized(model: torch.nn.Module) -> torch.nn.Module:
+    """A plain float copy of a model loaded from a GGUF file, so that Trainer will fine-tune it.
+
+    transformers dequantises GGUF weights on load but keeps the quantization marker, and Trainer
+    refuses to train a model marked quantized. Models without the marker are returned as they are.
+    """
+    config = getattr(model, "config", None)
+    if getattr(config, "quantization_config", None) is None and not getattr(model, "is_quantized", False):
+        return model
+    config = copy.deepcopy(config)
+    del config.quantization_config
+    plain = type(model)(config)
+    plain.load_state_dict(model.state_dict())
+    plain.to(dtype=next(model.parameters()).dtype)
+    return plain

@@ -220,3 +220,30 @@ def test_two_ranks_hold_the_same_selection(tmp_path, scorer):
     assert [f["selected"] for f in files] == [r["selected"] for r in ranks[0]["rounds"]]
     if scorer == "loss":
         assert all(f["scored_rows"] == 8 for f in files)
+
+
+@pytest.mark.slow
+def test_real_smollm2_and_minilm_two_rounds_on_a_real_pool(tmp_path):
+    from peft import LoraConfig
+
+    import hf_idsel
+    from hf_idsel.quality import load_reference_model, unquantized
+
+    pool = hf_idsel.load_builtin_pool({"gsm8k": 24, "humaneval": 12, "chitchat": 24, "mmlu": 24})
+    model, tokenizer, _, _ = load_reference_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+    model = unquantized(model)
+    args = IterativeSelectionConfig(
+        output_dir=str(tmp_path / "run"), budget=16, rounds=2, k="4", per_device_train_batch_size=4,
+        max_length=256, learning_rate=1e-4, report_to="none", bf16=False, use_cpu=True, save_strategy="no",
+        logging_steps=1, seed=0, disable_tqdm=True, scorer="loss",
+    )
+    trainer = IterativeSelectionTrainer(
+        model, args=args, train_dataset=pool, processing_class=tokenizer,
+        peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    trainer.train()
+    rounds = read_rounds(trainer.args.output_dir)
+    assert [r["cumulative_size"] for r in rounds] == [8, 16]
+    assert len(set(rounds[0]["selected"]) | set(rounds[1]["selected"])) == 16
+    assert all(np.isfinite(s) for s in rounds[0]["cluster_scores"] if s is not None)
+    assert trainer.k_selection == {"mode": "fixed"} and trainer.k == 4
