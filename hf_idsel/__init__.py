@@ -21,13 +21,29 @@ from .errors import (
 )
 from .manifest import Manifest
 from .pool import load_builtin_pool
-from .quality import score_quality
 from .select import SelectionPlan, diverse_select, load_selection
 
 __version__ = "0.1.0"
 
+# torch/transformers/trl load only when these are first used: `import hf_idsel` stays light.
+_LAZY = {
+    "IterativeSelectionConfig": "trainer",
+    "IterativeSelectionTrainer": "trainer",
+    "score_quality": "quality",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "IdselError",
+    "IterativeSelectionConfig",
+    "IterativeSelectionTrainer",
     "InvalidArgumentError",
     "Manifest",
     "MethodConflictError",

@@ -417,3 +417,57 @@ def qdit_select(
         ev_start[step + 1] = n_events
         floor[changed] = new_cos[changed]
     return selected
+
+
+def greedy_diverse_filter(
+    embeddings: np.ndarray, order: np.ndarray, threshold: float, *, max_keep: int | None = None
+) -> np.ndarray:
+    """Visit rows in `order`; keep a row if its cosine similarity to every kept row is below `threshold`.
+
+    The scan Deita uses, and semantic de-duplication too. Candidates are checked a block at a
+    time (one product against the kept set, one inside the block, then sequential acceptance in
+    the block), which gives exactly the row-by-row result.
+
+    Args:
+        embeddings (`np.ndarray`):
+            Unit-normalised `(n, d)` rows.
+        order (`np.ndarray`):
+            Row ids in visiting order (e.g. by descending quality).
+        threshold (`float`):
+            Cosine similarity in `(0, 1]` at or above which a row counts as a near-duplicate.
+        max_keep (`int`, *optional*):
+            Stop once this many rows are kept.
+
+    Returns:
+        `np.ndarray`: kept row ids (`np.int64`) in visiting order.
+    """
+    emb = _as_embeddings(embeddings)
+    order = np.asarray(order, dtype=np.int64)
+    limit = len(order) if max_keep is None else int(max_keep)
+    kept_emb = np.empty((min(limit, len(order)), emb.shape[1]), dtype=np.float32)
+    kept = np.empty(min(limit, len(order)), dtype=np.int64)
+    count = 0
+    for start in range(0, len(order), _DEITA_BLOCK):
+        cand = order[start : start + _DEITA_BLOCK]
+        x = emb[cand]
+        if count:
+            max_sim = np.full(len(cand), -np.inf, dtype=np.float32)
+            for c0 in range(0, count, _ROW_CHUNK):
+                sims = x @ kept_emb[c0 : min(c0 + _ROW_CHUNK, count)].T
+                np.maximum(max_sim, sims.max(axis=1), out=max_sim)
+            keep = max_sim < threshold
+            cand, x = cand[keep], x[keep]
+        if len(cand) == 0:
+            continue
+        gram = x @ x.T
+        blocked = np.zeros(len(cand), dtype=bool)
+        for i in range(len(cand)):
+            if blocked[i]:
+                continue
+            kept[count] = cand[i]
+            kept_emb[count] = x[i]
+            count += 1
+            if count == limit:
+                return kept[:count]
+            blocked[i + 1 :] |= gram[i, i + 1 :] >= threshold
+    return kept[:count]

@@ -133,7 +133,7 @@ def kmeans(
             # Greedy k-means++ (2 + log k trials per seed) is what keeps separated clusters apart; above
             # k=256 its cost (~k^2 log k) outgrows k-means itself, so plain k-means++ is used there.
             # sklearn runs faster on float64 than on float32 here.
-            trials = None if k <= 256 else 1
+            trials = None if k <= 64 else 1
             seeds, _ = kmeans_plusplus(x[rows].astype(np.float64), k, random_state=seed, n_local_trials=trials)
             init_centroids = np.ascontiguousarray(seeds, dtype=np.float32)
         elif init != "random":

@@ -267,8 +267,10 @@ class IterativeSelectionTrainer(SFTTrainer):
             Training and selection configuration.
         train_dataset (`datasets.Dataset`):
             The whole pool (chat `messages` or prompt/completion rows); the trainer selects from it.
-        reward_model (`str` or `PreTrainedModel`, *optional*):
-            Sequence-classification reward model for `scorer="reward"`.
+        reward_model (`str`, `PreTrainedModel` or [`~scorers.RewardScorer`], *optional*):
+            Sequence-classification reward model for `scorer="reward"` (a scorer object carries its tokenizer).
+        reference_model (`str`, `PreTrainedModel` or [`~scorers.LikelihoodScorer`], *optional*):
+            Reference causal LM for `scorer="likelihood"`; defaults to `args.reference_model`.
         judge (`Callable`, *optional*):
             `judge(prompts, completions) -> scores` for `scorer="judge"`.
         score_fn (`Callable`, *optional*):
@@ -284,6 +286,7 @@ class IterativeSelectionTrainer(SFTTrainer):
         train_dataset: datasets.Dataset | None = None,
         *,
         reward_model: Any = None,
+        reference_model: Any = None,
         judge: Callable | None = None,
         score_fn: Callable | None = None,
         **kwargs,
@@ -300,6 +303,7 @@ class IterativeSelectionTrainer(SFTTrainer):
         self.pool = train_dataset
         self.budget_rows, self.round_sizes = self._check_selection_args(args, train_dataset, reward_model, judge, score_fn)
         self.reward_model = reward_model if reward_model is not None else args.reward_model
+        self.reference_model = reference_model if reference_model is not None else args.reference_model
         self.judge = judge
         self.score_fn = score_fn
 
@@ -567,11 +571,11 @@ class IterativeSelectionTrainer(SFTTrainer):
         if args.scorer == "perplexity":
             return scorers.PerplexityScorer(batch_size=args.scoring_batch_size, show_progress=show)
         if args.scorer == "likelihood":
-            if not hasattr(self, "_likelihood_scorer"):
-                self._likelihood_scorer = scorers.LikelihoodScorer(
-                    args.reference_model, batch_size=args.scoring_batch_size, show_progress=show
+            if not isinstance(self.reference_model, scorers.LikelihoodScorer):
+                self.reference_model = scorers.LikelihoodScorer(
+                    self.reference_model, batch_size=args.scoring_batch_size, show_progress=show
                 )
-            return self._likelihood_scorer
+            return self.reference_model
         return scorers.JudgeScorer(self.judge)
 
     def _restart_model(self) -> None:

@@ -8,7 +8,7 @@ import os
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
 
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
@@ -127,3 +127,22 @@ def single_thread():
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def tiny_reward_model(tokenizer, *, num_labels: int = 1, pad: bool = True, seed: int = 0):
+    """A tiny random LlamaForSequenceClassification sharing the tiny tokenizer's vocabulary."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        num_labels=num_labels,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if pad else None,
+    )
+    torch.manual_seed(seed)
+    return LlamaForSequenceClassification(config).eval()

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
-from _tiny import BOS, make_tiny_llama, make_tiny_tokenizer, save_tiny_llama, train_tiny
+from _tiny import BOS, make_tiny_llama, make_tiny_tokenizer, save_tiny_llama, tiny_reward_model, train_tiny
 from hf_idsel import scorers as scorers_module
 from hf_idsel.errors import InvalidArgumentError
 from hf_idsel.quality import answer_log_likelihood
@@ -310,24 +310,6 @@ def test_likelihood_scorer_loads_its_reference_lazily_once(trained, tmp_path, mo
 # --------------------------------------------------------------------------------------------
 # RewardScorer
 # --------------------------------------------------------------------------------------------
-
-
-def tiny_reward_model(tokenizer, *, num_labels: int = 1, pad: bool = True, seed: int = 0):
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        num_labels=num_labels,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id if pad else None,
-    )
-    torch.manual_seed(seed)
-    return LlamaForSequenceClassification(config).eval()
 
 
 GOOD = [

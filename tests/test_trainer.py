@@ -73,7 +73,9 @@ def make_trainer(tmp_path, pool=None, model=None, **config):
         disable_tqdm=True,
     )
     defaults.update(config)
-    extra = {k: defaults.pop(k) for k in ("judge", "peft_config", "score_fn") if k in defaults}
+    extra = {
+        k: defaults.pop(k) for k in ("judge", "peft_config", "score_fn", "reward_model", "reference_model") if k in defaults
+    }
     args = IterativeSelectionConfig(**defaults)
     return IterativeSelectionTrainer(
         model or model_tok[0], args=args, train_dataset=pool if pool is not None else make_pool(), processing_class=model_tok[1], **extra
@@ -247,3 +249,66 @@ def test_real_smollm2_and_minilm_two_rounds_on_a_real_pool(tmp_path):
     assert len(set(rounds[0]["selected"]) | set(rounds[1]["selected"])) == 16
     assert all(np.isfinite(s) for s in rounds[0]["cluster_scores"] if s is not None)
     assert trainer.k_selection == {"mode": "fixed"} and trainer.k == 4
+
+
+def _clean_and_junk_texts(tokenizer):
+    from hf_idsel.render import prompt_and_answer, resolve_render_options
+
+    pool = make_pool()
+    options = resolve_render_options(pool.column_names, tokenizer=tokenizer)
+    pairs = [prompt_and_answer(row, options, tokenizer) for row in pool]
+    return pool, pairs, np.array(pool["topic"])
+
+
+def _junk_weight(trainer):
+    rounds = read_rounds(trainer.args.output_dir)
+    topics = np.array(trainer.pool["topic"])
+    junk = int(np.bincount(trainer.labels[topics == 3]).argmax())
+    return rounds[0]["weights"][junk], rounds[0]["cluster_scores"], junk
+
+
+def test_reward_scorer_cuts_the_junk_cluster(tmp_path):
+    import torch
+
+    from _tiny import make_tiny_tokenizer, tiny_reward_model
+    from hf_idsel.scorers import RewardScorer
+
+    tokenizer = make_tiny_tokenizer()
+    _, pairs, topics = _clean_and_junk_texts(tokenizer)
+    reward = tiny_reward_model(tokenizer)
+    texts = [p + a for p, a in pairs]
+    targets = torch.tensor([-1.0 if t == 3 else 1.0 for t in topics])
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    optimizer = torch.optim.AdamW(reward.parameters(), lr=1e-2)
+    reward.train()
+    for _ in range(30):  # a reward model that rates scraped boilerplate below real answers
+        loss = torch.nn.functional.mse_loss(reward(**batch).logits[:, 0], targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    reward.eval()
+    trainer = make_trainer(
+        tmp_path, scorer="reward", budget=24, reward_model=RewardScorer(reward, tokenizer, show_progress=False)
+    )
+    trainer.train()
+    weight, scores, junk = _junk_weight(trainer)
+    assert weight < 0.25
+    assert scores[junk] == min(s for s in scores if s is not None)
+
+
+def test_likelihood_scorer_cuts_the_junk_cluster(tmp_path):
+    from _tiny import make_tiny_llama, train_tiny
+    from hf_idsel.scorers import LikelihoodScorer
+
+    reference, tokenizer = make_tiny_llama(seed=1)
+    _, pairs, topics = _clean_and_junk_texts(tokenizer)
+    # The reference has read real answers, never the boilerplate: it finds junk gold unlikely.
+    train_tiny(reference, tokenizer, [p + a for (p, a), t in zip(pairs, topics) if t != 3], steps=60)
+    trainer = make_trainer(
+        tmp_path, scorer="likelihood", budget=24,
+        reference_model=LikelihoodScorer(reference, tokenizer=tokenizer, show_progress=False),
+    )
+    trainer.train()
+    weight, scores, junk = _junk_weight(trainer)
+    assert weight < 0.25
+    assert scores[junk] == min(s for s in scores if s is not None)
