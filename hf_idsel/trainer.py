@@ -339,6 +339,9 @@ class IterativeSelectionTrainer(SFTTrainer):
         self.round_sampler = RoundSampler(length, args.selection_seed)
         self._sync_sampler()
         self._round_losses: list = []
+        self._forward_outputs = None
+        if args.scorer == "loss" and score_fn is None:
+            self.model.register_forward_hook(self._keep_forward_outputs)
         self._initial_state = None
         if args.round_mode == "restart":
             self._initial_state = {
@@ -460,11 +463,18 @@ class IterativeSelectionTrainer(SFTTrainer):
         collect = rows is not None and self.model.training and self.args.scorer == "loss" and self.score_fn is None
         if not collect:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        # The forward hook hands us the fused head's per-token log-probs: asking SFTTrainer for
+        # `return_outputs` instead would cost a second forward pass on every step.
+        self._forward_outputs = None
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        outputs, self._forward_outputs = self._forward_outputs, None
         with torch.no_grad():
             per_row = _per_row_loss(outputs, inputs["labels"])
         self._round_losses.extend(zip(rows.tolist(), per_row.tolist()))
-        return (loss, outputs) if return_outputs else loss
+        return result
+
+    def _keep_forward_outputs(self, module, args, output) -> None:
+        self._forward_outputs = output
 
     def end_epoch(self) -> None:
         """Count a finished epoch; the last epoch of a round closes the round."""
