@@ -327,50 +327,51 @@ def qdit_select(
     div_sum = n * (1.0 + emb.astype(np.float64) @ mean_vec)
     fresh_at = np.zeros(n, dtype=np.int64)
 
-    # Log of floor changes in step order: event j raised floor[ev_row[j]] from ev_old[j] to
-    # ev_new[j]; the events of step t are ev_start[t]:ev_start[t + 1]. A stale sum only needs the
+    # Log of floor changes in step order: event j raised floor[ev_row[j]] by ev_gap[j] from
+    # ev_old[j]; the events of step t are ev_start[t]:ev_start[t + 1]. A stale sum only needs the
     # events since it was computed (few per step once S is large), not the whole pool.
     ev_row = np.empty(n, dtype=np.int64)
     ev_old = np.empty(n, dtype=np.float32)
-    ev_new = np.empty(n, dtype=np.float32)
+    ev_gap = np.empty(n, dtype=np.float32)
     ev_start = np.zeros(budget + 1, dtype=np.int64)
     n_events = 0
     max_incremental = n // _QDIT_INCREMENTAL_DIVISOR
 
     def full_sums(cands: np.ndarray) -> np.ndarray:
-        cos = emb @ emb[cands].T  # n x len(cands)
-        cos -= floor[:, None]
+        cos = emb[cands] @ emb.T  # len(cands) x n
+        cos -= floor
         np.maximum(cos, 0.0, out=cos)
-        return cos.sum(axis=0, dtype=np.float64)
+        return cos.sum(axis=1, dtype=np.float64)
 
-    def sum_drops(cands: np.ndarray, first_event: np.ndarray) -> np.ndarray:
-        # The drop telescopes over events: raising floor(x) from a to b lowers the sum of c by
-        # max(0, cos - a) - max(0, cos - b) = clip(cos - a, 0, b - a).
-        lo = int(first_event.min())
-        if lo == n_events:
-            return np.zeros(len(cands))
-        cos = emb[ev_row[lo:n_events]] @ emb[cands].T  # events x len(cands)
-        cos -= ev_old[lo:n_events, None]
-        np.clip(cos, 0.0, (ev_new[lo:n_events] - ev_old[lo:n_events])[:, None], out=cos)
-        # Column j only counts the events since its own first_event[j].
-        cos[np.arange(lo, n_events)[:, None] < first_event[None, :]] = 0.0
-        return cos.sum(axis=0, dtype=np.float64)
+    def sum_drops(cands: np.ndarray, first_event: np.ndarray, event_emb: np.ndarray, lo: int):
+        # The drop telescopes over events: raising floor(x) from a by g lowers the sum of c by
+        # max(0, cos - a) - max(0, cos - a - g) = clip(cos - a, 0, g). event_emb holds the rows
+        # of events lo:n_events; candidate j only counts those from first_event[j] on.
+        start = int(first_event.min())
+        cos = emb[cands] @ event_emb[start - lo :].T  # len(cands) x events
+        cos -= ev_old[start:n_events]
+        np.clip(cos, 0.0, ev_gap[start:n_events], out=cos)
+        skip = first_event - start
+        return np.array([cos[j, skip[j] :].sum(dtype=np.float64) for j in range(len(cands))])
 
     def refresh(cands: np.ndarray, step: int) -> None:
         first_event = ev_start[fresh_at[cands]]
         incremental = n_events - first_event <= max_incremental
         if incremental.any():
-            # Group candidates with similar windows so a long window is not paid by all.
+            # Most recent first, grouped so that one long window is not paid by all columns.
             order = np.argsort(-first_event[incremental], kind="stable")
             inc, inc_first = cands[incremental][order], first_event[incremental][order]
+            lo = int(inc_first[-1])
+            event_emb = emb[ev_row[lo:n_events]]
             window = n_events - inc_first
             start = 0
-            for end in range(1, len(inc) + 1):
-                if end == len(inc) or (
-                    end - start >= _QDIT_MIN_BATCH and window[end] > 2 * window[start] + 64
-                ):
-                    div_sum[inc[start:end]] -= sum_drops(inc[start:end], inc_first[start:end])
-                    start = end
+            while start < len(inc):
+                end = int(np.searchsorted(window, 2 * window[start] + 64, side="right"))
+                end = max(end, min(start + _QDIT_MIN_BATCH, len(inc)))
+                group = slice(start, end)
+                if window[end - 1] > 0:
+                    div_sum[inc[group]] -= sum_drops(inc[group], inc_first[group], event_emb, lo)
+                start = end
         if not incremental.all():
             full = cands[~incremental]
             div_sum[full] = full_sums(full)
@@ -409,10 +410,10 @@ def qdit_select(
             grow = max(len(ev_row), k)
             ev_row = np.concatenate([ev_row, np.empty(grow, dtype=np.int64)])
             ev_old = np.concatenate([ev_old, np.empty(grow, dtype=np.float32)])
-            ev_new = np.concatenate([ev_new, np.empty(grow, dtype=np.float32)])
+            ev_gap = np.concatenate([ev_gap, np.empty(grow, dtype=np.float32)])
         ev_row[n_events : n_events + k] = changed
         ev_old[n_events : n_events + k] = floor[changed]
-        ev_new[n_events : n_events + k] = new_cos[changed]
+        ev_gap[n_events : n_events + k] = new_cos[changed] - floor[changed]
         n_events += k
         ev_start[step + 1] = n_events
         floor[changed] = new_cos[changed]

@@ -312,3 +312,46 @@ def test_likelihood_scorer_cuts_the_junk_cluster(tmp_path):
     weight, scores, junk = _junk_weight(trainer)
     assert weight < 0.25
     assert scores[junk] == min(s for s in scores if s is not None)
+
+
+def test_prompt_completion_pool_from_a_model_path_with_eval(tmp_path):
+    from _tiny import save_tiny_llama
+
+    model, tokenizer = make_tiny_llama()
+    path = save_tiny_llama(model, tokenizer, tmp_path / "tiny")
+    chat = make_pool()
+    pool = datasets.Dataset.from_dict(
+        {
+            "prompt": [row["messages"][0]["content"] for row in chat],
+            "completion": [row["messages"][1]["content"] for row in chat],
+            "embedding": chat["embedding"],
+        }
+    )
+    args = IterativeSelectionConfig(
+        output_dir=str(tmp_path / "run"), budget=16, rounds=2, k="4", embedding_column="embedding",
+        per_device_train_batch_size=4, max_length=64, report_to="none", bf16=False, use_cpu=True,
+        save_strategy="no", eval_strategy="epoch", per_device_eval_batch_size=4, disable_tqdm=True,
+    )
+    trainer = IterativeSelectionTrainer(
+        path, args=args, train_dataset=pool, eval_dataset=pool.select(range(8)).remove_columns("embedding"),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    assert [r["cumulative_size"] for r in read_rounds(trainer.args.output_dir)] == [8, 16]
+    assert sum("eval_loss" in log for log in trainer.state.log_history) == 2
+
+
+def test_reward_model_that_cannot_read_the_pool_is_refused(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from _tiny import tiny_reward_model
+    from hf_idsel.scorers import RewardScorer
+
+    backend = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.train_from_iterator(["alpha beta gamma"], trainer=trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]")
+    reward = RewardScorer(tiny_reward_model(tokenizer), tokenizer, show_progress=False)
+    with pytest.raises(InvalidArgumentError, match="reward_model"):
+        make_trainer(tmp_path, scorer="reward", reward_model=reward)
