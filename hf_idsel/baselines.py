@@ -224,35 +224,10 @@ def deita_select(
         raise InvalidArgumentError(f"`threshold` must be in (0, 1], got {threshold}.")
 
     order = _score_order(s)
-    chosen_emb = np.empty((budget, d), dtype=np.float32)
+    kept = greedy_diverse_filter(emb, order, threshold, max_keep=budget)
+    k = len(kept)
     selected = np.empty(budget, dtype=np.int64)
-    k = 0
-    for start in range(0, n, _DEITA_BLOCK):
-        cand = order[start : start + _DEITA_BLOCK]
-        x = emb[cand]
-        if k:
-            # Chunk the chosen set so the block x chosen product stays bounded.
-            max_sim = np.full(len(cand), -np.inf, dtype=np.float32)
-            for c0 in range(0, k, _ROW_CHUNK):
-                sims = x @ chosen_emb[c0 : min(c0 + _ROW_CHUNK, k)].T
-                np.maximum(max_sim, sims.max(axis=1), out=max_sim)
-            keep = max_sim < threshold
-            cand, x = cand[keep], x[keep]
-        if len(cand) == 0:
-            continue
-        gram = x @ x.T
-        blocked = np.zeros(len(cand), dtype=bool)
-        for i in range(len(cand)):
-            if blocked[i]:
-                continue
-            selected[k] = cand[i]
-            chosen_emb[k] = x[i]
-            k += 1
-            if k == budget:
-                break
-            blocked[i + 1 :] |= gram[i, i + 1 :] >= threshold
-        if k == budget:
-            break
+    selected[:k] = kept
 
     if k < budget:
         missing = budget - k

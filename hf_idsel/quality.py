@@ -376,14 +376,8 @@ def _score_pairs(
         ) as bar:
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
-                lengths = [len(pairs[i][0]) + len(pairs[i][1]) for i in rows]
-                width = max(lengths)
-                input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for j, i in enumerate(rows):
-                    prompt_ids, answer_ids = pairs[i]
-                    input_ids[j, : lengths[j]] = torch.tensor(prompt_ids + answer_ids, dtype=torch.long)
-                    attention_mask[j, : lengths[j]] = 1
+                input_ids, attention_mask = pad_batch([pairs[i][0] + pairs[i][1] for i in rows], pad_id)
+                width = input_ids.shape[1]
                 kwargs = {}
                 if "use_cache" in accepted:
                     kwargs["use_cache"] = False
@@ -720,3 +714,15 @@ def unquantized(model: torch.nn.Module) -> torch.nn.Module:
     plain.load_state_dict(model.state_dict())
     plain.to(dtype=next(model.parameters()).dtype)
     return plain
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int, *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(input_ids, attention_mask)` of token id lists padded to the longest (left for generation)."""
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for j, ids in enumerate(sequences):
+        span = slice(width - len(ids), width) if left else slice(0, len(ids))
+        input_ids[j, span] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[j, span] = 1
+    return input_ids, attention_mask

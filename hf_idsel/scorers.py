@@ -41,6 +41,7 @@ from .quality import (
     _with_pad_token,
     answer_log_likelihood,
     load_reference_model,
+    pad_batch,
 )
 
 
@@ -159,13 +160,8 @@ def generate_answers(
         ) as bar:
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
-                width = max(len(encoded[i]) for i in rows)
-                input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for j, i in enumerate(rows):
-                    length = len(encoded[i])
-                    input_ids[j, width - length :] = torch.tensor(encoded[i], dtype=torch.long)
-                    attention_mask[j, width - length :] = 1
+                input_ids, attention_mask = pad_batch([encoded[i] for i in rows], pad_id, left=True)
+                width = input_ids.shape[1]
                 output = model.generate(
                     input_ids=input_ids.to(device),
                     attention_mask=attention_mask.to(device),
@@ -612,12 +608,7 @@ class RewardScorer(RoundScorer):
             ) as bar:
                 for start in range(0, len(order), batch_size):
                     rows = order[start : start + batch_size]
-                    width = max(len(encoded[i]) for i in rows)
-                    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-                    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-                    for j, i in enumerate(rows):
-                        input_ids[j, : len(encoded[i])] = torch.tensor(encoded[i], dtype=torch.long)
-                        attention_mask[j, : len(encoded[i])] = 1
+                    input_ids, attention_mask = pad_batch([encoded[i] for i in rows], pad_id)
                     logits = self.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
                     rewards[rows] = logits[:, 0].double().cpu().numpy()
                     bar.update(len(rows))

@@ -64,14 +64,9 @@ def make_tiny_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def make_tiny_llama(path: str | os.PathLike | None = None, *, seed: int = 0):
-    """A seeded 2-layer Llama (hidden 32) and its tokenizer; saved to `path` when given.
-
-    Returns:
-        `tuple[LlamaForCausalLM, PreTrainedTokenizerFast]`
-    """
-    tokenizer = make_tiny_tokenizer()
-    config = LlamaConfig(
+def tiny_config(tokenizer, **overrides) -> LlamaConfig:
+    """A 2-layer, 32-wide Llama config over `tokenizer`'s vocabulary."""
+    values = dict(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
@@ -83,6 +78,18 @@ def make_tiny_llama(path: str | os.PathLike | None = None, *, seed: int = 0):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    values.update(overrides)
+    return LlamaConfig(**values)
+
+
+def make_tiny_llama(path: str | os.PathLike | None = None, *, seed: int = 0):
+    """A seeded 2-layer Llama (hidden 32) and its tokenizer; saved to `path` when given.
+
+    Returns:
+        `tuple[LlamaForCausalLM, PreTrainedTokenizerFast]`
+    """
+    tokenizer = make_tiny_tokenizer()
+    config = tiny_config(tokenizer)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.eval()
@@ -131,18 +138,6 @@ def single_thread():
 
 def tiny_reward_model(tokenizer, *, num_labels: int = 1, pad: bool = True, seed: int = 0):
     """A tiny random LlamaForSequenceClassification sharing the tiny tokenizer's vocabulary."""
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        num_labels=num_labels,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id if pad else None,
-    )
+    config = tiny_config(tokenizer, num_labels=num_labels, pad_token_id=tokenizer.pad_token_id if pad else None)
     torch.manual_seed(seed)
     return LlamaForSequenceClassification(config).eval()
