@@ -80,6 +80,25 @@ def test_kcenter_matches_bruteforce_farthest_point():
     np.testing.assert_array_equal(kcenter_greedy(emb, budget, seed=7), chosen)
 
 
+@pytest.mark.parametrize(("shortlist", "block", "chunk"), [(8, 3, 5), (40, 1, 1), (4096, 512, 4096)])
+def test_kcenter_lazy_updates_match_bruteforce(monkeypatch, shortlist, block, chunk):
+    # Tiny shortlists and blocks force rebuilds and many partial updates.
+    monkeypatch.setattr(baselines, "_KCENTER_SHORTLIST", shortlist)
+    monkeypatch.setattr(baselines, "_KCENTER_UPDATE_BLOCK", block)
+    monkeypatch.setattr(baselines, "_KCENTER_CENTER_CHUNK", chunk)
+    emb, _ = _random_pool(300, 5, seed=21)
+    e = emb.astype(np.float64)
+    closest = e @ e[int(np.random.default_rng(2).integers(300))]
+    chosen = [int(np.random.default_rng(2).integers(300))]
+    closest[chosen[0]] = np.inf
+    while len(chosen) < 60:
+        j = int(np.argmin(closest))
+        chosen.append(j)
+        closest = np.maximum(closest, e @ e[j])
+        closest[chosen] = np.inf
+    np.testing.assert_array_equal(kcenter_greedy(emb, 60, seed=2), chosen)
+
+
 def test_kcenter_picks_one_row_per_planted_blob():
     emb, labels = _blobs(8, 40, 32, seed=5)
     for seed in range(3):
@@ -87,7 +106,10 @@ def test_kcenter_picks_one_row_per_planted_blob():
         assert sorted(labels[out].tolist()) == list(range(8))
 
 
-def test_kcenter_duplicates_fill_without_repeats():
+@pytest.mark.parametrize("shortlist", [4, 4096])
+def test_kcenter_duplicates_fill_without_repeats(monkeypatch, shortlist):
+    # A shortlist smaller than the groups of tied duplicates forces the exact tie-settling path.
+    monkeypatch.setattr(baselines, "_KCENTER_SHORTLIST", shortlist)
     rng = np.random.default_rng(6)
     distinct = _unit(rng.standard_normal((5, 8)))
     emb = np.repeat(distinct, 4, axis=0)  # 20 rows, 5 distinct vectors

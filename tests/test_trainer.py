@@ -355,3 +355,17 @@ def test_reward_model_that_cannot_read_the_pool_is_refused(tmp_path):
     reward = RewardScorer(tiny_reward_model(tokenizer), tokenizer, show_progress=False)
     with pytest.raises(InvalidArgumentError, match="reward_model"):
         make_trainer(tmp_path, scorer="reward", reward_model=reward)
+
+
+def test_config_parses_from_the_command_line(tmp_path):
+    from transformers import HfArgumentParser
+
+    (config,) = HfArgumentParser(IterativeSelectionConfig).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--budget", "100", "--k", "8", "--rounds", "2", "--epochs_per_round", "2",
+         "--scorer", "judge", "--use_cpu", "--bf16", "False", "--seed", "7"]
+    )
+    assert (config.budget_value, config.k_value, config.scorer) == (100, 8, "judge")
+    assert config.num_train_epochs == 4 and config.selection_seed == 7
+    assert IterativeSelectionConfig(output_dir=str(tmp_path), budget=0.25, use_cpu=True, bf16=False).budget_value == 0.25
+    with pytest.raises(SystemExit):
+        HfArgumentParser(IterativeSelectionConfig).parse_args_into_dataclasses(["--output_dir", "x", "--scorer", "vibes"])
