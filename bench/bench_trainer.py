@@ -62,7 +62,10 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--per-cluster", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 suits the tiny model)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     datasets.disable_progress_bars()
 
     pool = hf_idsel.load_builtin_pool({"gsm8k": 150, "humaneval": 50, "chitchat": 150, "mmlu": 150})

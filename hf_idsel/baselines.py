@@ -123,7 +123,8 @@ def kcenter_greedy(embeddings: np.ndarray, budget: int, *, seed: int = 0) -> np.
     # never confused with them.
     closest = np.empty(n, dtype=np.float32)
     for start in range(0, n, _ROW_CHUNK):
-        np.dot(emb[start : start + _ROW_CHUNK], centers[0], out=closest[start : start + _ROW_CHUNK])
+        chunk = slice(start, start + _ROW_CHUNK)
+        np.dot(emb[chunk], centers[0], out=closest[chunk])
     closest[selected[0]] = np.inf
     applied = np.ones(n, dtype=np.int64)
 
@@ -142,7 +143,7 @@ def kcenter_greedy(embeddings: np.ndarray, budget: int, *, seed: int = 0) -> np.
                 sims = group_emb @ centers[c0 : min(c0 + _KCENTER_CENTER_CHUNK, k)].T
                 np.maximum(best, sims.max(axis=1), out=best)
             closest[group] = best
-            applied[group] = k - 1
+            applied[group] = k
             start = end
 
     def shortlist() -> tuple[np.ndarray, float]:
@@ -215,7 +216,7 @@ def deita_select(
         `np.ndarray`: `budget` distinct row indices (`np.int64`) in selection order.
     """
     emb = _as_embeddings(embeddings)
-    n, d = emb.shape
+    n = emb.shape[0]
     budget = _check_budget(budget, n)
     s = _as_scores(scores, n)
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):

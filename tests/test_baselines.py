@@ -80,7 +80,9 @@ def test_kcenter_matches_bruteforce_farthest_point():
     np.testing.assert_array_equal(kcenter_greedy(emb, budget, seed=7), chosen)
 
 
-@pytest.mark.parametrize(("shortlist", "block", "chunk"), [(8, 3, 5), (40, 1, 1), (4096, 512, 4096)])
+@pytest.mark.parametrize(
+    ("shortlist", "block", "chunk"), [(8, 3, 5), (40, 1, 1), (4096, 512, 4096)]
+)
 def test_kcenter_lazy_updates_match_bruteforce(monkeypatch, shortlist, block, chunk):
     # Tiny shortlists and blocks force rebuilds and many partial updates.
     monkeypatch.setattr(baselines, "_KCENTER_SHORTLIST", shortlist)
