@@ -38,6 +38,8 @@ def main(out: str, scorer: str) -> None:
     rank = trainer.accelerator.process_index
     with open(os.path.join(out, f"rank_{rank}.json"), "w") as f:
         json.dump({"world": trainer.accelerator.num_processes, "rounds": trainer.selection.rounds}, f)
+    # Without this, gloo's worker threads can outlive the interpreter and abort the process at exit.
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":
