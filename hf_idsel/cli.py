@@ -1,4 +1,10 @@
-"""The `hf-idsel` command line: `hf-idsel select POOL --budget N --out DIR`."""
+"""The `hf-idsel` command line.
+
+    hf-idsel select POOL --budget N --out DIR [--push-to-hub REPO]   choose a diverse subset
+    hf-idsel train --config recipe.yaml [--key value ...]             iterative selection + SFT
+    hf-idsel push DIR [--repo-id REPO]                                publish (or finish publishing) DIR
+    hf-idsel report PATH [--plot out.png]                             what a selection or a run chose
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import os
 import sys
 
 from .errors import IdselError, InvalidArgumentError
+from .report import format_report
 
 logger = logging.getLogger(__name__)
 
@@ -42,43 +49,6 @@ def load_pool(source: str, *, split: str = "train", config: str | None = None, r
             raise InvalidArgumentError(f"POOL {source!r} has splits {list(loaded)}; pick one with --split.")
         return loaded[split]
     return loaded
-
-
-def format_report(manifest, *, top: int = 20) -> str:
-    """A short human-readable report of a selection: sizes, k, and rows chosen per cluster."""
-    sizes = manifest.cluster_sizes
-    chosen = manifest.selected_per_cluster
-    total = sum(sizes)
-    budget = manifest.budget
-    lines = [
-        f"hf_idsel selection: {len(manifest.selected_indices)} of {manifest.pool['num_rows']} rows, method={manifest.method}, "
-        f"k={manifest.k}, seed={manifest.seed}",
-    ]
-    if budget.get("max_tokens"):
-        lines.append(f"token budget: {budget['tokens']} of {budget['max_tokens']} tokens ({budget['tokenizer']})")
-    encoder = manifest.encoder or {}
-    if "id" in encoder:
-        lines.append(f"encoder: {encoder['id']} @ {encoder['revision']} (dim {encoder['dim']})")
-    else:
-        lines.append(f"embeddings: column {encoder.get('embedding_column')!r} (dim {encoder.get('dim')})")
-    if manifest.k_selection.get("mode") == "auto":
-        scores = manifest.k_selection["silhouette"]
-        lines.append("k chosen by silhouette: " + ", ".join(f"k={c}: {float(s):.3f}" for c, s in scores.items()))
-    if manifest.dedup:
-        lines.append(f"de-duplication: removed {manifest.dedup['removed']} rows at cosine >= {manifest.dedup['threshold']}")
-    lines.append("")
-    lines.append(f"{'cluster':>7} {'pool rows':>9} {'pool %':>7} {'chosen':>6} {'chosen %':>8}")
-    picked = max(sum(chosen), 1)
-    order = sorted(range(len(sizes)), key=lambda j: (-sizes[j], j))
-    for j in order[:top]:
-        lines.append(
-            f"{j:>7} {sizes[j]:>9} {100 * sizes[j] / total:>6.1f}% {chosen[j]:>6} {100 * chosen[j] / picked:>7.1f}%"
-        )
-    if len(order) > top:
-        rest_sizes = sum(sizes[j] for j in order[top:])
-        rest_chosen = sum(chosen[j] for j in order[top:])
-        lines.append(f"{'others':>7} {rest_sizes:>9} {100 * rest_sizes / total:>6.1f}% {rest_chosen:>6} {100 * rest_chosen / picked:>7.1f}%")
-    return "\n".join(lines)
 
 
 def _budget(value: str):
@@ -138,6 +108,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tokenizer", default=None, help="Tokenizer id/path for --max-tokens.")
     s.add_argument("--device", default=None, help="Encoder device (default: GPU when available).")
     s.add_argument("--dry-run", action="store_true", help="Print the plan and estimated cost, compute nothing.")
+    s.add_argument("--push-to-hub", metavar="REPO", default=None, help="Also push the subset, manifest, card and plot to this dataset repo.")
+    s.add_argument("--private", action="store_true", help="Create the pushed repo private.")
+
+    t = commands.add_parser(
+        "train",
+        help="Iterative selection + SFT from a recipe (the same as `python -m hf_idsel.train`).",
+        description="Run IterativeSelectionTrainer from a recipe YAML; any config field can be overridden as --field value. "
+        "For several processes use `accelerate launch -m hf_idsel.train --config ...`.",
+        add_help=False,
+    )
+    t.add_argument("train_args", nargs=argparse.REMAINDER, help="--config recipe.yaml and overrides (see --help).")
+
+    p = commands.add_parser(
+        "push",
+        help="Publish an output folder that was not pushed, or finish a push that stopped.",
+        description="DIR is a `select --out` folder, a trainer output_dir, or a folder a failed push staged. "
+        "Steps already pushed are skipped.",
+    )
+    p.add_argument("folder", metavar="DIR", help="The folder to publish.")
+    p.add_argument("--repo-id", default=None, help="Dataset repo for the rows (needed when DIR was never staged for a push).")
+    p.add_argument("--model-repo-id", default=None, help="Model repo for a trainer output_dir's model.")
+    p.add_argument("--pool-id", default=None, help="Hub id of the pool, for the card's source_datasets.")
+    p.add_argument("--private", action="store_true", help="Create the repos private.")
+
+    r = commands.add_parser(
+        "report",
+        help="Print (and plot) what a selection or an iterative run chose.",
+        description="PATH is a manifest.json, a `select --out` folder, or a trainer output_dir.",
+    )
+    r.add_argument("path", metavar="PATH", help="manifest.json, a selection folder or a trainer output_dir.")
+    r.add_argument("--plot", default=None, metavar="PNG", help="Also save a plot: cluster sizes vs chosen (and weights per round).")
+    r.add_argument("--top", type=int, default=20, help="Clusters shown in the tables (default: 20).")
     return parser
 
 
@@ -170,7 +172,12 @@ def _run_select(args) -> int:
     if args.dry_run:
         print(diverse_select(pool, args.budget, dry_run=True, **kwargs))
         return 0
+    if args.push_to_hub:
+        from .publish import check_repo_id
+
+        check_repo_id(args.push_to_hub, "--push-to-hub")
     subset, manifest = diverse_select(pool, args.budget, return_manifest=True, **kwargs)
+    manifest.pool["source"] = _pool_source(args)
     os.makedirs(args.out, exist_ok=True)
     subset.to_parquet(os.path.join(args.out, "subset.parquet"))
     manifest.save(os.path.join(args.out, "manifest.json"))
@@ -179,16 +186,117 @@ def _run_select(args) -> int:
         f.write("```\n" + report + "\n```\n")
     print(report)
     print(f"\nWrote {len(subset)} rows to {os.path.join(args.out, 'subset.parquet')}, manifest.json and report.md")
+    if args.push_to_hub:
+        from .publish import push_selection
+
+        url = push_selection(subset, args.push_to_hub, manifest=manifest, local_dir=args.out, private=args.private or None)
+        print(f"Pushed to {url}")
+    return 0
+
+
+def _pool_source(args) -> dict:
+    """Where the pool came from, so `load_selection` can load it again by itself."""
+    if args.pool == BUILTIN_POOL:
+        return {"path": "builtin"}
+    path = os.path.abspath(args.pool) if os.path.exists(args.pool) else args.pool
+    return {"path": path, "config": args.config, "split": args.split, "revision": args.revision}
+
+
+def _run_train(args) -> int:
+    from .train import main as train_main
+    from .train import make_parser
+
+    rest = [a for a in args.train_args if a != "--"]
+    parser = make_parser()
+    parser.prog = "hf-idsel train"
+    train_main(*parser.parse_args_and_config(rest))
+    return 0
+
+
+def _run_push(args) -> int:
+    from .manifest import Manifest
+    from .publish import PUSH_FILE, push_selection, push_staged, set_model_push
+    from .trainer import STAGING_DIR
+
+    folder = args.folder
+    if not os.path.isdir(folder):
+        raise InvalidArgumentError(f"DIR {folder!r} is not a folder.")
+    staged = os.path.join(folder, STAGING_DIR)
+    private = args.private or None
+    if os.path.isfile(os.path.join(staged, PUSH_FILE)):  # a trainer output_dir
+        model_repo = args.model_repo_id
+        if model_repo and _has_model(folder):
+            set_model_push(staged, model_repo, folder)
+        url = push_staged(staged, args.repo_id, private=private)
+    elif os.path.isfile(os.path.join(folder, PUSH_FILE)):  # a staged push that stopped
+        url = push_staged(folder, args.repo_id, private=private)
+    elif os.path.isfile(os.path.join(folder, "manifest.json")) and os.path.isfile(os.path.join(folder, "subset.parquet")):
+        if not args.repo_id:
+            raise InvalidArgumentError(f"{folder} was never pushed: say where with --repo-id namespace/name.")
+        import datasets
+
+        subset = datasets.Dataset.from_parquet(os.path.join(folder, "subset.parquet"))
+        url = push_selection(
+            subset, args.repo_id, manifest=Manifest.load(folder), pool_id=args.pool_id, local_dir=folder, private=private
+        )
+    else:
+        raise InvalidArgumentError(
+            f"{folder} holds nothing to push: expected a `hf-idsel select --out` folder (subset.parquet + manifest.json), "
+            f"a trainer output_dir ({STAGING_DIR}/{PUSH_FILE}) or a staged push ({PUSH_FILE})."
+        )
+    print(f"Pushed to {url}")
+    return 0
+
+
+def _has_model(folder: str) -> bool:
+    return any(os.path.isfile(os.path.join(folder, name)) for name in ("config.json", "adapter_config.json"))
+
+
+def _run_report(args) -> int:
+    from .manifest import Manifest
+    from .report import format_rounds, plot_selection, read_rounds
+    from .trainer import STAGING_DIR
+
+    path = args.path
+    rounds = read_rounds(path) if os.path.isdir(path) else []
+    candidates = [path, os.path.join(path, "manifest.json"), os.path.join(path, STAGING_DIR, "manifest.json")]
+    found = next((c for c in candidates if os.path.isfile(c)), None)
+    if found is None and not rounds:
+        raise InvalidArgumentError(
+            f"PATH {path!r}: no manifest.json and no selection/round_<r>.json found; pass a manifest, a "
+            "`hf-idsel select --out` folder or a trainer output_dir."
+        )
+    manifest = Manifest.load(found) if found else None
+    if manifest is not None:
+        print(format_report(manifest, top=args.top))
+    if rounds:
+        print()
+        print(format_rounds(rounds, manifest.cluster_sizes if manifest else None, top=args.top))
+    if args.plot:
+        if manifest is None:
+            raise InvalidArgumentError(f"--plot needs the run's manifest.json (not found under {path!r}).")
+        plot_selection(manifest, args.plot, rounds or None)
+        print(f"\nWrote {args.plot}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # the recipe parser owns every argument after `train`
+        args = argparse.Namespace(command="train", verbose=False, train_args=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "select":
             return _run_select(args)
+        if args.command == "train":
+            return _run_train(args)
+        if args.command == "push":
+            return _run_push(args)
+        if args.command == "report":
+            return _run_report(args)
     except IdselError as err:
         print(f"hf-idsel {args.command}: error: {err}", file=sys.stderr)
         return 2

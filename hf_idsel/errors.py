@@ -23,3 +23,18 @@ class MissingDependencyError(IdselError, ImportError):
 
 class MethodConflictError(IdselError, RuntimeError):
     """`datasets.Dataset` already has a `diverse_select` attribute that hf_idsel did not install."""
+
+
+class PushError(IdselError, RuntimeError):
+    """A push to the Hub stopped. Everything is staged locally; the message says how to finish.
+
+    Attributes: `pushed` and `not_pushed` (push steps), `folder` (the staged copy), `status` (HTTP
+    status of the last failure, or `None` for a network error).
+    """
+
+    def __init__(self, message: str, *, pushed=(), not_pushed=(), folder: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.pushed = list(pushed)
+        self.not_pushed = list(not_pushed)
+        self.folder = folder
+        self.status = status

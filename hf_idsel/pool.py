@@ -42,6 +42,7 @@ from .errors import InvalidArgumentError, MissingDependencyError
 
 logger = logging.getLogger(__name__)
 
+BUILTIN_POOL_NAME = "hf_idsel_builtin"  # `info.dataset_name` of the built-in pool, recorded in manifests
 BUILTIN_SOURCES = ("gsm8k", "humaneval", "chitchat", "mmlu")
 
 DEFAULT_ROWS_PER_SOURCE = {"gsm8k": 1319, "humaneval": 164, "chitchat": 1200, "mmlu": 1300}
@@ -298,6 +299,7 @@ def load_builtin_pool(rows_per_source: dict[str, int] | None = None, *, seed: in
         {"messages": _messages_feature(), "origin": datasets.Value("string"), "origin_id": datasets.Value("string")}
     )
     info = datasets.DatasetInfo(
+        dataset_name=BUILTIN_POOL_NAME,
         description=_DESCRIPTION.format(
             max_turns=CHITCHAT_MAX_TURNS, counts=", ".join(f"{s} {counts[s]}" for s in BUILTIN_SOURCES), seed=seed
         ),

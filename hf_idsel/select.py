@@ -22,7 +22,7 @@ from .cache import fingerprint
 from .cluster import Clustering, choose_k, default_k_candidates, kmeans
 from .embed import DEFAULT_ENCODER, embed_dataset, embeddings_from_column, encoder_identity
 from .errors import InvalidArgumentError
-from .manifest import Manifest, indices_digest, pool_digest
+from .manifest import Manifest, indices_digest, pool_digest, remember_manifest
 from .render import resolve_render_options, token_lengths, validate_columns
 
 logger = logging.getLogger(__name__)
@@ -357,6 +357,7 @@ def _select(pool: datasets.Dataset, *, dry_run: bool, return_manifest: bool, **a
     subset = subset.add_column("cluster", labels.astype(np.int64).tolist())
 
     manifest = _manifest(pool, a, options, identity, embeddings, clustering, k_selection, budget_info, indices, dedup)
+    remember_manifest(subset, manifest)
     logger.info("Selected %d of %d rows with %s (k=%d)", len(indices), n, a["method"], clustering.k)
     return (subset, manifest) if return_manifest else subset
 
@@ -572,14 +573,31 @@ def _render_sample(rows: datasets.Dataset, options):
     return render_batch(rows[:], options)
 
 
-def load_selection(manifest, pool, *, recompute: bool = False, **overrides):
+def load_selection(
+    manifest,
+    pool: datasets.Dataset | None = None,
+    *,
+    config: str | None = None,
+    revision: str | None = None,
+    token=None,
+    recompute: bool = False,
+    **overrides,
+):
     """Rebuild the subset a manifest describes from its pool, refusing a pool that differs.
 
     Args:
         manifest (`Manifest`, `dict`, `str`):
-            A manifest, or the path of its JSON file (or a folder holding `manifest.json`).
-        pool (`datasets.Dataset`):
-            The pool the selection was made on.
+            A manifest, the path of its JSON file (or a folder holding `manifest.json`), or the id
+            of a Hub dataset repo made by `push_selection` or `IterativeSelectionTrainer`.
+        pool (`datasets.Dataset`, *optional*):
+            The pool the selection was made on. Default: the pool the manifest names (the built-in
+            pool, or the Hub dataset given as `pool_id` when the selection was pushed).
+        config (`str`, *optional*):
+            For a Hub repo: the config to rebuild (`"round_2"`); default: the repo's default config.
+        revision (`str`, *optional*):
+            For a Hub repo: the revision to read the manifest from.
+        token (`str`, *optional*):
+            Hub token for private repos.
         recompute (`bool`, *optional*, defaults to `False`):
             Re-run the whole selection (embed, cluster, sample) with the manifest's arguments and
             check that it gives the same rows, instead of taking the recorded row ids.
@@ -589,8 +607,10 @@ def load_selection(manifest, pool, *, recompute: bool = False, **overrides):
     Returns:
         `datasets.Dataset`: the subset, with `source_index` and `cluster`.
     """
-    manifest = Manifest.load(manifest)
+    manifest = _read_manifest(manifest, config=config, revision=revision, token=token)
     manifest.check_integrity()
+    if pool is None:
+        pool = _load_recorded_pool(manifest, token)
     if not isinstance(pool, datasets.Dataset):
         raise InvalidArgumentError(f"`pool` must be a datasets.Dataset, got {type(pool).__name__}.")
     if pool._indices is not None:
@@ -599,6 +619,11 @@ def load_selection(manifest, pool, *, recompute: bool = False, **overrides):
     if recompute:
         from .errors import SelectionMismatchError
 
+        if manifest.method not in sample.METHODS:
+            raise InvalidArgumentError(
+                f"`recompute=True`: a {manifest.method!r} selection depends on a training run and cannot be re-run "
+                "here; load it without recompute (the recorded rows are checked against their digest)."
+            )
         arguments = {**manifest.arguments, **overrides}
         subset, again = diverse_select(pool, return_manifest=True, **arguments)
         if again.selected_digest != manifest.selected_digest:
@@ -612,3 +637,43 @@ def load_selection(manifest, pool, *, recompute: bool = False, **overrides):
     subset = pool.select(indices)
     subset = subset.add_column("source_index", indices.tolist())
     return subset.add_column("cluster", list(manifest.selected_clusters))
+
+
+def _read_manifest(source, *, config, revision, token) -> Manifest:
+    is_local = not isinstance(source, str) or source.lstrip().startswith("{") or os.path.exists(source)
+    if is_local:
+        if config is not None:
+            raise InvalidArgumentError("`config` only applies to a Hub repo id; for a local manifest pass its path.")
+        return Manifest.load(source)
+    from huggingface_hub import hf_hub_download
+
+    from .publish import DEFAULT_CONFIG, _manifest_path, check_repo_id
+
+    check_repo_id(source, "manifest")
+    filename = _manifest_path(config or DEFAULT_CONFIG)
+    try:
+        path = hf_hub_download(source, filename, repo_type="dataset", revision=revision, token=token)
+    except Exception as err:
+        from .publish import redact
+
+        raise InvalidArgumentError(
+            f"Could not read {filename} from the dataset repo {source!r}"
+            f"{f' (config {config!r})' if config else ''}: {redact(str(err).splitlines()[0] if str(err) else type(err).__name__, token)}. "
+            "Check the repo id, the config name (round_1, round_2, ... or the default) and your token."
+        ) from None
+    return Manifest.load(path)
+
+
+def _load_recorded_pool(manifest: Manifest, token) -> datasets.Dataset:
+    from .pool import BUILTIN_POOL_NAME, load_builtin_pool
+
+    source = manifest.pool.get("source") or {}
+    path = source.get("path")
+    if path == "builtin" or (path is None and manifest.pool.get("name") == BUILTIN_POOL_NAME):
+        return load_builtin_pool()
+    if path is None:
+        raise InvalidArgumentError(
+            "The manifest does not say where its pool lives: pass `pool=` (the dataset the selection was made on)."
+        )
+    loaded = datasets.load_dataset(path, source.get("config"), split=source.get("split") or "train", revision=source.get("revision"), token=token)
+    return loaded

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -31,7 +32,9 @@ from trl import SFTConfig, SFTTrainer
 
 from . import sample
 from .embed import DEFAULT_ENCODER
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, PushError
+from .manifest import Manifest, indices_digest, pool_digest
+from .publish import CardFacts, dataset_card, model_card, pool_card_metadata, push_staged, set_model_push, stage
 from .render import first_empty_answer, prompt_and_answer, resolve_render_options, validate_columns
 from .select import embed_and_cluster
 
@@ -42,6 +45,9 @@ SCORERS = ("loss", "reward", "perplexity", "likelihood", "judge")
 WEIGHT_RULES = sample.WEIGHT_RULES
 ROUND_MODES = ("continue", "restart")
 STATE_FILE = "hf_idsel_selection.json"
+STAGING_DIR = "_hf_idsel_selection"  # under output_dir; Trainer.push_to_hub skips "_*" paths
+ITERATIVE_METHOD = "iterative-kmq"
+ROUND_COLUMN = "selection_round"  # added to pushed rows: the round that drew each one
 
 
 @dataclass
@@ -87,6 +93,16 @@ class IterativeSelectionConfig(SFTConfig):
             `"continue"` (the paper) or `"restart"` (the research code).
         selection_seed (`int`, *optional*):
             Seed of clustering and draws; defaults to `seed`.
+        pool_id (`str`, *optional*):
+            Hub id of the pool, recorded in manifests and in the cards' `source_datasets`; lets
+            `load_selection(hub_dataset_id)` load the pool by itself.
+        hub_dataset_id (`str`, *optional*):
+            With `push_to_hub=True`: the dataset repo that receives each round's rows (configs
+            `round_1`, `round_2`, ...; all rows as the default config), manifests and round files.
+            Defaults to `<hub_model_id>-selection`.
+        hub_license (`str`, *optional*):
+            License in the pushed model card; defaults to the base model card's license. A push
+            that cannot tell the license stops before training starts.
     """
 
     budget: float = field(
@@ -130,6 +146,16 @@ class IterativeSelectionConfig(SFTConfig):
         metadata={"help": "'continue' (paper) or 'restart' (research code).", "choices": list(ROUND_MODES)},
     )
     selection_seed: int | None = field(default=None, metadata={"help": "Seed of clustering and draws (default: seed)."})
+    pool_id: str | None = field(
+        default=None, metadata={"help": "Hub id of the pool, recorded in manifests and cards (source_datasets)."}
+    )
+    hub_dataset_id: str | None = field(
+        default=None,
+        metadata={"help": "Dataset repo for the selected rows, one config per round (default: <hub_model_id>-selection)."},
+    )
+    hub_license: str | None = field(
+        default=None, metadata={"help": "License of the pushed model card (default: the base model's license)."}
+    )
 
     def __post_init__(self):
         if self.rounds < 1:
@@ -307,6 +333,9 @@ class IterativeSelectionTrainer(SFTTrainer):
         self.judge = judge
         self.score_fn = score_fn
 
+        # The card's license is checked before the Trainer creates any repo or loads anything heavy.
+        self._base_model = _model_id(model)
+        self._license = self._resolve_license() if args.push_to_hub else args.hub_license
         pool_with_ids = train_dataset.add_column(ROW_ID, list(range(len(train_dataset))))
         super().__init__(model, args=args, train_dataset=pool_with_ids, **kwargs)
         self.data_collator = _RowIdCollator(self.data_collator)
@@ -350,6 +379,7 @@ class IterativeSelectionTrainer(SFTTrainer):
         self.add_callback(_RoundCallback(self))
         if args.scorer == "reward" and score_fn is None:
             self._check_reward_model()
+        self._pool_info = None
 
     def _check_reward_model(self) -> None:
         """Load the reward model now and refuse one whose tokenizer cannot encode the pool, before training."""
@@ -407,7 +437,7 @@ class IterativeSelectionTrainer(SFTTrainer):
         payload = [None]
         with self.accelerator.main_process_first():
             if self.accelerator.is_main_process:
-                _, clustering, _, k_selection = embed_and_cluster(
+                embeddings, clustering, identity, k_selection = embed_and_cluster(
                     self.pool,
                     self._render,
                     encoder=args.encoder,
@@ -415,10 +445,18 @@ class IterativeSelectionTrainer(SFTTrainer):
                     k=args.k_value,
                     seed=args.selection_seed,
                 )
-                payload = [{"labels": clustering.labels.tolist(), "k": clustering.k, "k_selection": k_selection}]
+                encoder = (
+                    {"id": identity.id, "revision": identity.revision, "dim": int(embeddings.shape[1])}
+                    if identity is not None
+                    else {"embedding_column": args.embedding_column, "dim": int(embeddings.shape[1])}
+                )
+                payload = [
+                    {"labels": clustering.labels.tolist(), "k": clustering.k, "k_selection": k_selection, "encoder": encoder}
+                ]
         if self.accelerator.num_processes > 1:
             broadcast_object_list(payload, from_process=0)
         data = payload[0]
+        self.encoder_info = data["encoder"]
         return np.asarray(data["labels"], dtype=np.int64), int(data["k"]), data["k_selection"]
 
     # ---- rounds ----
@@ -518,6 +556,8 @@ class IterativeSelectionTrainer(SFTTrainer):
         self._round_losses = []
         self._write_round_file(record)
         self.log(_round_metrics(record, scores))
+        if self.args.push_to_hub and self.accelerator.is_main_process:
+            self._push_round(record)
         if r < self.args.rounds:
             self._draw_round(r + 1, weights)
             if self.args.round_mode == "restart":
@@ -608,6 +648,193 @@ class IterativeSelectionTrainer(SFTTrainer):
         with open(os.path.join(folder, f"round_{record['round']}.json"), "w", encoding="utf-8") as f:
             json.dump({**record, "k": self.k, "k_selection": self.k_selection}, f, indent=2)
 
+    # ---- publishing ----
+
+    @property
+    def staging_dir(self) -> str:
+        """Where the selection is staged before any upload (left out of the model repo by its leading `_`)."""
+        return os.path.join(self.args.output_dir, STAGING_DIR)
+
+    @property
+    def hub_dataset_id(self) -> str:
+        if self.args.hub_dataset_id:
+            return self.args.hub_dataset_id
+        model_id = self.hub_model_id or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
+        return f"{model_id}-selection"
+
+    def _pool_record(self) -> dict:
+        if self._pool_info is None:
+            columns = list(self._render.input_columns)
+            columns += [c for c in (self.args.embedding_column, self.args.quality_column) if c is not None]
+            columns = list(dict.fromkeys(columns))
+            self._pool_info = {
+                "fingerprint": self.pool._fingerprint,
+                "num_rows": len(self.pool),
+                "digest": pool_digest(self.pool, columns),
+                "digest_columns": columns,
+                "name": self.args.pool_id or self.pool.info.dataset_name,
+            }
+            if self.args.pool_id:
+                self._pool_info["source"] = {"path": self.args.pool_id, "split": str(self.pool.split or "train")}
+        return self._pool_info
+
+    def selection_manifest(self, config: str = "default") -> Manifest:
+        """The manifest of one round's rows (`"round_<r>"`) or of every row selected so far (`"default"`)."""
+        done = self.selection.rounds
+        if config == "default":
+            rows, what = self.selection.selected(), {"rounds": [r["round"] for r in done]}
+        else:
+            match = re.fullmatch(r"round_(\d+)", config)
+            if not match or not 1 <= int(match.group(1)) <= len(done):
+                finished = [f"round_{r['round']}" for r in done]
+                raise InvalidArgumentError(f"`config`={config!r}: the finished rounds are {finished} (or 'default').")
+            rows, what = done[int(match.group(1)) - 1]["selected"], {"round": int(match.group(1))}
+        rows = np.sort(np.asarray(rows, dtype=np.int64))
+        selected_labels = self.labels[rows]
+        a = self.args
+        arguments = {
+            name: getattr(a, name)
+            for name in (
+                "budget", "rounds", "k", "encoder", "embedding_column", "quality_column", "quality_temperature",
+                "scorer", "weight_update", "weight_temperature", "scored_rows_per_cluster", "epochs_per_round",
+                "round_mode", "selection_seed", "pool_id",
+            )
+        }
+        return Manifest(
+            pool=self._pool_record(),
+            arguments=arguments,
+            method=ITERATIVE_METHOD,
+            seed=int(a.selection_seed),
+            k=int(self.k),
+            k_selection=self.k_selection,
+            budget={"requested": a.budget_value, "rows": int(len(rows)), "total_rows": int(self.budget_rows), **what},
+            cluster_sizes=np.bincount(self.labels, minlength=self.k).tolist(),
+            selected_per_cluster=np.bincount(selected_labels, minlength=self.k).tolist(),
+            selected_indices=rows.tolist(),
+            selected_clusters=selected_labels.tolist(),
+            selected_digest=indices_digest(rows),
+            render=self._render.to_dict(),
+            encoder=self.encoder_info,
+        )
+
+    def _selection_rows(self, manifest: Manifest) -> datasets.Dataset:
+        rows = manifest.selected_indices
+        round_of = {row: r["round"] for r in self.selection.rounds for row in r["selected"]}
+        subset = self.pool.select(rows)
+        subset = subset.add_column("source_index", list(rows))
+        subset = subset.add_column("cluster", list(manifest.selected_clusters))
+        return subset.add_column(ROUND_COLUMN, [round_of[row] for row in rows])
+
+    def _stage_selection(self, configs: list[str]) -> None:
+        """Write the rows, manifests, round files, plot and card of `configs` under `staging_dir` (main process)."""
+        manifests = {name: self.selection_manifest(name) for name in configs}
+        everything = self.selection_manifest("default")
+        all_configs = [f"round_{r['round']}" for r in self.selection.rounds] + ["default"]
+        license_, language = pool_card_metadata(self.args.pool_id, self.args.hub_token)
+        facts = CardFacts(self.hub_dataset_id, self.args.pool_id, license_, language)
+        card = dataset_card(
+            everything, facts, configs=all_configs, rounds=self.selection.rounds,
+            run_args={"scorer": self.args.scorer, "weight_update": self.args.weight_update},
+        )
+        stage(
+            self.staging_dir, self.hub_dataset_id,
+            subsets={name: self._selection_rows(m) for name, m in manifests.items()},
+            manifests=manifests, card=card, rounds=self.selection.rounds,
+            private=self.args.hub_private_repo, plot_manifest=everything,
+        )
+
+    def _push_round(self, record: dict) -> None:
+        """Stage and push one finished round; a failure here only warns, the final push retries it."""
+        self._stage_selection([f"round_{record['round']}"])
+        try:
+            push_staged(self.staging_dir, token=self.args.hub_token, include_model=False)
+        except PushError as err:
+            logger.warning("Round %d's rows were not pushed yet (training goes on): %s", record["round"], err)
+
+    def _resolve_license(self) -> str:
+        if self.args.hub_license:
+            return self.args.hub_license
+        base = self._base_model
+        if base:
+            from huggingface_hub import ModelCard
+
+            try:
+                license_ = ModelCard.load(base, token=self.args.hub_token).data.get("license")
+            except Exception as err:
+                logger.info("Could not read the base model's card %s (%s).", base, type(err).__name__)
+                license_ = None
+            if license_:
+                return license_
+        raise InvalidArgumentError(
+            "`push_to_hub=True` needs a license for the model card: set `hub_license` (e.g. 'apache-2.0'; "
+            f"the base model {base or '(a local path)'} has no readable card to take it from)."
+        )
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None):
+        """Write the model card from hf_idsel's `model_cards/model_card.md` (TRL reads only its own templates)."""
+        if not self.is_world_process_zero():
+            return
+        a = self.args
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        hyperparameters = [
+            ("learning_rate", a.learning_rate),
+            ("per_device_train_batch_size", a.per_device_train_batch_size),
+            ("gradient_accumulation_steps", a.gradient_accumulation_steps),
+            ("processes", self.accelerator.num_processes),
+            ("epochs (rounds x epochs_per_round)", a.num_train_epochs),
+            ("lr_scheduler_type", getattr(a.lr_scheduler_type, "value", a.lr_scheduler_type)),
+            ("warmup_steps", a.warmup_steps),
+            ("optimizer", getattr(a.optim, "value", a.optim)),
+            ("max_length", a.max_length),
+            ("seed", a.seed),
+            ("budget (rows)", self.budget_rows),
+            ("rounds", a.rounds),
+            ("k", self.k),
+            ("scorer", a.scorer),
+            ("weight_update / temperature", f"{a.weight_update} / {a.weight_temperature}"),
+            ("round_mode", a.round_mode),
+            ("global steps", self.state.global_step),
+        ]
+        peft_config = getattr(self.model, "peft_config", None)
+        if peft_config:
+            lora = next(iter(peft_config.values()))
+            hyperparameters.append(("peft", f"{type(lora).__name__} r={getattr(lora, 'r', '?')} alpha={getattr(lora, 'lora_alpha', '?')}"))
+        card = model_card(
+            self.selection_manifest("default"),
+            model_name=model_name or os.path.basename(os.path.abspath(a.output_dir)),
+            base_model=self._base_model,
+            dataset_id=dataset_name,
+            license=self._license,
+            tags=tags + list(self._tag_names),
+            library_name="peft" if peft_config else "transformers",
+            rounds=self.selection.rounds,
+            run_args={n: getattr(a, n) for n in ("quality_column", "scorer", "weight_update", "round_mode")},
+            hyperparameters=hyperparameters,
+            pool_id=a.pool_id,
+        )
+        card.save(os.path.join(a.output_dir, "README.md"))
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None, revision=None, private=None, **kwargs):
+        """Push the selection (dataset repo `hub_dataset_id`: a config per round and the default), then the model.
+
+        Everything is staged under `output_dir` first; on failure [`PushError`] says what is left and
+        `hf-idsel push OUTPUT_DIR` finishes it. Always blocking.
+        """
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        token = token if token is not None else self.args.hub_token
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token, private=private)
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        pending = [f"round_{r['round']}" for r in self.selection.rounds]
+        self._stage_selection(pending + ["default"])
+        model_name = kwargs.pop("model_name", None) or self.hub_model_id.split("/")[-1]
+        self.create_model_card(model_name=model_name, dataset_name=kwargs.pop("dataset_name", None) or self.hub_dataset_id, **kwargs)
+        self._finish_current_push()
+        set_model_push(self.staging_dir, self.hub_model_id, self.args.output_dir, commit_message=commit_message, revision=revision or self.args.hub_revision)
+        return push_staged(self.staging_dir, token=token, private=private if private is not None else self.args.hub_private_repo)
+
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         # Losses of the round in progress live on every rank: collect them so a resume scores the same round.
@@ -644,7 +871,13 @@ class IterativeSelectionTrainer(SFTTrainer):
             self.selection = state
             self._round_losses = []
             self._sync_sampler()
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        if self.accelerator.is_main_process and self.selection.rounds:
+            # Everything a later `hf-idsel push OUTPUT_DIR` needs is on disk, pushed or not.
+            self._stage_selection([f"round_{r['round']}" for r in self.selection.rounds] + ["default"])
+            if self.args.hub_model_id:
+                set_model_push(self.staging_dir, self.args.hub_model_id, self.args.output_dir)
+        return output
 
 
 def _per_row_loss(outputs, labels: torch.Tensor) -> torch.Tensor:
@@ -660,6 +893,18 @@ def _per_row_loss(outputs, labels: torch.Tensor) -> torch.Tensor:
         logits.reshape(-1, logits.size(-1)), targets.clamp(min=0).reshape(-1), reduction="none"
     ).view_as(mask)
     return (token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+def _model_id(model) -> str | None:
+    """The Hub id a model was loaded from (`None` for a local folder or a model built in memory)."""
+    if isinstance(model, str):
+        name = model
+    else:
+        name = getattr(getattr(model, "config", None), "_name_or_path", None)
+        peft_config = getattr(model, "peft_config", None)
+        if peft_config:
+            name = getattr(next(iter(peft_config.values())), "base_model_name_or_path", None) or name
+    return name if name and not os.path.isdir(name) else None
 
 
 def _labels_digest(labels: np.ndarray) -> str:

