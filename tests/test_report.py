@@ -1,0 +1,99 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from hf_idsel import diverse_select, load_selection
+from hf_idsel.cli import main
+from hf_idsel.errors import InvalidArgumentError
+from hf_idsel.report import format_rounds, markdown_table, plot_selection, read_rounds
+
+
+@pytest.fixture
+def selected(blob_pool):
+    return diverse_select(blob_pool, 50, k=6, embedding_column="embedding", seed=0, return_manifest=True)
+
+
+def _png(path):
+    import matplotlib.image
+
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    return matplotlib.image.imread(path)
+
+
+def test_markdown_table_lists_pool_and_chosen_rows_largest_first(selected):
+    _, manifest = selected
+    table = markdown_table(manifest, top=3).splitlines()
+    assert table[0].startswith("| cluster | pool rows |")
+    sizes = [int(line.split("|")[2]) for line in table[2:5]]
+    assert sizes == sorted(manifest.cluster_sizes, reverse=True)[:3]
+    assert "3 smaller clusters not shown" in table[-1]
+
+
+def test_plot_selection_writes_a_png(selected, tmp_path):
+    _, manifest = selected
+    image = _png(plot_selection(manifest, str(tmp_path / "sub" / "plot.png")))
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def _trained_run(tmp_path):
+    from test_trainer import make_trainer
+
+    trainer = make_trainer(tmp_path, budget=24, scorer="loss")
+    trainer.train()
+    return trainer
+
+
+def test_trainer_stages_rows_manifests_and_cards_that_rebuild_each_round(tmp_path):
+    from hf_idsel.publish import PUSH_FILE, read_plan
+    from hf_idsel.trainer import ROUND_COLUMN, STAGING_DIR
+    from test_trainer import make_pool
+
+    trainer = _trained_run(tmp_path)
+    out = trainer.args.output_dir
+    staged = os.path.join(out, STAGING_DIR)
+    plan = read_plan(staged)
+    assert plan["configs"] == ["round_1", "round_2", "round_3", "default"] and plan["done"] == []
+    rounds = read_rounds(out)
+    pool = make_pool()
+    for r in rounds:
+        subset = load_selection(os.path.join(staged, "manifests", f"round_{r['round']}.json"), pool)
+        assert subset["source_index"] == sorted(r["selected"])
+        assert subset["cluster"] == trainer.labels[sorted(r["selected"])].tolist()
+    everything = load_selection(os.path.join(staged, "manifest.json"), pool)
+    assert len(everything) == 24 and sorted(everything["source_index"]) == sorted(trainer.selection.selected())
+    import datasets
+
+    staged_rows = datasets.Dataset.from_parquet(os.path.join(staged, "data", "default.parquet"))
+    round_of = {row: r["round"] for r in rounds for row in r["selected"]}
+    assert staged_rows[ROUND_COLUMN] == [round_of[i] for i in staged_rows["source_index"]]
+    # A changed pool is refused, not silently re-indexed.
+    with pytest.raises(Exception, match="differs|rows"):
+        load_selection(os.path.join(staged, "manifest.json"), pool.select(range(1, len(pool))))
+    _png(os.path.join(staged, "selection.png"))
+    card = open(os.path.join(staged, "README.md")).read()
+    assert "iterative-kmq" in card and "| rounds | 3 rounds of 8, 8, 8 rows |" in card and "selection.png" in card
+    assert os.path.isfile(os.path.join(staged, PUSH_FILE))
+
+    # The report subcommand reads the same output directory.
+    assert main(["report", out, "--plot", str(tmp_path / "run.png")]) == 0
+    _png(tmp_path / "run.png")
+
+
+def test_format_rounds_and_report_errors(tmp_path, capsys):
+    with pytest.raises(InvalidArgumentError, match="round"):
+        format_rounds([])
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_report_of_a_selection_folder(selected, tmp_path, capsys):
+    _, manifest = selected
+    manifest.save(str(tmp_path / "manifest.json"))
+    assert main(["report", str(tmp_path), "--top", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "50 of 250 rows" in printed and "others" in printed
+    loaded = json.loads((tmp_path / "manifest.json").read_text())
+    assert np.sum(loaded["selected_per_cluster"]) == 50
