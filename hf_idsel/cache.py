@@ -41,6 +41,7 @@ def cached_map(
     desc: str,
     directory: str | None = None,
     input_columns: list[str] | None = None,
+    always_write: bool = False,
 ) -> datasets.Dataset:
     """Run a batched `function` over `dataset` once per `key`; return only the new columns.
 
@@ -61,8 +62,10 @@ def cached_map(
             Cache folder; defaults to [`cache_dir`].
         input_columns (`list[str]`, *optional*):
             Columns `function` reads; the others are not materialised.
+        always_write (`bool`, *optional*, defaults to `False`):
+            Write the result file even when datasets' caching is off (other processes read it).
     """
-    use_cache = datasets.is_caching_enabled()
+    use_cache = datasets.is_caching_enabled() or always_write
     path = None
     if use_cache:
         folder = cache_dir(directory)

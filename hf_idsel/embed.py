@@ -137,10 +137,11 @@ def embed_dataset(
     revision: str | None = None,
     tokenizer: Any = None,
     batch_size: int = 64,
-    map_batch_size: int = 4096,
+    map_batch_size: int = 1024,
     device: str | None = None,
     cache_dir: str | None = None,
     trust_remote_code: bool = False,
+    distributed: bool = False,
 ) -> tuple[np.ndarray, EncoderIdentity]:
     """Embed every row of `dataset` (rendered with `options`) into unit-norm float32 vectors.
 
@@ -160,14 +161,18 @@ def embed_dataset(
             Chat template provider for chat rows (not the encoder's tokenizer).
         batch_size (`int`, *optional*, defaults to `64`):
             Encoder batch size; each `map_batch_size` chunk is sorted by length into such batches.
-        map_batch_size (`int`, *optional*, defaults to `4096`):
-            Rows per cached write.
+        map_batch_size (`int`, *optional*, defaults to `1024`):
+            Rows per encoder call and cached write (the unit of work ranks share).
         device (`str`, *optional*):
             Encoder device; sentence-transformers picks the GPU when there is one.
         cache_dir (`str`, *optional*):
             Where the cached embeddings live (defaults to `HF_DATASETS_CACHE/hf_idsel`).
         trust_remote_code (`bool`, *optional*, defaults to `False`):
             Passed to the encoder loader; only when you trust the model's code.
+        distributed (`bool`, *optional*, defaults to `False`):
+            Every launched process calls this together: each embeds its share of whole
+            `map_batch_size` chunks (so the vectors equal a 1-process run's), all read every share.
+            `cache_dir` must be on a filesystem all processes see.
 
     Returns:
         `tuple[np.ndarray, EncoderIdentity]`: the `(n, d)` matrix and the encoder's identity.
@@ -196,6 +201,12 @@ def embed_dataset(
         )
         return {"embedding": vectors.astype(np.float32)}
 
+    if distributed:
+        from .distributed import world
+
+        rank, world_size = world()
+        if world_size > 1:
+            return _embed_shards(dataset, encode, key, rank, world_size, map_batch_size, cache_dir, options), identity
     result = cached_map(
         dataset,
         encode,
@@ -207,6 +218,45 @@ def embed_dataset(
         input_columns=options.input_columns,
     )
     return column_matrix(result.data.table, "embedding"), identity
+
+
+def _embed_shards(dataset, encode, key, rank, world_size, chunk, directory, options) -> np.ndarray:
+    """Each rank embeds its range of whole chunks into the cache; then every rank reads all ranges in order."""
+    from .cache import cache_dir
+    from .distributed import barrier, broadcast, shard_bounds
+
+    folder = cache_dir(directory)
+    full = os.path.join(folder, f"embeddings-{key}.arrow")
+    # Rank 0 decides, so no rank sees a file another rank is still writing.
+    if broadcast(os.path.exists(full)):
+        return column_matrix(datasets.Dataset.from_file(full).data.table, "embedding")
+    chunks = -(-len(dataset) // chunk)
+    ranges = []
+    for r in range(world_size):
+        first, last = shard_bounds(chunks, r, world_size)
+        ranges.append((first * chunk, min(last * chunk, len(dataset))))
+    start, stop = ranges[rank]
+    if stop > start:
+        cached_map(
+            dataset.select(range(start, stop)),
+            encode,
+            kind="embeddings",
+            key=f"{key}-rows{start}-{stop}",
+            batch_size=chunk,
+            desc=f"Embedding (rank {rank} of {world_size})",
+            directory=directory,
+            input_columns=options.input_columns,
+            always_write=True,
+        )
+    barrier()
+    parts = [
+        datasets.Dataset.from_file(os.path.join(folder, f"embeddings-{key}-rows{a}-{b}.arrow")) for a, b in ranges if b > a
+    ]
+    if rank == 0 and datasets.is_caching_enabled():
+        # The whole matrix under the 1-process key: a later run on any number of processes reads it.
+        datasets.concatenate_datasets(parts).flatten_indices(cache_file_name=full, new_fingerprint=key)
+    barrier()
+    return np.concatenate([column_matrix(p.data.table, "embedding") for p in parts], axis=0)
 
 
 def column_matrix(table: pa.Table, column: str) -> np.ndarray:

@@ -294,21 +294,42 @@ def _select(pool: datasets.Dataset, *, dry_run: bool, return_manifest: bool, **a
     if dry_run:
         return _plan(pool, a, rows, options)
 
-    embeddings, clustering, identity, k_selection = embed_and_cluster(
+    from .distributed import broadcast, world
+
+    rank, world_size = world()
+    embeddings, identity = pool_embeddings(
         pool,
         options,
         encoder=a["encoder"],
         encoder_revision=a["encoder_revision"],
         embedding_column=a["embedding_column"],
         tokenizer=a["tokenizer"],
-        k=a["k"],
-        k_candidates=a["k_candidates"],
-        seed=a["seed"],
-        kmeans_niter=a["kmeans_niter"],
         batch_size=a["batch_size"],
         device=a["device"],
         cache_dir=a["cache_dir"],
         trust_remote_code=a["trust_remote_code"],
+        distributed=world_size > 1,
+    )
+    # Every rank embedded its share; rank 0 clusters and draws, the others take its manifest.
+    manifest = _cluster_and_draw(pool, a, rows, options, quality, embeddings, identity) if rank == 0 else None
+    if world_size > 1:
+        manifest = Manifest.from_dict(broadcast(manifest.to_dict() if manifest is not None else None))
+    subset = _subset_from_manifest(pool, manifest)
+    remember_manifest(subset, manifest)
+    logger.info("Selected %d of %d rows with %s (k=%d)", len(subset), n, a["method"], manifest.k)
+    return (subset, manifest) if return_manifest else subset
+
+
+def _subset_from_manifest(pool: datasets.Dataset, manifest: Manifest) -> datasets.Dataset:
+    indices = manifest.selected_indices
+    subset = pool.select(indices)
+    subset = subset.add_column("source_index", list(indices))
+    return subset.add_column("cluster", list(manifest.selected_clusters))
+
+
+def _cluster_and_draw(pool, a, rows, options, quality, embeddings, identity) -> Manifest:
+    clustering, k_selection = cluster_pool(
+        embeddings, a["k"], k_candidates=a["k_candidates"], seed=a["seed"], kmeans_niter=a["kmeans_niter"]
     )
 
     eligible, dedup = None, None
@@ -351,15 +372,7 @@ def _select(pool: datasets.Dataset, *, dry_run: bool, return_manifest: bool, **a
             tokenizer=getattr(a["tokenizer"], "name_or_path", type(a["tokenizer"]).__name__),
         )
 
-    labels = clustering.labels[indices]
-    subset = pool.select(indices)
-    subset = subset.add_column("source_index", indices.astype(np.int64).tolist())
-    subset = subset.add_column("cluster", labels.astype(np.int64).tolist())
-
-    manifest = _manifest(pool, a, options, identity, embeddings, clustering, k_selection, budget_info, indices, dedup)
-    remember_manifest(subset, manifest)
-    logger.info("Selected %d of %d rows with %s (k=%d)", len(indices), n, a["method"], clustering.k)
-    return (subset, manifest) if return_manifest else subset
+    return _manifest(pool, a, options, identity, embeddings, clustering, k_selection, budget_info, indices, dedup)
 
 
 def embed_and_cluster(
@@ -385,28 +398,64 @@ def embed_and_cluster(
         `tuple`: `(embeddings, Clustering, EncoderIdentity or None, k_selection)` where `k_selection`
         records how k was chosen (`{"mode": "fixed"}` or the silhouette score of every candidate).
     """
-    identity = None
+    embeddings, identity = pool_embeddings(
+        pool,
+        options,
+        encoder=encoder,
+        encoder_revision=encoder_revision,
+        embedding_column=embedding_column,
+        tokenizer=tokenizer,
+        batch_size=batch_size,
+        device=device,
+        cache_dir=cache_dir,
+        trust_remote_code=trust_remote_code,
+    )
+    clustering, k_selection = cluster_pool(embeddings, k, k_candidates=k_candidates, seed=seed, kmeans_niter=kmeans_niter)
+    return embeddings, clustering, identity, k_selection
+
+
+def pool_embeddings(
+    pool: datasets.Dataset,
+    options,
+    *,
+    encoder: Any = DEFAULT_ENCODER,
+    encoder_revision: str | None = None,
+    embedding_column: str | None = None,
+    tokenizer: Any = None,
+    batch_size: int = 64,
+    device: str | None = None,
+    cache_dir: str | None = None,
+    trust_remote_code: bool = False,
+    distributed: bool = False,
+):
+    """`(embeddings, EncoderIdentity or None)`: the encoder's vectors (cached) or `embedding_column`.
+
+    With `distributed=True` every launched process must call this: each embeds its share.
+    """
     if embedding_column is not None:
-        embeddings = embeddings_from_column(pool, embedding_column)
-    else:
-        embeddings, identity = embed_dataset(
-            pool,
-            options,
-            encoder=encoder,
-            revision=encoder_revision,
-            tokenizer=tokenizer,
-            batch_size=batch_size,
-            device=device,
-            cache_dir=cache_dir,
-            trust_remote_code=trust_remote_code,
-        )
+        return embeddings_from_column(pool, embedding_column), None
+    return embed_dataset(
+        pool,
+        options,
+        encoder=encoder,
+        revision=encoder_revision,
+        tokenizer=tokenizer,
+        batch_size=batch_size,
+        device=device,
+        cache_dir=cache_dir,
+        trust_remote_code=trust_remote_code,
+        distributed=distributed,
+    )
+
+
+def cluster_pool(embeddings: np.ndarray, k, *, k_candidates=None, seed: int = 0, kmeans_niter: int = 20):
+    """k-means on the pool's vectors, choosing k by silhouette when `k="auto"`; returns `(Clustering, k_selection)`."""
     k_selection = {"mode": "fixed"}
     if k == "auto":
-        candidates = k_candidates or default_k_candidates(min(len(pool), 4000))
+        candidates = k_candidates or default_k_candidates(min(len(embeddings), 4000))
         k, scores = choose_k(embeddings, candidates, seed=seed, niter=kmeans_niter)
         k_selection = {"mode": "auto", "candidates": sorted(scores), "silhouette": {str(c): s for c, s in scores.items()}}
-    clustering = kmeans(embeddings, k, seed=seed, niter=kmeans_niter)
-    return embeddings, clustering, identity, k_selection
+    return kmeans(embeddings, k, seed=seed, niter=kmeans_niter), k_selection
 
 
 def _draw(a, rows, embeddings, clustering: Clustering, quality, eligible) -> np.ndarray:
@@ -633,10 +682,7 @@ def load_selection(
                 f"{manifest.versions}; now: {again.versions}."
             )
         return subset
-    indices = np.asarray(manifest.selected_indices, dtype=np.int64)
-    subset = pool.select(indices)
-    subset = subset.add_column("source_index", indices.tolist())
-    return subset.add_column("cluster", list(manifest.selected_clusters))
+    return _subset_from_manifest(pool, manifest)
 
 
 def _read_manifest(source, *, config, revision, token) -> Manifest:
