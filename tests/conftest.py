@@ -52,3 +52,131 @@ def blob_pool():
 @pytest.fixture
 def cache_dir(tmp_path):
     return str(tmp_path / "cache")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hub publishing tests: a Hub-compatible loopback server (tests/hub_server.py) and the `hub` fixture that points the
+# real clients of this process at it. See ENV.md "Testing Hub pushes offline".
+import dataclasses  # noqa: E402
+import sys  # noqa: E402
+import uuid  # noqa: E402
+from urllib.parse import urlsplit  # noqa: E402
+
+from hub_server import HubServer  # noqa: E402
+
+
+def _hub_env(endpoint: str, token: str) -> dict[str, str]:
+    return {
+        "HF_ENDPOINT": endpoint,
+        "HF_TOKEN": token,
+        "HF_HUB_OFFLINE": "0",
+        "HF_DATASETS_OFFLINE": "0",
+        "TRANSFORMERS_OFFLINE": "0",
+        "HF_HUB_DISABLE_XET": "1",  # hf_xet is installed: without this, uploads go to a xet CAS we do not serve
+    }
+
+
+@pytest.fixture(scope="session")
+def hub_server():
+    """One loopback Hub for the whole session; tests stay apart through `hub.repo()` names."""
+    server = HubServer()
+    yield server
+    server.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class HubSession:
+    """What a test gets from the `hub` fixture."""
+
+    server: HubServer
+    endpoint: str
+    token: str
+    user: str
+
+    def repo(self, name: str = "repo") -> str:
+        """A repo id unique to this call: `"<user>/<name>-<uuid8>"`."""
+        return f"{self.user}/{name}-{uuid.uuid4().hex[:8]}"
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that point a subprocess's clients at the server (merge into `os.environ`)."""
+        return _hub_env(self.endpoint, self.token)
+
+    def api(self, token: str | None = None):
+        """An `HfApi` bound to the server, with `token` (the valid one by default)."""
+        from huggingface_hub import HfApi
+
+        return HfApi(endpoint=self.endpoint, token=token or self.token)
+
+
+def _point_clients_at(monkeypatch: pytest.MonkeyPatch, endpoint: str, token: str) -> None:
+    """Route huggingface_hub, datasets and transformers of this process to `endpoint`, online, without xet.
+
+    The three libraries copy HF_ENDPOINT / HF_HUB_OFFLINE / HF_HUB_DISABLE_XET into module constants at import
+    time (and some build objects holding the endpoint), so setting the environment alone is not enough."""
+    for key, value in _hub_env(endpoint, token).items():
+        monkeypatch.setenv(key, value)
+    for key in ("HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "HUGGINGFACE_CO_STAGING"):
+        monkeypatch.delenv(key, raising=False)
+
+    import huggingface_hub.hf_api
+    import huggingface_hub.hf_file_system
+    import huggingface_hub.utils._http
+    from huggingface_hub import HfFileSystem, constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # also what transformers' is_offline_mode() reads
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # uploads through the LFS basic transfer
+    host = urlsplit(endpoint).hostname
+    monkeypatch.setattr(constants, "HF_URL_HOSTS", constants.HF_URL_HOSTS | {host})
+    http = huggingface_hub.utils._http
+    monkeypatch.setattr(http, "_HUB_ORIGINS", http._HUB_ORIGINS | {http._url_origin(endpoint)})
+    # Objects built at import time with the endpoint of that moment: the module-level HfApi behind
+    # `huggingface_hub.upload_file`/`create_repo`/... and the module-level HfFileSystem.
+    monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", endpoint)
+    default_fs = huggingface_hub.hf_file_system.hffs
+    monkeypatch.setattr(default_fs, "endpoint", endpoint)
+    monkeypatch.setattr(default_fs._api, "endpoint", endpoint)
+    # fsspec caches HfFileSystem instances (and their listings) across tests: start and end clean.
+    HfFileSystem.clear_instance_cache()
+    for module_name in ("huggingface_hub.utils._git_credential", "huggingface_hub.cli.auth"):
+        module = sys.modules.get(module_name)
+        if module is not None and hasattr(module, "ENDPOINT"):
+            monkeypatch.setattr(module, "ENDPOINT", endpoint)
+
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(datasets.config, "HUB_DATASETS_URL", endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
+
+    # transformers caches one HfApi (with the endpoint of its creation) for Trainer/push_to_hub.
+    transformers_hub = sys.modules.get("transformers.utils.hub")
+    if transformers_hub is not None:
+        monkeypatch.setattr(transformers_hub, "_hf_api", None)
+
+
+def _forget_cached_clients(endpoint: str) -> None:
+    """Drop client objects created during the test that still hold `endpoint` (monkeypatch cannot restore
+    what did not exist before the test, e.g. transformers' HfApi when transformers was imported mid-test)."""
+    from huggingface_hub import HfFileSystem
+
+    HfFileSystem.clear_instance_cache()
+    transformers_hub = sys.modules.get("transformers.utils.hub")
+    cached = getattr(transformers_hub, "_hf_api", None)
+    if cached is not None and cached.endpoint == endpoint:
+        transformers_hub._hf_api = None
+
+
+@pytest.fixture
+def hub(hub_server: HubServer):
+    """The real Hub clients of this process talk to `hub_server` for the duration of the test.
+
+    Yields a `HubSession`: `.endpoint`, `.token` (valid, also in HF_TOKEN), `.server` (failure injection and
+    introspection), `.repo(name)` (unique repo id), `.env()` (variables for subprocesses), `.api()`."""
+    hub_server.clear_failures()
+    # A private MonkeyPatch: restored here, before the check below, without touching the test's own patches.
+    with pytest.MonkeyPatch.context() as patch:
+        _point_clients_at(patch, hub_server.endpoint, hub_server.token)
+        yield HubSession(hub_server, hub_server.endpoint, hub_server.token, hub_server.user)
+    hub_server.clear_failures()
+    _forget_cached_clients(hub_server.endpoint)
