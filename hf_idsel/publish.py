@@ -464,20 +464,27 @@ def _status(err) -> int | None:
     return getattr(response, "status_code", None)
 
 
-def _retryable(err) -> bool:
+def _retryable(err, step: str) -> bool:
     status = _status(err)
     if status is not None:
-        return status in RETRY_STATUS
-    import httpx
-
-    if isinstance(err, (httpx.TransportError, ConnectionError, TimeoutError)):
+        # 409/412: another commit landed first; a fresh attempt commits on top of it.
+        return status in RETRY_STATUS or (status in (409, 412) and step != "repo")
+    if isinstance(err, (ConnectionError, TimeoutError)):
         return True
+    # huggingface_hub speaks httpx (or httpx2): their network errors all derive from TransportError.
+    return any(
+        cls.__name__ in ("TransportError", "NetworkError", "TimeoutException", "RemoteProtocolError")
+        and cls.__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "requests", "urllib3")
+        for cls in type(err).__mro__
+    ) or _is_connection_error(err)
+
+
+def _is_connection_error(err) -> bool:
     try:
         import requests
-
-        return isinstance(err, (requests.ConnectionError, requests.Timeout))
     except ImportError:
         return False
+    return isinstance(err, (requests.ConnectionError, requests.Timeout))
 
 
 def redact(text: str, token=None) -> str:
@@ -493,7 +500,7 @@ def _run_with_retries(fn, step, plan, steps, folder, token, max_retries, backoff
         try:
             return fn()
         except Exception as err:
-            if isinstance(err, InvalidArgumentError) or not (_retryable(err) and attempt < max_retries):
+            if isinstance(err, InvalidArgumentError) or not (_retryable(err, step) and attempt < max_retries):
                 raise _push_error(err, step, plan, steps, folder, token, attempt) from None
             wait = backoff * (2**attempt)
             attempt += 1

@@ -335,7 +335,7 @@ class IterativeSelectionTrainer(SFTTrainer):
 
         # The card's license is checked before the Trainer creates any repo or loads anything heavy.
         self._base_model = _model_id(model)
-        self._license = self._resolve_license() if args.push_to_hub else args.hub_license
+        self._license = self._resolve_license(args) if args.push_to_hub else args.hub_license
         pool_with_ids = train_dataset.add_column(ROW_ID, list(range(len(train_dataset))))
         super().__init__(model, args=args, train_dataset=pool_with_ids, **kwargs)
         self.data_collator = _RowIdCollator(self.data_collator)
@@ -751,15 +751,15 @@ class IterativeSelectionTrainer(SFTTrainer):
         except PushError as err:
             logger.warning("Round %d's rows were not pushed yet (training goes on): %s", record["round"], err)
 
-    def _resolve_license(self) -> str:
-        if self.args.hub_license:
-            return self.args.hub_license
+    def _resolve_license(self, args) -> str:
+        if args.hub_license:
+            return args.hub_license
         base = self._base_model
         if base:
             from huggingface_hub import ModelCard
 
             try:
-                license_ = ModelCard.load(base, token=self.args.hub_token).data.get("license")
+                license_ = ModelCard.load(base, token=args.hub_token).data.get("license")
             except Exception as err:
                 logger.info("Could not read the base model's card %s (%s).", base, type(err).__name__)
                 license_ = None

@@ -1,0 +1,197 @@
+"""Publishing through the real clients against the loopback Hub (tests/hub_server.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import datasets
+import pytest
+from huggingface_hub import DatasetCard, ModelCard
+
+import hf_idsel
+from hf_idsel.cli import main
+from hf_idsel.errors import InvalidArgumentError, PushError
+from hf_idsel.publish import PUSH_FILE, push_selection, push_staged, read_plan
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def selection(blob_pool):
+    return hf_idsel.diverse_select(blob_pool, 40, k=6, embedding_column="embedding", seed=0, return_manifest=True)
+
+
+def test_push_selection_round_trip(hub, selection, blob_pool, tmp_path):
+    subset, manifest = selection
+    repo = hub.repo("kmq")
+    url = push_selection(subset, repo, local_dir=str(tmp_path / "stage"))  # the manifest diverse_select made
+    assert url.endswith(f"/datasets/{repo}")
+
+    rows = datasets.load_dataset(repo, split="train")
+    assert rows["source_index"] == subset["source_index"] and rows["cluster"] == subset["cluster"]
+    assert rows["text"] == subset["text"]
+    files = hub.server.files(repo)
+    assert files["selection.png"].startswith(PNG)
+    assert hf_idsel.Manifest.load(files["manifest.json"].decode()).selected_digest == manifest.selected_digest
+    # The card went last and kept the `configs` metadata datasets wrote.
+    assert hub.server.commits(repo, "dataset")[-1].message == "hf_idsel: dataset card"
+    card = DatasetCard.load(repo)
+    assert {"hf_idsel", "data-selection"} <= set(card.data.tags)
+    assert card.data.configs[0]["config_name"] == "default"
+    assert "## How the rows were chosen" in card.text and "| method | kmq |" in card.text
+    assert "| k (clusters) | 6, fixed by the user |" in card.text and "| seed | 0 |" in card.text
+    assert "![" in card.text and "(selection.png)" in card.text
+
+    again = hf_idsel.load_selection(repo, blob_pool)
+    assert again["source_index"] == subset["source_index"]
+    with pytest.raises(InvalidArgumentError, match="round_9"):
+        hf_idsel.load_selection(repo, blob_pool, config="round_9")
+
+
+def test_card_inherits_the_pools_license_and_language_and_load_selection_finds_the_pool(hub, tmp_path):
+    pool_repo = hub.repo("pool")
+    pool = datasets.Dataset.from_dict(
+        {
+            "prompt": [f"Question {i} about {'cats' if i % 2 else 'rockets'}?" for i in range(40)],
+            "completion": [f"Answer {i}." for i in range(40)],
+            "embedding": [[1.0, 0.0] if i % 2 else [0.0, 1.0] for i in range(40)],
+        }
+    )
+    pool.push_to_hub(pool_repo)
+    card = DatasetCard.load(pool_repo)
+    card.data.license, card.data.language = "cc-by-4.0", ["en"]
+    card.push_to_hub(pool_repo)
+
+    loaded = datasets.load_dataset(pool_repo, split="train")
+    subset = hf_idsel.diverse_select(loaded, 10, k=2, embedding_column="embedding")
+    repo = hub.repo("subset")
+    push_selection(subset, repo, pool_id=pool_repo, local_dir=str(tmp_path / "stage"), private=True)
+    assert hub.server.is_private(repo, "dataset")
+    card = DatasetCard.load(repo)
+    assert card.data.source_datasets == [pool_repo]
+    assert card.data.license == "cc-by-4.0" and card.data.language == ["en"]
+    # No pool passed: the manifest names it, load_selection fetches it and checks its digest.
+    rebuilt = hf_idsel.load_selection(repo)
+    assert rebuilt["source_index"] == subset["source_index"] and rebuilt["prompt"] == subset["prompt"]
+
+
+def test_bad_token_stops_with_what_to_do_and_keeps_everything_locally(hub, selection, tmp_path, caplog):
+    subset, manifest = selection
+    repo, stage = hub.repo("denied"), str(tmp_path / "stage")
+    secret = "hf_" + "x" * 30
+    with caplog.at_level(logging.DEBUG), pytest.raises(PushError) as info:
+        push_selection(subset, repo, manifest=manifest, local_dir=stage, token=secret)
+    err = info.value
+    assert err.status == 401 and err.pushed == [] and err.not_pushed[0] == "repo"
+    assert "hf auth login" in str(err) and f"hf-idsel push {os.path.abspath(stage)}" in str(err)
+    assert secret not in str(err) and secret not in caplog.text
+    assert not hub.server.repo_exists(repo, "dataset")
+    # Nothing lost: the rows, manifest, plot and card are staged; the CLI finishes the push.
+    assert datasets.Dataset.from_parquet(os.path.join(stage, "data", "default.parquet"))["source_index"] == subset["source_index"]
+    assert os.path.isfile(os.path.join(stage, "manifest.json")) and os.path.isfile(os.path.join(stage, "README.md"))
+    assert main(["push", stage]) == 0
+    assert datasets.load_dataset(repo, split="train")["source_index"] == subset["source_index"]
+    assert read_plan(stage)["done"] == ["repo", "config:default", "files", "card"]
+
+
+def test_server_errors_are_retried_then_succeed(hub, selection, tmp_path, caplog):
+    subset, manifest = selection
+    repo = hub.repo("flaky")
+    hub.server.fail(status=500, path_regex=f"/api/datasets/{repo}/commit/", times=2, method="POST")
+    with caplog.at_level(logging.WARNING, logger="hf_idsel.publish"):
+        push_selection(subset, repo, manifest=manifest, local_dir=str(tmp_path / "stage"))
+    assert caplog.text.count("retry") == 2
+    assert datasets.load_dataset(repo, split="train")["source_index"] == subset["source_index"]
+
+
+def test_connection_dropped_mid_push_then_finished_from_the_staged_copy(hub, selection, tmp_path):
+    subset, manifest = selection
+    repo, stage = hub.repo("dropped"), str(tmp_path / "stage")
+    # The connection drops on the rows' commit and on its one retry.
+    hub.server.drop(path_regex=f"/api/datasets/{repo}/commit/", times=2, method="POST")
+    with pytest.raises(PushError) as info:
+        push_selection(subset, repo, manifest=manifest, local_dir=stage, max_retries=1)
+    err = info.value
+    assert err.status is None and err.pushed == ["repo"] and err.not_pushed == ["config:default", "files", "card"]
+    assert "after 1 retries" in str(err)
+    assert push_staged(stage).endswith(repo)
+    assert datasets.load_dataset(repo, split="train")["source_index"] == subset["source_index"]
+    assert "manifest.json" in hub.server.files(repo)
+
+
+def test_conflict_is_reported_as_a_conflict(hub, selection, tmp_path):
+    subset, manifest = selection
+    repo = hub.repo("conflict")
+    hub.server.fail(status=409, path_regex=f"/api/datasets/{repo}/commit/", times=10, method="POST")
+    with pytest.raises(PushError, match="conflict") as info:
+        push_selection(subset, repo, manifest=manifest, local_dir=str(tmp_path / "stage"), max_retries=1)
+    assert info.value.status == 409 and info.value.pushed == ["repo"]
+
+
+def test_bad_arguments_fail_before_any_request(hub, selection, blob_pool, tmp_path):
+    subset, manifest = selection
+    before = len(hub.server.requests)
+    with pytest.raises(InvalidArgumentError, match="repo_id"):
+        push_selection(subset, "no-namespace", manifest=manifest)
+    with pytest.raises(InvalidArgumentError, match="source_index"):
+        push_selection(blob_pool, hub.repo(), manifest=manifest)
+    with pytest.raises(InvalidArgumentError, match="manifest"):
+        push_selection(subset.select(range(5)), hub.repo(), manifest=manifest)
+    with pytest.raises(InvalidArgumentError, match="No manifest is known"):
+        push_selection(subset.map(lambda r: r), hub.repo())
+    assert len(hub.server.requests) == before and not os.path.exists("hf_idsel_push")
+
+
+def test_trainer_pushes_each_round_and_a_model_that_loads_back(hub, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from _tiny import single_thread
+    from test_trainer import make_pool, make_trainer
+
+    model_repo = hub.repo("tiny-sft")
+    with single_thread():
+        trainer = make_trainer(
+            tmp_path, budget=24, scorer="loss", push_to_hub=True, hub_model_id=model_repo, hub_license="apache-2.0",
+            save_strategy="epoch", hub_strategy="every_save",
+        )
+        trainer.train()
+        trainer.push_to_hub()
+    dataset_repo = f"{model_repo}-selection"
+    rounds = trainer.selection.rounds
+    for r in rounds:
+        rows = datasets.load_dataset(dataset_repo, f"round_{r['round']}", split="train")
+        assert rows["source_index"] == sorted(r["selected"]) and set(rows["selection_round"]) == {r["round"]}
+    everything = datasets.load_dataset(dataset_repo, split="train")
+    assert len(everything) == 24
+    rebuilt = hf_idsel.load_selection(dataset_repo, make_pool(), config="round_2")
+    assert rebuilt["source_index"] == sorted(rounds[1]["selected"])
+    files = hub.server.files(dataset_repo)
+    assert {"selection/round_1.json", "manifests/round_3.json", "manifest.json", "selection.png"} <= set(files)
+    card = DatasetCard.load(dataset_repo)
+    assert [c["config_name"] for c in card.data.configs] == ["default", "round_1", "round_2", "round_3"]
+    assert "| scorer | loss |" in card.text and "### Rounds" in card.text
+
+    model = AutoModelForCausalLM.from_pretrained(model_repo)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, trainer.model.state_dict()[name].cpu()), name
+    model_card = ModelCard.load(model_repo)
+    assert model_card.data.license == "apache-2.0" and model_card.data.datasets == [dataset_repo]
+    assert "arxiv:2409.11378" in model_card.data.tags and "hf_idsel" in model_card.data.tags
+    assert "## How the training data was chosen" in model_card.text and "| learning_rate | 0.005 |" in model_card.text
+    # hub_strategy pushed checkpoints during training; the staging folder never reached the model repo.
+    model_files = hub.server.files(model_repo, "model")
+    assert not any(path.startswith("_hf_idsel") for path in model_files)
+    assert {"model.safetensors", "config.json", "selection/round_3.json"} <= set(model_files)
+    messages = [c.message for c in hub.server.commits(model_repo, "model")]
+    assert messages[-1] == "End of training" and sum("Training in progress" in m for m in messages) == 3, messages
+
+
+def test_trainer_refuses_to_push_without_a_license_before_training(hub, tmp_path):
+    from test_trainer import make_trainer
+
+    before = len(hub.server.requests)
+    with pytest.raises(InvalidArgumentError, match="hub_license"):
+        make_trainer(tmp_path, push_to_hub=True, hub_model_id=hub.repo("nolicense"))
+    assert not any("repos/create" in path for _, path, _ in hub.server.requests[before:])
