@@ -36,7 +36,7 @@ from .errors import InvalidArgumentError, PushError
 from .manifest import Manifest, indices_digest, pool_digest
 from .publish import CardFacts, dataset_card, model_card, pool_card_metadata, push_staged, set_model_push, stage
 from .render import first_empty_answer, prompt_and_answer, resolve_render_options, validate_columns
-from .select import embed_and_cluster
+from .select import cluster_pool, pool_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -432,27 +432,26 @@ class IterativeSelectionTrainer(SFTTrainer):
         return budget, sizes
 
     def _cluster_pool(self):
-        """Embed and cluster on the main process (other ranks read the embedding cache), broadcast labels."""
+        """Every rank embeds its share of the pool; the main process clusters and broadcasts the labels."""
         args = self.args
+        embeddings, identity = pool_embeddings(
+            self.pool,
+            self._render,
+            encoder=args.encoder,
+            embedding_column=args.embedding_column,
+            distributed=self.accelerator.num_processes > 1,
+        )
         payload = [None]
-        with self.accelerator.main_process_first():
-            if self.accelerator.is_main_process:
-                embeddings, clustering, identity, k_selection = embed_and_cluster(
-                    self.pool,
-                    self._render,
-                    encoder=args.encoder,
-                    embedding_column=args.embedding_column,
-                    k=args.k_value,
-                    seed=args.selection_seed,
-                )
-                encoder = (
-                    {"id": identity.id, "revision": identity.revision, "dim": int(embeddings.shape[1])}
-                    if identity is not None
-                    else {"embedding_column": args.embedding_column, "dim": int(embeddings.shape[1])}
-                )
-                payload = [
-                    {"labels": clustering.labels.tolist(), "k": clustering.k, "k_selection": k_selection, "encoder": encoder}
-                ]
+        if self.accelerator.is_main_process:
+            clustering, k_selection = cluster_pool(embeddings, args.k_value, seed=args.selection_seed)
+            encoder = (
+                {"id": identity.id, "revision": identity.revision, "dim": int(embeddings.shape[1])}
+                if identity is not None
+                else {"embedding_column": args.embedding_column, "dim": int(embeddings.shape[1])}
+            )
+            payload = [
+                {"labels": clustering.labels.tolist(), "k": clustering.k, "k_selection": k_selection, "encoder": encoder}
+            ]
         if self.accelerator.num_processes > 1:
             broadcast_object_list(payload, from_process=0)
         data = payload[0]
