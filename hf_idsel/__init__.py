@@ -17,6 +17,7 @@ from .errors import (
     InvalidArgumentError,
     MethodConflictError,
     MissingDependencyError,
+    PushError,
     SelectionMismatchError,
 )
 from .manifest import Manifest
@@ -30,6 +31,7 @@ _LAZY = {
     "IterativeSelectionConfig": "trainer",
     "IterativeSelectionTrainer": "trainer",
     "score_quality": "quality",
+    "push_selection": "publish",
 }
 
 
@@ -48,12 +50,14 @@ __all__ = [
     "Manifest",
     "MethodConflictError",
     "MissingDependencyError",
+    "PushError",
     "SelectionMismatchError",
     "SelectionPlan",
     "diverse_select",
     "install_dataset_method",
     "load_builtin_pool",
     "load_selection",
+    "push_selection",
     "score_quality",
 ]
 
