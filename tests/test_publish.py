@@ -12,7 +12,7 @@ from huggingface_hub import DatasetCard, ModelCard
 import hf_idsel
 from hf_idsel.cli import main
 from hf_idsel.errors import InvalidArgumentError, PushError
-from hf_idsel.publish import PUSH_FILE, push_selection, push_staged, read_plan
+from hf_idsel.publish import push_selection, push_staged, read_plan
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
