@@ -60,7 +60,7 @@ def check_repo_id(repo_id, argument: str = "repo_id") -> str:
 
 @dataclass
 class CardFacts:
-    """What a dataset or model card says about how the rows were chosen."""
+    """The repo a card is for, and what it inherits from the pool's own card."""
 
     repo_id: str
     pool_id: str | None
@@ -68,7 +68,15 @@ class CardFacts:
     pool_language: str | list | None
 
 
-def pool_card_metadata(pool_id: str | None, token=None) -> tuple[str | list | None, str | list | None]:
+def card_facts(repo_id: str, pool_id: str | None, token=None) -> CardFacts:
+    """`CardFacts` for `repo_id`; `pool_id="builtin"` is the built-in pool (all sources MIT-licensed, see pool.py)."""
+    if pool_id == "builtin":
+        return CardFacts(repo_id, None, "mit", "en")
+    license_, language = _pool_card_metadata(pool_id, token)
+    return CardFacts(repo_id, pool_id, license_, language)
+
+
+def _pool_card_metadata(pool_id: str | None, token=None) -> tuple[str | list | None, str | list | None]:
     """License and language from the pool's own dataset card on the Hub, when it has one."""
     if not pool_id:
         return None, None
@@ -611,11 +619,7 @@ def push_selection(
         manifest.pool["source"] = {**(manifest.pool.get("source") or {}), "path": pool_id}
     pool_id = pool_id or (manifest.pool.get("source") or {}).get("path")
     folder = local_dir or os.path.join("hf_idsel_push", repo_id.replace("/", "--"))
-    license_, language = pool_card_metadata(pool_id, token) if pool_id and pool_id != "builtin" else (None, None)
-    if pool_id == "builtin" and license_ is None:
-        license_ = "mit"  # every source of the built-in pool is MIT-licensed (pool.py)
-    facts = CardFacts(repo_id=repo_id, pool_id=None if pool_id == "builtin" else pool_id, pool_license=license_, pool_language=language)
-    card = dataset_card(manifest, facts, configs=[config_name])
+    card = dataset_card(manifest, card_facts(repo_id, pool_id, token), configs=[config_name])
     stage(folder, repo_id, subsets={config_name: subset}, manifests={config_name: manifest}, card=card, private=private, plot_manifest=manifest)
     logger.info("Staged the push of %d rows to %s in %s", len(subset), repo_id, folder)
     return push_staged(folder, private=private, token=token, max_retries=max_retries)

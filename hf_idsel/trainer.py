@@ -34,7 +34,7 @@ from . import sample
 from .embed import DEFAULT_ENCODER
 from .errors import InvalidArgumentError, PushError
 from .manifest import Manifest, indices_digest, pool_digest
-from .publish import CardFacts, dataset_card, model_card, pool_card_metadata, push_staged, set_model_push, stage
+from .publish import card_facts, dataset_card, model_card, push_staged, set_model_push, stage
 from .render import first_empty_answer, prompt_and_answer, resolve_render_options, validate_columns
 from .select import cluster_pool, pool_embeddings
 
@@ -729,10 +729,11 @@ class IterativeSelectionTrainer(SFTTrainer):
         manifests = {name: self.selection_manifest(name) for name in configs}
         everything = self.selection_manifest("default")
         all_configs = [f"round_{r['round']}" for r in self.selection.rounds] + ["default"]
-        license_, language = pool_card_metadata(self.args.pool_id, self.args.hub_token)
-        facts = CardFacts(self.hub_dataset_id, self.args.pool_id, license_, language)
         card = dataset_card(
-            everything, facts, configs=all_configs, rounds=self.selection.rounds,
+            everything,
+            card_facts(self.hub_dataset_id, self.args.pool_id, self.args.hub_token),
+            configs=all_configs,
+            rounds=self.selection.rounds,
             run_args={"scorer": self.args.scorer, "weight_update": self.args.weight_update},
         )
         stage(
