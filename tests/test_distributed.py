@@ -20,7 +20,7 @@ TEMPLATES = [
 ]
 
 
-def make_pool(n: int = 2500) -> datasets.Dataset:
+def make_pool(n: int = 1100) -> datasets.Dataset:
     """More rows than two embedding chunks (1024 rows each), so both ranks embed a share."""
     rows = []
     for i in range(n):
@@ -56,9 +56,9 @@ def test_two_processes_select_exactly_what_one_process_selects(tmp_path):
     ranks = [json.loads((out / f"rank_{i}.json").read_text()) for i in range(2)]
     assert ranks[0]["selected_indices"] == ranks[1]["selected_indices"]
     assert len(ranks[0]["selected_indices"]) == 100
-    # Each rank embedded its own share of whole chunks: rows 0-1024 on rank 0, 1024-2500 on rank 1.
+    # Each rank embedded its own share of whole chunks: rows 0-1024 on rank 0, 1024-1100 on rank 1.
     shards = sorted(os.path.basename(p) for p in glob.glob(str(cache / "embeddings-*-rows*.arrow")))
-    assert [s.split("-rows")[1] for s in shards] == ["0-1024.arrow", "1024-2500.arrow"]
+    assert [s.split("-rows")[1] for s in shards] == ["0-1024.arrow", "1024-1100.arrow"]
 
     # One process, fresh cache: the same vectors, clusters and rows.
     subset, manifest = hf_idsel.diverse_select(
