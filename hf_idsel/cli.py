@@ -14,41 +14,11 @@ import os
 import sys
 
 from .errors import IdselError, InvalidArgumentError
+from .pool import BUILTIN_POOL, load_pool
 from .report import format_report
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_POOL = "builtin"
-_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow", ".txt": "text"}
-
-
-def load_pool(source: str, *, split: str = "train", config: str | None = None, revision: str | None = None):
-    """Load the pool named on the command line: `builtin`, a local file or folder, or a Hub dataset id."""
-    import datasets
-
-    if source == BUILTIN_POOL:
-        from .pool import load_builtin_pool
-
-        return load_builtin_pool()
-    if os.path.isfile(source):
-        ext = os.path.splitext(source)[1].lower()
-        if ext not in _FILE_BUILDERS:
-            raise InvalidArgumentError(
-                f"POOL {source!r}: unsupported file type {ext!r}; use one of {sorted(_FILE_BUILDERS)}."
-            )
-        return datasets.load_dataset(_FILE_BUILDERS[ext], data_files=source, split="train")
-    if os.path.isdir(source):
-        if os.path.exists(os.path.join(source, "dataset_info.json")) or os.path.exists(os.path.join(source, "state.json")):
-            loaded = datasets.load_from_disk(source)
-        else:
-            loaded = datasets.load_dataset(source, config, revision=revision)
-    else:
-        loaded = datasets.load_dataset(source, config, revision=revision)
-    if isinstance(loaded, datasets.DatasetDict):
-        if split not in loaded:
-            raise InvalidArgumentError(f"POOL {source!r} has splits {list(loaded)}; pick one with --split.")
-        return loaded[split]
-    return loaded
 
 
 def _budget(value: str):
@@ -177,6 +147,10 @@ def _run_select(args) -> int:
 
         check_repo_id(args.push_to_hub, "--push-to-hub")
     subset, manifest = diverse_select(pool, args.budget, return_manifest=True, **kwargs)
+    from .distributed import world
+
+    if world()[0] != 0:  # under `accelerate launch`: every rank holds the result, rank 0 writes it
+        return 0
     manifest.pool["source"] = _pool_source(args)
     os.makedirs(args.out, exist_ok=True)
     subset.to_parquet(os.path.join(args.out, "subset.parquet"))

@@ -316,3 +316,32 @@ def load_builtin_pool(rows_per_source: dict[str, int] | None = None, *, seed: in
         time.perf_counter() - start,
     )
     return pool
+
+
+BUILTIN_POOL = "builtin"  # the pool name the CLI and manifests use for `load_builtin_pool()`
+_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow", ".txt": "text"}
+
+
+def load_pool(source: str, *, split: str = "train", config: str | None = None, revision: str | None = None, token=None):
+    """Load a pool by name: `builtin`, a local file or folder, or a Hub dataset id (one split of it)."""
+    if source == BUILTIN_POOL:
+        return load_builtin_pool()
+    if os.path.isfile(source):
+        ext = os.path.splitext(source)[1].lower()
+        if ext not in _FILE_BUILDERS:
+            raise InvalidArgumentError(
+                f"POOL {source!r}: unsupported file type {ext!r}; use one of {sorted(_FILE_BUILDERS)}."
+            )
+        return datasets.load_dataset(_FILE_BUILDERS[ext], data_files=source, split="train")
+    if os.path.isdir(source):
+        if os.path.exists(os.path.join(source, "dataset_info.json")) or os.path.exists(os.path.join(source, "state.json")):
+            loaded = datasets.load_from_disk(source)
+        else:
+            loaded = datasets.load_dataset(source, config, revision=revision)
+    else:
+        loaded = datasets.load_dataset(source, config, revision=revision, token=token)
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise InvalidArgumentError(f"POOL {source!r} has splits {list(loaded)}; pick one with --split.")
+        return loaded[split]
+    return loaded

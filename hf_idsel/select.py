@@ -711,15 +711,14 @@ def _read_manifest(source, *, config, revision, token) -> Manifest:
 
 
 def _load_recorded_pool(manifest: Manifest, token) -> datasets.Dataset:
-    from .pool import BUILTIN_POOL_NAME, load_builtin_pool
+    from .pool import BUILTIN_POOL, BUILTIN_POOL_NAME, load_pool
 
     source = manifest.pool.get("source") or {}
     path = source.get("path")
-    if path == "builtin" or (path is None and manifest.pool.get("name") == BUILTIN_POOL_NAME):
-        return load_builtin_pool()
+    if path is None and manifest.pool.get("name") == BUILTIN_POOL_NAME:
+        path = BUILTIN_POOL
     if path is None:
         raise InvalidArgumentError(
             "The manifest does not say where its pool lives: pass `pool=` (the dataset the selection was made on)."
         )
-    loaded = datasets.load_dataset(path, source.get("config"), split=source.get("split") or "train", revision=source.get("revision"), token=token)
-    return loaded
+    return load_pool(path, split=source.get("split") or "train", config=source.get("config"), revision=source.get("revision"), token=token)

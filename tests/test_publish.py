@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -195,3 +196,26 @@ def test_trainer_refuses_to_push_without_a_license_before_training(hub, tmp_path
     with pytest.raises(InvalidArgumentError, match="hub_license"):
         make_trainer(tmp_path, push_to_hub=True, hub_model_id=hub.repo("nolicense"))
     assert not any("repos/create" in path for _, path, _ in hub.server.requests[before:])
+
+
+def test_cli_select_push_and_push_of_a_folder_never_pushed(hub, tmp_path, capsys):
+    rows = [{"instruction": f"Translate sentence {i} into French.", "output": f"Phrase {i}."} for i in range(20)]
+    rows += [{"instruction": f"Compute {i} times 3.", "output": f"{3 * i}"} for i in range(20)]
+    pool_file = tmp_path / "pool.jsonl"
+    pool_file.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    pushed, local = hub.repo("cli-pushed"), hub.repo("cli-later")
+    out = tmp_path / "out"
+    assert main(["select", str(pool_file), "--budget", "10", "--k", "2", "--out", str(out), "--push-to-hub", pushed]) == 0
+    assert f"Pushed to {hub.endpoint}/datasets/{pushed}" in capsys.readouterr().out
+    subset = datasets.Dataset.from_parquet(str(out / "subset.parquet"))
+    assert datasets.load_dataset(pushed, split="train")["source_index"] == subset["source_index"]
+    # The manifest names the local pool file: load_selection finds it by itself.
+    assert hf_idsel.load_selection(pushed)["instruction"] == subset["instruction"]
+
+    later = tmp_path / "later"
+    assert main(["select", str(pool_file), "--budget", "6", "--k", "2", "--out", str(later)]) == 0
+    assert main(["push", str(later)]) == 2
+    assert "--repo-id" in capsys.readouterr().err
+    assert main(["push", str(later), "--repo-id", local, "--private"]) == 0
+    assert hub.server.is_private(local, "dataset")
+    assert len(datasets.load_dataset(local, split="train")) == 6
