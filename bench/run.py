@@ -309,7 +309,7 @@ def _details(results: dict) -> list[str]:
         f"to run what the research code ran, `kmeans_speedup_faiss_early_stop` keeps it on. Lloyd iterations actually run: "
         f"ours {km['ours_iterations']}, research setting {km['research_iterations']} (all), with early stopping "
         f"at least {km['research_early_stop_iterations_recorded']} over its 5 restarts (faiss keeps statistics only up to its best "
-        "restart). Objectives: ours {km['ours_objective']:.1f}, research "
+        f"restart). Objectives: ours {km['ours_objective']:.1f}, research "
         f"{km['research_objective']:.1f}, research with early stopping {km['research_early_stop_objective']:.1f}.",
     ]
     for model, t in results["trainer"].items():
@@ -357,6 +357,8 @@ def _scale_section(results: dict, png_name: str) -> list[str]:
         "on a `datasets.Dataset` holding the same vectors as an Arrow fixed-size-list column (building it is not timed): reading, "
         "checking and normalising the column (a copy), k-means, kMQ, the manifest (sha256 of the vectors and quality) and the "
         "subset. No text is embedded here.",
+        "- **CPU s**: user + system CPU seconds of the subprocess over the same timed run, all threads (with 2 threads it "
+        "can reach twice the wall time); on a machine shared with other jobs it varies less than the wall time.",
         "- **RSS peak +MiB**: the process's RSS sampled every 5 ms (psutil) during the phase, minus its RSS when the phase "
         "started (the embedding matrix, already loaded, is not counted). **tracemalloc peak**: a second run of the same phase "
         "under tracemalloc: Python and numpy allocations only (faiss's and Arrow's buffers are invisible to it). "
@@ -399,7 +401,19 @@ def main(argv=None) -> dict:
     parser.add_argument("--trainer-model", nargs="+", default=["tiny"], choices=["tiny", "smollm2"],
                         help="models for the trainer overhead benchmark (smollm2: the packaged SmolLM2-135M, slow on CPU)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--render-only", action="store_true",
+                        help="measure nothing: rewrite performance.md and the plot from <out>/performance_results.json")
     args = parser.parse_args(argv)
+    png_name = "performance_scale.png"
+    if args.render_only:
+        import scale
+
+        with open(os.path.join(args.out, "performance_results.json")) as f:
+            results = json.load(f)
+        scale.plot(results["scale"], os.path.join(args.out, png_name), gpu_points=results["gpu"].get("points"))
+        with open(os.path.join(args.out, "performance.md"), "w") as f:
+            f.write(render_markdown(results, png_name))
+        return results
 
     started = time.perf_counter()
     import datasets
@@ -422,7 +436,6 @@ def main(argv=None) -> dict:
 
     import scale
 
-    png_name = "performance_scale.png"
     scale.plot(scale_result, os.path.join(args.out, png_name), gpu_points=gpu.get("points"))
     machine["loadavg_end"] = list(os.getloadavg())
     results = {

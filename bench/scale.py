@@ -18,7 +18,7 @@ What each number is (also written next to the numbers in docs/performance.md):
     vectors and quality column) and the subset (`select` + `source_index`/`cluster` columns). It does
     not include embedding text: see the encoder throughput below.
 * Each phase runs twice. The first run gives the time and the RSS peak: a thread samples the process
-  RSS (psutil) every 5 ms; `rss_peak_increment` is that peak minus the RSS when the phase started.
+  RSS (psutil) every 5 ms, and its user + system CPU seconds; `rss_peak_increment` is that peak minus the RSS when the phase started.
   The second run is under `tracemalloc` and gives the peak of Python-tracked allocations (numpy
   arrays included; faiss's and Arrow's C++ buffers are not tracked). `ru_maxrss` is the subprocess's
   lifetime peak (data construction included).
@@ -86,12 +86,20 @@ class PeakRSS:
         return self.peak - self.start
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads (less sensitive than wall time to other jobs' load)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure_phase(fn) -> dict:
     """Run `fn` twice: timed with RSS sampling, then under tracemalloc. Returns seconds and peaks (bytes)."""
     with PeakRSS() as rss:
+        cpu = _cpu_seconds()
         start = time.perf_counter()
         out = fn()
         seconds = time.perf_counter() - start
+        cpu = _cpu_seconds() - cpu
     del out
     tracemalloc.start()
     start = time.perf_counter()
@@ -102,6 +110,7 @@ def measure_phase(fn) -> dict:
     del out
     return {
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "rss_start_bytes": rss.start,
         "rss_peak_bytes": rss.peak,
         "rss_peak_increment_bytes": rss.increment,
@@ -278,18 +287,22 @@ def plot(result: dict, path: str, gpu_points: list | None = None) -> str:
 def table(result: dict) -> str:
     mib = 2**20
     lines = [
-        "| pool rows | k-means s | kMQ s | k-means + kMQ: RSS peak +MiB | diverse_select s | RSS before diverse_select MiB | diverse_select: RSS peak +MiB | diverse_select: tracemalloc peak MiB | process ru_maxrss MiB | embedding s (EXTRAPOLATED) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| pool rows | k-means s | kMQ s | k-means + kMQ: CPU s | k-means + kMQ: RSS peak +MiB | diverse_select s | diverse_select: CPU s | RSS before diverse_select MiB | diverse_select: RSS peak +MiB | diverse_select: tracemalloc peak MiB | process ru_maxrss MiB | embedding s (EXTRAPOLATED) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in result["points"]:
         s, d = p.get("stages"), p.get("diverse_select")
         cells = [f"{p['rows']:,}"]
-        cells += [f"{s['kmeans_s']:.2f}", f"{s['kmq_s']:.3f}", f"{s['rss_peak_increment_bytes'] / mib:.0f}"] if s else ["-"] * 3
-        cells += [f"{d['seconds']:.2f}", f"{d['rss_start_bytes'] / mib:.0f}", f"{d['rss_peak_increment_bytes'] / mib:.0f}",
-                  f"{d['tracemalloc_peak_bytes'] / mib:.0f}"] if d else ["-"] * 4
+        cells += [f"{s['kmeans_s']:.2f}", f"{s['kmq_s']:.3f}", _cpu(s), f"{s['rss_peak_increment_bytes'] / mib:.0f}"] if s else ["-"] * 4
+        cells += [f"{d['seconds']:.2f}", _cpu(d), f"{d['rss_start_bytes'] / mib:.0f}", f"{d['rss_peak_increment_bytes'] / mib:.0f}",
+                  f"{d['tracemalloc_peak_bytes'] / mib:.0f}"] if d else ["-"] * 5
         cells += [f"{p['ru_maxrss_bytes'] / mib:.0f}", f"{p['extrapolated_embed_s']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _cpu(phase: dict) -> str:
+    return f"{phase['cpu_seconds']:.2f}" if "cpu_seconds" in phase else "-"
 
 
 def main() -> None:

@@ -88,6 +88,7 @@ def test_quick_run_json_structure(quick_run):
         assert point["budget"] == point["rows"] // 10
         assert point["stages"]["kmeans_s"] > 0 and point["stages"]["kmq_s"] > 0
         d = point["diverse_select"]
+        assert d["cpu_seconds"] > 0 and point["stages"]["cpu_seconds"] > 0
         assert d["seconds"] > 0 and d["tracemalloc_peak_bytes"] > 0 and d["rss_peak_bytes"] >= d["rss_start_bytes"] > 0
         assert point["ru_maxrss_bytes"] >= d["rss_start_bytes"] * 0.9
         assert point["extrapolated_embed_s"] == pytest.approx(point["rows"] / rate)
@@ -147,3 +148,11 @@ def test_research_kmeans_baseline_runs_every_iteration():
     import faiss
 
     assert faiss.Kmeans.__name__ == "Kmeans"  # the recording wrapper is removed after the block
+
+
+def test_render_only_rewrites_the_same_report_from_json(quick_run):
+    out, markdown, _ = quick_run
+    (out / "performance.md").write_text("stale")
+    bench_run.main(["--render-only", "--out", str(out)])
+    assert (out / "performance.md").read_text() == markdown
+    assert "{km[" not in markdown and "{t[" not in markdown  # no unformatted template left in the text

@@ -98,6 +98,12 @@ def test_tiny_experiment_writes_consistent_results(tmp_path):
     assert not on_disk["partial"]
     for name in ("fidelity_loss.png", "fidelity_selection.png", "fidelity_rounds.png"):
         assert os.path.getsize(os.path.join(out, name)) > 1000
+        os.remove(os.path.join(out, name))
+    # --render-only redraws every plot from the JSON alone, training nothing.
+    rendered = fidelity.main(["--render-only", "--out", out])
+    assert rendered["summary"] == on_disk["summary"]
+    for name in ("fidelity_loss.png", "fidelity_selection.png", "fidelity_rounds.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 1000
     assert {"config", "versions", "timings", "pool", "clustering", "base_model", "runs", "summary"} <= set(on_disk)
     assert on_disk["timings"]["total_wall_s"] > 0
 
@@ -132,6 +138,13 @@ def test_tiny_experiment_writes_consistent_results(tmp_path):
     assert summary["kmq"]["junk_share"]["std"] == pytest.approx(np.std(values, ddof=1))
     table = fidelity.markdown_table(results)
     assert all(f"| {arm} |" in table for arm in cfg.arms) and "| untrained |" in table
+    # The selection table's rows per domain and junk kind add up to the budget for every arm.
+    for line in fidelity.selection_table(results).splitlines()[3:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        counts = [float(c) for c in cells[1:-1]]
+        assert sum(counts) == pytest.approx(cfg.budget), line
+        if cells[0] == "junk-only":
+            assert counts[-2] + counts[-1] == pytest.approx(cfg.budget)
 
 
 def test_unequal_steps_are_refused():
