@@ -91,11 +91,11 @@ class FidelityConfig:
     # budget ~10% of the pool, a few rows per cluster, 3 rounds.
     pool_rows: dict = field(default_factory=lambda: {"gsm8k": 120, "humaneval": 80, "chitchat": 120, "mmlu": 120})
     junk_rows: dict = field(default_factory=lambda: {"offtopic": 45, "corrupted": 45})
-    heldout_rows: dict = field(default_factory=lambda: {"gsm8k": 12, "humaneval": 6, "chitchat": 12, "mmlu": 32})
+    heldout_rows: dict = field(default_factory=lambda: {"gsm8k": 10, "humaneval": 4, "chitchat": 10, "mmlu": 20})
     budget: int = 48
     rounds: int = 3
     batch_size: int = 4
-    max_length: int = 256
+    max_length: int = 224
     eval_max_length: int = 512
     min_answer_tokens: int = 32
     k: int = 16
@@ -337,30 +337,31 @@ def evaluate(model, tokenizer, heldout: dict, cfg: FidelityConfig) -> dict:
     model.eval()
     result = {"loss": {}}
     try:
+        # The answer-loss domains in one call: batched longest first together, with less padding.
+        answered = [d for d in DOMAINS if d != "mmlu" and heldout[d]]
+        items = [(d, item) for d in answered for item in heldout[d]]
+        ll = answer_log_likelihood(
+            model, tokenizer, [_render_prompt(tokenizer, item["prompt"]) for _, item in items],
+            [item["answer"] for _, item in items], batch_size=cfg.eval_batch_size, max_length=cfg.eval_max_length,
+            show_progress=False,
+        ) if items else np.zeros(0)
+        domains = np.asarray([d for d, _ in items])
         for domain in DOMAINS:
-            items = heldout[domain]
-            if not items:
-                continue
-            if domain == "mmlu":
+            if domain in answered:
+                result["loss"][domain] = float(-np.mean(ll[domains == domain]))
+            elif domain == "mmlu" and heldout[domain]:
+                questions = heldout[domain]
                 correct = correct_norm = 0
                 losses = []
-                for item in items:
+                for item in questions:
                     prompt = _render_prompt(tokenizer, item["prompt"])
                     sums, means = _option_logprobs(model, tokenizer, prompt, item["options"], cfg.eval_max_length)
                     correct += int(np.argmax(sums) == item["gold"])
                     correct_norm += int(np.argmax(means) == item["gold"])
                     losses.append(-means[item["gold"]])
                 result["loss"][domain] = float(np.mean(losses))
-                result["mmlu_acc"] = correct / len(items)
-                result["mmlu_acc_norm"] = correct_norm / len(items)
-                continue
-            prompts = [_render_prompt(tokenizer, item["prompt"]) for item in items]
-            answers = [item["answer"] for item in items]
-            ll = answer_log_likelihood(
-                model, tokenizer, prompts, answers, batch_size=cfg.eval_batch_size, max_length=cfg.eval_max_length,
-                show_progress=False,
-            )
-            result["loss"][domain] = float(-np.mean(ll))
+                result["mmlu_acc"] = correct / len(questions)
+                result["mmlu_acc_norm"] = correct_norm / len(questions)
         result["loss_mean"] = float(np.mean(list(result["loss"].values())))
     finally:
         model.train(was_training)
@@ -445,6 +446,8 @@ def train_iterative(base, tokenizer, pool: datasets.Dataset, scorer: str, cfg: F
         weight_update="paper", weight_temperature=cfg.weight_temperature,
         scored_rows_per_cluster=cfg.scored_rows_per_cluster, generation_max_new_tokens=cfg.generation_max_new_tokens,
         scoring_batch_size=cfg.eval_batch_size, selection_seed=seed, round_mode="continue",
+        # The last round's scores would only set weights that draw nothing.
+        score_last_round=False,
         **_train_args(cfg, out, seed),
     )
     extra = {}
@@ -461,6 +464,7 @@ def train_iterative(base, tokenizer, pool: datasets.Dataset, scorer: str, cfg: F
             "selected": r["selected"],
             "weights": r["weights"],
             "cluster_scores": r["cluster_scores"],
+            "scored": r["scored"],
             "scored_rows": r["scored_rows"],
         }
         for r in trainer.selection.rounds
@@ -582,7 +586,7 @@ def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: s
     if "iter-likelihood" in cfg.arms:
         # The untrained model as the fixed reference: a separate frozen copy, loaded once.
         reference = LikelihoodScorer(copy.deepcopy(base).eval(), tokenizer=tokenizer, batch_size=cfg.eval_batch_size,
-                                     show_progress=False)
+                                     max_length=cfg.max_length, show_progress=False)
 
     runs = []
     clusterings = {}
@@ -831,20 +835,22 @@ def plot(results: dict, out_dir: str) -> list[str]:
         for arm in [a for a in arms if a in ITERATIVE_ARMS]:
             mine = [r for r in iterative if r["arm"] == arm]
             shares = np.asarray([[rnd["junk_share"] for rnd in r["rounds"]] for r in mine])
-            weights = np.asarray([[rnd["junk_cluster_weight"] for rnd in r["rounds"]] for r in mine])
+            # Weights after scored rounds only: an unscored last round keeps the weights that drew it.
+            weights = np.asarray([[rnd["junk_cluster_weight"] for rnd in r["rounds"] if rnd.get("scored", True)] for r in mine])
             x = np.arange(1, shares.shape[1] + 1)
+            xw = np.arange(1, weights.shape[1] + 1)
             c = colors[arms.index(arm)]
             axes[0].errorbar(x, shares.mean(0), yerr=shares.std(0, ddof=1) if len(mine) > 1 else None, marker="o", capsize=3, label=arm, color=c)
-            axes[1].errorbar(x, weights.mean(0), yerr=weights.std(0, ddof=1) if len(mine) > 1 else None, marker="o", capsize=3, label=arm, color=c)
+            axes[1].errorbar(xw, weights.mean(0), yerr=weights.std(0, ddof=1) if len(mine) > 1 else None, marker="o", capsize=3, label=arm, color=c)
         axes[0].axhline(results["pool"]["junk_fraction"], color="k", ls="--", lw=1, label="pool junk fraction")
         axes[0].set_xlabel("round")
         axes[0].set_title("junk share of each round's draw", fontsize=10)
-        axes[1].set_xlabel("after round")
+        axes[1].set_xlabel("after round (scored rounds)")
         axes[1].set_title("total weight of junk-majority clusters", fontsize=10)
         n_junk_clusters = np.mean([len(c["junk_majority_clusters"]) for c in results["clustering"].values()])
         axes[1].axhline(n_junk_clusters / results["config"]["k"], color="k", ls="--", lw=1, label="initial weight (1/k each)")
-        for ax in axes:
-            ax.set_xticks(x)
+        for ax, ticks in zip(axes, (x, xw)):
+            ax.set_xticks(ticks)
             ax.legend(fontsize=8)
         fig.tight_layout()
         written.append(os.path.join(out_dir, "fidelity_rounds.png"))

@@ -134,7 +134,8 @@ def rounds_markdown(rounds: list[dict]) -> str:
         entropy = float(-(positive * np.log(positive)).sum())
         top = np.argsort(-weights, kind="stable")[:3]
         shown = ", ".join(f"{int(j)} ({weights[j]:.3f})" for j in top)
-        lines.append(f"| {r['round']} | {len(r['selected'])} | {r.get('scored_rows', 0)} | {r['cumulative_size']} | {entropy:.3f} | {shown} |")
+        scored = r.get("scored_rows", 0) if r.get("scored", True) else "not scored (last round)"
+        lines.append(f"| {r['round']} | {len(r['selected'])} | {scored} | {r['cumulative_size']} | {entropy:.3f} | {shown} |")
     return "\n".join(lines)
 
 

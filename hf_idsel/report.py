@@ -82,8 +82,9 @@ def format_rounds(rounds: list[dict], cluster_sizes=None, *, top: int = 20) -> s
         positive = weights[weights > 0]
         entropy = float(-(positive * np.log(positive)).sum())
         lines.append(
-            f"round {r['round']}: {len(r['selected'])} rows drawn, {r.get('scored_rows', 0)} scored, "
-            f"weight entropy after it {entropy:.3f} (uniform {np.log(k):.3f})"
+            f"round {r['round']}: {len(r['selected'])} rows drawn, "
+            + (f"{r.get('scored_rows', 0)} scored, " if r.get("scored", True) else "not scored, ")
+            + f"weight entropy after it {entropy:.3f} (uniform {np.log(k):.3f})"
         )
     lines.append("")
     header = f"{'cluster':>7}" + ("" if cluster_sizes is None else f" {'pool rows':>9}")

@@ -87,6 +87,11 @@ class IterativeSelectionConfig(SFTConfig):
             Length limit of the model's answers for generation scorers.
         scoring_batch_size (`int`, *optional*, defaults to `8`):
             Batch size for generation and scoring.
+        score_last_round (`bool`, *optional*, defaults to `True`):
+            Score the last round too. No round follows it, so its scores only set the weights recorded
+            after it (round files, cards, `hf-idsel report`); `False` skips that scoring pass, which
+            saves 1 / `rounds` of the scoring time of generation scorers (the loss scorer's scores
+            come from training and cost nothing).
         epochs_per_round (`int`, *optional*, defaults to `1`):
             Passes over each round's rows.
         round_mode (`str`, *optional*, defaults to `"continue"`):
@@ -140,6 +145,10 @@ class IterativeSelectionConfig(SFTConfig):
         default=128, metadata={"help": "Length limit of generated answers for generation scorers."}
     )
     scoring_batch_size: int = field(default=8, metadata={"help": "Batch size for generation and scoring."})
+    score_last_round: bool = field(
+        default=True,
+        metadata={"help": "Score the last round too (its scores only set the recorded final weights); False saves that pass."},
+    )
     epochs_per_round: int = field(default=1, metadata={"help": "Passes over each round's rows."})
     round_mode: str = field(
         default="continue",
@@ -525,7 +534,12 @@ class IterativeSelectionTrainer(SFTTrainer):
         rows = np.asarray(self.selection.current_rows, dtype=np.int64)
         from .scorers import cluster_scores as mean_per_cluster
 
-        scored_rows, scores = self._score_round(rows)
+        scored = r < self.args.rounds or self.args.score_last_round
+        if scored:
+            scored_rows, scores = self._score_round(rows)
+        else:
+            scored_rows, scores = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+        # No scores (NaN per cluster) keep every weight; only clusters with no rows left drop to 0.
         cluster_scores = mean_per_cluster(self.labels, scored_rows, scores, self.k)
         available = np.bincount(self.labels[self.trainable], minlength=self.k) - np.bincount(
             self.labels[np.asarray(self.selection.selected(), dtype=np.int64)], minlength=self.k
@@ -545,6 +559,7 @@ class IterativeSelectionTrainer(SFTTrainer):
             "selected_per_cluster": np.bincount(self.labels[rows], minlength=self.k).tolist(),
             "cumulative_size": len(self.selection.selected()),
             "scorer": "callable" if self.score_fn is not None else self.args.scorer,
+            "scored": bool(scored),
             "scored_rows": int(len(scored_rows)),
             "global_step": int(self.state.global_step),
         }

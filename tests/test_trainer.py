@@ -9,6 +9,8 @@ import pytest
 from _tiny import make_tiny_llama, single_thread
 from conftest import unit_rows
 from hf_idsel import InvalidArgumentError
+from hf_idsel.publish import rounds_markdown
+from hf_idsel.report import format_rounds
 from hf_idsel.trainer import IterativeSelectionConfig, IterativeSelectionTrainer
 
 JUNK = "Click here to subscribe! Accept cookies. Copyright 2024 all rights reserved. Sign up for our newsletter."
@@ -109,6 +111,42 @@ def test_rounds_are_exact_disjoint_and_junk_fades(tmp_path):
     metrics = [log for log in trainer.state.log_history if "selection/round" in log]
     assert [m["selection/round"] for m in metrics] == [1.0, 2.0, 3.0]
     assert all(np.isfinite(m["selection/weight_entropy"]) for m in metrics)
+
+
+def test_skipping_the_last_rounds_scoring_keeps_the_selection(tmp_path):
+    calls = {True: [], False: []}
+
+    def judge_for(flag):
+        def judge(prompts, completions):
+            calls[flag].append(len(prompts))
+            return junk_judge(prompts, completions)
+
+        return judge
+
+    runs = {}
+    for flag in (True, False):
+        trainer = make_trainer(
+            tmp_path / str(flag), scorer="judge", judge=judge_for(flag), score_last_round=flag
+        )
+        trainer.train()
+        runs[flag] = read_rounds(trainer.args.output_dir)
+    scored, skipped = runs[True], runs[False]
+    # One scoring pass fewer (the judge rates golds and generations), and the same rows in every round.
+    assert len(calls[True]) == 2 * 3 and len(calls[False]) == 2 * 2
+    assert [r["selected"] for r in skipped] == [r["selected"] for r in scored]
+    assert [r["weights"] for r in skipped[:2]] == [r["weights"] for r in scored[:2]]
+    last = skipped[-1]
+    assert last["scored"] is False and last["scored_rows"] == 0
+    assert all(s is None for s in last["cluster_scores"])
+    # Unscored: the weights stay those that drew the last round (renormalised over clusters with rows left).
+    left = np.bincount(trainer.labels, minlength=4) - np.bincount(
+        trainer.labels[[row for r in skipped for row in r["selected"]]], minlength=4
+    )
+    expected = np.where(left > 0, skipped[1]["weights"], 0.0)
+    np.testing.assert_allclose(last["weights"], expected / expected.sum())
+    assert all(r["scored"] for r in scored)
+    assert "round 3: 16 rows drawn, not scored," in format_rounds(skipped)
+    assert "not scored (last round)" in rounds_markdown(skipped)
 
 
 def test_loss_scorer_scores_every_trained_row(tmp_path):
