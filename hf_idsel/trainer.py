@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
 import torch
 from accelerate.utils import broadcast_object_list, gather_object
 from transformers import TrainerCallback
@@ -54,6 +55,8 @@ ROUND_COLUMN = "selection_round"  # added to pushed rows: the round that drew ea
 class IterativeSelectionConfig(SFTConfig):
     r"""
     Configuration for [`IterativeSelectionTrainer`]: every [`~trl.SFTConfig`] field, plus the selection.
+    `train_sampling_strategy` orders each round's rows (`"random"`, `"sequential"` = drawn order, or
+    `"group_by_length"`); `"batch_rebalance"` is refused.
 
     Parameters:
         budget (`float`, *optional*, defaults to `0.1`):
@@ -190,6 +193,11 @@ class IterativeSelectionConfig(SFTConfig):
                 "and clusters. Turn packing off for iterative selection (or select with hf_idsel.diverse_select first "
                 "and pack the subset with a plain SFTTrainer)."
             )
+        if getattr(self, "train_sampling_strategy", "random") == "batch_rebalance":
+            raise InvalidArgumentError(
+                "`train_sampling_strategy`='batch_rebalance' is not supported: each round's rows come from the "
+                "selection's own sampler. Use 'group_by_length' to cut padding, or 'random' / 'sequential'."
+            )
         self.num_train_epochs = self.rounds * self.epochs_per_round
         if self.selection_seed is None:
             self.selection_seed = self.seed
@@ -214,15 +222,34 @@ class IterativeSelectionConfig(SFTConfig):
 
 
 class RoundSampler(torch.utils.data.Sampler):
-    """Yields the rows of the current round (positions in the prepared dataset), reshuffled every epoch.
+    """Yields the rows of the current round (positions in the prepared dataset) in the order that
+    `train_sampling_strategy` asks for, reseeded every epoch.
 
     Its length is fixed (the largest round) because the Trainer sizes the epoch loop once; a round
     with fewer rows ends its epoch early.
+
+    Args:
+        length (`int`):
+            Length reported to the Trainer.
+        seed (`int`):
+            Seed of the order; the same seed and epoch give the same order on every rank.
+        strategy (`str`, *optional*, defaults to `"random"`):
+            `"random"` (a seeded shuffle), `"sequential"` (the order the rows were drawn in) or
+            `"group_by_length"` (transformers' length-grouped shuffle, so batches pad less).
+        lengths (`list[int]`, *optional*):
+            Token length of every prepared row; needed by `"group_by_length"`.
+        batch_size (`int`, *optional*, defaults to `1`):
+            Rows per optimizer step, the size of the groups `"group_by_length"` makes.
     """
 
-    def __init__(self, length: int, seed: int):
+    def __init__(self, length: int, seed: int, strategy: str = "random", lengths=None, batch_size: int = 1):
+        if strategy == "group_by_length" and lengths is None:
+            raise InvalidArgumentError("train_sampling_strategy='group_by_length' needs the rows' token lengths.")
         self.length = length
         self.seed = seed
+        self.strategy = strategy
+        self.lengths = lengths
+        self.batch_size = batch_size
         self.positions: list[int] = []
         self.epoch = 0
 
@@ -236,9 +263,17 @@ class RoundSampler(torch.utils.data.Sampler):
         return self.length
 
     def __iter__(self):
+        if self.strategy == "sequential":
+            return iter(list(self.positions))
         generator = torch.Generator()
         generator.manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(len(self.positions), generator=generator).tolist()
+        if self.strategy == "group_by_length":
+            from transformers.trainer_pt_utils import get_length_grouped_indices
+
+            lengths = [int(self.lengths[p]) for p in self.positions]
+            order = get_length_grouped_indices(lengths, self.batch_size, generator=generator)
+        else:
+            order = torch.randperm(len(self.positions), generator=generator).tolist()
         return iter([self.positions[i] for i in order])
 
 
@@ -374,7 +409,14 @@ class IterativeSelectionTrainer(SFTTrainer):
         )
         self._draw_round(1, weights=None)
         length = max(self.round_sizes) if args.round_mode == "continue" else self.budget_rows
-        self.round_sampler = RoundSampler(length, args.selection_seed)
+        strategy = args.train_sampling_strategy
+        self.round_sampler = RoundSampler(
+            length,
+            args.selection_seed,
+            strategy=strategy,
+            lengths=self._token_lengths() if strategy == "group_by_length" else None,
+            batch_size=args.train_batch_size * args.gradient_accumulation_steps,
+        )
         self._sync_sampler()
         self._round_losses: list = []
         self._forward_outputs = None
@@ -401,6 +443,13 @@ class IterativeSelectionTrainer(SFTTrainer):
         scorer.check_encodable(texts)
 
     # ---- set-up ----
+
+    def _token_lengths(self) -> list[int]:
+        """Token length of every prepared row: `length_column_name` if the pool has it, else `input_ids`."""
+        columns = self.train_dataset.with_format("arrow")  # respects an indices mapping left by filtering
+        if self.args.length_column_name in self.train_dataset.column_names:
+            return columns[self.args.length_column_name].to_pylist()
+        return pc.list_value_length(columns["input_ids"]).to_pylist()
 
     def _check_selection_args(self, args, pool, reward_model, judge, score_fn):
         if len(pool) == 0:
@@ -641,7 +690,7 @@ class IterativeSelectionTrainer(SFTTrainer):
         if args.scorer == "reward":
             if not isinstance(self.reward_model, scorers.RewardScorer):
                 self.reward_model = scorers.RewardScorer(
-                    self.reward_model, batch_size=args.scoring_batch_size, show_progress=show
+                    self.reward_model, batch_size=args.scoring_batch_size, show_progress=show, device=self.accelerator.device
                 )
             return self.reward_model
         if args.scorer == "perplexity":
@@ -649,7 +698,7 @@ class IterativeSelectionTrainer(SFTTrainer):
         if args.scorer == "likelihood":
             if not isinstance(self.reference_model, scorers.LikelihoodScorer):
                 self.reference_model = scorers.LikelihoodScorer(
-                    self.reference_model, batch_size=args.scoring_batch_size, show_progress=show
+                    self.reference_model, batch_size=args.scoring_batch_size, show_progress=show, device=self.accelerator.device
                 )
             return self.reference_model
         return scorers.JudgeScorer(self.judge)

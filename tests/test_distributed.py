@@ -43,7 +43,8 @@ def test_two_processes_select_exactly_what_one_process_selects(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
     script = os.path.join(os.path.dirname(__file__), "ddp_select_run.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
+    path = [os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH")]  # keep the caller's path
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, path))}
     result = subprocess.run(
         [
             sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

@@ -244,7 +244,9 @@ def test_dataset_dict_scores_each_split_with_one_load(tiny_path, tmp_path, caplo
     out = score_quality(splits, tiny_path, cache_dir=str(tmp_path), show_progress=False)
     assert isinstance(out, datasets.DatasetDict) and set(out) == {"train", "test"}
     assert caplog.text.count(LOADING) == 1
-    assert out["test"]["quality"][:] == [out["train"]["quality"][3], out["train"]["quality"][1]]
+    # Exact on CPU; on a GPU, kernels picked per padded batch shape move the last digits.
+    expected = [out["train"]["quality"][3], out["train"]["quality"][1]]
+    assert out["test"]["quality"][:] == pytest.approx(expected, rel=1e-6)
 
 
 def test_selected_rows_are_validated_not_the_underlying_table(tiny_path, tmp_path):

@@ -5,13 +5,14 @@ import os
 import datasets
 import numpy as np
 import pytest
+import torch
 
 from _tiny import make_tiny_llama, single_thread
 from conftest import unit_rows
 from hf_idsel import InvalidArgumentError
 from hf_idsel.publish import rounds_markdown
 from hf_idsel.report import format_rounds
-from hf_idsel.trainer import IterativeSelectionConfig, IterativeSelectionTrainer
+from hf_idsel.trainer import ROW_ID, IterativeSelectionConfig, IterativeSelectionTrainer
 
 JUNK = "Click here to subscribe! Accept cookies. Copyright 2024 all rights reserved. Sign up for our newsletter."
 TOPICS = {
@@ -184,6 +185,39 @@ def test_resume_continues_the_same_trajectory(tmp_path, save, checkpoint_step):
         assert np.allclose(a["weights"], b["weights"], atol=1e-6)
 
 
+def _padding(lengths, order, batch_size):
+    batches = [[lengths[p] for p in order[i : i + batch_size]] for i in range(0, len(order), batch_size)]
+    return sum(max(b) * len(b) - sum(b) for b in batches)
+
+
+@pytest.mark.parametrize("strategy", ["group_by_length", "sequential"])
+def test_train_sampling_strategy_orders_each_rounds_rows(tmp_path, strategy):
+    baseline = make_trainer(tmp_path / "random", per_device_train_batch_size=2)
+    trainer = make_trainer(tmp_path, per_device_train_batch_size=2, train_sampling_strategy=strategy)
+    # The strategy orders a round's rows; it never changes which rows are drawn.
+    assert trainer.selection.current_rows == baseline.selection.current_rows
+    positions = trainer.round_sampler.positions
+    order = list(trainer.round_sampler)
+    assert sorted(order) == sorted(positions)
+    assert order == list(trainer.round_sampler)  # same seed and epoch, same order (every rank agrees)
+    row_of = trainer.train_dataset[ROW_ID]
+    seen = [r for batch in trainer.get_train_dataloader() for r in batch[ROW_ID].tolist()]
+    assert seen == [row_of[p] for p in order]  # the dataloader follows the sampler
+    if strategy == "sequential":
+        assert seen == trainer.selection.current_rows  # the order the rows were drawn in
+    else:
+        lengths = trainer._token_lengths()
+        shuffles = [_padding(lengths, list(baseline.round_sampler), 2)]
+        for epoch in range(1, 10):
+            baseline.round_sampler.set_epoch(epoch)
+            shuffles.append(_padding(lengths, list(baseline.round_sampler), 2))
+        assert _padding(lengths, order, 2) < np.mean(shuffles)
+        trainer.round_sampler.set_epoch(1)
+        assert list(trainer.round_sampler) != order
+    trainer.train()
+    assert [r["cumulative_size"] for r in read_rounds(trainer.args.output_dir)] == [16, 32, 48]
+
+
 def test_restart_mode_trains_each_round_on_everything_so_far(tmp_path):
     trainer = make_trainer(tmp_path, scorer="judge", judge=junk_judge, round_mode="restart", budget=24)
     initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
@@ -221,7 +255,15 @@ def test_bad_selection_arguments(tmp_path, config, match):
         make_trainer(tmp_path, **config)
 
 
-@pytest.mark.parametrize("config, match", [({"rounds": 0}, "rounds"), ({"packing": True}, "packing"), ({"max_steps": 5}, "max_steps")])
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        ({"rounds": 0}, "rounds"),
+        ({"packing": True}, "packing"),
+        ({"max_steps": 5}, "max_steps"),
+        ({"train_sampling_strategy": "batch_rebalance"}, "group_by_length"),
+    ],
+)
 def test_bad_config(tmp_path, config, match):
     with pytest.raises(InvalidArgumentError, match=match):
         IterativeSelectionConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True, **config)
@@ -245,7 +287,8 @@ def test_two_ranks_hold_the_same_selection(tmp_path, scorer):
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
     script = os.path.join(os.path.dirname(__file__), "ddp_trainer_run.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
+    path = [os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH")]  # keep the caller's path
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, path))}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port, script, str(tmp_path), scorer],
         env=env, capture_output=True, text=True, timeout=300,
@@ -407,3 +450,32 @@ def test_config_parses_from_the_command_line(tmp_path):
     assert IterativeSelectionConfig(output_dir=str(tmp_path), budget=0.25, use_cpu=True, bf16=False).budget_value == 0.25
     with pytest.raises(SystemExit):
         HfArgumentParser(IterativeSelectionConfig).parse_args_into_dataclasses(["--output_dir", "x", "--scorer", "vibes"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none; run on a GPU machine)")
+@pytest.mark.parametrize("scorer", ["loss", "perplexity", "likelihood", "reward", "judge"])
+def test_every_scorer_trains_on_cuda_in_bf16(tmp_path, scorer):
+    from _tiny import save_tiny_llama, tiny_reward_model
+
+    model, tokenizer = make_tiny_llama()
+    extra = {"judge": junk_judge} if scorer == "judge" else {}
+    if scorer == "likelihood":  # loaded from a path by the trainer, so it must land on the trainer's device
+        extra["reference_model"] = save_tiny_llama(*make_tiny_llama(seed=1), tmp_path / "reference")
+    if scorer == "reward":
+        extra["reward_model"] = save_tiny_llama(tiny_reward_model(tokenizer), tokenizer, tmp_path / "reward")
+    on_cpu = make_trainer(tmp_path / "cpu", scorer=scorer, **extra)
+    trainer = make_trainer(tmp_path / "cuda", model=model, scorer=scorer, bf16=True, use_cpu=False, **extra)
+    # Round 1 is drawn before any training: the device cannot change it.
+    assert trainer.selection.current_rows == on_cpu.selection.current_rows
+    trainer.train()
+    assert next(trainer.model.parameters()).device.type == "cuda"
+    rounds = read_rounds(trainer.args.output_dir)
+    assert [r["cumulative_size"] for r in rounds] == [16, 32, 48]
+    assert len({row for r in rounds for row in r["selected"]}) == 48
+    for r in rounds:
+        assert sum(r["weights"]) == pytest.approx(1.0)
+        assert all(np.isfinite(s) for s in r["cluster_scores"] if s is not None)
+    if scorer == "judge":
+        topics = np.array(trainer.pool["topic"])
+        junk = int(np.bincount(trainer.labels[topics == 3]).argmax())
+        assert rounds[0]["weights"][junk] < 0.25
