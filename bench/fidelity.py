@@ -10,9 +10,9 @@ What it does (docs/fidelity.md explains the choices and shows the results):
    are in neither: GSM8K questions whose gold answer is replaced by HumanEval code,
    - `offtopic`: a Python solution (text from another domain) cut to 30-70% of its lines;
    - `corrupted`: a Python solution with its words shuffled and cut to 30-70%.
-   Like a bad scraped source, the junk has one distinctive style, so much of it gathers in clusters
-   of its own (47-73% at the default size; measured per seed: `clustering` in the results). Rows are conversational prompt/completion,
-   so training puts the loss on the answer only.
+   Like a bad scraped source, the junk has one distinctive style, so most of it gathers in clusters
+   of its own (81-94% at the default size; measured per seed: `clustering` in the results). Rows
+   are conversational prompt/completion, so training puts the loss on the answer only.
 2. Arms, all under the same row budget and the same number of optimizer steps:
    `random`, `kmeans-random`, `kmq` (hf_idsel.diverse_select; kmq draws inside a cluster with
    p ~ softmax(quality), quality = the reference SmolLM2's mean answer log-likelihood from
@@ -87,7 +87,7 @@ class FidelityConfig:
     model: str = "smollm2"  # "smollm2" (packaged GGUF) or "tiny" (random 2-layer llama, for tests)
     pool_seed: int = 0
     # Sized for a 2-core CPU (about 100 tokens/s of LoRA training and 350 tokens/s of scoring there;
-    # 69 min for 6 arms x 3 seeds, see docs/fidelity.md), with the shape of the paper's setting:
+    # 40.5 min for 6 arms x 3 seeds, see docs/fidelity.md), with the shape of the paper's setting:
     # budget ~10% of the pool, a few rows per cluster, 3 rounds.
     pool_rows: dict = field(default_factory=lambda: {"gsm8k": 120, "humaneval": 80, "chitchat": 120, "mmlu": 120})
     junk_rows: dict = field(default_factory=lambda: {"offtopic": 45, "corrupted": 45})
