@@ -44,7 +44,8 @@ def test_two_processes_select_exactly_what_one_process_selects(tmp_path):
         port = str(probe.getsockname()[1])
     script = os.path.join(os.path.dirname(__file__), "ddp_select_run.py")
     path = [os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH")]  # keep the caller's path
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, path))}
+    # CPU ranks over gloo on any machine: two ranks on one visible GPU would collide under NCCL.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join(filter(None, path))}
     result = subprocess.run(
         [
             sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

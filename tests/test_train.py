@@ -64,6 +64,7 @@ def test_laptop_recipe_on_two_cpu_ranks(tmp_path):
     ]
     env = {
         **os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+        "CUDA_VISIBLE_DEVICES": "",  # 2 CPU ranks over gloo even where a GPU is visible
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)

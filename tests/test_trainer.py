@@ -288,7 +288,8 @@ def test_two_ranks_hold_the_same_selection(tmp_path, scorer):
         port = str(probe.getsockname()[1])
     script = os.path.join(os.path.dirname(__file__), "ddp_trainer_run.py")
     path = [os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH")]  # keep the caller's path
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, path))}
+    # CPU ranks over gloo on any machine: two ranks on one visible GPU would collide under NCCL.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join(filter(None, path))}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port, script, str(tmp_path), scorer],
         env=env, capture_output=True, text=True, timeout=300,
