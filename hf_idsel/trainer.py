@@ -564,7 +564,8 @@ class IterativeSelectionTrainer(SFTTrainer):
         result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         outputs, self._forward_outputs = self._forward_outputs, None
         with torch.no_grad():
-            per_row = _per_row_loss(outputs, inputs["labels"])
+            position_ids = inputs.get("position_ids") if getattr(self, "padding_free", False) else None
+            per_row = _per_row_loss(outputs, inputs["labels"], position_ids, rows=len(rows))
         self._round_losses.extend(zip(rows.tolist(), per_row.tolist()))
         return result
 
@@ -956,19 +957,31 @@ class IterativeSelectionTrainer(SFTTrainer):
         return output
 
 
-def _per_row_loss(outputs, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token loss of each row's answer tokens (labels != -100)."""
+def _per_row_loss(outputs, labels: torch.Tensor, position_ids: torch.Tensor | None = None, rows: int | None = None) -> torch.Tensor:
+    """Mean next-token loss of each row's answer tokens (labels != -100).
+
+    A padding-free batch is one flattened sequence whose `position_ids` restart at 0 for every
+    example: pass them with the number of examples (`rows`) to split the losses back per example.
+    """
     log_probs = getattr(outputs, "log_probs", None)
     if log_probs is not None and getattr(outputs, "label_mask", None) is not None:
         mask = outputs.label_mask.float()
-        return -(log_probs * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-    logits = outputs.logits[:, :-1, :].float()
-    targets = labels[:, 1:]
-    mask = (targets != -100).float()
-    token_loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), targets.clamp(min=0).reshape(-1), reduction="none"
-    ).view_as(mask)
-    return (token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        token_loss = -log_probs.float() * mask
+    else:
+        logits = outputs.logits[:, :-1, :].float()
+        targets = labels[:, 1:]
+        mask = (targets != -100).float()
+        token_loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), targets.clamp(min=0).reshape(-1), reduction="none"
+        ).view_as(mask) * mask
+    if position_ids is None:
+        return token_loss.sum(-1) / mask.sum(-1).clamp(min=1)
+    # Example of each target token (targets are shifted by one); trailing padding restarts at 0 too,
+    # but its labels are -100, so clamping it into the last example adds nothing.
+    example = (torch.cumsum((position_ids[0] == 0).long(), 0)[1:] - 1).clamp(max=rows - 1).to(token_loss.device)
+    sums = token_loss.new_zeros(rows).index_add_(0, example, token_loss[0])
+    counts = mask.new_zeros(rows).index_add_(0, example, mask[0])
+    return sums / counts.clamp(min=1)
 
 
 def _model_id(model) -> str | None:

@@ -1,6 +1,7 @@
 import glob
 import json
 import os
+from types import SimpleNamespace
 
 import datasets
 import numpy as np
@@ -150,8 +151,9 @@ def test_skipping_the_last_rounds_scoring_keeps_the_selection(tmp_path):
     assert "not scored (last round)" in rounds_markdown(skipped)
 
 
-def test_loss_scorer_scores_every_trained_row(tmp_path):
-    trainer = make_trainer(tmp_path, scorer="loss", budget=24)
+@pytest.mark.parametrize("padding", [{}, {"padding_free": True, "max_length": None}], ids=["padded", "padding_free"])
+def test_loss_scorer_scores_every_trained_row(tmp_path, padding):
+    trainer = make_trainer(tmp_path, scorer="loss", budget=24, **padding)
     trainer.train()
     rounds = read_rounds(trainer.args.output_dir)
     assert [r["cumulative_size"] for r in rounds] == [8, 16, 24]
@@ -480,3 +482,29 @@ def test_every_scorer_trains_on_cuda_in_bf16(tmp_path, scorer):
         topics = np.array(trainer.pool["topic"])
         junk = int(np.bincount(trainer.labels[topics == 3]).argmax())
         assert rounds[0]["weights"][junk] < 0.25
+
+
+def test_padding_free_batches_are_split_back_into_rows():
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from hf_idsel.trainer import _per_row_loss
+
+    model, tokenizer = make_tiny_llama()
+    texts = ["What colour is the sky? The sky is blue.", "Hello!", "def add(a, b):\n    return a + b\n"]
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+    examples = [{"input_ids": i, "labels": [-100, -100] + i[2:]} for i in ids]  # loss on the "answer" only
+    padded = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)(examples)
+    flat = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True, pad_to_multiple_of=64)(
+        examples
+    )
+    assert flat["input_ids"].shape[0] == 1 and flat["input_ids"].shape[1] == 64  # one row, with trailing padding
+    with torch.no_grad():
+        expected = _per_row_loss(model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]), padded["labels"])
+        # A varlen (flash-attention) forward of the flat row gives each example's own logits side by side;
+        # the trailing padding's logits are noise that its -100 labels must hide.
+        logits = [model(input_ids=torch.tensor([i])).logits for i in ids]
+        tail = flat["input_ids"].shape[1] - sum(len(i) for i in ids)
+        logits = torch.cat(logits + [torch.randn(1, tail, logits[0].shape[-1])], dim=1)
+        got = _per_row_loss(SimpleNamespace(logits=logits), flat["labels"], flat["position_ids"], rows=len(texts))
+    assert got.shape == (3,)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
