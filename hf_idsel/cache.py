@@ -31,6 +31,11 @@ def cache_dir(directory: str | None = None) -> str:
     return directory or os.path.join(str(datasets.config.HF_DATASETS_CACHE), "hf_idsel")
 
 
+def cache_file(kind: str, key: str, directory: str | None = None) -> str:
+    """Path of the cached Arrow file of result `kind` under fingerprint `key`."""
+    return os.path.join(cache_dir(directory), f"{kind}-{key}.arrow")
+
+
 def cached_map(
     dataset: datasets.Dataset,
     function: Callable[[dict], dict],
@@ -68,9 +73,8 @@ def cached_map(
     use_cache = datasets.is_caching_enabled() or always_write
     path = None
     if use_cache:
-        folder = cache_dir(directory)
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"{kind}-{key}.arrow")
+        os.makedirs(cache_dir(directory), exist_ok=True)
+        path = cache_file(kind, key, directory)
         if os.path.exists(path):
             logger.info("Loaded %s from cache %s", kind, path)
             return datasets.Dataset.from_file(path)

@@ -190,7 +190,7 @@ def _run_train(args) -> int:
 def _run_push(args) -> int:
     from .manifest import Manifest
     from .publish import PUSH_FILE, push_selection, push_staged, set_model_push
-    from .trainer import STAGING_DIR
+    from .publish import STAGING_DIR
 
     folder = args.folder
     if not os.path.isdir(folder):
@@ -229,7 +229,7 @@ def _has_model(folder: str) -> bool:
 def _run_report(args) -> int:
     from .manifest import Manifest
     from .report import format_rounds, plot_selection, read_rounds
-    from .trainer import STAGING_DIR
+    from .publish import STAGING_DIR
 
     path = args.path
     rounds = read_rounds(path) if os.path.isdir(path) else []

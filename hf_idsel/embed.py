@@ -129,6 +129,11 @@ def fit_pairs(prompts: list[str], answers: list[str], tokenizer: Any, max_tokens
     return texts
 
 
+def embedding_cache_key(dataset: datasets.Dataset, identity: EncoderIdentity, options: RenderOptions) -> str:
+    """The fingerprint the pool's cached embeddings are stored under."""
+    return fingerprint(dataset._fingerprint, identity.id, identity.revision, options.to_dict())
+
+
 def embed_dataset(
     dataset: datasets.Dataset,
     options: RenderOptions,
@@ -178,7 +183,7 @@ def embed_dataset(
         `tuple[np.ndarray, EncoderIdentity]`: the `(n, d)` matrix and the encoder's identity.
     """
     identity = encoder_identity(encoder, revision)
-    key = fingerprint(dataset._fingerprint, identity.id, identity.revision, options.to_dict())
+    key = embedding_cache_key(dataset, identity, options)
     state = {}
 
     def encode(batch: dict) -> dict:
@@ -222,11 +227,10 @@ def embed_dataset(
 
 def _embed_shards(dataset, encode, key, rank, world_size, chunk, directory, options) -> np.ndarray:
     """Each rank embeds its range of whole chunks into the cache; then every rank reads all ranges in order."""
-    from .cache import cache_dir
+    from .cache import cache_file
     from .distributed import barrier, broadcast, shard_bounds
 
-    folder = cache_dir(directory)
-    full = os.path.join(folder, f"embeddings-{key}.arrow")
+    full = cache_file("embeddings", key, directory)
     # Rank 0 decides, so no rank sees a file another rank is still writing.
     if broadcast(os.path.exists(full)):
         return column_matrix(datasets.Dataset.from_file(full).data.table, "embedding")
@@ -250,7 +254,7 @@ def _embed_shards(dataset, encode, key, rank, world_size, chunk, directory, opti
         )
     barrier()
     parts = [
-        datasets.Dataset.from_file(os.path.join(folder, f"embeddings-{key}-rows{a}-{b}.arrow")) for a, b in ranges if b > a
+        datasets.Dataset.from_file(cache_file("embeddings", f"{key}-rows{a}-{b}", directory)) for a, b in ranges if b > a
     ]
     if rank == 0 and datasets.is_caching_enabled():
         # The whole matrix under the 1-process key: a later run on any number of processes reads it.

@@ -63,6 +63,49 @@ def _is_vector_column(arrow_type) -> bool:
     return pa.types.is_floating(arrow_type.value_type)
 
 
+def pool_name(pool: datasets.Dataset) -> str | None:
+    """The pool's dataset name (`name/config` for a non-default config), when `datasets` knows it."""
+    info = pool.info
+    name = getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)
+    config = getattr(info, "config_name", None)
+    if name and config and config != "default":
+        return f"{name}/{config}"
+    return name
+
+
+def pool_record(pool: datasets.Dataset, columns: list[str], *, name: str | None = None, source: dict | None = None) -> dict:
+    """The manifest's `pool` entry: fingerprint, size, content digest of `columns`, name and (when known) source."""
+    columns = list(dict.fromkeys(columns))
+    record = {
+        "fingerprint": pool._fingerprint,
+        "num_rows": len(pool),
+        "digest": pool_digest(pool, columns),
+        "digest_columns": columns,
+        "name": name or pool_name(pool),
+    }
+    if source is not None:
+        record["source"] = source
+    return record
+
+
+def encoder_record(identity, embedding_column: str | None, dim: int) -> dict:
+    """The manifest's `encoder` entry: the encoder's id and revision, or the column the vectors came from."""
+    if identity is not None:
+        return {"id": identity.id, "revision": identity.revision, "dim": int(dim)}
+    return {"embedding_column": embedding_column, "dim": int(dim)}
+
+
+def selection_subset(pool: datasets.Dataset, indices, clusters, **extra_columns) -> datasets.Dataset:
+    """The selected rows with every pool column plus `source_index`, `cluster` and any `extra_columns`."""
+    indices = list(indices)
+    subset = pool.select(indices)
+    subset = subset.add_column("source_index", indices)
+    subset = subset.add_column("cluster", list(clusters))
+    for name, values in extra_columns.items():
+        subset = subset.add_column(name, list(values))
+    return subset
+
+
 def library_versions() -> dict:
     versions = {}
     for name in _VERSIONED_PACKAGES:

@@ -25,11 +25,15 @@ import numpy as np
 from .errors import InvalidArgumentError, PushError
 from .manifest import Manifest, indices_digest
 from .report import markdown_table, plot_selection
+from .rounds import weight_entropy, write_round_file
 
 logger = logging.getLogger(__name__)
 
 PUSH_FILE = "hf_idsel_push.json"
 DEFAULT_CONFIG = "default"
+STAGING_DIR = "_hf_idsel_selection"  # the trainer stages under output_dir; Trainer.push_to_hub skips "_*" paths
+ROUND_COLUMN = "selection_round"  # added to an iterative run's pushed rows: the round that drew each one
+ITERATIVE_METHOD = "iterative-kmq"
 TAGS = ["hf_idsel", "data-selection"]
 PAPER = "arxiv:2409.11378"
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
@@ -130,8 +134,7 @@ def rounds_markdown(rounds: list[dict]) -> str:
     lines = ["| round | rows drawn | rows scored | cumulative | weight entropy after | top-3 clusters by weight after |", "|---:|---:|---:|---:|---:|---|"]
     for r in rounds:
         weights = np.asarray(r["weights"], dtype=float)
-        positive = weights[weights > 0]
-        entropy = float(-(positive * np.log(positive)).sum())
+        entropy = weight_entropy(weights)
         top = np.argsort(-weights, kind="stable")[:3]
         shown = ", ".join(f"{int(j)} ({weights[j]:.3f})" for j in top)
         scored = r.get("scored_rows", 0) if r.get("scored", True) else "not scored (last round)"
@@ -290,10 +293,8 @@ def stage(
     for name, manifest in manifests.items():
         manifest.save(os.path.join(folder, _manifest_path(name)))
     if rounds:
-        os.makedirs(os.path.join(folder, "selection"), exist_ok=True)
         for r in rounds:
-            with open(os.path.join(folder, "selection", f"round_{r['round']}.json"), "w", encoding="utf-8") as f:
-                json.dump(r, f, indent=2)
+            write_round_file(os.path.join(folder, "selection"), r)
     if plot_manifest is not None:
         plot_selection(plot_manifest, os.path.join(folder, "selection.png"), rounds)
     if card is not None:

@@ -14,6 +14,7 @@ import re
 import numpy as np
 
 from .errors import InvalidArgumentError
+from .rounds import weight_entropy
 
 ROUND_FILE = re.compile(r"round_(\d+)\.json$")
 
@@ -78,9 +79,7 @@ def format_rounds(rounds: list[dict], cluster_sizes=None, *, top: int = 20) -> s
         f"{rounds[-1]['cumulative_size']} rows selected in all",
     ]
     for r in rounds:
-        weights = np.asarray(r["weights"], dtype=float)
-        positive = weights[weights > 0]
-        entropy = float(-(positive * np.log(positive)).sum())
+        entropy = weight_entropy(r["weights"])
         lines.append(
             f"round {r['round']}: {len(r['selected'])} rows drawn, "
             + (f"{r.get('scored_rows', 0)} scored, " if r.get("scored", True) else "not scored, ")

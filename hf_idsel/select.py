@@ -17,12 +17,11 @@ import datasets
 import numpy as np
 
 from . import baselines, sample
-from .cache import cache_dir as default_cache_dir
-from .cache import fingerprint
+from .cache import cache_file
 from .cluster import Clustering, choose_k, default_k_candidates, kmeans
-from .embed import DEFAULT_ENCODER, embed_dataset, embeddings_from_column, encoder_identity
+from .embed import DEFAULT_ENCODER, embed_dataset, embedding_cache_key, embeddings_from_column, encoder_identity
 from .errors import InvalidArgumentError
-from .manifest import Manifest, indices_digest, pool_digest, remember_manifest
+from .manifest import Manifest, encoder_record, indices_digest, pool_record, remember_manifest, selection_subset
 from .render import resolve_render_options, token_lengths, validate_columns
 
 logger = logging.getLogger(__name__)
@@ -321,10 +320,7 @@ def _select(pool: datasets.Dataset, *, dry_run: bool, return_manifest: bool, **a
 
 
 def _subset_from_manifest(pool: datasets.Dataset, manifest: Manifest) -> datasets.Dataset:
-    indices = manifest.selected_indices
-    subset = pool.select(indices)
-    subset = subset.add_column("source_index", list(indices))
-    return subset.add_column("cluster", list(manifest.selected_clusters))
+    return selection_subset(pool, manifest.selected_indices, manifest.selected_clusters)
 
 
 def _cluster_and_draw(pool, a, rows, options, quality, embeddings, identity) -> Manifest:
@@ -510,20 +506,9 @@ def _manifest(pool, a, options, identity, embeddings, clustering, k_selection, b
     }
     if not isinstance(a["encoder"], str):
         arguments["encoder"] = identity.id
-    encoder = (
-        {"id": identity.id, "revision": identity.revision, "dim": int(embeddings.shape[1])}
-        if identity is not None
-        else {"embedding_column": a["embedding_column"], "dim": int(embeddings.shape[1])}
-    )
     labels = clustering.labels[indices]
     return Manifest(
-        pool={
-            "fingerprint": pool._fingerprint,
-            "num_rows": len(pool),
-            "digest": pool_digest(pool, digest_columns),
-            "digest_columns": digest_columns,
-            "name": _pool_name(pool),
-        },
+        pool=pool_record(pool, digest_columns),
         arguments=arguments,
         method=a["method"],
         seed=int(a["seed"]),
@@ -536,7 +521,7 @@ def _manifest(pool, a, options, identity, embeddings, clustering, k_selection, b
         selected_clusters=labels.astype(np.int64).tolist(),
         selected_digest=indices_digest(indices),
         render=options.to_dict() if options is not None else None,
-        encoder=encoder,
+        encoder=encoder_record(identity, a["embedding_column"], embeddings.shape[1]),
         dedup=dedup,
     )
 
@@ -549,15 +534,6 @@ def _read_columns(options, a) -> list[str]:
         if extra is not None:
             columns.append(extra)
     return list(dict.fromkeys(columns))
-
-
-def _pool_name(pool: datasets.Dataset) -> str | None:
-    info = pool.info
-    name = getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)
-    config = getattr(info, "config_name", None)
-    if name and config and config != "default":
-        return f"{name}/{config}"
-    return name
 
 
 def _is_json_value(value) -> bool:
@@ -580,8 +556,7 @@ def _plan(pool, a, rows, options) -> SelectionPlan:
     else:
         identity = encoder_identity(a["encoder"], a["encoder_revision"])
         encoder_id = identity.id
-        key = fingerprint(pool._fingerprint, identity.id, identity.revision, options.to_dict())
-        cached = os.path.exists(os.path.join(default_cache_dir(a["cache_dir"]), f"embeddings-{key}.arrow"))
+        cached = os.path.exists(cache_file("embeddings", embedding_cache_key(pool, identity, options), a["cache_dir"]))
         dim = 384 if identity.id == DEFAULT_ENCODER else None
         if not cached:
             sample_rows = pool.select(range(min(n, 256)))

@@ -34,9 +34,10 @@ from trl import SFTConfig, SFTTrainer
 from . import sample
 from .embed import DEFAULT_ENCODER
 from .errors import InvalidArgumentError, PushError
-from .manifest import Manifest, indices_digest, pool_digest
-from .publish import card_facts, dataset_card, model_card, push_staged, set_model_push, stage
+from .manifest import Manifest, encoder_record, indices_digest, pool_record, selection_subset
+from .publish import ITERATIVE_METHOD, ROUND_COLUMN, STAGING_DIR, card_facts, dataset_card, model_card, push_staged, set_model_push, stage
 from .render import first_empty_answer, prompt_and_answer, resolve_render_options, validate_columns
+from .rounds import weight_entropy, write_round_file
 from .select import cluster_pool, pool_embeddings
 
 logger = logging.getLogger(__name__)
@@ -46,9 +47,6 @@ SCORERS = ("loss", "reward", "perplexity", "likelihood", "judge")
 WEIGHT_RULES = sample.WEIGHT_RULES
 ROUND_MODES = ("continue", "restart")
 STATE_FILE = "hf_idsel_selection.json"
-STAGING_DIR = "_hf_idsel_selection"  # under output_dir; Trainer.push_to_hub skips "_*" paths
-ITERATIVE_METHOD = "iterative-kmq"
-ROUND_COLUMN = "selection_round"  # added to pushed rows: the round that drew each one
 
 
 @dataclass
@@ -502,11 +500,7 @@ class IterativeSelectionTrainer(SFTTrainer):
         payload = [None]
         if self.accelerator.is_main_process:
             clustering, k_selection = cluster_pool(embeddings, args.k_value, seed=args.selection_seed)
-            encoder = (
-                {"id": identity.id, "revision": identity.revision, "dim": int(embeddings.shape[1])}
-                if identity is not None
-                else {"embedding_column": args.embedding_column, "dim": int(embeddings.shape[1])}
-            )
+            encoder = encoder_record(identity, args.embedding_column, embeddings.shape[1])
             payload = [
                 {"labels": clustering.labels.tolist(), "k": clustering.k, "k_selection": k_selection, "encoder": encoder}
             ]
@@ -612,6 +606,8 @@ class IterativeSelectionTrainer(SFTTrainer):
             "scored": bool(scored),
             "scored_rows": int(len(scored_rows)),
             "global_step": int(self.state.global_step),
+            "k": int(self.k),
+            "k_selection": self.k_selection,
         }
         self.selection.rounds.append(record)
         self.selection.weights = weights.tolist()
@@ -719,10 +715,7 @@ class IterativeSelectionTrainer(SFTTrainer):
     def _write_round_file(self, record: dict) -> None:
         if not self.accelerator.is_main_process:
             return
-        folder = os.path.join(self.args.output_dir, "selection")
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, f"round_{record['round']}.json"), "w", encoding="utf-8") as f:
-            json.dump({**record, "k": self.k, "k_selection": self.k_selection}, f, indent=2)
+        write_round_file(os.path.join(self.args.output_dir, "selection"), record)
 
     # ---- publishing ----
 
@@ -742,16 +735,8 @@ class IterativeSelectionTrainer(SFTTrainer):
         if self._pool_info is None:
             columns = list(self._render.input_columns)
             columns += [c for c in (self.args.embedding_column, self.args.quality_column) if c is not None]
-            columns = list(dict.fromkeys(columns))
-            self._pool_info = {
-                "fingerprint": self.pool._fingerprint,
-                "num_rows": len(self.pool),
-                "digest": pool_digest(self.pool, columns),
-                "digest_columns": columns,
-                "name": self.args.pool_id or self.pool.info.dataset_name,
-            }
-            if self.args.pool_id:
-                self._pool_info["source"] = {"path": self.args.pool_id, "split": str(self.pool.split or "train")}
+            source = {"path": self.args.pool_id, "split": str(self.pool.split or "train")} if self.args.pool_id else None
+            self._pool_info = pool_record(self.pool, columns, name=self.args.pool_id, source=source)
         return self._pool_info
 
     def selection_manifest(self, config: str = "default") -> Manifest:
@@ -794,12 +779,9 @@ class IterativeSelectionTrainer(SFTTrainer):
         )
 
     def _selection_rows(self, manifest: Manifest) -> datasets.Dataset:
-        rows = manifest.selected_indices
         round_of = {row: r["round"] for r in self.selection.rounds for row in r["selected"]}
-        subset = self.pool.select(rows)
-        subset = subset.add_column("source_index", list(rows))
-        subset = subset.add_column("cluster", list(manifest.selected_clusters))
-        return subset.add_column(ROUND_COLUMN, [round_of[row] for row in rows])
+        rounds = [round_of[row] for row in manifest.selected_indices]
+        return selection_subset(self.pool, manifest.selected_indices, manifest.selected_clusters, **{ROUND_COLUMN: rounds})
 
     def _stage_selection(self, configs: list[str]) -> None:
         """Write the rows, manifests, round files, plot and card of `configs` under `staging_dir` (main process)."""
@@ -1003,11 +985,9 @@ def _labels_digest(labels: np.ndarray) -> str:
 
 
 def _round_metrics(record: dict, scores: np.ndarray) -> dict:
-    weights = np.asarray(record["weights"])
-    positive = weights[weights > 0]
     return {
         "selection/round": float(record["round"]),
-        "selection/weight_entropy": float(-(positive * np.log(positive)).sum()),
+        "selection/weight_entropy": weight_entropy(record["weights"]),
         "selection/score_mean": float(np.mean(scores)) if len(scores) else float("nan"),
         "selection/score_std": float(np.std(scores)) if len(scores) else float("nan"),
         "selection/rows_selected": float(len(record["selected"])),
