@@ -38,6 +38,7 @@ from trl import SFTConfig, SFTTrainer  # noqa: E402
 
 import hf_idsel  # noqa: E402
 from hf_idsel import scorers  # noqa: E402
+from hf_idsel.rounds import cluster_scores, sample_rows_per_cluster  # noqa: E402
 from hf_idsel.render import prompt_and_answer, resolve_render_options  # noqa: E402
 from hf_idsel.select import embed_and_cluster  # noqa: E402
 from hf_idsel.trainer import IterativeSelectionConfig, IterativeSelectionTrainer  # noqa: E402
@@ -154,9 +155,9 @@ def measure_trainer(
         pairs = [prompt_and_answer(pool[int(r)], chat, tokenizer) for r in subset]
         prompts, golds = [p for p, _ in pairs], [g for _, g in pairs]
         generations = scorers.generate_answers(model, tokenizer, prompts, max_new_tokens=48, show_progress=False)
-        return scorers.cluster_scores(trainer.labels, subset, scorer(prompts, golds, generations), trainer.k)
+        return cluster_scores(trainer.labels, subset, scorer(prompts, golds, generations), trainer.k)
 
-    sampled_rows = scorers.sample_rows_per_cluster(trainer.labels, last, per_cluster, seed=0)
+    sampled_rows = sample_rows_per_cluster(trainer.labels, last, per_cluster, seed=0)
     started = time.perf_counter()
     sampled = score(sampled_rows)
     t_sampled = time.perf_counter() - started

@@ -451,8 +451,12 @@ def train_iterative(base, tokenizer, pool: datasets.Dataset, scorer: str, cfg: F
         **_train_args(cfg, out, seed),
     )
     extra = {}
-    if scorer == "likelihood":
-        extra["reference_model"] = reference
+    if scorer == "likelihood" and reference is not None:
+        from hf_idsel.scorers import LikelihoodScorer
+
+        extra["scorer"] = LikelihoodScorer(
+            reference, batch_size=cfg.eval_batch_size, device=next(reference.parameters()).device
+        )
     trainer = IterativeSelectionTrainer(
         model, args=args, train_dataset=pool, processing_class=tokenizer, peft_config=_lora(cfg, model), **extra
     )

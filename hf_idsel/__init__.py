@@ -28,8 +28,15 @@ __version__ = "0.1.0"
 
 # torch/transformers/trl load only when these are first used: `import hf_idsel` stays light.
 _LAZY = {
-    "IterativeSelectionConfig": "trainer",
+    "IterativeSelectionConfig": "config",
     "IterativeSelectionTrainer": "trainer",
+    "CallableScorer": "scorers",
+    "JudgeScorer": "scorers",
+    "LikelihoodScorer": "scorers",
+    "LossScorer": "scorers",
+    "PerplexityScorer": "scorers",
+    "RewardScorer": "scorers",
+    "RoundScorer": "scorers",
     "score_quality": "quality",
     "push_selection": "publish",
 }
@@ -43,14 +50,21 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
+    "CallableScorer",
     "IdselError",
     "IterativeSelectionConfig",
     "IterativeSelectionTrainer",
     "InvalidArgumentError",
+    "JudgeScorer",
+    "LikelihoodScorer",
+    "LossScorer",
     "Manifest",
     "MethodConflictError",
     "MissingDependencyError",
+    "PerplexityScorer",
     "PushError",
+    "RewardScorer",
+    "RoundScorer",
     "SelectionMismatchError",
     "SelectionPlan",
     "diverse_select",

@@ -1,17 +1,380 @@
-"""Rounds of iterative selection: the round record on disk and what is derived from cluster weights.
+"""Rounds of iterative kMQ (Algorithm 1 of arXiv 2409.11378): round sizes, each round's draw, the
+cluster scores and weight update that close a round, and the round record.
 
-Plain numpy and JSON, so the command line, reports and cards can read rounds without loading
-torch or TRL.
+Plain numpy and JSON, testable without a Trainer; the command line, reports and cards read rounds
+without loading torch or TRL. `IterativeSelectionTrainer` (trainer.py) only calls these functions
+from its Trainer hooks. The algorithm is described in docs/method.md.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
+from .errors import InvalidArgumentError
+from .sample import kmq_sample
+
 ROUND_FILE = "round_{round}.json"
+ROUND_MODES = ("continue", "restart")
+WEIGHT_RULES = ("paper", "research")
+_SEED_STRIDE = 1_000_003  # round r draws with seed * stride + r: rounds never share a stream
+
+
+def round_sizes(budget_rows: int, rounds: int) -> list[int]:
+    """Rows each round draws: `budget_rows / rounds`, the first rounds taking one more when it does not divide."""
+    if rounds < 1:
+        raise InvalidArgumentError(f"`rounds`={rounds} must be at least 1.")
+    if rounds > budget_rows:
+        raise InvalidArgumentError(f"`rounds`={rounds} is larger than the budget ({budget_rows} rows).")
+    return [budget_rows // rounds + (1 if r < budget_rows % rounds else 0) for r in range(rounds)]
+
+
+def round_seed(selection_seed: int, round_index: int) -> int:
+    """Seed of round `round_index`'s draw and of its scored-row sample."""
+    return int(selection_seed) * _SEED_STRIDE + int(round_index)
+
+
+def labels_digest(labels: np.ndarray) -> str:
+    """Digest of a clustering: a checkpoint resumes only on the clustering it was made with."""
+    return "sha256:" + hashlib.sha256(np.asarray(labels, dtype="<i8").tobytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# State
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SelectionState:
+    """The selection's progress: JSON in every checkpoint (field names are the file format), never a pickle."""
+
+    k: int
+    weights: list
+    rounds: list = field(default_factory=list)  # one `RoundRecord.to_dict()` per finished round
+    current_round: int = 1
+    current_rows: list = field(default_factory=list)  # pool rows of the round in progress
+    labels_digest: str = ""
+    pending_losses: list = field(default_factory=list)  # [row, loss] gathered for the round in progress
+    epochs_done: int = 0
+
+    @classmethod
+    def start(cls, labels: np.ndarray, k: int) -> "SelectionState":
+        """Round 1 of a fresh run: uniform weights over `k` clusters."""
+        return cls(k=int(k), weights=[1.0 / k] * k, labels_digest=labels_digest(labels))
+
+    def selected(self) -> list:
+        """Every row selected so far: the finished rounds' rows, then the current round's."""
+        rows = [r for done in self.rounds for r in done["selected"]]
+        return rows + list(self.current_rows)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str, *, where: str) -> "SelectionState":
+        """Read a state written by `to_json`, refusing unknown or missing fields."""
+        data = json.loads(text)
+        names = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or set(data) - names or not {"k", "weights"} <= set(data):
+            found = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise InvalidArgumentError(f"{where} is not a selection state (fields {found}, expected {sorted(names)}).")
+        return cls(**data)
+
+
+# --------------------------------------------------------------------------------------------
+# Drawing a round
+# --------------------------------------------------------------------------------------------
+
+
+def draw_round(
+    state: SelectionState,
+    labels: np.ndarray,
+    size: int,
+    *,
+    round_index: int,
+    trainable: np.ndarray,
+    selection_seed: int,
+    quality: np.ndarray | None = None,
+    quality_temperature: float = 1.0,
+) -> np.ndarray:
+    """kMQ draw of `size` rows not selected yet, with the cluster weights of `state` (uniform in round 1).
+
+    Args:
+        state (`SelectionState`):
+            Progress so far; its selected rows are excluded.
+        labels (`np.ndarray`):
+            Cluster id of every pool row.
+        size (`int`):
+            Exact number of rows to draw.
+        round_index (`int`):
+            The round being drawn (1-based); seeds the draw.
+        trainable (`np.ndarray`):
+            Boolean mask of pool rows that survived tokenization.
+        selection_seed (`int`):
+            The run's selection seed.
+        quality (`np.ndarray`, *optional*):
+            Per-row quality for the in-cluster draw.
+        quality_temperature (`float`, *optional*, defaults to `1.0`):
+            Softmax temperature of the in-cluster draw.
+    """
+    eligible = np.asarray(trainable, dtype=bool).copy()
+    eligible[np.asarray(state.selected(), dtype=np.int64)] = False
+    return kmq_sample(
+        labels,
+        size,
+        k=state.k,
+        seed=round_seed(selection_seed, round_index),
+        quality=quality,
+        temperature=quality_temperature,
+        weights=None if round_index == 1 else np.asarray(state.weights),
+        eligible=eligible,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring and re-weighting
+# --------------------------------------------------------------------------------------------
+
+
+def _check_labels_and_rows(labels, rows) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels)
+    rows = np.asarray(rows)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise InvalidArgumentError(
+            f"`labels` must be a 1-D integer array, got dtype {labels.dtype} and shape {labels.shape}."
+        )
+    if rows.size == 0:
+        return labels, np.zeros(0, dtype=np.int64)
+    if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+        raise InvalidArgumentError(
+            f"`rows` must be a 1-D integer array, got dtype {rows.dtype} and shape {rows.shape}."
+        )
+    if rows.min() < 0 or rows.max() >= len(labels):
+        raise InvalidArgumentError(f"`rows` must be row ids in [0, {len(labels)}), got values up to {rows.max()}.")
+    return labels, rows.astype(np.int64)
+
+
+def sample_rows_per_cluster(labels: np.ndarray, rows: np.ndarray, per_cluster: int, *, seed: int) -> np.ndarray:
+    """Up to `per_cluster` rows of each cluster from the candidates `rows`, uniformly at random.
+
+    Bounds the generation cost of a scoring round: the cluster means need a few rows each, not
+    every trained row. The draw depends only on the set of candidates, `per_cluster` and `seed`.
+
+    Args:
+        labels (`np.ndarray`):
+            Cluster id of every pool row.
+        rows (`np.ndarray`):
+            Candidate row ids (e.g. the rows trained on this round); no duplicates.
+        per_cluster (`int`):
+            Rows kept per cluster; `<= 0` keeps all candidates.
+        seed (`int`):
+            Seed of `np.random.default_rng`.
+
+    Returns:
+        `np.ndarray`: the chosen row ids, sorted (int64).
+    """
+    labels, rows = _check_labels_and_rows(labels, rows)
+    if isinstance(per_cluster, bool) or not isinstance(per_cluster, (int, np.integer)):
+        raise InvalidArgumentError(f"`per_cluster` must be an int, got {per_cluster!r}.")
+    rows = np.sort(rows)
+    if rows.size and np.any(rows[1:] == rows[:-1]):
+        raise InvalidArgumentError("`rows` holds duplicate row ids.")
+    if per_cluster <= 0 or rows.size == 0:
+        return rows
+    rng = np.random.default_rng(seed)
+    row_labels = labels[rows]
+    chosen = []
+    for cluster in np.unique(row_labels):
+        members = rows[row_labels == cluster]
+        if len(members) > per_cluster:
+            members = rng.choice(members, size=per_cluster, replace=False)
+        chosen.append(members)
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def cluster_scores(labels: np.ndarray, rows: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """Mean score of each cluster over its scored rows.
+
+    Args:
+        labels (`np.ndarray`):
+            Cluster id (in `[0, k)`) of every pool row.
+        rows (`np.ndarray`):
+            The scored row ids.
+        scores (`np.ndarray`):
+            The score of each of `rows` (finite).
+        k (`int`):
+            Number of clusters.
+
+    Returns:
+        `np.ndarray`: float64 of shape `(k,)`; NaN for a cluster without a scored row.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InvalidArgumentError(f"`k` must be an int >= 1, got {k!r}.")
+    labels, rows = _check_labels_and_rows(labels, rows)
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != rows.shape:
+        raise InvalidArgumentError(f"`scores` has shape {scores.shape} but `rows` has {rows.shape}.")
+    if not np.isfinite(scores).all():
+        raise InvalidArgumentError("`scores` holds NaN or inf values.")
+    row_labels = labels[rows]
+    if row_labels.size and (row_labels.min() < 0 or row_labels.max() >= k):
+        raise InvalidArgumentError(f"`labels` of the scored rows must lie in [0, {k}).")
+    counts = np.bincount(row_labels, minlength=k)
+    sums = np.bincount(row_labels, weights=scores, minlength=k)
+    means = np.full(k, np.nan, dtype=np.float64)
+    np.divide(sums, counts, out=means, where=counts > 0)
+    return means
+
+
+def update_weights(
+    weights: np.ndarray,
+    cluster_scores: np.ndarray,
+    *,
+    rule: str = "paper",
+    temperature: float = 1.0,
+    available: np.ndarray | None = None,
+) -> np.ndarray:
+    """Cluster weights for the next round from this round's cluster scores (NaN = not scored).
+
+    `"paper"` (Algorithm 1): w_j <- softmax(s / T)_j x w_j, renormalised; the softmax is scaled so
+    that scored clusters keep their total weight on average, and an unscored cluster keeps its
+    weight. `"research"` (the research code): scored clusters get softmax(s / T) of their total
+    weight, forgetting the previous split. Clusters with no rows left (`available == 0`) get 0.
+    """
+    if rule not in WEIGHT_RULES:
+        raise InvalidArgumentError(f"`weight_update`={rule!r}; choose one of {list(WEIGHT_RULES)}.")
+    weights = np.asarray(weights, dtype=np.float64).copy()
+    scores = np.asarray(cluster_scores, dtype=np.float64)
+    scored = np.isfinite(scores)
+    if scored.any():
+        z = scores[scored] / temperature
+        soft = np.exp(z - z.max())
+        soft /= soft.sum()
+        if rule == "paper":
+            weights[scored] *= soft * scored.sum()
+        else:
+            weights[scored] = soft * weights[scored].sum()
+    if available is not None:
+        weights[np.asarray(available) <= 0] = 0.0
+    total = weights.sum()
+    if total <= 0:
+        # Every weighted cluster is exhausted: fall back to size-proportional draws among the rest.
+        weights = (np.asarray(available) > 0).astype(np.float64) if available is not None else np.ones_like(weights)
+        total = weights.sum()
+    return weights / total
+
+
+# --------------------------------------------------------------------------------------------
+# Closing a round
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RoundRecord:
+    """One finished round, as round files, checkpoints, cards and `hf-idsel report` hold it.
+
+    Args:
+        round (`int`): the round, from 1.
+        weights (`list[float]`): cluster weights after this round (they shape the next draw).
+        cluster_scores (`list[float | None]`): mean score per cluster (`None`: no scored row).
+        selected (`list[int]`): pool rows this round trained on, in drawn order.
+        selected_per_cluster (`list[int]`): rows of `selected` per cluster.
+        cumulative_size (`int`): rows selected over this and every earlier round.
+        scorer (`str`): name of the scorer (`"callable"` for a plain function).
+        scored (`bool`): whether this round was scored (see `score_last_round`).
+        scored_rows (`int`): rows whose scores made `cluster_scores`.
+        global_step (`int`): optimizer steps done when the round closed.
+        k (`int`): number of clusters.
+        k_selection (`dict`, *optional*): how k was chosen (`None` when given).
+    """
+
+    round: int
+    weights: list
+    cluster_scores: list
+    selected: list
+    selected_per_cluster: list
+    cumulative_size: int
+    scorer: str
+    scored: bool
+    scored_rows: int
+    global_step: int
+    k: int
+    k_selection: dict | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RoundRecord":
+        names = [f.name for f in fields(cls)]
+        unknown, missing = set(data) - set(names), set(names[:-1]) - set(data)
+        if unknown or missing:
+            raise InvalidArgumentError(
+                f"Not a round record: unknown fields {sorted(unknown)}, missing fields {sorted(missing)}."
+            )
+        return cls(**data)
+
+
+def close_round(
+    state: SelectionState,
+    labels: np.ndarray,
+    trainable: np.ndarray,
+    scored_rows: np.ndarray,
+    scores: np.ndarray,
+    *,
+    rule: str,
+    temperature: float,
+    scorer: str,
+    scored: bool,
+    global_step: int,
+    k_selection: dict | None,
+) -> RoundRecord:
+    """Score the round in progress per cluster, move the weights and record the round in `state`.
+
+    Clusters without a scored row keep their weight; clusters with no row left drop to 0.
+    """
+    rows = np.asarray(state.current_rows, dtype=np.int64)
+    means = cluster_scores(labels, scored_rows, scores, state.k)
+    available = np.bincount(labels[trainable], minlength=state.k) - np.bincount(
+        labels[np.asarray(state.selected(), dtype=np.int64)], minlength=state.k
+    )
+    weights = update_weights(np.asarray(state.weights), means, rule=rule, temperature=temperature, available=available)
+    record = RoundRecord(
+        round=state.current_round,
+        weights=weights.tolist(),
+        cluster_scores=[None if math.isnan(s) else float(s) for s in means],
+        selected=rows.tolist(),
+        selected_per_cluster=np.bincount(labels[rows], minlength=state.k).tolist(),
+        cumulative_size=len(state.selected()),
+        scorer=scorer,
+        scored=bool(scored),
+        scored_rows=int(len(scored_rows)),
+        global_step=int(global_step),
+        k=int(state.k),
+        k_selection=k_selection,
+    )
+    state.rounds.append(record.to_dict())
+    state.weights = record.weights
+    state.current_rows = []
+    state.pending_losses = []
+    return record
+
+
+def round_metrics(record: RoundRecord, scores: np.ndarray) -> dict:
+    """What the trainer logs when a round closes (`selection/*`)."""
+    return {
+        "selection/round": float(record.round),
+        "selection/weight_entropy": weight_entropy(record.weights),
+        "selection/score_mean": float(np.mean(scores)) if len(scores) else float("nan"),
+        "selection/score_std": float(np.std(scores)) if len(scores) else float("nan"),
+        "selection/rows_selected": float(len(record.selected)),
+        "selection/cumulative_size": float(record.cumulative_size),
+    }
 
 
 def weight_entropy(weights) -> float:
@@ -21,10 +384,12 @@ def weight_entropy(weights) -> float:
     return float(-(positive * np.log(positive)).sum())
 
 
-def write_round_file(folder: str, record: dict) -> str:
+def write_round_file(folder: str, record: RoundRecord | dict) -> str:
     """Write one round record as `folder/round_<r>.json` (the one shape round files have)."""
+    if isinstance(record, dict):
+        record = RoundRecord.from_dict(record)
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, ROUND_FILE.format(round=record["round"]))
+    path = os.path.join(folder, ROUND_FILE.format(round=record.round))
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2)
+        json.dump(record.to_dict(), f, indent=2)
     return path

@@ -3,20 +3,22 @@
 After each training round the trainer scores rows the model has just seen: for a prompt `x` with
 gold answer `y_gold` it generates `y_gen` with the current model ([`generate_answers`]) and asks a
 scorer for `S(x) = score(x + y_gold) - score(x + y_gen)`. The cluster's mean S
-([`cluster_scores`]) then sets its share of the next round's draw.
+(`rounds.cluster_scores`) then sets its share of the next round's draw.
 
 Sign convention, the same for every scorer: a HIGH S means the gold answer still beats the model's
 own answer, so the cluster gets more of the next draw. Junk gold answers get a LOW S from the
 quality-aware scorers ([`RewardScorer`], [`LikelihoodScorer`], [`JudgeScorer`]).
-[`PerplexityScorer`] (the paper's weakest ablation) is not quality-aware: the current model finds
-junk surprising, so junk gold answers get a HIGH S there.
+[`PerplexityScorer`] (the paper's weakest ablation) and [`LossScorer`] are not quality-aware: the
+current model finds junk surprising, so junk gold answers get a HIGH S there.
 
-All scorers share one call interface (see [`RoundScorer`]):
+The text scorers share one call interface (see [`RoundScorer`]):
 
     scores = scorer(prompts, golds, generations)   # float64, one value per row
 
 `prompts` are rendered strings (chat template applied, generation prompt opened); the texts scored
-are `prompt + answer`, plain string concatenation.
+are `prompt + answer`, plain string concatenation. [`LossScorer`] instead reads the training
+forward passes. The trainer takes any of them through one argument, `scorer=` ([`as_scorer`]): a
+name from [`SCORERS`], a scorer object, or a callable.
 """
 
 from __future__ import annotations
@@ -221,11 +223,14 @@ class RoundScorer(abc.ABC):
     one finite float64 per row. A subclass implements `_score` with the same arguments.
 
     Attributes:
+        name (`str`):
+            What round records, manifests and cards call the scorer (defaults to the class name).
         needs_generation (`bool`):
             Whether the scorer compares the gold answer with the model's own answer. When `False`
             the trainer skips generation and passes `generations=None`.
     """
 
+    name: str = ""
     needs_generation: bool = True
 
     def __call__(self, prompts: list[str], golds: list[str], generations: list[str] | None) -> np.ndarray:
@@ -334,6 +339,7 @@ class PerplexityScorer(RoundScorer):
             Show a progress bar.
     """
 
+    name = "perplexity"
     needs_generation = True
 
     def __init__(self, *, batch_size: int = 8, max_length: int = 1024, show_progress: bool = True):
@@ -344,6 +350,10 @@ class PerplexityScorer(RoundScorer):
         self.show_progress = show_progress
         self.model: Any = None
         self.tokenizer: Any = None
+
+    @classmethod
+    def from_config(cls, args: Any, *, device: Any = None, show_progress: bool = True) -> PerplexityScorer:
+        return cls(batch_size=args.scoring_batch_size, show_progress=show_progress)
 
     def bind(self, model: Any, tokenizer: Any) -> PerplexityScorer:
         """Use `model` (the model being trained, possibly a `PeftModel`) and `tokenizer` from now on; returns `self`."""
@@ -391,6 +401,7 @@ class LikelihoodScorer(RoundScorer):
             Show a progress bar.
     """
 
+    name = "likelihood"
     needs_generation = True
 
     def __init__(
@@ -416,6 +427,10 @@ class LikelihoodScorer(RoundScorer):
         self.show_progress = show_progress
         self._tokenizer_spec = tokenizer
         self._loaded: tuple[Any, Any] | None = None
+
+    @classmethod
+    def from_config(cls, args: Any, *, device: Any = None, show_progress: bool = True) -> LikelihoodScorer:
+        return cls(args.reference_model, batch_size=args.scoring_batch_size, device=device, show_progress=show_progress)
 
     def load(self) -> tuple[Any, Any]:
         """Load the reference model (once) and return `(model, tokenizer)`."""
@@ -464,6 +479,7 @@ class RewardScorer(RoundScorer):
             Show a progress bar.
     """
 
+    name = "reward"
     needs_generation = True
 
     def __init__(
@@ -491,6 +507,15 @@ class RewardScorer(RoundScorer):
         self._pad_id = getattr(config, "pad_token_id", None)
         if self._pad_id is None:
             logger.warning("The reward model has no pad token; scoring one text per forward pass.")
+
+    @classmethod
+    def from_config(cls, args: Any, *, device: Any = None, show_progress: bool = True) -> RewardScorer:
+        if not args.reward_model:
+            raise InvalidArgumentError(
+                "`scorer`='reward' needs `reward_model` (a sequence-classification reward model id or path), "
+                "or pass `scorer=RewardScorer(model, tokenizer)` to the trainer."
+            )
+        return cls(args.reward_model, batch_size=args.scoring_batch_size, device=device, show_progress=show_progress)
 
     @staticmethod
     def _check_labels(config: Any, where: str) -> None:
@@ -635,6 +660,7 @@ class JudgeScorer(RoundScorer):
             completion. Called twice per round, once on the gold answers, once on the generations.
     """
 
+    name = "judge"
     needs_generation = True
 
     def __init__(self, judge: Callable[[list[str], list[str]], Sequence[float]]):
@@ -662,6 +688,8 @@ class CallableScorer(RoundScorer):
             receives `generations=None`.
     """
 
+    name = "callable"
+
     def __init__(
         self,
         fn: Callable[[list[str], list[str], list[str] | None], Sequence[float]],
@@ -678,94 +706,120 @@ class CallableScorer(RoundScorer):
 
 
 # --------------------------------------------------------------------------------------------
-# Rows to score, and per-cluster aggregation
+# The loss scorer: scores from training itself
 # --------------------------------------------------------------------------------------------
 
 
-def _check_labels_and_rows(labels: Any, rows: Any) -> tuple[np.ndarray, np.ndarray]:
-    labels = np.asarray(labels)
-    rows = np.asarray(rows)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise InvalidArgumentError(
-            f"`labels` must be a 1-D integer array, got dtype {labels.dtype} and shape {labels.shape}."
-        )
-    if rows.size == 0:
-        return labels, np.zeros(0, dtype=np.int64)
-    if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
-        raise InvalidArgumentError(
-            f"`rows` must be a 1-D integer array, got dtype {rows.dtype} and shape {rows.shape}."
-        )
-    if rows.min() < 0 or rows.max() >= len(labels):
-        raise InvalidArgumentError(f"`rows` must be row ids in [0, {len(labels)}), got values up to {rows.max()}.")
-    return labels, rows.astype(np.int64)
+def per_row_loss(outputs, labels: torch.Tensor, position_ids: torch.Tensor | None = None, rows: int | None = None) -> torch.Tensor:
+    """Mean next-token loss of each row's answer tokens (labels != -100).
+
+    A padding-free batch is one flattened sequence whose `position_ids` restart at 0 for every
+    example: pass them with the number of examples (`rows`) to split the losses back per example.
+    """
+    log_probs = getattr(outputs, "log_probs", None)
+    if log_probs is not None and getattr(outputs, "label_mask", None) is not None:
+        mask = outputs.label_mask.float()
+        token_loss = -log_probs.float() * mask
+    else:
+        logits = outputs.logits[:, :-1, :].float()
+        targets = labels[:, 1:]
+        mask = (targets != -100).float()
+        token_loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), targets.clamp(min=0).reshape(-1), reduction="none"
+        ).view_as(mask) * mask
+    if position_ids is None:
+        return token_loss.sum(-1) / mask.sum(-1).clamp(min=1)
+    # Example of each target token (targets are shifted by one); trailing padding restarts at 0 too,
+    # but its labels are -100, so clamping it into the last example adds nothing.
+    example = (torch.cumsum((position_ids[0] == 0).long(), 0)[1:] - 1).clamp(max=rows - 1).to(token_loss.device)
+    sums = token_loss.new_zeros(rows).index_add_(0, example, token_loss[0])
+    counts = mask.new_zeros(rows).index_add_(0, example, mask[0])
+    return sums / counts.clamp(min=1)
 
 
-def sample_rows_per_cluster(labels: np.ndarray, rows: np.ndarray, per_cluster: int, *, seed: int) -> np.ndarray:
-    """Up to `per_cluster` rows of each cluster from the candidates `rows`, uniformly at random.
+class LossScorer:
+    """`S` = the mean loss of a row's answer tokens in its latest training pass (high = not learned yet).
 
-    Bounds the generation cost of a scoring round: the cluster means need a few rows each, not
-    every trained row. The draw depends only on the set of candidates, `per_cluster` and `seed`.
+    The free scorer: it reads the losses of the training forward passes, so it generates nothing
+    and runs no extra forward pass. It is not quality-aware (junk gold answers stay hard to learn,
+    so they score high). The trainer attaches it to the model ([`attach`](#attach)), records each
+    training batch ([`record`](#record)) and reads the round's scores with [`scores`](#scores).
+    """
+
+    name = "loss"
+    needs_generation = False
+
+    def __init__(self):
+        self.losses: list[tuple[int, float]] = []  # (pool row, loss) recorded on this rank this round
+        self._outputs = None
+
+    @classmethod
+    def from_config(cls, args: Any, *, device: Any = None, show_progress: bool = True) -> LossScorer:
+        return cls()
+
+    def attach(self, model: torch.nn.Module) -> None:
+        """Keep the outputs of `model`'s forward passes: the fused loss head's per-token log-probs come
+        with them, where asking the Trainer for `return_outputs` would cost a second forward pass."""
+        model.register_forward_hook(self._keep_outputs)
+
+    def _keep_outputs(self, module, args, output) -> None:
+        self._outputs = output
+
+    def start_batch(self) -> None:
+        self._outputs = None
+
+    def record(self, rows: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor | None = None) -> None:
+        """Record the per-row losses of the forward pass just run on the batch of pool `rows`."""
+        outputs, self._outputs = self._outputs, None
+        with torch.no_grad():
+            per_row = per_row_loss(outputs, labels, position_ids, rows=len(rows))
+        self.losses.extend(zip(rows.tolist(), per_row.tolist()))
+
+    @staticmethod
+    def scores(pairs) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted rows and their scores from `(row, loss)` pairs; a row seen twice keeps its latest loss."""
+        merged = {int(row): float(loss) for row, loss in pairs}
+        rows = np.asarray(sorted(merged), dtype=np.int64)
+        return rows, np.asarray([merged[r] for r in rows], dtype=np.float64)
+
+
+# The scorers a name (a config or YAML recipe value) can build; a judge or any other scorer is
+# passed to the trainer as an object or a callable. A new named scorer is a class above with
+# `name` and `from_config`, and an entry here.
+SCORERS = {cls.name: cls for cls in (LossScorer, RewardScorer, PerplexityScorer, LikelihoodScorer)}
+
+
+def as_scorer(scorer: Any, args: Any, *, device: Any = None, show_progress: bool = True) -> RoundScorer | LossScorer:
+    """The trainer's one way in: a name from `SCORERS`, a scorer object, or a callable.
 
     Args:
-        labels (`np.ndarray`):
-            Cluster id of every pool row.
-        rows (`np.ndarray`):
-            Candidate row ids (e.g. the rows trained on this round); no duplicates.
-        per_cluster (`int`):
-            Rows kept per cluster; `<= 0` keeps all candidates.
-        seed (`int`):
-            Seed of `np.random.default_rng`.
-
-    Returns:
-        `np.ndarray`: the chosen row ids, sorted (int64).
+        scorer (`str`, [`RoundScorer`], [`LossScorer`] or `Callable`):
+            A name (built from `args`), a scorer object (used as is), or a function
+            `(prompts, golds, generations) -> scores` (wrapped in [`CallableScorer`]).
+        args (`IterativeSelectionConfig`):
+            Where a named scorer reads its settings (`reward_model`, `reference_model`,
+            `scoring_batch_size`).
+        device (`torch.device`, *optional*):
+            Where a named scorer loads its model.
+        show_progress (`bool`, *optional*, defaults to `True`):
+            Progress bars of a named scorer.
     """
-    labels, rows = _check_labels_and_rows(labels, rows)
-    if isinstance(per_cluster, bool) or not isinstance(per_cluster, (int, np.integer)):
-        raise InvalidArgumentError(f"`per_cluster` must be an int, got {per_cluster!r}.")
-    rows = np.sort(rows)
-    if rows.size and np.any(rows[1:] == rows[:-1]):
-        raise InvalidArgumentError("`rows` holds duplicate row ids.")
-    if per_cluster <= 0 or rows.size == 0:
-        return rows
-    rng = np.random.default_rng(seed)
-    row_labels = labels[rows]
-    chosen = []
-    for cluster in np.unique(row_labels):
-        members = rows[row_labels == cluster]
-        if len(members) > per_cluster:
-            members = rng.choice(members, size=per_cluster, replace=False)
-        chosen.append(members)
-    return np.sort(np.concatenate(chosen)).astype(np.int64)
+    if isinstance(scorer, str):
+        if scorer not in SCORERS:
+            raise InvalidArgumentError(
+                f"`scorer`={scorer!r}; choose one of {list(SCORERS)}, or pass a scorer object "
+                "(e.g. `JudgeScorer(judge)`) or a callable `(prompts, golds, generations) -> scores`."
+            )
+        return SCORERS[scorer].from_config(args, device=device, show_progress=show_progress)
+    if isinstance(scorer, (RoundScorer, LossScorer)):
+        return scorer
+    if callable(scorer):
+        return CallableScorer(scorer)
+    raise InvalidArgumentError(
+        f"`scorer` must be a name ({list(SCORERS)}), a RoundScorer or a callable, got {type(scorer).__name__}."
+    )
 
 
-def cluster_scores(labels: np.ndarray, rows: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
-    """Mean score of each cluster over its scored rows.
-
-    Args:
-        labels (`np.ndarray`):
-            Cluster id (in `[0, k)`) of every pool row.
-        rows (`np.ndarray`):
-            The scored row ids.
-        scores (`np.ndarray`):
-            The score of each of `rows` (finite).
-        k (`int`):
-            Number of clusters.
-
-    Returns:
-        `np.ndarray`: float64 of shape `(k,)`; NaN for a cluster without a scored row.
-    """
-    _check_positive_int("k", k, 1)
-    labels, rows = _check_labels_and_rows(labels, rows)
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.shape != rows.shape:
-        raise InvalidArgumentError(f"`scores` has shape {scores.shape} but `rows` has {rows.shape}.")
-    if not np.isfinite(scores).all():
-        raise InvalidArgumentError("`scores` holds NaN or inf values.")
-    row_labels = labels[rows]
-    if row_labels.size and (row_labels.min() < 0 or row_labels.max() >= k):
-        raise InvalidArgumentError(f"`labels` of the scored rows must lie in [0, {k}).")
-    counts = np.bincount(row_labels, minlength=k)
-    sums = np.bincount(row_labels, weights=scores, minlength=k)
-    means = np.full(k, np.nan, dtype=np.float64)
-    np.divide(sums, counts, out=means, where=counts > 0)
-    return means
+def scorer_name(scorer: RoundScorer | LossScorer) -> str:
+    """The name recorded for `scorer` in round files, manifests and cards."""
+    return scorer.name or type(scorer).__name__

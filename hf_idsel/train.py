@@ -31,7 +31,8 @@ import trl
 
 from .errors import InvalidArgumentError
 from .quality import DEFAULT_REFERENCE_MODEL
-from .trainer import IterativeSelectionConfig, IterativeSelectionTrainer
+from .config import IterativeSelectionConfig
+from .trainer import IterativeSelectionTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -131,17 +132,7 @@ def validate_args(script_args: ScriptArguments, training_args: IterativeSelectio
         )
     if script_args.max_pool_rows is not None and script_args.max_pool_rows < 1:
         raise InvalidArgumentError(f"`max_pool_rows`={script_args.max_pool_rows} must be at least 1.")
-    _ = training_args.budget_value  # raises on a row count that is not a whole number
     _ = training_args.k_value  # raises on a k that is neither an int nor 'auto'
-    if training_args.scorer == "reward" and not training_args.reward_model:
-        raise InvalidArgumentError(
-            "`scorer`='reward' needs `reward_model` (a sequence-classification reward model id or path)."
-        )
-    if training_args.scorer == "judge":
-        raise InvalidArgumentError(
-            "`scorer`='judge' needs a Python judge callable, which a recipe cannot carry: use "
-            "IterativeSelectionTrainer(judge=...) from Python, or `scorer` 'reward', 'likelihood', 'perplexity' or 'loss'."
-        )
     template = training_args.chat_template_path
     if template and template.endswith((".jinja", ".j2")) and not os.path.isfile(template):
         raise InvalidArgumentError(
@@ -279,11 +270,10 @@ def check_selection_fits(pool: datasets.Dataset, training_args: IterativeSelecti
     Raises:
         `InvalidArgumentError`: a budget larger than the pool, more rounds than budget rows, k out of range.
     """
+    from .rounds import round_sizes
     from .sample import resolve_budget
 
-    budget = resolve_budget(training_args.budget_value, len(pool))
-    if training_args.rounds > budget:
-        raise InvalidArgumentError(f"`rounds`={training_args.rounds} is larger than the budget ({budget} rows).")
+    round_sizes(resolve_budget(training_args.budget, len(pool)), training_args.rounds)
     k = training_args.k_value
     if k != "auto" and not 1 <= k <= len(pool):
         raise InvalidArgumentError(f"`k`={k} must be between 1 and the number of pool rows ({len(pool)}).")

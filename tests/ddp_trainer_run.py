@@ -19,7 +19,8 @@ torch.set_num_threads(1)
 from test_trainer import junk_judge, make_pool  # noqa: E402
 
 from _tiny import make_tiny_llama  # noqa: E402
-from hf_idsel.trainer import IterativeSelectionConfig, IterativeSelectionTrainer  # noqa: E402
+from hf_idsel import IterativeSelectionConfig, IterativeSelectionTrainer  # noqa: E402
+from hf_idsel.scorers import JudgeScorer  # noqa: E402
 
 
 def main(out: str, scorer: str) -> None:
@@ -27,12 +28,12 @@ def main(out: str, scorer: str) -> None:
     args = IterativeSelectionConfig(
         output_dir=out, budget=24, rounds=3, k="4", embedding_column="embedding", per_device_train_batch_size=2,
         learning_rate=5e-3, max_length=64, report_to="none", bf16=False, use_cpu=True, save_strategy="no",
-        scorer=scorer, scored_rows_per_cluster=4, generation_max_new_tokens=8, seed=0, disable_tqdm=True,
+        scored_rows_per_cluster=4, generation_max_new_tokens=8, seed=0, disable_tqdm=True,
         logging_steps=1,
     )
     trainer = IterativeSelectionTrainer(
         model, args=args, train_dataset=make_pool(), processing_class=tokenizer,
-        judge=junk_judge if scorer == "judge" else None,
+        scorer=JudgeScorer(junk_judge) if scorer == "judge" else scorer,
     )
     trainer.train()
     rank = trainer.accelerator.process_index

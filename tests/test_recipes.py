@@ -88,7 +88,7 @@ def test_the_values_a_user_relies_on(path, monkeypatch):
     script_args, training_args, model_args = parse(path, monkeypatch=monkeypatch)
     folder, variant = path.parent.parent.name, path.stem.split("_")[-1]
 
-    assert training_args.budget_value == raw["budget"]
+    assert training_args.budget == raw["budget"]
     assert training_args.rounds == raw["rounds"]
     assert training_args.num_train_epochs == raw["rounds"] * raw.get("epochs_per_round", 1)
     assert training_args.k_value == raw["k"]
@@ -103,13 +103,13 @@ def test_the_values_a_user_relies_on(path, monkeypatch):
         assert script_args.dataset_name == BUILTIN_POOL
         assert training_args.use_cpu and not training_args.bf16
         assert training_args.scorer == "loss"
-        assert training_args.budget_value <= 64 and training_args.rounds == 2
+        assert training_args.budget <= 64 and training_args.rounds == 2
         assert script_args.max_pool_rows is not None
     else:
         # The paper's setting: 10k WizardLM rows, 3 rounds, k=2048, reward-model scorer, batch 64 on 8 GPUs.
         assert model_args.model_name_or_path == PAPER_MODELS[folder]
         assert script_args.dataset_name == "WizardLMTeam/WizardLM_evol_instruct_70k"
-        assert training_args.budget_value == 10_000 and training_args.rounds == 3
+        assert training_args.budget == 10_000 and training_args.rounds == 3
         assert training_args.k_value == 2048
         assert training_args.scorer == "reward" and training_args.reward_model
         assert training_args.bf16 and model_args.dtype == "bfloat16"
@@ -127,7 +127,7 @@ def test_command_line_overrides_the_recipe(monkeypatch):
         path, "--budget", "32", "--rounds", "4", "--k", "auto", "--use_peft", "false", "--dataset_name", "pool.jsonl",
         monkeypatch=monkeypatch,
     )
-    assert training_args.budget_value == 32 and training_args.rounds == 4
+    assert training_args.budget == 32 and training_args.rounds == 4
     assert training_args.num_train_epochs == 4
     assert training_args.k_value == "auto"
     assert model_args.use_peft is False

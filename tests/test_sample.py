@@ -149,22 +149,3 @@ def test_token_prefix_fills_without_exceeding():
 def test_validate_quality_rejects(values, weighting, match):
     with pytest.raises(InvalidArgumentError, match=match):
         validate_quality(values, "quality", weighting=weighting)
-
-
-def test_paper_weight_rule_moves_weight_toward_high_scores_and_remembers():
-    from hf_idsel.sample import update_weights
-
-    w = update_weights(np.full(4, 0.25), np.array([1.0, 0.0, np.nan, -1.0]))
-    assert w.sum() == pytest.approx(1) and w[0] > w[1] > w[3]
-    # An unscored cluster is treated as average: it stays between the best and the worst.
-    assert w[0] > w[2] > w[3]
-    # Equal scores keep the previous weights (the paper multiplies by them)...
-    old = np.array([0.7, 0.1, 0.1, 0.1])
-    assert np.allclose(update_weights(old, np.zeros(4)), old)
-    # ...while the research code's rule forgets them.
-    assert np.allclose(update_weights(old, np.zeros(4), rule="research"), 0.25)
-    # A lower temperature sharpens the update; exhausted clusters get nothing.
-    sharp = update_weights(np.full(4, 0.25), np.array([1.0, 0.0, 0.0, 0.0]), temperature=0.1)
-    soft = update_weights(np.full(4, 0.25), np.array([1.0, 0.0, 0.0, 0.0]), temperature=10.0)
-    assert sharp[0] > soft[0] > 0.25
-    assert update_weights(np.full(4, 0.25), np.zeros(4), available=np.array([5, 0, 5, 5]))[1] == 0

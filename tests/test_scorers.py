@@ -23,9 +23,7 @@ from hf_idsel.scorers import (
     PerplexityScorer,
     RewardScorer,
     RoundScorer,
-    cluster_scores,
     generate_answers,
-    sample_rows_per_cluster,
 )
 
 
@@ -517,59 +515,6 @@ def test_scorers_check_inputs_and_outputs():
         _InfiniteScorer()(["a"], ["x"], None)
     empty = scorer([], [], [])
     assert empty.dtype == np.float64 and empty.shape == (0,)
-
-
-# --------------------------------------------------------------------------------------------
-# sample_rows_per_cluster, cluster_scores
-# --------------------------------------------------------------------------------------------
-
-
-def test_sample_rows_per_cluster():
-    labels = np.repeat(np.arange(5), [20, 10, 4, 6, 8])
-    rng = np.random.default_rng(3)
-    rows = np.sort(rng.choice(len(labels), size=30, replace=False))
-    rows = rows[labels[rows] != 4]  # cluster 4 has no candidate at all
-    chosen = sample_rows_per_cluster(labels, rows, 3, seed=0)
-    assert chosen.dtype == np.int64
-    assert (np.diff(chosen) > 0).all()
-    assert set(chosen.tolist()) <= set(rows.tolist())
-    available = np.bincount(labels[rows], minlength=5)
-    np.testing.assert_array_equal(np.bincount(labels[chosen], minlength=5), np.minimum(available, 3))
-    # Deterministic per seed, whatever the candidates' order; another seed draws other rows.
-    np.testing.assert_array_equal(chosen, sample_rows_per_cluster(labels, rows[::-1].copy(), 3, seed=0))
-    others = [sample_rows_per_cluster(labels, rows, 3, seed=s) for s in range(1, 6)]
-    assert any(not np.array_equal(chosen, o) for o in others)
-    # per_cluster <= 0 keeps every candidate.
-    np.testing.assert_array_equal(sample_rows_per_cluster(labels, rows[::-1].copy(), 0, seed=0), rows)
-    np.testing.assert_array_equal(sample_rows_per_cluster(labels, rows, 100, seed=0), rows)
-    assert sample_rows_per_cluster(labels, np.array([], dtype=np.int64), 3, seed=0).size == 0
-
-
-def test_sample_rows_per_cluster_validates():
-    labels = np.array([0, 0, 1, 1])
-    with pytest.raises(InvalidArgumentError, match="duplicate"):
-        sample_rows_per_cluster(labels, np.array([0, 0, 1]), 1, seed=0)
-    with pytest.raises(InvalidArgumentError, match="row ids"):
-        sample_rows_per_cluster(labels, np.array([0, 4]), 1, seed=0)
-    with pytest.raises(InvalidArgumentError, match="per_cluster"):
-        sample_rows_per_cluster(labels, np.array([0, 1]), 1.5, seed=0)
-
-
-def test_cluster_scores():
-    labels = np.array([0, 0, 1, 1, 2, 3, 3, 0])
-    rows = np.array([0, 7, 2, 5, 6])
-    scores = np.array([1.0, 2.0, -4.0, 0.5, 1.5])
-    means = cluster_scores(labels, rows, scores, k=5)
-    assert means.dtype == np.float64 and means.shape == (5,)
-    np.testing.assert_array_equal(means[[0, 1, 3]], [1.5, -4.0, 1.0])
-    assert np.isnan(means[2]) and np.isnan(means[4])
-    assert np.isnan(cluster_scores(labels, np.array([], dtype=np.int64), np.array([]), k=2)).all()
-    with pytest.raises(InvalidArgumentError, match="scores"):
-        cluster_scores(labels, rows, scores[:3], k=5)
-    with pytest.raises(InvalidArgumentError, match="NaN"):
-        cluster_scores(labels, rows, np.array([1.0, np.nan, 0, 0, 0]), k=5)
-    with pytest.raises(InvalidArgumentError, match=r"\[0, 3\)"):
-        cluster_scores(labels, rows, scores, k=3)
 
 
 # --------------------------------------------------------------------------------------------

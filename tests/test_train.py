@@ -183,10 +183,10 @@ def _laptop_args(tmp_path, *overrides):
         (["--k", "300"], r"`k`=300 must be between 1 and the number of pool rows \(256\)"),
         (["--dataset_streaming", "true"], r"`dataset_streaming`"),
         (["--scorer", "reward"], r"`reward_model`"),
-        (["--scorer", "judge"], r"judge callable"),
+        (["--scorer", "judge"], r"JudgeScorer"),
         (["--chat_template_path", "recipes/chat_templates/missing.jinja"], r"`chat_template_path`="),
         (["--eval_strategy", "epoch"], rf"`dataset_name`='{BUILTIN_POOL}' has no test split"),
-        (["--budget", "10.5"], r"`budget`=10.5 above 1 is a row count"),
+        (["--budget", "10.5"], r"`budget`=10.5 as a float is a fraction of the pool"),
         (["--load_in_4bit", "true", "--use_peft", "false"], r"`use_peft`"),
     ],
 )

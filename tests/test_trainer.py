@@ -13,6 +13,7 @@ from conftest import unit_rows
 from hf_idsel import InvalidArgumentError
 from hf_idsel.publish import rounds_markdown
 from hf_idsel.report import format_rounds
+from hf_idsel.scorers import JudgeScorer
 from hf_idsel.trainer import ROW_ID, IterativeSelectionConfig, IterativeSelectionTrainer
 
 JUNK = "Click here to subscribe! Accept cookies. Copyright 2024 all rights reserved. Sign up for our newsletter."
@@ -77,9 +78,9 @@ def make_trainer(tmp_path, pool=None, model=None, **config):
         disable_tqdm=True,
     )
     defaults.update(config)
-    extra = {
-        k: defaults.pop(k) for k in ("judge", "peft_config", "score_fn", "reward_model", "reference_model") if k in defaults
-    }
+    extra = {k: defaults.pop(k) for k in ("peft_config",) if k in defaults}
+    if not isinstance(defaults.get("scorer", "loss"), str):  # a scorer object or a callable goes to the trainer
+        extra["scorer"] = defaults.pop("scorer")
     args = IterativeSelectionConfig(**defaults)
     return IterativeSelectionTrainer(
         model or model_tok[0], args=args, train_dataset=pool if pool is not None else make_pool(), processing_class=model_tok[1], **extra
@@ -92,7 +93,7 @@ def read_rounds(output_dir):
 
 
 def test_rounds_are_exact_disjoint_and_junk_fades(tmp_path):
-    trainer = make_trainer(tmp_path, scorer="judge", judge=junk_judge)
+    trainer = make_trainer(tmp_path, scorer=JudgeScorer(junk_judge))
     trainer.train()
     rounds = read_rounds(trainer.args.output_dir)
     assert [r["round"] for r in rounds] == [1, 2, 3]
@@ -128,7 +129,7 @@ def test_skipping_the_last_rounds_scoring_keeps_the_selection(tmp_path):
     runs = {}
     for flag in (True, False):
         trainer = make_trainer(
-            tmp_path / str(flag), scorer="judge", judge=judge_for(flag), score_last_round=flag
+            tmp_path / str(flag), scorer=JudgeScorer(judge_for(flag)), score_last_round=flag
         )
         trainer.train()
         runs[flag] = read_rounds(trainer.args.output_dir)
@@ -221,7 +222,7 @@ def test_train_sampling_strategy_orders_each_rounds_rows(tmp_path, strategy):
 
 
 def test_restart_mode_trains_each_round_on_everything_so_far(tmp_path):
-    trainer = make_trainer(tmp_path, scorer="judge", judge=junk_judge, round_mode="restart", budget=24)
+    trainer = make_trainer(tmp_path, scorer=JudgeScorer(junk_judge), round_mode="restart", budget=24)
     initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     rounds = read_rounds(trainer.args.output_dir)
@@ -234,7 +235,7 @@ def test_lora(tmp_path):
     from peft import LoraConfig
 
     trainer = make_trainer(
-        tmp_path, scorer="judge", judge=junk_judge, budget=16, rounds=2,
+        tmp_path, scorer=JudgeScorer(junk_judge), budget=16, rounds=2,
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
     )
     trainer.train()
@@ -248,7 +249,7 @@ def test_lora(tmp_path):
         ({"budget": 500}, "budget"),
         ({"budget": 10, "rounds": 11}, "rounds"),
         ({"scorer": "reward"}, "reward model"),
-        ({"scorer": "judge"}, "judge"),
+        ({"scorer": "judge"}, "JudgeScorer"),
         ({"k": "500"}, "`k`"),
     ],
 )
@@ -276,7 +277,7 @@ def test_generation_scorer_needs_gold_answers(tmp_path):
         [{"messages": [{"role": "user", "content": f"hi {i}"}], "embedding": [1.0, float(i)]} for i in range(12)]
     )
     with pytest.raises(InvalidArgumentError, match="gold completion"):
-        make_trainer(tmp_path, pool=pool, scorer="judge", judge=junk_judge, budget=6, k="2")
+        make_trainer(tmp_path, pool=pool, scorer=JudgeScorer(junk_judge), budget=6, k="2")
 
 
 @pytest.mark.parametrize("scorer", ["judge", "loss"])
@@ -372,7 +373,7 @@ def test_reward_scorer_cuts_the_junk_cluster(tmp_path):
         optimizer.zero_grad()
     reward.eval()
     trainer = make_trainer(
-        tmp_path, scorer="reward", budget=24, reward_model=RewardScorer(reward, tokenizer, show_progress=False)
+        tmp_path, scorer=RewardScorer(reward, tokenizer, show_progress=False), budget=24
     )
     trainer.train()
     weight, scores, junk = _junk_weight(trainer)
@@ -389,8 +390,7 @@ def test_likelihood_scorer_cuts_the_junk_cluster(tmp_path):
     # The reference has read real answers, never the boilerplate: it finds junk gold unlikely.
     train_tiny(reference, tokenizer, [p + a for (p, a), t in zip(pairs, topics) if t != 3], steps=60)
     trainer = make_trainer(
-        tmp_path, scorer="likelihood", budget=24,
-        reference_model=LikelihoodScorer(reference, tokenizer=tokenizer, show_progress=False),
+        tmp_path, budget=24, scorer=LikelihoodScorer(reference, tokenizer=tokenizer, show_progress=False)
     )
     trainer.train()
     weight, scores, junk = _junk_weight(trainer)
@@ -438,7 +438,7 @@ def test_reward_model_that_cannot_read_the_pool_is_refused(tmp_path):
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]")
     reward = RewardScorer(tiny_reward_model(tokenizer), tokenizer, show_progress=False)
     with pytest.raises(InvalidArgumentError, match="reward_model"):
-        make_trainer(tmp_path, scorer="reward", reward_model=reward)
+        make_trainer(tmp_path, scorer=reward)
 
 
 def test_config_parses_from_the_command_line(tmp_path):
@@ -446,11 +446,11 @@ def test_config_parses_from_the_command_line(tmp_path):
 
     (config,) = HfArgumentParser(IterativeSelectionConfig).parse_args_into_dataclasses(
         ["--output_dir", str(tmp_path), "--budget", "100", "--k", "8", "--rounds", "2", "--epochs_per_round", "2",
-         "--scorer", "judge", "--use_cpu", "--bf16", "False", "--seed", "7"]
+         "--scorer", "perplexity", "--use_cpu", "--bf16", "False", "--seed", "7"]
     )
-    assert (config.budget_value, config.k_value, config.scorer) == (100, 8, "judge")
+    assert (config.budget, config.k_value, config.scorer) == (100, 8, "perplexity")
     assert config.num_train_epochs == 4 and config.selection_seed == 7
-    assert IterativeSelectionConfig(output_dir=str(tmp_path), budget=0.25, use_cpu=True, bf16=False).budget_value == 0.25
+    assert IterativeSelectionConfig(output_dir=str(tmp_path), budget=0.25, use_cpu=True, bf16=False).budget == 0.25
     with pytest.raises(SystemExit):
         HfArgumentParser(IterativeSelectionConfig).parse_args_into_dataclasses(["--output_dir", "x", "--scorer", "vibes"])
 
@@ -461,13 +461,13 @@ def test_every_scorer_trains_on_cuda_in_bf16(tmp_path, scorer):
     from _tiny import save_tiny_llama, tiny_reward_model
 
     model, tokenizer = make_tiny_llama()
-    extra = {"judge": junk_judge} if scorer == "judge" else {}
+    extra = {"scorer": JudgeScorer(junk_judge)} if scorer == "judge" else {"scorer": scorer}
     if scorer == "likelihood":  # loaded from a path by the trainer, so it must land on the trainer's device
         extra["reference_model"] = save_tiny_llama(*make_tiny_llama(seed=1), tmp_path / "reference")
     if scorer == "reward":
         extra["reward_model"] = save_tiny_llama(tiny_reward_model(tokenizer), tokenizer, tmp_path / "reward")
-    on_cpu = make_trainer(tmp_path / "cpu", scorer=scorer, **extra)
-    trainer = make_trainer(tmp_path / "cuda", model=model, scorer=scorer, bf16=True, use_cpu=False, **extra)
+    on_cpu = make_trainer(tmp_path / "cpu", **extra)
+    trainer = make_trainer(tmp_path / "cuda", model=model, bf16=True, use_cpu=False, **extra)
     # Round 1 is drawn before any training: the device cannot change it.
     assert trainer.selection.current_rows == on_cpu.selection.current_rows
     trainer.train()
@@ -487,7 +487,7 @@ def test_every_scorer_trains_on_cuda_in_bf16(tmp_path, scorer):
 def test_padding_free_batches_are_split_back_into_rows():
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from hf_idsel.trainer import _per_row_loss
+    from hf_idsel.scorers import per_row_loss as _per_row_loss
 
     model, tokenizer = make_tiny_llama()
     texts = ["What colour is the sky? The sky is blue.", "Hello!", "def add(a, b):\n    return a + b\n"]
