@@ -15,6 +15,14 @@ from .rounds import ROUND_MODES, WEIGHT_RULES
 from .scorers import SCORERS
 
 
+# The fields a manifest records: what decides which rows an iterative run selects.
+_RECORDED_ARGUMENTS = (
+    "budget", "rounds", "k", "encoder", "embedding_column", "quality_column", "quality_temperature", "scorer",
+    "weight_update", "weight_temperature", "scored_rows_per_cluster", "epochs_per_round", "round_mode",
+    "selection_seed", "pool_id",
+)
+
+
 class Budget:
     """Command-line type of `budget`: "64" is 64 rows, "0.1" and "1.0" are fractions of the pool.
 
@@ -116,7 +124,9 @@ class IterativeSelectionConfig(SFTConfig):
     quality_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the in-cluster draw."})
     scorer: str = field(
         default="loss",
-        metadata={"help": "Round scorer by name (objects and callables go to the trainer's `scorer=`).", "choices": list(SCORERS)},
+        metadata={
+            "help": f"Round scorer by name: one of {list(SCORERS)} (objects and callables go to the trainer's `scorer=`)."
+        },
     )
     reward_model: str | None = field(default=None, metadata={"help": "Reward model id or path for scorer='reward'."})
     reference_model: str = field(
@@ -219,3 +229,7 @@ class IterativeSelectionConfig(SFTConfig):
         if self.k != "auto":
             raise InvalidArgumentError(f"`k`={self.k!r} must be an int or 'auto'.")
         return "auto"
+
+    def selection_arguments(self) -> dict:
+        """The selection fields as an iterative run's manifests record them under `arguments`."""
+        return {name: getattr(self, name) for name in _RECORDED_ARGUMENTS}

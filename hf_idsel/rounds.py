@@ -12,11 +12,13 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
 from .errors import InvalidArgumentError
+from .manifest import Manifest, indices_digest
 from .sample import kmq_sample
 
 ROUND_FILE = "round_{round}.json"
@@ -363,6 +365,47 @@ def close_round(
     state.current_rows = []
     state.pending_losses = []
     return record
+
+
+def selection_manifest(
+    state: SelectionState,
+    labels: np.ndarray,
+    config: str = "default",
+    *,
+    method: str,
+    seed: int,
+    budget_requested,
+    budget_rows: int,
+    **recorded,
+) -> Manifest:
+    """The manifest of one finished round's rows (`"round_<r>"`) or of every row selected so far (`"default"`).
+
+    `recorded` are the manifest's other fields, the same for every config of a run (`pool`,
+    `arguments`, `k_selection`, `render`, `encoder`).
+    """
+    done = state.rounds
+    if config == "default":
+        rows, what = state.selected(), {"rounds": [r["round"] for r in done]}
+    else:
+        match = re.fullmatch(r"round_(\d+)", config)
+        if not match or not 1 <= int(match.group(1)) <= len(done):
+            finished = [f"round_{r['round']}" for r in done]
+            raise InvalidArgumentError(f"`config`={config!r}: the finished rounds are {finished} (or 'default').")
+        rows, what = done[int(match.group(1)) - 1]["selected"], {"round": int(match.group(1))}
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    selected_labels = labels[rows]
+    return Manifest(
+        method=method,
+        seed=int(seed),
+        k=int(state.k),
+        budget={"requested": budget_requested, "rows": int(len(rows)), "total_rows": int(budget_rows), **what},
+        cluster_sizes=np.bincount(labels, minlength=state.k).tolist(),
+        selected_per_cluster=np.bincount(selected_labels, minlength=state.k).tolist(),
+        selected_indices=rows.tolist(),
+        selected_clusters=selected_labels.tolist(),
+        selected_digest=indices_digest(rows),
+        **recorded,
+    )
 
 
 def round_metrics(record: RoundRecord, scores: np.ndarray) -> dict:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import re
 from typing import Callable
 
 import datasets
@@ -31,7 +30,7 @@ from trl import SFTTrainer
 from . import sample
 from .config import IterativeSelectionConfig
 from .errors import InvalidArgumentError, PushError
-from .manifest import Manifest, encoder_record, indices_digest, pool_record, selection_subset
+from .manifest import Manifest, encoder_record, pool_record, selection_subset
 from .publish import ITERATIVE_METHOD, ROUND_COLUMN, STAGING_DIR, card_facts, dataset_card, model_card, push_staged, set_model_push, stage
 from .render import first_empty_answer, prompt_and_answer, resolve_render_options, validate_columns
 from .rounds import (
@@ -42,6 +41,7 @@ from .rounds import (
     round_seed,
     round_sizes,
     sample_rows_per_cluster,
+    selection_manifest,
     write_round_file,
 )
 from .scorers import LossScorer, RoundScorer, as_scorer, generate_answers, scorer_name
@@ -462,42 +462,12 @@ class IterativeSelectionTrainer(SFTTrainer):
 
     def selection_manifest(self, config: str = "default") -> Manifest:
         """The manifest of one round's rows (`"round_<r>"`) or of every row selected so far (`"default"`)."""
-        done = self.selection.rounds
-        if config == "default":
-            rows, what = self.selection.selected(), {"rounds": [r["round"] for r in done]}
-        else:
-            match = re.fullmatch(r"round_(\d+)", config)
-            if not match or not 1 <= int(match.group(1)) <= len(done):
-                finished = [f"round_{r['round']}" for r in done]
-                raise InvalidArgumentError(f"`config`={config!r}: the finished rounds are {finished} (or 'default').")
-            rows, what = done[int(match.group(1)) - 1]["selected"], {"round": int(match.group(1))}
-        rows = np.sort(np.asarray(rows, dtype=np.int64))
-        selected_labels = self.labels[rows]
-        a = self.args
-        arguments = {
-            name: getattr(a, name)
-            for name in (
-                "budget", "rounds", "k", "encoder", "embedding_column", "quality_column", "quality_temperature",
-                "scorer", "weight_update", "weight_temperature", "scored_rows_per_cluster", "epochs_per_round",
-                "round_mode", "selection_seed", "pool_id",
-            )
-        }
-        arguments["scorer"] = self.scorer_name
-        return Manifest(
-            pool=self._pool_record(),
-            arguments=arguments,
-            method=ITERATIVE_METHOD,
-            seed=int(a.selection_seed),
-            k=int(self.k),
-            k_selection=self.k_selection,
-            budget={"requested": a.budget, "rows": int(len(rows)), "total_rows": int(self.budget_rows), **what},
-            cluster_sizes=np.bincount(self.labels, minlength=self.k).tolist(),
-            selected_per_cluster=np.bincount(selected_labels, minlength=self.k).tolist(),
-            selected_indices=rows.tolist(),
-            selected_clusters=selected_labels.tolist(),
-            selected_digest=indices_digest(rows),
-            render=self._render.to_dict(),
-            encoder=self.encoder_info,
+        return selection_manifest(
+            self.selection, self.labels, config,
+            method=ITERATIVE_METHOD, seed=self.args.selection_seed, budget_requested=self.args.budget,
+            budget_rows=self.budget_rows, pool=self._pool_record(),
+            arguments={**self.args.selection_arguments(), "scorer": self.scorer_name},
+            k_selection=self.k_selection, render=self._render.to_dict(), encoder=self.encoder_info,
         )
 
     def _selection_rows(self, manifest: Manifest) -> datasets.Dataset:

@@ -13,7 +13,7 @@ from conftest import unit_rows
 from hf_idsel import InvalidArgumentError
 from hf_idsel.publish import rounds_markdown
 from hf_idsel.report import format_rounds
-from hf_idsel.scorers import JudgeScorer
+from hf_idsel.scorers import CallableScorer, JudgeScorer, RoundScorer
 from hf_idsel.trainer import ROW_ID, IterativeSelectionConfig, IterativeSelectionTrainer
 
 JUNK = "Click here to subscribe! Accept cookies. Copyright 2024 all rights reserved. Sign up for our newsletter."
@@ -352,6 +352,45 @@ def _junk_weight(trainer):
     return rounds[0]["weights"][junk], rounds[0]["cluster_scores"], junk
 
 
+class _BoilerplateScorer(RoundScorer):
+    """A user's own scorer, written against the one interface every text scorer has."""
+
+    name = "no-boilerplate"
+    needs_generation = False
+
+    def __init__(self):
+        self.calls = 0
+
+    def _score(self, prompts, golds, generations):
+        self.calls += 1
+        return [-5.0 if "subscribe" in g else 1.0 for g in golds]
+
+
+@pytest.mark.parametrize("kind", ["object", "callable"])
+def test_custom_scorer_object_or_callable_comes_in_through_scorer(tmp_path, kind):
+    calls = []
+
+    def score(prompts, golds, generations):  # a plain function: gold judged against the model's answer
+        calls.append(len(prompts))
+        return np.subtract(junk_judge(prompts, golds), junk_judge(prompts, generations))
+
+    scorer = _BoilerplateScorer() if kind == "object" else score
+    trainer = make_trainer(tmp_path, scorer=scorer, budget=24)
+    assert trainer.scorer is scorer if kind == "object" else isinstance(trainer.scorer, CallableScorer)
+    trainer.train()
+    weight, scores, junk = _junk_weight(trainer)
+    assert weight < 0.25 and scores[junk] == min(s for s in scores if s is not None)
+    name = "no-boilerplate" if kind == "object" else "callable"
+    assert {r["scorer"] for r in read_rounds(trainer.args.output_dir)} == {name}
+    assert trainer.selection_manifest().arguments["scorer"] == name
+    assert (scorer.calls if kind == "object" else len(calls)) == 3  # one scoring pass per round
+
+
+def test_scorer_argument_refuses_what_is_not_a_scorer(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="`scorer` must be a name"):
+        make_trainer(tmp_path, scorer=3)
+
+
 def test_reward_scorer_cuts_the_junk_cluster(tmp_path):
     import torch
 
@@ -451,8 +490,33 @@ def test_config_parses_from_the_command_line(tmp_path):
     assert (config.budget, config.k_value, config.scorer) == (100, 8, "perplexity")
     assert config.num_train_epochs == 4 and config.selection_seed == 7
     assert IterativeSelectionConfig(output_dir=str(tmp_path), budget=0.25, use_cpu=True, bf16=False).budget == 0.25
-    with pytest.raises(SystemExit):
+    with pytest.raises(InvalidArgumentError, match=r"`scorer`='vibes'; choose one of \['loss', 'reward'"):
         HfArgumentParser(IterativeSelectionConfig).parse_args_into_dataclasses(["--output_dir", "x", "--scorer", "vibes"])
+
+
+def test_budget_means_the_same_as_in_diverse_select(tmp_path):
+    """An int is rows, a float in (0, 1] a fraction: `--budget 1` is one row, `--budget 1.0` the whole pool."""
+    import trl
+    import yaml
+
+    from hf_idsel.sample import resolve_budget
+
+    def parsed(*argv):
+        (config,) = trl.TrlParser((IterativeSelectionConfig,)).parse_args_and_config(
+            ["--output_dir", str(tmp_path), "--use_cpu", "--bf16", "False", *argv]
+        )
+        return config.budget
+
+    assert parsed("--budget", "1") == 1 and isinstance(parsed("--budget", "1"), int)
+    assert parsed("--budget", "1.0") == 1.0 and isinstance(parsed("--budget", "1.0"), float)
+    assert [resolve_budget(parsed("--budget", b), 96) for b in ("1", "1.0", "0.5", "24")] == [1, 96, 48, 24]
+    recipe = tmp_path / "recipe.yaml"
+    for value, rows in ((1, 1), (1.0, 96), (0.25, 24)):
+        recipe.write_text(yaml.safe_dump({"budget": value}))
+        assert resolve_budget(parsed("--config", str(recipe)), 96) == rows
+    assert len(make_trainer(tmp_path, budget=3, rounds=1).selection.current_rows) == 3
+    with pytest.raises(InvalidArgumentError, match=r"`budget`=24.0 as a float is a fraction"):
+        IterativeSelectionConfig(output_dir=str(tmp_path), budget=24.0, use_cpu=True, bf16=False)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none; run on a GPU machine)")
