@@ -355,8 +355,9 @@ def push_selection(
             The result of `diverse_select` (with `source_index` and `cluster`).
         repo_id (`str`):
             Dataset repo, `"namespace/name"`; created if needed.
-        manifest (`Manifest`, `dict` or `str`, *optional*):
-            The selection's manifest; default: the one `diverse_select` made for `subset` in this process.
+        manifest (`Manifest`, `dict` or `str`):
+            The selection's manifest (required): from `diverse_select(..., return_manifest=True)`, or a saved
+            `manifest.json` (its path, folder or contents).
         pool_id (`str`, *optional*):
             Hub id of the pool, for the card's `source_datasets`, its license and language, and so
             that `load_selection(repo_id)` can load the pool by itself.
@@ -387,14 +388,11 @@ def push_selection(
     if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", config_name or ""):
         raise InvalidArgumentError(f"`config_name`={config_name!r}: use letters, digits, '_', '-' or '.'.")
     if manifest is None:
-        from .manifest import manifest_for
-
-        manifest = manifest_for(subset)
-        if manifest is None:
-            raise InvalidArgumentError(
-                "No manifest is known for `subset`: pass `manifest=` (from `diverse_select(..., return_manifest=True)` "
-                "or a saved manifest.json)."
-            )
+        raise InvalidArgumentError(
+            "`manifest` is required (the card, `manifest.json` and `load_selection` read it): call "
+            "`subset, manifest = diverse_select(..., return_manifest=True)` and pass `manifest=manifest`, or pass the "
+            "path of the selection's saved manifest.json (`load_selection(path, pool)` rebuilds its subset)."
+        )
     manifest = Manifest.load(manifest)
     manifest.check_integrity()
     if indices_digest(subset["source_index"]) != manifest.selected_digest:
