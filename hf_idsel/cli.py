@@ -20,7 +20,6 @@ from .report import format_report
 logger = logging.getLogger(__name__)
 
 
-
 def _budget(value: str):
     try:
         return int(value)
@@ -171,7 +170,7 @@ def _run_select(args) -> int:
 def _pool_source(args) -> dict:
     """Where the pool came from, so `load_selection` can load it again by itself."""
     if args.pool == BUILTIN_POOL:
-        return {"path": "builtin"}
+        return {"path": BUILTIN_POOL}
     path = os.path.abspath(args.pool) if os.path.exists(args.pool) else args.pool
     return {"path": path, "config": args.config, "split": args.split, "revision": args.revision}
 
@@ -189,8 +188,7 @@ def _run_train(args) -> int:
 
 def _run_push(args) -> int:
     from .manifest import Manifest
-    from .publish import PUSH_FILE, push_selection, push_staged, set_model_push
-    from .publish import STAGING_DIR
+    from .publish import PUSH_FILE, STAGING_DIR, push_selection, push_staged, set_model_push
 
     folder = args.folder
     if not os.path.isdir(folder):
@@ -228,8 +226,8 @@ def _has_model(folder: str) -> bool:
 
 def _run_report(args) -> int:
     from .manifest import Manifest
-    from .report import format_rounds, plot_selection, read_rounds
     from .publish import STAGING_DIR
+    from .report import format_rounds, plot_selection, read_rounds
 
     path = args.path
     rounds = read_rounds(path) if os.path.isdir(path) else []

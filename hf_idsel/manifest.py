@@ -8,7 +8,6 @@ identical subset from it, and refuses a pool whose content differs.
 
 from __future__ import annotations
 
-import collections
 import datetime
 import hashlib
 import importlib.metadata
@@ -245,23 +244,6 @@ class Manifest:
                 f"{expected['digest_columns']}: digest {digest[:19]}... != {expected['digest'][:19]}...). "
                 "Pass the same pool, unchanged and in the same row order."
             )
-
-
-# The manifests of the latest subsets made in this process, so `push_selection(subset, ...)` finds them.
-_RECENT: "collections.OrderedDict[str, Manifest]" = collections.OrderedDict()
-_RECENT_MAX = 64
-
-
-def remember_manifest(subset: datasets.Dataset, manifest: Manifest) -> None:
-    _RECENT[subset._fingerprint] = manifest
-    _RECENT.move_to_end(subset._fingerprint)
-    while len(_RECENT) > _RECENT_MAX:
-        _RECENT.popitem(last=False)
-
-
-def manifest_for(subset: datasets.Dataset) -> Manifest | None:
-    """The manifest `diverse_select` made for `subset` in this process (`None` once the subset was transformed)."""
-    return _RECENT.get(subset._fingerprint)
 
 
 def _is_required(f) -> bool:

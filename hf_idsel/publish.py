@@ -17,15 +17,13 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass
 
 import datasets
-import numpy as np
 
 from .errors import InvalidArgumentError, PushError
 from .manifest import Manifest, indices_digest
-from .report import markdown_table, plot_selection
-from .rounds import weight_entropy, write_round_file
+from .report import plot_selection
+from .rounds import write_round_file
 
 logger = logging.getLogger(__name__)
 
@@ -34,21 +32,9 @@ DEFAULT_CONFIG = "default"
 STAGING_DIR = "_hf_idsel_selection"  # the trainer stages under output_dir; Trainer.push_to_hub skips "_*" paths
 ROUND_COLUMN = "selection_round"  # added to an iterative run's pushed rows: the round that drew each one
 ITERATIVE_METHOD = "iterative-kmq"
-TAGS = ["hf_idsel", "data-selection"]
-PAPER = "arxiv:2409.11378"
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 _TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def template_path(name: str) -> str:
-    """Path of a card template shipped in `model_cards/`."""
-    from importlib.resources import files
-
-    path = str(files("hf_idsel") / "model_cards" / name)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"hf_idsel's card template {name!r} is missing from {os.path.dirname(path)}; reinstall hf_idsel.")
-    return path
 
 
 def check_repo_id(repo_id, argument: str = "repo_id") -> str:
@@ -57,206 +43,6 @@ def check_repo_id(repo_id, argument: str = "repo_id") -> str:
             f"`{argument}`={repo_id!r} is not a Hub repo id: use 'namespace/name' (letters, digits, '-', '_', '.')."
         )
     return repo_id
-
-
-# ---- the card ----
-
-
-@dataclass
-class CardFacts:
-    """The repo a card is for, and what it inherits from the pool's own card."""
-
-    repo_id: str
-    pool_id: str | None
-    pool_license: str | list | None
-    pool_language: str | list | None
-
-
-def card_facts(repo_id: str, pool_id: str | None, token=None) -> CardFacts:
-    """`CardFacts` for `repo_id`; `pool_id="builtin"` is the built-in pool (all sources MIT-licensed, see pool.py)."""
-    if pool_id == "builtin":
-        return CardFacts(repo_id, None, "mit", "en")
-    license_, language = _pool_card_metadata(pool_id, token)
-    return CardFacts(repo_id, pool_id, license_, language)
-
-
-def _pool_card_metadata(pool_id: str | None, token=None) -> tuple[str | list | None, str | list | None]:
-    """License and language from the pool's own dataset card on the Hub, when it has one."""
-    if not pool_id:
-        return None, None
-    from huggingface_hub import DatasetCard
-
-    try:
-        card = DatasetCard.load(pool_id, token=token)
-    except Exception as err:  # no card, no network, gated: the card just says less
-        logger.info("Could not read the pool's dataset card %s (%s); license and language left out.", pool_id, type(err).__name__)
-        return None, None
-    return card.data.get("license"), card.data.get("language")
-
-
-def _describe_k(manifest: Manifest) -> str:
-    mode = manifest.k_selection.get("mode")
-    if mode == "auto":
-        scores = manifest.k_selection.get("silhouette", {})
-        shown = ", ".join(f"{c}: {float(s):.3f}" for c, s in scores.items())
-        return f"chosen by the best silhouette score among candidates ({shown})"
-    return "fixed by the user"
-
-
-def _describe_encoder(manifest: Manifest) -> str:
-    encoder = manifest.encoder or {}
-    if "id" in encoder:
-        return f"`{encoder['id']}` at revision `{encoder['revision']}` (dim {encoder['dim']})"
-    return f"precomputed vectors in column `{encoder.get('embedding_column')}` (dim {encoder.get('dim')})"
-
-
-def _describe_render(manifest: Manifest) -> str:
-    render = manifest.render
-    if not render:
-        return "n/a (precomputed embeddings)"
-    what = "prompt and answer" if render.get("include_answer", True) else "prompt only"
-    return f"{what}, format `{render.get('format')}`, columns {render.get('columns')}"
-
-
-def _describe_budget(manifest: Manifest) -> str:
-    budget = manifest.budget
-    if budget.get("max_tokens"):
-        return f"{budget['tokens']} of {budget['max_tokens']} tokens ({budget['tokenizer']}), {budget['rows']} rows"
-    requested = budget.get("requested")
-    rows = budget.get("rows")
-    if isinstance(requested, float) and requested <= 1:
-        return f"{rows} rows ({requested:g} of the pool)"
-    return f"{rows} rows"
-
-
-def rounds_markdown(rounds: list[dict]) -> str:
-    """One line per round: rows drawn, rows scored, weight entropy, largest weights."""
-    lines = ["| round | rows drawn | rows scored | cumulative | weight entropy after | top-3 clusters by weight after |", "|---:|---:|---:|---:|---:|---|"]
-    for r in rounds:
-        weights = np.asarray(r["weights"], dtype=float)
-        entropy = weight_entropy(weights)
-        top = np.argsort(-weights, kind="stable")[:3]
-        shown = ", ".join(f"{int(j)} ({weights[j]:.3f})" for j in top)
-        scored = r.get("scored_rows", 0) if r.get("scored", True) else "not scored (last round)"
-        lines.append(f"| {r['round']} | {len(r['selected'])} | {scored} | {r['cumulative_size']} | {entropy:.3f} | {shown} |")
-    return "\n".join(lines)
-
-
-def dataset_card(manifest: Manifest, facts: CardFacts, *, configs: list[str], rounds: list[dict] | None = None, run_args: dict | None = None):
-    """The dataset card of a pushed selection (huggingface_hub `DatasetCard`), rendered from `model_cards/dataset_card.md`."""
-    from huggingface_hub import DatasetCard, DatasetCardData
-
-    from . import __version__
-
-    rows = len(manifest.selected_indices)
-    data = DatasetCardData(
-        license=facts.pool_license,
-        language=facts.pool_language,
-        source_datasets=[facts.pool_id] if facts.pool_id else None,
-        pretty_name=f"{facts.repo_id.split('/')[-1]}",
-        size_categories=_size_category(rows),
-        tags=list(TAGS),
-    )
-    iterative = bool(rounds)
-    config_lines = []
-    for name in configs:
-        if name == DEFAULT_CONFIG:
-            what = "every selected row" + (" (all rounds)" if iterative else "")
-        else:
-            what = f"the rows drawn in {name.replace('_', ' ')}"
-        config_lines.append(f"- `{name}`: {what}; `load_dataset(\"{facts.repo_id}\", \"{name}\")`")
-    run_args = run_args or {}
-    return DatasetCard.from_template(
-        data,
-        template_path=template_path("dataset_card.md"),
-        pretty_name=data.pretty_name,
-        repo_id=facts.repo_id,
-        rows=rows,
-        pool_id=facts.pool_id,
-        pool_link=f"[{facts.pool_id}](https://huggingface.co/datasets/{facts.pool_id})" if facts.pool_id else None,
-        pool_rows=manifest.pool["num_rows"],
-        pool_digest=manifest.pool["digest"],
-        method=manifest.method,
-        budget=_describe_budget(manifest),
-        k=manifest.k,
-        k_how=_describe_k(manifest),
-        encoder=_describe_encoder(manifest),
-        render=_describe_render(manifest),
-        seed=manifest.seed,
-        iterative=iterative,
-        rounds_summary=f"{len(rounds)} rounds of {', '.join(str(len(r['selected'])) for r in rounds)} rows" if iterative else "",
-        scorer=run_args.get("scorer", rounds[-1].get("scorer") if iterative else ""),
-        weight_update=run_args.get("weight_update", ""),
-        rounds_table=rounds_markdown(rounds) if iterative else "",
-        table=markdown_table(manifest, rounds),
-        configs="\n".join(config_lines),
-        version=__version__,
-    )
-
-
-def _size_category(rows: int) -> str:
-    for bound, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
-        if rows < bound:
-            return name
-    return "1M<n<10M"
-
-
-def model_card(
-    manifest: Manifest,
-    *,
-    model_name: str,
-    base_model: str | None,
-    dataset_id: str | None,
-    license: str,
-    tags: list[str],
-    library_name: str,
-    rounds: list[dict],
-    run_args: dict,
-    hyperparameters: list[tuple[str, object]],
-    pool_id: str | None,
-):
-    """The model card of a model trained by `IterativeSelectionTrainer`, rendered from `model_cards/model_card.md`."""
-    from huggingface_hub import ModelCard, ModelCardData
-
-    from .manifest import library_versions
-
-    data = ModelCardData(
-        base_model=base_model,
-        datasets=[dataset_id] if dataset_id else None,
-        license=license,
-        library_name=library_name,
-        model_name=model_name,
-        tags=list(dict.fromkeys(list(tags) + TAGS + ["trl", "sft", PAPER])),
-    )
-    versions = library_versions()
-    for name in ("trl", "peft", "accelerate"):
-        try:
-            import importlib.metadata
-
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return ModelCard.from_template(
-        data,
-        template_path=template_path("model_card.md"),
-        model_name=model_name,
-        base_model=base_model,
-        dataset_id=dataset_id,
-        pool_rows=manifest.pool["num_rows"],
-        pool_id=pool_id,
-        encoder=_describe_encoder(manifest),
-        k=manifest.k,
-        k_how=_describe_k(manifest),
-        rounds=len(rounds),
-        round_rows=", ".join(str(len(r["selected"])) for r in rounds),
-        quality_column=run_args.get("quality_column"),
-        scorer=run_args.get("scorer"),
-        weight_update=run_args.get("weight_update"),
-        round_mode=run_args.get("round_mode"),
-        rounds_table=rounds_markdown(rounds) if rounds else "",
-        hyperparameters=[(name, value) for name, value in hyperparameters],
-        versions=sorted(versions.items()),
-    )
 
 
 # ---- staging ----
@@ -569,8 +355,9 @@ def push_selection(
             The result of `diverse_select` (with `source_index` and `cluster`).
         repo_id (`str`):
             Dataset repo, `"namespace/name"`; created if needed.
-        manifest (`Manifest`, `dict` or `str`, *optional*):
-            The selection's manifest; default: the one `diverse_select` made for `subset` in this process.
+        manifest (`Manifest`, `dict` or `str`):
+            The selection's manifest (required): from `diverse_select(..., return_manifest=True)`, or a saved
+            `manifest.json` (its path, folder or contents).
         pool_id (`str`, *optional*):
             Hub id of the pool, for the card's `source_datasets`, its license and language, and so
             that `load_selection(repo_id)` can load the pool by itself.
@@ -601,14 +388,11 @@ def push_selection(
     if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", config_name or ""):
         raise InvalidArgumentError(f"`config_name`={config_name!r}: use letters, digits, '_', '-' or '.'.")
     if manifest is None:
-        from .manifest import manifest_for
-
-        manifest = manifest_for(subset)
-        if manifest is None:
-            raise InvalidArgumentError(
-                "No manifest is known for `subset`: pass `manifest=` (from `diverse_select(..., return_manifest=True)` "
-                "or a saved manifest.json)."
-            )
+        raise InvalidArgumentError(
+            "`manifest` is required (the card, `manifest.json` and `load_selection` read it): call "
+            "`subset, manifest = diverse_select(..., return_manifest=True)` and pass `manifest=manifest`, or pass the "
+            "path of the selection's saved manifest.json (`load_selection(path, pool)` rebuilds its subset)."
+        )
     manifest = Manifest.load(manifest)
     manifest.check_integrity()
     if indices_digest(subset["source_index"]) != manifest.selected_digest:
@@ -621,6 +405,8 @@ def push_selection(
         manifest.pool["source"] = {**(manifest.pool.get("source") or {}), "path": pool_id}
     pool_id = pool_id or (manifest.pool.get("source") or {}).get("path")
     folder = local_dir or os.path.join("hf_idsel_push", repo_id.replace("/", "--"))
+    from .cards import card_facts, dataset_card  # cards imports this module's Hub layout constants
+
     card = dataset_card(manifest, card_facts(repo_id, pool_id, token), configs=[config_name])
     stage(folder, repo_id, subsets={config_name: subset}, manifests={config_name: manifest}, card=card, private=private, plot_manifest=manifest)
     logger.info("Staged the push of %d rows to %s in %s", len(subset), repo_id, folder)

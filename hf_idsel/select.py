@@ -21,7 +21,7 @@ from .cache import cache_file
 from .cluster import Clustering, choose_k, default_k_candidates, kmeans
 from .embed import DEFAULT_ENCODER, embed_dataset, embedding_cache_key, embeddings_from_column, encoder_identity
 from .errors import InvalidArgumentError
-from .manifest import Manifest, encoder_record, indices_digest, pool_record, remember_manifest, selection_subset
+from .manifest import Manifest, encoder_record, indices_digest, pool_record, selection_subset
 from .render import resolve_render_options, token_lengths, validate_columns
 
 logger = logging.getLogger(__name__)
@@ -314,7 +314,6 @@ def _select(pool: datasets.Dataset, *, dry_run: bool, return_manifest: bool, **a
     if world_size > 1:
         manifest = Manifest.from_dict(broadcast(manifest.to_dict() if manifest is not None else None))
     subset = _subset_from_manifest(pool, manifest)
-    remember_manifest(subset, manifest)
     logger.info("Selected %d of %d rows with %s (k=%d)", len(subset), n, a["method"], manifest.k)
     return (subset, manifest) if return_manifest else subset
 

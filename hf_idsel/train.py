@@ -30,16 +30,14 @@ import numpy as np
 import trl
 
 from .errors import InvalidArgumentError
+from .pool import BUILTIN_POOL
+from .pool import load_pool as load_split
 from .quality import DEFAULT_REFERENCE_MODEL
 from .config import IterativeSelectionConfig
 from .trainer import IterativeSelectionTrainer
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_POOL = "builtin"
-"""`dataset_name` value that selects the built-in offline pool ([`~hf_idsel.load_builtin_pool`])."""
-
-_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
 _USER_ROLES = ("user", "human")
 _ASSISTANT_ROLES = ("assistant", "gpt", "model", "bot")
 # Layouts with a gold answer that TRL cannot train on as they are: (prompt column, extra input column, answer column)
@@ -148,29 +146,6 @@ def validate_args(script_args: ScriptArguments, training_args: IterativeSelectio
 # --------------------------------------------------------------------------------------------
 
 
-def _load_split(script_args: ScriptArguments, split: str) -> datasets.Dataset:
-    source = script_args.dataset_name
-    if os.path.isfile(source):
-        ext = os.path.splitext(source)[1].lower()
-        if ext not in _FILE_BUILDERS:
-            raise InvalidArgumentError(
-                f"`dataset_name`={source!r}: unsupported file type {ext!r}; use one of {sorted(_FILE_BUILDERS)}."
-            )
-        loaded = datasets.load_dataset(_FILE_BUILDERS[ext], data_files=source)
-    elif os.path.isdir(source) and (
-        os.path.isfile(os.path.join(source, "dataset_dict.json")) or os.path.isfile(os.path.join(source, "state.json"))
-    ):
-        loaded = datasets.load_from_disk(source)
-    else:
-        loaded = datasets.load_dataset(source, script_args.dataset_config, revision=script_args.dataset_revision)
-    if isinstance(loaded, datasets.Dataset):
-        return loaded
-    if split not in loaded:
-        argument = "dataset_train_split" if split == script_args.dataset_train_split else "dataset_test_split"
-        raise InvalidArgumentError(f"`{argument}`={split!r}: `dataset_name`={source!r} has splits {list(loaded)}.")
-    return loaded[split]
-
-
 def load_pool(script_args: ScriptArguments, *, seed: int = 0, with_test_split: bool = False):
     """Load the pool (and the evaluation split when asked), in a layout the trainer and TRL both train on.
 
@@ -186,18 +161,19 @@ def load_pool(script_args: ScriptArguments, *, seed: int = 0, with_test_split: b
         `tuple[datasets.Dataset, datasets.Dataset | None]`: the pool and the evaluation split (or `None`), both
         passed through [`to_trainable_rows`].
     """
-    if script_args.dataset_name == BUILTIN_POOL:
-        from .pool import load_builtin_pool
-
-        if with_test_split:
-            raise InvalidArgumentError(
-                f"`dataset_name`={BUILTIN_POOL!r} has no test split: set `eval_strategy` to 'no' or use a dataset "
-                "with a `dataset_test_split`."
-            )
-        pool, test = load_builtin_pool(seed=seed), None
-    else:
-        pool = _load_split(script_args, script_args.dataset_train_split)
-        test = _load_split(script_args, script_args.dataset_test_split) if with_test_split else None
+    name = script_args.dataset_name
+    if name == BUILTIN_POOL and with_test_split:
+        raise InvalidArgumentError(
+            f"`dataset_name`={BUILTIN_POOL!r} has no test split: set `eval_strategy` to 'no' or use a dataset "
+            "with a `dataset_test_split`."
+        )
+    source = dict(
+        config=script_args.dataset_config, revision=script_args.dataset_revision, seed=seed, source_argument="`dataset_name`"
+    )
+    pool = load_split(name, split=script_args.dataset_train_split, split_argument="`dataset_train_split`", **source)
+    test = None
+    if with_test_split:
+        test = load_split(name, split=script_args.dataset_test_split, split_argument="`dataset_test_split`", **source)
     limit = script_args.max_pool_rows
     if limit is not None and limit < len(pool):
         rows = np.sort(np.random.default_rng(seed).choice(len(pool), size=limit, replace=False))

@@ -28,10 +28,11 @@ from transformers import TrainerCallback
 from trl import SFTTrainer
 
 from . import sample
+from .cards import card_facts, dataset_card, model_card
 from .config import IterativeSelectionConfig
 from .errors import InvalidArgumentError, PushError
 from .manifest import Manifest, encoder_record, pool_record, selection_subset
-from .publish import ITERATIVE_METHOD, ROUND_COLUMN, STAGING_DIR, card_facts, dataset_card, model_card, push_staged, set_model_push, stage
+from .publish import ITERATIVE_METHOD, ROUND_COLUMN, STAGING_DIR, push_staged, set_model_push, stage
 from .render import first_empty_answer, prompt_and_answer, resolve_render_options, validate_columns
 from .rounds import (
     SelectionState,

@@ -56,7 +56,8 @@ def cache_dir(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Hub publishing tests: a Hub-compatible loopback server (tests/hub_server.py) and the `hub` fixture that points the
-# real clients of this process at it. See ENV.md "Testing Hub pushes offline".
+# real clients of this process at it. huggingface_hub has no local backend and the Hub is out of reach in tests, so
+# the real push/load code runs against this server (its docstring lists the endpoints it speaks).
 import dataclasses  # noqa: E402
 import sys  # noqa: E402
 import uuid  # noqa: E402

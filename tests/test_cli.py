@@ -2,12 +2,15 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import datasets
 import pytest
 
-from hf_idsel import load_selection
+from hf_idsel import diverse_select, load_selection
 from hf_idsel.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 ROWS = [
     {"instruction": f"Translate sentence {i} into French.", "output": f"Phrase {i} en francais."} for i in range(20)
@@ -53,3 +56,23 @@ def test_console_script_help():
     exe = os.path.join(os.path.dirname(sys.executable), "hf-idsel")
     result = subprocess.run([exe, "select", "--help"], capture_output=True, text=True, check=True)
     assert "--budget" in result.stdout and "--max-tokens" in result.stdout
+
+
+def test_push_and_report_never_import_the_training_stack(blob_pool, tmp_path):
+    """`hf-idsel push` and `hf-idsel report` run where torch, transformers and TRL are slow to import or absent: in a
+    fresh interpreter, their code paths (and the card renderer a push uses) leave all three unimported."""
+    subset, manifest = diverse_select(blob_pool, 20, k=4, embedding_column="embedding", return_manifest=True)
+    out = tmp_path / "out"
+    manifest.save(str(out / "manifest.json"))
+    subset.to_parquet(str(out / "subset.parquet"))
+    code = f"""
+import json, sys
+from hf_idsel.cli import main
+assert main(["report", {str(out)!r}, "--plot", {str(tmp_path / "plot.png")!r}]) == 0
+assert main(["push", {str(out)!r}]) == 2  # never pushed and no --repo-id: refused once the push path is imported
+import hf_idsel.cards, hf_idsel.publish, hf_idsel.rounds
+print(json.dumps(sorted(name for name in ("torch", "transformers", "trl") if name in sys.modules)))
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []

@@ -26,7 +26,7 @@ def selection(blob_pool):
 def test_push_selection_round_trip(hub, selection, blob_pool, tmp_path):
     subset, manifest = selection
     repo = hub.repo("kmq")
-    url = push_selection(subset, repo, local_dir=str(tmp_path / "stage"))  # the manifest diverse_select made
+    url = push_selection(subset, repo, manifest=manifest, local_dir=str(tmp_path / "stage"))
     assert url.endswith(f"/datasets/{repo}")
 
     rows = datasets.load_dataset(repo, split="train")
@@ -65,9 +65,9 @@ def test_card_inherits_the_pools_license_and_language_and_load_selection_finds_t
     card.push_to_hub(pool_repo)
 
     loaded = datasets.load_dataset(pool_repo, split="train")
-    subset = hf_idsel.diverse_select(loaded, 10, k=2, embedding_column="embedding")
+    subset, manifest = hf_idsel.diverse_select(loaded, 10, k=2, embedding_column="embedding", return_manifest=True)
     repo = hub.repo("subset")
-    push_selection(subset, repo, pool_id=pool_repo, local_dir=str(tmp_path / "stage"), private=True)
+    push_selection(subset, repo, manifest=manifest, pool_id=pool_repo, local_dir=str(tmp_path / "stage"), private=True)
     assert hub.server.is_private(repo, "dataset")
     card = DatasetCard.load(repo)
     assert card.data.source_datasets == [pool_repo]
@@ -139,8 +139,9 @@ def test_bad_arguments_fail_before_any_request(hub, selection, blob_pool, tmp_pa
         push_selection(blob_pool, hub.repo(), manifest=manifest)
     with pytest.raises(InvalidArgumentError, match="manifest"):
         push_selection(subset.select(range(5)), hub.repo(), manifest=manifest)
-    with pytest.raises(InvalidArgumentError, match="No manifest is known"):
-        push_selection(subset.map(lambda r: r), hub.repo())
+    # No process-wide memory of manifests: even the untouched subset needs its manifest passed.
+    with pytest.raises(InvalidArgumentError, match=r"`manifest` is required.*return_manifest=True.*manifest="):
+        push_selection(subset, hub.repo())
     assert len(hub.server.requests) == before and not os.path.exists("hf_idsel_push")
 
 

@@ -212,6 +212,13 @@ def test_pools_that_cannot_train_are_refused_before_the_model_loads(tmp_path):
     text_only.write_text('{"text": "a"}\n{"text": "b"}\n')
     with pytest.raises(InvalidArgumentError, match="none of which hold a prompt and its gold answer"):
         main(*_laptop_args(tmp_path, "--dataset_name", str(text_only)))
+    notes = tmp_path / "notes.txt"  # the pool loader reads .txt (one `text` column) for selection; training refuses it
+    notes.write_text("a\nb\n")
+    with pytest.raises(InvalidArgumentError, match="none of which hold a prompt and its gold answer"):
+        main(*_laptop_args(tmp_path, "--dataset_name", str(notes)))
+    pairs = write_alpaca_pool(tmp_path / "pairs.jsonl")  # one file, one split: nothing to evaluate on
+    with pytest.raises(InvalidArgumentError, match=r"`dataset_test_split`='test': `dataset_name`=.*has splits \['train'\]"):
+        main(*_laptop_args(tmp_path, "--dataset_name", pairs, "--eval_strategy", "epoch"))
     odd = tmp_path / "pool.xml"
     odd.write_text("<rows/>")
     with pytest.raises(InvalidArgumentError, match=r"`dataset_name`=.*unsupported file type '.xml'"):

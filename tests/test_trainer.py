@@ -11,7 +11,7 @@ import torch
 from _tiny import make_tiny_llama, single_thread
 from conftest import unit_rows
 from hf_idsel import InvalidArgumentError
-from hf_idsel.publish import rounds_markdown
+from hf_idsel.cards import rounds_markdown
 from hf_idsel.report import format_rounds
 from hf_idsel.scorers import CallableScorer, JudgeScorer, RoundScorer
 from hf_idsel.trainer import ROW_ID, IterativeSelectionConfig, IterativeSelectionTrainer
