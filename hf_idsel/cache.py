@@ -162,14 +162,20 @@ class PackagedModel:
     path: str
 
     def location(self) -> str | None:
-        try:
-            spec = importlib.util.find_spec(self.module)
-        except (ImportError, ValueError):
-            return None
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        path = os.path.join(list(spec.submodule_search_locations)[0], self.path)
-        return path if os.path.exists(path) else None
+        return package_file(self.module, self.path)
+
+
+def package_file(module: str, path: str) -> str | None:
+    """Path of `path` (a file or folder, "/"-separated) inside installed package `module`, found without
+    importing the package; `None` when the package or the path is missing."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    full = os.path.join(list(spec.submodule_search_locations)[0], *path.split("/"))
+    return full if os.path.exists(full) else None
 
 
 def looks_like_path(model: str) -> bool:

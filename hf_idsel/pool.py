@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import importlib.util
 import json
 import logging
 import operator
@@ -40,6 +39,7 @@ from typing import Any
 import datasets
 import numpy as np
 
+from .cache import package_file
 from .errors import InvalidArgumentError, MissingDependencyError
 
 
@@ -85,14 +85,8 @@ def _messages_feature() -> Any:
 def _data_file(source: str) -> str | None:
     """Path of `source`'s data file, or `None` when its package (or the file) is not installed."""
     module, _, relpath, _ = _SOURCE_PACKAGES[source]
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(list(spec.submodule_search_locations)[0], *relpath.split("/"))
-    return path if os.path.isfile(path) else None
+    path = package_file(module, relpath)
+    return path if path is not None and os.path.isfile(path) else None
 
 
 def _missing_requirements(sources) -> list[str]:
