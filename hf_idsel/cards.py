@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InvalidArgumentError
 from .manifest import Manifest
 from .pool import BUILTIN_POOL
 from .publish import DEFAULT_CONFIG
@@ -230,3 +231,62 @@ def model_card(
         hyperparameters=[(name, value) for name, value in hyperparameters],
         versions=sorted(versions.items()),
     )
+
+
+def base_model_id(model) -> str | None:
+    """The Hub id a model was loaded from (`None` for a local folder or a model built in memory)."""
+    if isinstance(model, str):
+        name = model
+    else:
+        name = getattr(getattr(model, "config", None), "_name_or_path", None)
+        peft_config = getattr(model, "peft_config", None)
+        if peft_config:
+            name = getattr(next(iter(peft_config.values())), "base_model_name_or_path", None) or name
+    return name if name and not os.path.isdir(name) else None
+
+
+def base_model_license(base: str | None, hub_license: str | None, token=None) -> str:
+    """The model card's license: `hub_license`, else the base model card's; refused before training when neither."""
+    if hub_license:
+        return hub_license
+    if base:
+        from huggingface_hub import ModelCard
+
+        try:
+            license_ = ModelCard.load(base, token=token).data.get("license")
+        except Exception as err:
+            logger.info("Could not read the base model's card %s (%s).", base, type(err).__name__)
+            license_ = None
+        if license_:
+            return license_
+    raise InvalidArgumentError(
+        "`push_to_hub=True` needs a license for the model card: set `hub_license` (e.g. 'apache-2.0'; "
+        f"the base model {base or '(a local path)'} has no readable card to take it from)."
+    )
+
+
+def training_hyperparameters(args, *, processes: int, budget_rows: int, k: int, scorer: str, global_steps: int, peft_config=None):
+    """The model card's table of how an `IterativeSelectionTrainer` run trained and selected."""
+    rows = [
+        ("learning_rate", args.learning_rate),
+        ("per_device_train_batch_size", args.per_device_train_batch_size),
+        ("gradient_accumulation_steps", args.gradient_accumulation_steps),
+        ("processes", processes),
+        ("epochs (rounds x epochs_per_round)", args.num_train_epochs),
+        ("lr_scheduler_type", getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+        ("warmup_steps", args.warmup_steps),
+        ("optimizer", getattr(args.optim, "value", args.optim)),
+        ("max_length", args.max_length),
+        ("seed", args.seed),
+        ("budget (rows)", budget_rows),
+        ("rounds", args.rounds),
+        ("k", k),
+        ("scorer", scorer),
+        ("weight_update / temperature", f"{args.weight_update} / {args.weight_temperature}"),
+        ("round_mode", args.round_mode),
+        ("global steps", global_steps),
+    ]
+    if peft_config:
+        lora = next(iter(peft_config.values()))
+        rows.append(("peft", f"{type(lora).__name__} r={getattr(lora, 'r', '?')} alpha={getattr(lora, 'lora_alpha', '?')}"))
+    return rows

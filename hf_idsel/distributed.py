@@ -47,3 +47,18 @@ def broadcast(value):
 def shard_bounds(num_chunks: int, rank: int, world_size: int) -> tuple[int, int]:
     """The contiguous range of chunks rank `rank` handles (whole chunks, so results match a 1-process run)."""
     return num_chunks * rank // world_size, num_chunks * (rank + 1) // world_size
+
+
+def equal_share(items, rank: int, world_size: int):
+    """Rank `rank`'s items (every `world_size`-th), padded with the first item to the same count on every rank.
+
+    Equal shares keep a sharded model (ZeRO-3/FSDP) running the same number of forward passes on
+    every rank; a padded item is a repeat, so its result is the same.
+    """
+    import numpy as np
+
+    items = np.asarray(items)
+    mine = items[rank::world_size]
+    if world_size > 1 and len(items):
+        mine = np.concatenate([mine, np.repeat(items[:1], -(-len(items) // world_size) - len(mine))])
+    return mine

@@ -21,7 +21,7 @@ import time
 import datasets
 
 from .errors import InvalidArgumentError, PushError
-from .manifest import Manifest, indices_digest
+from .manifest import Manifest, indices_digest, selection_subset
 from .report import plot_selection
 from .rounds import write_round_file
 
@@ -89,6 +89,13 @@ def stage(
     _undo(plan, "files")
     _write_plan(folder, plan)
     return folder
+
+
+def iterative_subset(pool: datasets.Dataset, manifest: Manifest, rounds: list[dict]) -> datasets.Dataset:
+    """The rows of an iterative run's manifest, each with the round that drew it (`ROUND_COLUMN`)."""
+    round_of = {row: r["round"] for r in rounds for row in r["selected"]}
+    drawn_in = [round_of[row] for row in manifest.selected_indices]
+    return selection_subset(pool, manifest.selected_indices, manifest.selected_clusters, **{ROUND_COLUMN: drawn_in})
 
 
 def _manifest_path(config: str) -> str:

@@ -199,6 +199,14 @@ def sample_rows_per_cluster(labels: np.ndarray, rows: np.ndarray, per_cluster: i
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
+def merge_scores(pairs) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted rows and their scores from `(row, score)` pairs gathered from every rank; a row seen twice
+    keeps its last score."""
+    merged = {int(row): float(score) for row, score in pairs}
+    rows = np.asarray(sorted(merged), dtype=np.int64)
+    return rows, np.asarray([merged[r] for r in rows], dtype=np.float64)
+
+
 def cluster_scores(labels: np.ndarray, rows: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
     """Mean score of each cluster over its scored rows.
 

@@ -705,6 +705,31 @@ class CallableScorer(RoundScorer):
         return _as_scores(self.fn(list(prompts), list(golds), generations), len(prompts), "`fn`")
 
 
+def score_rows(
+    scorer: RoundScorer,
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    golds: list[str],
+    *,
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    show_progress: bool = True,
+    synced_gpus: bool = False,
+) -> np.ndarray:
+    """Score rows with the current `model`: its answers are generated when the scorer compares with them,
+    and a scorer that reads the model itself ([`PerplexityScorer`]) is bound to it first."""
+    generations = None
+    if scorer.needs_generation and prompts:
+        generations = generate_answers(
+            model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+            show_progress=show_progress, synced_gpus=synced_gpus,
+        )
+    if hasattr(scorer, "bind"):
+        scorer.bind(model, tokenizer)
+    return scorer(prompts, golds, generations) if prompts else np.zeros(0, dtype=np.float64)
+
+
 # --------------------------------------------------------------------------------------------
 # The loss scorer: scores from training itself
 # --------------------------------------------------------------------------------------------
@@ -743,7 +768,7 @@ class LossScorer:
     The free scorer: it reads the losses of the training forward passes, so it generates nothing
     and runs no extra forward pass. It is not quality-aware (junk gold answers stay hard to learn,
     so they score high). The trainer attaches it to the model ([`attach`](#attach)), records each
-    training batch ([`record`](#record)) and reads the round's scores with [`scores`](#scores).
+    training batch ([`record`](#record)) and reads the round's `losses` when the round closes.
     """
 
     name = "loss"
@@ -775,12 +800,6 @@ class LossScorer:
             per_row = per_row_loss(outputs, labels, position_ids, rows=len(rows))
         self.losses.extend(zip(rows.tolist(), per_row.tolist()))
 
-    @staticmethod
-    def scores(pairs) -> tuple[np.ndarray, np.ndarray]:
-        """Sorted rows and their scores from `(row, loss)` pairs; a row seen twice keeps its latest loss."""
-        merged = {int(row): float(loss) for row, loss in pairs}
-        rows = np.asarray(sorted(merged), dtype=np.int64)
-        return rows, np.asarray([merged[r] for r in rows], dtype=np.float64)
 
 
 # The scorers a name (a config or YAML recipe value) can build; a judge or any other scorer is

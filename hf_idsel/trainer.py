@@ -23,21 +23,23 @@ import datasets
 import numpy as np
 import pyarrow.compute as pc
 import torch
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import gather_object
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
 from . import sample
-from .cards import card_facts, dataset_card, model_card
+from .cards import base_model_id, base_model_license, card_facts, dataset_card, model_card, training_hyperparameters
 from .config import IterativeSelectionConfig
+from .distributed import broadcast, equal_share
 from .errors import InvalidArgumentError, PushError
-from .manifest import Manifest, encoder_record, pool_record, selection_subset
-from .publish import ITERATIVE_METHOD, ROUND_COLUMN, STAGING_DIR, push_staged, set_model_push, stage
+from .manifest import Manifest, encoder_record, pool_record
+from .publish import ITERATIVE_METHOD, STAGING_DIR, iterative_subset, push_staged, set_model_push, stage
 from .render import first_empty_answer, prompt_and_answer, resolve_render_options, validate_columns
 from .rounds import (
     SelectionState,
     close_round,
     draw_round,
+    merge_scores,
     round_metrics,
     round_seed,
     round_sizes,
@@ -45,7 +47,7 @@ from .rounds import (
     selection_manifest,
     write_round_file,
 )
-from .scorers import LossScorer, RoundScorer, as_scorer, generate_answers, scorer_name
+from .scorers import LossScorer, RoundScorer, as_scorer, score_rows, scorer_name
 from .select import cluster_pool, pool_embeddings
 
 __all__ = ["IterativeSelectionConfig", "IterativeSelectionTrainer"]
@@ -185,8 +187,8 @@ class IterativeSelectionTrainer(SFTTrainer):
         self.budget_rows, self.round_sizes = self._check_selection_args(args, train_dataset, scorer)
 
         # The card's license is checked before the Trainer creates any repo or loads anything heavy.
-        self._base_model = _model_id(model)
-        self._license = self._resolve_license(args) if args.push_to_hub else args.hub_license
+        self._base_model = base_model_id(model)
+        self._license = base_model_license(self._base_model, args.hub_license, args.hub_token) if args.push_to_hub else args.hub_license
         self.scorer = as_scorer(scorer, args, device=args.device, show_progress=args.process_index == 0)
         self.scorer_name = scorer_name(self.scorer)
         pool_with_ids = train_dataset.add_column(ROW_ID, list(range(len(train_dataset))))
@@ -286,16 +288,12 @@ class IterativeSelectionTrainer(SFTTrainer):
             embedding_column=args.embedding_column,
             distributed=self.accelerator.num_processes > 1,
         )
-        payload = [None]
+        data = None
         if self.accelerator.is_main_process:
             clustering, k_selection = cluster_pool(embeddings, args.k_value, seed=args.selection_seed)
             encoder = encoder_record(identity, args.embedding_column, embeddings.shape[1])
-            payload = [
-                {"labels": clustering.labels.tolist(), "k": clustering.k, "k_selection": k_selection, "encoder": encoder}
-            ]
-        if self.accelerator.num_processes > 1:
-            broadcast_object_list(payload, from_process=0)
-        data = payload[0]
+            data = {"labels": clustering.labels.tolist(), "k": clustering.k, "k_selection": k_selection, "encoder": encoder}
+        data = broadcast(data)
         self.encoder_info = data["encoder"]
         return np.asarray(data["labels"], dtype=np.int64), int(data["k"]), data["k_selection"]
 
@@ -307,7 +305,7 @@ class IterativeSelectionTrainer(SFTTrainer):
 
     def _draw_round(self, round_index: int) -> None:
         """Draw the rows of `round_index` on rank 0 and share them with every rank."""
-        payload = [None]
+        rows = None
         if self.accelerator.is_main_process:
             rows = draw_round(
                 self.selection,
@@ -318,12 +316,9 @@ class IterativeSelectionTrainer(SFTTrainer):
                 selection_seed=self.args.selection_seed,
                 quality=self.quality,
                 quality_temperature=self.args.quality_temperature,
-            )
-            payload = [rows.tolist()]
-        if self.accelerator.num_processes > 1:
-            broadcast_object_list(payload, from_process=0)
+            ).tolist()
         self.selection.current_round = round_index
-        self.selection.current_rows = payload[0]
+        self.selection.current_rows = broadcast(rows)
 
     def _sync_sampler(self) -> None:
         rows = self.selection.current_rows
@@ -381,38 +376,21 @@ class IterativeSelectionTrainer(SFTTrainer):
     def _score_round(self, rows: np.ndarray):
         """Per-row scores S for this round (high = the gold answer still beats the model), from all ranks."""
         if isinstance(self.scorer, LossScorer):
-            return LossScorer.scores(list(self.selection.pending_losses) + self._gather(self.scorer.losses))
+            return merge_scores(list(self.selection.pending_losses) + self._gather(self.scorer.losses))
         args = self.args
         scored = sample_rows_per_cluster(
             self.labels, rows, args.scored_rows_per_cluster, seed=round_seed(args.selection_seed, self.current_round)
         )
         world = self.accelerator.num_processes
-        mine = scored[self.accelerator.process_index :: world]
-        if world > 1 and len(scored):
-            # Equal shares (a repeated row; its score is the same) so a sharded model (ZeRO-3/FSDP)
-            # runs the same number of forward passes on every rank.
-            share = -(-len(scored) // world)
-            mine = np.concatenate([mine, np.repeat(scored[:1], share - len(mine))])
+        mine = equal_share(scored, self.accelerator.process_index, world)
         pairs = self._prompts_and_golds(mine)
-        prompts, golds = [p for p, _ in pairs], [g for _, g in pairs]
-        generations = None
-        model = self.accelerator.unwrap_model(self.model)
-        if self.scorer.needs_generation and prompts:
-            generations = generate_answers(
-                model,
-                self.processing_class,
-                prompts,
-                max_new_tokens=args.generation_max_new_tokens,
-                batch_size=args.scoring_batch_size,
-                show_progress=self.accelerator.is_main_process,
-                synced_gpus=world > 1 and self._model_is_sharded(),
-            )
-        if hasattr(self.scorer, "bind"):
-            self.scorer.bind(model, self.processing_class)
-        values = self.scorer(prompts, golds, generations).tolist() if prompts else []
-        merged = dict(self._gather(list(zip(mine.tolist(), values))))
-        order = np.asarray(sorted(merged), dtype=np.int64)
-        return order, np.asarray([merged[r] for r in order], dtype=np.float64)
+        values = score_rows(
+            self.scorer, self.accelerator.unwrap_model(self.model), self.processing_class,
+            [p for p, _ in pairs], [g for _, g in pairs],
+            max_new_tokens=args.generation_max_new_tokens, batch_size=args.scoring_batch_size,
+            show_progress=self.accelerator.is_main_process, synced_gpus=world > 1 and self._model_is_sharded(),
+        ).tolist()
+        return merge_scores(self._gather(list(zip(mine.tolist(), values))))
 
     def _gather(self, items: list) -> list:
         return gather_object(list(items)) if self.accelerator.num_processes > 1 else list(items)
@@ -471,11 +449,6 @@ class IterativeSelectionTrainer(SFTTrainer):
             k_selection=self.k_selection, render=self._render.to_dict(), encoder=self.encoder_info,
         )
 
-    def _selection_rows(self, manifest: Manifest) -> datasets.Dataset:
-        round_of = {row: r["round"] for r in self.selection.rounds for row in r["selected"]}
-        rounds = [round_of[row] for row in manifest.selected_indices]
-        return selection_subset(self.pool, manifest.selected_indices, manifest.selected_clusters, **{ROUND_COLUMN: rounds})
-
     def _stage_selection(self, configs: list[str]) -> None:
         """Write the rows, manifests, round files, plot and card of `configs` under `staging_dir` (main process)."""
         manifests = {name: self.selection_manifest(name) for name in configs}
@@ -490,7 +463,7 @@ class IterativeSelectionTrainer(SFTTrainer):
         )
         stage(
             self.staging_dir, self.hub_dataset_id,
-            subsets={name: self._selection_rows(m) for name, m in manifests.items()},
+            subsets={name: iterative_subset(self.pool, m, self.selection.rounds) for name, m in manifests.items()},
             manifests=manifests, card=card, rounds=self.selection.rounds,
             private=self.args.hub_private_repo, plot_manifest=everything,
         )
@@ -503,54 +476,17 @@ class IterativeSelectionTrainer(SFTTrainer):
         except PushError as err:
             logger.warning("Round %d's rows were not pushed yet (training goes on): %s", round_index, err)
 
-    def _resolve_license(self, args) -> str:
-        if args.hub_license:
-            return args.hub_license
-        base = self._base_model
-        if base:
-            from huggingface_hub import ModelCard
-
-            try:
-                license_ = ModelCard.load(base, token=args.hub_token).data.get("license")
-            except Exception as err:
-                logger.info("Could not read the base model's card %s (%s).", base, type(err).__name__)
-                license_ = None
-            if license_:
-                return license_
-        raise InvalidArgumentError(
-            "`push_to_hub=True` needs a license for the model card: set `hub_license` (e.g. 'apache-2.0'; "
-            f"the base model {base or '(a local path)'} has no readable card to take it from)."
-        )
-
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None):
         """Write the model card from hf_idsel's `model_cards/model_card.md` (TRL reads only its own templates)."""
         if not self.is_world_process_zero():
             return
         a = self.args
         tags = [tags] if isinstance(tags, str) else list(tags or [])
-        hyperparameters = [
-            ("learning_rate", a.learning_rate),
-            ("per_device_train_batch_size", a.per_device_train_batch_size),
-            ("gradient_accumulation_steps", a.gradient_accumulation_steps),
-            ("processes", self.accelerator.num_processes),
-            ("epochs (rounds x epochs_per_round)", a.num_train_epochs),
-            ("lr_scheduler_type", getattr(a.lr_scheduler_type, "value", a.lr_scheduler_type)),
-            ("warmup_steps", a.warmup_steps),
-            ("optimizer", getattr(a.optim, "value", a.optim)),
-            ("max_length", a.max_length),
-            ("seed", a.seed),
-            ("budget (rows)", self.budget_rows),
-            ("rounds", a.rounds),
-            ("k", self.k),
-            ("scorer", self.scorer_name),
-            ("weight_update / temperature", f"{a.weight_update} / {a.weight_temperature}"),
-            ("round_mode", a.round_mode),
-            ("global steps", self.state.global_step),
-        ]
         peft_config = getattr(self.model, "peft_config", None)
-        if peft_config:
-            lora = next(iter(peft_config.values()))
-            hyperparameters.append(("peft", f"{type(lora).__name__} r={getattr(lora, 'r', '?')} alpha={getattr(lora, 'lora_alpha', '?')}"))
+        hyperparameters = training_hyperparameters(
+            a, processes=self.accelerator.num_processes, budget_rows=self.budget_rows, k=self.k,
+            scorer=self.scorer_name, global_steps=self.state.global_step, peft_config=peft_config,
+        )
         card = model_card(
             self.selection_manifest("default"),
             model_name=model_name or os.path.basename(os.path.abspath(a.output_dir)),
@@ -560,7 +496,7 @@ class IterativeSelectionTrainer(SFTTrainer):
             tags=tags + list(self._tag_names),
             library_name="peft" if peft_config else "transformers",
             rounds=self.selection.rounds,
-            run_args={n: getattr(a, n) for n in ("quality_column", "scorer", "weight_update", "round_mode")},
+            run_args={"quality_column": a.quality_column, "scorer": self.scorer_name, "weight_update": a.weight_update, "round_mode": a.round_mode},
             hyperparameters=hyperparameters,
             pool_id=a.pool_id,
         )
@@ -631,15 +567,3 @@ class IterativeSelectionTrainer(SFTTrainer):
             if self.args.hub_model_id:
                 set_model_push(self.staging_dir, self.args.hub_model_id, self.args.output_dir)
         return output
-
-
-def _model_id(model) -> str | None:
-    """The Hub id a model was loaded from (`None` for a local folder or a model built in memory)."""
-    if isinstance(model, str):
-        name = model
-    else:
-        name = getattr(getattr(model, "config", None), "_name_or_path", None)
-        peft_config = getattr(model, "peft_config", None)
-        if peft_config:
-            name = getattr(next(iter(peft_config.values())), "base_model_name_or_path", None) or name
-    return name if name and not os.path.isdir(name) else None
