@@ -1,4 +1,4 @@
-"""Baseline selection methods the paper compares kMQ against (METHOD.md section 3).
+"""Baseline selection methods the paper (arXiv 2409.11378) compares kMQ against.
 
 All three work on a unit-normalised float32 embedding matrix (rows of L2 norm 1, so cosine
 similarity is a dot product) and return row indices in selection order:
@@ -7,7 +7,7 @@ similarity is a dot product) and return row indices in selection order:
 - [`deita_select`]: Deita-style score-first selection with a cosine-similarity filter.
 - [`qdit_select`]: QDIT, lazy greedy on (1 - alpha) * facility location + alpha * quality.
 
-Argument checks here are a second line of defence; callers (`sample.py`) validate first.
+Argument checks here are a second line of defence; `diverse_select` (select.py) validates first.
 """
 
 from __future__ import annotations

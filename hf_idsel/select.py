@@ -27,7 +27,7 @@ from .render import resolve_render_options, token_lengths, validate_columns
 logger = logging.getLogger(__name__)
 
 ADDED_COLUMNS = ("source_index", "cluster")
-# Throughput measured on 2 CPU cores with all-MiniLM-L6-v2 (shared/docs/ENV.md), for dry-run estimates.
+# Throughput of all-MiniLM-L6-v2 measured on 2 CPU cores, for dry-run estimates.
 _CPU_SECONDS_PER_TEXT = 1 / 800
 _CPU_SECONDS_PER_TOKEN = 1 / 12_000
 _KMEANS_SECONDS_PER_UNIT = 6.6e-12  # per (training row x k x dim x iteration) with faiss on that CPU
@@ -369,45 +369,6 @@ def _cluster_and_draw(pool, a, rows, options, quality, embeddings, identity) -> 
         )
 
     return _manifest(pool, a, options, identity, embeddings, clustering, k_selection, budget_info, indices, dedup)
-
-
-def embed_and_cluster(
-    pool: datasets.Dataset,
-    options,
-    *,
-    encoder: Any = DEFAULT_ENCODER,
-    encoder_revision: str | None = None,
-    embedding_column: str | None = None,
-    tokenizer: Any = None,
-    k: int | str = "auto",
-    k_candidates: list[int] | None = None,
-    seed: int = 0,
-    kmeans_niter: int = 20,
-    batch_size: int = 64,
-    device: str | None = None,
-    cache_dir: str | None = None,
-    trust_remote_code: bool = False,
-):
-    """Embed the pool (or read `embedding_column`) and cluster it; shared by static and iterative selection.
-
-    Returns:
-        `tuple`: `(embeddings, Clustering, EncoderIdentity or None, k_selection)` where `k_selection`
-        records how k was chosen (`{"mode": "fixed"}` or the silhouette score of every candidate).
-    """
-    embeddings, identity = pool_embeddings(
-        pool,
-        options,
-        encoder=encoder,
-        encoder_revision=encoder_revision,
-        embedding_column=embedding_column,
-        tokenizer=tokenizer,
-        batch_size=batch_size,
-        device=device,
-        cache_dir=cache_dir,
-        trust_remote_code=trust_remote_code,
-    )
-    clustering, k_selection = cluster_pool(embeddings, k, k_candidates=k_candidates, seed=seed, kmeans_niter=kmeans_niter)
-    return embeddings, clustering, identity, k_selection
 
 
 def pool_embeddings(
