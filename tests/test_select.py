@@ -73,6 +73,35 @@ def test_quality_column_shifts_the_draw(blob_pool):
     assert np.mean(scored) > np.mean(plain) + 0.5
 
 
+def test_manifest_records_the_arguments_that_decide_the_rows(blob_pool, cache_dir):
+    _, manifest = select(blob_pool, 20, return_manifest=True, cache_dir=cache_dir, batch_size=8, k_candidates=[2, 3])
+    # Machine-local settings (cache_dir, batch_size, device) and objects (tokenizer) are not recorded.
+    assert manifest.arguments == {
+        "budget": 20,
+        "method": "kmq",
+        "k": 6,
+        "seed": 0,
+        "max_tokens": None,
+        "quality_column": None,
+        "temperature": 1.0,
+        "quality_weighting": "softmax",
+        "quota": "proportional",
+        "encoder": "sentence-transformers/all-MiniLM-L6-v2",
+        "encoder_revision": None,
+        "embedding_column": "embedding",
+        "format": None,
+        "text_column": None,
+        "template": None,
+        "include_answer": True,
+        "dedup_threshold": None,
+        "deita_threshold": 0.9,
+        "qdit_alpha": 0.5,
+        "k_candidates": [2, 3],
+        "kmeans_niter": 20,
+        "trust_remote_code": False,
+    }
+
+
 def test_dataset_method_and_dataset_dict(blob_pool):
     subset = blob_pool.diverse_select(25, embedding_column="embedding", k=6)
     assert len(subset) == 25
