@@ -1,4 +1,4 @@
-"""diverse_select: render -> embed -> cluster -> sample -> subset + manifest.
+"""diverse_select: render -> embed -> cluster -> draw (the method's entry in `methods.METHODS`) -> subset + manifest.
 
 Every argument is checked before the encoder loads. The subset keeps all pool columns and adds
 `source_index` (row in the pool) and `cluster` (its k-means cluster).
@@ -16,9 +16,9 @@ from typing import Any
 import datasets
 import numpy as np
 
-from . import baselines, sample
+from . import baselines, methods, sample
 from .cache import cache_file
-from .cluster import Clustering, choose_k, default_k_candidates, kmeans
+from .cluster import choose_k, default_k_candidates, kmeans
 from .embed import DEFAULT_ENCODER, embed_dataset, embedding_cache_key, embeddings_from_column, encoder_identity
 from .errors import InvalidArgumentError
 from .manifest import Manifest, encoder_record, indices_digest, pool_record, remember_manifest, selection_subset
@@ -171,7 +171,8 @@ def diverse_select(
             this many rows. Leave `None` and pass `max_tokens` for a token budget.
         method (`str`, *optional*, defaults to `"kmq"`):
             `"kmq"` (size-proportional cluster quotas, quality-weighted draw inside a cluster),
-            `"kmeans-random"`, `"kmeans-closest"`, `"random"`, or the baselines `"kcenter"`, `"deita"`, `"qdit"`.
+            `"kmeans-random"`, `"kmeans-closest"`, `"random"`, or the baselines `"kcenter"`, `"deita"`, `"qdit"`
+            (the table `hf_idsel.methods.METHODS`).
         k (`int` or `"auto"`, *optional*, defaults to `"auto"`):
             Number of clusters; `"auto"` picks it by silhouette score on a sample (the paper's guidance).
         seed (`int`, *optional*, defaults to `0`):
@@ -291,8 +292,8 @@ def _check_arguments(pool: datasets.Dataset, args: SelectArguments) -> _Checked:
     n = len(pool)
     if n == 0:
         raise InvalidArgumentError("The pool (`dataset`) is empty; there is nothing to select from.")
-    if args.method not in sample.METHODS:
-        raise InvalidArgumentError(f"Unknown `method`={args.method!r}; choose one of {list(sample.METHODS)}.")
+    if args.method not in methods.METHODS:
+        raise InvalidArgumentError(f"Unknown `method`={args.method!r}; choose one of {list(methods.METHODS)}.")
     if (args.budget is None) == (args.max_tokens is None):
         raise InvalidArgumentError("Pass exactly one of `budget` (rows or fraction) and `max_tokens` (token budget).")
     rows = sample.resolve_budget(args.budget, n) if args.budget is not None else None
@@ -301,9 +302,10 @@ def _check_arguments(pool: datasets.Dataset, args: SelectArguments) -> _Checked:
             raise InvalidArgumentError(f"`max_tokens`={args.max_tokens!r} must be a positive int.")
         if args.tokenizer is None:
             raise InvalidArgumentError("`max_tokens` needs `tokenizer=` (the one you will train with) to count tokens.")
-        if args.method not in sample.ORDERED_METHODS:
+        ordered = methods.ordered_methods()
+        if args.method not in ordered:
             raise InvalidArgumentError(
-                f"`max_tokens` works with methods {list(sample.ORDERED_METHODS)}; for {args.method!r} pass a row `budget`."
+                f"`max_tokens` works with methods {ordered}; for {args.method!r} pass a row `budget`."
             )
     if isinstance(args.seed, bool) or not isinstance(args.seed, numbers.Integral) or args.seed < 0:
         raise InvalidArgumentError(f"`seed`={args.seed!r} must be a non-negative int.")
@@ -331,10 +333,9 @@ def _check_arguments(pool: datasets.Dataset, args: SelectArguments) -> _Checked:
         raise InvalidArgumentError(f"`deita_threshold`={args.deita_threshold} must be in (0, 1] (a cosine similarity).")
     if not 0 <= args.qdit_alpha <= 1:
         raise InvalidArgumentError(f"`qdit_alpha`={args.qdit_alpha} must be in [0, 1].")
-    if args.method == "deita" and args.quality_column is None:
-        raise InvalidArgumentError(
-            "method='deita' ranks rows by quality: pass `quality_column=` (e.g. after hf_idsel.score_quality(pool))."
-        )
+    method_check = methods.METHODS[args.method].check
+    if method_check is not None:
+        method_check(args)
     clash = [c for c in ADDED_COLUMNS if c in pool.column_names]
     if clash:
         raise InvalidArgumentError(
@@ -425,23 +426,13 @@ def _cluster_and_draw(pool, args: SelectArguments, checked: _Checked, embeddings
                 f"(dedup_threshold={args.dedup_threshold}); lower the budget or raise the threshold."
             )
 
+    inputs = methods.DrawInputs(embeddings, clustering, args.seed, quality=checked.quality, eligible=eligible)
     budget = {"requested": args.budget, "rows": rows}
     if rows is not None:
-        indices = _draw(args, rows, embeddings, clustering, checked.quality, eligible)
+        indices = methods.draw(inputs, rows, args)
     else:
         lengths = token_lengths(pool, checked.render, args.tokenizer, cache_dir=args.cache_dir)
-        order = sample.priority_order(
-            clustering.labels,
-            k=clustering.k,
-            method=args.method,
-            seed=args.seed,
-            quality=checked.quality,
-            temperature=args.temperature,
-            weighting=args.quality_weighting,
-            similarity=clustering.similarity,
-            eligible=eligible,
-            quota=args.quota,
-        )
+        order = methods.token_order(inputs, args)
         indices = sample.token_prefix(order, lengths, args.max_tokens)
         if len(indices) == 0:
             raise InvalidArgumentError(
@@ -516,38 +507,6 @@ def cluster_pool(embeddings: np.ndarray, k, *, k_candidates=None, seed: int = 0,
         k, scores = choose_k(embeddings, candidates, seed=seed, niter=kmeans_niter)
         k_selection = {"mode": "auto", "candidates": sorted(scores), "silhouette": {str(c): s for c, s in scores.items()}}
     return kmeans(embeddings, k, seed=seed, niter=kmeans_niter), k_selection
-
-
-def _draw(args: SelectArguments, rows, embeddings, clustering: Clustering, quality, eligible) -> np.ndarray:
-    method, seed, k = args.method, args.seed, clustering.k
-    if method == "random":
-        return sample.random_sample(len(embeddings), rows, seed=seed, eligible=eligible)
-    if method in ("kmq", "kmeans-random"):
-        return sample.kmq_sample(
-            clustering.labels,
-            rows,
-            k=k,
-            seed=seed,
-            quality=quality if method == "kmq" else None,
-            temperature=args.temperature,
-            weighting=args.quality_weighting,
-            eligible=eligible,
-            quota=args.quota,
-        )
-    if method == "kmeans-closest":
-        return sample.kmeans_closest(clustering.labels, clustering.similarity, rows, k=k, eligible=eligible)
-    # The greedy baselines work on the eligible rows only; map their picks back to pool rows.
-    rows_map = np.arange(len(embeddings)) if eligible is None else np.flatnonzero(eligible)
-    x = embeddings[rows_map]
-    q = None if quality is None else quality[rows_map]
-    if method == "kcenter":
-        picked = baselines.kcenter_greedy(x, rows, seed=seed)
-    elif method == "deita":
-        picked = baselines.deita_select(x, q, rows, threshold=args.deita_threshold)
-    else:
-        q = np.zeros(len(x)) if q is None else q
-        picked = baselines.qdit_select(x, q, rows, alpha=args.qdit_alpha if quality is not None else 0.0)
-    return np.sort(rows_map[picked])
 
 
 def dedup_mask(embeddings: np.ndarray, threshold: float, *, quality: np.ndarray | None = None) -> np.ndarray:
@@ -679,7 +638,7 @@ def load_selection(
     if recompute:
         from .errors import SelectionMismatchError
 
-        if manifest.method not in sample.METHODS:
+        if manifest.method not in methods.METHODS:
             raise InvalidArgumentError(
                 f"`recompute=True`: a {manifest.method!r} selection depends on a training run and cannot be re-run "
                 "here; load it without recompute (the recorded rows are checked against their digest)."
