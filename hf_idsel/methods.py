@@ -149,6 +149,7 @@ def _qdit_draw(inputs: DrawInputs, rows: int, *, qdit_alpha: float):
 # The order is that of the CLI's --method choices and of the error messages.
 METHODS: dict[str, Method] = {
     "random": Method(draw=_random_draw, order=_random_order),
+    # kMQ's draw without the quality column: uniform inside each cluster.
     "kmeans-random": Method(draw=_quota_draw, order=_quota_order, options=("quota",)),
     "kmeans-closest": Method(draw=_closest_draw, order=_closest_order, options=("quota",)),
     "kmq": Method(
