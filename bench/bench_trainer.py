@@ -40,7 +40,7 @@ import hf_idsel  # noqa: E402
 from hf_idsel import scorers  # noqa: E402
 from hf_idsel.rounds import cluster_scores, sample_rows_per_cluster  # noqa: E402
 from hf_idsel.render import prompt_and_answer, resolve_render_options  # noqa: E402
-from hf_idsel.select import embed_and_cluster  # noqa: E402
+from hf_idsel.select import pool_embeddings  # noqa: E402
 from hf_idsel.trainer import IterativeSelectionConfig, IterativeSelectionTrainer  # noqa: E402
 
 DEFAULT_POOL = {"gsm8k": 150, "humaneval": 50, "chitchat": 150, "mmlu": 150}
@@ -84,7 +84,7 @@ def measure_trainer(
     datasets.disable_progress_bars()
     pool = hf_idsel.load_builtin_pool(pool_rows or DEFAULT_POOL)
     options = resolve_render_options(pool.column_names)
-    embeddings, _, _, _ = embed_and_cluster(pool, options, k=k, **({"encoder": encoder} if encoder is not None else {}))
+    embeddings, _ = pool_embeddings(pool, options, **({"encoder": encoder} if encoder is not None else {}))
     pool = pool.add_column("embedding", embeddings.tolist())
 
     model, tokenizer = load_model(model_name)

@@ -1,4 +1,4 @@
-"""Baseline selection methods the paper compares kMQ against (METHOD.md section 3).
+"""Baseline selection methods the paper (arXiv 2409.11378) compares kMQ against.
 
 All three work on a unit-normalised float32 embedding matrix (rows of L2 norm 1, so cosine
 similarity is a dot product) and return row indices in selection order:
@@ -7,7 +7,7 @@ similarity is a dot product) and return row indices in selection order:
 - [`deita_select`]: Deita-style score-first selection with a cosine-similarity filter.
 - [`qdit_select`]: QDIT, lazy greedy on (1 - alpha) * facility location + alpha * quality.
 
-Argument checks here are a second line of defence; callers (`sample.py`) validate first.
+Argument checks here are a second line of defence; `diverse_select` (select.py) validates first.
 """
 
 from __future__ import annotations
@@ -74,6 +74,22 @@ def _as_scores(scores, n: int) -> np.ndarray:
     if not np.isfinite(s).all():
         raise InvalidArgumentError("`scores` contains NaN or infinite values.")
     return s
+
+
+def _scored_inputs(embeddings, scores, budget) -> tuple[np.ndarray, np.ndarray, int]:
+    emb = _as_embeddings(embeddings)
+    budget = _check_budget(budget, emb.shape[0])
+    return emb, _as_scores(scores, emb.shape[0]), budget
+
+
+def _as_unit_number(value, name: str, *, include_zero: bool) -> float:
+    interval = "[0, 1]" if include_zero else "(0, 1]"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgumentError(f"`{name}` must be a number in {interval}, got {value!r}.")
+    value = float(value)
+    if not (0.0 <= value if include_zero else 0.0 < value) or not value <= 1.0:
+        raise InvalidArgumentError(f"`{name}` must be in {interval}, got {value}.")
+    return value
 
 
 def _score_order(scores: np.ndarray) -> np.ndarray:
@@ -215,15 +231,9 @@ def deita_select(
     Returns:
         `np.ndarray`: `budget` distinct row indices (`np.int64`) in selection order.
     """
-    emb = _as_embeddings(embeddings)
+    emb, s, budget = _scored_inputs(embeddings, scores, budget)
     n = emb.shape[0]
-    budget = _check_budget(budget, n)
-    s = _as_scores(scores, n)
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
-        raise InvalidArgumentError(f"`threshold` must be a number in (0, 1], got {threshold!r}.")
-    threshold = float(threshold)
-    if not 0.0 < threshold <= 1.0:
-        raise InvalidArgumentError(f"`threshold` must be in (0, 1], got {threshold}.")
+    threshold = _as_unit_number(threshold, "threshold", include_zero=False)
 
     order = _score_order(s)
     kept = greedy_diverse_filter(emb, order, threshold, max_keep=budget)
@@ -279,15 +289,9 @@ def qdit_select(
     Returns:
         `np.ndarray`: `budget` distinct row indices (`np.int64`) in selection order.
     """
-    emb = _as_embeddings(embeddings)
+    emb, s, budget = _scored_inputs(embeddings, scores, budget)
     n = emb.shape[0]
-    budget = _check_budget(budget, n)
-    s = _as_scores(scores, n)
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise InvalidArgumentError(f"`alpha` must be a number in [0, 1], got {alpha!r}.")
-    alpha = float(alpha)
-    if not 0.0 <= alpha <= 1.0:
-        raise InvalidArgumentError(f"`alpha` must be in [0, 1], got {alpha}.")
+    alpha = _as_unit_number(alpha, "alpha", include_zero=True)
 
     if alpha == 1.0:
         # Gains are q(c) / budget whatever S is: the greedy is the top-`budget` by score.

@@ -40,7 +40,7 @@ def _k(value: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .sample import METHODS
+    from .methods import METHODS
 
     parser = argparse.ArgumentParser(
         prog="hf-idsel",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from datasets.utils.tqdm import tqdm
@@ -36,8 +36,6 @@ class Clustering:
             Sum of squared distances of the rows to their centroids (lower is better).
         k (`int`):
             Number of clusters.
-        silhouette (`dict[int, float]`):
-            Silhouette score per candidate k when k was chosen automatically.
     """
 
     centroids: np.ndarray
@@ -45,7 +43,6 @@ class Clustering:
     similarity: np.ndarray
     objective: float
     k: int
-    silhouette: dict = field(default_factory=dict)
 
     @property
     def sizes(self) -> np.ndarray:

@@ -22,8 +22,6 @@ from .errors import InvalidArgumentError
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("random", "kmeans-random", "kmeans-closest", "kmq", "kcenter", "deita", "qdit")
-ORDERED_METHODS = ("random", "kmeans-random", "kmeans-closest", "kmq")  # those a token budget can use
 QUALITY_WEIGHTINGS = ("softmax", "linear")
 QUOTA_RULES = ("proportional", "equal")
 
@@ -219,35 +217,29 @@ def random_sample(n: int, budget: int, *, seed=0, eligible=None) -> np.ndarray:
     return np.sort(rng.choice(pool, size=budget, replace=False))
 
 
+def random_order(n: int, *, seed=0, eligible=None) -> np.ndarray:
+    """Every eligible row in a uniformly random order (for token budgets)."""
+    order = np.random.default_rng(seed).permutation(n)
+    return order if eligible is None else order[eligible[order]]
+
+
 def priority_order(
     labels: np.ndarray,
+    key: np.ndarray,
+    tiebreak: np.ndarray,
     *,
     k: int,
-    method: str,
-    seed=0,
-    quality=None,
-    temperature: float = 1.0,
-    weighting: str = "softmax",
-    similarity=None,
     eligible=None,
     quota: str = "proportional",
 ) -> np.ndarray:
     """Every eligible row in the order a growing budget would take it (for token budgets).
 
-    Clusters are interleaved by Sainte-Lague seat order, so any prefix has per-cluster counts
-    within one of the proportional share; inside a cluster rows follow the method's priority.
+    Clusters are interleaved by Sainte-Lague seat order over their sizes (or equal shares with
+    `quota="equal"`), so any prefix has per-cluster counts within one of the proportional share;
+    inside a cluster rows go by descending `key`, ties by `tiebreak` (e.g. [`row_priorities`]).
     """
-    rng = np.random.default_rng(seed)
     n = len(labels)
     mask = np.ones(n, dtype=bool) if eligible is None else eligible
-    if method == "random":
-        order = rng.permutation(n)
-        return order[mask[order]]
-    if method == "kmeans-closest":
-        key, tiebreak = similarity.astype(np.float64), np.arange(n)
-    else:
-        q = quality if method == "kmq" else None
-        key, tiebreak = row_priorities(n, rng, quality=q, temperature=temperature, weighting=weighting)
     bucket = np.where(mask, labels, k)
     order = np.lexsort((tiebreak, -key, bucket))
     order = order[bucket[order] < k]

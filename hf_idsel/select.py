@@ -1,4 +1,4 @@
-"""diverse_select: render -> embed -> cluster -> sample -> subset + manifest.
+"""diverse_select: render -> embed -> cluster -> draw (the method's entry in `methods.METHODS`) -> subset + manifest.
 
 Every argument is checked before the encoder loads. The subset keeps all pool columns and adds
 `source_index` (row in the pool) and `cluster` (its k-means cluster).
@@ -10,27 +10,88 @@ import logging
 import math
 import numbers
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import datasets
 import numpy as np
 
-from . import baselines, sample
+from . import baselines, methods, sample
 from .cache import cache_file
-from .cluster import Clustering, choose_k, default_k_candidates, kmeans
+from .cluster import choose_k, default_k_candidates, kmeans
 from .embed import DEFAULT_ENCODER, embed_dataset, embedding_cache_key, embeddings_from_column, encoder_identity
 from .errors import InvalidArgumentError
 from .manifest import Manifest, encoder_record, indices_digest, pool_record, selection_subset
-from .render import resolve_render_options, token_lengths, validate_columns
+from .render import RenderOptions, resolve_render_options, token_lengths, validate_columns
 
 logger = logging.getLogger(__name__)
 
 ADDED_COLUMNS = ("source_index", "cluster")
-# Throughput measured on 2 CPU cores with all-MiniLM-L6-v2 (shared/docs/ENV.md), for dry-run estimates.
+# Throughput of all-MiniLM-L6-v2 measured on 2 CPU cores, for dry-run estimates.
 _CPU_SECONDS_PER_TEXT = 1 / 800
 _CPU_SECONDS_PER_TOKEN = 1 / 12_000
 _KMEANS_SECONDS_PER_UNIT = 6.6e-12  # per (training row x k x dim x iteration) with faiss on that CPU
+# Arguments the manifest does not record: objects and settings of this machine, which
+# `load_selection(..., recompute=True)` takes as overrides.
+_NOT_RECORDED = ("tokenizer", "device", "cache_dir", "batch_size")
+
+
+@dataclass(frozen=True)
+class SelectArguments:
+    """The arguments of one [`diverse_select`] call, but the pool and the way the result is returned.
+
+    Built once per call; every field means what the argument of the same name means in [`diverse_select`].
+    """
+
+    budget: int | float | None
+    method: str
+    k: int | str
+    seed: int
+    max_tokens: int | None
+    tokenizer: Any
+    quality_column: str | None
+    temperature: float
+    quality_weighting: str
+    quota: str
+    encoder: Any
+    encoder_revision: str | None
+    embedding_column: str | None
+    format: str | None
+    text_column: str | None
+    template: str | None
+    include_answer: bool
+    dedup_threshold: float | None
+    deita_threshold: float
+    qdit_alpha: float
+    k_candidates: list[int] | None
+    kmeans_niter: int
+    batch_size: int
+    device: str | None
+    cache_dir: str | None
+    trust_remote_code: bool
+
+    def to_manifest_dict(self, identity) -> dict:
+        """The manifest's `arguments`: every field that is a JSON value, but the machine-local ones.
+
+        An encoder passed as an object is recorded by the id of its `identity` ([`EncoderIdentity`]).
+        """
+        arguments = {
+            field.name: getattr(self, field.name)
+            for field in fields(self)
+            if field.name not in _NOT_RECORDED and _is_json_value(getattr(self, field.name))
+        }
+        if not isinstance(self.encoder, str):
+            arguments["encoder"] = identity.id
+        return arguments
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """What the checks derive from the arguments and the pool."""
+
+    rows: int | None  # the row budget in rows; None for a token budget
+    render: RenderOptions | None  # None when precomputed vectors and a row budget need no text
+    quality: np.ndarray | None  # `quality_column` as float64
 
 
 @dataclass
@@ -110,7 +171,8 @@ def diverse_select(
             this many rows. Leave `None` and pass `max_tokens` for a token budget.
         method (`str`, *optional*, defaults to `"kmq"`):
             `"kmq"` (size-proportional cluster quotas, quality-weighted draw inside a cluster),
-            `"kmeans-random"`, `"kmeans-closest"`, `"random"`, or the baselines `"kcenter"`, `"deita"`, `"qdit"`.
+            `"kmeans-random"`, `"kmeans-closest"`, `"random"`, or the baselines `"kcenter"`, `"deita"`, `"qdit"`
+            (the table `hf_idsel.methods.METHODS`).
         k (`int` or `"auto"`, *optional*, defaults to `"auto"`):
             Number of clusters; `"auto"` picks it by silhouette score on a sample (the paper's guidance).
         seed (`int`, *optional*, defaults to `0`):
@@ -170,11 +232,36 @@ def diverse_select(
     Returns:
         `datasets.Dataset` (or `DatasetDict`, or a `(subset, Manifest)` tuple with `return_manifest=True`).
     """
-    arguments = {
-        name: value for name, value in locals().items() if name not in ("dataset", "split", "dry_run", "return_manifest")
-    }
+    args = SelectArguments(
+        budget=budget,
+        method=method,
+        k=k,
+        seed=seed,
+        max_tokens=max_tokens,
+        tokenizer=tokenizer,
+        quality_column=quality_column,
+        temperature=temperature,
+        quality_weighting=quality_weighting,
+        quota=quota,
+        encoder=encoder,
+        encoder_revision=encoder_revision,
+        embedding_column=embedding_column,
+        format=format,
+        text_column=text_column,
+        template=template,
+        include_answer=include_answer,
+        dedup_threshold=dedup_threshold,
+        deita_threshold=deita_threshold,
+        qdit_alpha=qdit_alpha,
+        k_candidates=k_candidates,
+        kmeans_niter=kmeans_niter,
+        batch_size=batch_size,
+        device=device,
+        cache_dir=cache_dir,
+        trust_remote_code=trust_remote_code,
+    )
     if isinstance(dataset, datasets.DatasetDict):
-        return _select_dict(dataset, arguments, split=split, dry_run=dry_run, return_manifest=return_manifest)
+        return _select_dict(dataset, args, split=split, dry_run=dry_run, return_manifest=return_manifest)
     if split is not None:
         raise InvalidArgumentError("`split` applies to a DatasetDict; this pool is a single Dataset.")
     if not isinstance(dataset, datasets.Dataset):
@@ -182,17 +269,17 @@ def diverse_select(
             f"`dataset` must be a datasets.Dataset or DatasetDict, got {type(dataset).__name__}; "
             "wrap lists with datasets.Dataset.from_list(...)."
         )
-    return _select(dataset, dry_run=dry_run, return_manifest=return_manifest, **arguments)
+    return _select(dataset, args, dry_run=dry_run, return_manifest=return_manifest)
 
 
-def _select_dict(dataset_dict, arguments, *, split, dry_run, return_manifest):
+def _select_dict(dataset_dict, args: SelectArguments, *, split, dry_run, return_manifest):
     if split is not None and split not in dataset_dict:
         raise InvalidArgumentError(f"`split`={split!r} is not in the DatasetDict; splits: {list(dataset_dict)}.")
     names = [split] if split is not None else list(dataset_dict)
     results, manifests = {}, {}
     for name in names:
         logger.info("Selecting from split %r", name)
-        out = _select(dataset_dict[name], dry_run=dry_run, return_manifest=True, **arguments)
+        out = _select(dataset_dict[name], args, dry_run=dry_run, return_manifest=True)
         results[name], manifests[name] = out if not dry_run else (out, None)
     if dry_run:
         return results
@@ -200,55 +287,55 @@ def _select_dict(dataset_dict, arguments, *, split, dry_run, return_manifest):
     return (subset, manifests) if return_manifest else subset
 
 
-def _check_arguments(pool: datasets.Dataset, a: dict):
-    """Every cheap check, before any model or encoder is touched. Returns (rows, options, quality)."""
+def _check_arguments(pool: datasets.Dataset, args: SelectArguments) -> _Checked:
+    """Every cheap check, before any model or encoder is touched."""
     n = len(pool)
     if n == 0:
         raise InvalidArgumentError("The pool (`dataset`) is empty; there is nothing to select from.")
-    if a["method"] not in sample.METHODS:
-        raise InvalidArgumentError(f"Unknown `method`={a['method']!r}; choose one of {list(sample.METHODS)}.")
-    if (a["budget"] is None) == (a["max_tokens"] is None):
+    if args.method not in methods.METHODS:
+        raise InvalidArgumentError(f"Unknown `method`={args.method!r}; choose one of {list(methods.METHODS)}.")
+    if (args.budget is None) == (args.max_tokens is None):
         raise InvalidArgumentError("Pass exactly one of `budget` (rows or fraction) and `max_tokens` (token budget).")
-    rows = sample.resolve_budget(a["budget"], n) if a["budget"] is not None else None
-    if a["max_tokens"] is not None:
-        if isinstance(a["max_tokens"], bool) or not isinstance(a["max_tokens"], numbers.Integral) or a["max_tokens"] < 1:
-            raise InvalidArgumentError(f"`max_tokens`={a['max_tokens']!r} must be a positive int.")
-        if a["tokenizer"] is None:
+    rows = sample.resolve_budget(args.budget, n) if args.budget is not None else None
+    if args.max_tokens is not None:
+        if isinstance(args.max_tokens, bool) or not isinstance(args.max_tokens, numbers.Integral) or args.max_tokens < 1:
+            raise InvalidArgumentError(f"`max_tokens`={args.max_tokens!r} must be a positive int.")
+        if args.tokenizer is None:
             raise InvalidArgumentError("`max_tokens` needs `tokenizer=` (the one you will train with) to count tokens.")
-        if a["method"] not in sample.ORDERED_METHODS:
+        ordered = methods.ordered_methods()
+        if args.method not in ordered:
             raise InvalidArgumentError(
-                f"`max_tokens` works with methods {list(sample.ORDERED_METHODS)}; for {a['method']!r} pass a row `budget`."
+                f"`max_tokens` works with methods {ordered}; for {args.method!r} pass a row `budget`."
             )
-    if isinstance(a["seed"], bool) or not isinstance(a["seed"], numbers.Integral) or a["seed"] < 0:
-        raise InvalidArgumentError(f"`seed`={a['seed']!r} must be a non-negative int.")
-    k = a["k"]
+    if isinstance(args.seed, bool) or not isinstance(args.seed, numbers.Integral) or args.seed < 0:
+        raise InvalidArgumentError(f"`seed`={args.seed!r} must be a non-negative int.")
+    k = args.k
     if k == "auto":
-        if a["k_candidates"] is not None and (
-            not a["k_candidates"] or any(not isinstance(c, numbers.Integral) or c < 2 for c in a["k_candidates"])
+        if args.k_candidates is not None and (
+            not args.k_candidates or any(not isinstance(c, numbers.Integral) or c < 2 for c in args.k_candidates)
         ):
-            raise InvalidArgumentError(f"`k_candidates`={a['k_candidates']!r} must be a non-empty list of ints >= 2.")
+            raise InvalidArgumentError(f"`k_candidates`={args.k_candidates!r} must be a non-empty list of ints >= 2.")
     elif isinstance(k, bool) or not isinstance(k, numbers.Integral):
         raise InvalidArgumentError(f"`k`={k!r} must be an int or 'auto'.")
     elif not 1 <= k <= n:
         raise InvalidArgumentError(f"`k`={k} must be between 1 and the number of rows ({n}); try k='auto'.")
-    if a["quality_weighting"] not in sample.QUALITY_WEIGHTINGS:
+    if args.quality_weighting not in sample.QUALITY_WEIGHTINGS:
         raise InvalidArgumentError(
-            f"`quality_weighting`={a['quality_weighting']!r}; choose one of {list(sample.QUALITY_WEIGHTINGS)}."
+            f"`quality_weighting`={args.quality_weighting!r}; choose one of {list(sample.QUALITY_WEIGHTINGS)}."
         )
-    if a["quota"] not in sample.QUOTA_RULES:
-        raise InvalidArgumentError(f"`quota`={a['quota']!r}; choose one of {list(sample.QUOTA_RULES)}.")
-    if not (isinstance(a["temperature"], numbers.Real) and a["temperature"] > 0 and math.isfinite(a["temperature"])):
-        raise InvalidArgumentError(f"`temperature`={a['temperature']!r} must be a positive number.")
-    if a["dedup_threshold"] is not None and not 0 < a["dedup_threshold"] <= 1:
-        raise InvalidArgumentError(f"`dedup_threshold`={a['dedup_threshold']} must be in (0, 1] (a cosine similarity).")
-    if not 0 < a["deita_threshold"] <= 1:
-        raise InvalidArgumentError(f"`deita_threshold`={a['deita_threshold']} must be in (0, 1] (a cosine similarity).")
-    if not 0 <= a["qdit_alpha"] <= 1:
-        raise InvalidArgumentError(f"`qdit_alpha`={a['qdit_alpha']} must be in [0, 1].")
-    if a["method"] == "deita" and a["quality_column"] is None:
-        raise InvalidArgumentError(
-            "method='deita' ranks rows by quality: pass `quality_column=` (e.g. after hf_idsel.score_quality(pool))."
-        )
+    if args.quota not in sample.QUOTA_RULES:
+        raise InvalidArgumentError(f"`quota`={args.quota!r}; choose one of {list(sample.QUOTA_RULES)}.")
+    if not (isinstance(args.temperature, numbers.Real) and args.temperature > 0 and math.isfinite(args.temperature)):
+        raise InvalidArgumentError(f"`temperature`={args.temperature!r} must be a positive number.")
+    if args.dedup_threshold is not None and not 0 < args.dedup_threshold <= 1:
+        raise InvalidArgumentError(f"`dedup_threshold`={args.dedup_threshold} must be in (0, 1] (a cosine similarity).")
+    if not 0 < args.deita_threshold <= 1:
+        raise InvalidArgumentError(f"`deita_threshold`={args.deita_threshold} must be in (0, 1] (a cosine similarity).")
+    if not 0 <= args.qdit_alpha <= 1:
+        raise InvalidArgumentError(f"`qdit_alpha`={args.qdit_alpha} must be in [0, 1].")
+    method_check = methods.METHODS[args.method].check
+    if method_check is not None:
+        method_check(args)
     clash = [c for c in ADDED_COLUMNS if c in pool.column_names]
     if clash:
         raise InvalidArgumentError(
@@ -257,64 +344,63 @@ def _check_arguments(pool: datasets.Dataset, a: dict):
         )
 
     quality = None
-    if a["quality_column"] is not None:
-        if a["quality_column"] not in pool.column_names:
+    if args.quality_column is not None:
+        if args.quality_column not in pool.column_names:
             raise InvalidArgumentError(
-                f"`quality_column`={a['quality_column']!r} is not a column; available: {pool.column_names}."
+                f"`quality_column`={args.quality_column!r} is not a column; available: {pool.column_names}."
             )
-        values = pool.data.table.column(a["quality_column"]).to_numpy(zero_copy_only=False)
-        quality = sample.validate_quality(values, a["quality_column"], weighting=a["quality_weighting"])
+        values = pool.data.table.column(args.quality_column).to_numpy(zero_copy_only=False)
+        quality = sample.validate_quality(values, args.quality_column, weighting=args.quality_weighting)
 
-    options = None
+    render = None
     # Text is needed to embed, and to count tokens for a token budget even with precomputed vectors.
-    if a["embedding_column"] is None or a["max_tokens"] is not None:
-        options = resolve_render_options(
+    if args.embedding_column is None or args.max_tokens is not None:
+        render = resolve_render_options(
             pool.column_names,
-            format=a["format"],
-            text_column=a["text_column"],
-            template=a["template"],
-            include_answer=a["include_answer"],
-            tokenizer=a["tokenizer"],
+            format=args.format,
+            text_column=args.text_column,
+            template=args.template,
+            include_answer=args.include_answer,
+            tokenizer=args.tokenizer,
         )
-        validate_columns(pool.data.table, options)
-    if a["embedding_column"] is not None and a["embedding_column"] not in pool.column_names:
+        validate_columns(pool.data.table, render)
+    if args.embedding_column is not None and args.embedding_column not in pool.column_names:
         raise InvalidArgumentError(
-            f"`embedding_column`={a['embedding_column']!r} is not a column; available: {pool.column_names}."
+            f"`embedding_column`={args.embedding_column!r} is not a column; available: {pool.column_names}."
         )
-    return rows, options, quality
+    return _Checked(rows=rows, render=render, quality=quality)
 
 
-def _select(pool: datasets.Dataset, *, dry_run: bool, return_manifest: bool, **a):
+def _select(pool: datasets.Dataset, args: SelectArguments, *, dry_run: bool, return_manifest: bool):
     if pool._indices is not None:
         # Arrow-level checks and digests read the table in storage order: materialise select/shuffle first.
         pool = pool.flatten_indices()
-    rows, options, quality = _check_arguments(pool, a)
-    n = len(pool)
+    checked = _check_arguments(pool, args)
     if dry_run:
-        return _plan(pool, a, rows, options)
+        return _plan(pool, args, checked)
 
     from .distributed import broadcast, world
 
     rank, world_size = world()
     embeddings, identity = pool_embeddings(
         pool,
-        options,
-        encoder=a["encoder"],
-        encoder_revision=a["encoder_revision"],
-        embedding_column=a["embedding_column"],
-        tokenizer=a["tokenizer"],
-        batch_size=a["batch_size"],
-        device=a["device"],
-        cache_dir=a["cache_dir"],
-        trust_remote_code=a["trust_remote_code"],
+        checked.render,
+        encoder=args.encoder,
+        encoder_revision=args.encoder_revision,
+        embedding_column=args.embedding_column,
+        tokenizer=args.tokenizer,
+        batch_size=args.batch_size,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        trust_remote_code=args.trust_remote_code,
         distributed=world_size > 1,
     )
     # Every rank embedded its share; rank 0 clusters and draws, the others take its manifest.
-    manifest = _cluster_and_draw(pool, a, rows, options, quality, embeddings, identity) if rank == 0 else None
+    manifest = _cluster_and_draw(pool, args, checked, embeddings, identity) if rank == 0 else None
     if world_size > 1:
         manifest = Manifest.from_dict(broadcast(manifest.to_dict() if manifest is not None else None))
     subset = _subset_from_manifest(pool, manifest)
-    logger.info("Selected %d of %d rows with %s (k=%d)", len(subset), n, a["method"], manifest.k)
+    logger.info("Selected %d of %d rows with %s (k=%d)", len(subset), len(pool), args.method, manifest.k)
     return (subset, manifest) if return_manifest else subset
 
 
@@ -322,91 +408,60 @@ def _subset_from_manifest(pool: datasets.Dataset, manifest: Manifest) -> dataset
     return selection_subset(pool, manifest.selected_indices, manifest.selected_clusters)
 
 
-def _cluster_and_draw(pool, a, rows, options, quality, embeddings, identity) -> Manifest:
+def _cluster_and_draw(pool, args: SelectArguments, checked: _Checked, embeddings, identity) -> Manifest:
     clustering, k_selection = cluster_pool(
-        embeddings, a["k"], k_candidates=a["k_candidates"], seed=a["seed"], kmeans_niter=a["kmeans_niter"]
+        embeddings, args.k, k_candidates=args.k_candidates, seed=args.seed, kmeans_niter=args.kmeans_niter
     )
+    rows = checked.rows
 
     eligible, dedup = None, None
-    if a["dedup_threshold"] is not None:
-        eligible = dedup_mask(embeddings, a["dedup_threshold"], quality=quality)
-        dedup = {"threshold": a["dedup_threshold"], "removed": int((~eligible).sum())}
+    if args.dedup_threshold is not None:
+        eligible = dedup_mask(embeddings, args.dedup_threshold, quality=checked.quality)
+        dedup = {"threshold": args.dedup_threshold, "removed": int((~eligible).sum())}
         logger.info("De-duplication removed %d near-duplicate rows", dedup["removed"])
         if rows is not None and rows > int(eligible.sum()):
             raise InvalidArgumentError(
                 f"`budget`={rows} rows is more than the {int(eligible.sum())} rows left after de-duplication "
-                f"(dedup_threshold={a['dedup_threshold']}); lower the budget or raise the threshold."
+                f"(dedup_threshold={args.dedup_threshold}); lower the budget or raise the threshold."
             )
 
-    budget_info = {"requested": a["budget"], "rows": rows}
+    inputs = methods.DrawInputs(embeddings, clustering, args.seed, quality=checked.quality, eligible=eligible)
+    budget = {"requested": args.budget, "rows": rows}
     if rows is not None:
-        indices = _draw(a, rows, embeddings, clustering, quality, eligible)
+        indices = methods.draw(inputs, rows, args)
     else:
-        lengths = token_lengths(pool, options, a["tokenizer"], cache_dir=a["cache_dir"])
-        order = sample.priority_order(
-            clustering.labels,
-            k=clustering.k,
-            method=a["method"],
-            seed=a["seed"],
-            quality=quality,
-            temperature=a["temperature"],
-            weighting=a["quality_weighting"],
-            similarity=clustering.similarity,
-            eligible=eligible,
-            quota=a["quota"],
-        )
-        indices = sample.token_prefix(order, lengths, a["max_tokens"])
+        lengths = token_lengths(pool, checked.render, args.tokenizer, cache_dir=args.cache_dir)
+        order = methods.token_order(inputs, args)
+        indices = sample.token_prefix(order, lengths, args.max_tokens)
         if len(indices) == 0:
             raise InvalidArgumentError(
-                f"`max_tokens`={a['max_tokens']} is smaller than the first row chosen ({int(lengths[order[0]])} tokens)."
+                f"`max_tokens`={args.max_tokens} is smaller than the first row chosen ({int(lengths[order[0]])} tokens)."
             )
-        budget_info.update(
+        budget.update(
             rows=len(indices),
-            max_tokens=a["max_tokens"],
+            max_tokens=args.max_tokens,
             tokens=int(lengths[indices].sum()),
-            tokenizer=getattr(a["tokenizer"], "name_or_path", type(a["tokenizer"]).__name__),
+            tokenizer=getattr(args.tokenizer, "name_or_path", type(args.tokenizer).__name__),
         )
 
-    return _manifest(pool, a, options, identity, embeddings, clustering, k_selection, budget_info, indices, dedup)
-
-
-def embed_and_cluster(
-    pool: datasets.Dataset,
-    options,
-    *,
-    encoder: Any = DEFAULT_ENCODER,
-    encoder_revision: str | None = None,
-    embedding_column: str | None = None,
-    tokenizer: Any = None,
-    k: int | str = "auto",
-    k_candidates: list[int] | None = None,
-    seed: int = 0,
-    kmeans_niter: int = 20,
-    batch_size: int = 64,
-    device: str | None = None,
-    cache_dir: str | None = None,
-    trust_remote_code: bool = False,
-):
-    """Embed the pool (or read `embedding_column`) and cluster it; shared by static and iterative selection.
-
-    Returns:
-        `tuple`: `(embeddings, Clustering, EncoderIdentity or None, k_selection)` where `k_selection`
-        records how k was chosen (`{"mode": "fixed"}` or the silhouette score of every candidate).
-    """
-    embeddings, identity = pool_embeddings(
-        pool,
-        options,
-        encoder=encoder,
-        encoder_revision=encoder_revision,
-        embedding_column=embedding_column,
-        tokenizer=tokenizer,
-        batch_size=batch_size,
-        device=device,
-        cache_dir=cache_dir,
-        trust_remote_code=trust_remote_code,
+    labels = clustering.labels[indices]
+    return Manifest(
+        pool=pool_record(pool, _read_columns(args, checked.render)),
+        arguments=args.to_manifest_dict(identity),
+        method=args.method,
+        seed=int(args.seed),
+        k=int(clustering.k),
+        k_selection=k_selection,
+        budget=budget,
+        cluster_sizes=clustering.sizes.tolist(),
+        selected_per_cluster=np.bincount(labels, minlength=clustering.k).tolist(),
+        selected_indices=indices.astype(np.int64).tolist(),
+        selected_clusters=labels.astype(np.int64).tolist(),
+        selected_digest=indices_digest(indices),
+        render=checked.render.to_dict() if checked.render is not None else None,
+        encoder=encoder_record(identity, args.embedding_column, embeddings.shape[1]),
+        dedup=dedup,
     )
-    clustering, k_selection = cluster_pool(embeddings, k, k_candidates=k_candidates, seed=seed, kmeans_niter=kmeans_niter)
-    return embeddings, clustering, identity, k_selection
 
 
 def pool_embeddings(
@@ -453,38 +508,6 @@ def cluster_pool(embeddings: np.ndarray, k, *, k_candidates=None, seed: int = 0,
     return kmeans(embeddings, k, seed=seed, niter=kmeans_niter), k_selection
 
 
-def _draw(a, rows, embeddings, clustering: Clustering, quality, eligible) -> np.ndarray:
-    method, seed, k = a["method"], a["seed"], clustering.k
-    if method == "random":
-        return sample.random_sample(len(embeddings), rows, seed=seed, eligible=eligible)
-    if method in ("kmq", "kmeans-random"):
-        return sample.kmq_sample(
-            clustering.labels,
-            rows,
-            k=k,
-            seed=seed,
-            quality=quality if method == "kmq" else None,
-            temperature=a["temperature"],
-            weighting=a["quality_weighting"],
-            eligible=eligible,
-            quota=a["quota"],
-        )
-    if method == "kmeans-closest":
-        return sample.kmeans_closest(clustering.labels, clustering.similarity, rows, k=k, eligible=eligible)
-    # The greedy baselines work on the eligible rows only; map their picks back to pool rows.
-    rows_map = np.arange(len(embeddings)) if eligible is None else np.flatnonzero(eligible)
-    x = embeddings[rows_map]
-    q = None if quality is None else quality[rows_map]
-    if method == "kcenter":
-        picked = baselines.kcenter_greedy(x, rows, seed=seed)
-    elif method == "deita":
-        picked = baselines.deita_select(x, q, rows, threshold=a["deita_threshold"])
-    else:
-        q = np.zeros(len(x)) if q is None else q
-        picked = baselines.qdit_select(x, q, rows, alpha=a["qdit_alpha"] if quality is not None else 0.0)
-    return np.sort(rows_map[picked])
-
-
 def dedup_mask(embeddings: np.ndarray, threshold: float, *, quality: np.ndarray | None = None) -> np.ndarray:
     """Rows to keep: visiting rows by descending quality (or pool order), drop each row whose cosine
     similarity to an already kept row is >= `threshold`."""
@@ -496,40 +519,11 @@ def dedup_mask(embeddings: np.ndarray, threshold: float, *, quality: np.ndarray 
     return mask
 
 
-def _manifest(pool, a, options, identity, embeddings, clustering, k_selection, budget_info, indices, dedup):
-    digest_columns = list(_read_columns(options, a))
-    arguments = {
-        key: value
-        for key, value in a.items()
-        if key not in ("tokenizer", "device", "cache_dir", "batch_size") and _is_json_value(value)
-    }
-    if not isinstance(a["encoder"], str):
-        arguments["encoder"] = identity.id
-    labels = clustering.labels[indices]
-    return Manifest(
-        pool=pool_record(pool, digest_columns),
-        arguments=arguments,
-        method=a["method"],
-        seed=int(a["seed"]),
-        k=int(clustering.k),
-        k_selection=k_selection,
-        budget=budget_info,
-        cluster_sizes=clustering.sizes.tolist(),
-        selected_per_cluster=np.bincount(labels, minlength=clustering.k).tolist(),
-        selected_indices=indices.astype(np.int64).tolist(),
-        selected_clusters=labels.astype(np.int64).tolist(),
-        selected_digest=indices_digest(indices),
-        render=options.to_dict() if options is not None else None,
-        encoder=encoder_record(identity, a["embedding_column"], embeddings.shape[1]),
-        dedup=dedup,
-    )
-
-
-def _read_columns(options, a) -> list[str]:
+def _read_columns(args: SelectArguments, render: RenderOptions | None) -> list[str]:
     columns = []
-    if options is not None:
-        columns += options.input_columns
-    for extra in (a["embedding_column"], a["quality_column"]):
+    if render is not None:
+        columns += render.input_columns
+    for extra in (args.embedding_column, args.quality_column):
         if extra is not None:
             columns.append(extra)
     return list(dict.fromkeys(columns))
@@ -543,42 +537,43 @@ def _is_json_value(value) -> bool:
     return False
 
 
-def _plan(pool, a, rows, options) -> SelectionPlan:
+def _plan(pool, args: SelectArguments, checked: _Checked) -> SelectionPlan:
     n = len(pool)
     dim = None
     cached = False
     encoder_id = None
     embed_seconds = 0.0
-    if a["embedding_column"] is not None:
-        first = pool.data.table.column(a["embedding_column"]).slice(0, 1).to_pylist()[0]
+    if args.embedding_column is not None:
+        first = pool.data.table.column(args.embedding_column).slice(0, 1).to_pylist()[0]
         dim = len(first)
     else:
-        identity = encoder_identity(a["encoder"], a["encoder_revision"])
+        identity = encoder_identity(args.encoder, args.encoder_revision)
         encoder_id = identity.id
-        cached = os.path.exists(cache_file("embeddings", embedding_cache_key(pool, identity, options), a["cache_dir"]))
+        key = embedding_cache_key(pool, identity, checked.render)
+        cached = os.path.exists(cache_file("embeddings", key, args.cache_dir))
         dim = 384 if identity.id == DEFAULT_ENCODER else None
         if not cached:
             sample_rows = pool.select(range(min(n, 256)))
-            chars = [len(p) + len(q) for p, q in zip(*_render_sample(sample_rows, options))]
+            chars = [len(p) + len(q) for p, q in zip(*_render_sample(sample_rows, checked.render))]
             tokens = min(float(np.mean(chars)) / 4.0, 256.0)
             embed_seconds = n * (_CPU_SECONDS_PER_TEXT + tokens * _CPU_SECONDS_PER_TOKEN)
     d = dim or 768
-    k = a["k"]
+    k = args.k
     candidates = None
     if k == "auto":
-        candidates = a["k_candidates"] or default_k_candidates(min(n, 4000))
+        candidates = args.k_candidates or default_k_candidates(min(n, 4000))
         k_fit = max(candidates)
-        search = sum(min(n, 4000) * c * d * a["kmeans_niter"] for c in candidates) * _KMEANS_SECONDS_PER_UNIT
+        search = sum(min(n, 4000) * c * d * args.kmeans_niter for c in candidates) * _KMEANS_SECONDS_PER_UNIT
     else:
         k_fit, search = k, 0.0
     train_rows = min(n, 256 * k_fit)
-    cluster_seconds = search + (train_rows * k_fit * d * a["kmeans_niter"] + n * k_fit * d) * _KMEANS_SECONDS_PER_UNIT
+    cluster_seconds = search + (train_rows * k_fit * d * args.kmeans_niter + n * k_fit * d) * _KMEANS_SECONDS_PER_UNIT
     memory = n * d * 4 * 2 + train_rows * d * 4 + n * 16
     return SelectionPlan(
         pool_rows=n,
-        budget_rows=rows,
-        max_tokens=a["max_tokens"],
-        method=a["method"],
+        budget_rows=checked.rows,
+        max_tokens=args.max_tokens,
+        method=args.method,
         k=k,
         k_candidates=candidates,
         encoder=encoder_id,
@@ -642,7 +637,7 @@ def load_selection(
     if recompute:
         from .errors import SelectionMismatchError
 
-        if manifest.method not in sample.METHODS:
+        if manifest.method not in methods.METHODS:
             raise InvalidArgumentError(
                 f"`recompute=True`: a {manifest.method!r} selection depends on a training run and cannot be re-run "
                 "here; load it without recompute (the recorded rows are checked against their digest)."

@@ -7,8 +7,10 @@ from hf_idsel.sample import (
     kmeans_closest,
     kmq_sample,
     priority_order,
+    random_order,
     random_sample,
     resolve_budget,
+    row_priorities,
     token_prefix,
     validate_quality,
 )
@@ -127,12 +129,31 @@ def test_kmeans_closest_takes_the_rows_nearest_each_centroid(labels):
 
 
 def test_priority_order_prefixes_stay_near_proportional(labels):
-    order = priority_order(labels, k=5, method="kmq", seed=0)
+    key, tiebreak = row_priorities(len(labels), np.random.default_rng(0))
+    order = priority_order(labels, key, tiebreak, k=5)
     assert sorted(order.tolist()) == list(range(len(labels)))
     sizes = np.bincount(labels)
     for m in (10, 25, 50, 80):
         counts = np.bincount(labels[order[:m]], minlength=5)
         assert np.abs(counts - m * sizes / sizes.sum()).max() <= 1.5
+
+
+def test_priority_order_follows_the_key_inside_a_cluster_and_skips_ineligible_rows(labels):
+    similarity = np.linspace(0, 1, len(labels))
+    eligible = np.arange(len(labels)) % 3 != 0
+    order = priority_order(labels, similarity, np.arange(len(labels)), k=5, eligible=eligible)
+    assert sorted(order.tolist()) == np.flatnonzero(eligible).tolist()
+    for j in range(5):
+        in_cluster = order[labels[order] == j]
+        assert (np.diff(similarity[in_cluster]) < 0).all()
+
+
+def test_random_order_is_a_seeded_permutation_of_the_eligible_rows():
+    eligible = np.arange(20) % 2 == 0
+    order = random_order(20, seed=4, eligible=eligible)
+    assert sorted(order.tolist()) == list(range(0, 20, 2))
+    assert np.array_equal(order, random_order(20, seed=4, eligible=eligible))
+    assert sorted(random_order(20, seed=4).tolist()) == list(range(20))
 
 
 def test_token_prefix_fills_without_exceeding():

@@ -1,10 +1,14 @@
+import dataclasses
+
 import datasets
 import numpy as np
 import pytest
 
 import hf_idsel
 from hf_idsel import InvalidArgumentError, diverse_select
-from hf_idsel.sample import METHODS, cluster_quotas
+from hf_idsel.methods import METHODS, Method
+from hf_idsel.sample import cluster_quotas
+from hf_idsel.select import SelectArguments
 
 
 def select(pool, budget, **kwargs):
@@ -13,7 +17,7 @@ def select(pool, budget, **kwargs):
     return diverse_select(pool, budget, **kwargs)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("budget, rows", [(37, 37), (0.2, 50), (250, 250)])
 def test_exact_budget_every_method(blob_pool, method, budget, rows):
     kwargs = {"quality_column": "quality"} if method == "deita" else {}
@@ -73,6 +77,35 @@ def test_quality_column_shifts_the_draw(blob_pool):
     assert np.mean(scored) > np.mean(plain) + 0.5
 
 
+def test_manifest_records_the_arguments_that_decide_the_rows(blob_pool, cache_dir):
+    _, manifest = select(blob_pool, 20, return_manifest=True, cache_dir=cache_dir, batch_size=8, k_candidates=[2, 3])
+    # Machine-local settings (cache_dir, batch_size, device) and objects (tokenizer) are not recorded.
+    assert manifest.arguments == {
+        "budget": 20,
+        "method": "kmq",
+        "k": 6,
+        "seed": 0,
+        "max_tokens": None,
+        "quality_column": None,
+        "temperature": 1.0,
+        "quality_weighting": "softmax",
+        "quota": "proportional",
+        "encoder": "sentence-transformers/all-MiniLM-L6-v2",
+        "encoder_revision": None,
+        "embedding_column": "embedding",
+        "format": None,
+        "text_column": None,
+        "template": None,
+        "include_answer": True,
+        "dedup_threshold": None,
+        "deita_threshold": 0.9,
+        "qdit_alpha": 0.5,
+        "k_candidates": [2, 3],
+        "kmeans_niter": 20,
+        "trust_remote_code": False,
+    }
+
+
 def test_dataset_method_and_dataset_dict(blob_pool):
     subset = blob_pool.diverse_select(25, embedding_column="embedding", k=6)
     assert len(subset) == 25
@@ -114,12 +147,17 @@ def test_all_identical_rows_still_give_an_exact_budget():
         assert len(select(pool, 13, k=4, method=method)) == 13
 
 
-def test_token_budget(blob_pool):
+@pytest.fixture
+def minilm_tokenizer():
     from transformers import AutoTokenizer
 
     from hf_idsel.embed import encoder_identity
 
-    tokenizer = AutoTokenizer.from_pretrained(encoder_identity("sentence-transformers/all-MiniLM-L6-v2").location)
+    return AutoTokenizer.from_pretrained(encoder_identity("sentence-transformers/all-MiniLM-L6-v2").location)
+
+
+def test_token_budget(blob_pool, minilm_tokenizer):
+    tokenizer = minilm_tokenizer
     lengths = np.array([len(tokenizer(t)["input_ids"]) for t in blob_pool["text"]])
     subset, manifest = select(blob_pool, None, max_tokens=300, tokenizer=tokenizer, return_manifest=True)
     used = lengths[subset["source_index"]].sum()
@@ -129,6 +167,60 @@ def test_token_budget(blob_pool):
         select(blob_pool, None, max_tokens=300)
     with pytest.raises(InvalidArgumentError, match="max_tokens"):
         select(blob_pool, None, max_tokens=300, tokenizer=tokenizer, method="kcenter")
+
+
+def test_a_method_added_to_the_table_runs_end_to_end(blob_pool, minilm_tokenizer, monkeypatch):
+    def eligible_rows(inputs):
+        return np.arange(len(inputs.embeddings)) if inputs.eligible is None else np.flatnonzero(inputs.eligible)
+
+    def top_quality(inputs, rows, *, temperature):
+        assert temperature == 0.5  # a declared option arrives by name
+        return np.sort(np.argsort(-inputs.quality, kind="stable")[:rows])
+
+    def needs_quality(args):
+        if args.quality_column is None:
+            raise InvalidArgumentError("method='top-quality' ranks rows by quality: pass `quality_column=`.")
+
+    monkeypatch.setitem(
+        METHODS, "first-n", Method(draw=lambda inputs, rows: eligible_rows(inputs)[:rows], order=eligible_rows)
+    )
+    monkeypatch.setitem(
+        METHODS,
+        "top-quality",
+        Method(draw=top_quality, options=("quality_column", "temperature"), check=needs_quality),
+    )
+
+    subset, manifest = select(blob_pool, 37, method="first-n", return_manifest=True)
+    assert subset["source_index"] == list(range(37))
+    assert manifest.method == manifest.arguments["method"] == "first-n"
+    assert manifest.budget == {"requested": 37, "rows": 37}
+    assert sum(manifest.selected_per_cluster) == 37
+
+    # With an order, a token budget keeps the longest prefix that fits.
+    lengths = np.array([len(minilm_tokenizer(t)["input_ids"]) for t in blob_pool["text"]])
+    fits = int(np.searchsorted(np.cumsum(lengths), 300, side="right"))
+    subset, manifest = select(
+        blob_pool, None, max_tokens=300, tokenizer=minilm_tokenizer, method="first-n", return_manifest=True
+    )
+    assert subset["source_index"] == list(range(fits))
+    assert manifest.budget["tokens"] == lengths[:fits].sum() <= 300 and manifest.budget["rows"] == fits
+
+    quality = np.array(blob_pool["quality"])
+    subset = select(blob_pool, 10, method="top-quality", quality_column="quality", temperature=0.5)
+    assert sorted(subset["source_index"]) == sorted(np.argsort(-quality)[:10].tolist())
+    with pytest.raises(InvalidArgumentError, match="quality_column"):
+        select(blob_pool, 10, method="top-quality")
+    # Without an order, a token budget is refused, naming the methods that have one.
+    with pytest.raises(InvalidArgumentError, match="first-n"):
+        select(
+            blob_pool, None, max_tokens=300, tokenizer=minilm_tokenizer, method="top-quality", quality_column="quality"
+        )
+
+
+def test_method_options_are_diverse_select_arguments():
+    names = {field.name for field in dataclasses.fields(SelectArguments)}
+    for method in METHODS.values():
+        assert set(method.options) <= names
 
 
 def test_dry_run_computes_nothing(blob_pool, cache_dir):
