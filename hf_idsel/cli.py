@@ -16,18 +16,16 @@ import sys
 from .errors import IdselError, InvalidArgumentError
 from .pool import BUILTIN_POOL, load_pool
 from .report import format_report
+from .sample import parse_budget
 
 logger = logging.getLogger(__name__)
 
 
 def _budget(value: str):
     try:
-        return int(value)
-    except ValueError:
-        try:
-            return float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is neither a row count nor a fraction") from None
+        return parse_budget(value)
+    except InvalidArgumentError as err:  # argparse shows a type error's own message
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _k(value: str):

@@ -3,8 +3,6 @@ field) plus how the data is selected."""
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass, field
 
 from trl import SFTConfig
@@ -12,6 +10,7 @@ from trl import SFTConfig
 from .embed import DEFAULT_ENCODER
 from .errors import InvalidArgumentError
 from .rounds import ROUND_MODES, WEIGHT_RULES
+from .sample import check_budget, parse_budget
 from .scorers import SCORERS
 
 
@@ -24,23 +23,11 @@ _RECORDED_ARGUMENTS = (
 
 
 class Budget:
-    """Command-line type of `budget`: "64" is 64 rows, "0.1" and "1.0" are fractions of the pool.
-
-    Python reads a number the same way: an int is a row count, a float in (0, 1] a fraction.
-    """
+    """Command-line type of `budget`: "64" is 64 rows, "0.1" and "1.0" are fractions of the pool
+    (`sample.parse_budget`); a class, because `HfArgumentParser` takes the field's annotation as the type."""
 
     def __new__(cls, value):
-        if not isinstance(value, str):
-            return value
-        try:
-            return int(value)
-        except ValueError:
-            try:
-                return float(value)
-            except ValueError:
-                raise InvalidArgumentError(
-                    f"`budget`={value!r} must be an int (rows) or a float in (0, 1] (fraction of the pool)."
-                ) from None
+        return parse_budget(value)
 
 
 @dataclass
@@ -182,19 +169,8 @@ class IterativeSelectionConfig(SFTConfig):
         ):
             if value not in allowed:
                 raise InvalidArgumentError(f"`{name}`={value!r}; choose one of {list(allowed)}.")
-        self.budget = Budget(self.budget)
-        if isinstance(self.budget, bool) or not isinstance(self.budget, numbers.Real):
-            raise InvalidArgumentError(
-                f"`budget`={self.budget!r} must be an int (rows) or a float in (0, 1] (fraction of the pool)."
-            )
-        if isinstance(self.budget, numbers.Integral):
-            if self.budget < 1:
-                raise InvalidArgumentError(f"`budget`={self.budget} must be at least 1 row.")
-        elif not (math.isfinite(self.budget) and 0 < self.budget <= 1):
-            raise InvalidArgumentError(
-                f"`budget`={self.budget} as a float is a fraction of the pool and must be in (0, 1]; "
-                f"pass an int for a number of rows (e.g. {int(self.budget) if math.isfinite(self.budget) else 100})."
-            )
+        self.budget = parse_budget(self.budget)
+        check_budget(self.budget)
         if self.scorer == "reward" and not self.reward_model:
             raise InvalidArgumentError(
                 "`scorer`='reward' needs `reward_model` (a sequence-classification reward model id or path), "

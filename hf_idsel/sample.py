@@ -26,22 +26,41 @@ QUALITY_WEIGHTINGS = ("softmax", "linear")
 QUOTA_RULES = ("proportional", "equal")
 
 
-def resolve_budget(budget, n: int, *, argument: str = "budget") -> int:
-    """Turn a row count (int) or a fraction of the pool (float in (0, 1]) into an exact row count."""
+def parse_budget(value):
+    """`budget` from the command line or a recipe, read as Python reads the number: "64" is 64 rows,
+    "0.1" and "1.0" are fractions of the pool. Anything but a string is returned as it is."""
+    if not isinstance(value, str):
+        return value
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    raise InvalidArgumentError(f"`budget`={value!r} is neither a row count (an int) nor a fraction of the pool (a float).")
+
+
+def check_budget(budget, *, argument: str = "budget") -> None:
+    """Refuse a budget that is neither an int >= 1 (rows) nor a float in (0, 1] (fraction), before the pool is known."""
     if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
         raise InvalidArgumentError(
             f"`{argument}` must be an int (rows) or a float in (0, 1] (fraction of the pool), got {budget!r}."
         )
     if isinstance(budget, numbers.Integral):
+        if budget < 1:
+            raise InvalidArgumentError(f"`{argument}`={int(budget)} must be at least 1 row.")
+    elif not math.isfinite(budget) or not 0 < budget <= 1:
+        raise InvalidArgumentError(
+            f"`{argument}`={budget} as a float is a fraction of the pool and must be in (0, 1]; "
+            "pass an int for a number of rows."
+        )
+
+
+def resolve_budget(budget, n: int, *, argument: str = "budget") -> int:
+    """Turn a row count (int) or a fraction of the pool (float in (0, 1]) into an exact row count."""
+    check_budget(budget, argument=argument)
+    if isinstance(budget, numbers.Integral):
         rows = int(budget)
-        if rows < 1:
-            raise InvalidArgumentError(f"`{argument}`={rows} must be at least 1 row.")
     else:
-        if not math.isfinite(budget) or not 0 < budget <= 1:
-            raise InvalidArgumentError(
-                f"`{argument}`={budget} as a float is a fraction of the pool and must be in (0, 1]; "
-                "pass an int for a number of rows."
-            )
         rows = math.floor(budget * n + 0.5)
         if rows < 1:
             raise InvalidArgumentError(
