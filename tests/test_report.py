@@ -48,7 +48,7 @@ def _trained_run(tmp_path):
 
 def test_trainer_stages_rows_manifests_and_cards_that_rebuild_each_round(tmp_path):
     from hf_idsel.publish import PUSH_FILE, read_plan
-    from hf_idsel.trainer import ROUND_COLUMN, STAGING_DIR
+    from hf_idsel.publish import ROUND_COLUMN, STAGING_DIR
     from test_trainer import make_pool
 
     trainer = _trained_run(tmp_path)

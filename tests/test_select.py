@@ -225,11 +225,15 @@ def test_method_options_are_diverse_select_arguments():
 
 def test_dry_run_computes_nothing(blob_pool, cache_dir):
     text_pool = blob_pool.remove_columns("embedding")
-    plan = diverse_select(text_pool, 10, dry_run=True, encoder="/nonexistent/encoder", cache_dir=cache_dir)
+    # An encoder that is nowhere on this machine: a dry run must not try to load it.
+    plan = diverse_select(text_pool, 10, dry_run=True, encoder="nobody/not-a-cached-encoder", cache_dir=cache_dir)
     assert isinstance(plan, hf_idsel.SelectionPlan)
     assert plan.pool_rows == 250 and plan.budget_rows == 10 and plan.k == "auto"
     assert not plan.embeddings_cached and plan.estimated_embedding_seconds > 0
     assert "250" in str(plan)
+    # A local path that does not exist is a mistake the plan can already name.
+    with pytest.raises(InvalidArgumentError, match=r"`encoder`='/nonexistent/encoder' looks like a local path"):
+        diverse_select(text_pool, 10, dry_run=True, encoder="/nonexistent/encoder", cache_dir=cache_dir)
 
 
 # --- bad input: a clear error naming the argument, before any encoder is loaded ---
