@@ -277,11 +277,11 @@ def qdit_select(
 
     Args:
         embeddings (`np.ndarray`):
-            Unit-normalised embedding matrix of shape `(n, d)`.
+            `(n, d)` unit-norm vectors; similarities are shifted into `[0, 1]` as above.
         scores (`np.ndarray`):
-            One quality score per row, shape `(n,)`; higher is better.
+            Quality of each of the `n` rows (higher is better), min-max normalised before use.
         budget (`int`):
-            Number of rows to select, between 1 and `n`.
+            Rows to choose, from 1 to `n`.
         alpha (`float`, *optional*, defaults to `0.5`):
             Weight of quality against diversity, in `[0, 1]`: `0` is pure facility location,
             `1` is the top-`budget` rows by score.

@@ -112,20 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_select(args) -> int:
     pool = load_pool(args.pool, split=args.split, config=args.config, revision=args.revision)
-    kwargs = dict(
-        method=args.method,
-        k=args.k,
-        seed=args.seed,
-        quality_column=args.quality_column,
-        temperature=args.temperature,
-        quota=args.quota,
-        embedding_column=args.embedding_column,
-        text_column=args.text_column,
-        template=args.template,
-        include_answer=not args.prompt_only,
-        dedup_threshold=args.dedup_threshold,
-        device=args.device,
-    )
+    # The flags named like diverse_select's arguments pass straight through.
+    passed = ("method", "k", "seed", "quality_column", "temperature", "quota", "embedding_column", "text_column",
+              "template", "dedup_threshold", "device")
+    kwargs = {name: getattr(args, name) for name in passed}
+    kwargs["include_answer"] = not args.prompt_only
     if args.encoder:
         kwargs["encoder"] = args.encoder
     if args.max_tokens is not None:

@@ -187,4 +187,4 @@ def _visible_inputs(method: Method, inputs: DrawInputs) -> DrawInputs:
 
 
 def _options(method: Method, args) -> dict:
-    return {name: getattr(args, name) for name in method.options if name != "quality_column"}
+    return args.pick(*(name for name in method.options if name != "quality_column"))

@@ -509,11 +509,11 @@ def score_quality(
     tokenizer: Any = None,
     column: str = "quality",
     metric: str = "likelihood",
-    batch_size: int = 8,
-    max_length: int = 1024,
     format: str | None = None,
     text_column: str | None = None,
     template: str | None = None,
+    batch_size: int = 8,
+    max_length: int = 1024,
     device: Any = None,
     dtype: Any = None,
     cache_dir: str | None = None,
@@ -557,16 +557,16 @@ def score_quality(
             Name of the new column; must not exist yet.
         metric (`str`, *optional*, defaults to `"likelihood"`):
             `"likelihood"` or `"ifd"`.
-        batch_size (`int`, *optional*, defaults to `8`):
-            Rows per forward pass.
-        max_length (`int`, *optional*, defaults to `1024`):
-            Maximum tokens of prompt + answer; longer rows lose the prompt's start first.
         format (`str`, *optional*, defaults to `None`):
             Row layout (`"messages"`, `"prompt_completion"`, `"alpaca"`); detected when `None`.
         text_column (`str`, *optional*, defaults to `None`):
             The chat column for `format="messages"` when it is not named `messages`.
         template (`str`, *optional*, defaults to `None`):
             Not supported here (a template renders one text without an answer); raises.
+        batch_size (`int`, *optional*, defaults to `8`):
+            Rows per forward pass.
+        max_length (`int`, *optional*, defaults to `1024`):
+            Maximum tokens of prompt + answer; longer rows lose the prompt's start first.
         device (`str` or `torch.device`, *optional*, defaults to `None`):
             Where to run the model; CUDA when available, else CPU.
         dtype (`torch.dtype` or `str`, *optional*, defaults to `None`):

@@ -340,7 +340,6 @@ class PerplexityScorer(RoundScorer):
     """
 
     name = "perplexity"
-    needs_generation = True
 
     def __init__(self, *, batch_size: int = 8, max_length: int = 1024, show_progress: bool = True):
         _check_positive_int("batch_size", batch_size, 1)
@@ -402,7 +401,6 @@ class LikelihoodScorer(RoundScorer):
     """
 
     name = "likelihood"
-    needs_generation = True
 
     def __init__(
         self,
@@ -480,7 +478,6 @@ class RewardScorer(RoundScorer):
     """
 
     name = "reward"
-    needs_generation = True
 
     def __init__(
         self,
@@ -661,7 +658,6 @@ class JudgeScorer(RoundScorer):
     """
 
     name = "judge"
-    needs_generation = True
 
     def __init__(self, judge: Callable[[list[str], list[str]], Sequence[float]]):
         if not callable(judge):
@@ -705,26 +701,13 @@ class CallableScorer(RoundScorer):
         return _as_scores(self.fn(list(prompts), list(golds), generations), len(prompts), "`fn`")
 
 
-def score_rows(
-    scorer: RoundScorer,
-    model: Any,
-    tokenizer: Any,
-    prompts: list[str],
-    golds: list[str],
-    *,
-    max_new_tokens: int = 128,
-    batch_size: int = 8,
-    show_progress: bool = True,
-    synced_gpus: bool = False,
-) -> np.ndarray:
-    """Score rows with the current `model`: its answers are generated when the scorer compares with them,
-    and a scorer that reads the model itself ([`PerplexityScorer`]) is bound to it first."""
+def score_rows(scorer: RoundScorer, model: Any, tokenizer: Any, prompts: list[str], golds: list[str], **generation) -> np.ndarray:
+    """Score rows with the current `model`: its answers are generated (`generation` goes to
+    [`generate_answers`]) when the scorer compares with them, and a scorer that reads the model
+    itself ([`PerplexityScorer`]) is bound to it first."""
     generations = None
     if scorer.needs_generation and prompts:
-        generations = generate_answers(
-            model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-            show_progress=show_progress, synced_gpus=synced_gpus,
-        )
+        generations = generate_answers(model, tokenizer, prompts, **generation)
     if hasattr(scorer, "bind"):
         scorer.bind(model, tokenizer)
     return scorer(prompts, golds, generations) if prompts else np.zeros(0, dtype=np.float64)

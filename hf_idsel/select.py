@@ -70,10 +70,14 @@ class SelectArguments:
     cache_dir: str | None
     trust_remote_code: bool
 
+    def pick(self, *names: str) -> dict:
+        """The fields `names`, as keyword arguments for the stage that takes them."""
+        return {name: getattr(self, name) for name in names}
+
     def to_manifest_dict(self, identity) -> dict:
         """The manifest's `arguments`: every field that is a JSON value, but the machine-local ones.
 
-        An encoder passed as an object is recorded by the id of its `identity` ([`EncoderIdentity`]).
+        An encoder passed as an object is recorded by the id of its `identity` ([`~cache.ModelIdentity`]).
         """
         arguments = {
             field.name: getattr(self, field.name)
@@ -356,12 +360,7 @@ def _check_arguments(pool: datasets.Dataset, args: SelectArguments) -> _Checked:
     # Text is needed to embed, and to count tokens for a token budget even with precomputed vectors.
     if args.embedding_column is None or args.max_tokens is not None:
         render = resolve_render_options(
-            pool.column_names,
-            format=args.format,
-            text_column=args.text_column,
-            template=args.template,
-            include_answer=args.include_answer,
-            tokenizer=args.tokenizer,
+            pool.column_names, **args.pick("format", "text_column", "template", "include_answer", "tokenizer")
         )
         validate_columns(pool.data.table, render)
     if args.embedding_column is not None and args.embedding_column not in pool.column_names:
@@ -385,15 +384,11 @@ def _select(pool: datasets.Dataset, args: SelectArguments, *, dry_run: bool, ret
     embeddings, identity = pool_embeddings(
         pool,
         checked.render,
-        encoder=args.encoder,
-        encoder_revision=args.encoder_revision,
-        embedding_column=args.embedding_column,
-        tokenizer=args.tokenizer,
-        batch_size=args.batch_size,
-        device=args.device,
-        cache_dir=args.cache_dir,
-        trust_remote_code=args.trust_remote_code,
         distributed=world_size > 1,
+        **args.pick(
+            "encoder", "encoder_revision", "embedding_column", "tokenizer", "batch_size", "device", "cache_dir",
+            "trust_remote_code",
+        ),
     )
     # Every rank embedded its share; rank 0 clusters and draws, the others take its manifest.
     manifest = _cluster_and_draw(pool, args, checked, embeddings, identity) if rank == 0 else None
@@ -478,7 +473,7 @@ def pool_embeddings(
     trust_remote_code: bool = False,
     distributed: bool = False,
 ):
-    """`(embeddings, EncoderIdentity or None)`: the encoder's vectors (cached) or `embedding_column`.
+    """`(embeddings, ModelIdentity or None)`: the encoder's vectors (cached) or `embedding_column`.
 
     With `distributed=True` every launched process must call this: each embeds its share.
     """
