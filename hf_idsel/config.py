@@ -9,8 +9,8 @@ from trl import SFTConfig
 
 from .embed import DEFAULT_ENCODER
 from .errors import InvalidArgumentError
-from .rounds import ROUND_MODES, WEIGHT_RULES
-from .sample import check_budget, parse_budget
+from .rounds import ROUND_MODES, WEIGHT_RULES, round_sizes
+from .sample import check_budget, parse_budget, resolve_budget
 from .scorers import SCORERS
 
 
@@ -209,3 +209,22 @@ class IterativeSelectionConfig(SFTConfig):
     def selection_arguments(self) -> dict:
         """The selection fields as an iterative run's manifests record them under `arguments`."""
         return {name: getattr(self, name) for name in _RECORDED_ARGUMENTS}
+
+    def check_pool(self, pool) -> tuple[int, list[int]]:
+        """Check the budget, rounds, k and named columns against `pool`, before any model is loaded.
+
+        Returns:
+            `tuple[int, list[int]]`: the budget in rows and the rows each round draws.
+        """
+        if len(pool) == 0:
+            raise InvalidArgumentError("`train_dataset` (the pool) is empty.")
+        budget = resolve_budget(self.budget, len(pool))
+        sizes = round_sizes(budget, self.rounds)
+        k = self.k_value
+        if k != "auto" and not 1 <= k <= len(pool):
+            raise InvalidArgumentError(f"`k`={k} must be between 1 and the number of pool rows ({len(pool)}).")
+        for name in ("quality_column", "embedding_column"):
+            column = getattr(self, name)
+            if column is not None and column not in pool.column_names:
+                raise InvalidArgumentError(f"`{name}`={column!r} is not a column of the pool (columns: {pool.column_names}).")
+        return budget, sizes

@@ -240,24 +240,6 @@ def _is_conversational(dataset: datasets.Dataset) -> bool:
     return "prompt" in dataset.column_names and len(dataset) > 0 and isinstance(dataset[0]["prompt"], list)
 
 
-def check_selection_fits(pool: datasets.Dataset, training_args: IterativeSelectionConfig) -> None:
-    """Check the budget, rounds and k against the pool before the model is loaded.
-
-    Raises:
-        `InvalidArgumentError`: a budget larger than the pool, more rounds than budget rows, k out of range.
-    """
-    from .rounds import round_sizes
-    from .sample import resolve_budget
-
-    round_sizes(resolve_budget(training_args.budget, len(pool)), training_args.rounds)
-    k = training_args.k_value
-    if k != "auto" and not 1 <= k <= len(pool):
-        raise InvalidArgumentError(f"`k`={k} must be between 1 and the number of pool rows ({len(pool)}).")
-    for column in (training_args.quality_column, training_args.embedding_column):
-        if column is not None and column not in pool.column_names:
-            raise InvalidArgumentError(f"Column {column!r} is not in the pool (columns: {pool.column_names}).")
-
-
 # --------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------
@@ -383,7 +365,7 @@ def main(script_args: ScriptArguments, training_args: IterativeSelectionConfig, 
         pool, eval_dataset = load_pool(
             script_args, seed=training_args.seed, with_test_split=training_args.eval_strategy != "no"
         )
-    check_selection_fits(pool, training_args)
+    training_args.check_pool(pool)  # budget, rounds, k and columns, before the model loads
     name = script_args.dataset_name
     whole_hub_pool = name != BUILTIN_POOL and not os.path.exists(name) and not script_args.max_pool_rows
     if training_args.pool_id is None and whole_hub_pool:

@@ -42,7 +42,6 @@ from .rounds import (
     merge_scores,
     round_metrics,
     round_seed,
-    round_sizes,
     sample_rows_per_cluster,
     selection_manifest,
     write_round_file,
@@ -243,13 +242,7 @@ class IterativeSelectionTrainer(SFTTrainer):
     # ---- set-up ----
 
     def _check_selection_args(self, args, pool, scorer):
-        if len(pool) == 0:
-            raise InvalidArgumentError("`train_dataset` (the pool) is empty.")
-        budget = sample.resolve_budget(args.budget, len(pool))
-        sizes = round_sizes(budget, args.rounds)
-        k = args.k_value
-        if k != "auto" and not 1 <= k <= len(pool):
-            raise InvalidArgumentError(f"`k`={k} must be between 1 and the number of rows ({len(pool)}).")
+        budget, sizes = args.check_pool(pool)
         self._render = resolve_render_options(pool.column_names, format=None, include_answer=True)
         if self._render.format not in ("messages", "prompt_completion"):
             raise InvalidArgumentError(
@@ -265,10 +258,6 @@ class IterativeSelectionTrainer(SFTTrainer):
                     f"scorer={name!r} compares the gold answer with the model's own, but pool row {empty} has no gold "
                     "completion (no assistant turn or an empty one). Drop such rows or use scorer='loss'."
                 )
-        for name in ("quality_column", "embedding_column"):
-            column = getattr(args, name)
-            if column is not None and column not in pool.column_names:
-                raise InvalidArgumentError(f"`{name}`={column!r} is not a column of the pool.")
         return budget, sizes
 
     def _token_lengths(self) -> list[int]:
