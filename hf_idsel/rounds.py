@@ -63,6 +63,7 @@ class SelectionState:
     labels_digest: str = ""
     pending_losses: list = field(default_factory=list)  # [row, loss] gathered for the round in progress
     epochs_done: int = 0
+    pool_digest: str = ""  # content of the pool columns the run reads; "" in checkpoints written before it
 
     @classmethod
     def start(cls, labels: np.ndarray, k: int) -> "SelectionState":

@@ -520,9 +520,29 @@ class IterativeSelectionTrainer(SFTTrainer):
             return
         state = copy.deepcopy(self.selection)
         state.pending_losses = [list(x) for x in list(self.selection.pending_losses) + list(losses)]
+        state.pool_digest = self._pool_record()["digest"]
         folder = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
         with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as f:
             f.write(state.to_json())
+
+    def _check_resumed_pool(self, state: SelectionState, path: str) -> None:
+        """A checkpoint's row ids mean something only on the pool, and the clustering, it was made with."""
+        if state.labels_digest != self.selection.labels_digest:
+            raise InvalidArgumentError(
+                f"`resume_from_checkpoint`: {path} was made with a different clustering of the pool (a different "
+                "pool, encoder, k or seed): resume with the pool and arguments of that run, or start a new run."
+            )
+        record = self._pool_record()
+        if not state.pool_digest:
+            logger.warning(
+                "%s predates content checks: only its clustering was verified, not the content of the pool's rows.", path
+            )
+        elif state.pool_digest != record["digest"]:
+            raise InvalidArgumentError(
+                f"`resume_from_checkpoint`: the content of the pool changed since {path} was saved (columns "
+                f"{record['digest_columns']}: rows edited, reordered or replaced), so its row ids would point at other "
+                "rows. Resume with the unchanged pool, or start a new run."
+            )
 
     def train(self, resume_from_checkpoint=None, **kwargs):
         if resume_from_checkpoint:
@@ -538,10 +558,7 @@ class IterativeSelectionTrainer(SFTTrainer):
                 )
             with open(path, encoding="utf-8") as f:
                 state = SelectionState.from_json(f.read(), where=path)
-            if state.labels_digest != self.selection.labels_digest:
-                raise InvalidArgumentError(
-                    "The checkpoint was made with a different clustering of the pool (different pool, encoder, k or seed)."
-                )
+            self._check_resumed_pool(state, path)
             # Every rank restores the gathered losses on rank 0 only, so the round's final gather counts each once.
             if not self.accelerator.is_main_process:
                 state.pending_losses = []

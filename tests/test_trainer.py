@@ -188,6 +188,39 @@ def test_resume_continues_the_same_trajectory(tmp_path, save, checkpoint_step):
         assert np.allclose(a["weights"], b["weights"], atol=1e-6)
 
 
+def test_resume_refuses_a_pool_whose_rows_changed_under_the_same_clustering(tmp_path, caplog):
+    full = make_trainer(tmp_path, scorer="loss", budget=24, save_strategy="epoch")
+    full.train()
+    checkpoint = os.path.join(full.args.output_dir, "checkpoint-2")
+    pool = make_pool()
+    rows = pool.to_list()
+    same_cluster = [i for i, row in enumerate(rows) if row["topic"] == rows[0]["topic"]][:2]
+    # The vectors stay where they were, so the clustering is identical: only the rows' content moved.
+    swapped = [dict(row) for row in rows]
+    a, b = same_cluster
+    swapped[a]["messages"], swapped[b]["messages"] = rows[b]["messages"], rows[a]["messages"]
+    edited = [dict(row) for row in rows]
+    edited[5]["messages"] = [{"role": "user", "content": "Something else"}, {"role": "assistant", "content": "Yes."}]
+    for changed in (swapped, edited):
+        resumed = make_trainer(tmp_path / "again", pool=datasets.Dataset.from_list(changed), budget=24, save_strategy="no")
+        assert resumed.selection.labels_digest == full.selection.labels_digest
+        with pytest.raises(InvalidArgumentError, match="content of the pool changed"):
+            resumed.train(resume_from_checkpoint=checkpoint)
+    other_k = make_trainer(tmp_path / "k3", budget=24, k="3", save_strategy="no")
+    with pytest.raises(InvalidArgumentError, match="different clustering"):
+        other_k.train(resume_from_checkpoint=checkpoint)
+    # A checkpoint written before content checks still resumes, with a warning that says what was not checked.
+    state_file = os.path.join(checkpoint, "hf_idsel_selection.json")
+    state = json.load(open(state_file))
+    del state["pool_digest"]
+    json.dump(state, open(state_file, "w"))
+    old = make_trainer(tmp_path / "old", budget=24, save_strategy="no")
+    with caplog.at_level("WARNING", logger="hf_idsel.trainer"):
+        old.train(resume_from_checkpoint=checkpoint)
+    assert "predates content checks" in caplog.text
+    assert [r["selected"] for r in old.selection.rounds] == [r["selected"] for r in full.selection.rounds]
+
+
 def _padding(lengths, order, batch_size):
     batches = [[lengths[p] for p in order[i : i + batch_size]] for i in range(0, len(order), batch_size)]
     return sum(max(b) * len(b) - sum(b) for b in batches)
