@@ -264,6 +264,28 @@ def test_restart_mode_trains_each_round_on_everything_so_far(tmp_path):
     assert any(not np.allclose(initial[n], p.detach()) for n, p in trainer.model.named_parameters())
 
 
+@pytest.mark.parametrize("mode", ["restart", "continue"])
+def test_restart_mode_resets_weights_and_optimizer_after_every_round_but_the_last(tmp_path, mode):
+    from transformers import TrainerCallback
+
+    trainer = make_trainer(tmp_path, round_mode=mode, budget=24)
+    initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    seen = []
+
+    class AfterEachRound(TrainerCallback):  # runs after the trainer's own callback has closed the round
+        def on_epoch_end(self, args, state, control, **kwargs):
+            reset = all(torch.equal(p.detach(), initial[n]) for n, p in trainer.model.named_parameters() if n in initial)
+            optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+            seen.append((reset, len(optimizer.state)))
+
+    trainer.add_callback(AfterEachRound())
+    trainer.train()
+    if mode == "restart":  # back to the start, with a fresh optimizer, before rounds 2 and 3; not after the last
+        assert [r for r, _ in seen] == [True, True, False] and [n for _, n in seen][:2] == [0, 0]
+    else:  # one continuous run: nothing is reset, the optimizer keeps its moments
+        assert [r for r, _ in seen] == [False, False, False] and all(n > 0 for _, n in seen)
+
+
 def test_lora(tmp_path):
     from peft import LoraConfig
 
