@@ -1,6 +1,7 @@
 import glob
 import json
 import os
+import shutil
 from types import SimpleNamespace
 
 import datasets
@@ -188,6 +189,44 @@ def test_resume_continues_the_same_trajectory(tmp_path, save, checkpoint_step):
         assert np.allclose(a["weights"], b["weights"], atol=1e-6)
 
 
+# Trainer sizes every epoch alike and, on resume, skips global_step // steps_per_epoch epochs: when a
+# round's epoch runs fewer steps than the longest (restart mode; rounds of unequal size), a resumed run
+# re-trains part of a round and closes it early. Issue 17 (the restart schedule) owns the fix.
+_UNEQUAL_EPOCHS = pytest.mark.xfail(strict=True, reason="resume assumes epochs of equal length")
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "generation scorer",
+        "last checkpoint",
+        pytest.param("restart mode", marks=_UNEQUAL_EPOCHS),
+        pytest.param("unequal rounds", marks=_UNEQUAL_EPOCHS),
+    ],
+)
+def test_resume_edge_cases_continue_the_same_trajectory(tmp_path, variant):
+    config = {"budget": 25 if variant == "unequal rounds" else 24}  # 25 rows: rounds of 9, 8 and 8
+    if variant == "generation scorer":  # scores come from generation after the resume, not from saved losses
+        config["scorer"] = JudgeScorer(junk_judge)
+    if variant == "restart mode":
+        config["round_mode"] = "restart"
+    full = make_trainer(tmp_path, save_strategy="epoch", **config)
+    full.train()
+    expected = full.selection.rounds
+    checkpoints = sorted(glob.glob(os.path.join(full.args.output_dir, "checkpoint-*")), key=lambda p: int(p.rsplit("-", 1)[1]))
+    target = checkpoints[1 if variant == "unequal rounds" else 0]  # saved when round 2 (1) closed
+    if variant == "last checkpoint":  # resume_from_checkpoint=True finds the latest one in output_dir
+        for later in checkpoints[1:]:
+            shutil.rmtree(later)
+        target = True
+    resumed = make_trainer(tmp_path, save_strategy="no", **config)
+    resumed.train(resume_from_checkpoint=target)
+    got = resumed.selection.rounds
+    assert [r["selected"] for r in got] == [r["selected"] for r in expected]
+    assert np.allclose([r["weights"] for r in got], [r["weights"] for r in expected], atol=1e-6)
+    assert resumed.state.global_step == full.state.global_step
+
+
 def test_resume_refuses_a_pool_whose_rows_changed_under_the_same_clustering(tmp_path, caplog):
     full = make_trainer(tmp_path, scorer="loss", budget=24, save_strategy="epoch")
     full.train()
@@ -284,6 +323,37 @@ def test_restart_mode_resets_weights_and_optimizer_after_every_round_but_the_las
         assert [r for r, _ in seen] == [True, True, False] and [n for _, n in seen][:2] == [0, 0]
     else:  # one continuous run: nothing is reset, the optimizer keeps its moments
         assert [r for r, _ in seen] == [False, False, False] and all(n > 0 for _, n in seen)
+
+
+@pytest.mark.parametrize("rule", ["paper", "research"])
+def test_the_weight_rule_inside_the_trainer_is_the_one_asked_for(tmp_path, rule):
+    from hf_idsel.rounds import update_weights
+
+    def by_topic(prompts, golds, generations):  # the same score for a topic every round: the paper rule compounds
+        return [next(v for key, v in (("colour", 1.0), ("plus", 0.5), ("hello", 0.0), ("about", -1.0)) if key in p) for p in prompts]
+
+    trainer = make_trainer(tmp_path, scorer=by_topic, budget=24, weight_update=rule, weight_temperature=0.5)
+    trainer.train()
+    rounds = read_rounds(trainer.args.output_dir)
+    previous = [0.25] * 4
+    for r in rounds:
+        scores = [np.nan if s is None else s for s in r["cluster_scores"]]
+        expected = update_weights(np.asarray(previous), np.asarray(scores), rule=rule, temperature=0.5)
+        np.testing.assert_allclose(r["weights"], expected, atol=1e-9)
+        other = update_weights(np.asarray(previous), np.asarray(scores), rule="research" if rule == "paper" else "paper", temperature=0.5)
+        if r["round"] > 1:  # the rules part ways once the weights are no longer uniform
+            assert not np.allclose(r["weights"], other, atol=1e-6)
+        previous = r["weights"]
+    assert trainer.selection_manifest().arguments["weight_update"] == rule
+
+
+def test_k_auto_inside_the_trainer_finds_the_planted_clusters(tmp_path):
+    trainer = make_trainer(tmp_path, k="auto", budget=24)
+    assert trainer.k == 4 and trainer.k_selection["mode"] == "auto"
+    trainer.train()
+    rounds = read_rounds(trainer.args.output_dir)
+    assert all(r["k"] == 4 and r["k_selection"] == trainer.k_selection for r in rounds)
+    assert trainer.selection_manifest().k_selection == trainer.k_selection
 
 
 def test_lora(tmp_path):
