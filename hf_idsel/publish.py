@@ -354,6 +354,7 @@ def push_selection(
     private: bool | None = None,
     token=None,
     max_retries: int = 4,
+    backoff: float = 1.0,
 ) -> str:
     """Push a `diverse_select` result to a Hub dataset repo: rows, `manifest.json`, a card and a plot.
 
@@ -379,6 +380,8 @@ def push_selection(
             Hub token; default: the logged-in one.
         max_retries (`int`, *optional*, defaults to `4`):
             Retries of a step after a network error, 408/429 or a 5xx answer.
+        backoff (`float`, *optional*, defaults to `1.0`):
+            First wait in seconds before a retry; doubles at each retry.
 
     Returns:
         `str`: the dataset repo's URL.
@@ -417,4 +420,4 @@ def push_selection(
     card = dataset_card(manifest, card_facts(repo_id, pool_id, token), configs=[config_name])
     stage(folder, repo_id, subsets={config_name: subset}, manifests={config_name: manifest}, card=card, private=private, plot_manifest=manifest)
     logger.info("Staged the push of %d rows to %s in %s", len(subset), repo_id, folder)
-    return push_staged(folder, private=private, token=token, max_retries=max_retries)
+    return push_staged(folder, private=private, token=token, max_retries=max_retries, backoff=backoff)

@@ -121,6 +121,45 @@ def test_connection_dropped_mid_push_then_finished_from_the_staged_copy(hub, sel
     assert "manifest.json" in hub.server.files(repo)
 
 
+@pytest.mark.parametrize("failure", [408, 429, 500, 502, 503, 504, "dropped"])
+def test_every_retryable_failure_is_retried_by_hf_idsel_and_never_shows_the_token(hub, selection, tmp_path, caplog, failure):
+    import secrets
+    import warnings
+
+    subset, manifest = selection
+    token = f"hf_{failure}secret{secrets.token_hex(12)}"  # a token of its own per case, to look for in every output
+    hub.server.add_token(token, hub.user)
+
+    def inject(repo, times):
+        commit = f"/api/datasets/{repo}/commit/"
+        if failure == "dropped":
+            hub.server.drop(path_regex=commit, times=times, method="POST")
+        else:
+            hub.server.fail(status=failure, path_regex=commit, times=times, method="POST", headers={"Retry-After": "0"})
+
+    with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # Two failures in a row: hf_idsel's own retries (not the client's) carry the push through.
+        repo = hub.repo(f"matrix-{failure}")
+        inject(repo, 2)
+        push_selection(subset, repo, manifest=manifest, local_dir=str(tmp_path / "a"), token=token, backoff=0.01)
+        ours = [r for r in caplog.records if r.name == "hf_idsel.publish" and r.msg.startswith("Pushing %s to %s failed")]
+        assert len(ours) == 2 and hub.server.pending_failures() == 0
+        assert {"manifest.json", "README.md"} <= set(hub.server.files(repo))
+        # A failure that outlasts the retries stops with what is left, and the staged copy finishes later.
+        stuck, stage = hub.repo(f"stuck-{failure}"), str(tmp_path / "b")
+        inject(stuck, 10)
+        with pytest.raises(PushError) as info:
+            push_selection(subset, stuck, manifest=manifest, local_dir=stage, token=token, max_retries=1, backoff=0.01)
+        hub.server.clear_failures()
+        assert push_staged(stage, token=token).endswith(stuck)
+    err = info.value
+    assert err.status == (None if failure == "dropped" else failure) and err.not_pushed[0] == "config:default"
+    assert f"hf-idsel push {os.path.abspath(stage)}" in str(err)
+    shown = [str(err), caplog.text] + [str(w.message) for w in caught]
+    assert not any(token in text for text in shown)
+
+
 def test_conflict_is_reported_as_a_conflict(hub, selection, tmp_path):
     subset, manifest = selection
     repo = hub.repo("conflict")
@@ -188,6 +227,33 @@ def test_trainer_pushes_each_round_and_a_model_that_loads_back(hub, tmp_path):
     assert {"model.safetensors", "config.json", "selection/round_3.json"} <= set(model_files)
     messages = [c.message for c in hub.server.commits(model_repo, "model")]
     assert messages[-1] == "End of training" and sum("Training in progress" in m for m in messages) == 3, messages
+
+
+def test_trainer_keeps_training_when_round_pushes_fail_and_hf_idsel_push_finishes_them(hub, tmp_path, caplog, monkeypatch):
+    from _tiny import single_thread
+    from test_trainer import make_trainer
+
+    monkeypatch.setattr("hf_idsel.publish.time.sleep", lambda seconds: None)  # the retries' back-off, not their count
+    model_repo = hub.repo("offline-rounds")
+    dataset_repo = f"{model_repo}-selection"
+    # No row reaches the dataset repo during the whole run: every retry of every round's commit fails.
+    hub.server.fail(status=503, path_regex=f"/api/datasets/{dataset_repo}/commit/", times=1000, method="POST")
+    with single_thread(), caplog.at_level(logging.WARNING, logger="hf_idsel.trainer"):
+        trainer = make_trainer(
+            tmp_path, budget=24, push_to_hub=True, hub_model_id=model_repo, hub_license="apache-2.0",
+            save_strategy="no", hub_strategy="end",
+        )
+        trainer.train()
+    hub.server.clear_failures()
+    assert [r["round"] for r in trainer.selection.rounds] == [1, 2, 3]  # training went on
+    assert caplog.text.count("were not pushed yet (training goes on)") == 3
+    assert not any(path.startswith("data/") for path in hub.server.files(dataset_repo))
+    trainer.save_model()
+    assert main(["push", trainer.args.output_dir, "--model-repo-id", model_repo]) == 0
+    for r in trainer.selection.rounds:
+        rows = datasets.load_dataset(dataset_repo, f"round_{r['round']}", split="train")
+        assert rows["source_index"] == sorted(r["selected"])
+    assert "model.safetensors" in hub.server.files(model_repo, "model")
 
 
 def test_trainer_refuses_to_push_without_a_license_before_training(hub, tmp_path):
