@@ -169,8 +169,9 @@ def test_conflict_is_reported_as_a_conflict(hub, selection, tmp_path):
     assert info.value.status == 409 and info.value.pushed == ["repo"]
 
 
-def test_bad_arguments_fail_before_any_request(hub, selection, blob_pool, tmp_path):
+def test_bad_arguments_fail_before_any_request(hub, selection, blob_pool, tmp_path, monkeypatch):
     subset, manifest = selection
+    monkeypatch.chdir(tmp_path)  # where the default staging folder would appear
     before = len(hub.server.requests)
     with pytest.raises(InvalidArgumentError, match="repo_id"):
         push_selection(subset, "no-namespace", manifest=manifest)

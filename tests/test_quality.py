@@ -5,7 +5,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import logging
-import time
 
 import datasets
 import numpy as np
@@ -267,9 +266,7 @@ def test_trained_reference_prefers_matching_answers(tmp_path):
     prompts = [f"What colour is {thing}?\n" for thing in colours]
     gold = [f"It is {colour}." for colour in colours.values()]
     model, tokenizer = make_tiny_llama(seed=1)
-    start = time.perf_counter()
     train_tiny(model, tokenizer, [p + a for p, a in zip(prompts, gold)], steps=60, lr=1e-2)
-    assert time.perf_counter() - start < 10
     # Half gold answers, half the same answers given to the wrong question.
     wrong = gold[1:] + gold[:1]
     pool = datasets.Dataset.from_dict({"prompt": prompts * 2, "completion": gold + wrong, "gold": [True] * 8 + [False] * 8})
@@ -444,8 +441,6 @@ def test_smollm2_prefers_correct_worked_answers(tmp_path, caplog):
     # The packaged model is identified without loading anything: a repeat is a pure cache read.
     caplog.clear()
     caplog.set_level(logging.INFO, logger="hf_idsel")
-    start = time.perf_counter()
     again = score_quality(pool, cache_dir=str(tmp_path), max_length=512, column="q", show_progress=False)
-    assert time.perf_counter() - start < 3
     assert FROM_CACHE in caplog.text and LOADING not in caplog.text
     assert again["q"][:] == scored["quality"][:]

@@ -438,7 +438,13 @@ def test_check_encodable_flags_unreadable_text():
 def test_check_encodable_accepts_byte_level_tokenizers(reward_pair):
     model, tokenizer, prompts = reward_pair
     scorer = RewardScorer(model, tokenizer, show_progress=False)
-    scorer.check_encodable([p + j for p, j in zip(prompts, JUNK)] + ["das Wetter ist schön ☃"])
+    texts = [p + j for p, j in zip(prompts, JUNK)] + ["das Wetter ist schön ☃"]
+    scorer.check_encodable(texts)  # a byte-level vocabulary has no unknown token: every script is readable
+    assert tokenizer.unk_token_id is None or all(
+        tokenizer.unk_token_id not in ids for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]
+    )
+    rewards = scorer.rewards(texts)
+    assert rewards.shape == (len(texts),) and np.isfinite(rewards).all()
 
 
 # --------------------------------------------------------------------------------------------
