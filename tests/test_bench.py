@@ -47,6 +47,7 @@ def quick_run(tmp_path_factory):
     return out, markdown, results
 
 
+@pytest.mark.scripts
 def test_quick_run_writes_ratio_table(quick_run):
     _, markdown, results = quick_run
     table = _ratio_table(markdown)
@@ -63,6 +64,7 @@ def test_quick_run_writes_ratio_table(quick_run):
     assert "--quick" in markdown and "the numbers mean nothing" in markdown
 
 
+@pytest.mark.scripts
 def test_quick_run_json_structure(quick_run):
     out, markdown, results = quick_run
     assert {"machine", "config", "ratios", "select", "trainer", "scale", "gpu", "wall_seconds"} <= set(results)
@@ -150,6 +152,7 @@ def test_research_kmeans_baseline_runs_every_iteration():
     assert faiss.Kmeans.__name__ == "Kmeans"  # the recording wrapper is removed after the block
 
 
+@pytest.mark.scripts
 def test_render_only_rewrites_the_same_report_from_json(quick_run):
     out, markdown, _ = quick_run
     (out / "performance.md").write_text("stale")

@@ -88,6 +88,7 @@ def test_pool_marks_junk_and_never_holds_out_pool_rows():
     assert not any("####" in a for a in junk_answers)
 
 
+@pytest.mark.scripts
 def test_tiny_experiment_writes_consistent_results(tmp_path):
     cfg = tiny_config()
     out = str(tmp_path / "out")
