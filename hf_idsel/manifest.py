@@ -1,9 +1,24 @@
 """Manifest: a JSON record that describes a selection completely, and rebuilds it from the pool.
 
-A manifest holds the pool's fingerprint, size and content digest, the encoder, the rendering
+A manifest holds the pool's fingerprint, size and content digests, the encoder, the rendering
 options, the method and every parameter, the seed, k and how it was chosen, the cluster sizes,
-the selected row ids with their digest, and the library versions. `load_selection` rebuilds the
-identical subset from it, and refuses a pool whose content differs.
+the selected row ids and their cluster ids with their digests, and the library versions.
+`load_selection` rebuilds the identical subset from it, and refuses a pool whose content differs.
+
+What the digests cover (format_version 2):
+
+- `pool.digest`: the content of the columns the selection read (`pool.digest_columns`) over the
+  whole pool, and its row count;
+- `pool.column_digests`: the content of every column of the pool, one digest per column, so that
+  each column `load_selection` returns is checked and a changed one is named;
+- `selected_digest`: the selected row ids; `clusters_digest`: the row ids with their cluster ids, in
+  the manifest's order.
+
+Manifests of format_version 1 (written before the column and cluster digests) are still read: their
+`pool.digest` covers only the columns the selection read, and nothing covers `selected_clusters`
+beyond the structural checks (ids in `[0, k)`, counts that agree with `selected_per_cluster`);
+what cannot be verified is logged as a warning. A digest is a checksum, not a signature: it catches
+a corrupt file or an edit of one field, not someone who edits a field and its digest together.
 """
 
 from __future__ import annotations
@@ -12,6 +27,8 @@ import datetime
 import hashlib
 import importlib.metadata
 import json
+import logging
+import numbers
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
@@ -21,11 +38,16 @@ import numpy as np
 
 from .errors import InvalidArgumentError, SelectionMismatchError
 
-FORMAT_VERSION = 1
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2
+# format_version 1: `pool.column_digests` and `clusters_digest` did not exist yet.
+_FIRST_VERSION_WITH_COLUMN_DIGESTS = 2
 _VERSIONED_PACKAGES = (
     "hf_idsel", "datasets", "numpy", "faiss-cpu", "faiss-gpu", "sentence-transformers", "transformers", "torch",
 )
 _DIGEST_BATCH = 10_000
+_MAX_ROWS = 2**62  # bound on a manifest's row counts and ids, so that they fit int64 arrays
 
 
 def indices_digest(indices) -> str:
@@ -34,10 +56,19 @@ def indices_digest(indices) -> str:
     return "sha256:" + hashlib.sha256(ids.astype("<i8").tobytes()).hexdigest()
 
 
+def clusters_digest(indices, clusters) -> str:
+    """sha256 of the selected row ids together with their cluster ids, in the order given."""
+    pairs = np.stack([np.asarray(indices, dtype=np.int64), np.asarray(clusters, dtype=np.int64)]).astype("<i8")
+    digest = hashlib.sha256(json.dumps({"rows": int(pairs.shape[1])}).encode())
+    digest.update(pairs.tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
 def pool_digest(dataset: datasets.Dataset, columns: list[str]) -> str:
     """sha256 of the content of `columns` (the ones the selection reads), independent of file layout."""
     from .embed import column_matrix
 
+    dataset = _flat(dataset)
     digest = hashlib.sha256()
     digest.update(json.dumps({"rows": len(dataset), "columns": sorted(columns)}).encode())
     table = dataset.data.table
@@ -49,9 +80,48 @@ def pool_digest(dataset: datasets.Dataset, columns: list[str]) -> str:
                 digest.update(np.ascontiguousarray(block, dtype="<f4").tobytes())
             continue
         for start in range(0, len(dataset), _DIGEST_BATCH):
-            values = column.slice(start, _DIGEST_BATCH).to_pylist()
-            digest.update(json.dumps(values, sort_keys=True, ensure_ascii=False, default=str).encode())
+            digest.update(_json_bytes(column.slice(start, _DIGEST_BATCH)))
     return "sha256:" + digest.hexdigest()
+
+
+def column_digests(dataset: datasets.Dataset, columns: list[str] | None = None) -> dict[str, str]:
+    """sha256 of each column's content (every column by default), exact and independent of file layout.
+
+    Float vectors are hashed as float64 values (exact for float32 and float64 alike) with their lengths
+    and missing values; every other column as the JSON of its values.
+    """
+    dataset = _flat(dataset)
+    table = dataset.data.table
+    digests = {}
+    for name in dataset.column_names if columns is None else columns:
+        column = table.column(name)
+        digest = hashlib.sha256(json.dumps({"rows": len(dataset), "column": name}).encode())
+        vectors = _is_vector_column(column.type)
+        for start in range(0, len(dataset), _DIGEST_BATCH):
+            block = column.slice(start, _DIGEST_BATCH)
+            digest.update(_vector_bytes(block) if vectors else _json_bytes(block))
+        digests[name] = "sha256:" + digest.hexdigest()
+    return digests
+
+
+def _json_bytes(block) -> bytes:
+    return json.dumps(block.to_pylist(), sort_keys=True, ensure_ascii=False, default=str).encode()
+
+
+def _vector_bytes(block) -> bytes:
+    import pyarrow.compute as pc
+
+    array = block.combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(array), -1).to_numpy(zero_copy_only=False).astype("<i8")
+    values = array.flatten()
+    missing = values.is_null().to_numpy(zero_copy_only=False).astype(np.uint8)
+    numbers_ = np.asarray(values.to_numpy(zero_copy_only=False), dtype="<f8")
+    return lengths.tobytes() + missing.tobytes() + numbers_.tobytes()
+
+
+def _flat(dataset: datasets.Dataset) -> datasets.Dataset:
+    # Digests read the Arrow table in storage order: a select/shuffle view is materialised first.
+    return dataset.flatten_indices() if dataset._indices is not None else dataset
 
 
 def _is_vector_column(arrow_type) -> bool:
@@ -73,13 +143,15 @@ def pool_name(pool: datasets.Dataset) -> str | None:
 
 
 def pool_record(pool: datasets.Dataset, columns: list[str], *, name: str | None = None, source: dict | None = None) -> dict:
-    """The manifest's `pool` entry: fingerprint, size, content digest of `columns`, name and (when known) source."""
+    """The manifest's `pool` entry: fingerprint, size, content digest of `columns` (the ones the selection
+    read), a digest of every column (`column_digests`), name and (when known) source."""
     columns = list(dict.fromkeys(columns))
     record = {
         "fingerprint": pool._fingerprint,
         "num_rows": len(pool),
         "digest": pool_digest(pool, columns),
         "digest_columns": columns,
+        "column_digests": column_digests(pool),
         "name": name or pool_name(pool),
     }
     if source is not None:
@@ -121,7 +193,9 @@ class Manifest:
 
     Args:
         pool (`dict`):
-            `fingerprint`, `num_rows`, `digest` and `digest_columns` of the pool, plus its `name` when known.
+            `fingerprint`, `num_rows`, `digest` and `digest_columns` of the pool (the content of the
+            columns the selection read), `column_digests` (the content of every column), plus its
+            `name` and `source` when known.
         arguments (`dict`):
             The `diverse_select` arguments that produced the selection (JSON values only).
         method (`str`):
@@ -132,10 +206,6 @@ class Manifest:
             Number of clusters.
         k_selection (`dict`):
             `{"mode": "fixed"}` or `{"mode": "auto", "candidates": [...], "silhouette": {k: score}}`.
-        render (`dict`, *optional*):
-            Rendering options (absent when embeddings came from a column).
-        encoder (`dict`, *optional*):
-            `{"id", "revision", "dim"}` of the encoder, or `{"embedding_column", "dim"}`.
         budget (`dict`):
             `requested`, `rows` and, for token budgets, `max_tokens`, `tokens`, `tokenizer`.
         cluster_sizes (`list[int]`):
@@ -148,10 +218,21 @@ class Manifest:
             Their cluster ids, aligned with `selected_indices`.
         selected_digest (`str`):
             [`indices_digest`] of `selected_indices`.
+        clusters_digest (`str`, *optional*):
+            [`clusters_digest`] of `selected_indices` with `selected_clusters`; computed when not given.
+            `None` only in manifests of format_version 1.
+        render (`dict`, *optional*):
+            Rendering options (absent when embeddings came from a column).
+        encoder (`dict`, *optional*):
+            `{"id", "revision", "dim"}` of the encoder, or `{"embedding_column", "dim"}`.
         dedup (`dict`, *optional*):
             `{"threshold", "removed"}` when semantic de-duplication ran.
         versions (`dict`):
             Library versions that made the selection.
+        created_at (`str`):
+            When the selection was made (ISO 8601, UTC).
+        format_version (`int`, *optional*, defaults to `FORMAT_VERSION`):
+            Version of this layout; 1 is the layout without `column_digests` and `clusters_digest`.
     """
 
     pool: dict
@@ -166,12 +247,20 @@ class Manifest:
     selected_indices: list
     selected_clusters: list
     selected_digest: str
+    clusters_digest: str | None = None
     render: dict | None = None
     encoder: dict | None = None
     dedup: dict | None = None
     versions: dict = field(default_factory=library_versions)
     created_at: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat())
     format_version: int = FORMAT_VERSION
+
+    # How error messages name this manifest (its file, or the Hub repo and file); not a field.
+    origin = "the manifest"
+
+    def __post_init__(self):
+        if self.clusters_digest is None and self.format_version >= _FIRST_VERSION_WITH_COLUMN_DIGESTS:
+            self.clusters_digest = clusters_digest(self.selected_indices, self.selected_clusters)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -189,61 +278,313 @@ class Manifest:
         return path
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Manifest":
-        known = {f.name for f in fields(cls)}
-        version = data.get("format_version", FORMAT_VERSION)
-        if version > FORMAT_VERSION:
-            raise InvalidArgumentError(
-                f"This manifest has format_version {version}; this hf_idsel reads up to {FORMAT_VERSION}. Upgrade hf_idsel."
-            )
-        required = [f.name for f in fields(cls) if f.name not in data and _is_required(f)]
-        if required:
-            raise InvalidArgumentError(f"Not an hf_idsel manifest: missing fields {required}.")
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_dict(cls, data: dict, *, origin: str | None = None) -> "Manifest":
+        """Build a manifest from its JSON dict, refusing a malformed one.
+
+        Args:
+            data (`dict`):
+                The manifest's fields.
+            origin (`str`, *optional*):
+                How errors name the manifest (e.g. its path); defaults to `"the manifest"`.
+
+        Raises:
+            [`InvalidArgumentError`]: a field is missing, of the wrong type, out of range or inconsistent
+                with another field; the message names the field.
+        """
+        origin = origin or cls.origin
+        check_fields(data, origin)
+        known = {f.name for f in fields(cls)} - {"format_version"}
+        # A dict without `format_version` is read as version 1, the one that requires the fewest digests.
+        manifest = cls(**{k: v for k, v in data.items() if k in known}, format_version=data.get("format_version", 1))
+        manifest.origin = origin
+        return manifest
 
     @classmethod
-    def load(cls, source: Any) -> "Manifest":
-        """Read a manifest from a `Manifest`, a dict, a JSON string, a JSON file or a folder holding `manifest.json`."""
+    def load(cls, source: Any, *, origin: str | None = None) -> "Manifest":
+        """Read a manifest from a `Manifest`, a dict, a JSON string, a JSON file or a folder holding `manifest.json`.
+
+        Args:
+            source (`Manifest`, `dict`, `str` or `os.PathLike`):
+                The manifest, its fields, its JSON text, or the path of its file or folder.
+            origin (`str`, *optional*):
+                How errors name the manifest; defaults to its path (or "the manifest").
+
+        Raises:
+            [`InvalidArgumentError`]: no such file, not JSON, or not a valid manifest; the message names
+                the file and what is wrong.
+        """
         if isinstance(source, Manifest):
             return source
         if isinstance(source, dict):
-            return cls.from_dict(source)
+            return cls.from_dict(source, origin=origin)
         if not isinstance(source, (str, os.PathLike)):
             raise InvalidArgumentError(f"`manifest` must be a path, a dict or a Manifest, got {type(source).__name__}.")
         source = os.fspath(source)
+        if not isinstance(source, str):
+            raise InvalidArgumentError(f"`manifest` must be a path, a dict or a Manifest, got {type(source).__name__}.")
         if source.lstrip().startswith("{"):
-            return cls.from_dict(json.loads(source))
+            origin = origin or "the manifest JSON text"
+            return cls.from_dict(_parse_json(source, origin), origin=origin)
         path = os.path.join(source, "manifest.json") if os.path.isdir(source) else source
+        origin = origin or f"manifest {path!r}"
         if not os.path.isfile(path):
-            raise InvalidArgumentError(f"`manifest`={source!r}: no such file (expected a manifest.json).")
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+            raise InvalidArgumentError(
+                f"`manifest`={source!r}: no such local file (expected a manifest.json, or a folder holding one). "
+                "Check the path."
+            )
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as err:
+            raise InvalidArgumentError(f"Could not read {origin}: {err.strerror or err}.") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise InvalidArgumentError(
+                f"{origin} is not UTF-8 text (byte {err.start}): not an hf_idsel manifest, or a corrupt one."
+            ) from None
+        return cls.from_dict(_parse_json(text, origin), origin=origin)
 
     def check_integrity(self) -> None:
-        """Refuse a manifest whose selected ids do not match their recorded digest."""
+        """Refuse a malformed manifest, or one whose selected ids or cluster ids do not match their digests.
+
+        Raises:
+            [`InvalidArgumentError`]: a field is malformed (see [`check_fields`]).
+            [`SelectionMismatchError`]: `selected_indices` or `selected_clusters` differ from their digests.
+        """
+        check_fields(self.to_dict(), self.origin)
         if indices_digest(self.selected_indices) != self.selected_digest:
             raise SelectionMismatchError(
-                "The manifest's selected_indices do not match its selected_digest: the file was edited or is corrupt."
+                f"The selected_indices of {self.origin} do not match its selected_digest: the file was edited or "
+                "is corrupt. Use the manifest as written by hf_idsel."
+            )
+        if self.clusters_digest is not None and (
+            clusters_digest(self.selected_indices, self.selected_clusters) != self.clusters_digest
+        ):
+            raise SelectionMismatchError(
+                f"The selected_clusters of {self.origin} do not match its clusters_digest: the file was edited or "
+                "is corrupt. Use the manifest as written by hf_idsel."
             )
 
     def check_pool(self, pool: datasets.Dataset) -> None:
-        """Refuse a pool whose size or content differs from the one the selection was made on."""
+        """Refuse a pool whose size or content differs from the one the selection was made on.
+
+        Checks the row count, and the content of the columns the selection read over the whole pool. For a
+        manifest with `column_digests` (format_version 2), also every column of `pool`: a column that changed,
+        or one the manifest does not record, is refused by name. A recorded column the selection did not read
+        may be left out of `pool` (the subset then lacks it). A manifest of format_version 1 records no digest
+        of the other columns: they are returned with a logged warning that names them.
+
+        Raises:
+            [`SelectionMismatchError`]: the pool differs; the message names what changed and the fix.
+        """
         expected = self.pool
         if len(pool) != expected["num_rows"]:
             raise SelectionMismatchError(
-                f"The pool has {len(pool)} rows but the selection was made on {expected['num_rows']} rows "
-                f"(pool {expected.get('name') or expected['fingerprint']}). Pass the same pool."
+                f"The pool has {len(pool)} rows but the selection of {self.origin} was made on "
+                f"{expected['num_rows']} rows (pool {expected.get('name') or expected['fingerprint']}). "
+                "Pass the same pool."
             )
         missing = [c for c in expected["digest_columns"] if c not in pool.column_names]
         if missing:
-            raise SelectionMismatchError(f"The pool lacks columns {missing} that the selection was made from.")
-        digest = pool_digest(pool, expected["digest_columns"])
-        if digest != expected["digest"]:
             raise SelectionMismatchError(
-                f"The pool's content differs from the one the selection was made on (columns "
-                f"{expected['digest_columns']}: digest {digest[:19]}... != {expected['digest'][:19]}...). "
+                f"The pool lacks columns {missing} that the selection of {self.origin} was made from. "
+                "Pass the same pool."
+            )
+        recorded = expected.get("column_digests")
+        if recorded is None:
+            _check_read_columns(self, pool)
+            unverified = [c for c in pool.column_names if c not in expected["digest_columns"]]
+            logger.warning(
+                "%s has format_version %s: its digests cover the row ids and the pool's columns %s, not %s"
+                "the cluster ids, which are returned unverified. Re-running the selection with "
+                "load_selection(..., recompute=True) checks them.",
+                self.origin, self.format_version, expected["digest_columns"],
+                f"the columns {unverified} nor " if unverified else "",
+            )
+            return
+        unknown = [c for c in pool.column_names if c not in recorded]
+        if unknown:
+            raise SelectionMismatchError(
+                f"The pool has columns {unknown} that {self.origin} does not record (added after the selection?), "
+                f"so their content cannot be verified. Pass the pool without them: "
+                f"`pool.remove_columns({unknown})`."
+            )
+        changed = [c for c, d in column_digests(pool).items() if d != recorded[c]]
+        read = [c for c in changed if c in expected["digest_columns"]]
+        if read:
+            others = [c for c in changed if c not in read]
+            raise SelectionMismatchError(
+                f"The pool's content differs from the one the selection of {self.origin} was made on, in the "
+                f"columns {read} it read{f' (and in {others})' if others else ''}. "
                 "Pass the same pool, unchanged and in the same row order."
             )
+        if changed:
+            raise SelectionMismatchError(
+                f"The pool's content differs from the one the selection of {self.origin} was made on, in the "
+                f"columns {changed}. Pass the pool as it was, or leave the changed columns out: "
+                f"`pool.remove_columns({changed})`."
+            )
+        _check_read_columns(self, pool)
+
+
+def _check_read_columns(manifest: Manifest, pool: datasets.Dataset) -> None:
+    """The digest of the columns the selection read, over the whole pool (what every format_version records)."""
+    expected = manifest.pool
+    digest = pool_digest(pool, expected["digest_columns"])
+    if digest != expected["digest"]:
+        raise SelectionMismatchError(
+            f"The pool's content differs from the one the selection of {manifest.origin} was made on (columns "
+            f"{expected['digest_columns']}: digest {digest[:19]}... != {expected['digest'][:19]}...). "
+            "Pass the same pool, unchanged and in the same row order."
+        )
+
+
+def _parse_json(text: str, origin: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InvalidArgumentError(
+            f"{origin} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}): a truncated or "
+            "corrupt file? Use the manifest.json that hf_idsel wrote."
+        ) from None
+    except (ValueError, RecursionError) as err:  # e.g. an integer past Python's digit limit, or nesting too deep
+        raise InvalidArgumentError(f"{origin} is not a readable JSON manifest: {type(err).__name__}: {err}") from None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+class _FieldError(Exception):
+    pass
+
+
+def check_fields(data, origin: str = "the manifest") -> None:
+    """Refuse a manifest dict with a missing, mistyped, out-of-range or inconsistent field.
+
+    Checks every field's type, that row counts and ids fit `[0, pool.num_rows)`, that the selected ids
+    are strictly ascending, that cluster ids are in `[0, k)`, that the per-cluster counts agree with
+    `cluster_sizes`, `selected_clusters` and the pool's size, and that a manifest of format_version 2
+    has its `column_digests` and `clusters_digest`. Digests are checked by [`Manifest.check_integrity`].
+
+    Raises:
+        [`InvalidArgumentError`]: names `origin`, the field and what is wrong.
+    """
+    try:
+        _check_fields(data, origin)
+    except _FieldError as err:
+        raise InvalidArgumentError(
+            f"{origin} is not a valid hf_idsel manifest: {err} Use the manifest as written by hf_idsel."
+        ) from None
+
+
+def _check_fields(data, origin: str) -> None:
+    if not isinstance(data, dict):
+        raise _FieldError(f"expected a JSON object, got {type(data).__name__}.")
+    version = data.get("format_version", 1)
+    if not _is_int(version) or version < 1:
+        raise _FieldError(f"`format_version`={_short(version)} must be a positive int.")
+    if version > FORMAT_VERSION:
+        raise InvalidArgumentError(
+            f"{origin} has format_version {version}; this hf_idsel reads up to {FORMAT_VERSION}. Upgrade hf_idsel."
+        )
+    required = [f.name for f in fields(Manifest) if f.name not in data and _is_required(f)]
+    if version >= _FIRST_VERSION_WITH_COLUMN_DIGESTS and data.get("clusters_digest") is None:
+        required.append("clusters_digest")
+    if required:
+        raise _FieldError(f"missing fields {required}.")
+
+    def expect(name, value, kinds, what):
+        if not isinstance(value, kinds):
+            raise _FieldError(f"`{name}`={_short(value)} must be {what}.")
+
+    def expect_int(name, value, low, high):
+        if not _is_int(value) or not low <= value <= high:
+            raise _FieldError(f"`{name}`={_short(value)} must be an int in [{low}, {high}].")
+
+    for name in ("arguments", "k_selection", "budget"):
+        expect(name, data[name], dict, "a JSON object")
+    for name in ("render", "encoder", "dedup"):
+        expect(name, data.get(name), (dict, type(None)), "a JSON object or null")
+    expect("versions", data.get("versions", {}), dict, "a JSON object")
+    expect("method", data["method"], str, "a string")
+    expect("created_at", data.get("created_at", ""), str, "a string")
+    expect("selected_digest", data["selected_digest"], str, "a 'sha256:...' string")
+    expect("clusters_digest", data.get("clusters_digest"), (str, type(None)), "a 'sha256:...' string")
+    if not _is_int(data["seed"]):
+        raise _FieldError(f"`seed`={_short(data['seed'])} must be an int.")
+    if not all(isinstance(key, str) for key in data["arguments"]):
+        raise _FieldError("`arguments` must have string keys.")
+
+    pool = data["pool"]
+    expect("pool", pool, dict, "a JSON object")
+    for key in ("fingerprint", "num_rows", "digest", "digest_columns"):
+        if key not in pool:
+            raise _FieldError(f"`pool` lacks `{key}`.")
+    rows = pool["num_rows"]
+    expect_int("pool.num_rows", rows, 0, _MAX_ROWS)
+    expect("pool.digest", pool["digest"], str, "a 'sha256:...' string")
+    expect("pool.fingerprint", pool["fingerprint"], (str, type(None)), "a string")
+    expect("pool.name", pool.get("name"), (str, type(None)), "a string or null")
+    columns = pool["digest_columns"]
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        raise _FieldError(f"`pool.digest_columns`={_short(columns)} must be a list of column names.")
+    source = pool.get("source")
+    expect("pool.source", source, (dict, type(None)), "a JSON object or null")
+    for key, value in (source or {}).items():
+        expect(f"pool.source.{key}", value, (str, type(None)), "a string or null")
+    recorded = pool.get("column_digests")
+    if recorded is None and version >= _FIRST_VERSION_WITH_COLUMN_DIGESTS:
+        raise _FieldError("`pool` lacks `column_digests`.")
+    if recorded is not None:
+        if not isinstance(recorded, dict) or not all(isinstance(d, str) for d in recorded.values()):
+            raise _FieldError(f"`pool.column_digests`={_short(recorded)} must map column names to digests.")
+        unrecorded = [c for c in columns if c not in recorded]
+        if unrecorded:
+            raise _FieldError(f"`pool.column_digests` lacks the columns {unrecorded} of `pool.digest_columns`.")
+
+    k = data["k"]
+    expect_int("k", k, 1, max(rows, 1))
+    lists = {}
+    for name in ("cluster_sizes", "selected_per_cluster", "selected_indices", "selected_clusters"):
+        values = data[name]
+        if not isinstance(values, list) or not all(_is_int(v) for v in values):
+            raise _FieldError(f"`{name}`={_short(values)} must be a list of ints.")
+        lists[name] = values
+    sizes, per_cluster = lists["cluster_sizes"], lists["selected_per_cluster"]
+    indices, clusters = lists["selected_indices"], lists["selected_clusters"]
+    for name in ("cluster_sizes", "selected_per_cluster"):
+        if len(lists[name]) != k:
+            raise _FieldError(f"`{name}` has {len(lists[name])} entries; `k`={k} needs one per cluster.")
+    if any(not 0 <= s <= rows for s in sizes) or sum(sizes) != rows:
+        raise _FieldError(f"`cluster_sizes` must be non-negative and sum to `pool.num_rows`={rows}.")
+    if len(clusters) != len(indices):
+        raise _FieldError(
+            f"`selected_clusters` has {len(clusters)} entries and `selected_indices` {len(indices)}; they must align."
+        )
+    bad = next((i for i, v in enumerate(indices) if not 0 <= v < rows), None)
+    if bad is not None:
+        raise _FieldError(f"`selected_indices[{bad}]`={_short(indices[bad])} is not a row of the {rows}-row pool.")
+    bad = next((i for i in range(1, len(indices)) if indices[i] <= indices[i - 1]), None)
+    if bad is not None:
+        raise _FieldError(f"`selected_indices` must be strictly ascending (index {bad} is not).")
+    bad = next((i for i, c in enumerate(clusters) if not 0 <= c < k), None)
+    if bad is not None:
+        raise _FieldError(f"`selected_clusters[{bad}]`={_short(clusters[bad])} is not a cluster id in [0, k={k}).")
+    counts = np.bincount(np.asarray(clusters, dtype=np.int64), minlength=k).tolist()
+    if counts != per_cluster:
+        raise _FieldError("`selected_per_cluster` does not count the `selected_clusters`.")
+    if any(c > s for c, s in zip(per_cluster, sizes)):
+        raise _FieldError("`selected_per_cluster` exceeds `cluster_sizes`.")
+
+
+def _short(value) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's digit limit for str()
+        return f"<{type(value).__name__} too large to print>"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _is_required(f) -> bool:

@@ -35,13 +35,21 @@ def test_load_selection_round_trips(selection, blob_pool):
 
 
 def test_load_selection_refuses_a_different_pool(selection, blob_pool):
-    _, _, path = selection
+    subset, _, path = selection
     # The selection read the embeddings: a change to one vector is refused...
     edited = blob_pool.map(lambda row, i: {"embedding": row["embedding"][::-1] if i == 7 else row["embedding"]}, with_indices=True)
     with pytest.raises(SelectionMismatchError, match="content differs"):
         load_selection(path, edited)
-    # ...while a column it never read may change (e.g. scores added afterwards).
-    assert len(load_selection(path, blob_pool.map(lambda row: {"quality": 0.0}))) == 30
+    # ...and so is a change to a column it never read, since that column comes back in the subset:
+    # the error names it, and leaving it out of the pool loads the same rows without it.
+    rescored = blob_pool.map(lambda row: {"quality": 0.0})
+    with pytest.raises(SelectionMismatchError, match=r"columns \['quality'\].*remove_columns"):
+        load_selection(path, rescored)
+    without = load_selection(path, rescored.remove_columns("quality"))
+    assert without.to_dict() == subset.remove_columns("quality").to_dict()
+    # A column added afterwards is not recorded, so it cannot be verified: refused by name.
+    with pytest.raises(SelectionMismatchError, match=r"\['score'\].*does not record"):
+        load_selection(path, blob_pool.add_column("score", [0.0] * 250))
     with pytest.raises(SelectionMismatchError, match="rows"):
         load_selection(path, blob_pool.select(range(200)))
     # Reordering the pool changes what the row ids point at.
@@ -57,7 +65,7 @@ def test_edited_manifest_is_refused(selection, blob_pool):
         load_selection(data, blob_pool)
     with pytest.raises(InvalidArgumentError, match="missing fields"):
         Manifest.load({"method": "kmq"})
-    with pytest.raises(InvalidArgumentError, match="no such file"):
+    with pytest.raises(InvalidArgumentError, match="no such local file"):
         Manifest.load(str(path) + ".missing")
 
 
