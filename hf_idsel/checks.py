@@ -33,9 +33,8 @@ def check_int(value, argument: str, *, minimum: int | None = None, maximum: int 
 
 def check_seed(value, argument: str = "seed") -> int:
     """A seed faiss's k-means (a 32-bit C int) and numpy both take: an int in [0, 2**31 - 1]."""
-    return check_int(
-        value, argument, minimum=0, maximum=MAX_INT32, fix=f" faiss's k-means takes a 32-bit seed: e.g. pass {argument} % 2**31."
-    )
+    fix = f" faiss's k-means takes a 32-bit seed: e.g. pass {argument} % 2**31."
+    return check_int(value, argument, minimum=0, maximum=MAX_INT32, fix=fix)
 
 
 def check_number(
@@ -94,6 +93,18 @@ def check_path(value, argument: str) -> str | os.PathLike | None:
     return value
 
 
+def check_model(value, argument: str, *, loaded: bool = True):
+    """A model id or local path (a non-empty `str` or `os.PathLike`), or with `loaded`, a model object with `encode`."""
+    if isinstance(value, (str, os.PathLike)) and os.fspath(value):
+        return value
+    if loaded and callable(getattr(value, "encode", None)) and not isinstance(value, (str, bytes)):
+        return value
+    raise InvalidArgumentError(
+        f"`{argument}`={value!r} must be a sentence-transformers model id or local path"
+        + (" or a loaded SentenceTransformer." if loaded else ".")
+    )
+
+
 def check_device(value, argument: str = "device"):
     """`None`, a device name such as `"cuda:0"`, or a `torch.device` (torch is not imported for this)."""
     torch = sys.modules.get("torch")
@@ -103,7 +114,7 @@ def check_device(value, argument: str = "device"):
 
 
 def check_tokenizer(value, argument: str = "tokenizer"):
-    """`None` or a loaded transformers tokenizer (transformers is not imported for this: a tokenizer object implies it)."""
+    """`None` or a loaded transformers tokenizer (not imported for this: a tokenizer object implies transformers)."""
     transformers = sys.modules.get("transformers")
     if value is None or (transformers is not None and isinstance(value, transformers.PreTrainedTokenizerBase)):
         return value

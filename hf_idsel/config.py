@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
-from .checks import check_choice, check_flag, check_int, check_name, check_number, check_seed
+from .checks import check_choice, check_flag, check_int, check_model, check_name, check_number, check_seed
 from .embed import DEFAULT_ENCODER
 from .errors import InvalidArgumentError
 from .rounds import ROUND_MODES, WEIGHT_RULES, round_sizes
@@ -211,9 +211,7 @@ class IterativeSelectionConfig(SFTConfig):
         k = _parse_k(self.k)
         if not isinstance(self.k, str):
             self.k = k  # numpy ints as Python ints: manifests record `k`
-        if not isinstance(self.encoder, (str, os.PathLike)) or not os.fspath(self.encoder):
-            raise InvalidArgumentError(f"`encoder`={self.encoder!r} must be a sentence-transformers model id or local path.")
-        self.encoder = os.fspath(self.encoder)
+        self.encoder = os.fspath(check_model(self.encoder, "encoder", loaded=False))
         for name in ("embedding_column", "quality_column", "reward_model", "pool_id", "hub_dataset_id", "hub_license"):
             check_name(getattr(self, name), name)
         check_name(self.reference_model, "reference_model", optional=False)
@@ -221,16 +219,16 @@ class IterativeSelectionConfig(SFTConfig):
         self.weight_temperature = check_number(self.weight_temperature, "weight_temperature", above=0)
         if not isinstance(self.scorer, str):
             raise InvalidArgumentError(
-                f"`scorer`={self.scorer!r}: the config takes a scorer's name ({list(SCORERS)}); pass a scorer object or "
-                "a callable to IterativeSelectionTrainer's `scorer=` instead."
+                f"`scorer`={self.scorer!r}: the config takes a scorer's name ({list(SCORERS)}); pass a scorer "
+                "object or a callable to IterativeSelectionTrainer's `scorer=` instead."
             )
         check_choice(self.weight_update, "weight_update", WEIGHT_RULES)
         check_choice(self.round_mode, "round_mode", ROUND_MODES)
         self.scored_rows_per_cluster = check_int(
             self.scored_rows_per_cluster, "scored_rows_per_cluster", minimum=0, fix=" 0 scores every trained row."
         )
-        self.generation_max_new_tokens = check_int(self.generation_max_new_tokens, "generation_max_new_tokens", minimum=1)
-        self.scoring_batch_size = check_int(self.scoring_batch_size, "scoring_batch_size", minimum=1)
+        for name in ("generation_max_new_tokens", "scoring_batch_size"):
+            setattr(self, name, check_int(getattr(self, name), name, minimum=1))
         self.score_last_round = check_flag(self.score_last_round, "score_last_round")
         # Without `selection_seed` the run's `seed` seeds the selection too: the error then names `seed`.
         if self.selection_seed is None:

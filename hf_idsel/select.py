@@ -304,6 +304,9 @@ def _select_dict(dataset_dict, args: SelectArguments, *, split, dry_run, return_
     return (subset, manifests) if return_manifest else subset
 
 
+_COSINE = " It is a cosine similarity."  # the fix named by the threshold checks
+
+
 def _check_values(args: SelectArguments) -> None:
     """The type and range of every argument that does not depend on the pool."""
     checks.check_choice(args.method, "method", methods.METHODS)
@@ -318,26 +321,24 @@ def _check_values(args: SelectArguments) -> None:
     else:
         checks.check_int(args.k, "k", minimum=1, fix=" Pass the number of clusters, or k='auto'.")
         if args.k_candidates is not None and not isinstance(args.k_candidates, (list, tuple)):
-            raise InvalidArgumentError(f"`k_candidates`={args.k_candidates!r} must be a list of ints >= 2 (used with k='auto').")
+            raise InvalidArgumentError(
+                f"`k_candidates`={args.k_candidates!r} must be a list of ints >= 2 (used with k='auto')."
+            )
     checks.check_int(args.kmeans_niter, "kmeans_niter", minimum=1, maximum=checks.MAX_INT32)
     checks.check_tokenizer(args.tokenizer)
     checks.check_name(args.quality_column, "quality_column")
     checks.check_number(args.temperature, "temperature", above=0)
     checks.check_choice(args.quality_weighting, "quality_weighting", sample.QUALITY_WEIGHTINGS)
     checks.check_choice(args.quota, "quota", sample.QUOTA_RULES)
-    if not (isinstance(args.encoder, (str, os.PathLike)) or callable(getattr(args.encoder, "encode", None))) or args.encoder == "":
-        raise InvalidArgumentError(
-            f"`encoder`={args.encoder!r} must be a sentence-transformers model id, a local path or a loaded "
-            "SentenceTransformer."
-        )
+    checks.check_model(args.encoder, "encoder")
     for name in ("encoder_revision", "embedding_column", "text_column", "template"):
         checks.check_name(getattr(args, name), name)
     if args.format is not None:
         checks.check_choice(args.format, "format", FORMATS)
     checks.check_flag(args.include_answer, "include_answer")
     if args.dedup_threshold is not None:
-        checks.check_number(args.dedup_threshold, "dedup_threshold", above=0, at_most=1, fix=" It is a cosine similarity.")
-    checks.check_number(args.deita_threshold, "deita_threshold", above=0, at_most=1, fix=" It is a cosine similarity.")
+        checks.check_number(args.dedup_threshold, "dedup_threshold", above=0, at_most=1, fix=_COSINE)
+    checks.check_number(args.deita_threshold, "deita_threshold", above=0, at_most=1, fix=_COSINE)
     checks.check_number(args.qdit_alpha, "qdit_alpha", at_least=0, at_most=1)
     checks.check_int(args.batch_size, "batch_size", minimum=1)
     checks.check_device(args.device)

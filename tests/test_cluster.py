@@ -75,7 +75,8 @@ def test_more_clusters_than_distinct_rows_warns_and_names_the_empty_ones(caplog)
 
 def test_seed_and_iterations_are_checked_and_numpy_ints_accepted():
     x, _ = planted_blobs(3, 10)
-    assert np.array_equal(kmeans(x, np.int64(3), seed=np.int64(4), niter=np.int32(5)).labels, kmeans(x, 3, seed=4, niter=5).labels)
+    numpy_ints = kmeans(x, np.int64(3), seed=np.int64(4), niter=np.int32(5))
+    assert np.array_equal(numpy_ints.labels, kmeans(x, 3, seed=4, niter=5).labels)
     with pytest.raises(InvalidArgumentError, match=r"`seed`=2147483648 must be an int in \[0, 2147483647\]"):
         kmeans(x, 3, seed=2**31)
     with pytest.raises(InvalidArgumentError, match=r"`seed`=-1"):

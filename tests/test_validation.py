@@ -97,7 +97,8 @@ def test_bad_arguments_are_named_before_the_encoder(kwargs, match):
 
 
 def test_boundary_values_are_accepted():
-    for kwargs in ({"seed": MAX_INT32}, {"kmeans_niter": 1}, {"dedup_threshold": 1.0}, {"qdit_alpha": 0, "method": "qdit"}):
+    edges = ({"seed": MAX_INT32}, {"kmeans_niter": 1}, {"dedup_threshold": 1.0}, {"qdit_alpha": 0, "method": "qdit"})
+    for kwargs in edges:
         assert len(diverse_select(POOL, **VALID, **kwargs)) == 10
 
 
@@ -109,14 +110,15 @@ def test_numpy_numbers_select_the_same_rows_and_are_recorded_as_json():
     )
     assert subset["source_index"] == plain["source_index"]
     # Recorded as the plain numbers they are: the manifest is JSON, and `load_selection(recompute=True)` replays them.
-    assert {name: manifest.arguments[name] for name in numpy_args} == {"budget": 10, "k": 3, "seed": 7, "kmeans_niter": 20}
+    recorded = {name: manifest.arguments[name] for name in numpy_args}
+    assert recorded == {"budget": 10, "k": 3, "seed": 7, "kmeans_niter": 20}
     assert manifest.arguments["temperature"] == 1.0
     assert json.loads(json.dumps(manifest.to_dict()))["arguments"] == manifest.arguments
     assert manifest.selected_digest == plain_manifest.selected_digest
 
 
 def test_a_temperature_that_overflows_the_scores_is_refused():
-    with pytest.raises(InvalidArgumentError, match=r"`temperature`=5e-324 is too small .* quality / temperature overflows"):
+    with pytest.raises(InvalidArgumentError, match=r"`temperature`=5e-324 is too small .* temperature overflows"):
         diverse_select(POOL, **VALID, quality_column="quality", temperature=5e-324)
     # Methods that ignore the temperature take it as it is.
     assert len(diverse_select(POOL, **VALID, quality_column="quality", temperature=5e-324, method="qdit")) == 10
@@ -135,13 +137,13 @@ def _config(tmp_path, **fields):
         ({"selection_seed": 2**31}, r"`selection_seed`=2147483648 must be an int in \[0, 2147483647\]"),
         ({"selection_seed": -3}, r"`selection_seed`=-3"),
         ({"selection_seed": 1.5}, r"`selection_seed`=1.5 .*not float"),
-        ({"seed": 2**31}, r"`seed`=2147483648 must be an int in \[0, 2147483647\]. faiss's k-means takes a 32-bit seed"),
+        ({"seed": 2**31}, r"`seed`=2147483648 must be an int in \[0, 2147483647\]. faiss's k-means takes a 32-bit"),
         ({"weight_temperature": float("nan")}, r"`weight_temperature`=nan must be a finite number > 0"),
         ({"weight_temperature": 0}, r"`weight_temperature`=0 must be a finite number > 0"),
         ({"quality_temperature": float("nan")}, r"`quality_temperature`=nan must be a finite number > 0"),
         ({"quality_temperature": float("-inf")}, r"`quality_temperature`=-inf"),
         ({"quality_temperature": "1"}, r"`quality_temperature`='1' .*not str"),
-        ({"scored_rows_per_cluster": -3}, r"`scored_rows_per_cluster`=-3 must be an int >= 0. 0 scores every trained row"),
+        ({"scored_rows_per_cluster": -3}, r"`scored_rows_per_cluster`=-3 must be an int >= 0. 0 scores every"),
         ({"scored_rows_per_cluster": 2.5}, r"`scored_rows_per_cluster`=2.5"),
         ({"rounds": "3"}, r"`rounds`='3' must be an int >= 1, not str"),
         ({"rounds": 0}, r"`rounds`=0 must be an int >= 1"),
@@ -170,7 +172,9 @@ def test_config_keeps_valid_values_and_makes_numbers_plain(tmp_path):
     args = _config(tmp_path, seed=5, scored_rows_per_cluster=0, k="4", quality_temperature=2)
     assert args.selection_seed == 5 and args.scored_rows_per_cluster == 0 and args.k_value == 4
     assert args.quality_temperature == 2 and type(args.quality_temperature) is int  # recorded as given
-    args = _config(tmp_path, selection_seed=np.int64(9), budget=np.int64(12), rounds=np.int32(3), weight_temperature=np.float32(0.5))
+    args = _config(
+        tmp_path, selection_seed=np.int64(9), budget=np.int64(12), rounds=np.int32(3), weight_temperature=np.float32(0.5)
+    )
     assert (args.selection_seed, args.budget, args.rounds, args.weight_temperature) == (9, 12, 3, 0.5)
     json.dumps(args.selection_arguments())  # the manifest records them
 
@@ -181,11 +185,10 @@ def test_trainer_refuses_a_pool_with_its_row_id_column_before_loading_the_model(
     pool = datasets.Dataset.from_dict(
         {"prompt": ["a", "b"], "completion": ["c", "d"], ROW_ID: [0, 1], "embedding": [[1.0, 0.0], [0.0, 1.0]]}
     )
+    args = _config(tmp_path, budget=2, rounds=1, k="1", embedding_column="embedding")
     # The model is a Hub id that cannot be loaded offline: the check has to come first.
     with pytest.raises(InvalidArgumentError, match=rf"already has a column '{ROW_ID}'.*rename_column"):
-        IterativeSelectionTrainer(
-            "nonexistent/model", args=_config(tmp_path, budget=2, rounds=1, k="1", embedding_column="embedding"), train_dataset=pool
-        )
+        IterativeSelectionTrainer("nonexistent/model", args=args, train_dataset=pool)
 
 
 # ---- random bad values at every argument ----
@@ -222,14 +225,18 @@ def _dataset(kind):
     return POOL.to_list() if kind == "list" else None
 
 
+def _on(kwargs, flag):
+    return isinstance(kwargs.get(flag), (bool, np.bool_)) and bool(kwargs[flag])
+
+
 def _check_selection(result, kwargs, n):
     rows = resolve_budget(kwargs["budget"], n)
-    if kwargs.get("dry_run") is True or isinstance(kwargs.get("dry_run"), np.bool_) and kwargs["dry_run"]:
+    if _on(kwargs, "dry_run"):
         plans = result.values() if isinstance(result, dict) else [result]
         assert all(isinstance(plan, SelectionPlan) and plan.budget_rows == rows for plan in plans)
         return
-    if kwargs.get("return_manifest") is True or isinstance(kwargs.get("return_manifest"), np.bool_) and kwargs["return_manifest"]:
-        result, manifests = result
+    if _on(kwargs, "return_manifest"):
+        result, _ = result
     subsets = [result["train"]] if isinstance(result, datasets.DatasetDict) else [result]
     for subset in subsets:
         assert len(subset) == rows
@@ -237,7 +244,7 @@ def _check_selection(result, kwargs, n):
         assert len(set(indices)) == rows and all(0 <= i < n for i in indices)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(dataset=st.sampled_from(DATASETS), changes=st.lists(_select_calls, min_size=1, max_size=3))
 def test_random_bad_arguments_of_diverse_select(tmp_path, monkeypatch, dataset, changes):
     monkeypatch.chdir(tmp_path)  # a junk `cache_dir` such as "x" stays in the test's folder
