@@ -1,9 +1,11 @@
 """The `hf-idsel` command line.
 
-    hf-idsel select POOL --budget N --out DIR [--push-to-hub REPO]   choose a diverse subset
-    hf-idsel train --config recipe.yaml [--key value ...]             iterative selection + SFT
-    hf-idsel push DIR [--repo-id REPO]                                publish (or finish publishing) DIR
-    hf-idsel report PATH [--plot out.png]                             what a selection or a run chose
+    hf-idsel select POOL --budget N --out DIR [--overwrite] [--push-to-hub REPO]   choose a diverse subset
+    hf-idsel train --config recipe.yaml [--key value ...]                           iterative selection + SFT
+    hf-idsel push DIR [--repo-id REPO]                                              publish (or finish publishing) DIR
+    hf-idsel report PATH [--plot out.png]                                           what a selection or a run chose
+
+User errors (a bad argument or input file) print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -169,6 +171,8 @@ def _check_out(out: str, overwrite: bool) -> None:
     """Refuse an --out that cannot take the selection, before the pool is even loaded."""
     from .publish import PUSH_FILE
 
+    if not out:
+        raise InvalidArgumentError("--out is empty; pass the folder to write the selection to.")
     if os.path.exists(out) and not os.path.isdir(out):
         raise InvalidArgumentError(f"--out {out!r} is an existing file; pass a folder (created if needed).")
     earlier = [name for name in (*SELECTION_FILES, PUSH_FILE) if os.path.exists(os.path.join(out, name))]
