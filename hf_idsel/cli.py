@@ -1,9 +1,11 @@
 """The `hf-idsel` command line.
 
-    hf-idsel select POOL --budget N --out DIR [--push-to-hub REPO]   choose a diverse subset
-    hf-idsel train --config recipe.yaml [--key value ...]             iterative selection + SFT
-    hf-idsel push DIR [--repo-id REPO]                                publish (or finish publishing) DIR
-    hf-idsel report PATH [--plot out.png]                             what a selection or a run chose
+    hf-idsel select POOL --budget N --out DIR [--overwrite] [--push-to-hub REPO]   choose a diverse subset
+    hf-idsel train --config recipe.yaml [--key value ...]                           iterative selection + SFT
+    hf-idsel push DIR [--repo-id REPO]                                              publish (or finish publishing) DIR
+    hf-idsel report PATH [--plot out.png]                                           what a selection or a run chose
+
+User errors (a bad argument or input file) print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from .report import format_report
 from .sample import parse_budget
 
 logger = logging.getLogger(__name__)
+
+SELECTION_FILES = ("subset.parquet", "manifest.json", "report.md")  # what `select` writes to --out
 
 
 def _budget(value: str):
@@ -56,7 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     group = s.add_mutually_exclusive_group(required=True)
     group.add_argument("--budget", type=_budget, help="Rows to select (int) or a fraction of the pool (float in (0, 1]).")
     group.add_argument("--max-tokens", type=int, help="Token budget instead of rows (needs --tokenizer).")
-    s.add_argument("--out", required=True, help="Output folder (created).")
+    s.add_argument("--out", required=True, help="Output folder (created); replacing a selection needs --overwrite.")
+    s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace the selection an earlier run wrote to --out (and forget the push it staged there).",
+    )
     s.add_argument("--method", default="kmq", choices=METHODS, help="Selection method (default: kmq).")
     s.add_argument("--k", type=_k, default="auto", help="Number of clusters, or 'auto' (silhouette; default).")
     s.add_argument("--seed", type=int, default=0, help="Random seed (default: 0).")
@@ -111,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_select(args) -> int:
+    if not args.dry_run:
+        _check_out(args.out, args.overwrite)
     pool = load_pool(args.pool, split=args.split, config=args.config, revision=args.revision)
     # The flags named like diverse_select's arguments pass straight through.
     passed = ("method", "k", "seed", "quality_column", "temperature", "quota", "embedding_column", "text_column",
@@ -122,9 +133,7 @@ def _run_select(args) -> int:
     if args.max_tokens is not None:
         if not args.tokenizer:
             raise InvalidArgumentError("--max-tokens needs --tokenizer (the tokenizer you will train with).")
-        from transformers import AutoTokenizer
-
-        kwargs.update(max_tokens=args.max_tokens, tokenizer=AutoTokenizer.from_pretrained(args.tokenizer))
+        kwargs.update(max_tokens=args.max_tokens, tokenizer=_load_tokenizer(args.tokenizer))
     from .select import diverse_select
 
     if args.dry_run:
@@ -140,6 +149,8 @@ def _run_select(args) -> int:
     if world()[0] != 0:  # under `accelerate launch`: every rank holds the result, rank 0 writes it
         return 0
     manifest.pool["source"] = _pool_source(args)
+    if args.overwrite:
+        _remove_earlier_selection(args.out)
     os.makedirs(args.out, exist_ok=True)
     subset.to_parquet(os.path.join(args.out, "subset.parquet"))
     manifest.save(os.path.join(args.out, "manifest.json"))
@@ -154,6 +165,57 @@ def _run_select(args) -> int:
         url = push_selection(subset, args.push_to_hub, manifest=manifest, local_dir=args.out, private=args.private or None)
         print(f"Pushed to {url}")
     return 0
+
+
+def _check_out(out: str, overwrite: bool) -> None:
+    """Refuse an --out that cannot take the selection, before the pool is even loaded."""
+    from .publish import PUSH_FILE
+
+    if not out:
+        raise InvalidArgumentError("--out is empty; pass the folder to write the selection to.")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InvalidArgumentError(f"--out {out!r} is an existing file; pass a folder (created if needed).")
+    earlier = [name for name in (*SELECTION_FILES, PUSH_FILE) if os.path.exists(os.path.join(out, name))]
+    if earlier and not overwrite:
+        raise InvalidArgumentError(
+            f"--out {out!r} already holds a selection ({', '.join(earlier)}); pass --overwrite to replace it, "
+            "or choose another folder."
+        )
+    parent = os.path.abspath(out)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise InvalidArgumentError(f"--out {out!r}: {parent!r} is a file, so no folder can be created under it.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidArgumentError(f"--out {out!r}: the folder {parent!r} is not writable.")
+
+
+def _remove_earlier_selection(out: str) -> None:
+    """Delete what an earlier `select` wrote to `out`, and the push it staged, so that neither outlives it."""
+    from .publish import PUSH_FILE
+
+    # `select --push-to-hub` stages the push in --out: the plan, the rows of the default config, the card and plot.
+    staged = (PUSH_FILE, os.path.join("data", "default.parquet"), "README.md", "selection.png")
+    names = SELECTION_FILES + (staged if os.path.isfile(os.path.join(out, PUSH_FILE)) else ())
+    for name in names:
+        path = os.path.join(out, name)
+        if os.path.isfile(path):
+            os.remove(path)
+    data = os.path.join(out, "data")
+    if os.path.isdir(data) and not os.listdir(data):
+        os.rmdir(data)
+
+
+def _load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()
+        raise InvalidArgumentError(
+            f"--tokenizer {name!r} could not be loaded: {first[0] if first else type(err).__name__}"
+        ) from None
 
 
 def _pool_source(args) -> dict:
@@ -219,7 +281,12 @@ def _run_report(args) -> int:
     from .report import format_rounds, plot_selection, read_rounds
 
     path = args.path
-    rounds = read_rounds(path) if os.path.isdir(path) else []
+    try:
+        rounds = read_rounds(path) if os.path.isdir(path) else []
+    except IdselError:
+        raise
+    except (ValueError, OSError) as err:
+        raise InvalidArgumentError(f"{path}: a round file cannot be read ({err}).") from None
     candidates = [path, os.path.join(path, "manifest.json"), os.path.join(path, STAGING_DIR, "manifest.json")]
     found = next((c for c in candidates if os.path.isfile(c)), None)
     if found is None and not rounds:
@@ -227,7 +294,12 @@ def _run_report(args) -> int:
             f"PATH {path!r}: no manifest.json and no selection/round_<r>.json found; pass a manifest, a "
             "`hf-idsel select --out` folder or a trainer output_dir."
         )
-    manifest = Manifest.load(found) if found else None
+    try:
+        manifest = Manifest.load(found) if found else None
+    except IdselError:
+        raise
+    except (ValueError, OSError) as err:  # a truncated or corrupt file: json's and the decoder's errors are ValueErrors
+        raise InvalidArgumentError(f"{found}: not a readable manifest ({err}).") from None
     if manifest is not None:
         print(format_report(manifest, top=args.top))
     if rounds:

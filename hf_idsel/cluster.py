@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from datasets.utils.tqdm import tqdm
 
+from .checks import MAX_INT32, check_int, check_seed
 from .errors import InvalidArgumentError, MissingDependencyError
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ def kmeans(
     max_points_per_centroid: int = 256,
     init: str = "k-means++",
     gpu: bool | None = None,
+    warn_empty: bool = True,
 ) -> Clustering:
     """Seeded spherical k-means with faiss, fitted on a sample, then every row assigned in chunks.
 
@@ -97,10 +99,15 @@ def kmeans(
             seeding merges well-separated clusters too often); `"random"` is faiss's own seeding.
         gpu (`bool`, *optional*):
             Force the GPU on or off; by default used when faiss sees one.
+        warn_empty (`bool`, *optional*, defaults to `True`):
+            Log a warning when some clusters end up without rows (more clusters than distinct rows).
     """
     n, d = embeddings.shape
+    k = check_int(k, "k")
     if not 1 <= k <= n:
         raise InvalidArgumentError(f"`k`={k} must be between 1 and the number of rows ({n}).")
+    seed = check_seed(seed)
+    niter = check_int(niter, "niter", minimum=1, maximum=MAX_INT32)
     faiss = _faiss()
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     gpu = use_gpu() if gpu is None else gpu
@@ -140,7 +147,17 @@ def kmeans(
     labels, similarity = assign(x, centroids, gpu=gpu)
     # ||x - c||^2 = 2 - 2 cos for unit vectors.
     objective = float(np.sum(2.0 - 2.0 * similarity.astype(np.float64)))
-    return Clustering(centroids, labels, similarity, objective, k)
+    clustering = Clustering(centroids, labels, similarity, objective, k)
+    if warn_empty:
+        empty = int((clustering.sizes == 0).sum())
+        if empty:
+            distinct = len(np.unique(x, axis=0))
+            logger.warning(
+                "k-means left %d of %d clusters empty (the rows hold %d distinct vectors); they get no rows. "
+                "Pass a smaller `k` (at most %d) for clusters that all hold rows.",
+                empty, k, distinct, k - empty,
+            )
+    return clustering
 
 
 def assign(embeddings: np.ndarray, centroids: np.ndarray, *, gpu: bool = False, chunk: int = ASSIGN_CHUNK):
@@ -207,6 +224,7 @@ def choose_k(
     from sklearn.metrics import silhouette_score
 
     n = embeddings.shape[0]
+    seed = check_seed(seed)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, size=min(n, sample_size), replace=False))
     sample = embeddings[rows]
@@ -219,7 +237,7 @@ def choose_k(
         )
     scores = {}
     for k in tqdm(usable, desc="Choosing k (silhouette)", unit="k"):
-        labels = kmeans(sample, k, seed=seed, niter=niter, gpu=gpu).labels
+        labels = kmeans(sample, k, seed=seed, niter=niter, gpu=gpu, warn_empty=False).labels
         if len(np.unique(labels)) < 2:
             scores[k] = -1.0  # degenerate (e.g. identical rows): silhouette is undefined
             continue

@@ -3,10 +3,13 @@ field) plus how the data is selected."""
 
 from __future__ import annotations
 
+import numbers
+import os
 from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from .checks import check_choice, check_flag, check_int, check_model, check_name, check_number, check_seed
 from .embed import DEFAULT_ENCODER
 from .errors import InvalidArgumentError
 from .rounds import ROUND_MODES, WEIGHT_RULES, round_sizes
@@ -22,6 +25,17 @@ _RECORDED_ARGUMENTS = (
 )
 
 
+def _parse_k(k) -> int | str:
+    """`k` (`"auto"`, an int, or an int as a string from the command line) as `"auto"` or an int >= 1."""
+    if isinstance(k, str) and k == "auto":
+        return "auto"
+    if isinstance(k, str):
+        if not k.isdecimal():
+            raise InvalidArgumentError(f"`k`={k!r} must be an int or 'auto'.")
+        k = int(k)
+    return check_int(k, "k", minimum=1, fix=" Pass the number of clusters, or 'auto'.")
+
+
 class Budget:
     """Command-line type of `budget`: "64" is 64 rows, "0.1" and "1.0" are fractions of the pool
     (`sample.parse_budget`); a class, because `HfArgumentParser` takes the field's annotation as the type."""
@@ -34,6 +48,8 @@ class Budget:
 class IterativeSelectionConfig(SFTConfig):
     r"""
     Configuration for [`IterativeSelectionTrainer`]: every [`~trl.SFTConfig`] field, plus the selection.
+    Every selection field is checked when the config is built (a NaN temperature, a string for a number,
+    a seed faiss cannot take are refused with an `InvalidArgumentError` naming the field).
     `train_sampling_strategy` orders each round's rows (`"random"`, `"sequential"` = drawn order, or
     `"group_by_length"`); `"batch_rebalance"` is refused.
 
@@ -67,7 +83,8 @@ class IterativeSelectionConfig(SFTConfig):
         weight_temperature (`float`, *optional*, defaults to `1.0`):
             Temperature T of the weight update.
         scored_rows_per_cluster (`int`, *optional*, defaults to `8`):
-            Rows of each cluster scored by generation scorers per round (0 = all trained rows).
+            Rows of each cluster scored by generation scorers per round (0 = all trained rows; negative
+            values are refused).
         generation_max_new_tokens (`int`, *optional*, defaults to `128`):
             Length limit of the model's answers for generation scorers.
         scoring_batch_size (`int`, *optional*, defaults to `8`):
@@ -82,7 +99,8 @@ class IterativeSelectionConfig(SFTConfig):
         round_mode (`str`, *optional*, defaults to `"continue"`):
             `"continue"` (the paper) or `"restart"` (the research code).
         selection_seed (`int`, *optional*):
-            Seed of clustering and draws; defaults to `seed`.
+            Seed of clustering and draws, an int in [0, 2**31 - 1] (faiss's k-means takes a 32-bit seed);
+            defaults to `seed`.
         pool_id (`str`, *optional*):
             Hub id of the pool, recorded in manifests and in the cards' `source_datasets`; lets
             `load_selection(hub_dataset_id)` load the pool by itself.
@@ -154,30 +172,17 @@ class IterativeSelectionConfig(SFTConfig):
     )
 
     def __post_init__(self):
-        if self.rounds < 1:
-            raise InvalidArgumentError(f"`rounds`={self.rounds} must be at least 1.")
-        if self.epochs_per_round < 1:
-            raise InvalidArgumentError(f"`epochs_per_round`={self.epochs_per_round} must be at least 1.")
+        self._check_selection_fields()
         if self.scorer not in SCORERS:
             raise InvalidArgumentError(
                 f"`scorer`={self.scorer!r}; choose one of {list(SCORERS)}. A judge or any other scorer is a Python "
                 "object: pass `scorer=JudgeScorer(judge)` (or a callable) to IterativeSelectionTrainer."
             )
-        for name, value, allowed in (
-            ("weight_update", self.weight_update, WEIGHT_RULES),
-            ("round_mode", self.round_mode, ROUND_MODES),
-        ):
-            if value not in allowed:
-                raise InvalidArgumentError(f"`{name}`={value!r}; choose one of {list(allowed)}.")
-        self.budget = parse_budget(self.budget)
-        check_budget(self.budget)
         if self.scorer == "reward" and not self.reward_model:
             raise InvalidArgumentError(
                 "`scorer`='reward' needs `reward_model` (a sequence-classification reward model id or path), "
                 "or pass `scorer=RewardScorer(model, tokenizer)` to the trainer and leave this field alone."
             )
-        if self.weight_temperature <= 0 or self.quality_temperature <= 0:
-            raise InvalidArgumentError("`weight_temperature` and `quality_temperature` must be positive.")
         if self.max_steps is not None and self.max_steps > 0:
             raise InvalidArgumentError(
                 "`max_steps` cannot be used: rounds are epochs. Set `rounds` and `epochs_per_round` instead."
@@ -194,17 +199,47 @@ class IterativeSelectionConfig(SFTConfig):
                 "selection's own sampler. Use 'group_by_length' to cut padding, or 'random' / 'sequential'."
             )
         self.num_train_epochs = self.rounds * self.epochs_per_round
-        if self.selection_seed is None:
-            self.selection_seed = self.seed
         super().__post_init__()
+
+    def _check_selection_fields(self) -> None:
+        """The type and range of every selection field, before anything is loaded; numbers become Python numbers."""
+        self.budget = parse_budget(self.budget)
+        check_budget(self.budget)
+        self.budget = int(self.budget) if isinstance(self.budget, numbers.Integral) else float(self.budget)
+        self.rounds = check_int(self.rounds, "rounds", minimum=1)
+        self.epochs_per_round = check_int(self.epochs_per_round, "epochs_per_round", minimum=1)
+        k = _parse_k(self.k)
+        if not isinstance(self.k, str):
+            self.k = k  # numpy ints as Python ints: manifests record `k`
+        self.encoder = os.fspath(check_model(self.encoder, "encoder", loaded=False))
+        for name in ("embedding_column", "quality_column", "reward_model", "pool_id", "hub_dataset_id", "hub_license"):
+            check_name(getattr(self, name), name)
+        check_name(self.reference_model, "reference_model", optional=False)
+        self.quality_temperature = check_number(self.quality_temperature, "quality_temperature", above=0)
+        self.weight_temperature = check_number(self.weight_temperature, "weight_temperature", above=0)
+        if not isinstance(self.scorer, str):
+            raise InvalidArgumentError(
+                f"`scorer`={self.scorer!r}: the config takes a scorer's name ({list(SCORERS)}); pass a scorer "
+                "object or a callable to IterativeSelectionTrainer's `scorer=` instead."
+            )
+        check_choice(self.weight_update, "weight_update", WEIGHT_RULES)
+        check_choice(self.round_mode, "round_mode", ROUND_MODES)
+        self.scored_rows_per_cluster = check_int(
+            self.scored_rows_per_cluster, "scored_rows_per_cluster", minimum=0, fix=" 0 scores every trained row."
+        )
+        for name in ("generation_max_new_tokens", "scoring_batch_size"):
+            setattr(self, name, check_int(getattr(self, name), name, minimum=1))
+        self.score_last_round = check_flag(self.score_last_round, "score_last_round")
+        # Without `selection_seed` the run's `seed` seeds the selection too: the error then names `seed`.
+        if self.selection_seed is None:
+            self.selection_seed = check_seed(self.seed, "seed")
+        else:
+            self.selection_seed = check_seed(self.selection_seed, "selection_seed")
 
     @property
     def k_value(self) -> int | str:
-        if isinstance(self.k, int) or (isinstance(self.k, str) and self.k.isdigit()):
-            return int(self.k)
-        if self.k != "auto":
-            raise InvalidArgumentError(f"`k`={self.k!r} must be an int or 'auto'.")
-        return "auto"
+        """`k` as an int, or `"auto"`."""
+        return _parse_k(self.k)
 
     def selection_arguments(self) -> dict:
         """The selection fields as an iterative run's manifests record them under `arguments`."""

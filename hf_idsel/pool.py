@@ -26,6 +26,7 @@ training recipes and `load_selection` all read pools through it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import json
@@ -39,7 +40,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from .cache import package_file
+from .cache import looks_like_path, package_file
 from .errors import InvalidArgumentError, MissingDependencyError
 
 
@@ -359,24 +360,48 @@ def load_pool(
         `datasets.Dataset`: the rows of `split`.
 
     Raises:
-        `InvalidArgumentError`: a file type no `datasets` builder here reads, or a split `source` does not have.
+        `InvalidArgumentError`: a local path that does not exist, a file type no `datasets` builder here reads, a
+            file that cannot be parsed (for JSON, the message names the first bad line), a Hub dataset that
+            cannot be loaded, or a split `source` does not have.
     """
     if source == BUILTIN_POOL:
         return load_builtin_pool(seed=seed)
+    named = f"{source_argument}={source!r}"
     if os.path.isfile(source):
         ext = os.path.splitext(source)[1].lower()
         if ext not in _FILE_BUILDERS:
+            raise InvalidArgumentError(f"{named}: unsupported file type {ext!r}; use one of {sorted(_FILE_BUILDERS)}.")
+        try:
+            with _quiet_json_builder():
+                loaded = datasets.load_dataset(_FILE_BUILDERS[ext], data_files=source)
+        except datasets.exceptions.DatasetGenerationError as err:
+            bad_line = _json_error(source) if _FILE_BUILDERS[ext] == "json" else None
+            if bad_line is not None:
+                raise InvalidArgumentError(f"{named}: {bad_line}; fix or remove that line.") from None
             raise InvalidArgumentError(
-                f"{source_argument}={source!r}: unsupported file type {ext!r}; use one of {sorted(_FILE_BUILDERS)}."
-            )
-        loaded = datasets.load_dataset(_FILE_BUILDERS[ext], data_files=source)
+                f"{named} cannot be read as {_FILE_BUILDERS[ext]}: {_first_line(err.__cause__ or err)}."
+            ) from None
     elif os.path.isdir(source):
-        if any(os.path.isfile(os.path.join(source, marker)) for marker in _SAVED_MARKERS):
-            loaded = datasets.load_from_disk(source)
-        else:
-            loaded = datasets.load_dataset(source, config, revision=revision)
+        try:
+            if any(os.path.isfile(os.path.join(source, marker)) for marker in _SAVED_MARKERS):
+                loaded = datasets.load_from_disk(source)
+            else:
+                loaded = datasets.load_dataset(source, config, revision=revision)
+        except (OSError, ValueError, datasets.exceptions.DatasetsError) as err:
+            reason = _first_line(err.__cause__ or err)
+            raise InvalidArgumentError(f"{named}: the folder cannot be read as a dataset: {reason}.") from None
+    elif _looks_local(source):
+        raise InvalidArgumentError(
+            f"{named}: no such file or folder (a Hub dataset id is `namespace/name`, without a file extension)."
+        )
     else:
-        loaded = datasets.load_dataset(source, config, revision=revision, token=token)
+        try:
+            loaded = datasets.load_dataset(source, config, revision=revision, token=token)
+        except (OSError, datasets.exceptions.DatasetsError) as err:
+            raise InvalidArgumentError(
+                f"{named} is no local file or folder, and loading it as a Hub dataset failed: {_first_line(err)}. "
+                "Check the path, or the dataset id, config, network and token."
+            ) from None
     if isinstance(loaded, datasets.Dataset):
         return loaded
     if split not in loaded:
@@ -384,3 +409,53 @@ def load_pool(
             f"{split_argument}={split!r}: {source_argument}={source!r} has splits {list(loaded)}; pick one of them."
         )
     return loaded[split]
+
+
+def _looks_local(source: str) -> bool:
+    # A Hub dataset id is `name` or `namespace/name`; anything else (or a data file's name) is a local path.
+    return looks_like_path(source) or source.count("/") > 1 or os.path.splitext(source)[1].lower() in _FILE_BUILDERS
+
+
+@contextlib.contextmanager
+def _quiet_json_builder():
+    # datasets' json builder logs an error of its own before it raises on a malformed file; ours names the line.
+    builder_logger = logging.getLogger("datasets.packaged_modules.json.json")
+    level = builder_logger.level
+    builder_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        builder_logger.setLevel(level)
+
+
+def _json_error(path: str) -> str | None:
+    """Where a `.json`/`.jsonl` file stops being JSON lines (or one JSON document): "line N is ...", else `None`."""
+    with open(path, "rb") as f:
+        seen_value = False
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return f"line {line_no} is not UTF-8 text ({err.reason} at byte {err.start + 1} of the line)"
+            if not line.strip():
+                continue
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as err:
+                if seen_value:
+                    return f"line {line_no} is not valid JSON ({err.msg} at column {err.colno})"
+                break  # the first value spans lines: the file may be one JSON document
+            seen_value = True
+        else:
+            return None
+    with open(path, encoding="utf-8") as f:
+        try:
+            json.load(f)
+        except json.JSONDecodeError as err:
+            return f"line {err.lineno} is not valid JSON ({err.msg} at column {err.colno})"
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else type(err).__name__

@@ -7,7 +7,6 @@ Every argument is checked before the encoder loads. The subset keeps all pool co
 from __future__ import annotations
 
 import logging
-import math
 import numbers
 import os
 from dataclasses import asdict, dataclass, fields
@@ -16,13 +15,13 @@ from typing import Any
 import datasets
 import numpy as np
 
-from . import baselines, methods, sample
+from . import baselines, checks, methods, sample
 from .cache import cache_file
 from .cluster import choose_k, default_k_candidates, kmeans
 from .embed import DEFAULT_ENCODER, embed_dataset, embedding_cache_key, embeddings_from_column, encoder_identity
 from .errors import InvalidArgumentError
 from .manifest import Manifest, encoder_record, indices_digest, pool_record, selection_subset
-from .render import RenderOptions, resolve_render_options, token_lengths, validate_columns
+from .render import FORMATS, RenderOptions, resolve_render_options, token_lengths, validate_columns
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +40,7 @@ class SelectArguments:
     """The arguments of one [`diverse_select`] call, but the pool and the way the result is returned.
 
     Built once per call; every field means what the argument of the same name means in [`diverse_select`].
+    numpy numbers become Python numbers (`np.int64(3)` is recorded as `3`).
     """
 
     budget: int | float | None
@@ -69,6 +69,10 @@ class SelectArguments:
     device: str | None
     cache_dir: str | None
     trust_remote_code: bool
+
+    def __post_init__(self):
+        for field in fields(self):
+            object.__setattr__(self, field.name, _plain(getattr(self, field.name)))
 
     def pick(self, *names: str) -> dict:
         """The fields `names`, as keyword arguments for the stage that takes them."""
@@ -180,7 +184,8 @@ def diverse_select(
         k (`int` or `"auto"`, *optional*, defaults to `"auto"`):
             Number of clusters; `"auto"` picks it by silhouette score on a sample (the paper's guidance).
         seed (`int`, *optional*, defaults to `0`):
-            Seeds k-means and every draw; same data, arguments and seed give the same rows.
+            Seeds k-means and every draw; same data, arguments and seed give the same rows. An int in
+            [0, 2**31 - 1] (faiss's k-means takes a 32-bit seed).
         max_tokens (`int`, *optional*):
             Token budget instead of rows: the selection's total tokens (measured with `tokenizer`,
             chat template included) stay within it. For the ordered methods (kmq, kmeans-*, random).
@@ -217,7 +222,7 @@ def diverse_select(
         k_candidates (`list[int]`, *optional*):
             Candidate k values for `k="auto"`.
         kmeans_niter (`int`, *optional*, defaults to `20`):
-            k-means iterations.
+            k-means iterations, at least 1.
         batch_size (`int`, *optional*, defaults to `64`):
             Encoder batch size.
         device (`str`, *optional*):
@@ -235,6 +240,11 @@ def diverse_select(
 
     Returns:
         `datasets.Dataset` (or `DatasetDict`, or a `(subset, Manifest)` tuple with `return_manifest=True`).
+
+    Raises:
+        [`InvalidArgumentError`]: an argument of the wrong type or out of range (a NaN or infinite
+            number, a bool or string for a number, a string for a flag), or one the pool cannot satisfy;
+            always before the encoder loads or any vector is clustered.
     """
     args = SelectArguments(
         budget=budget,
@@ -264,6 +274,9 @@ def diverse_select(
         cache_dir=cache_dir,
         trust_remote_code=trust_remote_code,
     )
+    checks.check_flag(dry_run, "dry_run")
+    checks.check_flag(return_manifest, "return_manifest")
+    checks.check_name(split, "split")
     if isinstance(dataset, datasets.DatasetDict):
         return _select_dict(dataset, args, split=split, dry_run=dry_run, return_manifest=return_manifest)
     if split is not None:
@@ -291,19 +304,59 @@ def _select_dict(dataset_dict, args: SelectArguments, *, split, dry_run, return_
     return (subset, manifests) if return_manifest else subset
 
 
+_COSINE = " It is a cosine similarity."  # the fix named by the threshold checks
+
+
+def _check_values(args: SelectArguments) -> None:
+    """The type and range of every argument that does not depend on the pool."""
+    checks.check_choice(args.method, "method", methods.METHODS)
+    checks.check_seed(args.seed)
+    if isinstance(args.k, str) and args.k == "auto":
+        if args.k_candidates is not None and (
+            not isinstance(args.k_candidates, (list, tuple))
+            or not args.k_candidates
+            or any(isinstance(c, bool) or not isinstance(c, numbers.Integral) or c < 2 for c in args.k_candidates)
+        ):
+            raise InvalidArgumentError(f"`k_candidates`={args.k_candidates!r} must be a non-empty list of ints >= 2.")
+    else:
+        checks.check_int(args.k, "k", minimum=1, fix=" Pass the number of clusters, or k='auto'.")
+        if args.k_candidates is not None and not isinstance(args.k_candidates, (list, tuple)):
+            raise InvalidArgumentError(
+                f"`k_candidates`={args.k_candidates!r} must be a list of ints >= 2 (used with k='auto')."
+            )
+    checks.check_int(args.kmeans_niter, "kmeans_niter", minimum=1, maximum=checks.MAX_INT32)
+    checks.check_tokenizer(args.tokenizer)
+    checks.check_name(args.quality_column, "quality_column")
+    checks.check_number(args.temperature, "temperature", above=0)
+    checks.check_choice(args.quality_weighting, "quality_weighting", sample.QUALITY_WEIGHTINGS)
+    checks.check_choice(args.quota, "quota", sample.QUOTA_RULES)
+    checks.check_model(args.encoder, "encoder")
+    for name in ("encoder_revision", "embedding_column", "text_column", "template"):
+        checks.check_name(getattr(args, name), name)
+    if args.format is not None:
+        checks.check_choice(args.format, "format", FORMATS)
+    checks.check_flag(args.include_answer, "include_answer")
+    if args.dedup_threshold is not None:
+        checks.check_number(args.dedup_threshold, "dedup_threshold", above=0, at_most=1, fix=_COSINE)
+    checks.check_number(args.deita_threshold, "deita_threshold", above=0, at_most=1, fix=_COSINE)
+    checks.check_number(args.qdit_alpha, "qdit_alpha", at_least=0, at_most=1)
+    checks.check_int(args.batch_size, "batch_size", minimum=1)
+    checks.check_device(args.device)
+    checks.check_path(args.cache_dir, "cache_dir")
+    checks.check_flag(args.trust_remote_code, "trust_remote_code")
+
+
 def _check_arguments(pool: datasets.Dataset, args: SelectArguments) -> _Checked:
     """Every cheap check, before any model or encoder is touched."""
     n = len(pool)
     if n == 0:
         raise InvalidArgumentError("The pool (`dataset`) is empty; there is nothing to select from.")
-    if args.method not in methods.METHODS:
-        raise InvalidArgumentError(f"Unknown `method`={args.method!r}; choose one of {list(methods.METHODS)}.")
+    _check_values(args)
     if (args.budget is None) == (args.max_tokens is None):
         raise InvalidArgumentError("Pass exactly one of `budget` (rows or fraction) and `max_tokens` (token budget).")
     rows = sample.resolve_budget(args.budget, n) if args.budget is not None else None
     if args.max_tokens is not None:
-        if isinstance(args.max_tokens, bool) or not isinstance(args.max_tokens, numbers.Integral) or args.max_tokens < 1:
-            raise InvalidArgumentError(f"`max_tokens`={args.max_tokens!r} must be a positive int.")
+        checks.check_int(args.max_tokens, "max_tokens", minimum=1)
         if args.tokenizer is None:
             raise InvalidArgumentError("`max_tokens` needs `tokenizer=` (the one you will train with) to count tokens.")
         ordered = methods.ordered_methods()
@@ -311,32 +364,8 @@ def _check_arguments(pool: datasets.Dataset, args: SelectArguments) -> _Checked:
             raise InvalidArgumentError(
                 f"`max_tokens` works with methods {ordered}; for {args.method!r} pass a row `budget`."
             )
-    if isinstance(args.seed, bool) or not isinstance(args.seed, numbers.Integral) or args.seed < 0:
-        raise InvalidArgumentError(f"`seed`={args.seed!r} must be a non-negative int.")
-    k = args.k
-    if k == "auto":
-        if args.k_candidates is not None and (
-            not args.k_candidates or any(not isinstance(c, numbers.Integral) or c < 2 for c in args.k_candidates)
-        ):
-            raise InvalidArgumentError(f"`k_candidates`={args.k_candidates!r} must be a non-empty list of ints >= 2.")
-    elif isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise InvalidArgumentError(f"`k`={k!r} must be an int or 'auto'.")
-    elif not 1 <= k <= n:
-        raise InvalidArgumentError(f"`k`={k} must be between 1 and the number of rows ({n}); try k='auto'.")
-    if args.quality_weighting not in sample.QUALITY_WEIGHTINGS:
-        raise InvalidArgumentError(
-            f"`quality_weighting`={args.quality_weighting!r}; choose one of {list(sample.QUALITY_WEIGHTINGS)}."
-        )
-    if args.quota not in sample.QUOTA_RULES:
-        raise InvalidArgumentError(f"`quota`={args.quota!r}; choose one of {list(sample.QUOTA_RULES)}.")
-    if not (isinstance(args.temperature, numbers.Real) and args.temperature > 0 and math.isfinite(args.temperature)):
-        raise InvalidArgumentError(f"`temperature`={args.temperature!r} must be a positive number.")
-    if args.dedup_threshold is not None and not 0 < args.dedup_threshold <= 1:
-        raise InvalidArgumentError(f"`dedup_threshold`={args.dedup_threshold} must be in (0, 1] (a cosine similarity).")
-    if not 0 < args.deita_threshold <= 1:
-        raise InvalidArgumentError(f"`deita_threshold`={args.deita_threshold} must be in (0, 1] (a cosine similarity).")
-    if not 0 <= args.qdit_alpha <= 1:
-        raise InvalidArgumentError(f"`qdit_alpha`={args.qdit_alpha} must be in [0, 1].")
+    if not isinstance(args.k, str) and args.k > n:
+        raise InvalidArgumentError(f"`k`={args.k} must be between 1 and the number of rows ({n}); try k='auto'.")
     method_check = methods.METHODS[args.method].check
     if method_check is not None:
         method_check(args)
@@ -355,6 +384,13 @@ def _check_arguments(pool: datasets.Dataset, args: SelectArguments) -> _Checked:
             )
         values = pool.data.table.column(args.quality_column).to_numpy(zero_copy_only=False)
         quality = sample.validate_quality(values, args.quality_column, weighting=args.quality_weighting)
+        uses_temperature = "temperature" in methods.METHODS[args.method].options and args.quality_weighting == "softmax"
+        with np.errstate(over="ignore"):
+            if uses_temperature and not np.isfinite(quality / args.temperature).all():
+                raise InvalidArgumentError(
+                    f"`temperature`={args.temperature!r} is too small for the scores in `quality_column`="
+                    f"{args.quality_column!r}: quality / temperature overflows. Pass a larger temperature."
+                )
 
     render = None
     # Text is needed to embed, and to count tokens for a token budget even with precomputed vectors.
@@ -530,6 +566,15 @@ def _is_json_value(value) -> bool:
     if isinstance(value, (list, tuple)):
         return all(_is_json_value(v) for v in value)
     return False
+
+
+def _plain(value):
+    # numpy scalars as Python ones, also inside a list: faiss takes no numpy ints, manifests are JSON.
+    if isinstance(value, np.generic):
+        return value.item()
+    if type(value) in (list, tuple):
+        return type(value)(_plain(v) for v in value)
+    return value
 
 
 def _plan(pool, args: SelectArguments, checked: _Checked) -> SelectionPlan:

@@ -179,6 +179,11 @@ class IterativeSelectionTrainer(SFTTrainer):
             raise InvalidArgumentError("`args` must be an IterativeSelectionConfig.")
         if not isinstance(train_dataset, datasets.Dataset):
             raise InvalidArgumentError("`train_dataset` must be a datasets.Dataset holding the whole pool.")
+        if ROW_ID in train_dataset.column_names:
+            raise InvalidArgumentError(
+                f"`train_dataset` already has a column {ROW_ID!r}, the column IterativeSelectionTrainer adds to trace "
+                f"every row back to the pool: rename it first, e.g. `pool.rename_column({ROW_ID!r}, 'parent_row')`."
+            )
         if train_dataset._indices is not None:
             train_dataset = train_dataset.flatten_indices()
         self.pool = train_dataset

@@ -76,3 +76,76 @@ print(json.dumps(sorted(name for name in ("torch", "transformers", "trl") if nam
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def _one_error_line(capsys, command):
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"hf-idsel {command}: error: "), captured.err
+    assert "Traceback" not in captured.out + captured.err
+    return lines[0]
+
+
+def test_a_missing_pool_file_is_one_line(tmp_path, capsys):
+    missing = str(tmp_path / "pool.jsonl")
+    assert main(["select", missing, "--budget", "2", "--out", str(tmp_path / "o")]) == 2
+    assert f"POOL={missing!r}: no such file or folder" in _one_error_line(capsys, "select")
+
+
+def test_a_malformed_jsonl_line_is_named_with_its_file_and_number(tmp_path, capsys):
+    path = tmp_path / "pool.jsonl"
+    lines = [json.dumps(r) for r in ROWS]
+    lines[6] = lines[6][:-1]  # the closing brace of line 7 is lost
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["select", str(path), "--budget", "2", "--out", str(tmp_path / "o")]) == 2
+    assert f"POOL={str(path)!r}: line 7 is not valid JSON" in _one_error_line(capsys, "select")
+
+
+def test_an_out_that_is_a_file_is_refused_before_the_pool_is_read(tmp_path, capsys):
+    out = tmp_path / "out.txt"
+    out.write_text("notes")
+    # The pool does not exist either: the error names --out, so --out was checked first.
+    assert main(["select", str(tmp_path / "missing.jsonl"), "--budget", "2", "--out", str(out)]) == 2
+    assert f"--out {str(out)!r} is an existing file" in _one_error_line(capsys, "select")
+    assert out.read_text() == "notes"
+    assert main(["select", str(tmp_path / "missing.jsonl"), "--budget", "2", "--out", str(out / "sub")]) == 2
+    assert "is a file, so no folder can be created under it" in _one_error_line(capsys, "select")
+
+
+def test_split_of_a_single_file_is_refused(pool_file, tmp_path, capsys):
+    assert main(["select", pool_file, "--budget", "2", "--split", "test", "--out", str(tmp_path / "o")]) == 2
+    assert f"--split='test': POOL={pool_file!r} has splits ['train']" in _one_error_line(capsys, "select")
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_report_on_a_truncated_manifest_is_one_line(pool_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["select", pool_file, "--budget", "4", "--k", "2", "--out", str(out)]) == 0
+    manifest = out / "manifest.json"
+    manifest.write_text(manifest.read_text()[:200])
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 2
+    assert f"{manifest}: not a readable manifest (" in _one_error_line(capsys, "report")
+
+
+def test_select_keeps_an_earlier_selection_unless_overwrite(pool_file, tmp_path, capsys):
+    from hf_idsel.manifest import Manifest
+    from hf_idsel.publish import PUSH_FILE, stage
+
+    out = tmp_path / "out"
+    assert main(["select", pool_file, "--budget", "4", "--k", "2", "--out", str(out)]) == 0
+    first = (out / "manifest.json").read_text()
+    capsys.readouterr()
+    assert main(["select", pool_file, "--budget", "6", "--k", "2", "--out", str(out)]) == 2
+    line = _one_error_line(capsys, "select")
+    assert "already holds a selection (subset.parquet, manifest.json, report.md); pass --overwrite" in line
+    assert (out / "manifest.json").read_text() == first
+    # The earlier selection was staged for a push: --overwrite forgets that push with the rows it staged.
+    subset = datasets.Dataset.from_parquet(str(out / "subset.parquet"))
+    manifest = Manifest.load(str(out))
+    stage(str(out), "someone/selection", subsets={"default": subset}, manifests={"default": manifest}, card=None)
+    assert (out / PUSH_FILE).is_file() and (out / "data" / "default.parquet").is_file()
+    assert main(["select", pool_file, "--budget", "6", "--k", "2", "--out", str(out), "--overwrite"]) == 0
+    assert len(json.loads((out / "manifest.json").read_text())["selected_indices"]) == 6
+    assert len(datasets.Dataset.from_parquet(str(out / "subset.parquet"))) == 6
+    assert not (out / PUSH_FILE).exists() and not (out / "data").exists()

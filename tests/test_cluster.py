@@ -57,3 +57,29 @@ def test_default_grid():
     grid = default_k_candidates(4000)
     assert grid[0] == 2 and grid[-1] <= 400 and grid == sorted(set(grid))
     assert default_k_candidates(19) == []
+
+
+def test_more_clusters_than_distinct_rows_warns_and_names_the_empty_ones(caplog):
+    x = np.tile(np.eye(3, dtype=np.float32), (10, 1))  # 30 rows, 3 distinct vectors
+    with caplog.at_level("WARNING", logger="hf_idsel.cluster"):
+        result = kmeans(x, 5, seed=0)
+    assert sorted(result.sizes.tolist()) == [0, 0, 10, 10, 10]
+    assert "k-means left 2 of 5 clusters empty (the rows hold 3 distinct vectors)" in caplog.text
+    assert "at most 3" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_idsel.cluster"):
+        kmeans(x, 3, seed=0)
+        choose_k(x, [2, 4], seed=0)  # the candidates k='auto' tries are not the clustering that is used
+    assert "empty" not in caplog.text
+
+
+def test_seed_and_iterations_are_checked_and_numpy_ints_accepted():
+    x, _ = planted_blobs(3, 10)
+    numpy_ints = kmeans(x, np.int64(3), seed=np.int64(4), niter=np.int32(5))
+    assert np.array_equal(numpy_ints.labels, kmeans(x, 3, seed=4, niter=5).labels)
+    with pytest.raises(InvalidArgumentError, match=r"`seed`=2147483648 must be an int in \[0, 2147483647\]"):
+        kmeans(x, 3, seed=2**31)
+    with pytest.raises(InvalidArgumentError, match=r"`seed`=-1"):
+        choose_k(x, [2, 3], seed=-1)
+    with pytest.raises(InvalidArgumentError, match=r"`niter`=0 must be an int in \[1, 2147483647\]"):
+        kmeans(x, 3, niter=0)

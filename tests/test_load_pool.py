@@ -41,3 +41,40 @@ def test_saved_datasets_and_dataset_dicts_load_from_disk(tmp_path):
     assert load_pool(str(tmp_path / "two"), split="test")["prompt"] == test["prompt"]
     with pytest.raises(InvalidArgumentError, match=r"has splits \['train', 'test'\]"):
         load_pool(str(tmp_path / "two"), split="validation")
+
+
+def test_a_missing_local_path_is_named_without_asking_the_hub(tmp_path):
+    for source in (str(tmp_path / "pool.jsonl"), "pool.jsonl", "./pools/mine", "data/pools/mine"):
+        with pytest.raises(InvalidArgumentError, match=rf"POOL={source!r}: no such file or folder"):
+            load_pool(source)
+
+
+def test_a_hub_dataset_that_cannot_be_loaded_is_one_clear_error():
+    # The tests run offline (conftest): the Hub is out of reach, as it is for a user without network.
+    failed = r"POOL='someone/pool' is no local file or folder, and loading it as a Hub dataset failed: .*Hub"
+    with pytest.raises(InvalidArgumentError, match=failed):
+        load_pool("someone/pool")
+
+
+@pytest.mark.parametrize(
+    "name, text, match",
+    [
+        ("pool.jsonl", b'{"prompt": "a"}\n{"prompt": "c", "completion": "d"\n{"prompt": "e"}\n', r"line 2 is not valid JSON"),
+        ("pool.jsonl", b'{"prompt": "a"}\n\n{"prompt": "c"}\nnot json\n', r"line 4 is not valid JSON"),
+        ("pool.json", b'[\n  {"prompt": "a"},\n  {"prompt": "c", "completion": "d"\n]\n', r"line 4 is not valid JSON"),
+        # pyarrow takes text that is not UTF-8; once the file fails to parse, that line is the first one named.
+        ("pool.jsonl", b'{"prompt": "a"}\n{"prompt": "\xff"}\n{"prompt": \n', r"line 2 is not UTF-8 text"),
+    ],
+)
+def test_malformed_json_names_the_file_and_the_line(tmp_path, name, text, match):
+    path = tmp_path / name
+    path.write_bytes(text)
+    with pytest.raises(InvalidArgumentError, match=rf"POOL='{path}': {match} .*fix or remove that line"):
+        load_pool(str(path))
+
+
+def test_malformed_csv_is_named_with_the_parser_message(tmp_path):
+    path = tmp_path / "pool.csv"
+    path.write_text("prompt,completion\na,b\nc,d,e\n")
+    with pytest.raises(InvalidArgumentError, match=rf"POOL='{path}' cannot be read as csv: .*line 3"):
+        load_pool(str(path))
