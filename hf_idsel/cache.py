@@ -35,7 +35,7 @@ from .errors import InvalidArgumentError
 
 try:  # POSIX: a lock tells a cache file being written from one that a killed run left behind
     import fcntl
-except ImportError:  # Windows: an unfinished file counts as abandoned once it is a day old
+except ImportError:  # Windows: an unfinished file counts as abandoned once a day passes without writes
     fcntl = None
 
 logger = logging.getLogger(__name__)
@@ -213,17 +213,15 @@ def _write_stream(stream: pa.NativeFile, key: str, parts: Iterable[dict | pa.Tab
 def _partial_file(path: str):
     """A new temporary file next to `path`, moved onto `path` when the block succeeds and deleted otherwise.
 
-    While it is written, the file is locked (where the OS has `flock`), which tells a live writer's
-    file from one a killed process left behind; the latter are deleted here first.
+    While it is written, the file is locked (where the filesystem has `flock`), which tells a live
+    writer's file from one a killed process left behind; the latter are deleted here first.
     """
     folder = os.path.dirname(path)
     _remove_abandoned_partials(folder)
     while True:
         fd, partial = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=_PARTIAL_SUFFIX, dir=folder)
-        if fcntl is None:
-            break
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        if os.fstat(fd).st_nlink:
+        locked = _lock(fd, wait=True)
+        if not locked or os.fstat(fd).st_nlink:
             break
         os.close(fd)  # another process's clean-up took it between creation and locking: make another
     file = os.fdopen(fd, "wb")
@@ -231,14 +229,28 @@ def _partial_file(path: str):
         yield file
         file.flush()
         os.fsync(file.fileno())
-        if fcntl is None:
+        if not locked:
             file.close()  # Windows cannot rename an open file
-        # With flock, renamed while still locked, so no clean-up can take it for abandoned.
+        # When locked, renamed before the lock goes, so no clean-up can take it for abandoned.
         os.replace(partial, path)
     finally:
         file.close()
         with contextlib.suppress(FileNotFoundError):
             os.remove(partial)
+
+
+def _lock(fd: int, *, wait: bool) -> bool | None:
+    """Lock `fd` exclusively: `True` when locked, `False` when another process holds it (only without
+    `wait`), `None` where there are no locks (Windows, network filesystems without them)."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    return True
 
 
 def _remove_abandoned_partials(folder: str) -> None:
@@ -247,15 +259,17 @@ def _remove_abandoned_partials(folder: str) -> None:
             continue
         partial = os.path.join(folder, name)
         try:
-            if fcntl is None:
+            with open(partial, "r+b") as file:
+                locked = _lock(file.fileno(), wait=False)
+                if locked:
+                    os.remove(partial)  # while locked: a writer that just created it sees this and makes another
+            if locked is None:  # no locks here: only a day without writes tells that it was abandoned
                 if time.time() - os.stat(partial).st_mtime < _ABANDONED_AFTER_SECONDS:
                     continue
                 os.remove(partial)
-            else:
-                with open(partial, "r+b") as file:
-                    fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    os.remove(partial)  # while locked: a writer that just created it sees this and makes another
-        except OSError:  # being written (the lock is taken), already gone, or not ours to delete
+            elif not locked:
+                continue  # a live process is writing it
+        except OSError:  # already gone, or not ours to delete
             continue
         logger.warning("Removed %s, an unfinished cache file left by an interrupted run.", partial)
 

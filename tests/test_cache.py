@@ -195,3 +195,22 @@ def test_caching_off_computes_in_memory(cache_dir):
     finally:
         datasets.enable_caching()
     assert not os.path.exists(cache_dir)
+
+
+def test_without_file_locks_an_unfinished_file_counts_as_abandoned_after_a_day(cache_dir, monkeypatch, caplog):
+    # Windows and some network filesystems have no flock: a path that cannot be produced on this machine.
+    import hf_idsel.cache
+
+    monkeypatch.setattr(hf_idsel.cache, "fcntl", None)
+    os.makedirs(cache_dir)
+    recent, old = (os.path.join(cache_dir, f"squares-{n}.arrow.x{n}.incomplete") for n in ("recent", "old"))
+    for path in (recent, old):
+        with open(path, "wb") as file:
+            file.write(b"half a file")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(old, (two_days_ago, two_days_ago))
+    pool = datasets.Dataset.from_dict({"x": list(range(10))})
+    with caplog.at_level(logging.WARNING, logger="hf_idsel"):
+        assert run_squares(pool, "k", cache_dir)["square"] == [x * x for x in range(10)]
+    assert os.path.exists(recent) and not os.path.exists(old) and old in caplog.text
+    assert os.path.exists(cache_file("squares", "k", cache_dir))
