@@ -1,29 +1,49 @@
-"""Cache per-row results (embeddings, quality scores) through datasets' own fingerprint mechanism.
+"""Cache per-row results (embeddings, quality scores, token counts) as Arrow files.
 
 A result is keyed by a fingerprint we build ourselves from the pool's `_fingerprint` and every
-option that changes the result, and stored as an Arrow file under datasets' cache folder, so a
+input that shapes the result, and stored as an Arrow file under datasets' cache folder, so a
 second identical call reads the file instead of running the model again. In-memory pools have no
 cache folder of their own, hence one fixed folder for all.
+
+Files are written under a temporary name and moved into place when complete, with their key in
+the schema metadata. On read, a file must carry the expected key, have one row per input row and
+pass the result's own content check; anything else is logged, deleted and recomputed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
+import tempfile
+import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import datasets
+import pyarrow as pa
+from datasets.arrow_writer import ArrowWriter
 from datasets.fingerprint import Hasher
+from datasets.table import InMemoryTable
+from datasets.utils import tqdm as hf_tqdm
 
 from .errors import InvalidArgumentError
+
+
+try:  # POSIX: a lock tells a cache file being written from one that a killed run left behind
+    import fcntl
+except ImportError:  # Windows: an unfinished file counts as abandoned once a day passes without writes
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
 # Bump when the content of cached results changes meaning, so old files are not reused.
-CACHE_VERSION = "hf_idsel-cache-1"
+CACHE_VERSION = "hf_idsel-cache-2"
+_PARTIAL_SUFFIX = ".incomplete"
+_ABANDONED_AFTER_SECONDS = 24 * 3600
 
 
 def fingerprint(*parts) -> str:
@@ -52,8 +72,12 @@ def cached_map(
     directory: str | None = None,
     input_columns: list[str] | None = None,
     always_write: bool = False,
+    check: Callable[[pa.Table], str | None] | None = None,
 ) -> datasets.Dataset:
     """Run a batched `function` over `dataset` once per `key`; return only the new columns.
+
+    A cached result is used only when it passes [`read_cached`]'s checks; otherwise it is logged,
+    deleted and recomputed. A new result is written atomically (see [`write_cached`]).
 
     Args:
         dataset (`datasets.Dataset`):
@@ -65,7 +89,7 @@ def cached_map(
         key (`str`):
             Fingerprint of everything the result depends on (see [`fingerprint`]).
         batch_size (`int`):
-            Rows per `map` batch (each is one Arrow write).
+            Rows per `function` call (each is one Arrow write).
         desc (`str`):
             Progress bar label.
         directory (`str`, *optional*):
@@ -74,26 +98,180 @@ def cached_map(
             Columns `function` reads; the others are not materialised.
         always_write (`bool`, *optional*, defaults to `False`):
             Write the result file even when datasets' caching is off (other processes read it).
+        check (`Callable[[pa.Table], str | None]`, *optional*):
+            Extra check of a cached result's content (e.g. finite vectors); returns what is wrong, or `None`.
     """
     use_cache = datasets.is_caching_enabled() or always_write
-    path = None
     if use_cache:
-        os.makedirs(cache_dir(directory), exist_ok=True)
-        path = cache_file(kind, key, directory)
-        if os.path.exists(path):
-            logger.info("Loaded %s from cache %s", kind, path)
-            return datasets.Dataset.from_file(path)
+        cached = read_cached(kind, key, rows=len(dataset), directory=directory, check=check)
+        if cached is not None:
+            return cached
     source = dataset.select_columns(input_columns) if input_columns else dataset
-    return source.map(
-        function,
-        batched=True,
-        batch_size=batch_size,
-        remove_columns=source.column_names,
-        new_fingerprint=key,
-        cache_file_name=path,
-        load_from_cache_file=use_cache,
-        desc=desc,
-    )
+    if len(source) == 0:  # nothing to call `function` on; datasets keeps the empty schema
+        return source.remove_columns(source.column_names)
+    batches = _map_batches(source, function, batch_size, desc)
+    if use_cache:
+        return write_cached(kind, key, batches, directory=directory)
+    stream = pa.BufferOutputStream()
+    _write_stream(stream, key, batches)
+    return datasets.Dataset(InMemoryTable(pa.ipc.open_stream(stream.getvalue()).read_all()))
+
+
+def _map_batches(source: datasets.Dataset, function: Callable[[dict], dict], batch_size: int, desc: str):
+    with hf_tqdm(total=len(source), desc=desc, unit=" examples") as bar:
+        for batch in source.iter(batch_size=batch_size):
+            yield function(batch)
+            bar.update(len(next(iter(batch.values()))))
+
+
+def read_cached(
+    kind: str,
+    key: str,
+    *,
+    rows: int,
+    directory: str | None = None,
+    check: Callable[[pa.Table], str | None] | None = None,
+) -> datasets.Dataset | None:
+    """The cached result `kind` under `key` if it exists and is sound, else `None`.
+
+    Sound means: it reads as Arrow, it was written under `key` (stored in its schema metadata, so a
+    file copied or left over from other input is refused), it has `rows` rows, and `check` finds
+    nothing wrong. An unsound file is logged as a warning naming it, deleted, and `None` returned,
+    so the caller recomputes it.
+
+    Args:
+        kind (`str`):
+            Name of the result (`"embeddings"`, `"quality"`, `"tokens"`).
+        key (`str`):
+            Fingerprint the result was stored under.
+        rows (`int`):
+            Number of rows the result must have (one per input row).
+        directory (`str`, *optional*):
+            Cache folder; defaults to [`cache_dir`].
+        check (`Callable[[pa.Table], str | None]`, *optional*):
+            Extra check of the content; returns what is wrong, or `None`.
+    """
+    path = cache_file(kind, key, directory)
+    if not os.path.exists(path):
+        return None
+    try:
+        result = datasets.Dataset.from_file(path)
+        problem = _entry_problem(result.data.table, key, rows, check)
+    except Exception as err:  # truncated, not Arrow, unreadable metadata: all mean "recompute"
+        problem = f"it cannot be read ({type(err).__name__}: {err})"
+    if problem is None:
+        logger.info("Loaded %s from cache %s", kind, path)
+        return result
+    logger.warning("Discarding the cached %s file %s: %s. Recomputing it.", kind, path, problem)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+    return None
+
+
+def _entry_problem(table: pa.Table, key: str, rows: int, check) -> str | None:
+    metadata = json.loads((table.schema.metadata or {}).get(b"huggingface", b"{}"))
+    stored = metadata.get("fingerprint")
+    if stored != key:
+        return f"it was written for other input (key {stored}, expected {key})"
+    if table.num_rows != rows:
+        return f"it has {table.num_rows} rows, the dataset has {rows}"
+    return check(table) if check is not None else None
+
+
+def write_cached(kind: str, key: str, parts: Iterable[dict | pa.Table], *, directory: str | None = None) -> datasets.Dataset:
+    """Write `parts` (batches as dicts of columns, or Arrow tables) as the cached result `kind` under `key`.
+
+    The file is written under a temporary name in the cache folder and moved into place only when
+    complete, so readers never see half a file; `key` is stored in its schema metadata for
+    [`read_cached`] to compare. If writing fails the temporary file is deleted, and one left by a
+    killed process is deleted by the next write into the same folder.
+
+    Returns:
+        `datasets.Dataset`: the written result, memory-mapped from its file.
+    """
+    path = cache_file(kind, key, directory)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with _partial_file(path) as file:
+        _write_stream(pa.PythonFile(file, mode="w"), key, parts)
+    return datasets.Dataset.from_file(path)
+
+
+def _write_stream(stream: pa.NativeFile, key: str, parts: Iterable[dict | pa.Table]) -> None:
+    writer = ArrowWriter(stream=stream, fingerprint=key)
+    try:
+        for part in parts:
+            if isinstance(part, pa.Table):
+                writer.write_table(part)
+            else:
+                writer.write_batch(part)
+        writer.finalize(close_stream=False)
+    finally:
+        writer.close()
+
+
+@contextlib.contextmanager
+def _partial_file(path: str):
+    """A new temporary file next to `path`, moved onto `path` when the block succeeds and deleted otherwise.
+
+    While it is written, the file is locked (where the filesystem has `flock`), which tells a live
+    writer's file from one a killed process left behind; the latter are deleted here first.
+    """
+    folder = os.path.dirname(path)
+    _remove_abandoned_partials(folder)
+    while True:
+        fd, partial = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=_PARTIAL_SUFFIX, dir=folder)
+        locked = _lock(fd, wait=True)
+        if not locked or os.fstat(fd).st_nlink:
+            break
+        os.close(fd)  # another process's clean-up took it between creation and locking: make another
+    file = os.fdopen(fd, "wb")
+    try:
+        yield file
+        file.flush()
+        os.fsync(file.fileno())
+        if not locked:
+            file.close()  # Windows cannot rename an open file
+        # When locked, renamed before the lock goes, so no clean-up can take it for abandoned.
+        os.replace(partial, path)
+    finally:
+        file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
+
+
+def _lock(fd: int, *, wait: bool) -> bool | None:
+    """Lock `fd` exclusively: `True` when locked, `False` when another process holds it (only without
+    `wait`), `None` where there are no locks (Windows, network filesystems without them)."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    return True
+
+
+def _remove_abandoned_partials(folder: str) -> None:
+    for name in os.listdir(folder):
+        if not name.endswith(_PARTIAL_SUFFIX):
+            continue
+        partial = os.path.join(folder, name)
+        try:
+            with open(partial, "r+b") as file:
+                locked = _lock(file.fileno(), wait=False)
+                if locked:
+                    os.remove(partial)  # while locked: a writer that just created it sees this and makes another
+            if locked is None:  # no locks here: only a day without writes tells that it was abandoned
+                if time.time() - os.stat(partial).st_mtime < _ABANDONED_AFTER_SECONDS:
+                    continue
+                os.remove(partial)
+            elif not locked:
+                continue  # a live process is writing it
+        except OSError:  # already gone, or not ours to delete
+            continue
+        logger.warning("Removed %s, an unfinished cache file left by an interrupted run.", partial)
 
 
 def folder_revision(path: str) -> str:

@@ -16,9 +16,18 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
-from .cache import ModelIdentity, PackagedModel, cached_map, fingerprint, model_identity
-from .errors import InvalidArgumentError, MissingDependencyError
-from .render import RenderOptions, render_batch
+from .cache import (
+    ModelIdentity,
+    PackagedModel,
+    cache_file,
+    cached_map,
+    fingerprint,
+    model_identity,
+    read_cached,
+    write_cached,
+)
+from .errors import IdselError, InvalidArgumentError, MissingDependencyError
+from .render import RenderOptions, check_text_to_embed, render_batch
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +132,13 @@ def embed_dataset(
     """Embed every row of `dataset` (rendered with `options`) into unit-norm float32 vectors.
 
     The result is cached under a fingerprint of the pool, the encoder id and revision and the
-    rendering options; a second identical call reads the cache and never loads the encoder.
+    rendering options (chat template included); a second identical call reads the cache and never
+    loads the encoder. A cached file is used only if it was written under that fingerprint, has one
+    finite vector of one dimension per row; otherwise it is logged, deleted and recomputed.
+
+    Raises:
+        [`InvalidArgumentError`]: rows with nothing to embed (checked before the encoder loads), or an
+        encoder that returns NaN or infinite vectors (nothing is cached then).
 
     Args:
         dataset (`datasets.Dataset`):
@@ -154,30 +169,14 @@ def embed_dataset(
     Returns:
         `tuple[np.ndarray, ModelIdentity]`: the `(n, d)` matrix and the encoder's identity.
     """
+    # Before the cache and the encoder: rows with no text would all get the same meaningless vector.
+    check_text_to_embed(dataset.select_columns(options.input_columns).with_format("arrow")[:], options)
     identity = encoder_identity(encoder, revision)
     key = embedding_cache_key(dataset, identity, options)
-    state = {}
-
-    def encode(batch: dict) -> dict:
-        if "model" not in state:
-            state["model"] = load_encoder(
-                encoder, revision=revision, device=device, trust_remote_code=trust_remote_code
-            )
-        model = state["model"]
-        prompts, answers = render_batch(batch, options, tokenizer)
-        limit = model.max_seq_length or model.tokenizer.model_max_length
-        # Room for the encoder's own special tokens ([CLS]/[SEP] or BOS/EOS).
-        specials = len(model.tokenizer("", add_special_tokens=True)["input_ids"])
-        texts = fit_pairs(prompts, answers, model.tokenizer, max(limit - specials, 8))
-        vectors = model.encode(
-            texts,
-            batch_size=batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return {"embedding": vectors.astype(np.float32)}
-
+    encode = _Encoder(
+        encoder, identity, options, tokenizer, revision=revision, device=device, batch_size=batch_size,
+        trust_remote_code=trust_remote_code,
+    )
     if distributed:
         from .distributed import world
 
@@ -193,19 +192,84 @@ def embed_dataset(
         desc="Embedding",
         directory=cache_dir,
         input_columns=options.input_columns,
+        check=embedding_problem,
     )
     return column_matrix(result.data.table, "embedding"), identity
 
 
-def _embed_shards(dataset, encode, key, rank, world_size, chunk, directory, options) -> np.ndarray:
+class _Encoder:
+    """The batched map function of `embed_dataset`: loads the encoder on first use (a cache hit never
+    does), renders and fits the rows, and refuses vectors that are not finite."""
+
+    def __init__(self, encoder, identity, options, tokenizer, *, revision, device, batch_size, trust_remote_code):
+        self.encoder, self.identity, self.options, self.tokenizer = encoder, identity, options, tokenizer
+        self.load_kwargs = dict(revision=revision, device=device, trust_remote_code=trust_remote_code)
+        self.batch_size = batch_size
+        self.model = None
+        self.next_row = 0  # pool row of the next batch's first row, for error messages
+
+    def __call__(self, batch: dict) -> dict:
+        if self.model is None:
+            self.model = load_encoder(self.encoder, **self.load_kwargs)
+        model = self.model
+        prompts, answers = render_batch(batch, self.options, self.tokenizer)
+        limit = model.max_seq_length or model.tokenizer.model_max_length
+        # Room for the encoder's own special tokens ([CLS]/[SEP] or BOS/EOS).
+        specials = len(model.tokenizer("", add_special_tokens=True)["input_ids"])
+        texts = fit_pairs(prompts, answers, model.tokenizer, max(limit - specials, 8))
+        vectors = model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        ).astype(np.float32)
+        bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+        if len(bad):
+            rows = (self.next_row + bad).tolist()
+            raise InvalidArgumentError(
+                f"`encoder`={self.identity.id!r} returned NaN or infinite vectors for pool row(s) {rows[:10]}"
+                f"{' ...' if len(rows) > 10 else ''}, which clustering cannot use. Embedding stopped at the batch of "
+                f"rows {self.next_row} to {self.next_row + len(texts) - 1} and nothing was cached. Common causes: "
+                "half-precision weights that overflow (load the encoder in float32) or broken weights."
+            )
+        self.next_row += len(texts)
+        return {"embedding": vectors}
+
+
+def embedding_problem(table: pa.Table) -> str | None:
+    """What is wrong with a table of cached embeddings, or `None`: an `embedding` column of equal-length,
+    non-empty, finite float vectors without missing values."""
+    if "embedding" not in table.column_names:
+        return f"it has no 'embedding' column (columns: {table.column_names})"
+    column = table.column("embedding")
+    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type) or pa.types.is_fixed_size_list(column.type)):
+        return f"its 'embedding' column has type {column.type}, not a list of floats"
+    if not pa.types.is_floating(column.type.value_type):
+        return f"its 'embedding' column holds {column.type.value_type}, not floats"
+    if column.null_count:
+        return f"{column.null_count} vectors are missing"
+    if len(column) == 0:
+        return None
+    lengths = np.asarray(pa.compute.list_value_length(column).to_numpy(zero_copy_only=False))
+    if lengths.min() != lengths.max() or lengths[0] == 0:
+        return f"its vectors have dimensions from {lengths.min()} to {lengths.max()}, not one positive dimension"
+    finite = np.isfinite(column_matrix(table, "embedding")).all(axis=1)
+    if not finite.all():
+        return f"{int((~finite).sum())} vectors hold NaN or infinite values (first: row {int(np.argmin(finite))})"
+    return None
+
+
+def _embed_shards(dataset, encode: _Encoder, key, rank, world_size, chunk, directory, options) -> np.ndarray:
     """Each rank embeds its range of whole chunks into the cache; then every rank reads all ranges in order."""
-    from .cache import cache_file
     from .distributed import barrier, broadcast, shard_bounds
 
-    full = cache_file("embeddings", key, directory)
-    # Rank 0 decides, so no rank sees a file another rank is still writing.
-    if broadcast(os.path.exists(full)):
-        return column_matrix(datasets.Dataset.from_file(full).data.table, "embedding")
+    # Rank 0 checks the whole matrix (deleting a bad one) and decides, so no rank reads a file that
+    # another rank is still checking; files are moved into place complete, so what it saw stays.
+    whole = read_cached("embeddings", key, rows=len(dataset), directory=directory, check=embedding_problem) if rank == 0 else None
+    if broadcast(whole is not None):
+        whole = whole or datasets.Dataset.from_file(cache_file("embeddings", key, directory))
+        return column_matrix(whole.data.table, "embedding")
     chunks = -(-len(dataset) // chunk)
     ranges = []
     for r in range(world_size):
@@ -213,6 +277,7 @@ def _embed_shards(dataset, encode, key, rank, world_size, chunk, directory, opti
         ranges.append((first * chunk, min(last * chunk, len(dataset))))
     start, stop = ranges[rank]
     if stop > start:
+        encode.next_row = start
         cached_map(
             dataset.select(range(start, stop)),
             encode,
@@ -223,16 +288,25 @@ def _embed_shards(dataset, encode, key, rank, world_size, chunk, directory, opti
             directory=directory,
             input_columns=options.input_columns,
             always_write=True,
+            check=embedding_problem,
         )
     barrier()
-    parts = [
-        datasets.Dataset.from_file(cache_file("embeddings", f"{key}-rows{a}-{b}", directory)) for a, b in ranges if b > a
-    ]
+    parts = []
+    for a, b in ranges:
+        if b > a:
+            part = read_cached("embeddings", f"{key}-rows{a}-{b}", rows=b - a, directory=directory, check=embedding_problem)
+            if part is None:
+                raise IdselError(
+                    f"The embeddings of pool rows {a} to {b} are missing or damaged after every rank wrote its share "
+                    f"(see the warning above). Check that the cache folder {os.path.dirname(cache_file('embeddings', key, directory))!r} "
+                    "is one folder that all processes see, then run again."
+                )
+            parts.append(part.data.table)
     if rank == 0 and datasets.is_caching_enabled():
         # The whole matrix under the 1-process key: a later run on any number of processes reads it.
-        datasets.concatenate_datasets(parts).flatten_indices(cache_file_name=full, new_fingerprint=key)
+        write_cached("embeddings", key, parts, directory=directory)
     barrier()
-    return np.concatenate([column_matrix(p.data.table, "embedding") for p in parts], axis=0)
+    return np.concatenate([column_matrix(p, "embedding") for p in parts], axis=0)
 
 
 def column_matrix(table: pa.Table, column: str) -> np.ndarray:

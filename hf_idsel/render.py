@@ -15,6 +15,7 @@ Validation runs on the Arrow data (types and nulls), so bad input fails before a
 
 from __future__ import annotations
 
+import dataclasses
 import string
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -41,6 +42,7 @@ _LAYOUTS = (
 )
 _ALPACA_INPUT_COLUMNS = ("input", "context")
 _ROLE_KEYS = (("role", "content"), ("from", "value"))
+_USER_ROLES = ("user", "human")
 _ASSISTANT_ROLES = ("assistant", "gpt", "model", "bot")
 
 
@@ -60,6 +62,9 @@ class RenderOptions:
             Embed prompt and answer together (the paper) or the prompt only (the research code).
         chat_template (`str`, *optional*):
             Name of the tokenizer whose chat template renders the prompt of chat rows, if any.
+        chat_template_digest (`str`, *optional*):
+            Fingerprint of that chat template's text and the special tokens it can use, so that
+            editing the template changes every cache key (the name alone stays the same).
     """
 
     format: str
@@ -67,6 +72,7 @@ class RenderOptions:
     template: str | None = None
     include_answer: bool = True
     chat_template: str | None = None
+    chat_template_digest: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,10 +109,11 @@ def resolve_render_options(
             When given and it has a chat template, chat prompts are rendered with it.
     """
     names = list(column_names)
-    chat_template = None
+    chat_template = digest = None
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         chat_template = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
-    common = dict(include_answer=include_answer, chat_template=chat_template)
+        digest = chat_template_digest(tokenizer)
+    common = dict(include_answer=include_answer, chat_template=chat_template, chat_template_digest=digest)
 
     if template is not None or format == "template":
         if not template:
@@ -153,10 +160,21 @@ def resolve_render_options(
     )
 
 
+def chat_template_digest(tokenizer: Any) -> str:
+    """Fingerprint of what `tokenizer.apply_chat_template` renders with: the template's text and the
+    special tokens passed to it."""
+    from datasets.fingerprint import Hasher
+
+    return Hasher.hash([tokenizer.chat_template, getattr(tokenizer, "special_tokens_map", None)])
+
+
 def validate_columns(table: pa.Table, options: RenderOptions) -> None:
     """Check types and nulls of the columns `options` reads, on the Arrow table (no Python loop)."""
     for name in options.input_columns:
         column = table.column(name)
+        optional = options.format == "alpaca" and name == options.columns.get("input")
+        if optional and pa.types.is_null(column.type):
+            continue  # an optional `input` column that is None in every row: no row has an input
         if options.format == "messages" or (
             options.format == "prompt_completion" and pa.types.is_list(column.type)
         ):
@@ -172,7 +190,6 @@ def validate_columns(table: pa.Table, options: RenderOptions) -> None:
             raise InvalidArgumentError(
                 f"Column {name!r} has type {column.type}, not text. Cast it to string or pass `template=`."
             )
-        optional = options.format == "alpaca" and name == options.columns.get("input")
         if column.null_count and not optional:
             first = _first_null(column)
             raise InvalidArgumentError(
@@ -279,37 +296,231 @@ def _chat_text(messages: list[dict], tokenizer: Any, *, add_generation_prompt: b
     return tokenizer.apply_chat_template(normalised, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
-def token_lengths(dataset, options: RenderOptions, tokenizer: Any, *, cache_dir: str | None = None):
-    """Tokens per row as the trainer will see them (chat template included), cached by fingerprint."""
+def chatml_turns(messages: list[dict]) -> list[dict]:
+    """Turns as hf_idsel's trainer passes them to TRL: `role`/`content` messages as they are (other keys,
+    such as tool calls, included); ShareGPT turns (`from`/`value`) as `role`/`content` with lower-case
+    roles, `human` -> `user` and `gpt`/`model`/`bot` -> `assistant`."""
+    if not messages or "role" in messages[0]:
+        return [dict(m) for m in messages]
+    turns = []
+    for message in messages:
+        speaker = str(message["from"]).lower()
+        role = "user" if speaker in _USER_ROLES else "assistant" if speaker in _ASSISTANT_ROLES else speaker
+        turns.append({"role": role, "content": message["value"]})
+    return turns
+
+
+def training_input(row: dict, options: RenderOptions, *, chat: bool) -> list[dict] | str:
+    """A pool row as TRL's `SFTTrainer` tokenizes it after hf_idsel's `to_trainable_rows`.
+
+    - Chat rows (`messages`, or `prompt`/`completion` given as messages): the whole conversation,
+      which SFTTrainer renders with the chat template.
+    - Other prompt/answer pairs (Alpaca, `prompt`/`response`, `question`/`answer`) become a user and an
+      assistant turn when `chat` (the tokenizer has a chat template), as hf_idsel's trainer makes them.
+    - Everything else is one text: `prompt + completion` for string `prompt`/`completion` columns (as
+      SFTTrainer joins them), the prompt and answer of a pair without a chat template, the text or
+      the filled `template`. SFTTrainer appends EOS to such texts ([`count_tokens`] does).
+    """
+    fmt, cols = options.format, options.columns
+    if fmt == "messages":
+        return chatml_turns(row[cols["messages"]])
+    if fmt == "prompt_completion":
+        prompt, answer = row[cols["prompt"]], row[cols["answer"]]
+        if isinstance(prompt, list) or isinstance(answer, list):
+            return _turns(prompt, "user") + _turns(answer, "assistant")
+        if cols["answer"] == "completion":  # SFTTrainer reads string `prompt`/`completion` columns as they are
+            return prompt + answer
+    prompt, answer = prompt_and_answer(row, dataclasses.replace(options, chat_template=None))
+    if chat and fmt in ("prompt_completion", "alpaca"):
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer or ""}]
+    return prompt + answer
+
+
+def _turns(side: list[dict] | str, role: str) -> list[dict]:
+    return chatml_turns(side) if isinstance(side, list) else [{"role": role, "content": side}]
+
+
+def count_tokens(batch: dict[str, list], options: RenderOptions, tokenizer: Any) -> list[int]:
+    """Tokens of each row of a batch as TRL's `SFTTrainer` produces them (see [`training_input`]):
+    a conversation through `apply_chat_template(..., tokenize=True, return_dict=True)`, a text with
+    EOS appended (unless it already ends with it) through the tokenizer, special tokens included."""
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    size = len(next(iter(batch.values())))
+    inputs = [training_input({k: v[i] for k, v in batch.items()}, options, chat=chat) for i in range(size)]
+    counts = [0] * size
+    conversations = [i for i, x in enumerate(inputs) if isinstance(x, list)]
+    if conversations:
+        # transformers >= 5 returns a BatchEncoding here (a Mapping, not a dict): read its input_ids.
+        encoded = tokenizer.apply_chat_template([inputs[i] for i in conversations], tokenize=True, return_dict=True)
+        for i, ids in zip(conversations, encoded["input_ids"]):
+            counts[i] = len(ids)
+    texts = [i for i, x in enumerate(inputs) if not isinstance(x, list)]
+    if texts:
+        eos = getattr(tokenizer, "eos_token", None)
+        strings = [inputs[i] if eos is None or inputs[i].endswith(eos) else inputs[i] + eos for i in texts]
+        for i, ids in zip(texts, tokenizer(strings)["input_ids"]):
+            counts[i] = len(ids)
+    return counts
+
+
+def check_countable(table: pa.Table, options: RenderOptions, tokenizer: Any) -> None:
+    """Refuse to count tokens of conversations with a tokenizer that has no chat template: SFTTrainer
+    cannot render them without one, so there is no true count to give."""
+    if getattr(tokenizer, "chat_template", None):
+        return
+    chat_columns = [
+        name for name in options.input_columns
+        if options.format == "messages" or (
+            options.format == "prompt_completion"
+            and (pa.types.is_list(table.schema.field(name).type) or pa.types.is_large_list(table.schema.field(name).type))
+        )
+    ]
+    if chat_columns:
+        name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
+        raise InvalidArgumentError(
+            f"`tokenizer` ({name!r}) has no chat template, but the pool's rows are conversations (column "
+            f"{chat_columns[0]!r}): TRL's SFTTrainer renders them with the chat template, so their tokens cannot be "
+            "counted without it. Pass the tokenizer you will train with, its chat template set "
+            "(e.g. `tokenizer.chat_template = open('template.jinja').read()`)."
+        )
+
+
+def token_lengths(dataset, options: RenderOptions, tokenizer: Any, *, cache_dir: str | None = None) -> np.ndarray:
+    """Tokens per row as TRL's `SFTTrainer` will see them (see [`count_tokens`]), cached by fingerprint.
+
+    Counts are of whole rows before any truncation (`max_length`) or packing, whatever `include_answer`
+    says for embedding: the trainer trains on the answer too.
+
+    Args:
+        dataset (`datasets.Dataset`):
+            The pool, already checked with [`validate_columns`].
+        options ([`RenderOptions`]):
+            How its rows are laid out.
+        tokenizer (`PreTrainedTokenizerBase`):
+            The tokenizer (and chat template) the model will be trained with.
+        cache_dir (`str`, *optional*):
+            Cache folder; defaults to `HF_DATASETS_CACHE/hf_idsel`.
+
+    Returns:
+        `np.ndarray`: one int64 count per row.
+    """
     from datasets.fingerprint import Hasher
 
     from .cache import cached_map, fingerprint
 
-    full = RenderOptions(options.format, options.columns, options.template, True, options.chat_template)
-    chat = options.format == "messages" and getattr(tokenizer, "chat_template", None)
-
-    def count(batch: dict) -> dict:
-        if chat:
-            column = batch[options.columns["messages"]]
-            conversations = [[{"role": _role(m), "content": _content(m)} for m in conv] for conv in column]
-            ids = tokenizer.apply_chat_template(conversations, tokenize=True)
-            ids = ids["input_ids"] if isinstance(ids, dict) else ids
-            return {"num_tokens": [len(x) for x in ids]}
-        prompts, answers = render_batch(batch, full, tokenizer)
-        encoded = tokenizer([p + a for p, a in zip(prompts, answers)], add_special_tokens=True)["input_ids"]
-        return {"num_tokens": [len(x) for x in encoded]}
-
-    key = fingerprint(dataset._fingerprint, Hasher.hash(tokenizer), full.to_dict(), "tokens")
+    check_countable(dataset.data.table, options, tokenizer)
+    full = dataclasses.replace(options, include_answer=True)
+    # The tokenizer's hash covers its vocabulary, special tokens and chat template; the template and
+    # EOS are named too, since they decide the count. "sft" versions the counting rule.
+    key = fingerprint(
+        dataset._fingerprint, "tokens-sft", Hasher.hash(tokenizer), getattr(tokenizer, "chat_template", None),
+        getattr(tokenizer, "eos_token", None), full.to_dict(),
+    )
     result = cached_map(
-        dataset, count, kind="tokens", key=key, batch_size=1000, desc="Counting tokens",
-        directory=cache_dir, input_columns=options.input_columns,
+        dataset, lambda batch: {"num_tokens": count_tokens(batch, full, tokenizer)}, kind="tokens", key=key,
+        batch_size=1000, desc="Counting tokens", directory=cache_dir, input_columns=options.input_columns,
+        check=_token_count_problem,
     )
     return np.asarray(result.data.table.column("num_tokens").to_numpy(), dtype=np.int64)
+
+
+def _token_count_problem(table: pa.Table) -> str | None:
+    if "num_tokens" not in table.column_names or not pa.types.is_integer(table.schema.field("num_tokens").type):
+        return "it has no integer 'num_tokens' column"
+    column = table.column("num_tokens")
+    if column.null_count or (len(column) and pc.min(column).as_py() < 0):
+        return "it holds missing or negative counts"
+    return None
 
 
 def _struct_keys(flat: pa.Array) -> tuple[str, str]:
     names = {flat.type.field(i).name for i in range(flat.type.num_fields)}
     return next(keys for keys in _ROLE_KEYS if set(keys) <= names)
+
+
+def _chat_turns(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """`(turns, row of each turn, each row's last assistant turn or -1)` of a chat column, without a loop."""
+    column = column.combine_chunks()
+    offsets = column.offsets.to_numpy()
+    turns = column.flatten()
+    row = np.repeat(np.arange(len(column)), np.diff(offsets))
+    role_key, _ = _struct_keys(turns)
+    is_answer = pc.is_in(pc.struct_field(turns, role_key), value_set=pa.array(list(_ASSISTANT_ROLES)))
+    is_answer = pc.fill_null(is_answer, False).to_numpy(zero_copy_only=False)
+    last = np.full(len(column), -1)
+    np.maximum.at(last, row, np.where(is_answer, np.arange(len(turns)), -1))
+    return turns, row, last
+
+
+def _blank(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Per value: no text (None, empty or whitespace only). Numbers are never blank."""
+    if pa.types.is_null(values.type):
+        return np.ones(len(values), dtype=bool)
+    if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+        turns, row, _ = _chat_turns(values)
+        return ~_any_per_row(~_blank(pc.struct_field(turns, _struct_keys(turns)[1])), row, len(values))
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        return np.zeros(len(values), dtype=bool)
+    empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(values)), 0)
+    return pc.fill_null(empty, True).to_numpy(zero_copy_only=False)
+
+
+def _any_per_row(flags: np.ndarray, row: np.ndarray, rows: int) -> np.ndarray:
+    hits = np.zeros(rows, dtype=bool)
+    hits[row[flags]] = True
+    return hits
+
+
+def check_text_to_embed(table: pa.Table, options: RenderOptions) -> None:
+    """Refuse rows with nothing to embed: every column (or chat turn) the encoder reads is empty or whitespace.
+
+    Such rows would all get the same meaningless vector and cluster together. Runs on the Arrow
+    data, before any encoder loads; a chat template's markup does not count as text.
+
+    Raises:
+        [`InvalidArgumentError`]: naming the column(s), the first such row and how to drop them.
+    """
+    fmt, cols = options.format, options.columns
+    if fmt == "messages":
+        names = [cols["messages"]]
+        turns, row, last = _chat_turns(table.column(names[0]))
+        turn, last = np.arange(len(turns)), last[row]
+        # As `_split_chat` renders: the turns before the last assistant turn (all when there is none),
+        # and that turn itself when the answer is embedded.
+        embedded = (last < 0) | (turn < last) | (options.include_answer & (turn == last))
+        text = ~_blank(pc.struct_field(turns, _struct_keys(turns)[1]))
+        blank = ~_any_per_row(text & embedded, row, table.num_rows)
+    else:
+        if fmt == "template":
+            names = list(cols["fields"])
+        elif fmt == "text":
+            names = [cols["text"]]
+        else:
+            prompt = [cols["instruction"], cols.get("input")] if fmt == "alpaca" else [cols["prompt"]]
+            names = [c for c in prompt if c] + ([cols["answer"]] if options.include_answer else [])
+        blank = np.ones(table.num_rows, dtype=bool)
+        for name in names:
+            blank &= _blank(table.column(name))
+    hits = np.flatnonzero(blank)
+    if not len(hits):
+        return
+    has_text = " or ".join(filter(None, (_has_text_expression(table.column(n).type, n) for n in names)))
+    where = f"column {names[0]!r} is" if len(names) == 1 else f"columns {names} are all"
+    raise InvalidArgumentError(
+        f"{len(hits)} row(s) have no text to embed: {where} empty or whitespace there (first: row {int(hits[0])}). "
+        f"Drop them before selecting, e.g. `pool = pool.filter(lambda row: {has_text})`."
+    )
+
+
+def _has_text_expression(arrow_type: pa.DataType, name: str) -> str | None:
+    """Python source of a `filter` condition that is true when column `name` of `row` has text."""
+    if pa.types.is_null(arrow_type):
+        return None
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        fields = {arrow_type.value_type.field(i).name for i in range(arrow_type.value_type.num_fields)}
+        content = next(keys for keys in _ROLE_KEYS if set(keys) <= fields)[1]
+        return f"any((m[{content!r}] or '').strip() for m in row[{name!r}])"
+    return f"str(row[{name!r}] or '').strip()"
 
 
 def first_empty_answer(table: pa.Table, options: RenderOptions) -> int | None:
@@ -318,16 +529,8 @@ def first_empty_answer(table: pa.Table, options: RenderOptions) -> int | None:
     Runs after `validate_columns`, so chat columns are non-null, non-empty lists of messages.
     """
     if options.format == "messages":
-        column = table.column(options.columns["messages"]).combine_chunks()
-        offsets = column.offsets.to_numpy()
-        starts = offsets[:-1] - offsets[0]
-        flat = column.flatten()
-        role_key, content_key = _struct_keys(flat)
-        lengths = pc.utf8_length(pc.struct_field(flat, content_key)).to_numpy(zero_copy_only=False)
-        is_answer = pc.is_in(pc.struct_field(flat, role_key), value_set=pa.array(list(_ASSISTANT_ROLES)))
-        is_answer = pc.fill_null(is_answer, False).to_numpy(zero_copy_only=False)
-        # Index of each row's last assistant turn (-1 when it has none): a max over each row's turns.
-        last = np.maximum.reduceat(np.where(is_answer, np.arange(len(is_answer)), -1), starts)
+        turns, _, last = _chat_turns(table.column(options.columns["messages"]))
+        lengths = pc.utf8_length(pc.struct_field(turns, _struct_keys(turns)[1])).to_numpy(zero_copy_only=False)
         empty = (last < 0) | (lengths[np.maximum(last, 0)] == 0)
     else:
         column = table.column(options.columns["answer"]).combine_chunks()

