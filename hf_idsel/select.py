@@ -21,7 +21,15 @@ from .cluster import choose_k, default_k_candidates, kmeans
 from .embed import DEFAULT_ENCODER, embed_dataset, embedding_cache_key, embeddings_from_column, encoder_identity
 from .errors import InvalidArgumentError
 from .manifest import Manifest, encoder_record, indices_digest, pool_record, selection_subset
-from .render import FORMATS, RenderOptions, resolve_render_options, token_lengths, validate_columns
+from .render import (
+    FORMATS,
+    RenderOptions,
+    check_countable,
+    check_text_to_embed,
+    resolve_render_options,
+    token_lengths,
+    validate_columns,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -399,6 +407,10 @@ def _check_arguments(pool: datasets.Dataset, args: SelectArguments) -> _Checked:
             pool.column_names, **args.pick("format", "text_column", "template", "include_answer", "tokenizer")
         )
         validate_columns(pool.data.table, render)
+        if args.embedding_column is None:  # rows with nothing to embed are refused before the plan, too
+            check_text_to_embed(pool.data.table, render)
+        if args.max_tokens is not None:  # a count the trainer would not see is refused before embedding
+            check_countable(pool.data.table, render, args.tokenizer)
     if args.embedding_column is not None and args.embedding_column not in pool.column_names:
         raise InvalidArgumentError(
             f"`embedding_column`={args.embedding_column!r} is not a column; available: {pool.column_names}."

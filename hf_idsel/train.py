@@ -33,13 +33,12 @@ from .errors import InvalidArgumentError
 from .pool import BUILTIN_POOL
 from .pool import load_pool as load_split
 from .quality import DEFAULT_REFERENCE_MODEL
+from .render import chatml_turns
 from .config import IterativeSelectionConfig
 from .trainer import IterativeSelectionTrainer
 
 logger = logging.getLogger(__name__)
 
-_USER_ROLES = ("user", "human")
-_ASSISTANT_ROLES = ("assistant", "gpt", "model", "bot")
 # Layouts with a gold answer that TRL cannot train on as they are: (prompt column, extra input column, answer column)
 _PAIR_LAYOUTS = (
     ("instruction", "input", "output"),
@@ -226,12 +225,8 @@ def _pair_to_conversation(row: dict, *, prompt_column: str, input_column: str | 
 
 
 def _sharegpt_to_messages(row: dict) -> dict:
-    messages = []
-    for turn in row["conversations"]:
-        speaker = str(turn.get("from", turn.get("role", ""))).lower()
-        role = "user" if speaker in _USER_ROLES else "assistant" if speaker in _ASSISTANT_ROLES else speaker
-        messages.append({"role": role, "content": turn.get("value", turn.get("content", ""))})
-    return {"messages": messages}
+    # The same role mapping as the token counts of a token budget (render.chatml_turns).
+    return {"messages": chatml_turns(row["conversations"])}
 
 
 def _is_conversational(dataset: datasets.Dataset) -> bool:

@@ -56,6 +56,7 @@ def test_embeddings_are_unit_norm_and_cached(cache_dir, caplog):
     # Cooking questions sit nearer each other than arithmetic ones.
     sims = first @ first.T
     assert sims[:6, :6].mean() > sims[:6, 6:].mean()
+    caplog.clear()  # only the second call's records: another test may have left hf_idsel logging at INFO
     with caplog.at_level(logging.INFO, logger="hf_idsel"):
         second, _ = embed_dataset(pool, options, cache_dir=cache_dir)
     assert "Loaded embeddings from cache" in caplog.text
