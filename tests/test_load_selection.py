@@ -376,3 +376,19 @@ def test_bad_load_selection_arguments_give_a_clean_error(
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(IdselError):
         load_selection(manifest, pool, config=config, revision=revision, recompute=recompute, **overrides)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=_ONCE)
+@given(data=st.data())
+def test_a_recompute_from_a_manifest_with_bad_recorded_arguments_is_clean(data, selection, pool):
+    """`recompute=True` replays the recorded arguments: any bad value there meets the same checks as a call."""
+    subset, manifest = selection
+    key = data.draw(st.sampled_from(sorted(manifest.arguments)))
+    damaged = edited(manifest, **{f"arguments__{key}": data.draw(_BAD_VALUES)})
+    try:
+        rows = load_selection(damaged, pool, recompute=True)
+    except IdselError as err:
+        event(f"{key}: {type(err).__name__}")
+        return
+    event("the recorded rows")  # a value that still selects the same rows
+    assert rows["source_index"] == subset["source_index"]
