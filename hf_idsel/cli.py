@@ -281,12 +281,7 @@ def _run_report(args) -> int:
     from .report import format_rounds, plot_selection, read_rounds
 
     path = args.path
-    try:
-        rounds = read_rounds(path) if os.path.isdir(path) else []
-    except IdselError:
-        raise
-    except (ValueError, OSError) as err:
-        raise InvalidArgumentError(f"{path}: a round file cannot be read ({err}).") from None
+    rounds = read_rounds(path) if os.path.isdir(path) else []  # a bad round file is named by read_rounds
     candidates = [path, os.path.join(path, "manifest.json"), os.path.join(path, STAGING_DIR, "manifest.json")]
     found = next((c for c in candidates if os.path.isfile(c)), None)
     if found is None and not rounds:

@@ -63,8 +63,14 @@ def read_rounds(folder: str) -> list[dict]:
     paths = [p for p in glob.glob(os.path.join(folder, "round_*.json")) if ROUND_FILE.search(p)]
     rounds = []
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            rounds.append(json.load(f))
+        try:
+            with open(path, encoding="utf-8") as f:
+                record = json.load(f)
+            if not isinstance(record, dict) or not isinstance(record.get("round"), int):
+                raise ValueError("no round number")
+        except (ValueError, OSError) as err:  # json's and the decoder's errors are ValueErrors
+            raise InvalidArgumentError(f"{path}: not a readable round file ({err}); a truncated or corrupt file?") from None
+        rounds.append(record)
     rounds.sort(key=lambda r: r["round"])
     return rounds
 

@@ -150,3 +150,20 @@ def test_select_keeps_an_earlier_selection_unless_overwrite(pool_file, tmp_path,
     assert len(json.loads((out / "manifest.json").read_text())["selected_indices"]) == 6
     assert len(datasets.Dataset.from_parquet(str(out / "subset.parquet"))) == 6
     assert not (out / PUSH_FILE).exists() and not (out / "data").exists()
+
+
+def test_report_names_a_truncated_round_file(tmp_path, capsys):
+    from hf_idsel.rounds import write_round_file
+
+    folder = tmp_path / "run" / "selection"
+    record = {"round": 1, "weights": [0.5, 0.5], "cluster_scores": [1.0, None], "selected": [3, 4], "selected_per_cluster": [1, 1],
+              "cumulative_size": 2, "scorer": "loss", "scored": True, "scored_rows": 2, "global_step": 1, "k": 2, "k_selection": None}
+    write_round_file(str(folder), record)
+    broken = write_round_file(str(folder), {**record, "round": 2})
+    with open(broken, "r+") as f:
+        f.truncate(40)
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "run")]) == 2
+    line = _one_error_line(capsys, "report")
+    assert broken in line and "truncated or corrupt" in line
+
