@@ -1,6 +1,9 @@
 """Round logic of iterative kMQ without a Trainer: sizes, draws, scores, weights, records, state."""
 
+import dataclasses
 import json
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -13,12 +16,16 @@ from hf_idsel.rounds import (
     cluster_scores,
     draw_round,
     labels_digest,
+    merge_scores,
     round_metrics,
     round_sizes,
     sample_rows_per_cluster,
+    selection_manifest,
     update_weights,
+    weight_entropy,
     write_round_file,
 )
+from hf_idsel.manifest import indices_digest
 from hf_idsel.sample import kmq_sample
 
 
@@ -120,7 +127,8 @@ def test_selection_state_reads_checkpoints_written_before_and_refuses_strangers(
     }
     state = SelectionState.from_json(json.dumps(old), where="checkpoint-4/hf_idsel_selection.json")
     assert state.selected() == [3, 50] and state.labels_digest == labels_digest(labels)
-    assert json.loads(state.to_json()) == old
+    # Written back, it carries every field of the current format; pool_digest stays "" (not recorded then).
+    assert json.loads(state.to_json()) == {**old, "pool_digest": ""}
     with pytest.raises(InvalidArgumentError, match="not a selection state"):
         SelectionState.from_json(json.dumps({**old, "run_code": "x"}), where="bad.json")
     with pytest.raises(InvalidArgumentError, match="not a selection state"):
@@ -195,3 +203,304 @@ def test_paper_weight_rule_moves_weight_toward_high_scores_and_remembers():
     soft = update_weights(np.full(4, 0.25), np.array([1.0, 0.0, 0.0, 0.0]), temperature=10.0)
     assert sharp[0] > soft[0] > 0.25
     assert update_weights(np.full(4, 0.25), np.zeros(4), available=np.array([5, 0, 5, 5]))[1] == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Added with the mutation run (scripts/mutation_test.py, docs/testing.md): each test below kills
+# mutants of rounds.py that the tests above let through.
+# ------------------------------------------------------------------------------------------------
+
+
+def _exactly(message):
+    """A `match=` pattern for exactly this error message."""
+    return "^" + re.escape(message) + "$"
+
+
+def test_round_errors_name_the_argument():
+    labels = np.array([0, 0, 1, 1])
+    for k in (0, True, 2.0):
+        with pytest.raises(InvalidArgumentError, match=_exactly(f"`k` must be an int >= 1, got {k!r}.")):
+            cluster_scores(labels, np.array([0]), np.array([1.0]), k=k)
+    with pytest.raises(InvalidArgumentError, match=_exactly(
+        "`labels` must be a 1-D integer array, got dtype float64 and shape (4,)."
+    )):
+        cluster_scores(labels.astype(float), np.array([0]), np.array([1.0]), k=2)
+    with pytest.raises(InvalidArgumentError, match=_exactly(
+        "`rows` must be a 1-D integer array, got dtype float64 and shape (2,)."
+    )):
+        sample_rows_per_cluster(labels, np.array([0.0, 1.0]), 1, seed=0)
+    for scores in (np.array([1.0, np.inf]), [1.0, None]):  # None: a row whose score is missing
+        with pytest.raises(InvalidArgumentError, match=_exactly("`scores` holds NaN or inf values.")):
+            cluster_scores(labels, np.array([0, 2]), scores, k=2)
+    # A duplicate anywhere, not only of the smallest row id.
+    with pytest.raises(InvalidArgumentError, match=_exactly("`rows` holds duplicate row ids.")):
+        sample_rows_per_cluster(labels, np.array([3, 0, 2, 2]), 1, seed=0)
+    with pytest.raises(InvalidArgumentError, match=_exactly(
+        "`weight_update`='bogus'; choose one of ['paper', 'research']."
+    )):
+        update_weights(np.full(2, 0.5), np.zeros(2), rule="bogus")
+
+
+def test_one_cluster_and_one_row_per_cluster_are_valid():
+    labels = np.array([0, 0, 0])
+    np.testing.assert_array_equal(cluster_scores(labels, np.array([0, 2]), np.array([1.0, 2.0]), k=1), [1.5])
+    labels = np.repeat(np.arange(3), 4)
+    chosen = sample_rows_per_cluster(labels, np.arange(12), 1, seed=0)
+    assert np.bincount(labels[chosen], minlength=3).tolist() == [1, 1, 1]
+
+
+def test_cluster_scores_of_unscored_clusters_warn_nothing():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        means = cluster_scores(np.array([0, 1, 2]), np.array([0]), np.array([2.0]), k=3)
+    assert means[0] == 2.0 and np.isnan(means[1:]).all()
+
+
+def test_paper_weight_rule_is_softmax_times_the_old_weight():
+    # Algorithm 1: w <- softmax(s / T) * w, renormalised; T defaults to 1.
+    np.testing.assert_allclose(update_weights(np.array([0.5, 0.5]), np.array([np.log(3.0), 0.0])), [0.75, 0.25])
+    np.testing.assert_allclose(update_weights(np.array([0.2, 0.8]), np.array([np.log(3.0), 0.0])), [3 / 7, 4 / 7])
+    np.testing.assert_allclose(
+        update_weights(np.array([0.5, 0.5]), np.array([np.log(3.0), 0.0]), temperature=0.5), [0.9, 0.1]
+    )
+    # Weights need not be normalised (e.g. counts); only their ratios count.
+    np.testing.assert_allclose(update_weights([1, 3], np.zeros(2)), [0.25, 0.75])
+    # Scores of any size (perplexities in the thousands) give finite weights, the same as shifted scores.
+    big = update_weights(np.full(3, 1 / 3), np.array([1000.0, 999.0, 998.0]))
+    np.testing.assert_allclose(big, update_weights(np.full(3, 1 / 3), np.array([2.0, 1.0, 0.0])))
+
+
+def test_unscored_clusters_keep_their_weight_under_both_rules():
+    old = np.array([0.1, 0.2, 0.3, 0.4])
+    # Equal scores among the scored clusters: nothing moves, the unscored cluster included.
+    np.testing.assert_allclose(update_weights(old, np.array([2.0, 2.0, np.nan, 2.0])), old)
+    # The research rule splits the scored clusters' total by softmax and leaves the unscored one alone.
+    flat = np.full(4, 0.25)
+    np.testing.assert_allclose(update_weights(flat, np.array([1.0, 1.0, np.nan, 1.0]), rule="research"), flat)
+    np.testing.assert_allclose(
+        update_weights(flat, np.array([np.log(3.0), 0.0, np.nan, 0.0]), rule="research"), [0.45, 0.15, 0.25, 0.15]
+    )
+    # Scores as round records store them: None is a cluster without a scored row.
+    np.testing.assert_allclose(update_weights(np.array([0.5, 0.5]), [None, 1.0]), [0.5, 0.5])
+
+
+def test_weights_follow_the_rows_left():
+    flat = np.full(4, 0.25)
+    # A cluster with one row left keeps its weight; an exhausted one drops to 0.
+    np.testing.assert_allclose(update_weights(flat, np.zeros(4), available=np.array([5, 1, 5, 5])), flat)
+    # Every weighted cluster exhausted: the clusters with rows left share evenly (quotas then follow their sizes).
+    only_first = np.array([1.0, 0.0, 0.0])
+    np.testing.assert_allclose(update_weights(only_first, np.full(3, np.nan), available=np.array([0, 3, 2])), [0, 0.5, 0.5])
+    np.testing.assert_allclose(update_weights(only_first, np.full(3, np.nan), available=np.array([0, 1, 2])), [0, 0.5, 0.5])
+    # No weight anywhere and no availability given: uniform.
+    np.testing.assert_allclose(update_weights(np.zeros(2), np.full(2, np.nan)), [0.5, 0.5])
+
+
+def test_weight_entropy():
+    assert weight_entropy([0.25] * 4) == pytest.approx(np.log(4))
+    assert weight_entropy([0.5, 0.5, 0.0]) == pytest.approx(np.log(2))  # an exhausted cluster adds nothing
+    assert weight_entropy([1.0, 0.0]) == 0.0
+
+
+def test_round_metrics_names_and_values():
+    record = RoundRecord(round=2, weights=[0.25] * 4, cluster_scores=[1.0, None, 2.0, 3.0], selected=[4, 1, 9],
+                         selected_per_cluster=[1, 1, 1, 0], cumulative_size=7, scorer="loss", scored=True,
+                         scored_rows=3, global_step=10, k=4)
+    metrics = round_metrics(record, np.array([1.0, 2.0, 3.0]))
+    assert metrics == pytest.approx({
+        "selection/round": 2.0,
+        "selection/weight_entropy": np.log(4),
+        "selection/score_mean": 2.0,
+        "selection/score_std": np.sqrt(2 / 3),
+        "selection/rows_selected": 3.0,
+        "selection/cumulative_size": 7.0,
+    })
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a round without scores logs NaN, without numpy's empty-slice warnings
+        empty = round_metrics(record, np.zeros(0))
+    assert np.isnan(empty["selection/score_mean"]) and np.isnan(empty["selection/score_std"])
+
+
+def test_round_file_lands_in_the_folder_under_its_round_number(tmp_path):
+    record = RoundRecord(round=3, weights=[1.0], cluster_scores=[None], selected=[0], selected_per_cluster=[1],
+                         cumulative_size=5, scorer="loss", scored=False, scored_rows=0, global_step=9, k=1)
+    path = write_round_file(str(tmp_path / "rounds"), record)
+    assert path == str(tmp_path / "rounds" / "round_3.json")
+    assert RoundRecord.from_dict(json.load(open(path))) == record
+
+
+def test_round_records_read_old_files_and_refuse_incomplete_ones():
+    record = RoundRecord(round=1, weights=[1.0], cluster_scores=[2.0], selected=[0], selected_per_cluster=[1],
+                         cumulative_size=1, scorer="loss", scored=True, scored_rows=1, global_step=1, k=1).to_dict()
+    del record["k_selection"]  # written before k_selection existed
+    assert RoundRecord.from_dict(record).k_selection is None
+    del record["k"]
+    with pytest.raises(InvalidArgumentError, match=re.escape("missing fields ['k']")):
+        RoundRecord.from_dict(record)
+
+
+def test_selection_state_start_and_the_fields_a_stranger_had():
+    labels = _labels()
+    state = SelectionState.start(labels, 4)
+    assert state.k == 4 and state.weights == [0.25] * 4 and state.labels_digest == labels_digest(labels)
+    assert SelectionState.from_json(json.dumps({"k": 2, "weights": [0.5, 0.5]}), where="x").weights == [0.5, 0.5]
+    names = sorted(f.name for f in dataclasses.fields(SelectionState))
+    with pytest.raises(InvalidArgumentError, match=_exactly(
+        f"bad.json is not a selection state (fields ['k', 'run_code', 'weights'], expected {names})."
+    )):
+        SelectionState.from_json(json.dumps({"k": 2, "weights": [0.5, 0.5], "run_code": "x"}), where="bad.json")
+    with pytest.raises(InvalidArgumentError, match=_exactly(
+        f"bad.json is not a selection state (fields list, expected {names})."
+    )):
+        SelectionState.from_json("[1, 2]", where="bad.json")
+
+
+def test_labels_digest_is_stable_across_versions_and_dtypes():
+    # Checkpoints hold this digest: it must not change, nor depend on the integer type of the labels.
+    pinned = "sha256:c2d8a8e95046798f360dcb6183db0f38f15e2df116ef5221fdce390871392255"
+    assert labels_digest(np.array([0, 2, 1, 1, 0, 3])) == pinned
+    assert labels_digest(np.array([0, 2, 1, 1, 0, 3], dtype=np.int32)) == pinned
+
+
+def test_draw_round_uses_the_weights_and_quality_it_is_given():
+    labels = _labels()
+    trainable = np.ones(len(labels), dtype=bool)
+    quality = np.random.default_rng(2).normal(size=len(labels))
+    state = SelectionState.start(labels, 4)
+    first = draw_round(state, labels, 12, round_index=1, trainable=trainable, selection_seed=3, quality=quality)
+    np.testing.assert_array_equal(first, kmq_sample(labels, 12, k=4, seed=3 * 1_000_003 + 1, quality=quality,
+                                                    temperature=1.0, eligible=trainable))
+    cold = draw_round(state, labels, 12, round_index=1, trainable=trainable, selection_seed=3, quality=quality,
+                      quality_temperature=0.1)
+    np.testing.assert_array_equal(cold, kmq_sample(labels, 12, k=4, seed=3 * 1_000_003 + 1, quality=quality,
+                                                   temperature=0.1, eligible=trainable))
+    # Round 2 draws with the weights round 1 left, among the rows not taken yet.
+    state.current_rows = first.tolist()
+    state.weights = [0.7, 0.1, 0.1, 0.1]
+    second = draw_round(state, labels, 20, round_index=2, trainable=trainable, selection_seed=3)
+    left = trainable.copy()
+    left[first] = False
+    np.testing.assert_array_equal(
+        second, kmq_sample(labels, 20, k=4, seed=3 * 1_000_003 + 2, weights=np.array(state.weights), eligible=left)
+    )
+    assert np.bincount(labels[second], minlength=4)[0] > 10  # 0.7 of the weight: most of the round
+
+
+def test_round_one_draws_without_cluster_weights_even_where_uniform_weights_round_differently():
+    # 16 of [3, 13, 4] rows: the ideal shares 2.4, 10.4, 3.2 tie on remainders, and float rounding settles the tie.
+    # Plain kMQ (no weights, the rows runs made before drew) gives [2, 11, 3]; uniform weights (1/3 each) would
+    # give [3, 10, 3]. Round 1 must be the plain kMQ draw.
+    labels = np.repeat(np.arange(3), [3, 13, 4])
+    trainable = np.ones(len(labels), dtype=bool)
+    state = SelectionState.start(labels, 3)
+    first = draw_round(state, labels, 16, round_index=1, trainable=trainable, selection_seed=0)
+    assert np.bincount(labels[first], minlength=3).tolist() == [2, 11, 3]
+
+
+def _close(state, labels, trainable, scores_by_cluster, **options):
+    rows = np.asarray(sorted(state.current_rows), dtype=np.int64)
+    scores = np.asarray(scores_by_cluster, dtype=float)[labels[rows]]
+    settings = dict(rule="paper", temperature=1.0, scorer="loss", scored=True, global_step=1, k_selection=None)
+    return close_round(state, labels, trainable, rows, scores, **{**settings, **options})
+
+
+def test_close_round_when_the_last_cluster_drew_nothing_or_has_no_trainable_row():
+    labels = _labels()  # clusters of 40, 30, 20, 10 rows
+    trainable = np.ones(len(labels), dtype=bool)
+    state = SelectionState.start(labels, 4)
+    state.current_rows = draw_round(state, labels, 4, round_index=1, trainable=trainable, selection_seed=0).tolist()
+    record = _close(state, labels, trainable, [1.0, 1.0, 1.0, 1.0])
+    assert record.selected_per_cluster == [2, 1, 1, 0] and len(record.weights) == 4
+    assert record.cluster_scores == [1.0, 1.0, 1.0, None]  # JSON null: the cluster had no scored row
+
+    trainable[labels == 3] = False  # tokenization dropped every row of the last cluster
+    state = SelectionState.start(labels, 4)
+    state.current_rows = draw_round(state, labels, 10, round_index=1, trainable=trainable, selection_seed=0).tolist()
+    record = _close(state, labels, trainable, [1.0, 1.0, 1.0, 1.0])
+    assert record.weights[3] == 0.0 and sum(record.weights) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("rule", ["paper", "research"])
+def test_close_round_applies_the_rule_and_temperature_it_is_given(rule):
+    labels = _labels()
+    trainable = np.ones(len(labels), dtype=bool)
+    state = SelectionState.start(labels, 4)
+    state.weights = [0.4, 0.3, 0.2, 0.1]
+    state.current_rows = draw_round(state, labels, 20, round_index=1, trainable=trainable, selection_seed=0).tolist()
+    before = np.array(state.weights)
+    scores = [1.0, 0.0, 0.0, 2.0]
+    record = _close(state, labels, trainable, scores, rule=rule, temperature=0.5)
+    available = np.bincount(labels, minlength=4) - np.bincount(labels[state.selected()], minlength=4)
+    expected = update_weights(before, np.array(scores), rule=rule, temperature=0.5, available=available)
+    np.testing.assert_allclose(record.weights, expected)
+    assert not np.allclose(expected, update_weights(before, np.array(scores), rule=rule, available=available))
+
+
+@pytest.mark.parametrize("scored", [True, False])
+def test_close_round_records_what_it_was_told_and_clears_the_round(scored):
+    labels = _labels()
+    trainable = np.ones(len(labels), dtype=bool)
+    state = SelectionState.start(labels, 4)
+    state.current_rows = draw_round(state, labels, 8, round_index=1, trainable=trainable, selection_seed=0).tolist()
+    state.pending_losses = [[state.current_rows[0], 1.5]]
+    k_selection = {"mode": "auto", "candidates": [2, 4]}
+    record = _close(state, labels, trainable, [0.0] * 4, scorer="perplexity", scored=scored, global_step=17,
+                    k_selection=k_selection)
+    assert (record.scorer, record.scored, record.global_step, record.k, record.k_selection) == (
+        "perplexity", scored, 17, 4, k_selection
+    )
+    assert state.pending_losses == [] and state.current_rows == []
+    assert json.loads(state.to_json())["rounds"] == [record.to_dict()]
+
+
+def test_merge_scores_gathers_ranks_and_keeps_the_last_score_of_a_row():
+    rows, scores = merge_scores([(5, 1.0), (2, 0.5), (np.int64(7), np.float32(0.25)), (5, 2.0)])
+    assert rows.dtype == np.int64 and scores.dtype == np.float64
+    assert rows.tolist() == [2, 5, 7] and scores.tolist() == [0.5, 2.0, 0.25]
+    rows, scores = merge_scores([])  # a round in which no rank scored a row
+    labels = np.arange(3)
+    assert labels[rows].size == 0 and scores.size == 0
+
+
+def _two_rounds(k):
+    labels = _labels()  # clusters 0-3; with k=5, cluster 4 is empty
+    trainable = np.ones(len(labels), dtype=bool)
+    state = SelectionState.start(labels, k)
+    for r in (1, 2):
+        state.current_round = r
+        state.current_rows = draw_round(state, labels, 6, round_index=r, trainable=trainable, selection_seed=4).tolist()
+        _close(state, labels, trainable, [0.0, 0.0, 1.0, 0.0, 0.0][:k])
+    return state, labels
+
+
+def test_selection_manifest_of_every_row_and_of_each_round():
+    state, labels = _two_rounds(5)
+    recorded = dict(pool={"num_rows": 100}, arguments={"rounds": 2}, k_selection={"mode": "fixed"})
+    both = selection_manifest(state, labels, method="iterative_kmq", seed=4, budget_requested=0.12, budget_rows=12,
+                              **recorded)
+    rows = sorted(state.selected())
+    assert (both.method, both.seed, both.k) == ("iterative_kmq", 4, 5)
+    assert both.budget == {"requested": 0.12, "rows": 12, "total_rows": 12, "rounds": [1, 2]}
+    assert both.selected_indices == rows and both.selected_clusters == labels[rows].tolist()
+    assert both.cluster_sizes == [40, 30, 20, 10, 0]
+    assert both.selected_per_cluster == np.bincount(labels[rows], minlength=5).tolist()
+    assert both.selected_digest == indices_digest(rows)
+    assert (both.pool, both.arguments, both.k_selection) == (recorded["pool"], recorded["arguments"],
+                                                             recorded["k_selection"])
+    json.dumps(both.to_dict())  # plain JSON types
+    for r in (1, 2):
+        one = selection_manifest(state, labels, f"round_{r}", method="iterative_kmq", seed=4, budget_requested=0.12,
+                                 budget_rows=12, **recorded)
+        mine = sorted(state.rounds[r - 1]["selected"])
+        assert one.selected_indices == mine and one.selected_digest == indices_digest(mine)
+        assert one.budget == {"requested": 0.12, "rows": 6, "total_rows": 12, "round": r}
+        assert one.selected_per_cluster == np.bincount(labels[mine], minlength=5).tolist()
+
+
+@pytest.mark.parametrize("config", ["round_0", "round_3", "round_x", "final"])
+def test_selection_manifest_names_the_rounds_there_are(config):
+    state, labels = _two_rounds(4)
+    with pytest.raises(InvalidArgumentError, match=_exactly(
+        f"`config`={config!r}: the finished rounds are ['round_1', 'round_2'] (or 'default')."
+    )):
+        selection_manifest(state, labels, config, method="iterative_kmq", seed=4, budget_requested=12, budget_rows=12)

@@ -1,11 +1,17 @@
+import itertools
+import re
+import warnings
+
 import numpy as np
 import pytest
 
 from hf_idsel.errors import InvalidArgumentError
 from hf_idsel.sample import (
+    check_budget,
     cluster_quotas,
     kmeans_closest,
     kmq_sample,
+    parse_budget,
     priority_order,
     random_order,
     random_sample,
@@ -170,3 +176,205 @@ def test_token_prefix_fills_without_exceeding():
 def test_validate_quality_rejects(values, weighting, match):
     with pytest.raises(InvalidArgumentError, match=match):
         validate_quality(values, "quality", weighting=weighting)
+
+
+# ------------------------------------------------------------------------------------------------
+# Added with the mutation run (scripts/mutation_test.py, docs/testing.md): each test below kills
+# mutants of sample.py that the tests above let through.
+# ------------------------------------------------------------------------------------------------
+
+
+def _exactly(message):
+    """A `match=` pattern for exactly this error message."""
+    return "^" + re.escape(message) + "$"
+
+
+def test_parse_budget_reads_numbers_as_python_does():
+    assert parse_budget("64") == 64 and isinstance(parse_budget("64"), int)
+    assert parse_budget("0.1") == 0.1
+    one = parse_budget("1.0")  # the whole pool, not one row
+    assert one == 1.0 and isinstance(one, float)
+    assert parse_budget(7) == 7 and parse_budget(0.5) == 0.5
+    with pytest.raises(InvalidArgumentError, match=_exactly(
+        "`budget`='ten' is neither a row count (an int) nor a fraction of the pool (a float)."
+    )):
+        parse_budget("ten")
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: check_budget(0), "`budget`=0 must be at least 1 row."),
+        (lambda: resolve_budget(0, 100), "`budget`=0 must be at least 1 row."),
+        (lambda: resolve_budget(-2, 100, argument="max_rows"), "`max_rows`=-2 must be at least 1 row."),
+        (
+            lambda: check_budget(True),
+            "`budget` must be an int (rows) or a float in (0, 1] (fraction of the pool), got True.",
+        ),
+        (
+            lambda: resolve_budget(0.0, 100),
+            "`budget`=0.0 as a float is a fraction of the pool and must be in (0, 1]; pass an int for a number of rows.",
+        ),
+        (
+            lambda: resolve_budget(1.5, 1000),
+            "`budget`=1.5 as a float is a fraction of the pool and must be in (0, 1]; pass an int for a number of rows.",
+        ),
+        (
+            lambda: check_budget(float("inf"), argument="fraction"),
+            "`fraction`=inf as a float is a fraction of the pool and must be in (0, 1]; pass an int for a number of rows.",
+        ),
+        (
+            lambda: resolve_budget(0.001, 100),
+            "`budget`=0.001 of 100 rows rounds to 0 rows; use a larger fraction or an int.",
+        ),
+        (
+            lambda: resolve_budget(101, 100),
+            "`budget`=101 rows is more than the pool has (100 rows); lower it or use a larger pool.",
+        ),
+    ],
+)
+def test_budget_errors_name_the_argument_and_say_what_to_do(call, message):
+    with pytest.raises(InvalidArgumentError, match=_exactly(message)):
+        call()
+
+
+def test_the_smallest_budgets_are_accepted():
+    check_budget(1)
+    assert resolve_budget(1, 5) == 1
+    assert resolve_budget(0.01, 100) == 1
+    assert resolve_budget(0.005, 100) == 1  # rounds half up: half a row is one row
+    assert resolve_budget(1.0, 100) == 100
+
+
+def test_quotas_are_integer_row_counts_and_bad_inputs_are_named():
+    sizes = np.array([2.0, 100.0, 100.0])  # counts that arrive as floats give the same quotas
+    quotas = cluster_quotas(sizes, 90, 1.0 / sizes)
+    assert quotas.dtype.kind == "i" and quotas.tolist() == [2, 44, 44]
+    with pytest.raises(InvalidArgumentError, match=_exactly("Cannot draw 8 rows: only 7 are available.")):
+        cluster_quotas(np.array([3, 4]), 8)
+    for weights in ([1.0, -0.5], [1.0, np.nan], [np.inf, 1.0]):
+        with pytest.raises(InvalidArgumentError, match=_exactly("Cluster `weights` must be finite and non-negative.")):
+            cluster_quotas(np.array([3, 4]), 2, np.array(weights))
+
+
+def test_zero_weight_clusters_of_one_row_still_give_their_row():
+    # Only the weighted cluster is wanted, but the total needs every row: the 1-row clusters give theirs.
+    assert cluster_quotas(np.array([5, 1, 1]), 7, np.array([1.0, 0.0, 0.0])).tolist() == [5, 1, 1]
+
+
+@pytest.mark.parametrize("method", ["kmq", "closest"])
+def test_draws_spend_the_exact_budget_on_eligible_rows_when_clusters_are_spent(labels, method):
+    # As in a late round: the last cluster has no row left and most of the largest one is gone.
+    eligible = np.ones(len(labels), dtype=bool)
+    eligible[labels == 4] = False
+    eligible[np.flatnonzero(labels == 0)[5:]] = False
+    similarity = np.linspace(0, 1, len(labels))
+    if method == "kmq":
+        picked = kmq_sample(labels, 30, k=5, seed=0, eligible=eligible)
+    else:
+        picked = kmeans_closest(labels, similarity, 30, k=5, eligible=eligible)
+    assert len(picked) == 30 and eligible[picked].all()
+    expected = cluster_quotas(np.bincount(labels[eligible], minlength=5), 30)
+    assert np.bincount(labels[picked], minlength=5).tolist() == expected.tolist()
+    if method == "closest":
+        for j in range(4):
+            members = np.flatnonzero((labels == j) & eligible)
+            nearest = members[np.argsort(-similarity[members])][: expected[j]]
+            assert set(picked[labels[picked] == j]) == set(nearest)
+
+
+def test_calls_that_leave_options_out_use_the_documented_defaults(labels):
+    quality = np.random.default_rng(5).normal(size=len(labels))
+    np.testing.assert_array_equal(
+        kmq_sample(labels, 20, k=5, quality=quality),
+        kmq_sample(labels, 20, k=5, seed=0, quality=quality, temperature=1.0, weighting="softmax", quota="proportional"),
+    )
+    default = row_priorities(len(labels), np.random.default_rng(1), quality=quality)
+    explicit = row_priorities(len(labels), np.random.default_rng(1), quality=quality, temperature=1.0, weighting="softmax")
+    np.testing.assert_array_equal(default[0], explicit[0])
+    np.testing.assert_array_equal(random_sample(30, 10), random_sample(30, 10, seed=0))
+    np.testing.assert_array_equal(random_order(30), random_order(30, seed=0))
+
+
+def test_equal_quota_gives_every_nonempty_cluster_the_same_claim():
+    labels = np.repeat(np.arange(4), [1, 10, 10, 10])  # cluster 0 has a single row
+    # Two rows for four equal claims: ties go to the lower cluster ids, the 1-row cluster included.
+    assert np.bincount(labels[kmq_sample(labels, 2, k=4, quota="equal")], minlength=4).tolist() == [1, 1, 0, 0]
+    assert np.bincount(labels[kmq_sample(labels, 4, k=4, quota="equal")], minlength=4).tolist() == [1, 1, 1, 1]
+    # A token budget's order takes one row of every cluster first, then keeps the others level.
+    key, tiebreak = row_priorities(len(labels), np.random.default_rng(0))
+    order = priority_order(labels, key, tiebreak, k=4, quota="equal")
+    assert sorted(order.tolist()) == list(range(len(labels)))
+    assert sorted(labels[order[:4]].tolist()) == [0, 1, 2, 3]
+    for m in range(4, len(labels) + 1):
+        counts = np.bincount(labels[order[:m]], minlength=4)[1:]
+        assert counts.max() - counts.min() <= 1
+
+
+def test_random_sample_is_seeded_and_without_replacement():
+    assert random_sample(20, 20, seed=3).tolist() == list(range(20))
+    picked = random_sample(50, 10, seed=3)
+    assert len(set(picked.tolist())) == 10 and (np.diff(picked) > 0).all()
+    np.testing.assert_array_equal(picked, random_sample(50, 10, seed=3))
+    assert not np.array_equal(picked, random_sample(50, 10, seed=4))
+
+
+def test_linear_weighting_takes_zero_quality_without_a_warning():
+    labels = np.zeros(6, dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        picked = kmq_sample(labels, 3, k=1, quality=np.array([0.0, 1.0, 0.0, 2.0, 3.0, 0.0]), weighting="linear")
+    assert picked.tolist() == [1, 3, 4]
+
+
+def _inclusion_probabilities(p, m):
+    """Exact chance that each row is among `m` rows drawn one by one without replacement, row i with chance ~ p_i."""
+    pi = np.zeros(len(p))
+    for drawn in itertools.permutations(range(len(p)), m):
+        chance, left = 1.0, 1.0
+        for i in drawn:
+            chance *= p[i] / left
+            left -= p[i]
+        pi[list(drawn)] += chance
+    return pi
+
+
+@pytest.mark.parametrize("quota", [1, 2])
+@pytest.mark.parametrize("weighting", ["linear", "softmax"])
+def test_in_cluster_draw_is_an_exact_weighted_sample_without_replacement(weighting, quota):
+    p = np.array([0.1, 0.2, 0.3, 0.4])
+    # linear: p ~ quality; softmax: p ~ exp(quality / temperature), whatever the shift of the scores.
+    temperature = 0.5
+    row_quality = p if weighting == "linear" else temperature * np.log(p) + 3.0
+    clusters = 10  # ten independent 4-row clusters per call, each drawing `quota` rows
+    labels = np.repeat(np.arange(clusters), len(p))
+    quality = np.tile(row_quality, clusters)
+    counts = np.zeros(len(p))
+    draws = 300
+    for seed in range(draws):
+        picked = kmq_sample(labels, quota * clusters, k=clusters, seed=seed, quality=quality,
+                            temperature=temperature, weighting=weighting)
+        assert np.bincount(labels[picked], minlength=clusters).tolist() == [quota] * clusters
+        counts += np.bincount(picked % len(p), minlength=len(p))
+    # 3,000 draws per row: a standard error under 0.01, so 0.025 is a wide margin for seeded draws.
+    np.testing.assert_allclose(counts / (draws * clusters), _inclusion_probabilities(p, quota), atol=0.025)
+
+
+def test_validate_quality_accepts_what_each_weighting_can_use():
+    ratings = validate_quality([1, 5, 3], "rating")  # integer ratings are scores too
+    assert ratings.dtype == np.float64 and ratings.tolist() == [1.0, 5.0, 3.0]
+    # softmax takes any finite score (e.g. log-likelihoods); linear takes zeros (never drawn).
+    assert validate_quality(np.array([-3.5, 0.0, 2.0]), "loglik").tolist() == [-3.5, 0.0, 2.0]
+    assert validate_quality(np.array([0.0, 0.5, 1.0]), "q", weighting="linear").tolist() == [0.0, 0.5, 1.0]
+
+
+def test_validate_quality_errors_point_at_the_first_bad_row():
+    with pytest.raises(InvalidArgumentError, match=re.escape(
+        "`quality_column`='q' has 2 missing/NaN/infinite values (first at row 2). Fill or drop them"
+    )):
+        validate_quality([1.0, 2.0, None, float("inf")], "q")
+    with pytest.raises(InvalidArgumentError, match=_exactly(
+        "`quality_column`='q' has negative values (first at row 2), which linear weighting cannot use as "
+        "probabilities; use quality_weighting='softmax' or shift the scores."
+    )):
+        validate_quality([1.0, 0.0, -2.0, -1.0], "q", weighting="linear")
