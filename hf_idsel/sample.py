@@ -2,7 +2,8 @@
 
 One code path serves static selection (`diverse_select`) and every round of the iterative
 trainer: a round is `kmq_sample` with the current cluster weights and the rows already chosen
-excluded. With uniform weights a draw is exactly kMQ, so round 1 needs no special case.
+excluded. Round 1 passes no weights, which is exactly kMQ: uniform weights of 1/k are the same in
+exact arithmetic but can round a quota's remainder differently in floating point.
 
 Inside a cluster, rows are drawn without replacement with probability proportional to
 `softmax(quality / temperature)` (or to `quality` itself, "linear"), using Gumbel-top-k: a row's
@@ -134,7 +135,7 @@ def cluster_quotas(available: np.ndarray, total: int, weights: np.ndarray | None
             continue
         base = np.floor(ideal).astype(np.int64)
         extra = remaining - int(base.sum())
-        # Largest remainders first; ties go to the lower cluster id.
+        # Largest remainders first (compared in floating point); equal remainders go to the lower cluster id.
         order = np.lexsort((idx, -(ideal - base)))
         base[order[:extra]] += 1
         quotas[idx] += base
