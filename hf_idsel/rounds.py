@@ -64,6 +64,7 @@ class SelectionState:
     pending_losses: list = field(default_factory=list)  # [row, loss] gathered for the round in progress
     epochs_done: int = 0
     pool_digest: str = ""  # content of the pool columns the run reads; "" in checkpoints written before it
+    epoch_end_steps: list = field(default_factory=list)  # global step at the end of each finished epoch
 
     @classmethod
     def start(cls, labels: np.ndarray, k: int) -> "SelectionState":

@@ -133,7 +133,10 @@ class _RoundCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
-        # A checkpoint saved on an epoch's last step predates that epoch's end: replay the missed ends.
+        if not self.trainer._resumed_by_global_step:
+            return control
+        # A checkpoint from before epoch ends were recorded, saved on an epoch's last step, predates that
+        # epoch's end, which Trainer's own count then skips: replay the missed ends.
         steps_per_epoch = state.max_steps // max(int(args.num_train_epochs), 1)
         epochs_trained = state.global_step // steps_per_epoch if steps_per_epoch else 0
         while self.trainer.selection.epochs_done < epochs_trained:
@@ -237,6 +240,7 @@ class IterativeSelectionTrainer(SFTTrainer):
             self._initial_state = {
                 name: p.detach().clone().cpu() for name, p in self.model.named_parameters() if p.requires_grad
             }
+        self._resumed_by_global_step = False
         self.add_callback(_RoundCallback(self))
         if hasattr(self.scorer, "check_encodable"):
             # A reward model whose tokenizer cannot read the pool is refused before training.
@@ -336,6 +340,7 @@ class IterativeSelectionTrainer(SFTTrainer):
     def end_epoch(self) -> None:
         """Count a finished epoch; the last epoch of a round closes the round."""
         self.selection.epochs_done += 1
+        self.selection.epoch_end_steps.append(int(self.state.global_step))
         if self.selection.epochs_done % self.args.epochs_per_round == 0 and self.current_round <= self.args.rounds:
             self.finish_round()
 
@@ -529,6 +534,21 @@ class IterativeSelectionTrainer(SFTTrainer):
         folder = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
         with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as f:
             f.write(state.to_json())
+
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial):
+        epochs_trained, steps_in_epoch = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+        )
+        ends = self.selection.epoch_end_steps
+        self._resumed_by_global_step = resume_from_checkpoint is not None and len(ends) != self.selection.epochs_done
+        if resume_from_checkpoint is not None and not self._resumed_by_global_step:
+            # Trainer places a resume at global_step // steps_per_epoch, as if every epoch had the same
+            # length; a round's epoch can be shorter (restart mode, rounds of unequal size). The
+            # selection knows where each epoch ended.
+            epochs_trained = self.selection.epochs_done
+            done = self.state.global_step - (ends[-1] if ends else 0)
+            steps_in_epoch = 0 if self.args.ignore_data_skip else done * self.args.gradient_accumulation_steps
+        return epochs_trained, steps_in_epoch
 
     def _check_resumed_pool(self, state: SelectionState, path: str) -> None:
         """A checkpoint's row ids mean something only on the pool, and the clustering, it was made with."""

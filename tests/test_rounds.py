@@ -128,7 +128,7 @@ def test_selection_state_reads_checkpoints_written_before_and_refuses_strangers(
     state = SelectionState.from_json(json.dumps(old), where="checkpoint-4/hf_idsel_selection.json")
     assert state.selected() == [3, 50] and state.labels_digest == labels_digest(labels)
     # Written back, it carries every field of the current format; pool_digest stays "" (not recorded then).
-    assert json.loads(state.to_json()) == {**old, "pool_digest": ""}
+    assert json.loads(state.to_json()) == {**old, "pool_digest": "", "epoch_end_steps": []}
     with pytest.raises(InvalidArgumentError, match="not a selection state"):
         SelectionState.from_json(json.dumps({**old, "run_code": "x"}), where="bad.json")
     with pytest.raises(InvalidArgumentError, match="not a selection state"):

@@ -189,10 +189,8 @@ def test_resume_continues_the_same_trajectory(tmp_path, save, checkpoint_step):
         assert np.allclose(a["weights"], b["weights"], atol=1e-6)
 
 
-# Trainer sizes every epoch alike and, on resume, skips global_step // steps_per_epoch epochs: when a
-# round's epoch runs fewer steps than the longest (restart mode; rounds of unequal size), a resumed run
-# re-trains part of a round and closes it early. Issue 17 (the restart schedule) owns the fix.
-_UNEQUAL_EPOCHS = pytest.mark.xfail(strict=True, reason="resume assumes epochs of equal length")
+# Epochs of unequal length (restart mode; rounds of 9, 8 and 8 rows at batch 4): Trainer alone would
+# place the resume at global_step // steps_per_epoch and re-train part of a round.
 
 
 @pytest.mark.parametrize(
@@ -200,8 +198,8 @@ _UNEQUAL_EPOCHS = pytest.mark.xfail(strict=True, reason="resume assumes epochs o
     [
         "generation scorer",
         "last checkpoint",
-        pytest.param("restart mode", marks=_UNEQUAL_EPOCHS),
-        pytest.param("unequal rounds", marks=_UNEQUAL_EPOCHS),
+        "restart mode",
+        "unequal rounds",
     ],
 )
 def test_resume_edge_cases_continue_the_same_trajectory(tmp_path, variant):
