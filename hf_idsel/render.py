@@ -545,3 +545,23 @@ def first_empty_answer(table: pa.Table, options: RenderOptions) -> int | None:
             empty = pc.fill_null(pc.equal(pc.utf8_length(column), 0), False).to_numpy(zero_copy_only=False)
     hits = np.flatnonzero(empty)
     return int(hits[0]) if len(hits) else None
+
+
+def training_render_options(pool, *, scorer: str, gold_needed: bool) -> RenderOptions:
+    """How `IterativeSelectionTrainer` reads `pool`: chat `messages` or `prompt`/`completion` rows, with a
+    non-empty gold answer in every row when the scorer (`gold_needed`) compares it with the model's own."""
+    options = resolve_render_options(pool.column_names, format=None, include_answer=True)
+    if options.format not in ("messages", "prompt_completion"):
+        raise InvalidArgumentError(
+            "IterativeSelectionTrainer needs chat `messages` or `prompt`/`completion` rows (a gold answer per row); "
+            f"this pool renders as format={options.format!r}."
+        )
+    validate_columns(pool.data.table, options)
+    empty = first_empty_answer(pool.data.table, options) if gold_needed else None
+    if empty is not None:
+        raise InvalidArgumentError(
+            f"scorer={scorer!r} compares the gold answer with the model's own, but pool row {empty} has no gold "
+            "completion (no assistant turn or an empty one). Drop such rows or use scorer='loss'."
+        )
+    return options
+

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -20,6 +21,8 @@ import numpy as np
 from .errors import InvalidArgumentError
 from .manifest import Manifest, indices_digest
 from .sample import kmq_sample
+
+logger = logging.getLogger(__name__)
 
 ROUND_FILE = "round_{round}.json"
 ROUND_MODES = ("continue", "restart")
@@ -78,6 +81,25 @@ class SelectionState:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
+
+    def check_resumable(self, labels_digest: str, pool_digest: str, pool_columns: list, *, where: str) -> None:
+        """Refuse to resume this checkpoint's state on another clustering or on a pool whose rows changed:
+        its row ids would point at other rows. A state written before pool digests is resumed with a warning."""
+        if self.labels_digest != labels_digest:
+            raise InvalidArgumentError(
+                f"`resume_from_checkpoint`: {where} was made with a different clustering of the pool (a different "
+                "pool, encoder, k or seed): resume with the pool and arguments of that run, or start a new run."
+            )
+        if not self.pool_digest:
+            logger.warning(
+                "%s predates content checks: only its clustering was verified, not the content of the pool's rows.", where
+            )
+        elif self.pool_digest != pool_digest:
+            raise InvalidArgumentError(
+                f"`resume_from_checkpoint`: the content of the pool changed since {where} was saved (columns "
+                f"{pool_columns}: rows edited, reordered or replaced), so its row ids would point at other rows. "
+                "Resume with the unchanged pool, or start a new run."
+            )
 
     @classmethod
     def from_json(cls, text: str, *, where: str) -> "SelectionState":

@@ -34,7 +34,7 @@ from .distributed import broadcast, equal_share
 from .errors import InvalidArgumentError, PushError
 from .manifest import Manifest, encoder_record, pool_record
 from .publish import ITERATIVE_METHOD, STAGING_DIR, iterative_subset, push_staged, set_model_push, stage
-from .render import first_empty_answer, prompt_and_answer, resolve_render_options, validate_columns
+from .render import prompt_and_answer, resolve_render_options, training_render_options
 from .rounds import (
     SelectionState,
     close_round,
@@ -252,21 +252,10 @@ class IterativeSelectionTrainer(SFTTrainer):
 
     def _check_selection_args(self, args, pool, scorer):
         budget, sizes = args.check_pool(pool)
-        self._render = resolve_render_options(pool.column_names, format=None, include_answer=True)
-        if self._render.format not in ("messages", "prompt_completion"):
-            raise InvalidArgumentError(
-                "IterativeSelectionTrainer needs chat `messages` or `prompt`/`completion` rows (a gold answer per row); "
-                f"this pool renders as format={self._render.format!r}."
-            )
-        validate_columns(pool.data.table, self._render)
-        if not (isinstance(scorer, LossScorer) or (isinstance(scorer, str) and scorer == "loss")):
-            empty = first_empty_answer(pool.data.table, self._render)
-            if empty is not None:
-                name = scorer if isinstance(scorer, str) else type(scorer).__name__
-                raise InvalidArgumentError(
-                    f"scorer={name!r} compares the gold answer with the model's own, but pool row {empty} has no gold "
-                    "completion (no assistant turn or an empty one). Drop such rows or use scorer='loss'."
-                )
+        # Generation scorers compare each row's gold answer with the model's own: every row needs one.
+        gold_needed = not (isinstance(scorer, LossScorer) or (isinstance(scorer, str) and scorer == "loss"))
+        name = scorer if isinstance(scorer, str) else type(scorer).__name__
+        self._render = training_render_options(pool, scorer=name, gold_needed=gold_needed)
         return budget, sizes
 
     def _token_lengths(self) -> list[int]:
@@ -550,25 +539,6 @@ class IterativeSelectionTrainer(SFTTrainer):
             steps_in_epoch = 0 if self.args.ignore_data_skip else done * self.args.gradient_accumulation_steps
         return epochs_trained, steps_in_epoch
 
-    def _check_resumed_pool(self, state: SelectionState, path: str) -> None:
-        """A checkpoint's row ids mean something only on the pool, and the clustering, it was made with."""
-        if state.labels_digest != self.selection.labels_digest:
-            raise InvalidArgumentError(
-                f"`resume_from_checkpoint`: {path} was made with a different clustering of the pool (a different "
-                "pool, encoder, k or seed): resume with the pool and arguments of that run, or start a new run."
-            )
-        record = self._pool_record()
-        if not state.pool_digest:
-            logger.warning(
-                "%s predates content checks: only its clustering was verified, not the content of the pool's rows.", path
-            )
-        elif state.pool_digest != record["digest"]:
-            raise InvalidArgumentError(
-                f"`resume_from_checkpoint`: the content of the pool changed since {path} was saved (columns "
-                f"{record['digest_columns']}: rows edited, reordered or replaced), so its row ids would point at other "
-                "rows. Resume with the unchanged pool, or start a new run."
-            )
-
     def train(self, resume_from_checkpoint=None, **kwargs):
         if resume_from_checkpoint:
             from transformers.trainer_utils import get_last_checkpoint
@@ -583,7 +553,8 @@ class IterativeSelectionTrainer(SFTTrainer):
                 )
             with open(path, encoding="utf-8") as f:
                 state = SelectionState.from_json(f.read(), where=path)
-            self._check_resumed_pool(state, path)
+            record = self._pool_record()
+            state.check_resumable(self.selection.labels_digest, record["digest"], record["digest_columns"], where=path)
             # Every rank restores the gathered losses on rank 0 only, so the round's final gather counts each once.
             if not self.accelerator.is_main_process:
                 state.pending_losses = []

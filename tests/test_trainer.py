@@ -252,7 +252,7 @@ def test_resume_refuses_a_pool_whose_rows_changed_under_the_same_clustering(tmp_
     del state["pool_digest"]
     json.dump(state, open(state_file, "w"))
     old = make_trainer(tmp_path / "old", budget=24, save_strategy="no")
-    with caplog.at_level("WARNING", logger="hf_idsel.trainer"):
+    with caplog.at_level("WARNING", logger="hf_idsel.rounds"):
         old.train(resume_from_checkpoint=checkpoint)
     assert "predates content checks" in caplog.text
     assert [r["selected"] for r in old.selection.rounds] == [r["selected"] for r in full.selection.rounds]
