@@ -7,6 +7,8 @@ Staging and pushing them is [`publish`]'s job.
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -14,16 +16,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InvalidArgumentError
-from .manifest import Manifest
+from .manifest import Manifest, library_versions
 from .pool import BUILTIN_POOL
-from .publish import DEFAULT_CONFIG
-from .report import markdown_table
+from .publish import DEFAULT_CONFIG, STAGING_DIR, read_plan
+from .report import markdown_table, read_rounds
 from .rounds import weight_entropy
 
 logger = logging.getLogger(__name__)
 
 TAGS = ["hf_idsel", "data-selection"]
 PAPER = "arxiv:2409.11378"
+MODEL_CARD_FACTS = "_hf_idsel_model_card.json"  # beside the model; uploads skip "_*" files
+MODEL_FILES = ("config.json", "adapter_config.json")
 
 
 def template_path(name: str) -> str:
@@ -38,20 +42,40 @@ def template_path(name: str) -> str:
 
 @dataclass
 class CardFacts:
-    """The repo a card is for, and what it inherits from the pool's own card."""
+    """The repo a dataset card is for, and what it inherits from the pool's own card.
+
+    Args:
+        repo_id (`str`):
+            The dataset repo; a bare name (no namespace) while the run has no Hub owner yet.
+        pool_id (`str`, *optional*):
+            Hub id of the pool.
+        pool_license (`str` or `list`, *optional*):
+            License from the pool's card.
+        pool_language (`str` or `list`, *optional*):
+            Language from the pool's card.
+        folder (`str`, *optional*):
+            The folder the rows are staged in (`data/<config>.parquet`): the card's usage lines read
+            from it while `repo_id` names no Hub repo.
+    """
 
     repo_id: str
     pool_id: str | None
     pool_license: str | list | None
     pool_language: str | list | None
+    folder: str | None = None
+
+    @property
+    def hub_id(self) -> str | None:
+        """`repo_id` when it is a Hub repo id with its namespace, else `None` (the card then loads from `folder`)."""
+        return self.repo_id if "/" in self.repo_id else None
 
 
-def card_facts(repo_id: str, pool_id: str | None, token=None) -> CardFacts:
+def card_facts(repo_id: str, pool_id: str | None, token=None, *, folder: str | None = None) -> CardFacts:
     """`CardFacts` for `repo_id`; `pool_id="builtin"` is the built-in pool (all sources MIT-licensed, see pool.py)."""
     if pool_id == BUILTIN_POOL:
-        return CardFacts(repo_id, None, "mit", "en")
+        return CardFacts(repo_id, None, "mit", "en", folder)
     license_, language = _pool_card_metadata(pool_id, token)
-    return CardFacts(repo_id, pool_id, license_, language)
+    return CardFacts(repo_id, pool_id, license_, language, folder)
 
 
 def _pool_card_metadata(pool_id: str | None, token=None) -> tuple[str | list | None, str | list | None]:
@@ -116,6 +140,30 @@ def rounds_markdown(rounds: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _staged_folder(facts: CardFacts) -> str:
+    if not facts.folder:
+        raise InvalidArgumentError(
+            f"The dataset card of {facts.repo_id!r} needs a Hub repo id with its namespace, or the folder its rows are staged in."
+        )
+    return os.path.abspath(facts.folder)
+
+
+def _load_line(facts: CardFacts, config: str) -> str:
+    """The line that loads one config's rows: from the Hub repo, or from the staged parquet file of a run not pushed."""
+    if facts.hub_id:
+        return f"load_dataset({json.dumps(facts.hub_id)}, {json.dumps(config)})"
+    data_files = os.path.join(_staged_folder(facts), "data", f"{config}.parquet")
+    return f'load_dataset("parquet", data_files={json.dumps(data_files)}, split="train")'
+
+
+def _selection_source(facts: CardFacts, iterative: bool) -> str:
+    """What `load_selection` reads: the Hub repo, or the staged manifest (round 1's for an iterative run)."""
+    if facts.hub_id:
+        return json.dumps(facts.hub_id)
+    manifest = os.path.join("manifests", "round_1.json") if iterative else "manifest.json"
+    return json.dumps(os.path.join(_staged_folder(facts), manifest))
+
+
 def dataset_card(manifest: Manifest, facts: CardFacts, *, configs: list[str], rounds: list[dict] | None = None, run_args: dict | None = None):
     """The dataset card of a pushed selection (huggingface_hub `DatasetCard`), rendered from `model_cards/dataset_card.md`."""
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -138,13 +186,15 @@ def dataset_card(manifest: Manifest, facts: CardFacts, *, configs: list[str], ro
             what = "every selected row" + (" (all rounds)" if iterative else "")
         else:
             what = f"the rows drawn in {name.replace('_', ' ')}"
-        config_lines.append(f"- `{name}`: {what}; `load_dataset(\"{facts.repo_id}\", \"{name}\")`")
+        config_lines.append(f"- `{name}`: {what}; `{_load_line(facts, name)}`")
     run_args = run_args or {}
     return DatasetCard.from_template(
         data,
         template_path=template_path("dataset_card.md"),
         pretty_name=data.pretty_name,
-        repo_id=facts.repo_id,
+        hub_id=facts.hub_id,
+        staged=None if facts.hub_id else _staged_folder(facts),
+        selection_source=_selection_source(facts, iterative),
         rows=rows,
         pool_id=facts.pool_id,
         pool_link=f"[{facts.pool_id}](https://huggingface.co/datasets/{facts.pool_id})" if facts.pool_id else None,
@@ -175,74 +225,220 @@ def _size_category(rows: int) -> str:
     return "1M<n<10M"
 
 
-def model_card(
+def restage_dataset_card(folder: str, repo_id: str, token=None) -> bool:
+    """Write the dataset card staged in `folder` again for `repo_id`, the repo the push goes to.
+
+    A card staged for a run without a Hub repo loads its rows from the folder; once the push knows
+    its repo (`hf-idsel push DIR --repo-id`, or the namespace the Hub gave a bare name) the card
+    must name that repo. The card is rendered from what is staged: the manifest, the round files
+    and the configs of the push plan.
+
+    Args:
+        folder (`str`):
+            A folder staged for a push (`hf_idsel_push.json`, `README.md`, the manifests).
+        repo_id (`str`):
+            The dataset repo the push goes to, `"namespace/name"`.
+        token (`str`, *optional*):
+            Hub token, to read the pool's card for its license and language.
+
+    Returns:
+        `bool`: whether the card was written again; `False` when nothing was staged to render it from
+        (no card, or no manifest of all the staged rows), and the staged card is pushed as it is.
+    """
+    path = os.path.join(folder, "README.md")
+    configs = read_plan(folder)["configs"]
+    manifests = [os.path.join(folder, "manifest.json")]
+    if len(configs) == 1:  # `push_selection` to a config other than the default
+        manifests.append(os.path.join(folder, "manifests", f"{configs[0]}.json"))
+    found = [m for m in manifests if os.path.isfile(m)]
+    if not os.path.isfile(path) or not found:
+        if os.path.isfile(path):
+            logger.warning("%s holds no manifest of all its rows: its dataset card is pushed as it was staged.", folder)
+        return False
+    manifest = Manifest.load(found[0])
+    rounds = read_rounds(folder)
+    arguments = manifest.arguments or {}
+    card = dataset_card(
+        manifest,
+        card_facts(repo_id, (manifest.pool.get("source") or {}).get("path"), token, folder=folder),
+        configs=configs,
+        rounds=rounds,
+        run_args={"scorer": arguments.get("scorer"), "weight_update": arguments.get("weight_update")} if rounds else None,
+    )
+    card.save(path)
+    return True
+
+
+def model_card_facts(
     manifest: Manifest,
     *,
-    model_name: str,
+    model_name: str | None,
     base_model: str | None,
-    dataset_id: str | None,
-    license: str,
+    base_local: str | None,
+    license: str | None,
     tags: list[str],
-    library_name: str,
+    peft: bool,
     rounds: list[dict],
     run_args: dict,
     hyperparameters: list[tuple[str, object]],
     pool_id: str | None,
-):
-    """The model card of a model trained by `IterativeSelectionTrainer`, rendered from `model_cards/model_card.md`."""
-    from huggingface_hub import ModelCard, ModelCardData
+    output_dir: str,
+    push_command: str,
+) -> dict:
+    """What the model card of an `IterativeSelectionTrainer` run says, as JSON values.
 
-    from .manifest import library_versions
+    The trainer saves them beside the model (`MODEL_CARD_FACTS`, left out of every upload by its
+    leading `_`), so that `hf-idsel push` can write the card again with the repos it pushed to.
 
-    data = ModelCardData(
-        base_model=base_model,
-        datasets=[dataset_id] if dataset_id else None,
-        license=license,
-        library_name=library_name,
-        model_name=model_name,
-        tags=list(dict.fromkeys(list(tags) + TAGS + ["trl", "sft", PAPER])),
-    )
+    Args:
+        manifest (`Manifest`):
+            The manifest of every row selected so far.
+        model_name (`str`, *optional*):
+            The card's title; default: the model repo's name, or the output folder's.
+        base_model (`str`, *optional*):
+            Hub id of the base model.
+        base_local (`str`, *optional*):
+            The local folder the base model was loaded from, when not from the Hub.
+        license (`str`, *optional*):
+            The model's license.
+        tags (`list[str]`):
+            Tags of the card besides hf_idsel's own.
+        peft (`bool`):
+            Whether the saved model is a PEFT adapter.
+        rounds (`list[dict]`):
+            The round records.
+        run_args (`dict`):
+            `quality_column`, `scorer`, `weight_update`, `weight_temperature` and `round_mode`.
+        hyperparameters (`list[tuple[str, object]]`):
+            The rows of the hyperparameter table ([`training_hyperparameters`]).
+        pool_id (`str`, *optional*):
+            Hub id of the pool.
+        output_dir (`str`):
+            The run's output folder.
+        push_command (`str`):
+            The `hf-idsel push` command that publishes the run.
+    """
     versions = library_versions()
     for name in ("trl", "peft", "accelerate"):
         try:
-            import importlib.metadata
-
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             continue
+    return {
+        "model_name": model_name,
+        "base_model": base_model,
+        "base_local": base_local,
+        "license": license,
+        "tags": list(dict.fromkeys(list(tags) + TAGS + ["trl", "sft", PAPER])),
+        "peft": peft,
+        "method": manifest.method,
+        "budget": _describe_budget(manifest),
+        "pool_rows": manifest.pool["num_rows"],
+        "pool_id": pool_id,
+        "pool_digest": manifest.pool["digest"],
+        "encoder": _describe_encoder(manifest),
+        "k": manifest.k,
+        "k_how": _describe_k(manifest),
+        "seed": manifest.seed,
+        "rounds": len(rounds),
+        "round_rows": ", ".join(str(len(r["selected"])) for r in rounds),
+        "rounds_table": rounds_markdown(rounds) if rounds else "",
+        **{name: run_args.get(name) for name in ("quality_column", "scorer", "weight_update", "weight_temperature", "round_mode")},
+        "hyperparameters": [[name, _json_value(value)] for name, value in hyperparameters],
+        "versions": sorted([name, value] for name, value in versions.items()),
+        "output_dir": os.path.abspath(output_dir),
+        "staging_dir": os.path.join(os.path.abspath(output_dir), STAGING_DIR),
+        "push_command": push_command,
+    }
+
+
+def _json_value(value):
+    value = getattr(value, "value", value)  # enums of TrainingArguments
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def model_card(facts: dict, folder: str, *, hub_model_id: str | None = None, dataset_id: str | None = None):
+    """The model card of a model trained by `IterativeSelectionTrainer`, rendered from `model_cards/model_card.md`.
+
+    Args:
+        facts (`dict`):
+            What the card says about the run ([`model_card_facts`]).
+        folder (`str`):
+            The folder the card is saved in, beside the weights.
+        hub_model_id (`str`, *optional*):
+            The model repo the folder is pushed to: the card loads from it. Default: the folder.
+        dataset_id (`str`, *optional*):
+            The dataset repo the selection was pushed to. Without it the card links no Hub repo and
+            says how to push the run.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    name = facts["model_name"] or (hub_model_id.split("/")[-1] if hub_model_id else os.path.basename(facts["output_dir"]))
+    data = ModelCardData(
+        base_model=facts["base_model"],
+        datasets=[dataset_id] if dataset_id else None,
+        license=facts["license"],
+        library_name="peft" if facts["peft"] else "transformers",
+        model_name=name,
+        tags=list(facts["tags"]),
+    )
     return ModelCard.from_template(
         data,
         template_path=template_path("model_card.md"),
-        model_name=model_name,
-        base_model=base_model,
+        **{**facts, "model_name": name},
         dataset_id=dataset_id,
-        pool_rows=manifest.pool["num_rows"],
-        pool_id=pool_id,
-        encoder=_describe_encoder(manifest),
-        k=manifest.k,
-        k_how=_describe_k(manifest),
-        rounds=len(rounds),
-        round_rows=", ".join(str(len(r["selected"])) for r in rounds),
-        quality_column=run_args.get("quality_column"),
-        scorer=run_args.get("scorer"),
-        weight_update=run_args.get("weight_update"),
-        round_mode=run_args.get("round_mode"),
-        rounds_table=rounds_markdown(rounds) if rounds else "",
-        hyperparameters=[(name, value) for name, value in hyperparameters],
-        versions=sorted(versions.items()),
+        load_path=hub_model_id or os.path.abspath(folder),
+        weights_saved=any(os.path.isfile(os.path.join(folder, file)) for file in MODEL_FILES),
     )
+
+
+def save_model_card(
+    facts: dict, folder: str, *, hub_model_id: str | None = None, dataset_id: str | None = None, keep_facts: bool = False
+) -> str:
+    """Write [`model_card`] to `folder/README.md` (and `facts` to `folder/MODEL_CARD_FACTS` with `keep_facts`)."""
+    model_card(facts, folder, hub_model_id=hub_model_id, dataset_id=dataset_id).save(os.path.join(folder, "README.md"))
+    if keep_facts:
+        with open(os.path.join(folder, MODEL_CARD_FACTS), "w", encoding="utf-8") as f:
+            json.dump(facts, f, indent=2)
+    return os.path.join(folder, "README.md")
+
+
+def refresh_model_card(folder: str, hub_model_id: str, dataset_id: str | None) -> bool:
+    """Write the model card in `folder` again for the repos a push sends it to.
+
+    Returns:
+        `bool`: `False` when `folder` holds no `MODEL_CARD_FACTS` (not an `IterativeSelectionTrainer`
+        output folder): its README is pushed as it is.
+    """
+    path = os.path.join(folder, MODEL_CARD_FACTS)
+    if not os.path.isfile(path):
+        return False
+    with open(path, encoding="utf-8") as f:
+        facts = json.load(f)
+    save_model_card(facts, folder, hub_model_id=hub_model_id, dataset_id=dataset_id)
+    return True
+
+
+def _name_or_path(model) -> str | None:
+    if isinstance(model, str):
+        return model
+    name = getattr(getattr(model, "config", None), "_name_or_path", None)
+    peft_config = getattr(model, "peft_config", None)
+    if peft_config:
+        name = getattr(next(iter(peft_config.values())), "base_model_name_or_path", None) or name
+    return name or None
 
 
 def base_model_id(model) -> str | None:
     """The Hub id a model was loaded from (`None` for a local folder or a model built in memory)."""
-    if isinstance(model, str):
-        name = model
-    else:
-        name = getattr(getattr(model, "config", None), "_name_or_path", None)
-        peft_config = getattr(model, "peft_config", None)
-        if peft_config:
-            name = getattr(next(iter(peft_config.values())), "base_model_name_or_path", None) or name
+    name = _name_or_path(model)
     return name if name and not os.path.isdir(name) else None
+
+
+def base_model_folder(model) -> str | None:
+    """The local folder a model was loaded from (`None` for a Hub id or a model built in memory)."""
+    name = _name_or_path(model)
+    return os.path.abspath(name) if name and os.path.isdir(name) else None
 
 
 def base_model_license(base: str | None, hub_license: str | None, token=None) -> str:

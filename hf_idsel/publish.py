@@ -173,7 +173,7 @@ def push_staged(
     if repo_id is not None and repo_id != plan["repo_id"]:
         check_repo_id(repo_id)
         plan.update(repo_id=repo_id, done=[])
-    repo_id = plan["repo_id"]
+        _restage_card(folder, repo_id, token)
     if private is not None:
         plan["private"] = private
     api = HfApi(token=token)
@@ -184,8 +184,8 @@ def push_staged(
         _run_with_retries(lambda: _run_step(api, folder, plan, step, token), step, plan, steps, folder, token, max_retries, backoff)
         plan["done"].append(step)
         _write_plan(folder, plan)
-        logger.info("Pushed %s to %s", step, repo_id)
-    return f"{api.endpoint}/datasets/{repo_id}"
+        logger.info("Pushed %s to %s", step, plan["repo_id"])
+    return f"{api.endpoint}/datasets/{plan['repo_id']}"
 
 
 def set_model_push(folder: str, repo_id: str, model_folder: str, *, commit_message: str | None = None, revision: str | None = None) -> None:
@@ -205,7 +205,10 @@ def set_model_push(folder: str, repo_id: str, model_folder: str, *, commit_messa
 def _run_step(api, folder: str, plan: dict, step: str, token) -> None:
     repo_id = plan["repo_id"]
     if step == "repo":
-        api.create_repo(repo_id, repo_type="dataset", private=plan.get("private"), exist_ok=True)
+        url = api.create_repo(repo_id, repo_type="dataset", private=plan.get("private"), exist_ok=True)
+        if url.repo_id != repo_id:  # a bare name: the Hub put the repo under the token's namespace
+            plan["repo_id"] = url.repo_id
+            _restage_card(folder, url.repo_id, token)
     elif step.startswith("config:"):
         name = step.split(":", 1)[1]
         rows = datasets.Dataset.from_parquet(os.path.join(folder, "data", f"{name}.parquet"))
@@ -229,11 +232,15 @@ def _run_step(api, folder: str, plan: dict, step: str, token) -> None:
     elif step == "card":
         _push_card(api, folder, repo_id, token)
     elif step == "model":
+        from .cards import refresh_model_card  # cards imports this module's Hub layout constants
+
         model = plan["model"]
-        api.create_repo(model["repo_id"], private=plan.get("private"), exist_ok=True)
+        model["repo_id"] = api.create_repo(model["repo_id"], private=plan.get("private"), exist_ok=True).repo_id
+        model_folder = os.path.normpath(os.path.join(folder, model["folder"]))
+        refresh_model_card(model_folder, model["repo_id"], dataset_id=repo_id)  # the card names the repos pushed to
         api.upload_folder(
             repo_id=model["repo_id"],
-            folder_path=os.path.normpath(os.path.join(folder, model["folder"])),
+            folder_path=model_folder,
             commit_message=model.get("commit_message") or "End of training",
             revision=model.get("revision"),
             # What Trainer.push_to_hub leaves out: checkpoints (pushed by hub_strategy) and staging folders.
@@ -241,6 +248,12 @@ def _run_step(api, folder: str, plan: dict, step: str, token) -> None:
         )
     else:
         raise InvalidArgumentError(f"Unknown push step {step!r} in {os.path.join(folder, PUSH_FILE)}.")
+
+
+def _restage_card(folder: str, repo_id: str, token) -> None:
+    from .cards import restage_dataset_card  # cards imports this module's Hub layout constants
+
+    restage_dataset_card(folder, repo_id, token)
 
 
 def _push_card(api, folder: str, repo_id: str, token) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import shlex
 from typing import Callable
 
 import datasets
@@ -28,7 +29,16 @@ from transformers import TrainerCallback
 from trl import SFTTrainer
 
 from . import sample
-from .cards import base_model_id, base_model_license, card_facts, dataset_card, model_card, training_hyperparameters
+from .cards import (
+    base_model_folder,
+    base_model_id,
+    base_model_license,
+    card_facts,
+    dataset_card,
+    model_card_facts,
+    save_model_card,
+    training_hyperparameters,
+)
 from .config import IterativeSelectionConfig
 from .distributed import broadcast, equal_share
 from .errors import InvalidArgumentError, PushError
@@ -444,7 +454,7 @@ class IterativeSelectionTrainer(SFTTrainer):
         all_configs = [f"round_{r['round']}" for r in self.selection.rounds] + ["default"]
         card = dataset_card(
             everything,
-            card_facts(self.hub_dataset_id, self.args.pool_id, self.args.hub_token),
+            card_facts(self.hub_dataset_id, self.args.pool_id, self.args.hub_token, folder=self.staging_dir),
             configs=all_configs,
             rounds=self.selection.rounds,
             run_args={"scorer": self.scorer_name, "weight_update": self.args.weight_update},
@@ -465,9 +475,29 @@ class IterativeSelectionTrainer(SFTTrainer):
             logger.warning("Round %d's rows were not pushed yet (training goes on): %s", round_index, err)
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None):
-        """Write the model card from hf_idsel's `model_cards/model_card.md` (TRL reads only its own templates)."""
+        """Write hf_idsel's model card (`model_cards/model_card.md`) to `output_dir/README.md`.
+
+        TRL and PEFT read only their own templates. The card tells the base model, the selection
+        (method, budget, k, rounds, scorer, weight rule), the hyperparameters and how to load the
+        model. Without `dataset_name` (no push) it names no Hub repo and says how to push the run;
+        the facts it was written from are kept beside it so that `hf-idsel push` writes it again.
+
+        Args:
+            model_name (`str`, *optional*):
+                The card's title; default: the model repo's name, or the output folder's.
+            dataset_name (`str`, *optional*):
+                The dataset repo the selection was pushed to; the card links it.
+            tags (`str` or `list[str]`, *optional*):
+                Tags added to the card's own.
+        """
         if not self.is_world_process_zero():
             return
+        save_model_card(
+            self._model_card_facts(model_name, tags), self.args.output_dir,
+            hub_model_id=self.hub_model_id if dataset_name else None, dataset_id=dataset_name, keep_facts=True,
+        )
+
+    def _model_card_facts(self, model_name: str | None = None, tags=None) -> dict:
         a = self.args
         tags = [tags] if isinstance(tags, str) else list(tags or [])
         peft_config = getattr(self.model, "peft_config", None)
@@ -475,20 +505,42 @@ class IterativeSelectionTrainer(SFTTrainer):
             a, processes=self.accelerator.num_processes, budget_rows=self.budget_rows, k=self.k,
             scorer=self.scorer_name, global_steps=self.state.global_step, peft_config=peft_config,
         )
-        card = model_card(
+        output_dir = os.path.abspath(a.output_dir)
+        push_command = f"hf-idsel push {shlex.quote(output_dir)}"
+        if not a.hub_model_id:  # train() stages the model's push only for a named model repo
+            push_command += f" --model-repo-id {shlex.quote(os.path.basename(output_dir))}"
+        return model_card_facts(
             self.selection_manifest("default"),
-            model_name=model_name or os.path.basename(os.path.abspath(a.output_dir)),
+            model_name=model_name,
             base_model=self._base_model,
-            dataset_id=dataset_name,
+            base_local=base_model_folder(self.model),
             license=self._license,
             tags=tags + list(self._tag_names),
-            library_name="peft" if peft_config else "transformers",
+            peft=bool(peft_config),
             rounds=self.selection.rounds,
-            run_args={"quality_column": a.quality_column, "scorer": self.scorer_name, "weight_update": a.weight_update, "round_mode": a.round_mode},
+            run_args={
+                "quality_column": a.quality_column, "scorer": self.scorer_name, "weight_update": a.weight_update,
+                "weight_temperature": a.weight_temperature, "round_mode": a.round_mode,
+            },
             hyperparameters=hyperparameters,
             pool_id=a.pool_id,
+            output_dir=output_dir,
+            push_command=push_command,
         )
-        card.save(os.path.join(a.output_dir, "README.md"))
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        """Save the model, then hf_idsel's card beside it, in place of the template PEFT writes there.
+
+        A checkpoint gets the card of the run as it stands at that step.
+        """
+        super()._save(output_dir, state_dict=state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.is_world_process_zero():
+            return
+        if os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir):
+            self.create_model_card()
+        else:
+            save_model_card(self._model_card_facts(), output_dir)
 
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None, revision=None, private=None, **kwargs):
         """Push the selection (dataset repo `hub_dataset_id`: a config per round and the default), then the model.
@@ -568,4 +620,6 @@ class IterativeSelectionTrainer(SFTTrainer):
             self._stage_selection([f"round_{r['round']}" for r in self.selection.rounds] + ["default"])
             if self.args.hub_model_id:
                 set_model_push(self.staging_dir, self.args.hub_model_id, self.args.output_dir)
+        # The card of the run, whether or not the weights are saved here yet (a later save writes it again).
+        self.create_model_card()
         return output

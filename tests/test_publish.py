@@ -14,6 +14,7 @@ import hf_idsel
 from hf_idsel.cli import main
 from hf_idsel.errors import InvalidArgumentError, PushError
 from hf_idsel.publish import push_selection, push_staged, read_plan
+from test_cards import assert_truthful
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -43,6 +44,8 @@ def test_push_selection_round_trip(hub, selection, blob_pool, tmp_path):
     assert "## How the rows were chosen" in card.text and "| method | kmq |" in card.text
     assert "| k (clusters) | 6, fixed by the user |" in card.text and "| seed | 0 |" in card.text
     assert "![" in card.text and "(selection.png)" in card.text
+    assert f'`load_dataset("{repo}", "default")`' in card.text and f'load_selection("{repo}", pool=pool)' in card.text
+    assert_truthful(card.text, [repo])
 
     again = hf_idsel.load_selection(repo, blob_pool)
     assert again["source_index"] == subset["source_index"]
@@ -214,6 +217,8 @@ def test_trainer_pushes_each_round_and_a_model_that_loads_back(hub, tmp_path):
     card = DatasetCard.load(dataset_repo)
     assert [c["config_name"] for c in card.data.configs] == ["default", "round_1", "round_2", "round_3"]
     assert "| scorer | loss |" in card.text and "### Rounds" in card.text
+    assert f'`load_dataset("{dataset_repo}", "round_2")`' in card.text and "Not on the Hub" not in card.text
+    assert_truthful(card.text, [dataset_repo])
 
     model = AutoModelForCausalLM.from_pretrained(model_repo)
     for name, tensor in model.state_dict().items():
@@ -222,6 +227,9 @@ def test_trainer_pushes_each_round_and_a_model_that_loads_back(hub, tmp_path):
     assert model_card.data.license == "apache-2.0" and model_card.data.datasets == [dataset_repo]
     assert "arxiv:2409.11378" in model_card.data.tags and "hf_idsel" in model_card.data.tags
     assert "## How the training data was chosen" in model_card.text and "| learning_rate | 0.005 |" in model_card.text
+    assert f"[{dataset_repo}](https://huggingface.co/datasets/{dataset_repo})" in model_card.text
+    assert f'AutoModelForCausalLM.from_pretrained("{model_repo}")' in model_card.text and "hf-idsel push" not in model_card.text
+    assert_truthful(model_card.text, [dataset_repo, model_repo])
     # hub_strategy pushed checkpoints during training; the staging folder never reached the model repo.
     model_files = hub.server.files(model_repo, "model")
     assert not any(path.startswith("_hf_idsel") for path in model_files)

@@ -93,6 +93,9 @@ def test_laptop_recipe_on_two_cpu_ranks(tmp_path):
     assert any(name.endswith("lora_B.weight") and tensor.abs().sum() > 0 for name, tensor in adapter.items())
     loaded = AutoModelForCausalLM.from_pretrained(str(out))
     assert loaded.peft_config and loaded.config.vocab_size == 400
+    # The card beside the adapter is hf_idsel's, written by the main process, not PEFT's template.
+    card = (out / "README.md").read_text()
+    assert "| processes | 2 |" in card and "AutoPeftModelForCausalLM" in card and "More Information Needed" not in card
 
 
 def write_alpaca_pool(path: Path, per_topic: int = 8) -> str:
@@ -268,6 +271,8 @@ def test_cli_train_then_report(tmp_path, capsys):
             "--output_dir", str(out), "--max_pool_rows", "96", "--budget", "16"]
     assert cli(argv) == 0
     assert [f["cumulative_size"] for f in read_rounds(out)] == [8, 16]
+    card = (out / "README.md").read_text()  # the recipe's card: hf_idsel's, not PEFT's template
+    assert "| method | iterative-kmq |" in card and "| budget | 16 rows |" in card and "More Information Needed" not in card
     capsys.readouterr()
     assert cli(["report", str(out), "--plot", str(tmp_path / "run.png")]) == 0
     printed = capsys.readouterr().out

@@ -1,0 +1,147 @@
+"""The cards a user reads after a run: the model card saved beside the weights (hf_idsel's, not PEFT's
+template, pushed or not), the staged dataset card's usage lines (the repo id, or the staged folder of a
+run never pushed), both written again for the repos `hf-idsel push` sends them to, and no link that
+is not real."""
+
+import json
+import os
+import re
+
+import datasets
+import pytest
+from huggingface_hub import DatasetCard, ModelCard
+
+from _tiny import make_tiny_llama, save_tiny_llama, single_thread
+from hf_idsel import InvalidArgumentError, diverse_select
+from hf_idsel.cards import MODEL_CARD_FACTS, card_facts, dataset_card
+from hf_idsel.cli import main
+from hf_idsel.publish import STAGING_DIR
+from test_trainer import make_pool, make_trainer
+
+PAPER_URL = "https://arxiv.org/abs/2409.11378"
+PLACEHOLDERS = ("More Information Needed", "Model ID", "TODO", "{{", "}}")
+URL = re.compile(r"https?://[^\s)\]>\"'`]+")
+
+
+def assert_truthful(text: str, repos=()):
+    """No placeholder text, and no URL but the paper, the Hub docs and the Hub pages of `repos`."""
+    for placeholder in PLACEHOLDERS:
+        assert placeholder not in text, placeholder
+    allowed = {PAPER_URL} | {f"https://huggingface.co/{r}" for r in repos} | {f"https://huggingface.co/datasets/{r}" for r in repos}
+    unreal = [u for u in URL.findall(text) if u not in allowed and not u.startswith("https://huggingface.co/docs/")]
+    assert not unreal, unreal
+
+
+def code_blocks(text: str, heading: str) -> str:
+    """The python code under `## heading`."""
+    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return "\n".join(re.findall(r"```python\n(.*?)```", section, re.S))
+
+
+def lora(**kwargs):
+    from peft import LoraConfig
+
+    return LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    """A LoRA run on a tiny Llama loaded from a local folder, never pushed, no checkpoints; saved after `train()`."""
+    tmp = tmp_path_factory.mktemp("cards")
+    base = save_tiny_llama(*make_tiny_llama(), tmp / "base")
+    with single_thread():
+        trainer = make_trainer(tmp, model=base, budget=16, rounds=2, scorer="loss", save_strategy="no", peft_config=lora())
+        trainer.train()
+        after_train = (tmp / "run" / "README.md").read_text()
+        trainer.save_model()
+    return trainer, base, after_train
+
+
+def test_the_model_card_beside_a_lora_adapter_is_hf_idsels_and_its_loading_code_runs(lora_run):
+    trainer, base, after_train = lora_run
+    out = trainer.args.output_dir
+    # train() wrote the card already, before any weights were saved, and says so.
+    assert "IterativeSelectionTrainer" in after_train and "The weights are not in this folder yet" in after_train
+    text = open(os.path.join(out, "README.md")).read()
+    card = ModelCard.load(os.path.join(out, "README.md"))
+    assert card.data.library_name == "peft" and "hf_idsel" in card.data.tags and "arxiv:2409.11378" in card.data.tags
+    assert f"A fine-tune of the local model `{os.path.abspath(base)}`, saved as a PEFT adapter" in text
+    for field in (
+        "| method | iterative-kmq |", "| budget | 16 rows |", "| k (clusters) | 4, fixed by the user |",
+        "| rounds | 2 rounds of 8, 8 rows, round mode `continue` |", "| scorer | loss |",
+        "| weight update | `paper`, temperature 1.0 |", "| round | rows drawn | rows scored |",
+        "| learning_rate | 0.005 |", "| peft | LoraConfig r=4 alpha=8 |", "## Framework versions",
+    ):
+        assert field in text, field
+    assert_truthful(text)
+    # Not pushed: no Hub repo is named, and the card says how to push.
+    assert card.data.datasets is None and "huggingface.co" not in text and "The weights are not" not in text
+    assert f"`hf-idsel push {os.path.abspath(out)} --model-repo-id run`" in text
+    assert json.load(open(os.path.join(out, MODEL_CARD_FACTS)))["peft"] is True
+    # The loading code the card shows loads the adapter onto its base.
+    scope = {}
+    with single_thread():
+        exec(code_blocks(text, "How to use"), scope)
+    assert type(scope["model"]).__name__ == "LlamaForCausalLM" and scope["tokenizer"].chat_template
+
+
+def test_a_model_saved_elsewhere_gets_the_card_of_the_run_at_that_point(lora_run, tmp_path):
+    trainer, _, _ = lora_run
+    folder = tmp_path / "checkpoint-like"
+    with single_thread():
+        trainer.save_model(str(folder))
+    text = (folder / "README.md").read_text()
+    assert "IterativeSelectionTrainer" in text and "[More Information Needed]" not in text
+    assert f'AutoPeftModelForCausalLM.from_pretrained("{folder}")' in text
+    assert not (folder / MODEL_CARD_FACTS).exists()  # only the run's output folder keeps the facts
+
+
+def test_the_staged_dataset_card_of_a_run_never_pushed_loads_from_the_folder(lora_run):
+    trainer, _, _ = lora_run
+    staged = os.path.join(trainer.args.output_dir, STAGING_DIR)
+    text = open(os.path.join(staged, "README.md")).read()
+    assert_truthful(text)
+    assert 'load_dataset("run-selection"' not in text and f"`hf-idsel push {staged}`" in text
+    lines = dict(re.findall(r"- `(\w+)`: [^;]+; `(load_dataset\(.*\))`", text))
+    assert list(lines) == ["round_1", "round_2", "default"]
+    rounds = {f"round_{r['round']}": sorted(r["selected"]) for r in trainer.selection.rounds}
+    for config, line in lines.items():
+        rows = eval(line, {"load_dataset": datasets.load_dataset})
+        assert rows["source_index"] == rounds.get(config, sorted(rounds["round_1"] + rounds["round_2"])), config
+    scope = {"pool": make_pool()}
+    exec(code_blocks(text, "Rebuild the selection"), scope)
+    assert scope["subset"]["source_index"] == rounds["round_1"]
+
+
+def test_the_dataset_card_names_the_repo_it_is_staged_for(blob_pool):
+    subset, manifest = diverse_select(blob_pool, 30, k=6, embedding_column="embedding", return_manifest=True)
+    text = str(dataset_card(manifest, card_facts("me/picked", None), configs=["default"]))
+    assert_truthful(text, ["me/picked"])
+    assert '`load_dataset("me/picked", "default")`' in text and 'load_selection("me/picked", pool=pool)' in text
+    assert "Not on the Hub" not in text
+    with pytest.raises(InvalidArgumentError, match="namespace, or the folder"):
+        dataset_card(manifest, card_facts("picked", None), configs=["default"])
+
+
+def test_hf_idsel_push_writes_both_cards_again_for_the_repos_it_pushed_to(hub, tmp_path):
+    """A run with no Hub owner stages under bare names; the push puts them under the token's user and the
+    cards then name those repos."""
+    name = hub.repo("cards").split("/")[1]
+    with single_thread():
+        trainer = make_trainer(tmp_path, output_dir=str(tmp_path / name), budget=16, rounds=2, scorer="loss")
+        trainer.train()
+        trainer.save_model()
+    assert main(["push", trainer.args.output_dir, "--model-repo-id", name]) == 0
+    dataset_repo, model_repo = f"{hub.user}/{name}-selection", f"{hub.user}/{name}"
+
+    text = DatasetCard.load(dataset_repo).text
+    assert_truthful(text, [dataset_repo])
+    assert f'`load_dataset("{dataset_repo}", "round_2")`' in text and f'load_selection("{dataset_repo}", config="round_1"' in text
+    assert "Not on the Hub" not in text and "parquet" not in text
+
+    card = ModelCard.load(model_repo)
+    assert card.data.datasets == [dataset_repo] and card.data.library_name == "transformers"
+    assert_truthful(card.text, [dataset_repo, model_repo])
+    assert f"[{dataset_repo}](https://huggingface.co/datasets/{dataset_repo})" in card.text
+    assert f'AutoModelForCausalLM.from_pretrained("{model_repo}")' in card.text and "hf-idsel push" not in card.text
+    assert MODEL_CARD_FACTS not in hub.server.files(model_repo, "model")
