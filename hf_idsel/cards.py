@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .describe import short_terms
 from .errors import InvalidArgumentError
 from .manifest import Manifest, library_versions
 from .pool import BUILTIN_POOL
 from .publish import DEFAULT_CONFIG, STAGING_DIR, read_plan
-from .report import markdown_table, read_rounds
+from .report import WEIGHT_CHANGE_MARGIN, markdown_cell, markdown_table, read_rounds, weight_changes
 from .rounds import weight_entropy
 
 logger = logging.getLogger(__name__)
@@ -164,6 +165,30 @@ def _selection_source(facts: CardFacts, iterative: bool) -> str:
     return json.dumps(os.path.join(_staged_folder(facts), manifest))
 
 
+def weight_changes_markdown(rounds: list[dict], descriptions: list[dict] | None) -> str:
+    """The clusters an iterative run favoured and those it cut (see [`report.weight_changes`]), with their descriptions."""
+    favoured, cut = weight_changes(rounds)
+    weights = rounds[-1]["weights"]
+    uniform = 1 / len(weights)
+    lines = [
+        f"Against the uniform weight {uniform:.3f} every cluster started from, after round {rounds[-1]['round']} "
+        f"(more than {WEIGHT_CHANGE_MARGIN:.0%} above or below it, at most three each):",
+    ]
+    for what, clusters in (("favoured", favoured), ("cut", cut)):
+        lines.append(f"\n**Clusters the run {what}**\n")
+        if not clusters:
+            lines.append("- none")
+        for j in clusters:
+            line = f"- cluster {j} ({uniform:.3f} → {weights[j]:.3f})"
+            if descriptions:
+                terms = short_terms(descriptions[j], 5)
+                examples = descriptions[j].get("examples") or []
+                line += f": {markdown_cell(terms)}" if terms else ""
+                line += f" — e.g. “{markdown_cell(examples[0])}”" if examples else ""
+            lines.append(line)
+    return "\n".join(lines)
+
+
 def dataset_card(manifest: Manifest, facts: CardFacts, *, configs: list[str], rounds: list[dict] | None = None, run_args: dict | None = None):
     """The dataset card of a pushed selection (huggingface_hub `DatasetCard`), rendered from `model_cards/dataset_card.md`."""
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -212,6 +237,8 @@ def dataset_card(manifest: Manifest, facts: CardFacts, *, configs: list[str], ro
         scorer=run_args.get("scorer", rounds[-1].get("scorer") if iterative else ""),
         weight_update=run_args.get("weight_update", ""),
         rounds_table=rounds_markdown(rounds) if iterative else "",
+        weight_changes=weight_changes_markdown(rounds, manifest.cluster_descriptions) if iterative else "",
+        described=bool(manifest.cluster_descriptions),
         table=markdown_table(manifest, rounds),
         configs="\n".join(config_lines),
         version=__version__,

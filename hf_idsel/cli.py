@@ -299,7 +299,8 @@ def _run_report(args) -> int:
         print(format_report(manifest, top=args.top))
     if rounds:
         print()
-        print(format_rounds(rounds, manifest.cluster_sizes if manifest else None, top=args.top))
+        sizes, descriptions = (manifest.cluster_sizes, manifest.cluster_descriptions) if manifest else (None, None)
+        print(format_rounds(rounds, sizes, top=args.top, descriptions=descriptions))
     if args.plot:
         if manifest is None:
             raise InvalidArgumentError(f"--plot needs the run's manifest.json (not found under {path!r}).")

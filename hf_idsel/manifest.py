@@ -2,7 +2,8 @@
 
 A manifest holds the pool's fingerprint, size and content digests, the encoder, the rendering
 options, the method and every parameter, the seed, k and how it was chosen, the cluster sizes,
-the selected row ids and their cluster ids with their digests, and the library versions.
+the selected row ids and their cluster ids with their digests, each cluster described in words
+(optional: its distinctive terms and most representative rows), and the library versions.
 `load_selection` rebuilds the identical subset from it, and refuses a pool whose content differs.
 
 What the digests cover (format_version 2):
@@ -227,6 +228,11 @@ class Manifest:
             `{"id", "revision", "dim"}` of the encoder, or `{"embedding_column", "dim"}`.
         dedup (`dict`, *optional*):
             `{"threshold", "removed"}` when semantic de-duplication ran.
+        cluster_descriptions (`list[dict]`, *optional*):
+            One `{"terms", "examples", "example_rows"}` per cluster (see [`describe.describe_clusters`]): its
+            most distinctive words and the rows nearest its centroid, shortened. Text for readers, covered by
+            no digest; `None` in manifests written before hf_idsel described clusters, or when the rows had no
+            text to describe.
         versions (`dict`):
             Library versions that made the selection.
         created_at (`str`):
@@ -251,6 +257,7 @@ class Manifest:
     render: dict | None = None
     encoder: dict | None = None
     dedup: dict | None = None
+    cluster_descriptions: list | None = None
     versions: dict = field(default_factory=library_versions)
     created_at: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat())
     format_version: int = FORMAT_VERSION
@@ -465,8 +472,9 @@ def check_fields(data, origin: str = "the manifest") -> None:
 
     Checks every field's type, that row counts and ids fit `[0, pool.num_rows)`, that the selected ids
     are strictly ascending, that cluster ids are in `[0, k)`, that the per-cluster counts agree with
-    `cluster_sizes`, `selected_clusters` and the pool's size, and that a manifest of format_version 2
-    has its `column_digests` and `clusters_digest`. Digests are checked by [`Manifest.check_integrity`].
+    `cluster_sizes`, `selected_clusters` and the pool's size, that `cluster_descriptions` (when present)
+    has one entry per cluster, and that a manifest of format_version 2 has its `column_digests` and
+    `clusters_digest`. Digests are checked by [`Manifest.check_integrity`].
 
     Raises:
         [`InvalidArgumentError`]: names `origin`, the field and what is wrong.
@@ -577,6 +585,24 @@ def _check_fields(data, origin: str) -> None:
         raise _FieldError("`selected_per_cluster` does not count the `selected_clusters`.")
     if any(c > s for c, s in zip(per_cluster, sizes)):
         raise _FieldError("`selected_per_cluster` exceeds `cluster_sizes`.")
+    _check_descriptions(data.get("cluster_descriptions"), k)
+
+
+def _check_descriptions(descriptions, k) -> None:
+    if descriptions is None:
+        return
+    if not isinstance(descriptions, list) or len(descriptions) != k:
+        raise _FieldError(f"`cluster_descriptions`={_short(descriptions)} must be null or a list of one entry per cluster (k={k}).")
+    for j, entry in enumerate(descriptions):
+        if not isinstance(entry, dict):
+            raise _FieldError(f"`cluster_descriptions[{j}]`={_short(entry)} must be a JSON object.")
+        for key in ("terms", "examples"):
+            values = entry.get(key)
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise _FieldError(f"`cluster_descriptions[{j}].{key}`={_short(values)} must be a list of strings.")
+        rows = entry.get("example_rows", [])
+        if not isinstance(rows, list) or not all(_is_int(r) for r in rows):
+            raise _FieldError(f"`cluster_descriptions[{j}].example_rows`={_short(rows)} must be a list of ints.")
 
 
 def _short(value) -> str:

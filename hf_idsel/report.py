@@ -13,10 +13,12 @@ import re
 
 import numpy as np
 
+from .describe import short_terms
 from .errors import InvalidArgumentError
 from .rounds import weight_entropy
 
 ROUND_FILE = re.compile(r"round_(\d+)\.json$")
+WEIGHT_CHANGE_MARGIN = 0.1  # a cluster is favoured (cut) when its final weight is 10% above (below) uniform
 
 
 def format_report(manifest, *, top: int = 20) -> str:
@@ -41,19 +43,43 @@ def format_report(manifest, *, top: int = 20) -> str:
         lines.append("k chosen by silhouette: " + ", ".join(f"k={c}: {float(s):.3f}" for c, s in scores.items()))
     if manifest.dedup:
         lines.append(f"de-duplication: removed {manifest.dedup['removed']} rows at cosine >= {manifest.dedup['threshold']}")
+    descriptions = manifest.cluster_descriptions
     lines.append("")
-    lines.append(f"{'cluster':>7} {'pool rows':>9} {'pool %':>7} {'chosen':>6} {'chosen %':>8}")
+    lines.append(f"{'cluster':>7} {'pool rows':>9} {'pool %':>7} {'chosen':>6} {'chosen %':>8}" + ("  terms" if descriptions else ""))
     picked = max(sum(chosen), 1)
     order = sorted(range(len(sizes)), key=lambda j: (-sizes[j], j))
     for j in order[:top]:
         lines.append(
             f"{j:>7} {sizes[j]:>9} {100 * sizes[j] / total:>6.1f}% {chosen[j]:>6} {100 * chosen[j] / picked:>7.1f}%"
+            + (f"  {short_terms(descriptions[j], 5)}" if descriptions else "")
         )
     if len(order) > top:
         rest_sizes = sum(sizes[j] for j in order[top:])
         rest_chosen = sum(chosen[j] for j in order[top:])
         lines.append(f"{'others':>7} {rest_sizes:>9} {100 * rest_sizes / total:>6.1f}% {rest_chosen:>6} {100 * rest_chosen / picked:>7.1f}%")
+    if descriptions:
+        lines.append("")
+        lines.append("Most representative row of each cluster (nearest its centroid):")
+        lines += [f"{j:>7}  {_first_example(descriptions[j])}" for j in order[:top]]
     return "\n".join(lines)
+
+
+def _first_example(description: dict | None) -> str:
+    examples = (description or {}).get("examples") or []
+    return examples[0] if examples else "(no rows)"
+
+
+def weight_changes(rounds: list[dict], *, top: int = 3, margin: float = WEIGHT_CHANGE_MARGIN) -> tuple[list, list]:
+    """The clusters an iterative run favoured and those it cut, as `(favoured, cut)` lists of cluster ids.
+
+    Favoured: the (at most `top`) clusters whose weight after the last round is furthest above the uniform
+    start `1/k`, by more than `margin` of it; cut: those furthest below it, by more than `margin`.
+    """
+    weights = np.asarray(rounds[-1]["weights"], dtype=float)
+    ratio = weights * len(weights)
+    favoured = [int(j) for j in np.argsort(-ratio, kind="stable") if ratio[j] > 1 + margin][:top]
+    cut = [int(j) for j in np.argsort(ratio, kind="stable") if ratio[j] < 1 - margin][:top]
+    return favoured, cut
 
 
 def read_rounds(folder: str) -> list[dict]:
@@ -75,8 +101,9 @@ def read_rounds(folder: str) -> list[dict]:
     return rounds
 
 
-def format_rounds(rounds: list[dict], cluster_sizes=None, *, top: int = 20) -> str:
-    """Rows chosen per cluster in each round and the cluster weights after it."""
+def format_rounds(rounds: list[dict], cluster_sizes=None, *, top: int = 20, descriptions: list[dict] | None = None) -> str:
+    """Rows chosen per cluster in each round and the cluster weights after it, then the clusters the run
+    favoured and cut; with `descriptions` (the manifest's `cluster_descriptions`), each cluster's terms."""
     if not rounds:
         raise InvalidArgumentError("No round files found (expected selection/round_<r>.json from IterativeSelectionTrainer).")
     k = len(rounds[0]["weights"])
@@ -94,15 +121,23 @@ def format_rounds(rounds: list[dict], cluster_sizes=None, *, top: int = 20) -> s
     lines.append("")
     header = f"{'cluster':>7}" + ("" if cluster_sizes is None else f" {'pool rows':>9}")
     header += "".join(f" {'r' + str(r['round']) + ' rows':>8} {'w after':>7}" for r in rounds)
-    lines.append(header)
+    lines.append(header + ("  terms" if descriptions else ""))
     total = np.sum([r["selected_per_cluster"] for r in rounds], axis=0)
     order = sorted(range(k), key=lambda j: (-int(total[j]), j))
     for j in order[:top]:
         line = f"{j:>7}" + ("" if cluster_sizes is None else f" {cluster_sizes[j]:>9}")
         line += "".join(f" {r['selected_per_cluster'][j]:>8} {r['weights'][j]:>7.3f}" for r in rounds)
-        lines.append(line)
+        lines.append(line + (f"  {short_terms(descriptions[j])}" if descriptions else ""))
     if k > top:
         lines.append(f"... {k - top} more clusters")
+    favoured, cut = weight_changes(rounds)
+    last = rounds[-1]
+    for what, clusters in (("favoured", favoured), ("cut", cut)):
+        lines.append("")
+        lines.append(f"{what} (weight after round {last['round']} vs the uniform start {1 / k:.3f}):" + ("" if clusters else " none"))
+        for j in clusters:
+            described = f"  {short_terms(descriptions[j])}: {_first_example(descriptions[j])}" if descriptions else ""
+            lines.append(f"{j:>7}  {1 / k:.3f} -> {last['weights'][j]:.3f}{described}")
     return "\n".join(lines)
 
 
@@ -110,11 +145,15 @@ def markdown_table(manifest, rounds: list[dict] | None = None, *, top: int = 15)
     """A markdown table of the largest clusters: pool share, rows chosen and, for runs, weights per round."""
     sizes = np.asarray(manifest.cluster_sizes)
     chosen = np.asarray(manifest.selected_per_cluster)
+    descriptions = manifest.cluster_descriptions
     header = "| cluster | pool rows | pool % | chosen | chosen % |"
     rule = "|---:|---:|---:|---:|---:|"
     if rounds:
         header += "".join(f" weight after round {r['round']} |" for r in rounds)
         rule += "---:|" * len(rounds)
+    if descriptions:
+        header += " terms | nearest the centroid |"
+        rule += "---|---|"
     lines = [header, rule]
     order = sorted(range(len(sizes)), key=lambda j: (-int(sizes[j]), j))
     picked = max(int(chosen.sum()), 1)
@@ -122,14 +161,24 @@ def markdown_table(manifest, rounds: list[dict] | None = None, *, top: int = 15)
         line = f"| {j} | {sizes[j]} | {100 * sizes[j] / sizes.sum():.1f} | {chosen[j]} | {100 * chosen[j] / picked:.1f} |"
         if rounds:
             line += "".join(f" {r['weights'][j]:.3f} |" for r in rounds)
+        if descriptions:
+            line += f" {markdown_cell(short_terms(descriptions[j], 5))} | {markdown_cell(_first_example(descriptions[j]))} |"
         lines.append(line)
     if len(order) > top:
         lines.append(f"\n{len(order) - top} smaller clusters not shown; `manifest.json` has them all.")
     return "\n".join(lines)
 
 
+def markdown_cell(text: str) -> str:
+    """`text` as the literal content of a markdown table cell: markdown and HTML characters escaped."""
+    return re.sub(r"([\\`*_\[\]<>|#~])", r"\\\1", text)
+
+
 def plot_selection(manifest, path: str, rounds: list[dict] | None = None) -> str:
-    """Save a PNG: pool share vs chosen share per cluster (largest first) and, for runs, weights per round."""
+    """Save a PNG: pool share vs chosen share per cluster (largest first) and, for runs, weights per round.
+
+    Up to 32 clusters are labelled by id and, when the manifest describes them, their top two terms.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -140,7 +189,10 @@ def plot_selection(manifest, path: str, rounds: list[dict] | None = None) -> str
     order = np.argsort(-sizes, kind="stable")
     x = np.arange(len(order))
     panels = 2 if rounds else 1
-    fig, axes = plt.subplots(panels, 1, figsize=(max(6.0, min(16.0, 0.12 * len(order) + 4)), 3.2 * panels), squeeze=False)
+    labels = _cluster_labels(order, manifest.cluster_descriptions)
+    described = labels is not None and bool(manifest.cluster_descriptions)  # longer labels, turned
+    figure_width = max(6.0, min(16.0, (0.45 if described else 0.12) * len(order) + 4))
+    fig, axes = plt.subplots(panels, 1, figsize=(figure_width, (4.4 if described else 3.2) * panels), squeeze=False)
     ax = axes[0, 0]
     width = 0.45 if len(order) <= 64 else 1.0
     if len(order) <= 64:
@@ -149,7 +201,7 @@ def plot_selection(manifest, path: str, rounds: list[dict] | None = None) -> str
     else:
         ax.plot(x, 100 * sizes[order] / sizes.sum(), label="pool")
         ax.plot(x, 100 * chosen[order] / max(chosen.sum(), 1), label="selected")
-    _cluster_ticks(ax, order)
+    _cluster_ticks(ax, labels, turned=described)
     ax.set_ylabel("% of rows")
     ax.set_title(f"{manifest.method}: {int(chosen.sum())} of {int(sizes.sum())} rows, k={manifest.k}")
     ax.legend()
@@ -159,7 +211,7 @@ def plot_selection(manifest, path: str, rounds: list[dict] | None = None) -> str
         ax.plot(x, uniform[order], color="gray", linestyle=":", label="start (uniform)")
         for r in rounds:
             ax.plot(x, np.asarray(r["weights"])[order], marker="o" if len(order) <= 32 else None, label=f"after round {r['round']}")
-        _cluster_ticks(ax, order)
+        _cluster_ticks(ax, labels, turned=described)
         ax.set_ylabel("sampling weight")
         ax.set_title("cluster weights per round")
         ax.legend()
@@ -170,7 +222,20 @@ def plot_selection(manifest, path: str, rounds: list[dict] | None = None) -> str
     return path
 
 
-def _cluster_ticks(ax, order) -> None:
+def _cluster_labels(order, descriptions) -> list[str] | None:
+    """Tick labels for at most 32 clusters: the id, and its top two terms when described."""
+    if len(order) > 32:
+        return None
+    if not descriptions:
+        return [str(int(j)) for j in order]
+    labels = []
+    for j in order:
+        terms = short_terms(descriptions[j], 2)
+        labels.append(f"{int(j)}: {terms}" if terms else str(int(j)))
+    return labels
+
+
+def _cluster_ticks(ax, labels, *, turned: bool) -> None:
     ax.set_xlabel("cluster (largest first)")
-    if len(order) <= 32:
-        ax.set_xticks(np.arange(len(order)), [str(int(j)) for j in order])
+    if labels is not None:
+        ax.set_xticks(np.arange(len(labels)), labels, rotation=35 if turned else 0, ha="right" if turned else "center")

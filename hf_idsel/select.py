@@ -18,6 +18,7 @@ import numpy as np
 from . import baselines, checks, methods, sample
 from .cache import cache_file
 from .cluster import choose_k, default_k_candidates, kmeans
+from .describe import describe_pool
 from .embed import DEFAULT_ENCODER, embed_dataset, embedding_cache_key, embeddings_from_column, encoder_identity
 from .errors import InvalidArgumentError
 from .manifest import Manifest, encoder_record, indices_digest, pool_record, selection_subset
@@ -488,6 +489,7 @@ def _cluster_and_draw(pool, args: SelectArguments, checked: _Checked, embeddings
         )
 
     labels = clustering.labels[indices]
+    descriptions = _describe_clusters(pool, args, checked, clustering)
     return Manifest(
         pool=pool_record(pool, _read_columns(args, checked.render)),
         arguments=args.to_manifest_dict(identity),
@@ -504,7 +506,22 @@ def _cluster_and_draw(pool, args: SelectArguments, checked: _Checked, embeddings
         render=checked.render.to_dict() if checked.render is not None else None,
         encoder=encoder_record(identity, args.embedding_column, embeddings.shape[1]),
         dedup=dedup,
+        cluster_descriptions=descriptions,
     )
+
+
+def _describe_clusters(pool, args: SelectArguments, checked: _Checked, clustering) -> list[dict] | None:
+    """Each cluster's terms and representative rows, from the rows as they were embedded; with precomputed
+    vectors, from the text layout the pool's columns show (`None` when they show none)."""
+    render = checked.render
+    if render is None:
+        try:
+            render = resolve_render_options(pool.column_names, **args.pick("format", "text_column", "template", "include_answer"))
+            validate_columns(pool.data.table, render)
+        except InvalidArgumentError as err:
+            logger.info("The clusters are not described: the pool has no text to describe them by (%s)", err)
+            return None
+    return describe_pool(pool, render, clustering, seed=args.seed)
 
 
 def pool_embeddings(

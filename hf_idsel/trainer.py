@@ -40,6 +40,7 @@ from .cards import (
     training_hyperparameters,
 )
 from .config import IterativeSelectionConfig
+from .describe import describe_pool
 from .distributed import broadcast, equal_share
 from .errors import InvalidArgumentError, PushError
 from .manifest import Manifest, encoder_record, pool_record
@@ -289,9 +290,14 @@ class IterativeSelectionTrainer(SFTTrainer):
         if self.accelerator.is_main_process:
             clustering, k_selection = cluster_pool(embeddings, args.k_value, seed=args.selection_seed)
             encoder = encoder_record(identity, args.embedding_column, embeddings.shape[1])
-            data = {"labels": clustering.labels.tolist(), "k": clustering.k, "k_selection": k_selection, "encoder": encoder}
+            descriptions = describe_pool(self.pool, self._render, clustering, seed=args.selection_seed)
+            data = {
+                "labels": clustering.labels.tolist(), "k": clustering.k, "k_selection": k_selection, "encoder": encoder,
+                "descriptions": descriptions,
+            }
         data = broadcast(data)
         self.encoder_info = data["encoder"]
+        self.cluster_descriptions = data["descriptions"]
         return np.asarray(data["labels"], dtype=np.int64), int(data["k"]), data["k_selection"]
 
     # ---- rounds ----
@@ -445,6 +451,7 @@ class IterativeSelectionTrainer(SFTTrainer):
             budget_rows=self.budget_rows, pool=self._pool_record(),
             arguments={**self.args.selection_arguments(), "scorer": self.scorer_name},
             k_selection=self.k_selection, render=self._render.to_dict(), encoder=self.encoder_info,
+            cluster_descriptions=self.cluster_descriptions,
         )
 
     def _stage_selection(self, configs: list[str]) -> None:

@@ -38,7 +38,10 @@ def main(out: str, scorer: str) -> None:
     trainer.train()
     rank = trainer.accelerator.process_index
     with open(os.path.join(out, f"rank_{rank}.json"), "w") as f:
-        json.dump({"world": trainer.accelerator.num_processes, "rounds": trainer.selection.rounds}, f)
+        json.dump(
+            {"world": trainer.accelerator.num_processes, "rounds": trainer.selection.rounds, "descriptions": trainer.cluster_descriptions},
+            f,
+        )
     # Without this, gloo's worker threads can outlive the interpreter and abort the process at exit.
     trainer.accelerator.end_training()
 

@@ -68,6 +68,8 @@ def test_two_processes_select_exactly_what_one_process_selects(tmp_path):
     )
     assert manifest.selected_digest == ranks[0]["selected_digest"]
     assert manifest.selected_clusters == ranks[0]["selected_clusters"]
+    # Rank 0 described the clusters; every rank holds its descriptions, the same as one process makes.
+    assert ranks[0]["cluster_descriptions"] == ranks[1]["cluster_descriptions"] == manifest.cluster_descriptions
     assert np.array_equal(manifest.cluster_sizes, ranks[0]["cluster_sizes"])
     # The 2-process run also left the whole matrix under the 1-process key, equal to the 1-process vectors.
     whole = [p for p in glob.glob(str(cache / "embeddings-*.arrow")) if "-rows" not in p]

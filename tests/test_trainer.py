@@ -424,6 +424,8 @@ def test_two_ranks_hold_the_same_selection(tmp_path, scorer):
     ranks = [json.load(open(tmp_path / f"rank_{i}.json")) for i in range(2)]
     assert ranks[0]["world"] == ranks[1]["world"] == 2
     assert ranks[0]["rounds"] == ranks[1]["rounds"]
+    # The main process describes the clusters and broadcasts the descriptions with the labels.
+    assert ranks[0]["descriptions"] == ranks[1]["descriptions"] and len(ranks[0]["descriptions"]) == 4
     assert [r["cumulative_size"] for r in ranks[0]["rounds"]] == [8, 16, 24]
     # Rows scored on both ranks were gathered: every round has scores from more than one rank's share.
     files = read_rounds(str(tmp_path))
