@@ -325,6 +325,8 @@ class RoundRecord:
         global_step (`int`): optimizer steps done when the round closed.
         k (`int`): number of clusters.
         k_selection (`dict`, *optional*): how k was chosen (`None` when given).
+        cluster_terms (`list[str]`, *optional*): each cluster's distinctive terms, so that a round file
+            says in words what the clusters its weights move are (`None` where no text was described).
     """
 
     round: int
@@ -339,6 +341,7 @@ class RoundRecord:
     global_step: int
     k: int
     k_selection: dict | None = None
+    cluster_terms: list | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -346,7 +349,8 @@ class RoundRecord:
     @classmethod
     def from_dict(cls, data: dict) -> "RoundRecord":
         names = [f.name for f in fields(cls)]
-        unknown, missing = set(data) - set(names), set(names[:-1]) - set(data)
+        optional = {"k_selection", "cluster_terms"}  # round files written before cluster_terms lack it
+        unknown, missing = set(data) - set(names), set(names) - optional - set(data)
         if unknown or missing:
             raise InvalidArgumentError(
                 f"Not a round record: unknown fields {sorted(unknown)}, missing fields {sorted(missing)}."
@@ -367,6 +371,7 @@ def close_round(
     scored: bool,
     global_step: int,
     k_selection: dict | None,
+    cluster_terms: list | None = None,
 ) -> RoundRecord:
     """Score the round in progress per cluster, move the weights and record the round in `state`.
 
@@ -391,6 +396,7 @@ def close_round(
         global_step=int(global_step),
         k=int(state.k),
         k_selection=k_selection,
+        cluster_terms=cluster_terms,
     )
     state.rounds.append(record.to_dict())
     state.weights = record.weights

@@ -41,6 +41,7 @@ from .cards import (
 )
 from .config import IterativeSelectionConfig
 from .describe import describe_pool
+from .describe import short_terms
 from .distributed import broadcast, equal_share
 from .errors import InvalidArgumentError, PushError
 from .manifest import Manifest, encoder_record, pool_record
@@ -361,6 +362,7 @@ class IterativeSelectionTrainer(SFTTrainer):
             self.selection, self.labels, self.trainable, scored_rows, scores,
             rule=self.args.weight_update, temperature=self.args.weight_temperature, scorer=self.scorer_name,
             scored=scored, global_step=self.state.global_step, k_selection=self.k_selection,
+            cluster_terms=None if self.cluster_descriptions is None else [short_terms(d) for d in self.cluster_descriptions],
         )
         if isinstance(self.scorer, LossScorer):
             self.scorer.losses = []

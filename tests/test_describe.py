@@ -252,6 +252,9 @@ def test_the_trainer_describes_its_clusters_in_manifests_cards_and_report(tmp_pa
     trainer.train()
     staged = os.path.join(trainer.args.output_dir, STAGING_DIR)
     assert Manifest.load(staged).cluster_descriptions == descriptions
+    # Each round file says in words what the clusters its weights move are.
+    round_file = json.load(open(os.path.join(trainer.args.output_dir, "selection", "round_1.json")))
+    assert round_file["cluster_terms"] == [", ".join(d["terms"][:3]) for d in descriptions]
     card = open(os.path.join(staged, "README.md"), encoding="utf-8").read()
     assert "**Clusters the run favoured**" in card and ", ".join(descriptions[0]["terms"]) in card
     assert main(["report", trainer.args.output_dir]) == 0
