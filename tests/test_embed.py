@@ -91,9 +91,21 @@ def test_short_pairs_are_joined_unchanged(minilm):
 
 
 def test_encoder_object_is_keyed_by_its_weights(minilm):
+    import copy
+
+    import torch
+
     a = encoder_identity(minilm)
     assert a.revision.startswith("params-")
     assert a.revision == encoder_identity(minilm).revision
+    # Edited weights are another encoder: the embedding cache key changes with them.
+    pool = qa_pool()
+    options = resolve_render_options(pool.column_names)
+    edited = copy.deepcopy(minilm)
+    with torch.no_grad():
+        next(edited.parameters()).add_(1e-3)
+    assert encoder_identity(edited).revision != a.revision
+    assert embedding_cache_key(pool, encoder_identity(edited), options) != embedding_cache_key(pool, a, options)
 
 
 def test_embeddings_from_column_normalises():

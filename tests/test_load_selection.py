@@ -392,3 +392,13 @@ def test_a_recompute_from_a_manifest_with_bad_recorded_arguments_is_clean(data, 
         return
     event("the recorded rows")  # a value that still selects the same rows
     assert rows["source_index"] == subset["source_index"]
+
+
+def test_a_recompute_that_draws_other_rows_says_so(selection, pool):
+    """`recompute=True` re-runs the recorded call: a manifest whose rows that call does not give is refused."""
+    subset, manifest = selection
+    assert load_selection(manifest, pool, recompute=True)["source_index"] == subset["source_index"]
+    # Equal quotas draw other rows from these unequal clusters than the recorded proportional ones.
+    with pytest.raises(SelectionMismatchError, match="differ"):
+        load_selection(edited(manifest, arguments__quota="equal"), pool, recompute=True)
+
