@@ -83,3 +83,159 @@ def test_seed_and_iterations_are_checked_and_numpy_ints_accepted():
         choose_k(x, [2, 3], seed=-1)
     with pytest.raises(InvalidArgumentError, match=r"`niter`=0 must be an int in \[1, 2147483647\]"):
         kmeans(x, 3, niter=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Oracles for the clustering itself: planted clusters recovered exactly, the k-means objective
+# against sklearn's, Lloyd's fixed point, seeds, and choose_k's silhouettes against sklearn's.
+# ------------------------------------------------------------------------------------------------
+
+
+def _unequal_blobs(sizes, *, dim=16, spread=0.05, seed=0):
+    """Well-separated unit-vector blobs of the given sizes: (embeddings, true labels)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(len(sizes), dim))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    x = centers[labels] + spread * rng.normal(size=(len(labels), dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), labels
+
+
+def _spherical_objective(x, labels, k):
+    """The lowest sum of squared distances to unit centroids that this partition allows: each cluster's
+    best unit centroid is its normalised mean, and sum ||x - c||^2 = 2 n_c - 2 ||sum x||."""
+    total = 0.0
+    for c in range(k):
+        members = x[labels == c].astype(np.float64)
+        total += 2 * len(members) - 2 * np.linalg.norm(members.sum(axis=0))
+    return total
+
+
+def _random_unit_rows(n, dim, seed):
+    """No cluster structure at all: where k-means has many local optima and the seed decides."""
+    x = np.random.default_rng(seed).normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_planted_clusters_of_unequal_sizes_are_recovered_exactly(seed):
+    sizes = [90, 60, 40, 30, 20, 10]
+    x, truth = _unequal_blobs(sizes, seed=seed)
+    result = kmeans(x, 6, seed=seed)
+    assert adjusted_rand_score(truth, result.labels) == 1.0
+    assert sorted(result.sizes.tolist()) == sorted(sizes)
+    # Fitted on a sample of 20 rows per centroid (120 of the 250 rows), every row is still assigned, and correctly.
+    sampled = kmeans(x, 6, seed=seed, max_points_per_centroid=20)
+    assert adjusted_rand_score(truth, sampled.labels) == 1.0
+
+
+def test_the_result_is_a_fixed_point_of_spherical_k_means():
+    """Every row sits at its nearest centroid, its similarity and the objective are what the centroids give, and
+    each centroid is the normalised mean of its rows."""
+    x, _ = _unequal_blobs([50, 40, 30, 20], seed=3)
+    result = kmeans(x, 4, seed=0)
+    sims = x.astype(np.float64) @ result.centroids.T.astype(np.float64)
+    assert np.array_equal(result.labels, np.argmax(sims, axis=1))
+    assert np.allclose(result.similarity, sims[np.arange(len(x)), result.labels], atol=1e-6)
+    assert result.labels.dtype == np.int64 and result.similarity.dtype == np.float32
+    assert result.centroids.dtype == np.float32 and result.centroids.shape == (4, 16)
+    distances = ((x.astype(np.float64) - result.centroids[result.labels]) ** 2).sum()
+    assert result.objective == pytest.approx(distances, rel=1e-5)
+    assert result.objective == pytest.approx(_spherical_objective(x, result.labels, 4), rel=1e-5)
+    for c in range(4):
+        mean = x[result.labels == c].astype(np.float64).mean(axis=0)
+        assert np.allclose(result.centroids[c], mean / np.linalg.norm(mean), atol=1e-5)
+
+
+@pytest.mark.parametrize("data_seed", [0, 1, 2])
+def test_objective_is_no_worse_than_sklearn_kmeans(data_seed):
+    """Overlapping clusters (noise 0.3 in 16 dims): ours against sklearn's k-means++ with one start, as ours has
+    (nredo=1). sklearn's partition is scored with its best unit centroids, since ours is spherical k-means."""
+    from sklearn.cluster import KMeans
+
+    x, _ = planted_blobs(8, 40, spread=0.3, seed=data_seed)
+    ours = kmeans(x, 8, seed=0)
+    theirs = KMeans(n_clusters=8, n_init=1, random_state=0).fit(x)
+    assert ours.objective <= _spherical_objective(x, theirs.labels_, 8) * 1.005
+    # On separated clusters both find the optimum.
+    y, _ = planted_blobs(8, 40, seed=data_seed)
+    separated = KMeans(n_clusters=8, n_init=1, random_state=0).fit(y)
+    assert kmeans(y, 8, seed=0).objective == pytest.approx(_spherical_objective(y, separated.labels_, 8), rel=1e-5)
+
+
+def test_same_seed_same_clustering_other_seeds_other_local_optima():
+    x = _random_unit_rows(400, 8, seed=0)
+    runs = {seed: kmeans(x, 10, seed=seed) for seed in (0, 1, 2)}
+    again = kmeans(x, 10, seed=0)
+    assert np.array_equal(again.labels, runs[0].labels)
+    assert np.array_equal(again.centroids, runs[0].centroids) and again.objective == runs[0].objective
+    for a, b in [(0, 1), (0, 2), (1, 2)]:
+        assert adjusted_rand_score(runs[a].labels, runs[b].labels) < 0.9
+    # The seed also drives faiss's own seeding.
+    r0, r1 = kmeans(x, 10, seed=0, init="random"), kmeans(x, 10, seed=1, init="random")
+    assert np.array_equal(r0.labels, kmeans(x, 10, seed=0, init="random").labels)
+    assert adjusted_rand_score(r0.labels, r1.labels) < 0.9
+    with pytest.raises(InvalidArgumentError, match=r"`init`='kmeans\+\+'; choose 'k-means\+\+' or 'random'"):
+        kmeans(x, 10, init="kmeans++")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Known bug: with init='k-means++' every faiss restart starts from the same k-means++ centroids, so "
+    "nredo > 1 repeats one run instead of keeping the best of nredo different starts",
+)
+def test_restarts_keep_the_best_of_several_starts():
+    from sklearn.cluster import KMeans
+
+    x, _ = planted_blobs(8, 40, spread=0.3, seed=6)  # seed 0's single start lands in a poor local optimum here
+    theirs = KMeans(n_clusters=8, n_init=5, random_state=0).fit(x)
+    assert kmeans(x, 8, seed=0, nredo=5).objective <= _spherical_objective(x, theirs.labels_, 8) * 1.005
+
+
+def test_k_one_is_the_normalised_mean():
+    x, _ = planted_blobs(3, 10)
+    result = kmeans(x, 1)
+    mean = x.astype(np.float64).mean(axis=0)
+    assert np.allclose(result.centroids[0], mean / np.linalg.norm(mean), atol=1e-6)
+    assert result.objective == pytest.approx(_spherical_objective(x, result.labels, 1), rel=1e-5)
+
+
+def test_identical_rows_all_go_to_one_cluster_and_the_empty_ones_are_named(caplog):
+    x = np.tile(np.array([[1.0, 0.0, 0.0]], dtype=np.float32), (50, 1))
+    with caplog.at_level("WARNING", logger="hf_idsel.cluster"):
+        result = kmeans(x, 4, seed=0)
+    assert sorted(result.sizes.tolist()) == [0, 0, 0, 50]
+    assert np.allclose(result.similarity, 1.0, atol=1e-6) and result.objective == pytest.approx(0.0, abs=1e-4)
+    assert "k-means left 3 of 4 clusters empty (the rows hold 1 distinct vectors)" in caplog.text
+    assert "(at most 1)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_idsel.cluster"):
+        kmeans(x, 4, seed=0, warn_empty=False)
+    assert caplog.text == ""
+    # choose_k cannot score a clustering with one non-empty cluster: -1, and ties go to the smaller k.
+    assert choose_k(x, [4, 2, 3], seed=0) == (2, {2: -1.0, 3: -1.0, 4: -1.0})
+
+
+def test_choose_k_silhouettes_are_sklearns():
+    """With no more rows than `sample_size`, choose_k scores the whole pool: each score is sklearn's cosine
+    silhouette of kmeans(k) on it."""
+    from sklearn.metrics import silhouette_score
+
+    x, _ = planted_blobs(5, 30, seed=2)
+    best, scores = choose_k(x, [6, 2, 3, 5, 5, 150, 1], seed=3, niter=10)
+    assert list(scores) == [2, 3, 5, 6]  # sorted, once each; k=1 and k >= the sample size are not tried
+    for k, score in scores.items():
+        labels = kmeans(x, k, seed=3, niter=10, warn_empty=False).labels
+        assert score == pytest.approx(silhouette_score(x, labels, metric="cosine"), abs=1e-6), k
+    assert best == 5 and scores[5] == max(scores.values())
+    # Deterministic per seed.
+    assert choose_k(x, [2, 3, 5, 6], seed=3, niter=10) == (best, scores)
+
+
+def test_choose_k_on_a_sample_and_its_default_grid():
+    x, _ = planted_blobs(4, 100, seed=4)
+    best, scores = choose_k(x, seed=0, sample_size=120)  # 120 of the 400 rows: candidates up to 120 // 10
+    assert list(scores) == default_k_candidates(120) == [2, 3, 4, 6, 8, 11]
+    assert best == 4
+    with pytest.raises(InvalidArgumentError, match=r"k='auto' has no candidate k in \[2, 9\] to try \(candidates: \[10, 12\]\)"):
+        choose_k(x, [12, 10], sample_size=10)
