@@ -1,3 +1,4 @@
+import datetime
 import json
 
 import datasets
@@ -74,3 +75,778 @@ def test_rerun_from_a_manifest_on_a_reloaded_pool(selection, blob_pool, tmp_path
     blob_pool.to_parquet(str(tmp_path / "pool.parquet"))
     reloaded = datasets.load_dataset("parquet", data_files=str(tmp_path / "pool.parquet"), split="train")
     assert load_selection(path, reloaded)["source_index"] == subset["source_index"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Added with the mutation run of manifest.py (scripts/mutation_test.py, docs/testing.md). These
+# tests build small pools and manifests by hand: no clustering, so each runs in milliseconds.
+# ------------------------------------------------------------------------------------------------
+
+import hashlib  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import struct  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+import hf_idsel.manifest as manifest_module  # noqa: E402
+from hf_idsel.manifest import (  # noqa: E402
+    FORMAT_VERSION,
+    check_fields,
+    clusters_digest,
+    column_digests,
+    encoder_record,
+    indices_digest,
+    library_versions,
+    pool_digest,
+    pool_name,
+    pool_record,
+    selection_subset,
+)
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+def _exactly(message):
+    """A `match=` pattern for exactly this error message."""
+    return "^" + re.escape(message) + "$"
+
+
+def _invalid(message, origin="the manifest"):
+    """The full message of a malformed-field error."""
+    return _exactly(f"{origin} is not a valid hf_idsel manifest: {message} Use the manifest as written by hf_idsel.")
+
+
+def _sha(*parts: bytes) -> str:
+    return "sha256:" + hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+def _json(value) -> bytes:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str).encode()
+
+
+def _i8(values) -> bytes:
+    return struct.pack(f"<{len(values)}q", *values)
+
+
+def _dataset(columns: dict) -> datasets.Dataset:
+    """A dataset straight from Arrow arrays (to choose list, large_list or fixed_size_list)."""
+    return datasets.Dataset(pa.table(columns))
+
+
+@pytest.fixture
+def tiny_pool():
+    """12 rows: a text column (non-ASCII included), 2-d float32 vectors (what the selection reads), a score."""
+    return datasets.Dataset.from_dict(
+        {
+            "text": [f"ligne {i} é" for i in range(12)],
+            "embedding": [[float(i), float(i % 3) - 1.5] for i in range(12)],
+            "score": [i / 4 for i in range(12)],
+        },
+        features=datasets.Features(
+            {
+                "text": datasets.Value("string"),
+                "embedding": datasets.Sequence(datasets.Value("float32")),
+                "score": datasets.Value("float64"),
+            }
+        ),
+    )
+
+
+def _tiny_manifest(pool, **changes) -> Manifest:
+    """A valid format-2 manifest of 4 rows of `pool` (a dataset, or its record) in 3 clusters of 4 rows each
+    (rows 0-3, 4-7, 8-11)."""
+    fields_ = dict(
+        pool=pool_record(pool, ["embedding"], name="tiny") if isinstance(pool, datasets.Dataset) else pool,
+        arguments={"budget": 4, "k": 3},
+        method="kmq",
+        seed=7,
+        k=3,
+        k_selection={"mode": "fixed"},
+        budget={"requested": 4, "rows": 4},
+        cluster_sizes=[4, 4, 4],
+        selected_per_cluster=[1, 2, 1],
+        selected_indices=[1, 5, 6, 9],
+        selected_clusters=[0, 1, 1, 2],
+        selected_digest=indices_digest([1, 5, 6, 9]),
+        encoder={"embedding_column": "embedding", "dim": 2},
+    )
+    fields_.update(changes)
+    return Manifest(**fields_)
+
+
+@pytest.fixture
+def tiny(tiny_pool):
+    return _tiny_manifest(tiny_pool)
+
+
+def _edit(data: dict, path: str, value) -> dict:
+    """`data` with the field at `path` ("pool.num_rows") set to `value`, or removed when `value` is `...`."""
+    data = json.loads(json.dumps(data))
+    *parents, last = path.split(".")
+    target = data
+    for part in parents:
+        target = target[part]
+    if value is ...:
+        del target[last]
+    else:
+        target[last] = value
+    return data
+
+
+# ---- digests: what they cover, pinned so that manifests written today still verify later ----
+
+
+def test_indices_digest_is_sha256_of_the_sorted_ids_as_little_endian_int64():
+    expected = _sha(_i8([1, 5, 6, 9]))
+    assert indices_digest([1, 5, 6, 9]) == expected
+    assert indices_digest([9, 1, 6, 5]) == expected  # in pool order, whatever order they come in
+    assert indices_digest(np.array([9, 6, 5, 1], dtype=np.int32)) == expected
+    assert indices_digest([1, 5, 6, 10]) != expected
+    assert indices_digest([]) == _sha(b"")
+
+
+def test_clusters_digest_covers_each_row_with_its_cluster_in_the_order_given():
+    header = json.dumps({"rows": 4}).encode()
+    expected = _sha(header, _i8([1, 5, 6, 9]), _i8([0, 1, 1, 2]))
+    assert clusters_digest([1, 5, 6, 9], [0, 1, 1, 2]) == expected
+    assert clusters_digest(np.array([1, 5, 6, 9], dtype=np.int32), np.array([0, 1, 1, 2], dtype=np.uint8)) == expected
+    assert clusters_digest([1, 5, 6, 9], [0, 1, 2, 2]) != expected  # one cluster id changed
+    assert clusters_digest([1, 6, 5, 9], [0, 1, 1, 2]) != expected  # the order is part of it
+    assert clusters_digest([], []) == _sha(json.dumps({"rows": 0}).encode())
+
+
+def test_pool_digest_is_the_json_of_the_read_columns_and_the_float32_vectors(tiny_pool):
+    texts = list(tiny_pool["text"])
+    vectors = np.asarray(list(tiny_pool["embedding"]), dtype="<f4")
+    header = json.dumps({"rows": 12, "columns": ["embedding", "text"]}).encode()
+    expected = _sha(header, vectors.tobytes(), _json(texts))
+    assert pool_digest(tiny_pool, ["text", "embedding"]) == expected
+    assert pool_digest(tiny_pool, ["embedding", "text"]) == expected  # column order does not matter
+    only_text = _sha(json.dumps({"rows": 12, "columns": ["text"]}).encode(), _json(texts))
+    assert pool_digest(tiny_pool, ["text"]) == only_text
+    assert pool_digest(tiny_pool, ["score"]) != only_text
+
+
+def test_column_digests_are_the_json_of_each_column_and_vectors_as_exact_float64(tiny_pool):
+    digests = column_digests(tiny_pool)
+    assert list(digests) == ["text", "embedding", "score"]
+
+    def header(name):
+        return json.dumps({"rows": 12, "column": name}).encode()
+
+    assert digests["text"] == _sha(header("text"), _json(list(tiny_pool["text"])))
+    assert digests["score"] == _sha(header("score"), _json(list(tiny_pool["score"])))
+    vectors = np.asarray(list(tiny_pool["embedding"]), dtype="<f8")
+    lengths = np.full(12, 2, dtype="<i8")
+    assert digests["embedding"] == _sha(header("embedding"), lengths.tobytes(), bytes(24), vectors.tobytes())
+    assert column_digests(tiny_pool, ["score"]) == {"score": digests["score"]}
+    # The column name is part of its digest.
+    assert column_digests(tiny_pool.rename_column("score", "rating"))["rating"] != digests["score"]
+
+
+def test_vector_digests_see_lengths_missing_values_and_the_last_bit():
+    def digest(values, value_type=pa.float64()):
+        return column_digests(_dataset({"v": pa.array(values, type=pa.list_(value_type))}))["v"]
+
+    base = digest([[1.0, 2.0], [3.0]])
+    assert digest([[1.0], [2.0, 3.0]]) != base  # same numbers, other vectors
+    assert digest([[1.0, 2.0], [3.0 + 1e-15]]) != base  # exact: a change float32 cannot hold still shows
+    assert digest([[1.0, 2.0], [3.0]], pa.float32()) == base  # float32 and float64 alike, when the values are equal
+    assert digest([[1.0, 2.0], None]) != digest([[1.0, 2.0], []])  # a missing vector is not an empty one
+    assert digest([[1.0, None]]) != digest([[1.0, float("nan")]])  # a missing value is not NaN
+    assert digest([[1.0], None]) != digest([None, [1.0]])
+    # Pinned: a missing vector has length -1; a missing value is flagged, and read as NaN.
+    header = json.dumps({"rows": 3, "column": "v"}).encode()
+    lengths, missing, values = _i8([2, -1, 0]), bytes([0, 1]), np.array([1.0, np.nan], dtype="<f8").tobytes()
+    assert digest([[1.0, None], None, []]) == _sha(header, lengths, missing, values)
+    # Lists of ints are not vectors: they are hashed as JSON.
+    ints = _dataset({"v": pa.array([[1, 2], [3]], type=pa.list_(pa.int64()))})
+    assert column_digests(ints)["v"] == _sha(json.dumps({"rows": 2, "column": "v"}).encode(), _json([[1, 2], [3]]))
+
+
+def test_digests_do_not_depend_on_the_file_layout(tiny_pool, tmp_path):
+    """The same content as a list, large_list or fixed_size_list column, in one chunk or several, from parquet,
+    or as a select view: one digest."""
+    vectors = np.asarray(list(tiny_pool["embedding"]), dtype=np.float32)
+    flat = pa.array(vectors.ravel())
+    layouts = {
+        "list": pa.ListArray.from_arrays(pa.array(np.arange(0, 25, 2, dtype=np.int32)), flat),
+        "large_list": pa.LargeListArray.from_arrays(pa.array(np.arange(0, 25, 2, dtype=np.int64)), flat),
+        "fixed_size_list": pa.FixedSizeListArray.from_arrays(flat, 2),
+    }
+    expected_pool = pool_digest(tiny_pool, ["embedding", "text"])
+    expected_columns = column_digests(tiny_pool, ["embedding", "text"])
+    for name, array in layouts.items():
+        pool = _dataset({"text": pa.array(list(tiny_pool["text"])), "embedding": array})
+        assert pool_digest(pool, ["embedding", "text"]) == expected_pool, name
+        assert column_digests(pool) == expected_columns, name
+    chunked = datasets.concatenate_datasets([tiny_pool.select(range(0, 5)), tiny_pool.select(range(5, 12))])
+    tiny_pool.to_parquet(str(tmp_path / "pool.parquet"))
+    reloaded = datasets.load_dataset("parquet", data_files=str(tmp_path / "pool.parquet"), split="train")
+    reordered = tiny_pool.select(range(11, -1, -1)).select(range(11, -1, -1))  # a view back in the first order
+    for pool in (chunked, reloaded, reordered):
+        assert pool_digest(pool, ["embedding", "text"]) == expected_pool
+        assert column_digests(pool) == column_digests(tiny_pool)
+    # A view reads its rows in the view's order, not in the order they are stored.
+    backwards = tiny_pool.select(range(11, -1, -1))
+    stored_backwards = datasets.Dataset.from_dict(backwards.to_dict(), features=tiny_pool.features)
+    assert pool_digest(backwards, ["embedding", "text"]) == pool_digest(stored_backwards, ["embedding", "text"])
+    assert column_digests(backwards) == column_digests(stored_backwards) != column_digests(tiny_pool)
+
+
+def test_digests_of_chat_messages_and_other_arrow_types():
+    """A `messages` column (lists of structs) digests the same whatever order its struct fields were stored in
+    (a JSON file with the keys in another order); timestamps, bytes and decimals are hashed as their text."""
+    import datetime as dt
+    import decimal
+
+    chats = [[{"role": "user", "content": "Salut"}, {"role": "assistant", "content": "Bonjour é"}], []]
+    swapped = [[{"content": m["content"], "role": m["role"]} for m in chat] for chat in chats]
+    others = {
+        "when": pa.array([dt.datetime(2024, 1, 2, 3, 4, 5), None]),
+        "raw": pa.array([b"\x00\xff", b""]),
+        "price": pa.array([decimal.Decimal("1.50"), decimal.Decimal("-2.25")]),
+    }
+    one = _dataset({"messages": pa.array(chats), **others})
+    two = _dataset({"messages": pa.array(swapped), **others})
+    assert one.data.table.column("messages").type != two.data.table.column("messages").type
+    assert column_digests(one) == column_digests(two)
+    assert pool_digest(one, ["messages", "when"]) == pool_digest(two, ["messages", "when"])
+
+    def header(name):
+        return json.dumps({"rows": 2, "column": name}).encode()
+
+    expected = {name: _sha(header(name), _json(one.data.table.column(name).to_pylist())) for name in one.column_names}
+    assert column_digests(one) == expected
+    assert _json(one.data.table.column("messages").to_pylist()).startswith(b'[[{"content": "Salut", "role": "user"}')
+    assert _json(one.data.table.column("when").to_pylist()) == b'["2024-01-02 03:04:05", null]'
+    edited = [[dict(chats[0][0]), dict(chats[0][1], content="Bonjour")], []]
+    assert column_digests(_dataset({"messages": pa.array(edited)}))["messages"] != expected["messages"]
+
+
+def test_digests_see_a_change_in_any_row_across_batches():
+    n = 20_001  # past two digest batches of 10,000 rows
+    base = datasets.Dataset.from_dict({"n": list(range(n))})
+    pooled, columns = pool_digest(base, ["n"]), column_digests(base)["n"]
+    for row in (0, 9_999, 10_000, 10_001, 20_000):
+        values = list(range(n))
+        values[row] = -1
+        changed = datasets.Dataset.from_dict({"n": values})
+        assert pool_digest(changed, ["n"]) != pooled, row
+        assert column_digests(changed)["n"] != columns, row
+    assert pool_digest(base.select(range(n - 1)), ["n"]) != pooled  # one row fewer
+    # Pinned: the JSON of each batch of 10,000 rows, one after the other.
+    batches = [_json(list(range(start, min(start + 10_000, n)))) for start in range(0, n, 10_000)]
+    assert pooled == _sha(json.dumps({"rows": n, "columns": ["n"]}).encode(), *batches)
+    assert columns == _sha(json.dumps({"rows": n, "column": "n"}).encode(), *batches)
+
+
+def test_pool_digest_of_vectors_covers_every_row_past_its_batch_of_100000():
+    n = 100_001
+    values = np.arange(n, dtype=np.float32)
+    pool = _dataset({"v": pa.FixedSizeListArray.from_arrays(pa.array(values), 1)})
+    # The float32 values of all rows, each once and in order, however they are batched.
+    assert pool_digest(pool, ["v"]) == _sha(json.dumps({"rows": n, "columns": ["v"]}).encode(), values.tobytes())
+
+
+def test_pool_digest_reads_vectors_as_float32_like_the_selection(tiny_pool):
+    """A change smaller than float32 can hold leaves the selection's input, so `pool.digest`, unchanged; the
+    column digest still sees it."""
+    nudged = tiny_pool.cast_column("embedding", datasets.Sequence(datasets.Value("float64"))).map(
+        lambda row, i: {"embedding": [v + 1e-12 for v in row["embedding"]] if i == 3 else row["embedding"]},
+        with_indices=True,
+    )
+    assert pool_digest(nudged, ["embedding"]) == pool_digest(tiny_pool, ["embedding"])
+    assert column_digests(nudged)["embedding"] != column_digests(tiny_pool)["embedding"]
+    moved = tiny_pool.map(lambda row, i: {"embedding": [0.5, 0.5] if i == 11 else row["embedding"]}, with_indices=True)
+    assert pool_digest(moved, ["embedding"]) != pool_digest(tiny_pool, ["embedding"])
+
+
+def test_old_manifests_still_verify_against_their_pool(blob_pool):
+    """tests/data/v1_*.json were written by an earlier hf_idsel: its digests of the ids and of the read columns
+    must still come out the same."""
+    for name in ("v1_kmq_auto", "v1_quality_k4"):
+        manifest = Manifest.load(os.path.join(DATA, f"{name}.json"))
+        assert manifest.format_version == 1 and manifest.clusters_digest is None
+        assert manifest.pool.get("column_digests") is None
+        manifest.check_integrity()
+        manifest.check_pool(blob_pool)
+        assert pool_digest(blob_pool, manifest.pool["digest_columns"]) == manifest.pool["digest"]
+        assert indices_digest(manifest.selected_indices) == manifest.selected_digest
+
+
+# ---- the records a manifest is made of ----
+
+
+def test_pool_name_from_the_dataset_info():
+    def named(**info):
+        return datasets.Dataset.from_dict({"a": [1]}, info=datasets.DatasetInfo(**info))
+
+    assert pool_name(named(dataset_name="org/data", config_name="chat")) == "org/data/chat"
+    assert pool_name(named(dataset_name="org/data", config_name="default")) == "org/data"
+    assert pool_name(named(dataset_name="org/data")) == "org/data"
+    assert pool_name(named(builder_name="parquet", config_name="chat")) == "parquet/chat"
+    assert pool_name(named(config_name="chat")) is None
+    assert pool_name(datasets.Dataset.from_dict({"a": [1]})) is None
+
+
+def test_pool_record(tiny_pool):
+    record = pool_record(tiny_pool, ["text", "embedding", "text"])
+    assert record == {
+        "fingerprint": tiny_pool._fingerprint,
+        "num_rows": 12,
+        "digest": pool_digest(tiny_pool, ["text", "embedding"]),
+        "digest_columns": ["text", "embedding"],  # once each, in the order given
+        "column_digests": column_digests(tiny_pool),
+        "name": None,
+    }
+    source = {"repo_id": "org/data", "revision": "abc"}
+    named = pool_record(tiny_pool, ["embedding"], name="mine", source=source)
+    assert named["name"] == "mine" and named["source"] == source
+    info = datasets.DatasetInfo(dataset_name="org/data")
+    assert pool_record(datasets.Dataset.from_dict({"a": [1]}, info=info), ["a"])["name"] == "org/data"
+
+
+def test_encoder_record():
+    identity = SimpleNamespace(id="org/encoder", revision="0123abc")
+    record = encoder_record(identity, "ignored", np.int64(384))
+    assert record == {"id": "org/encoder", "revision": "0123abc", "dim": 384} and type(record["dim"]) is int
+    record = encoder_record(None, "embedding", np.int32(16))
+    assert record == {"embedding_column": "embedding", "dim": 16} and type(record["dim"]) is int
+
+
+def test_selection_subset(tiny_pool):
+    subset = selection_subset(tiny_pool, np.array([9, 1]), iter([2, 0]), quality=(0.5, 0.25), round=[3, 3])
+    assert subset.column_names == ["text", "embedding", "score", "source_index", "cluster", "quality", "round"]
+    assert subset["text"] == [tiny_pool[9]["text"], tiny_pool[1]["text"]]
+    assert subset["source_index"] == [9, 1] and subset["cluster"] == [2, 0]
+    assert subset["quality"] == [0.5, 0.25] and subset["round"] == [3, 3]
+    rows = (i for i in [4, 7])  # any iterable of row ids, read once
+    assert selection_subset(tiny_pool, rows, [1, 1])["source_index"] == [4, 7]
+
+
+def test_library_versions_records_what_is_installed_and_skips_the_rest(monkeypatch):
+    import importlib.metadata
+
+    versions = library_versions()
+    assert versions["numpy"] == importlib.metadata.version("numpy")
+    assert versions["datasets"] == importlib.metadata.version("datasets")
+    monkeypatch.setattr(manifest_module, "_VERSIONED_PACKAGES", ("no-such-package-hf-idsel", "numpy"))
+    assert library_versions() == {"numpy": importlib.metadata.version("numpy")}
+
+
+# ---- Manifest: defaults, JSON round trip, loading from every kind of source ----
+
+
+def test_new_manifest_defaults(tiny):
+    assert tiny.format_version == FORMAT_VERSION == 2
+    assert tiny.clusters_digest == clusters_digest([1, 5, 6, 9], [0, 1, 1, 2])
+    assert tiny.versions == library_versions()
+    created = datetime.datetime.fromisoformat(tiny.created_at)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    assert created.utcoffset() == datetime.timedelta(0) and abs((now - created).total_seconds()) < 600
+    assert tiny.render is None and tiny.dedup is None and tiny.origin == "the manifest"
+    tiny.check_integrity()
+    # A format-1 manifest gets no clusters_digest: it had none.
+    assert _tiny_manifest(tiny.pool, format_version=1).clusters_digest is None
+
+
+def test_manifest_round_trips_through_json_files_folders_and_text(tiny, tmp_path):
+    data = tiny.to_dict()
+    assert set(data) == {
+        "pool", "arguments", "method", "seed", "k", "k_selection", "budget", "cluster_sizes", "selected_per_cluster",
+        "selected_indices", "selected_clusters", "selected_digest", "clusters_digest", "render", "encoder", "dedup",
+        "versions", "created_at", "format_version", "cluster_descriptions",
+    }
+    text = tiny.to_json()
+    assert json.loads(text) == data
+    assert text.startswith('{\n  "pool": {\n    "fingerprint"')  # indented by 2
+    assert "\n" not in tiny.to_json(indent=None)
+    assert '"ligne' not in text and "é" not in text  # (the pool's text is not in the manifest)
+    named = _tiny_manifest(dict(tiny.pool, name="données"))
+    assert '"name": "données"' in named.to_json()  # non-ASCII kept as written
+
+    file_path = named.save(str(tmp_path / "a" / "b" / "m.json"))  # missing folders are made
+    assert file_path == str(tmp_path / "a" / "b" / "m.json")
+    assert open(file_path, encoding="utf-8").read() == named.to_json()
+    folder = tmp_path / "run"
+    folder.mkdir()
+    assert named.save(str(folder)) == os.path.join(str(folder), "manifest.json")
+
+    for source in (file_path, tmp_path / "a" / "b" / "m.json", str(folder), folder, named.to_json(), "\n  " + text):
+        loaded = Manifest.load(source)
+        assert isinstance(loaded, Manifest) and loaded.to_dict() == json.loads(Manifest.load(source).to_json())
+        assert loaded.format_version == 2
+    assert Manifest.load(file_path).to_dict() == named.to_dict()
+    assert Manifest.load(file_path).origin == f"manifest {file_path!r}"
+    assert Manifest.load(str(folder)).origin == f"manifest {os.path.join(str(folder), 'manifest.json')!r}"
+    assert Manifest.load(text).origin == "the manifest JSON text"
+    assert Manifest.load(text, origin="mine").origin == "mine"
+    assert Manifest.load(file_path, origin="mine").origin == "mine"
+    assert Manifest.load(data).to_dict() == data and Manifest.load(data).origin == "the manifest"
+    assert Manifest.load(data, origin="hub file").origin == "hub file"
+    assert Manifest.from_dict(data).origin == "the manifest"
+    assert Manifest.load(tiny) is tiny
+
+
+def test_a_manifest_saved_where_the_default_encoding_is_not_utf8_loads_back(tiny, tmp_path, monkeypatch):
+    import builtins
+
+    def cp1252_by_default(file, mode="r", *args, encoding=None, **kwargs):  # as on Windows in a Western locale
+        if "b" not in mode and encoding is None:
+            encoding = "cp1252"
+        return builtins.open(file, mode, *args, encoding=encoding, **kwargs)
+
+    monkeypatch.setattr(manifest_module, "open", cp1252_by_default, raising=False)
+    named = _tiny_manifest(dict(tiny.pool, name="données"))
+    path = named.save(str(tmp_path / "manifest.json"))
+    assert Manifest.load(path).pool["name"] == "données"
+
+
+def test_from_dict_reads_old_and_future_fields(tiny):
+    data = tiny.to_dict()
+    data["written_by_a_later_version"] = {"x": 1}  # unknown fields are left out
+    assert Manifest.from_dict(data).to_dict() == tiny.to_dict()
+    # Without `format_version` a dict is read as format 1: no column digests or clusters_digest needed.
+    old = {k: v for k, v in data.items() if k not in ("format_version", "clusters_digest", "written_by_a_later_version")}
+    old["pool"] = {k: v for k, v in old["pool"].items() if k != "column_digests"}
+    for key in ("render", "encoder", "dedup", "versions", "created_at"):  # optional fields may be absent
+        del old[key]
+    manifest = Manifest.from_dict(old)
+    assert manifest.format_version == 1 and manifest.clusters_digest is None
+    assert manifest.render is None and manifest.to_dict()["format_version"] == 1
+    manifest.check_integrity()
+    # A format-1 manifest that does carry a clusters_digest has it checked.
+    checked = Manifest.from_dict(dict(old, clusters_digest=clusters_digest([1, 5, 6, 9], [0, 1, 2, 1])))
+    with pytest.raises(SelectionMismatchError, match="clusters_digest"):
+        checked.check_integrity()
+
+
+def test_load_refuses_what_is_not_a_manifest_source_by_name(tmp_path, monkeypatch):
+    with pytest.raises(InvalidArgumentError, match=_exactly("`manifest` must be a path, a dict or a Manifest, got int.")):
+        Manifest.load(3)
+    with pytest.raises(InvalidArgumentError, match=_exactly("`manifest` must be a path, a dict or a Manifest, got bytes.")):
+        Manifest.load(b"manifest.json")
+
+    class BytesPath:
+        def __fspath__(self):
+            return b"manifest.json"
+
+    with pytest.raises(InvalidArgumentError, match=_exactly("`manifest` must be a path, a dict or a Manifest, got bytes.")):
+        Manifest.load(BytesPath())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = (
+        "`manifest`={!r}: no such local file (expected a manifest.json, or a folder holding one). Check the path."
+    )
+    with pytest.raises(InvalidArgumentError, match=_exactly(missing.format(str(empty)))):
+        Manifest.load(empty)  # a folder without manifest.json
+    with pytest.raises(InvalidArgumentError, match=_exactly(missing.format(str(tmp_path / "nope.json")))):
+        Manifest.load(str(tmp_path / "nope.json"))
+
+    path = tmp_path / "binary.json"
+    path.write_bytes(b'{"a": "\xff"}')
+    origin = f"manifest {str(path)!r}"
+    with pytest.raises(InvalidArgumentError, match=_exactly(
+        f"{origin} is not UTF-8 text (byte 7): not an hf_idsel manifest, or a corrupt one."
+    )):
+        Manifest.load(path)
+    path.write_text('{"pool": {\n "a": }')
+    with pytest.raises(InvalidArgumentError, match=_exactly(
+        f"{origin} is not valid JSON (Expecting value at line 2 column 7): a truncated or corrupt file? "
+        "Use the manifest.json that hf_idsel wrote."
+    )):
+        Manifest.load(path)
+    with pytest.raises(InvalidArgumentError, match=r"^the manifest JSON text is not valid JSON \(Expecting"):
+        Manifest.load('  {"pool": ')
+    with pytest.raises(InvalidArgumentError, match=_exactly(
+        "the manifest JSON text is not a readable JSON manifest: ValueError: Exceeds the limit (4300 digits) for "
+        "integer string conversion: value has 5000 digits; use sys.set_int_max_str_digits() to increase the limit"
+    )):
+        Manifest.load('{"k": ' + "1" * 5000 + "}")
+    with pytest.raises(InvalidArgumentError, match=r"^the manifest JSON text is not a readable JSON manifest: RecursionError"):
+        Manifest.load('{"a": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    path.write_text("[1, 2]")
+    with pytest.raises(InvalidArgumentError, match=_invalid("expected a JSON object, got list.", origin)):
+        Manifest.load(path)
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    path.write_text("{}")
+    monkeypatch.setattr(manifest_module, "open", unreadable, raising=False)
+    with pytest.raises(InvalidArgumentError, match=_exactly(f"Could not read {origin}: Permission denied.")):
+        Manifest.load(path)
+
+
+# ---- check_integrity: an edited row id or cluster id is caught ----
+
+
+def test_check_integrity_names_the_edited_field(tiny):
+    data = tiny.to_dict()
+    Manifest.from_dict(data).check_integrity()
+    rows = Manifest.from_dict(_edit(data, "selected_indices", [1, 5, 6, 10]))
+    with pytest.raises(SelectionMismatchError, match=_exactly(
+        "The selected_indices of the manifest do not match its selected_digest: the file was edited or is "
+        "corrupt. Use the manifest as written by hf_idsel."
+    )):
+        rows.check_integrity()
+    clusters = Manifest.from_dict(
+        _edit(_edit(data, "selected_clusters", [0, 1, 2, 2]), "selected_per_cluster", [1, 1, 2]), origin="m.json"
+    )
+    with pytest.raises(SelectionMismatchError, match=_exactly(
+        "The selected_clusters of m.json do not match its clusters_digest: the file was edited or is corrupt. "
+        "Use the manifest as written by hf_idsel."
+    )):
+        clusters.check_integrity()
+    swapped = Manifest.from_dict(_edit(data, "clusters_digest", clusters_digest([1, 5, 6, 9], [0, 1, 1, 2])[:-1] + "0"))
+    with pytest.raises(SelectionMismatchError, match="clusters_digest"):
+        swapped.check_integrity()
+    # Fields edited on the object after loading are checked as well, and the error names the file.
+    loaded = Manifest.from_dict(data, origin="m.json")
+    loaded.k = 0
+    with pytest.raises(InvalidArgumentError, match=_invalid("`k`=0 must be an int in [1, 12].", "m.json")):
+        loaded.check_integrity()
+
+
+# ---- check_pool: a changed pool is refused, naming what changed ----
+
+
+def test_check_pool_accepts_the_same_pool_in_any_layout(tiny, tiny_pool, tmp_path):
+    tiny.check_pool(tiny_pool)
+    tiny_pool.to_parquet(str(tmp_path / "pool.parquet"))
+    tiny.check_pool(datasets.load_dataset("parquet", data_files=str(tmp_path / "pool.parquet"), split="train"))
+    tiny.check_pool(tiny_pool.select(range(12)))
+    # A recorded column the selection did not read may be left out.
+    tiny.check_pool(tiny_pool.remove_columns(["text", "score"]))
+
+
+def test_check_pool_names_what_changed(tiny, tiny_pool):
+    def refused(pool, message):
+        with pytest.raises(SelectionMismatchError, match=_exactly(message)):
+            tiny.check_pool(pool)
+
+    refused(
+        tiny_pool.select(range(11)),
+        "The pool has 11 rows but the selection of the manifest was made on 12 rows (pool tiny). Pass the same pool.",
+    )
+    unnamed = _tiny_manifest(dict(tiny.pool, name=None))
+    with pytest.raises(SelectionMismatchError, match=re.escape(f"12 rows (pool {tiny_pool._fingerprint}).")):
+        unnamed.check_pool(tiny_pool.select(range(11)))
+    refused(
+        tiny_pool.remove_columns("embedding"),
+        "The pool lacks columns ['embedding'] that the selection of the manifest was made from. Pass the same pool.",
+    )
+    refused(
+        tiny_pool.add_column("extra", [0] * 12),
+        "The pool has columns ['extra'] that the manifest does not record (added after the selection?), so their "
+        "content cannot be verified. Pass the pool without them: `pool.remove_columns(['extra'])`.",
+    )
+    text = tiny_pool.map(lambda row, i: {"text": row["text"] + "!" if i == 11 else row["text"]}, with_indices=True)
+    refused(
+        text,
+        "The pool's content differs from the one the selection of the manifest was made on, in the columns "
+        "['text']. Pass the pool as it was, or leave the changed columns out: `pool.remove_columns(['text'])`.",
+    )
+    tiny.check_pool(text.remove_columns("text"))
+    vectors = tiny_pool.map(lambda row, i: {"embedding": [9.0, 9.0] if i == 0 else row["embedding"]}, with_indices=True)
+    read = (
+        "The pool's content differs from the one the selection of the manifest was made on, in the columns "
+        "['embedding'] it read{}. Pass the same pool, unchanged and in the same row order."
+    )
+    refused(vectors, read.format(""))
+    both = vectors.map(lambda row: {"text": row["text"] + "!", "score": -row["score"]})
+    refused(both, read.format(" (and in ['text', 'score'])"))
+
+
+def test_check_pool_refuses_an_edited_pool_digest(tiny, tiny_pool):
+    """The column digests all match, but the digest of the columns the selection read was edited."""
+    data = _edit(tiny.to_dict(), "pool.digest", "sha256:" + "0" * 64)
+    with pytest.raises(SelectionMismatchError, match=_exactly(
+        "The pool's content differs from the one the selection of the manifest was made on (columns ['embedding']: "
+        f"digest {tiny.pool['digest'][:19]}... != sha256:{'0' * 12}...). "
+        "Pass the same pool, unchanged and in the same row order."
+    )):
+        Manifest.from_dict(data).check_pool(tiny_pool)
+
+
+def test_check_pool_of_a_format_1_manifest_checks_what_it_can_and_warns_about_the_rest(tiny, tiny_pool, caplog):
+    data = _edit(_edit(_edit(tiny.to_dict(), "format_version", 1), "clusters_digest", None), "pool.column_digests", ...)
+    old = Manifest.from_dict(data, origin="old.json")
+    with caplog.at_level(logging.WARNING, logger="hf_idsel.manifest"):
+        old.check_pool(tiny_pool)
+    assert caplog.messages == [
+        "old.json has format_version 1: its digests cover the row ids and the pool's columns ['embedding'], not the "
+        "columns ['text', 'score'] nor the cluster ids, which are returned unverified. Re-running the selection with "
+        "load_selection(..., recompute=True) checks them."
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_idsel.manifest"):
+        old.check_pool(tiny_pool.remove_columns(["text", "score"]))
+    assert caplog.messages == [
+        "old.json has format_version 1: its digests cover the row ids and the pool's columns ['embedding'], not the "
+        "cluster ids, which are returned unverified. Re-running the selection with "
+        "load_selection(..., recompute=True) checks them."
+    ]
+    moved = tiny_pool.map(lambda row, i: {"embedding": [9.0, 9.0] if i == 0 else row["embedding"]}, with_indices=True)
+    with pytest.raises(SelectionMismatchError, match=r"^The pool's content differs .* of old\.json .*\(columns \['embedding'\]: digest sha256:"):
+        old.check_pool(moved)
+    with pytest.raises(SelectionMismatchError, match="has 11 rows"):
+        old.check_pool(tiny_pool.select(range(11)))
+    with pytest.raises(SelectionMismatchError, match=r"lacks columns \['embedding'\]"):
+        old.check_pool(tiny_pool.remove_columns("embedding"))
+
+
+# ---- check_fields: a clean error naming the field, for every malformed one ----
+
+_BIG = 2**62
+
+
+_MALFORMED = [
+        ("format_version", "2", "`format_version`='2' must be a positive int."),
+        ("format_version", 0, "`format_version`=0 must be a positive int."),
+        ("format_version", True, "`format_version`=True must be a positive int."),
+        ("seed", ..., "missing fields ['seed']."),
+        ("clusters_digest", None, "missing fields ['clusters_digest']."),
+        ("arguments", [], "`arguments`=[] must be a JSON object."),
+        ("k_selection", "fixed", "`k_selection`='fixed' must be a JSON object."),
+        ("budget", 4, "`budget`=4 must be a JSON object."),
+        ("render", "chat", "`render`='chat' must be a JSON object or null."),
+        ("encoder", ["e"], "`encoder`=['e'] must be a JSON object or null."),
+        ("dedup", 0.9, "`dedup`=0.9 must be a JSON object or null."),
+        ("versions", None, "`versions`=None must be a JSON object."),
+        ("method", 1, "`method`=1 must be a string."),
+        ("created_at", 0, "`created_at`=0 must be a string."),
+        ("selected_digest", None, "`selected_digest`=None must be a 'sha256:...' string."),
+        ("clusters_digest", 5, "`clusters_digest`=5 must be a 'sha256:...' string."),
+        ("seed", "7", "`seed`='7' must be an int."),
+        ("seed", True, "`seed`=True must be an int."),
+        ("seed", 7.0, "`seed`=7.0 must be an int."),
+        ("pool", [], "`pool`=[] must be a JSON object."),
+        ("pool.fingerprint", ..., "`pool` lacks `fingerprint`."),
+        ("pool.num_rows", ..., "`pool` lacks `num_rows`."),
+        ("pool.digest", ..., "`pool` lacks `digest`."),
+        ("pool.digest_columns", ..., "`pool` lacks `digest_columns`."),
+        ("pool.num_rows", -1, f"`pool.num_rows`=-1 must be an int in [0, {_BIG}]."),
+        ("pool.num_rows", _BIG + 1, f"`pool.num_rows`={_BIG + 1} must be an int in [0, {_BIG}]."),
+        ("pool.num_rows", 12.0, f"`pool.num_rows`=12.0 must be an int in [0, {_BIG}]."),
+        ("pool.num_rows", True, f"`pool.num_rows`=True must be an int in [0, {_BIG}]."),
+        ("pool.digest", 0, "`pool.digest`=0 must be a 'sha256:...' string."),
+        ("pool.fingerprint", 0, "`pool.fingerprint`=0 must be a string."),
+        ("pool.name", 0, "`pool.name`=0 must be a string or null."),
+        ("pool.digest_columns", "embedding", "`pool.digest_columns`='embedding' must be a list of column names."),
+        ("pool.digest_columns", [0], "`pool.digest_columns`=[0] must be a list of column names."),
+        ("pool.source", "hub", "`pool.source`='hub' must be a JSON object or null."),
+        ("pool.source", {"repo_id": "a/b", "revision": 3}, "`pool.source.revision`=3 must be a string or null."),
+        ("pool.column_digests", ..., "`pool` lacks `column_digests`."),
+        ("pool.column_digests", ["sha256:"], "`pool.column_digests`=['sha256:'] must map column names to digests."),
+        ("pool.column_digests", {"embedding": 1}, "`pool.column_digests`={'embedding': 1} must map column names to digests."),
+        ("pool.column_digests", {"text": "sha256:"}, "`pool.column_digests` lacks the columns ['embedding'] of `pool.digest_columns`."),
+        ("k", 0, "`k`=0 must be an int in [1, 12]."),
+        ("k", 13, "`k`=13 must be an int in [1, 12]."),
+        ("k", "3", "`k`='3' must be an int in [1, 12]."),
+        ("k", 10**5000, "`k`=<int too large to print> must be an int in [1, 12]."),
+        ("cluster_sizes", "4,4,4", "`cluster_sizes`='4,4,4' must be a list of ints."),
+        ("selected_per_cluster", [1, 2, 1.0], "`selected_per_cluster`=[1, 2, 1.0] must be a list of ints."),
+        ("selected_indices", [1, 5, 6, True], "`selected_indices`=[1, 5, 6, True] must be a list of ints."),
+        ("selected_clusters", None, "`selected_clusters`=None must be a list of ints."),
+        (
+            "selected_indices", list(range(29)) + ["x"],
+            f"`selected_indices`={repr(list(range(29)) + ['x'])[:57]}... must be a list of ints.",
+        ),
+        ("cluster_sizes", [4, 8], "`cluster_sizes` has 2 entries; `k`=3 needs one per cluster."),
+        ("selected_per_cluster", [1, 2, 1, 0], "`selected_per_cluster` has 4 entries; `k`=3 needs one per cluster."),
+        ("cluster_sizes", [4, 4, 5], "`cluster_sizes` must be non-negative and sum to `pool.num_rows`=12."),
+        ("cluster_sizes", [4, 9, -1], "`cluster_sizes` must be non-negative and sum to `pool.num_rows`=12."),
+        ("selected_clusters", [0, 1, 1], "`selected_clusters` has 3 entries and `selected_indices` 4; they must align."),
+        ("selected_indices", [-1, 5, 6, 9], "`selected_indices[0]`=-1 is not a row of the 12-row pool."),
+        ("selected_indices", [1, 5, 6, 12], "`selected_indices[3]`=12 is not a row of the 12-row pool."),
+        ("selected_indices", [5, 1, 6, 9], "`selected_indices` must be strictly ascending (index 1 is not)."),
+        ("selected_indices", [1, 6, 6, 9], "`selected_indices` must be strictly ascending (index 2 is not)."),
+        ("selected_indices", [1, 5, 9, 6], "`selected_indices` must be strictly ascending (index 3 is not)."),
+        ("selected_clusters", [-1, 1, 1, 2], "`selected_clusters[0]`=-1 is not a cluster id in [0, k=3)."),
+        ("selected_clusters", [0, 1, 1, 3], "`selected_clusters[3]`=3 is not a cluster id in [0, k=3)."),
+        ("selected_per_cluster", [1, 1, 2], "`selected_per_cluster` does not count the `selected_clusters`."),
+        ("cluster_sizes", [4, 1, 7], "`selected_per_cluster` exceeds `cluster_sizes`."),
+]
+
+
+@pytest.mark.parametrize("path, value, message", _MALFORMED, ids=[f"{p}-{i}" for i, (p, _, _) in enumerate(_MALFORMED)])
+def test_malformed_fields_are_refused_by_name(tiny, path, value, message):
+    data = _edit(tiny.to_dict(), path, value)
+    with pytest.raises(InvalidArgumentError, match=_invalid(message, "m.json")):
+        Manifest.from_dict(data, origin="m.json")
+    with pytest.raises(InvalidArgumentError, match=_invalid(message, "m.json")):
+        check_fields(data, "m.json")
+
+
+def test_check_fields_refuses_what_is_not_an_object_and_newer_formats(tiny):
+    with pytest.raises(InvalidArgumentError, match=_invalid("expected a JSON object, got list.")):
+        check_fields([])
+    with pytest.raises(InvalidArgumentError, match=_invalid("expected a JSON object, got str.", "m.json")):
+        Manifest.from_dict("{}", origin="m.json")
+    newer = (
+        "m.json has format_version 3; this hf_idsel reads up to 2. Upgrade hf_idsel."
+    )
+    with pytest.raises(InvalidArgumentError, match=_exactly(newer)):
+        check_fields(_edit(tiny.to_dict(), "format_version", 3), "m.json")
+    with pytest.raises(InvalidArgumentError, match=_invalid("missing fields ['pool', 'seed', 'k'].")):
+        check_fields({k: v for k, v in tiny.to_dict().items() if k not in ("pool", "seed", "k")})
+    with pytest.raises(InvalidArgumentError, match=_invalid("`arguments` must have string keys.")):
+        check_fields(_edit(tiny.to_dict(), "arguments", {}) | {"arguments": {1: "x"}})
+    # A too-long repr is cut to 60 characters.
+    with pytest.raises(InvalidArgumentError, match=_invalid(f"`method`={'1' * 57}... must be a string.")):
+        check_fields(_edit(tiny.to_dict(), "method", int("1" * 100)))
+    with pytest.raises(InvalidArgumentError, match=_invalid(f"`method`={'1' * 60} must be a string.")):
+        check_fields(_edit(tiny.to_dict(), "method", int("1" * 60)))
+    with pytest.raises(InvalidArgumentError, match=_invalid(f"`method`={'1' * 57}... must be a string.")):
+        check_fields(_edit(tiny.to_dict(), "method", int("1" * 61)))
+    # k may not exceed the pool's rows, even for a pool of 1 row.
+    one_row = dict(tiny.to_dict(), pool=dict(tiny.pool, num_rows=1), k=2, cluster_sizes=[1, 0],
+                   selected_per_cluster=[1, 0], selected_indices=[0], selected_clusters=[0])
+    with pytest.raises(InvalidArgumentError, match=_invalid("`k`=2 must be an int in [1, 1].")):
+        check_fields(one_row)
+    check_fields(dict(one_row, k=1, cluster_sizes=[1], selected_per_cluster=[1]))
+
+
+def test_check_fields_accepts_the_edges_of_each_range(tiny, tiny_pool):
+    data = tiny.to_dict()
+    check_fields(data)
+    for path, value in [
+        ("format_version", 1),  # the first format, without column digests or clusters_digest
+        ("pool.name", ...),
+        ("pool.source", None),
+        ("pool.source", {"repo_id": None}),
+        ("pool.fingerprint", None),
+        ("render", None),
+        ("versions", ...),
+        ("created_at", ...),
+        ("arguments", {}),
+        ("selected_indices", [0, 5, 6, 11]),  # the first and last rows
+        ("selected_clusters", [0, 1, 2, 2]),  # with selected_per_cluster as below
+    ]:
+        edited_ = _edit(data, path, value)
+        if path == "selected_clusters":
+            edited_ = _edit(edited_, "selected_per_cluster", [1, 1, 2])
+        check_fields(edited_)
+    v1 = _edit(_edit(_edit(data, "format_version", 1), "clusters_digest", ...), "pool.column_digests", ...)
+    check_fields(v1)
+    Manifest.from_dict(v1).check_integrity()
+    # A cluster may hold the whole pool, and all its rows may be selected; k may equal the row count.
+    whole = dict(data, cluster_sizes=[12, 0, 0], selected_per_cluster=[4, 0, 0], selected_clusters=[0, 0, 0, 0])
+    check_fields(whole)
+    all_rows = dict(data, cluster_sizes=[4, 4, 4], selected_per_cluster=[4, 4, 4],
+                    selected_indices=list(range(12)), selected_clusters=[0] * 4 + [1] * 4 + [2] * 4)
+    check_fields(all_rows)
+    singletons = dict(data, k=12, cluster_sizes=[1] * 12, selected_per_cluster=[0, 1, 0, 0, 0, 1, 1, 0, 0, 1, 0, 0],
+                      selected_clusters=[1, 5, 6, 9])
+    check_fields(singletons)
+    # The largest row count a manifest may hold, and an empty pool with k=1.
+    check_fields(dict(data, pool=dict(data["pool"], num_rows=2**62), k=1, cluster_sizes=[2**62],
+                      selected_per_cluster=[4], selected_clusters=[0, 0, 0, 0]))
+    check_fields(dict(data, pool=dict(data["pool"], num_rows=0), k=1, cluster_sizes=[0], selected_per_cluster=[0],
+                      selected_indices=[], selected_clusters=[]))
