@@ -340,8 +340,9 @@ class RoundRecord:
     scored_rows: int
     global_step: int
     k: int
-    k_selection: dict | None = None
-    cluster_terms: list | None = None
+    # Absent from round files written before they existed (from_dict accepts that).
+    k_selection: dict | None = field(default=None)
+    cluster_terms: list | None = field(default=None)
 
     def to_dict(self) -> dict:
         return asdict(self)
