@@ -7,7 +7,6 @@ Staging and pushing them is [`publish`]'s job.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 import os
@@ -345,12 +344,7 @@ def model_card_facts(
         push_command (`str`):
             The `hf-idsel push` command that publishes the run.
     """
-    versions = library_versions()
-    for name in ("trl", "peft", "accelerate"):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
+    versions = library_versions(extra=("trl", "peft", "accelerate"))
     return {
         "model_name": model_name,
         "base_model": base_model,

@@ -178,9 +178,10 @@ def selection_subset(pool: datasets.Dataset, indices, clusters, **extra_columns)
     return subset
 
 
-def library_versions() -> dict:
+def library_versions(extra: tuple[str, ...] = ()) -> dict:
+    """Installed versions of the packages that shape a selection, and of `extra` ones; missing ones are left out."""
     versions = {}
-    for name in _VERSIONED_PACKAGES:
+    for name in _VERSIONED_PACKAGES + tuple(extra):
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
