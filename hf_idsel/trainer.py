@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import shlex
 from typing import Callable
@@ -73,12 +74,11 @@ class RoundSampler(torch.utils.data.Sampler):
     """Yields the rows of the current round (positions in the prepared dataset) in the order that
     `train_sampling_strategy` asks for, reseeded every epoch.
 
-    Its length is fixed (the largest round) because the Trainer sizes the epoch loop once; a round
-    with fewer rows ends its epoch early.
+    Its length is the current round's row count, so the dataloader's length (batches per rank, as
+    accelerate shards them) is the length of the epoch that runs; the trainer sizes each epoch and
+    the learning-rate schedule from it.
 
     Args:
-        length (`int`):
-            Length reported to the Trainer.
         seed (`int`):
             Seed of the order; the same seed and epoch give the same order on every rank.
         strategy (`str`, *optional*, defaults to `"random"`):
@@ -90,10 +90,10 @@ class RoundSampler(torch.utils.data.Sampler):
             Rows per optimizer step, the size of the groups `"group_by_length"` makes.
     """
 
-    def __init__(self, length: int, seed: int, strategy: str = "random", lengths=None, batch_size: int = 1):
+    def __init__(self, seed: int, strategy: str = "random", lengths=None, batch_size: int = 1):
         if strategy == "group_by_length" and lengths is None:
             raise InvalidArgumentError("train_sampling_strategy='group_by_length' needs the rows' token lengths.")
-        self.length = length
+        self.length = 0
         self.seed = seed
         self.strategy = strategy
         self.lengths = lengths
@@ -103,6 +103,7 @@ class RoundSampler(torch.utils.data.Sampler):
 
     def set_rows(self, positions) -> None:
         self.positions = [int(p) for p in positions]
+        self.length = len(self.positions)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -148,9 +149,9 @@ class _RoundCallback(TrainerCallback):
         if not self.trainer._resumed_by_global_step:
             return control
         # A checkpoint from before epoch ends were recorded, saved on an epoch's last step, predates that
-        # epoch's end, which Trainer's own count then skips: replay the missed ends.
-        steps_per_epoch = state.max_steps // max(int(args.num_train_epochs), 1)
-        epochs_trained = state.global_step // steps_per_epoch if steps_per_epoch else 0
+        # epoch's end, which Trainer's own count then skips: replay the missed ends (the planned epoch
+        # lengths say where each epoch ended).
+        epochs_trained = int(np.searchsorted(np.cumsum(self.trainer._epoch_steps), state.global_step, side="right"))
         while self.trainer.selection.epochs_done < epochs_trained:
             self.trainer.end_epoch()
         return control
@@ -238,7 +239,6 @@ class IterativeSelectionTrainer(SFTTrainer):
         self._draw_round(1)
         strategy = args.train_sampling_strategy
         self.round_sampler = RoundSampler(
-            max(self.round_sizes) if args.round_mode == "continue" else self.budget_rows,
             args.selection_seed,
             strategy=strategy,
             lengths=self._token_lengths() if strategy == "group_by_length" else None,
@@ -253,6 +253,7 @@ class IterativeSelectionTrainer(SFTTrainer):
                 name: p.detach().clone().cpu() for name, p in self.model.named_parameters() if p.requires_grad
             }
         self._resumed_by_global_step = False
+        self._epoch_steps: list[int] = []
         self.add_callback(_RoundCallback(self))
         if hasattr(self.scorer, "check_encodable"):
             # A reward model whose tokenizer cannot read the pool is refused before training.
@@ -332,6 +333,47 @@ class IterativeSelectionTrainer(SFTTrainer):
 
     def _get_train_sampler(self, train_dataset=None):
         return self.round_sampler
+
+    def _epoch_rows(self) -> list[int]:
+        """Rows of every epoch of the run: the round's new rows ("continue") or every row selected so far ("restart")."""
+        sizes = self.round_sizes if self.args.round_mode == "continue" else np.cumsum(self.round_sizes).tolist()
+        return [int(n) for n in sizes for _ in range(self.args.epochs_per_round)]
+
+    def _plan_epoch_steps(self, dataloader) -> list[int]:
+        """Optimizer steps of every epoch on this rank, known before training: round sizes are fixed, and the
+        dataloader's length for a given row count is its batches per rank (accelerate's sharding and
+        `dataloader_drop_last` included); a last partial accumulation still makes a step."""
+        sampler, kept = self.round_sampler, self.round_sampler.length
+        batches = []
+        try:
+            for rows in self._epoch_rows():
+                sampler.length = rows
+                batches.append(len(dataloader))
+        finally:
+            sampler.length = kept
+        if 0 in batches:
+            epoch = batches.index(0)
+            raise InvalidArgumentError(
+                f"Epoch {epoch + 1} trains on {self._epoch_rows()[epoch]} rows, less than one batch per process "
+                f"(`per_device_train_batch_size`={self.args.per_device_train_batch_size}, "
+                f"`dataloader_drop_last`={self.args.dataloader_drop_last}): raise the budget or lower the batch size."
+            )
+        return [math.ceil(b / self.args.gradient_accumulation_steps) for b in batches]
+
+    def set_initial_training_values(self, args, dataloader):
+        self._epoch_steps = self._plan_epoch_steps(dataloader)
+        values = list(super().set_initial_training_values(args, dataloader))
+        # max_steps: the LR schedule (and its warm-up share) covers exactly the steps that run.
+        values[-1] = sum(self._epoch_steps)
+        return tuple(values)
+
+    def _run_epoch(self, model, epoch, train_dataloader, steps_in_epoch, num_update_steps_per_epoch, **kwargs):
+        # Rounds differ in length: each epoch runs its own batches, and its last partial accumulation
+        # steps the optimizer instead of leaking its gradient into the next round.
+        return super()._run_epoch(
+            model=model, epoch=epoch, train_dataloader=train_dataloader, steps_in_epoch=len(train_dataloader),
+            num_update_steps_per_epoch=self._epoch_steps[epoch], **kwargs,
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         rows = inputs.pop(ROW_ID, None)

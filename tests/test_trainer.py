@@ -1,5 +1,6 @@
 import glob
 import json
+import math
 import os
 import shutil
 from types import SimpleNamespace
@@ -299,6 +300,40 @@ def test_restart_mode_trains_each_round_on_everything_so_far(tmp_path):
     assert [r["cumulative_size"] for r in rounds] == [8, 16, 24]
     assert len(trainer.round_sampler.positions) == 24  # the last round saw all selected rows
     assert any(not np.allclose(initial[n], p.detach()) for n, p in trainer.model.named_parameters())
+
+
+# Hand-computed: 48 rows in 3 rounds of 16, batch 4, 3 batches per optimizer step. "continue" trains 4 batches a
+# round (2 steps: 3 + a partial 1); "restart" trains 16, 32 and 48 rows = 4, 8, 12 batches = 2 + 3 + 4 steps.
+@pytest.mark.parametrize("mode, steps", [("continue", [2, 2, 2]), ("restart", [2, 3, 4])])
+def test_the_lr_schedule_covers_exactly_the_steps_that_run(tmp_path, mode, steps):
+    from transformers import TrainerCallback
+
+    trainer = make_trainer(
+        tmp_path, round_mode=mode, gradient_accumulation_steps=3, lr_scheduler_type="linear", warmup_steps=0.25
+    )
+    optimizer_steps = []
+
+    class CountSteps(TrainerCallback):
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            optimizer_steps.append(state.global_step)
+
+    trainer.add_callback(CountSteps())
+    trainer.train()
+    total = sum(steps)
+    assert len(optimizer_steps) == trainer.state.global_step == trainer.state.max_steps == total
+    assert [r["global_step"] for r in trainer.selection.rounds] == np.cumsum(steps).tolist()
+    # Warm-up is a share of the steps that run, and the schedule ends at its final value (0 for linear).
+    warmup, peak = math.ceil(0.25 * total), trainer.args.learning_rate
+    expected = [peak * t / warmup if t < warmup else peak * (total - t) / (total - warmup) for t in range(total)]
+    logged = [log["learning_rate"] for log in trainer.state.log_history if "learning_rate" in log]
+    assert np.allclose(logged, expected, rtol=1e-6)
+    assert trainer.lr_scheduler.get_last_lr()[0] == 0.0
+
+
+def test_an_epoch_smaller_than_one_batch_per_process_is_refused(tmp_path):
+    trainer = make_trainer(tmp_path, budget=24, per_device_train_batch_size=16, dataloader_drop_last=True)
+    with pytest.raises(InvalidArgumentError, match="less than one batch per process"):
+        trainer.train()
 
 
 @pytest.mark.parametrize("mode", ["restart", "continue"])
