@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import numbers
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from trl import SFTConfig
 
 from .checks import check_choice, check_flag, check_int, check_model, check_name, check_number, check_seed
 from .embed import DEFAULT_ENCODER
 from .errors import InvalidArgumentError
-from .rounds import ROUND_MODES, WEIGHT_RULES, round_sizes
+from .rounds import ROUND_MODES, ROUND_QUOTAS, SCORED_ROWS, WEIGHT_RULES, canonical_weight_rule, round_sizes
 from .sample import check_budget, parse_budget, resolve_budget
 from .scorers import SCORERS
 
@@ -20,9 +20,21 @@ from .scorers import SCORERS
 # The fields a manifest records: what decides which rows an iterative run selects.
 _RECORDED_ARGUMENTS = (
     "budget", "rounds", "k", "encoder", "embedding_column", "quality_column", "quality_temperature", "scorer",
-    "weight_update", "weight_temperature", "scored_rows_per_cluster", "epochs_per_round", "round_mode",
-    "selection_seed", "pool_id",
+    "weight_update", "weight_temperature", "scored_rows", "scored_rows_per_cluster", "epochs_per_round", "round_mode",
+    "round_quotas", "embed_answer", "preset", "selection_seed", "pool_id",
 )
+
+# `preset="research_code"`: every choice of the paper's research code that differs from our defaults.
+PRESETS = {
+    "research_code": {
+        "round_quotas": "weights",  # round 1: equal quotas per cluster; later rounds: in proportion to the weights
+        "weight_update": "softmax_replace",  # softmax of the scores replaces the weights
+        "weight_temperature": 1.0,
+        "round_mode": "restart",  # re-train from the base model on all of D' every round
+        "scored_rows": "selected",  # score every row trained on so far
+        "embed_answer": False,  # embed the prompt only
+    }
+}
 
 
 def _parse_k(k) -> int | str:
@@ -78,13 +90,25 @@ class IterativeSelectionConfig(SFTConfig):
             Reward model id or path for `scorer="reward"`.
         reference_model (`str`, *optional*, defaults to `"HuggingFaceTB/SmolLM2-135M-Instruct"`):
             Reference causal LM for `scorer="likelihood"`.
-        weight_update (`str`, *optional*, defaults to `"paper"`):
-            `"paper"`: new weight ~ softmax(score / T) x old weight; `"research"`: softmax(score / T) alone.
+        weight_update (`str`, *optional*, defaults to `"softmax"`):
+            How cluster scores s move the cluster weights w (`rounds.update_weights`): `"softmax"`:
+            w x softmax(s / T), renormalised; `"linear"`: the paper's Eq. 6 as printed, w x s / sum(s)
+            (scores shifted to s - min(s) + T when any is <= 0); `"softmax_replace"` (the research code):
+            softmax(s / T) alone. The old names `"paper"` (= `"softmax"`) and `"research"`
+            (= `"softmax_replace"`) still work, with a `DeprecationWarning`.
         weight_temperature (`float`, *optional*, defaults to `1.0`):
-            Temperature T of the weight update.
+            Temperature T of the weight update (the shift of `"linear"`).
+        scored_rows (`str`, *optional*, defaults to `"round"`):
+            Which rows a round's scores come from, for every scorer: `"round"`, the rows drawn this round,
+            or `"selected"`, every row trained on so far (all of D', the paper's Algorithm 1 and the research
+            code). Generation scorers then sample `scored_rows_per_cluster` of them per cluster. Cost:
+            `"selected"` makes round r score r rounds' worth of rows, so with
+            `scored_rows_per_cluster=0` a generation scorer generates an answer for every trained row, about
+            (1 + 2 + ... + rounds) / rounds times the generation of `"round"` (2x for 3 rounds); the loss
+            scorer in "continue" mode adds a no-grad forward pass over the earlier rounds' rows.
         scored_rows_per_cluster (`int`, *optional*, defaults to `8`):
-            Rows of each cluster scored by generation scorers per round (0 = all trained rows; negative
-            values are refused).
+            Rows of each cluster scored by generation scorers per round, drawn from the `scored_rows`
+            (0 = all of them; negative values are refused).
         generation_max_new_tokens (`int`, *optional*, defaults to `128`):
             Length limit of the model's answers for generation scorers.
         scoring_batch_size (`int`, *optional*, defaults to `8`):
@@ -98,6 +122,19 @@ class IterativeSelectionConfig(SFTConfig):
             Passes over each round's rows.
         round_mode (`str`, *optional*, defaults to `"continue"`):
             `"continue"` (the paper) or `"restart"` (the research code).
+        round_quotas (`str`, *optional*, defaults to `"size"`):
+            Each round's cluster quotas: `"size"`, proportional to weight x rows not chosen yet (round 1 is
+            kMQ, the paper), or `"weights"`, proportional to the weight alone (round 1 gives every cluster
+            the same quota, the research code). Quotas always sum to the round's size exactly.
+        embed_answer (`bool`, *optional*, defaults to `True`):
+            Embed each row's gold answer with its prompt (the paper); `False` embeds the prompt only
+            (the research code).
+        preset (`str`, *optional*):
+            `"research_code"`: every selection choice of the paper's research code at once
+            (`round_quotas="weights"`, `weight_update="softmax_replace"` at T = 1, `round_mode="restart"`,
+            `scored_rows="selected"`, `embed_answer=False`, a uniform draw inside clusters, so no
+            `quality_column`), without its crash bugs (docs/method.md lists both). A field set to another
+            value than the preset's is refused.
         selection_seed (`int`, *optional*):
             Seed of clustering and draws, an int in [0, 2**31 - 1] (faiss's k-means takes a 32-bit seed);
             defaults to `seed`.
@@ -139,10 +176,21 @@ class IterativeSelectionConfig(SFTConfig):
         metadata={"help": "Reference causal LM for scorer='likelihood'."},
     )
     weight_update: str = field(
-        default="paper",
-        metadata={"help": "Cluster weight rule: 'paper' (x old weight) or 'research'.", "choices": list(WEIGHT_RULES)},
+        default="softmax",
+        metadata={
+            "help": "Cluster weight rule: 'softmax' (w x softmax(s/T)), 'linear' (the paper's Eq. 6, w x s/sum s) or "
+            "'softmax_replace' (the research code). Old names 'paper' and 'research' are deprecated aliases."
+        },
     )
-    weight_temperature: float = field(default=1.0, metadata={"help": "Temperature of the weight update softmax."})
+    weight_temperature: float = field(default=1.0, metadata={"help": "Temperature of the weight update (shift of 'linear')."})
+    scored_rows: str = field(
+        default="round",
+        metadata={
+            "help": "Rows each round is scored on, for every scorer: 'round' (drawn this round) or 'selected' (all "
+            "rows trained on so far, the paper's choice; costs more generation).",
+            "choices": list(SCORED_ROWS),
+        },
+    )
     scored_rows_per_cluster: int = field(
         default=8, metadata={"help": "Rows per cluster scored by generation scorers each round (0 = all)."}
     )
@@ -158,6 +206,20 @@ class IterativeSelectionConfig(SFTConfig):
     round_mode: str = field(
         default="continue",
         metadata={"help": "'continue' (paper) or 'restart' (research code).", "choices": list(ROUND_MODES)},
+    )
+    round_quotas: str = field(
+        default="size",
+        metadata={
+            "help": "Round quotas: 'size' (weight x rows left; round 1 = kMQ) or 'weights' (weight alone; the research code).",
+            "choices": list(ROUND_QUOTAS),
+        },
+    )
+    embed_answer: bool = field(
+        default=True, metadata={"help": "Embed the gold answer with the prompt (False: prompt only, the research code)."}
+    )
+    preset: str | None = field(
+        default=None,
+        metadata={"help": "'research_code': every selection choice of the paper's research code.", "choices": list(PRESETS)},
     )
     selection_seed: int | None = field(default=None, metadata={"help": "Seed of clustering and draws (default: seed)."})
     pool_id: str | None = field(
@@ -201,8 +263,31 @@ class IterativeSelectionConfig(SFTConfig):
         self.num_train_epochs = self.rounds * self.epochs_per_round
         super().__post_init__()
 
+    def _apply_preset(self) -> None:
+        """Set the preset's fields; a field already set to another value than the preset's is refused."""
+        if self.preset is None:
+            return
+        check_choice(self.preset, "preset", list(PRESETS))
+        defaults = {f.name: f.default for f in fields(self)}
+        for name, value in PRESETS[self.preset].items():
+            current = getattr(self, name)
+            if name == "weight_update":
+                current = canonical_weight_rule(current)
+            if current != defaults[name] and current != value:
+                raise InvalidArgumentError(
+                    f"`preset`={self.preset!r} sets `{name}`={value!r}, but `{name}`={getattr(self, name)!r} was given: "
+                    f"drop `{name}` or the preset."
+                )
+            setattr(self, name, value)
+        if self.quality_column is not None:
+            raise InvalidArgumentError(
+                f"`preset`={self.preset!r} draws uniformly inside clusters, as the research code does, so "
+                f"`quality_column`={self.quality_column!r} would be ignored: drop one of them."
+            )
+
     def _check_selection_fields(self) -> None:
         """The type and range of every selection field, before anything is loaded; numbers become Python numbers."""
+        self._apply_preset()
         self.budget = parse_budget(self.budget)
         check_budget(self.budget)
         self.budget = int(self.budget) if isinstance(self.budget, numbers.Integral) else float(self.budget)
@@ -222,8 +307,12 @@ class IterativeSelectionConfig(SFTConfig):
                 f"`scorer`={self.scorer!r}: the config takes a scorer's name ({list(SCORERS)}); pass a scorer "
                 "object or a callable to IterativeSelectionTrainer's `scorer=` instead."
             )
+        self.weight_update = canonical_weight_rule(self.weight_update)  # configs record the canonical name
         check_choice(self.weight_update, "weight_update", WEIGHT_RULES)
         check_choice(self.round_mode, "round_mode", ROUND_MODES)
+        check_choice(self.round_quotas, "round_quotas", ROUND_QUOTAS)
+        check_choice(self.scored_rows, "scored_rows", SCORED_ROWS)
+        self.embed_answer = check_flag(self.embed_answer, "embed_answer")
         self.scored_rows_per_cluster = check_int(
             self.scored_rows_per_cluster, "scored_rows_per_cluster", minimum=0, fix=" 0 scores every trained row."
         )

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -26,7 +27,11 @@ logger = logging.getLogger(__name__)
 
 ROUND_FILE = "round_{round}.json"
 ROUND_MODES = ("continue", "restart")
-WEIGHT_RULES = ("paper", "research")
+WEIGHT_RULES = ("softmax", "linear", "softmax_replace")
+# Names of the rules before they were named for what they compute; still accepted, with a warning.
+WEIGHT_RULE_ALIASES = {"paper": "softmax", "research": "softmax_replace"}
+ROUND_QUOTAS = ("size", "weights")
+SCORED_ROWS = ("round", "selected")
 _SEED_STRIDE = 1_000_003  # round r draws with seed * stride + r: rounds never share a stream
 
 
@@ -37,6 +42,19 @@ def round_sizes(budget_rows: int, rounds: int) -> list[int]:
     if rounds > budget_rows:
         raise InvalidArgumentError(f"`rounds`={rounds} is larger than the budget ({budget_rows} rows).")
     return [budget_rows // rounds + (1 if r < budget_rows % rounds else 0) for r in range(rounds)]
+
+
+def canonical_weight_rule(rule: str, argument: str = "weight_update") -> str:
+    """The name of a weight rule, an old name (`"paper"`, `"research"`) mapped to its new one with a `DeprecationWarning`."""
+    if isinstance(rule, str) and rule in WEIGHT_RULE_ALIASES:
+        new = WEIGHT_RULE_ALIASES[rule]
+        warnings.warn(
+            f"`{argument}`={rule!r} is deprecated: it is now called {new!r} (same behaviour). Pass {new!r}.",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return new
+    return rule
 
 
 def round_seed(selection_seed: int, round_index: int) -> int:
@@ -127,6 +145,7 @@ def draw_round(
     selection_seed: int,
     quality: np.ndarray | None = None,
     quality_temperature: float = 1.0,
+    quotas: str = "size",
 ) -> np.ndarray:
     """kMQ draw of `size` rows not selected yet, with the cluster weights of `state` (uniform in round 1).
 
@@ -147,9 +166,21 @@ def draw_round(
             Per-row quality for the in-cluster draw.
         quality_temperature (`float`, *optional*, defaults to `1.0`):
             Softmax temperature of the in-cluster draw.
+        quotas (`str`, *optional*, defaults to `"size"`):
+            `"size"`: cluster j's quota is proportional to w_j x its rows not chosen yet (the paper; round 1 is
+            kMQ). `"weights"`: proportional to w_j alone (the research code; round 1, with uniform weights,
+            gives every cluster the same quota). Either way the quotas sum to `size` exactly, and a cluster
+            with too few rows left gives the rest to the others.
     """
+    if quotas not in ROUND_QUOTAS:
+        raise InvalidArgumentError(f"`round_quotas`={quotas!r}; choose one of {list(ROUND_QUOTAS)}.")
     eligible = np.asarray(trainable, dtype=bool).copy()
     eligible[np.asarray(state.selected(), dtype=np.int64)] = False
+    weights = None if round_index == 1 and quotas == "size" else np.asarray(state.weights, dtype=np.float64)
+    if quotas == "weights":
+        # cluster_quotas shares in proportion to weight x rows left: dividing by the rows left leaves the weight.
+        available = np.bincount(labels[eligible], minlength=state.k)
+        weights = np.where(available > 0, weights / np.maximum(available, 1), 0.0)
     return kmq_sample(
         labels,
         size,
@@ -157,7 +188,7 @@ def draw_round(
         seed=round_seed(selection_seed, round_index),
         quality=quality,
         temperature=quality_temperature,
-        weights=None if round_index == 1 else np.asarray(state.weights),
+        weights=weights,
         eligible=eligible,
     )
 
@@ -275,24 +306,39 @@ def update_weights(
 ) -> np.ndarray:
     """Cluster weights for the next round from this round's cluster scores (NaN = not scored).
 
-    `"paper"` (Algorithm 1): w_j <- softmax(s / T)_j x w_j, renormalised; the softmax is scaled so
-    that scored clusters keep their total weight on average, and an unscored cluster keeps its
-    weight. `"research"` (the research code): scored clusters get softmax(s / T) of their total
-    weight, forgetting the previous split. Clusters with no rows left (`available == 0`) get 0.
+    With s the scores of the scored clusters and T = `temperature`:
+
+    - `"softmax"` (the default; a smooth reading of the paper's Eq. 6): w_j <- softmax(s / T)_j x w_j,
+      renormalised. Scored clusters keep their total weight on average.
+    - `"linear"` (the paper's Eq. 6 as printed): w_j <- (s_j / sum s) x w_j, renormalised. Eq. 6 needs
+      positive scores; when any score is <= 0 (a reward or likelihood difference can be), every score is
+      shifted first, s <- s - min(s) + T, so the order is kept and the lowest cluster keeps a share set by T.
+    - `"softmax_replace"` (the research code): scored clusters get softmax(s / T) of their total weight,
+      forgetting the previous split.
+
+    An unscored cluster keeps its weight; clusters with no rows left (`available == 0`) get 0. The old
+    names `"paper"` (= `"softmax"`) and `"research"` (= `"softmax_replace"`) still work, with a warning.
     """
+    rule = canonical_weight_rule(rule)
     if rule not in WEIGHT_RULES:
         raise InvalidArgumentError(f"`weight_update`={rule!r}; choose one of {list(WEIGHT_RULES)}.")
     weights = np.asarray(weights, dtype=np.float64).copy()
     scores = np.asarray(cluster_scores, dtype=np.float64)
     scored = np.isfinite(scores)
     if scored.any():
-        z = scores[scored] / temperature
-        soft = np.exp(z - z.max())
-        soft /= soft.sum()
-        if rule == "paper":
-            weights[scored] *= soft * scored.sum()
+        if rule == "linear":
+            s = scores[scored]
+            if s.min() <= 0:
+                s = s - s.min() + temperature
+            weights[scored] *= s / s.sum() * scored.sum()
         else:
-            weights[scored] = soft * weights[scored].sum()
+            z = scores[scored] / temperature
+            soft = np.exp(z - z.max())
+            soft /= soft.sum()
+            if rule == "softmax":
+                weights[scored] *= soft * scored.sum()
+            else:
+                weights[scored] = soft * weights[scored].sum()
     if available is not None:
         weights[np.asarray(available) <= 0] = 0.0
     total = weights.sum()
@@ -327,6 +373,8 @@ class RoundRecord:
         k_selection (`dict`, *optional*): how k was chosen (`None` when given).
         cluster_terms (`list[str]`, *optional*): each cluster's distinctive terms, so that a round file
             says in words what the clusters its weights move are (`None` where no text was described).
+        weight_update (`str`, *optional*): the weight rule that moved `weights`, by its canonical name
+            (`None` in round files written before it was recorded).
     """
 
     round: int
@@ -343,6 +391,7 @@ class RoundRecord:
     # Absent from round files written before they existed (from_dict accepts that).
     k_selection: dict | None = field(default=None)
     cluster_terms: list | None = field(default=None)
+    weight_update: str | None = field(default=None)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -350,7 +399,7 @@ class RoundRecord:
     @classmethod
     def from_dict(cls, data: dict) -> "RoundRecord":
         names = [f.name for f in fields(cls)]
-        optional = {"k_selection", "cluster_terms"}  # round files written before cluster_terms lack it
+        optional = {"k_selection", "cluster_terms", "weight_update"}  # older round files lack the later ones
         unknown, missing = set(data) - set(names), set(names) - optional - set(data)
         if unknown or missing:
             raise InvalidArgumentError(
@@ -383,6 +432,7 @@ def close_round(
     available = np.bincount(labels[trainable], minlength=state.k) - np.bincount(
         labels[np.asarray(state.selected(), dtype=np.int64)], minlength=state.k
     )
+    rule = canonical_weight_rule(rule)
     weights = update_weights(np.asarray(state.weights), means, rule=rule, temperature=temperature, available=available)
     record = RoundRecord(
         round=state.current_round,
@@ -398,6 +448,7 @@ def close_round(
         k=int(state.k),
         k_selection=k_selection,
         cluster_terms=cluster_terms,
+        weight_update=rule,
     )
     state.rounds.append(record.to_dict())
     state.weights = record.weights

@@ -15,6 +15,7 @@ gathered from all ranks before the weights move.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import os
@@ -59,7 +60,7 @@ from .rounds import (
     selection_manifest,
     write_round_file,
 )
-from .scorers import LossScorer, RoundScorer, as_scorer, score_rows, scorer_name
+from .scorers import LossScorer, RoundScorer, as_scorer, per_row_loss, score_rows, scorer_name
 from .select import cluster_pool, pool_embeddings
 
 __all__ = ["IterativeSelectionConfig", "IterativeSelectionTrainer"]
@@ -269,6 +270,8 @@ class IterativeSelectionTrainer(SFTTrainer):
         gold_needed = not (isinstance(scorer, LossScorer) or (isinstance(scorer, str) and scorer == "loss"))
         name = scorer if isinstance(scorer, str) else type(scorer).__name__
         self._render = training_render_options(pool, scorer=name, gold_needed=gold_needed)
+        if not args.embed_answer:  # the research code embeds the prompt only
+            self._render = dataclasses.replace(self._render, include_answer=False)
         return budget, sizes
 
     def _token_lengths(self) -> list[int]:
@@ -321,6 +324,7 @@ class IterativeSelectionTrainer(SFTTrainer):
                 selection_seed=self.args.selection_seed,
                 quality=self.quality,
                 quality_temperature=self.args.quality_temperature,
+                quotas=self.args.round_quotas,
             ).tolist()
         self.selection.current_round = round_index
         self.selection.current_rows = broadcast(rows)
@@ -397,7 +401,8 @@ class IterativeSelectionTrainer(SFTTrainer):
         r = self.current_round
         scored = r < self.args.rounds or self.args.score_last_round
         if scored:
-            scored_rows, scores = self._score_round(np.asarray(self.selection.current_rows, dtype=np.int64))
+            rows = self.selection.current_rows if self.args.scored_rows == "round" else self.selection.selected()
+            scored_rows, scores = self._score_round(np.asarray(rows, dtype=np.int64))
         else:
             scored_rows, scores = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
         record = close_round(
@@ -422,9 +427,15 @@ class IterativeSelectionTrainer(SFTTrainer):
             self.selection.current_round = r + 1
 
     def _score_round(self, rows: np.ndarray):
-        """Per-row scores S for this round (high = the gold answer still beats the model), from all ranks."""
+        """Per-row scores S of `rows` (this round's or all of D', `scored_rows`; high = the gold answer still
+        beats the model), gathered from all ranks."""
         if isinstance(self.scorer, LossScorer):
-            return merge_scores(list(self.selection.pending_losses) + self._gather(self.scorer.losses))
+            trained, losses = merge_scores(list(self.selection.pending_losses) + self._gather(self.scorer.losses))
+            keep = np.isin(trained, rows)
+            # Rows not trained this round ("continue" mode, scored_rows="selected") get a no-grad forward pass.
+            missing = np.setdiff1d(rows, trained)
+            extra_rows, extra = merge_scores(self._gather(self._forward_losses(missing))) if len(missing) else ([], [])
+            return merge_scores(list(zip(trained[keep], losses[keep])) + list(zip(extra_rows, extra)))
         args = self.args
         scored = sample_rows_per_cluster(
             self.labels, rows, args.scored_rows_per_cluster, seed=round_seed(args.selection_seed, self.current_round)
@@ -439,6 +450,36 @@ class IterativeSelectionTrainer(SFTTrainer):
             show_progress=self.accelerator.is_main_process, synced_gpus=world > 1 and self._model_is_sharded(),
         ).tolist()
         return merge_scores(self._gather(list(zip(mine.tolist(), values))))
+
+    def _forward_losses(self, rows: np.ndarray) -> list:
+        """`(row, loss)` of this rank's share of `rows` under the current model: the loss scorer's score of rows
+        that were not trained this round, from the same per-row loss as training records."""
+        if self._model_is_sharded():
+            raise InvalidArgumentError(
+                "scorer='loss' with scored_rows='selected' in round_mode='continue' needs a forward pass over earlier "
+                "rounds' rows, which a sharded model (DeepSpeed ZeRO-3, FSDP) cannot run on one rank: use "
+                "scored_rows='round', round_mode='restart' or a generation scorer."
+            )
+        mine = equal_share(rows, self.accelerator.process_index, self.accelerator.num_processes)
+        if not len(mine):
+            return []
+        dataset = self._remove_unused_columns(self.train_dataset.select(self.position_of_row[mine]), description="scoring")
+        loader = torch.utils.data.DataLoader(dataset, batch_size=self.args.scoring_batch_size, collate_fn=self.data_collator)
+        model = self.accelerator.unwrap_model(self.model)
+        was_training, pairs = model.training, []
+        model.eval()
+        try:
+            with torch.no_grad():
+                for batch in loader:
+                    ids = batch.pop(ROW_ID)
+                    batch = self._prepare_inputs(batch)
+                    position_ids = batch.get("position_ids") if getattr(self, "padding_free", False) else None
+                    outputs = model(**batch)
+                    losses = per_row_loss(outputs, batch["labels"], position_ids, rows=len(ids))
+                    pairs.extend(zip(ids.tolist(), losses.tolist()))
+        finally:
+            model.train(was_training)
+        return pairs
 
     def _gather(self, items: list) -> list:
         return gather_object(list(items)) if self.accelerator.num_processes > 1 else list(items)

@@ -56,7 +56,7 @@ def test_draw_round_is_kmq_seeded_per_round_and_skips_selected_rows():
     assert len(first) == 20 and trainable[first].all()
     np.testing.assert_array_equal(first, draw_round(state, labels, 20, round_index=1, trainable=trainable, selection_seed=7))
     state.current_rows = first.tolist()
-    close_round(state, labels, trainable, np.zeros(0, np.int64), np.zeros(0), rule="paper", temperature=1.0,
+    close_round(state, labels, trainable, np.zeros(0, np.int64), np.zeros(0), rule="softmax", temperature=1.0,
                 scorer="loss", scored=False, global_step=5, k_selection=None)
     second = draw_round(state, labels, 20, round_index=2, trainable=trainable, selection_seed=7)
     assert len(second) == 20 and not set(second.tolist()) & set(first.tolist())
@@ -70,7 +70,7 @@ def test_close_round_moves_weight_to_the_clusters_that_score_high_and_records_on
     state.current_rows = draw_round(state, labels, 20, round_index=1, trainable=trainable, selection_seed=0).tolist()
     rows = np.asarray(sorted(state.current_rows))
     scores = np.where(labels[rows] == 2, 3.0, 0.0)  # cluster 2 is the one still worth learning
-    record = close_round(state, labels, trainable, rows, scores, rule="paper", temperature=1.0, scorer="loss",
+    record = close_round(state, labels, trainable, rows, scores, rule="softmax", temperature=1.0, scorer="loss",
                          scored=True, global_step=3, k_selection={"method": "given"})
     assert np.argmax(record.weights) == 2 and sum(record.weights) == pytest.approx(1.0)
     assert record.cumulative_size == 20 and record.scored_rows == 20 and record.round == 1
@@ -78,10 +78,10 @@ def test_close_round_moves_weight_to_the_clusters_that_score_high_and_records_on
     assert state.rounds == [record.to_dict()] and state.weights == record.weights and state.current_rows == []
     # Round files have exactly the record's fields, whoever writes them.
     path = write_round_file(str(tmp_path), record.to_dict())
-    assert RoundRecord.from_dict(json.load(open(path))) == record
+    assert RoundRecord.from_dict(json.load(open(path))) == record and record.weight_update == "softmax"
     assert list(json.load(open(path))) == [
         "round", "weights", "cluster_scores", "selected", "selected_per_cluster", "cumulative_size", "scorer",
-        "scored", "scored_rows", "global_step", "k", "k_selection", "cluster_terms",
+        "scored", "scored_rows", "global_step", "k", "k_selection", "cluster_terms", "weight_update",
     ]
     with pytest.raises(InvalidArgumentError, match="missing fields"):
         write_round_file(str(tmp_path), {"round": 1, "weights": [1.0]})
@@ -99,7 +99,7 @@ def test_three_rounds_in_numpy_spend_the_budget_exactly_and_follow_the_scores():
         state.current_round = r
         drawn.append(list(state.current_rows))
         rows = np.asarray(sorted(state.current_rows))
-        close_round(state, labels, trainable, rows, (labels[rows] == 0).astype(float) * 2.0, rule="paper",
+        close_round(state, labels, trainable, rows, (labels[rows] == 0).astype(float) * 2.0, rule="softmax",
                     temperature=1.0, scorer="loss", scored=True, global_step=r, k_selection=None)
     chosen = [row for rows in drawn for row in rows]
     assert len(chosen) == len(set(chosen)) == 48
@@ -113,7 +113,7 @@ def test_an_exhausted_cluster_drops_to_zero_weight():
     state = SelectionState.start(labels, 2)
     trainable = np.ones(6, dtype=bool)
     state.current_rows = [0, 1, 2]
-    record = close_round(state, labels, trainable, np.array([0, 1, 2]), np.array([5.0, 5.0, 0.0]), rule="paper",
+    record = close_round(state, labels, trainable, np.array([0, 1, 2]), np.array([5.0, 5.0, 0.0]), rule="softmax",
                          temperature=1.0, scorer="loss", scored=True, global_step=1, k_selection=None)
     assert record.weights == [0.0, 1.0]
 
@@ -197,7 +197,7 @@ def test_paper_weight_rule_moves_weight_toward_high_scores_and_remembers():
     old = np.array([0.7, 0.1, 0.1, 0.1])
     assert np.allclose(update_weights(old, np.zeros(4)), old)
     # ...while the research code's rule forgets them.
-    assert np.allclose(update_weights(old, np.zeros(4), rule="research"), 0.25)
+    assert np.allclose(update_weights(old, np.zeros(4), rule="softmax_replace"), 0.25)
     # A lower temperature sharpens the update; exhausted clusters get nothing.
     sharp = update_weights(np.full(4, 0.25), np.array([1.0, 0.0, 0.0, 0.0]), temperature=0.1)
     soft = update_weights(np.full(4, 0.25), np.array([1.0, 0.0, 0.0, 0.0]), temperature=10.0)
@@ -236,7 +236,7 @@ def test_round_errors_name_the_argument():
     with pytest.raises(InvalidArgumentError, match=_exactly("`rows` holds duplicate row ids.")):
         sample_rows_per_cluster(labels, np.array([3, 0, 2, 2]), 1, seed=0)
     with pytest.raises(InvalidArgumentError, match=_exactly(
-        "`weight_update`='bogus'; choose one of ['paper', 'research']."
+        "`weight_update`='bogus'; choose one of ['softmax', 'linear', 'softmax_replace']."
     )):
         update_weights(np.full(2, 0.5), np.zeros(2), rule="bogus")
 
@@ -276,9 +276,9 @@ def test_unscored_clusters_keep_their_weight_under_both_rules():
     np.testing.assert_allclose(update_weights(old, np.array([2.0, 2.0, np.nan, 2.0])), old)
     # The research rule splits the scored clusters' total by softmax and leaves the unscored one alone.
     flat = np.full(4, 0.25)
-    np.testing.assert_allclose(update_weights(flat, np.array([1.0, 1.0, np.nan, 1.0]), rule="research"), flat)
+    np.testing.assert_allclose(update_weights(flat, np.array([1.0, 1.0, np.nan, 1.0]), rule="softmax_replace"), flat)
     np.testing.assert_allclose(
-        update_weights(flat, np.array([np.log(3.0), 0.0, np.nan, 0.0]), rule="research"), [0.45, 0.15, 0.25, 0.15]
+        update_weights(flat, np.array([np.log(3.0), 0.0, np.nan, 0.0]), rule="softmax_replace"), [0.45, 0.15, 0.25, 0.15]
     )
     # Scores as round records store them: None is a cluster without a scored row.
     np.testing.assert_allclose(update_weights(np.array([0.5, 0.5]), [None, 1.0]), [0.5, 0.5])
@@ -400,7 +400,7 @@ def test_round_one_draws_without_cluster_weights_even_where_uniform_weights_roun
 def _close(state, labels, trainable, scores_by_cluster, **options):
     rows = np.asarray(sorted(state.current_rows), dtype=np.int64)
     scores = np.asarray(scores_by_cluster, dtype=float)[labels[rows]]
-    settings = dict(rule="paper", temperature=1.0, scorer="loss", scored=True, global_step=1, k_selection=None)
+    settings = dict(rule="softmax", temperature=1.0, scorer="loss", scored=True, global_step=1, k_selection=None)
     return close_round(state, labels, trainable, rows, scores, **{**settings, **options})
 
 
@@ -420,7 +420,7 @@ def test_close_round_when_the_last_cluster_drew_nothing_or_has_no_trainable_row(
     assert record.weights[3] == 0.0 and sum(record.weights) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("rule", ["paper", "research"])
+@pytest.mark.parametrize("rule", ["softmax", "softmax_replace"])
 def test_close_round_applies_the_rule_and_temperature_it_is_given(rule):
     labels = _labels()
     trainable = np.ones(len(labels), dtype=bool)
@@ -504,3 +504,69 @@ def test_selection_manifest_names_the_rounds_there_are(config):
         f"`config`={config!r}: the finished rounds are ['round_1', 'round_2'] (or 'default')."
     )):
         selection_manifest(state, labels, config, method="iterative_kmq", seed=4, budget_requested=12, budget_rows=12)
+
+
+# ------------------------------------------------------------------------------------------------
+# Weight rules by name, and the research code's quotas: small cases computed by hand.
+# ------------------------------------------------------------------------------------------------
+
+
+def test_linear_rule_is_the_papers_eq6_as_printed():
+    # w_j <- (s_j / sum s) * w_j, renormalised: [.5, .5] with s = [3, 1] -> [3/4, 1/4].
+    np.testing.assert_allclose(update_weights([0.5, 0.5], np.array([3.0, 1.0]), rule="linear"), [0.75, 0.25])
+    # The old weights multiply: [.2, .8] -> [.2 * 3, .8 * 1] / 1.4 = [3/7, 4/7].
+    np.testing.assert_allclose(update_weights([0.2, 0.8], np.array([3.0, 1.0]), rule="linear"), [3 / 7, 4 / 7])
+    # Linear, not softmax: scores 2 and 1 split 2:1 (softmax would give e:1).
+    np.testing.assert_allclose(update_weights([0.5, 0.5], np.array([2.0, 1.0]), rule="linear"), [2 / 3, 1 / 3])
+    # A score <= 0 shifts every score to s - min(s) + T: [1, -1] -> [3, 1] at T = 1, [4, 2] at T = 2.
+    np.testing.assert_allclose(update_weights([0.5, 0.5], np.array([1.0, -1.0]), rule="linear"), [0.75, 0.25])
+    np.testing.assert_allclose(
+        update_weights([0.5, 0.5], np.array([1.0, -1.0]), rule="linear", temperature=2.0), [2 / 3, 1 / 3]
+    )
+    # Positive scores are used as printed: the temperature does nothing then.
+    np.testing.assert_allclose(update_weights([0.5, 0.5], np.array([3.0, 1.0]), rule="linear", temperature=5.0), [0.75, 0.25])
+    # An unscored cluster keeps its weight: scored factors 3/6*3, 1/6*3, 2/6*3 = 1.5, 0.5, 1.
+    np.testing.assert_allclose(
+        update_weights(np.full(4, 0.25), np.array([3.0, 1.0, np.nan, 2.0]), rule="linear"), [0.375, 0.125, 0.25, 0.25]
+    )
+
+
+def test_old_rule_names_still_work_with_a_warning_naming_the_new_one():
+    old = np.array([0.2, 0.8])
+    scores = np.array([np.log(3.0), 0.0])
+    for alias, name in (("paper", "softmax"), ("research", "softmax_replace")):
+        with pytest.warns(DeprecationWarning, match=f"`weight_update`='{alias}' is deprecated: it is now called '{name}'"):
+            got = update_weights(old, scores, rule=alias)
+        np.testing.assert_allclose(got, update_weights(old, scores, rule=name))
+    np.testing.assert_allclose(update_weights(old, scores, rule="softmax"), [3 / 7, 4 / 7])
+    np.testing.assert_allclose(update_weights(old, scores, rule="softmax_replace"), [0.75, 0.25])
+
+
+def test_research_code_quotas_are_equal_in_round_one_then_follow_the_weights_alone():
+    labels = _labels()  # clusters of 40, 30, 20, 10 rows
+    trainable = np.ones(len(labels), dtype=bool)
+    state = SelectionState.start(labels, 4)
+    first = draw_round(state, labels, 20, round_index=1, trainable=trainable, selection_seed=0, quotas="weights")
+    assert np.bincount(labels[first], minlength=4).tolist() == [5, 5, 5, 5]  # int(20 / 4) each
+    # 22 rows: 5 each, the 2 left over by largest remainder (ties to the lower cluster id); budgets stay exact.
+    extra = draw_round(state, labels, 22, round_index=1, trainable=trainable, selection_seed=0, quotas="weights")
+    assert np.bincount(labels[extra], minlength=4).tolist() == [6, 6, 5, 5]
+    # A cluster smaller than its quota gives the rest to the others (the research code would crash):
+    # 60 rows = 15 each, cluster 3 has 10, the other 50 split 17/17/16.
+    capped = draw_round(state, labels, 60, round_index=1, trainable=trainable, selection_seed=0, quotas="weights")
+    assert np.bincount(labels[capped], minlength=4).tolist() == [17, 17, 16, 10]
+    # The paper's quotas for the same 20 rows are size-proportional.
+    sized = draw_round(state, labels, 20, round_index=1, trainable=trainable, selection_seed=0)
+    assert np.bincount(labels[sized], minlength=4).tolist() == [8, 6, 4, 2]
+    # Later rounds: proportional to the weight alone, whatever is left in each cluster...
+    state.current_rows = first.tolist()
+    state.weights = [0.5, 0.25, 0.25, 0.0]
+    second = draw_round(state, labels, 20, round_index=2, trainable=trainable, selection_seed=0, quotas="weights")
+    assert np.bincount(labels[second], minlength=4).tolist() == [10, 5, 5, 0]
+    assert not set(second) & set(first)
+    # ...where the paper's quotas weigh by the rows left too: shares 0.5 * 35, 0.25 * 25, 0.25 * 15 of 20 rows
+    # = 12.73, 4.55, 2.73 -> 12, 4, 2 and the 2 largest remainders -> 13, 4, 3.
+    paper = draw_round(state, labels, 20, round_index=2, trainable=trainable, selection_seed=0)
+    assert np.bincount(labels[paper], minlength=4).tolist() == [13, 4, 3, 0]
+    with pytest.raises(InvalidArgumentError, match=r"`round_quotas`='equal'; choose one of \['size', 'weights'\]"):
+        draw_round(state, labels, 20, round_index=2, trainable=trainable, selection_seed=0, quotas="equal")

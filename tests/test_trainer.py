@@ -358,26 +358,33 @@ def test_restart_mode_resets_weights_and_optimizer_after_every_round_but_the_las
         assert [r for r, _ in seen] == [False, False, False] and all(n > 0 for _, n in seen)
 
 
-@pytest.mark.parametrize("rule", ["paper", "research"])
+@pytest.mark.parametrize("rule", ["softmax", "linear", "softmax_replace", "research"])  # "research": an old name
 def test_the_weight_rule_inside_the_trainer_is_the_one_asked_for(tmp_path, rule):
-    from hf_idsel.rounds import update_weights
+    from hf_idsel.rounds import WEIGHT_RULE_ALIASES, WEIGHT_RULES, update_weights
 
     def by_topic(prompts, golds, generations):  # the same score for a topic every round: the paper rule compounds
         return [next(v for key, v in (("colour", 1.0), ("plus", 0.5), ("hello", 0.0), ("about", -1.0)) if key in p) for p in prompts]
 
-    trainer = make_trainer(tmp_path, scorer=by_topic, budget=24, weight_update=rule, weight_temperature=0.5)
+    canonical = WEIGHT_RULE_ALIASES.get(rule, rule)
+    if rule in WEIGHT_RULE_ALIASES:
+        with pytest.warns(DeprecationWarning, match=f"now called '{canonical}'"):
+            trainer = make_trainer(tmp_path, scorer=by_topic, budget=24, weight_update=rule, weight_temperature=0.5)
+    else:
+        trainer = make_trainer(tmp_path, scorer=by_topic, budget=24, weight_update=rule, weight_temperature=0.5)
     trainer.train()
     rounds = read_rounds(trainer.args.output_dir)
     previous = [0.25] * 4
     for r in rounds:
         scores = [np.nan if s is None else s for s in r["cluster_scores"]]
-        expected = update_weights(np.asarray(previous), np.asarray(scores), rule=rule, temperature=0.5)
+        expected = update_weights(np.asarray(previous), np.asarray(scores), rule=canonical, temperature=0.5)
         np.testing.assert_allclose(r["weights"], expected, atol=1e-9)
-        other = update_weights(np.asarray(previous), np.asarray(scores), rule="research" if rule == "paper" else "paper", temperature=0.5)
-        if r["round"] > 1:  # the rules part ways once the weights are no longer uniform
-            assert not np.allclose(r["weights"], other, atol=1e-6)
+        for other_rule in set(WEIGHT_RULES) - {canonical}:
+            other = update_weights(np.asarray(previous), np.asarray(scores), rule=other_rule, temperature=0.5)
+            if r["round"] > 1:  # the rules part ways once the weights are no longer uniform
+                assert not np.allclose(r["weights"], other, atol=1e-6)
+        assert r["weight_update"] == canonical  # round files and manifests record the canonical name
         previous = r["weights"]
-    assert trainer.selection_manifest().arguments["weight_update"] == rule
+    assert trainer.selection_manifest().arguments["weight_update"] == canonical
 
 
 def test_k_auto_inside_the_trainer_finds_the_planted_clusters(tmp_path):
