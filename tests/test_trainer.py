@@ -743,3 +743,91 @@ def test_padding_free_batches_are_split_back_into_rows():
         got = _per_row_loss(SimpleNamespace(logits=logits), flat["labels"], flat["position_ids"], rows=len(texts))
     assert got.shape == (3,)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "scorer, mode, which",
+    [
+        ("judge", "continue", "selected"),  # generation scorer over all of D'
+        ("judge", "continue", "round"),
+        ("loss", "continue", "selected"),  # earlier rounds' rows get a forward pass
+        ("loss", "restart", "round"),  # restart trains on all of D', but only this round's rows are scored
+    ],
+)
+def test_scored_rows_is_the_same_setting_for_every_scorer(tmp_path, scorer, mode, which):
+    trainer = make_trainer(
+        tmp_path, scorer=JudgeScorer(junk_judge) if scorer == "judge" else "loss", budget=24, round_mode=mode,
+        scored_rows=which, scored_rows_per_cluster=0,
+    )
+    trainer.train()
+    rounds = read_rounds(trainer.args.output_dir)
+    expected = [r["cumulative_size"] if which == "selected" else len(r["selected"]) for r in rounds]
+    assert [r["scored_rows"] for r in rounds] == expected == ([8, 16, 24] if which == "selected" else [8, 8, 8])
+    # Every cluster the scored rows touch has a finite score.
+    for r in rounds:
+        rows = [row for done in rounds[: r["round"]] for row in done["selected"]] if which == "selected" else r["selected"]
+        touched = set(trainer.labels[rows].tolist())
+        assert all(r["cluster_scores"][c] is not None and np.isfinite(r["cluster_scores"][c]) for c in touched)
+        assert all(r["cluster_scores"][c] is None for c in set(range(4)) - touched)
+
+
+def test_the_loss_scorer_rescores_earlier_rounds_with_the_training_loss(tmp_path):
+    # At learning rate 0 the model never changes, so the forward pass over round 1's rows in round 2 must give
+    # exactly the losses those rows had in training: round 2's cluster means over all of D' are then the
+    # size-weighted means of the "round" run's round 1 and round 2 cluster means.
+    per_round = make_trainer(tmp_path / "a", budget=24, learning_rate=0.0, scored_rows="round")
+    per_round.train()
+    everything = make_trainer(tmp_path / "b", budget=24, learning_rate=0.0, scored_rows="selected")
+    everything.train()
+    one, two = per_round.selection.rounds[:2]
+    assert everything.selection.rounds[1]["selected"] == two["selected"]
+    n1, n2 = np.asarray(one["selected_per_cluster"]), np.asarray(two["selected_per_cluster"])
+    m1 = np.asarray([np.nan if v is None else v for v in one["cluster_scores"]])
+    m2 = np.asarray([np.nan if v is None else v for v in two["cluster_scores"]])
+    expected = (np.nan_to_num(m1) * n1 + np.nan_to_num(m2) * n2) / (n1 + n2)
+    np.testing.assert_allclose(everything.selection.rounds[1]["cluster_scores"], expected, rtol=1e-5)
+    assert everything.selection.rounds[1]["scored_rows"] == 16
+
+
+def test_research_code_preset_sets_every_choice_and_draws_its_quotas(tmp_path):
+    pool = make_pool()
+    topics = np.asarray(pool["topic"])
+    pool = pool.select(np.flatnonzero((topics != 1) | (np.arange(len(pool)) % 2 == 0)))  # clusters of 24, 12, 24, 24
+    trainer = make_trainer(tmp_path, pool=pool, preset="research_code", scorer=JudgeScorer(junk_judge), budget=48)
+    a = trainer.args
+    assert (a.round_quotas, a.weight_update, a.weight_temperature, a.round_mode, a.scored_rows, a.embed_answer) == (
+        "weights", "softmax_replace", 1.0, "restart", "selected", False
+    )
+    assert trainer._render.include_answer is False  # prompt-only text
+    trainer.train()
+    rounds = read_rounds(a.output_dir)
+    assert rounds[0]["selected_per_cluster"] == [4, 4, 4, 4]  # int(16 / 4) each, not size-proportional
+    # Round 2 follows the weights alone (no cluster ran out yet); round 3 finds the small cluster nearly empty.
+    ideal = 16 * np.asarray(rounds[0]["weights"])
+    assert np.abs(np.asarray(rounds[1]["selected_per_cluster"]) - ideal).max() < 1
+    # Scored: up to scored_rows_per_cluster (4) rows of each cluster among all rows selected so far.
+    so_far = np.cumsum([r["selected_per_cluster"] for r in rounds], axis=0)
+    assert [r["scored_rows"] for r in rounds] == np.minimum(so_far, 4).sum(axis=1).tolist()
+    manifest = trainer.selection_manifest()
+    assert manifest.arguments["preset"] == "research_code" and manifest.render["include_answer"] is False
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        ({"preset": "research_code", "weight_update": "linear"}, "`preset`='research_code' sets `weight_update`='softmax_replace', but"),
+        ({"preset": "research_code", "round_mode": "continue"}, None),  # the default value: the preset sets it
+        ({"preset": "research_code", "quality_column": "q"}, "draws uniformly inside clusters"),
+        ({"preset": "paper"}, r"`preset`='paper'; choose one of \['research_code'\]"),
+        ({"scored_rows": "all"}, r"`scored_rows`='all'; choose one of \['round', 'selected'\]"),
+        ({"round_quotas": "equal"}, r"`round_quotas`='equal'; choose one of \['size', 'weights'\]"),
+        ({"embed_answer": "no"}, r"`embed_answer`='no' must be True or False"),
+    ],
+)
+def test_preset_and_round_fields_are_checked(tmp_path, config, match):
+    if match is None:
+        args = IterativeSelectionConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False, **config)
+        assert args.round_mode == "restart"
+        return
+    with pytest.raises(InvalidArgumentError, match=match):
+        IterativeSelectionConfig(output_dir=str(tmp_path), report_to="none", **config)
