@@ -89,7 +89,8 @@ class IterativeSelectionConfig(SFTConfig):
         reward_model (`str`, *optional*):
             Reward model id or path for `scorer="reward"`.
         reference_model (`str`, *optional*, defaults to `"HuggingFaceTB/SmolLM2-135M-Instruct"`):
-            Reference causal LM for `scorer="likelihood"`.
+            Reference causal LM for `scorer="likelihood"`, or `"base"`: the trained model with its LoRA
+            adapters disabled (no second model; needs a `peft_config`).
         weight_update (`str`, *optional*, defaults to `"softmax"`):
             How cluster scores s move the cluster weights w (`rounds.update_weights`): `"softmax"`:
             w x softmax(s / T), renormalised; `"linear"`: the paper's Eq. 6 as printed, w x s / sum(s)
@@ -173,7 +174,7 @@ class IterativeSelectionConfig(SFTConfig):
     reward_model: str | None = field(default=None, metadata={"help": "Reward model id or path for scorer='reward'."})
     reference_model: str = field(
         default="HuggingFaceTB/SmolLM2-135M-Instruct",
-        metadata={"help": "Reference causal LM for scorer='likelihood'."},
+        metadata={"help": "Reference causal LM for scorer='likelihood', or 'base' (the trained model with its LoRA adapters off)."},
     )
     weight_update: str = field(
         default="softmax",

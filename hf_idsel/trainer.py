@@ -212,6 +212,8 @@ class IterativeSelectionTrainer(SFTTrainer):
         self._license = base_model_license(self._base_model, args.hub_license, args.hub_token) if args.push_to_hub else args.hub_license
         self.scorer = as_scorer(scorer, args, device=args.device, show_progress=args.process_index == 0)
         self.scorer_name = scorer_name(self.scorer)
+        if hasattr(self.scorer, "check_model") and kwargs.get("peft_config") is None:
+            self.scorer.check_model(model)  # reference="base" needs adapters to switch off
         pool_with_ids = train_dataset.add_column(ROW_ID, list(range(len(train_dataset))))
         super().__init__(model, args=args, train_dataset=pool_with_ids, **kwargs)
         self.data_collator = _RowIdCollator(self.data_collator)

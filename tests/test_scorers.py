@@ -545,3 +545,35 @@ def test_smollm2_reference_scores_and_generates(smollm2):
     assert (good_gold > 0).all() and (junk_gold < 0).all()
     answers = generate_answers(model, tokenizer, prompts[:1], max_new_tokens=16, show_progress=False)
     assert "Paris" in answers[0]
+
+
+def test_likelihood_scorer_with_the_base_as_reference_needs_no_second_model(trained, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = trained
+    base = copy.deepcopy(model)
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    with torch.no_grad():  # adapters that change the model (LoRA's B starts at zero)
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    loads, original = [], scorers_module.load_reference_model
+    monkeypatch.setattr(scorers_module, "load_reference_model", lambda *a, **k: loads.append(a) or original(*a, **k))
+    prompts, golds = fact_rows(tokenizer)
+    generations = ["The answer is a colour."] * len(prompts)
+    scorer = LikelihoodScorer("base", batch_size=3, show_progress=False)
+    with pytest.raises(InvalidArgumentError, match="call `scorer.bind"):
+        scorer(prompts, golds, generations)
+    free = scorer.bind(peft_model, tokenizer)(prompts, golds, generations)
+    assert loads == []  # nothing loaded: the reference is the trained model with its adapters off
+    # The same scores as a separate copy of the base model, and not those of the adapted model.
+    separate = LikelihoodScorer(base, tokenizer=tokenizer, batch_size=3, show_progress=False)(prompts, golds, generations)
+    np.testing.assert_allclose(free, separate, atol=1e-5)
+    adapted = LikelihoodScorer(peft_model, tokenizer=tokenizer, batch_size=3, show_progress=False)(prompts, golds, generations)
+    assert np.abs(free - adapted).max() > 1e-3
+    # The adapters are back on afterwards.
+    again = LikelihoodScorer(peft_model, tokenizer=tokenizer, batch_size=3, show_progress=False)(prompts, golds, generations)
+    np.testing.assert_allclose(again, adapted, atol=1e-6)
+    # A model without adapters has no base to fall back to.
+    with pytest.raises(InvalidArgumentError, match="has none: train with a `peft_config`"):
+        scorer.bind(base, tokenizer)

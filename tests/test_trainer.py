@@ -831,3 +831,23 @@ def test_preset_and_round_fields_are_checked(tmp_path, config, match):
         return
     with pytest.raises(InvalidArgumentError, match=match):
         IterativeSelectionConfig(output_dir=str(tmp_path), report_to="none", **config)
+
+
+def test_likelihood_scorer_with_the_base_as_reference_inside_the_trainer(tmp_path, monkeypatch):
+    from peft import LoraConfig
+
+    from hf_idsel import scorers
+
+    loads = []
+    monkeypatch.setattr(scorers, "load_reference_model", lambda *a, **k: loads.append(a))
+    with pytest.raises(InvalidArgumentError, match="has none: train with a `peft_config`"):
+        make_trainer(tmp_path, scorer="likelihood", reference_model="base", budget=16, rounds=2)
+    trainer = make_trainer(
+        tmp_path, scorer="likelihood", reference_model="base", budget=16, rounds=2,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    trainer.train()
+    rounds = read_rounds(trainer.args.output_dir)
+    assert loads == [] and [r["scorer"] for r in rounds] == ["likelihood", "likelihood"]
+    assert all(r["scored_rows"] > 0 for r in rounds)
+    assert all(s is None or np.isfinite(s) for r in rounds for s in r["cluster_scores"])
