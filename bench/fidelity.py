@@ -443,7 +443,7 @@ def train_iterative(base, tokenizer, pool: datasets.Dataset, scorer: str, cfg: F
     args = IterativeSelectionConfig(
         budget=cfg.budget, rounds=cfg.rounds, epochs_per_round=1, k=str(cfg.k), embedding_column="embedding",
         quality_column="quality", quality_temperature=cfg.quality_temperature, scorer=scorer,
-        weight_update="paper", weight_temperature=cfg.weight_temperature,
+        weight_update="softmax", weight_temperature=cfg.weight_temperature,
         scored_rows_per_cluster=cfg.scored_rows_per_cluster, generation_max_new_tokens=cfg.generation_max_new_tokens,
         scoring_batch_size=cfg.eval_batch_size, selection_seed=seed, round_mode="continue",
         # The last round's scores would only set weights that draw nothing.

@@ -32,7 +32,7 @@ import trl
 from .errors import InvalidArgumentError
 from .pool import BUILTIN_POOL
 from .pool import load_pool as load_split
-from .quality import DEFAULT_REFERENCE_MODEL
+from .quality import DEFAULT_REFERENCE_MODEL, score_quality
 from .render import chatml_turns
 from .config import IterativeSelectionConfig
 from .trainer import IterativeSelectionTrainer
@@ -64,6 +64,11 @@ class ScriptArguments(trl.ScriptArguments):
         max_pool_rows (`int`, *optional*):
             Use a seeded uniform sample of this many pool rows (kept in pool order) instead of the whole pool, for
             smoke tests and laptops. Seeded with `seed`, so every process draws the same rows.
+        quality_model (`str`, *optional*):
+            Score every pool row's gold answer with this reference causal LM before selection
+            ([`~hf_idsel.score_quality`], mean answer log-likelihood, cached) into the column `quality_column`
+            (default `"quality"`), so that the draw inside each cluster is quality-weighted: iterative kMQ rather
+            than iterative kM-random. The paper used Deita quality x complexity scores instead.
     """
 
     dataset_name: str | None = field(
@@ -77,6 +82,13 @@ class ScriptArguments(trl.ScriptArguments):
     max_pool_rows: int | None = field(
         default=None,
         metadata={"help": "Use a seeded sample of this many pool rows instead of the whole pool (smoke tests)."},
+    )
+    quality_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Reference LM that scores every pool row's answer into `quality_column` (default 'quality') "
+            "before selection, so rounds draw with quality inside clusters (kMQ)."
+        },
     )
 
 
@@ -135,6 +147,11 @@ def validate_args(script_args: ScriptArguments, training_args: IterativeSelectio
         raise InvalidArgumentError(
             f"`chat_template_path`={template!r} is not a file (relative paths start from the working directory "
             f"{os.getcwd()!r}: launch from the repository root)."
+        )
+    if script_args.quality_model is not None and training_args.preset is not None:
+        raise InvalidArgumentError(
+            f"`quality_model` weights the draw inside clusters, but `preset`={training_args.preset!r} draws uniformly "
+            "there: drop one of them."
         )
     if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
         raise InvalidArgumentError("`load_in_4bit`/`load_in_8bit` train LoRA adapters only: set `use_peft` too.")
@@ -360,7 +377,19 @@ def main(script_args: ScriptArguments, training_args: IterativeSelectionConfig, 
         pool, eval_dataset = load_pool(
             script_args, seed=training_args.seed, with_test_split=training_args.eval_strategy != "no"
         )
+    quality_column = training_args.quality_column or "quality"
+    if script_args.quality_model is not None:
+        if quality_column in pool.column_names:
+            raise InvalidArgumentError(
+                f"`quality_model` would write the column {quality_column!r}, which the pool already has: set "
+                "`quality_column` to another name, or drop `quality_model` to draw by the pool's own column."
+            )
+        training_args.quality_column = None  # written below, after the cheap checks
     training_args.check_pool(pool)  # budget, rounds, k and columns, before the model loads
+    if script_args.quality_model is not None:
+        with training_args.main_process_first(desc="scoring the pool's quality"):  # the others read the cache
+            pool = score_quality(pool, script_args.quality_model, column=quality_column, device=training_args.device)
+        training_args.quality_column = quality_column
     name = script_args.dataset_name
     whole_hub_pool = name != BUILTIN_POOL and not os.path.exists(name) and not script_args.max_pool_rows
     if training_args.pool_id is None and whole_hub_pool:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 import yaml
 from _tiny import make_tiny_llama, save_tiny_llama, single_thread, tiny_reward_model
@@ -133,13 +134,19 @@ def test_paper_recipe_on_an_alpaca_pool_with_its_chat_template_and_reward_scorer
         "--scoring_batch_size", "4", "--epochs_per_round", "1", "--bf16", "false", "--use_cpu", "true",
         "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--gradient_checkpointing", "false",
         "--max_length", "64", "--save_strategy", "no", "--output_dir", str(out), "--disable_tqdm", "true",
+        "--quality_model", model_dir,  # the recipe's quality model, stood in for by the tiny base
     ])
     assert training_args.rounds == 3 and training_args.scorer == "reward"  # from the recipe
     trainer = main(script_args, training_args, model_args)
+    # Iterative kMQ, not kM-random: every pool row has a quality score and the draws read it.
+    assert training_args.quality_column == "quality" and trainer.quality is not None
+    assert np.isfinite(trainer.quality).all() and len(set(trainer.quality.tolist())) > 1
+    assert trainer.selection_manifest().arguments["quality_column"] == "quality"
 
     files = read_rounds(out)
     assert [f["cumulative_size"] for f in files] == [4, 8, 12]
-    assert all(f["scorer"] == "reward" and f["scored_rows"] == 4 for f in files)
+    assert all(f["scorer"] == "reward" for f in files)
+    assert [f["scored_rows"] for f in files] == [4, 8, 12]  # the recipe scores all of D' every round
     assert "prompt" in trainer.pool.column_names and "instruction" not in trainer.pool.column_names
     first = trainer.train_dataset[0]
     text = trainer.processing_class.decode(first["input_ids"])
@@ -191,6 +198,7 @@ def _laptop_args(tmp_path, *overrides):
         (["--eval_strategy", "epoch"], rf"`dataset_name`='{BUILTIN_POOL}' has no test split"),
         (["--budget", "10.5"], r"`budget`=10.5 as a float is a fraction of the pool"),
         (["--load_in_4bit", "true", "--use_peft", "false"], r"`use_peft`"),
+        (["--quality_model", "x", "--preset", "research_code"], r"`quality_model` weights the draw inside clusters"),
     ],
 )
 def test_arguments_are_refused_before_the_model_loads(tmp_path, monkeypatch, overrides, match):

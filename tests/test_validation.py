@@ -154,7 +154,7 @@ def _config(tmp_path, **fields):
         ({"encoder": 3}, r"`encoder`=3 must be a sentence-transformers model id"),
         ({"quality_column": ""}, r"`quality_column`=''"),
         ({"scorer": 3}, r"`scorer`=3: the config takes a scorer's name"),
-        ({"weight_update": None}, r"`weight_update`=None; choose one of \['paper', 'research'\]"),
+        ({"weight_update": None}, r"`weight_update`=None; choose one of \['softmax', 'linear', 'softmax_replace'\]"),
         ({"round_mode": "loop"}, r"`round_mode`='loop'; choose one of"),
         ({"score_last_round": "no"}, r"`score_last_round`='no' must be True or False"),
         ({"generation_max_new_tokens": 0}, r"`generation_max_new_tokens`=0"),
@@ -260,9 +260,9 @@ def test_random_bad_arguments_of_diverse_select(tmp_path, monkeypatch, dataset, 
 
 CONFIG_FIELDS = [
     "budget", "rounds", "k", "encoder", "embedding_column", "quality_column", "quality_temperature", "scorer",
-    "reward_model", "reference_model", "weight_update", "weight_temperature", "scored_rows_per_cluster",
+    "reward_model", "reference_model", "weight_update", "weight_temperature", "scored_rows", "scored_rows_per_cluster",
     "generation_max_new_tokens", "scoring_batch_size", "score_last_round", "epochs_per_round", "round_mode",
-    "selection_seed", "seed", "pool_id", "hub_dataset_id", "hub_license",
+    "round_quotas", "embed_answer", "preset", "selection_seed", "seed", "pool_id", "hub_dataset_id", "hub_license",
 ]
 
 
