@@ -68,7 +68,8 @@ class ScriptArguments(trl.ScriptArguments):
             Score every pool row's gold answer with this reference causal LM before selection
             ([`~hf_idsel.score_quality`], mean answer log-likelihood, cached) into the column `quality_column`
             (default `"quality"`), so that the draw inside each cluster is quality-weighted: iterative kMQ rather
-            than iterative kM-random. The paper used Deita quality x complexity scores instead.
+            than iterative kM-random. The paper used Deita quality x complexity scores instead. `""` turns a
+            recipe's `quality_model` off on the command line.
     """
 
     dataset_name: str | None = field(
@@ -148,7 +149,7 @@ def validate_args(script_args: ScriptArguments, training_args: IterativeSelectio
             f"`chat_template_path`={template!r} is not a file (relative paths start from the working directory "
             f"{os.getcwd()!r}: launch from the repository root)."
         )
-    if script_args.quality_model is not None and training_args.preset is not None:
+    if script_args.quality_model and training_args.preset is not None:
         raise InvalidArgumentError(
             f"`quality_model` weights the draw inside clusters, but `preset`={training_args.preset!r} draws uniformly "
             "there: drop one of them."
@@ -378,7 +379,7 @@ def main(script_args: ScriptArguments, training_args: IterativeSelectionConfig, 
             script_args, seed=training_args.seed, with_test_split=training_args.eval_strategy != "no"
         )
     quality_column = training_args.quality_column or "quality"
-    if script_args.quality_model is not None:
+    if script_args.quality_model:
         if quality_column in pool.column_names:
             raise InvalidArgumentError(
                 f"`quality_model` would write the column {quality_column!r}, which the pool already has: set "
@@ -386,7 +387,7 @@ def main(script_args: ScriptArguments, training_args: IterativeSelectionConfig, 
             )
         training_args.quality_column = None  # written below, after the cheap checks
     training_args.check_pool(pool)  # budget, rounds, k and columns, before the model loads
-    if script_args.quality_model is not None:
+    if script_args.quality_model:
         with training_args.main_process_first(desc="scoring the pool's quality"):  # the others read the cache
             pool = score_quality(pool, script_args.quality_model, column=quality_column, device=training_args.device)
         training_args.quality_column = quality_column
