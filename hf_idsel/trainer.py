@@ -250,6 +250,12 @@ class IterativeSelectionTrainer(SFTTrainer):
         self._sync_sampler()
         if isinstance(self.scorer, LossScorer):
             self.scorer.attach(self.model)
+            if args.scored_rows == "selected" and args.round_mode == "continue" and self._model_is_sharded():
+                raise InvalidArgumentError(
+                    "scorer='loss' with scored_rows='selected' in round_mode='continue' needs a forward pass over "
+                    "earlier rounds' rows on each rank alone, which a sharded model (DeepSpeed ZeRO-3, FSDP) cannot "
+                    "run: use scored_rows='round', round_mode='restart' or a generation scorer."
+                )
         self._initial_state = None
         if args.round_mode == "restart":
             self._initial_state = {
@@ -456,12 +462,6 @@ class IterativeSelectionTrainer(SFTTrainer):
     def _forward_losses(self, rows: np.ndarray) -> list:
         """`(row, loss)` of this rank's share of `rows` under the current model: the loss scorer's score of rows
         that were not trained this round, from the same per-row loss as training records."""
-        if self._model_is_sharded():
-            raise InvalidArgumentError(
-                "scorer='loss' with scored_rows='selected' in round_mode='continue' needs a forward pass over earlier "
-                "rounds' rows, which a sharded model (DeepSpeed ZeRO-3, FSDP) cannot run on one rank: use "
-                "scored_rows='round', round_mode='restart' or a generation scorer."
-            )
         mine = equal_share(rows, self.accelerator.process_index, self.accelerator.num_processes)
         if not len(mine):
             return []

@@ -851,3 +851,11 @@ def test_likelihood_scorer_with_the_base_as_reference_inside_the_trainer(tmp_pat
     assert loads == [] and [r["scorer"] for r in rounds] == ["likelihood", "likelihood"]
     assert all(r["scored_rows"] > 0 for r in rounds)
     assert all(s is None or np.isfinite(s) for r in rounds for s in r["cluster_scores"])
+
+
+def test_loss_scorer_over_all_rows_refuses_a_sharded_model_before_training(tmp_path, monkeypatch):
+    # ZeRO-3 / FSDP cannot run on this CPU: the sharding is the one thing faked here.
+    monkeypatch.setattr(IterativeSelectionTrainer, "_model_is_sharded", lambda self: True)
+    with pytest.raises(InvalidArgumentError, match="a sharded model \\(DeepSpeed ZeRO-3, FSDP\\) cannot run"):
+        make_trainer(tmp_path, budget=24, scored_rows="selected")
+    make_trainer(tmp_path, budget=24, scored_rows="selected", round_mode="restart")  # restart trains all of D'
