@@ -23,13 +23,13 @@ from hf_idsel import IterativeSelectionConfig, IterativeSelectionTrainer  # noqa
 from hf_idsel.scorers import JudgeScorer  # noqa: E402
 
 
-def main(out: str, scorer: str) -> None:
+def main(out: str, scorer: str = "judge", mode: str = "continue") -> None:
     model, tokenizer = make_tiny_llama()
     args = IterativeSelectionConfig(
         output_dir=out, budget=24, rounds=3, k="4", embedding_column="embedding", per_device_train_batch_size=2,
         learning_rate=5e-3, max_length=64, report_to="none", bf16=False, use_cpu=True, save_strategy="no",
         scored_rows_per_cluster=4, generation_max_new_tokens=8, seed=0, disable_tqdm=True,
-        logging_steps=1,
+        logging_steps=1, round_mode=mode,
     )
     trainer = IterativeSelectionTrainer(
         model, args=args, train_dataset=make_pool(), processing_class=tokenizer,
@@ -39,7 +39,11 @@ def main(out: str, scorer: str) -> None:
     rank = trainer.accelerator.process_index
     with open(os.path.join(out, f"rank_{rank}.json"), "w") as f:
         json.dump(
-            {"world": trainer.accelerator.num_processes, "rounds": trainer.selection.rounds, "descriptions": trainer.cluster_descriptions},
+            {
+                "world": trainer.accelerator.num_processes, "rounds": trainer.selection.rounds,
+                "descriptions": trainer.cluster_descriptions, "global_step": trainer.state.global_step,
+                "max_steps": trainer.state.max_steps, "last_lr": trainer.lr_scheduler.get_last_lr()[0],
+            },
             f,
         )
     # Without this, gloo's worker threads can outlive the interpreter and abort the process at exit.
@@ -47,7 +51,7 @@ def main(out: str, scorer: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(), sys.argv[2] if len(sys.argv) > 2 else "judge")
+    main(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(), *sys.argv[2:4])
     # The results are written and the process group is closed; skipping interpreter teardown keeps gloo's
     # C++ worker threads from aborting the rank at exit ("terminate called without an active exception").
     sys.stdout.flush()

@@ -445,8 +445,8 @@ def test_generation_scorer_needs_gold_answers(tmp_path):
         make_trainer(tmp_path, pool=pool, scorer=JudgeScorer(junk_judge), budget=6, k="2")
 
 
-@pytest.mark.parametrize("scorer", ["judge", "loss"])
-def test_two_ranks_hold_the_same_selection(tmp_path, scorer):
+@pytest.mark.parametrize("scorer, mode", [("judge", "continue"), ("loss", "restart")])
+def test_two_ranks_hold_the_same_selection(tmp_path, scorer, mode):
     import socket
     import subprocess
     import sys
@@ -459,7 +459,7 @@ def test_two_ranks_hold_the_same_selection(tmp_path, scorer):
     # CPU ranks over gloo on any machine: two ranks on one visible GPU would collide under NCCL.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join(filter(None, path))}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port, script, str(tmp_path), scorer],
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port, script, str(tmp_path), scorer, mode],
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -474,6 +474,9 @@ def test_two_ranks_hold_the_same_selection(tmp_path, scorer):
     assert [f["selected"] for f in files] == [r["selected"] for r in ranks[0]["rounds"]]
     if scorer == "loss":
         assert all(f["scored_rows"] == 8 for f in files)
+    # The schedule covers the steps both ranks ran: rounds of 8 rows (restart: 8, 16, 24) at 2 ranks x batch 2.
+    steps = 2 + 2 + 2 if mode == "continue" else 2 + 4 + 6
+    assert all(r["global_step"] == r["max_steps"] == steps and r["last_lr"] == 0.0 for r in ranks)
 
 
 @pytest.mark.slow
