@@ -224,6 +224,9 @@ def test_resume_edge_cases_continue_the_same_trajectory(tmp_path, variant):
     assert [r["selected"] for r in got] == [r["selected"] for r in expected]
     assert np.allclose([r["weights"] for r in got], [r["weights"] for r in expected], atol=1e-6)
     assert resumed.state.global_step == full.state.global_step
+    # The resumed schedule is the planned one and ends where the full run's did.
+    assert resumed.state.max_steps == full.state.max_steps == full.state.global_step
+    assert resumed.lr_scheduler.get_last_lr() == full.lr_scheduler.get_last_lr() and max(full.lr_scheduler.get_last_lr()) == 0.0
 
 
 def test_resume_refuses_a_pool_whose_rows_changed_under_the_same_clustering(tmp_path, caplog):
