@@ -109,6 +109,7 @@ class HiddenStateEncoder:
         self.revision, self.device, self.dtype, self.trust_remote_code = revision, device, dtype, trust_remote_code
         self._tokenizer = tokenizer
         self._model = None
+        self._was_training = False
         self._identity = None
 
     # -- what `embed_dataset` reads ---------------------------------------------------------------
@@ -147,6 +148,7 @@ class HiddenStateEncoder:
         out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
         backbone = _backbone(model)
         device = next(model.parameters()).device
+        model.eval()
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
@@ -154,6 +156,7 @@ class HiddenStateEncoder:
                 mask = batch["attention_mask"].to(device)
                 hidden = self._hidden(backbone, batch["input_ids"].to(device), mask)
                 out[rows] = _pool(hidden.float(), mask, self.pooling).cpu().numpy()
+        model.train(self._was_training)
         if normalize_embeddings:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
@@ -192,6 +195,8 @@ class HiddenStateEncoder:
             elif dtype is None:
                 dtype = torch.float32
             owned = not isinstance(self.model_source, torch.nn.Module)
+            # Loading puts a caller's model in eval mode; `encode` gives it back in the mode it had.
+            self._was_training = not owned and self.model_source.training
             self._model, self._tokenizer, _, _ = load_reference_model(
                 self.model_source, tokenizer=self._tokenizer, device=self.device if not owned else device,
                 dtype=dtype, trust_remote_code=self.trust_remote_code, revision=self.revision,

@@ -172,3 +172,39 @@ def test_smollm2_hidden_states_group_rows_by_topic(smollm2, cache_dir):
     same = sims[topic[:, None] == topic[None, :]].mean()
     other = sims[topic[:, None] != topic[None, :]].mean()
     assert same > other
+
+
+def test_the_trainer_embeds_the_pool_with_the_model_before_training(tmp_path):
+    from _tiny import make_tiny_llama as fresh
+    from test_trainer import make_pool, make_trainer
+
+    from hf_idsel.cache import parameter_checksum
+    from hf_idsel.select import cluster_pool
+
+    model, tokenizer = fresh()
+    untrained = parameter_checksum(model)
+    model.train()
+    trainer = make_trainer(tmp_path, model=model, embedding_column=None, embed_with_model=True, budget=16, rounds=2)
+    assert model.training  # embedding left the model in the mode it had
+    assert trainer.encoder_info["id"].startswith("hidden-states:") and trainer.encoder_info["revision"] == untrained
+    assert trainer.encoder_info["dim"] == 32 and trainer.encoder_info["pooling"] == "weighted_mean"
+    # The clusters are those of the untrained model's vectors, and stay so for the run.
+    pool = make_pool()
+    options = trainer._render
+    vectors, _ = embed_dataset(pool, options, encoder=HiddenStateEncoder(fresh()[0], tokenizer=tokenizer))
+    labels = cluster_pool(vectors, 4, seed=trainer.args.selection_seed)[0].labels
+    assert np.array_equal(trainer.labels, labels)
+    trainer.train()
+    assert parameter_checksum(trainer.model) != untrained
+    manifest = trainer.selection_manifest()
+    assert manifest.arguments["embed_with_model"] is True and manifest.encoder["revision"] == untrained
+    assert len(manifest.selected_indices) == 16
+
+
+def test_embed_with_model_and_embedding_column_are_exclusive(tmp_path):
+    from hf_idsel import IterativeSelectionConfig
+
+    with pytest.raises(InvalidArgumentError, match="embed_with_model.*embedding_column"):
+        IterativeSelectionConfig(
+            output_dir=str(tmp_path), bf16=False, use_cpu=True, embed_with_model=True, embedding_column="embedding"
+        )
