@@ -208,3 +208,40 @@ def test_embed_with_model_and_embedding_column_are_exclusive(tmp_path):
         IterativeSelectionConfig(
             output_dir=str(tmp_path), bf16=False, use_cpu=True, embed_with_model=True, embedding_column="embedding"
         )
+
+
+def test_two_ranks_embed_their_shares_and_hold_the_one_process_vectors(tiny_dir, tmp_path):
+    import glob
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    out.mkdir()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    here = os.path.dirname(__file__)
+    path = [os.path.dirname(here), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join(filter(None, path))}
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", port, os.path.join(here, "ddp_hidden_run.py"), tiny_dir, str(out), str(cache),
+        ],
+        env=env, capture_output=True, text=True, timeout=400,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [np.load(out / f"rank_{i}.npy") for i in range(2)]
+    # 100 rows in chunks of 32: rank 0 embedded chunks 0-1 (rows 0-64), rank 1 chunks 2-3 (rows 64-100).
+    shards = sorted(os.path.basename(p).split("-rows")[1] for p in glob.glob(str(cache / "embeddings-*-rows*.arrow")))
+    assert shards == ["0-64.arrow", "64-100.arrow"]
+    pool = qa_pool(100)
+    single, _ = embed_dataset(
+        pool, resolve_render_options(pool.column_names), encoder=HiddenStateEncoder(tiny_dir, projection="whiten", dim=16, seed=1),
+        cache_dir=str(tmp_path / "single"), map_batch_size=32,
+    )
+    assert ranks[0].shape == (100, 16)
+    assert np.array_equal(ranks[0], ranks[1]) and np.array_equal(ranks[0], single)
