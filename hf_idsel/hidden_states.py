@@ -64,7 +64,7 @@ class HiddenStateEncoder:
             whole pool with `seed`; `None` keeps the model's hidden size.
         dim (`int`, *optional*):
             Output dimension of the projection; defaults to 256 for `"random"` and to all components
-            (at most the pool size) for `"whiten"`.
+            for `"whiten"` (at most the hidden size and the pool's rows minus one).
         seed (`int`, *optional*, defaults to `0`):
             Seed of the projection.
         device (`str`, *optional*):
@@ -169,7 +169,12 @@ class HiddenStateEncoder:
         if self.projection == "whiten":
             from sklearn.decomposition import PCA
 
-            dim = min(self.dim or matrix.shape[1], *matrix.shape)
+            # Centred, n rows span at most n - 1 directions; whitening a zero-variance one would divide by 0.
+            if len(matrix) < 2:
+                raise InvalidArgumentError("`projection='whiten'` needs a pool of at least 2 rows to fit on.")
+            dim = min(self.dim or matrix.shape[1], matrix.shape[1], len(matrix) - 1)
+            if self.dim is not None and dim < self.dim:
+                logger.warning("Whitening to %d dimensions, not `dim`=%d: the pool spans no more.", dim, self.dim)
             reduced = PCA(n_components=dim, whiten=True, svd_solver="full", random_state=self.seed).fit_transform(matrix)
         else:
             from sklearn.random_projection import GaussianRandomProjection

@@ -110,7 +110,11 @@ def test_selection_is_deterministic_and_the_manifest_names_the_encoder(tiny_dir,
     assert manifest.arguments["encoder"] == f"hidden-states:{tiny_dir}"
 
 
-@pytest.mark.parametrize("projection, dim, expected", [("whiten", 8, 8), ("random", 16, 16), ("whiten", None, 32)])
+@pytest.mark.parametrize(
+    "projection, dim, expected",
+    # 40 rows span 39 directions once centred: whitening never keeps more (a zero variance cannot be whitened).
+    [("whiten", 8, 8), ("random", 16, 16), ("whiten", None, 32), ("whiten", 64, 32)],
+)
 def test_projection_is_fitted_on_the_pool_seeded_and_recorded(tiny_dir, cache_dir, projection, dim, expected):
     pool = qa_pool()
     options = resolve_render_options(pool.column_names)
@@ -245,3 +249,12 @@ def test_two_ranks_embed_their_shares_and_hold_the_one_process_vectors(tiny_dir,
     )
     assert ranks[0].shape == (100, 16)
     assert np.array_equal(ranks[0], ranks[1]) and np.array_equal(ranks[0], single)
+
+
+def test_whitening_a_pool_smaller_than_the_hidden_size_keeps_finite_vectors(tiny_dir, cache_dir):
+    pool = qa_pool(10)
+    vectors, _ = embed_dataset(
+        pool, resolve_render_options(pool.column_names), encoder=HiddenStateEncoder(tiny_dir, projection="whiten"),
+        cache_dir=cache_dir,
+    )
+    assert vectors.shape == (10, 9) and np.isfinite(vectors).all()
