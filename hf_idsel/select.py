@@ -14,6 +14,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
 
 from . import baselines, checks, methods, sample
 from .cache import cache_file
@@ -416,9 +417,15 @@ def _check_arguments(pool: datasets.Dataset, args: SelectArguments) -> _Checked:
                 f"`source_column`={args.source_column!r} is not a column; available: {pool.column_names}."
             )
         column = pool.data.table.column(args.source_column)
+        kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind)):
+            raise InvalidArgumentError(
+                f"`source_column`={args.source_column!r} holds {column.type}; it must name each row's source as a string "
+                "or an integer (e.g. a dataset name or a ClassLabel)."
+            )
         if column.null_count:
             raise InvalidArgumentError(f"`source_column`={args.source_column!r} has {column.null_count} missing values; fill them first.")
-        sources = column.to_numpy(zero_copy_only=False)
+        sources = column.to_numpy(zero_copy_only=False) if kind == column.type else column.cast(kind).to_numpy(zero_copy_only=False)
 
     render = None
     # Text is needed to embed, and to count tokens for a token budget even with precomputed vectors.

@@ -379,3 +379,10 @@ def test_diverse_select_balanced_random_refuses_a_missing_source_column(blob_poo
 
     with pytest.raises(InvalidArgumentError, match=match):
         diverse_select(blob_pool, 10, method="balanced-random", embedding_column="embedding", **kwargs)
+
+
+def test_diverse_select_balanced_random_refuses_a_source_column_of_vectors(blob_pool):
+    from hf_idsel import diverse_select
+
+    with pytest.raises(InvalidArgumentError, match="`source_column`='embedding' holds list"):
+        diverse_select(blob_pool, 10, method="balanced-random", source_column="embedding", embedding_column="embedding")
