@@ -1,11 +1,14 @@
 """Baseline selection methods the paper (arXiv 2409.11378) compares kMQ against.
 
-All three work on a unit-normalised float32 embedding matrix (rows of L2 norm 1, so cosine
+The first three work on a unit-normalised float32 embedding matrix (rows of L2 norm 1, so cosine
 similarity is a dot product) and return row indices in selection order:
 
 - [`kcenter_greedy`]: greedy k-center (farthest-point traversal).
 - [`deita_select`]: Deita-style score-first selection with a cosine-similarity filter.
 - [`qdit_select`]: QDIT, lazy greedy on (1 - alpha) * facility location + alpha * quality.
+
+[`balanced_random`] needs no embeddings: a uniform draw with an equal share per data source, the
+fair random baseline (unbalanced random scores about 3 points lower in arXiv 2409.11378).
 
 Argument checks here are a second line of defence; `diverse_select` (select.py) validates first.
 """
@@ -405,6 +408,34 @@ def qdit_select(
         ev_start[step + 1] = n_events
         floor[changed] = new_cos[changed]
     return selected
+
+
+def balanced_random(sources, budget: int, *, seed: int = 0, eligible: np.ndarray | None = None) -> np.ndarray:
+    """Balanced random: the same number of rows from every source, uniform inside each source.
+
+    A source with fewer rows than its share gives all of them and the rest is shared again among the
+    others; shares that do not divide evenly go by largest remainder, then to the source that sorts
+    first. The draw inside each source is seeded, so the same sources, budget and seed give the same rows.
+
+    Args:
+        sources (`array-like`):
+            Each row's source (any sortable values, e.g. dataset names); no missing values.
+        budget (`int`):
+            Exact number of rows to return.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the draw inside each source.
+        eligible (`np.ndarray`, *optional*):
+            Boolean mask of the rows that may be drawn.
+
+    Returns:
+        `np.ndarray`: `budget` distinct row ids (`np.int64`), sorted.
+    """
+    from .sample import kmq_sample
+
+    names, codes = np.unique(np.asarray(sources), return_inverse=True)
+    available = len(codes) if eligible is None else int(np.asarray(eligible).sum())
+    budget = _check_budget(budget, available)
+    return kmq_sample(codes.astype(np.int64), budget, k=len(names), seed=seed, eligible=eligible, quota="equal")
 
 
 def greedy_diverse_filter(

@@ -316,11 +316,14 @@ def parameter_checksum(module) -> str:
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """What a model's outputs depend on: its id, its revision, and where it loads from (`None`: the Hub)."""
+    """What a model's outputs depend on: its id, its revision, where it loads from (`None`: the Hub), and
+    `settings` (sorted `(name, value)` pairs such as a hidden-state encoder's layer and pooling; empty for
+    sentence encoders), which enter cache keys and manifests."""
 
     id: str
     revision: str
     location: str | None = None
+    settings: tuple = ()
 
 
 @dataclass(frozen=True)

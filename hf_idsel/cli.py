@@ -72,9 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="train", help="Split of POOL to select from (default: train).")
     s.add_argument("--config", default=None, help="Dataset config name of a Hub POOL.")
     s.add_argument("--revision", default=None, help="Dataset revision of a Hub POOL.")
-    s.add_argument("--encoder", default=None, help="Sentence-transformers model id or path (default: all-MiniLM-L6-v2).")
+    s.add_argument(
+        "--encoder", default=None,
+        help="Sentence-transformers model id or path (default: all-MiniLM-L6-v2), or 'hidden-states:<causal LM>'.",
+    )
     s.add_argument("--embedding-column", default=None, help="Use precomputed vectors from this column.")
     s.add_argument("--quality-column", default=None, help="Per-row quality used by kmq/deita/qdit.")
+    s.add_argument("--source-column", default=None, help="Each row's data source, for --method balanced-random.")
     s.add_argument("--temperature", type=float, default=1.0, help="Softmax temperature of the quality draw.")
     s.add_argument("--quota", default="proportional", choices=["proportional", "equal"], help="Cluster quota rule.")
     s.add_argument("--text-column", default=None, help="Column to embed for plain-text pools.")
@@ -124,7 +128,7 @@ def _run_select(args) -> int:
         _check_out(args.out, args.overwrite)
     pool = load_pool(args.pool, split=args.split, config=args.config, revision=args.revision)
     # The flags named like diverse_select's arguments pass straight through.
-    passed = ("method", "k", "seed", "quality_column", "temperature", "quota", "embedding_column", "text_column",
+    passed = ("method", "k", "seed", "quality_column", "source_column", "temperature", "quota", "embedding_column", "text_column",
               "template", "dedup_threshold", "device")
     kwargs = {name: getattr(args, name) for name in passed}
     kwargs["include_answer"] = not args.prompt_only

@@ -19,9 +19,9 @@ from .scorers import SCORERS
 
 # The fields a manifest records: what decides which rows an iterative run selects.
 _RECORDED_ARGUMENTS = (
-    "budget", "rounds", "k", "encoder", "embedding_column", "quality_column", "quality_temperature", "scorer",
-    "weight_update", "weight_temperature", "scored_rows", "scored_rows_per_cluster", "epochs_per_round", "round_mode",
-    "round_quotas", "embed_answer", "preset", "selection_seed", "pool_id",
+    "budget", "rounds", "k", "encoder", "embed_with_model", "embedding_column", "quality_column",
+    "quality_temperature", "scorer", "weight_update", "weight_temperature", "scored_rows", "scored_rows_per_cluster",
+    "epochs_per_round", "round_mode", "round_quotas", "embed_answer", "preset", "selection_seed", "pool_id",
 )
 
 # `preset="research_code"`: every choice of the paper's research code that differs from our defaults.
@@ -76,6 +76,10 @@ class IterativeSelectionConfig(SFTConfig):
             Number of clusters, or `"auto"` (silhouette score on a sample).
         encoder (`str`, *optional*, defaults to `"sentence-transformers/all-MiniLM-L6-v2"`):
             Sentence encoder id or path (the default resolves to the packaged offline copy).
+        embed_with_model (`bool`, *optional*, defaults to `False`):
+            Embed the pool with the hidden states of the model being trained, taken before training
+            (position-weighted mean of the last layer, RDS+, arXiv 2503.01807), instead of `encoder`: no
+            extra model is loaded, and the clustering stays fixed for the run.
         embedding_column (`str`, *optional*):
             Precomputed vectors to cluster instead of running the encoder.
         quality_column (`str`, *optional*):
@@ -158,6 +162,10 @@ class IterativeSelectionConfig(SFTConfig):
     rounds: int = field(default=3, metadata={"help": "Selection rounds; each draws budget / rounds new rows."})
     k: str = field(default="auto", metadata={"help": "Number of clusters, or 'auto' (silhouette on a sample)."})
     encoder: str = field(default=DEFAULT_ENCODER, metadata={"help": "Sentence encoder id or path."})
+    embed_with_model: bool = field(
+        default=False,
+        metadata={"help": "Embed the pool with the hidden states of the model being trained (before training) instead of `encoder`."},
+    )
     embedding_column: str | None = field(
         default=None, metadata={"help": "Column of precomputed vectors to cluster instead of running the encoder."}
     )
@@ -298,6 +306,11 @@ class IterativeSelectionConfig(SFTConfig):
         if not isinstance(self.k, str):
             self.k = k  # numpy ints as Python ints: manifests record `k`
         self.encoder = os.fspath(check_model(self.encoder, "encoder", loaded=False))
+        self.embed_with_model = check_flag(self.embed_with_model, "embed_with_model")
+        if self.embed_with_model and self.embedding_column is not None:
+            raise InvalidArgumentError(
+                "`embed_with_model=True` embeds the pool with the model and `embedding_column` gives vectors: pass one of them."
+            )
         for name in ("embedding_column", "quality_column", "reward_model", "pool_id", "hub_dataset_id", "hub_license"):
             check_name(getattr(self, name), name)
         check_name(self.reference_model, "reference_model", optional=False)

@@ -27,6 +27,7 @@ from .cache import (
     write_cached,
 )
 from .errors import IdselError, InvalidArgumentError, MissingDependencyError
+from .hidden_states import HiddenStateEncoder, as_hidden_state_encoder
 from .render import RenderOptions, check_text_to_embed, render_batch
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ def encoder_identity(encoder: Any, revision: str | None = None) -> ModelIdentity
         revision (`str`, *optional*):
             Hub revision; for a Hub id the cached snapshot's commit hash is used when available.
     """
+    encoder = as_hidden_state_encoder(encoder, revision=revision)
+    if isinstance(encoder, HiddenStateEncoder):
+        return encoder.identity
     return model_identity(encoder, revision, packaged=_PACKAGED_ENCODERS, argument="encoder")
 
 
@@ -57,6 +61,7 @@ def load_encoder(
     trust_remote_code: bool = False,
 ):
     """Load a `SentenceTransformer` (or return the object given), preferring a packaged local copy."""
+    encoder = as_hidden_state_encoder(encoder, revision=revision, device=device, trust_remote_code=trust_remote_code)
     if not isinstance(encoder, str):
         return encoder
     try:
@@ -112,7 +117,8 @@ def fit_pairs(prompts: list[str], answers: list[str], tokenizer: Any, max_tokens
 
 def embedding_cache_key(dataset: datasets.Dataset, identity: ModelIdentity, options: RenderOptions) -> str:
     """The fingerprint the pool's cached embeddings are stored under."""
-    return fingerprint(dataset._fingerprint, identity.id, identity.revision, options.to_dict())
+    settings = (dict(identity.settings),) if identity.settings else ()  # sentence encoders keep their keys
+    return fingerprint(dataset._fingerprint, identity.id, identity.revision, options.to_dict(), *settings)
 
 
 def embed_dataset(
@@ -145,8 +151,9 @@ def embed_dataset(
             The pool.
         options ([`RenderOptions`]):
             How rows become text.
-        encoder (`str` or `SentenceTransformer`, *optional*, defaults to `"sentence-transformers/all-MiniLM-L6-v2"`):
-            Sentence-transformers model id, local folder or object.
+        encoder (`str`, `SentenceTransformer` or [`HiddenStateEncoder`], *optional*, defaults to `"sentence-transformers/all-MiniLM-L6-v2"`):
+            Sentence-transformers model id, local folder or object; or a causal LM's hidden states
+            (`"hidden-states:<model>"` or a [`HiddenStateEncoder`], see `hf_idsel.hidden_states`).
         revision (`str`, *optional*):
             Encoder revision on the Hub.
         tokenizer (`PreTrainedTokenizerBase`, *optional*):
@@ -171,6 +178,7 @@ def embed_dataset(
     """
     # Before the cache and the encoder: rows with no text would all get the same meaningless vector.
     check_text_to_embed(dataset.select_columns(options.input_columns).with_format("arrow")[:], options)
+    encoder = as_hidden_state_encoder(encoder, revision=revision, device=device, trust_remote_code=trust_remote_code)
     identity = encoder_identity(encoder, revision)
     key = embedding_cache_key(dataset, identity, options)
     encode = _Encoder(
@@ -182,7 +190,8 @@ def embed_dataset(
 
         rank, world_size = world()
         if world_size > 1:
-            return _embed_shards(dataset, encode, key, rank, world_size, map_batch_size, cache_dir, options), identity
+            matrix = _embed_shards(dataset, encode, key, rank, world_size, map_batch_size, cache_dir, options)
+            return _fitted_projection(encoder, matrix), identity
     result = cached_map(
         dataset,
         encode,
@@ -194,7 +203,12 @@ def embed_dataset(
         input_columns=options.input_columns,
         check=embedding_problem,
     )
-    return column_matrix(result.data.table, "embedding"), identity
+    return _fitted_projection(encoder, column_matrix(result.data.table, "embedding")), identity
+
+
+def _fitted_projection(encoder, matrix: np.ndarray) -> np.ndarray:
+    # Fitted on the whole pool, so it runs on the read-back matrix (the same on every rank), not per batch.
+    return encoder.project(matrix) if isinstance(encoder, HiddenStateEncoder) else matrix
 
 
 class _Encoder:

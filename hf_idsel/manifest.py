@@ -163,7 +163,8 @@ def pool_record(pool: datasets.Dataset, columns: list[str], *, name: str | None 
 def encoder_record(identity, embedding_column: str | None, dim: int) -> dict:
     """The manifest's `encoder` entry: the encoder's id and revision, or the column the vectors came from."""
     if identity is not None:
-        return {"id": identity.id, "revision": identity.revision, "dim": int(dim)}
+        # A hidden-state encoder adds its layer, pooling, max_length and projection.
+        return {"id": identity.id, "revision": identity.revision, "dim": int(dim), **dict(getattr(identity, "settings", ()))}
     return {"embedding_column": embedding_column, "dim": int(dim)}
 
 

@@ -34,6 +34,8 @@ class DrawInputs:
             Per-row quality from `quality_column`; `None` for a method whose `options` leave it out.
         eligible (`np.ndarray`, *optional*):
             Boolean mask of the rows that may be drawn (de-duplication removes the others); `None` for all.
+        sources (`np.ndarray`, *optional*):
+            Each row's value of `source_column`; `None` for a method whose `options` leave it out.
     """
 
     embeddings: np.ndarray
@@ -41,6 +43,7 @@ class DrawInputs:
     seed: int
     quality: np.ndarray | None = None
     eligible: np.ndarray | None = None
+    sources: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,18 @@ def _random_order(inputs: DrawInputs):
     return sample.random_order(len(inputs.embeddings), seed=inputs.seed, eligible=inputs.eligible)
 
 
+def _balanced_random_draw(inputs: DrawInputs, rows: int):
+    return baselines.balanced_random(inputs.sources, rows, seed=inputs.seed, eligible=inputs.eligible)
+
+
+def _check_balanced_random(args) -> None:
+    if args.source_column is None:
+        raise InvalidArgumentError(
+            "method='balanced-random' draws an equal share from each data source: pass `source_column=` "
+            "(the column naming each row's source)."
+        )
+
+
 def _on_eligible_rows(inputs: DrawInputs, pick: Callable[[np.ndarray, np.ndarray | None], np.ndarray]):
     # The greedy baselines see the eligible rows only; their picks map back to pool rows.
     rows_map = np.arange(len(inputs.embeddings)) if inputs.eligible is None else np.flatnonzero(inputs.eligible)
@@ -149,6 +164,8 @@ def _qdit_draw(inputs: DrawInputs, rows: int, *, qdit_alpha: float):
 # The order is that of the CLI's --method choices and of the error messages.
 METHODS: dict[str, Method] = {
     "random": Method(draw=_random_draw, order=_random_order),
+    # Random with an equal share per source: the fair random baseline.
+    "balanced-random": Method(draw=_balanced_random_draw, options=("source_column",), check=_check_balanced_random),
     # kMQ's draw without the quality column: uniform inside each cluster.
     "kmeans-random": Method(draw=_quota_draw, order=_quota_order, options=("quota",)),
     "kmeans-closest": Method(draw=_closest_draw, order=_closest_order, options=("quota",)),
@@ -187,4 +204,5 @@ def _visible_inputs(method: Method, inputs: DrawInputs) -> DrawInputs:
 
 
 def _options(method: Method, args) -> dict:
-    return args.pick(*(name for name in method.options if name != "quality_column"))
+    # Column names arrive as their values in `inputs`, not as keyword arguments.
+    return args.pick(*(name for name in method.options if name not in ("quality_column", "source_column")))

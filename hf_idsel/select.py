@@ -14,6 +14,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
 
 from . import baselines, checks, methods, sample
 from .cache import cache_file
@@ -59,6 +60,7 @@ class SelectArguments:
     max_tokens: int | None
     tokenizer: Any
     quality_column: str | None
+    source_column: str | None
     temperature: float
     quality_weighting: str
     quota: str
@@ -109,6 +111,7 @@ class _Checked:
     rows: int | None  # the row budget in rows; None for a token budget
     render: RenderOptions | None  # None when precomputed vectors and a row budget need no text
     quality: np.ndarray | None  # `quality_column` as float64
+    sources: np.ndarray | None = None  # `source_column`'s values
 
 
 @dataclass
@@ -153,6 +156,7 @@ def diverse_select(
     max_tokens: int | None = None,
     tokenizer: Any = None,
     quality_column: str | None = None,
+    source_column: str | None = None,
     temperature: float = 1.0,
     quality_weighting: str = "softmax",
     quota: str = "proportional",
@@ -202,14 +206,17 @@ def diverse_select(
             Measures tokens for `max_tokens`, and renders chat rows with its chat template.
         quality_column (`str`, *optional*):
             Per-row quality (higher is better), e.g. from [`score_quality`] or Deita scores.
+        source_column (`str`, *optional*):
+            Each row's data source, for `method="balanced-random"` (an equal share per source).
         temperature (`float`, *optional*, defaults to `1.0`):
             Softmax temperature of the in-cluster draw: p ~ exp(quality / temperature).
         quality_weighting (`str`, *optional*, defaults to `"softmax"`):
             `"softmax"` or `"linear"` (p ~ quality; needs non-negative values).
         quota (`str`, *optional*, defaults to `"proportional"`):
             Cluster quotas proportional to cluster size (the paper) or `"equal"` (the research code).
-        encoder (`str` or `SentenceTransformer`, *optional*, defaults to `"sentence-transformers/all-MiniLM-L6-v2"`):
+        encoder (`str`, `SentenceTransformer` or [`HiddenStateEncoder`], *optional*, defaults to `"sentence-transformers/all-MiniLM-L6-v2"`):
             Sentence encoder; the default resolves to the packaged offline copy when installed.
+            `"hidden-states:<causal LM>"` embeds with the LM's hidden states instead (RDS+).
         encoder_revision (`str`, *optional*):
             Encoder revision on the Hub.
         embedding_column (`str`, *optional*):
@@ -263,6 +270,7 @@ def diverse_select(
         max_tokens=max_tokens,
         tokenizer=tokenizer,
         quality_column=quality_column,
+        source_column=source_column,
         temperature=temperature,
         quality_weighting=quality_weighting,
         quota=quota,
@@ -336,6 +344,7 @@ def _check_values(args: SelectArguments) -> None:
     checks.check_int(args.kmeans_niter, "kmeans_niter", minimum=1, maximum=checks.MAX_INT32)
     checks.check_tokenizer(args.tokenizer)
     checks.check_name(args.quality_column, "quality_column")
+    checks.check_name(args.source_column, "source_column")
     checks.check_number(args.temperature, "temperature", above=0)
     checks.check_choice(args.quality_weighting, "quality_weighting", sample.QUALITY_WEIGHTINGS)
     checks.check_choice(args.quota, "quota", sample.QUOTA_RULES)
@@ -401,6 +410,23 @@ def _check_arguments(pool: datasets.Dataset, args: SelectArguments) -> _Checked:
                     f"{args.quality_column!r}: quality / temperature overflows. Pass a larger temperature."
                 )
 
+    sources = None
+    if args.source_column is not None:
+        if args.source_column not in pool.column_names:
+            raise InvalidArgumentError(
+                f"`source_column`={args.source_column!r} is not a column; available: {pool.column_names}."
+            )
+        column = pool.data.table.column(args.source_column)
+        kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind)):
+            raise InvalidArgumentError(
+                f"`source_column`={args.source_column!r} holds {column.type}; it must name each row's source as a string "
+                "or an integer (e.g. a dataset name or a ClassLabel)."
+            )
+        if column.null_count:
+            raise InvalidArgumentError(f"`source_column`={args.source_column!r} has {column.null_count} missing values; fill them first.")
+        sources = column.to_numpy(zero_copy_only=False) if kind == column.type else column.cast(kind).to_numpy(zero_copy_only=False)
+
     render = None
     # Text is needed to embed, and to count tokens for a token budget even with precomputed vectors.
     if args.embedding_column is None or args.max_tokens is not None:
@@ -416,7 +442,7 @@ def _check_arguments(pool: datasets.Dataset, args: SelectArguments) -> _Checked:
         raise InvalidArgumentError(
             f"`embedding_column`={args.embedding_column!r} is not a column; available: {pool.column_names}."
         )
-    return _Checked(rows=rows, render=render, quality=quality)
+    return _Checked(rows=rows, render=render, quality=quality, sources=sources)
 
 
 def _select(pool: datasets.Dataset, args: SelectArguments, *, dry_run: bool, return_manifest: bool):
@@ -469,7 +495,9 @@ def _cluster_and_draw(pool, args: SelectArguments, checked: _Checked, embeddings
                 f"(dedup_threshold={args.dedup_threshold}); lower the budget or raise the threshold."
             )
 
-    inputs = methods.DrawInputs(embeddings, clustering, args.seed, quality=checked.quality, eligible=eligible)
+    inputs = methods.DrawInputs(
+        embeddings, clustering, args.seed, quality=checked.quality, eligible=eligible, sources=checked.sources
+    )
     budget = {"requested": args.budget, "rows": rows}
     if rows is not None:
         indices = methods.draw(inputs, rows, args)

@@ -46,6 +46,7 @@ from .describe import describe_pool
 from .describe import short_terms
 from .distributed import broadcast, equal_share
 from .errors import InvalidArgumentError, PushError
+from .hidden_states import HiddenStateEncoder
 from .manifest import Manifest, encoder_record, pool_record
 from .publish import ITERATIVE_METHOD, STAGING_DIR, iterative_subset, push_staged, set_model_push, stage
 from .render import prompt_and_answer, resolve_render_options, training_render_options
@@ -292,10 +293,13 @@ class IterativeSelectionTrainer(SFTTrainer):
     def _cluster_pool(self):
         """Every rank embeds its share of the pool; the main process clusters and broadcasts the labels."""
         args = self.args
+        encoder = args.encoder
+        if args.embed_with_model:  # the model as it is now, before any training step
+            encoder = HiddenStateEncoder(self.accelerator.unwrap_model(self.model), tokenizer=self.processing_class)
         embeddings, identity = pool_embeddings(
             self.pool,
             self._render,
-            encoder=args.encoder,
+            encoder=encoder,
             embedding_column=args.embedding_column,
             distributed=self.accelerator.num_processes > 1,
         )

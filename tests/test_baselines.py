@@ -300,3 +300,89 @@ def test_invalid_arguments_raise(call, name):
     emb, scores = _random_pool(10, 4, seed=18)
     with pytest.raises(InvalidArgumentError, match=f"`{name}`"):
         call(emb, scores)
+
+
+# --- balanced random -------------------------------------------------------------------------------
+
+
+def _sources(sizes):
+    return np.repeat([f"src{i}" for i in range(len(sizes))], sizes)
+
+
+@pytest.mark.parametrize(
+    "sizes, budget, expected",
+    [
+        ([50, 30, 20], 30, [10, 10, 10]),  # an equal share each
+        ([50, 30, 20], 31, [11, 10, 10]),  # the one left over goes to the first source
+        ([50, 30, 4], 40, [18, 18, 4]),  # a small source gives all it has; the others share the rest
+        ([5, 5, 90], 100, [5, 5, 90]),  # the whole pool
+    ],
+)
+def test_balanced_random_takes_an_equal_exact_share_per_source(sizes, budget, expected):
+    sources = _sources(sizes)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(sources))  # sources interleaved, not in blocks
+    sources = sources[order]
+    rows = baselines.balanced_random(sources, budget, seed=5)
+    assert len(rows) == budget and len(np.unique(rows)) == budget and np.all(np.diff(rows) > 0)
+    counts = [int((sources[rows] == f"src{i}").sum()) for i in range(len(sizes))]
+    assert counts == expected
+
+
+def test_balanced_random_is_seeded_and_uniform_inside_a_source():
+    sources = _sources([200, 200])
+    first = baselines.balanced_random(sources, 20, seed=1)
+    assert np.array_equal(first, baselines.balanced_random(sources, 20, seed=1))
+    assert not np.array_equal(first, baselines.balanced_random(sources, 20, seed=2))
+    # Over many seeds every row of a source is drawn about equally often (10 of 200 each time).
+    hits = np.zeros(400)
+    for seed in range(400):
+        hits[baselines.balanced_random(sources, 20, seed=seed)] += 1
+    assert hits.sum() == 8000 and hits.min() > 3 and hits.max() < 45  # expectation 20 per row
+
+
+def test_balanced_random_skips_ineligible_rows():
+    sources = _sources([10, 10])
+    eligible = np.ones(20, dtype=bool)
+    eligible[:7] = False  # src0 keeps 3 rows
+    rows = baselines.balanced_random(sources, 10, seed=0, eligible=eligible)
+    assert eligible[rows].all() and (rows < 10).sum() == 3 and (rows >= 10).sum() == 7
+    with pytest.raises(InvalidArgumentError, match="`budget`"):
+        baselines.balanced_random(sources, 14, eligible=eligible)
+
+
+def test_diverse_select_balanced_random_by_source_column(blob_pool):
+    from hf_idsel import diverse_select
+
+    pool = blob_pool.add_column("origin", [["a", "b", "c", "d"][i % 4] if i < 200 else "e" for i in range(len(blob_pool))])
+    subset, manifest = diverse_select(
+        pool, 41, method="balanced-random", source_column="origin", embedding_column="embedding", k=4, seed=2,
+        return_manifest=True,
+    )
+    counts = {name: subset["origin"].count(name) for name in "abcde"}
+    assert counts == {"a": 9, "b": 8, "c": 8, "d": 8, "e": 8}
+    assert manifest.arguments["source_column"] == "origin"
+    again = diverse_select(pool, 41, method="balanced-random", source_column="origin", embedding_column="embedding", k=4, seed=2)
+    assert again["source_index"] == subset["source_index"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(), "balanced-random.*source_column"),
+        (dict(source_column="nope"), "`source_column`='nope' is not a column"),
+        (dict(source_column=""), "`source_column`"),
+    ],
+)
+def test_diverse_select_balanced_random_refuses_a_missing_source_column(blob_pool, kwargs, match):
+    from hf_idsel import diverse_select
+
+    with pytest.raises(InvalidArgumentError, match=match):
+        diverse_select(blob_pool, 10, method="balanced-random", embedding_column="embedding", **kwargs)
+
+
+def test_diverse_select_balanced_random_refuses_a_source_column_of_vectors(blob_pool):
+    from hf_idsel import diverse_select
+
+    with pytest.raises(InvalidArgumentError, match="`source_column`='embedding' holds list"):
+        diverse_select(blob_pool, 10, method="balanced-random", source_column="embedding", embedding_column="embedding")

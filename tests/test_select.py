@@ -20,7 +20,7 @@ def select(pool, budget, **kwargs):
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("budget, rows", [(37, 37), (0.2, 50), (250, 250)])
 def test_exact_budget_every_method(blob_pool, method, budget, rows):
-    kwargs = {"quality_column": "quality"} if method == "deita" else {}
+    kwargs = {"deita": {"quality_column": "quality"}, "balanced-random": {"source_column": "blob"}}.get(method, {})
     subset = select(blob_pool, budget, method=method, **kwargs)
     assert len(subset) == rows
     assert len(set(subset["source_index"])) == rows
@@ -87,6 +87,7 @@ def test_manifest_records_the_arguments_that_decide_the_rows(blob_pool, cache_di
         "seed": 0,
         "max_tokens": None,
         "quality_column": None,
+        "source_column": None,
         "temperature": 1.0,
         "quality_weighting": "softmax",
         "quota": "proportional",
