@@ -327,6 +327,8 @@ class RoundRecord:
         k_selection (`dict`, *optional*): how k was chosen (`None` when given).
         cluster_terms (`list[str]`, *optional*): each cluster's distinctive terms, so that a round file
             says in words what the clusters its weights move are (`None` where no text was described).
+        eval (`dict`, *optional*): the held-out evaluation after this round (`metrics` and the `items`
+            evaluated, see [`evaluation.evaluate_model`]); `None` without `round_eval_tasks`.
     """
 
     round: int
@@ -343,6 +345,7 @@ class RoundRecord:
     # Absent from round files written before they existed (from_dict accepts that).
     k_selection: dict | None = field(default=None)
     cluster_terms: list | None = field(default=None)
+    eval: dict | None = field(default=None)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -350,7 +353,7 @@ class RoundRecord:
     @classmethod
     def from_dict(cls, data: dict) -> "RoundRecord":
         names = [f.name for f in fields(cls)]
-        optional = {"k_selection", "cluster_terms"}  # round files written before cluster_terms lack it
+        optional = {"k_selection", "cluster_terms", "eval"}  # round files written before cluster_terms / eval lack them
         unknown, missing = set(data) - set(names), set(names) - optional - set(data)
         if unknown or missing:
             raise InvalidArgumentError(
