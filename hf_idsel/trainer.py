@@ -572,6 +572,7 @@ class IterativeSelectionTrainer(SFTTrainer):
             pool_id=a.pool_id,
             output_dir=output_dir,
             push_command=push_command,
+            evaluation=next(({**r["eval"], "round": r["round"]} for r in reversed(self.selection.rounds) if r.get("eval")), None),
         )
 
     def _save(self, output_dir: str | None = None, state_dict=None):
