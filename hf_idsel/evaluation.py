@@ -170,6 +170,53 @@ def humaneval_passed(problem: dict, generation: str, *, timeout: float = 3.0) ->
     return bool(check_correctness(problem, completion, timeout)["passed"])
 
 
+def mmlu_option_logprobs(model, tokenizer, prompts: list[str], *, batch_size: int = 8, max_length: int = 1024, show_progress: bool = True) -> np.ndarray:
+    """Mean per-token log-probability of each option, `"The answer is A"` ... `"D"` (the pool's answers open so), after each prompt.
+
+    The options share every token but the letter, when the tokenizer splits them so: one forward pass per
+    prompt then scores all four. Otherwise each option is scored on its own ([`quality.answer_log_likelihood`]).
+
+    Returns:
+        `np.ndarray`: float64 of shape `(len(prompts), 4)`.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from .quality import _pad_id, answer_log_likelihood, pad_batch
+    from .scorers import _encode_prompts
+
+    options = [f"The answer is {x}" for x in MMLU_LETTERS]
+    prefix = tokenizer("The answer is", add_special_tokens=False)["input_ids"]
+    encoded = [tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
+    if not all(len(o) == len(prefix) + 1 and o[:-1] == prefix for o in encoded) or len({o[-1] for o in encoded}) < 4:
+        return answer_log_likelihood(
+            model, tokenizer, [p for p in prompts for _ in options], options * len(prompts),
+            batch_size=batch_size, max_length=max_length, show_progress=show_progress,
+        ).reshape(len(prompts), len(options))
+    letters = torch.tensor([o[-1] for o in encoded])
+    # The prompt's oldest tokens go first when too long (its BOS stays).
+    rows = [(ids[:1] + ids[1:][-(max_length - len(prefix) - 2):] if len(ids) + len(prefix) >= max_length else ids) + prefix
+            for ids in _encode_prompts(tokenizer, prompts)]
+    device = next(model.parameters()).device
+    out = np.zeros((len(prompts), len(options)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), tqdm(total=len(rows), desc="Scoring MMLU options", unit="item", disable=not show_progress) as bar:
+            for start in range(0, len(rows), batch_size):
+                batch = rows[start : start + batch_size]
+                input_ids, attention_mask = pad_batch(batch, _pad_id(tokenizer))
+                logp = torch.log_softmax(model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits.float(), dim=-1).cpu()
+                for j, ids in enumerate(batch):
+                    end = len(ids)  # logits at t predict token t + 1
+                    shared = logp[j, end - len(prefix) - 1 : end - 1].gather(1, torch.tensor(prefix)[:, None]).sum()
+                    out[start + j] = ((shared + logp[j, end - 1, letters]) / (len(prefix) + 1)).numpy()
+                bar.update(len(batch))
+    finally:
+        model.train(was_training)
+    return out
+
+
 def evaluate_model(
     model,
     tokenizer,
@@ -225,12 +272,7 @@ def evaluate_model(
     for task, chosen in sets.items():
         prompts = [_render(tokenizer, item["messages"]) for item in chosen]
         if task == "mmlu":
-            # Every option scored after the same prompt; the pool's answers open the same way.
-            options = [f"The answer is {x}" for x in MMLU_LETTERS]
-            ll = answer_log_likelihood(
-                model, tokenizer, [p for p in prompts for _ in options], options * len(prompts),
-                batch_size=batch_size, max_length=max_length, show_progress=show_progress,
-            ).reshape(len(prompts), len(options))
+            ll = mmlu_option_logprobs(model, tokenizer, prompts, batch_size=batch_size, max_length=max_length, show_progress=show_progress)
             gold = np.asarray([MMLU_LETTERS.index(item["letter"]) for item in chosen])
             metrics["mmlu/accuracy"] = float(np.mean(ll.argmax(axis=1) == gold))
             metrics["mmlu/gold_logprob"] = float(np.mean(ll[np.arange(len(gold)), gold]))
