@@ -288,7 +288,10 @@ def evaluate_model(
             )))
         else:
             # Greedy decoding gives one sample per task, so pass@1 is the share of tasks passed.
-            metrics["humaneval/pass@1"] = float(np.mean([humaneval_passed(item["problem"], a, timeout=timeout) for a, item in zip(answers, chosen)]))
+            from tqdm.auto import tqdm
+
+            runs = tqdm(list(zip(answers, chosen)), desc="Running HumanEval tests", unit="task", disable=not show_progress)
+            metrics["humaneval/pass@1"] = float(np.mean([humaneval_passed(item["problem"], a, timeout=timeout) for a, item in runs]))
     for task in tasks:
         shown = ", ".join(f"{name.split('/')[1]} {value:.3f}" for name, value in metrics.items() if name.startswith(task + "/"))
         logger.info("%s (%d held-out items): %s", task, len(sets[task]), shown)

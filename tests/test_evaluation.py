@@ -151,17 +151,17 @@ def test_smollm2_held_out_scores_move_when_it_is_trained_on_the_answer_format(sm
     from hf_idsel.quality import answer_log_likelihood
 
     base, tokenizer = smollm2
-    pool = load_builtin_pool({"gsm8k": 0, "humaneval": 0, "chitchat": 0, "mmlu": 24})
+    pool = load_builtin_pool({"gsm8k": 0, "humaneval": 0, "chitchat": 0, "mmlu": 16})
     # SmolLM2 splits the options "The answer is A" ... "D" at the letter: one pass scores all four, as four passes would.
     prompts = [_render(tokenizer, item["messages"]) for item in held_out_items("mmlu", 3, exclude=pool)]
     options = [f"The answer is {x}" for x in "ABCD"]
     one_pass = mmlu_option_logprobs(base, tokenizer, prompts, show_progress=False)
     each = answer_log_likelihood(base, tokenizer, [p for p in prompts for _ in options], options * 3, show_progress=False)
     np.testing.assert_allclose(one_pass, each.reshape(3, 4), atol=1e-4)
-    before = evaluate_model(base, tokenizer, ["mmlu"], items=20, exclude=pool, show_progress=False)
+    before = evaluate_model(base, tokenizer, ["mmlu"], items=16, exclude=pool, show_progress=False)
     model = get_peft_model(copy.deepcopy(base), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     texts = [tokenizer.apply_chat_template(m, tokenize=False) for m in pool["messages"]]
-    rows = [dict(tokenizer(t, truncation=True, max_length=256)) for t in texts]
+    rows = [dict(tokenizer(t, truncation=True, max_length=192)) for t in texts]
     for row in rows:
         row["labels"] = list(row["input_ids"])
     collate = lambda batch: tokenizer.pad(batch, return_tensors="pt")  # noqa: E731
@@ -180,7 +180,7 @@ def test_smollm2_held_out_scores_move_when_it_is_trained_on_the_answer_format(sm
         use_cpu=True, save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0, remove_unused_columns=False,
     )
     Trainer(model=model, args=args, train_dataset=rows, data_collator=collator).train()
-    after = evaluate_model(model, tokenizer, ["mmlu"], items=20, exclude=pool, show_progress=False)
+    after = evaluate_model(model, tokenizer, ["mmlu"], items=16, exclude=pool, show_progress=False)
     assert after["items"] == before["items"]
     gain = after["metrics"]["mmlu/gold_logprob"] - before["metrics"]["mmlu/gold_logprob"]
     print(f"SmolLM2 MMLU held-out: before {before['metrics']}, after {after['metrics']}")
