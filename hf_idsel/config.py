@@ -241,6 +241,18 @@ class IterativeSelectionConfig(SFTConfig):
     hub_license: str | None = field(
         default=None, metadata={"help": "License of the pushed model card (default: the base model's license)."}
     )
+    round_eval_tasks: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate after each round on rows held out from the pool: tasks from gsm8k, mmlu, humaneval "
+            "(`eval/*` metrics, round files, report, model card). Default: no evaluation."
+        },
+    )
+    round_eval_items: int = field(default=30, metadata={"help": "Held-out items per task of the per-round evaluation."})
+    round_eval_allow_code_execution: bool = field(
+        default=False,
+        metadata={"help": "Let the humaneval task run the model's code on this machine (a subprocess, not a sandbox)."},
+    )
 
     def __post_init__(self):
         self._check_selection_fields()
@@ -333,6 +345,15 @@ class IterativeSelectionConfig(SFTConfig):
         for name in ("generation_max_new_tokens", "scoring_batch_size"):
             setattr(self, name, check_int(getattr(self, name), name, minimum=1))
         self.score_last_round = check_flag(self.score_last_round, "score_last_round")
+        if self.round_eval_tasks:
+            from .evaluation import check_tasks
+
+            self.round_eval_allow_code_execution = check_flag(self.round_eval_allow_code_execution, "round_eval_allow_code_execution")
+            self.round_eval_tasks = check_tasks(
+                self.round_eval_tasks, allow_code_execution=self.round_eval_allow_code_execution,
+                argument="round_eval_tasks", allow_argument="round_eval_allow_code_execution",
+            )
+            self.round_eval_items = check_int(self.round_eval_items, "round_eval_items", minimum=1)
         # Without `selection_seed` the run's `seed` seeds the selection too: the error then names `seed`.
         if self.selection_seed is None:
             self.selection_seed = check_seed(self.seed, "seed")

@@ -118,6 +118,9 @@ def format_rounds(rounds: list[dict], cluster_sizes=None, *, top: int = 20, desc
             + (f"{r.get('scored_rows', 0)} scored, " if r.get("scored", True) else "not scored, ")
             + f"weight entropy after it {entropy:.3f} (uniform {np.log(k):.3f})"
         )
+        if r.get("eval"):
+            shown = ", ".join(f"{name} {value:.3f}" for name, value in r["eval"]["metrics"].items())
+            lines.append(f"  eval after it: {shown} (held-out items: {', '.join(f'{t} {len(ids)}' for t, ids in r['eval']['items'].items())})")
     lines.append("")
     header = f"{'cluster':>7}" + ("" if cluster_sizes is None else f" {'pool rows':>9}")
     header += "".join(f" {'r' + str(r['round']) + ' rows':>8} {'w after':>7}" for r in rounds)

@@ -375,6 +375,8 @@ class RoundRecord:
             says in words what the clusters its weights move are (`None` where no text was described).
         weight_update (`str`, *optional*): the weight rule that moved `weights`, by its canonical name
             (`None` in round files written before it was recorded).
+        eval (`dict`, *optional*): the held-out evaluation after this round (`metrics` and the `items`
+            evaluated, see [`evaluation.evaluate_model`]); `None` without `round_eval_tasks`.
     """
 
     round: int
@@ -392,6 +394,7 @@ class RoundRecord:
     k_selection: dict | None = field(default=None)
     cluster_terms: list | None = field(default=None)
     weight_update: str | None = field(default=None)
+    eval: dict | None = field(default=None)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -399,7 +402,7 @@ class RoundRecord:
     @classmethod
     def from_dict(cls, data: dict) -> "RoundRecord":
         names = [f.name for f in fields(cls)]
-        optional = {"k_selection", "cluster_terms", "weight_update"}  # older round files lack the later ones
+        optional = {"k_selection", "cluster_terms", "weight_update", "eval"}  # older round files lack the later ones
         unknown, missing = set(data) - set(names), set(names) - optional - set(data)
         if unknown or missing:
             raise InvalidArgumentError(

@@ -265,6 +265,20 @@ class IterativeSelectionTrainer(SFTTrainer):
         self._resumed_by_global_step = False
         self._epoch_steps: list[int] = []
         self.add_callback(_RoundCallback(self))
+        if args.round_eval_tasks and self._model_is_sharded():
+            raise InvalidArgumentError(
+                "`round_eval_tasks` evaluates on the main process, which a DeepSpeed ZeRO-3 or FSDP model cannot do alone: "
+                "leave it unset and run `hf-idsel eval OUTPUT_DIR` on the saved model."
+            )
+        if args.round_eval_tasks and "origin_id" not in self.pool.column_names:
+            logger.warning(
+                "`round_eval_tasks`: the pool has no `origin_id` column, so held-out rows cannot be told apart from pool "
+                "rows; a row the model trains on may also be evaluated."
+            )
+        if {"wandb", "trackio"} & set(args.report_to or []):
+            from .trackers import SelectionTablesCallback
+
+            self.add_callback(SelectionTablesCallback(self))
         if hasattr(self.scorer, "check_encodable"):
             # A reward model whose tokenizer cannot read the pool is refused before training.
             rows = np.random.default_rng(args.selection_seed).choice(len(self.pool), min(64, len(self.pool)), replace=False)
@@ -425,9 +439,13 @@ class IterativeSelectionTrainer(SFTTrainer):
         )
         if isinstance(self.scorer, LossScorer):
             self.scorer.losses = []
+        metrics = round_metrics(record, scores)
+        if self.args.round_eval_tasks:
+            record.eval = self.selection.rounds[-1]["eval"] = self._evaluate_round()
+            metrics.update({f"eval/{name}": value for name, value in record.eval["metrics"].items()})
         if self.accelerator.is_main_process:
             write_round_file(os.path.join(self.args.output_dir, "selection"), record)
-        self.log(round_metrics(record, scores))
+        self.log(metrics)
         if self.args.push_to_hub and self.accelerator.is_main_process:
             self._push_round(record.round)
         if r < self.args.rounds:
@@ -437,6 +455,25 @@ class IterativeSelectionTrainer(SFTTrainer):
             self._sync_sampler()
         else:
             self.selection.current_round = r + 1
+
+    def _evaluate_round(self) -> dict:
+        """`round_eval_tasks` on rows held out from the pool (by `origin_id`), on the main process; every rank gets the result."""
+        from .evaluation import evaluate_model
+
+        result = [None]
+        if self.accelerator.is_main_process:
+            args = self.args
+            result[0] = evaluate_model(
+                self.accelerator.unwrap_model(self.model), self.processing_class, args.round_eval_tasks,
+                items=args.round_eval_items, exclude=self.pool if "origin_id" in self.pool.column_names else None,
+                seed=args.selection_seed, allow_code_execution=args.round_eval_allow_code_execution,
+                batch_size=args.scoring_batch_size,
+            )
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(result)
+        return result[0]
 
     def _score_round(self, rows: np.ndarray):
         """Per-row scores S of `rows` (this round's or all of D', `scored_rows`; high = the gold answer still
@@ -624,6 +661,7 @@ class IterativeSelectionTrainer(SFTTrainer):
             pool_id=a.pool_id,
             output_dir=output_dir,
             push_command=push_command,
+            evaluation=next(({**r["eval"], "round": r["round"]} for r in reversed(self.selection.rounds) if r.get("eval")), None),
         )
 
     def _save(self, output_dir: str | None = None, state_dict=None):

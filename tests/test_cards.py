@@ -13,7 +13,7 @@ from huggingface_hub import DatasetCard, ModelCard
 
 from _tiny import make_tiny_llama, save_tiny_llama, single_thread
 from hf_idsel import InvalidArgumentError, diverse_select
-from hf_idsel.cards import MODEL_CARD_FACTS, card_facts, dataset_card
+from hf_idsel.cards import MODEL_CARD_FACTS, card_facts, dataset_card, model_card
 from hf_idsel.cli import main
 from hf_idsel.publish import STAGING_DIR
 from test_trainer import make_pool, make_trainer
@@ -25,6 +25,8 @@ URL = re.compile(r"https?://[^\s)\]>\"'`]+")
 
 def assert_truthful(text: str, repos=()):
     """No placeholder text, and no URL but the paper, the Hub docs and the Hub pages of `repos`."""
+    # TRL's own bibtex entry (model cards) doubles braces and wraps its URL in \url{}: checked as written elsewhere.
+    text = re.sub(r"@misc\{vonwerra2022trl,.*?\n\}", "", text, flags=re.S)
     for placeholder in PLACEHOLDERS:
         assert placeholder not in text, placeholder
     allowed = {PAPER_URL} | {f"https://huggingface.co/{r}" for r in repos} | {f"https://huggingface.co/datasets/{r}" for r in repos}
@@ -50,7 +52,10 @@ def lora_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cards")
     base = save_tiny_llama(*make_tiny_llama(), tmp / "base")
     with single_thread():
-        trainer = make_trainer(tmp, model=base, budget=16, rounds=2, scorer="loss", save_strategy="no", peft_config=lora())
+        trainer = make_trainer(
+            tmp, model=base, budget=16, rounds=2, scorer="loss", save_strategy="no", peft_config=lora(),
+            round_eval_tasks=["mmlu"], round_eval_items=3,
+        )
         trainer.train()
         after_train = (tmp / "run" / "README.md").read_text()
         trainer.save_model()
@@ -83,6 +88,21 @@ def test_the_model_card_beside_a_lora_adapter_is_hf_idsels_and_its_loading_code_
     with single_thread():
         exec(code_blocks(text, "How to use"), scope)
     assert type(scope["model"]).__name__ == "LlamaForCausalLM" and scope["tokenizer"].chat_template
+    # TRL's own card parts: its tags, a pipeline quick start that runs, both citations.
+    assert {"trl", "sft", "generated_from_trainer"} <= set(card.data.tags)
+    assert card.data.get("base_model_relation") is None  # a local base: no Hub model to be an adapter of
+    with single_thread():
+        exec(code_blocks(text, "Quick start"), scope)
+    assert isinstance(scope["output"]["generated_text"], str)
+    assert "@misc{vonwerra2022trl," in text and "title        = {{TRL: Transformer Reinforcement Learning}}" in text
+    assert "howpublished = {\\url{https://github.com/huggingface/trl}}" in text
+    assert "@article{yu2024diversify," in text
+    # The per-round evaluation of round 2 is the card's evaluation table and its model-index.
+    evaluated = trainer.selection.rounds[-1]["eval"]
+    accuracy = evaluated["metrics"]["mmlu/accuracy"]
+    assert "After round 2, on held-out rows" in text and f"| mmlu | accuracy | {accuracy:.4f} | 3 |" in text
+    [result] = card.data.eval_results
+    assert (result.dataset_type, result.metric_type, result.metric_value) == ("cais/mmlu", "accuracy", accuracy)
 
 
 def test_a_model_saved_elsewhere_gets_the_card_of_the_run_at_that_point(lora_run, tmp_path):
@@ -145,3 +165,38 @@ def test_hf_idsel_push_writes_both_cards_again_for_the_repos_it_pushed_to(hub, t
     assert f"[{dataset_repo}](https://huggingface.co/datasets/{dataset_repo})" in card.text
     assert f'AutoModelForCausalLM.from_pretrained("{model_repo}")' in card.text and "hf-idsel push" not in card.text
     assert MODEL_CARD_FACTS not in hub.server.files(model_repo, "model")
+
+
+def test_the_model_card_of_an_adapter_with_evaluations_reads_back_from_the_hub(lora_run, hub, tmp_path):
+    """`base_model_relation: adapter` and the `model-index` of the held-out evaluation, as the Hub serves them."""
+    from huggingface_hub import metadata_load
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    trainer, _, _ = lora_run
+    facts = trainer._model_card_facts()
+    facts["base_model"] = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    facts["evaluation"] = {
+        "round": 2,
+        "metrics": {"gsm8k/exact_match": 0.1, "gsm8k/gold_logprob": -1.25, "mmlu/accuracy": 0.4, "humaneval/pass@1": 0.05},
+        "items": {"gsm8k": ["gsm8k/1"] * 30, "mmlu": ["mmlu/x/2"] * 30, "humaneval": ["HumanEval/3"] * 20},
+    }
+    repo = hub.repo("adapter")
+    hub.api().create_repo(repo)
+    card = model_card(facts, trainer.args.output_dir, hub_model_id=repo)
+    card.push_to_hub(repo)
+
+    loaded = ModelCard.load(repo)
+    assert loaded.data.get("base_model_relation") == "adapter" and loaded.data.base_model == facts["base_model"]
+    assert_truthful(loaded.text, [repo, facts["base_model"]])
+    assert f'pipeline("text-generation", model="{repo}")' in loaded.text
+    path = tmp_path / "README.md"
+    path.write_text(loaded.content)
+    name, results = model_index_to_eval_results(metadata_load(path)["model-index"])
+    assert name == loaded.data.model_name
+    got = {(r.dataset_type, r.metric_type): (r.metric_value, r.dataset_name, r.dataset_split) for r in results}
+    assert got == {
+        ("openai/gsm8k", "exact_match"): (0.1, "GSM8K (30 held-out test rows)", "test"),
+        ("cais/mmlu", "accuracy"): (0.4, "MMLU (30 held-out test rows)", "test"),
+        ("openai/openai_humaneval", "pass@1"): (0.05, "HumanEval (20 held-out test rows)", "test"),
+    }  # gold_logprob is in the card's table only
+    assert "| gsm8k | gold_logprob | -1.2500 | 30 |" in loaded.text

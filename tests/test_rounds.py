@@ -81,7 +81,7 @@ def test_close_round_moves_weight_to_the_clusters_that_score_high_and_records_on
     assert RoundRecord.from_dict(json.load(open(path))) == record and record.weight_update == "softmax"
     assert list(json.load(open(path))) == [
         "round", "weights", "cluster_scores", "selected", "selected_per_cluster", "cumulative_size", "scorer",
-        "scored", "scored_rows", "global_step", "k", "k_selection", "cluster_terms", "weight_update",
+        "scored", "scored_rows", "global_step", "k", "k_selection", "cluster_terms", "weight_update", "eval",
     ]
     with pytest.raises(InvalidArgumentError, match="missing fields"):
         write_round_file(str(tmp_path), {"round": 1, "weights": [1.0]})
@@ -332,8 +332,9 @@ def test_round_file_lands_in_the_folder_under_its_round_number(tmp_path):
 def test_round_records_read_old_files_and_refuse_incomplete_ones():
     record = RoundRecord(round=1, weights=[1.0], cluster_scores=[2.0], selected=[0], selected_per_cluster=[1],
                          cumulative_size=1, scorer="loss", scored=True, scored_rows=1, global_step=1, k=1).to_dict()
-    del record["k_selection"], record["cluster_terms"]  # written before these existed
+    del record["k_selection"], record["cluster_terms"], record["eval"]  # written before these existed
     assert RoundRecord.from_dict(record).k_selection is None and RoundRecord.from_dict(record).cluster_terms is None
+    assert RoundRecord.from_dict(record).eval is None
     del record["k"]
     with pytest.raises(InvalidArgumentError, match=re.escape("missing fields ['k']")):
         RoundRecord.from_dict(record)
