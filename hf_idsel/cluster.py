@@ -191,9 +191,10 @@ def default_k_candidates(n: int, max_k: int | None = None) -> list[int]:
 
     8192 is the top of the paper's sweep (64 ... 8192). The floor of 16 rows per cluster on average keeps
     clusters large enough that their k-means centroids are more than a handful of rows; 8192 is reached from
-    131,072 rows. Any k in the grid's range has a grid point within a factor of 1.2.
+    131,072 rows; pools of 20 to 31 rows get k=2 only. Any k in the grid's range has a grid point within a factor of 1.2.
     """
-    upper = min(n // MIN_ROWS_PER_CLUSTER, max_k or MAX_AUTO_K)
+    # Pools of 20 to 31 rows keep the one candidate (k=2, 10 rows a cluster) they had before the floor was 16.
+    upper = min(n // MIN_ROWS_PER_CLUSTER if n >= 2 * MIN_ROWS_PER_CLUSTER else n // 10, max_k or MAX_AUTO_K)
     grid = [int(round(2 ** (e / 2))) for e in range(2, 2 * int(math.log2(max(upper, 1))) + 2)]
     return [k for k in grid if k <= upper]
 
@@ -371,7 +372,7 @@ def choose_k(
     if not usable:
         raise InvalidArgumentError(
             f"k='auto' has no candidate k in [2, {n - 1}] to try (candidates: {grid}); "
-            f"pass an explicit `k`, `k_candidates`, or a pool of at least {2 * MIN_ROWS_PER_CLUSTER} rows."
+            "pass an explicit `k`, `k_candidates`, or a pool of at least 20 rows."
         )
     scores, errors = {}, {}
     best = None  # (score, -k, clustering): only the best clustering is kept, each holds n labels

@@ -63,7 +63,8 @@ def test_default_grid_reaches_the_papers_k_where_the_pool_has_16_rows_a_cluster(
     assert default_k_candidates(70_000)[-1] == 4096  # WizardLM 70k: its peak k=2048 and one step beyond
     assert default_k_candidates(4000) == [2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128, 181]  # <= 4000 // 16
     assert default_k_candidates(10**6, max_k=100)[-1] == 91
-    assert default_k_candidates(31) == [] and default_k_candidates(32) == [2]
+    assert default_k_candidates(19) == [] and default_k_candidates(20) == default_k_candidates(32) == [2]
+    assert default_k_candidates(47) == [2] and default_k_candidates(48) == [2, 3]
     grid = default_k_candidates(200_000)
     # Every k in the grid's range has a grid point within a factor of 1.2 (the grid is about x1.41 apart).
     assert max(min(max(k / g, g / k) for g in grid) for k in range(2, 8193)) <= 1.2
@@ -263,8 +264,8 @@ def test_choose_k_default_grid_is_searched_coarse_to_fine_and_recorded():
     assert record["estimator"] == {"metric": "cosine", "clustering": "whole pool", "sample_size": 300, "min_rows_per_cluster": 16}
     with pytest.raises(InvalidArgumentError, match=r"k='auto' has no candidate k in \[2, 9\] to try \(candidates: \[10, 12\]\)"):
         choose_k(x[:10], [12, 10])
-    with pytest.raises(InvalidArgumentError, match=r"k='auto' has no candidate k in \[2, 29\] to try \(candidates: \[\]\).*at least 32 rows"):
-        choose_k(x[:30])
+    with pytest.raises(InvalidArgumentError, match=r"k='auto' has no candidate k in \[2, 18\] to try \(candidates: \[\]\).*at least 20 rows"):
+        choose_k(x[:19])
     with pytest.raises(InvalidArgumentError, match=r"`sample_size`=1"):
         choose_k(x, sample_size=1)
 
