@@ -99,10 +99,12 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="Small pools: a smoke test.")
     parser.add_argument("--out", help="Write the results as JSON here.")
+    parser.add_argument("--pools", nargs="+", metavar="ROWS:K", help="Only these pools, e.g. 200000:2048.")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
+    pools = [tuple(int(v) for v in p.split(":")) for p in args.pools] if args.pools else cfg["pools"]
     results = []
-    for n, true_k in cfg["pools"]:
+    for n, true_k in pools:
         r = measure(n, true_k, cfg["dim"], cfg["spread"])
         results.append(r)
         print(

@@ -191,7 +191,8 @@ def diverse_select(
             `"kmeans-random"`, `"kmeans-closest"`, `"random"`, or the baselines `"kcenter"`, `"deita"`, `"qdit"`
             (the table `hf_idsel.methods.METHODS`).
         k (`int` or `"auto"`, *optional*, defaults to `"auto"`):
-            Number of clusters; `"auto"` picks it by silhouette score on a sample (the paper's guidance).
+            Number of clusters; `"auto"` picks it by the silhouette of the whole pool's clustering (the paper's
+            guidance), see [`cluster.choose_k`].
         seed (`int`, *optional*, defaults to `0`):
             Seeds k-means and every draw; same data, arguments and seed give the same rows. An int in
             [0, 2**31 - 1] (faiss's k-means takes a 32-bit seed).
@@ -229,7 +230,8 @@ def diverse_select(
         qdit_alpha (`float`, *optional*, defaults to `0.5`):
             `"qdit"`: weight of quality against facility-location diversity.
         k_candidates (`list[int]`, *optional*):
-            Candidate k values for `k="auto"`.
+            Candidate k values for `k="auto"`, all tried; by default powers of two and their midpoints from 2 up
+            to `min(8192, rows // 16)`, searched coarse-to-fine.
         kmeans_niter (`int`, *optional*, defaults to `20`):
             k-means iterations, at least 1.
         batch_size (`int`, *optional*, defaults to `64`):
