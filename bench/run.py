@@ -9,7 +9,8 @@ Runs, in this order, in one process (the scale curve spawns one subprocess per p
    SFTTrainer over the same steps, and per-cluster vs full generation scoring;
 3. the scale curve (`bench/scale.py`): time and peak memory at 10k, 100k, 1M rows, plus the
    real encoder's throughput;
-4. the GPU path (faiss-gpu k-means, bf16 encoder) when torch sees a CUDA device and faiss has GPU
+4. k="auto" (`bench/k_auto.py`): `choose_k` at 200k rows against one k-means at the k it chose;
+5. the GPU path (faiss-gpu k-means, bf16 encoder) when torch sees a CUDA device and faiss has GPU
    support; otherwise the outputs say "no GPU in this run".
 
 Writes `<out>/performance.md` (ratio table, scale table and plot, machine description),
@@ -50,6 +51,8 @@ FULL = {
     },
     "scale": {"sizes": [10_000, 100_000, 1_000_000], "k": 1024, "encoder_rows": 2000},
     "gpu": {"sizes": [100_000, 1_000_000], "k": 1024, "encoder_rows": 2000},
+    # k="auto" at 200k rows (bench/k_auto.py runs the whole synthetic validation, 50k to 200k rows).
+    "k_auto": {"pools": [(200_000, 2048)], "dim": 64, "spread": 0.6},
 }
 QUICK = {
     "select": {"rows": 60, "repeats": 1, "k": 4},
@@ -62,6 +65,7 @@ QUICK = {
     },
     "scale": {"sizes": [1000, 4000], "k": 16, "encoder_rows": 32},
     "gpu": {"sizes": [4000], "k": 16, "encoder_rows": 32},
+    "k_auto": {"pools": [(6_000, 48)], "dim": 64, "spread": 0.6},
 }
 
 # name -> (what "ours" is, what the baseline is, target, test of the target)
@@ -78,6 +82,8 @@ RATIO_SPECS = {
     "trainer_overhead": ("IterativeSelectionTrainer (loss scorer) construction + train()",
                          "plain SFTTrainer construction + train(), same steps and rows", "<= 1.05", lambda r: r <= 1.05),
     "scoring_cost": ("perplexity scoring of a per-cluster sample", "scoring every trained row of the round", "< 1", lambda r: r < 1),
+    "k_auto_time": ("k='auto' (choose_k on the default grid: the whole pool clustered per candidate, sampled silhouette)",
+                    "one kmeans at the chosen k, same rows", "<= 15", lambda r: r <= 15),
     "gpu_kmeans_speedup": ("k-means on the GPU (faiss-gpu)", "k-means on the CPU, same rows and k", "> 1", lambda r: r > 1),
     "gpu_encoder_speedup": ("bf16 encoder on the GPU (embed_dataset rows/s)", "fp32 encoder on the CPU (rows/s)", "> 1", lambda r: r > 1),
 }
@@ -206,6 +212,23 @@ def run_trainer(cfg: dict, models: list[str], encoder) -> tuple[dict, list]:
     return results, rows
 
 
+def run_k_auto(cfg: dict, seed: int) -> tuple[list, list]:
+    import k_auto
+
+    c = cfg["k_auto"]
+    results, rows = [], []
+    for n, true_k in c["pools"]:
+        r = k_auto.measure(n, true_k, c["dim"], c["spread"], seed)
+        log(f"k-auto: {n:,} rows, true k={true_k}: chose {r['chosen_k']} in {r['k_auto_s']:.1f} s, "
+            f"one k-means at it {r['kmeans_at_chosen_k_s']:.1f} s")
+        results.append(r)
+        row = ratio_row("k_auto_time", r["k_auto_s"], r["kmeans_at_chosen_k_s"], f"{r['k_auto_s']:.1f} s (chose k={r['chosen_k']})",
+                        f"{r['kmeans_at_chosen_k_s']:.1f} s ({n:,} x {c['dim']}, {true_k} planted clusters)")
+        row["label"] = f"k_auto_time ({n:,} rows)"
+        rows.append(row)
+    return results, rows
+
+
 def run_scale(cfg: dict, seed: int, encoder, out: str) -> dict:
     import scale
 
@@ -283,6 +306,7 @@ def render_markdown(results: dict, png_name: str) -> str:
     lines += ["", "Ratios are ours / baseline, except the `*speedup*` rows (baseline time / ours).", ""]
     lines += _details(results)
     lines += _scale_section(results, png_name)
+    lines += _k_auto_section(results)
     lines += _gpu_section(results)
     return "\n".join(lines) + "\n"
 
@@ -379,6 +403,21 @@ def _embed_share(s: dict) -> str:
             "selection time from precomputed vectors, so a fresh CPU selection is bound by the encoder.")
 
 
+def _k_auto_section(results: dict) -> list[str]:
+    if "k_auto" not in results:  # results written before k="auto" was benchmarked
+        return []
+    lines = ["## k=\"auto\"", "",
+             "`choose_k` on synthetic pools with planted clusters (`bench/k_auto.py`; its full run covers 50k to 200k rows "
+             "and true k from 12 to 2048, see docs/method.md):", "",
+             "| pool rows | true k | chosen k | ratio | ARI | candidates tried | k=auto s | one k-means s | time ratio | picker before |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["k_auto"]:
+        lines.append(f"| {r['rows']:,} | {r['true_k']} | {r['chosen_k']} | {r['ratio_to_true_k']:.2f} | {r['ari_at_chosen_k']:.3f} | "
+                     f"{r['candidates_tried']} | {r['k_auto_s']:.1f} | {r['kmeans_at_chosen_k_s']:.1f} | {r['time_ratio']:.1f} | "
+                     f"{r['old_picker_k']} |")
+    return lines + [""]
+
+
 def _gpu_section(results: dict) -> list[str]:
     g = results["gpu"]
     if not g["available"]:
@@ -431,6 +470,8 @@ def main(argv=None) -> dict:
     trainer, trainer_rows = run_trainer(cfg, args.trainer_model, encoder)
     ratios += trainer_rows
     scale_result = run_scale(cfg, args.seed, encoder, args.out)
+    k_auto_results, k_auto_rows = run_k_auto(cfg, args.seed)
+    ratios += k_auto_rows
     gpu, gpu_rows = run_gpu(cfg, args.seed, status, scale_result)
     ratios += gpu_rows
 
@@ -449,6 +490,7 @@ def main(argv=None) -> dict:
         "select": select,
         "trainer": trainer,
         "scale": scale_result,
+        "k_auto": k_auto_results,
         "gpu": gpu,
         "wall_seconds": time.perf_counter() - started,
     }

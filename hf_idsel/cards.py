@@ -97,7 +97,15 @@ def _describe_k(manifest: Manifest) -> str:
     if mode == "auto":
         scores = manifest.k_selection.get("silhouette", {})
         shown = ", ".join(f"{c}: {float(s):.3f}" for c, s in scores.items())
-        return f"chosen by the best silhouette score among candidates ({shown})"
+        estimator = manifest.k_selection.get("estimator")
+        if not estimator:  # recorded before k="auto" judged the whole pool
+            return f"chosen by the best silhouette score among candidates ({shown})"
+        error = max(manifest.k_selection.get("standard_error", {}).values(), default=0.0)
+        return (
+            f"chosen by k=\"auto\": the best cosine silhouette of the whole pool's k-means clustering among "
+            f"{len(scores)} candidates (k: silhouette {shown}), averaged over {estimator['sample_size']:,} rows "
+            f"(standard error at most {error:.4f})"
+        )
     return "fixed by the user"
 
 

@@ -20,6 +20,12 @@ from .errors import InvalidArgumentError, MissingDependencyError
 logger = logging.getLogger(__name__)
 
 ASSIGN_CHUNK = 65536
+# k="auto": the top of the paper's k sweep, the fewest rows per cluster a candidate may average, and the
+# rows the silhouette is averaged over.
+MAX_AUTO_K = 8192
+MIN_ROWS_PER_CLUSTER = 16
+SILHOUETTE_SAMPLE = 20000
+SILHOUETTE_CHUNK = 2048
 
 
 @dataclass
@@ -180,17 +186,139 @@ def assign(embeddings: np.ndarray, centroids: np.ndarray, *, gpu: bool = False, 
 
 
 def default_k_candidates(n: int, max_k: int | None = None) -> list[int]:
-    """A geometric grid (about x1.4 apart) from 2 up to `min(n // 10, max_k or 4096)`.
+    """Powers of two and their geometric midpoints (about x1.41 apart) from 2 up to
+    `min(max_k or 8192, n // 16)`.
 
-    At least ~10 rows per cluster on average: silhouette over tinier clusters says little.
+    8192 is the top of the paper's sweep (64 ... 8192). The floor of 16 rows per cluster on average keeps
+    clusters large enough that their k-means centroids are more than a handful of rows; 8192 is reached from
+    131,072 rows; pools of 20 to 31 rows get k=2 only. Any k in the grid's range has a grid point within a factor of 1.2.
     """
-    upper = min(n // 10, max_k or 4096)
-    grid, value = [], 2.0
-    while round(value) <= upper:
-        if not grid or round(value) != grid[-1]:
-            grid.append(int(round(value)))
-        value *= math.sqrt(2)
-    return grid
+    # Pools of 20 to 31 rows keep the one candidate (k=2, 10 rows a cluster) they had before the floor was 16.
+    upper = min(n // MIN_ROWS_PER_CLUSTER if n >= 2 * MIN_ROWS_PER_CLUSTER else n // 10, max_k or MAX_AUTO_K)
+    grid = [int(round(2 ** (e / 2))) for e in range(2, 2 * int(math.log2(max(upper, 1))) + 2)]
+    return [k for k in grid if k <= upper]
+
+
+def silhouette(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    *,
+    sample_size: int | None = SILHOUETTE_SAMPLE,
+    seed: int = 0,
+    chunk: int = SILHOUETTE_CHUNK,
+) -> tuple[float, float]:
+    """Cosine silhouette of a clustering of the whole pool, estimated on a seeded sample of rows.
+
+    For unit vectors the mean cosine distance of a row `x` to the rows of cluster `c` is
+    `1 - x . S_c / n_c`, with `S_c` the sum of the cluster's rows, so each sampled row's `a(i)` and `b(i)`
+    are exact (against every row of every cluster) at the cost of one `(chunk, d) x (d, k)` product; only
+    the choice of rows is sampled. With `sample_size >= n` the result is the exact silhouette
+    (`sklearn.metrics.silhouette_score(embeddings, labels, metric="cosine")`).
+
+    Args:
+        embeddings (`np.ndarray`):
+            `(n, d)` unit-norm rows.
+        labels (`np.ndarray`):
+            Cluster id (`0 <= id < k`) of every row.
+        sample_size (`int`, *optional*, defaults to `20000`):
+            Rows whose silhouette is averaged (uniform, without replacement); `None` scores every row.
+        seed (`int`, *optional*, defaults to `0`):
+            Seeds the sample.
+        chunk (`int`, *optional*, defaults to `2048`):
+            Sampled rows per matrix product (memory: `chunk * k` floats).
+
+    Returns:
+        `tuple[float, float]`: the silhouette (`-1.0` when fewer than two clusters hold rows, where it is
+        undefined) and the standard error of the sample mean (0 when every row is scored).
+    """
+    from scipy.sparse import csr_matrix
+
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(x)
+    k = int(labels.max()) + 1
+    sizes = np.bincount(labels, minlength=k)
+    if int((sizes > 0).sum()) < 2:
+        return -1.0, 0.0
+    members = csr_matrix((np.ones(n, dtype=np.float32), (labels, np.arange(n))), shape=(k, n))
+    sums = np.ascontiguousarray(members @ x, dtype=np.float32).T  # (d, k): S_c as columns
+    if sample_size is None or sample_size >= n:
+        rows = np.arange(n)
+    else:
+        rows = np.sort(np.random.default_rng(check_seed(seed)).choice(n, size=sample_size, replace=False))
+    empty = sizes == 0
+    scores = np.empty(len(rows), dtype=np.float64)
+    for start in range(0, len(rows), chunk):
+        block = rows[start : start + chunk]
+        xb = x[block]
+        own = labels[block]
+        # Mean cosine distance to every cluster; the row's own cluster excludes the row itself.
+        dots = (xb @ sums).astype(np.float64)
+        mean_dist = 1.0 - dots / np.maximum(sizes, 1)
+        self_dot = np.einsum("ij,ij->i", xb, xb).astype(np.float64)
+        own_size = sizes[own]
+        own_dots = dots[np.arange(len(block)), own]
+        a = ((own_size - 1) - (own_dots - self_dot)) / np.maximum(own_size - 1, 1)
+        mean_dist[:, empty] = np.inf
+        mean_dist[np.arange(len(block)), own] = np.inf
+        b = mean_dist.min(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            s = np.nan_to_num((b - a) / np.maximum(a, b))
+        s[own_size == 1] = 0.0  # sklearn's convention for singleton clusters
+        scores[start : start + len(block)] = s
+    if len(rows) == n:
+        return float(scores.mean()), 0.0
+    # Standard error of a mean of a sample drawn without replacement (finite population correction).
+    error = float(scores.std(ddof=1) / math.sqrt(len(rows)) * math.sqrt(1 - len(rows) / n))
+    return float(scores.mean()), error
+
+
+@dataclass
+class KSelection:
+    """Result of [`choose_k`].
+
+    Args:
+        k (`int`):
+            The chosen number of clusters.
+        silhouette (`dict[int, float]`):
+            Estimated silhouette of the whole pool's clustering at every candidate tried, by ascending k.
+        standard_error (`dict[int, float]`):
+            Standard error of each estimate.
+        clustering (`Clustering`):
+            The whole pool's clustering at the chosen k (what [`kmeans`] returns for it).
+        sample_size (`int`):
+            Rows the silhouette was averaged over.
+        grid (`list[int]`):
+            The candidate grid; with the default grid, not every point is tried (see [`choose_k`]).
+        search (`str`):
+            `"coarse-to-fine"` (default grid) or `"every candidate"` (the user's list).
+    """
+
+    k: int
+    silhouette: dict
+    standard_error: dict
+    clustering: Clustering
+    sample_size: int
+    grid: list
+    search: str
+
+    def record(self) -> dict:
+        """The `k_selection` entry of a manifest: mode, the curve and the estimator's settings (JSON values)."""
+        return {
+            "mode": "auto",
+            "candidates": sorted(self.silhouette),
+            "silhouette": {str(c): s for c, s in self.silhouette.items()},
+            "standard_error": {str(c): e for c, e in self.standard_error.items()},
+            "chosen": self.k,
+            "grid": list(self.grid),
+            "search": self.search,
+            "estimator": {
+                "metric": "cosine",
+                "clustering": "whole pool",
+                "sample_size": self.sample_size,
+                "min_rows_per_cluster": MIN_ROWS_PER_CLUSTER,
+            },
+        }
 
 
 def choose_k(
@@ -198,53 +326,84 @@ def choose_k(
     candidates: list[int] | None = None,
     *,
     seed: int = 0,
-    sample_size: int = 4000,
+    sample_size: int = SILHOUETTE_SAMPLE,
     niter: int = 20,
     gpu: bool | None = None,
-) -> tuple[int, dict]:
-    """Pick k by silhouette score (the paper's guidance), on a seeded sample of the rows.
+) -> KSelection:
+    """Pick k by the silhouette of the whole pool's clustering (the paper's guidance).
+
+    Each candidate k is judged on what `kmeans(embeddings, k)` would return for the pool (faiss fits on its
+    sample of at most 256 rows per centroid, then every row is assigned), scored by [`silhouette`] on a seeded
+    sample of rows. Clustering a 4,000-row sample instead (what hf_idsel did before) capped k at 362 and
+    biased it low: with few rows per cluster, clusters split by k-means look poorly separated and the sample's
+    silhouette peaks below the pool's structure.
+
+    With the default grid ([`default_k_candidates`]) the search is coarse-to-fine: every power of two first,
+    then the grid's midpoints on either side of the best. A user's `candidates` are all tried.
 
     Args:
         embeddings (`np.ndarray`):
             `(n, d)` unit-norm rows.
         candidates (`list[int]`, *optional*):
-            The k values to try; defaults to [`default_k_candidates`] of the sample size.
+            The k values to try (those outside `[2, n - 1]` are skipped); defaults to
+            `default_k_candidates(n)`.
         seed (`int`, *optional*, defaults to `0`):
-            Seeds the sample and each k-means.
-        sample_size (`int`, *optional*, defaults to `4000`):
-            Rows used for fitting and scoring (silhouette is quadratic in this).
+            Seeds each k-means (as the final clustering is seeded) and the silhouette's sample.
+        sample_size (`int`, *optional*, defaults to `20000`):
+            Rows whose silhouette is averaged; every row when the pool is no larger.
         niter (`int`, *optional*, defaults to `20`):
             k-means iterations per candidate.
         gpu (`bool`, *optional*):
             As in [`kmeans`].
 
     Returns:
-        `tuple[int, dict[int, float]]`: the best k and the silhouette score of every candidate.
+        [`KSelection`]: the chosen k (ties: the smaller k), the silhouette curve and the pool's clustering at k.
     """
-    from sklearn.metrics import silhouette_score
-
     n = embeddings.shape[0]
     seed = check_seed(seed)
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(n, size=min(n, sample_size), replace=False))
-    sample = embeddings[rows]
-    grid = sorted(set(candidates)) if candidates else default_k_candidates(len(rows))
-    usable = [k for k in grid if 2 <= k < len(rows)]
+    sample_size = check_int(sample_size, "sample_size", minimum=2, maximum=MAX_INT32)
+    if candidates:
+        grid = sorted(set(int(c) for c in candidates))
+        search = "every candidate"
+    else:
+        grid = default_k_candidates(n)
+        search = "coarse-to-fine"
+    usable = [k for k in grid if 2 <= k < n]
     if not usable:
         raise InvalidArgumentError(
-            f"k='auto' has no candidate k in [2, {len(rows) - 1}] to try (candidates: {grid}); "
-            "pass an explicit `k` or a larger pool."
+            f"k='auto' has no candidate k in [2, {n - 1}] to try (candidates: {grid}); "
+            "pass an explicit `k`, `k_candidates`, or a pool of at least 20 rows."
         )
-    scores = {}
-    for k in tqdm(usable, desc="Choosing k (silhouette)", unit="k"):
-        labels = kmeans(sample, k, seed=seed, niter=niter, gpu=gpu, warn_empty=False).labels
-        if len(np.unique(labels)) < 2:
-            scores[k] = -1.0  # degenerate (e.g. identical rows): silhouette is undefined
-            continue
-        scores[k] = float(silhouette_score(sample, labels, metric="cosine", random_state=seed))
-    best = max(usable, key=lambda k: (scores[k], -k))
-    logger.info("Silhouette by k: %s -> k=%d", {k: round(v, 4) for k, v in scores.items()}, best)
-    return best, scores
+    scores, errors = {}, {}
+    best = None  # (score, -k, clustering): only the best clustering is kept, each holds n labels
+
+    def score(ks, desc):
+        nonlocal best
+        for k in tqdm(ks, desc=desc, unit="k"):
+            clustering = kmeans(embeddings, k, seed=seed, niter=niter, gpu=gpu, warn_empty=False)
+            scores[k], errors[k] = silhouette(embeddings, clustering.labels, sample_size=sample_size, seed=seed)
+            if best is None or (scores[k], -k) > best[:2]:
+                best = (scores[k], -k, clustering)
+
+    if search == "coarse-to-fine":
+        powers = [k for k in usable if k & (k - 1) == 0] or usable
+        score(powers, "Choosing k (silhouette, powers of two)")
+        at = usable.index(-best[1])
+        score([k for k in usable[max(at - 1, 0) : at + 2] if k not in scores], "Choosing k (silhouette, refining)")
+    else:
+        score(usable, "Choosing k (silhouette)")
+    chosen = -best[1]
+    curve = {c: scores[c] for c in sorted(scores)}
+    logger.info("Silhouette by k: %s -> k=%d", {c: round(v, 4) for c, v in curve.items()}, chosen)
+    return KSelection(
+        k=chosen,
+        silhouette=curve,
+        standard_error={c: errors[c] for c in sorted(errors)},
+        clustering=best[2],
+        sample_size=min(n, sample_size),
+        grid=usable,
+        search=search,
+    )
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import math
 import numbers
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -208,7 +209,9 @@ class Manifest:
         k (`int`):
             Number of clusters.
         k_selection (`dict`):
-            `{"mode": "fixed"}` or `{"mode": "auto", "candidates": [...], "silhouette": {k: score}}`.
+            `{"mode": "fixed"}` or `{"mode": "auto", "candidates": [...], "silhouette": {k: score}}`; since k="auto"
+            judges the whole pool's clustering it also holds `"chosen"`, `"standard_error"` (`{k: error}`),
+            `"grid"`, `"search"` and `"estimator"` (the silhouette's settings, see [`cluster.KSelection.record`]).
         budget (`dict`):
             `requested`, `rows` and, for token budgets, `max_tokens`, `tokens`, `tokenizer`.
         cluster_sizes (`list[int]`):
@@ -588,6 +591,24 @@ def _check_fields(data, origin: str) -> None:
     if any(c > s for c, s in zip(per_cluster, sizes)):
         raise _FieldError("`selected_per_cluster` exceeds `cluster_sizes`.")
     _check_descriptions(data.get("cluster_descriptions"), k)
+    _check_k_selection(data["k_selection"], k)
+
+
+def _check_k_selection(record: dict, k: int) -> None:
+    """A k="auto" record's silhouette curve: int keys, numbers, and the chosen k is the manifest's k."""
+    if record.get("mode") != "auto":
+        return
+    for name in ("silhouette", "standard_error"):
+        curve = record.get(name, {})
+        if not isinstance(curve, dict) or not all(
+            key.isdigit() and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for key, v in curve.items()
+        ):
+            raise _FieldError(f"`k_selection.{name}`={_short(curve)} must map each candidate k to a number.")
+    if "candidates" in record and record["candidates"] != sorted(int(c) for c in record["silhouette"]):
+        raise _FieldError("`k_selection.candidates` must be the candidates of `k_selection.silhouette`, ascending.")
+    if "chosen" in record and record["chosen"] != k:
+        raise _FieldError(f"`k_selection.chosen`={_short(record['chosen'])} must be the manifest's `k`={k}.")
 
 
 def _check_descriptions(descriptions, k) -> None:

@@ -38,9 +38,7 @@ def format_report(manifest, *, top: int = 20) -> str:
         lines.append(f"encoder: {encoder['id']} @ {encoder['revision']} (dim {encoder['dim']})")
     else:
         lines.append(f"embeddings: column {encoder.get('embedding_column')!r} (dim {encoder.get('dim')})")
-    if manifest.k_selection.get("mode") == "auto":
-        scores = manifest.k_selection["silhouette"]
-        lines.append("k chosen by silhouette: " + ", ".join(f"k={c}: {float(s):.3f}" for c, s in scores.items()))
+    lines += silhouette_curve(manifest.k_selection, manifest.k)
     if manifest.dedup:
         lines.append(f"de-duplication: removed {manifest.dedup['removed']} rows at cosine >= {manifest.dedup['threshold']}")
     descriptions = manifest.cluster_descriptions
@@ -62,6 +60,23 @@ def format_report(manifest, *, top: int = 20) -> str:
         lines.append("Most representative row of each cluster (nearest its centroid):")
         lines += [f"{j:>7}  {_first_example(descriptions[j])}" for j in order[:top]]
     return "\n".join(lines)
+
+
+def silhouette_curve(k_selection: dict, k: int) -> list[str]:
+    """The silhouette curve of a k="auto" selection as a small text table (no lines for a fixed k).
+
+    Records written before k="auto" judged the whole pool have no standard errors or estimator settings.
+    """
+    if k_selection.get("mode") != "auto":
+        return []
+    scores, errors = k_selection["silhouette"], k_selection.get("standard_error", {})
+    estimator = k_selection.get("estimator")
+    how = f" (cosine, whole pool's clustering, {estimator['sample_size']:,} rows scored)" if estimator else ""
+    lines = [f"k chosen by silhouette{how}:", f"{'k':>6} {'silhouette':>10} {'std err':>8}"]
+    for c, score in scores.items():
+        error = f"{float(errors[c]):>8.4f}" if c in errors else f"{'':>8}"
+        lines.append(f"{c:>6} {float(score):>10.3f} {error}" + ("  <- chosen" if int(c) == k else ""))
+    return lines
 
 
 def _first_example(description: dict | None) -> str:

@@ -195,7 +195,8 @@ def diverse_select(
             `"kmeans-random"`, `"kmeans-closest"`, `"random"`, or the baselines `"kcenter"`, `"deita"`, `"qdit"`
             (the table `hf_idsel.methods.METHODS`).
         k (`int` or `"auto"`, *optional*, defaults to `"auto"`):
-            Number of clusters; `"auto"` picks it by silhouette score on a sample (the paper's guidance).
+            Number of clusters; `"auto"` picks it by the silhouette of the whole pool's clustering (the paper's
+            guidance), see [`cluster.choose_k`].
         seed (`int`, *optional*, defaults to `0`):
             Seeds k-means and every draw; same data, arguments and seed give the same rows. An int in
             [0, 2**31 - 1] (faiss's k-means takes a 32-bit seed).
@@ -236,7 +237,8 @@ def diverse_select(
         qdit_alpha (`float`, *optional*, defaults to `0.5`):
             `"qdit"`: weight of quality against facility-location diversity.
         k_candidates (`list[int]`, *optional*):
-            Candidate k values for `k="auto"`.
+            Candidate k values for `k="auto"`, all tried; by default powers of two and their midpoints from 2 up
+            to `min(8192, rows // 16)`, searched coarse-to-fine.
         kmeans_niter (`int`, *optional*, defaults to `20`):
             k-means iterations, at least 1.
         batch_size (`int`, *optional*, defaults to `64`):
@@ -588,12 +590,11 @@ def pool_embeddings(
 
 def cluster_pool(embeddings: np.ndarray, k, *, k_candidates=None, seed: int = 0, kmeans_niter: int = 20):
     """k-means on the pool's vectors, choosing k by silhouette when `k="auto"`; returns `(Clustering, k_selection)`."""
-    k_selection = {"mode": "fixed"}
     if k == "auto":
-        candidates = k_candidates or default_k_candidates(min(len(embeddings), 4000))
-        k, scores = choose_k(embeddings, candidates, seed=seed, niter=kmeans_niter)
-        k_selection = {"mode": "auto", "candidates": sorted(scores), "silhouette": {str(c): s for c, s in scores.items()}}
-    return kmeans(embeddings, k, seed=seed, niter=kmeans_niter), k_selection
+        # The search already clustered the whole pool at the chosen k: that clustering is the result.
+        chosen = choose_k(embeddings, k_candidates, seed=seed, niter=kmeans_niter)
+        return chosen.clustering, chosen.record()
+    return kmeans(embeddings, k, seed=seed, niter=kmeans_niter), {"mode": "fixed"}
 
 
 def dedup_mask(embeddings: np.ndarray, threshold: float, *, quality: np.ndarray | None = None) -> np.ndarray:
@@ -658,13 +659,17 @@ def _plan(pool, args: SelectArguments, checked: _Checked) -> SelectionPlan:
     k = args.k
     candidates = None
     if k == "auto":
-        candidates = args.k_candidates or default_k_candidates(min(n, 4000))
+        candidates = args.k_candidates or default_k_candidates(n)
+        tried = candidates
+        if not args.k_candidates:  # coarse-to-fine: the powers of two, then at most two midpoints (bounded by the largest)
+            tried = [c for c in candidates if c & (c - 1) == 0] + sorted(c for c in candidates if c & (c - 1))[-2:]
         k_fit = max(candidates)
-        search = sum(min(n, 4000) * c * d * args.kmeans_niter for c in candidates) * _KMEANS_SECONDS_PER_UNIT
     else:
-        k_fit, search = k, 0.0
+        k_fit, tried = k, [k]
     train_rows = min(n, 256 * k_fit)
-    cluster_seconds = search + (train_rows * k_fit * d * args.kmeans_niter + n * k_fit * d) * _KMEANS_SECONDS_PER_UNIT
+    # Each candidate is a k-means of the whole pool (fit on up to 256 rows a centroid, every row assigned); with
+    # k="auto" the chosen candidate's clustering is the result.
+    cluster_seconds = sum(min(n, 256 * c) * c * d * args.kmeans_niter + n * c * d for c in tried) * _KMEANS_SECONDS_PER_UNIT
     memory = n * d * 4 * 2 + train_rows * d * 4 + n * 16
     return SelectionPlan(
         pool_rows=n,

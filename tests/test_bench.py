@@ -159,3 +159,16 @@ def test_render_only_rewrites_the_same_report_from_json(quick_run):
     bench_run.main(["--render-only", "--out", str(out)])
     assert (out / "performance.md").read_text() == markdown
     assert "{km[" not in markdown and "{t[" not in markdown  # no unformatted template left in the text
+
+
+def test_k_auto_bench_measures_the_chosen_k_and_its_time_ratio():
+    """bench/k_auto.py's measurement on a small pool with 48 planted clusters: the chosen k, its ratio to the
+    true k, the curve, and the time against one k-means at that k, each read from the same run."""
+    import k_auto
+
+    r = k_auto.measure(6_000, 48, 32, 0.6)
+    assert r["within_1_25"] and 48 / 1.25 <= r["chosen_k"] <= 48 * 1.25 and r["ari_at_chosen_k"] > 0.9
+    assert r["chosen_k"] == int(max(r["silhouette"], key=r["silhouette"].get))
+    assert r["time_ratio"] == pytest.approx(r["k_auto_s"] / r["kmeans_at_chosen_k_s"]) and r["time_ratio"] > 1
+    assert r["sample_size"] == 6_000 and r["standard_error_max"] == 0.0
+    assert 2 <= r["old_picker_k"] <= 362

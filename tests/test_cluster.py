@@ -1,9 +1,11 @@
+import json
+
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from conftest import planted_blobs
-from hf_idsel.cluster import assign, choose_k, default_k_candidates, kmeans
+from hf_idsel.cluster import assign, choose_k, default_k_candidates, kmeans, silhouette
 from hf_idsel.errors import InvalidArgumentError
 
 
@@ -48,15 +50,24 @@ def test_k_out_of_range(k):
 
 def test_choose_k_recovers_the_planted_count():
     x, _ = planted_blobs(6, 50, seed=5)
-    best, scores = choose_k(x, [2, 3, 4, 6, 8, 12, 16], seed=0)
-    assert best == 6
-    assert scores[6] == max(scores.values())
+    result = choose_k(x, [2, 3, 4, 6, 8, 12, 16], seed=0)
+    assert result.k == 6
+    assert result.silhouette[6] == max(result.silhouette.values())
 
 
-def test_default_grid():
-    grid = default_k_candidates(4000)
-    assert grid[0] == 2 and grid[-1] <= 400 and grid == sorted(set(grid))
-    assert default_k_candidates(19) == []
+def test_default_grid_reaches_the_papers_k_where_the_pool_has_16_rows_a_cluster():
+    powers = [2**e for e in range(1, 14)]
+    midpoints = [3, 6, 11, 23, 45, 91, 181, 362, 724, 1448, 2896, 5793]
+    assert default_k_candidates(200_000) == sorted(powers + midpoints)  # 2 ... 8192, the paper's 64 ... 8192 included
+    assert default_k_candidates(131_072)[-1] == 8192 and default_k_candidates(131_071)[-1] == 5793
+    assert default_k_candidates(70_000)[-1] == 4096  # WizardLM 70k: its peak k=2048 and one step beyond
+    assert default_k_candidates(4000) == [2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128, 181]  # <= 4000 // 16
+    assert default_k_candidates(10**6, max_k=100)[-1] == 91
+    assert default_k_candidates(19) == [] and default_k_candidates(20) == default_k_candidates(32) == [2]
+    assert default_k_candidates(47) == [2] and default_k_candidates(48) == [2, 3]
+    grid = default_k_candidates(200_000)
+    # Every k in the grid's range has a grid point within a factor of 1.2 (the grid is about x1.41 apart).
+    assert max(min(max(k / g, g / k) for g in grid) for k in range(2, 8193)) <= 1.2
 
 
 def test_more_clusters_than_distinct_rows_warns_and_names_the_empty_ones(caplog):
@@ -69,7 +80,7 @@ def test_more_clusters_than_distinct_rows_warns_and_names_the_empty_ones(caplog)
     caplog.clear()
     with caplog.at_level("WARNING", logger="hf_idsel.cluster"):
         kmeans(x, 3, seed=0)
-        choose_k(x, [2, 4], seed=0)  # the candidates k='auto' tries are not the clustering that is used
+        choose_k(x, [2, 4], seed=0)  # k='auto' tries candidates that may leave clusters empty; it does not warn
     assert "empty" not in caplog.text
 
 
@@ -213,29 +224,90 @@ def test_identical_rows_all_go_to_one_cluster_and_the_empty_ones_are_named(caplo
         kmeans(x, 4, seed=0, warn_empty=False)
     assert caplog.text == ""
     # choose_k cannot score a clustering with one non-empty cluster: -1, and ties go to the smaller k.
-    assert choose_k(x, [4, 2, 3], seed=0) == (2, {2: -1.0, 3: -1.0, 4: -1.0})
+    chosen = choose_k(x, [4, 2, 3], seed=0)
+    assert (chosen.k, chosen.silhouette) == (2, {2: -1.0, 3: -1.0, 4: -1.0})
 
 
-def test_choose_k_silhouettes_are_sklearns():
-    """With no more rows than `sample_size`, choose_k scores the whole pool: each score is sklearn's cosine
-    silhouette of kmeans(k) on it."""
+def test_choose_k_silhouettes_are_sklearns_on_the_whole_pools_clustering():
+    """With no more rows than `sample_size`, each score is sklearn's cosine silhouette of kmeans(k) on the whole
+    pool, and the chosen clustering is kmeans(k) itself."""
     from sklearn.metrics import silhouette_score
 
     x, _ = planted_blobs(5, 30, seed=2)
-    best, scores = choose_k(x, [6, 2, 3, 5, 5, 150, 1], seed=3, niter=10)
-    assert list(scores) == [2, 3, 5, 6]  # sorted, once each; k=1 and k >= the sample size are not tried
-    for k, score in scores.items():
+    result = choose_k(x, [6, 2, 3, 5, 5, 150, 1], seed=3, niter=10)
+    assert list(result.silhouette) == [2, 3, 5, 6]  # sorted, once each; k=1 and k >= the pool size are not tried
+    assert result.search == "every candidate" and result.grid == [2, 3, 5, 6] and result.sample_size == 150
+    for k, score in result.silhouette.items():
         labels = kmeans(x, k, seed=3, niter=10, warn_empty=False).labels
         assert score == pytest.approx(silhouette_score(x, labels, metric="cosine"), abs=1e-6), k
-    assert best == 5 and scores[5] == max(scores.values())
+        assert result.standard_error[k] == 0.0  # every row scored
+    assert result.k == 5 and result.silhouette[5] == max(result.silhouette.values())
+    again = kmeans(x, 5, seed=3, niter=10)
+    assert np.array_equal(result.clustering.labels, again.labels) and np.array_equal(result.clustering.centroids, again.centroids)
     # Deterministic per seed.
-    assert choose_k(x, [2, 3, 5, 6], seed=3, niter=10) == (best, scores)
+    repeat = choose_k(x, [2, 3, 5, 6], seed=3, niter=10)
+    assert (repeat.k, repeat.silhouette) == (result.k, result.silhouette)
 
 
-def test_choose_k_on_a_sample_and_its_default_grid():
-    x, _ = planted_blobs(4, 100, seed=4)
-    best, scores = choose_k(x, seed=0, sample_size=120)  # 120 of the 400 rows: candidates up to 120 // 10
-    assert list(scores) == default_k_candidates(120) == [2, 3, 4, 6, 8, 11]
-    assert best == 4
+def test_choose_k_default_grid_is_searched_coarse_to_fine_and_recorded():
+    x, _ = planted_blobs(6, 100, seed=4)  # 600 rows: grid up to 600 // 16 = 37
+    result = choose_k(x, seed=0, sample_size=300)
+    assert result.grid == default_k_candidates(600) == [2, 3, 4, 6, 8, 11, 16, 23, 32]
+    # The powers of two, then the grid's neighbours of the best of them (4 here, so 3 and 6).
+    assert list(result.silhouette) == [2, 3, 4, 6, 8, 16, 32] and result.k == 6
+    assert max(result.silhouette[k] for k in (2, 8, 16, 32)) < result.silhouette[4]
+    assert result.sample_size == 300 and all(0 < e < 0.02 for e in result.standard_error.values())
+    record = result.record()
+    assert record == json.loads(json.dumps(record))  # JSON values only
+    assert record["mode"] == "auto" and record["chosen"] == 6 and record["candidates"] == [2, 3, 4, 6, 8, 16, 32]
+    assert record["silhouette"]["6"] == result.silhouette[6] and record["search"] == "coarse-to-fine"
+    assert record["estimator"] == {"metric": "cosine", "clustering": "whole pool", "sample_size": 300, "min_rows_per_cluster": 16}
     with pytest.raises(InvalidArgumentError, match=r"k='auto' has no candidate k in \[2, 9\] to try \(candidates: \[10, 12\]\)"):
-        choose_k(x, [12, 10], sample_size=10)
+        choose_k(x[:10], [12, 10])
+    with pytest.raises(InvalidArgumentError, match=r"k='auto' has no candidate k in \[2, 18\] to try \(candidates: \[\]\).*at least 20 rows"):
+        choose_k(x[:19])
+    with pytest.raises(InvalidArgumentError, match=r"`sample_size`=1"):
+        choose_k(x, sample_size=1)
+
+
+@pytest.mark.parametrize("k", [2, 40, 400])
+def test_silhouette_estimator_is_exact_on_every_row_and_within_0_01_on_a_sample(k):
+    """6,000 overlapping rows (noise 0.3 in 32 dims, 60 planted clusters), clustered at several k: the estimator on
+    every row is sklearn's silhouette; on a 1,200-row sample (the fraction 20,000 of 100,000 is) it is within 0.01 of
+    it, for several seeds, and within 4 of its standard errors."""
+    from sklearn.metrics import silhouette_score
+
+    x, _ = planted_blobs(60, 100, dim=32, spread=0.3, seed=7)
+    labels = kmeans(x, k, seed=0).labels
+    exact = silhouette_score(x, labels, metric="cosine")
+    assert silhouette(x, labels, sample_size=None) == (pytest.approx(exact, abs=1e-6), 0.0)
+    assert silhouette(x, labels, sample_size=6000, chunk=999)[0] == pytest.approx(exact, abs=1e-6)
+    for seed in range(3):
+        estimate, error = silhouette(x, labels, sample_size=1200, seed=seed)
+        assert abs(estimate - exact) <= 0.01 and abs(estimate - exact) <= 4 * error
+        assert silhouette(x, labels, sample_size=1200, seed=seed) == (estimate, error)  # seeded
+
+
+def test_silhouette_edge_cases_follow_sklearn():
+    from sklearn.metrics import silhouette_score
+
+    x, _ = planted_blobs(3, 10, seed=1)
+    singletons = np.array([0] * 28 + [1, 2])  # two clusters of one row: silhouette 0 for those rows
+    assert silhouette(x, singletons)[0] == pytest.approx(silhouette_score(x, singletons, metric="cosine"), abs=1e-6)
+    gaps = np.where(singletons == 0, 0, 5)  # empty cluster ids in between are ignored
+    assert silhouette(x, gaps)[0] == pytest.approx(silhouette_score(x, gaps, metric="cosine"), abs=1e-6)
+    assert silhouette(x, np.full(30, 3)) == (-1.0, 0.0)  # one non-empty cluster: undefined
+
+
+def test_choose_k_reaches_beyond_the_old_cap_of_362():
+    """480 planted clusters of unequal sizes in 10,000 rows: the whole pool's clustering is judged on a grid up to
+    10,000 // 16 = 625, so k lands within a factor of 1.25 of 480. The picker before this judged a 4,000-row sample
+    with k at most 362, so it could not come within 1.25 of it."""
+    rng = np.random.default_rng(0)
+    weights = rng.lognormal(sigma=0.5, size=480)
+    sizes = rng.multinomial(10_000 - 480 * 8, weights / weights.sum()) + 8
+    x, truth = _unequal_blobs(sizes.tolist(), dim=16, spread=0.03, seed=1)
+    result = choose_k(x, seed=0)
+    assert result.grid[-1] == 512 and 480 / 1.25 <= result.k <= 480 * 1.25, result.silhouette
+    assert result.k == max(result.silhouette, key=result.silhouette.get)
+    assert adjusted_rand_score(truth, result.clustering.labels) > 0.8

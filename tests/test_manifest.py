@@ -850,3 +850,24 @@ def test_check_fields_accepts_the_edges_of_each_range(tiny, tiny_pool):
                       selected_per_cluster=[4], selected_clusters=[0, 0, 0, 0]))
     check_fields(dict(data, pool=dict(data["pool"], num_rows=0), k=1, cluster_sizes=[0], selected_per_cluster=[0],
                       selected_indices=[], selected_clusters=[]))
+
+
+def test_k_auto_silhouette_curve_is_verified_and_old_records_still_load(tiny):
+    """k="auto" records the silhouette curve and the estimator's settings; the curve is checked on load, and the
+    record of manifests written before (mode, candidates, silhouette only) still loads."""
+    old = {"mode": "auto", "candidates": [2, 3, 4], "silhouette": {"2": 0.1, "3": 0.4, "4": -1.0}}
+    new = old | {"chosen": 3, "standard_error": {"2": 0.0, "3": 0.0, "4": 0.0}, "grid": [2, 3, 4], "search": "coarse-to-fine",
+                 "estimator": {"metric": "cosine", "clustering": "whole pool", "sample_size": 12, "min_rows_per_cluster": 16}}
+    for record in (old, new):
+        data = _edit(tiny.to_dict(), "k_selection", record)
+        assert Manifest.from_dict(data, origin="m.json").k_selection == record
+    for path, value, message in [
+        ("k_selection.chosen", 4, "`k_selection.chosen`=4 must be the manifest's `k`=3."),
+        ("k_selection.silhouette", {"2": 0.1, "three": 0.4}, "`k_selection.silhouette`={'2': 0.1, 'three': 0.4} must map each candidate k to a number."),
+        ("k_selection.silhouette", {"2": float("nan")}, "`k_selection.silhouette`={'2': nan} must map each candidate k to a number."),
+        ("k_selection.standard_error", {"2": "0"}, "`k_selection.standard_error`={'2': '0'} must map each candidate k to a number."),
+        ("k_selection.candidates", [2, 4], "`k_selection.candidates` must be the candidates of `k_selection.silhouette`, ascending."),
+    ]:
+        data = _edit(_edit(tiny.to_dict(), "k_selection", new), path, value)
+        with pytest.raises(InvalidArgumentError, match=_invalid(message, "m.json")):
+            Manifest.from_dict(data, origin="m.json")

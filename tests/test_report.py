@@ -97,3 +97,21 @@ def test_report_of_a_selection_folder(selected, tmp_path, capsys):
     assert "50 of 250 rows" in printed and "others" in printed
     loaded = json.loads((tmp_path / "manifest.json").read_text())
     assert np.sum(loaded["selected_per_cluster"]) == 50
+
+
+def test_k_auto_report_and_card_show_the_silhouette_curve_and_the_chosen_k(blob_pool):
+    from hf_idsel.cards import card_facts, dataset_card
+    from hf_idsel.report import format_report
+
+    _, manifest = diverse_select(blob_pool, 30, k="auto", embedding_column="embedding", return_manifest=True)
+    record = manifest.k_selection
+    assert manifest.k == record["chosen"] == 6 and record["estimator"]["sample_size"] == len(blob_pool)
+    lines = format_report(manifest).splitlines()
+    at = lines.index("k chosen by silhouette (cosine, whole pool's clustering, 250 rows scored):")
+    table = lines[at + 2 : at + 2 + len(record["silhouette"])]
+    assert [line.split()[0] for line in table] == [str(c) for c in record["candidates"]]
+    chosen = [line for line in table if line.endswith("<- chosen")]
+    assert len(chosen) == 1 and chosen[0].split()[:3] == ["6", f"{record['silhouette']['6']:.3f}", "0.0000"]
+    card = str(dataset_card(manifest, card_facts("me/picked", None), configs=["default"]))
+    assert f"| k (clusters) | 6, chosen by k=\"auto\": the best cosine silhouette of the whole pool's k-means clustering among {len(table)} candidates" in card
+    assert f"6: {record['silhouette']['6']:.3f}" in card and "averaged over 250 rows" in card
