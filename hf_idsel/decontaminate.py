@@ -1,0 +1,226 @@
+"""Decontamination: drop pool rows that copy or nearly copy items of an evaluation set.
+
+Two tests, either of which drops a row (thresholds measured on the built-in pool, see docs/method.md):
+
+- word n-gram overlap: the share of an evaluation item's distinct word `ngram`-grams (lower-cased, punctuation
+  dropped) that also occur in the pool row. The usual practice (GPT-3, Llama) flags any shared 13-gram; a share of the
+  item's n-grams does not flag a row for one shared boilerplate phrase ("the following is a multiple-choice question
+  about ...") yet still catches a copy with a few words changed.
+- embedding cosine: the cosine similarity of the row to the item, with the encoder of the selection (its vectors are
+  cached like the pool's).
+
+Both compare the text the selection embeds (prompt and answer, or the prompt only with `include_answer=False`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import datasets
+import numpy as np
+
+from .errors import InvalidArgumentError
+from .render import RenderOptions, render_batch, resolve_render_options
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NGRAM = 8
+DEFAULT_NGRAM_THRESHOLD = 0.6
+DEFAULT_COSINE_THRESHOLD = 0.95
+TEMPLATE_SHARE = 0.01  # an n-gram in at least this share of the evaluation items (and at least 3) is a template
+_WORD = re.compile(r"\w+")
+_BLOCK = 2048  # pool rows per block of the cosine product
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words without punctuation: whitespace, case and punctuation changes do not hide a copy."""
+    return _WORD.findall(text.lower())
+
+
+def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    """The distinct word `n`-grams of `text`; a text shorter than `n` words is one n-gram of all its words."""
+    tokens = words(text)
+    if len(tokens) < n:
+        return {tuple(tokens)} if tokens else set()
+    return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
+
+
+def ngram_overlap(pool_texts: list[str], exclude_texts: list[str], n: int = DEFAULT_NGRAM) -> tuple[np.ndarray, np.ndarray]:
+    """For each pool text, the largest share of one evaluation text's distinct n-grams it contains, and that text.
+
+    N-grams found in at least 1% of the evaluation texts (and at least 3) are the benchmark's template and are
+    left out of every share; an evaluation text made only of such n-grams matches nothing.
+
+    Returns:
+        `tuple[np.ndarray, np.ndarray]`: `(overlap, item)`: float64 shares in [0, 1] and the index of the evaluation
+        text that reaches them (-1 when the row shares no n-gram).
+    """
+    index: dict[tuple[str, ...], list[int]] = {}
+    for item, text in enumerate(exclude_texts):
+        for gram in ngrams(text, n):
+            index.setdefault(gram, []).append(item)
+    # An n-gram in many evaluation items is the benchmark's template ("the following is a multiple-choice question
+    # about"), not an item: it counts for no item, or every pool row in the benchmark's format would match.
+    common = max(3, int(np.ceil(TEMPLATE_SHARE * len(exclude_texts))))
+    index = {gram: items for gram, items in index.items() if len(items) < common}
+    sizes = np.zeros(len(exclude_texts), dtype=np.int64)
+    for items in index.values():
+        sizes[items] += 1
+    overlap = np.zeros(len(pool_texts))
+    best = np.full(len(pool_texts), -1, dtype=np.int64)
+    for row, text in enumerate(pool_texts):
+        hits: dict[int, int] = {}
+        for gram in ngrams(text, n):
+            for item in index.get(gram, ()):
+                hits[item] = hits.get(item, 0) + 1
+        if hits:
+            items = np.fromiter(hits, dtype=np.int64, count=len(hits))
+            shares = np.fromiter(hits.values(), dtype=np.float64, count=len(hits)) / sizes[items]
+            top = int(np.argmax(shares))
+            overlap[row], best[row] = shares[top], items[top]
+    return overlap, best
+
+
+def max_cosine(pool_vectors: np.ndarray, exclude_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each unit-norm pool vector, its largest cosine similarity to an evaluation vector and that vector's index."""
+    cosine = np.empty(len(pool_vectors))
+    best = np.empty(len(pool_vectors), dtype=np.int64)
+    for start in range(0, len(pool_vectors), _BLOCK):
+        scores = pool_vectors[start : start + _BLOCK] @ exclude_vectors.T
+        best[start : start + _BLOCK] = scores.argmax(axis=1)
+        cosine[start : start + _BLOCK] = scores.max(axis=1)
+    return cosine, best
+
+
+def exclude_render_options(exclude: datasets.Dataset, pool_render: RenderOptions) -> RenderOptions:
+    """How evaluation rows become text: their own layout, detected from their columns, with the pool's `include_answer`."""
+    try:
+        return resolve_render_options(exclude.column_names, include_answer=pool_render.include_answer)
+    except InvalidArgumentError as err:
+        raise InvalidArgumentError(
+            f"`exclude`: {err} Pass the evaluation set as a Dataset with one of these layouts, or as a list of strings."
+        ) from None
+
+
+def as_dataset(exclude) -> datasets.Dataset:
+    """`exclude` as a Dataset: a Dataset as is (views materialised), a list of strings as a `text` column."""
+    if isinstance(exclude, datasets.Dataset):
+        return exclude.flatten_indices() if exclude._indices is not None else exclude
+    if isinstance(exclude, (list, tuple)) and exclude and all(isinstance(t, str) and t.strip() for t in exclude):
+        return datasets.Dataset.from_dict({"text": list(exclude)})
+    raise InvalidArgumentError(
+        f"`exclude` must be a datasets.Dataset (the evaluation set) or a non-empty list of non-blank strings, got "
+        f"{type(exclude).__name__}{' (empty)' if isinstance(exclude, (list, tuple)) and not exclude else ''}."
+    )
+
+
+def check_thresholds(ngram: int, ngram_threshold: float | None, cosine_threshold: float | None) -> None:
+    """Refuse thresholds out of range, before anything is embedded."""
+    from . import checks
+
+    checks.check_int(ngram, "exclude_ngram", minimum=1, fix=" Pass a word n-gram length such as 8 or 13.")
+    if ngram_threshold is None and cosine_threshold is None:
+        raise InvalidArgumentError(
+            "`exclude_ngram_threshold` and `exclude_cosine_threshold` are both None: nothing would be excluded. "
+            "Keep at least one (the defaults are 0.6 and 0.95)."
+        )
+    if ngram_threshold is not None:
+        checks.check_number(
+            ngram_threshold, "exclude_ngram_threshold", above=0, at_most=1,
+            fix=" It is the share of an evaluation item's n-grams found in a pool row.",
+        )
+    if cosine_threshold is not None:
+        checks.check_number(
+            cosine_threshold, "exclude_cosine_threshold", above=0, at_most=1, fix=" It is a cosine similarity."
+        )
+
+
+def decontaminate(
+    pool: datasets.Dataset,
+    exclude,
+    render: RenderOptions,
+    *,
+    pool_vectors: np.ndarray | None = None,
+    exclude_vectors: np.ndarray | None = None,
+    ngram: int = DEFAULT_NGRAM,
+    ngram_threshold: float | None = DEFAULT_NGRAM_THRESHOLD,
+    cosine_threshold: float | None = DEFAULT_COSINE_THRESHOLD,
+    tokenizer: Any = None,
+) -> tuple[np.ndarray, dict]:
+    """Which pool rows to keep, and a record of those dropped for matching an item of `exclude`.
+
+    Args:
+        pool (`datasets.Dataset`):
+            The pool.
+        exclude (`datasets.Dataset` or `list[str]`):
+            The evaluation set.
+        render ([`RenderOptions`]):
+            How pool rows become text (the selection's).
+        pool_vectors (`np.ndarray`, *optional*):
+            The pool's unit-norm vectors, one per row; needed with `cosine_threshold`.
+        exclude_vectors (`np.ndarray`, *optional*):
+            The evaluation items' vectors from the same encoder; needed with `cosine_threshold`.
+        ngram (`int`, *optional*, defaults to `8`):
+            Word n-gram length.
+        ngram_threshold (`float`, *optional*, defaults to `0.6`):
+            Drop a row holding at least this share of one evaluation item's distinct n-grams; `None` skips the test.
+        cosine_threshold (`float`, *optional*, defaults to `0.95`):
+            Drop a row whose cosine similarity to an evaluation item is at least this; `None` skips the test.
+        tokenizer (`PreTrainedTokenizerBase`, *optional*):
+            Chat template for chat rows, as in the selection.
+
+    Returns:
+        `tuple[np.ndarray, dict]`: a boolean keep mask over the pool, and the record the manifest stores:
+        thresholds, the evaluation set (name, fingerprint, rows), `removed` and, per dropped row, the evaluation
+        item it matched with its n-gram share and cosine (`removed_indices`, `matched_items`, `ngram_overlap`, `cosine`).
+    """
+    check_thresholds(ngram, ngram_threshold, cosine_threshold)
+    exclude = as_dataset(exclude)
+    options = exclude_render_options(exclude, render)
+    n = len(pool)
+    drop = np.zeros(n, dtype=bool)
+    overlap, overlap_item = np.zeros(n), np.full(n, -1, dtype=np.int64)
+    cosine, cosine_item = np.full(n, np.nan), np.full(n, -1, dtype=np.int64)
+    if ngram_threshold is not None:
+        overlap, overlap_item = ngram_overlap(_texts(pool, render, tokenizer), _texts(exclude, options, tokenizer), ngram)
+        drop |= overlap >= ngram_threshold
+    if cosine_threshold is not None:
+        if pool_vectors is None or exclude_vectors is None:
+            raise InvalidArgumentError("`cosine_threshold` needs `pool_vectors` and `exclude_vectors` from one encoder.")
+        cosine, cosine_item = max_cosine(pool_vectors, exclude_vectors)
+        drop |= cosine >= cosine_threshold
+    removed = np.flatnonzero(drop)
+    # The item that made the row go: the n-gram match when there is one, else the nearest by cosine.
+    by_ngram = ngram_threshold is not None and overlap[removed] >= ngram_threshold
+    matched = np.where(by_ngram, overlap_item[removed], cosine_item[removed])
+    record = {
+        "exclude": {"name": _name(exclude), "fingerprint": exclude._fingerprint, "num_rows": len(exclude)},
+        "ngram": int(ngram),
+        "ngram_threshold": ngram_threshold,
+        "cosine_threshold": cosine_threshold,
+        "removed": int(len(removed)),
+        "removed_indices": removed.tolist(),
+        "matched_items": matched.tolist(),
+        "ngram_overlap": [round(float(v), 4) for v in overlap[removed]],
+        "cosine": [None if np.isnan(v) else round(float(v), 4) for v in cosine[removed]],
+    }
+    logger.info(
+        "Decontamination dropped %d of %d pool rows matching %d evaluation items", len(removed), n, len(exclude)
+    )
+    return ~drop, record
+
+
+def _texts(dataset: datasets.Dataset, options: RenderOptions, tokenizer) -> list[str]:
+    texts = []
+    for batch in dataset.select_columns(options.input_columns).iter(batch_size=1000):
+        prompts, answers = render_batch(batch, options, tokenizer if options.chat_template else None)
+        texts += [f"{p}\n{a}" if a else p for p, a in zip(prompts, answers)]
+    return texts
+
+
+def _name(dataset: datasets.Dataset) -> str | None:
+    from .manifest import pool_name
+
+    return pool_name(dataset)
