@@ -184,7 +184,7 @@ def decontaminate(
     overlap, overlap_item = np.zeros(n), np.full(n, -1, dtype=np.int64)
     cosine, cosine_item = np.full(n, np.nan), np.full(n, -1, dtype=np.int64)
     if ngram_threshold is not None:
-        overlap, overlap_item = ngram_overlap(_texts(pool, render, tokenizer), _texts(exclude, options, tokenizer), ngram)
+        overlap, overlap_item = ngram_overlap(render_texts(pool, render, tokenizer), render_texts(exclude, options, tokenizer), ngram)
         drop |= overlap >= ngram_threshold
     if cosine_threshold is not None:
         if pool_vectors is None or exclude_vectors is None:
@@ -212,7 +212,58 @@ def decontaminate(
     return ~drop, record
 
 
-def _texts(dataset: datasets.Dataset, options: RenderOptions, tokenizer) -> list[str]:
+def decontaminate_pool(
+    pool: datasets.Dataset,
+    exclude,
+    render: RenderOptions,
+    pool_vectors: np.ndarray,
+    *,
+    encoder: Any = None,
+    encoder_revision: str | None = None,
+    embedding_column: str | None = None,
+    tokenizer: Any = None,
+    ngram: int = DEFAULT_NGRAM,
+    ngram_threshold: float | None = DEFAULT_NGRAM_THRESHOLD,
+    cosine_threshold: float | None = DEFAULT_COSINE_THRESHOLD,
+    **embed_kwargs,
+) -> tuple[np.ndarray, dict]:
+    """[`decontaminate`] `pool` against `exclude`, embedding `exclude` the way the pool was embedded.
+
+    The evaluation set is embedded with the pool's `encoder` (cached like the pool's vectors; `embed_kwargs` go to
+    [`embed.embed_dataset`]), or its vectors are read from the pool's `embedding_column`. Refuses an `exclude` that
+    would leave no row.
+    """
+    from .embed import embed_dataset, embeddings_from_column
+
+    check_thresholds(ngram, ngram_threshold, cosine_threshold)
+    exclude = as_dataset(exclude)
+    exclude_vectors = None
+    if cosine_threshold is not None:
+        if embedding_column is not None:
+            if embedding_column not in exclude.column_names:
+                raise InvalidArgumentError(
+                    f"`exclude` lacks the vector column `embedding_column`={embedding_column!r} of the pool: give it "
+                    "vectors from the same encoder, or pass `exclude_cosine_threshold=None` (n-gram overlap only)."
+                )
+            exclude_vectors = embeddings_from_column(exclude, embedding_column, dim=pool_vectors.shape[1])
+        else:
+            exclude_vectors, _ = embed_dataset(
+                exclude, exclude_render_options(exclude, render), encoder=encoder, revision=encoder_revision,
+                tokenizer=tokenizer, **embed_kwargs,
+            )
+    keep, record = decontaminate(
+        pool, exclude, render, pool_vectors=pool_vectors, exclude_vectors=exclude_vectors, ngram=ngram,
+        ngram_threshold=ngram_threshold, cosine_threshold=cosine_threshold, tokenizer=tokenizer,
+    )
+    if not keep.any():
+        raise InvalidArgumentError(
+            f"Every one of the {len(pool)} pool rows matches an item of `exclude`: nothing is left to select. "
+            "Check that `exclude` is the evaluation set, not the pool."
+        )
+    return keep, record
+
+
+def render_texts(dataset: datasets.Dataset, options: RenderOptions, tokenizer) -> list[str]:
     texts = []
     for batch in dataset.select_columns(options.input_columns).iter(batch_size=1000):
         prompts, answers = render_batch(batch, options, tokenizer if options.chat_template else None)

@@ -235,6 +235,9 @@ class Manifest:
             rows, ascending) with, per row, the evaluation item it matched and its n-gram share and cosine (see
             [`decontaminate.decontaminate`]). `cluster_sizes` then count the rows left. `None` in manifests written
             before hf_idsel decontaminated, or when nothing was excluded.
+        cluster_map (`list[list[float]]`, *optional*):
+            One `[x, y]` per cluster: its centroid on a 2-D map of the pool (see [`report.centroid_map`]), for
+            [`report.plot_cluster_map`]. For readers, covered by no digest; `None` in manifests written before.
         cluster_descriptions (`list[dict]`, *optional*):
             One `{"terms", "examples", "example_rows"}` per cluster (see [`describe.describe_clusters`]): its
             most distinctive words and the rows nearest its centroid, shortened. Text for readers, covered by
@@ -265,6 +268,7 @@ class Manifest:
     encoder: dict | None = None
     dedup: dict | None = None
     decontamination: dict | None = None
+    cluster_map: list | None = None
     cluster_descriptions: list | None = None
     versions: dict = field(default_factory=library_versions)
     created_at: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat())
@@ -596,6 +600,17 @@ def _check_fields(data, origin: str) -> None:
     if any(c > s for c, s in zip(per_cluster, sizes)):
         raise _FieldError("`selected_per_cluster` exceeds `cluster_sizes`.")
     _check_descriptions(data.get("cluster_descriptions"), k)
+    points = data.get("cluster_map")
+    if points is not None and (
+        not isinstance(points, list)
+        or len(points) != k
+        or not all(isinstance(p, list) and len(p) == 2 and all(_is_finite(v) for v in p) for p in points)
+    ):
+        raise _FieldError(f"`cluster_map`={_short(points)} must be null or one [x, y] pair of numbers per cluster (k={k}).")
+
+
+def _is_finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
 def _check_decontamination(record, rows: int, selected: list) -> int:

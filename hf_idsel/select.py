@@ -19,7 +19,7 @@ import numpy as np
 from . import baselines, checks, methods, sample
 from .cache import cache_file
 from .cluster import choose_k, default_k_candidates, kmeans
-from .decontaminate import DEFAULT_COSINE_THRESHOLD, DEFAULT_NGRAM, DEFAULT_NGRAM_THRESHOLD, as_dataset, decontaminate
+from .decontaminate import DEFAULT_COSINE_THRESHOLD, DEFAULT_NGRAM, DEFAULT_NGRAM_THRESHOLD, decontaminate_pool
 from .describe import describe_pool
 from .embed import DEFAULT_ENCODER, embed_dataset, embedding_cache_key, embeddings_from_column, encoder_identity
 from .errors import InvalidArgumentError
@@ -33,6 +33,7 @@ from .render import (
     token_lengths,
     validate_columns,
 )
+from .report import centroid_map
 
 logger = logging.getLogger(__name__)
 
@@ -515,7 +516,7 @@ def _select(pool: datasets.Dataset, args: SelectArguments, *, dry_run: bool, ret
     )
     keep, decontamination = None, None
     if args.exclude is not None:
-        keep, decontamination = exclude_rows(pool, args, checked, embeddings, identity)
+        keep, decontamination = exclude_rows(pool, args, checked, embeddings)
     # Every rank embedded its share; rank 0 clusters and draws, the others take its manifest.
     manifest = _cluster_and_draw(pool, args, checked, embeddings, identity, keep, decontamination) if rank == 0 else None
     if world_size > 1:
@@ -529,43 +530,20 @@ def _subset_from_manifest(pool: datasets.Dataset, manifest: Manifest) -> dataset
     return selection_subset(pool, manifest.selected_indices, manifest.selected_clusters)
 
 
-def exclude_rows(pool, args: SelectArguments, checked: _Checked, embeddings, identity) -> tuple[np.ndarray, dict]:
-    """The decontamination keep mask over `pool` and its record (see [`decontaminate.decontaminate`]): the evaluation
-    set `args.exclude` is embedded with the pool's encoder (and cached like it) or read from the same vector column."""
-    exclude = as_dataset(args.exclude)
-    exclude_vectors = None
-    if args.exclude_cosine_threshold is not None:
-        from .decontaminate import exclude_render_options
-
-        if args.embedding_column is not None:
-            if args.embedding_column not in exclude.column_names:
-                raise InvalidArgumentError(
-                    f"`exclude` lacks the vector column `embedding_column`={args.embedding_column!r} of the pool: give it "
-                    "vectors from the same encoder, or pass `exclude_cosine_threshold=None` (n-gram overlap only)."
-                )
-            exclude_vectors = embeddings_from_column(exclude, args.embedding_column, dim=embeddings.shape[1])
-        else:
-            exclude_vectors, _ = embed_dataset(
-                exclude, exclude_render_options(exclude, checked.render), encoder=args.encoder,
-                revision=args.encoder_revision, tokenizer=args.tokenizer, batch_size=args.encode_batch_size,
-                device=args.device, cache_dir=args.cache_dir, trust_remote_code=args.trust_remote_code,
-                desc=" ".join(filter(None, (args.desc, "Evaluation set:"))),
-                load_from_cache_file=args.load_from_cache_file, keep_in_memory=args.keep_in_memory,
-            )
+def exclude_rows(pool, args: SelectArguments, checked: _Checked, embeddings) -> tuple[np.ndarray, dict]:
+    """The decontamination keep mask over `pool` and its record (see [`decontaminate.decontaminate_pool`])."""
     render = checked.render
     if render is None:  # precomputed vectors and a row budget: the n-gram test still reads the pool's text
         render = resolve_render_options(pool.column_names, **args.pick("format", "text_column", "template", "include_answer"))
-    keep, record = decontaminate(
-        pool, exclude, render, pool_vectors=embeddings, exclude_vectors=exclude_vectors, ngram=args.exclude_ngram,
-        ngram_threshold=args.exclude_ngram_threshold, cosine_threshold=args.exclude_cosine_threshold,
-        tokenizer=args.tokenizer,
+    return decontaminate_pool(
+        pool, args.exclude, render, embeddings, ngram=args.exclude_ngram, ngram_threshold=args.exclude_ngram_threshold,
+        cosine_threshold=args.exclude_cosine_threshold, batch_size=args.encode_batch_size,
+        desc=" ".join(filter(None, (args.desc, "Evaluation set:"))),
+        **args.pick(
+            "encoder", "encoder_revision", "embedding_column", "tokenizer", "device", "cache_dir", "trust_remote_code",
+            "load_from_cache_file", "keep_in_memory",
+        ),
     )
-    if not keep.any():
-        raise InvalidArgumentError(
-            f"Every one of the {len(pool)} pool rows matches an item of `exclude`: nothing is left to select. "
-            "Check that `exclude` is the evaluation set, not the pool."
-        )
-    return keep, record
 
 
 def _cluster_and_draw(
@@ -645,6 +623,7 @@ def _cluster_and_draw(
         encoder=encoder_record(identity, args.embedding_column, embeddings.shape[1]),
         dedup=dedup,
         decontamination=decontamination,
+        cluster_map=centroid_map(clustering.centroids),
         cluster_descriptions=descriptions,
     )
 
