@@ -30,13 +30,14 @@ DEFAULT_NGRAM = 8
 DEFAULT_NGRAM_THRESHOLD = 0.6
 DEFAULT_COSINE_THRESHOLD = 0.95
 TEMPLATE_SHARE = 0.01  # an n-gram in at least this share of the evaluation items (and at least 3) is a template
-_WORD = re.compile(r"\w+")
+_PUNCTUATION = re.compile(r"[^\w\s]")
 _BLOCK = 2048  # pool rows per block of the cosine product
 
 
 def words(text: str) -> list[str]:
-    """Lower-cased words without punctuation: whitespace, case and punctuation changes do not hide a copy."""
-    return _WORD.findall(text.lower())
+    """Lower-cased words with punctuation deleted ("3.5" -> "35", "don't" -> "dont"): whitespace, case and
+    punctuation changes do not hide a copy."""
+    return _PUNCTUATION.sub("", text.lower()).split()
 
 
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:

@@ -490,6 +490,12 @@ def _check_arguments(pool: datasets.Dataset, args: SelectArguments) -> _Checked:
         raise InvalidArgumentError(
             f"`embedding_column`={args.embedding_column!r} is not a column; available: {pool.column_names}."
         )
+    if args.exclude is not None:  # the evaluation set's type and layout, before anything is embedded
+        from .decontaminate import as_dataset, exclude_render_options
+
+        exclude_render_options(as_dataset(args.exclude), render or resolve_render_options(
+            pool.column_names, **args.pick("format", "text_column", "template", "include_answer")
+        ))
     return _Checked(rows=rows, render=render, quality=quality)
 
 
