@@ -218,3 +218,23 @@ def test_the_real_encoder_drops_reworded_copies_and_no_row_of_the_builtin_pool(c
     assert manifest.decontamination["removed_indices"] == planted
     assert len(subset) == 100 and not set(planted) & set(subset["source_index"])
     assert sum(manifest.cluster_sizes) == len(pool)
+
+
+def test_the_trainer_never_draws_rows_that_copy_its_exclude_dataset(tmp_path):
+    from test_trainer import make_pool, make_trainer
+
+    pool = make_pool()
+    vectors = np.asarray(pool["embedding"])
+    away = unit_rows(-vectors.mean(axis=0, keepdims=True))  # far from every row: only the n-gram test can match
+    assert (vectors @ away.T).max() < 0.95
+    # Two arithmetic rows ("What is 2 plus 2? It is 4."), each unique in the pool, as an evaluation set.
+    exclude = pool.select([26, 33]).remove_columns(["embedding"]).add_column("embedding", away.tolist() * 2)
+    trainer = make_trainer(tmp_path, pool=pool, budget=80, rounds=2, k="4", exclude_dataset=exclude)
+    assert trainer.decontamination["removed_indices"] == [26, 33]
+    assert not trainer.trainable[[26, 33]].any() and trainer.trainable.sum() == len(pool) - 2
+    assert len(trainer.labels) == len(pool) and trainer.k == 4
+    trainer.train()
+    drawn = trainer.selection.selected()
+    assert len(drawn) == 80 and not {26, 33} & set(np.asarray(drawn).tolist())
+    with pytest.raises(InvalidArgumentError, match="left after decontamination"):
+        make_trainer(tmp_path / "big", pool=pool, budget=95, rounds=2, k="4", exclude_dataset=exclude)
