@@ -50,6 +50,9 @@ _NOT_RECORDED = (
 )
 
 
+_EXCLUDE_SETTINGS = ("exclude_ngram", "exclude_ngram_threshold", "exclude_cosine_threshold")
+
+
 @dataclass(frozen=True)
 class SelectArguments:
     """The arguments of one [`diverse_select`] call, but the pool and the way the result is returned.
@@ -113,6 +116,9 @@ class SelectArguments:
         }
         if not isinstance(self.encoder, str):
             arguments["encoder"] = identity.id
+        if self.exclude is None:  # the thresholds of a test that did not run: recorded only with `exclude`
+            for name in _EXCLUDE_SETTINGS:
+                del arguments[name]
         return arguments
 
 

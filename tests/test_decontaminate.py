@@ -115,6 +115,8 @@ def test_exclude_drops_rows_before_clustering_and_the_budget_counts_the_rows_lef
     record = manifest.decontamination
     assert record["removed_indices"] == [5, 17] and record["matched_items"] == [0, 1]
     assert record["ngram_overlap"][0] == 1.0 and record["cosine"][1] >= 0.95
+    recorded = {k: v for k, v in manifest.arguments.items() if k.startswith("exclude")}
+    assert recorded == {"exclude_ngram": 8, "exclude_ngram_threshold": 0.6, "exclude_cosine_threshold": 0.95}
     assert len(subset) == 59  # half of the 118 rows left, exactly
     assert sum(manifest.cluster_sizes) == 118 and not {5, 17} & set(subset["source_index"])
     assert subset["text"] == [pool[i]["text"] for i in subset["source_index"]]
