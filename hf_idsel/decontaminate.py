@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from typing import Any
 
 import datasets
@@ -29,7 +30,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_NGRAM = 8
 DEFAULT_NGRAM_THRESHOLD = 0.6
 DEFAULT_COSINE_THRESHOLD = 0.95
-TEMPLATE_SHARE = 0.01  # an n-gram in at least this share of the evaluation items (and at least 3) is a template
+TEMPLATE_SHARE = 0.01  # an n-gram in at least this share of all texts (pool and evaluation set) is a template
+TEMPLATE_MIN_TEXTS = 10  # ... and in at least this many
 _PUNCTUATION = re.compile(r"[^\w\s]")
 _BLOCK = 2048  # pool rows per block of the cosine product
 
@@ -51,8 +53,10 @@ def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
 def ngram_overlap(pool_texts: list[str], exclude_texts: list[str], n: int = DEFAULT_NGRAM) -> tuple[np.ndarray, np.ndarray]:
     """For each pool text, the largest share of one evaluation text's distinct n-grams it contains, and that text.
 
-    N-grams found in at least 1% of the evaluation texts (and at least 3) are the benchmark's template and are
-    left out of every share; an evaluation text made only of such n-grams matches nothing.
+    An n-gram found in at least 1% of all the texts, pool and evaluation set together (and in at least 10), is a
+    template (the benchmark's "the following is a multiple-choice question about", a stem many questions share) and
+    is left out of every share; an evaluation text made only of such n-grams matches nothing. A text copied into the
+    pool fewer than 10 times keeps its n-grams; more copies are still caught by the cosine test.
 
     Returns:
         `tuple[np.ndarray, np.ndarray]`: `(overlap, item)`: float64 shares in [0, 1] and the index of the evaluation
@@ -62,18 +66,19 @@ def ngram_overlap(pool_texts: list[str], exclude_texts: list[str], n: int = DEFA
     for item, text in enumerate(exclude_texts):
         for gram in ngrams(text, n):
             index.setdefault(gram, []).append(item)
-    # An n-gram in many evaluation items is the benchmark's template ("the following is a multiple-choice question
-    # about"), not an item: it counts for no item, or every pool row in the benchmark's format would match.
-    common = max(3, int(np.ceil(TEMPLATE_SHARE * len(exclude_texts))))
-    index = {gram: items for gram, items in index.items() if len(items) < common}
+    # One pass over the pool keeps only the n-grams evaluation texts hold, and counts the rows holding each.
+    row_hits = [[gram for gram in ngrams(text, n) if gram in index] for text in pool_texts]
+    rows_with = Counter(gram for hits in row_hits for gram in hits)
+    common = max(TEMPLATE_MIN_TEXTS, int(np.ceil(TEMPLATE_SHARE * (len(pool_texts) + len(exclude_texts)))))
+    index = {gram: items for gram, items in index.items() if len(items) + rows_with[gram] < common}
     sizes = np.zeros(len(exclude_texts), dtype=np.int64)
     for items in index.values():
         sizes[items] += 1
     overlap = np.zeros(len(pool_texts))
     best = np.full(len(pool_texts), -1, dtype=np.int64)
-    for row, text in enumerate(pool_texts):
+    for row, grams in enumerate(row_hits):
         hits: dict[int, int] = {}
-        for gram in ngrams(text, n):
+        for gram in grams:
             for item in index.get(gram, ()):
                 hits[item] = hits.get(item, 0) + 1
         if hits:
