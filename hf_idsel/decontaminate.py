@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_NGRAM = 8
 DEFAULT_NGRAM_THRESHOLD = 0.6
-DEFAULT_COSINE_THRESHOLD = 0.95
+DEFAULT_COSINE_THRESHOLD = 0.99
 TEMPLATE_SHARE = 0.01  # an n-gram in at least this share of all texts (pool and evaluation set) is a template
 TEMPLATE_MIN_TEXTS = 10  # ... and in at least this many
 _PUNCTUATION = re.compile(r"[^\w\s]")
@@ -130,7 +130,7 @@ def check_thresholds(ngram: int, ngram_threshold: float | None, cosine_threshold
     if ngram_threshold is None and cosine_threshold is None:
         raise InvalidArgumentError(
             "`exclude_ngram_threshold` and `exclude_cosine_threshold` are both None: nothing would be excluded. "
-            "Keep at least one (the defaults are 0.6 and 0.95)."
+            "Keep at least one (the defaults are 0.6 and 0.99)."
         )
     if ngram_threshold is not None:
         checks.check_number(
@@ -172,7 +172,7 @@ def decontaminate(
             Word n-gram length.
         ngram_threshold (`float`, *optional*, defaults to `0.6`):
             Drop a row holding at least this share of one evaluation item's distinct n-grams; `None` skips the test.
-        cosine_threshold (`float`, *optional*, defaults to `0.95`):
+        cosine_threshold (`float`, *optional*, defaults to `0.99`):
             Drop a row whose cosine similarity to an evaluation item is at least this; `None` skips the test.
         tokenizer (`PreTrainedTokenizerBase`, *optional*):
             Chat template for chat rows, as in the selection.

@@ -283,7 +283,7 @@ def diverse_select(
             Word n-gram length of the overlap test.
         exclude_ngram_threshold (`float`, *optional*, defaults to `0.6`):
             Drop a row holding at least this share of one evaluation item's distinct word n-grams; `None` skips the test.
-        exclude_cosine_threshold (`float`, *optional*, defaults to `0.95`):
+        exclude_cosine_threshold (`float`, *optional*, defaults to `0.99`):
             Drop a row whose embedding cosine similarity to an evaluation item is at least this; `None` skips the test.
         num_proc (`int`, *optional*):
             Processes for counting tokens (`max_tokens`), as in `datasets.Dataset.map`; embedding runs in this process

@@ -106,7 +106,7 @@ def _vectors_pool(n=120, dim=16, seed=0):
 
 def test_exclude_drops_rows_before_clustering_and_the_budget_counts_the_rows_left():
     pool, vectors = _vectors_pool()
-    # Item 0 copies row 5's text; item 1 is a new text whose vector is row 17's, slightly moved (cosine > 0.95).
+    # Item 0 copies row 5's text; item 1 is a new text whose vector is row 17's, slightly moved (cosine > 0.99).
     near = unit_rows(vectors[17:18] + 0.01)
     exclude = datasets.Dataset.from_dict(
         {"text": [pool[5]["text"].upper(), "an evaluation item in other words"], "embedding": [vectors[5].tolist(), near[0].tolist()]}
@@ -114,9 +114,9 @@ def test_exclude_drops_rows_before_clustering_and_the_budget_counts_the_rows_lef
     subset, manifest = diverse_select(pool, 0.5, k=4, embedding_column="embedding", exclude=exclude, return_manifest=True)
     record = manifest.decontamination
     assert record["removed_indices"] == [5, 17] and record["matched_items"] == [0, 1]
-    assert record["ngram_overlap"][0] == 1.0 and record["cosine"][1] >= 0.95
+    assert record["ngram_overlap"][0] == 1.0 and record["cosine"][1] >= 0.99
     recorded = {k: v for k, v in manifest.arguments.items() if k.startswith("exclude")}
-    assert recorded == {"exclude_ngram": 8, "exclude_ngram_threshold": 0.6, "exclude_cosine_threshold": 0.95}
+    assert recorded == {"exclude_ngram": 8, "exclude_ngram_threshold": 0.6, "exclude_cosine_threshold": 0.99}
     assert len(subset) == 59  # half of the 118 rows left, exactly
     assert sum(manifest.cluster_sizes) == 118 and not {5, 17} & set(subset["source_index"])
     assert subset["text"] == [pool[i]["text"] for i in subset["source_index"]]
