@@ -73,6 +73,9 @@ def cached_map(
     input_columns: list[str] | None = None,
     always_write: bool = False,
     check: Callable[[pa.Table], str | None] | None = None,
+    load_from_cache_file: bool = True,
+    keep_in_memory: bool = False,
+    num_proc: int | None = None,
 ) -> datasets.Dataset:
     """Run a batched `function` over `dataset` once per `key`; return only the new columns.
 
@@ -100,16 +103,29 @@ def cached_map(
             Write the result file even when datasets' caching is off (other processes read it).
         check (`Callable[[pa.Table], str | None]`, *optional*):
             Extra check of a cached result's content (e.g. finite vectors); returns what is wrong, or `None`.
+        load_from_cache_file (`bool`, *optional*, defaults to `True`):
+            As in `datasets.Dataset.map`: `False` recomputes the result (and rewrites the cache file).
+        keep_in_memory (`bool`, *optional*, defaults to `False`):
+            As in `datasets.Dataset.map`: compute in memory and write no cache file (unless `always_write`).
+        num_proc (`int`, *optional*):
+            As in `datasets.Dataset.map`: processes that run `function` (a picklable one).
     """
-    use_cache = datasets.is_caching_enabled() or always_write
-    if use_cache:
+    use_cache = (datasets.is_caching_enabled() and not keep_in_memory) or always_write
+    if use_cache and load_from_cache_file:
         cached = read_cached(kind, key, rows=len(dataset), directory=directory, check=check)
         if cached is not None:
             return cached
     source = dataset.select_columns(input_columns) if input_columns else dataset
     if len(source) == 0:  # nothing to call `function` on; datasets keeps the empty schema
         return source.remove_columns(source.column_names)
-    batches = _map_batches(source, function, batch_size, desc)
+    if num_proc is not None and num_proc > 1:
+        mapped = source.map(
+            function, batched=True, batch_size=batch_size, num_proc=num_proc, remove_columns=source.column_names,
+            keep_in_memory=True, desc=desc,
+        )
+        batches = [mapped.data.table]
+    else:
+        batches = _map_batches(source, function, batch_size, desc)
     if use_cache:
         return write_cached(kind, key, batches, directory=directory)
     stream = pa.BufferOutputStream()

@@ -19,7 +19,14 @@ from .errors import InvalidArgumentError
 from .manifest import Manifest, library_versions
 from .pool import BUILTIN_POOL
 from .publish import DEFAULT_CONFIG, STAGING_DIR, read_plan
-from .report import WEIGHT_CHANGE_MARGIN, markdown_cell, markdown_table, read_rounds, weight_changes
+from .report import (
+    WEIGHT_CHANGE_MARGIN,
+    decontamination_summary,
+    markdown_cell,
+    markdown_table,
+    read_rounds,
+    weight_changes,
+)
 from .rounds import weight_entropy
 
 logger = logging.getLogger(__name__)
@@ -209,6 +216,7 @@ def dataset_card(manifest: Manifest, facts: CardFacts, *, configs: list[str], ro
         source_datasets=[facts.pool_id] if facts.pool_id else None,
         pretty_name=f"{facts.repo_id.split('/')[-1]}",
         size_categories=_size_category(rows),
+        task_categories=["text-generation"],
         tags=list(TAGS),
     )
     iterative = bool(rounds)
@@ -246,10 +254,27 @@ def dataset_card(manifest: Manifest, facts: CardFacts, *, configs: list[str], ro
         rounds_table=rounds_markdown(rounds) if iterative else "",
         weight_changes=weight_changes_markdown(rounds, manifest.cluster_descriptions) if iterative else "",
         described=bool(manifest.cluster_descriptions),
+        cluster_map=bool(manifest.cluster_map),
+        decontamination=decontamination_markdown(manifest.decontamination),
         table=markdown_table(manifest, rounds),
         configs="\n".join(config_lines),
         version=__version__,
     )
+
+
+def decontamination_markdown(record: dict | None) -> str:
+    """The card's decontamination section: what was dropped against what, and the rows dropped (at most 10 shown)."""
+    if not record:
+        return ""
+    lines = [f"Decontaminated: {markdown_cell(decontamination_summary(record))}.", ""]
+    if record["removed"]:
+        lines += ["| pool row | evaluation item | n-gram share | cosine |", "|---:|---:|---:|---:|"]
+        rows = zip(record["removed_indices"], record["matched_items"], record["ngram_overlap"], record["cosine"])
+        for row, item, overlap, cosine in list(rows)[:10]:
+            lines.append(f"| {row} | {item} | {overlap:.2f} | {'n/a' if cosine is None else f'{cosine:.3f}'} |")
+        if record["removed"] > 10:
+            lines.append(f"\n{record['removed'] - 10} more in `manifest.json` (`decontamination`).")
+    return "\n".join(lines)
 
 
 def _size_category(rows: int) -> str:

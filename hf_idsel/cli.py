@@ -1,6 +1,7 @@
 """The `hf-idsel` command line.
 
     hf-idsel select POOL --budget N --out DIR [--overwrite] [--push-to-hub REPO]   choose a diverse subset
+                    (or --dataset_name POOL [--dataset_config C] [--dataset_train_split S], as `trl sft` takes them)
     hf-idsel train --config recipe.yaml [--key value ...]                           iterative selection + SFT
     hf-idsel push DIR [--repo-id REPO]                                              publish (or finish publishing) DIR
     hf-idsel report PATH [--plot out.png]                                           what a selection or a run chose
@@ -20,6 +21,7 @@ from .errors import IdselError, InvalidArgumentError
 from .pool import BUILTIN_POOL, load_pool
 from .report import format_report
 from .evaluation import DEFAULT_EVAL_ITEMS
+from .decontaminate import DEFAULT_COSINE_THRESHOLD, DEFAULT_NGRAM, DEFAULT_NGRAM_THRESHOLD
 from .sample import parse_budget
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,15 @@ def _k(value: str):
         raise argparse.ArgumentTypeError(f"k must be an int or 'auto', got {value!r}") from None
 
 
+def _threshold(value: str):
+    if value.lower() == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] or 'none', got {value!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .methods import METHODS
 
@@ -58,7 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Select a diverse subset of an instruction pool.",
         description="Embed, cluster and sample POOL; write the subset, manifest.json and report.md to --out.",
     )
-    s.add_argument("pool", help="'builtin' (the packaged real pool), a local file/folder, or a Hub dataset id.")
+    s.add_argument(
+        "pool", nargs="?", default=None,
+        help="'builtin' (the packaged real pool), a local file/folder, or a Hub dataset id (or pass --dataset_name).",
+    )
+    # TRL's ScriptArguments names (`trl sft --dataset_name ...`), so that one command line serves both tools.
+    s.add_argument("--dataset_name", "--dataset-name", dest="dataset_name", default=None, help="The same as POOL, as TRL names it.")
     group = s.add_mutually_exclusive_group(required=True)
     group.add_argument("--budget", type=_budget, help="Rows to select (int) or a fraction of the pool (float in (0, 1]).")
     group.add_argument("--max-tokens", type=int, help="Token budget instead of rows (needs --tokenizer).")
@@ -71,9 +87,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", default="kmq", choices=METHODS, help="Selection method (default: kmq).")
     s.add_argument("--k", type=_k, default="auto", help="Number of clusters, or 'auto' (silhouette; default).")
     s.add_argument("--seed", type=int, default=0, help="Random seed (default: 0).")
-    s.add_argument("--split", default="train", help="Split of POOL to select from (default: train).")
-    s.add_argument("--config", default=None, help="Dataset config name of a Hub POOL.")
-    s.add_argument("--revision", default=None, help="Dataset revision of a Hub POOL.")
+    s.add_argument(
+        "--split", "--dataset_train_split", "--dataset-train-split", dest="split", default="train",
+        help="Split of POOL to select from (default: train).",
+    )
+    s.add_argument(
+        "--config", "--dataset_config", "--dataset-config", dest="config", default=None, help="Dataset config name of a Hub POOL."
+    )
+    s.add_argument(
+        "--revision", "--dataset_revision", "--dataset-revision", dest="revision", default=None,
+        help="Dataset revision of a Hub POOL.",
+    )
+    s.add_argument(
+        "--exclude", metavar="EVAL_SET", default=None,
+        help="Drop pool rows that copy or nearly copy items of this evaluation set (a local file/folder or Hub dataset "
+        "id, like POOL) before clustering.",
+    )
+    s.add_argument("--exclude-split", default="test", help="Split of the --exclude sets (default: test).")
+    s.add_argument("--exclude-config", default=None, help="Dataset config of the --exclude sets.")
+    s.add_argument(
+        "--exclude-ngram-threshold", type=_threshold, default=DEFAULT_NGRAM_THRESHOLD,
+        help=f"Share of an evaluation item's word {DEFAULT_NGRAM}-grams a pool row must hold to be dropped "
+        f"(default: {DEFAULT_NGRAM_THRESHOLD}; 'none' skips the test).",
+    )
+    s.add_argument(
+        "--exclude-cosine-threshold", type=_threshold, default=DEFAULT_COSINE_THRESHOLD,
+        help=f"Embedding cosine to an evaluation item at which a pool row is dropped (default: {DEFAULT_COSINE_THRESHOLD}; "
+        "'none' skips the test).",
+    )
     s.add_argument(
         "--encoder", default=None,
         help="Sentence-transformers model id or path (default: all-MiniLM-L6-v2), or 'hidden-states:<causal LM>'.",
@@ -121,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("path", metavar="PATH", help="manifest.json, a selection folder or a trainer output_dir.")
     r.add_argument("--plot", default=None, metavar="PNG", help="Also save a plot: cluster sizes vs chosen (and weights per round).")
+    r.add_argument(
+        "--map", default=None, metavar="PNG",
+        help="Also save a map of the pool: clusters placed by centroid, sized by rows, coloured by the share chosen.",
+    )
     r.add_argument("--top", type=int, default=20, help="Clusters shown in the tables (default: 20).")
 
     e = commands.add_parser(
@@ -154,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_select(args) -> int:
+    if (args.pool is None) == (args.dataset_name is None):
+        raise InvalidArgumentError(
+            "Name the pool once: as POOL (`hf-idsel select builtin ...`) or as --dataset_name (`--dataset_name builtin`)."
+        )
+    args.pool = args.pool or args.dataset_name
     if not args.dry_run:
         _check_out(args.out, args.overwrite)
     pool = load_pool(args.pool, split=args.split, config=args.config, revision=args.revision)
@@ -162,6 +212,15 @@ def _run_select(args) -> int:
               "template", "dedup_threshold", "device")
     kwargs = {name: getattr(args, name) for name in passed}
     kwargs["include_answer"] = not args.prompt_only
+    if args.exclude:
+        kwargs.update(
+            exclude=load_pool(
+                args.exclude, split=args.exclude_split, config=args.exclude_config, source_argument="--exclude",
+                split_argument="--exclude-split",
+            ),
+            exclude_ngram_threshold=args.exclude_ngram_threshold,
+            exclude_cosine_threshold=args.exclude_cosine_threshold,
+        )
     if args.encoder:
         kwargs["encoder"] = args.encoder
     if args.max_tokens is not None:
@@ -229,7 +288,7 @@ def _remove_earlier_selection(out: str) -> None:
     from .publish import PUSH_FILE
 
     # `select --push-to-hub` stages the push in --out: the plan, the rows of the default config, the card and plot.
-    staged = (PUSH_FILE, os.path.join("data", "default.parquet"), "README.md", "selection.png")
+    staged = (PUSH_FILE, os.path.join("data", "default.parquet"), "README.md", "selection.png", "cluster_map.png")
     names = SELECTION_FILES + (staged if os.path.isfile(os.path.join(out, PUSH_FILE)) else ())
     for name in names:
         path = os.path.join(out, name)
@@ -312,7 +371,7 @@ def _has_model(folder: str) -> bool:
 def _run_report(args) -> int:
     from .manifest import Manifest
     from .publish import STAGING_DIR
-    from .report import format_rounds, plot_selection, read_rounds
+    from .report import format_rounds, plot_cluster_map, plot_selection, read_rounds
 
     path = args.path
     rounds = read_rounds(path) if os.path.isdir(path) else []  # a bad round file is named by read_rounds
@@ -340,6 +399,11 @@ def _run_report(args) -> int:
             raise InvalidArgumentError(f"--plot needs the run's manifest.json (not found under {path!r}).")
         plot_selection(manifest, args.plot, rounds or None)
         print(f"\nWrote {args.plot}")
+    if args.map:
+        if manifest is None:
+            raise InvalidArgumentError(f"--map needs the run's manifest.json (not found under {path!r}).")
+        plot_cluster_map(manifest, args.map)
+        print(f"\nWrote {args.map}")
     return 0
 
 

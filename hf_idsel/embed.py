@@ -134,6 +134,9 @@ def embed_dataset(
     cache_dir: str | None = None,
     trust_remote_code: bool = False,
     distributed: bool = False,
+    desc: str | None = None,
+    load_from_cache_file: bool = True,
+    keep_in_memory: bool = False,
 ) -> tuple[np.ndarray, ModelIdentity]:
     """Embed every row of `dataset` (rendered with `options`) into unit-norm float32 vectors.
 
@@ -172,6 +175,12 @@ def embed_dataset(
             Every launched process calls this together: each embeds its share of whole
             `map_batch_size` chunks (so the vectors equal a 1-process run's), all read every share.
             `cache_dir` must be on a filesystem all processes see.
+        desc (`str`, *optional*):
+            Prefix of the progress bar's label.
+        load_from_cache_file (`bool`, *optional*, defaults to `True`):
+            `False` embeds again (and rewrites the cache), as in `datasets.Dataset.map`.
+        keep_in_memory (`bool`, *optional*, defaults to `False`):
+            Write no cache file, as in `datasets.Dataset.map`.
 
     Returns:
         `tuple[np.ndarray, ModelIdentity]`: the `(n, d)` matrix and the encoder's identity.
@@ -198,10 +207,12 @@ def embed_dataset(
         kind="embeddings",
         key=key,
         batch_size=map_batch_size,
-        desc="Embedding",
+        desc=" ".join(filter(None, (desc, "Embedding"))),
         directory=cache_dir,
         input_columns=options.input_columns,
         check=embedding_problem,
+        load_from_cache_file=load_from_cache_file,
+        keep_in_memory=keep_in_memory,
     )
     return _fitted_projection(encoder, column_matrix(result.data.table, "embedding")), identity
 

@@ -233,6 +233,15 @@ class Manifest:
             `{"id", "revision", "dim"}` of the encoder, or `{"embedding_column", "dim"}`.
         dedup (`dict`, *optional*):
             `{"threshold", "removed"}` when semantic de-duplication ran.
+        decontamination (`dict`, *optional*):
+            When `diverse_select(..., exclude=...)` dropped pool rows matching an evaluation set before clustering: the
+            evaluation set (`exclude`: name, fingerprint, rows), the thresholds, `removed` and `removed_indices` (pool
+            rows, ascending) with, per row, the evaluation item it matched and its n-gram share and cosine (see
+            [`decontaminate.decontaminate`]). `cluster_sizes` then count the rows left. `None` in manifests written
+            before hf_idsel decontaminated, or when nothing was excluded.
+        cluster_map (`list[list[float]]`, *optional*):
+            One `[x, y]` per cluster: its centroid on a 2-D map of the pool (see [`report.centroid_map`]), for
+            [`report.plot_cluster_map`]. For readers, covered by no digest; `None` in manifests written before.
         cluster_descriptions (`list[dict]`, *optional*):
             One `{"terms", "examples", "example_rows"}` per cluster (see [`describe.describe_clusters`]): its
             most distinctive words and the rows nearest its centroid, shortened. Text for readers, covered by
@@ -262,6 +271,8 @@ class Manifest:
     render: dict | None = None
     encoder: dict | None = None
     dedup: dict | None = None
+    decontamination: dict | None = None
+    cluster_map: list | None = None
     cluster_descriptions: list | None = None
     versions: dict = field(default_factory=library_versions)
     created_at: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat())
@@ -518,7 +529,7 @@ def _check_fields(data, origin: str) -> None:
 
     for name in ("arguments", "k_selection", "budget"):
         expect(name, data[name], dict, "a JSON object")
-    for name in ("render", "encoder", "dedup"):
+    for name in ("render", "encoder", "dedup", "decontamination"):
         expect(name, data.get(name), (dict, type(None)), "a JSON object or null")
     expect("versions", data.get("versions", {}), dict, "a JSON object")
     expect("method", data["method"], str, "a string")
@@ -570,8 +581,10 @@ def _check_fields(data, origin: str) -> None:
     for name in ("cluster_sizes", "selected_per_cluster"):
         if len(lists[name]) != k:
             raise _FieldError(f"`{name}` has {len(lists[name])} entries; `k`={k} needs one per cluster.")
-    if any(not 0 <= s <= rows for s in sizes) or sum(sizes) != rows:
-        raise _FieldError(f"`cluster_sizes` must be non-negative and sum to `pool.num_rows`={rows}.")
+    removed = _check_decontamination(data.get("decontamination"), rows, indices)
+    if any(not 0 <= s <= rows for s in sizes) or sum(sizes) != rows - removed:
+        left = f" less the {removed} rows decontamination removed" if removed else ""
+        raise _FieldError(f"`cluster_sizes` must be non-negative and sum to `pool.num_rows`={rows}{left}.")
     if len(clusters) != len(indices):
         raise _FieldError(
             f"`selected_clusters` has {len(clusters)} entries and `selected_indices` {len(indices)}; they must align."
@@ -592,6 +605,13 @@ def _check_fields(data, origin: str) -> None:
         raise _FieldError("`selected_per_cluster` exceeds `cluster_sizes`.")
     _check_descriptions(data.get("cluster_descriptions"), k)
     _check_k_selection(data["k_selection"], k)
+    points = data.get("cluster_map")
+    if points is not None and (
+        not isinstance(points, list)
+        or len(points) != k
+        or not all(isinstance(p, list) and len(p) == 2 and all(_is_finite(v) for v in p) for p in points)
+    ):
+        raise _FieldError(f"`cluster_map`={_short(points)} must be null or one [x, y] pair of numbers per cluster (k={k}).")
 
 
 def _check_k_selection(record: dict, k: int) -> None:
@@ -609,6 +629,30 @@ def _check_k_selection(record: dict, k: int) -> None:
         raise _FieldError("`k_selection.candidates` must be the candidates of `k_selection.silhouette`, ascending.")
     if "chosen" in record and record["chosen"] != k:
         raise _FieldError(f"`k_selection.chosen`={_short(record['chosen'])} must be the manifest's `k`={k}.")
+
+
+def _is_finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _check_decontamination(record, rows: int, selected: list) -> int:
+    """The number of rows decontamination removed; refuses a record whose rows are not distinct pool rows kept
+    out of the selection, or whose per-row lists do not align with them."""
+    if record is None:
+        return 0
+    removed = record.get("removed_indices")
+    if not isinstance(removed, list) or not all(_is_int(v) for v in removed):
+        raise _FieldError(f"`decontamination.removed_indices`={_short(removed)} must be a list of ints.")
+    if record.get("removed") != len(removed):
+        raise _FieldError(f"`decontamination.removed`={_short(record.get('removed'))} must count `removed_indices`.")
+    if any(not 0 <= v < rows for v in removed) or any(b <= a for a, b in zip(removed, removed[1:])):
+        raise _FieldError(f"`decontamination.removed_indices` must be ascending rows of the {rows}-row pool.")
+    for name in ("matched_items", "ngram_overlap", "cosine"):
+        if not isinstance(record.get(name), list) or len(record[name]) != len(removed):
+            raise _FieldError(f"`decontamination.{name}` must be a list with one entry per removed row.")
+    if set(removed) & set(selected):
+        raise _FieldError("`decontamination.removed_indices` and `selected_indices` share rows: a removed row was selected.")
+    return len(removed)
 
 
 def _check_descriptions(descriptions, k) -> None:

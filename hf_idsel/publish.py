@@ -22,7 +22,7 @@ import datasets
 
 from .errors import InvalidArgumentError, PushError
 from .manifest import Manifest, indices_digest, selection_subset
-from .report import plot_selection
+from .report import plot_cluster_map, plot_selection
 from .rounds import write_round_file
 
 logger = logging.getLogger(__name__)
@@ -83,6 +83,8 @@ def stage(
             write_round_file(os.path.join(folder, "selection"), r)
     if plot_manifest is not None:
         plot_selection(plot_manifest, os.path.join(folder, "selection.png"), rounds)
+        if plot_manifest.cluster_map:
+            plot_cluster_map(plot_manifest, os.path.join(folder, "cluster_map.png"))
     if card is not None:
         card.save(os.path.join(folder, "README.md"))
         _undo(plan, "card")
@@ -221,7 +223,7 @@ def _run_step(api, folder: str, plan: dict, step: str, token) -> None:
             commit_message=f"hf_idsel: rows of config {name}",
         )
     elif step == "files":
-        patterns = ["manifest.json", "manifests/*.json", "selection/*.json", "selection.png"]
+        patterns = ["manifest.json", "manifests/*.json", "selection/*.json", "selection.png", "cluster_map.png"]
         api.upload_folder(
             repo_id=repo_id,
             repo_type="dataset",

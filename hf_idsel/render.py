@@ -16,6 +16,7 @@ Validation runs on the Arrow data (types and nulls), so bad input fails before a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import string
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -385,7 +386,9 @@ def check_countable(table: pa.Table, options: RenderOptions, tokenizer: Any) -> 
         )
 
 
-def token_lengths(dataset, options: RenderOptions, tokenizer: Any, *, cache_dir: str | None = None) -> np.ndarray:
+def token_lengths(
+    dataset, options: RenderOptions, tokenizer: Any, *, cache_dir: str | None = None, **map_kwargs
+) -> np.ndarray:
     """Tokens per row as TRL's `SFTTrainer` will see them (see [`count_tokens`]), cached by fingerprint.
 
     Counts are of whole rows before any truncation (`max_length`) or packing, whatever `include_answer`
@@ -400,6 +403,8 @@ def token_lengths(dataset, options: RenderOptions, tokenizer: Any, *, cache_dir:
             The tokenizer (and chat template) the model will be trained with.
         cache_dir (`str`, *optional*):
             Cache folder; defaults to `HF_DATASETS_CACHE/hf_idsel`.
+        map_kwargs:
+            `desc`, `num_proc`, `load_from_cache_file`, `keep_in_memory`, as in `datasets.Dataset.map`.
 
     Returns:
         `np.ndarray`: one int64 count per row.
@@ -416,12 +421,18 @@ def token_lengths(dataset, options: RenderOptions, tokenizer: Any, *, cache_dir:
         dataset._fingerprint, "tokens-sft", Hasher.hash(tokenizer), getattr(tokenizer, "chat_template", None),
         getattr(tokenizer, "eos_token", None), full.to_dict(),
     )
+    desc = " ".join(filter(None, (map_kwargs.pop("desc", None), "Counting tokens")))
     result = cached_map(
-        dataset, lambda batch: {"num_tokens": count_tokens(batch, full, tokenizer)}, kind="tokens", key=key,
-        batch_size=1000, desc="Counting tokens", directory=cache_dir, input_columns=options.input_columns,
-        check=_token_count_problem,
+        dataset, functools.partial(_count_batch, options=full, tokenizer=tokenizer), kind="tokens", key=key,
+        batch_size=1000, desc=desc, directory=cache_dir, input_columns=options.input_columns,
+        check=_token_count_problem, **map_kwargs,
     )
     return np.asarray(result.data.table.column("num_tokens").to_numpy(), dtype=np.int64)
+
+
+def _count_batch(batch: dict, *, options: RenderOptions, tokenizer: Any) -> dict:
+    # A module-level function (not a lambda), so that `num_proc` processes can receive it.
+    return {"num_tokens": count_tokens(batch, options, tokenizer)}
 
 
 def _token_count_problem(table: pa.Table) -> str | None:

@@ -41,6 +41,8 @@ def format_report(manifest, *, top: int = 20) -> str:
     lines += silhouette_curve(manifest.k_selection, manifest.k)
     if manifest.dedup:
         lines.append(f"de-duplication: removed {manifest.dedup['removed']} rows at cosine >= {manifest.dedup['threshold']}")
+    if manifest.decontamination:
+        lines.append(f"decontamination: {decontamination_summary(manifest.decontamination)}")
     descriptions = manifest.cluster_descriptions
     lines.append("")
     lines.append(f"{'cluster':>7} {'pool rows':>9} {'pool %':>7} {'chosen':>6} {'chosen %':>8}" + ("  terms" if descriptions else ""))
@@ -77,6 +79,21 @@ def silhouette_curve(k_selection: dict, k: int) -> list[str]:
         error = f"{float(errors[c]):>8.4f}" if c in errors else f"{'':>8}"
         lines.append(f"{c:>6} {float(score):>10.3f} {error}" + ("  <- chosen" if int(c) == k else ""))
     return lines
+
+
+def decontamination_summary(record: dict) -> str:
+    """One line: how many pool rows decontamination dropped, against which evaluation set, at which thresholds."""
+    exclude = record.get("exclude") or {}
+    tests = []
+    if record.get("ngram_threshold") is not None:
+        tests.append(f"sharing >= {record['ngram_threshold']:g} of an item's word {record['ngram']}-grams")
+    if record.get("cosine_threshold") is not None:
+        tests.append(f"embedding cosine >= {record['cosine_threshold']:g}")
+    name = exclude.get("name") or f"fingerprint {exclude.get('fingerprint')}"
+    return (
+        f"dropped {record['removed']} pool rows matching items of the evaluation set {name} "
+        f"({exclude.get('num_rows')} rows) before clustering ({' or '.join(tests)})"
+    )
 
 
 def _first_example(description: dict | None) -> str:
@@ -233,6 +250,71 @@ def plot_selection(manifest, path: str, rounds: list[dict] | None = None) -> str
         ax.set_ylabel("sampling weight")
         ax.set_title("cluster weights per round")
         ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def centroid_map(centroids: np.ndarray) -> list[list[float]]:
+    """Each cluster's place on a 2-D map of the pool: its centroid projected on the centroids' first two principal
+    components (scikit-learn's PCA, exact solver: the same centroids give the same map), rounded to 4 decimals."""
+    from sklearn.decomposition import PCA
+
+    centroids = np.asarray(centroids, dtype=np.float64)
+    if len(centroids) < 3:  # PCA needs more points than components; one or two clusters lie on a line
+        x = centroids @ (centroids[-1] - centroids[0]) if len(centroids) == 2 else np.zeros(1)
+        return [[round(float(v - x.mean()), 4), 0.0] for v in x]
+    points = PCA(n_components=2, svd_solver="full").fit_transform(centroids)
+    return np.round(points, 4).tolist()
+
+
+def plot_cluster_map(manifest, path: str, *, labelled: int = 24) -> str:
+    """Save a PNG map of the pool: one disc per cluster at its centroid's place ([`centroid_map`]), its area
+    proportional to the cluster's rows, its colour the share of them chosen.
+
+    Clusters the selection barely drew from (pale discs) stand out; the `labelled` largest clusters and the
+    `labelled // 3` with the lowest chosen share are labelled with their id and top terms, so that a cluster of
+    junk (greetings, boilerplate, broken rows) can be named at a glance.
+
+    Raises:
+        [`InvalidArgumentError`]: the manifest records no map (written before hf_idsel drew one).
+    """
+    if not manifest.cluster_map:
+        raise InvalidArgumentError(
+            f"{manifest.origin} records no cluster map (`cluster_map`): it was written before hf_idsel placed "
+            "clusters on a map. Make the selection again to draw one; `plot_selection` still draws the bar chart."
+        )
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    points = np.asarray(manifest.cluster_map, dtype=float)
+    sizes = np.asarray(manifest.cluster_sizes, dtype=float)
+    chosen = np.asarray(manifest.selected_per_cluster, dtype=float)
+    share = np.divide(chosen, sizes, out=np.zeros_like(chosen), where=sizes > 0)
+    fig, ax = plt.subplots(figsize=(8.0, 6.5))
+    area = 1500.0 * sizes / max(sizes.max(), 1.0) + 12.0
+    order = np.argsort(-sizes, kind="stable")  # large discs first, so small ones stay visible on top
+    dots = ax.scatter(
+        points[order, 0], points[order, 1], s=area[order], c=share[order], cmap="viridis", vmin=0.0,
+        vmax=max(float(share.max()), 1e-9), alpha=0.8, edgecolors="black", linewidths=0.5,
+    )
+    fig.colorbar(dots, ax=ax, label="share of the cluster's rows chosen")
+    descriptions = manifest.cluster_descriptions
+    shown = list(dict.fromkeys([*order[:labelled].tolist(), *np.argsort(share, kind="stable")[: labelled // 3].tolist()]))
+    for j in shown:
+        terms = short_terms(descriptions[j], 2) if descriptions else ""
+        ax.annotate(f"{j}: {terms}" if terms else str(j), points[j], fontsize=7, ha="center", va="center")
+    ax.set_xlabel("first principal component of the centroids")
+    ax.set_ylabel("second principal component")
+    ax.set_title(
+        f"{manifest.method}: {int(chosen.sum())} of {int(sizes.sum())} rows, k={manifest.k} "
+        "(disc area = rows, colour = share chosen)",
+        fontsize=9,
+    )
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import numbers
 import os
+import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -19,6 +20,7 @@ import pyarrow as pa
 from . import baselines, checks, methods, sample
 from .cache import cache_file
 from .cluster import choose_k, default_k_candidates, kmeans
+from .decontaminate import DEFAULT_COSINE_THRESHOLD, DEFAULT_NGRAM, DEFAULT_NGRAM_THRESHOLD, decontaminate_pool
 from .describe import describe_pool
 from .embed import DEFAULT_ENCODER, embed_dataset, embedding_cache_key, embeddings_from_column, encoder_identity
 from .errors import InvalidArgumentError
@@ -32,6 +34,7 @@ from .render import (
     token_lengths,
     validate_columns,
 )
+from .report import centroid_map
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +45,13 @@ _CPU_SECONDS_PER_TOKEN = 1 / 12_000
 _KMEANS_SECONDS_PER_UNIT = 6.6e-12  # per (training row x k x dim x iteration) with faiss on that CPU
 # Arguments the manifest does not record: objects and settings of this machine, which
 # `load_selection(..., recompute=True)` takes as overrides.
-_NOT_RECORDED = ("tokenizer", "device", "cache_dir", "batch_size")
+_NOT_RECORDED = (
+    "tokenizer", "device", "cache_dir", "encode_batch_size", "num_proc", "desc", "load_from_cache_file", "keep_in_memory",
+    "exclude",
+)
+
+
+_EXCLUDE_SETTINGS = ("exclude_ngram", "exclude_ngram_threshold", "exclude_cosine_threshold")
 
 
 @dataclass(frozen=True)
@@ -76,10 +85,18 @@ class SelectArguments:
     qdit_alpha: float
     k_candidates: list[int] | None
     kmeans_niter: int
-    batch_size: int
+    encode_batch_size: int
     device: str | None
     cache_dir: str | None
     trust_remote_code: bool
+    exclude: Any = None
+    exclude_ngram: int = DEFAULT_NGRAM
+    exclude_ngram_threshold: float | None = DEFAULT_NGRAM_THRESHOLD
+    exclude_cosine_threshold: float | None = DEFAULT_COSINE_THRESHOLD
+    num_proc: int | None = None
+    desc: str | None = None
+    load_from_cache_file: bool = True
+    keep_in_memory: bool = False
 
     def __post_init__(self):
         for field in fields(self):
@@ -101,6 +118,9 @@ class SelectArguments:
         }
         if not isinstance(self.encoder, str):
             arguments["encoder"] = identity.id
+        if self.exclude is None:  # the thresholds of a test that did not run: recorded only with `exclude`
+            for name in _EXCLUDE_SETTINGS:
+                del arguments[name]
         return arguments
 
 
@@ -172,13 +192,22 @@ def diverse_select(
     qdit_alpha: float = 0.5,
     k_candidates: list[int] | None = None,
     kmeans_niter: int = 20,
-    batch_size: int = 64,
+    encode_batch_size: int = 64,
     device: str | None = None,
     cache_dir: str | None = None,
     split: str | None = None,
     dry_run: bool = False,
     return_manifest: bool = False,
     trust_remote_code: bool = False,
+    exclude=None,
+    exclude_ngram: int = DEFAULT_NGRAM,
+    exclude_ngram_threshold: float | None = DEFAULT_NGRAM_THRESHOLD,
+    exclude_cosine_threshold: float | None = DEFAULT_COSINE_THRESHOLD,
+    num_proc: int | None = None,
+    desc: str | None = None,
+    load_from_cache_file: bool = True,
+    keep_in_memory: bool = False,
+    batch_size: int | None = None,
 ):
     """Choose a diverse subset of an instruction pool (Diversify and Conquer, arXiv 2409.11378).
 
@@ -234,15 +263,15 @@ def diverse_select(
             Drop near-duplicates (cosine similarity >= threshold to a kept row) before sampling.
         deita_threshold (`float`, *optional*, defaults to `0.9`):
             `"deita"`: a row is added only if its cosine similarity to every chosen row is below this.
-        qdit_alpha (`float`, *optional*, defaults to `0.5`):
+        qdit_alpha (`float`, *optional*, defaults to `0.6`):
             `"qdit"`: weight of quality against facility-location diversity.
         k_candidates (`list[int]`, *optional*):
             Candidate k values for `k="auto"`, all tried; by default powers of two and their midpoints from 2 up
             to `min(8192, rows // 16)`, searched coarse-to-fine.
         kmeans_niter (`int`, *optional*, defaults to `20`):
             k-means iterations, at least 1.
-        batch_size (`int`, *optional*, defaults to `64`):
-            Encoder batch size.
+        encode_batch_size (`int`, *optional*, defaults to `64`):
+            Texts per encoder forward pass (was `batch_size`, which in `datasets.Dataset.map` means rows per call).
         device (`str`, *optional*):
             Encoder device.
         cache_dir (`str`, *optional*):
@@ -255,6 +284,27 @@ def diverse_select(
             Return `(subset, manifest)` instead of the subset alone.
         trust_remote_code (`bool`, *optional*, defaults to `False`):
             Allow the encoder's own code to run; only for encoders you trust.
+        exclude (`datasets.Dataset` or `list[str]`, *optional*):
+            An evaluation set: pool rows that copy or nearly copy one of its items are dropped before clustering
+            (see `hf_idsel.decontaminate`), and the manifest records which, and against what. The budget is then
+            counted on the rows left: a fraction budget is a fraction of them.
+        exclude_ngram (`int`, *optional*, defaults to `8`):
+            Word n-gram length of the overlap test.
+        exclude_ngram_threshold (`float`, *optional*, defaults to `0.6`):
+            Drop a row holding at least this share of one evaluation item's distinct word n-grams; `None` skips the test.
+        exclude_cosine_threshold (`float`, *optional*, defaults to `0.99`):
+            Drop a row whose embedding cosine similarity to an evaluation item is at least this; `None` skips the test.
+        num_proc (`int`, *optional*):
+            Processes for counting tokens (`max_tokens`), as in `datasets.Dataset.map`; embedding runs in this process
+            (the encoder already uses every core).
+        desc (`str`, *optional*):
+            Prefix of the progress bars' labels.
+        load_from_cache_file (`bool`, *optional*, defaults to `True`):
+            Read embeddings and token counts from the cache when there; `False` recomputes them (and rewrites the cache).
+        keep_in_memory (`bool`, *optional*, defaults to `False`):
+            Keep computed embeddings and token counts in memory instead of writing cache files.
+        batch_size (`int`, *optional*):
+            Deprecated alias of `encode_batch_size`.
 
     Returns:
         `datasets.Dataset` (or `DatasetDict`, or a `(subset, Manifest)` tuple with `return_manifest=True`).
@@ -264,6 +314,19 @@ def diverse_select(
             number, a bool or string for a number, a string for a flag), or one the pool cannot satisfy;
             always before the encoder loads or any vector is clustered.
     """
+    if batch_size is not None:
+        warnings.warn(
+            "`batch_size` of diverse_select is deprecated and will be removed: it is the encoder batch, which "
+            "`datasets.Dataset.map` calls otherwise. Pass `encode_batch_size=` instead.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if encode_batch_size != 64 and encode_batch_size != batch_size:
+            raise InvalidArgumentError(
+                f"`batch_size`={batch_size!r} and `encode_batch_size`={encode_batch_size!r} disagree; pass only "
+                "`encode_batch_size` (`batch_size` is its deprecated name)."
+            )
+        encode_batch_size = batch_size
     args = SelectArguments(
         budget=budget,
         method=method,
@@ -288,10 +351,18 @@ def diverse_select(
         qdit_alpha=qdit_alpha,
         k_candidates=k_candidates,
         kmeans_niter=kmeans_niter,
-        batch_size=batch_size,
+        encode_batch_size=encode_batch_size,
         device=device,
         cache_dir=cache_dir,
         trust_remote_code=trust_remote_code,
+        exclude=exclude,
+        exclude_ngram=exclude_ngram,
+        exclude_ngram_threshold=exclude_ngram_threshold,
+        exclude_cosine_threshold=exclude_cosine_threshold,
+        num_proc=num_proc,
+        desc=desc,
+        load_from_cache_file=load_from_cache_file,
+        keep_in_memory=keep_in_memory,
     )
     checks.check_flag(dry_run, "dry_run")
     checks.check_flag(return_manifest, "return_manifest")
@@ -360,7 +431,16 @@ def _check_values(args: SelectArguments) -> None:
         checks.check_number(args.dedup_threshold, "dedup_threshold", above=0, at_most=1, fix=_COSINE)
     checks.check_number(args.deita_threshold, "deita_threshold", above=0, at_most=1, fix=_COSINE)
     checks.check_number(args.qdit_alpha, "qdit_alpha", at_least=0, at_most=1)
-    checks.check_int(args.batch_size, "batch_size", minimum=1)
+    checks.check_int(args.encode_batch_size, "encode_batch_size", minimum=1)
+    if args.num_proc is not None:
+        checks.check_int(args.num_proc, "num_proc", minimum=1)
+    checks.check_name(args.desc, "desc")
+    checks.check_flag(args.load_from_cache_file, "load_from_cache_file")
+    checks.check_flag(args.keep_in_memory, "keep_in_memory")
+    if args.exclude is not None:
+        from .decontaminate import check_thresholds
+
+        check_thresholds(args.exclude_ngram, args.exclude_ngram_threshold, args.exclude_cosine_threshold)
     checks.check_device(args.device)
     checks.check_path(args.cache_dir, "cache_dir")
     checks.check_flag(args.trust_remote_code, "trust_remote_code")
@@ -444,6 +524,12 @@ def _check_arguments(pool: datasets.Dataset, args: SelectArguments) -> _Checked:
         raise InvalidArgumentError(
             f"`embedding_column`={args.embedding_column!r} is not a column; available: {pool.column_names}."
         )
+    if args.exclude is not None:  # the evaluation set's type and layout, before anything is embedded
+        from .decontaminate import as_dataset, exclude_render_options
+
+        exclude_render_options(as_dataset(args.exclude), render or resolve_render_options(
+            pool.column_names, **args.pick("format", "text_column", "template", "include_answer")
+        ))
     return _Checked(rows=rows, render=render, quality=quality, sources=sources)
 
 
@@ -462,13 +548,17 @@ def _select(pool: datasets.Dataset, args: SelectArguments, *, dry_run: bool, ret
         pool,
         checked.render,
         distributed=world_size > 1,
+        batch_size=args.encode_batch_size,
         **args.pick(
-            "encoder", "encoder_revision", "embedding_column", "tokenizer", "batch_size", "device", "cache_dir",
-            "trust_remote_code",
+            "encoder", "encoder_revision", "embedding_column", "tokenizer", "device", "cache_dir",
+            "trust_remote_code", "desc", "load_from_cache_file", "keep_in_memory",
         ),
     )
+    keep, decontamination = None, None
+    if args.exclude is not None:
+        keep, decontamination = exclude_rows(pool, args, checked, embeddings)
     # Every rank embedded its share; rank 0 clusters and draws, the others take its manifest.
-    manifest = _cluster_and_draw(pool, args, checked, embeddings, identity) if rank == 0 else None
+    manifest = _cluster_and_draw(pool, args, checked, embeddings, identity, keep, decontamination) if rank == 0 else None
     if world_size > 1:
         manifest = Manifest.from_dict(broadcast(manifest.to_dict() if manifest is not None else None))
     subset = _subset_from_manifest(pool, manifest)
@@ -480,7 +570,38 @@ def _subset_from_manifest(pool: datasets.Dataset, manifest: Manifest) -> dataset
     return selection_subset(pool, manifest.selected_indices, manifest.selected_clusters)
 
 
-def _cluster_and_draw(pool, args: SelectArguments, checked: _Checked, embeddings, identity) -> Manifest:
+def exclude_rows(pool, args: SelectArguments, checked: _Checked, embeddings) -> tuple[np.ndarray, dict]:
+    """The decontamination keep mask over `pool` and its record (see [`decontaminate.decontaminate_pool`])."""
+    render = checked.render
+    if render is None:  # precomputed vectors and a row budget: the n-gram test still reads the pool's text
+        render = resolve_render_options(pool.column_names, **args.pick("format", "text_column", "template", "include_answer"))
+    return decontaminate_pool(
+        pool, args.exclude, render, embeddings, ngram=args.exclude_ngram, ngram_threshold=args.exclude_ngram_threshold,
+        cosine_threshold=args.exclude_cosine_threshold, batch_size=args.encode_batch_size,
+        desc=" ".join(filter(None, (args.desc, "Evaluation set:"))),
+        **args.pick(
+            "encoder", "encoder_revision", "embedding_column", "tokenizer", "device", "cache_dir", "trust_remote_code",
+            "load_from_cache_file", "keep_in_memory",
+        ),
+    )
+
+
+def _cluster_and_draw(
+    pool, args: SelectArguments, checked: _Checked, embeddings, identity, keep=None, decontamination=None
+) -> Manifest:
+    full_pool = pool
+    rows_kept = None
+    if keep is not None:
+        # Decontamination drops rows before clustering: cluster and draw on the rows left, then map back to pool rows.
+        rows_kept = np.flatnonzero(keep)
+        pool, embeddings = pool.select(rows_kept).flatten_indices(), embeddings[rows_kept]
+        quality = checked.quality[rows_kept] if checked.quality is not None else None
+        budget_rows = sample.resolve_budget(args.budget, len(pool)) if args.budget is not None else None
+        if not isinstance(args.k, str) and args.k > len(pool):
+            raise InvalidArgumentError(
+                f"`k`={args.k} is more than the {len(pool)} rows left after decontamination; lower k or use k='auto'."
+            )
+        checked = _Checked(rows=budget_rows, render=checked.render, quality=quality)
     clustering, k_selection = cluster_pool(
         embeddings, args.k, k_candidates=args.k_candidates, seed=args.seed, kmeans_niter=args.kmeans_niter
     )
@@ -504,7 +625,10 @@ def _cluster_and_draw(pool, args: SelectArguments, checked: _Checked, embeddings
     if rows is not None:
         indices = methods.draw(inputs, rows, args)
     else:
-        lengths = token_lengths(pool, checked.render, args.tokenizer, cache_dir=args.cache_dir)
+        lengths = token_lengths(
+            pool, checked.render, args.tokenizer, cache_dir=args.cache_dir,
+            **args.pick("desc", "num_proc", "load_from_cache_file", "keep_in_memory"),
+        )
         order = methods.token_order(inputs, args)
         indices = sample.token_prefix(order, lengths, args.max_tokens)
         if len(indices) == 0:
@@ -520,8 +644,12 @@ def _cluster_and_draw(pool, args: SelectArguments, checked: _Checked, embeddings
 
     labels = clustering.labels[indices]
     descriptions = _describe_clusters(pool, args, checked, clustering)
+    if rows_kept is not None:
+        indices = rows_kept[indices]
+        for description in descriptions or ():
+            description["example_rows"] = rows_kept[description["example_rows"]].tolist()
     return Manifest(
-        pool=pool_record(pool, _read_columns(args, checked.render)),
+        pool=pool_record(full_pool, _read_columns(args, checked.render)),
         arguments=args.to_manifest_dict(identity),
         method=args.method,
         seed=int(args.seed),
@@ -536,6 +664,8 @@ def _cluster_and_draw(pool, args: SelectArguments, checked: _Checked, embeddings
         render=checked.render.to_dict() if checked.render is not None else None,
         encoder=encoder_record(identity, args.embedding_column, embeddings.shape[1]),
         dedup=dedup,
+        decontamination=decontamination,
+        cluster_map=centroid_map(clustering.centroids),
         cluster_descriptions=descriptions,
     )
 
@@ -567,8 +697,11 @@ def pool_embeddings(
     cache_dir: str | None = None,
     trust_remote_code: bool = False,
     distributed: bool = False,
+    **map_kwargs,
 ):
     """`(embeddings, ModelIdentity or None)`: the encoder's vectors (cached) or `embedding_column`.
+
+    `map_kwargs` (`desc`, `load_from_cache_file`, `keep_in_memory`) are passed to [`embed.embed_dataset`].
 
     With `distributed=True` every launched process must call this: each embeds its share.
     """
@@ -585,6 +718,7 @@ def pool_embeddings(
         cache_dir=cache_dir,
         trust_remote_code=trust_remote_code,
         distributed=distributed,
+        **map_kwargs,
     )
 
 
@@ -739,7 +873,8 @@ def load_selection(
             check that it gives the same rows and cluster ids, instead of taking the recorded ones.
         overrides:
             With `recompute=True` only: the arguments of the re-run that are yours, not the manifest's:
-            `tokenizer`, `device`, `cache_dir`, `batch_size` (not recorded), `trust_remote_code`
+            `tokenizer`, `device`, `cache_dir`, `encode_batch_size` and the map settings (not recorded), `exclude` (the
+            evaluation set, required when the manifest records a decontamination), `trust_remote_code`
             (never taken from a manifest; defaults to `False`), and `encoder` / `encoder_revision`.
             Passing `encoder=` is your consent to load that encoder: a manifest that names another
             encoder than the default is re-run only with it (`encoder_revision` defaults to the
@@ -781,7 +916,7 @@ def load_selection(
 
 
 # What `load_selection(..., recompute=True)` takes from its caller rather than from the manifest.
-_CALLER_ARGUMENTS = (*_NOT_RECORDED, "encoder", "encoder_revision", "trust_remote_code")
+_CALLER_ARGUMENTS = (*_NOT_RECORDED, "batch_size", "encoder", "encoder_revision", "trust_remote_code")
 
 
 def _replay_arguments(manifest: Manifest, overrides: dict) -> dict:
@@ -797,6 +932,13 @@ def _replay_arguments(manifest: Manifest, overrides: dict) -> dict:
         raise InvalidArgumentError(
             f"`recompute=True`: a {manifest.method!r} selection depends on a training run and cannot be re-run "
             "here; load it without recompute (the recorded rows are checked against their digest)."
+        )
+    if manifest.decontamination is not None and overrides.get("exclude") is None:
+        raise InvalidArgumentError(
+            f"{manifest.origin} dropped {manifest.decontamination['removed']} pool rows matching an evaluation set "
+            f"({manifest.decontamination['exclude'].get('name') or 'unnamed'}, "
+            f"{manifest.decontamination['exclude'].get('num_rows')} rows) before clustering: pass that set again as "
+            "`exclude=` to re-run it, or load without `recompute`."
         )
     recorded = dict(manifest.arguments)
     known = {f.name for f in fields(SelectArguments)} - set(_NOT_RECORDED)

@@ -43,6 +43,7 @@ from .cards import (
 )
 from .config import IterativeSelectionConfig
 from .describe import describe_pool
+from .decontaminate import assign_all, decontaminate_pool
 from .describe import short_terms
 from .distributed import broadcast, equal_share
 from .errors import InvalidArgumentError, PushError
@@ -177,6 +178,10 @@ class IterativeSelectionTrainer(SFTTrainer):
             How each round is scored: a name from [`~scorers.SCORERS`] (built from `args`), a scorer
             object such as `RewardScorer(model, tokenizer)` or `JudgeScorer(judge)`, or any function
             `(prompts, golds, generations) -> scores`. Defaults to `args.scorer`.
+        exclude_dataset (`datasets.Dataset` or `list[str]`, *optional*):
+            An evaluation set (often the `eval_dataset`): pool rows that copy or nearly copy one of its items are left
+            out of k-means and never drawn, with the default thresholds of `diverse_select(..., exclude=...)`; what
+            was dropped is in `trainer.decontamination`.
         **kwargs:
             Every other [`~trl.SFTTrainer`] argument (`eval_dataset`, `processing_class`, `peft_config`, ...).
     """
@@ -188,6 +193,7 @@ class IterativeSelectionTrainer(SFTTrainer):
         train_dataset: datasets.Dataset | None = None,
         *,
         scorer: str | RoundScorer | LossScorer | Callable | None = None,
+        exclude_dataset=None,
         **kwargs,
     ):
         if args is None:
@@ -234,7 +240,17 @@ class IterativeSelectionTrainer(SFTTrainer):
                 "tokenization; lower the budget."
             )
 
+        self._exclude = exclude_dataset
+        self.decontamination = None
         self.labels, self.k, self.k_selection = self._cluster_pool()
+        if self.decontamination is not None:
+            # Rows matching the evaluation set were left out of k-means and are never drawn.
+            self.trainable[self.decontamination["removed_indices"]] = False
+            if self.budget_rows > int(self.trainable.sum()):
+                raise InvalidArgumentError(
+                    f"`budget`={self.budget_rows} rows is more than the {int(self.trainable.sum())} pool rows left after "
+                    f"decontamination against `exclude_dataset` dropped {self.decontamination['removed']}; lower the budget."
+                )
         self.quality = None
         if args.quality_column is not None:
             values = self.pool.data.table.column(args.quality_column).to_numpy(zero_copy_only=False)
@@ -319,14 +335,25 @@ class IterativeSelectionTrainer(SFTTrainer):
         )
         data = None
         if self.accelerator.is_main_process:
-            clustering, k_selection = cluster_pool(embeddings, args.k_value, seed=args.selection_seed)
+            decontamination = None
+            if self._exclude is not None:
+                keep, decontamination = decontaminate_pool(
+                    self.pool, self._exclude, self._render, embeddings, encoder=args.encoder,
+                    embedding_column=args.embedding_column,
+                )
+                # k-means is fitted on the rows left; a dropped row gets its nearest centroid's id (it is never drawn).
+                clustering, k_selection = cluster_pool(embeddings[keep], args.k_value, seed=args.selection_seed)
+                clustering = assign_all(clustering, embeddings, keep)
+            else:
+                clustering, k_selection = cluster_pool(embeddings, args.k_value, seed=args.selection_seed)
             encoder = encoder_record(identity, args.embedding_column, embeddings.shape[1])
             descriptions = describe_pool(self.pool, self._render, clustering, seed=args.selection_seed)
             data = {
                 "labels": clustering.labels.tolist(), "k": clustering.k, "k_selection": k_selection, "encoder": encoder,
-                "descriptions": descriptions,
+                "descriptions": descriptions, "decontamination": decontamination,
             }
         data = broadcast(data)
+        self.decontamination = data["decontamination"]
         self.encoder_info = data["encoder"]
         self.cluster_descriptions = data["descriptions"]
         return np.asarray(data["labels"], dtype=np.int64), int(data["k"]), data["k_selection"]

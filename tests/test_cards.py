@@ -15,6 +15,7 @@ from _tiny import make_tiny_llama, save_tiny_llama, single_thread
 from hf_idsel import InvalidArgumentError, diverse_select
 from hf_idsel.cards import MODEL_CARD_FACTS, card_facts, dataset_card, model_card
 from hf_idsel.cli import main
+from hf_idsel.manifest import Manifest
 from hf_idsel.publish import STAGING_DIR
 from test_trainer import make_pool, make_trainer
 
@@ -200,3 +201,27 @@ def test_the_model_card_of_an_adapter_with_evaluations_reads_back_from_the_hub(l
         ("openai/openai_humaneval", "pass@1"): (0.05, "HumanEval (20 held-out test rows)", "test"),
     }  # gold_logprob is in the card's table only
     assert "| gsm8k | gold_logprob | -1.2500 | 30 |" in loaded.text
+
+
+def test_the_dataset_card_has_hub_categories_the_cluster_map_and_decontamination_read_back_from_the_hub(hub, blob_pool, tmp_path):
+    from hf_idsel.publish import push_selection
+
+    exclude = blob_pool.select([4, 100]).select_columns(["text", "embedding"])
+    # The blobs are tight (cosine > 0.95 inside each): the n-gram test alone, which finds the two copies.
+    subset, manifest = diverse_select(
+        blob_pool, 30, k=6, embedding_column="embedding", exclude=exclude, exclude_cosine_threshold=None,
+        return_manifest=True,
+    )
+    repo = hub.repo("card-map")
+    push_selection(subset, repo, manifest=manifest, local_dir=str(tmp_path / "staged"))
+
+    card = DatasetCard.load(repo)
+    assert card.data.task_categories == ["text-generation"] and card.data.size_categories == "n<1K"
+    assert_truthful(card.text, [repo])
+    assert "![Map of the pool's clusters" in card.text and "](cluster_map.png)" in card.text
+    decontamination = card.text.split("### Decontamination\n", 1)[1]
+    assert "dropped 2 pool rows matching items of the evaluation set" in decontamination
+    assert "| 4 | 0 | 1.00 | n/a |" in decontamination and "| 100 | 1 | 1.00 | n/a |" in decontamination
+    files = hub.server.files(repo)
+    assert files["cluster_map.png"].startswith(b"\x89PNG")
+    assert Manifest.load(json.loads(files["manifest.json"])).decontamination["removed_indices"] == [4, 100]

@@ -167,3 +167,58 @@ def test_report_names_a_truncated_round_file(tmp_path, capsys):
     line = _one_error_line(capsys, "report")
     assert broken in line and "truncated or corrupt" in line
 
+
+
+# ---- TRL's dataset flags, decontamination and the cluster map ----
+
+
+def test_select_takes_trls_dataset_flags_as_trl_parses_them(pool_file, tmp_path, capsys):
+    import trl
+
+    from hf_idsel.cli import build_parser
+    from hf_idsel.train import make_parser
+
+    flags = ["--dataset_name", pool_file, "--dataset_config", "default", "--dataset_train_split", "validation"]
+    (trl_args,) = trl.TrlParser((trl.ScriptArguments,)).parse_args_into_dataclasses(flags)
+    select = build_parser().parse_args(["select", *flags, "--budget", "5", "--out", str(tmp_path / "o")])
+    assert (select.dataset_name, select.config, select.split) == (
+        trl_args.dataset_name, trl_args.dataset_config, trl_args.dataset_train_split
+    )
+    script_args, _, _ = make_parser().parse_args_and_config(
+        args=[*flags, "--output_dir", str(tmp_path / "t"), "--bf16", "false", "--use_cpu", "true"]
+    )
+    assert (script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split) == (
+        trl_args.dataset_name, trl_args.dataset_config, trl_args.dataset_train_split
+    )
+
+    # The same selection as with POOL; the pool is named once.
+    assert main(["select", "--dataset_name", pool_file, "--dataset_train_split", "train", "--budget", "10", "--k", "2",
+                 "--out", str(tmp_path / "flags")]) == 0
+    assert main(["select", pool_file, "--budget", "10", "--k", "2", "--out", str(tmp_path / "positional")]) == 0
+    capsys.readouterr()
+    read = [json.loads((tmp_path / d / "manifest.json").read_text())["selected_indices"] for d in ("flags", "positional")]
+    assert read[0] == read[1]
+    for argv in (["select", pool_file, "--dataset_name", pool_file], ["select"]):
+        assert main([*argv, "--budget", "5", "--out", str(tmp_path / "x")]) == 2
+        assert "Name the pool once" in capsys.readouterr().err
+
+
+def test_select_exclude_drops_copies_of_an_evaluation_file_and_report_maps_the_clusters(pool_file, tmp_path, capsys):
+    evaluation = tmp_path / "eval.jsonl"
+    items = [{"question": ROWS[i]["instruction"].upper(), "answer": ROWS[i]["output"]} for i in (3, 25)]
+    evaluation.write_text("\n".join(json.dumps(r) for r in items) + "\n")
+    out = tmp_path / "out"
+    argv = ["select", pool_file, "--budget", "10", "--k", "2", "--out", str(out), "--exclude", str(evaluation),
+            "--exclude-split", "train", "--exclude-cosine-threshold", "none"]
+    assert main(argv) == 0
+    assert "decontamination: dropped 2 pool rows" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["decontamination"]["removed_indices"] == [3, 25]
+    assert manifest["decontamination"]["cosine_threshold"] is None
+    assert len(manifest["selected_indices"]) == 10 and not {3, 25} & set(manifest["selected_indices"])
+
+    assert main(["report", str(out), "--map", str(tmp_path / "map.png")]) == 0
+    with open(tmp_path / "map.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert main([*argv[:-1], "2", "--overwrite"]) == 2
+    assert "exclude_cosine_threshold" in capsys.readouterr().err

@@ -115,3 +115,39 @@ def test_k_auto_report_and_card_show_the_silhouette_curve_and_the_chosen_k(blob_
     card = str(dataset_card(manifest, card_facts("me/picked", None), configs=["default"]))
     assert f"| k (clusters) | 6, chosen by k=\"auto\": the best cosine silhouette of the whole pool's k-means clustering among {len(table)} candidates" in card
     assert f"6: {record['silhouette']['6']:.3f}" in card and "averaged over 250 rows" in card
+
+
+def test_cluster_map_places_clusters_by_centroid_and_colours_them_by_share_chosen(selected, tmp_path):
+    import matplotlib.pyplot as plt
+
+    from hf_idsel.report import centroid_map, plot_cluster_map
+
+    _, manifest = selected
+    assert len(manifest.cluster_map) == manifest.k and all(len(p) == 2 for p in manifest.cluster_map)
+    # The six planted blobs are far apart: so are their places on the map, and the map is the same every time.
+    points = np.asarray(manifest.cluster_map)
+    distances = np.linalg.norm(points[:, None] - points[None], axis=-1)[np.triu_indices(6, 1)]
+    assert distances.min() > 0.05 * distances.max()
+    centroids = np.random.default_rng(0).normal(size=(6, 16))
+    assert centroid_map(centroids) == centroid_map(centroids.copy())
+    assert centroid_map(centroids[:1]) == [[0.0, 0.0]] and len(centroid_map(centroids[:2])) == 2
+
+    figures = []
+    original = plt.subplots
+    with pytest.MonkeyPatch.context() as patch:  # keep the figure to read what was drawn
+        patch.setattr(plt, "subplots", lambda *a, **k: figures.append(original(*a, **k)) or figures[-1])
+        patch.setattr(plt, "close", lambda fig: None)
+        image = _png(plot_cluster_map(manifest, str(tmp_path / "map.png")))
+    assert image.shape[0] > 100
+    dots = figures[0][1].collections[0]
+    order = np.argsort(-np.asarray(manifest.cluster_sizes), kind="stable")
+    np.testing.assert_allclose(dots.get_offsets(), points[order])
+    share = np.asarray(manifest.selected_per_cluster) / np.asarray(manifest.cluster_sizes)
+    np.testing.assert_allclose(dots.get_array(), share[order])
+    assert np.all(np.diff(dots.get_sizes()) <= 0)  # larger clusters, larger discs
+    for fig, _ in figures:
+        plt.close(fig)
+
+    manifest.cluster_map = None  # a manifest written before maps
+    with pytest.raises(InvalidArgumentError, match="no cluster map"):
+        plot_cluster_map(manifest, str(tmp_path / "none.png"))

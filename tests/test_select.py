@@ -78,8 +78,12 @@ def test_quality_column_shifts_the_draw(blob_pool):
 
 
 def test_manifest_records_the_arguments_that_decide_the_rows(blob_pool, cache_dir):
-    _, manifest = select(blob_pool, 20, return_manifest=True, cache_dir=cache_dir, batch_size=8, k_candidates=[2, 3])
-    # Machine-local settings (cache_dir, batch_size, device) and objects (tokenizer) are not recorded.
+    _, manifest = select(
+        blob_pool, 20, return_manifest=True, cache_dir=cache_dir, encode_batch_size=8, k_candidates=[2, 3],
+        desc="Pool", load_from_cache_file=False, keep_in_memory=True, num_proc=2,
+    )
+    # Machine-local settings (cache_dir, encode_batch_size, device, the map settings) and objects (tokenizer) are not
+    # recorded; nor are the decontamination thresholds without `exclude`.
     assert manifest.arguments == {
         "budget": 20,
         "method": "kmq",
@@ -313,3 +317,25 @@ def test_real_minilm_on_the_builtin_pool(cache_dir, caplog):
         again = diverse_select(pool, 72, k=8, cache_dir=cache_dir)
     assert "Loaded embeddings from cache" in caplog.text
     assert again["source_index"] == subset["source_index"]
+
+
+def test_map_settings_mean_what_they_mean_in_datasets(blob_pool, minilm_tokenizer, cache_dir):
+    """keep_in_memory writes no cache file, num_proc counts tokens in processes with the same result,
+    load_from_cache_file=False recomputes and rewrites the cache, the default reads it."""
+    import glob
+    import os
+
+    def token_files():
+        return glob.glob(os.path.join(cache_dir, "tokens-*.arrow"))
+
+    kwargs = dict(max_tokens=300, tokenizer=minilm_tokenizer, cache_dir=cache_dir, return_manifest=True)
+    _, in_memory = select(blob_pool, None, keep_in_memory=True, **kwargs)
+    assert token_files() == []
+    _, processes = select(blob_pool, None, num_proc=2, desc="Pool", **kwargs)
+    (path,) = token_files()
+    assert (processes.selected_indices, processes.budget) == (in_memory.selected_indices, in_memory.budget)
+    os.utime(path, ns=(0, 0))
+    select(blob_pool, None, **kwargs)
+    assert os.stat(path).st_mtime_ns == 0  # read from the cache
+    _, again = select(blob_pool, None, load_from_cache_file=False, **kwargs)
+    assert os.stat(path).st_mtime_ns > 0 and again.selected_indices == in_memory.selected_indices

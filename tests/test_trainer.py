@@ -80,7 +80,7 @@ def make_trainer(tmp_path, pool=None, model=None, **config):
         disable_tqdm=True,
     )
     defaults.update(config)
-    extra = {k: defaults.pop(k) for k in ("peft_config",) if k in defaults}
+    extra = {k: defaults.pop(k) for k in ("peft_config", "exclude_dataset") if k in defaults}
     if not isinstance(defaults.get("scorer", "loss"), str):  # a scorer object or a callable goes to the trainer
         extra["scorer"] = defaults.pop("scorer")
     args = IterativeSelectionConfig(**defaults)
