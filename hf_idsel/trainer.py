@@ -42,9 +42,8 @@ from .cards import (
     training_hyperparameters,
 )
 from .config import IterativeSelectionConfig
-from .describe import describe_pool
 from .decontaminate import assign_all, decontaminate_pool
-from .describe import short_terms
+from .describe import describe_pool, short_terms
 from .distributed import broadcast, equal_share
 from .errors import InvalidArgumentError, PushError
 from .hidden_states import HiddenStateEncoder
