@@ -541,6 +541,76 @@ def test_reward_scorer_template_argument(tmp_path):
         RewardScorer(model, bare, template="{% for m in messages if m['role'] == 'user' %}{{ m['content'] }}{% endfor %}")
 
 
+SYSTEM = "Answer in one word."
+
+
+def rm_pool(layout: str):
+    """Eight rows in one pool layout; the chat rows are multi-turn with a system prompt."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, (thing, colour) in enumerate(FACTS.items()):
+        question, answer = f"What colour is the {thing}?", f"The {thing} is {colour}."
+        embedding = (np.eye(8)[i % 2] + 0.01 * rng.normal(size=8)).tolist()
+        if layout == "messages":
+            messages = [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": "Hello."},
+                {"role": "assistant", "content": "Hi."},
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": answer},
+            ]
+            rows.append({"messages": messages, "embedding": embedding})
+        elif layout == "sharegpt":
+            turns = [{"from": "system", "value": SYSTEM}, {"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+            rows.append({"conversations": turns, "embedding": embedding})
+        else:
+            rows.append({"prompt": question, "completion": answer, "embedding": embedding})
+    return datasets.Dataset.from_list(rows)
+
+
+EXPECTED_TURNS = {
+    "messages": lambda q: [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "Hello."},
+        {"role": "assistant", "content": "Hi."},
+        {"role": "user", "content": q},
+    ],
+    "sharegpt": lambda q: [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
+    "prompt_completion": lambda q: [{"role": "user", "content": q}],
+}
+
+
+@pytest.mark.parametrize("layout", ["messages", "sharegpt", "prompt_completion"])
+def test_trainer_gives_the_reward_model_its_own_format_of_every_pool_layout(layout, tmp_path):
+    from hf_idsel.render import prompt_and_answer, resolve_render_options
+    from hf_idsel.trainer import IterativeSelectionConfig, IterativeSelectionTrainer
+
+    policy, policy_tokenizer = make_tiny_llama()
+    reward, reward_tokenizer = reward_model_with_own_template()
+    seen = record_inputs(reward)
+    args = IterativeSelectionConfig(
+        output_dir=str(tmp_path), budget=4, rounds=2, k="2", embedding_column="embedding", scored_rows_per_cluster=0,
+        generation_max_new_tokens=4, max_length=64, report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True,
+    )
+    pool = rm_pool(layout)
+    trainer = IterativeSelectionTrainer(
+        policy, args=args, train_dataset=pool, processing_class=policy_tokenizer,
+        scorer=RewardScorer(reward, reward_tokenizer, show_progress=False),
+    )
+    seen.clear()  # the pool check at set-up reads the same texts; score one round's rows
+    rows = np.array([1, 4, 6])
+    trainer._score_round(rows)
+    options = resolve_render_options(pool.column_names, tokenizer=policy_tokenizer)
+    prompts, golds = zip(*(prompt_and_answer(pool[int(r)], options, policy_tokenizer) for r in rows))
+    generations = generate_answers(policy, policy_tokenizer, list(prompts), max_new_tokens=4, show_progress=False)
+    turns = [EXPECTED_TURNS[layout](f"What colour is the {list(FACTS)[r]}?") for r in rows]
+    expected = [rm_ids(reward_tokenizer, t, a) for t, a in zip(turns + turns, list(golds) + generations)]
+    assert sorted(seen) == sorted(expected)
+    assert golds[0] == f"The {list(FACTS)[1]} is {FACTS[list(FACTS)[1]]}."
+
+
 class WordCount(RoundScorer):
     """A subclass written for the three-list interface, before `conversations=` existed."""
 
