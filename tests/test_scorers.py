@@ -611,6 +611,18 @@ def test_trainer_gives_the_reward_model_its_own_format_of_every_pool_layout(layo
     assert golds[0] == f"The {list(FACTS)[1]} is {FACTS[list(FACTS)[1]]}."
 
 
+def test_recipe_template_gives_hh_rlhf_reward_model_its_format():
+    """recipes/chat_templates/hh_rlhf.jinja: the research code's reward model reads `###Human:` / `###Assistant:`."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "recipes" / "chat_templates" / "hh_rlhf.jinja"
+    bare = make_tiny_tokenizer()
+    bare.chat_template = None  # like hh_rlhf_rm_open_llama_3b's tokenizer
+    scorer = RewardScorer(tiny_reward_model(bare), bare, show_progress=False, template=path)
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sky?"}]
+    assert scorer.texts([""], ["Blue."], [turns]) == ["<s>Be brief. ###Human: Sky? ###Assistant: Blue."]
+
+
 class WordCount(RoundScorer):
     """A subclass written for the three-list interface, before `conversations=` existed."""
 
