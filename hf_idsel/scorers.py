@@ -740,7 +740,7 @@ class RewardScorer(RoundScorer):
 
         Args:
             texts (`list[str]`):
-                Texts as the reward model will see them (prompt + answer).
+                Texts as the reward model will see them ([`texts`](#texts) of the pool's rows).
 
         Raises:
             `InvalidArgumentError`: naming the first text that fails.
@@ -979,8 +979,8 @@ def as_scorer(scorer: Any, args: Any, *, device: Any = None, show_progress: bool
             A name (built from `args`), a scorer object (used as is), or a function
             `(prompts, golds, generations) -> scores` (wrapped in [`CallableScorer`]).
         args (`IterativeSelectionConfig`):
-            Where a named scorer reads its settings (`reward_model`, `reference_model`,
-            `scoring_batch_size`).
+            Where a named scorer reads its settings (`reward_model`, `reward_template`,
+            `reference_model`, `scoring_batch_size`).
         device (`torch.device`, *optional*):
             Where a named scorer loads its model.
         show_progress (`bool`, *optional*, defaults to `True`):
