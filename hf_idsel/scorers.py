@@ -19,8 +19,8 @@ The text scorers share one call interface (see [`RoundScorer`]):
 are `prompt + answer`, plain string concatenation. A scorer with `needs_conversations = True`
 ([`RewardScorer`] by default) also receives `conversations=`, each row's prompt turns as
 `role`/`content` messages, and renders `prompt turns + answer turn` in its own model's format.
-[`LossScorer`] instead reads the training forward passes. The trainer takes any of them through one argument, `scorer=` ([`as_scorer`]): a
-name from [`SCORERS`], a scorer object, or a callable.
+[`LossScorer`] instead reads the training forward passes. The trainer takes any of them through
+one argument, `scorer=` ([`as_scorer`]): a name from [`SCORERS`], a scorer object, or a callable.
 """
 
 from __future__ import annotations
@@ -567,7 +567,7 @@ class RewardScorer(RoundScorer):
         template (`str` or `os.PathLike`, *optional*, defaults to `None`):
             How conversations are rendered for the reward model. `None`: its tokenizer's own chat
             template (an error when it has none). A Jinja chat template, as text or as the path of a
-            `.jinja` file (e.g. `recipes/chat_templates/tulu.jinja`): used instead of the tokenizer's.
+            `.jinja` file (e.g. `recipes/chat_templates/hh_rlhf.jinja`): used instead of the tokenizer's.
             `"policy"`: no conversations; score `prompt + answer` rendered with the TRAINED model's
             chat template, as given in `prompts` (only right when the reward model was trained on that
             format).
@@ -631,10 +631,10 @@ class RewardScorer(RoundScorer):
             if not getattr(self.tokenizer, "chat_template", None):
                 raise InvalidArgumentError(
                     f"The reward model's tokenizer ({name!r}) has no chat template, so the scorer cannot render "
-                    "conversations in the format the reward model was trained on. Pass `template=` (the reward "
-                    "model's Jinja chat template, or a path to a .jinja file such as "
-                    f"recipes/chat_templates/tulu.jinja), or template={POLICY_TEMPLATE!r} to score the trained "
-                    "model's rendered prompt + answer text as is."
+                    "conversations in the format the reward model was trained on. Pass `template=` "
+                    "(`reward_template` in the config): the reward model's Jinja chat template or a path to a .jinja "
+                    "file such as recipes/chat_templates/hh_rlhf.jinja, or "
+                    f"{POLICY_TEMPLATE!r} to score the trained model's rendered prompt + answer text as is."
                 )
         elif os.path.isfile(template):
             with open(template, encoding="utf-8") as file:
