@@ -92,6 +92,10 @@ class IterativeSelectionConfig(SFTConfig):
             to the trainer's `scorer=` argument instead, which overrides this field.
         reward_model (`str`, *optional*):
             Reward model id or path for `scorer="reward"`.
+        reward_template (`str`, *optional*):
+            How `scorer="reward"` formats conversations for the reward model: `None` (its tokenizer's
+            chat template; an error when it has none), a Jinja chat template or the path of a `.jinja`
+            file, or `"policy"` (the trained model's rendered prompt + answer, as is).
         reference_model (`str`, *optional*, defaults to `"HuggingFaceTB/SmolLM2-135M-Instruct"`):
             Reference causal LM for `scorer="likelihood"`, or `"base"`: the trained model with its LoRA
             adapters disabled (no second model; needs a `peft_config`).
@@ -180,6 +184,13 @@ class IterativeSelectionConfig(SFTConfig):
         },
     )
     reward_model: str | None = field(default=None, metadata={"help": "Reward model id or path for scorer='reward'."})
+    reward_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Chat format of the reward model's input: None (its tokenizer's chat template), a Jinja template "
+            "or .jinja path, or 'policy' (the trained model's rendered text)."
+        },
+    )
     reference_model: str = field(
         default="HuggingFaceTB/SmolLM2-135M-Instruct",
         metadata={"help": "Reference causal LM for scorer='likelihood', or 'base' (the trained model with its LoRA adapters off)."},
@@ -326,6 +337,7 @@ class IterativeSelectionConfig(SFTConfig):
         for name in ("embedding_column", "quality_column", "reward_model", "pool_id", "hub_dataset_id", "hub_license"):
             check_name(getattr(self, name), name)
         check_name(self.reference_model, "reference_model", optional=False)
+        check_name(self.reward_template, "reward_template")
         self.quality_temperature = check_number(self.quality_temperature, "quality_temperature", above=0)
         self.weight_temperature = check_number(self.weight_temperature, "weight_temperature", above=0)
         if not isinstance(self.scorer, str):

@@ -16,9 +16,11 @@ The text scorers share one call interface (see [`RoundScorer`]):
     scores = scorer(prompts, golds, generations)   # float64, one value per row
 
 `prompts` are rendered strings (chat template applied, generation prompt opened); the texts scored
-are `prompt + answer`, plain string concatenation. [`LossScorer`] instead reads the training
-forward passes. The trainer takes any of them through one argument, `scorer=` ([`as_scorer`]): a
-name from [`SCORERS`], a scorer object, or a callable.
+are `prompt + answer`, plain string concatenation. A scorer with `needs_conversations = True`
+([`RewardScorer`] by default) also receives `conversations=`, each row's prompt turns as
+`role`/`content` messages, and renders `prompt turns + answer turn` in its own model's format.
+[`LossScorer`] instead reads the training forward passes. The trainer takes any of them through
+one argument, `scorer=` ([`as_scorer`]): a name from [`SCORERS`], a scorer object, or a callable.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 # A sample whose tokens are more than this share of `unk` cannot be read by the reward model.
 MAX_UNK_FRACTION = 0.05
+# `RewardScorer(template=POLICY_TEMPLATE)`: score the trained model's rendered text, not the reward model's format.
+POLICY_TEMPLATE = "policy"
 # `LikelihoodScorer(reference=BASE_REFERENCE)`: the trained model with its adapters off, no second model.
 BASE_REFERENCE = "base"
 
@@ -218,6 +222,27 @@ def _as_scores(values: Any, n: int, who: str) -> np.ndarray:
     return scores
 
 
+def _check_conversations(conversations: Any, n: int, who: str) -> list[list[dict]]:
+    if conversations is None:
+        raise InvalidArgumentError(
+            f"{who} renders each row's prompt turns in its own model's chat format: pass `conversations=` (one list "
+            "of `{'role', 'content'}` messages per row), as IterativeSelectionTrainer does."
+        )
+    if isinstance(conversations, (str, dict)) or not isinstance(conversations, Sequence) or len(conversations) != n:
+        size = len(conversations) if isinstance(conversations, Sequence) else type(conversations).__name__
+        raise InvalidArgumentError(f"`conversations` must be a list of {n} message lists (one per row), got {size}.")
+    checked = []
+    for i, turns in enumerate(conversations):
+        if isinstance(turns, (str, dict)) or not isinstance(turns, Sequence) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in turns
+        ):
+            raise InvalidArgumentError(
+                f"`conversations` row {i} must be a list of messages with string `role` and `content`, got {turns!r:.120}."
+            )
+        checked.append([dict(m) for m in turns])
+    return checked
+
+
 class RoundScorer(abc.ABC):
     """Base class of round scorers: `scorer(prompts, golds, generations) -> np.ndarray`.
 
@@ -231,12 +256,25 @@ class RoundScorer(abc.ABC):
         needs_generation (`bool`):
             Whether the scorer compares the gold answer with the model's own answer. When `False`
             the trainer skips generation and passes `generations=None`.
+        needs_conversations (`bool`):
+            Whether the scorer reads each row's prompt as chat turns (`conversations=`) rather than
+            the rendered `prompts` alone. When `True`, `_score` receives them as the keyword
+            `conversations`; when `False` (the default) `_score` is called with the three lists only,
+            so subclasses written for that interface keep working.
     """
 
     name: str = ""
     needs_generation: bool = True
+    needs_conversations: bool = False
 
-    def __call__(self, prompts: list[str], golds: list[str], generations: list[str] | None) -> np.ndarray:
+    def __call__(
+        self,
+        prompts: list[str],
+        golds: list[str],
+        generations: list[str] | None,
+        *,
+        conversations: list[list[dict]] | None = None,
+    ) -> np.ndarray:
         """Score rows.
 
         Args:
@@ -247,6 +285,9 @@ class RoundScorer(abc.ABC):
             generations (`list[str]` or `None`):
                 The current model's answers (`""` allowed), or `None` when the scorer does not need
                 them.
+            conversations (`list[list[dict]]`, *optional*):
+                Each row's prompt turns (`{"role": ..., "content": ...}` messages, everything before the
+                gold answer). Required when `needs_conversations`, ignored otherwise.
 
         Returns:
             `np.ndarray`: float64 of shape `(len(prompts),)`, finite; high = the gold answer still
@@ -271,9 +312,15 @@ class RoundScorer(abc.ABC):
                 )
         else:
             generations = None
+        if self.needs_conversations:
+            conversations = _check_conversations(conversations, len(prompts), type(self).__name__)
         if not prompts:
             return np.zeros(0, dtype=np.float64)
-        return _as_scores(self._score(prompts, golds, generations), len(prompts), type(self).__name__)
+        if self.needs_conversations:
+            values = self._score(prompts, golds, generations, conversations=conversations)
+        else:
+            values = self._score(prompts, golds, generations)
+        return _as_scores(values, len(prompts), type(self).__name__)
 
     @abc.abstractmethod
     def _score(self, prompts: list[str], golds: list[str], generations: list[str] | None) -> np.ndarray:
@@ -491,10 +538,15 @@ class RewardScorer(RoundScorer):
     The reward is `logits[:, 0]` of an `AutoModelForSequenceClassification` with one label (e.g. a
     model trained with TRL's `RewardTrainer`), read by the model at the last non-pad token of each
     text. Texts are batched longest first with right padding; a text longer than `max_length`
-    keeps its BOS and its last tokens (the answer). The texts are `prompt + answer` as strings, so
-    the reward model reads the trained model's chat format: prefer a reward model that shares it.
-    Run [`check_encodable`](#check_encodable) on the pool first to catch a tokenizer that cannot
-    read it.
+    keeps its BOS and its last tokens (the answer). Run [`check_encodable`](#check_encodable) on
+    the pool first to catch a tokenizer that cannot read it.
+
+    A reward model reads text in the format it was trained on, which is rarely the trained
+    model's. So by default each row's prompt turns (`conversations=`) plus the answer as an
+    assistant turn are rendered with the REWARD model's tokenizer chat template
+    (`apply_chat_template(..., add_generation_prompt=False)`) and tokenized without adding special
+    tokens, exactly as `apply_chat_template(..., tokenize=True)` does. A reward tokenizer without a
+    chat template is refused unless `template=` says what to do instead.
 
     Args:
         reward_model (`str` or `PreTrainedModel`):
@@ -512,6 +564,13 @@ class RewardScorer(RoundScorer):
             Passed to `from_pretrained`.
         show_progress (`bool`, *optional*, defaults to `True`):
             Show a progress bar.
+        template (`str` or `os.PathLike`, *optional*, defaults to `None`):
+            How conversations are rendered for the reward model. `None`: its tokenizer's own chat
+            template (an error when it has none). A Jinja chat template, as text or as the path of a
+            `.jinja` file (e.g. `recipes/chat_templates/hh_rlhf.jinja`): used instead of the tokenizer's.
+            `"policy"`: no conversations; score `prompt + answer` rendered with the TRAINED model's
+            chat template, as given in `prompts` (only right when the reward model was trained on that
+            format).
     """
 
     name = "reward"
@@ -526,14 +585,22 @@ class RewardScorer(RoundScorer):
         device: Any = None,
         trust_remote_code: bool = False,
         show_progress: bool = True,
+        template: str | os.PathLike | None = None,
     ):
         _check_positive_int("batch_size", batch_size, 1)
         _check_positive_int("max_length", max_length, 2)
+        if template is not None and not isinstance(template, (str, os.PathLike)):
+            raise InvalidArgumentError(
+                f"`template` must be None, {POLICY_TEMPLATE!r}, a Jinja chat template or a path to one, got "
+                f"{type(template).__name__}."
+            )
         self.batch_size = batch_size
         self.max_length = max_length
         self.show_progress = show_progress
         self.model = self._load_model(reward_model, device, trust_remote_code)
         self.tokenizer = self._load_tokenizer(reward_model, tokenizer, trust_remote_code)
+        self.template = self._resolve_template(template)
+        self.needs_conversations = template != POLICY_TEMPLATE
         config = self.model.config
         if getattr(config, "pad_token_id", None) is None and self.tokenizer.pad_token_id is not None:
             # The model finds each text's last token by its pad id: without one it only takes batches of 1.
@@ -549,7 +616,70 @@ class RewardScorer(RoundScorer):
                 "`scorer`='reward' needs `reward_model` (a sequence-classification reward model id or path), "
                 "or pass `scorer=RewardScorer(model, tokenizer)` to the trainer."
             )
-        return cls(args.reward_model, batch_size=args.scoring_batch_size, device=device, show_progress=show_progress)
+        return cls(
+            args.reward_model, batch_size=args.scoring_batch_size, device=device, show_progress=show_progress,
+            template=getattr(args, "reward_template", None),
+        )
+
+    def _resolve_template(self, template: str | os.PathLike | None) -> str | None:
+        """The Jinja text to render with (`None` = the tokenizer's own, or no rendering for `"policy"`),
+        checked on a sample conversation so that a broken template fails here, not after a round."""
+        if template == POLICY_TEMPLATE:
+            return None
+        name = getattr(self.tokenizer, "name_or_path", None) or type(self.tokenizer).__name__
+        if template is None:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise InvalidArgumentError(
+                    f"The reward model's tokenizer ({name!r}) has no chat template, so the scorer cannot render "
+                    "conversations in the format the reward model was trained on. Pass `template=` "
+                    "(`reward_template` in the config): the reward model's Jinja chat template or a path to a .jinja "
+                    "file such as recipes/chat_templates/hh_rlhf.jinja, or "
+                    f"{POLICY_TEMPLATE!r} to score the trained model's rendered prompt + answer text as is."
+                )
+        elif os.path.isfile(template):
+            with open(template, encoding="utf-8") as file:
+                template = file.read()
+        elif "{{" not in os.fspath(template) and "{%" not in os.fspath(template):
+            raise InvalidArgumentError(
+                f"`template`={os.fspath(template)!r} is neither a file nor a Jinja chat template; pass the path of a "
+                f".jinja file, the template's text, {POLICY_TEMPLATE!r}, or None for the reward tokenizer's own."
+            )
+        sample = [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi."}]
+        try:
+            rendered = self.tokenizer.apply_chat_template(sample, chat_template=template, tokenize=False)
+        except Exception as error:  # jinja2 syntax and runtime errors alike
+            raise InvalidArgumentError(
+                f"The reward model's chat template cannot render a user + assistant conversation ({error}); pass a "
+                "working `template=`."
+            ) from error
+        if "Hi." not in rendered:
+            raise InvalidArgumentError(
+                "The reward model's chat template drops the assistant turn, so the reward would ignore the answer; "
+                "pass a `template=` that renders assistant messages."
+            )
+        return template
+
+    def texts(self, prompts: list[str], answers: list[str], conversations: list[list[dict]] | None = None) -> list[str]:
+        """The texts the reward model reads: each conversation's prompt turns plus the answer as an assistant
+        turn, in the reward model's chat format; with `template="policy"`, `prompt + answer`.
+
+        Args:
+            prompts (`list[str]`):
+                Prompts rendered by the trained model's chat template (read with `template="policy"` only).
+            answers (`list[str]`):
+                The answers to rate.
+            conversations (`list[list[dict]]`, *optional*):
+                Each row's prompt turns; required unless `template="policy"`.
+        """
+        if not self.needs_conversations:
+            return [p + a for p, a in zip(prompts, answers)]
+        conversations = _check_conversations(conversations, len(answers), type(self).__name__)
+        return [
+            self.tokenizer.apply_chat_template(
+                turns + [{"role": "assistant", "content": answer}], chat_template=self.template, tokenize=False
+            )
+            for turns, answer in zip(conversations, answers)
+        ]
 
     @staticmethod
     def _check_labels(config: Any, where: str) -> None:
@@ -610,7 +740,7 @@ class RewardScorer(RoundScorer):
 
         Args:
             texts (`list[str]`):
-                Texts as the reward model will see them (prompt + answer).
+                Texts as the reward model will see them ([`texts`](#texts) of the pool's rows).
 
         Raises:
             `InvalidArgumentError`: naming the first text that fails.
@@ -638,8 +768,13 @@ class RewardScorer(RoundScorer):
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         bos = self.tokenizer.bos_token_id
+        if self.needs_conversations:
+            # What `apply_chat_template(..., tokenize=True)` does: the template writes any special tokens.
+            full = [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        else:
+            full = _encode_prompts(self.tokenizer, texts)
         encoded = []
-        for ids in _encode_prompts(self.tokenizer, texts):
+        for ids in full:
             if len(ids) > self.max_length:
                 # The reward is read at the end, so the answer's end must stay; keep BOS for the model.
                 head = ids[:1] if bos is not None and ids[0] == bos else []
@@ -652,7 +787,7 @@ class RewardScorer(RoundScorer):
 
         Args:
             texts (`list[str]`):
-                Full texts (prompt + answer).
+                Full texts as [`texts`](#texts) makes them.
 
         Returns:
             `np.ndarray`: float64 of shape `(len(texts),)`, in input order.
@@ -680,8 +815,9 @@ class RewardScorer(RoundScorer):
             self.model.train(was_training)
         return rewards
 
-    def _score(self, prompts, golds, generations):
-        values = self.rewards([p + g for p, g in zip(prompts, golds)] + [p + g for p, g in zip(prompts, generations)])
+    def _score(self, prompts, golds, generations, conversations=None):
+        both = conversations + conversations if conversations is not None else None
+        values = self.rewards(self.texts(prompts + prompts, golds + generations, both))
         return values[: len(prompts)] - values[len(prompts) :]
 
 
@@ -738,16 +874,23 @@ class CallableScorer(RoundScorer):
         return _as_scores(self.fn(list(prompts), list(golds), generations), len(prompts), "`fn`")
 
 
-def score_rows(scorer: RoundScorer, model: Any, tokenizer: Any, prompts: list[str], golds: list[str], **generation) -> np.ndarray:
+def score_rows(
+    scorer: RoundScorer, model: Any, tokenizer: Any, prompts: list[str], golds: list[str], conversations=None, **generation
+) -> np.ndarray:
     """Score rows with the current `model`: its answers are generated (`generation` goes to
     [`generate_answers`]) when the scorer compares with them, and a scorer that reads the model
-    itself ([`PerplexityScorer`]) is bound to it first."""
+    itself ([`PerplexityScorer`]) is bound to it first. `conversations` (each row's prompt turns) go
+    to scorers with `needs_conversations` only, so any other scorer is called as before."""
     generations = None
     if scorer.needs_generation and prompts:
         generations = generate_answers(model, tokenizer, prompts, **generation)
     if hasattr(scorer, "bind"):
         scorer.bind(model, tokenizer)
-    return scorer(prompts, golds, generations) if prompts else np.zeros(0, dtype=np.float64)
+    if not prompts:
+        return np.zeros(0, dtype=np.float64)
+    if getattr(scorer, "needs_conversations", False):
+        return scorer(prompts, golds, generations, conversations=conversations)
+    return scorer(prompts, golds, generations)
 
 
 # --------------------------------------------------------------------------------------------
@@ -836,8 +979,8 @@ def as_scorer(scorer: Any, args: Any, *, device: Any = None, show_progress: bool
             A name (built from `args`), a scorer object (used as is), or a function
             `(prompts, golds, generations) -> scores` (wrapped in [`CallableScorer`]).
         args (`IterativeSelectionConfig`):
-            Where a named scorer reads its settings (`reward_model`, `reference_model`,
-            `scoring_batch_size`).
+            Where a named scorer reads its settings (`reward_model`, `reward_template`,
+            `reference_model`, `scoring_batch_size`).
         device (`torch.device`, *optional*):
             Where a named scorer loads its model.
         show_progress (`bool`, *optional*, defaults to `True`):

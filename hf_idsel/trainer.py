@@ -49,7 +49,7 @@ from .errors import InvalidArgumentError, PushError
 from .hidden_states import HiddenStateEncoder
 from .manifest import Manifest, encoder_record, pool_record
 from .publish import ITERATIVE_METHOD, STAGING_DIR, iterative_subset, push_staged, set_model_push, stage
-from .render import prompt_and_answer, resolve_render_options, training_render_options
+from .render import _ASSISTANT_ROLES, chatml_turns, prompt_and_answer, resolve_render_options, training_render_options
 from .rounds import (
     SelectionState,
     close_round,
@@ -297,7 +297,9 @@ class IterativeSelectionTrainer(SFTTrainer):
         if hasattr(self.scorer, "check_encodable"):
             # A reward model whose tokenizer cannot read the pool is refused before training.
             rows = np.random.default_rng(args.selection_seed).choice(len(self.pool), min(64, len(self.pool)), replace=False)
-            self.scorer.check_encodable([p + a for p, a in self._prompts_and_golds(rows)])
+            pairs = self._prompts_and_golds(rows)
+            prompts, golds = [p for p, _ in pairs], [a for _, a in pairs]
+            self.scorer.check_encodable(self.scorer.texts(prompts, golds, self._scorer_conversations(rows)))
         self._pool_info = None
 
     # ---- set-up ----
@@ -520,7 +522,7 @@ class IterativeSelectionTrainer(SFTTrainer):
         pairs = self._prompts_and_golds(mine)
         values = score_rows(
             self.scorer, self.accelerator.unwrap_model(self.model), self.processing_class,
-            [p for p, _ in pairs], [g for _, g in pairs],
+            [p for p, _ in pairs], [g for _, g in pairs], conversations=self._scorer_conversations(mine),
             max_new_tokens=args.generation_max_new_tokens, batch_size=args.scoring_batch_size,
             show_progress=self.accelerator.is_main_process, synced_gpus=world > 1 and self._model_is_sharded(),
         ).tolist()
@@ -557,6 +559,25 @@ class IterativeSelectionTrainer(SFTTrainer):
         tokenizer = self.processing_class
         options = resolve_render_options(self.pool.column_names, tokenizer=tokenizer)
         return [prompt_and_answer(self.pool[int(r)], options, tokenizer) for r in rows]
+
+    def _scorer_conversations(self, rows) -> list[list[dict]] | None:
+        """Each row's prompt turns (every message before the gold answer, ShareGPT turns as `role`/`content`),
+        for a scorer that renders them in its own model's format (`needs_conversations`); else `None`."""
+        if not getattr(self.scorer, "needs_conversations", False):
+            return None
+        columns, conversations = self._render.columns, []
+        for r in rows:
+            row = self.pool[int(r)]
+            if self._render.format == "messages":
+                turns = chatml_turns(row[columns["messages"]])
+                # The gold answer is the last assistant turn, as `prompt_and_answer` reads it.
+                last = max((i for i, m in enumerate(turns) if m["role"] in _ASSISTANT_ROLES), default=len(turns))
+                turns = turns[:last]
+            else:
+                prompt = row[columns["prompt"]]
+                turns = chatml_turns(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            conversations.append(turns)
+        return conversations
 
     def _model_is_sharded(self) -> bool:
         from transformers.integrations import is_deepspeed_zero3_enabled

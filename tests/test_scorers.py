@@ -350,7 +350,7 @@ def single_reward(model, tokenizer, text: str) -> float:
 
 def test_reward_scorer_prefers_good_gold(reward_pair):
     model, tokenizer, prompts = reward_pair
-    scorer = RewardScorer(model, tokenizer, batch_size=3, show_progress=False)
+    scorer = RewardScorer(model, tokenizer, batch_size=3, show_progress=False, template="policy")
     good_gold = scorer(prompts, GOOD, JUNK)
     junk_gold = scorer(prompts, JUNK, GOOD)
     assert (good_gold > junk_gold).all()
@@ -362,7 +362,7 @@ def test_reward_scorer_reads_each_text_at_its_last_token(reward_pair):
     # Uneven lengths in one batch: right padding must not move the reward read-out.
     golds = ["good", "good " * 12, JUNK[2], "a"]
     generations = [JUNK[0] * 3, "", "good answer", "good good good"]
-    scores = RewardScorer(model, tokenizer, batch_size=4, show_progress=False)(prompts[:4], golds, generations)
+    scores = RewardScorer(model, tokenizer, batch_size=4, show_progress=False, template="policy")(prompts[:4], golds, generations)
     expected = [
         single_reward(model, tokenizer, p + g) - single_reward(model, tokenizer, p + x)
         for p, g, x in zip(prompts, golds, generations)
@@ -375,9 +375,9 @@ def test_reward_scorer_sets_a_missing_pad_token_id(reward_pair):
     unpadded = tiny_reward_model(tokenizer, pad=False)
     unpadded.load_state_dict(model.state_dict())
     assert unpadded.config.pad_token_id is None
-    scorer = RewardScorer(unpadded, tokenizer, batch_size=4, show_progress=False)
+    scorer = RewardScorer(unpadded, tokenizer, batch_size=4, show_progress=False, template="policy")
     assert unpadded.config.pad_token_id == tokenizer.pad_token_id
-    reference = RewardScorer(model, tokenizer, batch_size=1, show_progress=False)
+    reference = RewardScorer(model, tokenizer, batch_size=1, show_progress=False, template="policy")
     np.testing.assert_allclose(scorer(prompts, GOOD, JUNK), reference(prompts, GOOD, JUNK), atol=1e-5)
 
 
@@ -385,13 +385,13 @@ def test_reward_scorer_loads_from_a_folder_and_restores_mode(reward_pair, tmp_pa
     model, tokenizer, prompts = reward_pair
     model.save_pretrained(tmp_path / "rm")
     tokenizer.save_pretrained(tmp_path / "rm")
-    loaded = RewardScorer(str(tmp_path / "rm"), device="cpu", show_progress=False)
+    loaded = RewardScorer(str(tmp_path / "rm"), device="cpu", show_progress=False, template="policy")
     np.testing.assert_allclose(
-        loaded(prompts, GOOD, JUNK), RewardScorer(model, tokenizer, show_progress=False)(prompts, GOOD, JUNK), atol=1e-5
+        loaded(prompts, GOOD, JUNK), RewardScorer(model, tokenizer, show_progress=False, template="policy")(prompts, GOOD, JUNK), atol=1e-5
     )
     model.train()
     try:
-        RewardScorer(model, tokenizer, show_progress=False)(prompts[:1], GOOD[:1], JUNK[:1])
+        RewardScorer(model, tokenizer, show_progress=False, template="policy")(prompts[:1], GOOD[:1], JUNK[:1])
         assert model.training
     finally:
         model.eval()
@@ -420,7 +420,7 @@ def word_level_tokenizer():
 
 def test_check_encodable_flags_unreadable_text():
     tokenizer = word_level_tokenizer()
-    scorer = RewardScorer(tiny_reward_model(tokenizer), tokenizer, show_progress=False)
+    scorer = RewardScorer(tiny_reward_model(tokenizer), tokenizer, show_progress=False, template="policy")
     known = "the sky is blue and the grass is green"  # "and": 1 unknown in 9 tokens
     scorer.check_encodable(["the sky is blue", "snow is white"])
     letters = "a b c d e f g h i j k l m n o p q r s t u the sky is"  # 25 known tokens
@@ -437,7 +437,7 @@ def test_check_encodable_flags_unreadable_text():
 
 def test_check_encodable_accepts_byte_level_tokenizers(reward_pair):
     model, tokenizer, prompts = reward_pair
-    scorer = RewardScorer(model, tokenizer, show_progress=False)
+    scorer = RewardScorer(model, tokenizer, show_progress=False, template="policy")
     texts = [p + j for p, j in zip(prompts, JUNK)] + ["das Wetter ist schön ☃"]
     scorer.check_encodable(texts)  # a byte-level vocabulary has no unknown token: every script is readable
     assert tokenizer.unk_token_id is None or all(
@@ -445,6 +445,210 @@ def test_check_encodable_accepts_byte_level_tokenizers(reward_pair):
     )
     rewards = scorer.rewards(texts)
     assert rewards.shape == (len(texts),) and np.isfinite(rewards).all()
+
+
+# The reward model's own format, unlike the tiny policy's `<s>role\ncontent</s>` turns.
+RM_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}### {{ message['role'] | upper }}: {{ message['content'] }}\n"
+    "{% endfor %}{{ eos_token }}"
+)
+
+
+def reward_model_with_own_template():
+    """A tiny reward model whose tokenizer's chat template differs from the policy's."""
+    tokenizer = make_tiny_tokenizer()
+    tokenizer.chat_template = RM_TEMPLATE
+    return tiny_reward_model(tokenizer), tokenizer
+
+
+def record_inputs(model) -> list[list[int]]:
+    """The unpadded token ids of every sequence the model is called on, in call order."""
+    seen: list[list[int]] = []
+
+    def hook(module, args, kwargs):
+        ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+        mask = kwargs.get("attention_mask")
+        mask = torch.ones_like(ids) if mask is None else mask
+        seen.extend(row[m.bool()].tolist() for row, m in zip(ids, mask))
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    return seen
+
+
+def rm_ids(tokenizer, turns, answer):
+    return tokenizer.apply_chat_template(
+        turns + [{"role": "assistant", "content": answer}], tokenize=True, return_dict=False
+    )
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What colour is the sky?"}],
+    [  # multi-turn with a system prompt: every prompt turn must reach the reward model
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": "What colour is snow?"},
+        {"role": "assistant", "content": "White."},
+        {"role": "user", "content": "And coal?"},
+    ],
+    [{"role": "user", "content": "Write a short poem about the sea and the wind, please."}],
+]
+
+
+def test_reward_scorer_reads_the_conversation_in_its_own_chat_template():
+    model, tokenizer = reward_model_with_own_template()
+    policy = make_tiny_tokenizer()
+    prompts = [policy.apply_chat_template(t, tokenize=False, add_generation_prompt=True) for t in CONVERSATIONS]
+    golds, generations = ["Blue.", "Black.", "The sea sings."], ["Green.", "", "good good good good"]
+    seen = record_inputs(model)
+    scorer = RewardScorer(model, tokenizer, batch_size=4, show_progress=False)
+    assert scorer.needs_conversations
+    scores = scorer(prompts, golds, generations, conversations=CONVERSATIONS)
+    expected = [rm_ids(tokenizer, t, a) for t, a in zip(CONVERSATIONS + CONVERSATIONS, golds + generations)]
+    assert sorted(seen) == sorted(expected)
+    seen.clear()
+    # The policy's role markers never reach the reward model; all three prompt turns of row 1 do.
+    text = tokenizer.decode(expected[1])
+    assert "<s>user" not in text and text.count("### ") == 5 and "Answer in one word." in text
+    single = [single_reward(model, tokenizer, tokenizer.decode(ids)) for ids in expected]
+    np.testing.assert_allclose(scores, np.subtract(single[:3], single[3:]), atol=1e-5)
+    with pytest.raises(InvalidArgumentError, match="conversations="):
+        scorer(prompts, golds, generations)  # rendered prompts alone cannot be put in the reward model's format
+    with pytest.raises(InvalidArgumentError, match="row 1"):
+        scorer(prompts, golds, generations, conversations=[CONVERSATIONS[0], "What colour is snow?", CONVERSATIONS[2]])
+
+
+def test_reward_scorer_template_argument(tmp_path):
+    model, tokenizer = reward_model_with_own_template()
+    bare = make_tiny_tokenizer()
+    bare.chat_template = None
+    with pytest.raises(InvalidArgumentError, match=r"no chat template.*`template=`.*'policy'"):
+        RewardScorer(model, bare)  # never a silent mismatch
+    # The fallbacks: the reward model's template as text or as a .jinja file, or the policy's text on request.
+    path = tmp_path / "rm.jinja"
+    path.write_text(RM_TEMPLATE)
+    from_text = RewardScorer(model, bare, show_progress=False, template=RM_TEMPLATE)
+    from_file = RewardScorer(model, bare, show_progress=False, template=str(path))
+    own = RewardScorer(model, tokenizer, show_progress=False)
+    texts = [own.texts([""], ["Blue."], [CONVERSATIONS[1]]), from_text.texts([""], ["Blue."], [CONVERSATIONS[1]])]
+    assert texts[0] == texts[1] == from_file.texts([""], ["Blue."], [CONVERSATIONS[1]])
+    policy = RewardScorer(model, bare, show_progress=False, template="policy")
+    assert not policy.needs_conversations
+    assert policy.texts(["<s>user\nHi</s>\n<s>assistant\n"], ["Hello"]) == ["<s>user\nHi</s>\n<s>assistant\nHello"]
+    with pytest.raises(InvalidArgumentError, match="neither a file nor a Jinja"):
+        RewardScorer(model, bare, template="chatml")
+    with pytest.raises(InvalidArgumentError, match="cannot render"):
+        RewardScorer(model, bare, template="{% for m in messages %}{{ m['content'] }")
+    with pytest.raises(InvalidArgumentError, match="drops the assistant turn"):
+        RewardScorer(model, bare, template="{% for m in messages if m['role'] == 'user' %}{{ m['content'] }}{% endfor %}")
+
+
+SYSTEM = "Answer in one word."
+
+
+def rm_pool(layout: str):
+    """Eight rows in one pool layout; the chat rows are multi-turn with a system prompt."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, (thing, colour) in enumerate(FACTS.items()):
+        question, answer = f"What colour is the {thing}?", f"The {thing} is {colour}."
+        embedding = (np.eye(8)[i % 2] + 0.01 * rng.normal(size=8)).tolist()
+        if layout == "messages":
+            messages = [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": "Hello."},
+                {"role": "assistant", "content": "Hi."},
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": answer},
+            ]
+            rows.append({"messages": messages, "embedding": embedding})
+        elif layout == "sharegpt":
+            turns = [{"from": "system", "value": SYSTEM}, {"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+            rows.append({"conversations": turns, "embedding": embedding})
+        else:
+            rows.append({"prompt": question, "completion": answer, "embedding": embedding})
+    return datasets.Dataset.from_list(rows)
+
+
+EXPECTED_TURNS = {
+    "messages": lambda q: [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "Hello."},
+        {"role": "assistant", "content": "Hi."},
+        {"role": "user", "content": q},
+    ],
+    "sharegpt": lambda q: [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
+    "prompt_completion": lambda q: [{"role": "user", "content": q}],
+}
+
+
+@pytest.mark.parametrize("layout", ["messages", "sharegpt", "prompt_completion"])
+def test_trainer_gives_the_reward_model_its_own_format_of_every_pool_layout(layout, tmp_path):
+    from hf_idsel.render import prompt_and_answer, resolve_render_options
+    from hf_idsel.trainer import IterativeSelectionConfig, IterativeSelectionTrainer
+
+    policy, policy_tokenizer = make_tiny_llama()
+    reward, reward_tokenizer = reward_model_with_own_template()
+    seen = record_inputs(reward)
+    args = IterativeSelectionConfig(
+        output_dir=str(tmp_path), budget=4, rounds=2, k="2", embedding_column="embedding", scored_rows_per_cluster=0,
+        generation_max_new_tokens=4, max_length=64, report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True,
+    )
+    pool = rm_pool(layout)
+    trainer = IterativeSelectionTrainer(
+        policy, args=args, train_dataset=pool, processing_class=policy_tokenizer,
+        scorer=RewardScorer(reward, reward_tokenizer, show_progress=False),
+    )
+    seen.clear()  # the pool check at set-up reads the same texts; score one round's rows
+    rows = np.array([1, 4, 6])
+    trainer._score_round(rows)
+    options = resolve_render_options(pool.column_names, tokenizer=policy_tokenizer)
+    prompts, golds = zip(*(prompt_and_answer(pool[int(r)], options, policy_tokenizer) for r in rows))
+    generations = generate_answers(policy, policy_tokenizer, list(prompts), max_new_tokens=4, show_progress=False)
+    turns = [EXPECTED_TURNS[layout](f"What colour is the {list(FACTS)[r]}?") for r in rows]
+    expected = [rm_ids(reward_tokenizer, t, a) for t, a in zip(turns + turns, list(golds) + generations)]
+    assert sorted(seen) == sorted(expected)
+    assert golds[0] == f"The {list(FACTS)[1]} is {FACTS[list(FACTS)[1]]}."
+
+
+def test_recipe_template_gives_hh_rlhf_reward_model_its_format():
+    """recipes/chat_templates/hh_rlhf.jinja: the research code's reward model reads `###Human:` / `###Assistant:`."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "recipes" / "chat_templates" / "hh_rlhf.jinja"
+    bare = make_tiny_tokenizer()
+    bare.chat_template = None  # like hh_rlhf_rm_open_llama_3b's tokenizer
+    scorer = RewardScorer(tiny_reward_model(bare), bare, show_progress=False, template=path)
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sky?"}]
+    assert scorer.texts([""], ["Blue."], [turns]) == ["<s>Be brief. ###Human: Sky? ###Assistant: Blue."]
+
+
+class WordCount(RoundScorer):
+    """A subclass written for the three-list interface, before `conversations=` existed."""
+
+    def _score(self, prompts, golds, generations):
+        return [len(g.split()) - len(x.split()) for g, x in zip(golds, generations)]
+
+
+def test_scorers_without_conversations_are_called_as_before(trained):
+    model, tokenizer = trained
+    prompts = [render(tokenizer, "What colour is the sky?"), render(tokenizer, "What colour is snow?")]
+    calls = []
+
+    def judge(prompts, golds, generations):
+        calls.append((prompts, golds, generations))
+        return [1.0, 2.0]
+
+    turns = [[{"role": "user", "content": "x"}]] * 2
+    for scorer in (WordCount(), CallableScorer(judge)):
+        assert not scorer.needs_conversations
+        plain = scorers_module.score_rows(scorer, model, tokenizer, prompts, ["a b", "c"], max_new_tokens=4, show_progress=False)
+        given = scorers_module.score_rows(
+            scorer, model, tokenizer, prompts, ["a b", "c"], conversations=turns, max_new_tokens=4, show_progress=False
+        )
+        np.testing.assert_array_equal(plain, given)
+    assert len(calls) == 2 and calls[0] == calls[1] and len(calls[0]) == 3
+    np.testing.assert_array_equal(WordCount()(["p"], ["a b c"], ["d"], conversations=None), [2.0])
 
 
 # --------------------------------------------------------------------------------------------

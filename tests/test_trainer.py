@@ -652,7 +652,8 @@ def test_reward_model_that_cannot_read_the_pool_is_refused(tmp_path):
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.train_from_iterator(["alpha beta gamma"], trainer=trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]"]))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]")
-    reward = RewardScorer(tiny_reward_model(tokenizer), tokenizer, show_progress=False)
+    # No chat template in this tokenizer: score the policy's rendered text (the check reads what the model would).
+    reward = RewardScorer(tiny_reward_model(tokenizer), tokenizer, show_progress=False, template="policy")
     with pytest.raises(InvalidArgumentError, match="reward_model"):
         make_trainer(tmp_path, scorer=reward)
 
