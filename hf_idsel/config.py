@@ -357,7 +357,7 @@ class IterativeSelectionConfig(SFTConfig):
         for name in ("generation_max_new_tokens", "scoring_batch_size"):
             setattr(self, name, check_int(getattr(self, name), name, minimum=1))
         self.score_last_round = check_flag(self.score_last_round, "score_last_round")
-        if self.round_eval_tasks:
+        if self.round_eval_tasks is not None:
             from .evaluation import check_tasks
 
             self.round_eval_allow_code_execution = check_flag(self.round_eval_allow_code_execution, "round_eval_allow_code_execution")

@@ -78,7 +78,11 @@ def check_tasks(tasks, *, allow_code_execution: bool, argument: str = "tasks", a
     """Validate task names; `humaneval` needs the explicit opt-in `allow_code_execution`."""
     if isinstance(tasks, str):
         tasks = [t for t in tasks.split(",") if t]
-    tasks = list(dict.fromkeys(tasks or []))
+    if not isinstance(tasks, (list, tuple)) or not all(isinstance(t, str) for t in tasks):
+        raise InvalidArgumentError(
+            f"`{argument}`={tasks!r} must be a list of task names (or one comma-separated string) from {list(EVAL_TASKS)}."
+        )
+    tasks = list(dict.fromkeys(tasks))
     if not tasks:
         raise InvalidArgumentError(f"`{argument}` names no task; pick from {list(EVAL_TASKS)}.")
     unknown = [t for t in tasks if t not in EVAL_TASKS]

@@ -20,7 +20,9 @@ import pyarrow as pa
 from . import baselines, checks, methods, sample
 from .cache import cache_file
 from .cluster import choose_k, default_k_candidates, kmeans
-from .decontaminate import DEFAULT_COSINE_THRESHOLD, DEFAULT_NGRAM, DEFAULT_NGRAM_THRESHOLD, decontaminate_pool
+from .decontaminate import (
+    DEFAULT_COSINE_THRESHOLD, DEFAULT_NGRAM, DEFAULT_NGRAM_THRESHOLD, check_thresholds, decontaminate_pool,
+)
 from .describe import describe_pool
 from .embed import DEFAULT_ENCODER, embed_dataset, embedding_cache_key, embeddings_from_column, encoder_identity
 from .errors import InvalidArgumentError
@@ -120,7 +122,7 @@ class SelectArguments:
             arguments["encoder"] = identity.id
         if self.exclude is None:  # the thresholds of a test that did not run: recorded only with `exclude`
             for name in _EXCLUDE_SETTINGS:
-                del arguments[name]
+                arguments.pop(name, None)
         return arguments
 
 
@@ -437,10 +439,8 @@ def _check_values(args: SelectArguments) -> None:
     checks.check_name(args.desc, "desc")
     checks.check_flag(args.load_from_cache_file, "load_from_cache_file")
     checks.check_flag(args.keep_in_memory, "keep_in_memory")
-    if args.exclude is not None:
-        from .decontaminate import check_thresholds
-
-        check_thresholds(args.exclude_ngram, args.exclude_ngram_threshold, args.exclude_cosine_threshold)
+    # Checked with or without `exclude`: a bad value is a mistake either way.
+    check_thresholds(args.exclude_ngram, args.exclude_ngram_threshold, args.exclude_cosine_threshold)
     checks.check_device(args.device)
     checks.check_path(args.cache_dir, "cache_dir")
     checks.check_flag(args.trust_remote_code, "trust_remote_code")

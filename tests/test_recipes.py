@@ -108,10 +108,13 @@ def test_the_values_a_user_relies_on(path, monkeypatch):
     else:
         # The paper's setting: 10k WizardLM rows, 3 rounds, k=2048, reward-model scorer, batch 64 on 8 GPUs.
         assert model_args.model_name_or_path == PAPER_MODELS[folder]
-        assert script_args.dataset_name == "WizardLMTeam/WizardLM_evol_instruct_70k"
+        assert script_args.dataset_name == "WizardLMTeam/WizardLM_evol_instruct_V2_196k"  # the paper's 196k pool
         assert training_args.budget == 10_000 and training_args.rounds == 3
         assert training_args.k_value == 2048
         assert training_args.scorer == "reward" and training_args.reward_model
+        # Algorithm 1 scores all of D'; a quality column makes the draws iterative kMQ, not kM-random.
+        assert training_args.scored_rows == "selected" and script_args.quality_model
+        assert (REPO / training_args.reward_template).is_file(), "reward_template must exist relative to the repository root"
         assert training_args.bf16 and model_args.dtype == "bfloat16"
         assert training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * 8 == 64
         assert training_args.max_length == 2048

@@ -74,7 +74,7 @@ VALID = {"budget": 10, "k": 3, "embedding_column": "embedding"}
         ({"trust_remote_code": "false"}, r"`trust_remote_code`='false' must be True or False"),
         ({"dry_run": 1}, r"`dry_run`=1 must be True or False"),
         ({"return_manifest": "yes"}, r"`return_manifest`='yes' must be True or False"),
-        ({"batch_size": 0}, r"`batch_size`=0 must be an int >= 1"),
+        ({"encode_batch_size": 0}, r"`encode_batch_size`=0 must be an int >= 1"),
         ({"device": 0.5}, r"`device`=0.5 must be a device name"),
         ({"cache_dir": 3}, r"`cache_dir`=3 must be a path"),
         ({"tokenizer": "gpt2"}, r"`tokenizer` must be a loaded tokenizer, got str .*AutoTokenizer.from_pretrained"),
@@ -259,10 +259,11 @@ def test_random_bad_arguments_of_diverse_select(tmp_path, monkeypatch, dataset, 
 
 
 CONFIG_FIELDS = [
-    "budget", "rounds", "k", "encoder", "embedding_column", "quality_column", "quality_temperature", "scorer",
-    "reward_model", "reference_model", "weight_update", "weight_temperature", "scored_rows", "scored_rows_per_cluster",
+    "budget", "rounds", "k", "encoder", "embed_with_model", "embedding_column", "quality_column", "quality_temperature",
+    "scorer", "reward_model", "reward_template", "reference_model", "weight_update", "weight_temperature", "scored_rows", "scored_rows_per_cluster",
     "generation_max_new_tokens", "scoring_batch_size", "score_last_round", "epochs_per_round", "round_mode",
-    "round_quotas", "embed_answer", "preset", "selection_seed", "seed", "pool_id", "hub_dataset_id", "hub_license",
+    "round_quotas", "embed_answer", "preset", "round_eval_tasks", "round_eval_items", "round_eval_allow_code_execution",
+    "selection_seed", "seed", "pool_id", "hub_dataset_id", "hub_license",
 ]
 
 
