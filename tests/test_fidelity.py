@@ -26,7 +26,7 @@ def tiny_config(**overrides):
     values = dict(
         model="tiny",
         seeds=2,
-        arms=("random", "kmq", "iter-loss", "junk-only", "oracle-clean"),
+        arms=("random", "kmq", "kmq-kauto", "iter-loss", "iter-loss-restart", "junk-only", "oracle-clean"),
         pool_rows={"gsm8k": 14, "humaneval": 8, "chitchat": 14, "mmlu": 14},
         junk_rows={"offtopic": 6, "corrupted": 6},
         heldout_rows={"gsm8k": 2, "humaneval": 2, "chitchat": 2, "mmlu": 3},
