@@ -143,11 +143,11 @@ class FidelityConfig:
     pool_rows: dict = field(default_factory=lambda: {"gsm8k": 120, "humaneval": 80, "chitchat": 120, "mmlu": 120})
     junk_rows: dict = field(default_factory=lambda: {"offtopic": 45, "corrupted": 45})
     heldout_rows: dict = field(default_factory=lambda: {"gsm8k": 10, "humaneval": 4, "chitchat": 10, "mmlu": 20})
-    budget: int = 48
+    budget: int = 36
     rounds: int = 3
     batch_size: int = 4
-    max_length: int = 224
-    eval_max_length: int = 512
+    max_length: int = 192
+    eval_max_length: int = 384
     min_answer_tokens: int = 32
     k: int = 16
     learning_rate: float = 5e-4
@@ -651,9 +651,9 @@ def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: s
 
     started = time.perf_counter()
     cfg = cfg.scaled()
-    unknown = [a for a in cfg.arms if a not in ALL_ARMS]
+    unknown = [a for a in cfg.arms if a not in ARMS]
     if unknown:
-        raise ValueError(f"unknown arms {unknown}; choose from {list(ALL_ARMS)}")
+        raise ValueError(f"unknown arms {unknown}; choose from {list(ARMS)}")
     if cfg.budget % (cfg.rounds * cfg.batch_size):
         raise ValueError(f"budget {cfg.budget} must be a multiple of rounds x batch size ({cfg.rounds * cfg.batch_size}) "
                          "so that static and iterative arms run the same number of steps")
