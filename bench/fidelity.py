@@ -1,7 +1,8 @@
 """Fidelity experiment (issue 6): does diversity-centric selection, static and iterative, pick better
 training data than random on a real mixed pool with planted junk?
 
-    .venv/bin/python bench/fidelity.py [--scale 1] [--seeds 3] [--out docs/]
+    .venv/bin/python bench/fidelity.py [--seeds 5] [--arms a,b,...] [--threads 2] [--out docs/]
+    .venv/bin/python bench/fidelity.py --gpu-scaled --out <dir>    # SmolLM2 on CUDA, 8x rows and steps
 
 What it does (docs/fidelity.md explains the choices and shows the results):
 
@@ -13,15 +14,19 @@ What it does (docs/fidelity.md explains the choices and shows the results):
    Like a bad scraped source, the junk has one distinctive style, so most of it gathers in clusters
    of its own (81-94% at the default size; measured per seed: `clustering` in the results). Rows
    are conversational prompt/completion, so training puts the loss on the answer only.
-2. Arms, all under the same row budget and the same number of optimizer steps:
-   `random`, `kmeans-random`, `kmq` (hf_idsel.diverse_select; kmq draws inside a cluster with
-   p ~ softmax(quality), quality = the reference SmolLM2's mean answer log-likelihood from
-   hf_idsel.score_quality) each trained with a plain trl SFTTrainer for one epoch over the subset;
-   `iter-loss`, `iter-perplexity`, `iter-likelihood`: IterativeSelectionTrainer (iterative kMQ,
-   same k, same quality column, `rounds` rounds of budget/rounds rows, one epoch each, "continue"
-   mode) with the loss, perplexity and likelihood (reference = the untrained SmolLM2) scorers.
-   Budget is a multiple of rounds x batch size, so every arm runs budget / batch steps.
-   Model: the packaged SmolLM2-135M-Instruct (GGUF, dequantised) with LoRA.
+2. Arms, one entry each in `ARMS`, all under the same row budget, and the evaluated model of every
+   arm trained for budget / batch optimizer steps (restart mode runs more steps in all, but its
+   last round retrains from the base on every row):
+   static arms call hf_idsel.diverse_select with the entry's keyword arguments (`random`,
+   `kmeans-random`, `kmq` at the config's k, `kmq-kauto` with k="auto"; kmq draws inside a cluster
+   with p ~ softmax(quality), quality = the untrained SmolLM2's mean answer log-likelihood from
+   hf_idsel.score_quality) and train a plain trl SFTTrainer for one epoch over the subset;
+   iterative arms run IterativeSelectionTrainer (iterative kMQ, same clustering, same quality
+   column, `rounds` rounds of budget/rounds rows, one epoch each) with the entry's scorer and
+   round mode. Model: the packaged SmolLM2-135M-Instruct (GGUF, dequantised) with LoRA.
+   Pairing: for a seed, every arm shares the pool, the held-out rows, the quality column, the
+   training seed and, at the same k, the clustering; iterative arms at the same k share round 1.
+   Both are checked for every run (a mismatch stops the experiment).
 3. Metrics on the held-out rows: per-domain gold-answer loss (mean per-token NLL of the answer
    given the prompt), MMLU accuracy (argmax of the summed log-likelihood of the 4 answers
    "The answer is X. <option>"; `acc_norm` uses the per-token mean), the share of planted junk
@@ -29,8 +34,10 @@ What it does (docs/fidelity.md explains the choices and shows the results):
    of the cosine distance to the nearest selected row (packaged all-MiniLM-L6-v2 embeddings).
 
 Writes `<out>/fidelity_results.json` (every number per arm per seed, the config, versions, wall
-times) and `<out>/fidelity_*.png`, and prints markdown tables: mean +- std over seeds, and the rows
-each arm trained on. `--render-only` redraws the plots and tables from an existing results file.
+and CPU times) and `<out>/fidelity_*.png`, and prints markdown tables: mean +- std over seeds,
+paired differences against `random` and `kmq` (mean over seeds with a 95% Student-t interval,
+n - 1 degrees of freedom, scipy's t quantile), and the rows each arm trained on. `--render-only`
+redraws the plots and tables from an existing results file.
 `--scale N` multiplies the pool, the held-out sets, the budget and hence the steps (capped by what
 the sources hold); on a machine with CUDA the model trains there in bf16.
 """
@@ -137,17 +144,17 @@ class FidelityConfig:
     arms: tuple = DEFAULT_ARMS
     model: str = "smollm2"  # "smollm2" (packaged GGUF) or "tiny" (random 2-layer llama, for tests)
     pool_seed: int = 0
-    # Sized for a 2-core CPU (about 100 tokens/s of LoRA training and 350 tokens/s of scoring there;
-    # 40.5 min for 6 arms x 3 seeds, see docs/fidelity.md), with the shape of the paper's setting:
-    # budget ~10% of the pool, a few rows per cluster, 3 rounds.
+    # Sized for a 2-core CPU (about 90 tokens/s of LoRA training and 350 tokens/s of scoring there;
+    # the arithmetic is in docs/fidelity.md), with the shape of the paper's setting: a budget under
+    # 10% of the pool, a few rows per cluster, 3 rounds.
     pool_rows: dict = field(default_factory=lambda: {"gsm8k": 120, "humaneval": 80, "chitchat": 120, "mmlu": 120})
     junk_rows: dict = field(default_factory=lambda: {"offtopic": 45, "corrupted": 45})
     heldout_rows: dict = field(default_factory=lambda: {"gsm8k": 10, "humaneval": 4, "chitchat": 10, "mmlu": 20})
     budget: int = 36
     rounds: int = 3
     batch_size: int = 4
-    max_length: int = 192
-    eval_max_length: int = 384
+    max_length: int = 224
+    eval_max_length: int = 512
     min_answer_tokens: int = 32
     k: int = 16
     learning_rate: float = 5e-4
