@@ -1096,6 +1096,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=None, help="multiplies pool, held-out sets, budget and steps (default 1)")
     parser.add_argument("--seeds", type=int, default=None, help=f"seeds 0..N-1 (default {FidelityConfig.seeds})")
+    parser.add_argument("--budget", type=int, default=None,
+                        help=f"rows per arm before --scale, a multiple of rounds x batch size (default {FidelityConfig.budget})")
     parser.add_argument("--gpu-scaled", action="store_true",
                         help=f"the scaled GPU configuration: {GPU_SCALED} (flags given explicitly win)")
     parser.add_argument("--out", default="docs", help="folder for fidelity_results.json and fidelity_*.png")
@@ -1119,7 +1121,7 @@ def main(argv=None) -> dict:
         print(render_tables(results))
         return results
     overrides = dict(GPU_SCALED) if args.gpu_scaled else {}
-    for name in ("scale", "seeds", "device"):
+    for name in ("scale", "seeds", "device", "budget"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     cfg = FidelityConfig(arms=tuple(a for a in args.arms.split(",") if a), model=args.model, threads=args.threads,
