@@ -249,3 +249,24 @@ def test_tiny_experiment_writes_consistent_results(tmp_path):
 def test_unequal_steps_are_refused():
     with pytest.raises(ValueError, match="multiple of rounds x batch size"):
         fidelity.run_experiment(tiny_config(budget=13), progress=False)
+
+
+def test_command_line_flags_reach_the_config_and_bad_arms_fail_before_any_work(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run(cfg, **kwargs):  # records the config the command line built; runs nothing
+        seen["cfg"] = cfg
+        raise SystemExit(0)
+
+    monkeypatch.setattr(fidelity, "run_experiment", fake_run)
+    with pytest.raises(SystemExit):
+        fidelity.main(["--gpu-scaled", "--seeds", "7", "--budget", "24", "--arms", "random,kmq", "--out", str(tmp_path)])
+    cfg = seen["cfg"]
+    assert (cfg.seeds, cfg.budget, cfg.arms) == (7, 24, ("random", "kmq"))
+    assert (cfg.scale, cfg.k, cfg.device) == (fidelity.GPU_SCALED["scale"], fidelity.GPU_SCALED["k"], "cuda")
+    with pytest.raises(SystemExit):
+        fidelity.main(["--out", str(tmp_path)])
+    assert seen["cfg"].arms == fidelity.DEFAULT_ARMS and seen["cfg"].seeds == 5 and seen["cfg"].scale == 1.0
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="unknown arms"):
+        fidelity.main(["--arms", "random,no-such-arm", "--out", str(tmp_path)])
