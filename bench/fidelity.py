@@ -1,7 +1,8 @@
 """Fidelity experiment (issue 6): does diversity-centric selection, static and iterative, pick better
 training data than random on a real mixed pool with planted junk?
 
-    .venv/bin/python bench/fidelity.py [--scale 1] [--seeds 3] [--out docs/]
+    .venv/bin/python bench/fidelity.py [--seeds 5] [--arms a,b,...] [--threads 2] [--out docs/]
+    .venv/bin/python bench/fidelity.py --gpu-scaled --out <dir>    # SmolLM2 on CUDA, 8x rows and steps
 
 What it does (docs/fidelity.md explains the choices and shows the results):
 
@@ -13,15 +14,19 @@ What it does (docs/fidelity.md explains the choices and shows the results):
    Like a bad scraped source, the junk has one distinctive style, so most of it gathers in clusters
    of its own (81-94% at the default size; measured per seed: `clustering` in the results). Rows
    are conversational prompt/completion, so training puts the loss on the answer only.
-2. Arms, all under the same row budget and the same number of optimizer steps:
-   `random`, `kmeans-random`, `kmq` (hf_idsel.diverse_select; kmq draws inside a cluster with
-   p ~ softmax(quality), quality = the reference SmolLM2's mean answer log-likelihood from
-   hf_idsel.score_quality) each trained with a plain trl SFTTrainer for one epoch over the subset;
-   `iter-loss`, `iter-perplexity`, `iter-likelihood`: IterativeSelectionTrainer (iterative kMQ,
-   same k, same quality column, `rounds` rounds of budget/rounds rows, one epoch each, "continue"
-   mode) with the loss, perplexity and likelihood (reference = the untrained SmolLM2) scorers.
-   Budget is a multiple of rounds x batch size, so every arm runs budget / batch steps.
-   Model: the packaged SmolLM2-135M-Instruct (GGUF, dequantised) with LoRA.
+2. Arms, one entry each in `ARMS`, all under the same row budget, and the evaluated model of every
+   arm trained for budget / batch optimizer steps (restart mode runs more steps in all, but its
+   last round retrains from the base on every row):
+   static arms call hf_idsel.diverse_select with the entry's keyword arguments (`random`,
+   `kmeans-random`, `kmq` at the config's k, `kmq-kauto` with k="auto"; kmq draws inside a cluster
+   with p ~ softmax(quality), quality = the untrained SmolLM2's mean answer log-likelihood from
+   hf_idsel.score_quality) and train a plain trl SFTTrainer for one epoch over the subset;
+   iterative arms run IterativeSelectionTrainer (iterative kMQ, same clustering, same quality
+   column, `rounds` rounds of budget/rounds rows, one epoch each) with the entry's scorer and
+   round mode. Model: the packaged SmolLM2-135M-Instruct (GGUF, dequantised) with LoRA.
+   Pairing: for a seed, every arm shares the pool, the held-out rows, the quality column, the
+   training seed and, at the same k, the clustering; iterative arms at the same k share round 1.
+   Both are checked for every run (a mismatch stops the experiment).
 3. Metrics on the held-out rows: per-domain gold-answer loss (mean per-token NLL of the answer
    given the prompt), MMLU accuracy (argmax of the summed log-likelihood of the 4 answers
    "The answer is X. <option>"; `acc_norm` uses the per-token mean), the share of planted junk
@@ -29,8 +34,10 @@ What it does (docs/fidelity.md explains the choices and shows the results):
    of the cosine distance to the nearest selected row (packaged all-MiniLM-L6-v2 embeddings).
 
 Writes `<out>/fidelity_results.json` (every number per arm per seed, the config, versions, wall
-times) and `<out>/fidelity_*.png`, and prints markdown tables: mean +- std over seeds, and the rows
-each arm trained on. `--render-only` redraws the plots and tables from an existing results file.
+and CPU times) and `<out>/fidelity_*.png`, and prints markdown tables: mean +- std over seeds,
+paired differences against `random` and `kmq` (mean over seeds with a 95% Student-t interval,
+n - 1 degrees of freedom, scipy's t quantile), and the rows each arm trained on. `--render-only`
+redraws the plots and tables from an existing results file.
 `--scale N` multiplies the pool, the held-out sets, the budget and hence the steps (capped by what
 the sources hold); on a machine with CUDA the model trains there in bf16.
 """
@@ -63,13 +70,64 @@ logger = logging.getLogger("fidelity")
 
 DOMAINS = ("gsm8k", "humaneval", "chitchat", "mmlu")
 JUNK_KINDS = ("offtopic", "corrupted")
-STATIC_ARMS = ("random", "kmeans-random", "kmq")
-ITERATIVE_ARMS = ("iter-loss", "iter-perplexity", "iter-likelihood")
-DEFAULT_ARMS = STATIC_ARMS + ITERATIVE_ARMS
-# Reference arms, not part of the default run: `oracle-clean` draws uniformly from the non-junk rows
-# (what perfect junk filtering would give), `junk-only` draws only junk (checks the accounting).
-EXTRA_ARMS = ("oracle-clean", "junk-only")
-ALL_ARMS = DEFAULT_ARMS + EXTRA_ARMS
+
+
+@dataclass(frozen=True)
+class Arm:
+    """How one arm selects its rows and trains: one entry of `ARMS`.
+
+    Args:
+        kind (`str`):
+            `"static"` (rows from `hf_idsel.diverse_select`, then one epoch of a plain trl SFTTrainer),
+            `"iterative"` (IterativeSelectionTrainer) or `"control"` (a draw that uses the planted labels).
+        select (`dict`, *optional*):
+            Static arms: `diverse_select` keyword arguments (`method`, `quality_column`, `encoder`, ...).
+            Without an `encoder` the arm reads the pool's shared `embedding` column; with one it embeds
+            the pool itself and shares the pool split and seeds with the other arms, not the clustering.
+        k (`int` or `str`, *optional*):
+            Number of clusters, or `"auto"`; `None` takes the config's `k`.
+        scorer (`str`, *optional*):
+            Iterative arms: the round scorer's name.
+        scorer_options (`dict`, *optional*):
+            Iterative arms: keyword arguments of the scorer object that the arm needs (checked
+            against the installed hf_idsel before anything runs).
+        round_mode (`str`, *optional*, defaults to `"continue"`):
+            Iterative arms: `"continue"` or `"restart"`.
+    """
+
+    kind: str
+    select: dict = field(default_factory=dict)
+    k: int | str | None = None
+    scorer: str | None = None
+    scorer_options: dict = field(default_factory=dict)
+    round_mode: str = "continue"
+
+
+KMQ = {"method": "kmq", "quality_column": "quality"}
+# Every arm of the experiment. An arm is one entry: an encoder arm, for instance, is
+# `"kmq-<encoder>": Arm("static", select={**KMQ, "encoder": "<encoder spec>"})`.
+ARMS = {
+    "random": Arm("static", select={"method": "random"}),
+    "kmeans-random": Arm("static", select={"method": "kmeans-random"}),
+    "kmq": Arm("static", select=KMQ),
+    "kmq-kauto": Arm("static", select=KMQ, k="auto"),
+    "iter-loss": Arm("iterative", scorer="loss"),
+    "iter-perplexity": Arm("iterative", scorer="perplexity"),
+    "iter-likelihood": Arm("iterative", scorer="likelihood"),
+    # The training model with its LoRA adapters disabled as the reference: no second model. Needs
+    # `LikelihoodScorer(reference="base")` (the rounds change); the run refuses to start without it.
+    "iter-likelihood-base": Arm("iterative", scorer="likelihood", scorer_options={"reference": "base"}),
+    "iter-loss-restart": Arm("iterative", scorer="loss", round_mode="restart"),
+    "iter-likelihood-restart": Arm("iterative", scorer="likelihood", round_mode="restart"),
+    # Controls, not in the default run: `oracle-clean` draws uniformly from the non-junk rows (what
+    # perfect junk filtering would give), `junk-only` draws only junk (checks the accounting).
+    "oracle-clean": Arm("control"),
+    "junk-only": Arm("control"),
+}
+DEFAULT_ARMS = tuple(a for a, spec in ARMS.items() if spec.kind != "control")
+ALL_ARMS = tuple(ARMS)
+# Paired differences are taken against these arms, seed by seed.
+REFERENCE_ARMS = ("random", "kmq")
 # Usable rows of each built-in source (hf_idsel.pool).
 SOURCE_ROWS = {"gsm8k": 1319, "humaneval": 164, "chitchat": 4017, "mmlu": 14042}
 MMLU_PATTERN = re.compile(
@@ -82,17 +140,17 @@ class FidelityConfig:
     """Every knob of the experiment; `scaled()` applies `--scale`."""
 
     scale: float = 1.0
-    seeds: int = 3
+    seeds: int = 5
     arms: tuple = DEFAULT_ARMS
     model: str = "smollm2"  # "smollm2" (packaged GGUF) or "tiny" (random 2-layer llama, for tests)
     pool_seed: int = 0
-    # Sized for a 2-core CPU (about 100 tokens/s of LoRA training and 350 tokens/s of scoring there;
-    # 40.5 min for 6 arms x 3 seeds, see docs/fidelity.md), with the shape of the paper's setting:
-    # budget ~10% of the pool, a few rows per cluster, 3 rounds.
+    # Sized for a 2-core CPU (about 90 tokens/s of LoRA training and 350 tokens/s of scoring there;
+    # the arithmetic is in docs/fidelity.md), with the shape of the paper's setting: a budget under
+    # 10% of the pool, a few rows per cluster, 3 rounds.
     pool_rows: dict = field(default_factory=lambda: {"gsm8k": 120, "humaneval": 80, "chitchat": 120, "mmlu": 120})
     junk_rows: dict = field(default_factory=lambda: {"offtopic": 45, "corrupted": 45})
     heldout_rows: dict = field(default_factory=lambda: {"gsm8k": 10, "humaneval": 4, "chitchat": 10, "mmlu": 20})
-    budget: int = 48
+    budget: int = 36
     rounds: int = 3
     batch_size: int = 4
     max_length: int = 224
@@ -123,6 +181,11 @@ class FidelityConfig:
         unit = self.rounds * self.batch_size
         out.budget = max(unit, int(round(self.budget * s / unit)) * unit)
         return out
+
+
+# `--gpu-scaled`: SmolLM2 on a CUDA GPU in bf16 with 8x the pool, held-out sets, budget and steps
+# (HumanEval caps at its 164 rows), k scaled with the pool.
+GPU_SCALED = {"scale": 8.0, "k": 64, "eval_batch_size": 32, "device": "cuda"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -435,28 +498,53 @@ def train_static(base, tokenizer, pool: datasets.Dataset, indices, cfg: Fidelity
     return trainer, {"rounds": None}
 
 
-def train_iterative(base, tokenizer, pool: datasets.Dataset, scorer: str, cfg: FidelityConfig, seed: int, out: str, reference=None):
+def check_scorer_options(arms) -> None:
+    """Refuse, before any work, an arm whose scorer options this hf_idsel does not have."""
+    import inspect
+
+    from hf_idsel.scorers import SCORERS
+
+    for name in arms:
+        spec = ARMS[name]
+        if not spec.scorer_options:
+            continue
+        cls = SCORERS[spec.scorer]
+        params = inspect.signature(cls.__init__).parameters
+        missing = [o for o in spec.scorer_options if o not in params]
+        # `reference="base"` (the training model with its adapters off) must be a documented value:
+        # an undocumented string would be taken for a Hub id and fail only after round 1 has trained.
+        if spec.scorer_options.get("reference") == "base" and '"base"' not in (cls.__doc__ or ""):
+            missing.append('reference="base"')
+        if missing:
+            raise ValueError(
+                f"arm {name!r} needs {cls.__name__} option(s) {missing}, which this hf_idsel does not have; "
+                f"install an hf_idsel that has them, or leave the arm out with --arms"
+            )
+
+
+def train_iterative(base, tokenizer, pool: datasets.Dataset, spec: Arm, k, cfg: FidelityConfig, seed: int, out: str, reference=None):
     """IterativeSelectionTrainer (iterative kMQ) with LoRA; returns the trainer and the rounds' records."""
+    from hf_idsel.scorers import SCORERS
     from hf_idsel.trainer import IterativeSelectionConfig, IterativeSelectionTrainer
 
     model = copy.deepcopy(base)
     args = IterativeSelectionConfig(
-        budget=cfg.budget, rounds=cfg.rounds, epochs_per_round=1, k=str(cfg.k), embedding_column="embedding",
-        quality_column="quality", quality_temperature=cfg.quality_temperature, scorer=scorer,
+        budget=cfg.budget, rounds=cfg.rounds, epochs_per_round=1, k=str(k), embedding_column="embedding",
+        quality_column="quality", quality_temperature=cfg.quality_temperature, scorer=spec.scorer,
         weight_update="softmax", weight_temperature=cfg.weight_temperature,
         scored_rows_per_cluster=cfg.scored_rows_per_cluster, generation_max_new_tokens=cfg.generation_max_new_tokens,
-        scoring_batch_size=cfg.eval_batch_size, selection_seed=seed, round_mode="continue",
+        scoring_batch_size=cfg.eval_batch_size, selection_seed=seed, round_mode=spec.round_mode,
         # The last round's scores would only set weights that draw nothing.
         score_last_round=False,
         **_train_args(cfg, out, seed),
     )
     extra = {}
-    if scorer == "likelihood" and reference is not None:
-        from hf_idsel.scorers import LikelihoodScorer
-
-        extra["scorer"] = LikelihoodScorer(
-            reference, batch_size=cfg.eval_batch_size, device=next(reference.parameters()).device
+    if spec.scorer_options:
+        extra["scorer"] = SCORERS[spec.scorer](
+            **spec.scorer_options, batch_size=cfg.eval_batch_size, max_length=cfg.max_length, show_progress=False
         )
+    elif spec.scorer == "likelihood" and reference is not None:
+        extra["scorer"] = reference
     trainer = IterativeSelectionTrainer(
         model, args=args, train_dataset=pool, processing_class=tokenizer, peft_config=_lora(cfg, model), **extra
     )
@@ -473,25 +561,30 @@ def train_iterative(base, tokenizer, pool: datasets.Dataset, scorer: str, cfg: F
         }
         for r in trainer.selection.rounds
     ]
-    return trainer, {"rounds": rounds, "labels": trainer.labels}
+    # Steps that trained the evaluated model: all of them, or in restart mode those of the last round.
+    ends = trainer.selection.epoch_end_steps
+    final_steps = int(trainer.state.global_step) - (int(ends[-2]) if spec.round_mode == "restart" and len(ends) > 1 else 0)
+    return trainer, {"rounds": rounds, "labels": trainer.labels, "final_steps": final_steps}
 
 
-def static_selection(arm: str, pool: datasets.Dataset, cfg: FidelityConfig, seed: int) -> np.ndarray:
-    """Pool indices chosen by a static arm (diverse_select for the paper's methods)."""
+def static_selection(arm: str, pool: datasets.Dataset, cfg: FidelityConfig, seed: int, k, cache_dir=None):
+    """`(pool indices, cluster of each)` chosen by a static arm (diverse_select for the paper's methods)."""
     import hf_idsel
 
     is_junk = np.asarray(pool["is_junk"], dtype=bool)
+    spec = ARMS[arm]
+    rng = np.random.default_rng(seed)
     if arm == "oracle-clean":
-        return np.sort(np.random.default_rng(seed).choice(np.flatnonzero(~is_junk), cfg.budget, replace=False))
+        return np.sort(rng.choice(np.flatnonzero(~is_junk), cfg.budget, replace=False)), None
     if arm == "junk-only":
         junk = np.flatnonzero(is_junk)
-        return np.sort(np.random.default_rng(seed).choice(junk, min(cfg.budget, len(junk)), replace=False))
-    method = {"random": "random", "kmeans-random": "kmeans-random", "kmq": "kmq"}[arm]
-    subset = hf_idsel.diverse_select(
-        pool, budget=cfg.budget, method=method, k=cfg.k, seed=seed, embedding_column="embedding",
-        quality_column="quality" if arm == "kmq" else None, temperature=cfg.quality_temperature,
-    )
-    return np.asarray(subset["source_index"], dtype=np.int64)
+        return np.sort(rng.choice(junk, min(cfg.budget, len(junk)), replace=False)), None
+    kwargs = {"embedding_column": "embedding", "temperature": cfg.quality_temperature, **spec.select}
+    if "encoder" in spec.select:  # the arm embeds the pool with its own encoder (cached)
+        kwargs.pop("embedding_column")
+    subset = hf_idsel.diverse_select(pool, budget=cfg.budget, k=k, seed=seed, cache_dir=cache_dir, **kwargs)
+    clusters = np.asarray(subset["cluster"], dtype=np.int64) if "cluster" in subset.column_names else None
+    return np.asarray(subset["source_index"], dtype=np.int64), clusters
 
 
 # --------------------------------------------------------------------------------------------
@@ -552,18 +645,28 @@ def prepare(cfg: FidelityConfig, base, tokenizer, cache_dir: str | None = None):
 
 
 def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: str | None = None, progress: bool = True) -> dict:
-    """Run every arm for every seed; returns the results dict (also written to `out_dir` when given)."""
-    from hf_idsel.cluster import kmeans
+    """Run every arm for every seed; returns the results dict (also written to `out_dir` when given).
+
+    Pairing: for a seed, every arm sees the same pool, held-out rows and quality column; arms at
+    the same k get the same clustering (`hf_idsel.select.cluster_pool`, what `diverse_select` and
+    the trainer call; checked for every run), and iterative arms at the same k the same round-1
+    rows (checked). The arm order inside a seed does not matter: each run starts from the same
+    base weights with `torch.manual_seed(seed)`.
+    """
     from hf_idsel.scorers import LikelihoodScorer
+    from hf_idsel.select import cluster_pool
 
     started = time.perf_counter()
     cfg = cfg.scaled()
-    unknown = [a for a in cfg.arms if a not in ALL_ARMS]
+    unknown = [a for a in cfg.arms if a not in ARMS]
     if unknown:
-        raise ValueError(f"unknown arms {unknown}; choose from {list(ALL_ARMS)}")
+        raise ValueError(f"unknown arms {unknown}; choose from {list(ARMS)}")
     if cfg.budget % (cfg.rounds * cfg.batch_size):
         raise ValueError(f"budget {cfg.budget} must be a multiple of rounds x batch size ({cfg.rounds * cfg.batch_size}) "
                          "so that static and iterative arms run the same number of steps")
+    if cfg.seeds < 2:
+        logger.warning("seeds=%d: paired intervals need at least 2 seeds", cfg.seeds)
+    check_scorer_options(cfg.arms)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     datasets.disable_progress_bars()
@@ -577,6 +680,7 @@ def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: s
     timings["prepare_pool_s"] = time.perf_counter() - t
     is_junk = np.asarray(pool["is_junk"], dtype=bool)
     kinds = np.asarray(pool["kind"])
+    origins = np.asarray(pool["origin"])
     quality = np.asarray(pool["quality"])
     logger.info("Pool: %d rows (%d junk), held-out %s, budget %d, k %d", len(pool), is_junk.sum(),
                 {d: len(v) for d, v in heldout.items()}, cfg.budget, cfg.k)
@@ -587,56 +691,79 @@ def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: s
     logger.info("Base model: %s", json.dumps(base_eval))
 
     reference = None
-    if "iter-likelihood" in cfg.arms:
-        # The untrained model as the fixed reference: a separate frozen copy, loaded once.
+    if any(ARMS[a].scorer == "likelihood" and not ARMS[a].scorer_options for a in cfg.arms):
+        # The untrained model as the fixed reference: one frozen copy for every run.
         reference = LikelihoodScorer(copy.deepcopy(base).eval(), tokenizer=tokenizer, batch_size=cfg.eval_batch_size,
                                      max_length=cfg.max_length, show_progress=False)
 
     runs = []
-    clusterings = {}
+    clusterings = {}  # "seed:k" -> labels and junk statistics; k="auto" resolved per seed
+    first_rounds = {}  # "seed:k" -> round-1 rows of the first iterative arm at that k
+
+    def clustering(seed: int, k) -> tuple[str, dict]:
+        for key, c in clusterings.items():
+            if c["seed"] == seed and c["k_requested"] == k:
+                return key, c
+        found, k_selection = cluster_pool(embeddings, k, seed=seed)
+        key = f"{seed}:{found.k}"
+        clusterings[key] = {"seed": seed, "k_requested": k, "k": found.k, "k_selection": k_selection,
+                            "labels": found.labels, **cluster_junk_stats(found.labels, is_junk, found.k)}
+        return key, clusterings[key]
+
     work = [(seed, arm) for seed in range(cfg.seeds) for arm in cfg.arms]
     bar = tqdm(work, desc="fidelity runs", disable=not progress)
     for seed, arm in bar:
         bar.set_postfix(seed=seed, arm=arm)
-        if seed not in clusterings:
-            labels = kmeans(embeddings, cfg.k, seed=seed).labels
-            clusterings[seed] = {"labels": labels, **cluster_junk_stats(labels, is_junk, cfg.k)}
-        labels = clusterings[seed]["labels"]
+        spec = ARMS[arm]
+        k = cfg.k if spec.k is None else spec.k
+        key, shared = clustering(seed, k)
+        labels = shared["labels"]
         run_dir = tempfile.mkdtemp(prefix=f"fidelity-{arm}-{seed}-")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         torch.manual_seed(seed)
-        if arm in ITERATIVE_ARMS:
-            trainer, info = train_iterative(base, tokenizer, pool, arm.split("-", 1)[1], cfg, seed, run_dir, reference)
+        if spec.kind == "iterative":
+            trainer, info = train_iterative(base, tokenizer, pool, spec, k, cfg, seed, run_dir, reference)
             if not np.array_equal(info.pop("labels"), labels):
-                raise RuntimeError("the iterative trainer clustered the pool differently from the static arms")
+                raise RuntimeError(f"{arm}: the iterative trainer clustered the pool differently from the shared clustering")
+            round1 = sorted(info["rounds"][0]["selected"])
+            if first_rounds.setdefault(key, round1) != round1:
+                raise RuntimeError(f"{arm}: round 1 differs from the other iterative arms' at seed {seed}, k {shared['k']}")
             selected = np.asarray([r for rnd in info["rounds"] for r in rnd["selected"]], dtype=np.int64)
+            steps = info["final_steps"]
         else:
-            selected = static_selection(arm, pool, cfg, seed)
+            selected, clusters = static_selection(arm, pool, cfg, seed, k, cache_dir=cache_dir)
+            if clusters is not None and "encoder" not in spec.select and not np.array_equal(clusters, labels[selected]):
+                raise RuntimeError(f"{arm}: diverse_select clustered the pool differently from the shared clustering")
             trainer, info = train_static(base, tokenizer, pool, selected, cfg, seed, run_dir)
-        train_s = time.perf_counter() - t0
-        t1 = time.perf_counter()
+            steps = int(trainer.state.global_step)
+        train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+        t1, c1 = time.perf_counter(), time.process_time()
         # Merged LoRA weights give the same logits, and evaluate faster than the adapter layers.
         metrics = evaluate(trainer.model.merge_and_unload(), tokenizer, heldout, cfg)
-        eval_s = time.perf_counter() - t1
+        eval_s, eval_cpu_s = time.perf_counter() - t1, time.process_time() - c1
         train_losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
         record = {
             "arm": arm,
             "seed": seed,
-            "steps": int(trainer.state.global_step),
+            "clustering": key if "encoder" not in spec.select else None,
+            "steps": steps,
+            "steps_total": int(trainer.state.global_step),
             "selected": selected.tolist(),
             "selected_per_kind": {k: int((kinds[selected] == k).sum()) for k in ("clean",) + JUNK_KINDS},
             "junk_share": junk_share(selected, is_junk),
             "coverage": coverage_distance(embeddings, selected),
             "mean_quality_selected": float(quality[selected].mean()),
-            "selected_per_domain": {d: int((np.asarray(pool["origin"])[selected[~is_junk[selected]]] == d).sum()) for d in DOMAINS},
+            "selected_per_domain": {d: int((origins[selected[~is_junk[selected]]] == d).sum()) for d in DOMAINS},
             "train_loss_first": train_losses[0] if train_losses else None,
             "train_loss_last": train_losses[-1] if train_losses else None,
             "train_s": train_s,
             "eval_s": eval_s,
+            "train_cpu_s": train_cpu_s,
+            "eval_cpu_s": eval_cpu_s,
             **metrics,
         }
         if info["rounds"] is not None:
-            junk_clusters = clusterings[seed]["junk_majority_clusters"]
+            junk_clusters = shared["junk_majority_clusters"]
             for rnd in info["rounds"]:
                 rnd["junk_share"] = junk_share(rnd["selected"], is_junk)
                 rnd["junk_cluster_weight"] = float(sum(rnd["weights"][c] for c in junk_clusters))
@@ -679,12 +806,15 @@ def _assemble(cfg, pool, heldout, encoder, base_eval, clusterings, runs, timings
             "is_junk": is_junk.astype(int).tolist(),
             **encoder,
         },
-        "clustering": {str(s): {k: v for k, v in c.items() if k != "labels"} for s, c in clusterings.items()},
+        "clustering": {key: {k: v for k, v in c.items() if k != "labels"} for key, c in clusterings.items()},
+        "pairing": pairing(runs),
         "base_model": base_eval,
         "equal_steps": len(set(steps.values())) <= 1,
         "runs": runs,
         "summary": summarize(runs),
+        "paired": {ref: paired_differences(runs, ref) for ref in REFERENCE_ARMS if any(r["arm"] == ref for r in runs)},
         "timings": {**timings, "runs_s": float(sum(r["train_s"] + r["eval_s"] for r in runs)),
+                    "runs_cpu_s": float(sum(r["train_cpu_s"] + r["eval_cpu_s"] for r in runs)),
                     "total_wall_s": time.perf_counter() - started},
     }
 
@@ -692,7 +822,8 @@ def _assemble(cfg, pool, heldout, encoder, base_eval, clusterings, runs, timings
 def _metric_values(run: dict) -> dict:
     values = {f"loss_{d}": v for d, v in run["loss"].items()}
     values["loss_mean"] = run["loss_mean"]
-    for key in ("mmlu_acc", "mmlu_acc_norm", "junk_share", "coverage", "mean_quality_selected", "steps", "train_s"):
+    for key in ("mmlu_acc", "mmlu_acc_norm", "junk_share", "coverage", "mean_quality_selected", "steps", "train_s",
+                "eval_s", "train_cpu_s", "eval_cpu_s"):
         if key in run:
             values[key] = run[key]
     return values
@@ -718,6 +849,104 @@ def summarize(runs: list[dict]) -> dict:
         for arm in arms:
             summary[arm]["coverage_vs_random"] = summary[arm]["coverage"]["mean"] / random_cov
     return summary
+
+
+# Metrics compared arm against arm, seed by seed.
+PAIRED_METRICS = tuple(f"loss_{d}" for d in DOMAINS) + ("loss_mean", "mmlu_acc", "junk_share", "coverage")
+
+
+def t_interval(values, level: float = 0.95) -> dict:
+    """Mean of `values` with its two-sided Student-t confidence interval (n - 1 degrees of freedom).
+
+    Args:
+        values (`list[float]`):
+            One paired difference per seed.
+        level (`float`, *optional*, defaults to `0.95`):
+            Coverage of the interval.
+
+    Returns:
+        `dict`: `mean`, `std` (sample), `n`, `low`, `high` (`None` below two values).
+    """
+    from scipy import stats
+
+    x = np.asarray(values, dtype=np.float64)
+    n = len(x)
+    if n == 0:
+        raise ValueError("t_interval of no values")
+    out = {"mean": float(x.mean()), "std": None, "n": n, "low": None, "high": None}
+    if n >= 2:
+        std = float(x.std(ddof=1))
+        half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * std / np.sqrt(n)
+        out.update(std=std, low=out["mean"] - half, high=out["mean"] + half)
+    return out
+
+
+def paired_differences(runs: list[dict], reference: str, metrics=PAIRED_METRICS) -> dict:
+    """`arm - reference` per seed, for every arm and metric: per-seed values and their 95% t-interval.
+
+    Only seeds where both arms ran count (a partial run pairs what it has).
+    """
+    by_key = {(r["arm"], r["seed"]): _metric_values(r) for r in runs}
+    out = {}
+    for arm in dict.fromkeys(r["arm"] for r in runs):
+        if arm == reference:
+            continue
+        seeds = sorted(s for a, s in by_key if a == arm and (reference, s) in by_key)
+        if not seeds:
+            continue
+        out[arm] = {}
+        for metric in metrics:
+            pairs = [(s, by_key[(arm, s)][metric] - by_key[(reference, s)][metric]) for s in seeds
+                     if metric in by_key[(arm, s)] and metric in by_key[(reference, s)]]
+            if pairs:
+                out[arm][metric] = {"seeds": [s for s, _ in pairs], "per_seed": [d for _, d in pairs],
+                                    **t_interval([d for _, d in pairs])}
+    return out
+
+
+def pairing(runs: list[dict]) -> dict:
+    """What the arms of a seed shared: the clustering of each run, and for iterative runs the share
+    of round 1's rows that the static kMQ arm of the same seed also picked."""
+    kmq = {r["seed"]: set(r["selected"]) for r in runs if r["arm"] == "kmq"}
+    out = {"clustering_of_run": {f"{r['arm']}/{r['seed']}": r["clustering"] for r in runs}, "round1_in_kmq": {}}
+    for r in runs:
+        if r.get("rounds") and r["seed"] in kmq:
+            first = r["rounds"][0]["selected"]
+            out["round1_in_kmq"][f"{r['arm']}/{r['seed']}"] = sum(x in kmq[r["seed"]] for x in first) / len(first)
+    return out
+
+
+def paired_table(results: dict, reference: str, metrics=("loss_mean", "loss_gsm8k", "loss_mmlu", "mmlu_acc", "junk_share", "coverage")) -> str:
+    """Mean paired difference `arm - reference` over seeds with its 95% t-interval; `*` marks an
+    interval that excludes 0."""
+    paired = results.get("paired", {}).get(reference)
+    if not paired:
+        return ""
+    head = ["arm"] + [f"Δ {m.replace('_', ' ')}" for m in metrics] + ["seeds"]
+    lines = [f"Paired differences against `{reference}` (mean over seeds [95% t-interval]; * = the interval excludes 0):",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm, values in paired.items():
+        cells = []
+        for m in metrics:
+            v = values.get(m)
+            if v is None:
+                cells.append("-")
+            elif v["low"] is None:
+                cells.append(f"{v['mean']:+.3f}")
+            else:
+                star = "*" if v["low"] > 0 or v["high"] < 0 else ""
+                cells.append(f"{v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]{star}")
+        n = max(v["n"] for v in values.values())
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {n} |")
+    return "\n".join(lines)
+
+
+def render_tables(results: dict) -> str:
+    """Every table the run prints: per-arm means, paired differences, what each arm trained on."""
+    parts = [markdown_table(results)]
+    parts += [t for t in (paired_table(results, ref) for ref in REFERENCE_ARMS) if t]
+    parts.append(selection_table(results))
+    return "\n\n".join(parts)
 
 
 def markdown_table(results: dict) -> str:
@@ -836,7 +1065,7 @@ def plot(results: dict, out_dir: str) -> list[str]:
     iterative = [r for r in results["runs"] if r.get("rounds")]
     if iterative:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for arm in [a for a in arms if a in ITERATIVE_ARMS]:
+        for arm in [a for a in arms if ARMS.get(a, Arm("static")).kind == "iterative"]:
             mine = [r for r in iterative if r["arm"] == arm]
             shares = np.asarray([[rnd["junk_share"] for rnd in r["rounds"]] for r in mine])
             # Weights after scored rounds only: an unscored last round keeps the weights that drew it.
@@ -851,8 +1080,8 @@ def plot(results: dict, out_dir: str) -> list[str]:
         axes[0].set_title("junk share of each round's draw", fontsize=10)
         axes[1].set_xlabel("after round (scored rounds)")
         axes[1].set_title("total weight of junk-majority clusters", fontsize=10)
-        n_junk_clusters = np.mean([len(c["junk_majority_clusters"]) for c in results["clustering"].values()])
-        axes[1].axhline(n_junk_clusters / results["config"]["k"], color="k", ls="--", lw=1, label="initial weight (1/k each)")
+        initial = np.mean([len(c["junk_majority_clusters"]) / len(c["cluster_sizes"]) for c in results["clustering"].values()])
+        axes[1].axhline(initial, color="k", ls="--", lw=1, label="initial weight (1/k each)")
         for ax, ticks in zip(axes, (x, xw)):
             ax.set_xticks(ticks)
             ax.legend(fontsize=8)
@@ -865,13 +1094,17 @@ def plot(results: dict, out_dir: str) -> list[str]:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", type=float, default=1.0, help="multiplies pool, held-out sets, budget and steps")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=None, help="multiplies pool, held-out sets, budget and steps (default 1)")
+    parser.add_argument("--seeds", type=int, default=None, help=f"seeds 0..N-1 (default {FidelityConfig.seeds})")
+    parser.add_argument("--budget", type=int, default=None,
+                        help=f"rows per arm before --scale, a multiple of rounds x batch size (default {FidelityConfig.budget})")
+    parser.add_argument("--gpu-scaled", action="store_true",
+                        help=f"the scaled GPU configuration: {GPU_SCALED} (flags given explicitly win)")
     parser.add_argument("--out", default="docs", help="folder for fidelity_results.json and fidelity_*.png")
     parser.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma-separated, from {list(ALL_ARMS)}")
     parser.add_argument("--model", default="smollm2", choices=["smollm2", "tiny"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    parser.add_argument("--device", default=None, help="auto (cuda when available; the default), cpu or cuda")
     parser.add_argument("--cache-dir", default=None, help="hf_idsel cache for embeddings and quality scores")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--render-only", action="store_true",
@@ -881,15 +1114,20 @@ def main(argv=None) -> dict:
     if args.render_only:
         with open(os.path.join(args.out, "fidelity_results.json"), encoding="utf-8") as f:
             results = json.load(f)
+        # Results written before the paired statistics existed get them from their runs.
+        results.setdefault("paired", {ref: paired_differences(results["runs"], ref)
+                                      for ref in REFERENCE_ARMS if any(r["arm"] == ref for r in results["runs"])})
         plot(results, args.out)
-        print(markdown_table(results) + "\n\n" + selection_table(results))
+        print(render_tables(results))
         return results
-    cfg = FidelityConfig(scale=args.scale, seeds=args.seeds, arms=tuple(a for a in args.arms.split(",") if a),
-                         model=args.model, threads=args.threads, device=args.device)
+    overrides = dict(GPU_SCALED) if args.gpu_scaled else {}
+    for name in ("scale", "seeds", "device", "budget"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    cfg = FidelityConfig(arms=tuple(a for a in args.arms.split(",") if a), model=args.model, threads=args.threads,
+                         **overrides)
     results = run_experiment(cfg, out_dir=args.out, cache_dir=args.cache_dir, progress=not args.no_progress)
-    print(markdown_table(results))
-    print()
-    print(selection_table(results))
+    print(render_tables(results))
     print(f"\nwall time {results['timings']['total_wall_s']:.0f} s; equal steps: {results['equal_steps']}; "
           f"results in {os.path.join(args.out, 'fidelity_results.json')}")
     return results

@@ -26,7 +26,7 @@ def tiny_config(**overrides):
     values = dict(
         model="tiny",
         seeds=2,
-        arms=("random", "kmq", "iter-loss", "junk-only", "oracle-clean"),
+        arms=("random", "kmq", "kmq-kauto", "iter-loss", "iter-loss-restart", "junk-only", "oracle-clean"),
         pool_rows={"gsm8k": 14, "humaneval": 8, "chitchat": 14, "mmlu": 14},
         junk_rows={"offtopic": 6, "corrupted": 6},
         heldout_rows={"gsm8k": 2, "humaneval": 2, "chitchat": 2, "mmlu": 3},
@@ -68,6 +68,74 @@ def test_coverage_is_zero_for_the_full_pool_and_grows_as_the_selection_shrinks()
     assert small == pytest.approx(expected, abs=1e-6)
     # Duplicated rows in a selection change nothing.
     assert fidelity.coverage_distance(emb, [0, 1, 1, 0]) == pytest.approx(small)
+
+
+def test_t_interval_matches_a_hand_computed_case():
+    # 1..5: mean 3, sample sd sqrt(2.5); t(0.975, 4 df) = 2.7764451051977987 (tables: 2.776).
+    got = fidelity.t_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    half = 2.7764451051977987 * np.sqrt(2.5) / np.sqrt(5)
+    assert got["mean"] == 3.0 and got["n"] == 5
+    assert got["std"] == pytest.approx(np.sqrt(2.5))
+    assert got["low"] == pytest.approx(3.0 - half) and got["high"] == pytest.approx(3.0 + half)
+    assert got["low"] == pytest.approx(1.0368, abs=1e-4)
+    # Two values: t(0.975, 1 df) = 12.706; a wider level gives a wider interval.
+    two = fidelity.t_interval([0.0, 2.0])
+    assert two["high"] - two["mean"] == pytest.approx(12.706204736 * np.sqrt(2) / np.sqrt(2))
+    assert fidelity.t_interval([1.0, 2.0, 3.0, 4.0, 5.0], level=0.99)["low"] < got["low"]
+    # One value has a mean but no interval.
+    assert fidelity.t_interval([0.5]) == {"mean": 0.5, "std": None, "n": 1, "low": None, "high": None}
+    with pytest.raises(ValueError):
+        fidelity.t_interval([])
+
+
+def _run(arm, seed, loss, junk):
+    return {"arm": arm, "seed": seed, "loss": {"gsm8k": loss}, "loss_mean": loss, "junk_share": junk, "coverage": 0.5}
+
+
+def test_paired_differences_pair_by_seed_and_skip_unpaired_seeds():
+    runs = [
+        _run("random", 0, 1.50, 0.20), _run("random", 1, 1.40, 0.10), _run("random", 2, 1.60, 0.30),
+        _run("kmq", 0, 1.45, 0.10), _run("kmq", 1, 1.38, 0.05), _run("kmq", 2, 1.52, 0.20),
+        _run("kmq", 3, 9.99, 0.90),  # no random run for seed 3: not paired
+    ]
+    paired = fidelity.paired_differences(runs, "random", metrics=("loss_mean", "junk_share", "coverage", "mmlu_acc"))
+    assert set(paired) == {"kmq"}
+    loss = paired["kmq"]["loss_mean"]
+    assert loss["seeds"] == [0, 1, 2] and loss["per_seed"] == pytest.approx([-0.05, -0.02, -0.08])
+    assert loss["mean"] == pytest.approx(-0.05)
+    # sd of (-0.05, -0.02, -0.08) is 0.03; t(0.975, 2 df) = 4.302652729911275.
+    assert loss["high"] == pytest.approx(-0.05 + 4.302652729911275 * 0.03 / np.sqrt(3))
+    assert loss["high"] > 0  # the same differences are "within noise" at 3 seeds
+    assert paired["kmq"]["junk_share"]["per_seed"] == pytest.approx([-0.10, -0.05, -0.10])
+    assert paired["kmq"]["coverage"]["std"] == 0.0 and paired["kmq"]["coverage"]["low"] == 0.0
+    assert "mmlu_acc" not in paired["kmq"]  # absent from the runs: not invented
+    # The rendered table shows the interval and marks one that excludes 0.
+    table = fidelity.paired_table({"paired": {"random": paired}}, "random", metrics=("loss_mean", "junk_share"))
+    assert "| kmq | -0.050 [" in table and "]* |" in table
+
+
+def test_arms_needing_a_scorer_option_hf_idsel_lacks_are_refused_before_any_work(monkeypatch):
+    from hf_idsel.scorers import LikelihoodScorer
+
+    monkeypatch.setitem(fidelity.ARMS, "iter-bogus", fidelity.Arm("iterative", scorer="likelihood",
+                                                                 scorer_options={"no_such_option": 1}))
+    with pytest.raises(ValueError, match="iter-bogus.*no_such_option.*--arms"):
+        fidelity.run_experiment(tiny_config(arms=("random", "iter-bogus")), progress=False)
+    # The free-reference arm runs only where LikelihoodScorer documents reference="base".
+    if '"base"' in (LikelihoodScorer.__doc__ or ""):
+        fidelity.check_scorer_options(["iter-likelihood-base"])
+    else:
+        with pytest.raises(ValueError, match='iter-likelihood-base.*reference="base"'):
+            fidelity.check_scorer_options(["iter-likelihood-base"])
+
+
+def test_every_arm_is_one_table_entry():
+    assert set(fidelity.DEFAULT_ARMS) | {"oracle-clean", "junk-only"} == set(fidelity.ARMS)
+    assert {"kmq", "kmq-kauto", "iter-loss-restart", "iter-likelihood-restart", "iter-likelihood-base"} <= set(fidelity.DEFAULT_ARMS)
+    for name, arm in fidelity.ARMS.items():
+        assert arm.kind in ("static", "iterative", "control"), name
+        assert (arm.kind == "iterative") == (arm.scorer is not None), name
+    assert fidelity.ARMS["kmq-kauto"].k == "auto" and fidelity.ARMS["kmq"].k is None
 
 
 def test_pool_marks_junk_and_never_holds_out_pool_rows():
@@ -132,6 +200,36 @@ def test_tiny_experiment_writes_consistent_results(tmp_path):
         shares = [x["junk_share"] for x in r["rounds"]]
         assert r["junk_share"] == pytest.approx(np.mean(shares))
 
+    # Pairing: within a seed, every arm at the config's k used one clustering; kmq-kauto its own
+    # (k chosen by silhouette), the same for both of its uses; iterative arms drew the same round 1.
+    of_run = results["pairing"]["clustering_of_run"]
+    for seed in range(2):
+        fixed = {of_run[f"{a}/{seed}"] for a in ("random", "kmq", "iter-loss", "iter-loss-restart")}
+        assert fixed == {f"{seed}:{cfg.k}"}
+        auto = results["clustering"][of_run[f"kmq-kauto/{seed}"]]
+        assert auto["k_requested"] == "auto" and auto["k_selection"]["mode"] == "auto"
+        silhouette = auto["k_selection"]["silhouette"]
+        assert auto["k"] == int(max(silhouette, key=lambda c: (silhouette[c], -int(c))))
+        first = [r["rounds"][0]["selected"] for r in runs if r["seed"] == seed and r.get("rounds")]
+        assert len(first) == 2 and sorted(first[0]) == sorted(first[1])
+        # Both see the weights of the shared clustering's k clusters.
+        assert all(len(r["rounds"][0]["weights"]) == cfg.k for r in runs if r["seed"] == seed and r.get("rounds"))
+        assert 0 <= results["pairing"]["round1_in_kmq"][f"iter-loss/{seed}"] <= 1
+    # Restart retrains from the base on all rows each round: the evaluated model saw budget / batch
+    # steps like every other arm, out of more steps in all.
+    for r in by_arm["iter-loss-restart"]:
+        assert r["steps"] == cfg.budget // cfg.batch_size < r["steps_total"]
+    # Paired differences against random and kmq, per seed, in the JSON and in the tables.
+    paired = on_disk["paired"]
+    assert set(paired) == {"random", "kmq"} and "random" not in paired["random"]
+    for arm in ("kmq", "iter-loss"):
+        d = paired["random"][arm]["loss_mean"]
+        expected = [next(x["loss_mean"] for x in runs if x["arm"] == arm and x["seed"] == s)
+                    - next(x["loss_mean"] for x in runs if x["arm"] == "random" and x["seed"] == s) for s in range(2)]
+        assert d["seeds"] == [0, 1] and d["per_seed"] == pytest.approx(expected)
+        assert d["low"] <= d["mean"] <= d["high"]
+    assert "Paired differences against `kmq`" in fidelity.render_tables(results)
+
     summary = results["summary"]
     assert summary["random"]["coverage_vs_random"] == 1.0
     values = [r["junk_share"] for r in by_arm["kmq"]]
@@ -151,3 +249,24 @@ def test_tiny_experiment_writes_consistent_results(tmp_path):
 def test_unequal_steps_are_refused():
     with pytest.raises(ValueError, match="multiple of rounds x batch size"):
         fidelity.run_experiment(tiny_config(budget=13), progress=False)
+
+
+def test_command_line_flags_reach_the_config_and_bad_arms_fail_before_any_work(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run(cfg, **kwargs):  # records the config the command line built; runs nothing
+        seen["cfg"] = cfg
+        raise SystemExit(0)
+
+    monkeypatch.setattr(fidelity, "run_experiment", fake_run)
+    with pytest.raises(SystemExit):
+        fidelity.main(["--gpu-scaled", "--seeds", "7", "--budget", "24", "--arms", "random,kmq", "--out", str(tmp_path)])
+    cfg = seen["cfg"]
+    assert (cfg.seeds, cfg.budget, cfg.arms) == (7, 24, ("random", "kmq"))
+    assert (cfg.scale, cfg.k, cfg.device) == (fidelity.GPU_SCALED["scale"], fidelity.GPU_SCALED["k"], "cuda")
+    with pytest.raises(SystemExit):
+        fidelity.main(["--out", str(tmp_path)])
+    assert seen["cfg"].arms == fidelity.DEFAULT_ARMS and seen["cfg"].seeds == 5 and seen["cfg"].scale == 1.0
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="unknown arms"):
+        fidelity.main(["--arms", "random,no-such-arm", "--out", str(tmp_path)])
