@@ -91,7 +91,7 @@ def distill(model) -> np.ndarray:
     from sklearn.decomposition import PCA
 
     tokenizer = model.tokenizer
-    ids = torch.arange(len(tokenizer))
+    ids = torch.arange(max(tokenizer.get_vocab().values()) + 1)  # every id the tokenizer can emit, gaps included
     # Where one token sits among the model's special tokens (e.g. [CLS] token [SEP]).
     (token,) = tokenizer("a", add_special_tokens=False)["input_ids"]
     specials = tokenizer("a")["input_ids"]
