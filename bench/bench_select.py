@@ -9,7 +9,11 @@ Prints a markdown table of ratios:
 3. faiss k-means with our defaults (k-means++ seeding, 20 iterations) vs the research code's setting
    (random seeding, niter=300, nredo=5) on the same embeddings: time and objective ratios
    (target: >= 20x faster at <= 1% worse objective);
-4. kMQ sampling time and peak memory at 1M rows after clustering (synthetic labels and quality).
+4. kMQ sampling time and peak memory at 1M rows after clustering (synthetic labels and quality);
+5. the encoders on real rows: the static encoder (`encoder="static"`) vs the packaged MiniLM in rows/s,
+   and how far its k-means partition agrees with MiniLM's (adjusted Rand, NMI) against the agreement
+   of two MiniLM partitions that differ only in the k-means seed; and MiniLM encoding in length order
+   across the whole pool vs sorted inside each 1,024-row chunk.
 
 The `measure_*` functions return the raw numbers (a dict); `bench/run.py` calls them and writes
 `docs/performance.md`. The `bench_*` functions turn them into the rows of the table printed here.
@@ -33,7 +37,7 @@ import numpy as np  # noqa: E402
 
 import hf_idsel  # noqa: E402
 from hf_idsel.cluster import kmeans  # noqa: E402
-from hf_idsel.embed import DEFAULT_ENCODER, load_encoder  # noqa: E402
+from hf_idsel.embed import DEFAULT_ENCODER, _Encoder, embed_dataset, encoder_identity, length_order, load_encoder  # noqa: E402
 from hf_idsel.render import render_batch, resolve_render_options  # noqa: E402
 from hf_idsel.sample import kmq_sample  # noqa: E402
 
@@ -223,20 +227,108 @@ def bench_sampling(n: int, k: int, seed: int) -> list[tuple]:
     ]
 
 
+def measure_encoders(rows: int = 2000, seed: int = 0, *, k: int = 32, encoder=None, repeats: int = 1, chunk: int = 1024) -> dict:
+    """The static encoder vs MiniLM on `rows` real rows: rows/s, partition agreement, and the length-sort gain.
+
+    Rows/s: `embed_dataset` with an empty cache (render, fit, encode, write), each encoder loaded and warmed
+    up outside the timing; the static encoder's one-time weight build is timed apart. Agreement: adjusted
+    Rand index and NMI of `kmeans(x, k)` partitions, static (seed 0) vs MiniLM (seed 0), and the noise floor
+    MiniLM seed 0 vs MiniLM seeds 1..3 (mean). Length sort: MiniLM `encode` of the same fitted texts in
+    `chunk`-row chunks, chunks in pool order (each sorted inside by sentence-transformers) vs chunks of the
+    whole pool's length order; alternated, fastest kept; the vectors must be the same rows.
+    """
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    pool = real_pool(rows)
+    options = resolve_render_options(pool.column_names)
+    minilm = encoder if encoder is not None else load_encoder(DEFAULT_ENCODER)
+    minilm.encode(["warm-up"] * 64, batch_size=64)
+    # The static weights are built on first use into HF_DATASETS_CACHE (a fresh HF_HOME here unless one is set).
+    identity, build_s = timed(lambda: encoder_identity("static"))
+    static, load_s = timed(lambda: load_encoder("static"))
+    static.encode(["warm-up"] * 64)
+
+    def embed(model):
+        with tempfile.TemporaryDirectory() as cache:
+            return timed(lambda: embed_dataset(pool, options, encoder=model, cache_dir=cache)[0])
+
+    static_x, static_s = min((embed(static) for _ in range(max(repeats, 1))), key=lambda r: r[1])
+    minilm_x, minilm_s = embed(minilm)
+
+    encode = _Encoder(minilm, None, options, None, revision=None, device=None, batch_size=64, trust_remote_code=False)
+    texts = encode.texts(pool, chunk)
+    order = length_order(texts)
+    pool_order = np.arange(len(texts))
+
+    def encode_in(positions):
+        out = np.empty((len(texts), minilm_x.shape[1]), dtype=np.float32)
+        for a in range(0, len(positions), chunk):
+            rows_ = positions[a : a + chunk]
+            out[rows_] = encode([texts[i] for i in rows_], rows_)
+        return out
+
+    per_chunk, whole = [], []
+    for r in range(max(repeats, 1)):
+        for name in (("chunk", "whole") if r % 2 == 0 else ("whole", "chunk")):
+            x, t = timed(lambda: encode_in(pool_order if name == "chunk" else order))
+            (per_chunk if name == "chunk" else whole).append((t, x))
+    (chunk_s, chunk_x), (whole_s, whole_x) = min(per_chunk, key=lambda r: r[0]), min(whole, key=lambda r: r[0])
+
+    labels = {s: kmeans(minilm_x, k, seed=s).labels for s in range(4)}
+    static_labels = kmeans(static_x, k, seed=0).labels
+    floor_ari = [adjusted_rand_score(labels[0], labels[s]) for s in (1, 2, 3)]
+    floor_nmi = [normalized_mutual_info_score(labels[0], labels[s]) for s in (1, 2, 3)]
+    lengths = np.asarray([len(t) for t in texts])
+    return {
+        "rows": len(pool), "k": k, "chunk": chunk, "mean_chars": float(lengths.mean()),
+        "static_identity": f"{identity.id} @ {identity.revision}", "static_dim": int(static_x.shape[1]),
+        "static_build_s": build_s, "static_load_s": load_s,
+        "static_s": static_s, "minilm_s": minilm_s,
+        "static_rows_per_s": len(pool) / static_s, "minilm_rows_per_s": len(pool) / minilm_s,
+        "ari_static_vs_minilm": float(adjusted_rand_score(labels[0], static_labels)),
+        "nmi_static_vs_minilm": float(normalized_mutual_info_score(labels[0], static_labels)),
+        "ari_minilm_seeds": float(np.mean(floor_ari)), "nmi_minilm_seeds": float(np.mean(floor_nmi)),
+        "chunk_sorted_s": chunk_s, "whole_sorted_s": whole_s,
+        "chunk_sorted_runs_s": [t for t, _ in per_chunk], "whole_sorted_runs_s": [t for t, _ in whole],
+        "length_sort_max_abs_diff": float(np.abs(chunk_x - whole_x).max()),
+        "length_sort_same_rows": bool((np.argmax(whole_x @ chunk_x.T, axis=1) == pool_order).all()),
+        "length_sort_bitwise_equal": bool(np.array_equal(chunk_x, whole_x)),
+    }
+
+
+def bench_encoders(rows: int, seed: int) -> list[tuple]:
+    m = measure_encoders(rows, seed)
+    return [
+        (f"static encoder vs MiniLM, rows/s ({m['rows']} real rows)", f"{m['static_rows_per_s']:.0f} vs {m['minilm_rows_per_s']:.1f}",
+         m["static_rows_per_s"] / m["minilm_rows_per_s"], ">= 5x"),
+        (f"k-means partition agreement at k={m['k']}: static vs MiniLM (ARI)", f"NMI {m['nmi_static_vs_minilm']:.3f}",
+         m["ari_static_vs_minilm"], f"MiniLM seed to seed: ARI {m['ari_minilm_seeds']:.3f}, NMI {m['nmi_minilm_seeds']:.3f}"),
+        ("MiniLM encode, whole-pool length order vs per-chunk", f"{m['whole_sorted_s']:.1f} s vs {m['chunk_sorted_s']:.1f} s",
+         m["whole_sorted_s"] / m["chunk_sorted_s"], "< 1"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1000, help="real rows for the end-to-end comparison")
     parser.add_argument("--kmeans-rows", type=int, default=50_000)
     parser.add_argument("--kmeans-k", type=int, default=256)
     parser.add_argument("--sample-rows", type=int, default=1_000_000)
+    parser.add_argument("--encoder-rows", type=int, default=2000, help="real rows for the encoder comparison")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only-encoders", action="store_true", help="run only the encoder comparison")
     args = parser.parse_args()
     datasets.disable_progress_bars()
 
-    rows = []
-    rows += bench_end_to_end(args.rows, args.seed)
-    rows += bench_kmeans(args.kmeans_rows, args.kmeans_k, args.seed)
-    rows += bench_sampling(args.sample_rows, 1024, args.seed)
+    rows = bench_encoders(args.encoder_rows, args.seed)
+    if args.only_encoders:
+        args.rows = args.kmeans_rows = args.sample_rows = 0
+    if args.rows:
+        rows += bench_end_to_end(args.rows, args.seed)
+    if args.kmeans_rows:
+        rows += bench_kmeans(args.kmeans_rows, args.kmeans_k, args.seed)
+    if args.sample_rows:
+        rows += bench_sampling(args.sample_rows, 1024, args.seed)
     print("| measurement | values | ratio | target |")
     print("|---|---|---|---|")
     for name, values, ratio, target in rows:

