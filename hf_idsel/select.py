@@ -773,7 +773,12 @@ def _plan(pool, args: SelectArguments, checked: _Checked) -> SelectionPlan:
         k_fit, search = k, 0.0
     train_rows = min(n, 256 * k_fit)
     cluster_seconds = search + (train_rows * k_fit * d * args.kmeans_niter + n * k_fit * d) * _KMEANS_SECONDS_PER_UNIT
-    memory = n * d * 4 * 2 + train_rows * d * 4 + n * 16
+    # float16 vectors (the cache, a float16 column) are read a chunk at a time; others are copied whole to float32.
+    stored = args.embedding_column is None or (
+        getattr(getattr(pool.features[args.embedding_column], "feature", None), "dtype", None) == "float16"
+    )
+    matrix = n * d * 2 + 65536 * d * 4 if stored else n * d * 4 * 2
+    memory = matrix + train_rows * d * 4 + n * 16
     return SelectionPlan(
         pool_rows=n,
         budget_rows=checked.rows,
