@@ -11,8 +11,8 @@ datasets or trl. What each number is:
 * `encoder`: rows/s of all-MiniLM-L6-v2 (the packaged copy, converted to float16 safetensors by
   `prepare`) run with transformers (mean pooling and unit length, as its sentence-transformers
   modules specify) in float16 on CUDA (float32 on a CPU), encoding `--encoder-rows` real rows of the
-  built-in pool, rendered and fitted to 256 tokens exactly as hf_idsel embeds them, batch 512, after a
-  warm-up batch.
+  built-in pool, rendered and fitted to 256 tokens exactly as hf_idsel embeds them, batch 512 (32 on a
+  CPU), after a warm-up batch.
 * `kmeans`: time to fit k-means (k=`--k`, 20 iterations, on a seeded sample of 256 rows per centroid)
   and assign all `--rows` synthetic unit vectors (a mixture of 1024 Gaussians in 384 dims). With faiss
   importable: faiss on the GPU when it sees one, else faiss on the CPU, and the implementation says so.
@@ -96,11 +96,13 @@ class Encoder:
         self.model = AutoModel.from_pretrained(folder, dtype=self.dtype).to(device).eval()
         self.folder, self.device, self.max_length = folder, device, max_length
 
-    def __call__(self, texts: list[str], batch_size: int = 512):
+    def __call__(self, texts: list[str], batch_size: int | None = None):
         """float16 unit vectors of `texts` (numpy), batches sorted by length as sentence-transformers does."""
         import numpy as np
         import torch
 
+        # 512 rows of 256 tokens fill a GPU; on a CPU their attention maps alone take over 1 GB in float32.
+        batch_size = batch_size or (512 if self.device == "cuda" else 32)
         order = np.argsort([-len(t) for t in texts], kind="stable")
         out = torch.empty((len(texts), self.model.config.hidden_size), dtype=torch.float16)
         with torch.inference_mode():

@@ -49,15 +49,15 @@ def test_prepare_writes_a_float16_encoder_small_enough_to_travel(assets):
 
 def test_the_run_needs_no_faiss_datasets_or_trl(assets, tmp_path):
     out = str(tmp_path / "gpu.json")
-    command = [sys.executable, "-c", BARE_IMAGE, SCRIPT, "run", "--assets", assets, "--rows", "600", "--k", "8",
-               "--encoder-rows", "64", "--json", out]
+    command = [sys.executable, "-c", BARE_IMAGE, SCRIPT, "run", "--assets", assets, "--rows", "100", "--k", "4",
+               "--encoder-rows", "16", "--json", out]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     with open(out) as f:
         result = json.load(f)
     assert result["machine"]["faiss"] is None and result["machine"]["datasets"] is None and result["machine"]["trl"] is None
-    assert result["encoder"]["rows"] == 64 and result["encoder"]["rows_per_s"] > 0 and result["encoder"]["dim"] == 384
-    assert result["kmeans"]["implementation"].startswith("torch") and result["kmeans"]["rows"] == 600
+    assert result["encoder"]["rows"] == 16 and result["encoder"]["rows_per_s"] > 0 and result["encoder"]["dim"] == 384
+    assert result["kmeans"]["implementation"].startswith("torch") and result["kmeans"]["rows"] == 100
     select = result["select"]
     assert "in this script" in select["implementation"]
-    assert select["selected"] == select["distinct"] == 60  # the exact budget, distinct rows
+    assert select["selected"] == select["distinct"] == 10  # the exact budget, distinct rows
