@@ -50,7 +50,7 @@ FULL = {
         # Full fine-tuning of SmolLM2-135M on this CPU takes ~12 s a step: 4 steps a side, no scoring comparison.
         "smollm2": {"rows": 16, "rounds": 2, "k": 4, "repeats": 2, "pool_rows": None, "scoring": False},
     },
-    "scale": {"sizes": [10_000, 100_000, 1_000_000], "k": 1024, "encoder_rows": 2000},
+    "scale": {"sizes": [10_000, 100_000, 1_000_000], "k": 1024, "encoder_rows": 2000, "stored_sizes": [1_000_000, 10_000_000]},
     "gpu": {"sizes": [100_000, 1_000_000], "k": 1024, "encoder_rows": 2000},
     # k="auto" at 200k rows (bench/k_auto.py runs the whole synthetic validation, 50k to 200k rows).
     "k_auto": {"pools": [(200_000, 2048)], "dim": 64, "spread": 0.6},
@@ -65,7 +65,7 @@ QUICK = {
         "smollm2": {"rows": 8, "rounds": 2, "k": 4, "repeats": 1, "scoring": False,
                     "pool_rows": {"gsm8k": 16, "humaneval": 8, "chitchat": 16, "mmlu": 16}},
     },
-    "scale": {"sizes": [1000, 4000], "k": 16, "encoder_rows": 32},
+    "scale": {"sizes": [1000, 4000], "k": 16, "encoder_rows": 32, "stored_sizes": [4000]},
     "gpu": {"sizes": [4000], "k": 16, "encoder_rows": 32},
     "k_auto": {"pools": [(6_000, 48)], "dim": 64, "spread": 0.6},
 }
@@ -262,7 +262,7 @@ def run_scale(cfg: dict, seed: int, encoder, out: str) -> dict:
 
     s = cfg["scale"]
     result = scale.scale_curve(s["sizes"], s["k"], encoder_rows=s["encoder_rows"], seed=seed, encoder=encoder,
-                               log=lambda m: log(m))
+                               log=lambda m: log(m), stored_sizes=s.get("stored_sizes", ()))
     log(f"scale: encoder {result['encoder']['rows_per_s']:.1f} rows/s on {result['encoder']['rows']} real rows")
     return result
 
@@ -435,6 +435,30 @@ def _scale_section(results: dict, png_name: str) -> list[str]:
         f"({enc['seconds']:.1f} s; sources {', '.join(enc['sources'])}); the column is pool rows / that rate. Real pools with "
         "shorter or longer texts embed faster or slower." + _embed_share(s),
         "",
+    ] + _stored_section(s)
+
+
+def _stored_section(s: dict) -> list[str]:
+    import scale
+
+    if not s.get("stored"):
+        return []
+    at_1m = [p for p in s["stored"] if p["rows"] == 1_000_000]
+    goal = (f" Goal: RSS peak increment at 1M rows at most 2x the float16 matrix; measured "
+            f"{at_1m[0]['rss_increment_over_float16']:.2f}x ({'met' if at_1m[0]['rss_increment_over_float16'] <= 2 else 'NOT met'})."
+            if at_1m else "")
+    return [
+        "### Past RAM: float16 vectors memory-mapped from an Arrow file",
+        "",
+        scale.stored_table(s["stored"]),
+        "",
+        "The vectors are written chunk by chunk as float16 to an Arrow file (never whole in memory; not timed) and "
+        "`datasets.Dataset.from_file` memory-maps it. `diverse_select(pool, n // 10, k=k, embedding_column=\"embedding\", "
+        "quality_column=\"quality\")` runs once in a fresh subprocess after a 2,000-row warm-up: the column is read as "
+        "`hf_idsel.cache.StoredVectors` (zero-copy views, rows normalised in float32 as they are read), k-means is fitted on "
+        "a seeded sample of 256 k rows and every row is assigned in chunks. The RSS counts the pages of the mapped file "
+        "that were read (the whole file, by the assignment and the manifest's digests)." + goal,
+        "",
     ]
 
 
@@ -465,7 +489,9 @@ def _gpu_section(results: dict) -> list[str]:
     g = results["gpu"]
     if not g["available"]:
         return ["## GPU path", "", f"{g['note']}. No GPU numbers are reported; on a machine where torch sees CUDA and faiss-gpu "
-                "is installed, the same command adds faiss-gpu k-means and bf16 encoder throughput here.", ""]
+                "is installed, the same command adds faiss-gpu k-means and bf16 encoder throughput here. For a bare GPU image "
+                "(torch, transformers, sentence-transformers; no faiss, datasets or trl) the prepared script `bench/gpu.py` "
+                "measures float16 encoder rows/s, k-means at 1M rows and a 1M-row selection (see its docstring).", ""]
     lines = ["## GPU path", "", f"Device: {g['status'].get('device_name')}.", "",
              "| pool rows | k | k-means on GPU s | kMQ s |", "|---|---|---|---|"]
     for p in g["points"]:

@@ -22,6 +22,14 @@ What each number is (also written next to the numbers in docs/performance.md):
   The second run is under `tracemalloc` and gives the peak of Python-tracked allocations (numpy
   arrays included; faiss's and Arrow's C++ buffers are not tracked). `ru_maxrss` is the subprocess's
   lifetime peak (data construction included).
+* Past RAM (`--stored-sizes`, default 1M and 10M): the synthetic vectors are written chunk by chunk,
+  as float16, straight to an Arrow file on disk (never whole in memory; not measured), which
+  `datasets.Dataset.from_file` memory-maps. Then `diverse_select(pool, n // 10, k=k,
+  embedding_column="embedding", quality_column="quality")` runs ONCE (no tracemalloc rerun) in a fresh
+  subprocess: the float16 column is read as `hf_idsel.cache.StoredVectors`, k-means is fitted on a
+  seeded sample of 256 k rows and every row is assigned in chunks. Reported: time, CPU time, the RSS
+  peak (psutil every 5 ms; it counts the pages of the memory-mapped file that were read) and its
+  ratio to the float16 matrix's bytes. The file is deleted afterwards.
 * Encoder throughput is measured, not extrapolated: `hf_idsel.embed.embed_dataset` (render, fit to
   256 tokens, encode with the packaged all-MiniLM-L6-v2, write the cache) on `--encoder-rows` real
   rows of `hf_idsel.load_builtin_pool()`. The time to embed 10k/100k/1M rows is then EXTRAPOLATED
@@ -47,6 +55,7 @@ os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf_idsel-bench-"))
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIZES = (10_000, 100_000, 1_000_000)
+STORED_SIZES = (1_000_000, 10_000_000)
 DIM = 384
 CENTERS = 1024
 
@@ -183,6 +192,92 @@ def worker(n: int, k: int, seed: int = 0, phases=("stages", "diverse_select"), g
     return result
 
 
+def write_stored_pool(path: str, n: int, *, dim: int = DIM, centers: int = CENTERS, seed: int = 0, chunk: int = 262_144) -> int:
+    """Write `n` synthetic unit vectors (a mixture of `centers` Gaussians) as float16, with a quality column, to the
+    Arrow file `path`, one chunk at a time. Returns the bytes of the float16 vectors."""
+    import datasets
+    import numpy as np
+    import pyarrow as pa
+    from datasets.arrow_writer import ArrowWriter
+
+    rng = np.random.default_rng(seed)
+    means = rng.standard_normal((centers, dim), dtype=np.float32)
+    features = datasets.Features({"embedding": datasets.List(datasets.Value("float16"), length=dim), "quality": datasets.Value("float64")})
+    with ArrowWriter(path=path, features=features, fingerprint=f"synthetic-float16-{n}-{dim}-{seed}") as writer:
+        for start in range(0, n, chunk):
+            rows = min(chunk, n - start)
+            block = means[rng.integers(centers, size=rows)] + 0.6 * rng.standard_normal((rows, dim), dtype=np.float32)
+            block /= np.linalg.norm(block, axis=1, keepdims=True)
+            vectors = pa.FixedSizeListArray.from_arrays(block.astype(np.float16).reshape(-1), dim)
+            writer.write_table(pa.table({"embedding": vectors, "quality": rng.normal(size=rows)}))
+        writer.finalize()
+    return n * dim * 2
+
+
+def stored_worker(n: int, k: int, seed: int = 0, data_dir: str | None = None) -> dict:
+    """Measure `diverse_select` on `n` float16 vectors memory-mapped from an Arrow file (called in a subprocess)."""
+    import datasets
+
+    import hf_idsel
+
+    datasets.disable_progress_bars()
+    with tempfile.TemporaryDirectory(dir=data_dir, prefix="hf_idsel-stored-") as folder:
+        # Warm-up on 2,000 rows: imports and first-call setup (faiss, sklearn, datasets) are not selection time.
+        write_stored_pool(os.path.join(folder, "warm.arrow"), 2000, seed=seed + 1)
+        warm = datasets.Dataset.from_file(os.path.join(folder, "warm.arrow"))
+        hf_idsel.diverse_select(warm, 200, k=8, seed=seed, embedding_column="embedding", quality_column="quality")
+        del warm
+        path = os.path.join(folder, "pool.arrow")
+        started = time.perf_counter()
+        matrix_bytes = write_stored_pool(path, n, seed=seed)
+        write_seconds = time.perf_counter() - started
+        pool = datasets.Dataset.from_file(path)
+        budget = n // 10
+        with PeakRSS() as rss:
+            cpu = _cpu_seconds()
+            start = time.perf_counter()
+            subset = hf_idsel.diverse_select(pool, budget, k=k, seed=seed, embedding_column="embedding", quality_column="quality")
+            seconds = time.perf_counter() - start
+            cpu = _cpu_seconds() - cpu
+        assert len(subset) == budget
+        del subset, pool
+    return {
+        "rows": n, "dim": DIM, "k": k, "budget": budget, "float16_bytes": matrix_bytes, "write_seconds": write_seconds,
+        "seconds": seconds, "cpu_seconds": cpu, "rss_start_bytes": rss.start, "rss_peak_bytes": rss.peak,
+        "rss_peak_increment_bytes": rss.increment, "rss_increment_over_float16": rss.increment / matrix_bytes,
+        "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+
+
+def measure_stored(n: int, k: int, *, seed: int = 0, data_dir: str | None = None, timeout=None) -> dict:
+    """Run `stored_worker` for one size in a fresh subprocess and return its numbers."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.json")
+        command = [sys.executable, os.path.abspath(__file__), "--stored-worker", "--n", str(n), "--k", str(k),
+                   "--seed", str(seed), "--worker-out", out]
+        if data_dir:
+            command += ["--data-dir", data_dir]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"stored worker for n={n} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+        with open(out) as f:
+            return json.load(f)
+
+
+def stored_table(points: list) -> str:
+    gib = 2**30
+    lines = [
+        "| pool rows (float16, memory-mapped) | diverse_select s | CPU s | float16 matrix GiB | RSS before GiB | RSS peak GiB | RSS peak increment GiB | increment / float16 matrix |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in points:
+        lines.append(
+            f"| {p['rows']:,} | {p['seconds']:.1f} | {p['cpu_seconds']:.1f} | {p['float16_bytes'] / gib:.2f} | {p['rss_start_bytes'] / gib:.2f} "
+            f"| {p['rss_peak_bytes'] / gib:.2f} | {p['rss_peak_increment_bytes'] / gib:.2f} | {p['rss_increment_over_float16']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def measure_size(n: int, k: int, *, seed: int = 0, phases=("stages", "diverse_select"), gpu: bool = False, timeout=None) -> dict:
     """Run `worker` for one pool size in a fresh subprocess and return its numbers."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -232,8 +327,10 @@ def measure_encoder(rows: int = 2000, *, encoder=None, device: str | None = None
     }
 
 
-def scale_curve(sizes=SIZES, k: int = 1024, *, encoder_rows: int = 2000, seed: int = 0, encoder=None, log=print) -> dict:
-    """Every size in its own subprocess, plus the measured encoder rate and the extrapolated embedding times."""
+def scale_curve(sizes=SIZES, k: int = 1024, *, encoder_rows: int = 2000, seed: int = 0, encoder=None, log=print,
+                stored_sizes=STORED_SIZES, data_dir: str | None = None) -> dict:
+    """Every size in its own subprocess, plus the measured encoder rate and the extrapolated embedding times, then
+    the memory-mapped float16 sizes (`stored_sizes`)."""
     points = []
     for n in sizes:
         started = time.perf_counter()
@@ -243,7 +340,11 @@ def scale_curve(sizes=SIZES, k: int = 1024, *, encoder_rows: int = 2000, seed: i
     enc = measure_encoder(encoder_rows, encoder=encoder)
     for point in points:
         point["extrapolated_embed_s"] = point["rows"] / enc["rows_per_s"]
-    return {"k": k, "dim": DIM, "centers": CENTERS, "budget_fraction": 0.1, "points": points, "encoder": enc}
+    stored = []
+    for n in stored_sizes:
+        stored.append(measure_stored(n, min(k, n), seed=seed, data_dir=data_dir))
+        log(f"scale: float16 memory-mapped n={n:,}: {stored[-1]['seconds']:.0f} s, RSS peak +{stored[-1]['rss_peak_increment_bytes'] / 2**30:.2f} GiB")
+    return {"k": k, "dim": DIM, "centers": CENTERS, "budget_fraction": 0.1, "points": points, "encoder": enc, "stored": stored}
 
 
 def plot(result: dict, path: str, gpu_points: list | None = None) -> str:
@@ -311,6 +412,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--encoder-rows", type=int, default=2000)
+    parser.add_argument("--stored-sizes", type=int, nargs="*", default=list(STORED_SIZES),
+                        help="sizes selected from float16 vectors memory-mapped from an Arrow file")
+    parser.add_argument("--data-dir", default=None, help="folder for the float16 Arrow files (deleted after each size)")
     parser.add_argument("--plot", default=None, help="write the log-log PNG here")
     parser.add_argument("--json", default=None, help="write the numbers here")
     # Internal: one pool size in this process.
@@ -319,14 +423,23 @@ def main() -> None:
     parser.add_argument("--phases", nargs="+", default=["stages", "diverse_select"], help=argparse.SUPPRESS)
     parser.add_argument("--gpu", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
+    parser.add_argument("--stored-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.stored_worker:
+        result = stored_worker(args.n, args.k, args.seed, args.data_dir)
+        with open(args.worker_out, "w") as f:
+            json.dump(result, f)
+        return
     if args.worker:
         result = worker(args.n, args.k, args.seed, tuple(args.phases), gpu=args.gpu)
         with open(args.worker_out, "w") as f:
             json.dump(result, f)
         return
-    result = scale_curve(args.sizes, args.k, encoder_rows=args.encoder_rows, seed=args.seed)
+    result = scale_curve(args.sizes, args.k, encoder_rows=args.encoder_rows, seed=args.seed,
+                         stored_sizes=args.stored_sizes, data_dir=args.data_dir)
     print(table(result))
+    if result["stored"]:
+        print("\n" + stored_table(result["stored"]))
     enc = result["encoder"]
     print(f"\nencoder: {enc['rows_per_s']:.0f} rows/s measured on {enc['rows']} real rows ({enc['device']}); "
           "embedding times above are extrapolated from it")

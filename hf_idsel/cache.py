@@ -8,6 +8,10 @@ cache folder of their own, hence one fixed folder for all.
 Files are written under a temporary name and moved into place when complete, with their key in
 the schema metadata. On read, a file must carry the expected key, have one row per input row and
 pass the result's own content check; anything else is logged, deleted and recomputed.
+
+Vectors are stored as float16 (half the disk and memory of float32) and read through
+[`StoredVectors`]: zero-copy views of the (memory-mapped) Arrow buffers, normalised to unit length
+in float32 for the rows actually read, so a pool larger than RAM is read in chunks.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import datasets
+import numpy as np
 import pyarrow as pa
 from datasets.arrow_writer import ArrowWriter
 from datasets.fingerprint import Hasher
@@ -288,6 +293,117 @@ def _remove_abandoned_partials(folder: str) -> None:
         except OSError:  # already gone, or not ours to delete
             continue
         logger.warning("Removed %s, an unfinished cache file left by an interrupted run.", partial)
+
+
+STORED_VECTOR_DTYPE = np.float16  # the cached embeddings' entry format; float32 files are older entries
+
+
+def unit_rows(block) -> np.ndarray:
+    """`block` (`(m, d)` floats of any precision) as float32 rows scaled to unit length.
+
+    The one normalisation of the library: upcast first, then divide by the float32 norm, so float16
+    storage gives the same vectors on every read, every rank and every run.
+    """
+    x = np.asarray(block, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / norms, dtype=np.float32)
+
+
+class StoredVectors:
+    """An `(n, d)` matrix kept in an Arrow column of float lists, read as unit-norm float32 rows.
+
+    Nothing is copied up front: each Arrow chunk is a zero-copy numpy view (of the memory-mapped file
+    when the table was read from disk), and indexing (`x[a:b]`, `x[row_ids]`) upcasts and normalises
+    only the rows asked for (see [`unit_rows`]). `np.asarray(x)` reads every row, for the consumers
+    that need the whole float32 matrix (greedy baselines, de-duplication) on pools that fit in memory.
+
+    Args:
+        column (`pa.ChunkedArray` or `pa.Array`):
+            Lists of one length (list, large list or fixed-size list) of floats without missing values.
+    """
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, column):
+        chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+        self._column = column  # keeps the buffers (and the file's memory map) alive
+        self._blocks = [_chunk_matrix(chunk) for chunk in chunks if len(chunk)]
+        dims = {block.shape[1] for block in self._blocks}
+        if len(dims) > 1:
+            raise InvalidArgumentError(f"The stored vectors have dimensions {sorted(dims)}; all must have one dimension.")
+        sizes = [len(block) for block in self._blocks]
+        self._starts = np.cumsum([0, *sizes])
+        self.shape = (int(self._starts[-1]), dims.pop() if dims else 0)
+
+    @property
+    def storage_dtype(self) -> np.dtype:
+        return self._blocks[0].dtype if self._blocks else np.dtype(STORED_VECTOR_DTYPE)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored values (float16: half a float32 matrix)."""
+        return sum(block.nbytes for block in self._blocks)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def raw(self, key) -> np.ndarray:
+        """Rows `key` (a slice or row numbers) as stored, without normalising."""
+        n = self.shape[0]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(n)
+            if step != 1:
+                return self.raw(np.arange(start, stop, step))
+            parts = []
+            for i, block in enumerate(self._blocks):
+                lo, hi = max(start, self._starts[i]), min(stop, self._starts[i + 1])
+                if lo < hi:
+                    parts.append(block[lo - self._starts[i] : hi - self._starts[i]])
+            if not parts:
+                return np.empty((0, self.shape[1]), dtype=self.storage_dtype)
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        rows = np.asarray(key)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        rows = rows.astype(np.int64, copy=False).reshape(-1)
+        if len(rows) and (rows.min() < -n or rows.max() >= n):
+            raise IndexError(f"row numbers out of range for {n} stored vectors")
+        rows = np.where(rows < 0, rows + n, rows)
+        out = np.empty((len(rows), self.shape[1]), dtype=self.storage_dtype)
+        which = np.searchsorted(self._starts, rows, side="right") - 1
+        for i in np.unique(which):
+            mask = which == i
+            out[mask] = self._blocks[i][rows[mask] - self._starts[i]]
+        return out
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return unit_rows(self.raw([key]))[0]
+        return unit_rows(self.raw(key))
+
+    def __array__(self, dtype=None, copy=None):
+        matrix = self[:]
+        return matrix if dtype is None else matrix.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"StoredVectors(shape={self.shape}, stored as {self.storage_dtype})"
+
+
+def _chunk_matrix(chunk: pa.Array) -> np.ndarray:
+    """A zero-copy `(rows, d)` numpy view of one Arrow chunk of equal-length float lists."""
+    values = chunk.flatten()  # honours the chunk's offset and list offsets
+    if values.null_count:
+        raise InvalidArgumentError("The stored vectors hold missing values.")
+    try:
+        flat = values.to_numpy(zero_copy_only=True)
+    except pa.ArrowInvalid:  # a type numpy cannot view (e.g. float16 with a validity buffer): copy it
+        flat = values.to_numpy(zero_copy_only=False)
+    if len(chunk) == 0:
+        return flat.reshape(0, 0)
+    if flat.size % len(chunk):
+        raise InvalidArgumentError("The stored vectors have different lengths; all must have one dimension.")
+    return flat.reshape(len(chunk), -1)
 
 
 def folder_revision(path: str) -> str:

@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tokenizer", default=None, help="Tokenizer id/path for --max-tokens.")
     s.add_argument("--device", default=None, help="Encoder device (default: GPU when available).")
     s.add_argument("--dry-run", action="store_true", help="Print the plan and estimated cost, compute nothing.")
+    s.add_argument("--streaming", action="store_true",
+                   help="Stream POOL (a Hub dataset or local data files) instead of loading it: embed while streaming, "
+                        "then read it again keeping only the chosen rows.")
     s.add_argument("--push-to-hub", metavar="REPO", default=None, help="Also push the subset, manifest, card and plot to this dataset repo.")
     s.add_argument("--private", action="store_true", help="Create the pushed repo private.")
 
@@ -206,7 +209,7 @@ def _run_select(args) -> int:
     args.pool = args.pool or args.dataset_name
     if not args.dry_run:
         _check_out(args.out, args.overwrite)
-    pool = load_pool(args.pool, split=args.split, config=args.config, revision=args.revision)
+    pool = _load_stream(args) if args.streaming else load_pool(args.pool, split=args.split, config=args.config, revision=args.revision)
     # The flags named like diverse_select's arguments pass straight through.
     passed = ("method", "k", "seed", "quality_column", "source_column", "temperature", "quota", "embedding_column", "text_column",
               "template", "dedup_threshold", "device")
@@ -258,6 +261,31 @@ def _run_select(args) -> int:
         url = push_selection(subset, args.push_to_hub, manifest=manifest, local_dir=args.out, private=args.private or None)
         print(f"Pushed to {url}")
     return 0
+
+
+def _load_stream(args) -> "datasets.IterableDataset":
+    """POOL as a `datasets.IterableDataset` (`load_dataset(..., streaming=True)`), for `--streaming`."""
+    import datasets
+
+    from .pool import _FILE_BUILDERS
+
+    if args.pool == BUILTIN_POOL:
+        raise InvalidArgumentError("--streaming reads a Hub dataset or local data files; the built-in pool is loaded whole, drop --streaming.")
+    if args.dry_run:
+        raise InvalidArgumentError("--dry-run needs the pool's size, which a stream only knows once read; drop --streaming or --dry-run.")
+    if os.path.isfile(args.pool):
+        builder = _FILE_BUILDERS.get(os.path.splitext(args.pool)[1].lower())
+        if builder is None:
+            raise InvalidArgumentError(f"POOL={args.pool!r}: unsupported file type; use one of {sorted(_FILE_BUILDERS)}.")
+        return datasets.load_dataset(builder, data_files=args.pool, split="train", streaming=True)
+    try:
+        return datasets.load_dataset(args.pool, args.config, revision=args.revision, split=args.split, streaming=True)
+    except (OSError, ValueError, datasets.exceptions.DatasetsError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise InvalidArgumentError(
+            f"POOL={args.pool!r} cannot be streamed (split {args.split!r}): {reason}. Check the path or dataset id, "
+            "--config and --split, or drop --streaming."
+        ) from None
 
 
 def _check_out(out: str, overwrite: bool) -> None:

@@ -1,8 +1,10 @@
 """Cluster: seeded faiss k-means on unit vectors, chunked assignment, and k chosen by silhouette.
 
-k-means is fitted on at most `max_points_per_centroid * k` rows (a seeded sample: faiss's own
-rule), then every row is assigned to its nearest centroid in chunks, so memory stays near the size
-of the embedding matrix. On a machine where faiss sees a GPU, training and assignment run there.
+k-means is fitted on at most `max_points_per_centroid * k` rows (a seeded sample), then every row is
+assigned to its nearest centroid in chunks, so memory stays near the size of the embedding matrix.
+Vectors stored as float16 ([`~cache.StoredVectors`], memory-mapped) are never loaded whole: only the
+training sample and one chunk at a time are upcast to float32. On a machine where faiss sees a GPU,
+training and assignment run there.
 """
 
 from __future__ import annotations
@@ -88,8 +90,10 @@ def kmeans(
     """Seeded spherical k-means with faiss, fitted on a sample, then every row assigned in chunks.
 
     Args:
-        embeddings (`np.ndarray`):
-            `(n, d)` unit-norm float32 rows.
+        embeddings (`np.ndarray` or [`~cache.StoredVectors`]):
+            `(n, d)` unit-norm float32 rows, or stored vectors read as such. A float32 matrix above
+            `max_points_per_centroid * k` rows is sampled by faiss; stored vectors by a seeded numpy draw
+            of that many rows, so only the sample is ever upcast whole.
         k (`int`):
             Number of clusters, `1 <= k <= n`.
         seed (`int`, *optional*, defaults to `0`):
@@ -115,10 +119,11 @@ def kmeans(
     seed = check_seed(seed)
     niter = check_int(niter, "niter", minimum=1, maximum=MAX_INT32)
     faiss = _faiss()
-    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    in_memory = isinstance(embeddings, np.ndarray)
+    x = np.ascontiguousarray(embeddings, dtype=np.float32) if in_memory else embeddings
     gpu = use_gpu() if gpu is None else gpu
     if k == 1:
-        centroid = x.mean(axis=0, keepdims=True)
+        centroid = x.mean(axis=0, keepdims=True) if in_memory else _chunked_mean(x)
         centroids = _normalise(centroid)
     else:
         km = faiss.Kmeans(
@@ -148,7 +153,14 @@ def kmeans(
             init_centroids = np.ascontiguousarray(seeds, dtype=np.float32)
         elif init != "random":
             raise InvalidArgumentError(f"`init`={init!r}; choose 'k-means++' or 'random'.")
-        km.train(x, init_centroids=init_centroids)
+        train = x
+        if not in_memory:
+            cap = max_points_per_centroid * k
+            # Past RAM: fit on a seeded sample of faiss's size, read from the stored vectors in sorted order.
+            rows = np.arange(n) if n <= cap else np.sort(np.random.default_rng([seed, 1]).choice(n, size=cap, replace=False))
+            train = _gather(x, rows)
+        km.train(train, init_centroids=init_centroids)
+        del train
         centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
     labels, similarity = assign(x, centroids, gpu=gpu)
     # ||x - c||^2 = 2 - 2 cos for unit vectors.
@@ -157,7 +169,7 @@ def kmeans(
     if warn_empty:
         empty = int((clustering.sizes == 0).sum())
         if empty:
-            distinct = len(np.unique(x, axis=0))
+            distinct = len(np.unique(x, axis=0)) if in_memory else len(np.unique(x.raw(slice(None)), axis=0))
             logger.warning(
                 "k-means left %d of %d clusters empty (the rows hold %d distinct vectors); they get no rows. "
                 "Pass a smaller `k` (at most %d) for clusters that all hold rows.",
@@ -166,8 +178,27 @@ def kmeans(
     return clustering
 
 
-def assign(embeddings: np.ndarray, centroids: np.ndarray, *, gpu: bool = False, chunk: int = ASSIGN_CHUNK):
-    """Nearest centroid (by cosine) of every row, computed in chunks; returns `(labels, similarity)`."""
+def _gather(x, rows: np.ndarray, chunk: int = ASSIGN_CHUNK) -> np.ndarray:
+    """Rows `rows` of stored vectors as one float32 matrix, upcast one chunk at a time."""
+    out = np.empty((len(rows), x.shape[1]), dtype=np.float32)
+    for start in range(0, len(rows), chunk):
+        out[start : start + chunk] = x[rows[start : start + chunk]]
+    return out
+
+
+def _chunked_mean(x, chunk: int = ASSIGN_CHUNK) -> np.ndarray:
+    total = np.zeros(x.shape[1], dtype=np.float64)
+    for start in range(0, len(x), chunk):
+        total += x[start : start + chunk].sum(axis=0, dtype=np.float64)
+    return (total / len(x)).astype(np.float32)[None, :]
+
+
+def assign(embeddings, centroids: np.ndarray, *, gpu: bool = False, chunk: int = ASSIGN_CHUNK):
+    """Nearest centroid (by cosine) of every row, computed in chunks; returns `(labels, similarity)`.
+
+    `embeddings` is a float32 matrix or [`~cache.StoredVectors`]; each chunk of `chunk` rows is read
+    (and, for stored vectors, upcast and normalised) on its own, so only one chunk is in float32 at a time.
+    """
     faiss = _faiss()
     index = faiss.IndexFlatIP(centroids.shape[1])
     if gpu:

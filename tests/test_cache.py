@@ -214,3 +214,75 @@ def test_without_file_locks_an_unfinished_file_counts_as_abandoned_after_a_day(c
         assert run_squares(pool, "k", cache_dir)["square"] == [x * x for x in range(10)]
     assert os.path.exists(recent) and not os.path.exists(old) and old in caplog.text
     assert os.path.exists(cache_file("squares", "k", cache_dir))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Embeddings are stored as float16 and read through StoredVectors: memory-mapped, normalised in float32 per read.
+from hf_idsel.cache import STORED_VECTOR_DTYPE, StoredVectors, unit_rows  # noqa: E402
+
+
+def chunked_column(matrix: np.ndarray, sizes) -> pa.ChunkedArray:
+    chunks, start = [], 0
+    for size in sizes:
+        block = matrix[start : start + size]
+        chunks.append(pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), matrix.shape[1]))
+        start += size
+    return pa.chunked_array(chunks)
+
+
+def test_stored_vectors_read_any_rows_across_chunks_as_unit_float32():
+    raw = np.random.default_rng(0).normal(size=(23, 8)).astype(np.float16)
+    vectors = StoredVectors(chunked_column(raw, [5, 0, 10, 8]))
+    whole = unit_rows(raw)
+    assert vectors.shape == (23, 8) and len(vectors) == 23 and vectors.nbytes == raw.nbytes
+    assert vectors.storage_dtype == np.float16
+    assert np.array_equal(np.asarray(vectors), whole) and whole.dtype == np.float32
+    assert np.allclose(np.linalg.norm(whole, axis=1), 1, atol=1e-6)
+    assert np.array_equal(vectors[3:17], whole[3:17])  # crosses two chunk boundaries
+    rows = np.array([22, 0, 7, 7, 15, -1])
+    assert np.array_equal(vectors[rows], whole[rows])
+    assert np.array_equal(vectors[4], whole[4])
+    assert np.array_equal(vectors.raw(slice(None)), raw)
+    # A row reads the same whichever block it is read in: normalisation is per row, in float32.
+    assert np.array_equal(np.concatenate([vectors[i : i + 3] for i in range(0, 23, 3)]), whole)
+    with pytest.raises(IndexError):
+        vectors[np.array([23])]
+
+
+def test_stored_vectors_view_the_file_memory_map_without_copying(tmp_path):
+    raw = np.random.default_rng(1).normal(size=(1000, 16)).astype(np.float16)
+    written = write_cached("embeddings", "k", [{"embedding": raw[:600]}, {"embedding": raw[600:]}], directory=str(tmp_path))
+    vectors = StoredVectors(written.data.table.column("embedding"))
+    assert np.array_equal(vectors.raw(slice(None)), raw)
+    # The blocks are views of Arrow buffers (the mapped file), not numpy copies of them.
+    assert all(not block.flags.owndata for block in vectors._blocks)
+    assert vectors[599:601].dtype == np.float32
+
+
+def test_cached_embeddings_are_float16_half_the_size_and_old_float32_entries_are_rebuilt(cache_dir, caplog):
+    from hf_idsel.embed import embed_dataset
+    from hf_idsel.render import resolve_render_options
+
+    pool = datasets.Dataset.from_dict({"text": [f"note {i} about {['cats', 'tax', 'rust'][i % 3]}" for i in range(30)]})
+    options = resolve_render_options(pool.column_names)
+    first, _ = embed_dataset(pool, options, cache_dir=cache_dir)
+    [name] = [f for f in os.listdir(cache_dir) if f.startswith("embeddings-")]
+    path = os.path.join(cache_dir, name)
+    stored = datasets.Dataset.from_file(path).data.table.column("embedding")
+    assert stored.type.value_type == pa.float16() and STORED_VECTOR_DTYPE == np.float16
+    # The first run returns what it stored, read back: the same vectors as every later (cached) run.
+    again, _ = embed_dataset(pool, options, cache_dir=cache_dir)
+    assert np.array_equal(first, again) and first.dtype == np.float32
+    assert np.array_equal(first, unit_rows(StoredVectors(stored).raw(slice(None))))
+    lazy, _ = embed_dataset(pool, options, cache_dir=cache_dir, stored=True)
+    assert isinstance(lazy, StoredVectors) and np.array_equal(np.asarray(lazy), first)
+    float16_size = os.path.getsize(path)
+    # An entry of the earlier format (float32 vectors) under the same key is refused by name and rebuilt.
+    key = name[len("embeddings-") : -len(".arrow")]
+    write_cached("embeddings", key, [{"embedding": first}], directory=cache_dir)
+    assert os.path.getsize(path) > 1.8 * float16_size - 4096  # float32 vectors take twice the bytes
+    with caplog.at_level(logging.WARNING, logger="hf_idsel"):
+        rebuilt, _ = embed_dataset(pool, options, cache_dir=cache_dir)
+    assert "an entry format older than float16 storage" in caplog.text and name in caplog.text
+    assert np.array_equal(rebuilt, first)
+    assert datasets.Dataset.from_file(path).data.table.column("embedding").type.value_type == pa.float16()

@@ -311,3 +311,26 @@ def test_choose_k_reaches_beyond_the_old_cap_of_362():
     assert result.grid[-1] == 512 and 480 / 1.25 <= result.k <= 480 * 1.25, result.silhouette
     assert result.k == max(result.silhouette, key=result.silhouette.get)
     assert adjusted_rand_score(truth, result.clustering.labels) > 0.8
+
+
+def test_kmeans_on_stored_float16_vectors_matches_the_float32_matrix_they_read_as():
+    import pyarrow as pa
+
+    from hf_idsel.cache import StoredVectors, unit_rows
+
+    x, _ = planted_blobs(5, 80, dim=16, seed=4)
+    raw = x.astype(np.float16)
+    chunks = [pa.FixedSizeListArray.from_arrays(pa.array(raw[s : s + 150].reshape(-1)), 16) for s in range(0, 400, 150)]
+    stored = StoredVectors(pa.chunked_array(chunks))
+    dense = unit_rows(raw)
+    # Below 256 rows per centroid every row trains: the same clustering as the float32 matrix they read as.
+    a, b = kmeans(stored, 5, seed=1), kmeans(dense, 5, seed=1)
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.centroids, b.centroids)
+    assert np.array_equal(a.similarity, b.similarity)
+    # Above it, a seeded sample of max_points_per_centroid * k rows trains; every row is still assigned, deterministically.
+    c = kmeans(stored, 5, seed=1, max_points_per_centroid=20)
+    d = kmeans(stored, 5, seed=1, max_points_per_centroid=20)
+    assert len(c.labels) == 400 and np.array_equal(c.labels, d.labels) and np.array_equal(c.centroids, d.centroids)
+    nearest = np.argmax(dense @ c.centroids.T, axis=1)
+    assert np.array_equal(c.labels, nearest)
+    assert kmeans(stored, 1).centroids.shape == (1, 16)

@@ -188,7 +188,7 @@ def test_nan_vectors_in_a_cache_file_are_recomputed(minilm, pool170, cache_dir, 
     broken = truth.copy()
     broken[[5, 9]] = np.nan
     key = os.path.basename(truth_file)[len("embeddings-") : -len(".arrow")]
-    write_cached("embeddings", key, [{"embedding": broken}], directory=cache_dir)
+    write_cached("embeddings", key, [{"embedding": broken.astype(np.float16)}], directory=cache_dir)
     with caplog.at_level(logging.WARNING, logger="hf_idsel"):
         vectors, _ = embed_dataset(pool, resolve_render_options(pool.column_names), encoder=minilm, cache_dir=cache_dir)
     assert "2 vectors hold NaN or infinite values (first: row 5)" in caplog.text
