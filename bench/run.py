@@ -502,6 +502,23 @@ def _gpu_section(results: dict) -> list[str]:
     return lines
 
 
+# performance.md below this line is written by hand (measurements of other scripts, dated); this script keeps it.
+KEPT_MARKER = "<!-- Measured separately: bench/run.py keeps everything below this line. -->"
+
+
+def write_markdown(out: str, generated: str) -> None:
+    """Write `<out>/performance.md`: the generated part, then the hand-written part of the file already there."""
+    path = os.path.join(out, "performance.md")
+    kept = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+        if KEPT_MARKER in old:
+            kept = old[old.index(KEPT_MARKER):]
+    with open(path, "w") as f:
+        f.write(generated.rstrip("\n") + "\n\n" + kept if kept else generated)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a measurement")
@@ -519,8 +536,7 @@ def main(argv=None) -> dict:
         with open(os.path.join(args.out, "performance_results.json")) as f:
             results = json.load(f)
         scale.plot(results["scale"], os.path.join(args.out, png_name), gpu_points=results["gpu"].get("points"))
-        with open(os.path.join(args.out, "performance.md"), "w") as f:
-            f.write(render_markdown(results, png_name))
+        write_markdown(args.out, render_markdown(results, png_name))
         return results
 
     started = time.perf_counter()
@@ -568,8 +584,7 @@ def main(argv=None) -> dict:
     }
     with open(os.path.join(args.out, "performance_results.json"), "w") as f:
         json.dump(results, f, indent=2, default=str)
-    with open(os.path.join(args.out, "performance.md"), "w") as f:
-        f.write(render_markdown(results, png_name))
+    write_markdown(args.out, render_markdown(results, png_name))
     log(f"wrote {os.path.join(args.out, 'performance.md')} in {results['wall_seconds']:.0f} s")
     print(render_markdown(results, png_name).split("## What each ratio measures")[0])
     return results

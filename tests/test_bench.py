@@ -172,3 +172,15 @@ def test_k_auto_bench_measures_the_chosen_k_and_its_time_ratio():
     assert r["time_ratio"] == pytest.approx(r["k_auto_s"] / r["kmeans_at_chosen_k_s"]) and r["time_ratio"] > 1
     assert r["sample_size"] == 6_000 and r["standard_error_max"] == 0.0
     assert 2 <= r["old_picker_k"] <= 362
+
+
+def test_performance_md_keeps_its_hand_written_part_when_regenerated(tmp_path):
+    """Sections measured by other scripts live below the marker: a new `bench/run.py` run keeps them, once."""
+    path = tmp_path / "performance.md"
+    bench_run.write_markdown(str(tmp_path), "# Performance\n\nfirst run\n")
+    assert path.read_text() == "# Performance\n\nfirst run\n"  # no marker yet: the generated part only
+    path.write_text(path.read_text() + f"\n{bench_run.KEPT_MARKER}\n\n## k=\"auto\"\n\nmeasured by hand\n")
+    bench_run.write_markdown(str(tmp_path), "# Performance\n\nsecond run\n")
+    text = path.read_text()
+    assert text.startswith("# Performance\n\nsecond run\n") and "first run" not in text
+    assert text.count(bench_run.KEPT_MARKER) == 1 and text.endswith("## k=\"auto\"\n\nmeasured by hand\n")
