@@ -401,6 +401,8 @@ def model_card_facts(
         "rounds": len(rounds),
         "round_rows": ", ".join(str(len(r["selected"])) for r in rounds),
         "rounds_table": rounds_markdown(rounds) if rounds else "",
+        "decontamination": markdown_cell(decontamination_summary(manifest.decontamination)) if manifest.decontamination else None,
+        "cluster_map": bool(manifest.cluster_map),
         **{name: run_args.get(name) for name in ("quality_column", "scorer", "weight_update", "weight_temperature", "round_mode")},
         "hyperparameters": [[name, _json_value(value)] for name, value in hyperparameters],
         "versions": sorted([name, value] for name, value in versions.items()),

@@ -31,6 +31,7 @@ def assert_truthful(text: str, repos=()):
     for placeholder in PLACEHOLDERS:
         assert placeholder not in text, placeholder
     allowed = {PAPER_URL} | {f"https://huggingface.co/{r}" for r in repos} | {f"https://huggingface.co/datasets/{r}" for r in repos}
+    allowed |= {f"https://huggingface.co/datasets/{r}/resolve/main/cluster_map.png" for r in repos}  # the model card's map
     unreal = [u for u in URL.findall(text) if u not in allowed and not u.startswith("https://huggingface.co/docs/")]
     assert not unreal, unreal
 
@@ -75,7 +76,7 @@ def test_the_model_card_beside_a_lora_adapter_is_hf_idsels_and_its_loading_code_
     for field in (
         "| method | iterative-kmq |", "| budget | 16 rows |", "| k (clusters) | 4, fixed by the user |",
         "| rounds | 2 rounds of 8, 8 rows, round mode `continue` |", "| scorer | loss |",
-        "| weight update | `paper`, temperature 1.0 |", "| round | rows drawn | rows scored |",
+        "| weight update | `softmax`, temperature 1.0 |", "| round | rows drawn | rows scored |",
         "| learning_rate | 0.005 |", "| peft | LoraConfig r=4 alpha=8 |", "## Framework versions",
     ):
         assert field in text, field
@@ -165,6 +166,9 @@ def test_hf_idsel_push_writes_both_cards_again_for_the_repos_it_pushed_to(hub, t
     assert_truthful(card.text, [dataset_repo, model_repo])
     assert f"[{dataset_repo}](https://huggingface.co/datasets/{dataset_repo})" in card.text
     assert f'AutoModelForCausalLM.from_pretrained("{model_repo}")' in card.text and "hf-idsel push" not in card.text
+    # The map the model card shows is the one pushed to the dataset repo.
+    assert f"https://huggingface.co/datasets/{dataset_repo}/resolve/main/cluster_map.png" in card.text
+    assert "cluster_map.png" in hub.server.files(dataset_repo)
     assert MODEL_CARD_FACTS not in hub.server.files(model_repo, "model")
 
 
