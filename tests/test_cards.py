@@ -171,6 +171,30 @@ def test_hf_idsel_push_writes_both_cards_again_for_the_repos_it_pushed_to(hub, t
     assert "cluster_map.png" in hub.server.files(dataset_repo)
     assert MODEL_CARD_FACTS not in hub.server.files(model_repo, "model")
 
+    # `hf-idsel eval --model-card` writes the results into the card, which keeps its repos; a push sends it.
+    folder = trainer.args.output_dir
+    with single_thread():
+        assert main(["eval", folder, "--tasks", "mmlu", "--items", "2", "--model-card", folder, "--out", str(tmp_path / "e.json")]) == 0
+    accuracy = json.loads((tmp_path / "e.json").read_text())["metrics"]["mmlu/accuracy"]
+    local = ModelCard.load(os.path.join(folder, "README.md"))
+    assert local.data.datasets == [dataset_repo] and f'from_pretrained("{model_repo}")' in local.text
+    assert "| mmlu | accuracy |" in local.text and "After round 2," in local.text
+    assert main(["push", folder]) == 0
+    pushed = ModelCard.load(model_repo)
+    [result] = pushed.data.eval_results
+    assert (result.dataset_type, result.metric_type, result.metric_value) == ("cais/mmlu", "accuracy", accuracy)
+    assert result.dataset_name == "MMLU (2 held-out test rows)"
+    assert_truthful(pushed.text, [dataset_repo, model_repo])
+
+
+def test_eval_model_card_refuses_a_folder_without_a_trainers_card_before_loading_the_model(tmp_path, capsys):
+    (tmp_path / "README.md").write_text("# some model\n")
+    assert main(["eval", str(tmp_path / "no-model-here"), "--tasks", "mmlu", "--model-card", str(tmp_path)]) == 2
+    assert "_hf_idsel_model_card.json: it is not an IterativeSelectionTrainer output_dir" in capsys.readouterr().err
+    (tmp_path / MODEL_CARD_FACTS).write_text('{"model_name": null}')
+    assert main(["eval", str(tmp_path / "no-model-here"), "--tasks", "mmlu", "--model-card", str(tmp_path)]) == 2
+    assert "is not a model card's facts" in capsys.readouterr().err
+
 
 def test_the_model_card_of_an_adapter_with_evaluations_reads_back_from_the_hub(lora_run, hub, tmp_path):
     """`base_model_relation: adapter` and the `model-index` of the held-out evaluation, as the Hub serves them."""
