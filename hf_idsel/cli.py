@@ -6,6 +6,7 @@
     hf-idsel push DIR [--repo-id REPO]                                              publish (or finish publishing) DIR
     hf-idsel report PATH [--plot out.png]                                           what a selection or a run chose
     hf-idsel eval MODEL [--tasks gsm8k,mmlu] [--items N]                            held-out GSM8K / MMLU / HumanEval
+                  [--model-card OUTPUT_DIR]                                         (into a trainer run's model card)
 
 User errors (a bad argument or input file) print one line and exit with status 2.
 """
