@@ -401,6 +401,8 @@ def model_card_facts(
         "rounds": len(rounds),
         "round_rows": ", ".join(str(len(r["selected"])) for r in rounds),
         "rounds_table": rounds_markdown(rounds) if rounds else "",
+        "decontamination": markdown_cell(decontamination_summary(manifest.decontamination)) if manifest.decontamination else None,
+        "cluster_map": bool(manifest.cluster_map),
         **{name: run_args.get(name) for name in ("quality_column", "scorer", "weight_update", "weight_temperature", "round_mode")},
         "hyperparameters": [[name, _json_value(value)] for name, value in hyperparameters],
         "versions": sorted([name, value] for name, value in versions.items()),
@@ -513,6 +515,71 @@ def refresh_model_card(folder: str, hub_model_id: str, dataset_id: str | None) -
         facts = json.load(f)
     save_model_card(facts, folder, hub_model_id=hub_model_id, dataset_id=dataset_id)
     return True
+
+
+def read_model_card_facts(folder: str) -> dict:
+    """The facts an `IterativeSelectionTrainer` run saved beside its model card, checked before they are trusted.
+
+    Raises:
+        [`InvalidArgumentError`]: `folder` holds no `MODEL_CARD_FACTS` (not a trainer output folder), or one that is
+            not what [`model_card_facts`] writes.
+    """
+    path = os.path.join(folder, MODEL_CARD_FACTS)
+    if not os.path.isfile(path):
+        raise InvalidArgumentError(
+            f"{folder!r} holds no {MODEL_CARD_FACTS}: it is not an IterativeSelectionTrainer output_dir whose model card "
+            "hf_idsel wrote (run `trainer.train()` with `output_dir` there first)."
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            facts = json.load(f)
+    except ValueError as err:
+        raise InvalidArgumentError(f"{path}: not readable JSON ({err}).") from None
+    required = {"model_name", "base_model", "license", "tags", "peft", "rounds", "hyperparameters", "versions", "output_dir"}
+    if not isinstance(facts, dict) or not required <= set(facts) or type(facts["rounds"]) is not int:
+        found = sorted(facts) if isinstance(facts, dict) else type(facts).__name__
+        raise InvalidArgumentError(f"{path} is not a model card's facts (fields {found}); write it again with the trainer.")
+    return facts
+
+
+def add_evaluation_to_model_card(folder: str, evaluation: dict) -> str:
+    """Write `evaluation` (an [`evaluation.evaluate_model`] result) into the model card of a trainer's output folder:
+    its evaluation table and its `model-index`, read back to check them.
+
+    The card keeps the repos it names: those of the run's staged push once the model was pushed. A pushed run's
+    model upload is queued again, so that `hf-idsel push FOLDER` sends the new card.
+
+    Args:
+        folder (`str`):
+            The trainer's `output_dir` (it holds `README.md` and `MODEL_CARD_FACTS`).
+        evaluation (`dict`):
+            `metrics` (`"<task>/<metric>"` -> float) and `items` (`task` -> items evaluated).
+
+    Returns:
+        `str`: the path of the card.
+    """
+    from huggingface_hub import ModelCard
+
+    from .publish import PUSH_FILE, queue_model_upload
+
+    facts = read_model_card_facts(folder)
+    # The evaluated model is the saved one, trained through every finished round.
+    facts["evaluation"] = {"metrics": evaluation["metrics"], "items": evaluation["items"], "round": facts["rounds"]}
+    staged = os.path.join(folder, STAGING_DIR)
+    plan = read_plan(staged) if os.path.isfile(os.path.join(staged, PUSH_FILE)) else {}
+    pushed = "model" in plan.get("done", [])
+    hub_model_id = plan["model"]["repo_id"] if pushed else None
+    path = save_model_card(
+        facts, folder, hub_model_id=hub_model_id, dataset_id=plan["repo_id"] if pushed else None, keep_facts=True
+    )
+    card = ModelCard.load(path)
+    written = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results or []}
+    expected = {(r.dataset_type, r.metric_type): r.metric_value for r in eval_results(facts["evaluation"])}
+    if written != expected or (evaluation["metrics"] and "## Evaluation" not in card.text):
+        raise InvalidArgumentError(f"{path} did not read back with the evaluation written into it: {written} != {expected}.")
+    if pushed:
+        queue_model_upload(staged)
+    return path
 
 
 def _name_or_path(model) -> str | None:

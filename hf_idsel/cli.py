@@ -6,6 +6,7 @@
     hf-idsel push DIR [--repo-id REPO]                                              publish (or finish publishing) DIR
     hf-idsel report PATH [--plot out.png]                                           what a selection or a run chose
     hf-idsel eval MODEL [--tasks gsm8k,mmlu] [--items N]                            held-out GSM8K / MMLU / HumanEval
+                  [--model-card OUTPUT_DIR]                                         (into a trainer run's model card)
 
 User errors (a bad argument or input file) print one line and exit with status 2.
 """
@@ -198,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=8, help="Prompts per forward pass (default: 8).")
     e.add_argument("--device", default=None, help="Where to run (default: GPU when available).")
     e.add_argument("--out", default=None, metavar="JSON", help="Also write the metrics and the items evaluated to this file.")
+    e.add_argument(
+        "--model-card", default=None, metavar="DIR",
+        help="Write the results into the model card (table and model-index) of this trainer output_dir, usually MODEL.",
+    )
     return parser
 
 
@@ -462,6 +467,10 @@ def _run_eval(args) -> int:
                 logger.warning("Skipping %s: %s", task, err)
         if not tasks:
             raise InvalidArgumentError(f"--exclude-pool {args.exclude_pool!r} leaves no task with {args.items} held-out rows; lower --items.")
+    if args.model_card is not None:
+        from .cards import read_model_card_facts
+
+        read_model_card_facts(args.model_card)  # a folder without a card to write is refused before the model loads
     model, tokenizer, _, _ = load_reference_model(args.model, device=args.device)
     result = evaluate_model(
         model, tokenizer, tasks, items=args.items, exclude=exclude, seed=args.seed,
@@ -473,6 +482,10 @@ def _run_eval(args) -> int:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump({"model": args.model, "exclude_pool": args.exclude_pool, **result}, f, indent=2)
         print(f"Wrote {args.out}")
+    if args.model_card is not None:
+        from .cards import add_evaluation_to_model_card
+
+        print(f"Wrote the evaluation into {add_evaluation_to_model_card(args.model_card, result)}")
     return 0
 
 

@@ -204,6 +204,14 @@ def set_model_push(folder: str, repo_id: str, model_folder: str, *, commit_messa
     _write_plan(folder, plan)
 
 
+def queue_model_upload(folder: str) -> None:
+    """Mark the model upload of a staged push as not done, so that `hf-idsel push` sends the model folder again
+    (after its card changed)."""
+    plan = read_plan(folder)
+    _undo(plan, "model")
+    _write_plan(folder, plan)
+
+
 def _run_step(api, folder: str, plan: dict, step: str, token) -> None:
     repo_id = plan["repo_id"]
     if step == "repo":

@@ -474,7 +474,9 @@ def selection_manifest(
     """The manifest of one finished round's rows (`"round_<r>"`) or of every row selected so far (`"default"`).
 
     `recorded` are the manifest's other fields, the same for every config of a run (`pool`,
-    `arguments`, `k_selection`, `render`, `encoder`).
+    `arguments`, `k_selection`, `render`, `encoder`, `decontamination`, `cluster_map`). With a `decontamination`
+    record, `cluster_sizes` count the rows left, as in a static manifest: the removed rows carry their nearest
+    centroid's label but were never in a cluster's draw.
     """
     done = state.rounds
     if config == "default":
@@ -487,12 +489,14 @@ def selection_manifest(
         rows, what = done[int(match.group(1)) - 1]["selected"], {"round": int(match.group(1))}
     rows = np.sort(np.asarray(rows, dtype=np.int64))
     selected_labels = labels[rows]
+    kept = np.ones(len(labels), dtype=bool)
+    kept[(recorded.get("decontamination") or {}).get("removed_indices", [])] = False
     return Manifest(
         method=method,
         seed=int(seed),
         k=int(state.k),
         budget={"requested": budget_requested, "rows": int(len(rows)), "total_rows": int(budget_rows), **what},
-        cluster_sizes=np.bincount(labels, minlength=state.k).tolist(),
+        cluster_sizes=np.bincount(labels[kept], minlength=state.k).tolist(),
         selected_per_cluster=np.bincount(selected_labels, minlength=state.k).tolist(),
         selected_indices=rows.tolist(),
         selected_clusters=selected_labels.tolist(),

@@ -33,8 +33,16 @@ from .errors import InvalidArgumentError
 from .pool import BUILTIN_POOL
 from .pool import load_pool as load_split
 from .quality import DEFAULT_REFERENCE_MODEL, score_quality
-from .render import chatml_turns
+from .render import chatml_turns, resolve_render_options
 from .config import IterativeSelectionConfig
+from .decontaminate import (
+    DEFAULT_COSINE_THRESHOLD,
+    DEFAULT_NGRAM,
+    DEFAULT_NGRAM_THRESHOLD,
+    as_dataset,
+    check_thresholds,
+    exclude_render_options,
+)
 from .trainer import IterativeSelectionTrainer
 
 logger = logging.getLogger(__name__)
@@ -70,6 +78,22 @@ class ScriptArguments(trl.ScriptArguments):
             (default `"quality"`), so that the draw inside each cluster is quality-weighted: iterative kMQ rather
             than iterative kM-random. The paper used Deita quality x complexity scores instead. `""` turns a
             recipe's `quality_model` off on the command line.
+        exclude_dataset (`str`, *optional*):
+            An evaluation set to decontaminate the pool against, loaded like `dataset_name` (a local file or folder,
+            or a Hub dataset id): pool rows that copy or nearly copy one of its items are left out of k-means and
+            never drawn (`IterativeSelectionTrainer(..., exclude_dataset=...)`); the manifests and cards record them.
+        exclude_dataset_config (`str`, *optional*):
+            Config name of `exclude_dataset` (e.g. `"main"` for `openai/gsm8k`).
+        exclude_dataset_split (`str`, *optional*, defaults to `"test"`):
+            The split of `exclude_dataset` to exclude.
+        exclude_ngram (`int`, *optional*, defaults to `8`):
+            Word n-gram length of the overlap test.
+        exclude_ngram_threshold (`float`, *optional*, defaults to `0.6`):
+            Drop a pool row holding at least this share of one evaluation item's distinct n-grams; `null` in a
+            recipe skips the test.
+        exclude_cosine_threshold (`float`, *optional*, defaults to `0.99`):
+            Drop a pool row whose embedding cosine to an evaluation item is at least this; `null` in a recipe skips
+            the test.
     """
 
     dataset_name: str | None = field(
@@ -90,6 +114,24 @@ class ScriptArguments(trl.ScriptArguments):
             "help": "Reference LM that scores every pool row's answer into `quality_column` (default 'quality') "
             "before selection, so rounds draw with quality inside clusters (kMQ)."
         },
+    )
+    exclude_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "An evaluation set (local file or folder, or Hub dataset id): pool rows that copy or nearly copy "
+            "its items are never selected."
+        },
+    )
+    exclude_dataset_config: str | None = field(default=None, metadata={"help": "Config name of `exclude_dataset`."})
+    exclude_dataset_split: str = field(default="test", metadata={"help": "The split of `exclude_dataset` to exclude."})
+    exclude_ngram: int = field(default=DEFAULT_NGRAM, metadata={"help": "Word n-gram length of the overlap test."})
+    exclude_ngram_threshold: float | None = field(
+        default=DEFAULT_NGRAM_THRESHOLD,
+        metadata={"help": "Drop a pool row holding at least this share of an evaluation item's distinct n-grams."},
+    )
+    exclude_cosine_threshold: float | None = field(
+        default=DEFAULT_COSINE_THRESHOLD,
+        metadata={"help": "Drop a pool row whose embedding cosine to an evaluation item is at least this."},
     )
 
 
@@ -154,6 +196,13 @@ def validate_args(script_args: ScriptArguments, training_args: IterativeSelectio
             f"`quality_model` weights the draw inside clusters, but `preset`={training_args.preset!r} draws uniformly "
             "there: drop one of them."
         )
+    if script_args.exclude_dataset is not None:
+        check_thresholds(script_args.exclude_ngram, script_args.exclude_ngram_threshold, script_args.exclude_cosine_threshold)
+        if script_args.exclude_dataset == BUILTIN_POOL:
+            raise InvalidArgumentError(
+                f"`exclude_dataset`={BUILTIN_POOL!r} is the pool itself: name the evaluation set (a local file or "
+                "folder, or a Hub dataset id such as 'openai/gsm8k' with `exclude_dataset_config` 'main')."
+            )
     if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
         raise InvalidArgumentError("`load_in_4bit`/`load_in_8bit` train LoRA adapters only: set `use_peft` too.")
 
@@ -196,6 +245,23 @@ def load_pool(script_args: ScriptArguments, *, seed: int = 0, with_test_split: b
         rows = np.sort(np.random.default_rng(seed).choice(len(pool), size=limit, replace=False))
         pool = pool.select(rows).flatten_indices()
     return to_trainable_rows(pool, "pool"), (None if test is None else to_trainable_rows(test, "evaluation split"))
+
+
+def load_exclude(script_args: ScriptArguments, pool: datasets.Dataset) -> datasets.Dataset | None:
+    """The evaluation set `exclude_dataset` (its `exclude_dataset_split`), loaded like the pool, or `None`.
+
+    Raises:
+        `InvalidArgumentError`: it cannot be loaded, or its rows have no layout the selection can render.
+    """
+    if script_args.exclude_dataset is None:
+        return None
+    exclude = load_split(
+        script_args.exclude_dataset, split=script_args.exclude_dataset_split, config=script_args.exclude_dataset_config,
+        source_argument="`exclude_dataset`", split_argument="`exclude_dataset_split`",
+    )
+    # Its layout is checked now, before the model loads; the trainer renders it with the pool's settings.
+    exclude_render_options(as_dataset(exclude), resolve_render_options(pool.column_names))
+    return exclude
 
 
 def to_trainable_rows(dataset: datasets.Dataset, name: str = "pool") -> datasets.Dataset:
@@ -387,6 +453,8 @@ def main(script_args: ScriptArguments, training_args: IterativeSelectionConfig, 
             )
         training_args.quality_column = None  # written below, after the cheap checks
     training_args.check_pool(pool)  # budget, rounds, k and columns, before the model loads
+    with training_args.main_process_first(desc="loading the evaluation set to exclude"):
+        exclude = load_exclude(script_args, pool)
     if script_args.quality_model:
         with training_args.main_process_first(desc="scoring the pool's quality"):  # the others read the cache
             pool = score_quality(pool, script_args.quality_model, column=quality_column, device=training_args.device)
@@ -418,6 +486,10 @@ def main(script_args: ScriptArguments, training_args: IterativeSelectionConfig, 
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=trl.get_peft_config(model_args),
+        exclude_dataset=exclude,
+        exclude_ngram=script_args.exclude_ngram,
+        exclude_ngram_threshold=script_args.exclude_ngram_threshold,
+        exclude_cosine_threshold=script_args.exclude_cosine_threshold,
     )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = dict(result.metrics)

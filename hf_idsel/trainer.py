@@ -42,7 +42,16 @@ from .cards import (
     training_hyperparameters,
 )
 from .config import IterativeSelectionConfig
-from .decontaminate import assign_all, decontaminate_pool
+from .decontaminate import (
+    DEFAULT_COSINE_THRESHOLD,
+    DEFAULT_NGRAM,
+    DEFAULT_NGRAM_THRESHOLD,
+    as_dataset,
+    assign_all,
+    check_thresholds,
+    decontaminate_pool,
+    exclude_render_options,
+)
 from .describe import describe_pool, short_terms
 from .distributed import broadcast, equal_share
 from .errors import InvalidArgumentError, PushError
@@ -50,6 +59,7 @@ from .hidden_states import HiddenStateEncoder
 from .manifest import Manifest, encoder_record, pool_record
 from .publish import ITERATIVE_METHOD, STAGING_DIR, iterative_subset, push_staged, set_model_push, stage
 from .render import _ASSISTANT_ROLES, chatml_turns, prompt_and_answer, resolve_render_options, training_render_options
+from .report import centroid_map
 from .rounds import (
     SelectionState,
     close_round,
@@ -179,8 +189,14 @@ class IterativeSelectionTrainer(SFTTrainer):
             `(prompts, golds, generations) -> scores`. Defaults to `args.scorer`.
         exclude_dataset (`datasets.Dataset` or `list[str]`, *optional*):
             An evaluation set (often the `eval_dataset`): pool rows that copy or nearly copy one of its items are left
-            out of k-means and never drawn, with the default thresholds of `diverse_select(..., exclude=...)`; what
-            was dropped is in `trainer.decontamination`.
+            out of k-means and never drawn, as with `diverse_select(..., exclude=...)`; what was dropped is in
+            `trainer.decontamination` and in the run's manifests and cards.
+        exclude_ngram (`int`, *optional*, defaults to `8`):
+            Word n-gram length of the overlap test against `exclude_dataset`.
+        exclude_ngram_threshold (`float`, *optional*, defaults to `0.6`):
+            Drop a pool row holding at least this share of one evaluation item's distinct n-grams; `None` skips the test.
+        exclude_cosine_threshold (`float`, *optional*, defaults to `0.99`):
+            Drop a pool row whose embedding cosine to an evaluation item is at least this; `None` skips the test.
         **kwargs:
             Every other [`~trl.SFTTrainer`] argument (`eval_dataset`, `processing_class`, `peft_config`, ...).
     """
@@ -193,6 +209,9 @@ class IterativeSelectionTrainer(SFTTrainer):
         *,
         scorer: str | RoundScorer | LossScorer | Callable | None = None,
         exclude_dataset=None,
+        exclude_ngram: int = DEFAULT_NGRAM,
+        exclude_ngram_threshold: float | None = DEFAULT_NGRAM_THRESHOLD,
+        exclude_cosine_threshold: float | None = DEFAULT_COSINE_THRESHOLD,
         **kwargs,
     ):
         if args is None:
@@ -212,6 +231,12 @@ class IterativeSelectionTrainer(SFTTrainer):
         self.pool = train_dataset
         scorer = args.scorer if scorer is None else scorer
         self.budget_rows, self.round_sizes = self._check_selection_args(args, train_dataset, scorer)
+        if exclude_dataset is not None:  # a bad evaluation set or threshold is refused before anything is embedded
+            check_thresholds(exclude_ngram, exclude_ngram_threshold, exclude_cosine_threshold)
+            exclude_render_options(as_dataset(exclude_dataset), self._render)
+        self._exclude_thresholds = {
+            "ngram": exclude_ngram, "ngram_threshold": exclude_ngram_threshold, "cosine_threshold": exclude_cosine_threshold,
+        }
 
         # The card's license is checked before the Trainer creates any repo or loads anything heavy.
         self._base_model = base_model_id(model)
@@ -340,7 +365,7 @@ class IterativeSelectionTrainer(SFTTrainer):
             if self._exclude is not None:
                 keep, decontamination = decontaminate_pool(
                     self.pool, self._exclude, self._render, embeddings, encoder=args.encoder,
-                    embedding_column=args.embedding_column,
+                    embedding_column=args.embedding_column, **self._exclude_thresholds,
                 )
                 # k-means is fitted on the rows left; a dropped row gets its nearest centroid's id (it is never drawn).
                 clustering, k_selection = cluster_pool(embeddings[keep], args.k_value, seed=args.selection_seed)
@@ -352,9 +377,11 @@ class IterativeSelectionTrainer(SFTTrainer):
             data = {
                 "labels": clustering.labels.tolist(), "k": clustering.k, "k_selection": k_selection, "encoder": encoder,
                 "descriptions": descriptions, "decontamination": decontamination,
+                "cluster_map": centroid_map(clustering.centroids),
             }
         data = broadcast(data)
         self.decontamination = data["decontamination"]
+        self.cluster_map = data["cluster_map"]
         self.encoder_info = data["encoder"]
         self.cluster_descriptions = data["descriptions"]
         return np.asarray(data["labels"], dtype=np.int64), int(data["k"]), data["k_selection"]
@@ -626,7 +653,8 @@ class IterativeSelectionTrainer(SFTTrainer):
             budget_rows=self.budget_rows, pool=self._pool_record(),
             arguments={**self.args.selection_arguments(), "scorer": self.scorer_name},
             k_selection=self.k_selection, render=self._render.to_dict(), encoder=self.encoder_info,
-            cluster_descriptions=self.cluster_descriptions,
+            cluster_descriptions=self.cluster_descriptions, decontamination=self.decontamination,
+            cluster_map=self.cluster_map,
         )
 
     def _stage_selection(self, configs: list[str]) -> None:

@@ -31,6 +31,7 @@ def assert_truthful(text: str, repos=()):
     for placeholder in PLACEHOLDERS:
         assert placeholder not in text, placeholder
     allowed = {PAPER_URL} | {f"https://huggingface.co/{r}" for r in repos} | {f"https://huggingface.co/datasets/{r}" for r in repos}
+    allowed |= {f"https://huggingface.co/datasets/{r}/resolve/main/cluster_map.png" for r in repos}  # the model card's map
     unreal = [u for u in URL.findall(text) if u not in allowed and not u.startswith("https://huggingface.co/docs/")]
     assert not unreal, unreal
 
@@ -75,7 +76,7 @@ def test_the_model_card_beside_a_lora_adapter_is_hf_idsels_and_its_loading_code_
     for field in (
         "| method | iterative-kmq |", "| budget | 16 rows |", "| k (clusters) | 4, fixed by the user |",
         "| rounds | 2 rounds of 8, 8 rows, round mode `continue` |", "| scorer | loss |",
-        "| weight update | `paper`, temperature 1.0 |", "| round | rows drawn | rows scored |",
+        "| weight update | `softmax`, temperature 1.0 |", "| round | rows drawn | rows scored |",
         "| learning_rate | 0.005 |", "| peft | LoraConfig r=4 alpha=8 |", "## Framework versions",
     ):
         assert field in text, field
@@ -165,7 +166,34 @@ def test_hf_idsel_push_writes_both_cards_again_for_the_repos_it_pushed_to(hub, t
     assert_truthful(card.text, [dataset_repo, model_repo])
     assert f"[{dataset_repo}](https://huggingface.co/datasets/{dataset_repo})" in card.text
     assert f'AutoModelForCausalLM.from_pretrained("{model_repo}")' in card.text and "hf-idsel push" not in card.text
+    # The map the model card shows is the one pushed to the dataset repo.
+    assert f"https://huggingface.co/datasets/{dataset_repo}/resolve/main/cluster_map.png" in card.text
+    assert "cluster_map.png" in hub.server.files(dataset_repo)
     assert MODEL_CARD_FACTS not in hub.server.files(model_repo, "model")
+
+    # `hf-idsel eval --model-card` writes the results into the card, which keeps its repos; a push sends it.
+    folder = trainer.args.output_dir
+    with single_thread():
+        assert main(["eval", folder, "--tasks", "mmlu", "--items", "2", "--model-card", folder, "--out", str(tmp_path / "e.json")]) == 0
+    accuracy = json.loads((tmp_path / "e.json").read_text())["metrics"]["mmlu/accuracy"]
+    local = ModelCard.load(os.path.join(folder, "README.md"))
+    assert local.data.datasets == [dataset_repo] and f'from_pretrained("{model_repo}")' in local.text
+    assert "| mmlu | accuracy |" in local.text and "After round 2," in local.text
+    assert main(["push", folder]) == 0
+    pushed = ModelCard.load(model_repo)
+    [result] = pushed.data.eval_results
+    assert (result.dataset_type, result.metric_type, result.metric_value) == ("cais/mmlu", "accuracy", accuracy)
+    assert result.dataset_name == "MMLU (2 held-out test rows)"
+    assert_truthful(pushed.text, [dataset_repo, model_repo])
+
+
+def test_eval_model_card_refuses_a_folder_without_a_trainers_card_before_loading_the_model(tmp_path, capsys):
+    (tmp_path / "README.md").write_text("# some model\n")
+    assert main(["eval", str(tmp_path / "no-model-here"), "--tasks", "mmlu", "--model-card", str(tmp_path)]) == 2
+    assert "_hf_idsel_model_card.json: it is not an IterativeSelectionTrainer output_dir" in capsys.readouterr().err
+    (tmp_path / MODEL_CARD_FACTS).write_text('{"model_name": null}')
+    assert main(["eval", str(tmp_path / "no-model-here"), "--tasks", "mmlu", "--model-card", str(tmp_path)]) == 2
+    assert "is not a model card's facts" in capsys.readouterr().err
 
 
 def test_the_model_card_of_an_adapter_with_evaluations_reads_back_from_the_hub(lora_run, hub, tmp_path):

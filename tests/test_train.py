@@ -199,6 +199,9 @@ def _laptop_args(tmp_path, *overrides):
         (["--budget", "10.5"], r"`budget`=10.5 as a float is a fraction of the pool"),
         (["--load_in_4bit", "true", "--use_peft", "false"], r"`use_peft`"),
         (["--quality_model", "x", "--preset", "research_code"], r"`quality_model` weights the draw inside clusters"),
+        (["--exclude_dataset", "builtin"], r"`exclude_dataset`='builtin' is the pool itself"),
+        (["--exclude_dataset", "x.jsonl", "--exclude_ngram_threshold", "1.5"], r"`exclude_ngram_threshold`"),
+        (["--exclude_dataset", "missing-eval.jsonl"], r"`exclude_dataset`="),
     ],
 )
 def test_arguments_are_refused_before_the_model_loads(tmp_path, monkeypatch, overrides, match):
@@ -286,3 +289,37 @@ def test_cli_train_then_report(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "16 of 96 rows, method=iterative-kmq" in printed and "2 round(s), k=8" in printed
     assert (tmp_path / "run.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_train_excludes_an_evaluation_set_named_like_the_pool(tmp_path, capsys):
+    """`--exclude_dataset` (+ split and thresholds) loads the evaluation set like the pool, the trainer never draws
+    the pool rows that copy its items, and the run's manifest, card and report say so."""
+    from hf_idsel.cli import main as cli
+    from hf_idsel.manifest import Manifest
+    from hf_idsel.publish import STAGING_DIR
+
+    pool = write_alpaca_pool(tmp_path / "pool.jsonl")
+    rows = [json.loads(line) for line in open(pool)]
+    evaluation = tmp_path / "eval.jsonl"  # two pool rows copied verbatim, one unrelated item
+    copies = [rows[3], rows[12], {"instruction": "Name a prime number.", "output": "Seven."}]
+    evaluation.write_text("".join(json.dumps(row) + "\n" for row in copies))
+    script_args, training_args, model_args = make_parser().parse_args_and_config([
+        "--config", str(LAPTOP_LORA), "--model_name_or_path", tiny_model_dir(tmp_path / "tiny"),
+        "--dataset_name", pool, "--max_pool_rows", "24", "--budget", "12", "--k", "3",
+        "--exclude_dataset", str(evaluation), "--exclude_dataset_split", "train", "--exclude_ngram", "4",
+        "--output_dir", str(tmp_path / "out"), "--disable_tqdm", "true",
+    ])
+    assert (script_args.exclude_dataset, script_args.exclude_dataset_split) == (str(evaluation), "train")
+    assert (script_args.exclude_ngram, script_args.exclude_ngram_threshold, script_args.exclude_cosine_threshold) == (4, 0.6, 0.99)
+    trainer = main(script_args, training_args, model_args)
+    record = trainer.decontamination
+    assert record["removed_indices"] == [3, 12] and record["matched_items"] == [0, 1] and record["ngram"] == 4
+    assert record["exclude"]["num_rows"] == 3
+    assert len(trainer.selection.selected()) == 12 and not {3, 12} & set(trainer.selection.selected())
+    manifest = Manifest.load(str(tmp_path / "out" / STAGING_DIR / "manifest.json"))
+    assert manifest.decontamination == record and sum(manifest.cluster_sizes) == 22
+    assert "| decontamination | dropped 2 pool rows" in (tmp_path / "out" / "README.md").read_text()
+    capsys.readouterr()
+    assert cli(["report", str(tmp_path / "out"), "--map", str(tmp_path / "map.png")]) == 0
+    assert "decontamination: dropped 2 pool rows" in capsys.readouterr().out
+    assert (tmp_path / "map.png").read_bytes().startswith(b"\x89PNG")

@@ -80,7 +80,8 @@ def make_trainer(tmp_path, pool=None, model=None, **config):
         disable_tqdm=True,
     )
     defaults.update(config)
-    extra = {k: defaults.pop(k) for k in ("peft_config", "exclude_dataset") if k in defaults}
+    trainer_only = ("peft_config", "exclude_dataset", "exclude_ngram", "exclude_ngram_threshold", "exclude_cosine_threshold")
+    extra = {k: defaults.pop(k) for k in trainer_only if k in defaults}
     if not isinstance(defaults.get("scorer", "loss"), str):  # a scorer object or a callable goes to the trainer
         extra["scorer"] = defaults.pop("scorer")
     args = IterativeSelectionConfig(**defaults)
