@@ -662,6 +662,8 @@ def _spool_stream(stream, args: SelectArguments, folder: str):
     vectors = None
     if vector_writer is not None:
         vectors = StoredVectors(datasets.Dataset.from_file(vectors_path).data.table.column("embedding"))
+        if getattr(args.encoder, "projection", None) is not None:  # fitted on the whole pool, as embed_dataset does
+            vectors = args.encoder.project(np.asarray(vectors))
     return pool, vectors, identity, features
 
 

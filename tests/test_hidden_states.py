@@ -258,3 +258,20 @@ def test_whitening_a_pool_smaller_than_the_hidden_size_keeps_finite_vectors(tiny
         cache_dir=cache_dir,
     )
     assert vectors.shape == (10, 9) and np.isfinite(vectors).all()
+
+
+def test_a_streamed_pool_gets_the_same_projection_as_the_pool_in_memory(tiny_dir, cache_dir, tmp_path):
+    """The projection is fitted on the whole pool: a streamed pool (vectors gathered batch by batch) selects the
+    same rows as the same pool in memory, projection included."""
+    pool = qa_pool()
+    pool.to_json(str(tmp_path / "pool.jsonl"))
+    stream = datasets.load_dataset("json", data_files=str(tmp_path / "pool.jsonl"), split="train", streaming=True)
+
+    def pick(data):
+        encoder = HiddenStateEncoder(tiny_dir, projection="random", dim=16, seed=3)
+        _, manifest = diverse_select(data, 10, k=4, encoder=encoder, cache_dir=cache_dir, return_manifest=True)
+        return manifest
+
+    in_memory, streamed = pick(pool), pick(stream)
+    assert streamed.selected_indices == in_memory.selected_indices and streamed.cluster_sizes == in_memory.cluster_sizes
+    assert streamed.encoder["dim"] == 16
