@@ -364,7 +364,7 @@ class IterativeSelectionTrainer(SFTTrainer):
             decontamination = None
             if self._exclude is not None:
                 keep, decontamination = decontaminate_pool(
-                    self.pool, self._exclude, self._render, embeddings, encoder=args.encoder,
+                    self.pool, self._exclude, self._render, embeddings, encoder=encoder,
                     embedding_column=args.embedding_column, **self._exclude_thresholds,
                 )
                 # k-means is fitted on the rows left; a dropped row gets its nearest centroid's id (it is never drawn).
@@ -372,10 +372,10 @@ class IterativeSelectionTrainer(SFTTrainer):
                 clustering = assign_all(clustering, embeddings, keep)
             else:
                 clustering, k_selection = cluster_pool(embeddings, args.k_value, seed=args.selection_seed)
-            encoder = encoder_record(identity, args.embedding_column, embeddings.shape[1])
+            record = encoder_record(identity, args.embedding_column, embeddings.shape[1])
             descriptions = describe_pool(self.pool, self._render, clustering, seed=args.selection_seed)
             data = {
-                "labels": clustering.labels.tolist(), "k": clustering.k, "k_selection": k_selection, "encoder": encoder,
+                "labels": clustering.labels.tolist(), "k": clustering.k, "k_selection": k_selection, "encoder": record,
                 "descriptions": descriptions, "decontamination": decontamination,
                 "cluster_map": centroid_map(clustering.centroids),
             }

@@ -93,3 +93,17 @@ def test_the_trainer_uses_the_thresholds_it_is_given_and_refuses_bad_ones_before
             make_trainer(tmp_path / "bad", pool=pool, exclude_dataset=exclude, exclude_ngram_threshold=1.5)
         with pytest.raises(InvalidArgumentError, match="`exclude`"):
             make_trainer(tmp_path / "bad2", pool=pool, exclude_dataset=exclude.select_columns(["embedding"]))
+
+
+def test_embed_with_model_embeds_the_evaluation_set_with_the_same_model_as_the_pool(tmp_path):
+    """With `embed_with_model`, the cosine test compares the evaluation set's hidden states with the pool's (same model,
+    same space): an exact copy of a pool row is at cosine 1 and dropped, nothing else is."""
+    pool = make_pool().remove_columns(["embedding"])
+    exclude = pool.select([26, 33])
+    with single_thread():
+        trainer = make_trainer(tmp_path, pool=pool, budget=24, rounds=2, embedding_column=None, embed_with_model=True,
+                               exclude_dataset=exclude, exclude_ngram_threshold=None, exclude_cosine_threshold=0.9999)
+        record = trainer.decontamination
+    assert trainer.encoder_info["dim"] == trainer.model.config.hidden_size  # the pool was embedded by the model
+    assert 26 in record["removed_indices"] and 33 in record["removed_indices"]
+    assert all(c >= 0.9999 for c in record["cosine"])
