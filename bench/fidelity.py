@@ -119,12 +119,19 @@ ARMS = {
     "iter-likelihood-base": Arm("iterative", scorer="likelihood", scorer_options={"reference": "base"}),
     "iter-loss-restart": Arm("iterative", scorer="loss", round_mode="restart"),
     "iter-likelihood-restart": Arm("iterative", scorer="likelihood", round_mode="restart"),
+    # Representation arms (the other issues' comparisons): balanced random by source vs plain random, and
+    # kMQ on other encoders vs MiniLM. The encoder arms embed the pool themselves (cached), so they share the
+    # pool and seeds but not the clustering. Not in the default run until its sizing includes them.
+    "balanced-random": Arm("static", select={"method": "balanced-random", "source_column": "origin"}),
+    "kmq-hidden": Arm("static", select={**KMQ, "encoder": "hidden-states:HuggingFaceTB/SmolLM2-135M-Instruct"}),
+    "kmq-static": Arm("static", select={**KMQ, "encoder": "static"}),
     # Controls, not in the default run: `oracle-clean` draws uniformly from the non-junk rows (what
     # perfect junk filtering would give), `junk-only` draws only junk (checks the accounting).
     "oracle-clean": Arm("control"),
     "junk-only": Arm("control"),
 }
-DEFAULT_ARMS = tuple(a for a, spec in ARMS.items() if spec.kind != "control")
+REPRESENTATION_ARMS = ("balanced-random", "kmq-hidden", "kmq-static")
+DEFAULT_ARMS = tuple(a for a, spec in ARMS.items() if spec.kind != "control" and a not in REPRESENTATION_ARMS)
 ALL_ARMS = tuple(ARMS)
 # Paired differences are taken against these arms, seed by seed.
 REFERENCE_ARMS = ("random", "kmq")

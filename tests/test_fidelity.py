@@ -130,7 +130,7 @@ def test_arms_needing_a_scorer_option_hf_idsel_lacks_are_refused_before_any_work
 
 
 def test_every_arm_is_one_table_entry():
-    assert set(fidelity.DEFAULT_ARMS) | {"oracle-clean", "junk-only"} == set(fidelity.ARMS)
+    assert set(fidelity.DEFAULT_ARMS) | set(fidelity.REPRESENTATION_ARMS) | {"oracle-clean", "junk-only"} == set(fidelity.ARMS)
     assert {"kmq", "kmq-kauto", "iter-loss-restart", "iter-likelihood-restart", "iter-likelihood-base"} <= set(fidelity.DEFAULT_ARMS)
     for name, arm in fidelity.ARMS.items():
         assert arm.kind in ("static", "iterative", "control"), name
