@@ -280,8 +280,13 @@ def _role(message: dict) -> str:
     return message["role"] if "role" in message else message["from"]
 
 
+def _answer_turn(messages: list[dict]) -> int | None:
+    """Index of a chat's gold answer, its last assistant turn (`None` without one)."""
+    return max((i for i, m in enumerate(messages) if _role(m) in _ASSISTANT_ROLES), default=None)
+
+
 def _split_chat(messages: list[dict], tokenizer: Any) -> tuple[str, str]:
-    last = max((i for i, m in enumerate(messages) if _role(m) in _ASSISTANT_ROLES), default=None)
+    last = _answer_turn(messages)
     if last is None:
         return _chat_text(messages, tokenizer, add_generation_prompt=False), ""
     return _chat_text(messages[:last], tokenizer, add_generation_prompt=True), _content(messages[last])
@@ -295,6 +300,19 @@ def _chat_text(messages: list[dict], tokenizer: Any, *, add_generation_prompt: b
         return "\n".join(_content(m) for m in messages)
     normalised = [{"role": _role(m), "content": _content(m)} for m in messages]
     return tokenizer.apply_chat_template(normalised, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def prompt_turns(row: dict, options: RenderOptions) -> list[dict]:
+    """The prompt of a chat or prompt/completion row as `role`/`content` turns ([`chatml_turns`]), for a model that
+    applies its own chat template: the messages before the gold answer [`prompt_and_answer`] reads, or the prompt
+    column (one user turn when it is a string)."""
+    cols = options.columns
+    if options.format == "messages":
+        messages = row[cols["messages"]]
+        last = _answer_turn(messages)
+        return chatml_turns(messages if last is None else messages[:last])
+    prompt = row[cols["prompt"]]
+    return chatml_turns(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
 
 
 def chatml_turns(messages: list[dict]) -> list[dict]:

@@ -58,7 +58,7 @@ from .errors import InvalidArgumentError, PushError
 from .hidden_states import HiddenStateEncoder
 from .manifest import Manifest, encoder_record, pool_record
 from .publish import ITERATIVE_METHOD, STAGING_DIR, iterative_subset, push_staged, set_model_push, stage
-from .render import _ASSISTANT_ROLES, chatml_turns, prompt_and_answer, resolve_render_options, training_render_options
+from .render import prompt_and_answer, prompt_turns, resolve_render_options, training_render_options
 from .report import centroid_map
 from .rounds import (
     SelectionState,
@@ -592,19 +592,7 @@ class IterativeSelectionTrainer(SFTTrainer):
         for a scorer that renders them in its own model's format (`needs_conversations`); else `None`."""
         if not getattr(self.scorer, "needs_conversations", False):
             return None
-        columns, conversations = self._render.columns, []
-        for r in rows:
-            row = self.pool[int(r)]
-            if self._render.format == "messages":
-                turns = chatml_turns(row[columns["messages"]])
-                # The gold answer is the last assistant turn, as `prompt_and_answer` reads it.
-                last = max((i for i, m in enumerate(turns) if m["role"] in _ASSISTANT_ROLES), default=len(turns))
-                turns = turns[:last]
-            else:
-                prompt = row[columns["prompt"]]
-                turns = chatml_turns(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-            conversations.append(turns)
-        return conversations
+        return [prompt_turns(self.pool[int(r)], self._render) for r in rows]
 
     def _model_is_sharded(self) -> bool:
         from transformers.integrations import is_deepspeed_zero3_enabled
