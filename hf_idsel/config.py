@@ -130,7 +130,9 @@ class IterativeSelectionConfig(SFTConfig):
         epochs_per_round (`int`, *optional*, defaults to `1`):
             Passes over each round's rows.
         round_mode (`str`, *optional*, defaults to `"continue"`):
-            `"continue"` (the paper) or `"restart"` (the research code).
+            `"continue"` (the paper) or `"restart"` (the research code): each round trains from the base weights
+            on every row chosen so far, with a fresh optimizer and the whole learning-rate schedule (warm-up
+            included) over that round's steps.
         round_quotas (`str`, *optional*, defaults to `"size"`):
             Each round's cluster quotas: `"size"`, proportional to weight x rows not chosen yet (round 1 is
             kMQ, the paper), or `"weights"`, proportional to the weight alone (round 1 gives every cluster
@@ -348,6 +350,12 @@ class IterativeSelectionConfig(SFTConfig):
         self.weight_update = canonical_weight_rule(self.weight_update)  # configs record the canonical name
         check_choice(self.weight_update, "weight_update", WEIGHT_RULES)
         check_choice(self.round_mode, "round_mode", ROUND_MODES)
+        scheduler = getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)
+        if self.round_mode == "restart" and scheduler == "reduce_lr_on_plateau":
+            raise InvalidArgumentError(
+                "`lr_scheduler_type`='reduce_lr_on_plateau' reacts to evaluation metrics and cannot start over with "
+                "every round of round_mode='restart': use a step schedule ('linear', 'cosine', 'constant', ...)."
+            )
         check_choice(self.round_quotas, "round_quotas", ROUND_QUOTAS)
         check_choice(self.scored_rows, "scored_rows", SCORED_ROWS)
         self.embed_answer = check_flag(self.embed_answer, "embed_answer")

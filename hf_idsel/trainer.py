@@ -452,6 +452,37 @@ class IterativeSelectionTrainer(SFTTrainer):
         values[-1] = sum(self._epoch_steps)
         return tuple(values)
 
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """In "restart" mode each round is a fresh run from the base weights (as in the research code), so each round
+        gets the whole schedule, warm-up and decay over its own steps; one schedule over every round would train
+        the model that is kept, the last round's, on the decayed tail of the learning rate only."""
+        if self.args.round_mode != "restart" or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        from transformers import get_scheduler
+
+        per_round = np.add.reduceat(self._epoch_steps, np.arange(0, len(self._epoch_steps), self.args.epochs_per_round))
+        starts = np.concatenate([[0], np.cumsum(per_round)[:-1]]).tolist()
+        factors = []
+        for steps in per_round.tolist():
+            # A throwaway optimizer: only the schedule's multiplier function of a round is kept.
+            shape = get_scheduler(
+                self.args.lr_scheduler_type,
+                optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0),
+                num_warmup_steps=self.args.get_warmup_steps(steps),
+                num_training_steps=steps,
+                scheduler_specific_kwargs=self.args.lr_scheduler_kwargs,
+            )
+            factors.append(shape.lr_lambdas[0])
+
+        def factor(step: int) -> float:
+            r = int(np.searchsorted(starts, step, side="right")) - 1
+            return factors[r](step - starts[r])
+
+        optimizer = optimizer if optimizer is not None else self.optimizer
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
     def _run_epoch(self, model, epoch, train_dataloader, steps_in_epoch, num_update_steps_per_epoch, **kwargs):
         # Rounds differ in length: each epoch runs its own batches, and its last partial accumulation
         # steps the optimizer instead of leaking its gradient into the next round.

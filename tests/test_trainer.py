@@ -326,12 +326,23 @@ def test_the_lr_schedule_covers_exactly_the_steps_that_run(tmp_path, mode, steps
     total = sum(steps)
     assert len(optimizer_steps) == trainer.state.global_step == trainer.state.max_steps == total
     assert [r["global_step"] for r in trainer.selection.rounds] == np.cumsum(steps).tolist()
-    # Warm-up is a share of the steps that run, and the schedule ends at its final value (0 for linear).
-    warmup, peak = math.ceil(0.25 * total), trainer.args.learning_rate
-    expected = [peak * t / warmup if t < warmup else peak * (total - t) / (total - warmup) for t in range(total)]
+    # Warm-up is a share of the steps that run, and the schedule ends at its final value (0 for linear). In
+    # "continue" one schedule spans the run; in "restart" every round is a fresh run with the whole schedule.
+    peak = trainer.args.learning_rate
+
+    def linear(n):
+        warmup = math.ceil(0.25 * n)
+        return [peak * t / warmup if t < warmup else peak * (n - t) / (n - warmup) for t in range(n)]
+
+    expected = linear(total) if mode == "continue" else [lr for n in steps for lr in linear(n)]
     logged = [log["learning_rate"] for log in trainer.state.log_history if "learning_rate" in log]
     assert np.allclose(logged, expected, rtol=1e-6)
     assert trainer.lr_scheduler.get_last_lr()[0] == 0.0
+
+
+def test_restart_mode_refuses_a_schedule_that_cannot_start_over(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="reduce_lr_on_plateau"):
+        make_trainer(tmp_path, round_mode="restart", lr_scheduler_type="reduce_lr_on_plateau")
 
 
 def test_an_epoch_smaller_than_one_batch_per_process_is_refused(tmp_path):
