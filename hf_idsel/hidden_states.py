@@ -252,3 +252,25 @@ def as_hidden_state_encoder(encoder: Any, *, revision: str | None = None, device
         return HiddenStateEncoder(model, revision=revision, device=device, trust_remote_code=trust_remote_code)
     return encoder
 
+
+def from_manifest_record(record: dict, *, revision: str | None = None, device: Any = None, trust_remote_code: bool = False):
+    """The [`HiddenStateEncoder`] a manifest's `encoder` entry describes: its model, layer, pooling, max_length and
+    projection, so a re-run (`load_selection(..., recompute=True)`) embeds exactly as the recorded run did.
+
+    The caller names the model (their consent to load it); the entry supplies only these settings, never code.
+    """
+    model = str(record["id"])[len(PREFIX) :]
+    projection = record.get("projection")
+    return HiddenStateEncoder(
+        model,
+        revision=revision,
+        layer=record.get("layer", -1),
+        pooling=record.get("pooling", "weighted_mean"),
+        max_length=record.get("max_length", 512),
+        projection=projection,
+        dim=record.get("dim") if projection is not None else None,
+        seed=record.get("projection_seed", 0),
+        device=device,
+        trust_remote_code=trust_remote_code,
+    )
+

@@ -19,7 +19,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
-from . import baselines, checks, methods, sample
+from . import baselines, checks, hidden_states, methods, sample
 from .cache import StoredVectors, cache_file
 from .cluster import choose_k, default_k_candidates, kmeans
 from .decontaminate import (
@@ -29,6 +29,7 @@ from .describe import describe_pool
 from .embed import (
     DEFAULT_ENCODER,
     batch_encoder,
+    built_static_identity,
     embed_dataset,
     embedding_cache_key,
     embeddings_from_column,
@@ -46,6 +47,7 @@ from .render import (
     validate_columns,
 )
 from .report import centroid_map
+from .static_embed import STATIC_PREFIX, is_static
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,11 @@ ADDED_COLUMNS = ("source_index", "cluster")
 # Throughput of all-MiniLM-L6-v2 measured on 2 CPU cores, for dry-run estimates.
 _CPU_SECONDS_PER_TEXT = 1 / 800
 _CPU_SECONDS_PER_TOKEN = 1 / 12_000
+# The static encoder on the same CPU: rows embedded per second, and the one-off build of its weights.
+_STATIC_CPU_SECONDS_PER_ROW = 1 / 250
+_STATIC_BUILD_CPU_SECONDS = 240.0
+# SmolLM2-135M hidden states cost about this many times all-MiniLM-L6-v2 per row (docs/performance.md).
+_HIDDEN_STATES_CPU_FACTOR = 10.0
 _KMEANS_SECONDS_PER_UNIT = 6.6e-12  # per (training row x k x dim x iteration) with faiss on that CPU
 # Rows per pass-one batch of a streamed pool: embed_dataset's chunk, so the encoder sees the same batches
 # and a stream gets the vectors (and the selection) of the same rows as a `datasets.Dataset`.
@@ -916,16 +923,24 @@ def _plan(pool, args: SelectArguments, checked: _Checked) -> SelectionPlan:
         first = pool.data.table.column(args.embedding_column).slice(0, 1).to_pylist()[0]
         dim = len(first)
     else:
-        identity = encoder_identity(args.encoder, args.encoder_revision)
-        encoder_id = identity.id
-        key = embedding_cache_key(pool, identity, checked.render)
-        cached = os.path.exists(cache_file("embeddings", key, args.cache_dir))
-        dim = 384 if identity.id == DEFAULT_ENCODER else None
+        static = is_static(args.encoder)
+        # A dry run never builds the static encoder's weights (minutes): unbuilt, nothing can be cached either.
+        identity = built_static_identity(args.encoder, args.encoder_revision) if static else encoder_identity(
+            args.encoder, args.encoder_revision
+        )
+        encoder_id = identity.id if identity is not None else args.encoder
+        key = embedding_cache_key(pool, identity, checked.render) if identity is not None else None
+        cached = key is not None and os.path.exists(cache_file("embeddings", key, args.cache_dir))
+        dim = 384 if encoder_id == DEFAULT_ENCODER else 256 if args.encoder == STATIC_PREFIX else None
         if not cached:
             sample_rows = pool.select(range(min(n, 256)))
             chars = [len(p) + len(q) for p, q in zip(*_render_sample(sample_rows, checked.render))]
             tokens = min(float(np.mean(chars)) / 4.0, 256.0)
             embed_seconds = n * (_CPU_SECONDS_PER_TEXT + tokens * _CPU_SECONDS_PER_TOKEN)
+            if static:
+                embed_seconds = n * _STATIC_CPU_SECONDS_PER_ROW + (_STATIC_BUILD_CPU_SECONDS if identity is None else 0.0)
+            elif encoder_id.startswith(hidden_states.PREFIX):
+                embed_seconds *= _HIDDEN_STATES_CPU_FACTOR
     d = dim or 768
     k = args.k
     candidates = None
@@ -1108,6 +1123,12 @@ def _replay_arguments(manifest: Manifest, overrides: dict) -> dict:
         same = isinstance(overrides["encoder"], str) and overrides["encoder"] == encoder
         if same and "encoder_revision" not in overrides:
             recorded["encoder_revision"] = encoder_revision
+        if same and encoder.startswith(hidden_states.PREFIX) and (manifest.encoder or {}).get("id") == encoder:
+            # The string names the model; the layer, pooling and projection the run used are in the manifest.
+            overrides = {**overrides, "encoder": hidden_states.from_manifest_record(
+                manifest.encoder, revision=overrides.get("encoder_revision", encoder_revision),
+                device=overrides.get("device"), trust_remote_code=bool(overrides.get("trust_remote_code", False)),
+            )}
     elif recorded.get("embedding_column") is None and (encoder != DEFAULT_ENCODER or encoder_revision is not None):
         at = f" at revision {encoder_revision!r}" if encoder_revision is not None else ""
         raise InvalidArgumentError(

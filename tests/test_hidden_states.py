@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from _tiny import make_tiny_llama, save_tiny_llama, train_tiny
-from hf_idsel import diverse_select
+from hf_idsel import diverse_select, load_selection
 from hf_idsel.embed import embed_dataset, embedding_cache_key, encoder_identity
 from hf_idsel.errors import InvalidArgumentError
 from hf_idsel.hidden_states import HiddenStateEncoder, _pool
@@ -108,6 +108,19 @@ def test_selection_is_deterministic_and_the_manifest_names_the_encoder(tiny_dir,
         "layer": -1, "pooling": "weighted_mean", "max_length": 512,
     }
     assert manifest.arguments["encoder"] == f"hidden-states:{tiny_dir}"
+
+
+def test_a_rerun_from_the_manifest_embeds_with_the_recorded_layer_pooling_and_projection(tiny_dir, cache_dir):
+    pool = qa_pool()
+    encoder = HiddenStateEncoder(tiny_dir, layer=1, pooling="mean", max_length=64, projection="random", dim=8, seed=2)
+    first, manifest = diverse_select(pool, 12, k=4, seed=1, encoder=encoder, cache_dir=cache_dir, return_manifest=True)
+    assert manifest.encoder["layer"] == 1 and manifest.encoder["projection"] == "random"
+    # The caller names the model (consent to load it); the settings come from the manifest.
+    again = load_selection(manifest, pool=pool, recompute=True, encoder=f"hidden-states:{tiny_dir}")
+    assert again["source_index"] == first["source_index"] and again["cluster"] == first["cluster"]
+    # The default settings embed differently, and a re-run with them is caught rather than trusted.
+    default, _ = diverse_select(pool, 12, k=4, seed=1, encoder=f"hidden-states:{tiny_dir}", cache_dir=cache_dir, return_manifest=True)
+    assert default["source_index"] != first["source_index"]
 
 
 @pytest.mark.parametrize(
