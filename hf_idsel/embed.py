@@ -33,7 +33,7 @@ from .cache import (
 from .errors import IdselError, InvalidArgumentError, MissingDependencyError
 from .hidden_states import HiddenStateEncoder, as_hidden_state_encoder
 from .render import RenderOptions, check_text_to_embed, render_batch
-from .static_embed import is_static, load_static, static_base, static_identity, static_weights
+from .static_embed import built_static_weights, is_static, load_static, static_base, static_identity, static_weights
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,13 @@ def encoder_identity(encoder: Any, revision: str | None = None) -> ModelIdentity
     if isinstance(encoder, HiddenStateEncoder):
         return encoder.identity
     return model_identity(encoder, revision, packaged=_PACKAGED_ENCODERS, argument="encoder")
+
+
+def built_static_identity(encoder: str, revision: str | None = None) -> ModelIdentity | None:
+    """The identity of static encoder `encoder` when its weights are already built, else `None` (nothing is built)."""
+    base = model_identity(static_base(encoder, DEFAULT_ENCODER), revision, packaged=_PACKAGED_ENCODERS, argument="encoder")
+    built = built_static_weights(base)
+    return None if built is None else static_identity(base, built[1], built[2])
 
 
 def _static(encoder: str, revision: str | None, device: str | None = None):

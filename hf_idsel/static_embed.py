@@ -63,20 +63,42 @@ def static_weights(base: ModelIdentity, load_base, *, directory: str | None = No
         directory (`str`, *optional*):
             Cache folder; defaults to [`~cache.cache_dir`].
     """
-    expected = {"base_id": base.id, "base_revision": base.revision, "recipe": fingerprint(_RECIPE)}
-    path = os.path.join(cache_dir(directory), f"static-{fingerprint(base.id, base.revision, _RECIPE)}.safetensors")
-    if os.path.exists(path):
-        weights, digest, problem = _read_weights(path, expected)
-        if problem is None:
-            logger.info("Loaded static encoder weights from %s", path)
-            return weights, path, digest
-        logger.warning("Discarding the static encoder weights %s: %s. Rebuilding them.", path, problem)
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
+    built = built_static_weights(base, directory=directory, discard=True)
+    if built is not None:
+        return built
+    expected, path = _expected(base), _weights_path(base, directory)
     weights = distill(load_base())
     digest = _digest(weights)
     _write_weights(path, weights, {**expected, "sha256": digest})
     return weights, path, digest
+
+
+def built_static_weights(base: ModelIdentity, *, directory: str | None = None, discard: bool = False):
+    """`(weights, path, sha256)` of `base`'s static weights when valid ones are cached, else `None`; never builds.
+
+    A dry run asks this to learn whether the weights (and so the embedding cache) exist without paying
+    for a build. `discard=True` removes an invalid file (logged), so the caller rebuilds it.
+    """
+    path = _weights_path(base, directory)
+    if not os.path.exists(path):
+        return None
+    weights, digest, problem = _read_weights(path, _expected(base))
+    if problem is None:
+        logger.info("Loaded static encoder weights from %s", path)
+        return weights, path, digest
+    if discard:
+        logger.warning("Discarding the static encoder weights %s: %s. Rebuilding them.", path, problem)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+    return None
+
+
+def _expected(base: ModelIdentity) -> dict:
+    return {"base_id": base.id, "base_revision": base.revision, "recipe": fingerprint(_RECIPE)}
+
+
+def _weights_path(base: ModelIdentity, directory: str | None) -> str:
+    return os.path.join(cache_dir(directory), f"static-{fingerprint(base.id, base.revision, _RECIPE)}.safetensors")
 
 
 def distill(model) -> np.ndarray:

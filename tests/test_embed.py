@@ -349,3 +349,21 @@ def test_a_static_selection_records_its_weights_and_repeats(tiny_st, cache_dir):
     assert manifest.encoder == {"id": identity.id, "revision": identity.revision, "dim": 32}
     again = diverse_select(pool, 8, k=4, encoder=f"static:{tiny_st}", cache_dir=cache_dir + "-fresh")
     assert len(first) == 8 and first["source_index"] == again["source_index"]
+
+
+def test_a_dry_run_never_builds_the_static_weights_and_counts_their_build(tiny_st, cache_dir):
+    from hf_idsel.embed import built_static_identity
+
+    spec = f"static:{tiny_st}"
+    built = built_static_identity(spec)
+    if built is not None:
+        os.remove(built.location)
+    pool = datasets.Dataset.from_dict({"text": [f"how do I cook pasta number {i}?" for i in range(30)]})
+    plan = diverse_select(pool, 6, k=3, encoder=spec, cache_dir=cache_dir, dry_run=True)
+    assert built_static_identity(spec) is None  # nothing was built
+    assert not plan.embeddings_cached and plan.encoder == spec
+    diverse_select(pool, 6, k=3, encoder=spec, cache_dir=cache_dir)
+    again = diverse_select(pool, 6, k=3, encoder=spec, cache_dir=cache_dir, dry_run=True)
+    assert again.embeddings_cached and again.encoder == built_static_identity(spec).id
+    # Unbuilt weights cost their build on top of embedding the rows.
+    assert plan.estimated_embedding_seconds > 100
