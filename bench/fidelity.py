@@ -157,7 +157,7 @@ class FidelityConfig:
     pool_rows: dict = field(default_factory=lambda: {"gsm8k": 120, "humaneval": 80, "chitchat": 120, "mmlu": 120})
     junk_rows: dict = field(default_factory=lambda: {"offtopic": 45, "corrupted": 45})
     heldout_rows: dict = field(default_factory=lambda: {"gsm8k": 10, "humaneval": 4, "chitchat": 10, "mmlu": 20})
-    budget: int = 36
+    budget: int = 24
     rounds: int = 3
     batch_size: int = 4
     max_length: int = 224
@@ -953,7 +953,28 @@ def render_tables(results: dict) -> str:
     parts = [markdown_table(results)]
     parts += [t for t in (paired_table(results, ref) for ref in REFERENCE_ARMS) if t]
     parts.append(selection_table(results))
+    parts.append(time_table(results))
     return "\n\n".join(parts)
+
+
+def time_table(results: dict) -> str:
+    """Wall time per arm (train + evaluate, mean over seeds) and what the default arm set costs, from the runs."""
+    runs, timings = results["runs"], results["timings"]
+    seeds = len({r["seed"] for r in runs})
+    arms = list(dict.fromkeys(r["arm"] for r in runs))
+    mean = {a: float(np.mean([r["train_s"] + r["eval_s"] for r in runs if r["arm"] == a])) for a in arms}
+    lines = ["| arm | train s | evaluate s | total s (mean over seeds) |", "|---|---|---|---|"]
+    for a in arms:
+        mine = [r for r in runs if r["arm"] == a]
+        lines.append(f"| {a} | {np.mean([r['train_s'] for r in mine]):.0f} | {np.mean([r['eval_s'] for r in mine]):.0f} | {mean[a]:.0f} |")
+    setup = sum(timings.get(k, 0.0) for k in ("load_model_s", "prepare_pool_s", "base_eval_s"))
+    lines.append(f"\nSetup (load the model, build, embed and score the pool, evaluate the untrained model): {setup:.0f} s. "
+                 f"This run: {len(arms)} arms x {seeds} seeds in {timings['total_wall_s'] / 60:.1f} min.")
+    if set(DEFAULT_ARMS) <= set(arms):
+        default = setup + seeds * sum(mean[a] for a in DEFAULT_ARMS)
+        lines.append(f"The default arm set ({len(DEFAULT_ARMS)} arms) at these times: setup + {seeds} seeds x "
+                     f"{sum(mean[a] for a in DEFAULT_ARMS):.0f} s = {default / 60:.1f} min.")
+    return "\n".join(lines)
 
 
 def markdown_table(results: dict) -> str:
