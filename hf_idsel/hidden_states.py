@@ -273,4 +273,3 @@ def from_manifest_record(record: dict, *, revision: str | None = None, device: A
         device=device,
         trust_remote_code=trust_remote_code,
     )
-
