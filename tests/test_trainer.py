@@ -460,8 +460,10 @@ def test_generation_scorer_needs_gold_answers(tmp_path):
         make_trainer(tmp_path, pool=pool, scorer=JudgeScorer(junk_judge), budget=6, k="2")
 
 
-@pytest.mark.parametrize("scorer, mode", [("judge", "continue"), ("loss", "restart")])
-def test_two_ranks_hold_the_same_selection(tmp_path, scorer, mode):
+@pytest.mark.parametrize(
+    "scorer, mode, variant", [("judge", "continue", "vectors"), ("loss", "restart", "vectors"), ("loss", "continue", "lora-hidden")]
+)
+def test_two_ranks_hold_the_same_selection(tmp_path, scorer, mode, variant):
     import socket
     import subprocess
     import sys
@@ -474,13 +476,16 @@ def test_two_ranks_hold_the_same_selection(tmp_path, scorer, mode):
     # CPU ranks over gloo on any machine: two ranks on one visible GPU would collide under NCCL.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join(filter(None, path))}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port, script, str(tmp_path), scorer, mode],
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port, script, str(tmp_path), scorer, mode, variant],
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.load(open(tmp_path / f"rank_{i}.json")) for i in range(2)]
     assert ranks[0]["world"] == ranks[1]["world"] == 2
-    assert ranks[0]["rounds"] == ranks[1]["rounds"]
+    assert ranks[0]["rounds"] == ranks[1]["rounds"] and ranks[0]["labels"] == ranks[1]["labels"]
+    if variant == "lora-hidden":  # each rank embedded its share with the untrained model; the clusters are one
+        assert ranks[0]["encoder"] == ranks[1]["encoder"] and ranks[0]["encoder"]["id"].startswith("hidden-states:")
+        assert len(set(ranks[0]["labels"])) == 4
     # The main process describes the clusters and broadcasts the descriptions with the labels.
     assert ranks[0]["descriptions"] == ranks[1]["descriptions"] and len(ranks[0]["descriptions"]) == 4
     assert [r["cumulative_size"] for r in ranks[0]["rounds"]] == [8, 16, 24]
