@@ -86,19 +86,23 @@ class IterativeSelectionConfig(SFTConfig):
             Per-row quality for the draw inside a cluster (kMQ).
         quality_temperature (`float`, *optional*, defaults to `1.0`):
             Softmax temperature of the in-cluster draw.
-        scorer (`str`, *optional*, defaults to `"loss"`):
-            How rounds are scored, by name: `"loss"`, `"reward"`, `"perplexity"` or `"likelihood"`
+        scorer (`str`, *optional*, defaults to `"likelihood"`):
+            How rounds are scored, by name: `"likelihood"`, `"loss"`, `"reward"` or `"perplexity"`
             (see `hf_idsel/scorers.py`). A scorer object (e.g. `JudgeScorer(judge)`) or a callable goes
-            to the trainer's `scorer=` argument instead, which overrides this field.
+            to the trainer's `scorer=` argument instead, which overrides this field. The default, with
+            `reference_model="base"`, won the fidelity experiment (docs/fidelity.md); `"loss"` is free
+            (no generation) but chases hard rows and junk.
         reward_model (`str`, *optional*):
             Reward model id or path for `scorer="reward"`.
         reward_template (`str`, *optional*):
             How `scorer="reward"` formats conversations for the reward model: `None` (its tokenizer's
             chat template; an error when it has none), a Jinja chat template or the path of a `.jinja`
             file, or `"policy"` (the trained model's rendered prompt + answer, as is).
-        reference_model (`str`, *optional*, defaults to `"HuggingFaceTB/SmolLM2-135M-Instruct"`):
-            Reference causal LM for `scorer="likelihood"`, or `"base"`: the trained model with its LoRA
-            adapters disabled (no second model; needs a `peft_config`).
+        reference_model (`str`, *optional*, defaults to `"base"`):
+            Reference causal LM for `scorer="likelihood"`: `"base"`, the trained model with its LoRA adapters
+            disabled (no second model), or without a `peft_config` a frozen copy of its starting weights (one
+            more copy of the weights; refused under ZeRO-3/FSDP); or a Hub id or path, e.g.
+            `"HuggingFaceTB/SmolLM2-135M-Instruct"` (packaged, offline).
         weight_update (`str`, *optional*, defaults to `"softmax"`):
             How cluster scores s move the cluster weights w (`rounds.update_weights`): `"softmax"`:
             w x softmax(s / T), renormalised; `"linear"`: the paper's Eq. 6 as printed, w x s / sum(s)
@@ -180,7 +184,7 @@ class IterativeSelectionConfig(SFTConfig):
     )
     quality_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the in-cluster draw."})
     scorer: str = field(
-        default="loss",
+        default="likelihood",
         metadata={
             "help": f"Round scorer by name: one of {list(SCORERS)} (objects and callables go to the trainer's `scorer=`)."
         },
@@ -194,8 +198,11 @@ class IterativeSelectionConfig(SFTConfig):
         },
     )
     reference_model: str = field(
-        default="HuggingFaceTB/SmolLM2-135M-Instruct",
-        metadata={"help": "Reference causal LM for scorer='likelihood', or 'base' (the trained model with its LoRA adapters off)."},
+        default="base",
+        metadata={
+            "help": "Reference causal LM for scorer='likelihood': 'base' (the trained model with its LoRA adapters off, "
+            "or a frozen copy of its starting weights without LoRA), or a model id or path."
+        },
     )
     weight_update: str = field(
         default="softmax",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import copy
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -433,10 +434,11 @@ class LikelihoodScorer(RoundScorer):
 
     The prompts are scored as given, i.e. rendered with the trained model's chat format.
 
-    `reference="base"` is the free reference: the model being trained with its LoRA adapters
-    disabled (peft's `disable_adapter()`), i.e. the base model before any round, so no second model
-    is loaded. The trained model must be a `PeftModel` then; bind it before each call like
-    [`PerplexityScorer`] (the trainer does).
+    `reference="base"` is the reference that costs no second model: the model being trained with its
+    LoRA adapters disabled (peft's `disable_adapter()`), i.e. the base model before any round. A model
+    trained without adapters has no base to switch back to: [`freeze_base`] keeps a frozen copy of its
+    starting weights instead (one more copy of the weights in memory; the trainer does this). Bind the
+    trained model before each call like [`PerplexityScorer`] (the trainer does).
 
     Args:
         reference (`str` or `PreTrainedModel`, *optional*, defaults to `"HuggingFaceTB/SmolLM2-135M-Instruct"`):
@@ -481,6 +483,7 @@ class LikelihoodScorer(RoundScorer):
         self._tokenizer_spec = tokenizer
         self._loaded: tuple[Any, Any] | None = None
         self._bound: tuple[Any, Any] | None = None
+        self._frozen: Any = None
 
     @classmethod
     def from_config(cls, args: Any, *, device: Any = None, show_progress: bool = True) -> LikelihoodScorer:
@@ -491,19 +494,31 @@ class LikelihoodScorer(RoundScorer):
         return isinstance(self.reference, str) and self.reference == BASE_REFERENCE
 
     def check_model(self, model: Any) -> None:
-        """With `reference="base"`, refuse a trained model without adapters: it has no base to fall back to."""
-        if self.uses_base and not callable(getattr(model, "disable_adapter", None)):
+        """With `reference="base"`, refuse a trained model without adapters and without a frozen copy of its base."""
+        if self.uses_base and self._frozen is None and not callable(getattr(model, "disable_adapter", None)):
             raise InvalidArgumentError(
                 f"LikelihoodScorer(reference={BASE_REFERENCE!r}) scores with the base model under the trained LoRA "
-                f"adapters, but the model ({type(model).__name__}) has none: train with a `peft_config`, or name a "
-                "reference model (`reference_model`)."
+                f"adapters, but the model ({type(model).__name__}) has none: train with a `peft_config`, call "
+                "`scorer.freeze_base(model)` before training (a frozen copy of its weights), or name a reference "
+                "model (`reference_model`)."
             )
+
+    def freeze_base(self, model: Any) -> LikelihoodScorer:
+        """For a model trained without adapters: keep a frozen copy of its weights as they are now, before
+        training, as the `"base"` reference. Returns `self`."""
+        if self.uses_base and not callable(getattr(model, "disable_adapter", None)):
+            frozen = copy.deepcopy(model)
+            # A trainer wraps `forward` on the instance (a closure over the original model), and a deep copy keeps
+            # that closure: the copy would score with the weights being trained. The class's forward is the copy's.
+            frozen.__dict__.pop("forward", None)
+            self._frozen = frozen.eval().requires_grad_(False)
+        return self
 
     def bind(self, model: Any, tokenizer: Any) -> LikelihoodScorer:
         """The model being trained and its tokenizer; only `reference="base"` reads them. Returns `self`."""
         if self.uses_base:
             self.check_model(model)
-            self._bound = (model, tokenizer)
+            self._bound = (model if self._frozen is None else self._frozen, tokenizer)
         return self
 
     def load(self) -> tuple[Any, Any]:
@@ -524,7 +539,7 @@ class LikelihoodScorer(RoundScorer):
 
     def _score(self, prompts, golds, generations):
         model, tokenizer = self.load()
-        with model.disable_adapter() if self.uses_base else contextlib.nullcontext():
+        with model.disable_adapter() if self.uses_base and self._frozen is None else contextlib.nullcontext():
             gold_ll, generation_ll = _log_likelihoods_with_empty(
                 model, tokenizer, prompts, golds, generations,
                 batch_size=self.batch_size, max_length=self.max_length, show_progress=self.show_progress,

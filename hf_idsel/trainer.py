@@ -243,10 +243,17 @@ class IterativeSelectionTrainer(SFTTrainer):
         self._license = base_model_license(self._base_model, args.hub_license, args.hub_token) if args.push_to_hub else args.hub_license
         self.scorer = as_scorer(scorer, args, device=args.device, show_progress=args.process_index == 0)
         self.scorer_name = scorer_name(self.scorer)
-        if hasattr(self.scorer, "check_model") and kwargs.get("peft_config") is None:
-            self.scorer.check_model(model)  # reference="base" needs adapters to switch off
         pool_with_ids = train_dataset.add_column(ROW_ID, list(range(len(train_dataset))))
         super().__init__(model, args=args, train_dataset=pool_with_ids, **kwargs)
+        if getattr(self.scorer, "uses_base", False) and not callable(getattr(self.model, "disable_adapter", None)):
+            # reference="base" without LoRA adapters to switch off: a frozen copy of the starting weights.
+            if self._model_is_sharded():
+                raise InvalidArgumentError(
+                    "The likelihood scorer's reference_model='base' needs LoRA adapters to switch off (a `peft_config`), "
+                    "or a frozen copy of the whole model, which a model sharded by ZeRO-3 or FSDP cannot hold on each "
+                    "rank: pass a `peft_config`, a smaller `reference_model` id, or scorer='loss'."
+                )
+            self.scorer.freeze_base(self.model)
         self.data_collator = _RowIdCollator(self.data_collator)
         self._set_signature_columns_if_needed()
         self._signature_columns = list(self._signature_columns) + [ROW_ID]

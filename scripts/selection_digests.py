@@ -120,7 +120,7 @@ def iterative_call(tmp: str) -> dict:
         args = IterativeSelectionConfig(
             output_dir=os.path.join(tmp, mode), budget=24, rounds=3, k="3", embedding_column="embedding",
             per_device_train_batch_size=4, learning_rate=5e-3, max_length=64, report_to="none", use_cpu=True,
-            save_strategy="no", seed=0, disable_tqdm=True, round_mode=mode,
+            save_strategy="no", seed=0, disable_tqdm=True, round_mode=mode, scorer="loss",
         )
         trainer = IterativeSelectionTrainer(model, args=args, train_dataset=pool, processing_class=tokenizer)
         trainer.train()

@@ -244,6 +244,13 @@ def test_tiny_experiment_writes_consistent_results(tmp_path):
         assert sum(counts) == pytest.approx(cfg.budget), line
         if cells[0] == "junk-only":
             assert counts[-2] + counts[-1] == pytest.approx(cfg.budget)
+    # The time table: one row per arm, its total the mean of that arm's train + evaluate seconds.
+    times = fidelity.time_table(results)
+    for arm in cfg.arms:
+        row = next(line for line in times.splitlines() if line.startswith(f"| {arm} |"))
+        expected = np.mean([r["train_s"] + r["eval_s"] for r in by_arm[arm]])
+        assert float(row.strip("|").split("|")[-1]) == pytest.approx(expected, abs=0.51)
+    assert f"{len(cfg.arms)} arms x 2 seeds" in times
 
 
 def test_unequal_steps_are_refused():

@@ -78,6 +78,7 @@ def make_trainer(tmp_path, pool=None, model=None, **config):
         generation_max_new_tokens=8,
         seed=0,
         disable_tqdm=True,
+        scorer="loss",  # the free scorer keeps these tests fast; the default (likelihood, base) has its own tests
     )
     defaults.update(config)
     trainer_only = ("peft_config", "exclude_dataset", "exclude_ngram", "exclude_ngram_threshold", "exclude_cosine_threshold")
@@ -461,7 +462,7 @@ def test_generation_scorer_needs_gold_answers(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "scorer, mode, variant", [("judge", "continue", "vectors"), ("loss", "restart", "vectors"), ("loss", "continue", "lora-hidden")]
+    "scorer, mode, variant", [("judge", "continue", "vectors"), ("loss", "restart", "vectors"), ("likelihood", "continue", "lora-hidden")]
 )
 def test_two_ranks_hold_the_same_selection(tmp_path, scorer, mode, variant):
     import socket
@@ -647,7 +648,7 @@ def test_prompt_completion_pool_from_a_model_path_with_eval(tmp_path):
     args = IterativeSelectionConfig(
         output_dir=str(tmp_path / "run"), budget=16, rounds=2, k="4", embedding_column="embedding",
         per_device_train_batch_size=4, max_length=64, report_to="none", bf16=False, use_cpu=True,
-        save_strategy="no", eval_strategy="epoch", per_device_eval_batch_size=4, disable_tqdm=True,
+        save_strategy="no", eval_strategy="epoch", per_device_eval_batch_size=4, disable_tqdm=True, scorer="loss",
     )
     trainer = IterativeSelectionTrainer(
         path, args=args, train_dataset=pool, eval_dataset=pool.select(range(8)).remove_columns("embedding"),
@@ -883,3 +884,45 @@ def test_loss_scorer_over_all_rows_refuses_a_sharded_model_before_training(tmp_p
     with pytest.raises(InvalidArgumentError, match="a sharded model \\(DeepSpeed ZeRO-3, FSDP\\) cannot run"):
         make_trainer(tmp_path, budget=24, scored_rows="selected")
     make_trainer(tmp_path, budget=24, scored_rows="selected", round_mode="restart")  # restart trains all of D'
+
+
+# --- the default scorer: likelihood against the base model (docs/fidelity.md chose it) ---
+
+
+def test_the_default_scorer_is_likelihood_against_the_base_model():
+    config = IterativeSelectionConfig(output_dir="unused", use_cpu=True, bf16=False, report_to="none")
+    assert (config.scorer, config.reference_model) == ("likelihood", "base")
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_the_base_reference_scores_as_a_frozen_copy_of_the_starting_model_would(tmp_path, lora):
+    """With LoRA the base is the model with its adapters off; without, a frozen copy of the starting weights. Either
+    way the rounds must be those of an explicit reference holding the starting weights."""
+    import copy
+
+    from peft import LoraConfig
+
+    from hf_idsel.scorers import LikelihoodScorer
+
+    extra = {"peft_config": LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")} if lora else {}
+    model = make_tiny_llama()[0]
+    start = copy.deepcopy(model)
+    base = make_trainer(tmp_path / "base", model=model, scorer="likelihood", budget=24, **extra)
+    assert base.scorer.uses_base and (base.scorer._frozen is None) == lora
+    base.train()
+    if not lora:  # the copy kept the starting weights while the model trained
+        assert all(torch.equal(a, b) for a, b in zip(base.scorer._frozen.parameters(), start.parameters()))
+        assert any(not torch.equal(a, b) for a, b in zip(base.model.parameters(), start.parameters()))
+    explicit = LikelihoodScorer(copy.deepcopy(start), tokenizer=make_tiny_llama()[1], batch_size=8, show_progress=False)
+    other = make_trainer(tmp_path / "explicit", model=copy.deepcopy(start), scorer=explicit, budget=24, **extra)
+    other.train()
+    assert [r["selected"] for r in base.selection.rounds] == [r["selected"] for r in other.selection.rounds]
+    assert np.allclose([r["weights"] for r in base.selection.rounds], [r["weights"] for r in other.selection.rounds], atol=1e-5)
+    assert base.selection.rounds[1]["weights"] != base.selection.rounds[0]["weights"]  # the scores moved the weights
+
+
+def test_the_base_reference_of_a_sharded_model_without_adapters_is_refused(tmp_path, monkeypatch):
+    # ZeRO-3 / FSDP cannot run on this CPU machine: the check that reads them is what is replaced.
+    monkeypatch.setattr(IterativeSelectionTrainer, "_model_is_sharded", lambda self: True)
+    with pytest.raises(InvalidArgumentError, match="reference_model='base' needs LoRA adapters.*peft_config"):
+        make_trainer(tmp_path, scorer="likelihood", budget=24)
