@@ -121,7 +121,7 @@ ARMS = {
     "iter-likelihood-restart": Arm("iterative", scorer="likelihood", round_mode="restart"),
     # Representation arms (the other issues' comparisons): balanced random by source vs plain random, and
     # kMQ on other encoders vs MiniLM. The encoder arms embed the pool themselves (cached), so they share the
-    # pool and seeds but not the clustering. Not in the default run until its sizing includes them.
+    # pool and seeds but not the clustering. Not in the default run: they add 18 min to its 71 (docs/fidelity.md, "Cost and sizing").
     "balanced-random": Arm("static", select={"method": "balanced-random", "source_column": "origin"}),
     "kmq-hidden": Arm("static", select={**KMQ, "encoder": "hidden-states:HuggingFaceTB/SmolLM2-135M-Instruct"}),
     "kmq-static": Arm("static", select={**KMQ, "encoder": "static"}),
