@@ -85,7 +85,7 @@ def measure_trainer(
     pool = hf_idsel.load_builtin_pool(pool_rows or DEFAULT_POOL)
     options = resolve_render_options(pool.column_names)
     embeddings, _ = pool_embeddings(pool, options, **({"encoder": encoder} if encoder is not None else {}))
-    pool = pool.add_column("embedding", embeddings.tolist())
+    pool = pool.add_column("embedding", np.asarray(embeddings).tolist())  # StoredVectors: read as float32
 
     model, tokenizer = load_model(model_name)
     start_state = {name: v.clone() for name, v in model.state_dict().items()}

@@ -55,8 +55,8 @@ ADDED_COLUMNS = ("source_index", "cluster")
 # Throughput of all-MiniLM-L6-v2 measured on 2 CPU cores, for dry-run estimates.
 _CPU_SECONDS_PER_TEXT = 1 / 800
 _CPU_SECONDS_PER_TOKEN = 1 / 12_000
-# The static encoder on the same CPU: rows embedded per second, and the one-off build of its weights.
-_STATIC_CPU_SECONDS_PER_ROW = 1 / 250
+# The static encoder on the same CPU, and the one-off build of its weights (197-272 s measured).
+_STATIC_CPU_SECONDS_PER_ROW = 1 / 2000  # measured 3,675 rows/s idle, 219-287 under load (docs/performance.md)
 _STATIC_BUILD_CPU_SECONDS = 240.0
 # SmolLM2-135M hidden states cost about this many times all-MiniLM-L6-v2 per row (docs/performance.md).
 _HIDDEN_STATES_CPU_FACTOR = 10.0
