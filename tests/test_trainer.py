@@ -865,8 +865,9 @@ def test_likelihood_scorer_with_the_base_as_reference_inside_the_trainer(tmp_pat
 
     loads = []
     monkeypatch.setattr(scorers, "load_reference_model", lambda *a, **k: loads.append(a))
-    with pytest.raises(InvalidArgumentError, match="has none: train with a `peft_config`"):
-        make_trainer(tmp_path, scorer="likelihood", reference_model="base", budget=16, rounds=2)
+    # Without adapters the base is a frozen copy of the starting weights, not a model loaded from anywhere.
+    without = make_trainer(tmp_path / "full", scorer="likelihood", reference_model="base", budget=16, rounds=2)
+    assert without.scorer._frozen is not None and loads == []
     trainer = make_trainer(
         tmp_path, scorer="likelihood", reference_model="base", budget=16, rounds=2,
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
