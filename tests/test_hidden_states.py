@@ -118,7 +118,7 @@ def test_a_rerun_from_the_manifest_embeds_with_the_recorded_layer_pooling_and_pr
     # The caller names the model (consent to load it); the settings come from the manifest.
     again = load_selection(manifest, pool=pool, recompute=True, encoder=f"hidden-states:{tiny_dir}")
     assert again["source_index"] == first["source_index"] and again["cluster"] == first["cluster"]
-    # The default settings embed differently, and a re-run with them is caught rather than trusted.
+    # The default settings select other rows: a re-run that ignored the recorded ones would not match.
     default, _ = diverse_select(pool, 12, k=4, seed=1, encoder=f"hidden-states:{tiny_dir}", cache_dir=cache_dir, return_manifest=True)
     assert default["source_index"] != first["source_index"]
 
