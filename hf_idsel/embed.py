@@ -66,15 +66,20 @@ def encoder_identity(encoder: Any, revision: str | None = None) -> ModelIdentity
 
 def built_static_identity(encoder: str, revision: str | None = None) -> ModelIdentity | None:
     """The identity of static encoder `encoder` when its weights are already built, else `None` (nothing is built)."""
-    base = model_identity(static_base(encoder, DEFAULT_ENCODER), revision, packaged=_PACKAGED_ENCODERS, argument="encoder")
+    base = _static_base_identity(encoder, revision)[1]
     built = built_static_weights(base)
     return None if built is None else static_identity(base, built[1], built[2])
 
 
+def _static_base_identity(encoder: str, revision: str | None) -> tuple[str, ModelIdentity]:
+    """`(spec, identity)` of the sentence-transformers model a static encoder is distilled from."""
+    base_spec = static_base(encoder, DEFAULT_ENCODER)
+    return base_spec, model_identity(base_spec, revision, packaged=_PACKAGED_ENCODERS, argument="encoder")
+
+
 def _static(encoder: str, revision: str | None, device: str | None = None):
     """`(identity, weights, base identity)` of a static encoder, building its weights on first use."""
-    base_spec = static_base(encoder, DEFAULT_ENCODER)
-    base = model_identity(base_spec, revision, packaged=_PACKAGED_ENCODERS, argument="encoder")
+    base_spec, base = _static_base_identity(encoder, revision)
     weights, path, digest = static_weights(base, lambda: load_encoder(base_spec, revision=revision, device=device))
     return static_identity(base, path, digest), weights, base
 
@@ -323,10 +328,17 @@ class _Encoder:
         self.load_kwargs = dict(revision=revision, device=device, trust_remote_code=trust_remote_code)
         self.batch_size = batch_size
         self.model = None
+        self.tokenizer_of_model = None
 
     def load(self):
         if self.model is None:
             self.model = load_encoder(self.encoder, **self.load_kwargs)
+            tokenizer = self.model.tokenizer
+            if not callable(tokenizer):  # a bare `tokenizers.Tokenizer` (static encoders)
+                from transformers import PreTrainedTokenizerFast
+
+                tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+            self.tokenizer_of_model = tokenizer
         return self.model
 
     def texts(self, dataset: datasets.Dataset, chunk: int) -> list[str]:
@@ -339,11 +351,7 @@ class _Encoder:
     def fit(self, batch: dict) -> list[str]:
         """One batch of columns rendered and fitted to the encoder's length limit."""
         model = self.load()
-        tokenizer = model.tokenizer
-        if not callable(tokenizer):  # a bare `tokenizers.Tokenizer` (static encoders)
-            from transformers import PreTrainedTokenizerFast
-
-            tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+        tokenizer = self.tokenizer_of_model
         limit = model.max_seq_length or tokenizer.model_max_length
         prompts, answers = render_batch(batch, self.options, self.tokenizer)
         if not math.isfinite(limit):  # no length limit (a static encoder): every token counts
@@ -400,14 +408,24 @@ def embedding_problem(table: pa.Table) -> str | None:
     lengths = np.asarray(pa.compute.list_value_length(column).to_numpy(zero_copy_only=False))
     if lengths.min() != lengths.max() or lengths[0] == 0:
         return f"its vectors have dimensions from {lengths.min()} to {lengths.max()}, not one positive dimension"
-    vectors = StoredVectors(column)
-    bad, first = 0, None
+    bad, first, _ = _scan_rows(StoredVectors(column))
+    return f"{bad} vectors hold NaN or infinite values (first: row {first})" if bad else None
+
+
+def _scan_rows(vectors: StoredVectors, zeros: bool = False) -> tuple[int, int | None, int | None]:
+    """`(rows not finite, first such row, first all-zero row)`, read `_CHECK_CHUNK` rows at a time so a pool larger
+    than RAM is never read whole; all-zero rows are looked for (`zeros=True`) only in blocks that are all finite."""
+    bad, first_bad, first_zero = 0, None, None
     for start in range(0, len(vectors), _CHECK_CHUNK):
-        finite = np.isfinite(vectors.raw(slice(start, start + _CHECK_CHUNK))).all(axis=1)
+        block = vectors.raw(slice(start, start + _CHECK_CHUNK))
+        finite = np.isfinite(block).all(axis=1)
         if not finite.all():
             bad += int((~finite).sum())
-            first = start + int(np.argmin(finite)) if first is None else first
-    return f"{bad} vectors hold NaN or infinite values (first: row {first})" if bad else None
+            first_bad = start + int(np.argmin(finite)) if first_bad is None else first_bad
+        elif zeros and first_zero is None:
+            zero = np.linalg.norm(np.asarray(block, dtype=np.float32), axis=1) == 0
+            first_zero = start + int(np.argmax(zero)) if zero.any() else None
+    return bad, first_bad, first_zero
 
 
 def _embed_shards(dataset, encode: _Encoder, key, rank, world_size, chunk, directory, options) -> np.ndarray:
@@ -454,11 +472,12 @@ def _embed_shards(dataset, encode: _Encoder, key, rank, world_size, chunk, direc
             parts.append(column_matrix(part.data.table, "embedding"))
     vectors = np.empty((len(dataset), parts[0].shape[1]), dtype=STORED_VECTOR_DTYPE)
     vectors[order] = np.concatenate(parts, axis=0)  # float16 read back as float32 and stored again: exact
+    blocks = [vectors[a : a + chunk] for a in range(0, len(vectors), chunk)]
     if rank == 0 and datasets.is_caching_enabled():
         # The whole matrix in pool order under the 1-process key: a later run on any number of processes reads it.
-        write_cached("embeddings", key, [{"embedding": vectors[a : a + chunk]} for a in range(0, len(vectors), chunk)], directory=directory)
+        write_cached("embeddings", key, [{"embedding": block} for block in blocks], directory=directory)
     barrier()
-    return StoredVectors(pa.chunked_array([_vector_array(vectors[a : a + chunk]) for a in range(0, len(vectors), chunk)]))
+    return StoredVectors(pa.chunked_array([_vector_array(block) for block in blocks]))
 
 
 def column_matrix(table: pa.Table, column: str) -> np.ndarray:
@@ -511,16 +530,7 @@ def embeddings_from_column(dataset: datasets.Dataset, column: str, *, dim: int |
     vectors = StoredVectors(col)
     if dim is not None and vectors.shape[1] != dim:
         raise InvalidArgumentError(f"`embedding_column`={column!r} has dimension {vectors.shape[1]}, expected {dim}.")
-    not_finite, first_not_finite, first_zero = 0, None, None
-    for start in range(0, len(vectors), _CHECK_CHUNK):
-        block = vectors.raw(slice(start, start + _CHECK_CHUNK))
-        finite = np.isfinite(block).all(axis=1)
-        if not finite.all():
-            not_finite += int((~finite).sum())
-            first_not_finite = start + int(np.argmin(finite)) if first_not_finite is None else first_not_finite
-        elif first_zero is None:
-            zero = np.linalg.norm(np.asarray(block, dtype=np.float32), axis=1) == 0
-            first_zero = start + int(np.argmax(zero)) if zero.any() else None
+    not_finite, first_not_finite, first_zero = _scan_rows(vectors, zeros=True)
     if not_finite:
         raise InvalidArgumentError(
             f"`embedding_column`={column!r} has NaN or infinite values in {not_finite} rows "
