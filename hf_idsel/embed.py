@@ -27,7 +27,6 @@ from .cache import (
     fingerprint,
     model_identity,
     read_cached,
-    unit_rows,
     write_cached,
 )
 from .errors import IdselError, InvalidArgumentError, MissingDependencyError
@@ -469,9 +468,9 @@ def _embed_shards(dataset, encode: _Encoder, key, rank, world_size, chunk, direc
                     f"its share (see the warning above). Check that the cache folder {os.path.dirname(cache_file('embeddings', key, directory))!r} "
                     "is one folder that all processes see, then run again."
                 )
-            parts.append(column_matrix(part.data.table, "embedding"))
+            parts.append(StoredVectors(part.data.table.column("embedding")).raw(slice(None)))  # as stored, float16
     vectors = np.empty((len(dataset), parts[0].shape[1]), dtype=STORED_VECTOR_DTYPE)
-    vectors[order] = np.concatenate(parts, axis=0)  # float16 read back as float32 and stored again: exact
+    vectors[order] = np.concatenate(parts, axis=0)
     blocks = [vectors[a : a + chunk] for a in range(0, len(vectors), chunk)]
     if rank == 0 and datasets.is_caching_enabled():
         # The whole matrix in pool order under the 1-process key: a later run on any number of processes reads it.
@@ -543,4 +542,4 @@ def embeddings_from_column(dataset: datasets.Dataset, column: str, *, dim: int |
         )
     if vectors.storage_dtype == STORED_VECTOR_DTYPE:
         return vectors
-    return unit_rows(column_matrix(dataset.data.table, column))
+    return np.asarray(vectors)  # the same view, read whole: unit-norm float32
