@@ -77,6 +77,27 @@ def static_calls(cache_dir: str) -> dict:
             out[name] = summary(pool.diverse_select(**arguments, **common)[1])
         except Exception as err:  # an error is behaviour too
             out[name] = f"{type(err).__name__}: {err}"
+    # Paths a refactor of the pipeline moves: decontamination, balanced random, streams, the dry run, a replay.
+    exclude = datasets.Dataset.from_list([pool[i] for i in (3, 150, 260)]).remove_columns(["embedding"])
+    more = {
+        "kmq exclude": dict(method="kmq", budget=50, k=8, exclude=exclude, exclude_cosine_threshold=None),
+        "balanced-random": dict(method="balanced-random", budget=50, k=8, source_column="origin"),
+    }
+    for name, arguments in more.items():
+        try:
+            out[name] = summary(pool.diverse_select(**arguments, **common)[1])
+        except Exception as err:
+            out[name] = f"{type(err).__name__}: {err}"
+    stream = pool.to_iterable_dataset(num_shards=2)
+    try:
+        out["stream kmq"] = summary(hf_idsel.diverse_select(stream, 50, k=8, seed=2, **common)[1])
+    except Exception as err:
+        out["stream kmq"] = f"{type(err).__name__}: {err}"
+    plan = pool.diverse_select(budget=50, k=8, embedding_column="embedding", dry_run=True, cache_dir=cache_dir)
+    out["dry run"] = {key: value for key, value in plan.to_dict().items() if "seconds" not in key}
+    subset, manifest = pool.diverse_select(method="kmq", budget=40, k=8, quality_column="quality", **common)
+    again = hf_idsel.load_selection(manifest, pool, recompute=True)
+    out["replay"] = digest(list(again["source_index"])) if list(again["source_index"]) == list(subset["source_index"]) else "differs"
     from _tiny import make_tiny_tokenizer
 
     tokenizer = make_tiny_tokenizer()
@@ -114,15 +135,20 @@ def iterative_call(tmp: str) -> dict:
                 }
             )
     pool = datasets.Dataset.from_list(rows)
+    pool = pool.add_column("quality", rng.normal(size=len(pool)).tolist())
+    exclude = [rows[i]["messages"][0]["content"] + " " + rows[i]["messages"][1]["content"] for i in (0, 21, 45)]
     out = {}
-    for mode in ("continue", "restart"):
+    for mode in ("continue", "restart", "exclude quality"):
         model, tokenizer = make_tiny_llama()
+        extra = dict(quality_column="quality") if mode == "exclude quality" else {}
         args = IterativeSelectionConfig(
             output_dir=os.path.join(tmp, mode), budget=24, rounds=3, k="3", embedding_column="embedding",
             per_device_train_batch_size=4, learning_rate=5e-3, max_length=64, report_to="none", use_cpu=True,
-            save_strategy="no", seed=0, disable_tqdm=True, round_mode=mode, scorer="loss",
+            save_strategy="no", seed=0, disable_tqdm=True, round_mode=mode if mode != "exclude quality" else "continue",
+            scorer="loss", **extra,
         )
-        trainer = IterativeSelectionTrainer(model, args=args, train_dataset=pool, processing_class=tokenizer)
+        kwargs = dict(exclude_dataset=exclude, exclude_cosine_threshold=None) if mode == "exclude quality" else {}
+        trainer = IterativeSelectionTrainer(model, args=args, train_dataset=pool, processing_class=tokenizer, **kwargs)
         trainer.train()
         manifest = trainer.selection_manifest("default")
         out[mode] = {
