@@ -21,17 +21,13 @@ import time
 import datasets
 
 from .errors import InvalidArgumentError, PushError
+from .hub_layout import DEFAULT_CONFIG, ITERATIVE_METHOD, PUSH_FILE, ROUND_COLUMN, STAGING_DIR, manifest_path
 from .manifest import Manifest, indices_digest, selection_subset
 from .report import plot_cluster_map, plot_selection
 from .rounds import write_round_file
 
 logger = logging.getLogger(__name__)
 
-PUSH_FILE = "hf_idsel_push.json"
-DEFAULT_CONFIG = "default"
-STAGING_DIR = "_hf_idsel_selection"  # the trainer stages under output_dir; Trainer.push_to_hub skips "_*" paths
-ROUND_COLUMN = "selection_round"  # added to an iterative run's pushed rows: the round that drew each one
-ITERATIVE_METHOD = "iterative-kmq"
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 _TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -77,7 +73,7 @@ def stage(
             plan["configs"].append(name)
         _undo(plan, f"config:{name}")
     for name, manifest in manifests.items():
-        manifest.save(os.path.join(folder, _manifest_path(name)))
+        manifest.save(os.path.join(folder, manifest_path(name)))
     if rounds:
         for r in rounds:
             write_round_file(os.path.join(folder, "selection"), r)
@@ -98,10 +94,6 @@ def iterative_subset(pool: datasets.Dataset, manifest: Manifest, rounds: list[di
     round_of = {row: r["round"] for r in rounds for row in r["selected"]}
     drawn_in = [round_of[row] for row in manifest.selected_indices]
     return selection_subset(pool, manifest.selected_indices, manifest.selected_clusters, **{ROUND_COLUMN: drawn_in})
-
-
-def _manifest_path(config: str) -> str:
-    return "manifest.json" if config == DEFAULT_CONFIG else os.path.join("manifests", f"{config}.json")
 
 
 def _undo(plan: dict, step: str) -> None:

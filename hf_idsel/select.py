@@ -1175,11 +1175,12 @@ def _read_manifest(source, *, config, revision, token) -> Manifest:
         return Manifest.load(source)
     from huggingface_hub import hf_hub_download
 
-    from .publish import DEFAULT_CONFIG, _manifest_path, redact
+    from .hub_layout import DEFAULT_CONFIG, manifest_path
+    from .publish import redact
 
     if config is not None and not isinstance(config, str):
         raise InvalidArgumentError(f"`config`={config!r} must be a config name such as 'round_2'.")
-    filename = _manifest_path(config or DEFAULT_CONFIG)
+    filename = manifest_path(config or DEFAULT_CONFIG)
     try:
         path = hf_hub_download(source, filename, repo_type="dataset", revision=revision, token=token)
     except Exception as err:
