@@ -6,17 +6,20 @@ second identical call reads the file instead of running the model again. In-memo
 cache folder of their own, hence one fixed folder for all.
 
 Files are written under a temporary name and moved into place when complete, with their key in
-the schema metadata. On read, a file must carry the expected key, have one row per input row and
-pass the result's own content check; anything else is logged, deleted and recomputed.
+the schema metadata and the sha256 of their bytes in a file beside them (`<file>.sha256`). On read,
+a file must match that digest (a payload edited, truncated or swapped after it was written is not
+trusted because it is well-formed), carry the expected key, have one row per input row and pass the
+result's own content check; anything else is logged, deleted and recomputed.
 
 Vectors are stored as float16 (half the disk and memory of float32) and read through
 [`StoredVectors`]: zero-copy views of the (memory-mapped) Arrow buffers, normalised to unit length
-in float32 for the rows actually read, so a pool larger than RAM is read in chunks.
+(in float64, returned as float32) for the rows actually read, so a pool larger than RAM is read in chunks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -48,6 +51,7 @@ logger = logging.getLogger(__name__)
 # Bump when the content of cached results changes meaning, so old files are not reused.
 CACHE_VERSION = "hf_idsel-cache-2"
 _PARTIAL_SUFFIX = ".incomplete"
+_DIGEST_SUFFIX = ".sha256"  # beside each cached file: the sha256 of its bytes as written
 _ABANDONED_AFTER_SECONDS = 24 * 3600
 
 
@@ -177,26 +181,51 @@ def read_cached(
         return None
     try:
         result = datasets.Dataset.from_file(path)
-        problem = _entry_problem(result.data.table, key, rows, check)
+        problem = _entry_problem(result.data.table, key, rows, check, lambda: _digest_problem(path))
     except Exception as err:  # truncated, not Arrow, unreadable metadata: all mean "recompute"
         problem = f"it cannot be read ({type(err).__name__}: {err})"
     if problem is None:
         logger.info("Loaded %s from cache %s", kind, path)
         return result
     logger.warning("Discarding the cached %s file %s: %s. Recomputing it.", kind, path, problem)
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
+    for stale in (path, path + _DIGEST_SUFFIX):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(stale)
     return None
 
 
-def _entry_problem(table: pa.Table, key: str, rows: int, check) -> str | None:
+def file_sha256(path: str) -> str:
+    """`sha256:<hex>` of a file's bytes, read in blocks (a memory-mapped cache file is never read whole)."""
+    with open(path, "rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _digest_problem(path: str) -> str | None:
+    """What is wrong with a cached file's bytes against the digest stored when it was written, or `None`."""
+    try:
+        with open(path + _DIGEST_SUFFIX, encoding="utf-8") as f:
+            stored = f.read().strip()
+    except FileNotFoundError:
+        return "it has no stored content digest (written by an older hf_idsel, or its digest file was removed)"
+    except (OSError, UnicodeDecodeError) as err:
+        return f"its content digest cannot be read ({type(err).__name__})"
+    actual = file_sha256(path)
+    if stored != actual:
+        return f"its bytes do not match the digest stored when it was written ({stored[:19]}..., now {actual[:19]}...)"
+    return None
+
+
+def _entry_problem(table: pa.Table, key: str, rows: int, check, digest_problem) -> str | None:
     metadata = json.loads((table.schema.metadata or {}).get(b"huggingface", b"{}"))
     stored = metadata.get("fingerprint")
     if stored != key:
         return f"it was written for other input (key {stored}, expected {key})"
     if table.num_rows != rows:
         return f"it has {table.num_rows} rows, the dataset has {rows}"
-    return check(table) if check is not None else None
+    problem = digest_problem()  # the bytes as written: a well-formed payload edited afterwards is caught here
+    if problem is None and check is not None:
+        problem = check(table)
+    return problem
 
 
 def write_cached(kind: str, key: str, parts: Iterable[dict | pa.Table], *, directory: str | None = None) -> datasets.Dataset:
@@ -250,6 +279,7 @@ def _partial_file(path: str):
         yield file
         file.flush()
         os.fsync(file.fileno())
+        _write_digest(path, file_sha256(partial))
         if not locked:
             file.close()  # Windows cannot rename an open file
         # When locked, renamed before the lock goes, so no clean-up can take it for abandoned.
@@ -258,6 +288,15 @@ def _partial_file(path: str):
         file.close()
         with contextlib.suppress(FileNotFoundError):
             os.remove(partial)
+
+
+def _write_digest(path: str, digest: str) -> None:
+    """Store `digest` beside `path`, atomically. Written before the data file moves into place: a reader that
+    finds the new digest beside the old file sees a mismatch and recomputes, never a wrong payload."""
+    partial = f"{path}{_DIGEST_SUFFIX}.{os.getpid()}.tmp"  # not `.incomplete`: the lock-based clean-up is for data files
+    with open(partial, "w", encoding="utf-8") as f:
+        f.write(digest)
+    os.replace(partial, path + _DIGEST_SUFFIX)
 
 
 def _lock(fd: int, *, wait: bool) -> bool | None:
@@ -298,15 +337,30 @@ def _remove_abandoned_partials(folder: str) -> None:
 STORED_VECTOR_DTYPE = np.float16  # the cached embeddings' entry format; float32 files are older entries
 
 
+_UNIT_ROWS_CHUNK = 65_536  # rows normalised at a time: the float64 copy stays small
+
+
 def unit_rows(block) -> np.ndarray:
     """`block` (`(m, d)` floats of any precision) as float32 rows scaled to unit length.
 
-    The one normalisation of the library: upcast first, then divide by the float32 norm, so float16
-    storage gives the same vectors on every read, every rank and every run.
+    The one normalisation of the library, computed in float64 (a float32 norm overflows for entries
+    past ~1e19 and underflows below ~1e-19, turning such rows into zeros or NaN) a chunk at a time,
+    so float16 storage gives the same vectors on every read, every rank and every run. All-zero rows
+    have no direction and are refused.
     """
-    x = np.asarray(block, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / norms, dtype=np.float32)
+    x = np.asarray(block)
+    out = np.empty(x.shape, dtype=np.float32)
+    for start in range(0, len(x), _UNIT_ROWS_CHUNK):
+        part = np.asarray(x[start : start + _UNIT_ROWS_CHUNK], dtype=np.float64)
+        norms = np.linalg.norm(part, axis=1, keepdims=True)
+        zero = np.flatnonzero(norms[:, 0] == 0)
+        if len(zero):
+            raise InvalidArgumentError(
+                f"{len(zero)} vector(s) are all zeros (first: row {start + int(zero[0])} of the block read), and have "
+                "no direction to cluster on: drop those rows or fix what produced their vectors."
+            )
+        out[start : start + len(part)] = part / norms
+    return out
 
 
 class StoredVectors:

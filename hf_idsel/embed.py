@@ -374,6 +374,15 @@ class _Encoder:
             show_progress_bar=False,
         ).astype(np.float32)
         bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+        zero = np.flatnonzero(~vectors.any(axis=1)) if not len(bad) else []
+        if len(zero):
+            found = sorted(int(rows[i]) for i in zero)
+            raise InvalidArgumentError(
+                f"`encoder`={self.identity.id!r} returned all-zero vectors for pool row(s) {found[:10]}"
+                f"{' ...' if len(found) > 10 else ''}: their text holds nothing the encoder reads (e.g. only "
+                "zero-width, format or combining characters), so they have no direction to cluster on. Drop or fix "
+                "those rows (`pool.filter(...)`); nothing was cached."
+            )
         if len(bad):
             found = sorted(int(rows[i]) for i in bad)
             raise InvalidArgumentError(
@@ -387,7 +396,7 @@ class _Encoder:
 
 def embedding_problem(table: pa.Table) -> str | None:
     """What is wrong with a table of cached embeddings, or `None`: an `embedding` column of equal-length,
-    non-empty, finite float16 vectors without missing values (read in chunks, never all at once)."""
+    non-empty, finite, non-zero float16 vectors without missing values (read in chunks, never all at once)."""
     if "embedding" not in table.column_names:
         return f"it has no 'embedding' column (columns: {table.column_names})"
     column = table.column("embedding")
@@ -407,8 +416,10 @@ def embedding_problem(table: pa.Table) -> str | None:
     lengths = np.asarray(pa.compute.list_value_length(column).to_numpy(zero_copy_only=False))
     if lengths.min() != lengths.max() or lengths[0] == 0:
         return f"its vectors have dimensions from {lengths.min()} to {lengths.max()}, not one positive dimension"
-    bad, first, _ = _scan_rows(StoredVectors(column))
-    return f"{bad} vectors hold NaN or infinite values (first: row {first})" if bad else None
+    bad, first, first_zero = _scan_rows(StoredVectors(column), zeros=True)
+    if bad:
+        return f"{bad} vectors hold NaN or infinite values (first: row {first})"
+    return f"it holds all-zero vectors (first: row {first_zero})" if first_zero is not None else None
 
 
 def _scan_rows(vectors: StoredVectors, zeros: bool = False) -> tuple[int, int | None, int | None]:
@@ -422,7 +433,7 @@ def _scan_rows(vectors: StoredVectors, zeros: bool = False) -> tuple[int, int | 
             bad += int((~finite).sum())
             first_bad = start + int(np.argmin(finite)) if first_bad is None else first_bad
         elif zeros and first_zero is None:
-            zero = np.linalg.norm(np.asarray(block, dtype=np.float32), axis=1) == 0
+            zero = ~np.asarray(block).any(axis=1)
             first_zero = start + int(np.argmax(zero)) if zero.any() else None
     return bad, first_bad, first_zero
 

@@ -82,7 +82,8 @@ def test_a_result_is_written_with_its_key_and_read_back_only_under_it(cache_dir,
     with caplog.at_level(logging.INFO, logger="hf_idsel"):
         assert run_squares(pool, "key-a", cache_dir)["square"] == first["square"]
     assert "Loaded squares from cache" in caplog.text
-    assert os.listdir(os.path.dirname(path)) == [os.path.basename(path)]  # nothing else left behind
+    # The file and its content digest, nothing else left behind.
+    assert sorted(os.listdir(os.path.dirname(path))) == [os.path.basename(path), os.path.basename(path) + ".sha256"]
 
 
 def test_a_file_from_other_input_is_discarded_and_recomputed(cache_dir, caplog):
@@ -95,6 +96,29 @@ def test_a_file_from_other_input_is_discarded_and_recomputed(cache_dir, caplog):
         result = run_squares(pool, "key-pool", cache_dir)
     assert result["square"] == [x * x for x in range(10)]
     assert target in caplog.text and "written for other input" in caplog.text
+
+
+def test_a_well_formed_payload_edited_after_writing_is_discarded_by_its_digest(cache_dir, caplog):
+    """Right key, right rows, a sound content check: only the bytes as written tell a swapped payload apart."""
+    pool = datasets.Dataset.from_dict({"x": list(range(10))})
+    expected = run_squares(pool, "key", cache_dir)["square"]
+    path = cache_file("squares", "key", cache_dir)
+    digest = open(path + ".sha256").read()
+    # Another writer's result under the same key (rows reversed), moved over the file without its digest.
+    os.remove(path)
+    write_cached("squares", "key", [{"square": expected[::-1]}], directory=cache_dir)
+    with open(path + ".sha256", "w") as f:
+        f.write(digest)
+    with caplog.at_level(logging.WARNING, logger="hf_idsel"):
+        assert run_squares(pool, "key", cache_dir)["square"] == expected
+    assert path in caplog.text and "do not match the digest stored when it was written" in caplog.text
+    # A file whose digest is gone (an older entry, or the digest removed) is not trusted either.
+    caplog.clear()
+    os.remove(path + ".sha256")
+    with caplog.at_level(logging.WARNING, logger="hf_idsel"):
+        assert run_squares(pool, "key", cache_dir)["square"] == expected
+    assert "no stored content digest" in caplog.text
+    assert read_cached("squares", "key", rows=10, directory=cache_dir) is not None  # rewritten with its digest
 
 
 def test_short_truncated_or_failing_files_are_discarded_with_a_warning_naming_them(cache_dir, caplog):
@@ -184,7 +208,9 @@ def test_a_killed_writer_leaves_a_file_that_the_next_write_removes_but_a_live_on
     with caplog.at_level(logging.WARNING, logger="hf_idsel"):
         run_squares(pool, "after-kill", cache_dir)
     assert not os.path.exists(partial) and partial in caplog.text
-    assert sorted(os.listdir(cache_dir)) == ["squares-after-kill.arrow", "squares-while-alive.arrow"]
+    assert sorted(os.listdir(cache_dir)) == [
+        "squares-after-kill.arrow", "squares-after-kill.arrow.sha256", "squares-while-alive.arrow", "squares-while-alive.arrow.sha256",
+    ]
 
 
 def test_caching_off_computes_in_memory(cache_dir):
@@ -266,7 +292,7 @@ def test_cached_embeddings_are_float16_half_the_size_and_old_float32_entries_are
     pool = datasets.Dataset.from_dict({"text": [f"note {i} about {['cats', 'tax', 'rust'][i % 3]}" for i in range(30)]})
     options = resolve_render_options(pool.column_names)
     first, _ = embed_dataset(pool, options, cache_dir=cache_dir)
-    [name] = [f for f in os.listdir(cache_dir) if f.startswith("embeddings-")]
+    [name] = [f for f in os.listdir(cache_dir) if f.startswith("embeddings-") and f.endswith(".arrow")]
     path = os.path.join(cache_dir, name)
     stored = datasets.Dataset.from_file(path).data.table.column("embedding")
     assert stored.type.value_type == pa.float16() and STORED_VECTOR_DTYPE == np.float16
@@ -286,3 +312,28 @@ def test_cached_embeddings_are_float16_half_the_size_and_old_float32_entries_are
     assert "an entry format older than float16 storage" in caplog.text and name in caplog.text
     assert np.array_equal(rebuilt, first)
     assert datasets.Dataset.from_file(path).data.table.column("embedding").type.value_type == pa.float16()
+
+
+def test_an_edited_token_count_cache_cannot_break_a_token_budget(cache_dir, caplog):
+    """A token-count file of all 1s under the right key (its payload swapped, its digest the original) would let a
+    300-token budget take every row; the digest catches it and the counts are recomputed."""
+    from _tiny import make_tiny_tokenizer
+    from hf_idsel import diverse_select
+
+    tokenizer = make_tiny_tokenizer()
+    rng = np.random.default_rng(0)
+    pool = datasets.Dataset.from_dict(
+        {"text": [f"row {i} " * (3 + i % 9) for i in range(60)], "embedding": rng.normal(size=(60, 8)).tolist()}
+    )
+    kwargs = dict(max_tokens=300, tokenizer=tokenizer, k=4, embedding_column="embedding", cache_dir=cache_dir)
+    first = diverse_select(pool, **kwargs)
+    [name] = [n for n in os.listdir(cache_dir) if n.startswith("tokens-") and n.endswith(".arrow")]
+    path = os.path.join(cache_dir, name)
+    key = name[len("tokens-") : -len(".arrow")]
+    forged = os.path.join(cache_dir, "forged")
+    write_cached("tokens", key, [{"num_tokens": np.ones(60, dtype=np.int64)}], directory=forged)
+    shutil.copy(cache_file("tokens", key, forged), path)  # the payload swapped, the digest left as written
+    with caplog.at_level(logging.WARNING, logger="hf_idsel"):
+        again = diverse_select(pool, **kwargs)
+    assert "do not match the digest" in caplog.text and path in caplog.text
+    assert again["source_index"] == first["source_index"] and len(again) < len(pool)

@@ -253,7 +253,7 @@ def test_a_run_killed_mid_embedding_leaves_no_orphan_file(cache_dir, caplog):
     with caplog.at_level(logging.WARNING, logger="hf_idsel"):
         embed_dataset(pool, resolve_render_options(pool.column_names), cache_dir=cache_dir)
     assert partial in caplog.text and "interrupted run" in caplog.text
-    assert [n for n in os.listdir(cache_dir) if not n.endswith(".arrow")] == []
+    assert [n for n in os.listdir(cache_dir) if not n.endswith((".arrow", ".arrow.sha256"))] == []
 
 
 # --- the whole pool is encoded in length order; the vectors come back in pool order ---
@@ -367,3 +367,29 @@ def test_a_dry_run_never_builds_the_static_weights_and_counts_their_build(tiny_s
     assert again.embeddings_cached and again.encoder == built_static_identity(spec).id
     # Unbuilt weights cost their build on top of embedding the rows.
     assert plan.estimated_embedding_seconds > 100
+
+
+def test_a_row_the_encoder_reads_as_nothing_is_refused_naming_it(tiny_st, cache_dir):
+    """Zero-width and combining characters alone give the static encoder no token: an all-zero vector, which
+    normalised would be NaN. It is refused by row number before anything is cached."""
+    pool = datasets.Dataset.from_dict({"text": ["cook the pasta", "\u200b\u200d\u2060", "fix the bike", "\u0301\u0308"]})
+    with pytest.raises(InvalidArgumentError, match=r"all-zero vectors for pool row\(s\) \[1, 3\]"):
+        embed_dataset(pool, resolve_render_options(pool.column_names), encoder=f"static:{tiny_st}", cache_dir=cache_dir)
+    assert [n for n in os.listdir(cache_dir) if n.startswith("embeddings-")] == []
+
+
+def test_vectors_of_any_magnitude_keep_their_direction():
+    """Normalised in float64: float32 squares of 1e20 overflow (the rows became zeros, every row one cluster)."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16))
+    vectors = np.concatenate([c + 0.05 * rng.normal(size=(30, 16)) for c in centres]).astype(np.float32)
+    base = datasets.Dataset.from_dict({"text": [f"row {i}" for i in range(len(vectors))], "embedding": vectors.tolist()})
+    expected, manifest = diverse_select(base, 20, k=4, embedding_column="embedding", return_manifest=True)
+    assert sorted(manifest.cluster_sizes) == [30, 30, 30, 30]
+    for scale in (1e20, 1e-20):
+        scaled = base.remove_columns("embedding").add_column("embedding", (vectors * np.float32(scale)).tolist())
+        subset, again = diverse_select(scaled, 20, k=4, embedding_column="embedding", return_manifest=True)
+        assert again.cluster_sizes == manifest.cluster_sizes and subset["source_index"] == expected["source_index"]
+    assert np.allclose(np.linalg.norm(unit_rows(vectors * np.float32(1e20)), axis=1), 1.0)
+    with pytest.raises(InvalidArgumentError, match="all zeros"):
+        unit_rows(np.zeros((2, 3), dtype=np.float32))
