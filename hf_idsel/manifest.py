@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 # format_version 1: `pool.column_digests` and `clusters_digest` did not exist yet.
 _FIRST_VERSION_WITH_COLUMN_DIGESTS = 2
+# Fields that no format_version 1 writer ever wrote (they came with version 2 or later).
+_FIELDS_AFTER_VERSION_1 = ("clusters_digest", "decontamination", "cluster_map", "cluster_descriptions")
 _VERSIONED_PACKAGES = (
     "hf_idsel", "datasets", "numpy", "faiss-cpu", "faiss-gpu", "sentence-transformers", "transformers", "torch",
 )
@@ -513,6 +515,15 @@ def _check_fields(data, origin: str) -> None:
         raise InvalidArgumentError(
             f"{origin} has format_version {version}; this hf_idsel reads up to {FORMAT_VERSION}. Upgrade hf_idsel."
         )
+    if version < _FIRST_VERSION_WITH_COLUMN_DIGESTS:
+        # Version 1 is read with fewer digests; a later manifest relabelled as 1 would shed its cluster digest.
+        later = [name for name in _FIELDS_AFTER_VERSION_1 if data.get(name) is not None]
+        later += ["pool.column_digests"] if isinstance(data.get("pool"), dict) and "column_digests" in data["pool"] else []
+        if later:
+            raise _FieldError(
+                f"it says `format_version` 1 but holds {later}, which only later versions write: it was relabelled, "
+                "and its fields cannot be verified against the digests of the version it was written as."
+            )
     required = [f.name for f in fields(Manifest) if f.name not in data and _is_required(f)]
     if version >= _FIRST_VERSION_WITH_COLUMN_DIGESTS and data.get("clusters_digest") is None:
         required.append("clusters_digest")

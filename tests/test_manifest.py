@@ -520,10 +520,19 @@ def test_from_dict_reads_old_and_future_fields(tiny):
     assert manifest.format_version == 1 and manifest.clusters_digest is None
     assert manifest.render is None and manifest.to_dict()["format_version"] == 1
     manifest.check_integrity()
-    # A format-1 manifest that does carry a clusters_digest has it checked.
-    checked = Manifest.from_dict(dict(old, clusters_digest=clusters_digest([1, 5, 6, 9], [0, 1, 2, 1])))
-    with pytest.raises(SelectionMismatchError, match="clusters_digest"):
-        checked.check_integrity()
+    # No format-1 writer wrote a clusters_digest (or any later field): one that carries it was relabelled.
+    with pytest.raises(InvalidArgumentError, match=r"says `format_version` 1 but holds \['clusters_digest'\]"):
+        Manifest.from_dict(dict(old, clusters_digest=clusters_digest([1, 5, 6, 9], [0, 1, 2, 1])))
+
+
+def test_a_later_manifest_relabelled_as_format_1_cannot_smuggle_edited_cluster_ids(tiny):
+    """Format 1 is read without a cluster digest; relabelling a format-2 manifest as 1 (keeping what only later
+    versions write) to edit its cluster ids is refused, naming the fields that give it away."""
+    data = tiny.to_dict()
+    data.update(format_version=1, selected_clusters=[0, 1, 2, 1], cluster_map=[[0.0, 1.0]] * 3)
+    data.pop("clusters_digest")
+    with pytest.raises(InvalidArgumentError, match=r"holds \['cluster_map', 'pool.column_digests'\]"):
+        Manifest.from_dict(data)
 
 
 def test_load_refuses_what_is_not_a_manifest_source_by_name(tmp_path, monkeypatch):
@@ -817,7 +826,6 @@ def test_check_fields_accepts_the_edges_of_each_range(tiny, tiny_pool):
     data = tiny.to_dict()
     check_fields(data)
     for path, value in [
-        ("format_version", 1),  # the first format, without column digests or clusters_digest
         ("pool.name", ...),
         ("pool.source", None),
         ("pool.source", {"repo_id": None}),
@@ -833,6 +841,7 @@ def test_check_fields_accepts_the_edges_of_each_range(tiny, tiny_pool):
         if path == "selected_clusters":
             edited_ = _edit(edited_, "selected_per_cluster", [1, 1, 2])
         check_fields(edited_)
+    # The first format, without column digests or clusters_digest.
     v1 = _edit(_edit(_edit(data, "format_version", 1), "clusters_digest", ...), "pool.column_digests", ...)
     check_fields(v1)
     Manifest.from_dict(v1).check_integrity()
