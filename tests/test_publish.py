@@ -13,7 +13,8 @@ from huggingface_hub import DatasetCard, ModelCard
 import hf_idsel
 from hf_idsel.cli import main
 from hf_idsel.errors import InvalidArgumentError, PushError
-from hf_idsel.publish import push_selection, push_staged, read_plan
+from hf_idsel.hub import push_folder, push_selection
+from hf_idsel.hub_layout import read_plan
 from test_cards import assert_truthful
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -119,7 +120,7 @@ def test_connection_dropped_mid_push_then_finished_from_the_staged_copy(hub, sel
     err = info.value
     assert err.status is None and err.pushed == ["repo"] and err.not_pushed == ["config:default", "files", "card"]
     assert "after 1 retries" in str(err)
-    assert push_staged(stage).endswith(repo)
+    assert push_folder(stage).endswith(repo)
     assert datasets.load_dataset(repo, split="train")["source_index"] == subset["source_index"]
     assert "manifest.json" in hub.server.files(repo)
 
@@ -155,7 +156,7 @@ def test_every_retryable_failure_is_retried_by_hf_idsel_and_never_shows_the_toke
         with pytest.raises(PushError) as info:
             push_selection(subset, stuck, manifest=manifest, local_dir=stage, token=token, max_retries=1, backoff=0.01)
         hub.server.clear_failures()
-        assert push_staged(stage, token=token).endswith(stuck)
+        assert push_folder(stage, token=token).endswith(stuck)
     err = info.value
     assert err.status == (None if failure == "dropped" else failure) and err.not_pushed[0] == "config:default"
     assert f"hf-idsel push {os.path.abspath(stage)}" in str(err)
