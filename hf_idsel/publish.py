@@ -134,7 +134,7 @@ def stage_run(
 
     Args:
         folder (`str`):
-            The run's staging folder ([`hub_layout.staging_dir`]).
+            The run's staging folder ([`hub_layout.staging_folder`]).
         repo_id (`str`):
             The dataset repo the selection goes to.
         pool (`datasets.Dataset`):
