@@ -218,7 +218,8 @@ def weight_changes_markdown(rounds: list[RoundRecord], descriptions: list[dict] 
 
 
 def dataset_card(
-    manifest: Manifest, facts: CardFacts, *, configs: list[str], rounds: list[RoundRecord] | None = None, run_args: dict | None = None
+    manifest: Manifest, facts: CardFacts, *, configs: list[str], rounds: list[RoundRecord] | None = None,
+    run_args: dict | None = None,
 ):
     """The dataset card of a pushed selection (huggingface_hub `DatasetCard`), rendered from `model_cards/dataset_card.md`."""
     from huggingface_hub import DatasetCard, DatasetCardData

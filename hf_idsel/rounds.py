@@ -450,7 +450,7 @@ class RoundRecord:
         for name in ("k_selection", "eval"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
                 wrong.append(f"`{name}` is not a JSON object")
-        if isinstance(self.eval, dict) and not (isinstance(self.eval.get("metrics"), dict) and isinstance(self.eval.get("items"), dict)):
+        if isinstance(self.eval, dict) and not all(isinstance(self.eval.get(key), dict) for key in ("metrics", "items")):
             wrong.append("`eval` lacks its `metrics` and `items`")
         return wrong
 

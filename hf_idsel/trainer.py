@@ -653,7 +653,8 @@ class IterativeSelectionTrainer(SFTTrainer):
         """The selection's dataset repo: `hub_dataset_id`, else `<model repo>-selection`."""
         if self.args.hub_dataset_id:
             return self.args.hub_dataset_id
-        return selection_repo_id(self.hub_model_id or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir)))
+        model_id = self.hub_model_id or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
+        return selection_repo_id(model_id)
 
     def _pool_record(self) -> dict:
         if self._pool_info is None:
