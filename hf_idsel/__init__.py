@@ -38,7 +38,7 @@ _LAZY = {
     "RewardScorer": "scorers",
     "RoundScorer": "scorers",
     "score_quality": "quality",
-    "push_selection": "publish",
+    "push_selection": "hub",
 }
 
 

@@ -241,7 +241,7 @@ def _run_select(args) -> int:
         print(diverse_select(pool, args.budget, dry_run=True, **kwargs))
         return 0
     if args.push_to_hub:
-        from .publish import check_repo_id
+        from .hub_layout import check_repo_id
 
         check_repo_id(args.push_to_hub, "--push-to-hub")
     subset, manifest = diverse_select(pool, args.budget, return_manifest=True, **kwargs)
@@ -261,7 +261,7 @@ def _run_select(args) -> int:
     print(report)
     print(f"\nWrote {len(subset)} rows to {os.path.join(args.out, 'subset.parquet')}, manifest.json and report.md")
     if args.push_to_hub:
-        from .publish import push_selection
+        from .hub import push_selection
 
         url = push_selection(subset, args.push_to_hub, manifest=manifest, local_dir=args.out, private=args.private or None)
         print(f"Pushed to {url}")
@@ -295,7 +295,7 @@ def _load_stream(args) -> "datasets.IterableDataset":
 
 def _check_out(out: str, overwrite: bool) -> None:
     """Refuse an --out that cannot take the selection, before the pool is even loaded."""
-    from .publish import PUSH_FILE
+    from .hub_layout import PUSH_FILE
 
     if not out:
         raise InvalidArgumentError("--out is empty; pass the folder to write the selection to.")
@@ -318,16 +318,16 @@ def _check_out(out: str, overwrite: bool) -> None:
 
 def _remove_earlier_selection(out: str) -> None:
     """Delete what an earlier `select` wrote to `out`, and the push it staged, so that neither outlives it."""
-    from .publish import PUSH_FILE
+    from .hub_layout import CARD_FILE, CLUSTER_MAP_FILE, DATA_DIR, DEFAULT_CONFIG, PLOT_FILE, PUSH_FILE, data_file, is_staged
 
     # `select --push-to-hub` stages the push in --out: the plan, the rows of the default config, the card and plot.
-    staged = (PUSH_FILE, os.path.join("data", "default.parquet"), "README.md", "selection.png", "cluster_map.png")
-    names = SELECTION_FILES + (staged if os.path.isfile(os.path.join(out, PUSH_FILE)) else ())
+    staged = (PUSH_FILE, data_file(DEFAULT_CONFIG), CARD_FILE, PLOT_FILE, CLUSTER_MAP_FILE)
+    names = SELECTION_FILES + (staged if is_staged(out) else ())
     for name in names:
         path = os.path.join(out, name)
         if os.path.isfile(path):
             os.remove(path)
-    data = os.path.join(out, "data")
+    data = os.path.join(out, DATA_DIR)
     if os.path.isdir(data) and not os.listdir(data):
         os.rmdir(data)
 
@@ -364,22 +364,24 @@ def _run_train(args) -> int:
 
 
 def _run_push(args) -> int:
+    from .hub import push_folder, push_selection
+    from .hub_layout import MANIFEST_FILE, PUSH_FILE, STAGING_DIR, is_staged, staging_folder
     from .manifest import Manifest
-    from .publish import PUSH_FILE, STAGING_DIR, push_selection, push_staged, set_model_push
+    from .publish import set_model_push
 
     folder = args.folder
     if not os.path.isdir(folder):
         raise InvalidArgumentError(f"DIR {folder!r} is not a folder.")
-    staged = os.path.join(folder, STAGING_DIR)
+    staged = staging_folder(folder)
     private = args.private or None
-    if os.path.isfile(os.path.join(staged, PUSH_FILE)):  # a trainer output_dir
+    if is_staged(staged):  # a trainer output_dir
         model_repo = args.model_repo_id
         if model_repo and _has_model(folder):
             set_model_push(staged, model_repo, folder)
-        url = push_staged(staged, args.repo_id, private=private)
-    elif os.path.isfile(os.path.join(folder, PUSH_FILE)):  # a staged push that stopped
-        url = push_staged(folder, args.repo_id, private=private)
-    elif os.path.isfile(os.path.join(folder, "manifest.json")) and os.path.isfile(os.path.join(folder, "subset.parquet")):
+        url = push_folder(staged, args.repo_id, private=private)
+    elif is_staged(folder):  # a staged push that stopped
+        url = push_folder(folder, args.repo_id, private=private)
+    elif os.path.isfile(os.path.join(folder, MANIFEST_FILE)) and os.path.isfile(os.path.join(folder, "subset.parquet")):
         if not args.repo_id:
             raise InvalidArgumentError(f"{folder} was never pushed: say where with --repo-id namespace/name.")
         import datasets
@@ -402,13 +404,13 @@ def _has_model(folder: str) -> bool:
 
 
 def _run_report(args) -> int:
+    from .hub_layout import MANIFEST_FILE, staging_folder
     from .manifest import Manifest
-    from .publish import STAGING_DIR
     from .report import format_rounds, plot_cluster_map, plot_selection, read_rounds
 
     path = args.path
     rounds = read_rounds(path) if os.path.isdir(path) else []  # a bad round file is named by read_rounds
-    candidates = [path, os.path.join(path, "manifest.json"), os.path.join(path, STAGING_DIR, "manifest.json")]
+    candidates = [path, os.path.join(path, MANIFEST_FILE), os.path.join(staging_folder(path), MANIFEST_FILE)]
     found = next((c for c in candidates if os.path.isfile(c)), None)
     if found is None and not rounds:
         raise InvalidArgumentError(

@@ -1,13 +1,12 @@
 """Report: what a selection or an iterative run chose, as text, a markdown table and a plot.
 
-Reads a [`Manifest`] (static selection) and, for iterative runs, the per-round state files that
-`IterativeSelectionTrainer` writes to `output_dir/selection/round_<r>.json`.
+Reads a [`Manifest`] (static selection) and, for iterative runs, the round records ([`RoundRecord`])
+that `IterativeSelectionTrainer` writes to `output_dir/selection/round_<r>.json`.
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 
@@ -15,9 +14,9 @@ import numpy as np
 
 from .describe import short_terms
 from .errors import InvalidArgumentError
-from .rounds import weight_entropy
+from .hub_layout import SELECTION_DIR, round_of_file
+from .rounds import RoundRecord, read_round_file, round_records, weight_entropy
 
-ROUND_FILE = re.compile(r"round_(\d+)\.json$")
 WEIGHT_CHANGE_MARGIN = 0.1  # a cluster is favoured (cut) when its final weight is 10% above (below) uniform
 
 
@@ -101,67 +100,73 @@ def _first_example(description: dict | None) -> str:
     return examples[0] if examples else "(no rows)"
 
 
-def weight_changes(rounds: list[dict], *, top: int = 3, margin: float = WEIGHT_CHANGE_MARGIN) -> tuple[list, list]:
+def weight_changes(rounds: list[RoundRecord], *, top: int = 3, margin: float = WEIGHT_CHANGE_MARGIN) -> tuple[list, list]:
     """The clusters an iterative run favoured and those it cut, as `(favoured, cut)` lists of cluster ids.
 
     Favoured: the (at most `top`) clusters whose weight after the last round is furthest above the uniform
     start `1/k`, by more than `margin` of it; cut: those furthest below it, by more than `margin`.
     """
-    weights = np.asarray(rounds[-1]["weights"], dtype=float)
+    weights = np.asarray(round_records(rounds[-1:])[0].weights, dtype=float)
     ratio = weights * len(weights)
     favoured = [int(j) for j in np.argsort(-ratio, kind="stable") if ratio[j] > 1 + margin][:top]
     cut = [int(j) for j in np.argsort(ratio, kind="stable") if ratio[j] < 1 - margin][:top]
     return favoured, cut
 
 
-def read_rounds(folder: str) -> list[dict]:
-    """The round files of an iterative run, in round order, from its `output_dir` or its `selection/` folder."""
-    if os.path.isdir(os.path.join(folder, "selection")):
-        folder = os.path.join(folder, "selection")
-    paths = [p for p in glob.glob(os.path.join(folder, "round_*.json")) if ROUND_FILE.search(p)]
+def read_rounds(folder: str) -> list[RoundRecord]:
+    """The round records of an iterative run, in round order, from its `output_dir` or its `selection/` folder.
+
+    Raises:
+        [`InvalidArgumentError`]: a round file is not readable, not a round record, or records another round than
+            its name says; the message names the file.
+    """
+    if os.path.isdir(os.path.join(folder, SELECTION_DIR)):
+        folder = os.path.join(folder, SELECTION_DIR)
+    paths = [p for p in glob.glob(os.path.join(folder, "*.json")) if round_of_file(p) is not None]
     rounds = []
     for path in paths:
-        try:
-            with open(path, encoding="utf-8") as f:
-                record = json.load(f)
-            if not isinstance(record, dict) or not isinstance(record.get("round"), int):
-                raise ValueError("no round number")
-        except (ValueError, OSError) as err:  # json's and the decoder's errors are ValueErrors
-            raise InvalidArgumentError(f"{path}: not a readable round file ({err}); a truncated or corrupt file?") from None
+        record = read_round_file(path)
+        if record.round != round_of_file(path):
+            raise InvalidArgumentError(f"{path} records round {record.round}, not the round its name says; a file renamed by hand?")
         rounds.append(record)
-    rounds.sort(key=lambda r: r["round"])
+    rounds.sort(key=lambda r: r.round)
     return rounds
 
 
-def format_rounds(rounds: list[dict], cluster_sizes=None, *, top: int = 20, descriptions: list[dict] | None = None) -> str:
+def format_rounds(rounds: list[RoundRecord], cluster_sizes=None, *, top: int = 20, descriptions: list[dict] | None = None) -> str:
     """Rows chosen per cluster in each round and the cluster weights after it, then the clusters the run
-    favoured and cut; with `descriptions` (the manifest's `cluster_descriptions`), each cluster's terms."""
+    favoured and cut; with `descriptions` (the manifest's `cluster_descriptions`), each cluster's terms.
+
+    `rounds` are [`RoundRecord`]s ([`read_rounds`]); dicts (a `SelectionState`'s `rounds`) are read with
+    [`RoundRecord.from_dict`].
+    """
     if not rounds:
         raise InvalidArgumentError("No round files found (expected selection/round_<r>.json from IterativeSelectionTrainer).")
-    k = len(rounds[0]["weights"])
+    rounds = round_records(rounds)
+    k = len(rounds[0].weights)
     lines = [
-        f"hf_idsel iterative run: {len(rounds)} round(s), k={k}, scorer={rounds[-1].get('scorer')}, "
-        f"{rounds[-1]['cumulative_size']} rows selected in all",
+        f"hf_idsel iterative run: {len(rounds)} round(s), k={k}, scorer={rounds[-1].scorer}, "
+        f"{rounds[-1].cumulative_size} rows selected in all",
     ]
     for r in rounds:
-        entropy = weight_entropy(r["weights"])
+        entropy = weight_entropy(r.weights)
         lines.append(
-            f"round {r['round']}: {len(r['selected'])} rows drawn, "
-            + (f"{r.get('scored_rows', 0)} scored, " if r.get("scored", True) else "not scored, ")
+            f"round {r.round}: {len(r.selected)} rows drawn, "
+            + (f"{r.scored_rows} scored, " if r.scored else "not scored, ")
             + f"weight entropy after it {entropy:.3f} (uniform {np.log(k):.3f})"
         )
-        if r.get("eval"):
-            shown = ", ".join(f"{name} {value:.3f}" for name, value in r["eval"]["metrics"].items())
-            lines.append(f"  eval after it: {shown} (held-out items: {', '.join(f'{t} {len(ids)}' for t, ids in r['eval']['items'].items())})")
+        if r.eval:
+            shown = ", ".join(f"{name} {value:.3f}" for name, value in r.eval["metrics"].items())
+            lines.append(f"  eval after it: {shown} (held-out items: {', '.join(f'{t} {len(ids)}' for t, ids in r.eval['items'].items())})")
     lines.append("")
     header = f"{'cluster':>7}" + ("" if cluster_sizes is None else f" {'pool rows':>9}")
-    header += "".join(f" {'r' + str(r['round']) + ' rows':>8} {'w after':>7}" for r in rounds)
+    header += "".join(f" {'r' + str(r.round) + ' rows':>8} {'w after':>7}" for r in rounds)
     lines.append(header + ("  terms" if descriptions else ""))
-    total = np.sum([r["selected_per_cluster"] for r in rounds], axis=0)
+    total = np.sum([r.selected_per_cluster for r in rounds], axis=0)
     order = sorted(range(k), key=lambda j: (-int(total[j]), j))
     for j in order[:top]:
         line = f"{j:>7}" + ("" if cluster_sizes is None else f" {cluster_sizes[j]:>9}")
-        line += "".join(f" {r['selected_per_cluster'][j]:>8} {r['weights'][j]:>7.3f}" for r in rounds)
+        line += "".join(f" {r.selected_per_cluster[j]:>8} {r.weights[j]:>7.3f}" for r in rounds)
         lines.append(line + (f"  {short_terms(descriptions[j])}" if descriptions else ""))
     if k > top:
         lines.append(f"... {k - top} more clusters")
@@ -169,22 +174,23 @@ def format_rounds(rounds: list[dict], cluster_sizes=None, *, top: int = 20, desc
     last = rounds[-1]
     for what, clusters in (("favoured", favoured), ("cut", cut)):
         lines.append("")
-        lines.append(f"{what} (weight after round {last['round']} vs the uniform start {1 / k:.3f}):" + ("" if clusters else " none"))
+        lines.append(f"{what} (weight after round {last.round} vs the uniform start {1 / k:.3f}):" + ("" if clusters else " none"))
         for j in clusters:
             described = f"  {short_terms(descriptions[j])}: {_first_example(descriptions[j])}" if descriptions else ""
-            lines.append(f"{j:>7}  {1 / k:.3f} -> {last['weights'][j]:.3f}{described}")
+            lines.append(f"{j:>7}  {1 / k:.3f} -> {last.weights[j]:.3f}{described}")
     return "\n".join(lines)
 
 
-def markdown_table(manifest, rounds: list[dict] | None = None, *, top: int = 15) -> str:
+def markdown_table(manifest, rounds: list[RoundRecord] | None = None, *, top: int = 15) -> str:
     """A markdown table of the largest clusters: pool share, rows chosen and, for runs, weights per round."""
+    rounds = round_records(rounds or [])
     sizes = np.asarray(manifest.cluster_sizes)
     chosen = np.asarray(manifest.selected_per_cluster)
     descriptions = manifest.cluster_descriptions
     header = "| cluster | pool rows | pool % | chosen | chosen % |"
     rule = "|---:|---:|---:|---:|---:|"
     if rounds:
-        header += "".join(f" weight after round {r['round']} |" for r in rounds)
+        header += "".join(f" weight after round {r.round} |" for r in rounds)
         rule += "---:|" * len(rounds)
     if descriptions:
         header += " terms | nearest the centroid |"
@@ -195,7 +201,7 @@ def markdown_table(manifest, rounds: list[dict] | None = None, *, top: int = 15)
     for j in order[:top]:
         line = f"| {j} | {sizes[j]} | {100 * sizes[j] / sizes.sum():.1f} | {chosen[j]} | {100 * chosen[j] / picked:.1f} |"
         if rounds:
-            line += "".join(f" {r['weights'][j]:.3f} |" for r in rounds)
+            line += "".join(f" {r.weights[j]:.3f} |" for r in rounds)
         if descriptions:
             line += f" {markdown_cell(short_terms(descriptions[j], 5))} | {markdown_cell(_first_example(descriptions[j]))} |"
         lines.append(line)
@@ -209,11 +215,12 @@ def markdown_cell(text: str) -> str:
     return re.sub(r"([\\`*_\[\]<>|#~])", r"\\\1", text)
 
 
-def plot_selection(manifest, path: str, rounds: list[dict] | None = None) -> str:
+def plot_selection(manifest, path: str, rounds: list[RoundRecord] | None = None) -> str:
     """Save a PNG: pool share vs chosen share per cluster (largest first) and, for runs, weights per round.
 
     Up to 32 clusters are labelled by id and, when the manifest describes them, their top two terms.
     """
+    rounds = round_records(rounds or [])
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -245,7 +252,7 @@ def plot_selection(manifest, path: str, rounds: list[dict] | None = None) -> str
         uniform = np.full(len(order), 1.0 / len(order))
         ax.plot(x, uniform[order], color="gray", linestyle=":", label="start (uniform)")
         for r in rounds:
-            ax.plot(x, np.asarray(r["weights"])[order], marker="o" if len(order) <= 32 else None, label=f"after round {r['round']}")
+            ax.plot(x, np.asarray(r.weights)[order], marker="o" if len(order) <= 32 else None, label=f"after round {r.round}")
         _cluster_ticks(ax, labels, turned=described)
         ax.set_ylabel("sampling weight")
         ax.set_title("cluster weights per round")

@@ -1175,8 +1175,8 @@ def _read_manifest(source, *, config, revision, token) -> Manifest:
         return Manifest.load(source)
     from huggingface_hub import hf_hub_download
 
+    from .errors import redact_token
     from .hub_layout import DEFAULT_CONFIG, manifest_path
-    from .publish import redact
 
     if config is not None and not isinstance(config, str):
         raise InvalidArgumentError(f"`config`={config!r} must be a config name such as 'round_2'.")
@@ -1187,7 +1187,7 @@ def _read_manifest(source, *, config, revision, token) -> Manifest:
         raise InvalidArgumentError(
             f"`manifest`={source!r} is no local file or folder, and reading {filename} from the dataset repo "
             f"{source!r}{f' (config {config!r})' if config else ''} failed: "
-            f"{redact(str(err).splitlines()[0] if str(err) else type(err).__name__, token)}. "
+            f"{redact_token(str(err).splitlines()[0] if str(err) else type(err).__name__, token)}. "
             "Check the path, or the repo id, the config name (round_1, round_2, ... or the default) and your token."
         ) from None
     return Manifest.load(path, origin=f"{filename} of the dataset repo {source!r}")
@@ -1195,7 +1195,7 @@ def _read_manifest(source, *, config, revision, token) -> Manifest:
 
 def _is_local_path(source: str) -> bool:
     """Whether `source` names a local manifest (existing or not) rather than a Hub repo id `namespace/name`."""
-    from .publish import check_repo_id
+    from .hub_layout import check_repo_id
 
     if os.path.exists(source):
         return True
@@ -1227,10 +1227,10 @@ def _load_recorded_pool(manifest: Manifest, token) -> datasets.Dataset:
     except IdselError:
         raise
     except Exception as err:
-        from .publish import redact
+        from .errors import redact_token
 
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise InvalidArgumentError(
-            f"Could not load the pool {path!r} that {manifest.origin} names: {redact(message, token)}. "
+            f"Could not load the pool {path!r} that {manifest.origin} names: {redact_token(message, token)}. "
             "Pass `pool=` (the dataset the selection was made on)."
         ) from err

@@ -19,7 +19,6 @@ import dataclasses
 import logging
 import math
 import os
-import shlex
 from typing import Callable
 
 import datasets
@@ -31,16 +30,7 @@ from transformers import TrainerCallback
 from trl import SFTTrainer
 
 from . import sample
-from .cards import (
-    base_model_folder,
-    base_model_id,
-    base_model_license,
-    card_facts,
-    dataset_card,
-    model_card_facts,
-    save_model_card,
-    training_hyperparameters,
-)
+from .cards import base_model_id, base_model_license, run_dataset_card, save_model_card, trainer_model_card_facts
 from .config import IterativeSelectionConfig
 from .decontaminate import (
     DEFAULT_COSINE_THRESHOLD,
@@ -56,8 +46,10 @@ from .describe import describe_pool, short_terms
 from .distributed import broadcast, equal_share
 from .errors import InvalidArgumentError, PushError
 from .hidden_states import HiddenStateEncoder
+from .hub import push_folder
+from .hub_layout import DEFAULT_CONFIG, ITERATIVE_METHOD, round_config, selection_repo_id, staging_folder
 from .manifest import Manifest, encoder_record, pool_record
-from .publish import ITERATIVE_METHOD, STAGING_DIR, iterative_subset, push_staged, set_model_push, stage
+from .publish import set_model_push, stage_run
 from .render import prompt_and_answer, prompt_turns, resolve_render_options, training_render_options
 from .report import centroid_map
 from .rounds import (
@@ -654,14 +646,15 @@ class IterativeSelectionTrainer(SFTTrainer):
     @property
     def staging_dir(self) -> str:
         """Where the selection is staged before any upload (left out of the model repo by its leading `_`)."""
-        return os.path.join(self.args.output_dir, STAGING_DIR)
+        return staging_folder(self.args.output_dir)
 
     @property
     def hub_dataset_id(self) -> str:
+        """The selection's dataset repo: `hub_dataset_id`, else `<model repo>-selection`."""
         if self.args.hub_dataset_id:
             return self.args.hub_dataset_id
         model_id = self.hub_model_id or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
-        return f"{model_id}-selection"
+        return selection_repo_id(model_id)
 
     def _pool_record(self) -> dict:
         if self._pool_info is None:
@@ -671,7 +664,7 @@ class IterativeSelectionTrainer(SFTTrainer):
             self._pool_info = pool_record(self.pool, columns, name=self.args.pool_id, source=source)
         return self._pool_info
 
-    def selection_manifest(self, config: str = "default") -> Manifest:
+    def selection_manifest(self, config: str = DEFAULT_CONFIG) -> Manifest:
         """The manifest of one round's rows (`"round_<r>"`) or of every row selected so far (`"default"`)."""
         return selection_manifest(
             self.selection, self.labels, config,
@@ -683,30 +676,25 @@ class IterativeSelectionTrainer(SFTTrainer):
             cluster_map=self.cluster_map,
         )
 
-    def _stage_selection(self, configs: list[str]) -> None:
-        """Write the rows, manifests, round files, plot and card of `configs` under `staging_dir` (main process)."""
-        manifests = {name: self.selection_manifest(name) for name in configs}
-        everything = self.selection_manifest("default")
-        all_configs = [f"round_{r['round']}" for r in self.selection.rounds] + ["default"]
-        card = dataset_card(
-            everything,
-            card_facts(self.hub_dataset_id, self.args.pool_id, self.args.hub_token, folder=self.staging_dir),
-            configs=all_configs,
-            rounds=self.selection.rounds,
-            run_args={"scorer": self.scorer_name, "weight_update": self.args.weight_update},
+    def _stage_selection(self, configs: list[str] | None = None) -> None:
+        """Stage `configs` (default: every finished round's and the default) under `staging_dir` (main process)."""
+        rounds = self.selection.rounds
+        configs = configs or [round_config(r["round"]) for r in rounds] + [DEFAULT_CONFIG]
+        everything = self.selection_manifest(DEFAULT_CONFIG)
+        card = run_dataset_card(
+            everything, rounds, repo_id=self.hub_dataset_id, pool_id=self.args.pool_id, folder=self.staging_dir,
+            scorer=self.scorer_name, weight_update=self.args.weight_update, token=self.args.hub_token,
         )
-        stage(
-            self.staging_dir, self.hub_dataset_id,
-            subsets={name: iterative_subset(self.pool, m, self.selection.rounds) for name, m in manifests.items()},
-            manifests=manifests, card=card, rounds=self.selection.rounds,
-            private=self.args.hub_private_repo, plot_manifest=everything,
+        stage_run(
+            self.staging_dir, self.hub_dataset_id, pool=self.pool, rounds=rounds, everything=everything, card=card,
+            manifests={name: self.selection_manifest(name) for name in configs}, private=self.args.hub_private_repo,
         )
 
     def _push_round(self, round_index: int) -> None:
         """Stage and push one finished round; a failure here only warns, the final push retries it."""
-        self._stage_selection([f"round_{round_index}"])
+        self._stage_selection([round_config(round_index)])
         try:
-            push_staged(self.staging_dir, token=self.args.hub_token, include_model=False)
+            push_folder(self.staging_dir, token=self.args.hub_token, include_model=False)
         except PushError as err:
             logger.warning("Round %d's rows were not pushed yet (training goes on): %s", round_index, err)
 
@@ -734,35 +722,11 @@ class IterativeSelectionTrainer(SFTTrainer):
         )
 
     def _model_card_facts(self, model_name: str | None = None, tags=None) -> dict:
-        a = self.args
-        tags = [tags] if isinstance(tags, str) else list(tags or [])
-        peft_config = getattr(self.model, "peft_config", None)
-        hyperparameters = training_hyperparameters(
-            a, processes=self.accelerator.num_processes, budget_rows=self.budget_rows, k=self.k,
-            scorer=self.scorer_name, global_steps=self.state.global_step, peft_config=peft_config,
-        )
-        output_dir = os.path.abspath(a.output_dir)
-        push_command = f"hf-idsel push {shlex.quote(output_dir)}"
-        if not a.hub_model_id:  # train() stages the model's push only for a named model repo
-            push_command += f" --model-repo-id {shlex.quote(os.path.basename(output_dir))}"
-        return model_card_facts(
-            self.selection_manifest("default"),
-            model_name=model_name,
-            base_model=self._base_model,
-            base_local=base_model_folder(self.model),
-            license=self._license,
-            tags=tags + list(self._tag_names),
-            peft=bool(peft_config),
-            rounds=self.selection.rounds,
-            run_args={
-                "quality_column": a.quality_column, "scorer": self.scorer_name, "weight_update": a.weight_update,
-                "weight_temperature": a.weight_temperature, "round_mode": a.round_mode,
-            },
-            hyperparameters=hyperparameters,
-            pool_id=a.pool_id,
-            output_dir=output_dir,
-            push_command=push_command,
-            evaluation=next(({**r["eval"], "round": r["round"]} for r in reversed(self.selection.rounds) if r.get("eval")), None),
+        return trainer_model_card_facts(
+            self.selection_manifest(DEFAULT_CONFIG), self.args, rounds=self.selection.rounds, model=self.model,
+            base_model=self._base_model, license=self._license, tags=tags, trainer_tags=self._tag_names,
+            processes=self.accelerator.num_processes, budget_rows=self.budget_rows, k=self.k, scorer=self.scorer_name,
+            global_step=self.state.global_step, model_name=model_name,
         )
 
     def _save(self, output_dir: str | None = None, state_dict=None):
@@ -792,13 +756,12 @@ class IterativeSelectionTrainer(SFTTrainer):
         self.save_model(_internal_call=True)
         if not self.is_world_process_zero():
             return None
-        pending = [f"round_{r['round']}" for r in self.selection.rounds]
-        self._stage_selection(pending + ["default"])
+        self._stage_selection()
         model_name = kwargs.pop("model_name", None) or self.hub_model_id.split("/")[-1]
         self.create_model_card(model_name=model_name, dataset_name=kwargs.pop("dataset_name", None) or self.hub_dataset_id, **kwargs)
         self._finish_current_push()
         set_model_push(self.staging_dir, self.hub_model_id, self.args.output_dir, commit_message=commit_message, revision=revision or self.args.hub_revision)
-        return push_staged(self.staging_dir, token=token, private=private if private is not None else self.args.hub_private_repo)
+        return push_folder(self.staging_dir, token=token, private=private if private is not None else self.args.hub_private_repo)
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
@@ -854,7 +817,7 @@ class IterativeSelectionTrainer(SFTTrainer):
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         if self.accelerator.is_main_process and self.selection.rounds:
             # Everything a later `hf-idsel push OUTPUT_DIR` needs is on disk, pushed or not.
-            self._stage_selection([f"round_{r['round']}" for r in self.selection.rounds] + ["default"])
+            self._stage_selection()
             if self.args.hub_model_id:
                 set_model_push(self.staging_dir, self.args.hub_model_id, self.args.output_dir)
         # The card of the run, whether or not the weights are saved here yet (a later save writes it again).

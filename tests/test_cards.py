@@ -16,7 +16,7 @@ from hf_idsel import InvalidArgumentError, diverse_select
 from hf_idsel.cards import MODEL_CARD_FACTS, card_facts, dataset_card, model_card
 from hf_idsel.cli import main
 from hf_idsel.manifest import Manifest
-from hf_idsel.publish import STAGING_DIR
+from hf_idsel.hub_layout import STAGING_DIR
 from test_trainer import make_pool, make_trainer
 
 PAPER_URL = "https://arxiv.org/abs/2409.11378"
@@ -232,7 +232,7 @@ def test_the_model_card_of_an_adapter_with_evaluations_reads_back_from_the_hub(l
 
 
 def test_the_dataset_card_has_hub_categories_the_cluster_map_and_decontamination_read_back_from_the_hub(hub, blob_pool, tmp_path):
-    from hf_idsel.publish import push_selection
+    from hf_idsel.hub import push_selection
 
     exclude = blob_pool.select([4, 100]).select_columns(["text", "embedding"])
     # The blobs are tight (cosine > 0.95 inside each): the n-gram test alone, which finds the two copies.

@@ -70,7 +70,7 @@ import json, sys
 from hf_idsel.cli import main
 assert main(["report", {str(out)!r}, "--plot", {str(tmp_path / "plot.png")!r}]) == 0
 assert main(["push", {str(out)!r}]) == 2  # never pushed and no --repo-id: refused once the push path is imported
-import hf_idsel.cards, hf_idsel.publish, hf_idsel.rounds
+import hf_idsel.cards, hf_idsel.hub, hf_idsel.publish, hf_idsel.rounds
 print(json.dumps(sorted(name for name in ("torch", "transformers", "trl") if name in sys.modules)))
 """
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
@@ -131,7 +131,8 @@ def test_report_on_a_truncated_manifest_is_one_line(pool_file, tmp_path, capsys)
 
 def test_select_keeps_an_earlier_selection_unless_overwrite(pool_file, tmp_path, capsys):
     from hf_idsel.manifest import Manifest
-    from hf_idsel.publish import PUSH_FILE, stage
+    from hf_idsel.hub_layout import PUSH_FILE
+    from hf_idsel.publish import stage
 
     out = tmp_path / "out"
     assert main(["select", pool_file, "--budget", "4", "--k", "2", "--out", str(out)]) == 0

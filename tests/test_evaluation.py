@@ -119,17 +119,17 @@ def test_the_trainer_evaluates_after_every_round(tmp_path, caplog):
         trainer = make_trainer(tmp_path, pool=pool, budget=16, rounds=2, round_eval_tasks=["mmlu"], round_eval_items=3)
         trainer.train()
     rounds = read_rounds(trainer.args.output_dir)
-    assert [sorted(r["eval"]["metrics"]) for r in rounds] == [["mmlu/accuracy", "mmlu/gold_logprob"]] * 2
-    items = rounds[0]["eval"]["items"]["mmlu"]
-    assert items == rounds[1]["eval"]["items"]["mmlu"] and not set(items) & set(skipped)
+    assert [sorted(r.eval["metrics"]) for r in rounds] == [["mmlu/accuracy", "mmlu/gold_logprob"]] * 2
+    items = rounds[0].eval["items"]["mmlu"]
+    assert items == rounds[1].eval["items"]["mmlu"] and not set(items) & set(skipped)
     logged = [h for h in trainer.state.log_history if "eval/mmlu/accuracy" in h]
-    assert [h["eval/mmlu/gold_logprob"] for h in logged] == [r["eval"]["metrics"]["mmlu/gold_logprob"] for r in rounds]
+    assert [h["eval/mmlu/gold_logprob"] for h in logged] == [r.eval["metrics"]["mmlu/gold_logprob"] for r in rounds]
     # Training between the rounds moved the model, so its log-likelihood of the gold answers moved.
-    assert rounds[0]["eval"]["metrics"]["mmlu/gold_logprob"] != rounds[1]["eval"]["metrics"]["mmlu/gold_logprob"]
+    assert rounds[0].eval["metrics"]["mmlu/gold_logprob"] != rounds[1].eval["metrics"]["mmlu/gold_logprob"]
     text = format_rounds(rounds)
-    assert f"eval after it: mmlu/accuracy {rounds[1]['eval']['metrics']['mmlu/accuracy']:.3f}" in text
+    assert f"eval after it: mmlu/accuracy {rounds[1].eval['metrics']['mmlu/accuracy']:.3f}" in text
     # Round files written before `eval` existed still load.
-    old = {k: v for k, v in rounds[0].items() if k != "eval"}
+    old = {k: v for k, v in rounds[0].to_dict().items() if k != "eval"}
     assert RoundRecord.from_dict(old).eval is None
 
 

@@ -13,7 +13,8 @@ from huggingface_hub import DatasetCard, ModelCard
 import hf_idsel
 from hf_idsel.cli import main
 from hf_idsel.errors import InvalidArgumentError, PushError
-from hf_idsel.publish import push_selection, push_staged, read_plan
+from hf_idsel.hub import push_folder, push_selection
+from hf_idsel.hub_layout import read_plan
 from test_cards import assert_truthful
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -119,7 +120,7 @@ def test_connection_dropped_mid_push_then_finished_from_the_staged_copy(hub, sel
     err = info.value
     assert err.status is None and err.pushed == ["repo"] and err.not_pushed == ["config:default", "files", "card"]
     assert "after 1 retries" in str(err)
-    assert push_staged(stage).endswith(repo)
+    assert push_folder(stage).endswith(repo)
     assert datasets.load_dataset(repo, split="train")["source_index"] == subset["source_index"]
     assert "manifest.json" in hub.server.files(repo)
 
@@ -155,7 +156,7 @@ def test_every_retryable_failure_is_retried_by_hf_idsel_and_never_shows_the_toke
         with pytest.raises(PushError) as info:
             push_selection(subset, stuck, manifest=manifest, local_dir=stage, token=token, max_retries=1, backoff=0.01)
         hub.server.clear_failures()
-        assert push_staged(stage, token=token).endswith(stuck)
+        assert push_folder(stage, token=token).endswith(stuck)
     err = info.value
     assert err.status == (None if failure == "dropped" else failure) and err.not_pushed[0] == "config:default"
     assert f"hf-idsel push {os.path.abspath(stage)}" in str(err)
@@ -295,3 +296,43 @@ def test_cli_select_push_and_push_of_a_folder_never_pushed(hub, tmp_path, capsys
     assert main(["push", str(later), "--repo-id", local, "--private"]) == 0
     assert hub.server.is_private(local, "dataset")
     assert len(datasets.load_dataset(local, split="train")) == 6
+
+
+def test_the_push_engine_and_the_cards_never_import_each_other():
+    """The layout lives in hub_layout; the push engine and the cards import it and never each other, not even inside
+    a function; only hub.py, which joins them, imports both."""
+    import ast
+
+    package = os.path.dirname(hf_idsel.__file__)
+
+    def imported(module):
+        tree = ast.parse(open(os.path.join(package, f"{module}.py"), encoding="utf-8").read())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hf_idsel"):
+                names.add(node.module.split(".")[1] if "." in node.module else "hf_idsel")
+        return names
+
+    assert not {"cards", "hub"} & imported("publish")
+    assert not {"publish", "hub"} & imported("cards")
+    assert imported("hub_layout") == {"errors"}
+    assert {"cards", "publish", "hub_layout"} <= imported("hub")
+
+
+def test_a_corrupt_push_plan_is_refused_by_name(tmp_path, capsys):
+    from hf_idsel.hub_layout import PUSH_FILE
+
+    folder = tmp_path / "staged"
+    folder.mkdir()
+    plan = folder / PUSH_FILE
+    plan.write_text('{"repo_id": "me/x", "configs": ["default"], "do')
+    with pytest.raises(InvalidArgumentError, match="truncated or corrupt") as info:
+        read_plan(str(folder))
+    assert str(plan) in str(info.value)
+    plan.write_text(json.dumps({"repo_id": "me/x", "configs": "default", "done": []}))
+    with pytest.raises(InvalidArgumentError, match="not a push plan written by hf_idsel"):
+        read_plan(str(folder))
+    assert main(["push", str(folder)]) == 2
+    assert str(plan) in capsys.readouterr().err

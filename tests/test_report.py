@@ -47,8 +47,7 @@ def _trained_run(tmp_path):
 
 
 def test_trainer_stages_rows_manifests_and_cards_that_rebuild_each_round(tmp_path):
-    from hf_idsel.publish import PUSH_FILE, read_plan
-    from hf_idsel.publish import ROUND_COLUMN, STAGING_DIR
+    from hf_idsel.hub_layout import PUSH_FILE, ROUND_COLUMN, STAGING_DIR, manifest_path, read_plan, round_config
     from test_trainer import make_pool
 
     trainer = _trained_run(tmp_path)
@@ -58,16 +57,17 @@ def test_trainer_stages_rows_manifests_and_cards_that_rebuild_each_round(tmp_pat
     assert plan["configs"] == ["round_1", "round_2", "round_3", "default"] and plan["done"] == []
     rounds = read_rounds(out)
     pool = make_pool()
+    assert [r.to_dict() for r in rounds] == trainer.selection.rounds  # the round files read back as they were written
     for r in rounds:
-        subset = load_selection(os.path.join(staged, "manifests", f"round_{r['round']}.json"), pool)
-        assert subset["source_index"] == sorted(r["selected"])
-        assert subset["cluster"] == trainer.labels[sorted(r["selected"])].tolist()
+        subset = load_selection(os.path.join(staged, manifest_path(round_config(r.round))), pool)
+        assert subset["source_index"] == sorted(r.selected)
+        assert subset["cluster"] == trainer.labels[sorted(r.selected)].tolist()
     everything = load_selection(os.path.join(staged, "manifest.json"), pool)
     assert len(everything) == 24 and sorted(everything["source_index"]) == sorted(trainer.selection.selected())
     import datasets
 
     staged_rows = datasets.Dataset.from_parquet(os.path.join(staged, "data", "default.parquet"))
-    round_of = {row: r["round"] for r in rounds for row in r["selected"]}
+    round_of = {row: r.round for r in rounds for row in r.selected}
     assert staged_rows[ROUND_COLUMN] == [round_of[i] for i in staged_rows["source_index"]]
     # A changed pool is refused, not silently re-indexed.
     with pytest.raises(Exception, match="differs|rows"):

@@ -17,7 +17,9 @@ from hf_idsel.rounds import (
     draw_round,
     labels_digest,
     merge_scores,
+    read_round_file,
     round_metrics,
+    round_records,
     round_sizes,
     sample_rows_per_cluster,
     selection_manifest,
@@ -338,6 +340,45 @@ def test_round_records_read_old_files_and_refuse_incomplete_ones():
     del record["k"]
     with pytest.raises(InvalidArgumentError, match=re.escape("missing fields ['k']")):
         RoundRecord.from_dict(record)
+
+
+def test_a_round_file_reads_back_typed_and_writes_the_same_bytes(tmp_path):
+    record = RoundRecord(round=2, weights=[0.75, 0.25], cluster_scores=[1.5, None], selected=[4, 9], selected_per_cluster=[1, 1],
+                         cumulative_size=4, scorer="loss", scored=True, scored_rows=2, global_step=6, k=2,
+                         cluster_terms=["a, b", "c"], weight_update="softmax", eval={"metrics": {"mmlu/accuracy": 0.5}, "items": {"mmlu": [1]}})
+    path = write_round_file(str(tmp_path / "a"), record)
+    read = read_round_file(path)
+    assert read == record and isinstance(read, RoundRecord)
+    again = write_round_file(str(tmp_path / "b"), read)
+    assert open(again, "rb").read() == open(path, "rb").read()
+    assert round_records([record.to_dict(), record]) == [record, record]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"round": 0}, "`round`=0 is not an integer >= 1"),
+        ({"round": True}, "`round`=True is not an integer >= 1"),
+        ({"weights": [1.0]}, "`weights` is not a list of 2 values"),
+        ({"weights": [0.5, "0.5"]}, "`weights` is not a list of 2 values"),
+        ({"selected": [1, -2]}, "`selected` is not a list of pool rows"),
+        ({"selected_per_cluster": [1.0, 1]}, "`selected_per_cluster` is not a list of 2 values"),
+        ({"scored": 1}, "`scored`=1 is not true or false"),
+        ({"k": "2"}, "`k`='2' is not a positive integer"),
+        ({"eval": {"metrics": {}}}, "`eval` lacks its `metrics` and `items`"),
+    ],
+)
+def test_a_round_file_of_the_wrong_shape_is_refused_with_its_name(tmp_path, change, message):
+    record = RoundRecord(round=1, weights=[0.5, 0.5], cluster_scores=[None, None], selected=[0, 1], selected_per_cluster=[1, 1],
+                         cumulative_size=2, scorer="loss", scored=True, scored_rows=2, global_step=1, k=2).to_dict()
+    path = tmp_path / "round_1.json"
+    path.write_text(json.dumps({**record, **change}))
+    with pytest.raises(InvalidArgumentError, match=re.escape(message)) as info:
+        read_round_file(str(path))
+    assert str(path) in str(info.value)
+    path.write_text(json.dumps(record)[:30])
+    with pytest.raises(InvalidArgumentError, match="truncated or corrupt"):
+        read_round_file(str(path))
 
 
 def test_selection_state_start_and_the_fields_a_stranger_had():

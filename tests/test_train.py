@@ -296,7 +296,7 @@ def test_train_excludes_an_evaluation_set_named_like_the_pool(tmp_path, capsys):
     the pool rows that copy its items, and the run's manifest, card and report say so."""
     from hf_idsel.cli import main as cli
     from hf_idsel.manifest import Manifest
-    from hf_idsel.publish import STAGING_DIR
+    from hf_idsel.hub_layout import STAGING_DIR
 
     pool = write_alpaca_pool(tmp_path / "pool.jsonl")
     rows = [json.loads(line) for line in open(pool)]

@@ -13,7 +13,7 @@ from conftest import unit_rows
 from hf_idsel import InvalidArgumentError
 from hf_idsel.cli import main
 from hf_idsel.manifest import Manifest
-from hf_idsel.publish import STAGING_DIR
+from hf_idsel.hub_layout import STAGING_DIR
 from test_trainer import make_pool, make_trainer
 
 
