@@ -17,13 +17,15 @@ from typing import Any
 
 import datasets
 import numpy as np
-import pyarrow as pa
 
 from . import baselines, checks, hidden_states, methods, sample
+from .arguments import (
+    ADDED_COLUMNS, NOT_RECORDED, CheckedArguments, SelectArguments, check_arguments, check_values, read_columns,
+)
 from .cache import StoredVectors, cache_file
 from .cluster import choose_k, default_k_candidates, kmeans
 from .decontaminate import (
-    DEFAULT_COSINE_THRESHOLD, DEFAULT_NGRAM, DEFAULT_NGRAM_THRESHOLD, check_thresholds, decontaminate_pool,
+    DEFAULT_COSINE_THRESHOLD, DEFAULT_NGRAM, DEFAULT_NGRAM_THRESHOLD, decontaminate_pool,
 )
 from .describe import describe_pool
 from .embed import (
@@ -37,21 +39,12 @@ from .embed import (
 )
 from .errors import IdselError, InvalidArgumentError
 from .manifest import Manifest, encoder_record, indices_digest, pool_digest, pool_record, selection_subset
-from .render import (
-    FORMATS,
-    RenderOptions,
-    check_countable,
-    check_text_to_embed,
-    resolve_render_options,
-    token_lengths,
-    validate_columns,
-)
+from .render import resolve_render_options, token_lengths, validate_columns
 from .report import centroid_map
 from .static_embed import STATIC_PREFIX, is_static
 
 logger = logging.getLogger(__name__)
 
-ADDED_COLUMNS = ("source_index", "cluster")
 # Throughput of all-MiniLM-L6-v2 measured on 2 CPU cores, for dry-run estimates.
 _CPU_SECONDS_PER_TEXT = 1 / 800
 _CPU_SECONDS_PER_TOKEN = 1 / 12_000
@@ -64,95 +57,6 @@ _KMEANS_SECONDS_PER_UNIT = 6.6e-12  # per (training row x k x dim x iteration) w
 # Rows per pass-one batch of a streamed pool: embed_dataset's chunk, so the encoder sees the same batches
 # and a stream gets the vectors (and the selection) of the same rows as a `datasets.Dataset`.
 STREAM_BATCH = 1024
-# Arguments the manifest does not record: objects and settings of this machine, which
-# `load_selection(..., recompute=True)` takes as overrides.
-_NOT_RECORDED = (
-    "tokenizer", "device", "cache_dir", "encode_batch_size", "num_proc", "desc", "load_from_cache_file", "keep_in_memory",
-    "exclude",
-)
-
-
-_EXCLUDE_SETTINGS = ("exclude_ngram", "exclude_ngram_threshold", "exclude_cosine_threshold")
-
-
-@dataclass(frozen=True)
-class SelectArguments:
-    """The arguments of one [`diverse_select`] call, but the pool and the way the result is returned.
-
-    Built once per call; every field means what the argument of the same name means in [`diverse_select`].
-    numpy numbers become Python numbers (`np.int64(3)` is recorded as `3`).
-    """
-
-    budget: int | float | None
-    method: str
-    k: int | str
-    seed: int
-    max_tokens: int | None
-    tokenizer: Any
-    quality_column: str | None
-    source_column: str | None
-    temperature: float
-    quality_weighting: str
-    quota: str
-    encoder: Any
-    encoder_revision: str | None
-    embedding_column: str | None
-    format: str | None
-    text_column: str | None
-    template: str | None
-    include_answer: bool
-    dedup_threshold: float | None
-    deita_threshold: float
-    qdit_alpha: float
-    k_candidates: list[int] | None
-    kmeans_niter: int
-    encode_batch_size: int
-    device: str | None
-    cache_dir: str | None
-    trust_remote_code: bool
-    exclude: Any = None
-    exclude_ngram: int = DEFAULT_NGRAM
-    exclude_ngram_threshold: float | None = DEFAULT_NGRAM_THRESHOLD
-    exclude_cosine_threshold: float | None = DEFAULT_COSINE_THRESHOLD
-    num_proc: int | None = None
-    desc: str | None = None
-    load_from_cache_file: bool = True
-    keep_in_memory: bool = False
-
-    def __post_init__(self):
-        for field in fields(self):
-            object.__setattr__(self, field.name, _plain(getattr(self, field.name)))
-
-    def pick(self, *names: str) -> dict:
-        """The fields `names`, as keyword arguments for the stage that takes them."""
-        return {name: getattr(self, name) for name in names}
-
-    def to_manifest_dict(self, identity) -> dict:
-        """The manifest's `arguments`: every field that is a JSON value, but the machine-local ones.
-
-        An encoder passed as an object is recorded by the id of its `identity` ([`~cache.ModelIdentity`]).
-        """
-        arguments = {
-            field.name: getattr(self, field.name)
-            for field in fields(self)
-            if field.name not in _NOT_RECORDED and _is_json_value(getattr(self, field.name))
-        }
-        if not isinstance(self.encoder, str):
-            arguments["encoder"] = identity.id
-        if self.exclude is None:  # the thresholds of a test that did not run: recorded only with `exclude`
-            for name in _EXCLUDE_SETTINGS:
-                arguments.pop(name, None)
-        return arguments
-
-
-@dataclass(frozen=True)
-class _Checked:
-    """What the checks derive from the arguments and the pool."""
-
-    rows: int | None  # the row budget in rows; None for a token budget
-    render: RenderOptions | None  # None when precomputed vectors and a row budget need no text
-    quality: np.ndarray | None  # `quality_column` as float64
-    sources: np.ndarray | None = None  # `source_column`'s values
 
 
 @dataclass
@@ -185,6 +89,7 @@ class SelectionPlan:
             f"  clustering: ~{self.estimated_clustering_seconds:.1f} s on CPU\n"
             f"  peak memory: ~{self.estimated_peak_memory_bytes / 2**20:.0f} MiB"
         )
+
 
 
 def diverse_select(
@@ -422,148 +327,12 @@ def _select_dict(dataset_dict, args: SelectArguments, *, split, dry_run, return_
     return (subset, manifests) if return_manifest else subset
 
 
-_COSINE = " It is a cosine similarity."  # the fix named by the threshold checks
-
-
-def _check_values(args: SelectArguments) -> None:
-    """The type and range of every argument that does not depend on the pool."""
-    checks.check_choice(args.method, "method", methods.METHODS)
-    checks.check_seed(args.seed)
-    if isinstance(args.k, str) and args.k == "auto":
-        if args.k_candidates is not None and (
-            not isinstance(args.k_candidates, (list, tuple))
-            or not args.k_candidates
-            or any(isinstance(c, bool) or not isinstance(c, numbers.Integral) or c < 2 for c in args.k_candidates)
-        ):
-            raise InvalidArgumentError(f"`k_candidates`={args.k_candidates!r} must be a non-empty list of ints >= 2.")
-    else:
-        checks.check_int(args.k, "k", minimum=1, fix=" Pass the number of clusters, or k='auto'.")
-        if args.k_candidates is not None and not isinstance(args.k_candidates, (list, tuple)):
-            raise InvalidArgumentError(
-                f"`k_candidates`={args.k_candidates!r} must be a list of ints >= 2 (used with k='auto')."
-            )
-    checks.check_int(args.kmeans_niter, "kmeans_niter", minimum=1, maximum=checks.MAX_INT32)
-    checks.check_tokenizer(args.tokenizer)
-    checks.check_name(args.quality_column, "quality_column")
-    checks.check_name(args.source_column, "source_column")
-    checks.check_number(args.temperature, "temperature", above=0)
-    checks.check_choice(args.quality_weighting, "quality_weighting", sample.QUALITY_WEIGHTINGS)
-    checks.check_choice(args.quota, "quota", sample.QUOTA_RULES)
-    checks.check_model(args.encoder, "encoder")
-    for name in ("encoder_revision", "embedding_column", "text_column", "template"):
-        checks.check_name(getattr(args, name), name)
-    if args.format is not None:
-        checks.check_choice(args.format, "format", FORMATS)
-    checks.check_flag(args.include_answer, "include_answer")
-    if args.dedup_threshold is not None:
-        checks.check_number(args.dedup_threshold, "dedup_threshold", above=0, at_most=1, fix=_COSINE)
-    checks.check_number(args.deita_threshold, "deita_threshold", above=0, at_most=1, fix=_COSINE)
-    checks.check_number(args.qdit_alpha, "qdit_alpha", at_least=0, at_most=1)
-    checks.check_int(args.encode_batch_size, "encode_batch_size", minimum=1)
-    if args.num_proc is not None:
-        checks.check_int(args.num_proc, "num_proc", minimum=1)
-    checks.check_name(args.desc, "desc")
-    checks.check_flag(args.load_from_cache_file, "load_from_cache_file")
-    checks.check_flag(args.keep_in_memory, "keep_in_memory")
-    # Checked with or without `exclude`: a bad value is a mistake either way.
-    check_thresholds(args.exclude_ngram, args.exclude_ngram_threshold, args.exclude_cosine_threshold)
-    checks.check_device(args.device)
-    checks.check_path(args.cache_dir, "cache_dir")
-    checks.check_flag(args.trust_remote_code, "trust_remote_code")
-
-
-def _check_arguments(pool: datasets.Dataset, args: SelectArguments) -> _Checked:
-    """Every cheap check, before any model or encoder is touched."""
-    n = len(pool)
-    if n == 0:
-        raise InvalidArgumentError("The pool (`dataset`) is empty; there is nothing to select from.")
-    _check_values(args)
-    if (args.budget is None) == (args.max_tokens is None):
-        raise InvalidArgumentError("Pass exactly one of `budget` (rows or fraction) and `max_tokens` (token budget).")
-    rows = sample.resolve_budget(args.budget, n) if args.budget is not None else None
-    if args.max_tokens is not None:
-        checks.check_int(args.max_tokens, "max_tokens", minimum=1)
-        if args.tokenizer is None:
-            raise InvalidArgumentError("`max_tokens` needs `tokenizer=` (the one you will train with) to count tokens.")
-        ordered = methods.ordered_methods()
-        if args.method not in ordered:
-            raise InvalidArgumentError(
-                f"`max_tokens` works with methods {ordered}; for {args.method!r} pass a row `budget`."
-            )
-    if not isinstance(args.k, str) and args.k > n:
-        raise InvalidArgumentError(f"`k`={args.k} must be between 1 and the number of rows ({n}); try k='auto'.")
-    method_check = methods.METHODS[args.method].check
-    if method_check is not None:
-        method_check(args)
-    clash = [c for c in ADDED_COLUMNS if c in pool.column_names]
-    if clash:
-        raise InvalidArgumentError(
-            f"The pool already has column(s) {clash} that the selection adds; rename them first, e.g. "
-            f"`pool.rename_column({clash[0]!r}, 'parent_{clash[0]}')`."
-        )
-
-    quality = None
-    if args.quality_column is not None:
-        if args.quality_column not in pool.column_names:
-            raise InvalidArgumentError(
-                f"`quality_column`={args.quality_column!r} is not a column; available: {pool.column_names}."
-            )
-        values = pool.data.table.column(args.quality_column).to_numpy(zero_copy_only=False)
-        quality = sample.validate_quality(values, args.quality_column, weighting=args.quality_weighting)
-        uses_temperature = "temperature" in methods.METHODS[args.method].options and args.quality_weighting == "softmax"
-        with np.errstate(over="ignore"):
-            if uses_temperature and not np.isfinite(quality / args.temperature).all():
-                raise InvalidArgumentError(
-                    f"`temperature`={args.temperature!r} is too small for the scores in `quality_column`="
-                    f"{args.quality_column!r}: quality / temperature overflows. Pass a larger temperature."
-                )
-
-    sources = None
-    if args.source_column is not None:
-        if args.source_column not in pool.column_names:
-            raise InvalidArgumentError(
-                f"`source_column`={args.source_column!r} is not a column; available: {pool.column_names}."
-            )
-        column = pool.data.table.column(args.source_column)
-        kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind)):
-            raise InvalidArgumentError(
-                f"`source_column`={args.source_column!r} holds {column.type}; it must name each row's source as a string "
-                "or an integer (e.g. a dataset name or a ClassLabel)."
-            )
-        if column.null_count:
-            raise InvalidArgumentError(f"`source_column`={args.source_column!r} has {column.null_count} missing values; fill them first.")
-        sources = column.to_numpy(zero_copy_only=False) if kind == column.type else column.cast(kind).to_numpy(zero_copy_only=False)
-
-    render = None
-    # Text is needed to embed, and to count tokens for a token budget even with precomputed vectors.
-    if args.embedding_column is None or args.max_tokens is not None:
-        render = resolve_render_options(
-            pool.column_names, **args.pick("format", "text_column", "template", "include_answer", "tokenizer")
-        )
-        validate_columns(pool.data.table, render)
-        if args.embedding_column is None:  # rows with nothing to embed are refused before the plan, too
-            check_text_to_embed(pool.data.table, render)
-        if args.max_tokens is not None:  # a count the trainer would not see is refused before embedding
-            check_countable(pool.data.table, render, args.tokenizer)
-    if args.embedding_column is not None and args.embedding_column not in pool.column_names:
-        raise InvalidArgumentError(
-            f"`embedding_column`={args.embedding_column!r} is not a column; available: {pool.column_names}."
-        )
-    if args.exclude is not None:  # the evaluation set's type and layout, before anything is embedded
-        from .decontaminate import as_dataset, exclude_render_options
-
-        exclude_render_options(as_dataset(args.exclude), render or resolve_render_options(
-            pool.column_names, **args.pick("format", "text_column", "template", "include_answer")
-        ))
-    return _Checked(rows=rows, render=render, quality=quality, sources=sources)
-
 
 def _select(pool: datasets.Dataset, args: SelectArguments, *, dry_run: bool, return_manifest: bool):
     if pool._indices is not None:
         # Arrow-level checks and digests read the table in storage order: materialise select/shuffle first.
         pool = pool.flatten_indices()
-    checked = _check_arguments(pool, args)
+    checked = check_arguments(pool, args)
     if dry_run:
         return _plan(pool, args, checked)
 
@@ -600,17 +369,17 @@ def _select_stream(stream: datasets.IterableDataset, args: SelectArguments, *, d
             "`dry_run=True` needs the pool's size, which a streamed pool only knows once read; drop `dry_run`, "
             "or plan on a map-style sample (`datasets.Dataset.from_list(list(stream.take(n)))`)."
         )
-    _check_values(args)
+    check_values(args)
     from .cache import cache_dir
 
     os.makedirs(cache_dir(args.cache_dir), exist_ok=True)
     folder = tempfile.mkdtemp(prefix="stream-", dir=cache_dir(args.cache_dir))
     try:
         pool, vectors, identity, features = _spool_stream(stream, args, folder)
-        checked = _check_arguments(pool, args)  # now with the pool's size: budget, k, quality, token counts
+        checked = check_arguments(pool, args)  # now with the pool's size: budget, k, quality, token counts
         embeddings = vectors if vectors is not None else embeddings_from_column(pool, args.embedding_column)
         manifest = _cluster_and_draw(pool, args, checked, embeddings, identity)
-        subset = _chosen_rows(stream, manifest, features, pool, _read_columns(args, checked.render))
+        subset = _chosen_rows(stream, manifest, features, pool, read_columns(args, checked.render))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     logger.info("Selected %d of %d streamed rows with %s (k=%d)", len(subset), manifest.pool["num_rows"], args.method, manifest.k)
@@ -638,8 +407,8 @@ def _spool_stream(stream, args: SelectArguments, folder: str):
                     head = datasets.Dataset.from_dict(batch, features=stream.features)
                     features = head.features
                     # The first batch stands in for the pool in every check that does not need its size.
-                    render = _check_arguments(head, _probe_arguments(args)).render
-                    read = _read_columns(args, render)
+                    render = check_arguments(head, _probe_arguments(args)).render
+                    read = read_columns(args, render)
                     writer = ArrowWriter(path=columns_path, features=datasets.Features({c: features[c] for c in read}))
                     if args.embedding_column is None:
                         vector_writer = ArrowWriter(path=vectors_path)
@@ -712,7 +481,7 @@ def _subset_from_manifest(pool: datasets.Dataset, manifest: Manifest) -> dataset
     return selection_subset(pool, manifest.selected_indices, manifest.selected_clusters)
 
 
-def exclude_rows(pool, args: SelectArguments, checked: _Checked, embeddings) -> tuple[np.ndarray, dict]:
+def exclude_rows(pool, args: SelectArguments, checked: CheckedArguments, embeddings) -> tuple[np.ndarray, dict]:
     """The decontamination keep mask over `pool` and its record (see [`decontaminate.decontaminate_pool`])."""
     render = checked.render
     if render is None:  # precomputed vectors and a row budget: the n-gram test still reads the pool's text
@@ -729,7 +498,7 @@ def exclude_rows(pool, args: SelectArguments, checked: _Checked, embeddings) -> 
 
 
 def _cluster_and_draw(
-    pool, args: SelectArguments, checked: _Checked, embeddings, identity, keep=None, decontamination=None
+    pool, args: SelectArguments, checked: CheckedArguments, embeddings, identity, keep=None, decontamination=None
 ) -> Manifest:
     full_pool = pool
     rows_kept = None
@@ -743,7 +512,7 @@ def _cluster_and_draw(
             raise InvalidArgumentError(
                 f"`k`={args.k} is more than the {len(pool)} rows left after decontamination; lower k or use k='auto'."
             )
-        checked = _Checked(rows=budget_rows, render=checked.render, quality=quality)
+        checked = CheckedArguments(rows=budget_rows, render=checked.render, quality=quality)
     clustering, k_selection = cluster_pool(
         embeddings, args.k, k_candidates=args.k_candidates, seed=args.seed, kmeans_niter=args.kmeans_niter
     )
@@ -791,7 +560,7 @@ def _cluster_and_draw(
         for description in descriptions or ():
             description["example_rows"] = rows_kept[description["example_rows"]].tolist()
     return Manifest(
-        pool=pool_record(full_pool, _read_columns(args, checked.render)),
+        pool=pool_record(full_pool, read_columns(args, checked.render)),
         arguments=args.to_manifest_dict(identity),
         method=args.method,
         seed=int(args.seed),
@@ -812,7 +581,7 @@ def _cluster_and_draw(
     )
 
 
-def _describe_clusters(pool, args: SelectArguments, checked: _Checked, clustering) -> list[dict] | None:
+def _describe_clusters(pool, args: SelectArguments, checked: CheckedArguments, clustering) -> list[dict] | None:
     """Each cluster's terms and representative rows, from the rows as they were embedded; with precomputed
     vectors, from the text layout the pool's columns show (`None` when they show none)."""
     render = checked.render
@@ -886,34 +655,8 @@ def dedup_mask(embeddings: np.ndarray, threshold: float, *, quality: np.ndarray 
     return mask
 
 
-def _read_columns(args: SelectArguments, render: RenderOptions | None) -> list[str]:
-    columns = []
-    if render is not None:
-        columns += render.input_columns
-    for extra in (args.embedding_column, args.quality_column):
-        if extra is not None:
-            columns.append(extra)
-    return list(dict.fromkeys(columns))
 
-
-def _is_json_value(value) -> bool:
-    if value is None or isinstance(value, (str, bool, int, float)):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_is_json_value(v) for v in value)
-    return False
-
-
-def _plain(value):
-    # numpy scalars as Python ones, also inside a list: faiss takes no numpy ints, manifests are JSON.
-    if isinstance(value, np.generic):
-        return value.item()
-    if type(value) in (list, tuple):
-        return type(value)(_plain(v) for v in value)
-    return value
-
-
-def _plan(pool, args: SelectArguments, checked: _Checked) -> SelectionPlan:
+def _plan(pool, args: SelectArguments, checked: CheckedArguments) -> SelectionPlan:
     n = len(pool)
     dim = None
     cached = False
@@ -1073,7 +816,7 @@ def load_selection(
 
 
 # What `load_selection(..., recompute=True)` takes from its caller rather than from the manifest.
-_CALLER_ARGUMENTS = (*_NOT_RECORDED, "batch_size", "encoder", "encoder_revision", "trust_remote_code")
+_CALLER_ARGUMENTS = (*NOT_RECORDED, "batch_size", "encoder", "encoder_revision", "trust_remote_code")
 
 
 def _replay_arguments(manifest: Manifest, overrides: dict) -> dict:
@@ -1098,7 +841,7 @@ def _replay_arguments(manifest: Manifest, overrides: dict) -> dict:
             "`exclude=` to re-run it, or load without `recompute`."
         )
     recorded = dict(manifest.arguments)
-    known = {f.name for f in fields(SelectArguments)} - set(_NOT_RECORDED)
+    known = {f.name for f in fields(SelectArguments)} - set(NOT_RECORDED)
     unknown = sorted(set(recorded) - known)
     if unknown:
         raise InvalidArgumentError(
