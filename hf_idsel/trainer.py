@@ -72,7 +72,7 @@ from .rounds import (
     write_round_file,
 )
 from .scorers import LossScorer, RoundScorer, as_scorer, per_row_loss, score_rows, scorer_name
-from .select import cluster_pool, pool_embeddings
+from .pipeline import cluster_pool, pool_embeddings
 
 __all__ = ["IterativeSelectionConfig", "IterativeSelectionTrainer"]
 
