@@ -7,32 +7,24 @@ Every argument is checked before the encoder loads. The subset keeps all pool co
 from __future__ import annotations
 
 import logging
-import numbers
-import os
-import shutil
-import tempfile
 import warnings
-from dataclasses import replace
 from typing import Any
 
 import datasets
-import numpy as np
 
 from . import checks
-from .arguments import SelectArguments, check_arguments, check_values, read_columns
-from .cache import StoredVectors
+from .arguments import SelectArguments, check_arguments
 from .decontaminate import DEFAULT_COSINE_THRESHOLD, DEFAULT_NGRAM, DEFAULT_NGRAM_THRESHOLD
-from .embed import DEFAULT_ENCODER, batch_encoder, embeddings_from_column
-from .errors import IdselError, InvalidArgumentError
-from .manifest import Manifest, pool_digest, selection_subset
+from .distributed import broadcast, world
+from .embed import DEFAULT_ENCODER
+from .errors import InvalidArgumentError
+from .manifest import Manifest, selection_subset
 from .pipeline import cluster_and_draw, exclude_rows, pool_embeddings
 from .plan import plan_selection
+from .stream import select_stream
 
 logger = logging.getLogger(__name__)
 
-# Rows per pass-one batch of a streamed pool: embed_dataset's chunk, so the encoder sees the same batches
-# and a stream gets the vectors (and the selection) of the same rows as a `datasets.Dataset`.
-STREAM_BATCH = 1024
 
 
 def diverse_select(
@@ -245,7 +237,7 @@ def diverse_select(
     if split is not None:
         raise InvalidArgumentError("`split` applies to a DatasetDict; this pool is a single Dataset.")
     if isinstance(dataset, datasets.IterableDataset):
-        return _select_stream(dataset, args, dry_run=dry_run, return_manifest=return_manifest)
+        return select_stream(dataset, args, dry_run=dry_run, return_manifest=return_manifest)
     if not isinstance(dataset, datasets.Dataset):
         fix = " Pick one split of an IterableDatasetDict: `pool['train']`." if isinstance(dataset, datasets.IterableDatasetDict) else ""
         raise InvalidArgumentError(
@@ -270,7 +262,6 @@ def _select_dict(dataset_dict, args: SelectArguments, *, split, dry_run, return_
     return (subset, manifests) if return_manifest else subset
 
 
-
 def _select(pool: datasets.Dataset, args: SelectArguments, *, dry_run: bool, return_manifest: bool):
     if pool._indices is not None:
         # Arrow-level checks and digests read the table in storage order: materialise select/shuffle first.
@@ -278,8 +269,6 @@ def _select(pool: datasets.Dataset, args: SelectArguments, *, dry_run: bool, ret
     checked = check_arguments(pool, args)
     if dry_run:
         return plan_selection(pool, args, checked)
-
-    from .distributed import broadcast, world
 
     rank, world_size = world()
     embeddings, identity = pool_embeddings(
@@ -302,122 +291,6 @@ def _select(pool: datasets.Dataset, args: SelectArguments, *, dry_run: bool, ret
     subset = _subset_from_manifest(pool, manifest)
     logger.info("Selected %d of %d rows with %s (k=%d)", len(subset), len(pool), args.method, manifest.k)
     return (subset, manifest) if return_manifest else subset
-
-
-def _select_stream(stream: datasets.IterableDataset, args: SelectArguments, *, dry_run: bool, return_manifest: bool):
-    """Select from a streamed pool: embed while streaming, cluster and draw as for a Dataset, then a second pass
-    keeps the chosen rows. The temporary files live in the cache folder and are deleted at the end."""
-    if dry_run:
-        raise InvalidArgumentError(
-            "`dry_run=True` needs the pool's size, which a streamed pool only knows once read; drop `dry_run`, "
-            "or plan on a map-style sample (`datasets.Dataset.from_list(list(stream.take(n)))`)."
-        )
-    check_values(args)
-    from .cache import cache_dir
-
-    os.makedirs(cache_dir(args.cache_dir), exist_ok=True)
-    folder = tempfile.mkdtemp(prefix="stream-", dir=cache_dir(args.cache_dir))
-    try:
-        pool, vectors, identity, features = _spool_stream(stream, args, folder)
-        checked = check_arguments(pool, args)  # now with the pool's size: budget, k, quality, token counts
-        embeddings = vectors if vectors is not None else embeddings_from_column(pool, args.embedding_column)
-        manifest = cluster_and_draw(pool, args, checked, embeddings, identity)
-        subset = _chosen_rows(stream, manifest, features, pool, read_columns(args, checked.render))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    logger.info("Selected %d of %d streamed rows with %s (k=%d)", len(subset), manifest.pool["num_rows"], args.method, manifest.k)
-    return (subset, manifest) if return_manifest else subset
-
-
-def _spool_stream(stream, args: SelectArguments, folder: str):
-    """Pass one: every batch is checked, embedded (float16) and written with the columns the selection reads.
-
-    Returns `(pool of the read columns, StoredVectors or None, encoder identity or None, the stream's features)`.
-    """
-    from datasets.arrow_writer import ArrowWriter
-    from datasets.utils import tqdm as hf_tqdm
-
-    from .render import check_text_to_embed
-
-    columns_path, vectors_path = os.path.join(folder, "columns.arrow"), os.path.join(folder, "vectors.arrow")
-    writer = vector_writer = encode = identity = features = render = None
-    n = 0
-    try:
-        with hf_tqdm(desc="Embedding the streamed pool", unit=" examples") as bar:
-            for batch in stream.iter(batch_size=STREAM_BATCH):
-                size = len(next(iter(batch.values())))
-                if writer is None:
-                    head = datasets.Dataset.from_dict(batch, features=stream.features)
-                    features = head.features
-                    # The first batch stands in for the pool in every check that does not need its size.
-                    render = check_arguments(head, _probe_arguments(args)).render
-                    read = read_columns(args, render)
-                    writer = ArrowWriter(path=columns_path, features=datasets.Features({c: features[c] for c in read}))
-                    if args.embedding_column is None:
-                        vector_writer = ArrowWriter(path=vectors_path)
-                        encode, identity = batch_encoder(
-                            args.encoder, render, **args.pick("tokenizer", "device", "trust_remote_code"),
-                            batch_size=args.encode_batch_size, revision=args.encoder_revision,
-                        )
-                part = datasets.Dataset.from_dict({c: batch[c] for c in read}, features=writer._features).data.table
-                if encode is not None:
-                    check_text_to_embed(part, render)
-                    vector_writer.write_batch({"embedding": encode.batch(part.to_pydict(), first_row=n)})
-                writer.write_table(part)
-                n += size
-                bar.update(size)
-        if writer is None:
-            raise InvalidArgumentError("The pool (`dataset`) is empty; there is nothing to select from.")
-        writer.finalize()
-        if vector_writer is not None:
-            vector_writer.finalize()
-    finally:
-        for w in (writer, vector_writer):
-            if w is not None:
-                w.close()
-    info = stream.info.copy()
-    info.features = None  # the file holds the read columns only; its own schema says which
-    pool = datasets.Dataset.from_file(columns_path, info=info)
-    vectors = None
-    if vector_writer is not None:
-        vectors = StoredVectors(datasets.Dataset.from_file(vectors_path).data.table.column("embedding"))
-        if getattr(args.encoder, "projection", None) is not None:  # fitted on the whole pool, as embed_dataset does
-            vectors = args.encoder.project(np.asarray(vectors))
-    return pool, vectors, identity, features
-
-
-def _probe_arguments(args: SelectArguments) -> SelectArguments:
-    """`args` for checking the first batch of a stream: a row budget or `k` above one batch is judged later."""
-    def fits(value):
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
-
-    return replace(args, budget=1 if fits(args.budget) else args.budget, k=1 if fits(args.k) else args.k)
-
-
-def _chosen_rows(stream, manifest: Manifest, features, pool: datasets.Dataset, read: list[str]) -> datasets.Dataset:
-    """Pass two: keep the chosen rows (all columns), in pool order, and check they are the rows pass one saw."""
-    from datasets.utils import tqdm as hf_tqdm
-
-    chosen = np.asarray(manifest.selected_indices, dtype=np.int64)  # ascending
-    parts, seen = [], 0
-    with hf_tqdm(total=manifest.pool["num_rows"], desc="Keeping the chosen rows", unit=" examples") as bar:
-        for batch in stream.iter(batch_size=STREAM_BATCH):
-            size = len(next(iter(batch.values())))
-            lo, hi = np.searchsorted(chosen, [seen, seen + size])
-            if hi > lo:
-                rows = (chosen[lo:hi] - seen).tolist()
-                parts.append(datasets.Dataset.from_dict({c: [v[i] for i in rows] for c, v in batch.items()}, features=features))
-            seen += size
-            bar.update(size)
-    subset = datasets.concatenate_datasets(parts) if parts else datasets.Dataset.from_dict({}, features=features)
-    if seen != manifest.pool["num_rows"] or pool_digest(subset, read) != pool_digest(pool.select(chosen), read):
-        raise IdselError(
-            f"The streamed pool gave other rows on its second pass ({seen} rows, {manifest.pool['num_rows']} on the "
-            "first, or other content at the chosen positions): the selection needs a stream that repeats itself. "
-            "Do not shuffle it (or fix its seed and epoch), or load it as a map-style Dataset."
-        )
-    subset = subset.add_column("source_index", chosen.tolist())
-    return subset.add_column("cluster", list(manifest.selected_clusters))
 
 
 def _subset_from_manifest(pool: datasets.Dataset, manifest: Manifest) -> datasets.Dataset:
