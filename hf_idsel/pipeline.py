@@ -20,7 +20,6 @@ from .embed import DEFAULT_ENCODER, embed_dataset, embeddings_from_column
 from .errors import InvalidArgumentError
 from .manifest import Manifest, encoder_record, indices_digest, pool_record
 from .render import resolve_render_options, token_lengths, validate_columns
-from .report import centroid_map
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +141,19 @@ def describe_clusters(pool, args: SelectArguments, checked: CheckedArguments, cl
             logger.info("The clusters are not described: the pool has no text to describe them by (%s)", err)
             return None
     return describe_pool(pool, render, clustering, seed=args.seed)
+
+
+def centroid_map(centroids: np.ndarray) -> list[list[float]]:
+    """Each cluster's place on a 2-D map of the pool: its centroid projected on the centroids' first two principal
+    components (scikit-learn's PCA, exact solver: the same centroids give the same map), rounded to 4 decimals."""
+    from sklearn.decomposition import PCA
+
+    centroids = np.asarray(centroids, dtype=np.float64)
+    if len(centroids) < 3:  # PCA needs more points than components; one or two clusters lie on a line
+        x = centroids @ (centroids[-1] - centroids[0]) if len(centroids) == 2 else np.zeros(1)
+        return [[round(float(v - x.mean()), 4), 0.0] for v in x]
+    points = PCA(n_components=2, svd_solver="full").fit_transform(centroids)
+    return np.round(points, 4).tolist()
 
 
 def pool_embeddings(

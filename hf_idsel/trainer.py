@@ -57,9 +57,9 @@ from .distributed import broadcast, equal_share
 from .errors import InvalidArgumentError, PushError
 from .hidden_states import HiddenStateEncoder
 from .manifest import Manifest, encoder_record, pool_record
+from .pipeline import centroid_map, cluster_pool, pool_embeddings
 from .publish import ITERATIVE_METHOD, STAGING_DIR, iterative_subset, push_staged, set_model_push, stage
 from .render import prompt_and_answer, prompt_turns, resolve_render_options, training_render_options
-from .report import centroid_map
 from .rounds import (
     SelectionState,
     close_round,
@@ -72,7 +72,6 @@ from .rounds import (
     write_round_file,
 )
 from .scorers import LossScorer, RoundScorer, as_scorer, per_row_loss, score_rows, scorer_name
-from .pipeline import cluster_pool, pool_embeddings
 
 __all__ = ["IterativeSelectionConfig", "IterativeSelectionTrainer"]
 
