@@ -120,6 +120,7 @@ class CheckedArguments:
 
     rows: int | None  # the row budget in rows; None for a token budget
     render: RenderOptions | None  # None when precomputed vectors and a row budget need no text
+    text: RenderOptions | None  # the text decontamination and descriptions read: `render` or the columns' layout
     quality: np.ndarray | None  # `quality_column` as float64
     sources: np.ndarray | None = None  # `source_column`'s values
 
@@ -252,11 +253,20 @@ def check_arguments(pool: datasets.Dataset, args: SelectArguments) -> CheckedArg
         raise InvalidArgumentError(
             f"`embedding_column`={args.embedding_column!r} is not a column; available: {pool.column_names}."
         )
+    # Precomputed vectors embed no text, but the n-gram test and the cluster descriptions still read the pool's text
+    # when its columns show one.
+    text = render
+    if text is None:
+        try:
+            text = resolve_render_options(pool.column_names, **args.pick("format", "text_column", "template", "include_answer"))
+            validate_columns(pool.data.table, text)
+        except InvalidArgumentError:
+            if args.exclude is not None:
+                raise
+            text = None
     if args.exclude is not None:  # the evaluation set's type and layout, before anything is embedded
-        exclude_render_options(as_dataset(args.exclude), render or resolve_render_options(
-            pool.column_names, **args.pick("format", "text_column", "template", "include_answer")
-        ))
-    return CheckedArguments(rows=rows, render=render, quality=quality, sources=sources)
+        exclude_render_options(as_dataset(args.exclude), text)
+    return CheckedArguments(rows=rows, render=render, text=text, quality=quality, sources=sources)
 
 
 def read_columns(args: SelectArguments, render: RenderOptions | None) -> list[str]:

@@ -1,11 +1,15 @@
-"""The stages of a selection that `diverse_select` (in-memory and streamed pools) and the trainer share:
-pool -> vectors ([`pool_embeddings`]) -> decontamination ([`exclude_rows`]) -> clusters ([`cluster_pool`],
-[`dedup_mask`]) -> cluster descriptions and map -> the draw ([`cluster_and_draw`]), which returns the manifest.
+"""The stages of a selection, one implementation that `diverse_select` (in-memory and streamed pools) and the trainer
+both run: pool -> vectors ([`pool_embeddings`]) -> decontamination -> clusters of the rows left, with their
+descriptions and map ([`decontaminate_and_cluster`]) -> the draw ([`cluster_and_draw`], which returns the manifest).
+
+A streamed pool differs only in how its rows and vectors are obtained and how the chosen rows are read back
+(`stream.py`); every stage here runs for it as for a `datasets.Dataset`.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import datasets
@@ -13,62 +17,171 @@ import numpy as np
 
 from . import baselines, methods, sample
 from .arguments import CheckedArguments, SelectArguments, read_columns
-from .cluster import choose_k, kmeans
-from .decontaminate import decontaminate_pool
+from .cluster import Clustering, choose_k, kmeans
+from .decontaminate import DEFAULT_COSINE_THRESHOLD, DEFAULT_NGRAM, DEFAULT_NGRAM_THRESHOLD, decontaminate_pool
 from .describe import describe_pool
 from .embed import DEFAULT_ENCODER, embed_dataset, embeddings_from_column
 from .errors import InvalidArgumentError
 from .manifest import Manifest, encoder_record, indices_digest, pool_record
-from .render import resolve_render_options, token_lengths, validate_columns
+from .render import RenderOptions, token_lengths
 
 logger = logging.getLogger(__name__)
 
 
-def exclude_rows(pool, args: SelectArguments, checked: CheckedArguments, embeddings) -> tuple[np.ndarray, dict]:
-    """The decontamination keep mask over `pool` and its record (see [`decontaminate.decontaminate_pool`])."""
-    render = checked.render
-    if render is None:  # precomputed vectors and a row budget: the n-gram test still reads the pool's text
-        render = resolve_render_options(pool.column_names, **args.pick("format", "text_column", "template", "include_answer"))
-    return decontaminate_pool(
-        pool, args.exclude, render, embeddings, ngram=args.exclude_ngram, ngram_threshold=args.exclude_ngram_threshold,
-        cosine_threshold=args.exclude_cosine_threshold, batch_size=args.encode_batch_size,
-        desc=" ".join(filter(None, (args.desc, "Evaluation set:"))),
+@dataclass(frozen=True)
+class PoolClusters:
+    """The pool after decontamination and k-means: what a draw and a manifest take from it.
+
+    Args:
+        pool (`datasets.Dataset`):
+            The rows left, in pool order (the pool itself when nothing was excluded).
+        vectors (`np.ndarray` or [`~cache.StoredVectors`]):
+            Their vectors.
+        rows (`np.ndarray`, *optional*):
+            The pool row of each row left; `None` when every row is left.
+        clustering ([`~cluster.Clustering`]):
+            k-means of the rows left (labels in the order of `pool`).
+        k_selection (`dict`):
+            How k was chosen (the manifest's `k_selection`).
+        budget_rows (`int`, *optional*):
+            The row budget counted on the rows left; `None` without a row budget.
+        decontamination (`dict`, *optional*):
+            What decontamination dropped (the manifest's `decontamination`); `None` without an evaluation set.
+        descriptions (`list[dict]`, *optional*):
+            Each cluster's terms and representative rows (pool rows); `None` for a pool without text.
+        cluster_map (`list[list[float]]`):
+            Each cluster's place on a 2-D map of the pool ([`centroid_map`]).
+    """
+
+    pool: datasets.Dataset
+    vectors: Any
+    rows: np.ndarray | None
+    clustering: Clustering
+    k_selection: dict
+    budget_rows: int | None
+    decontamination: dict | None
+    descriptions: list[dict] | None
+    cluster_map: list
+
+    def pool_rows(self, positions) -> np.ndarray:
+        """Positions among the rows left, as pool rows."""
+        positions = np.asarray(positions, dtype=np.int64)
+        return positions if self.rows is None else self.rows[positions]
+
+    def labels_of_every_row(self, embeddings) -> np.ndarray:
+        """The cluster id of every pool row of `embeddings`: a row decontamination dropped takes its nearest centroid's
+        (it was in no cluster's k-means and is never drawn; the id keeps per-row tables whole)."""
+        if self.rows is None:
+            return self.clustering.labels
+        labels = np.empty(len(embeddings), dtype=np.int64)
+        labels[self.rows] = self.clustering.labels
+        dropped = np.setdiff1d(np.arange(len(embeddings)), self.rows)
+        if len(dropped):
+            labels[dropped] = (embeddings[dropped] @ self.clustering.centroids.T).argmax(axis=1)
+        return labels
+
+
+def decontaminate_and_cluster(
+    pool: datasets.Dataset,
+    embeddings,
+    text: RenderOptions | None,
+    *,
+    k: int | str,
+    k_candidates: list[int] | None = None,
+    seed: int = 0,
+    kmeans_niter: int = 20,
+    budget: int | float | None = None,
+    exclude=None,
+    ngram: int = DEFAULT_NGRAM,
+    ngram_threshold: float | None = DEFAULT_NGRAM_THRESHOLD,
+    cosine_threshold: float | None = DEFAULT_COSINE_THRESHOLD,
+    **embed_kwargs,
+) -> PoolClusters:
+    """Drop the pool rows that copy an item of `exclude`, cluster the rows left, describe and map the clusters.
+
+    The one decontamination method of static and iterative selection: the dropped rows are left out of k-means, of
+    the cluster sizes and descriptions, and of every draw.
+
+    Args:
+        pool (`datasets.Dataset`):
+            The pool (its indices mapping flattened).
+        embeddings (`np.ndarray` or [`~cache.StoredVectors`]):
+            One unit-norm vector per pool row ([`pool_embeddings`]).
+        text ([`RenderOptions`], *optional*):
+            How pool rows become text, for the n-gram test and the descriptions; `None` for a pool without text
+            (its clusters are not described; an `exclude` then needs text and is refused earlier).
+        k (`int` or `"auto"`):
+            Number of clusters, or `"auto"` (silhouette, see [`cluster_pool`]).
+        k_candidates (`list[int]`, *optional*):
+            Candidates for `k="auto"`.
+        seed (`int`, *optional*, defaults to `0`):
+            Seeds k-means and the descriptions' representative rows.
+        kmeans_niter (`int`, *optional*, defaults to `20`):
+            k-means iterations.
+        budget (`int` or `float`, *optional*):
+            A row budget (rows, or a fraction of the rows left), checked against the rows left before k-means runs.
+        exclude (`datasets.Dataset` or `list[str]`, *optional*):
+            The evaluation set; see [`decontaminate.decontaminate_pool`] for it and the thresholds
+            `ngram`, `ngram_threshold` and `cosine_threshold`.
+        embed_kwargs:
+            How `exclude` is embedded: the pool's `encoder`, `encoder_revision`, `embedding_column`, `tokenizer` and the
+            [`embed.embed_dataset`] settings.
+    """
+    rows, decontamination = None, None
+    if exclude is not None:
+        keep, decontamination = decontaminate_pool(
+            pool, exclude, text, embeddings, ngram=ngram, ngram_threshold=ngram_threshold,
+            cosine_threshold=cosine_threshold, **embed_kwargs,
+        )
+        rows = np.flatnonzero(keep)
+        pool, embeddings = pool.select(rows).flatten_indices(), embeddings[rows]
+        if not isinstance(k, str) and k > len(pool):
+            raise InvalidArgumentError(
+                f"`k`={k} is more than the {len(pool)} rows left after decontamination; lower k or use k='auto'."
+            )
+    budget_rows = sample.resolve_budget(budget, len(pool)) if budget is not None else None
+    clustering, k_selection = cluster_pool(embeddings, k, k_candidates=k_candidates, seed=seed, kmeans_niter=kmeans_niter)
+    descriptions = None
+    if text is not None:
+        descriptions = describe_pool(pool, text, clustering, seed=seed)
+        if rows is not None:
+            for description in descriptions:
+                description["example_rows"] = rows[description["example_rows"]].tolist()
+    else:
+        logger.info("The clusters are not described: the pool has no text layout to describe them by.")
+    return PoolClusters(
+        pool=pool, vectors=embeddings, rows=rows, clustering=clustering, k_selection=k_selection,
+        budget_rows=budget_rows, decontamination=decontamination, descriptions=descriptions,
+        cluster_map=centroid_map(clustering.centroids),
+    )
+
+
+def cluster_and_draw(pool: datasets.Dataset, args: SelectArguments, checked: CheckedArguments, embeddings, identity) -> Manifest:
+    """[`decontaminate_and_cluster`], then draw the budget with `args.method`: the selection's [`Manifest`].
+
+    Every selection runs this on its pool's rows and vectors, however they were obtained (a `datasets.Dataset`, each
+    rank's share of one, or a spooled stream). With `args.exclude` the budget counts the rows left (a fraction is a
+    fraction of them) and the manifest's row ids are pool rows.
+    """
+    clusters = decontaminate_and_cluster(
+        pool, embeddings, checked.text, k=args.k, k_candidates=args.k_candidates, seed=args.seed,
+        kmeans_niter=args.kmeans_niter, budget=args.budget, exclude=args.exclude, ngram=args.exclude_ngram,
+        ngram_threshold=args.exclude_ngram_threshold, cosine_threshold=args.exclude_cosine_threshold,
+        batch_size=args.encode_batch_size, desc=" ".join(filter(None, (args.desc, "Evaluation set:"))),
         **args.pick(
             "encoder", "encoder_revision", "embedding_column", "tokenizer", "device", "cache_dir", "trust_remote_code",
             "load_from_cache_file", "keep_in_memory",
         ),
     )
-
-
-def cluster_and_draw(
-    pool, args: SelectArguments, checked: CheckedArguments, embeddings, identity, keep=None, decontamination=None
-) -> Manifest:
-    """Cluster the pool's vectors and draw the budget with `args.method`: the selection's [`Manifest`].
-
-    With a `keep` mask (decontamination, see [`exclude_rows`]) the rows it drops are left out of k-means and of the
-    draw, the budget is counted on the rows left, and the manifest's row ids are pool rows.
-    """
-    full_pool = pool
-    rows_kept = None
-    if keep is not None:
-        # Decontamination drops rows before clustering: cluster and draw on the rows left, then map back to pool rows.
-        rows_kept = np.flatnonzero(keep)
-        pool, embeddings = pool.select(rows_kept).flatten_indices(), embeddings[rows_kept]
-        quality = checked.quality[rows_kept] if checked.quality is not None else None
-        budget_rows = sample.resolve_budget(args.budget, len(pool)) if args.budget is not None else None
-        if not isinstance(args.k, str) and args.k > len(pool):
-            raise InvalidArgumentError(
-                f"`k`={args.k} is more than the {len(pool)} rows left after decontamination; lower k or use k='auto'."
-            )
-        checked = CheckedArguments(rows=budget_rows, render=checked.render, quality=quality)
-    clustering, k_selection = cluster_pool(
-        embeddings, args.k, k_candidates=args.k_candidates, seed=args.seed, kmeans_niter=args.kmeans_niter
-    )
-    rows = checked.rows
+    clustering, vectors, rows = clusters.clustering, clusters.vectors, clusters.budget_rows
+    quality, sources = checked.quality, checked.sources  # per pool row: taken on the rows left
+    if clusters.rows is not None:
+        quality = quality[clusters.rows] if quality is not None else None
+        sources = sources[clusters.rows] if sources is not None else None
 
     eligible, dedup = None, None
     if args.dedup_threshold is not None:
-        eligible = dedup_mask(embeddings, args.dedup_threshold, quality=checked.quality)
+        eligible = dedup_mask(vectors, args.dedup_threshold, quality=quality)
         dedup = {"threshold": args.dedup_threshold, "removed": int((~eligible).sum())}
         logger.info("De-duplication removed %d near-duplicate rows", dedup["removed"])
         if rows is not None and rows > int(eligible.sum()):
@@ -77,15 +190,13 @@ def cluster_and_draw(
                 f"(dedup_threshold={args.dedup_threshold}); lower the budget or raise the threshold."
             )
 
-    inputs = methods.DrawInputs(
-        embeddings, clustering, args.seed, quality=checked.quality, eligible=eligible, sources=checked.sources
-    )
+    inputs = methods.DrawInputs(vectors, clustering, args.seed, quality=quality, eligible=eligible, sources=sources)
     budget = {"requested": args.budget, "rows": rows}
     if rows is not None:
         indices = methods.draw(inputs, rows, args)
     else:
         lengths = token_lengths(
-            pool, checked.render, args.tokenizer, cache_dir=args.cache_dir,
+            clusters.pool, checked.render, args.tokenizer, cache_dir=args.cache_dir,
             **args.pick("desc", "num_proc", "load_from_cache_file", "keep_in_memory"),
         )
         order = methods.token_order(inputs, args)
@@ -102,45 +213,27 @@ def cluster_and_draw(
         )
 
     labels = clustering.labels[indices]
-    descriptions = describe_clusters(pool, args, checked, clustering)
-    if rows_kept is not None:
-        indices = rows_kept[indices]
-        for description in descriptions or ():
-            description["example_rows"] = rows_kept[description["example_rows"]].tolist()
+    indices = clusters.pool_rows(indices)
     return Manifest(
-        pool=pool_record(full_pool, read_columns(args, checked.render)),
+        pool=pool_record(pool, read_columns(args, checked.render)),
         arguments=args.to_manifest_dict(identity),
         method=args.method,
         seed=int(args.seed),
         k=int(clustering.k),
-        k_selection=k_selection,
+        k_selection=clusters.k_selection,
         budget=budget,
         cluster_sizes=clustering.sizes.tolist(),
         selected_per_cluster=np.bincount(labels, minlength=clustering.k).tolist(),
-        selected_indices=indices.astype(np.int64).tolist(),
+        selected_indices=indices.tolist(),
         selected_clusters=labels.astype(np.int64).tolist(),
         selected_digest=indices_digest(indices),
         render=checked.render.to_dict() if checked.render is not None else None,
-        encoder=encoder_record(identity, args.embedding_column, embeddings.shape[1]),
+        encoder=encoder_record(identity, args.embedding_column, vectors.shape[1]),
         dedup=dedup,
-        decontamination=decontamination,
-        cluster_map=centroid_map(clustering.centroids),
-        cluster_descriptions=descriptions,
+        decontamination=clusters.decontamination,
+        cluster_map=clusters.cluster_map,
+        cluster_descriptions=clusters.descriptions,
     )
-
-
-def describe_clusters(pool, args: SelectArguments, checked: CheckedArguments, clustering) -> list[dict] | None:
-    """Each cluster's terms and representative rows, from the rows as they were embedded; with precomputed
-    vectors, from the text layout the pool's columns show (`None` when they show none)."""
-    render = checked.render
-    if render is None:
-        try:
-            render = resolve_render_options(pool.column_names, **args.pick("format", "text_column", "template", "include_answer"))
-            validate_columns(pool.data.table, render)
-        except InvalidArgumentError as err:
-            logger.info("The clusters are not described: the pool has no text to describe them by (%s)", err)
-            return None
-    return describe_pool(pool, render, clustering, seed=args.seed)
 
 
 def centroid_map(centroids: np.ndarray) -> list[list[float]]:

@@ -19,7 +19,7 @@ from .distributed import broadcast, world
 from .embed import DEFAULT_ENCODER
 from .errors import InvalidArgumentError
 from .manifest import Manifest, selection_subset
-from .pipeline import cluster_and_draw, exclude_rows, pool_embeddings
+from .pipeline import cluster_and_draw, pool_embeddings
 from .plan import plan_selection
 from .stream import select_stream
 
@@ -281,11 +281,8 @@ def _select(pool: datasets.Dataset, args: SelectArguments, *, dry_run: bool, ret
             "trust_remote_code", "desc", "load_from_cache_file", "keep_in_memory",
         ),
     )
-    keep, decontamination = None, None
-    if args.exclude is not None:
-        keep, decontamination = exclude_rows(pool, args, checked, embeddings)
-    # Every rank embedded its share; rank 0 clusters and draws, the others take its manifest.
-    manifest = cluster_and_draw(pool, args, checked, embeddings, identity, keep, decontamination) if rank == 0 else None
+    # Every rank embedded its share; rank 0 decontaminates, clusters and draws, the others take its manifest.
+    manifest = cluster_and_draw(pool, args, checked, embeddings, identity) if rank == 0 else None
     if world_size > 1:
         manifest = Manifest.from_dict(broadcast(manifest.to_dict() if manifest is not None else None))
     subset = _subset_from_manifest(pool, manifest)

@@ -16,7 +16,7 @@ import numpy as np
 from datasets.arrow_writer import ArrowWriter
 from datasets.utils import tqdm as hf_tqdm
 
-from .arguments import SelectArguments, check_arguments, check_values, read_columns
+from .arguments import CheckedArguments, SelectArguments, check_arguments, check_values, read_columns
 from .cache import StoredVectors, cache_dir
 from .embed import batch_encoder, embeddings_from_column
 from .errors import IdselError, InvalidArgumentError
@@ -32,8 +32,10 @@ STREAM_BATCH = 1024
 
 
 def select_stream(stream: datasets.IterableDataset, args: SelectArguments, *, dry_run: bool, return_manifest: bool):
-    """[`diverse_select`] of a streamed pool: embed while streaming, cluster and draw as for a Dataset, then a second
-    pass keeps the chosen rows. The temporary files live in the cache folder and are deleted at the end."""
+    """[`diverse_select`] of a streamed pool: embed while streaming, then the selection's stages as for a Dataset
+    ([`pipeline.cluster_and_draw`]: decontamination, clusters, de-duplication, the draw) on the spooled columns and
+    vectors, then a second pass keeps the chosen rows. The temporary files live in the cache folder and are deleted
+    at the end."""
     if dry_run:
         raise InvalidArgumentError(
             "`dry_run=True` needs the pool's size, which a streamed pool only knows once read; drop `dry_run`, "
@@ -47,7 +49,7 @@ def select_stream(stream: datasets.IterableDataset, args: SelectArguments, *, dr
         checked = check_arguments(pool, args)  # now with the pool's size: budget, k, quality, token counts
         embeddings = vectors if vectors is not None else embeddings_from_column(pool, args.embedding_column)
         manifest = cluster_and_draw(pool, args, checked, embeddings, identity)
-        subset = chosen_rows(stream, manifest, features, pool, read_columns(args, checked.render))
+        subset = chosen_rows(stream, manifest, features, pool)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     logger.info("Selected %d of %d streamed rows with %s (k=%d)", len(subset), manifest.pool["num_rows"], args.method, manifest.k)
@@ -55,7 +57,8 @@ def select_stream(stream: datasets.IterableDataset, args: SelectArguments, *, dr
 
 
 def spool_stream(stream, args: SelectArguments, folder: str):
-    """Pass one: every batch is checked, embedded (float16) and written with the columns the selection reads.
+    """Pass one: every batch is checked, embedded (float16) and written with the columns the selection reads
+    ([`spooled_columns`]).
 
     Returns `(pool of the read columns, StoredVectors or None, encoder identity or None, the stream's features)`.
     """
@@ -70,8 +73,8 @@ def spool_stream(stream, args: SelectArguments, folder: str):
                     head = datasets.Dataset.from_dict(batch, features=stream.features)
                     features = head.features
                     # The first batch stands in for the pool in every check that does not need its size.
-                    render = check_arguments(head, probe_arguments(args)).render
-                    read = read_columns(args, render)
+                    checked = check_arguments(head, probe_arguments(args))
+                    render, read = checked.render, spooled_columns(args, checked)
                     writer = ArrowWriter(path=columns_path, features=datasets.Features({c: features[c] for c in read}))
                     if args.embedding_column is None:
                         vector_writer = ArrowWriter(path=vectors_path)
@@ -114,8 +117,21 @@ def probe_arguments(args: SelectArguments) -> SelectArguments:
     return replace(args, budget=1 if fits(args.budget) else args.budget, k=1 if fits(args.k) else args.k)
 
 
-def chosen_rows(stream, manifest: Manifest, features, pool: datasets.Dataset, read: list[str]) -> datasets.Dataset:
-    """Pass two: keep the chosen rows (all columns), in pool order, and check they are the rows pass one saw."""
+def spooled_columns(args: SelectArguments, checked: CheckedArguments) -> list[str]:
+    """The columns pass one keeps: every column a stage of the selection reads, no other. The rendered text (also the
+    text that decontamination and the cluster descriptions read next to precomputed vectors), the vectors, the
+    quality scores and the sources."""
+    columns = read_columns(args, checked.render)
+    if checked.text is not None:
+        columns += checked.text.input_columns
+    if args.source_column is not None:
+        columns.append(args.source_column)
+    return list(dict.fromkeys(columns))
+
+
+def chosen_rows(stream, manifest: Manifest, features, pool: datasets.Dataset) -> datasets.Dataset:
+    """Pass two: keep the chosen rows (all columns), in pool order, and check they are the rows pass one saw (every
+    spooled column of `pool`)."""
     chosen = np.asarray(manifest.selected_indices, dtype=np.int64)  # ascending
     parts, seen = [], 0
     with hf_tqdm(total=manifest.pool["num_rows"], desc="Keeping the chosen rows", unit=" examples") as bar:
@@ -128,7 +144,8 @@ def chosen_rows(stream, manifest: Manifest, features, pool: datasets.Dataset, re
             seen += size
             bar.update(size)
     subset = datasets.concatenate_datasets(parts) if parts else datasets.Dataset.from_dict({}, features=features)
-    if seen != manifest.pool["num_rows"] or pool_digest(subset, read) != pool_digest(pool.select(chosen), read):
+    spooled = pool.column_names
+    if seen != manifest.pool["num_rows"] or pool_digest(subset, spooled) != pool_digest(pool.select(chosen), spooled):
         raise IdselError(
             f"The streamed pool gave other rows on its second pass ({seen} rows, {manifest.pool['num_rows']} on the "
             "first, or other content at the chosen positions): the selection needs a stream that repeats itself. "
