@@ -1,7 +1,8 @@
-"""diverse_select: render -> embed -> cluster -> draw (the method's entry in `methods.METHODS`) -> subset + manifest.
+"""diverse_select, the front door of static selection: the arguments checked (`arguments.py`) before the encoder
+loads, then the pool's vectors and the shared stages (`pipeline.py`: decontaminate, cluster, draw) -> subset + manifest.
 
-Every argument is checked before the encoder loads. The subset keeps all pool columns and adds
-`source_index` (row in the pool) and `cluster` (its k-means cluster).
+A `DatasetDict` is selected split by split, a streamed pool through `stream.py`, a dry run is `plan.py`'s. The subset
+keeps all pool columns and adds `source_index` (row in the pool) and `cluster` (its k-means cluster).
 """
 
 from __future__ import annotations
@@ -285,10 +286,6 @@ def _select(pool: datasets.Dataset, args: SelectArguments, *, dry_run: bool, ret
     manifest = cluster_and_draw(pool, args, checked, embeddings, identity) if rank == 0 else None
     if world_size > 1:
         manifest = Manifest.from_dict(broadcast(manifest.to_dict() if manifest is not None else None))
-    subset = _subset_from_manifest(pool, manifest)
+    subset = selection_subset(pool, manifest.selected_indices, manifest.selected_clusters)
     logger.info("Selected %d of %d rows with %s (k=%d)", len(subset), len(pool), args.method, manifest.k)
     return (subset, manifest) if return_manifest else subset
-
-
-def _subset_from_manifest(pool: datasets.Dataset, manifest: Manifest) -> datasets.Dataset:
-    return selection_subset(pool, manifest.selected_indices, manifest.selected_clusters)
