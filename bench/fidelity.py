@@ -655,13 +655,13 @@ def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: s
     """Run every arm for every seed; returns the results dict (also written to `out_dir` when given).
 
     Pairing: for a seed, every arm sees the same pool, held-out rows and quality column; arms at
-    the same k get the same clustering (`hf_idsel.select.cluster_pool`, what `diverse_select` and
+    the same k get the same clustering (`hf_idsel.pipeline.cluster_pool`, what `diverse_select` and
     the trainer call; checked for every run), and iterative arms at the same k the same round-1
     rows (checked). The arm order inside a seed does not matter: each run starts from the same
     base weights with `torch.manual_seed(seed)`.
     """
     from hf_idsel.scorers import LikelihoodScorer
-    from hf_idsel.select import cluster_pool
+    from hf_idsel.pipeline import cluster_pool
 
     started = time.perf_counter()
     cfg = cfg.scaled()

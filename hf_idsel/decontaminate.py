@@ -269,19 +269,6 @@ def decontaminate_pool(
     return keep, record
 
 
-def assign_all(clustering, vectors: np.ndarray, keep: np.ndarray):
-    """`clustering` of the rows `keep`, extended to every row of `vectors`: a dropped row takes its nearest centroid."""
-    from .cluster import Clustering
-
-    labels = np.empty(len(vectors), dtype=np.int64)
-    similarity = np.empty(len(vectors), dtype=np.float32)
-    labels[keep], similarity[keep] = clustering.labels, clustering.similarity
-    if (~keep).any():
-        scores = vectors[~keep] @ clustering.centroids.T
-        labels[~keep], similarity[~keep] = scores.argmax(axis=1), scores.max(axis=1)
-    return Clustering(clustering.centroids, labels, similarity, clustering.objective, clustering.k)
-
-
 def render_texts(dataset: datasets.Dataset, options: RenderOptions, tokenizer) -> list[str]:
     texts = []
     for batch in dataset.select_columns(options.input_columns).iter(batch_size=1000):

@@ -242,7 +242,7 @@ class Manifest:
             [`decontaminate.decontaminate`]). `cluster_sizes` then count the rows left. `None` in manifests written
             before hf_idsel decontaminated, or when nothing was excluded.
         cluster_map (`list[list[float]]`, *optional*):
-            One `[x, y]` per cluster: its centroid on a 2-D map of the pool (see [`report.centroid_map`]), for
+            One `[x, y]` per cluster: its centroid on a 2-D map of the pool (see [`pipeline.centroid_map`]), for
             [`report.plot_cluster_map`]. For readers, covered by no digest; `None` in manifests written before.
         cluster_descriptions (`list[dict]`, *optional*):
             One `{"terms", "examples", "example_rows"}` per cluster (see [`describe.describe_clusters`]): its

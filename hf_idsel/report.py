@@ -264,21 +264,8 @@ def plot_selection(manifest, path: str, rounds: list[RoundRecord] | None = None)
     return path
 
 
-def centroid_map(centroids: np.ndarray) -> list[list[float]]:
-    """Each cluster's place on a 2-D map of the pool: its centroid projected on the centroids' first two principal
-    components (scikit-learn's PCA, exact solver: the same centroids give the same map), rounded to 4 decimals."""
-    from sklearn.decomposition import PCA
-
-    centroids = np.asarray(centroids, dtype=np.float64)
-    if len(centroids) < 3:  # PCA needs more points than components; one or two clusters lie on a line
-        x = centroids @ (centroids[-1] - centroids[0]) if len(centroids) == 2 else np.zeros(1)
-        return [[round(float(v - x.mean()), 4), 0.0] for v in x]
-    points = PCA(n_components=2, svd_solver="full").fit_transform(centroids)
-    return np.round(points, 4).tolist()
-
-
 def plot_cluster_map(manifest, path: str, *, labelled: int = 24) -> str:
-    """Save a PNG map of the pool: one disc per cluster at its centroid's place ([`centroid_map`]), its area
+    """Save a PNG map of the pool: one disc per cluster at its centroid's place ([`pipeline.centroid_map`]), its area
     proportional to the cluster's rows, its colour the share of them chosen.
 
     Clusters the selection barely drew from (pale discs) stand out; the `labelled` largest clusters and the

@@ -37,21 +37,19 @@ from .decontaminate import (
     DEFAULT_NGRAM,
     DEFAULT_NGRAM_THRESHOLD,
     as_dataset,
-    assign_all,
     check_thresholds,
-    decontaminate_pool,
     exclude_render_options,
 )
-from .describe import describe_pool, short_terms
+from .describe import short_terms
 from .distributed import broadcast, equal_share
 from .errors import InvalidArgumentError, PushError
 from .hidden_states import HiddenStateEncoder
 from .hub import push_folder
 from .hub_layout import DEFAULT_CONFIG, ITERATIVE_METHOD, round_config, selection_repo_id, staging_folder
 from .manifest import Manifest, encoder_record, pool_record
+from .pipeline import decontaminate_and_cluster, pool_embeddings
 from .publish import set_model_push, stage_run
 from .render import prompt_and_answer, prompt_turns, resolve_render_options, training_render_options
-from .report import centroid_map
 from .rounds import (
     SelectionState,
     close_round,
@@ -64,7 +62,6 @@ from .rounds import (
     write_round_file,
 )
 from .scorers import LossScorer, RoundScorer, as_scorer, per_row_loss, score_rows, scorer_name
-from .select import cluster_pool, pool_embeddings
 
 __all__ = ["IterativeSelectionConfig", "IterativeSelectionTrainer"]
 
@@ -360,23 +357,16 @@ class IterativeSelectionTrainer(SFTTrainer):
         )
         data = None
         if self.accelerator.is_main_process:
-            decontamination = None
-            if self._exclude is not None:
-                keep, decontamination = decontaminate_pool(
-                    self.pool, self._exclude, self._render, embeddings, encoder=encoder,
-                    embedding_column=args.embedding_column, **self._exclude_thresholds,
-                )
-                # k-means is fitted on the rows left; a dropped row gets its nearest centroid's id (it is never drawn).
-                clustering, k_selection = cluster_pool(embeddings[keep], args.k_value, seed=args.selection_seed)
-                clustering = assign_all(clustering, embeddings, keep)
-            else:
-                clustering, k_selection = cluster_pool(embeddings, args.k_value, seed=args.selection_seed)
-            record = encoder_record(identity, args.embedding_column, embeddings.shape[1])
-            descriptions = describe_pool(self.pool, self._render, clustering, seed=args.selection_seed)
+            # The stage diverse_select runs: rows matching `exclude_dataset` are left out of k-means and never drawn.
+            clusters = decontaminate_and_cluster(
+                self.pool, embeddings, self._render, k=args.k_value, seed=args.selection_seed, exclude=self._exclude,
+                encoder=encoder, embedding_column=args.embedding_column, **self._exclude_thresholds,
+            )
             data = {
-                "labels": clustering.labels.tolist(), "k": clustering.k, "k_selection": k_selection, "encoder": record,
-                "descriptions": descriptions, "decontamination": decontamination,
-                "cluster_map": centroid_map(clustering.centroids),
+                "labels": clusters.labels_of_every_row(embeddings).tolist(), "k": clusters.clustering.k,
+                "k_selection": clusters.k_selection, "encoder": encoder_record(identity, args.embedding_column, embeddings.shape[1]),
+                "descriptions": clusters.descriptions, "decontamination": clusters.decontamination,
+                "cluster_map": clusters.cluster_map,
             }
         data = broadcast(data)
         self.decontamination = data["decontamination"]

@@ -1,6 +1,7 @@
 """Decontamination: pool rows that copy or nearly copy evaluation items are dropped before clustering, and nothing
 else; the manifest says what was dropped against what and is checked when read back."""
 
+import collections
 import json
 import re
 import warnings
@@ -136,6 +137,20 @@ def test_an_exclude_matching_nothing_leaves_the_selection_unchanged():
     excluded, manifest = diverse_select(pool, 30, k=4, embedding_column="embedding", exclude=exclude, return_manifest=True)
     assert manifest.decontamination["removed"] == 0
     assert excluded["source_index"] == plain["source_index"]
+
+
+def test_balanced_random_draws_equal_shares_of_each_source_from_the_rows_left():
+    """Issue 28.10: balanced random with `exclude` raised a TypeError (the sources were not taken on the rows left)."""
+    pool, vectors = _vectors_pool()
+    pool = pool.add_column("origin", [["forum", "wiki", "exams"][i % 3] for i in range(len(pool))])
+    exclude = datasets.Dataset.from_dict({"text": [pool[5]["text"], pool[6]["text"]], "embedding": vectors[[5, 6]].tolist()})
+    subset, manifest = diverse_select(
+        pool, 30, method="balanced-random", source_column="origin", k=4, embedding_column="embedding", exclude=exclude,
+        return_manifest=True,
+    )
+    assert manifest.decontamination["removed_indices"] == [5, 6] and not {5, 6} & set(subset["source_index"])
+    assert sorted(collections.Counter(subset["origin"]).values()) == [10, 10, 10]
+    assert subset["origin"] == [pool[i]["origin"] for i in subset["source_index"]]
 
 
 def test_tampered_decontamination_records_are_refused():

@@ -196,7 +196,7 @@ def test_the_trainer_embeds_the_pool_with_the_model_before_training(tmp_path):
     from test_trainer import make_pool, make_trainer
 
     from hf_idsel.cache import parameter_checksum
-    from hf_idsel.select import cluster_pool
+    from hf_idsel.pipeline import cluster_pool
 
     model, tokenizer = fresh()
     untrained = parameter_checksum(model)

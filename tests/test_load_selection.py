@@ -176,7 +176,7 @@ def test_a_manifest_cannot_turn_on_remote_code_or_choose_the_encoder(text_select
     # Consent is the caller's own `encoder=` (here the same model from its local folder): it is loaded, and
     # trust_remote_code stays the caller's (False), whatever the manifest says.
     local = encoder_identity(DEFAULT_ENCODER).location
-    with caplog.at_level(logging.WARNING, logger="hf_idsel.select"):
+    with caplog.at_level(logging.WARNING, logger="hf_idsel.load"):
         again = load_selection(str(hostile), pool, recompute=True, encoder=local, cache_dir=str(tmp_path / "cache"))
     assert again["source_index"] == subset["source_index"] and again["cluster"] == subset["cluster"]
     assert [(c["encoder"], c["trust_remote_code"]) for c in load_encoder_calls] == [(local, False)]

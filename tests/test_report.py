@@ -120,7 +120,8 @@ def test_k_auto_report_and_card_show_the_silhouette_curve_and_the_chosen_k(blob_
 def test_cluster_map_places_clusters_by_centroid_and_colours_them_by_share_chosen(selected, tmp_path):
     import matplotlib.pyplot as plt
 
-    from hf_idsel.report import centroid_map, plot_cluster_map
+    from hf_idsel.pipeline import centroid_map
+    from hf_idsel.report import plot_cluster_map
 
     _, manifest = selected
     assert len(manifest.cluster_map) == manifest.k and all(len(p) == 2 for p in manifest.cluster_map)

@@ -8,7 +8,7 @@ import hf_idsel
 from hf_idsel import InvalidArgumentError, diverse_select
 from hf_idsel.methods import METHODS, Method
 from hf_idsel.sample import cluster_quotas
-from hf_idsel.select import SelectArguments
+from hf_idsel.arguments import SelectArguments
 
 
 def select(pool, budget, **kwargs):

@@ -18,7 +18,7 @@ from hf_idsel import InvalidArgumentError, diverse_select
 from hf_idsel.checks import MAX_INT32
 from hf_idsel.config import IterativeSelectionConfig
 from hf_idsel.sample import resolve_budget
-from hf_idsel.select import SelectionPlan
+from hf_idsel.plan import SelectionPlan
 
 # A path that fails as soon as an encoder is looked up: a check that passed would end in its error instead.
 MISSING_ENCODER = "/nonexistent/encoder"
