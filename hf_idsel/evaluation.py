@@ -298,3 +298,47 @@ def evaluate_model(
         shown = ", ".join(f"{name.split('/')[1]} {value:.3f}" for name, value in metrics.items() if name.startswith(task + "/"))
         logger.info("%s (%d held-out items): %s", task, len(sets[task]), shown)
     return {"metrics": metrics, "items": {task: [item["origin_id"] for item in chosen] for task, chosen in sets.items()}}
+
+
+def check_round_evaluation(args, pool, *, sharded: bool) -> None:
+    """Refuse per-round evaluation (`args.round_eval_tasks`) where it cannot run, before training: the main process
+    evaluates alone, which a model sharded by DeepSpeed ZeRO-3 or FSDP cannot do. Warn when `pool` has no
+    `origin_id` column, so that held-out items cannot be told apart from pool rows."""
+    if not args.round_eval_tasks:
+        return
+    if sharded:
+        raise InvalidArgumentError(
+            "`round_eval_tasks` evaluates on the main process, which a DeepSpeed ZeRO-3 or FSDP model cannot do alone: "
+            "leave it unset and run `hf-idsel eval OUTPUT_DIR` on the saved model."
+        )
+    if "origin_id" not in pool.column_names:
+        logger.warning(
+            "`round_eval_tasks`: the pool has no `origin_id` column, so held-out rows cannot be told apart from pool "
+            "rows; a row the model trains on may also be evaluated."
+        )
+
+
+def evaluate_round(model, tokenizer, args, pool) -> dict:
+    """The evaluation of a finished round: [`evaluate_model`] on `args.round_eval_tasks`, with items held out from
+    `pool` (by `origin_id`, when it has one).
+
+    Args:
+        model (`PreTrainedModel` or `PeftModel`):
+            The model being trained, unwrapped; its train/eval mode is restored.
+        tokenizer (`PreTrainedTokenizerBase`):
+            Its tokenizer.
+        args (`IterativeSelectionConfig`):
+            Reads `round_eval_tasks`, `round_eval_items`, `round_eval_allow_code_execution`, `selection_seed` (the
+            item sample's seed, the same every round) and `scoring_batch_size`.
+        pool (`datasets.Dataset`):
+            The pool the model trains on.
+
+    Returns:
+        `dict`: as [`evaluate_model`] returns it.
+    """
+    return evaluate_model(
+        model, tokenizer, args.round_eval_tasks,
+        items=args.round_eval_items, exclude=pool if "origin_id" in pool.column_names else None,
+        seed=args.selection_seed, allow_code_execution=args.round_eval_allow_code_execution,
+        batch_size=args.scoring_batch_size,
+    )
