@@ -57,14 +57,12 @@ from .distributed import broadcast, equal_share
 from .errors import InvalidArgumentError, PushError
 from .evaluation import check_round_evaluation, evaluate_round
 from .hidden_states import HiddenStateEncoder
-from .lm import per_row_loss
 from .manifest import Manifest, encoder_record, pool_record
 from .publish import ITERATIVE_METHOD, STAGING_DIR, iterative_subset, push_staged, set_model_push, stage
 from .render import prompt_and_answer, prompt_turns, resolve_render_options, training_render_options
 from .report import centroid_map
 from .rounds import SelectionState, close_round, draw_round, round_metrics, selection_manifest, write_round_file
-from .scorers import RoundScorer, as_scorer, gold_answers_needed, scorer_name
-from .scoring import ScoringContext
+from .scorers import RoundScorer, ScoringContext, as_scorer, gold_answers_needed, per_row_loss, scorer_name
 from .select import cluster_pool, pool_embeddings
 
 __all__ = ["IterativeSelectionConfig", "IterativeSelectionTrainer"]
