@@ -99,7 +99,8 @@ def test_paper_grid_runs_from_64_to_a_budget_cap_and_falls_back_to_the_largest_f
     assert default_k_candidates(400, 50) == [6, 8, 11, 16, 23] and k_range(400, 50) == (6, 24)
     assert default_k_candidates(250, 30) == [4, 6, 8, 11]
     # The smallest budgets and pools keep k = 2 (which the budget warning then names); under 20 rows, nothing.
-    assert default_k_candidates(1000, 4) == default_k_candidates(20) == [2] and default_k_candidates(19, 50) == []
+    assert default_k_candidates(1000, 4) == default_k_candidates(1000, 5) == default_k_candidates(20) == [2]
+    assert default_k_candidates(19, 50) == []
     with pytest.raises(InvalidArgumentError, match=r"`budget`=0 must be an int >= 1"):
         default_k_candidates(1000, 0)
     with pytest.raises(InvalidArgumentError, match=r"`rule`='best'; choose one of \['paper', 'global'\]"):
@@ -446,3 +447,4 @@ def test_kmeans_on_stored_float16_vectors_matches_the_float32_matrix_they_read_a
     nearest = np.argmax(dense @ c.centroids.T, axis=1)
     assert np.array_equal(c.labels, nearest)
     assert kmeans(stored, 1).centroids.shape == (1, 16)
+
