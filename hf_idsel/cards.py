@@ -115,17 +115,34 @@ def _pool_card_metadata(pool_id: str | None, token=None) -> tuple[str | list | N
 def _describe_k(manifest: Manifest) -> str:
     mode = manifest.k_selection.get("mode")
     if mode == "auto":
-        scores = manifest.k_selection.get("silhouette", {})
+        record = manifest.k_selection
+        scores = record.get("silhouette", {})
         shown = ", ".join(f"{c}: {float(s):.3f}" for c, s in scores.items())
-        estimator = manifest.k_selection.get("estimator")
+        estimator = record.get("estimator")
         if not estimator:  # recorded before k="auto" judged the whole pool
             return f"chosen by the best silhouette score among candidates ({shown})"
-        error = max(manifest.k_selection.get("standard_error", {}).values(), default=0.0)
-        return (
-            f"chosen by k=\"auto\": the best cosine silhouette of the whole pool's k-means clustering among "
-            f"{len(scores)} candidates (k: silhouette {shown}), averaged over {estimator['sample_size']:,} rows "
-            f"(standard error at most {error:.4f})"
+        error = max(record.get("standard_error", {}).values(), default=0.0)
+        if "rule" not in record:  # recorded before k="auto" followed the paper's range
+            return (
+                f"chosen by k=\"auto\": the best cosine silhouette of the whole pool's k-means clustering among "
+                f"{len(scores)} candidates (k: silhouette {shown}), averaged over {estimator['sample_size']:,} rows "
+                f"(standard error at most {error:.4f})"
+            )
+        bounds, ties = record.get("range"), record.get("ties")
+        within = f"k from {bounds['lower']} to {bounds['upper']}" if bounds else "the candidates given"
+        text = (
+            f"chosen by k=\"auto\" (rule {record['rule']!r}, {within}): the cosine silhouette of the whole pool's "
+            f"k-means clustering (k: silhouette {shown}), averaged over {estimator['sample_size']:,} rows (standard "
+            f"error at most {error:.4f}); local maxima at k = {', '.join(str(c) for c in record.get('local_maxima', []))}"
         )
+        if ties:
+            others = [c for c in ties["tied"] if c != record["best"]]
+            text += (
+                f"; near-ties of the best (k={record['best']}) within {ties['z']:g} sd of the noise (k-means seed-to-seed "
+                f"spread {record['seed_check']['spread']:.4f}): "
+                + (f"{', '.join(str(c) for c in others)}, the smallest chosen" if others else "none")
+            )
+        return text
     return "fixed by the user"
 
 

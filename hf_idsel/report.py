@@ -64,19 +64,46 @@ def format_report(manifest, *, top: int = 20) -> str:
 
 
 def silhouette_curve(k_selection: dict, k: int) -> list[str]:
-    """The silhouette curve of a k="auto" selection as a small text table (no lines for a fixed k).
+    """The silhouette curve of a k="auto" selection as a small text table (no lines for a fixed k): each
+    candidate's score, standard error and second-seed score, its local maxima, the best and the near-ties.
 
-    Records written before k="auto" judged the whole pool have no standard errors or estimator settings.
+    Records written before k="auto" judged the whole pool have no standard errors or estimator settings; those
+    written before the paper's rule have no rule, local maxima, seed check or near-ties.
     """
     if k_selection.get("mode") != "auto":
         return []
     scores, errors = k_selection["silhouette"], k_selection.get("standard_error", {})
     estimator = k_selection.get("estimator")
+    check = k_selection.get("seed_check") or {}
+    again = check.get("silhouette", {})
     how = f" (cosine, whole pool's clustering, {estimator['sample_size']:,} rows scored)" if estimator else ""
-    lines = [f"k chosen by silhouette{how}:", f"{'k':>6} {'silhouette':>10} {'std err':>8}"]
+    lines = [f"k chosen by silhouette{how}:"]
+    rule, bounds = k_selection.get("rule"), k_selection.get("range")
+    if rule:
+        within = f" from {bounds['lower']} to {bounds['upper']}" if bounds else " (the candidates given)"
+        budget = k_selection.get("budget")
+        lines.append(
+            f"rule {rule!r}: candidates{within}"
+            + (f", budget {budget} rows" if budget is not None else "")
+            + (" (the pool or budget is too small for the paper's floor of 64)" if bounds and bounds.get("fallback") else "")
+        )
+    peaks = {str(c) for c in k_selection.get("local_maxima", [])}
+    tied = {str(c) for c in (k_selection.get("ties") or {}).get("tied", [])}
+    lines.append(f"{'k':>6} {'silhouette':>10} {'std err':>8}" + (f" {'seed ' + str(check['seed']):>8}" if again else ""))
     for c, score in scores.items():
         error = f"{float(errors[c]):>8.4f}" if c in errors else f"{'':>8}"
-        lines.append(f"{c:>6} {float(score):>10.3f} {error}" + ("  <- chosen" if int(c) == k else ""))
+        second = (f" {float(again[c]):>8.3f}" if c in again else f" {'':>8}") if again else ""
+        best = str(k_selection.get("best")) == c
+        marks = [m for m, on in (("local max", c in peaks), ("best", best and int(c) != k),
+                                 ("near-tie", c in tied and not best), ("<- chosen", int(c) == k)) if on]
+        lines.append(f"{c:>6} {float(score):>10.3f} {error}{second}" + (f"  {', '.join(marks)}" if marks else ""))
+    if tied:
+        others = sorted((c for c in tied if c != str(k_selection["best"])), key=int)
+        lines.append(
+            f"k-means seed-to-seed spread {check['spread']:.4f} (the top {len(again)} re-run with seed {check['seed']}); "
+            f"near-ties of the best (k={k_selection['best']}) within {k_selection['ties']['z']:g} sd: "
+            + (f"{', '.join(others)} -> the smallest, k={k}" if others else "none")
+        )
     return lines
 
 

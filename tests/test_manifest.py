@@ -880,3 +880,41 @@ def test_k_auto_silhouette_curve_is_verified_and_old_records_still_load(tiny):
         data = _edit(_edit(tiny.to_dict(), "k_selection", new), path, value)
         with pytest.raises(InvalidArgumentError, match=_invalid(message, "m.json")):
             Manifest.from_dict(data, origin="m.json")
+
+
+def test_k_auto_paper_rule_record_is_recomputed_from_its_curve_on_load(tiny):
+    """The paper's rule records the best candidate, the curve's local maxima, the second seed's scores and their
+    spread, and the near-ties: each is recomputed from the curve on load, so a record that does not follow from
+    its own numbers is refused. Here the best (k=4) lost to the smaller near-tie k=3 (the manifest's k)."""
+    spread = 0.01 / (2**0.5 * 0.6744897501960817)  # the median |difference| 0.01 between the two seeds' scores
+    paper = {
+        "mode": "auto", "rule": "paper", "candidates": [2, 3, 4], "silhouette": {"2": 0.1, "3": 0.4, "4": 0.41},
+        "standard_error": {"2": 0.01, "3": 0.01, "4": 0.01}, "chosen": 3, "best": 4, "local_maxima": [4], "budget": 12,
+        "range": {"lower": 2, "upper": 5, "fallback": True}, "grid": [2, 3, 4], "search": "coarse-to-fine",
+        "estimator": {"metric": "cosine", "clustering": "whole pool", "sample_size": 12, "min_rows_per_cluster": 16},
+        "seed_check": {"seed": 1, "silhouette": {"3": 0.39, "4": 0.42}, "spread": spread},
+        "ties": {"z": 2.0, "tied": [3, 4], "rule": "smallest k"},
+    }
+    glob = {key: value for key, value in paper.items() if key not in ("seed_check", "ties")} | {
+        "rule": "global", "silhouette": {"2": 0.1, "3": 0.4, "4": 0.31}, "best": 3, "local_maxima": [3]}
+    for record in (paper, glob):
+        data = _edit(tiny.to_dict(), "k_selection", record)
+        assert Manifest.from_dict(data, origin="m.json").k_selection == record
+    for base, path, value, message in [
+        (paper, "k_selection.rule", "best", "`k_selection.rule`='best' must be one of ['paper', 'global']."),
+        (paper, "k_selection.best", 3, "`k_selection.best`=3 is not the candidate with the highest silhouette."),
+        (paper, "k_selection.local_maxima", [3], "`k_selection.local_maxima`=[3] are not the silhouette curve's."),
+        (paper, "k_selection.seed_check.spread", 0.5, "`k_selection.seed_check.spread` is not the spread of its scores against the curve's."),
+        (paper, "k_selection.seed_check.silhouette", {"3": 0.39, "9": 0.1}, "`k_selection.seed_check.spread` is not the spread of its scores against the curve's."),
+        (paper, "k_selection.seed_check.silhouette", {"3": "high"}, "`k_selection.seed_check.silhouette`={'3': 'high'} must map each candidate k to a number."),
+        (paper, "k_selection.seed_check.seed", 1.5, "`k_selection.seed_check`={'seed': 1.5, 'silhouette': {'3': 0.39, '4': 0.42}, 'spre... must hold an int `seed`, `silhouette` and a number `spread`."),
+        (paper, "k_selection.ties.tied", [4], "`k_selection.ties.tied`=[4] must be the near-ties [3, 4], and k their smallest."),
+        (paper, "k_selection.ties.z", 0.1, "`k_selection.ties.tied`=[3, 4] must be the near-ties [4], and k their smallest."),
+        (paper, "k_selection.ties.rule", "largest k", "`k_selection.ties`={'z': 2.0, 'tied': [3, 4], 'rule': 'largest k'} needs `z`, rule 'smallest k', a seed check and every standard error."),
+        (paper, "k_selection.standard_error", {"2": 0.01, "3": 0.01}, "`k_selection.ties`={'z': 2.0, 'tied': [3, 4], 'rule': 'smallest k'} needs `z`, rule 'smallest k', a seed check and every standard error."),
+        (glob, "k_selection.silhouette", {"2": 0.1, "3": 0.4, "4": 0.41}, "`k_selection.best`=3 is not the candidate with the highest silhouette."),
+        (glob | {"best": 4, "local_maxima": [4]}, "k_selection.silhouette", {"2": 0.1, "3": 0.4, "4": 0.41}, "`k_selection.best` must be the manifest's `k` under the rule 'global'."),
+    ]:
+        data = _edit(_edit(tiny.to_dict(), "k_selection", base), path, value)
+        with pytest.raises(InvalidArgumentError, match=_invalid(message, "m.json")):
+            Manifest.from_dict(data, origin="m.json")

@@ -108,13 +108,57 @@ def test_k_auto_report_and_card_show_the_silhouette_curve_and_the_chosen_k(blob_
     assert manifest.k == record["chosen"] == 6 and record["estimator"]["sample_size"] == len(blob_pool)
     lines = format_report(manifest).splitlines()
     at = lines.index("k chosen by silhouette (cosine, whole pool's clustering, 250 rows scored):")
-    table = lines[at + 2 : at + 2 + len(record["silhouette"])]
+    bounds = record["range"]
+    assert lines[at + 1].startswith(f"rule 'paper': candidates from {bounds['lower']} to {bounds['upper']}")
+    assert lines[at + 2].split() == ["k", "silhouette", "std", "err", "seed", "1"]
+    table = lines[at + 3 : at + 3 + len(record["silhouette"])]
     assert [line.split()[0] for line in table] == [str(c) for c in record["candidates"]]
     chosen = [line for line in table if line.endswith("<- chosen")]
-    assert len(chosen) == 1 and chosen[0].split()[:3] == ["6", f"{record['silhouette']['6']:.3f}", "0.0000"]
+    again = record["seed_check"]["silhouette"]
+    assert len(chosen) == 1 and chosen[0].split()[:4] == ["6", f"{record['silhouette']['6']:.3f}", "0.0000", f"{again['6']:.3f}"]
+    assert "local max" in chosen[0] and record["local_maxima"] == [6] and record["ties"]["tied"] == [6]
+    # Seed 1 leaves k = 8 in a poor local optimum while k = 4 and 6 barely move: the median spread ignores it.
+    assert record["silhouette"]["8"] > 0.7 > 0.5 > again["8"] and max(abs(record["silhouette"][c] - again[c]) for c in "46") <= 0.003
+    assert lines[at + 3 + len(table)].endswith("near-ties of the best (k=6) within 2 sd: none")
     card = str(dataset_card(manifest, card_facts("me/picked", None), configs=["default"]))
-    assert f"| k (clusters) | 6, chosen by k=\"auto\": the best cosine silhouette of the whole pool's k-means clustering among {len(table)} candidates" in card
+    assert f"| k (clusters) | 6, chosen by k=\"auto\" (rule 'paper', k from {bounds['lower']} to {bounds['upper']}): the cosine silhouette" in card
     assert f"6: {record['silhouette']['6']:.3f}" in card and "averaged over 250 rows" in card
+    assert "local maxima at k = 6; near-ties of the best (k=6) within 2 sd of the noise" in card
+
+
+def test_report_and_card_show_a_near_tie_broken_to_the_smaller_k_and_old_records(blob_pool):
+    """A record whose best candidate lost to a smaller near-tie says so in the report and the card; records from
+    before the paper's rule (no rule, no seed check) print as before."""
+    from hf_idsel import Manifest
+    from hf_idsel.cards import card_facts, dataset_card
+    from hf_idsel.report import silhouette_curve
+
+    _, manifest = diverse_select(blob_pool, 30, k=3, embedding_column="embedding", return_manifest=True)
+
+    def card(k_selection):
+        loaded = Manifest.from_dict(manifest.to_dict() | {"k_selection": k_selection})  # verified on load
+        return str(dataset_card(loaded, card_facts("me/picked", None), configs=["default"]))
+
+    record = {
+        "mode": "auto", "rule": "paper", "candidates": [2, 3, 4], "silhouette": {"2": 0.1, "3": 0.4, "4": 0.41},
+        "standard_error": {"2": 0.01, "3": 0.01, "4": 0.01}, "chosen": 3, "best": 4, "local_maxima": [4], "budget": 12,
+        "range": {"lower": 2, "upper": 5, "fallback": True}, "grid": [2, 3, 4], "search": "coarse-to-fine",
+        "estimator": {"metric": "cosine", "clustering": "whole pool", "sample_size": 12, "min_rows_per_cluster": 16},
+        "seed_check": {"seed": 1, "silhouette": {"3": 0.39, "4": 0.42}, "spread": 0.01 / (2**0.5 * 0.6744897501960817)},
+        "ties": {"z": 2.0, "tied": [3, 4], "rule": "smallest k"},
+    }
+    lines = silhouette_curve(record, 3)
+    assert lines[1] == "rule 'paper': candidates from 2 to 5, budget 12 rows (the pool or budget is too small for the paper's floor of 64)"
+    assert lines[3].split() == ["2", "0.100", "0.0100"]
+    assert lines[4].endswith("0.390  near-tie, <- chosen") and lines[5].endswith("0.420  local max, best")
+    assert lines[6].endswith("near-ties of the best (k=4) within 2 sd: 3 -> the smallest, k=3")
+    assert "near-ties of the best (k=4) within 2 sd of the noise (k-means seed-to-seed spread 0.0105): 3, the smallest chosen" in card(record)
+    old = {"mode": "auto", "candidates": [2, 3, 4], "silhouette": {"2": 0.1, "3": 0.4, "4": 0.3}, "chosen": 3,
+           "standard_error": {"2": 0.0, "3": 0.0, "4": 0.0}, "grid": [2, 3, 4], "search": "coarse-to-fine",
+           "estimator": {"metric": "cosine", "clustering": "whole pool", "sample_size": 12, "min_rows_per_cluster": 16}}
+    assert silhouette_curve(old, 3)[1:] == [f"{'k':>6} {'silhouette':>10} {'std err':>8}", f"{'2':>6} {0.1:>10.3f} {0.0:>8.4f}",
+                                          f"{'3':>6} {0.4:>10.3f} {0.0:>8.4f}  <- chosen", f"{'4':>6} {0.3:>10.3f} {0.0:>8.4f}"]
+    assert "| k (clusters) | 3, chosen by k=\"auto\": the best cosine silhouette of the whole pool's k-means clustering among 3" in card(old)
 
 
 def test_cluster_map_places_clusters_by_centroid_and_colours_them_by_share_chosen(selected, tmp_path):
