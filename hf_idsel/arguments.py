@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import checks, methods, sample
+from .cluster import AUTO_K
 from .decontaminate import (
     DEFAULT_COSINE_THRESHOLD,
     DEFAULT_NGRAM,
@@ -132,7 +133,7 @@ def check_values(args: SelectArguments) -> None:
     """The type and range of every argument that does not depend on the pool."""
     checks.check_choice(args.method, "method", methods.METHODS)
     checks.check_seed(args.seed)
-    if isinstance(args.k, str) and args.k == "auto":
+    if isinstance(args.k, str) and args.k in AUTO_K:
         if args.k_candidates is not None and (
             not isinstance(args.k_candidates, (list, tuple))
             or not args.k_candidates

@@ -136,6 +136,8 @@ def _replay_arguments(manifest: Manifest, overrides: dict) -> dict:
             "`exclude=` to re-run it, or load without `recompute`."
         )
     recorded = dict(manifest.arguments)
+    if recorded.get("k") == "auto" and manifest.k_selection.get("mode") == "auto" and "rule" not in manifest.k_selection:
+        recorded["k"] = "auto-global"  # written before k="auto" followed the paper's range: the search it ran
     known = {f.name for f in fields(SelectArguments)} - set(NOT_RECORDED)
     unknown = sorted(set(recorded) - known)
     if unknown:

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import baselines, methods, sample
 from .arguments import CheckedArguments, SelectArguments, read_columns
-from .cluster import Clustering, choose_k, kmeans
+from .cluster import AUTO_K, Clustering, choose_k, kmeans, warn_if_k_near_budget
 from .decontaminate import DEFAULT_COSINE_THRESHOLD, DEFAULT_NGRAM, DEFAULT_NGRAM_THRESHOLD, decontaminate_pool
 from .describe import describe_pool
 from .embed import DEFAULT_ENCODER, embed_dataset, embeddings_from_column
@@ -110,16 +110,17 @@ def decontaminate_and_cluster(
         text ([`RenderOptions`], *optional*):
             How pool rows become text, for the n-gram test and the descriptions; `None` for a pool without text
             (its clusters are not described; an `exclude` then needs text and is refused earlier).
-        k (`int` or `"auto"`):
-            Number of clusters, or `"auto"` (silhouette, see [`cluster_pool`]).
+        k (`int`, `"auto"` or `"auto-global"`):
+            Number of clusters, or how to choose it by silhouette (see [`cluster_pool`]).
         k_candidates (`list[int]`, *optional*):
-            Candidates for `k="auto"`.
+            Candidates for `k="auto"` / `"auto-global"`.
         seed (`int`, *optional*, defaults to `0`):
             Seeds k-means and the descriptions' representative rows.
         kmeans_niter (`int`, *optional*, defaults to `20`):
             k-means iterations.
         budget (`int` or `float`, *optional*):
-            A row budget (rows, or a fraction of the rows left), checked against the rows left before k-means runs.
+            A row budget (rows, or a fraction of the rows left), checked against the rows left before k-means runs;
+            `k="auto"` keeps k below half of it.
         exclude (`datasets.Dataset` or `list[str]`, *optional*):
             The evaluation set; see [`decontaminate.decontaminate_pool`] for it and the thresholds
             `ngram`, `ngram_threshold` and `cosine_threshold`.
@@ -140,7 +141,9 @@ def decontaminate_and_cluster(
                 f"`k`={k} is more than the {len(pool)} rows left after decontamination; lower k or use k='auto'."
             )
     budget_rows = sample.resolve_budget(budget, len(pool)) if budget is not None else None
-    clustering, k_selection = cluster_pool(embeddings, k, k_candidates=k_candidates, seed=seed, kmeans_niter=kmeans_niter)
+    clustering, k_selection = cluster_pool(
+        embeddings, k, k_candidates=k_candidates, budget=budget_rows, seed=seed, kmeans_niter=kmeans_niter
+    )
     descriptions = None
     if text is not None:
         descriptions = describe_pool(pool, text, clustering, seed=seed)
@@ -289,12 +292,14 @@ def pool_embeddings(
     )
 
 
-def cluster_pool(embeddings: np.ndarray, k, *, k_candidates=None, seed: int = 0, kmeans_niter: int = 20):
-    """k-means on the pool's vectors, choosing k by silhouette when `k="auto"`; returns `(Clustering, k_selection)`."""
-    if k == "auto":
+def cluster_pool(embeddings: np.ndarray, k, *, k_candidates=None, budget=None, seed: int = 0, kmeans_niter: int = 20):
+    """k-means on the pool's vectors, choosing k by silhouette when `k="auto"` (or `"auto-global"`), under the row
+    `budget` when known; returns `(Clustering, k_selection)`."""
+    if isinstance(k, str) and k in AUTO_K:
         # The search already clustered the whole pool at the chosen k: that clustering is the result.
-        chosen = choose_k(embeddings, k_candidates, seed=seed, niter=kmeans_niter)
+        chosen = choose_k(embeddings, k_candidates, budget=budget, rule=AUTO_K[k], seed=seed, niter=kmeans_niter)
         return chosen.clustering, chosen.record()
+    warn_if_k_near_budget(k, budget)
     return kmeans(embeddings, k, seed=seed, niter=kmeans_niter), {"mode": "fixed"}
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from . import hidden_states
 from .arguments import CheckedArguments, SelectArguments
 from .cache import cache_file
-from .cluster import default_k_candidates
+from .cluster import AUTO_K, default_k_candidates
 from .embed import DEFAULT_ENCODER, built_static_identity, embedding_cache_key, encoder_identity
 from .render import render_batch
 from .static_embed import STATIC_PREFIX, is_static
@@ -49,7 +49,7 @@ class SelectionPlan:
 
     def __str__(self) -> str:
         budget = f"{self.budget_rows} rows" if self.budget_rows is not None else f"{self.max_tokens} tokens"
-        k = self.k if self.k != "auto" else f"auto (silhouette over {self.k_candidates})"
+        k = f"{self.k} (silhouette over {self.k_candidates})" if self.k in AUTO_K else self.k
         source = "cached" if self.embeddings_cached else f"~{self.estimated_embedding_seconds:.0f} s on CPU"
         return (
             f"Select {budget} of {self.pool_rows} with {self.method}, k={k}\n"
@@ -91,11 +91,13 @@ def plan_selection(pool: datasets.Dataset, args: SelectArguments, checked: Check
     d = dim or 768
     k = args.k
     candidates = None
-    if k == "auto":
-        candidates = args.k_candidates or default_k_candidates(n)
+    if isinstance(k, str) and k in AUTO_K:
+        candidates = args.k_candidates or default_k_candidates(n, checked.rows, rule=AUTO_K[k])
         tried = candidates
         if not args.k_candidates:  # coarse-to-fine: the powers of two, then at most two midpoints (bounded by the largest)
             tried = [c for c in candidates if c & (c - 1) == 0] + sorted(c for c in candidates if c & (c - 1))[-2:]
+        if AUTO_K[k] == "paper":  # the top candidates again with a second seed (bounded by the largest)
+            tried = tried + sorted(candidates)[-3:]
         k_fit = max(candidates)
     else:
         k_fit, tried = k, [k]

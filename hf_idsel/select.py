@@ -89,9 +89,11 @@ def diverse_select(
             `"kmq"` (size-proportional cluster quotas, quality-weighted draw inside a cluster),
             `"kmeans-random"`, `"kmeans-closest"`, `"random"`, or the baselines `"kcenter"`, `"deita"`, `"qdit"`
             (the table `hf_idsel.methods.METHODS`).
-        k (`int` or `"auto"`, *optional*, defaults to `"auto"`):
-            Number of clusters; `"auto"` picks it by the silhouette of the whole pool's clustering (the paper's
-            guidance), see [`cluster.choose_k`].
+        k (`int`, `"auto"` or `"auto-global"`, *optional*, defaults to `"auto"`):
+            Number of clusters; `"auto"` picks it the paper's way: the silhouette of the whole pool's clustering
+            for k from 64 up to `min(8192, rows // 16)` and below half the row budget, near-ties to the smaller k;
+            `"auto-global"` searches from k = 2 and keeps the highest silhouette. See [`cluster.choose_k`]. A k of
+            half the budget or more logs a warning.
         seed (`int`, *optional*, defaults to `0`):
             Seeds k-means and every draw; same data, arguments and seed give the same rows. An int in
             [0, 2**31 - 1] (faiss's k-means takes a 32-bit seed).
@@ -132,8 +134,8 @@ def diverse_select(
         qdit_alpha (`float`, *optional*, defaults to `0.6`):
             `"qdit"`: weight of quality against facility-location diversity.
         k_candidates (`list[int]`, *optional*):
-            Candidate k values for `k="auto"`, all tried; by default powers of two and their midpoints from 2 up
-            to `min(8192, rows // 16)`, searched coarse-to-fine.
+            Candidate k values for `k="auto"` or `"auto-global"`, all tried; by default powers of two and their
+            midpoints in [`cluster.k_range`], searched coarse-to-fine.
         kmeans_niter (`int`, *optional*, defaults to `20`):
             k-means iterations, at least 1.
         encode_batch_size (`int`, *optional*, defaults to `64`):

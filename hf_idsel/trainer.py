@@ -318,7 +318,8 @@ class IterativeSelectionTrainer(SFTTrainer):
         if self.accelerator.is_main_process:
             # The stage diverse_select runs: rows matching `exclude_dataset` are left out of k-means and never drawn.
             clusters = decontaminate_and_cluster(
-                self.pool, embeddings, self._render, k=args.k_value, seed=args.selection_seed, exclude=self._exclude,
+                self.pool, embeddings, self._render, k=args.k_value, seed=args.selection_seed, budget=self.budget_rows,
+                exclude=self._exclude,
                 encoder=encoder, embedding_column=args.embedding_column, **self._exclude_thresholds,
             )
             data = {
