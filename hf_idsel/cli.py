@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 
+from .cluster import AUTO_K
 from .errors import IdselError, InvalidArgumentError
 from .pool import BUILTIN_POOL, load_pool
 from .report import format_report
@@ -38,12 +39,12 @@ def _budget(value: str):
 
 
 def _k(value: str):
-    if value == "auto":
+    if value in AUTO_K:
         return value
     try:
         return int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"k must be an int or 'auto', got {value!r}") from None
+        raise argparse.ArgumentTypeError(f"k must be an int, 'auto' or 'auto-global', got {value!r}") from None
 
 
 def _threshold(value: str):
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Replace the selection an earlier run wrote to --out (and forget the push it staged there).",
     )
     s.add_argument("--method", default="kmq", choices=METHODS, help="Selection method (default: kmq).")
-    s.add_argument("--k", type=_k, default="auto", help="Number of clusters, or 'auto' (silhouette; default).")
+    s.add_argument("--k", type=_k, default="auto", help="Number of clusters, 'auto' (silhouette, k from 64 and below budget/2; default) or 'auto-global' (from k=2).")
     s.add_argument("--seed", type=int, default=0, help="Random seed (default: 0).")
     s.add_argument(
         "--split", "--dataset_train_split", "--dataset-train-split", dest="split", default="train",

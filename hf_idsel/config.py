@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from trl import SFTConfig
 
 from .checks import check_choice, check_flag, check_int, check_model, check_name, check_number, check_seed
+from .cluster import AUTO_K
 from .embed import DEFAULT_ENCODER
 from .errors import InvalidArgumentError
 from .rounds import ROUND_MODES, ROUND_QUOTAS, SCORED_ROWS, WEIGHT_RULES, canonical_weight_rule, round_sizes
@@ -38,12 +39,13 @@ PRESETS = {
 
 
 def _parse_k(k) -> int | str:
-    """`k` (`"auto"`, an int, or an int as a string from the command line) as `"auto"` or an int >= 1."""
-    if isinstance(k, str) and k == "auto":
-        return "auto"
+    """`k` (`"auto"`, `"auto-global"`, an int, or an int as a string from the command line) as one of those strings
+    or an int >= 1."""
+    if isinstance(k, str) and k in AUTO_K:
+        return k
     if isinstance(k, str):
         if not k.isdecimal():
-            raise InvalidArgumentError(f"`k`={k!r} must be an int or 'auto'.")
+            raise InvalidArgumentError(f"`k`={k!r} must be an int, 'auto' or 'auto-global'.")
         k = int(k)
     return check_int(k, "k", minimum=1, fix=" Pass the number of clusters, or 'auto'.")
 
@@ -73,7 +75,8 @@ class IterativeSelectionConfig(SFTConfig):
         rounds (`int`, *optional*, defaults to `3`):
             Selection rounds; each draws `budget / rounds` new rows (the paper uses 3).
         k (`str`, *optional*, defaults to `"auto"`):
-            Number of clusters, or `"auto"` (silhouette score on a sample).
+            Number of clusters, `"auto"` (the silhouette of the whole pool's clustering, k from 64 and below half
+            the budget, the paper's way) or `"auto-global"` (the highest silhouette from k = 2).
         encoder (`str`, *optional*, defaults to `"sentence-transformers/all-MiniLM-L6-v2"`):
             Sentence encoder id or path (the default resolves to the packaged offline copy).
         embed_with_model (`bool`, *optional*, defaults to `False`):
@@ -170,7 +173,10 @@ class IterativeSelectionConfig(SFTConfig):
         metadata={"help": "Rows to select over all rounds: an int is a row count, a float in (0, 1] a fraction of the pool."},
     )
     rounds: int = field(default=3, metadata={"help": "Selection rounds; each draws budget / rounds new rows."})
-    k: str = field(default="auto", metadata={"help": "Number of clusters, or 'auto' (silhouette on a sample)."})
+    k: str = field(
+        default="auto",
+        metadata={"help": "Number of clusters, 'auto' (silhouette, k from 64 and below budget/2) or 'auto-global' (from k=2)."},
+    )
     encoder: str = field(default=DEFAULT_ENCODER, metadata={"help": "Sentence encoder id or path."})
     embed_with_model: bool = field(
         default=False,
@@ -389,7 +395,7 @@ class IterativeSelectionConfig(SFTConfig):
 
     @property
     def k_value(self) -> int | str:
-        """`k` as an int, or `"auto"`."""
+        """`k` as an int, `"auto"` or `"auto-global"`."""
         return _parse_k(self.k)
 
     def selection_arguments(self) -> dict:
@@ -407,7 +413,7 @@ class IterativeSelectionConfig(SFTConfig):
         budget = resolve_budget(self.budget, len(pool))
         sizes = round_sizes(budget, self.rounds)
         k = self.k_value
-        if k != "auto" and not 1 <= k <= len(pool):
+        if not isinstance(k, str) and not 1 <= k <= len(pool):
             raise InvalidArgumentError(f"`k`={k} must be between 1 and the number of pool rows ({len(pool)}).")
         for name in ("quality_column", "embedding_column"):
             column = getattr(self, name)

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from . import baselines, checks, hidden_states, methods, sample
 from .cache import StoredVectors, cache_file
-from .cluster import choose_k, default_k_candidates, kmeans
+from .cluster import AUTO_K, choose_k, default_k_candidates, kmeans, warn_if_k_near_budget
 from .decontaminate import (
     DEFAULT_COSINE_THRESHOLD, DEFAULT_NGRAM, DEFAULT_NGRAM_THRESHOLD, check_thresholds, decontaminate_pool,
 )
@@ -177,7 +177,7 @@ class SelectionPlan:
 
     def __str__(self) -> str:
         budget = f"{self.budget_rows} rows" if self.budget_rows is not None else f"{self.max_tokens} tokens"
-        k = self.k if self.k != "auto" else f"auto (silhouette over {self.k_candidates})"
+        k = f"{self.k} (silhouette over {self.k_candidates})" if self.k in AUTO_K else self.k
         source = "cached" if self.embeddings_cached else f"~{self.estimated_embedding_seconds:.0f} s on CPU"
         return (
             f"Select {budget} of {self.pool_rows} with {self.method}, k={k}\n"
@@ -248,9 +248,11 @@ def diverse_select(
             `"kmq"` (size-proportional cluster quotas, quality-weighted draw inside a cluster),
             `"kmeans-random"`, `"kmeans-closest"`, `"random"`, or the baselines `"kcenter"`, `"deita"`, `"qdit"`
             (the table `hf_idsel.methods.METHODS`).
-        k (`int` or `"auto"`, *optional*, defaults to `"auto"`):
-            Number of clusters; `"auto"` picks it by the silhouette of the whole pool's clustering (the paper's
-            guidance), see [`cluster.choose_k`].
+        k (`int`, `"auto"` or `"auto-global"`, *optional*, defaults to `"auto"`):
+            Number of clusters; `"auto"` picks it the paper's way: the silhouette of the whole pool's clustering
+            for k from 64 up to `min(8192, rows // 16)` and below half the row budget, near-ties to the smaller k;
+            `"auto-global"` searches from k = 2 and keeps the highest silhouette. See [`cluster.choose_k`]. A k of
+            half the budget or more logs a warning.
         seed (`int`, *optional*, defaults to `0`):
             Seeds k-means and every draw; same data, arguments and seed give the same rows. An int in
             [0, 2**31 - 1] (faiss's k-means takes a 32-bit seed).
@@ -291,8 +293,8 @@ def diverse_select(
         qdit_alpha (`float`, *optional*, defaults to `0.6`):
             `"qdit"`: weight of quality against facility-location diversity.
         k_candidates (`list[int]`, *optional*):
-            Candidate k values for `k="auto"`, all tried; by default powers of two and their midpoints from 2 up
-            to `min(8192, rows // 16)`, searched coarse-to-fine.
+            Candidate k values for `k="auto"` or `"auto-global"`, all tried; by default powers of two and their
+            midpoints in [`cluster.k_range`], searched coarse-to-fine.
         kmeans_niter (`int`, *optional*, defaults to `20`):
             k-means iterations, at least 1.
         encode_batch_size (`int`, *optional*, defaults to `64`):
@@ -429,7 +431,7 @@ def _check_values(args: SelectArguments) -> None:
     """The type and range of every argument that does not depend on the pool."""
     checks.check_choice(args.method, "method", methods.METHODS)
     checks.check_seed(args.seed)
-    if isinstance(args.k, str) and args.k == "auto":
+    if isinstance(args.k, str) and args.k in AUTO_K:
         if args.k_candidates is not None and (
             not isinstance(args.k_candidates, (list, tuple))
             or not args.k_candidates
@@ -745,7 +747,7 @@ def _cluster_and_draw(
             )
         checked = _Checked(rows=budget_rows, render=checked.render, quality=quality)
     clustering, k_selection = cluster_pool(
-        embeddings, args.k, k_candidates=args.k_candidates, seed=args.seed, kmeans_niter=args.kmeans_niter
+        embeddings, args.k, k_candidates=args.k_candidates, budget=checked.rows, seed=args.seed, kmeans_niter=args.kmeans_niter
     )
     rows = checked.rows
 
@@ -866,12 +868,14 @@ def pool_embeddings(
     )
 
 
-def cluster_pool(embeddings: np.ndarray, k, *, k_candidates=None, seed: int = 0, kmeans_niter: int = 20):
-    """k-means on the pool's vectors, choosing k by silhouette when `k="auto"`; returns `(Clustering, k_selection)`."""
-    if k == "auto":
+def cluster_pool(embeddings: np.ndarray, k, *, k_candidates=None, budget=None, seed: int = 0, kmeans_niter: int = 20):
+    """k-means on the pool's vectors, choosing k by silhouette when `k="auto"` (or `"auto-global"`), under the row
+    `budget` when known; returns `(Clustering, k_selection)`."""
+    if isinstance(k, str) and k in AUTO_K:
         # The search already clustered the whole pool at the chosen k: that clustering is the result.
-        chosen = choose_k(embeddings, k_candidates, seed=seed, niter=kmeans_niter)
+        chosen = choose_k(embeddings, k_candidates, budget=budget, rule=AUTO_K[k], seed=seed, niter=kmeans_niter)
         return chosen.clustering, chosen.record()
+    warn_if_k_near_budget(k, budget)
     return kmeans(embeddings, k, seed=seed, niter=kmeans_niter), {"mode": "fixed"}
 
 
@@ -944,11 +948,13 @@ def _plan(pool, args: SelectArguments, checked: _Checked) -> SelectionPlan:
     d = dim or 768
     k = args.k
     candidates = None
-    if k == "auto":
-        candidates = args.k_candidates or default_k_candidates(n)
+    if isinstance(k, str) and k in AUTO_K:
+        candidates = args.k_candidates or default_k_candidates(n, checked.rows, rule=AUTO_K[k])
         tried = candidates
         if not args.k_candidates:  # coarse-to-fine: the powers of two, then at most two midpoints (bounded by the largest)
             tried = [c for c in candidates if c & (c - 1) == 0] + sorted(c for c in candidates if c & (c - 1))[-2:]
+        if AUTO_K[k] == "paper":  # the top candidates again with a second seed (bounded by the largest)
+            tried = tried + sorted(candidates)[-3:]
         k_fit = max(candidates)
     else:
         k_fit, tried = k, [k]
@@ -1098,6 +1104,8 @@ def _replay_arguments(manifest: Manifest, overrides: dict) -> dict:
             "`exclude=` to re-run it, or load without `recompute`."
         )
     recorded = dict(manifest.arguments)
+    if recorded.get("k") == "auto" and manifest.k_selection.get("mode") == "auto" and "rule" not in manifest.k_selection:
+        recorded["k"] = "auto-global"  # written before k="auto" followed the paper's range: the search it ran
     known = {f.name for f in fields(SelectArguments)} - set(_NOT_RECORDED)
     unknown = sorted(set(recorded) - known)
     if unknown:

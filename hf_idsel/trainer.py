@@ -375,10 +375,12 @@ class IterativeSelectionTrainer(SFTTrainer):
                     embedding_column=args.embedding_column, **self._exclude_thresholds,
                 )
                 # k-means is fitted on the rows left; a dropped row gets its nearest centroid's id (it is never drawn).
-                clustering, k_selection = cluster_pool(embeddings[keep], args.k_value, seed=args.selection_seed)
+                clustering, k_selection = cluster_pool(
+                    embeddings[keep], args.k_value, budget=self.budget_rows, seed=args.selection_seed
+                )
                 clustering = assign_all(clustering, embeddings, keep)
             else:
-                clustering, k_selection = cluster_pool(embeddings, args.k_value, seed=args.selection_seed)
+                clustering, k_selection = cluster_pool(embeddings, args.k_value, budget=self.budget_rows, seed=args.selection_seed)
             record = encoder_record(identity, args.embedding_column, embeddings.shape[1])
             descriptions = describe_pool(self.pool, self._render, clustering, seed=args.selection_seed)
             data = {

@@ -448,3 +448,38 @@ def test_kmeans_on_stored_float16_vectors_matches_the_float32_matrix_they_read_a
     assert np.array_equal(c.labels, nearest)
     assert kmeans(stored, 1).centroids.shape == (1, 16)
 
+
+def test_diverse_select_passes_its_budget_to_the_k_choice_and_keeps_the_global_search_by_name(blob_pool, caplog):
+    """`k="auto"` caps its candidates below half the row budget and records that budget; `k="auto-global"` is the
+    search from k = 2 with the highest silhouette; a fixed k of half the budget or more warns; the dry run lists
+    the candidates the budget allows."""
+    from hf_idsel import diverse_select
+
+    common = dict(embedding_column="embedding", return_manifest=True)
+    _, paper = diverse_select(blob_pool, 12, k="auto", **common)  # 250 rows: k up to 5 (< 6 = budget / 2)
+    record = paper.k_selection
+    assert record["rule"] == "paper" and record["budget"] == 12 and record["range"] == {"lower": 2, "upper": 5, "fallback": True}
+    assert record["candidates"] == [2, 3, 4] and paper.k == record["chosen"] == 4  # the 6 planted blobs are out of reach
+    _, glob = diverse_select(blob_pool, 12, k="auto-global", **common)
+    assert glob.k_selection["rule"] == "global" and glob.arguments["k"] == "auto-global"
+    assert glob.k == glob.k_selection["best"] == 6 and glob.k_selection["range"] == {"lower": 2, "upper": 15, "fallback": False}
+    assert "seed_check" not in glob.k_selection
+    plan = diverse_select(blob_pool, 40, k="auto", embedding_column="embedding", dry_run=True)
+    assert plan.k_candidates == default_k_candidates(250, 40) == [4, 6, 8, 11]
+    with caplog.at_level("WARNING", logger="hf_idsel.cluster"):
+        diverse_select(blob_pool, 12, k=6, **common)
+    assert "k=6 clusters is at least half the budget of 12 rows" in caplog.text
+
+
+def test_a_manifest_from_before_the_papers_rule_replays_with_the_search_it_ran(blob_pool):
+    """A k="auto" manifest whose `k_selection` has no rule was chosen by the global search: a re-run uses it."""
+    from hf_idsel import Manifest, diverse_select, load_selection
+
+    subset, manifest = diverse_select(blob_pool, 12, k="auto-global", embedding_column="embedding", return_manifest=True)
+    data = manifest.to_dict()
+    data["arguments"]["k"] = "auto"
+    data["k_selection"] = {key: value for key, value in data["k_selection"].items() if key not in ("rule", "best", "local_maxima", "budget", "range")}
+    old = Manifest.from_dict(data)
+    assert old.k == 6  # the paper's rule would pick 4 here: 12 rows allow k < 6
+    again = load_selection(old, blob_pool, recompute=True)
+    assert again["source_index"] == subset["source_index"] and again["cluster"] == subset["cluster"]

@@ -208,8 +208,8 @@ def test_tiny_experiment_writes_consistent_results(tmp_path):
         assert fixed == {f"{seed}:{cfg.k}"}
         auto = results["clustering"][of_run[f"kmq-kauto/{seed}"]]
         assert auto["k_requested"] == "auto" and auto["k_selection"]["mode"] == "auto"
-        silhouette = auto["k_selection"]["silhouette"]
-        assert auto["k"] == int(max(silhouette, key=lambda c: (silhouette[c], -int(c))))
+        # k="auto": the smallest near-tie of the best silhouette (see cluster.choose_k).
+        assert auto["k"] == auto["k_selection"]["chosen"] == auto["k_selection"]["ties"]["tied"][0]
         first = [r["rounds"][0]["selected"] for r in runs if r["seed"] == seed and r.get("rounds")]
         assert len(first) == 2 and sorted(first[0]) == sorted(first[1])
         # Both see the weights of the shared clustering's k clusters.

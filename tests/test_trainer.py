@@ -405,7 +405,7 @@ def test_the_weight_rule_inside_the_trainer_is_the_one_asked_for(tmp_path, rule)
 
 def test_k_auto_inside_the_trainer_finds_the_planted_clusters(tmp_path):
     trainer = make_trainer(tmp_path, k="auto", budget=24)
-    assert trainer.k == 4 and trainer.k_selection["mode"] == "auto"
+    assert trainer.k == 4 and trainer.k_selection["mode"] == "auto" and trainer.k_selection["budget"] == 24
     trainer.train()
     rounds = read_rounds(trainer.args.output_dir)
     assert all(r["k"] == 4 and r["k_selection"] == trainer.k_selection for r in rounds)

@@ -149,7 +149,7 @@ def _config(tmp_path, **fields):
         ({"rounds": 0}, r"`rounds`=0 must be an int >= 1"),
         ({"epochs_per_round": 1.0}, r"`epochs_per_round`=1.0"),
         ({"k": "0"}, r"`k`=0 must be an int >= 1"),
-        ({"k": "three"}, r"`k`='three' must be an int or 'auto'"),
+        ({"k": "three"}, r"`k`='three' must be an int, 'auto' or 'auto-global'"),
         ({"k": True}, r"`k`=True must be an int"),
         ({"encoder": 3}, r"`encoder`=3 must be a sentence-transformers model id"),
         ({"quality_column": ""}, r"`quality_column`=''"),
