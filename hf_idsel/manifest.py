@@ -621,8 +621,7 @@ def _check_k_selection(record: dict, k: int) -> None:
     for name in ("silhouette", "standard_error"):
         curve = record.get(name, {})
         if not isinstance(curve, dict) or not all(
-            key.isdigit() and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            for key, v in curve.items()
+            key.isdigit() and _is_finite(v) for key, v in curve.items()
         ):
             raise _FieldError(f"`k_selection.{name}`={_short(curve)} must map each candidate k to a number.")
     if "candidates" in record and record["candidates"] != sorted(int(c) for c in record["silhouette"]):
@@ -632,7 +631,14 @@ def _check_k_selection(record: dict, k: int) -> None:
 
 
 def _is_finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+    """Whether `value` is a number (not a bool) whose float value is finite. Any JSON number is answered: an int of
+    any size (one past the float range, about 1.8e308, is not finite), a float, or NaN/inf (`json` reads those)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int (or a fraction) too large for a float
+        return False
 
 
 def _check_decontamination(record, rows: int, selected: list) -> int:

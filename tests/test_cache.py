@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from _tiny import make_tiny_llama, save_tiny_llama
+from helpers import make_tiny_llama, save_tiny_llama
 from hf_idsel.cache import PackagedModel, cache_file, cached_map, model_identity, read_cached, write_cached
 from hf_idsel.embed import DEFAULT_ENCODER, encoder_identity
 from hf_idsel.errors import InvalidArgumentError

@@ -12,7 +12,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from _tiny import BOS, make_tiny_llama, make_tiny_tokenizer, save_tiny_llama, tiny_reward_model, train_tiny
+from helpers import BOS, make_tiny_llama, make_tiny_tokenizer, save_tiny_llama, tiny_reward_model, train_tiny
 from hf_idsel import scorers as scorers_module
 from hf_idsel.errors import InvalidArgumentError
 from hf_idsel.quality import answer_log_likelihood
