@@ -11,6 +11,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Torch's OpenMP threads wait for work by spinning, and on a loaded machine (a CI runner, a shared 2-core box) the
+# spinning threads hold the cores the working ones need. A SmolLM2 forward pass (4 x 256 tokens) at load average ~9
+# on 2 cores: 34 s on 2 spinning threads, 14 s on 2 passive ones, 14 s on 1 thread. Read when torch is first imported
+# (by a test module or a subprocess the tests start, which inherits it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import datasets  # noqa: E402
 import numpy as np  # noqa: E402
