@@ -621,7 +621,7 @@ def _check_k_selection(record: dict, k: int) -> None:
     for name in ("silhouette", "standard_error"):
         curve = record.get(name, {})
         if not isinstance(curve, dict) or not all(
-            key.isdigit() and _is_finite(v) for key, v in curve.items()
+            isinstance(key, str) and key.isdigit() and _is_finite(v) for key, v in curve.items()
         ):
             raise _FieldError(f"`k_selection.{name}`={_short(curve)} must map each candidate k to a number.")
     if "candidates" in record and record["candidates"] != sorted(int(c) for c in record["silhouette"]):

@@ -867,6 +867,8 @@ def test_k_auto_silhouette_curve_is_verified_and_old_records_still_load(tiny):
         ("k_selection.silhouette", {"2": float("nan")}, "`k_selection.silhouette`={'2': nan} must map each candidate k to a number."),
         ("k_selection.standard_error", {"2": "0"}, "`k_selection.standard_error`={'2': '0'} must map each candidate k to a number."),
         ("k_selection.candidates", [2, 4], "`k_selection.candidates` must be the candidates of `k_selection.silhouette`, ascending."),
+        # A manifest given as a dict can hold keys JSON cannot: an int key is refused by name, not an AttributeError.
+        ("k_selection.silhouette", {2: 0.1}, "`k_selection.silhouette`={2: 0.1} must map each candidate k to a number."),
     ]:
         data = _edit(_edit(tiny.to_dict(), "k_selection", new), path, value)
         with pytest.raises(InvalidArgumentError, match=_invalid(message, "m.json")):
