@@ -48,7 +48,7 @@ DEFAULT_POOL = {"gsm8k": 150, "humaneval": 50, "chitchat": 150, "mmlu": 150}
 
 def load_model(name: str):
     if name == "tiny":
-        from _tiny import make_tiny_llama
+        from helpers import make_tiny_llama
 
         return make_tiny_llama()
     from hf_idsel.quality import load_reference_model, unquantized

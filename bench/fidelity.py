@@ -453,7 +453,7 @@ def load_base(cfg: FidelityConfig):
     """`(model, tokenizer)` of the base model, float, in eval mode, on the experiment's device."""
     if cfg.model == "tiny":
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-        from _tiny import make_tiny_llama
+        from helpers import make_tiny_llama
 
         model, tokenizer = make_tiny_llama()
     else:

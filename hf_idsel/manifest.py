@@ -678,7 +678,14 @@ def _check_curve(curve, name: str) -> None:
 
 
 def _is_finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+    """Whether `value` is a number (not a bool) whose float value is finite. Any JSON number is answered: an int of
+    any size (one past the float range, about 1.8e308, is not finite), a float, or NaN/inf (`json` reads those)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int (or a fraction) too large for a float
+        return False
 
 
 def _check_decontamination(record, rows: int, selected: list) -> int:

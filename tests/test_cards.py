@@ -11,30 +11,12 @@ import datasets
 import pytest
 from huggingface_hub import DatasetCard, ModelCard
 
-from _tiny import make_tiny_llama, save_tiny_llama, single_thread
+from helpers import assert_truthful, make_pool, make_tiny_llama, make_trainer, save_tiny_llama, single_thread
 from hf_idsel import InvalidArgumentError, diverse_select
 from hf_idsel.cards import MODEL_CARD_FACTS, card_facts, dataset_card, model_card
 from hf_idsel.cli import main
 from hf_idsel.manifest import Manifest
 from hf_idsel.hub_layout import STAGING_DIR
-from test_trainer import make_pool, make_trainer
-
-PAPER_URL = "https://arxiv.org/abs/2409.11378"
-PLACEHOLDERS = ("More Information Needed", "Model ID", "TODO", "{{", "}}")
-URL = re.compile(r"https?://[^\s)\]>\"'`]+")
-
-
-def assert_truthful(text: str, repos=()):
-    """No placeholder text, and no URL but the paper, the Hub docs and the Hub pages of `repos`."""
-    # TRL's own bibtex entry (model cards) doubles braces and wraps its URL in \url{}: checked as written elsewhere.
-    text = re.sub(r"@misc\{vonwerra2022trl,.*?\n\}", "", text, flags=re.S)
-    for placeholder in PLACEHOLDERS:
-        assert placeholder not in text, placeholder
-    allowed = {PAPER_URL} | {f"https://huggingface.co/{r}" for r in repos} | {f"https://huggingface.co/datasets/{r}" for r in repos}
-    allowed |= {f"https://huggingface.co/datasets/{r}/resolve/main/cluster_map.png" for r in repos}  # the model card's map
-    unreal = [u for u in URL.findall(text) if u not in allowed and not u.startswith("https://huggingface.co/docs/")]
-    assert not unreal, unreal
-
 
 def code_blocks(text: str, heading: str) -> str:
     """The python code under `## heading`."""

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from conftest import planted_blobs
+from helpers import planted_blobs
 from hf_idsel.cluster import (
     assign,
     choose_k,

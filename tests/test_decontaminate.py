@@ -10,7 +10,7 @@ import datasets
 import numpy as np
 import pytest
 
-from conftest import unit_rows
+from helpers import make_pool, make_trainer, unit_rows
 from hf_idsel import diverse_select, load_selection
 from hf_idsel import pool as builtin
 from hf_idsel.decontaminate import decontaminate, ngram_overlap, ngrams
@@ -238,8 +238,6 @@ def test_the_real_encoder_drops_reworded_copies_and_no_row_of_the_builtin_pool(c
 
 
 def test_the_trainer_never_draws_rows_that_copy_its_exclude_dataset(tmp_path):
-    from test_trainer import make_pool, make_trainer
-
     pool = make_pool()
     vectors = np.asarray(pool["embedding"])
     away = unit_rows(-vectors.mean(axis=0, keepdims=True))  # far from every row: only the n-gram test can match

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import hf_idsel
-from conftest import planted_blobs
+from helpers import make_trainer, planted_blobs
 from hf_idsel import InvalidArgumentError, Manifest, diverse_select
 from hf_idsel.cards import CardFacts, dataset_card
 from hf_idsel.cli import main
@@ -242,7 +242,6 @@ def test_malformed_descriptions_are_refused_by_name(described, descriptions, pro
 
 def test_the_trainer_describes_its_clusters_in_manifests_cards_and_report(tmp_path, capsys):
     from hf_idsel.hub_layout import STAGING_DIR
-    from test_trainer import make_trainer
 
     trainer = make_trainer(tmp_path, budget=24, scorer="loss")
     descriptions = trainer.cluster_descriptions

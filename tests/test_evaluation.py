@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from _tiny import make_tiny_llama, save_tiny_llama, single_thread
+from helpers import make_pool, make_tiny_llama, make_trainer, save_tiny_llama, single_thread
 from hf_idsel import InvalidArgumentError
 from hf_idsel.cli import main
 from hf_idsel.evaluation import (
@@ -24,7 +24,6 @@ from hf_idsel.evaluation import (
 from hf_idsel.pool import load_builtin_pool
 from hf_idsel.report import format_rounds, read_rounds
 from hf_idsel.rounds import RoundRecord
-from test_trainer import make_pool, make_trainer
 
 # A pool that leaves GSM8K and HumanEval rows out, as a pool built for a clean evaluation would.
 SMALLER = {"gsm8k": 1200, "humaneval": 140}

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from _tiny import single_thread
+from helpers import single_thread
 
 _PATH = os.path.join(os.path.dirname(__file__), "..", "bench", "fidelity.py")
 _spec = importlib.util.spec_from_file_location("fidelity", _PATH)

@@ -15,7 +15,7 @@ from hf_idsel.cli import main
 from hf_idsel.errors import InvalidArgumentError, PushError
 from hf_idsel.hub import push_folder, push_selection
 from hf_idsel.hub_layout import read_plan
-from test_cards import assert_truthful
+from helpers import assert_truthful, make_pool, make_trainer, single_thread
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -193,9 +193,6 @@ def test_trainer_pushes_each_round_and_a_model_that_loads_back(hub, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from _tiny import single_thread
-    from test_trainer import make_pool, make_trainer
-
     model_repo = hub.repo("tiny-sft")
     with single_thread():
         trainer = make_trainer(
@@ -240,9 +237,6 @@ def test_trainer_pushes_each_round_and_a_model_that_loads_back(hub, tmp_path):
 
 
 def test_trainer_keeps_training_when_round_pushes_fail_and_hf_idsel_push_finishes_them(hub, tmp_path, caplog, monkeypatch):
-    from _tiny import single_thread
-    from test_trainer import make_trainer
-
     monkeypatch.setattr("hf_idsel.publish.time.sleep", lambda seconds: None)  # the retries' back-off, not their count
     model_repo = hub.repo("offline-rounds")
     dataset_repo = f"{model_repo}-selection"
@@ -267,8 +261,6 @@ def test_trainer_keeps_training_when_round_pushes_fail_and_hf_idsel_push_finishe
 
 
 def test_trainer_refuses_to_push_without_a_license_before_training(hub, tmp_path):
-    from test_trainer import make_trainer
-
     before = len(hub.server.requests)
     with pytest.raises(InvalidArgumentError, match="hub_license"):
         make_trainer(tmp_path, push_to_hub=True, hub_model_id=hub.repo("nolicense"))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from _tiny import make_tiny_llama, save_tiny_llama, single_thread, train_tiny
+from helpers import make_tiny_llama, save_tiny_llama, single_thread, train_tiny
 from hf_idsel import lm
 from hf_idsel import quality as quality_module
 from hf_idsel.errors import InvalidArgumentError, MissingDependencyError

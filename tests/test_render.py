@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _tiny import make_tiny_llama, make_tiny_tokenizer
+from helpers import examples, make_tiny_llama, make_tiny_tokenizer
 from hf_idsel import diverse_select
 from hf_idsel.embed import embed_dataset
 from hf_idsel.errors import InvalidArgumentError
@@ -239,7 +239,7 @@ _TEXTS = st.sampled_from(["", " ", "\n\t", "a", " b ", "word word"])
 _ROLES = st.sampled_from(["user", "assistant", "system"])
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     rows=st.lists(st.lists(st.tuples(_ROLES, _TEXTS), min_size=1, max_size=4), min_size=1, max_size=6),
     include_answer=st.booleans(),

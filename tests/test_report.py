@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 
+from helpers import make_pool, make_trainer
 from hf_idsel import diverse_select, load_selection
 from hf_idsel.cli import main
 from hf_idsel.errors import InvalidArgumentError
@@ -39,8 +40,6 @@ def test_plot_selection_writes_a_png(selected, tmp_path):
 
 
 def _trained_run(tmp_path):
-    from test_trainer import make_trainer
-
     trainer = make_trainer(tmp_path, budget=24, scorer="loss")
     trainer.train()
     return trainer
@@ -48,7 +47,6 @@ def _trained_run(tmp_path):
 
 def test_trainer_stages_rows_manifests_and_cards_that_rebuild_each_round(tmp_path):
     from hf_idsel.hub_layout import PUSH_FILE, ROUND_COLUMN, STAGING_DIR, manifest_path, read_plan, round_config
-    from test_trainer import make_pool
 
     trainer = _trained_run(tmp_path)
     out = trainer.args.output_dir

@@ -13,7 +13,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from _tiny import BOS, make_tiny_llama, make_tiny_tokenizer, save_tiny_llama, tiny_reward_model, train_tiny
+from helpers import BOS, make_tiny_llama, make_tiny_tokenizer, save_tiny_llama, tiny_reward_model, train_tiny
 from hf_idsel import scorers as scorers_module
 from hf_idsel.errors import InvalidArgumentError
 from hf_idsel.lm import answer_log_likelihood, generate_answers
@@ -811,8 +811,8 @@ class TopicScorer(RoundScorer):
 
 
 def test_the_trainer_runs_the_scorers_own_hooks(tmp_path):
-    from _tiny import single_thread
-    from test_trainer import make_pool, make_trainer, read_rounds
+    from helpers import single_thread
+    from helpers import make_pool, make_trainer, read_rounds
 
     pool = make_pool()
     scorer = TopicScorer(pool["topic"])

@@ -212,7 +212,7 @@ def _selection_calls(draw):
 
 @pytest.fixture(scope="module")
 def property_settings(tmp_path_factory):
-    from _tiny import make_tiny_tokenizer
+    from helpers import make_tiny_tokenizer
 
     return {"tokenizer": make_tiny_tokenizer(), "cache_dir": str(tmp_path_factory.mktemp("cache"))}
 

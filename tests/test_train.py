@@ -13,7 +13,7 @@ import datasets
 import numpy as np
 import pytest
 import yaml
-from _tiny import make_tiny_llama, save_tiny_llama, single_thread, tiny_reward_model
+from helpers import make_tiny_llama, save_tiny_llama, single_thread, tiny_reward_model
 
 from hf_idsel import InvalidArgumentError
 from hf_idsel.train import BUILTIN_POOL, main, make_parser, to_trainable_rows

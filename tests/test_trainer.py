@@ -10,90 +10,29 @@ import numpy as np
 import pytest
 import torch
 
-from _tiny import make_tiny_llama, single_thread
-from conftest import unit_rows
+from helpers import (
+    junk_judge,
+    make_pool,
+    make_tiny_llama,
+    make_tiny_tokenizer,
+    make_trainer,
+    read_rounds,
+    save_tiny_llama,
+    single_thread,
+    tiny_reward_model,
+    train_tiny,
+)
 from hf_idsel import InvalidArgumentError
 from hf_idsel.cards import rounds_markdown
 from hf_idsel.report import format_rounds
 from hf_idsel.scorers import CallableScorer, JudgeScorer, RoundScorer
 from hf_idsel.trainer import ROW_ID, IterativeSelectionConfig, IterativeSelectionTrainer
 
-JUNK = "Click here to subscribe! Accept cookies. Copyright 2024 all rights reserved. Sign up for our newsletter."
-TOPICS = {
-    0: ("What colour is {w}?", "The {w} is blue."),
-    1: ("What is {i} plus {i}?", "It is {j}."),
-    2: ("Say hello to {w}.", "Hello, {w}! How are you?"),
-    3: ("Tell me about {w}.", JUNK),  # planted junk: scraped boilerplate as the gold answer
-}
-WORDS = ["sky", "sea", "coal", "snow", "plum", "fox", "dog", "tree", "rain", "sun", "moon", "star"]
-
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     with single_thread():
         yield
-
-
-def make_pool(per_cluster: int = 24) -> datasets.Dataset:
-    rng = np.random.default_rng(0)
-    centers = unit_rows(rng.normal(size=(4, 8)))
-    rows = []
-    for c, (question, answer) in TOPICS.items():
-        for i in range(per_cluster):
-            w = WORDS[i % len(WORDS)]
-            rows.append(
-                {
-                    "messages": [
-                        {"role": "user", "content": question.format(w=w, i=i)},
-                        {"role": "assistant", "content": answer.format(w=w, j=2 * i)},
-                    ],
-                    "topic": c,
-                    "embedding": unit_rows(centers[c : c + 1] + 0.05 * rng.normal(size=(1, 8)))[0].tolist(),
-                }
-            )
-    return datasets.Dataset.from_list(rows)
-
-
-def junk_judge(prompts, completions):
-    return [-5.0 if "subscribe" in c or "cookies" in c else 1.0 for c in completions]
-
-
-def make_trainer(tmp_path, pool=None, model=None, **config):
-    model_tok = make_tiny_llama()
-    defaults = dict(
-        output_dir=str(tmp_path / "run"),
-        budget=48,
-        rounds=3,
-        k="4",
-        embedding_column="embedding",
-        per_device_train_batch_size=4,
-        learning_rate=5e-3,
-        max_length=64,
-        report_to="none",
-        bf16=False,
-        use_cpu=True,
-        logging_steps=1,
-        save_strategy="no",
-        scored_rows_per_cluster=4,
-        generation_max_new_tokens=8,
-        seed=0,
-        disable_tqdm=True,
-        scorer="loss",  # the free scorer keeps these tests fast; the default (likelihood, base) has its own tests
-    )
-    defaults.update(config)
-    trainer_only = ("peft_config", "exclude_dataset", "exclude_ngram", "exclude_ngram_threshold", "exclude_cosine_threshold")
-    extra = {k: defaults.pop(k) for k in trainer_only if k in defaults}
-    if not isinstance(defaults.get("scorer", "loss"), str):  # a scorer object or a callable goes to the trainer
-        extra["scorer"] = defaults.pop("scorer")
-    args = IterativeSelectionConfig(**defaults)
-    return IterativeSelectionTrainer(
-        model or model_tok[0], args=args, train_dataset=pool if pool is not None else make_pool(), processing_class=model_tok[1], **extra
-    )
-
-
-def read_rounds(output_dir):
-    files = sorted(glob.glob(os.path.join(output_dir, "selection", "round_*.json")))
-    return [json.load(open(f)) for f in files]
 
 
 def test_rounds_are_exact_disjoint_and_junk_fades(tmp_path):
@@ -589,7 +528,6 @@ def test_scorer_argument_refuses_what_is_not_a_scorer(tmp_path):
 def test_reward_scorer_cuts_the_junk_cluster(tmp_path):
     import torch
 
-    from _tiny import make_tiny_tokenizer, tiny_reward_model
     from hf_idsel.scorers import RewardScorer
 
     tokenizer = make_tiny_tokenizer()
@@ -616,7 +554,6 @@ def test_reward_scorer_cuts_the_junk_cluster(tmp_path):
 
 
 def test_likelihood_scorer_cuts_the_junk_cluster(tmp_path):
-    from _tiny import make_tiny_llama, train_tiny
     from hf_idsel.scorers import LikelihoodScorer
 
     reference, tokenizer = make_tiny_llama(seed=1)
@@ -633,8 +570,6 @@ def test_likelihood_scorer_cuts_the_junk_cluster(tmp_path):
 
 
 def test_prompt_completion_pool_from_a_model_path_with_eval(tmp_path):
-    from _tiny import save_tiny_llama
-
     model, tokenizer = make_tiny_llama()
     path = save_tiny_llama(model, tokenizer, tmp_path / "tiny")
     chat = make_pool()
@@ -663,7 +598,6 @@ def test_reward_model_that_cannot_read_the_pool_is_refused(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from _tiny import tiny_reward_model
     from hf_idsel.scorers import RewardScorer
 
     backend = Tokenizer(models.WordLevel(unk_token="[UNK]"))
@@ -718,8 +652,6 @@ def test_budget_means_the_same_as_in_diverse_select(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none; run on a GPU machine)")
 @pytest.mark.parametrize("scorer", ["loss", "perplexity", "likelihood", "reward", "judge"])
 def test_every_scorer_trains_on_cuda_in_bf16(tmp_path, scorer):
-    from _tiny import save_tiny_llama, tiny_reward_model
-
     model, tokenizer = make_tiny_llama()
     extra = {"scorer": JudgeScorer(junk_judge)} if scorer == "judge" else {"scorer": scorer}
     if scorer == "likelihood":  # loaded from a path by the trainer, so it must land on the trainer's device

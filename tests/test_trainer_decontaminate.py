@@ -8,13 +8,11 @@ import numpy as np
 import pytest
 from huggingface_hub import DatasetCard, ModelCard
 
-from _tiny import single_thread
-from conftest import unit_rows
+from helpers import make_pool, make_trainer, single_thread, unit_rows
 from hf_idsel import InvalidArgumentError, diverse_select
 from hf_idsel.cli import main
 from hf_idsel.manifest import Manifest
 from hf_idsel.hub_layout import STAGING_DIR
-from test_trainer import make_pool, make_trainer
 
 
 def arithmetic_exclude(pool):

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import planted_blobs
+from helpers import examples, planted_blobs
 from hf_idsel import InvalidArgumentError, diverse_select
 from hf_idsel.checks import MAX_INT32
 from hf_idsel.config import IterativeSelectionConfig
@@ -244,7 +244,7 @@ def _check_selection(result, kwargs, n):
         assert len(set(indices)) == rows and all(0 <= i < n for i in indices)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(dataset=st.sampled_from(DATASETS), changes=st.lists(_select_calls, min_size=1, max_size=3))
 def test_random_bad_arguments_of_diverse_select(tmp_path, monkeypatch, dataset, changes):
     monkeypatch.chdir(tmp_path)  # a junk `cache_dir` such as "x" stays in the test's folder
@@ -267,7 +267,7 @@ CONFIG_FIELDS = [
 ]
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(1000), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(changes=st.lists(st.tuples(st.sampled_from(CONFIG_FIELDS), st.sampled_from(JUNK)), min_size=1, max_size=3))
 def test_random_bad_fields_of_iterative_selection_config(tmp_path, changes):
     fields = dict(changes)
