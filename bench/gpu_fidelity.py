@@ -3,7 +3,8 @@
     # here, on the CPU, with hf_idsel and its [offline] extras (scripts/gpu_kit.py build calls this)
     .venv/bin/python bench/gpu_fidelity.py prepare --out DIR [--size full|tiny]
     # on the GPU machine, from the assembled kit (scripts/gpu_kit.py step 3 calls this)
-    python bench/gpu_fidelity.py run --kit DIR --json results.json --seconds S [--seeds N]
+    python bench/gpu_fidelity.py run --kit DIR --json results.json (--seconds S | --deadline T) [--seeds N]
+    python bench/gpu_fidelity.py report --json results.json    # the verdict and tables, again
 
 `prepare` builds everything that does not need the GPU: the pool (the built-in real pool minus the held-out
 rows, plus 15% planted junk of two kinds), its float16 MiniLM vectors, the held-out sets and the model
@@ -696,7 +697,10 @@ def main(argv=None) -> None:
     r = sub.add_parser("run", help="run the experiment from an assembled kit")
     r.add_argument("--kit", required=True, help="the folder prepare wrote (assembled from the kit's parts)")
     r.add_argument("--json", required=True, help="results, rewritten after every run")
-    r.add_argument("--seconds", type=float, required=True, help="wall time this run may take, setup included")
+    when = r.add_mutually_exclusive_group(required=True)
+    when.add_argument("--seconds", type=float, help="wall time this run may take from now, setup included")
+    when.add_argument("--deadline", type=float, help="the same as a Unix time (what scripts/gpu_kit.py passes: "
+                      "the process's start-up counts too)")
     r.add_argument("--seeds", type=int, default=None, help="at most this many seeds (default: the preset's)")
     r.add_argument("--device", default="auto")
     s = sub.add_parser("report", help="print the verdict and tables of a results file")
@@ -712,7 +716,8 @@ def main(argv=None) -> None:
         results["analysis"] = analyze(results["runs"])  # the analysis of this script, on the stored runs
         print(report(results))
         return
-    results = run(args.kit, args.json, seconds=args.seconds, seeds=args.seeds, device=args.device)
+    seconds = args.seconds if args.seconds is not None else args.deadline - time.time()
+    results = run(args.kit, args.json, seconds=seconds, seeds=args.seeds, device=args.device)
     print(report(results))
 
 

@@ -503,7 +503,7 @@ def step(n: int, *, out: str, assets: str = DEFAULT_OUT, state: str = DEFAULT_ST
             return save(4)
         left = deadline - time.monotonic()
         command = [sys.executable, "bench/gpu_fidelity.py", "run", "--kit", os.path.join(state, "files", "fidelity"),
-                   "--json", os.path.join(out, "gpu_fidelity.json"), "--seconds", f"{max(0.0, left - 15):.0f}"]
+                   "--json", os.path.join(out, "gpu_fidelity.json"), "--deadline", f"{time.time() + left - 15:.0f}"]
         result["fidelity"] = run_child(command, left, env)
         # A run that ended by itself printed its report; one cut at its limit left its results file.
         if result["fidelity"]["rc"] != 0 and os.path.exists(os.path.join(out, "gpu_fidelity.json")):

@@ -152,6 +152,73 @@ def test_a_later_step_on_a_fresh_machine_says_the_warm_window_was_missed(small_k
 
 
 # --------------------------------------------------------------------------------------------
+# The GPU fidelity run's stopping rule and analysis (bench/gpu_fidelity.py; docs/fidelity.md pre-registration)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fidelity():
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import gpu_fidelity
+
+    return gpu_fidelity
+
+
+def test_a_seed_starts_only_with_90_s_and_the_slowest_seed_s_time_left(fidelity):
+    cfg = fidelity.FULL
+    assert fidelity.should_start_seed(400, [], cfg) == (True, None)
+    assert not fidelity.should_start_seed(89, [], cfg)[0]  # under 90 s: no seed, even the first
+    assert fidelity.should_start_seed(150, [70, 80], cfg) == (True, None)
+    start, why = fidelity.should_start_seed(150, [70, 160], cfg)
+    assert not start and "160" in why
+
+
+def test_the_minimal_detectable_effect_of_a_paired_t_test(fidelity):
+    # (t(0.975, 5) + t(0.80, 5)) / sqrt(6) = (2.5706 + 0.9195) / 2.4495
+    assert fidelity.minimal_detectable_effect(1.0, 6) == pytest.approx(1.4248, abs=1e-4)
+    assert fidelity.minimal_detectable_effect(0.02, 4) == pytest.approx(0.02 * (3.1824 + 0.9785) / 2, abs=1e-5)
+
+
+def _runs(fidelity, oracle_gain, noise, seeds=6):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    runs = []
+    for seed in range(seeds):
+        base = 1.5 + rng.normal(0, 0.05)
+        for arm in fidelity.ARMS:
+            loss = base + rng.normal(0, noise) - (oracle_gain if arm == "oracle-clean" else 0.0)
+            runs.append({"arm": arm, "seed": seed, "loss_mean": loss, "mmlu_acc": 0.3 + rng.normal(0, 0.01),
+                         "loss": {d: loss for d in ("gsm8k", "humaneval", "chitchat", "mmlu")},
+                         "junk_share": 0.15, "junk_code": 0.07, "junk_wrong-letter": 0.08, "coverage": 0.5})
+    return runs
+
+
+def test_the_analysis_stops_when_the_oracle_s_gain_is_inside_the_mde(fidelity):
+    analysis = fidelity.analyze(_runs(fidelity, oracle_gain=0.001, noise=0.02))
+    assert analysis["complete_seeds"] == list(range(6))
+    assert not analysis["gate"]["loss_mean"]["passed"] and not analysis["gate"]["mmlu_acc"]["passed"]
+    assert analysis["verdict"].startswith("No quality claim can come from this size") and analysis["claims"] == []
+
+
+def test_past_the_gate_an_interval_that_excludes_zero_is_a_finding(fidelity):
+    analysis = fidelity.analyze(_runs(fidelity, oracle_gain=0.2, noise=0.01))
+    gate = analysis["gate"]["loss_mean"]
+    assert gate["passed"] and gate["oracle_gain_over_random"] > gate["mde"]
+    assert any(c.startswith("oracle-clean - random: loss_mean") and "(better" in c for c in analysis["claims"])
+    assert not any(c.startswith("kmq - random: loss_mean") for c in analysis["claims"])  # no effect planted
+
+
+def test_incomplete_seeds_are_left_out_of_the_analysis(fidelity):
+    runs = _runs(fidelity, oracle_gain=0.2, noise=0.01, seeds=3)
+    runs = [r for r in runs if not (r["seed"] == 2 and r["arm"] == "oracle-clean")]  # seed 2 was cut
+    analysis = fidelity.analyze(runs)
+    assert analysis["complete_seeds"] == [0, 1]
+    assert analysis["comparisons"]["kmq - random"]["loss_mean"]["n"] == 2
+    assert fidelity.analyze(runs[:5])["verdict"].startswith("1 complete paired seed")
+
+
+# --------------------------------------------------------------------------------------------
 # The rehearsal: every step of the sequence at a tiny size, importing as on the GPU image
 # --------------------------------------------------------------------------------------------
 
