@@ -295,7 +295,8 @@ def run(assets: str = ASSETS, *, rows: int = 1_000_000, k: int = 1024, encoder_r
 
     started = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    result = {"machine": machine(), "finished": False}
+    # scripts/gpu_kit.py names the kit (and so the commit) it runs from.
+    result = {"machine": machine(), "kit": json.loads(os.environ.get("GPUKIT_KIT", "null")), "finished": False}
     encoder = Encoder(assets, device)
     texts = _texts(assets, max(rows, encoder_rows))
     result["encoder"] = measure_encoder(encoder, texts[:encoder_rows])

@@ -66,7 +66,6 @@ logger = logging.getLogger("gpu_fidelity")
 
 JUNK_KINDS = ("code", "wrong-letter")
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-KIT_FILES = ("pool.jsonl.gz", "embeddings.npy", "heldout.json.gz", "config.json")
 
 
 @dataclass(frozen=True)
@@ -625,7 +624,8 @@ def run(kit: str, out: str, *, seconds: float, seeds: int | None = None, device:
     logger.info("setup %.0f s; untrained model: %s", time.monotonic() - started, json.dumps(base_eval))
     results = {
         "experiment": "hf_idsel GPU fidelity (issue 27), pre-registered in docs/fidelity.md",
-        "preset": cfg.name, "config": asdict(cfg), "kit": {k: info[k] for k in ("counts", "model", "encoder")},
+        "preset": cfg.name, "config": asdict(cfg),
+        "kit": {**{k: info[k] for k in ("counts", "model", "encoder")}, "manifest": json.loads(os.environ.get("GPUKIT_KIT", "null"))},
         "machine": _machine(device), "seconds_given": seconds, "base_model": base_eval, "clustering": {},
         "runs": [], "seed_seconds": [], "stopped": None, "timings": timings,
         "pool": {"is_junk": is_junk.astype(int).tolist(), "kind": kinds.tolist()},

@@ -473,6 +473,8 @@ def step(n: int, *, out: str, assets: str = DEFAULT_OUT, state: str = DEFAULT_ST
         print(f"STOP: {result['error']}", flush=True)
         return save(4)
     env = child_env(state)
+    # The children record which kit (and so which commit's pool and code) they ran from.
+    env["GPUKIT_KIT"] = json.dumps({k: manifest.get(k) for k in ("kit_id", "commit", "dirty", "built", "size")})
     if _complete(status, "wheels/", manifest) and not os.path.exists(os.path.join(state, "installed.json")):
         result["install"] = install(state, manifest)
         print(f"installed {len(result['install']['wheels'])} wheels in {result['install']['seconds']:.0f} s", flush=True)

@@ -278,6 +278,7 @@ def test_bench_gpu_runs_hf_idsel_from_the_kit(rehearsal):
     assert all(done.returncode == 0 for done in rehearsal["steps"]), rehearsal["steps"][-1].stdout[-4000:]
     gpu = _json(rehearsal, "gpu.json")
     assert gpu["finished"] and gpu["machine"]["faiss"] and gpu["machine"]["datasets"]
+    assert gpu["kit"]["kit_id"] == rehearsal["manifest"]["kit_id"]
     assert set(gpu["kmeans"]) == {"torch", "faiss"} and gpu["encoder"]["rows"] == 16
     assert gpu["select"]["implementation"] == "hf_idsel.diverse_select" and gpu["select"]["selected"] == 4
 
@@ -287,6 +288,7 @@ def test_the_fidelity_run_returns_complete_paired_seeds_and_their_analysis(rehea
     runs = results["runs"]
     arms = ("random", "kmq", "iter-default", "iter-placebo", "oracle-clean")
     assert results["preset"] == "tiny" and results["analysis"]["complete_seeds"] == [0, 1]
+    assert results["kit"]["manifest"]["kit_id"] == rehearsal["manifest"]["kit_id"]
     assert sorted((r["arm"], r["seed"]) for r in runs) == sorted((a, s) for a in arms for s in (0, 1))
     assert len({r["steps"] for r in runs}) == 1  # every arm trained the same steps
     budget = results["config"]["budget"]
