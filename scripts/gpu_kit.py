@@ -476,16 +476,22 @@ def step(n: int, *, out: str, assets: str = DEFAULT_OUT, state: str = DEFAULT_ST
     # The children record which kit (and so which commit's pool and code) they ran from.
     env["GPUKIT_KIT"] = json.dumps({k: manifest.get(k) for k in ("kit_id", "commit", "dirty", "built", "size")})
     if _complete(status, "wheels/", manifest) and not os.path.exists(os.path.join(state, "installed.json")):
-        result["install"] = install(state, manifest)
+        try:
+            result["install"] = install(state, manifest)
+        except subprocess.CalledProcessError as error:
+            result["error"] = f"pip could not install the kit's wheels (exit status {error.returncode}; its output is above)"
+            print(f"BLOCKING: {result['error']}", flush=True)
+            return save(6)
         print(f"installed {len(result['install']['wheels'])} wheels in {result['install']['seconds']:.0f} s", flush=True)
     if n == 1:
         print(_nvidia_smi(), flush=True)
-        probe = subprocess.run([sys.executable, os.path.abspath(__file__), "report", "--state", state], env=env,
-                               cwd=REPO, capture_output=True, text=True)
         try:
+            probe = subprocess.run([sys.executable, os.path.abspath(__file__), "report", "--state", state], env=env,
+                                   cwd=REPO, capture_output=True, text=True, timeout=max(30.0, deadline - time.monotonic()))
             result["report"] = json.loads(probe.stdout.strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            result["report"] = {"error": (probe.stdout + probe.stderr)[-3000:]}
+        except (IndexError, json.JSONDecodeError, subprocess.TimeoutExpired) as error:
+            output = (probe.stdout + probe.stderr) if not isinstance(error, subprocess.TimeoutExpired) else "timed out"
+            result["report"] = {"error": output[-3000:]}
         print(json.dumps(result["report"], indent=1), flush=True)
         broken = {m: v for m, v in result["report"].get("imports", {"report": "did not run"}).items() if not v.startswith("ok")}
         if broken:  # nothing later can run without these: the session stops here (bench/GPU_RUN.md)
