@@ -9,6 +9,7 @@ A streamed pool differs only in how its rows and vectors are obtained and how th
 from __future__ import annotations
 
 import logging
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,7 +141,14 @@ def decontaminate_and_cluster(
             raise InvalidArgumentError(
                 f"`k`={k} is more than the {len(pool)} rows left after decontamination; lower k or use k='auto'."
             )
-    budget_rows = sample.resolve_budget(budget, len(pool)) if budget is not None else None
+    budget_rows = None
+    if budget is not None:
+        if decontamination is not None and isinstance(budget, numbers.Integral) and budget > len(pool):
+            raise InvalidArgumentError(
+                f"`budget`={budget} rows is more than the {len(pool)} pool rows left after decontamination against "
+                f"the evaluation set dropped {decontamination['removed']}; lower the budget."
+            )
+        budget_rows = sample.resolve_budget(budget, len(pool))
     clustering, k_selection = cluster_pool(
         embeddings, k, k_candidates=k_candidates, budget=budget_rows, seed=seed, kmeans_niter=kmeans_niter
     )
