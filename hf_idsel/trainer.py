@@ -46,7 +46,7 @@ from .describe import describe_pool, short_terms
 from .distributed import broadcast, equal_share
 from .errors import InvalidArgumentError, PushError
 from .hidden_states import HiddenStateEncoder
-from .hub import push_folder
+from .hub import model_repo_creation, push_folder
 from .hub_layout import DEFAULT_CONFIG, ITERATIVE_METHOD, round_config, selection_repo_id, staging_folder
 from .manifest import Manifest, encoder_record, pool_record
 from .publish import set_model_push, stage_run
@@ -230,13 +230,15 @@ class IterativeSelectionTrainer(SFTTrainer):
             "ngram": exclude_ngram, "ngram_threshold": exclude_ngram_threshold, "cosine_threshold": exclude_cosine_threshold,
         }
 
-        # The card's license is checked before the Trainer creates any repo or loads anything heavy.
+        # The card's license is checked before the Trainer creates any repo or loads anything heavy (a base model card
+        # read under Hub timeouts; the repo creation of `Trainer.__init__` below too, a stall ending in PushError).
         self._base_model = base_model_id(model)
         self._license = base_model_license(self._base_model, args.hub_license, args.hub_token) if args.push_to_hub else args.hub_license
         self.scorer = as_scorer(scorer, args, device=args.device, show_progress=args.process_index == 0)
         self.scorer_name = scorer_name(self.scorer)
         pool_with_ids = train_dataset.add_column(ROW_ID, list(range(len(train_dataset))))
-        super().__init__(model, args=args, train_dataset=pool_with_ids, **kwargs)
+        with model_repo_creation(args.push_to_hub, args.hub_token):
+            super().__init__(model, args=args, train_dataset=pool_with_ids, **kwargs)
         if getattr(self.scorer, "uses_base", False) and not callable(getattr(self.model, "disable_adapter", None)):
             # reference="base" without LoRA adapters to switch off: a frozen copy of the starting weights.
             if self._model_is_sharded():
