@@ -383,12 +383,13 @@ def _run_train(args) -> int:
 
 
 def _run_push(args) -> int:
-    from .hub import push_folder, push_selection
+    from .hub import check_license, push_folder, push_selection
     from .hub_layout import MANIFEST_FILE, PUSH_FILE, STAGING_DIR, SUBSET_FILE, check_file_digest, is_staged, staging_folder
     from .manifest import Manifest
     from .publish import set_model_push
 
     folder = args.folder
+    check_license(args.license, "--license")
     if not os.path.isdir(folder):
         raise InvalidArgumentError(f"DIR {folder!r} is not a folder.")
     staged = staging_folder(folder)

@@ -73,7 +73,7 @@ def push_folder(
         [`PushError`]: the push stopped; says what was pushed, what was not and how to finish.
     """
     HubTimeouts.resolve(timeout)  # a bad value before anything is read or sent
-    _check_license(license)
+    check_license(license)
     _warn_if_local_pool(folder)
     return push_staged(
         folder, repo_id, private=private, token=token, include_model=include_model, max_retries=max_retries,
@@ -81,10 +81,11 @@ def push_folder(
     )
 
 
-def _check_license(license) -> None:
+def check_license(license, argument: str = "license") -> None:
+    """Refuse a licence that is not a Hub licence id (lower-case, such as `mit` or `cc-by-4.0`), naming `argument`."""
     if license is not None and (not isinstance(license, str) or not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", license)):
         raise InvalidArgumentError(
-            f"`license`={license!r} is not a Hub licence id: use one such as 'mit', 'apache-2.0', 'cc-by-4.0' or 'other' "
+            f"`{argument}`={license!r} is not a Hub licence id: use one such as 'mit', 'apache-2.0', 'cc-by-4.0' or 'other' "
             "(lower case; https://huggingface.co/docs/hub/repositories-licenses)."
         )
 
@@ -161,7 +162,7 @@ def push_selection(
     """
     check_repo_id(repo_id)
     HubTimeouts.resolve(timeout)
-    _check_license(license)
+    check_license(license)
     if not isinstance(subset, datasets.Dataset):
         raise InvalidArgumentError(f"`subset` must be a datasets.Dataset from diverse_select, got {type(subset).__name__}.")
     missing = [c for c in ("source_index", "cluster") if c not in subset.column_names]

@@ -258,7 +258,8 @@ def published_manifest(manifest: Manifest) -> Manifest:
     if exclude is not None:
         source = exclude.get("source") or {}
         if is_local_path(source.get("path")):
-            exclude["source"] = {"file": _file_name(source["path"])}
+            kept = {key: source[key] for key in ("config", "split") if source.get(key)}
+            exclude["source"] = {"file": _file_name(source["path"]), **kept}
         if is_local_path(exclude.get("name")):
             exclude["name"] = _file_name(exclude["name"])
     for parent in _path_fields(record):

@@ -106,7 +106,7 @@ def evaluation_set_name(exclude: dict) -> str:
     if where:
         where = os.path.basename(os.path.normpath(where)) if os.path.isabs(where) else where
         details = [f"{key} {source[key]}" for key in ("config", "split") if source.get(key)]
-        return f"{where} ({', '.join(details)})" if details else where
+        return ", ".join([where, *details])
     name = exclude.get("name")
     if name and name not in _BUILDER_NAMES:
         return name
