@@ -29,8 +29,8 @@ from .sample import parse_budget
 
 logger = logging.getLogger(__name__)
 
-# What `select` writes to --out (the rows with the sha256 of their bytes, which `push` checks before uploading them).
-SELECTION_FILES = ("subset.parquet", "subset.parquet.sha256", "manifest.json", "report.md")
+SELECTION_FILES = ("subset.parquet", "manifest.json", "report.md")  # what `select` writes to --out
+# (with `subset.parquet.sha256`, the digest of the rows as written, which `push` checks before uploading them)
 
 
 def _budget(value: str):

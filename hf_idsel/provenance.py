@@ -144,7 +144,7 @@ class PoolReference:
                     f"hf_idsel's built-in pool (sources {', '.join(BUILTIN_SOURCES)}; the rows per source and the "
                     f"sample's seed were not recorded); {size}"
                 )
-            shown = ", ".join(f"{source} {rows:,}" for source, rows in self.rows_per_source.items())
+            shown = ", ".join(f"{source} {rows:,}" for source, rows in self.rows_per_source.items() if rows)
             return f"hf_idsel's built-in pool: {shown} rows, sampled with seed {self.seed}; {size}"
         if self.kind == "local":
             return f"the local file `{self.name}` (not on the Hub); {size}"
