@@ -3,7 +3,7 @@
     hf-idsel select POOL --budget N --out DIR [--overwrite] [--push-to-hub REPO]   choose a diverse subset
                     (or --dataset_name POOL [--dataset_config C] [--dataset_train_split S], as `trl sft` takes them)
     hf-idsel train --config recipe.yaml [--key value ...]                           iterative selection + SFT
-    hf-idsel push DIR [--repo-id REPO]                                              publish (or finish publishing) DIR
+    hf-idsel push DIR [--repo-id REPO] [--license ID]                               publish (or finish publishing) DIR
     hf-idsel report PATH [--plot out.png]                                           what a selection or a run chose
     hf-idsel eval MODEL [--tasks gsm8k,mmlu] [--items N]                            held-out GSM8K / MMLU / HumanEval
                   [--model-card OUTPUT_DIR]                                         (into a trainer run's model card)
@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "then read it again keeping only the chosen rows.")
     s.add_argument("--push-to-hub", metavar="REPO", default=None, help="Also push the subset, manifest, card and plot to this dataset repo.")
     s.add_argument("--private", action="store_true", help="Create the pushed repo private.")
+    s.add_argument(
+        "--license", "--hub_license", "--hub-license", dest="license", default=None,
+        help="Licence of the pushed selection (a Hub licence id; default: the pool's, when known).",
+    )
 
     t = commands.add_parser(
         "train",
@@ -249,9 +253,11 @@ def _run_select(args) -> int:
         print(diverse_select(pool, args.budget, dry_run=True, **kwargs))
         return 0
     if args.push_to_hub:
+        from .hub import check_license
         from .hub_layout import check_repo_id
 
         check_repo_id(args.push_to_hub, "--push-to-hub")
+        check_license(args.license, "--license")
     subset, manifest = diverse_select(pool, args.budget, return_manifest=True, **kwargs)
     from .distributed import world
 
@@ -276,7 +282,9 @@ def _run_select(args) -> int:
     if args.push_to_hub:
         from .hub import push_selection
 
-        url = push_selection(subset, args.push_to_hub, manifest=manifest, local_dir=args.out, private=args.private or None)
+        url = push_selection(
+            subset, args.push_to_hub, manifest=manifest, local_dir=args.out, private=args.private or None, license=args.license
+        )
         print(f"Pushed to {url}")
     return 0
 

@@ -78,6 +78,9 @@ def test_card_inherits_the_pools_license_and_language_and_load_selection_finds_t
     card = DatasetCard.load(repo)
     assert card.data.source_datasets == [pool_repo]
     assert card.data.license == "cc-by-4.0" and card.data.language == ["en"]
+    # The pool by its reference (a link to the Hub dataset), and where the licence comes from.
+    assert f"| pool | [{pool_repo}](https://huggingface.co/datasets/{pool_repo}); 40 rows, content digest `" in card.text
+    assert "The pool's own dataset card gives its licence as `cc-by-4.0`" in card.text
     # No pool passed: the manifest names it, load_selection fetches it and checks its digest.
     rebuilt = hf_idsel.load_selection(repo)
     assert rebuilt["source_index"] == subset["source_index"] and rebuilt["prompt"] == subset["prompt"]
@@ -284,8 +287,10 @@ def test_cli_select_push_and_push_of_a_folder_never_pushed(hub, tmp_path, capsys
     pool_file.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     pushed, local = hub.repo("cli-pushed"), hub.repo("cli-later")
     out = tmp_path / "out"
-    assert main(["select", str(pool_file), "--budget", "10", "--k", "2", "--out", str(out), "--push-to-hub", pushed]) == 0
+    argv = ["select", str(pool_file), "--budget", "10", "--k", "2", "--out", str(out), "--push-to-hub", pushed]
+    assert main(argv + ["--license", "mit"]) == 0
     assert f"Pushed to {hub.endpoint}/datasets/{pushed}" in capsys.readouterr().out
+    assert DatasetCard.load(pushed).data.license == "mit"
     subset = datasets.Dataset.from_parquet(str(out / "subset.parquet"))
     assert datasets.load_dataset(pushed, split="train")["source_index"] == subset["source_index"]
     # The local manifest still finds the local pool file by itself; the pushed one names the file, not its path.
