@@ -4,10 +4,15 @@ Every push is staged first: the rows (one parquet file per config), the manifest
 round files and the card are written to a local folder together with `hf_idsel_push.json`, which
 lists the push steps and the ones already done. Steps then run in order (repository, each config
 through `datasets`' own `push_to_hub`, the other files, the card last so that the `configs`
-metadata `datasets` wrote is kept). A step that fails with a network or server error is retried with
-back-off; a failure that retrying cannot fix stops at once. Either way [`PushError`] says what was
-pushed, what was not, and the command that finishes the push from the staged folder
-(`hf-idsel push FOLDER`).
+metadata `datasets` wrote is kept). Every request has connect and read timeouts ([`hub_client`]); a step
+that fails with a network error, a timeout or a server error is retried with back-off; a failure that
+retrying cannot fix stops at once. Either way [`PushError`] says what was pushed, what was not, and the
+command that finishes the push from the staged folder (`hf-idsel push FOLDER`).
+
+What goes out is what was staged: the plan records the sha256 of each data file as written, and a file
+edited (or removed) since is refused by name before any request. Manifests go out as published
+([`provenance.published_manifest`]): a local pool is named by its file name and content digest, and no
+file holding the staging folder's path or a local path the manifests record is uploaded.
 
 The engine pushes the cards it finds staged; it renders none. Where a push learns its repos only
 while it runs (a bare repo name the Hub puts under the token's namespace, the model repo), the
