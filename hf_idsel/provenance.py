@@ -133,7 +133,8 @@ class PoolReference:
         size = f"{self.num_rows:,} rows, content digest `{self.digest}`"
         if self.kind == "hub":
             where = ", ".join(
-                f"{what} `{value}`" for what, value in (("config", self.config), ("split", self.split), ("revision", self.revision))
+                f"{what} `{value}`"
+                for what, value in (("config", self.config), ("split", self.split), ("revision", self.revision))
                 if value
             )
             link = f"[{self.name}](https://huggingface.co/datasets/{self.name})"
@@ -438,7 +439,7 @@ def rebuild_lines(reference: PoolReference, selection: str, config: str | None =
         lines += [
             "from hf_idsel.pool import load_pool",
             "",
-            f"pool = load_pool({json.dumps(reference.name)})  # the local file the rows were selected from; its digest is checked",
+            f"pool = load_pool({json.dumps(reference.name)})  # the local file the rows came from; its digest is checked",
         ]
     else:
         lines.append("# pool: the dataset the selection was made on")
