@@ -3,7 +3,7 @@
     hf-idsel select POOL --budget N --out DIR [--overwrite] [--push-to-hub REPO]   choose a diverse subset
                     (or --dataset_name POOL [--dataset_config C] [--dataset_train_split S], as `trl sft` takes them)
     hf-idsel train --config recipe.yaml [--key value ...]                           iterative selection + SFT
-    hf-idsel push DIR [--repo-id REPO]                                              publish (or finish publishing) DIR
+    hf-idsel push DIR [--repo-id REPO] [--license ID]                               publish (or finish publishing) DIR
     hf-idsel report PATH [--plot out.png]                                           what a selection or a run chose
     hf-idsel eval MODEL [--tasks gsm8k,mmlu] [--items N]                            held-out GSM8K / MMLU / HumanEval
                   [--model-card OUTPUT_DIR]                                         (into a trainer run's model card)
@@ -14,13 +14,15 @@ User errors (a bad argument or input file) print one line and exit with status 2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 
 from .cluster import AUTO_K
 from .errors import IdselError, InvalidArgumentError
-from .pool import BUILTIN_POOL, load_pool
+from .hub_layout import write_file_digest
+from .pool import BUILTIN_POOL, DEFAULT_ROWS_PER_SOURCE, load_pool
 from .report import format_report
 from .evaluation import DEFAULT_EVAL_ITEMS
 from .decontaminate import DEFAULT_COSINE_THRESHOLD, DEFAULT_NGRAM, DEFAULT_NGRAM_THRESHOLD
@@ -29,6 +31,7 @@ from .sample import parse_budget
 logger = logging.getLogger(__name__)
 
 SELECTION_FILES = ("subset.parquet", "manifest.json", "report.md")  # what `select` writes to --out
+# (with `subset.parquet.sha256`, the digest of the rows as written, which `push` checks before uploading them)
 
 
 def _budget(value: str):
@@ -138,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "then read it again keeping only the chosen rows.")
     s.add_argument("--push-to-hub", metavar="REPO", default=None, help="Also push the subset, manifest, card and plot to this dataset repo.")
     s.add_argument("--private", action="store_true", help="Create the pushed repo private.")
+    s.add_argument(
+        "--license", "--hub_license", "--hub-license", dest="license", default=None,
+        help="Licence of the pushed selection (a Hub licence id; default: the pool's, when known).",
+    )
 
     t = commands.add_parser(
         "train",
@@ -158,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo-id", default=None, help="Dataset repo for the rows (needed when DIR was never staged for a push).")
     p.add_argument("--model-repo-id", default=None, help="Model repo for a trainer output_dir's model.")
     p.add_argument("--pool-id", default=None, help="Hub id of the pool, for the card's source_datasets.")
+    p.add_argument(
+        "--license", "--hub_license", "--hub-license", dest="license", default=None,
+        help="Licence of the pushed selection, a Hub licence id such as mit, apache-2.0 or cc-by-4.0 (default: the "
+        "pool's, when known: the built-in sources' or the Hub pool card's).",
+    )
     p.add_argument("--private", action="store_true", help="Create the repos private.")
 
     r = commands.add_parser(
@@ -242,19 +254,26 @@ def _run_select(args) -> int:
         print(diverse_select(pool, args.budget, dry_run=True, **kwargs))
         return 0
     if args.push_to_hub:
+        from .hub import check_license
         from .hub_layout import check_repo_id
 
         check_repo_id(args.push_to_hub, "--push-to-hub")
+        check_license(args.license, "--license")
     subset, manifest = diverse_select(pool, args.budget, return_manifest=True, **kwargs)
     from .distributed import world
 
     if world()[0] != 0:  # under `accelerate launch`: every rank holds the result, rank 0 writes it
         return 0
     manifest.pool["source"] = _pool_source(args)
+    if manifest.decontamination is not None:  # the evaluation set by its file name or Hub id, not the builder's "json"
+        exclude = _data_source(args.exclude, args.exclude_config, args.exclude_split, None)
+        name = os.path.basename(exclude["path"]) if os.path.isabs(exclude["path"]) else exclude["path"]
+        manifest.decontamination["exclude"].update(name=name, source=exclude)
     if args.overwrite:
         _remove_earlier_selection(args.out)
     os.makedirs(args.out, exist_ok=True)
     subset.to_parquet(os.path.join(args.out, "subset.parquet"))
+    write_file_digest(os.path.join(args.out, "subset.parquet"))
     manifest.save(os.path.join(args.out, "manifest.json"))
     report = format_report(manifest)
     with open(os.path.join(args.out, "report.md"), "w", encoding="utf-8") as f:
@@ -264,7 +283,9 @@ def _run_select(args) -> int:
     if args.push_to_hub:
         from .hub import push_selection
 
-        url = push_selection(subset, args.push_to_hub, manifest=manifest, local_dir=args.out, private=args.private or None)
+        url = push_selection(
+            subset, args.push_to_hub, manifest=manifest, local_dir=args.out, private=args.private or None, license=args.license
+        )
         print(f"Pushed to {url}")
     return 0
 
@@ -346,11 +367,17 @@ def _load_tokenizer(name: str):
 
 
 def _pool_source(args) -> dict:
-    """Where the pool came from, so `load_selection` can load it again by itself."""
+    """Where the pool came from, so `load_selection` can load it again by itself (the built-in pool with its recipe:
+    `load_pool` builds it with seed 0 and the default rows per source)."""
     if args.pool == BUILTIN_POOL:
-        return {"path": BUILTIN_POOL}
-    path = os.path.abspath(args.pool) if os.path.exists(args.pool) else args.pool
-    return {"path": path, "config": args.config, "split": args.split, "revision": args.revision}
+        counts = ",".join(f"{source}={rows}" for source, rows in DEFAULT_ROWS_PER_SOURCE.items())
+        return {"path": BUILTIN_POOL, "seed": "0", "rows_per_source": counts}
+    return _data_source(args.pool, args.config, args.split, args.revision)
+
+
+def _data_source(name: str, config, split, revision) -> dict:
+    path = os.path.abspath(name) if os.path.exists(name) else name
+    return {"path": path, "config": config, "split": split, "revision": revision}
 
 
 def _run_train(args) -> int:
@@ -365,12 +392,13 @@ def _run_train(args) -> int:
 
 
 def _run_push(args) -> int:
-    from .hub import push_folder, push_selection
-    from .hub_layout import MANIFEST_FILE, PUSH_FILE, STAGING_DIR, is_staged, staging_folder
+    from .hub import check_license, push_folder, push_selection
+    from .hub_layout import MANIFEST_FILE, PUSH_FILE, STAGING_DIR, SUBSET_FILE, check_file_digest, is_staged, staging_folder
     from .manifest import Manifest
     from .publish import set_model_push
 
     folder = args.folder
+    check_license(args.license, "--license")
     if not os.path.isdir(folder):
         raise InvalidArgumentError(f"DIR {folder!r} is not a folder.")
     staged = staging_folder(folder)
@@ -379,17 +407,20 @@ def _run_push(args) -> int:
         model_repo = args.model_repo_id
         if model_repo and _has_model(folder):
             set_model_push(staged, model_repo, folder)
-        url = push_folder(staged, args.repo_id, private=private)
+        url = push_folder(staged, args.repo_id, private=private, license=args.license)
     elif is_staged(folder):  # a staged push that stopped
-        url = push_folder(folder, args.repo_id, private=private)
-    elif os.path.isfile(os.path.join(folder, MANIFEST_FILE)) and os.path.isfile(os.path.join(folder, "subset.parquet")):
+        url = push_folder(folder, args.repo_id, private=private, license=args.license)
+    elif os.path.isfile(os.path.join(folder, MANIFEST_FILE)) and os.path.isfile(os.path.join(folder, SUBSET_FILE)):
         if not args.repo_id:
             raise InvalidArgumentError(f"{folder} was never pushed: say where with --repo-id namespace/name.")
-        import datasets
-
-        subset = datasets.Dataset.from_parquet(os.path.join(folder, "subset.parquet"))
+        rows = os.path.join(folder, SUBSET_FILE)
+        # The rows as `select` wrote them, or nothing: an edited subset.parquet would go out beside the original's
+        # manifest and card.
+        check_file_digest(rows, "run `hf-idsel select ... --out DIR --overwrite` again to write the selection afresh.")
+        subset = _read_parquet(rows)
         url = push_selection(
-            subset, args.repo_id, manifest=Manifest.load(folder), pool_id=args.pool_id, local_dir=folder, private=private
+            subset, args.repo_id, manifest=Manifest.load(folder), pool_id=args.pool_id, local_dir=folder, private=private,
+            license=args.license,
         )
     else:
         raise InvalidArgumentError(
@@ -398,6 +429,16 @@ def _run_push(args) -> int:
         )
     print(f"Pushed to {url}")
     return 0
+
+
+def _read_parquet(path: str):
+    import datasets
+
+    try:
+        return datasets.Dataset.from_parquet(path)
+    except Exception as err:  # pyarrow's and datasets' errors for a truncated or foreign file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InvalidArgumentError(f"{path} is not a readable parquet file ({reason}).") from None
 
 
 def _has_model(folder: str) -> bool:
@@ -410,6 +451,9 @@ def _run_report(args) -> int:
     from .report import format_rounds, plot_cluster_map, plot_selection, read_rounds
 
     path = args.path
+    for flag, target in (("--plot", args.plot), ("--map", args.map)):
+        if target is not None:
+            _check_writable(target, flag)  # before anything is read or printed
     rounds = read_rounds(path) if os.path.isdir(path) else []  # a bad round file is named by read_rounds
     candidates = [path, os.path.join(path, MANIFEST_FILE), os.path.join(staging_folder(path), MANIFEST_FILE)]
     found = next((c for c in candidates if os.path.isfile(c)), None)
@@ -424,23 +468,64 @@ def _run_report(args) -> int:
         raise
     except (ValueError, OSError) as err:  # a truncated or corrupt file: json's and the decoder's errors are ValueErrors
         raise InvalidArgumentError(f"{found}: not a readable manifest ({err}).") from None
-    if manifest is not None:
-        print(format_report(manifest, top=args.top))
-    if rounds:
-        print()
-        sizes, descriptions = (manifest.cluster_sizes, manifest.cluster_descriptions) if manifest else (None, None)
-        print(format_rounds(rounds, sizes, top=args.top, descriptions=descriptions))
-    if args.plot:
-        if manifest is None:
-            raise InvalidArgumentError(f"--plot needs the run's manifest.json (not found under {path!r}).")
-        plot_selection(manifest, args.plot, rounds or None)
-        print(f"\nWrote {args.plot}")
-    if args.map:
-        if manifest is None:
-            raise InvalidArgumentError(f"--map needs the run's manifest.json (not found under {path!r}).")
-        plot_cluster_map(manifest, args.map)
-        print(f"\nWrote {args.map}")
+    if args.plot and manifest is None:
+        raise InvalidArgumentError(f"--plot needs the run's manifest.json (not found under {path!r}).")
+    if args.map and manifest is None:
+        raise InvalidArgumentError(f"--map needs the run's manifest.json (not found under {path!r}).")
+    # Manifest.load checks the fields a selection is rebuilt from; the report also reads descriptive ones
+    # (encoder, k_selection, decontamination details) that a hand-edited file may lack.
+    with _manifest_fields(found or path):
+        if manifest is not None:
+            print(format_report(manifest, top=args.top))
+        if rounds:
+            print()
+            sizes, descriptions = (manifest.cluster_sizes, manifest.cluster_descriptions) if manifest else (None, None)
+            print(format_rounds(rounds, sizes, top=args.top, descriptions=descriptions))
+        for flag, target, draw in (("--plot", args.plot, lambda: plot_selection(manifest, args.plot, rounds or None)),
+                                   ("--map", args.map, lambda: plot_cluster_map(manifest, args.map))):
+            if target is None:
+                continue
+            try:
+                draw()
+            except OSError as err:
+                raise InvalidArgumentError(f"{flag} {target!r}: cannot write it ({err.strerror or err}).") from None
+            print(f"\nWrote {target}")
     return 0
+
+
+def _check_writable(path: str, flag: str) -> None:
+    """Refuse an output file that cannot be written (a folder, under a file, a read-only place), by trying."""
+    import tempfile
+
+    if os.path.isdir(path):
+        raise InvalidArgumentError(f"{flag} {path!r} is a folder; pass a file name such as {os.path.join(path, 'plot.png')!r}.")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise InvalidArgumentError(f"{flag} {path!r}: {parent!r} is a file, so the plot cannot be written under it.")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise InvalidArgumentError(f"{flag} {path!r}: {parent!r} is not writable ({err.strerror or err}).") from None
+
+
+@contextlib.contextmanager
+def _manifest_fields(where: str):
+    try:
+        yield
+    except IdselError:
+        raise
+    except KeyError as err:
+        raise InvalidArgumentError(
+            f"{where}: the manifest lacks the field {err.args[0]!r} the report reads; use the manifest as hf_idsel wrote it."
+        ) from None
+    except (TypeError, ValueError, IndexError, AttributeError) as err:
+        raise InvalidArgumentError(
+            f"{where}: a field the report reads is malformed ({type(err).__name__}: {err}); use the manifest as hf_idsel "
+            "wrote it."
+        ) from None
 
 
 def _run_eval(args) -> int:

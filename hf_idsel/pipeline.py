@@ -69,16 +69,15 @@ class PoolClusters:
         positions = np.asarray(positions, dtype=np.int64)
         return positions if self.rows is None else self.rows[positions]
 
-    def labels_of_every_row(self, embeddings) -> np.ndarray:
-        """The cluster id of every pool row of `embeddings`: a row decontamination dropped takes its nearest centroid's
-        (it was in no cluster's k-means and is never drawn; the id keeps per-row tables whole)."""
+    def labels_of_every_row(self) -> np.ndarray:
+        """The cluster id of every pool row: a row decontamination dropped takes its nearest centroid's (it was in no
+        cluster's k-means and is never drawn; the id keeps per-row tables whole)."""
         if self.rows is None:
             return self.clustering.labels
-        labels = np.empty(len(embeddings), dtype=np.int64)
+        record = self.decontamination
+        labels = np.empty(len(self.rows) + record["removed"], dtype=np.int64)
         labels[self.rows] = self.clustering.labels
-        dropped = np.setdiff1d(np.arange(len(embeddings)), self.rows)
-        if len(dropped):
-            labels[dropped] = (embeddings[dropped] @ self.clustering.centroids.T).argmax(axis=1)
+        labels[np.asarray(record["removed_indices"], dtype=np.int64)] = record.get("nearest_clusters", [])
         return labels
 
 
@@ -129,7 +128,7 @@ def decontaminate_and_cluster(
             How `exclude` is embedded: the pool's `encoder`, `encoder_revision`, `embedding_column`, `tokenizer` and the
             [`embed.embed_dataset`] settings.
     """
-    rows, decontamination = None, None
+    rows, decontamination, every_vector = None, None, embeddings
     if exclude is not None:
         keep, decontamination = decontaminate_pool(
             pool, exclude, text, embeddings, ngram=ngram, ngram_threshold=ngram_threshold,
@@ -152,6 +151,11 @@ def decontaminate_and_cluster(
     clustering, k_selection = cluster_pool(
         embeddings, k, k_candidates=k_candidates, budget=budget_rows, seed=seed, kmeans_niter=kmeans_niter
     )
+    if decontamination is not None and decontamination["removed"]:
+        # Where each dropped row would have gone: the map and the report count the drops per cluster.
+        dropped = np.asarray(decontamination["removed_indices"], dtype=np.int64)
+        nearest = (every_vector[dropped] @ clustering.centroids.T).argmax(axis=1)
+        decontamination["nearest_clusters"] = [int(c) for c in nearest]
     descriptions = None
     if text is not None:
         descriptions = describe_pool(pool, text, clustering, seed=seed)

@@ -45,7 +45,7 @@ from .distributed import broadcast, equal_share
 from .errors import InvalidArgumentError, PushError
 from .evaluation import check_round_evaluation, evaluate_round
 from .hidden_states import HiddenStateEncoder
-from .hub import push_folder
+from .hub import model_repo_creation, push_folder
 from .hub_layout import DEFAULT_CONFIG, ITERATIVE_METHOD, round_config, selection_repo_id, staging_folder
 from .manifest import Manifest, encoder_record, pool_record
 from .pipeline import decontaminate_and_cluster, pool_embeddings
@@ -218,13 +218,15 @@ class IterativeSelectionTrainer(SFTTrainer):
             "ngram": exclude_ngram, "ngram_threshold": exclude_ngram_threshold, "cosine_threshold": exclude_cosine_threshold,
         }
 
-        # The card's license is checked before the Trainer creates any repo or loads anything heavy.
+        # The card's license is checked before the Trainer creates any repo or loads anything heavy (a base model card
+        # read under Hub timeouts; the repo creation of `Trainer.__init__` below too, a stall ending in PushError).
         self._base_model = base_model_id(model)
         self._license = base_model_license(self._base_model, args.hub_license, args.hub_token) if args.push_to_hub else args.hub_license
         self.scorer = as_scorer(scorer, args, device=args.device, show_progress=args.process_index == 0)
         self.scorer_name = scorer_name(self.scorer)
         pool_with_ids = train_dataset.add_column(ROW_ID, list(range(len(train_dataset))))
-        super().__init__(model, args=args, train_dataset=pool_with_ids, **kwargs)
+        with model_repo_creation(args.push_to_hub, args.hub_token):
+            super().__init__(model, args=args, train_dataset=pool_with_ids, **kwargs)
         # Before the pool is embedded: a scorer that cannot serve this run refuses it here.
         self.scorer.prepare(self._scoring_context(self.model))
         self.data_collator = _RowIdCollator(self.data_collator)
@@ -323,7 +325,7 @@ class IterativeSelectionTrainer(SFTTrainer):
                 encoder=encoder, embedding_column=args.embedding_column, **self._exclude_thresholds,
             )
             data = {
-                "labels": clusters.labels_of_every_row(embeddings).tolist(), "k": clusters.clustering.k,
+                "labels": clusters.labels_of_every_row().tolist(), "k": clusters.clustering.k,
                 "k_selection": clusters.k_selection, "encoder": encoder_record(identity, args.embedding_column, embeddings.shape[1]),
                 "descriptions": clusters.descriptions, "decontamination": clusters.decontamination,
                 "cluster_map": clusters.cluster_map,
