@@ -515,5 +515,5 @@ def _same(a, b) -> bool:
 
 
 def _short(value) -> str:
-    text = repr(value)
+    text = " ".join(repr(value).split())  # a Dataset's repr spans lines
     return text if len(text) <= 80 else f"{text[:77]}..."

@@ -185,8 +185,9 @@ def _current_names(manifest: Manifest) -> dict:
     for name, value in manifest.arguments.items():
         current = OLD_NAMES.get(name, name)
         if current in recorded and recorded[current] != value:
+            old = name if name != current else next(o for o, new in OLD_NAMES.items() if new == current and o in manifest.arguments)
             raise InvalidArgumentError(
-                f"{manifest.origin} records both `{current}` and its old name `{name}` among its `arguments`, with "
+                f"{manifest.origin} records both `{current}` and its old name `{old}` among its `arguments`, with "
                 "different values: the file was edited. Load it without `recompute`."
             )
         recorded[current] = value
