@@ -29,7 +29,7 @@ import datasets
 import numpy as np
 import trl
 
-from .errors import InvalidArgumentError
+from .errors import IdselError, InvalidArgumentError
 from .pool import BUILTIN_POOL
 from .pool import load_pool as load_split
 from .quality import DEFAULT_REFERENCE_MODEL, score_quality
@@ -150,10 +150,27 @@ class ScriptArguments(trl.ScriptArguments):
 
 
 class _Parser(trl.TrlParser):
-    """[`~trl.TrlParser`] whose usage errors are one line (status 2), as every error of the `hf-idsel` CLI."""
+    """[`~trl.TrlParser`] whose errors are one line, as every error of the `hf-idsel` CLI: usage errors and unknown
+    flags exit with status 2; a bad recipe or a value the dataclasses refuse is an [`InvalidArgumentError`]."""
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args_into_dataclasses(self, args=None, return_remaining_strings=False, **kwargs):
+        output = super().parse_args_into_dataclasses(args=args, return_remaining_strings=True, **kwargs)
+        if return_remaining_strings:
+            return output
+        if output[-1]:
+            self.error(f"unrecognized arguments: {' '.join(output[-1])}")
+        return output[:-1]
+
+    def parse_args_and_config(self, *args, **kwargs):
+        try:
+            return super().parse_args_and_config(*args, **kwargs)
+        except IdselError:
+            raise
+        except ValueError as err:  # a recipe that is no mapping, unknown recipe keys, TrainingArguments' own checks
+            raise InvalidArgumentError(str(err)) from None
 
 
 def make_parser(subparsers: Any = None, prog: str | None = None) -> trl.TrlParser:

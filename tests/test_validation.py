@@ -180,6 +180,35 @@ def test_config_keeps_valid_values_and_makes_numbers_plain(tmp_path):
     json.dumps(args.selection_arguments())  # the manifest records them
 
 
+def test_round_quotas_is_a_deprecated_name_of_quota_and_its_old_values_still_work(tmp_path):
+    """The static and iterative entry points name the quota rule alike: `quota`, 'proportional' or 'equal'. The config's
+    old name and values still work, with a FutureWarning naming the new ones; two different values are refused."""
+    from hf_idsel.config import recorded_fields
+    from hf_idsel.train import make_parser
+
+    with pytest.warns(FutureWarning, match="`round_quotas` is deprecated .* now called `quota`"):
+        old = _config(tmp_path, round_quotas="weights")
+    assert (old.quota, old.round_quotas) == ("equal", None)
+    with pytest.warns(FutureWarning, match="`quota`='size' is deprecated: it is now called 'proportional'"):
+        assert _config(tmp_path, quota="size").quota == "proportional"
+    with pytest.warns(FutureWarning):
+        assert _config(tmp_path, round_quotas="equal", quota="equal").quota == "equal"  # one value, both names
+    with pytest.warns(FutureWarning), pytest.raises(InvalidArgumentError, match="`round_quotas`='size' and `quota`='equal' disagree"):
+        _config(tmp_path, round_quotas="size", quota="equal")
+    with pytest.warns(FutureWarning), pytest.raises(InvalidArgumentError, match=r"`round_quotas`='sized'; choose one of"):
+        _config(tmp_path, round_quotas="sized")
+    # Recipes and the command line take both names.
+    with pytest.warns(FutureWarning):
+        _, parsed, _ = make_parser().parse_args_and_config(
+            ["--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false", "--round_quotas", "weights"]
+        )
+    assert parsed.quota == "equal"
+    # The manifests record the current name, and what they record is the fields marked RECORDED.
+    recorded = old.selection_arguments()
+    assert recorded["quota"] == "equal" and "round_quotas" not in recorded
+    assert tuple(recorded) == recorded_fields() and {"budget", "k", "embed_answer", "quality_temperature"} <= set(recorded)
+
+
 def test_trainer_refuses_a_pool_with_its_row_id_column_before_loading_the_model(tmp_path):
     from hf_idsel.trainer import ROW_ID, IterativeSelectionTrainer
 
