@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import sys
 import warnings
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
@@ -259,9 +260,10 @@ REPLAY_FROM_CALLER = tuple(name for name, record in _RECORD.items() if record in
 OLD_NAMES = {old: f.name for f in fields(SelectArguments) for old in f.metadata.get("old_names", ())}
 
 
-def take_old_names(arguments: dict, old: dict, *, stacklevel: int = 2) -> dict:
+def take_old_names(arguments: dict, old: dict) -> dict:
     """`arguments` (current name -> value) with the values given under deprecated names (`old`, old name -> value;
-    `None` is not given) moved to their current names, each with a `FutureWarning` naming the new name.
+    `None` is not given) moved to their current names, each with a `FutureWarning` naming the new name (pointing at
+    the first caller outside hf_idsel).
 
     Raises:
         [`InvalidArgumentError`]: an old name and its current name both given, with different values (a current name
@@ -275,7 +277,7 @@ def take_old_names(arguments: dict, old: dict, *, stacklevel: int = 2) -> dict:
         warnings.warn(
             f"`{old_name}` is deprecated and will be removed: it is now called `{new}`. Pass `{new}=` instead.",
             FutureWarning,
-            stacklevel=stacklevel + 1,
+            stacklevel=_outside_stacklevel(),
         )
         current = arguments.get(new, DEFAULTS[new])
         if not _same(current, DEFAULTS[new]) and not _same(current, value):
@@ -285,6 +287,15 @@ def take_old_names(arguments: dict, old: dict, *, stacklevel: int = 2) -> dict:
             )
         arguments[new] = value
     return arguments
+
+
+def _outside_stacklevel() -> int:
+    """The `stacklevel` that makes a warning issued by this function's caller point at the first frame outside
+    hf_idsel (the user's call, through `Dataset.diverse_select` or `load_selection` alike)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "hf_idsel":
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def load_tokenizer(name, argument: str = "tokenizer"):

@@ -122,7 +122,7 @@ def _replay_arguments(manifest: Manifest, overrides: dict) -> dict:
             f"only {list(_CALLER_ARGUMENTS)} may be passed."
         )
     current = {name: value for name, value in overrides.items() if name not in OLD_NAMES}
-    overrides = take_old_names(current, {name: overrides[name] for name in overrides if name in OLD_NAMES}, stacklevel=3)
+    overrides = take_old_names(current, {name: overrides[name] for name in overrides if name in OLD_NAMES})
     if manifest.method not in methods.METHODS:
         raise InvalidArgumentError(
             f"`recompute=True`: a {manifest.method!r} selection depends on a training run and cannot be re-run "

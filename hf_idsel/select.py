@@ -197,7 +197,7 @@ def diverse_select(
     given = locals()  # every argument by name: SelectArguments takes them as they are declared there
     current = {name: given[name] for name in SELECT_ARGUMENT_NAMES}
     old = {name: given[name] for name in OLD_NAMES}
-    args = SelectArguments(**take_old_names(current, old, stacklevel=2))
+    args = SelectArguments(**take_old_names(current, old))
     checks.check_flag(dry_run, "dry_run")
     checks.check_flag(return_manifest, "return_manifest")
     checks.check_name(split, "split")
