@@ -220,11 +220,8 @@ class IterativeSelectionTrainer(SFTTrainer):
         self.pool = train_dataset
         scorer = args.scorer if scorer is None else scorer
         self.budget_rows, self.round_sizes = self._check_selection_args(args, train_dataset, scorer)
-        # A bad threshold or evaluation set is refused before anything is embedded (a threshold with or without
-        # `exclude_dataset`, as diverse_select does: a bad value is a mistake either way).
-        self._decontamination = DecontaminationSettings.from_arguments(
-            exclude_ngram, exclude_ngram_threshold, exclude_cosine_threshold
-        )
+        # Bad thresholds (with or without `exclude_dataset`, as in diverse_select) or evaluation sets: refused now.
+        self._decontamination = DecontaminationSettings.from_arguments(exclude_ngram, exclude_ngram_threshold, exclude_cosine_threshold)
         if exclude_dataset is not None:
             exclude_render_options(as_dataset(exclude_dataset), self._render)
 
