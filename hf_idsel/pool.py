@@ -326,7 +326,7 @@ _SAVED_MARKERS = ("state.json", "dataset_dict.json")  # what `save_to_disk` writ
 def load_pool(
     source: str,
     *,
-    split: str = "train",
+    split: str | None = "train",
     config: str | None = None,
     revision: str | None = None,
     token=None,
@@ -342,7 +342,7 @@ def load_pool(
             local folder (`save_to_disk` output or data files), or a Hub dataset id.
         split (`str`, *optional*, defaults to `"train"`):
             The split to return. A single data file has one split, `"train"`; the built-in pool has one split and
-            ignores `split`.
+            ignores `split`. `None` is the only split, and refused (naming `split_argument`) when there are several.
         config (`str`, *optional*):
             Config name of a Hub dataset or a data folder.
         revision (`str`, *optional*):
@@ -371,10 +371,12 @@ def load_pool(
         ext = os.path.splitext(source)[1].lower()
         if ext not in _FILE_BUILDERS:
             raise InvalidArgumentError(f"{named}: unsupported file type {ext!r}; use one of {sorted(_FILE_BUILDERS)}.")
+        if _blank(source):
+            raise InvalidArgumentError(f"{named}: the file is empty; it holds no rows.")
         try:
             with _quiet_json_builder():
                 loaded = datasets.load_dataset(_FILE_BUILDERS[ext], data_files=source)
-        except datasets.exceptions.DatasetGenerationError as err:
+        except Exception as err:  # any failure to parse a user's file (a corrupt parquet, no JSON value) is theirs to fix
             bad_line = _json_error(source) if _FILE_BUILDERS[ext] == "json" else None
             if bad_line is not None:
                 raise InvalidArgumentError(f"{named}: {bad_line}; fix or remove that line.") from None
@@ -404,11 +406,26 @@ def load_pool(
             ) from None
     if isinstance(loaded, datasets.Dataset):
         return loaded
+    if split is None:  # the only split, whatever its name; several need a choice
+        if len(loaded) == 1:
+            return next(iter(loaded.values()))
+        raise InvalidArgumentError(
+            f"{source_argument}={source!r} has splits {list(loaded)}: pass {split_argument} to pick one."
+        )
     if split not in loaded:
         raise InvalidArgumentError(
             f"{split_argument}={split!r}: {source_argument}={source!r} has splits {list(loaded)}; pick one of them."
         )
     return loaded[split]
+
+
+def _blank(path: str) -> bool:
+    """Whether the file holds nothing but whitespace (read until the first other byte)."""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            if chunk.strip():
+                return False
+    return True
 
 
 def _looks_local(source: str) -> bool:
@@ -418,14 +435,17 @@ def _looks_local(source: str) -> bool:
 
 @contextlib.contextmanager
 def _quiet_json_builder():
-    # datasets' json builder logs an error of its own before it raises on a malformed file; ours names the line.
-    builder_logger = logging.getLogger("datasets.packaged_modules.json.json")
-    level = builder_logger.level
-    builder_logger.setLevel(logging.CRITICAL)
+    # datasets' json and parquet builders log an error of their own before they raise on a malformed file; ours
+    # names the file (and the line).
+    loggers = [logging.getLogger(f"datasets.packaged_modules.{name}.{name}") for name in ("json", "parquet")]
+    levels = [builder_logger.level for builder_logger in loggers]
+    for builder_logger in loggers:
+        builder_logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        builder_logger.setLevel(level)
+        for builder_logger, level in zip(loggers, levels):
+            builder_logger.setLevel(level)
 
 
 def _json_error(path: str) -> str | None:

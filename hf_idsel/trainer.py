@@ -36,8 +36,8 @@ from .decontaminate import (
     DEFAULT_COSINE_THRESHOLD,
     DEFAULT_NGRAM,
     DEFAULT_NGRAM_THRESHOLD,
+    DecontaminationSettings,
     as_dataset,
-    check_thresholds,
     exclude_render_options,
 )
 from .describe import short_terms
@@ -211,12 +211,10 @@ class IterativeSelectionTrainer(SFTTrainer):
         self.pool = train_dataset
         scorer = args.scorer if scorer is None else scorer
         self.budget_rows, self.round_sizes = self._check_selection_args(args, train_dataset, scorer)
-        if exclude_dataset is not None:  # a bad evaluation set or threshold is refused before anything is embedded
-            check_thresholds(exclude_ngram, exclude_ngram_threshold, exclude_cosine_threshold)
+        # Bad thresholds (with or without `exclude_dataset`, as in diverse_select) or evaluation sets: refused now.
+        self._decontamination = DecontaminationSettings.from_arguments(exclude_ngram, exclude_ngram_threshold, exclude_cosine_threshold)
+        if exclude_dataset is not None:
             exclude_render_options(as_dataset(exclude_dataset), self._render)
-        self._exclude_thresholds = {
-            "ngram": exclude_ngram, "ngram_threshold": exclude_ngram_threshold, "cosine_threshold": exclude_cosine_threshold,
-        }
 
         # The card's license is checked before the Trainer creates any repo or loads anything heavy (a base model card
         # read under Hub timeouts; the repo creation of `Trainer.__init__` below too, a stall ending in PushError).
@@ -321,8 +319,8 @@ class IterativeSelectionTrainer(SFTTrainer):
             # The stage diverse_select runs: rows matching `exclude_dataset` are left out of k-means and never drawn.
             clusters = decontaminate_and_cluster(
                 self.pool, embeddings, self._render, k=args.k_value, seed=args.selection_seed, budget=self.budget_rows,
-                exclude=self._exclude,
-                encoder=encoder, embedding_column=args.embedding_column, **self._exclude_thresholds,
+                exclude_dataset=self._exclude, decontamination=self._decontamination, encoder=encoder,
+                embedding_column=args.embedding_column,
             )
             data = {
                 "labels": clusters.labels_of_every_row().tolist(), "k": clusters.clustering.k,
@@ -356,7 +354,7 @@ class IterativeSelectionTrainer(SFTTrainer):
                 selection_seed=self.args.selection_seed,
                 quality=self.quality,
                 quality_temperature=self.args.quality_temperature,
-                quotas=self.args.round_quotas,
+                quotas=self.args.quota,
             ).tolist()
         self.selection.current_round = round_index
         self.selection.current_rows = broadcast(rows)

@@ -588,14 +588,14 @@ def test_research_code_quotas_are_equal_in_round_one_then_follow_the_weights_alo
     labels = _labels()  # clusters of 40, 30, 20, 10 rows
     trainable = np.ones(len(labels), dtype=bool)
     state = SelectionState.start(labels, 4)
-    first = draw_round(state, labels, 20, round_index=1, trainable=trainable, selection_seed=0, quotas="weights")
+    first = draw_round(state, labels, 20, round_index=1, trainable=trainable, selection_seed=0, quotas="equal")
     assert np.bincount(labels[first], minlength=4).tolist() == [5, 5, 5, 5]  # int(20 / 4) each
     # 22 rows: 5 each, the 2 left over by largest remainder (ties to the lower cluster id); budgets stay exact.
-    extra = draw_round(state, labels, 22, round_index=1, trainable=trainable, selection_seed=0, quotas="weights")
+    extra = draw_round(state, labels, 22, round_index=1, trainable=trainable, selection_seed=0, quotas="equal")
     assert np.bincount(labels[extra], minlength=4).tolist() == [6, 6, 5, 5]
     # A cluster smaller than its quota gives the rest to the others (the research code would crash):
     # 60 rows = 15 each, cluster 3 has 10, the other 50 split 17/17/16.
-    capped = draw_round(state, labels, 60, round_index=1, trainable=trainable, selection_seed=0, quotas="weights")
+    capped = draw_round(state, labels, 60, round_index=1, trainable=trainable, selection_seed=0, quotas="equal")
     assert np.bincount(labels[capped], minlength=4).tolist() == [17, 17, 16, 10]
     # The paper's quotas for the same 20 rows are size-proportional.
     sized = draw_round(state, labels, 20, round_index=1, trainable=trainable, selection_seed=0)
@@ -603,12 +603,12 @@ def test_research_code_quotas_are_equal_in_round_one_then_follow_the_weights_alo
     # Later rounds: proportional to the weight alone, whatever is left in each cluster...
     state.current_rows = first.tolist()
     state.weights = [0.5, 0.25, 0.25, 0.0]
-    second = draw_round(state, labels, 20, round_index=2, trainable=trainable, selection_seed=0, quotas="weights")
+    second = draw_round(state, labels, 20, round_index=2, trainable=trainable, selection_seed=0, quotas="equal")
     assert np.bincount(labels[second], minlength=4).tolist() == [10, 5, 5, 0]
     assert not set(second) & set(first)
     # ...where the paper's quotas weigh by the rows left too: shares 0.5 * 35, 0.25 * 25, 0.25 * 15 of 20 rows
     # = 12.73, 4.55, 2.73 -> 12, 4, 2 and the 2 largest remainders -> 13, 4, 3.
     paper = draw_round(state, labels, 20, round_index=2, trainable=trainable, selection_seed=0)
     assert np.bincount(labels[paper], minlength=4).tolist() == [13, 4, 3, 0]
-    with pytest.raises(InvalidArgumentError, match=r"`round_quotas`='equal'; choose one of \['size', 'weights'\]"):
-        draw_round(state, labels, 20, round_index=2, trainable=trainable, selection_seed=0, quotas="equal")
+    with pytest.raises(InvalidArgumentError, match=r"`quota`='weights'; choose one of \['proportional', 'equal'\]"):
+        draw_round(state, labels, 20, round_index=2, trainable=trainable, selection_seed=0, quotas="weights")

@@ -752,8 +752,8 @@ def test_research_code_preset_sets_every_choice_and_draws_its_quotas(tmp_path):
     pool = pool.select(np.flatnonzero((topics != 1) | (np.arange(len(pool)) % 2 == 0)))  # clusters of 24, 12, 24, 24
     trainer = make_trainer(tmp_path, pool=pool, preset="research_code", scorer=JudgeScorer(junk_judge), budget=48)
     a = trainer.args
-    assert (a.round_quotas, a.weight_update, a.weight_temperature, a.round_mode, a.scored_rows, a.embed_answer) == (
-        "weights", "softmax_replace", 1.0, "restart", "selected", False
+    assert (a.quota, a.weight_update, a.weight_temperature, a.round_mode, a.scored_rows, a.embed_answer) == (
+        "equal", "softmax_replace", 1.0, "restart", "selected", False
     )
     assert trainer._render.include_answer is False  # prompt-only text
     trainer.train()
@@ -777,7 +777,7 @@ def test_research_code_preset_sets_every_choice_and_draws_its_quotas(tmp_path):
         ({"preset": "research_code", "quality_column": "q"}, "draws uniformly inside clusters"),
         ({"preset": "paper"}, r"`preset`='paper'; choose one of \['research_code'\]"),
         ({"scored_rows": "all"}, r"`scored_rows`='all'; choose one of \['round', 'selected'\]"),
-        ({"round_quotas": "equal"}, r"`round_quotas`='equal'; choose one of \['size', 'weights'\]"),
+        ({"quota": "sized"}, r"`quota`='sized'; choose one of \['proportional', 'equal'\]"),
         ({"embed_answer": "no"}, r"`embed_answer`='no' must be True or False"),
     ],
 )
