@@ -63,16 +63,17 @@ PLAN_SETTINGS = (
 SCORER_SETTINGS = {"reward": ("reward_model", "reward_template"), "likelihood": ("reference_model",)}
 # What the plan records besides the settings: outcomes of the set-up, with the words an error uses for them.
 _DERIVED = {
-    "budget_rows": "rows of the budget",
-    "round_sizes": "rows per round",
-    "k_selection": "how k was chosen",
-    "cluster_terms": "clusters' terms",
-    "trainable_rows": "pool rows left to draw from after tokenization and `exclude_dataset`",
-    "rows_per_step": "rows per optimizer step (all processes)",
-    "epoch_steps": "optimizer steps of each epoch",
+    "budget_rows": "the budget in rows",
+    "round_sizes": "the rows per round",
+    "k_selection": "the choice of k (`k_selection`)",
+    "cluster_terms": "the clusters' terms",
+    "trainable_rows": "the pool rows left to draw from after tokenization and `exclude_dataset`",
+    "rows_per_step": "the rows per optimizer step (all processes)",
+    "epoch_steps": "the optimizer steps of each epoch",
 }
 _STEPS = ("rows_per_step", "epoch_steps")  # known once the epochs are planned: checked by `check_steps`
 _STATE_FIELDS = tuple(f.name for f in fields(SelectionState))
+_MAX_DEPTH = 16  # a state nests 6 levels deep (plan.k_selection.seed_check.silhouette.<k>)
 _FIX = "resume from another checkpoint, or start a new run in another `output_dir`"
 
 
@@ -158,6 +159,8 @@ def read_state(path: str) -> tuple[SelectionState, dict | None]:
             f"`resume_from_checkpoint`: {path} is not readable ({type(err).__name__}: {err}); {_FIX}."
         ) from None
     try:
+        if _nested_deeper(data, _MAX_DEPTH):
+            raise _Damaged(f"it is nested deeper than a selection state ({_MAX_DEPTH} levels)")
         plan = _check_fields(data)
     except _Damaged as err:
         raise InvalidArgumentError(
@@ -255,7 +258,7 @@ def check_plan(recorded: dict, current: dict, *, where: str, outcomes: bool = Fa
     """Refuse to resume a checkpoint whose recorded plan differs from the resuming run's, naming every setting that
     differs (with `outcomes`: every outcome of the set-up, such as the round sizes or how k was chosen)."""
     names = [n for n in dict.fromkeys([*current, *recorded]) if n not in _STEPS and (n in _DERIVED) == outcomes]
-    changed = [n for n in names if _canonical(recorded.get(n, "<unset>")) != _canonical(current.get(n, "<unset>"))]
+    changed = [n for n in names if n not in recorded or n not in current or not _same(recorded[n], current[n])]
     if changed:
         raise InvalidArgumentError(
             f"`resume_from_checkpoint`: {where} was saved by a run with another selection plan ("
@@ -334,7 +337,7 @@ def replay_state(
             "weight_update": plan["weight_update"] if strict or record.weight_update is not None else None,
             "cluster_terms": terms if strict or record.cluster_terms is not None else None,
         }
-        wrong = [name for name, value in checks.items() if _canonical(getattr(record, name)) != _canonical(value)]
+        wrong = [name for name, value in checks.items() if not _same(getattr(record, name), value)]
         if wrong:
             raise damaged(f"`rounds[{i}].{wrong[0]}`={_short(getattr(record, wrong[0]))} is not what this run records")
         if state.epoch_end_steps and record.global_step != state.epoch_end_steps[r * epochs - 1]:
@@ -407,15 +410,35 @@ def check_steps(
 
 
 def _name(setting: str) -> str:
-    return f"`{setting}`" if setting not in _DERIVED else f"the {_DERIVED[setting]}"
+    return _DERIVED.get(setting, f"`{setting}`")
 
 
 def _value(plan: dict, name: str) -> str:
     return _short(plan[name]) if name in plan else "not used"
 
 
-def _canonical(value) -> str:
-    return json.dumps(value, sort_keys=True)
+def _same(a, b) -> bool:
+    """Equal JSON values, numbers up to float noise: k-means on other thread counts may move the last bits of a
+    silhouette score that `k_selection` records, without moving a label."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[key], b[key]) for key in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return _is_finite(a) and _is_finite(b) and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return type(a) is type(b) and a == b
+
+
+def _nested_deeper(data, limit: int) -> bool:
+    """Whether JSON `data` nests lists and objects deeper than `limit` (walked without recursion)."""
+    stack = [(data, 1)] if isinstance(data, (dict, list)) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def _expect(value, kinds, name: str, what: str) -> None:

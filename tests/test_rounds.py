@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from hf_idsel.checkpoint import STATE_FILE, read_state, state_digest, write_state
+from hf_idsel.checkpoint import STATE_FILE, check_plan, read_state, state_digest, write_state
 from hf_idsel.errors import InvalidArgumentError
 from hf_idsel.rounds import (
     RoundRecord,
@@ -635,6 +635,7 @@ def test_a_state_file_reads_back_what_was_written_whatever_its_layout(tmp_path):
         (json.dumps({**data, "weights": [10**400, 0, 0, 0]}), r"`weights` is not a list of 4 finite weights >= 0"),
         (json.dumps({k: v for k, v in data.items() if k != "digest"}), r"missing fields \['digest'\]"),
         ("[" * 100_000, "is not readable"),
+        (json.dumps({**data, "plan": {"rounds": 3, "k_selection": json.loads("[" * 40 + "]" * 40)}}), "nested deeper"),
     ):
         open(path, "w").write(text)
         with pytest.raises(InvalidArgumentError, match=f"^`resume_from_checkpoint`: {re.escape(path)}.*{match}"):
@@ -654,3 +655,19 @@ def _close_round_record() -> dict:
     state.current_rows = [0, 40]
     return close_round(state, labels, np.ones(len(labels), dtype=bool), np.array([0, 40]), np.array([1.0, 2.0]),
                        rule="softmax", temperature=1.0, scorer="loss", scored=True, global_step=1, k_selection=None).to_dict()
+
+
+def test_a_recorded_plan_is_compared_setting_by_setting_and_a_silhouette_up_to_float_noise():
+    plan = {"rounds": 3, "weight_update": "softmax", "k_selection": {"mode": "auto", "silhouette": {"4": 0.3125}}}
+    noisy = {**plan, "k_selection": {"mode": "auto", "silhouette": {"4": 0.3125 * (1 + 1e-15)}}}
+    check_plan(plan, noisy, where="x.json")  # the settings: no outcome is compared unless asked
+    check_plan(plan, noisy, where="x.json", outcomes=True)  # k-means on other threads: the last bits of a score
+    moved = {**plan, "k_selection": {"mode": "auto", "silhouette": {"4": 0.3126}}}
+    with pytest.raises(InvalidArgumentError, match=r"^`resume_from_checkpoint`: x.json was saved by a run with another "
+                       r"selection plan \(the choice of k \(`k_selection`\): .*0\.3125\}\} in the checkpoint, .*0\.3126\}\} now\)"):
+        check_plan(plan, moved, where="x.json", outcomes=True)
+    with pytest.raises(InvalidArgumentError, match=r"\(`rounds`: 3 in the checkpoint, 4 now; `scorer`: not used in the "
+                       r"checkpoint, 'loss' now\): resuming would change the selection mid-run"):
+        check_plan(plan, {**plan, "rounds": 4, "scorer": "loss"}, where="x.json")
+    with pytest.raises(InvalidArgumentError, match="`rounds`: 3 in the checkpoint, True now"):
+        check_plan(plan, {**plan, "rounds": True}, where="x.json")

@@ -989,7 +989,7 @@ def _shift_the_weights(data):
         (lambda c: _edit_state(c, _shift_the_weights, seal=True), r": `rounds\[0\].weights` are not what the weight rule gives"),
         (lambda c: _edit_state(c, lambda d: d.update(pending_losses=[[960, 1.0]]), seal=True), r": `pending_losses`: .*\[960, 1.0\]"),
         (lambda c: _edit_state(c, lambda d: d.update(epochs_done=2, epoch_end_steps=[2, 4]), seal=True), r"`epochs_done`=2 does not close"),
-        (lambda c: _edit_state(c, lambda d: d["plan"].update(budget_rows=25), seal=True), r"the rows of the budget: 25 in the checkpoint, 24 now"),
+        (lambda c: _edit_state(c, lambda d: d["plan"].update(budget_rows=25), seal=True), r"the budget in rows: 25 in the checkpoint, 24 now"),
         (lambda c: _edit_state(c, lambda d: d.update(format_version=3)), r"`format_version`=3 is not a format this hf_idsel reads"),
         (lambda c: _edit_state(c, _as_format_1, seal=False) or _edit_state(c, _repeat_a_row), r"`current_rows` repeats row"),
     ],
