@@ -478,7 +478,10 @@ def _is_int(value) -> bool:
 
 def _is_number(value, *, finite: bool = True) -> bool:
     number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    return number and (not finite or math.isfinite(value))
+    try:
+        return number and (not finite or math.isfinite(value))
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def round_records(rounds) -> list[RoundRecord]:
