@@ -377,16 +377,16 @@ def _load_stream(pool_name: str, command: SelectCommandArguments) -> "datasets.I
     """POOL as a `datasets.IterableDataset` (`load_dataset(..., streaming=True)`), for `--streaming`."""
     import datasets
 
-    from .pool import _FILE_BUILDERS
+    from .pool import FILE_BUILDERS
 
     if pool_name == BUILTIN_POOL:
         raise InvalidArgumentError("--streaming reads a Hub dataset or local data files; the built-in pool is loaded whole, drop --streaming.")
     if command.dry_run:
         raise InvalidArgumentError("--dry_run needs the pool's size, which a stream only knows once read; drop --streaming or --dry_run.")
     if os.path.isfile(pool_name):
-        builder = _FILE_BUILDERS.get(os.path.splitext(pool_name)[1].lower())
+        builder = FILE_BUILDERS.get(os.path.splitext(pool_name)[1].lower())
         if builder is None:
-            raise InvalidArgumentError(f"POOL={pool_name!r}: unsupported file type; use one of {sorted(_FILE_BUILDERS)}.")
+            raise InvalidArgumentError(f"POOL={pool_name!r}: unsupported file type; use one of {sorted(FILE_BUILDERS)}.")
         return datasets.load_dataset(builder, data_files=pool_name, split="train", streaming=True)
     try:
         return datasets.load_dataset(

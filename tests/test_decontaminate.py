@@ -26,7 +26,7 @@ POOL_ROWS = {"gsm8k": 1219, "humaneval": 144}
 def held_out(pool, source: str, count: int, seed: int = 1) -> list[list[dict]]:
     """`count` rows of `source` that the pool does not hold: evaluation items, in the pool's message layout."""
     used = set(pool["origin_id"])
-    rows = [m for origin, m in builtin._source_rows(source, builtin._data_file(source)) if origin not in used]
+    rows = [m for origin, m in builtin.source_rows(source) if origin not in used]
     picked = np.random.default_rng(seed).choice(len(rows), size=count, replace=False)
     return [rows[i] for i in sorted(picked)]
 
