@@ -146,6 +146,27 @@ def test_no_module_is_over_800_lines(name):
 
 
 BENCH = sorted((ROOT / "bench").glob("*.py"))
+SCRIPTS = sorted((ROOT / "scripts").glob("*.py"))
+
+
+def test_bench_and_scripts_import_only_public_names_that_exist():
+    """Every `from hf_idsel.x import y` in bench/ and scripts/, function-level ones included (a whole-file import
+    check never runs those), names a public name that the module has."""
+    import importlib
+
+    found = []
+    for path in BENCH + SCRIPTS:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom) or node.level or not (node.module or "").startswith("hf_idsel"):
+                continue
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                where = f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}.{alias.name}"
+                if _private(alias.name):
+                    found.append(where + " (a private name)")
+                elif not hasattr(module, alias.name) and f"{node.module}.{alias.name}" not in MODULES:
+                    found.append(where + " (no such name)")
+    assert not found, "\n".join(found)
 
 
 def test_every_bench_script_still_imports():
