@@ -80,9 +80,11 @@ def test_laptop_recipe_on_two_cpu_ranks(tmp_path):
     chosen = [row for f in files for row in f["selected"]]
     assert len(set(chosen)) == budget and all(0 <= row < pool_rows for row in chosen)
     assert all(f["scorer"] == recipe["scorer"] and f["k"] == recipe["k"] for f in files)
-    # Both ranks trained: each step takes `batch` rows per rank, so a round is half the steps of one process.
-    steps_two_ranks = math.ceil(per_round / (batch * 2))
-    assert steps_two_ranks != math.ceil(per_round / batch)
+    # Both ranks trained: each step takes `batch` x `accumulation` rows per rank, so a round is half the steps of one
+    # process.
+    accumulation = recipe["gradient_accumulation_steps"]
+    steps_two_ranks = math.ceil(math.ceil(per_round / (batch * 2)) / accumulation)
+    assert steps_two_ranks != math.ceil(math.ceil(per_round / batch) / accumulation)
     assert [f["global_step"] for f in files] == [steps_two_ranks * (r + 1) for r in range(rounds)]
     # Every trained row was scored: the losses of both ranks were gathered.
     assert all(f["scored_rows"] == per_round for f in files)
@@ -294,6 +296,10 @@ def test_cli_train_then_report(tmp_path, capsys, caplog):
     assert len(lines) == 2 and all(r.levelname == "INFO" for r in caplog.records if r.getMessage() in lines)
     assert lines[0].startswith("round 1/2: drew 8 rows (8 of 16); weight up: cluster ")
     assert lines[1].startswith("round 2/2: drew 8 rows (16 of 16); ")
+    # The recipe's schedule moves the weights from the first step: no warm-up step at learning rate 0.
+    state = json.loads((out / "trainer_state.json").read_text())
+    rates = [entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry]
+    assert len(rates) == 2 and rates[0] > 0
     moved = np.asarray(files[0]["weights"]) - 1 / 8
     up, down = int(np.argmax(moved)), int(np.argmin(moved))
     assert f"weight up: cluster {up} {files[0]['cluster_terms'][up]!r} 0.125 -> {files[0]['weights'][up]:.3g}" in lines[0]
