@@ -1,7 +1,7 @@
 """Peak memory of the laptop recipe, stage by stage: where the RSS of `hf_idsel.train` goes.
 
     .venv/bin/python bench/memory.py [--config recipes/smollm2-135m/iterative_sft/config_lora.yaml]
-        [--budget 16] [--max_pool_rows 256] [--out docs/memory_results.json] [-- extra recipe overrides]
+        [--budget 16] [--max_pool_rows 256] [--out docs/memory_results.json --label NAME] [-- extra recipe overrides]
 
 Runs the recipe in a fresh subprocess (offline, `OMP_NUM_THREADS=1` unless set), at reduced steps when
 `--budget` is lowered (the peak of a training step does not depend on how many steps run), and reports the
@@ -30,8 +30,8 @@ thread samples the RSS every 5 ms, and the whole run's peak is also read from
 reset high-water mark resets it too, so there it is not a whole-run figure). `rss_after` is what a stage leaves
 resident when it returns.
 
-Writes a JSON file with every number, the git commit, the machine and its load average, and prints a
-markdown table.
+Prints a markdown table; `--out` keeps every number under `--label` in a JSON file, with the git commit, the
+machine, its load average, the learning rate of every step and the round lines the run logged.
 """
 
 from __future__ import annotations
@@ -308,8 +308,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="The recipe (default: the laptop LoRA recipe).")
     parser.add_argument("--budget", type=int, default=None, help="Rows selected (fewer steps); the recipe's by default.")
     parser.add_argument("--max_pool_rows", type=int, default=None, help="Pool sample; the recipe's by default.")
-    parser.add_argument("--out", default=None, help="Write the results JSON here.")
-    parser.add_argument("--label", default=None, help="A name for this run in the results.")
+    parser.add_argument(
+        "--out", default=None, help="Results JSON: the run is stored under its label there, beside the runs already in it."
+    )
+    parser.add_argument("--label", default="run", help="The run's name in `--out` (a run of the same name is replaced).")
     parser.add_argument("extra", nargs="*", help="Further recipe overrides, after `--`.")
     args = parser.parse_args(argv)
     # The code measured is the code when the run starts.
@@ -322,10 +324,20 @@ def main(argv: list[str] | None = None) -> dict:
     result = {**facts, **measure(args.config, budget=args.budget, max_pool_rows=args.max_pool_rows, extra=args.extra)}
     print(table(result))
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
+        store(args.out, args.label, result)
     return result
+
+
+def store(path: str, label: str, result: dict) -> None:
+    """Keep `result` under `label` in the results file `path` (`{"runs": {label: result, ...}}`)."""
+    runs = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            runs = json.load(f)["runs"]
+    runs[label] = result
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"runs": runs}, f, indent=2)
+        f.write("\n")
 
 
 if __name__ == "__main__":
