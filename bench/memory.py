@@ -279,8 +279,10 @@ def measure(config: str = DEFAULT_CONFIG, *, budget: int | None = None, max_pool
             result = json.load(f)
     # ru_maxrss is in KiB on Linux (bytes on macOS); the child is the only one this process waited for.
     scale = 1 if sys.platform == "darwin" else 1024
+    # Recorded without this machine's paths: the recipe relative to the repository, the output in a temporary folder.
+    shown = [os.path.relpath(a, REPO) if a == config else "<tmp>/out" if a.startswith(folder) else a for a in argv]
     result.update(
-        argv=argv, omp_num_threads=env["OMP_NUM_THREADS"], process_wall_seconds=round(wall, 1),
+        argv=shown, omp_num_threads=env["OMP_NUM_THREADS"], process_wall_seconds=round(wall, 1),
         ru_maxrss=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale,
         load_average_before=[round(x, 2) for x in load_before],
         load_average_after=[round(x, 2) for x in os.getloadavg()],
