@@ -52,7 +52,7 @@ from .manifest import Manifest, encoder_record, pool_record
 from .pipeline import decontaminate_and_cluster, pool_embeddings
 from .publish import set_model_push, stage_run
 from .render import prompt_and_answer, prompt_turns, resolve_render_options, training_render_options
-from .rounds import SelectionState, close_round, draw_round, round_metrics, selection_manifest, write_round_file
+from .rounds import SelectionState, close_round, draw_round, round_metrics, round_summary, selection_manifest, write_round_file
 from .scorers import RoundScorer, ScoringContext, as_scorer, gold_answers_needed, per_row_loss, scorer_name
 
 __all__ = ["IterativeSelectionConfig", "IterativeSelectionTrainer"]
@@ -478,6 +478,7 @@ class IterativeSelectionTrainer(SFTTrainer):
             metrics.update({f"eval/{name}": value for name, value in record.eval["metrics"].items()})
         if self.accelerator.is_main_process:
             write_round_file(os.path.join(self.args.output_dir, "selection"), record)
+            logger.info(round_summary(self.selection, rounds=self.args.rounds, budget_rows=self.budget_rows))
         self.log(metrics)
         if self.args.push_to_hub and self.accelerator.is_main_process:
             self._push_round(record.round)
