@@ -283,6 +283,7 @@ class IterativeSelectionTrainer(SFTTrainer):
 
             self.add_callback(SelectionTablesCallback(self))
         self._pool_info = None
+        self._checkpoint_state = None  # the selection state of the checkpoint being saved (main process)
 
     # ---- set-up ----
 
@@ -721,15 +722,25 @@ class IterativeSelectionTrainer(SFTTrainer):
         return push_folder(self.staging_dir, token=token, private=private if private is not None else self.args.hub_private_repo)
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
         # What the scorer keeps of the round in progress lives on every rank: collect it so a resume scores the same round.
         pending = self._gather(self.scorer.state())
-        if not self.accelerator.is_main_process:
-            return
-        state = copy.deepcopy(self.selection)
-        state.pending_losses = [list(x) for x in pending]
-        state.pool_digest = self._pool_record()["digest"]
-        write_state(state, os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}"), self._selection_plan())
+        self._checkpoint_state = None
+        if self.accelerator.is_main_process:
+            state = copy.deepcopy(self.selection)
+            state.pending_losses = [list(x) for x in pending]
+            state.pool_digest = self._pool_record()["digest"]
+            self._checkpoint_state = state
+        super()._save_checkpoint(model, trial)
+        self._write_checkpoint_state(os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}"))
+
+    def _push_from_checkpoint(self, checkpoint_folder):
+        # Trainer pushes the checkpoint (hub_strategy) before `_save_checkpoint` returns: the state goes with it.
+        self._write_checkpoint_state(checkpoint_folder)
+        super()._push_from_checkpoint(checkpoint_folder)
+
+    def _write_checkpoint_state(self, folder: str) -> None:
+        if self._checkpoint_state is not None:
+            write_state(self._checkpoint_state, folder, self._selection_plan())
 
     def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial):
         epochs_trained, steps_in_epoch = super()._init_training_state(
@@ -769,6 +780,12 @@ class IterativeSelectionTrainer(SFTTrainer):
                     f"`resume_from_checkpoint`: {folder!r} holds no {STATE_FILE}; it was not written by IterativeSelectionTrainer."
                 )
             state, recorded = self._load_selection_state(path)
+            if state.epochs_done >= self.args.rounds * self.args.epochs_per_round:
+                raise InvalidArgumentError(
+                    f"`resume_from_checkpoint`: {folder} is the end of a finished run (all {self.args.rounds} rounds "
+                    "trained): nothing is left to train. Load the model from it, or publish the run with "
+                    "`hf-idsel push OUTPUT_DIR`."
+                )
             self.selection = state
             self._resumed_from = (path, recorded)
             self._sync_sampler()
