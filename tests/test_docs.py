@@ -1,6 +1,7 @@
 """The README and docs/ a reader follows: the README's two commands are what CI runs, it stays a short
 entry page, and every relative link (file and anchor) in README.md, docs/ and recipes/ leads somewhere."""
 
+import ast
 import re
 from pathlib import Path
 
@@ -47,3 +48,20 @@ def test_every_relative_link_leads_to_a_file_and_heading_that_exist(page):
         elif anchor and file.suffix == ".md" and anchor not in _anchors(file):
             broken.append(target)
     assert not broken, f"{page.relative_to(REPO)}: broken links {broken}"
+
+
+def test_every_test_the_docs_name_exists():
+    """docs/testing.md maps each promise to the tests that guard it; a renamed test must not leave a dead name."""
+    defined, files = set(), set()
+    for path in (REPO / "tests").glob("test_*.py"):
+        files.add(path.name)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        defined |= {(path.name, n.name) for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")}
+    names = {name for _, name in defined}
+    missing = []
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        missing += [m.group(0) for m in re.finditer(r"(test_\w+\.py)::(test_\w+)", text) if m.groups() not in defined]
+        missing += [m.group(1) for m in re.finditer(r"`(test_\w+)`", text) if m.group(1) not in names and f"{m.group(1)}.py" not in files]
+        missing += [m.group(1) for m in re.finditer(r"\b(test_\w+\.py)\b", text) if m.group(1) not in files]
+    assert not missing, f"tests named in the docs that do not exist: {sorted(set(missing))}"
