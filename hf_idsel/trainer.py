@@ -52,84 +52,13 @@ from .manifest import Manifest, encoder_record, pool_record
 from .pipeline import decontaminate_and_cluster, pool_embeddings
 from .publish import set_model_push, stage_run
 from .render import prompt_and_answer, prompt_turns, resolve_render_options, training_render_options
+from .round_sampler import ROW_ID, RoundSampler, RowIdCollator
 from .rounds import SelectionState, close_round, draw_round, round_metrics, round_summary, selection_manifest, write_round_file
 from .scorers import RoundScorer, ScoringContext, as_scorer, gold_answers_needed, per_row_loss, scorer_name
 
 __all__ = ["IterativeSelectionConfig", "IterativeSelectionTrainer"]
 
 logger = logging.getLogger(__name__)
-
-ROW_ID = "hf_idsel_row"
-
-
-class RoundSampler(torch.utils.data.Sampler):
-    """Yields the rows of the current round (positions in the prepared dataset) in the order that
-    `train_sampling_strategy` asks for, reseeded every epoch.
-
-    Its length is the current round's row count, so the dataloader's length (batches per rank, as
-    accelerate shards them) is the length of the epoch that runs; the trainer sizes each epoch and
-    the learning-rate schedule from it.
-
-    Args:
-        seed (`int`):
-            Seed of the order; the same seed and epoch give the same order on every rank.
-        strategy (`str`, *optional*, defaults to `"random"`):
-            `"random"` (a seeded shuffle), `"sequential"` (the order the rows were drawn in) or
-            `"group_by_length"` (transformers' length-grouped shuffle, so batches pad less).
-        lengths (`list[int]`, *optional*):
-            Token length of every prepared row; needed by `"group_by_length"`.
-        batch_size (`int`, *optional*, defaults to `1`):
-            Rows per optimizer step, the size of the groups `"group_by_length"` makes.
-    """
-
-    def __init__(self, seed: int, strategy: str = "random", lengths=None, batch_size: int = 1):
-        if strategy == "group_by_length" and lengths is None:
-            raise InvalidArgumentError("train_sampling_strategy='group_by_length' needs the rows' token lengths.")
-        self.length = 0
-        self.seed = seed
-        self.strategy = strategy
-        self.lengths = lengths
-        self.batch_size = batch_size
-        self.positions: list[int] = []
-        self.epoch = 0
-
-    def set_rows(self, positions) -> None:
-        self.positions = [int(p) for p in positions]
-        self.length = len(self.positions)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self):
-        if self.strategy == "sequential":
-            return iter(list(self.positions))
-        generator = torch.Generator()
-        generator.manual_seed(self.seed * 1_000_003 + self.epoch)
-        if self.strategy == "group_by_length":
-            from transformers.trainer_pt_utils import get_length_grouped_indices
-
-            lengths = [int(self.lengths[p]) for p in self.positions]
-            order = get_length_grouped_indices(lengths, self.batch_size, generator=generator)
-        else:
-            order = torch.randperm(len(self.positions), generator=generator).tolist()
-        return iter([self.positions[i] for i in order])
-
-
-class _RowIdCollator:
-    """Carries each example's pool row id past the collator, as a tensor the loss can read."""
-
-    def __init__(self, collator):
-        self.collator = collator
-
-    def __call__(self, examples):
-        rows = [example.pop(ROW_ID, -1) for example in examples]
-        batch = self.collator(examples)
-        batch[ROW_ID] = torch.tensor(rows, dtype=torch.long)
-        return batch
-
 
 class _RoundCallback(TrainerCallback):
     """Closes a round when the last epoch of that round ends."""
@@ -227,7 +156,7 @@ class IterativeSelectionTrainer(SFTTrainer):
             super().__init__(model, args=args, train_dataset=pool_with_ids, **kwargs)
         # Before the pool is embedded: a scorer that cannot serve this run refuses it here.
         self.scorer.prepare(self._scoring_context(self.model))
-        self.data_collator = _RowIdCollator(self.data_collator)
+        self.data_collator = RowIdCollator(self.data_collator)
         self._set_signature_columns_if_needed()
         self._signature_columns = list(self._signature_columns) + [ROW_ID]
 
