@@ -428,6 +428,9 @@ def main(argv=None) -> dict:
     if args.render_only or args.merge:
         with open(os.path.join(args.out, RESULTS_FILE), encoding="utf-8") as f:
             results = json.load(f)
+        if "code" not in results:
+            raise ValueError(f"{args.out}/{RESULTS_FILE} was written by the v1 harness (no commit recorded): render it with "
+                             "that harness, `git show 759f518:bench/fidelity.py`")
         if args.merge:
             with open(args.merge, encoding="utf-8") as f:
                 results = merge_results(results, json.load(f))
