@@ -175,8 +175,10 @@ def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: s
     items = sum(len(v) for v in heldout.values())
     if items < cfg.min_heldout_items:
         raise ValueError(f"{items} held-out items, fewer than min_heldout_items={cfg.min_heldout_items}")
+    t1, c1 = time.perf_counter(), time.process_time()
     base_eval = evaluate(base, tokenizer, heldout, cfg)
-    timings.update(setup_s=time.perf_counter() - t, setup_cpu_s=time.process_time() - c)
+    timings.update(setup_s=time.perf_counter() - t, setup_cpu_s=time.process_time() - c,
+                   base_eval_s=time.perf_counter() - t1, base_eval_cpu_s=time.process_time() - c1)
     arrays = {"is_junk": np.asarray(pool["is_junk"], dtype=bool), "kind": np.asarray(pool["kind"]),
               "origin": np.asarray(pool["origin"]), "quality": np.asarray(pool["quality"], dtype=np.float64)}
     logger.info("Pool: %d rows (%d junk), held-out %s, budget %d, k %s; base model %s", len(pool), arrays["is_junk"].sum(),

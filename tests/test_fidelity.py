@@ -438,7 +438,7 @@ def test_tiny_experiment_writes_consistent_results(tmp_path):
         assert by[("kmq-clusterq", seed)]["k"] == by[("kmq", seed)]["k"] == default["k"]
         assert by[("kmq", seed)]["k_selection"]["mode"] == "auto" and by[("kmq", seed)]["k_selection"]["silhouette"]
         assert by[("junk-only", seed)]["junk_share"] == 1.0 and by[("oracle-clean", seed)]["junk_share"] == 0.0
-    assert [(c["arm"], c["reference"]) for c in on_disk["contrasts"]] == [list(c) for c in fidelity_arms.CONTRASTS]
+    assert [(c["arm"], c["reference"]) for c in on_disk["contrasts"]] == list(fidelity_arms.CONTRASTS)
     assert on_disk["scorer_decision"]["decided"]
     part = on_disk["selection_only"]
     assert part["seeds"] == 4 and part["arms"] == list(fidelity_arms.SELECTION_ONLY_ARMS) and len(part["k_per_seed"]) == 4
