@@ -40,7 +40,7 @@ import hf_idsel  # noqa: E402
 from hf_idsel import scorers  # noqa: E402
 from hf_idsel.rounds import cluster_scores, sample_rows_per_cluster  # noqa: E402
 from hf_idsel.render import prompt_and_answer, resolve_render_options  # noqa: E402
-from hf_idsel.select import pool_embeddings  # noqa: E402
+from hf_idsel.pipeline import pool_embeddings  # noqa: E402
 from hf_idsel.trainer import IterativeSelectionConfig, IterativeSelectionTrainer  # noqa: E402
 
 DEFAULT_POOL = {"gsm8k": 150, "humaneval": 50, "chitchat": 150, "mmlu": 150}
@@ -48,7 +48,7 @@ DEFAULT_POOL = {"gsm8k": 150, "humaneval": 50, "chitchat": 150, "mmlu": 150}
 
 def load_model(name: str):
     if name == "tiny":
-        from _tiny import make_tiny_llama
+        from helpers import make_tiny_llama
 
         return make_tiny_llama()
     from hf_idsel.quality import load_reference_model, unquantized

@@ -120,10 +120,10 @@ def pool_digest(pool: datasets.Dataset) -> str:
 
 
 def cluster_shared(embeddings: np.ndarray, k, seed: int, budget: int):
-    """The clustering every arm of a seed shares: `hf_idsel.select.cluster_pool`, what diverse_select and the
+    """The clustering every arm of a seed shares: `hf_idsel.pipeline.cluster_pool`, what diverse_select and the
     trainer call, given the row budget when the installed cluster_pool takes one (the paper's k rule caps k
     by it). Each run's own clustering is checked against it."""
-    from hf_idsel.select import cluster_pool
+    from hf_idsel.pipeline import cluster_pool
 
     extra = {"budget": budget} if "budget" in inspect.signature(cluster_pool).parameters else {}
     return cluster_pool(embeddings, k, seed=seed, **extra)

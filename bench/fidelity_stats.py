@@ -20,7 +20,7 @@ from fidelity_pool import DOMAINS, PRIMARY_METRIC
 ALPHA = 0.05
 POWER = 0.8
 # Paths whose changes change what a run computes: a tree dirty there is not the recorded commit.
-CODE_PATHS = ("hf_idsel", "bench", "pyproject.toml", "tests/_tiny.py")
+CODE_PATHS = ("hf_idsel", "bench", "pyproject.toml", "tests/helpers.py")
 # Metrics compared arm against arm, seed by seed.
 PAIRED_METRICS = tuple(f"loss_{d}" for d in DOMAINS) + (PRIMARY_METRIC, "loss_mean_all", "mmlu_acc", "junk_share", "coverage")
 

@@ -29,7 +29,7 @@ def load_base(cfg: FidelityConfig):
         tests = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")
         if tests not in sys.path:
             sys.path.insert(0, tests)
-        from _tiny import make_tiny_llama
+        from helpers import make_tiny_llama
 
         model, tokenizer = make_tiny_llama()
     else:

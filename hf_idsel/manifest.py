@@ -38,6 +38,7 @@ from typing import Any
 import datasets
 import numpy as np
 
+from .cluster import K_RULES, local_maxima, near_ties, seed_spread
 from .errors import InvalidArgumentError, SelectionMismatchError
 
 logger = logging.getLogger(__name__)
@@ -213,7 +214,9 @@ class Manifest:
         k_selection (`dict`):
             `{"mode": "fixed"}` or `{"mode": "auto", "candidates": [...], "silhouette": {k: score}}`; since k="auto"
             judges the whole pool's clustering it also holds `"chosen"`, `"standard_error"` (`{k: error}`),
-            `"grid"`, `"search"` and `"estimator"` (the silhouette's settings, see [`cluster.KSelection.record`]).
+            `"grid"`, `"search"` and `"estimator"` (the silhouette's settings); since it follows the paper's range,
+            `"rule"`, `"best"`, `"local_maxima"`, `"budget"`, `"range"` and, for the rule "paper", `"seed_check"`
+            and `"ties"` (see [`cluster.KSelection.record`]).
         budget (`dict`):
             `requested`, `rows` and, for token budgets, `max_tokens`, `tokens`, `tokenizer`.
         cluster_sizes (`list[int]`):
@@ -242,7 +245,7 @@ class Manifest:
             [`decontaminate.decontaminate`]). `cluster_sizes` then count the rows left. `None` in manifests written
             before hf_idsel decontaminated, or when nothing was excluded.
         cluster_map (`list[list[float]]`, *optional*):
-            One `[x, y]` per cluster: its centroid on a 2-D map of the pool (see [`report.centroid_map`]), for
+            One `[x, y]` per cluster: its centroid on a 2-D map of the pool (see [`pipeline.centroid_map`]), for
             [`report.plot_cluster_map`]. For readers, covered by no digest; `None` in manifests written before.
         cluster_descriptions (`list[dict]`, *optional*):
             One `{"terms", "examples", "example_rows"}` per cluster (see [`describe.describe_clusters`]): its
@@ -592,7 +595,7 @@ def _check_fields(data, origin: str) -> None:
     for name in ("cluster_sizes", "selected_per_cluster"):
         if len(lists[name]) != k:
             raise _FieldError(f"`{name}` has {len(lists[name])} entries; `k`={k} needs one per cluster.")
-    removed = _check_decontamination(data.get("decontamination"), rows, indices)
+    removed = _check_decontamination(data.get("decontamination"), rows, indices, k)
     if any(not 0 <= s <= rows for s in sizes) or sum(sizes) != rows - removed:
         left = f" less the {removed} rows decontamination removed" if removed else ""
         raise _FieldError(f"`cluster_sizes` must be non-negative and sum to `pool.num_rows`={rows}{left}.")
@@ -626,27 +629,68 @@ def _check_fields(data, origin: str) -> None:
 
 
 def _check_k_selection(record: dict, k: int) -> None:
-    """A k="auto" record's silhouette curve: int keys, numbers, and the chosen k is the manifest's k."""
+    """A k="auto" record: the silhouette curve (int keys, numbers), the chosen k is the manifest's k, and the fields
+    derived from the curve (best, local maxima, seed spread, near-ties) are what the curve gives. Records written
+    before a field existed simply lack it."""
     if record.get("mode") != "auto":
         return
+    if "silhouette" not in record:
+        raise _FieldError("`k_selection.silhouette` is missing: a k='auto' record holds the curve that chose k.")
     for name in ("silhouette", "standard_error"):
-        curve = record.get(name, {})
-        if not isinstance(curve, dict) or not all(
-            key.isdigit() and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            for key, v in curve.items()
-        ):
-            raise _FieldError(f"`k_selection.{name}`={_short(curve)} must map each candidate k to a number.")
+        _check_curve(record.get(name, {}), f"k_selection.{name}")
     if "candidates" in record and record["candidates"] != sorted(int(c) for c in record["silhouette"]):
         raise _FieldError("`k_selection.candidates` must be the candidates of `k_selection.silhouette`, ascending.")
     if "chosen" in record and record["chosen"] != k:
         raise _FieldError(f"`k_selection.chosen`={_short(record['chosen'])} must be the manifest's `k`={k}.")
+    curve = {int(c): v for c, v in record["silhouette"].items()}
+    if "rule" in record and record["rule"] not in K_RULES:
+        raise _FieldError(f"`k_selection.rule`={_short(record['rule'])} must be one of {list(K_RULES)}.")
+    if "best" in record and curve and record["best"] != max(curve, key=lambda c: (curve[c], -c)):
+        raise _FieldError(f"`k_selection.best`={_short(record['best'])} is not the candidate with the highest silhouette.")
+    if record.get("rule") == "global" and record.get("best", k) != k:
+        raise _FieldError("`k_selection.best` must be the manifest's `k` under the rule 'global'.")
+    if "local_maxima" in record and record["local_maxima"] != local_maxima(curve):
+        raise _FieldError(f"`k_selection.local_maxima`={_short(record['local_maxima'])} are not the silhouette curve's.")
+    check = record.get("seed_check")
+    if check is not None:
+        if not isinstance(check, dict) or not isinstance(check.get("seed"), int) or not _is_finite(check.get("spread")):
+            raise _FieldError(f"`k_selection.seed_check`={_short(check)} must hold an int `seed`, `silhouette` and a number `spread`.")
+        _check_curve(check.get("silhouette"), "k_selection.seed_check.silhouette")
+        again = {int(c): v for c, v in check["silhouette"].items()}
+        if not set(again) <= set(curve) or not math.isclose(check["spread"], seed_spread(curve, again), rel_tol=1e-9, abs_tol=1e-12):
+            raise _FieldError("`k_selection.seed_check.spread` is not the spread of its scores against the curve's.")
+    ties = record.get("ties")
+    if ties is not None:
+        errors = {int(c): v for c, v in record.get("standard_error", {}).items()}
+        if (
+            not isinstance(ties, dict) or check is None or set(errors) != set(curve) or not _is_finite(ties.get("z"))
+            or ties.get("rule") != "smallest k"
+        ):
+            raise _FieldError(f"`k_selection.ties`={_short(ties)} needs `z`, rule 'smallest k', a seed check and every standard error.")
+        tied = near_ties(curve, errors, check["spread"], z=ties["z"])
+        if ties.get("tied") != tied or record.get("chosen", k) != tied[0]:
+            raise _FieldError(f"`k_selection.ties.tied`={_short(ties.get('tied'))} must be the near-ties {tied}, and k their smallest.")
+
+
+def _check_curve(curve, name: str) -> None:
+    if not isinstance(curve, dict) or not all(
+        isinstance(key, str) and key.isdigit() and _is_finite(v) for key, v in curve.items()
+    ):
+        raise _FieldError(f"`{name}`={_short(curve)} must map each candidate k to a number.")
 
 
 def _is_finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+    """Whether `value` is a number (not a bool) whose float value is finite. Any JSON number is answered: an int of
+    any size (one past the float range, about 1.8e308, is not finite), a float, or NaN/inf (`json` reads those)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int (or a fraction) too large for a float
+        return False
 
 
-def _check_decontamination(record, rows: int, selected: list) -> int:
+def _check_decontamination(record, rows: int, selected: list, k: int) -> int:
     """The number of rows decontamination removed; refuses a record whose rows are not distinct pool rows kept
     out of the selection, or whose per-row lists do not align with them."""
     if record is None:
@@ -661,6 +705,13 @@ def _check_decontamination(record, rows: int, selected: list) -> int:
     for name in ("matched_items", "ngram_overlap", "cosine"):
         if not isinstance(record.get(name), list) or len(record[name]) != len(removed):
             raise _FieldError(f"`decontamination.{name}` must be a list with one entry per removed row.")
+    nearest = record.get("nearest_clusters")  # written since the map marks drops; older records lack it
+    if nearest is not None and (
+        not isinstance(nearest, list) or len(nearest) != len(removed) or not all(_is_int(c) and 0 <= c < k for c in nearest)
+    ):
+        raise _FieldError(
+            f"`decontamination.nearest_clusters`={_short(nearest)} must hold one cluster id in [0, {k}) per removed row."
+        )
     if set(removed) & set(selected):
         raise _FieldError("`decontamination.removed_indices` and `selected_indices` share rows: a removed row was selected.")
     return len(removed)

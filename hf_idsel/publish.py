@@ -1,44 +1,85 @@
-"""Publish: push selected rows, manifests, a dataset card and a plot to the Hub, nothing lost on failure.
+"""Publish: the push engine. Selected rows, manifests, a dataset card and a plot go to the Hub, nothing lost on failure.
 
 Every push is staged first: the rows (one parquet file per config), the manifests, the plot, the
 round files and the card are written to a local folder together with `hf_idsel_push.json`, which
 lists the push steps and the ones already done. Steps then run in order (repository, each config
 through `datasets`' own `push_to_hub`, the other files, the card last so that the `configs`
-metadata `datasets` wrote is kept). A step that fails with a network or server error is retried with
-back-off; a failure that retrying cannot fix stops at once. Either way [`PushError`] says what was
-pushed, what was not, and the command that finishes the push from the staged folder
-(`hf-idsel push FOLDER`).
+metadata `datasets` wrote is kept). Every request has connect and read timeouts ([`hub_client`]); a step
+that fails with a network error, a timeout or a server error is retried with back-off; a failure that
+retrying cannot fix stops at once. Either way [`PushError`] says what was pushed, what was not, and the
+command that finishes the push from the staged folder (`hf-idsel push FOLDER`).
+
+What goes out is what was staged: the plan records the sha256 of each data file as written, and a file
+edited (or removed) since is refused by name before any request. Manifests go out as published
+([`provenance.published_manifest`]): a local pool is named by its file name and content digest, and no
+file holding the staging folder's path or a local path the manifests record is uploaded.
+
+The engine pushes the cards it finds staged; it renders none. Where a push learns its repos only
+while it runs (a bare repo name the Hub puts under the token's namespace, the model repo), the
+[`CardWriters`] it is given write the cards again for them: [`hub.CARD_WRITERS`] are hf_idsel's.
+The layout of the staged folder and of the repos is [`hub_layout`]'s.
 """
 
 from __future__ import annotations
 
-import json
+import glob
 import logging
 import os
-import re
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import datasets
 
-from .errors import InvalidArgumentError, PushError
-from .hub_layout import DEFAULT_CONFIG, ITERATIVE_METHOD, PUSH_FILE, ROUND_COLUMN, STAGING_DIR, manifest_path
-from .manifest import Manifest, indices_digest, selection_subset
+from .errors import InvalidArgumentError, PushError, redact_token
+from .hub_client import hub_timeouts
+from .hub_layout import (
+    CARD_FILE,
+    CLUSTER_MAP_FILE,
+    DATA_DIR,
+    DEFAULT_CONFIG,
+    MANIFEST_FILE,
+    MANIFESTS_DIR,
+    PLOT_FILE,
+    PUSH_FILE,
+    ROUND_COLUMN,
+    SELECTION_DIR,
+    SUBSET_FILE,
+    UPLOADED_FILES,
+    check_repo_id,
+    check_staged_files,
+    config_order,
+    data_file,
+    is_staged,
+    manifest_path,
+    read_plan,
+    record_staged_file,
+    write_plan,
+)
+from .manifest import Manifest, selection_subset
+from .provenance import local_paths, published_manifest
 from .report import plot_cluster_map, plot_selection
-from .rounds import write_round_file
+from .rounds import RoundRecord, round_records, write_round_file
 
 logger = logging.getLogger(__name__)
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
-_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def check_repo_id(repo_id, argument: str = "repo_id") -> str:
-    if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id) or len(repo_id) > 96 or "--" in repo_id or ".." in repo_id:
-        raise InvalidArgumentError(
-            f"`{argument}`={repo_id!r} is not a Hub repo id: use 'namespace/name' (letters, digits, '-', '_', '.')."
-        )
-    return repo_id
+@dataclass(frozen=True)
+class CardWriters:
+    """What writes a staged push's cards again once the push knows the repos they go to.
+
+    Args:
+        dataset (`Callable[[str, str, str | bool | None], bool]`):
+            `(folder, repo_id, token)`: write the dataset card staged in `folder` for the dataset repo `repo_id`.
+        model (`Callable[[str, str, str | None], bool]`):
+            `(model_folder, model_repo_id, dataset_repo_id)`: write the model card in `model_folder` for the model
+            repo it is uploaded to and the dataset repo of its selection.
+    """
+
+    dataset: Callable[[str, str, str | bool | None], bool]
+    model: Callable[[str, str, str | None], bool]
 
 
 # ---- staging ----
@@ -51,47 +92,98 @@ def stage(
     subsets: dict[str, datasets.Dataset],
     manifests: dict[str, Manifest],
     card,
-    rounds: list[dict] | None = None,
+    rounds: list[RoundRecord] | None = None,
     private: bool | None = None,
     plot_manifest: Manifest | None = None,
+    license: str | None = None,
 ) -> str:
     """Write everything a push needs under `folder`, and the push plan `hf_idsel_push.json`.
 
     Configs already staged and pushed stay recorded: staging `round_2` after `round_1` was pushed
-    only adds the new steps.
+    only adds the new steps. The plan records the sha256 of every data file as written (and of a
+    `select --out` folder's `subset.parquet`), and the push refuses a file edited since.
     """
-    os.makedirs(os.path.join(folder, "data"), exist_ok=True)
-    plan = read_plan(folder) if os.path.isfile(os.path.join(folder, PUSH_FILE)) else None
+    rounds = round_records(rounds or [])
+    os.makedirs(os.path.join(folder, DATA_DIR), exist_ok=True)
+    plan = read_plan(folder) if is_staged(folder) else None
     if plan is not None and plan["repo_id"] != repo_id:
         raise InvalidArgumentError(
             f"{folder} already stages a push to {plan['repo_id']!r}, not {repo_id!r}: use another local folder."
         )
-    plan = plan or {"repo_id": repo_id, "repo_type": "dataset", "private": private, "configs": [], "done": []}
+    plan = plan or {"repo_id": repo_id, "repo_type": "dataset", "private": private, "configs": [], "done": [], "digests": {}}
+    plan.setdefault("digests", {})
+    if license is not None:
+        plan["license"] = license
+    if os.path.isfile(os.path.join(folder, SUBSET_FILE)):  # a `select --out` folder: checked by the caller
+        record_staged_file(plan, folder, SUBSET_FILE)
     for name, subset in subsets.items():
-        subset.to_parquet(os.path.join(folder, "data", f"{name}.parquet"))
+        subset.to_parquet(os.path.join(folder, data_file(name)))
+        record_staged_file(plan, folder, data_file(name))
         if name not in plan["configs"]:
             plan["configs"].append(name)
         _undo(plan, f"config:{name}")
     for name, manifest in manifests.items():
         manifest.save(os.path.join(folder, manifest_path(name)))
-    if rounds:
-        for r in rounds:
-            write_round_file(os.path.join(folder, "selection"), r)
+    for r in rounds:
+        write_round_file(os.path.join(folder, SELECTION_DIR), r)
     if plot_manifest is not None:
-        plot_selection(plot_manifest, os.path.join(folder, "selection.png"), rounds)
+        plot_selection(plot_manifest, os.path.join(folder, PLOT_FILE), rounds or None)
         if plot_manifest.cluster_map:
-            plot_cluster_map(plot_manifest, os.path.join(folder, "cluster_map.png"))
+            plot_cluster_map(plot_manifest, os.path.join(folder, CLUSTER_MAP_FILE))
     if card is not None:
-        card.save(os.path.join(folder, "README.md"))
+        card.save(os.path.join(folder, CARD_FILE))
         _undo(plan, "card")
     _undo(plan, "files")
-    _write_plan(folder, plan)
+    write_plan(folder, plan)
     return folder
 
 
-def iterative_subset(pool: datasets.Dataset, manifest: Manifest, rounds: list[dict]) -> datasets.Dataset:
+def stage_run(
+    folder: str,
+    repo_id: str,
+    *,
+    pool: datasets.Dataset,
+    rounds: list[RoundRecord],
+    manifests: dict[str, Manifest],
+    everything: Manifest,
+    card,
+    private: bool | None = None,
+    license: str | None = None,
+) -> str:
+    """Stage configs of an iterative run: each config's rows (with the round that drew each, `ROUND_COLUMN`) and
+    manifest, every round file, the plot of all rows selected so far and the run's dataset card.
+
+    Args:
+        folder (`str`):
+            The run's staging folder ([`hub_layout.staging_folder`]).
+        repo_id (`str`):
+            The dataset repo the selection goes to.
+        pool (`datasets.Dataset`):
+            The pool the run selects from.
+        rounds (`list[RoundRecord]`):
+            The finished rounds.
+        manifests (`dict[str, Manifest]`):
+            The configs to stage (`round_<r>`, `default`) and their manifests.
+        everything (`Manifest`):
+            The manifest of every row selected so far: the plot's.
+        card (`DatasetCard`, *optional*):
+            The run's dataset card ([`cards.run_dataset_card`]).
+        private (`bool`, *optional*):
+            Create the repo private.
+        license (`str`, *optional*):
+            The selection's licence (its card's), kept in the plan for the cards written again at push time.
+    """
+    rounds = round_records(rounds)
+    return stage(
+        folder, repo_id,
+        subsets={name: iterative_subset(pool, manifest, rounds) for name, manifest in manifests.items()},
+        manifests=manifests, card=card, rounds=rounds, private=private, plot_manifest=everything, license=license,
+    )
+
+
+def iterative_subset(pool: datasets.Dataset, manifest: Manifest, rounds: list[RoundRecord]) -> datasets.Dataset:
     """The rows of an iterative run's manifest, each with the round that drew it (`ROUND_COLUMN`)."""
-    round_of = {row: r["round"] for r in rounds for row in r["selected"]}
+    round_of = {row: r.round for r in round_records(rounds) for row in r.selected}
     drawn_in = [round_of[row] for row in manifest.selected_indices]
     return selection_subset(pool, manifest.selected_indices, manifest.selected_clusters, **{ROUND_COLUMN: drawn_in})
 
@@ -101,36 +193,23 @@ def _undo(plan: dict, step: str) -> None:
         plan["done"].remove(step)
 
 
-def read_plan(folder: str) -> dict:
-    path = os.path.join(folder, PUSH_FILE)
-    if not os.path.isfile(path):
-        raise InvalidArgumentError(f"{folder} holds no {PUSH_FILE}: it is not a folder staged by hf_idsel for a push.")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _write_plan(folder: str, plan: dict) -> None:
-    tmp = os.path.join(folder, PUSH_FILE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(plan, f, indent=2)
-    os.replace(tmp, os.path.join(folder, PUSH_FILE))
-
-
 def plan_steps(plan: dict, include_model: bool = True) -> list[str]:
     # Default config last among the data: datasets then marks it as the default without a later rewrite.
-    configs = sorted(plan["configs"], key=lambda c: (c == DEFAULT_CONFIG, _config_order(c)))
+    configs = sorted(plan["configs"], key=lambda c: (c == DEFAULT_CONFIG, config_order(c)))
     steps = ["repo"] + [f"config:{c}" for c in configs] + ["files", "card"]
     if include_model and plan.get("model"):
         steps.append("model")
     return steps
 
 
-def _config_order(name: str):
-    match = re.match(r"round_(\d+)$", name)
-    return (0, int(match.group(1)), name) if match else (1, 0, name)
-
-
 # ---- pushing ----
+
+
+RESTAGE_FIX = (
+    "stage the selection again from its source (`hf-idsel select ... --overwrite --push-to-hub REPO`, `push_selection(...)`, "
+    "or the trainer's `push_to_hub()`), or put the file back as it was staged."
+)
+"""What a refused staged file's error tells the user to do."""
 
 
 def push_staged(
@@ -142,8 +221,17 @@ def push_staged(
     include_model: bool = True,
     max_retries: int = 4,
     backoff: float = 1.0,
+    cards: CardWriters | None = None,
+    license: str | None = None,
+    timeout=None,
 ) -> str:
     """Run the steps of a staged push that are not done yet; returns the dataset repo's URL.
+
+    Before any request, every data file still to upload is checked against the sha256 recorded when it was
+    staged: an edited (or missing) file is refused by name. Every request has connect and read timeouts
+    ([`hub_client.hub_timeouts`]): a Hub that stops answering fails the step, which is retried like a network error.
+    Manifests are uploaded as published ([`provenance.published_manifest`]: no absolute local path), and no file
+    holding the staging folder's path or a local path its manifests record is uploaded.
 
     Args:
         folder (`str`):
@@ -157,28 +245,52 @@ def push_staged(
         include_model (`bool`, *optional*, defaults to `True`):
             Also upload the trained model the plan names (trainer output directories).
         max_retries (`int`, *optional*, defaults to `4`):
-            Retries of a step that failed with a network error, 408/429 or a 5xx answer.
+            Retries of a step that failed with a network error, a timeout, 408/429 or a 5xx answer.
         backoff (`float`, *optional*, defaults to `1.0`):
             First wait in seconds; doubles at each retry.
+        cards ([`CardWriters`], *optional*):
+            What writes the cards again for the repos the push reaches ([`hub.CARD_WRITERS`]); without it the
+            staged cards are pushed as they are.
+        license (`str`, *optional*):
+            The selection's licence: recorded in the plan, and the dataset card written again with it.
+        timeout (`float` or `tuple[float, float]`, *optional*):
+            Seconds a request waits for a connection and for each read, or `(connect, read)`; default: the
+            environment's `HF_IDSEL_HUB_CONNECT_TIMEOUT` / `HF_IDSEL_HUB_READ_TIMEOUT`, else 10 / 60.
     """
     from huggingface_hub import HfApi
 
+    from .hub_client import HubTimeouts
+
+    timeouts = HubTimeouts.resolve(timeout)
     plan = read_plan(folder)
+    pending = [c for c in plan["configs"] if f"config:{c}" not in plan["done"] or repo_id not in (None, plan["repo_id"])]
+    checked = [data_file(c) for c in pending] + ([SUBSET_FILE] if SUBSET_FILE in plan.get("digests", {}) else [])
+    check_staged_files(folder, plan, checked, RESTAGE_FIX)
+    if license is not None and license != plan.get("license"):
+        plan["license"] = license
+        _undo(plan, "card")
+        write_plan(folder, plan)
+        if cards is not None:
+            cards.dataset(folder, repo_id or plan["repo_id"], token)
     if repo_id is not None and repo_id != plan["repo_id"]:
         check_repo_id(repo_id)
         plan.update(repo_id=repo_id, done=[])
-        _restage_card(folder, repo_id, token)
+        if cards is not None:
+            cards.dataset(folder, repo_id, token)
     if private is not None:
         plan["private"] = private
     api = HfApi(token=token)
     steps = plan_steps(plan, include_model)
-    for step in steps:
-        if step in plan["done"]:
-            continue
-        _run_with_retries(lambda: _run_step(api, folder, plan, step, token), step, plan, steps, folder, token, max_retries, backoff)
-        plan["done"].append(step)
-        _write_plan(folder, plan)
-        logger.info("Pushed %s to %s", step, plan["repo_id"])
+    with hub_timeouts(timeouts):
+        for step in steps:
+            if step in plan["done"]:
+                continue
+            _run_with_retries(
+                lambda: _run_step(api, folder, plan, step, token, cards), step, plan, steps, folder, token, max_retries, backoff
+            )
+            plan["done"].append(step)
+            write_plan(folder, plan)
+            logger.info("Pushed %s to %s", step, plan["repo_id"])
     return f"{api.endpoint}/datasets/{plan['repo_id']}"
 
 
@@ -193,27 +305,20 @@ def set_model_push(folder: str, repo_id: str, model_folder: str, *, commit_messa
     }
     plan["model"] = model
     _undo(plan, "model")  # new weights every time
-    _write_plan(folder, plan)
+    write_plan(folder, plan)
 
 
-def queue_model_upload(folder: str) -> None:
-    """Mark the model upload of a staged push as not done, so that `hf-idsel push` sends the model folder again
-    (after its card changed)."""
-    plan = read_plan(folder)
-    _undo(plan, "model")
-    _write_plan(folder, plan)
-
-
-def _run_step(api, folder: str, plan: dict, step: str, token) -> None:
+def _run_step(api, folder: str, plan: dict, step: str, token, cards: CardWriters | None) -> None:
     repo_id = plan["repo_id"]
     if step == "repo":
         url = api.create_repo(repo_id, repo_type="dataset", private=plan.get("private"), exist_ok=True)
         if url.repo_id != repo_id:  # a bare name: the Hub put the repo under the token's namespace
             plan["repo_id"] = url.repo_id
-            _restage_card(folder, url.repo_id, token)
+            if cards is not None:
+                cards.dataset(folder, url.repo_id, token)
     elif step.startswith("config:"):
         name = step.split(":", 1)[1]
-        rows = datasets.Dataset.from_parquet(os.path.join(folder, "data", f"{name}.parquet"))
+        rows = datasets.Dataset.from_parquet(os.path.join(folder, data_file(name)))
         rows.push_to_hub(
             repo_id,
             config_name=name,
@@ -223,23 +328,22 @@ def _run_step(api, folder: str, plan: dict, step: str, token) -> None:
             commit_message=f"hf_idsel: rows of config {name}",
         )
     elif step == "files":
-        patterns = ["manifest.json", "manifests/*.json", "selection/*.json", "selection.png", "cluster_map.png"]
-        api.upload_folder(
-            repo_id=repo_id,
-            repo_type="dataset",
-            folder_path=folder,
-            allow_patterns=patterns,
-            commit_message="hf_idsel: manifests, round files and plot",
-        )
+        from huggingface_hub import CommitOperationAdd
+
+        operations = [CommitOperationAdd(path, content) for path, content in published_files(folder)]
+        if operations:
+            api.create_commit(
+                repo_id=repo_id, repo_type="dataset", operations=operations,
+                commit_message="hf_idsel: manifests, round files and plot",
+            )
     elif step == "card":
         _push_card(api, folder, repo_id, token)
     elif step == "model":
-        from .cards import refresh_model_card  # cards imports this module's Hub layout constants
-
         model = plan["model"]
         model["repo_id"] = api.create_repo(model["repo_id"], private=plan.get("private"), exist_ok=True).repo_id
         model_folder = os.path.normpath(os.path.join(folder, model["folder"]))
-        refresh_model_card(model_folder, model["repo_id"], dataset_id=repo_id)  # the card names the repos pushed to
+        if cards is not None:
+            cards.model(model_folder, model["repo_id"], repo_id)  # the card names the repos pushed to
         api.upload_folder(
             repo_id=model["repo_id"],
             folder_path=model_folder,
@@ -252,29 +356,67 @@ def _run_step(api, folder: str, plan: dict, step: str, token) -> None:
         raise InvalidArgumentError(f"Unknown push step {step!r} in {os.path.join(folder, PUSH_FILE)}.")
 
 
-def _restage_card(folder: str, repo_id: str, token) -> None:
-    from .cards import restage_dataset_card  # cards imports this module's Hub layout constants
+def published_files(folder: str) -> list[tuple[str, bytes]]:
+    """What the "files" step uploads from a staged folder, as `(path in the repo, bytes)`: the manifests as published
+    ([`provenance.published_manifest`]), the round files and the plots.
 
-    restage_dataset_card(folder, repo_id, token)
+    Raises:
+        [`InvalidArgumentError`]: a file would publish the staging folder's path or a local path a manifest records.
+    """
+    files, forbidden = [], [os.path.abspath(folder)]
+    for pattern in UPLOADED_FILES:
+        for path in sorted(glob.glob(os.path.join(folder, pattern))):
+            in_repo = os.path.relpath(path, folder).replace(os.sep, "/")
+            if in_repo == MANIFEST_FILE or in_repo.startswith(f"{MANIFESTS_DIR}/"):
+                manifest = Manifest.load(path)
+                forbidden += local_paths(manifest)
+                content = (published_manifest(manifest).to_json() + "\n").encode()
+            else:
+                with open(path, "rb") as f:
+                    content = f.read()
+            files.append((in_repo, content))
+    for in_repo, content in files:
+        check_no_local_path(in_repo, content, forbidden)
+    return files
+
+
+def check_no_local_path(name: str, content: bytes | str, paths: list[str]) -> None:
+    """Refuse to publish `content` (the file `name`) when it holds one of the local `paths`."""
+    content = content.encode() if isinstance(content, str) else content
+    for path in paths:
+        if len(path) > 1 and path.encode() in content:
+            raise InvalidArgumentError(
+                f"{name} holds the local path {path!r}; hf_idsel publishes no local path (report this as a bug, with "
+                "the staged folder)."
+            )
 
 
 def _push_card(api, folder: str, repo_id: str, token) -> None:
     """Our card with the `configs`/`dataset_info` metadata `datasets` wrote to the repo's card."""
     from huggingface_hub import DatasetCard
 
-    path = os.path.join(folder, "README.md")
+    path = os.path.join(folder, CARD_FILE)
     if not os.path.isfile(path):
         return
     ours = DatasetCard.load(path)
+    forbidden = [os.path.abspath(folder)] + [p for m in _staged_manifests(folder) for p in local_paths(m)]
+    check_no_local_path(CARD_FILE, str(ours), forbidden)
     try:
         remote = DatasetCard.load(repo_id, token=token)
         for key in ("configs", "dataset_info"):
             if remote.data.get(key) is not None:
                 ours.data[key] = remote.data.get(key)
     except Exception as err:
-        if _status(err) not in (None, 404):
+        # The card datasets wrote is always there after the rows: only its absence is no error. A timeout or a
+        # dropped connection is retried, never taken for "no card" (the `configs` metadata would be lost).
+        if _status(err) != 404:
             raise
     ours.push_to_hub(repo_id, token=token, commit_message="hf_idsel: dataset card")
+
+
+def _staged_manifests(folder: str) -> list[Manifest]:
+    paths = [os.path.join(folder, MANIFEST_FILE)] + sorted(glob.glob(os.path.join(folder, MANIFESTS_DIR, "*.json")))
+    return [Manifest.load(p) for p in paths if os.path.isfile(p)]
 
 
 def _status(err) -> int | None:
@@ -287,8 +429,33 @@ def _retryable(err, step: str) -> bool:
     if status is not None:
         # 409/412: another commit landed first; a fresh attempt commits on top of it.
         return status in RETRY_STATUS or (status in (409, 412) and step != "repo")
-    if isinstance(err, (ConnectionError, TimeoutError)):
-        return True
+    return network_failure(err)
+
+
+def network_failure(err) -> bool:
+    """Whether `err` is a network error (a refused or dropped connection, a timeout), or was raised because of one:
+    huggingface_hub turns a download that timed out into `LocalEntryNotFoundError` with the timeout as its cause."""
+    seen = err
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, (ConnectionError, TimeoutError)) or _is_network_error(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _timed_out(err) -> bool:
+    for _ in range(8):
+        if err is None:
+            return False
+        if isinstance(err, TimeoutError) or any(cls.__name__ == "TimeoutException" for cls in type(err).__mro__):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _is_network_error(err) -> bool:
     # huggingface_hub speaks httpx (or httpx2): their network errors all derive from TransportError.
     return any(
         cls.__name__ in ("TransportError", "NetworkError", "TimeoutException", "RemoteProtocolError")
@@ -305,13 +472,6 @@ def _is_connection_error(err) -> bool:
     return isinstance(err, (requests.ConnectionError, requests.Timeout))
 
 
-def redact(text: str, token=None) -> str:
-    """`text` without any Hub token in it."""
-    if isinstance(token, str) and token:
-        text = text.replace(token, "***")
-    return _TOKEN_PATTERN.sub("hf_***", text)
-
-
 def _run_with_retries(fn, step, plan, steps, folder, token, max_retries, backoff):
     attempt = 0
     while True:
@@ -324,7 +484,7 @@ def _run_with_retries(fn, step, plan, steps, folder, token, max_retries, backoff
             attempt += 1
             logger.warning(
                 "Pushing %s to %s failed (%s); retry %d/%d in %.1fs.",
-                step, plan["repo_id"], redact(_short(err), token), attempt, max_retries, wait,
+                step, plan["repo_id"], redact_token(_short(err), token), attempt, max_retries, wait,
             )
             time.sleep(wait)
 
@@ -345,94 +505,18 @@ def _push_error(err, step, plan, steps, folder, token, retries) -> PushError:
         409: "The Hub reported a conflict (the repo exists as another type, or changed during the push).",
         404: "The repo or revision was not found: check the repo id and that the token can see it.",
     }.get(status, "The connection or the server failed; retrying later usually works.")
+    if status is None and _timed_out(err):
+        hint = (
+            "The Hub did not answer in time (connect and read timeouts: HF_IDSEL_HUB_CONNECT_TIMEOUT / "
+            "HF_IDSEL_HUB_READ_TIMEOUT, or `timeout=`); retrying later usually works."
+        )
+    if isinstance(err, InvalidArgumentError):
+        hint = "Nothing was sent for this step."
     tried = f" after {retries} retries" if retries else ""
     message = (
-        f"Pushing to {plan['repo_id']} stopped at step {step!r}{tried}: {redact(_short(err), token)}\n{hint}\n"
+        f"Pushing to {plan['repo_id']} stopped at step {step!r}{tried}: {redact_token(_short(err), token)}\n{hint}\n"
         f"Pushed: {done or 'nothing'}. Not pushed: {left}.\n"
         f"Everything is staged in {os.path.abspath(folder)}; finish the push with:\n"
         f"    hf-idsel push {os.path.abspath(folder)}"
     )
     return PushError(message, pushed=done, not_pushed=left, folder=os.path.abspath(folder), status=status)
-
-
-# ---- a diverse_select result ----
-
-
-def push_selection(
-    subset: datasets.Dataset,
-    repo_id: str,
-    *,
-    manifest=None,
-    pool_id: str | None = None,
-    config_name: str = DEFAULT_CONFIG,
-    local_dir: str | None = None,
-    private: bool | None = None,
-    token=None,
-    max_retries: int = 4,
-    backoff: float = 1.0,
-) -> str:
-    """Push a `diverse_select` result to a Hub dataset repo: rows, `manifest.json`, a card and a plot.
-
-    Args:
-        subset (`datasets.Dataset`):
-            The result of `diverse_select` (with `source_index` and `cluster`).
-        repo_id (`str`):
-            Dataset repo, `"namespace/name"`; created if needed.
-        manifest (`Manifest`, `dict` or `str`):
-            The selection's manifest (required): from `diverse_select(..., return_manifest=True)`, or a saved
-            `manifest.json` (its path, folder or contents).
-        pool_id (`str`, *optional*):
-            Hub id of the pool, for the card's `source_datasets`, its license and language, and so
-            that `load_selection(repo_id)` can load the pool by itself.
-        config_name (`str`, *optional*, defaults to `"default"`):
-            Config the rows go to.
-        local_dir (`str`, *optional*):
-            Where everything is staged before the upload; default: `hf_idsel_push/<namespace>--<name>`
-            in the working directory.
-        private (`bool`, *optional*):
-            Create the repo private.
-        token (`str`, *optional*):
-            Hub token; default: the logged-in one.
-        max_retries (`int`, *optional*, defaults to `4`):
-            Retries of a step after a network error, 408/429 or a 5xx answer.
-        backoff (`float`, *optional*, defaults to `1.0`):
-            First wait in seconds before a retry; doubles at each retry.
-
-    Returns:
-        `str`: the dataset repo's URL.
-
-    Raises:
-        [`PushError`]: the push stopped; says what was pushed, what was not and how to finish.
-    """
-    check_repo_id(repo_id)
-    if not isinstance(subset, datasets.Dataset):
-        raise InvalidArgumentError(f"`subset` must be a datasets.Dataset from diverse_select, got {type(subset).__name__}.")
-    missing = [c for c in ("source_index", "cluster") if c not in subset.column_names]
-    if missing:
-        raise InvalidArgumentError(f"`subset` lacks {missing}: push the result of `diverse_select`, unchanged.")
-    if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", config_name or ""):
-        raise InvalidArgumentError(f"`config_name`={config_name!r}: use letters, digits, '_', '-' or '.'.")
-    if manifest is None:
-        raise InvalidArgumentError(
-            "`manifest` is required (the card, `manifest.json` and `load_selection` read it): call "
-            "`subset, manifest = diverse_select(..., return_manifest=True)` and pass `manifest=manifest`, or pass the "
-            "path of the selection's saved manifest.json (`load_selection(path, pool)` rebuilds its subset)."
-        )
-    manifest = Manifest.load(manifest)
-    manifest.check_integrity()
-    if indices_digest(subset["source_index"]) != manifest.selected_digest:
-        raise InvalidArgumentError(
-            "`subset`'s `source_index` rows differ from the ones `manifest` records: pass the manifest of this subset."
-        )
-    if pool_id is not None:
-        if not isinstance(pool_id, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$", pool_id):
-            raise InvalidArgumentError(f"`pool_id`={pool_id!r} is not a Hub dataset id (or 'builtin').")
-        manifest.pool["source"] = {**(manifest.pool.get("source") or {}), "path": pool_id}
-    pool_id = pool_id or (manifest.pool.get("source") or {}).get("path")
-    folder = local_dir or os.path.join("hf_idsel_push", repo_id.replace("/", "--"))
-    from .cards import card_facts, dataset_card  # cards imports this module's Hub layout constants
-
-    card = dataset_card(manifest, card_facts(repo_id, pool_id, token), configs=[config_name])
-    stage(folder, repo_id, subsets={config_name: subset}, manifests={config_name: manifest}, card=card, private=private, plot_manifest=manifest)
-    logger.info("Staged the push of %d rows to %s in %s", len(subset), repo_id, folder)
-    return push_staged(folder, private=private, token=token, max_retries=max_retries, backoff=backoff)

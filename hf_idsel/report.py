@@ -1,13 +1,12 @@
 """Report: what a selection or an iterative run chose, as text, a markdown table and a plot.
 
-Reads a [`Manifest`] (static selection) and, for iterative runs, the per-round state files that
-`IterativeSelectionTrainer` writes to `output_dir/selection/round_<r>.json`.
+Reads a [`Manifest`] (static selection) and, for iterative runs, the round records ([`RoundRecord`])
+that `IterativeSelectionTrainer` writes to `output_dir/selection/round_<r>.json`.
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 
@@ -15,9 +14,9 @@ import numpy as np
 
 from .describe import short_terms
 from .errors import InvalidArgumentError
-from .rounds import weight_entropy
+from .hub_layout import SELECTION_DIR, round_of_file
+from .rounds import RoundRecord, read_round_file, round_records, weight_entropy
 
-ROUND_FILE = re.compile(r"round_(\d+)\.json$")
 WEIGHT_CHANGE_MARGIN = 0.1  # a cluster is favoured (cut) when its final weight is 10% above (below) uniform
 
 
@@ -65,19 +64,46 @@ def format_report(manifest, *, top: int = 20) -> str:
 
 
 def silhouette_curve(k_selection: dict, k: int) -> list[str]:
-    """The silhouette curve of a k="auto" selection as a small text table (no lines for a fixed k).
+    """The silhouette curve of a k="auto" selection as a small text table (no lines for a fixed k): each
+    candidate's score, standard error and second-seed score, its local maxima, the best and the near-ties.
 
-    Records written before k="auto" judged the whole pool have no standard errors or estimator settings.
+    Records written before k="auto" judged the whole pool have no standard errors or estimator settings; those
+    written before the paper's rule have no rule, local maxima, seed check or near-ties.
     """
     if k_selection.get("mode") != "auto":
         return []
     scores, errors = k_selection["silhouette"], k_selection.get("standard_error", {})
     estimator = k_selection.get("estimator")
+    check = k_selection.get("seed_check") or {}
+    again = check.get("silhouette", {})
     how = f" (cosine, whole pool's clustering, {estimator['sample_size']:,} rows scored)" if estimator else ""
-    lines = [f"k chosen by silhouette{how}:", f"{'k':>6} {'silhouette':>10} {'std err':>8}"]
+    lines = [f"k chosen by silhouette{how}:"]
+    rule, bounds = k_selection.get("rule"), k_selection.get("range")
+    if rule:
+        within = f" from {bounds['lower']} to {bounds['upper']}" if bounds else " (the candidates given)"
+        budget = k_selection.get("budget")
+        lines.append(
+            f"rule {rule!r}: candidates{within}"
+            + (f", budget {budget} rows" if budget is not None else "")
+            + (" (the pool or budget is too small for the paper's floor of 64)" if bounds and bounds.get("fallback") else "")
+        )
+    peaks = {str(c) for c in k_selection.get("local_maxima", [])}
+    tied = {str(c) for c in (k_selection.get("ties") or {}).get("tied", [])}
+    lines.append(f"{'k':>6} {'silhouette':>10} {'std err':>8}" + (f" {'seed ' + str(check['seed']):>8}" if again else ""))
     for c, score in scores.items():
         error = f"{float(errors[c]):>8.4f}" if c in errors else f"{'':>8}"
-        lines.append(f"{c:>6} {float(score):>10.3f} {error}" + ("  <- chosen" if int(c) == k else ""))
+        second = (f" {float(again[c]):>8.3f}" if c in again else f" {'':>8}") if again else ""
+        best = str(k_selection.get("best")) == c
+        marks = [m for m, on in (("local max", c in peaks), ("best", best and int(c) != k),
+                                 ("near-tie", c in tied and not best), ("<- chosen", int(c) == k)) if on]
+        lines.append(f"{c:>6} {float(score):>10.3f} {error}{second}" + (f"  {', '.join(marks)}" if marks else ""))
+    if tied:
+        others = sorted((c for c in tied if c != str(k_selection["best"])), key=int)
+        lines.append(
+            f"k-means seed-to-seed spread {check['spread']:.4f} (the top {len(again)} re-run with seed {check['seed']}); "
+            f"near-ties of the best (k={k_selection['best']}) within {k_selection['ties']['z']:g} sd: "
+            + (f"{', '.join(others)} -> the smallest, k={k}" if others else "none")
+        )
     return lines
 
 
@@ -89,11 +115,29 @@ def decontamination_summary(record: dict) -> str:
         tests.append(f"sharing >= {record['ngram_threshold']:g} of an item's word {record['ngram']}-grams")
     if record.get("cosine_threshold") is not None:
         tests.append(f"embedding cosine >= {record['cosine_threshold']:g}")
-    name = exclude.get("name") or f"fingerprint {exclude.get('fingerprint')}"
     return (
-        f"dropped {record['removed']} pool rows matching items of the evaluation set {name} "
+        f"dropped {record['removed']} pool rows matching items of the evaluation set {evaluation_set_name(exclude)} "
         f"({exclude.get('num_rows')} rows) before clustering ({' or '.join(tests)})"
     )
+
+
+# `datasets` names a dataset read from local files after its builder ("json"): no name for a reader.
+_BUILDER_NAMES = {"json", "csv", "parquet", "arrow", "text", "pandas", "sql", "generator", "webdataset"}
+
+
+def evaluation_set_name(exclude: dict) -> str:
+    """How a decontamination record's evaluation set is named to a reader: its file name or Hub id (with config and
+    split) when recorded, else its dataset name, else its fingerprint; never a builder's name such as "json"."""
+    source = exclude.get("source") or {}
+    where = source.get("file") or source.get("path")
+    if where:
+        where = os.path.basename(os.path.normpath(where)) if os.path.isabs(where) else where
+        details = [f"{key} {source[key]}" for key in ("config", "split") if source.get(key)]
+        return ", ".join([where, *details])
+    name = exclude.get("name")
+    if name and name not in _BUILDER_NAMES:
+        return name
+    return f"{f'of a local {name} file' if name else 'not named'}, fingerprint {exclude.get('fingerprint')}"
 
 
 def _first_example(description: dict | None) -> str:
@@ -101,67 +145,73 @@ def _first_example(description: dict | None) -> str:
     return examples[0] if examples else "(no rows)"
 
 
-def weight_changes(rounds: list[dict], *, top: int = 3, margin: float = WEIGHT_CHANGE_MARGIN) -> tuple[list, list]:
+def weight_changes(rounds: list[RoundRecord], *, top: int = 3, margin: float = WEIGHT_CHANGE_MARGIN) -> tuple[list, list]:
     """The clusters an iterative run favoured and those it cut, as `(favoured, cut)` lists of cluster ids.
 
     Favoured: the (at most `top`) clusters whose weight after the last round is furthest above the uniform
     start `1/k`, by more than `margin` of it; cut: those furthest below it, by more than `margin`.
     """
-    weights = np.asarray(rounds[-1]["weights"], dtype=float)
+    weights = np.asarray(round_records(rounds[-1:])[0].weights, dtype=float)
     ratio = weights * len(weights)
     favoured = [int(j) for j in np.argsort(-ratio, kind="stable") if ratio[j] > 1 + margin][:top]
     cut = [int(j) for j in np.argsort(ratio, kind="stable") if ratio[j] < 1 - margin][:top]
     return favoured, cut
 
 
-def read_rounds(folder: str) -> list[dict]:
-    """The round files of an iterative run, in round order, from its `output_dir` or its `selection/` folder."""
-    if os.path.isdir(os.path.join(folder, "selection")):
-        folder = os.path.join(folder, "selection")
-    paths = [p for p in glob.glob(os.path.join(folder, "round_*.json")) if ROUND_FILE.search(p)]
+def read_rounds(folder: str) -> list[RoundRecord]:
+    """The round records of an iterative run, in round order, from its `output_dir` or its `selection/` folder.
+
+    Raises:
+        [`InvalidArgumentError`]: a round file is not readable, not a round record, or records another round than
+            its name says; the message names the file.
+    """
+    if os.path.isdir(os.path.join(folder, SELECTION_DIR)):
+        folder = os.path.join(folder, SELECTION_DIR)
+    paths = [p for p in glob.glob(os.path.join(folder, "*.json")) if round_of_file(p) is not None]
     rounds = []
     for path in paths:
-        try:
-            with open(path, encoding="utf-8") as f:
-                record = json.load(f)
-            if not isinstance(record, dict) or not isinstance(record.get("round"), int):
-                raise ValueError("no round number")
-        except (ValueError, OSError) as err:  # json's and the decoder's errors are ValueErrors
-            raise InvalidArgumentError(f"{path}: not a readable round file ({err}); a truncated or corrupt file?") from None
+        record = read_round_file(path)
+        if record.round != round_of_file(path):
+            raise InvalidArgumentError(f"{path} records round {record.round}, not the round its name says; a file renamed by hand?")
         rounds.append(record)
-    rounds.sort(key=lambda r: r["round"])
+    rounds.sort(key=lambda r: r.round)
     return rounds
 
 
-def format_rounds(rounds: list[dict], cluster_sizes=None, *, top: int = 20, descriptions: list[dict] | None = None) -> str:
+def format_rounds(rounds: list[RoundRecord], cluster_sizes=None, *, top: int = 20, descriptions: list[dict] | None = None) -> str:
     """Rows chosen per cluster in each round and the cluster weights after it, then the clusters the run
-    favoured and cut; with `descriptions` (the manifest's `cluster_descriptions`), each cluster's terms."""
+    favoured and cut; with `descriptions` (the manifest's `cluster_descriptions`), each cluster's terms.
+
+    `rounds` are [`RoundRecord`]s ([`read_rounds`]); dicts (a `SelectionState`'s `rounds`) are read with
+    [`RoundRecord.from_dict`].
+    """
     if not rounds:
         raise InvalidArgumentError("No round files found (expected selection/round_<r>.json from IterativeSelectionTrainer).")
-    k = len(rounds[0]["weights"])
+    rounds = round_records(rounds)
+    k = len(rounds[0].weights)
     lines = [
-        f"hf_idsel iterative run: {len(rounds)} round(s), k={k}, scorer={rounds[-1].get('scorer')}, "
-        f"{rounds[-1]['cumulative_size']} rows selected in all",
+        f"hf_idsel iterative run: {len(rounds)} round(s), k={k}, scorer={rounds[-1].scorer}, "
+        f"{rounds[-1].cumulative_size} rows selected in all",
     ]
     for r in rounds:
-        entropy = weight_entropy(r["weights"])
+        entropy = weight_entropy(r.weights)
         lines.append(
-            f"round {r['round']}: {len(r['selected'])} rows drawn, "
-            + (f"{r.get('scored_rows', 0)} scored, " if r.get("scored", True) else "not scored, ")
+            f"round {r.round}: {len(r.selected)} rows drawn, "
+            + (f"{r.scored_rows} scored, " if r.scored else "not scored, ")
             + f"weight entropy after it {entropy:.3f} (uniform {np.log(k):.3f})"
         )
-        if r.get("eval"):
-            shown = ", ".join(f"{name} {value:.3f}" for name, value in r["eval"]["metrics"].items())
-            lines.append(f"  eval after it: {shown} (held-out items: {', '.join(f'{t} {len(ids)}' for t, ids in r['eval']['items'].items())})")
+        if r.eval:
+            shown = ", ".join(f"{name} {value:.3f}" for name, value in r.eval["metrics"].items())
+            lines.append(f"  eval after it: {shown} (held-out items: {', '.join(f'{t} {len(ids)}' for t, ids in r.eval['items'].items())})")
     lines.append("")
     header = f"{'cluster':>7}" + ("" if cluster_sizes is None else f" {'pool rows':>9}")
-    header += "".join(f" {'r' + str(r['round']) + ' rows':>8} {'w after':>7}" for r in rounds)
+    header += "".join(f" {'r' + str(r.round) + ' rows':>8} {'w after':>7}" for r in rounds)
     lines.append(header + ("  terms" if descriptions else ""))
-    total = np.sum([r["selected_per_cluster"] for r in rounds], axis=0)
+    total = np.sum([r.selected_per_cluster for r in rounds], axis=0)
     order = sorted(range(k), key=lambda j: (-int(total[j]), j))
     for j in order[:top]:
         line = f"{j:>7}" + ("" if cluster_sizes is None else f" {cluster_sizes[j]:>9}")
-        line += "".join(f" {r['selected_per_cluster'][j]:>8} {r['weights'][j]:>7.3f}" for r in rounds)
+        line += "".join(f" {r.selected_per_cluster[j]:>8} {r.weights[j]:>7.3f}" for r in rounds)
         lines.append(line + (f"  {short_terms(descriptions[j])}" if descriptions else ""))
     if k > top:
         lines.append(f"... {k - top} more clusters")
@@ -169,22 +219,23 @@ def format_rounds(rounds: list[dict], cluster_sizes=None, *, top: int = 20, desc
     last = rounds[-1]
     for what, clusters in (("favoured", favoured), ("cut", cut)):
         lines.append("")
-        lines.append(f"{what} (weight after round {last['round']} vs the uniform start {1 / k:.3f}):" + ("" if clusters else " none"))
+        lines.append(f"{what} (weight after round {last.round} vs the uniform start {1 / k:.3f}):" + ("" if clusters else " none"))
         for j in clusters:
             described = f"  {short_terms(descriptions[j])}: {_first_example(descriptions[j])}" if descriptions else ""
-            lines.append(f"{j:>7}  {1 / k:.3f} -> {last['weights'][j]:.3f}{described}")
+            lines.append(f"{j:>7}  {1 / k:.3f} -> {last.weights[j]:.3f}{described}")
     return "\n".join(lines)
 
 
-def markdown_table(manifest, rounds: list[dict] | None = None, *, top: int = 15) -> str:
+def markdown_table(manifest, rounds: list[RoundRecord] | None = None, *, top: int = 15) -> str:
     """A markdown table of the largest clusters: pool share, rows chosen and, for runs, weights per round."""
+    rounds = round_records(rounds or [])
     sizes = np.asarray(manifest.cluster_sizes)
     chosen = np.asarray(manifest.selected_per_cluster)
     descriptions = manifest.cluster_descriptions
     header = "| cluster | pool rows | pool % | chosen | chosen % |"
     rule = "|---:|---:|---:|---:|---:|"
     if rounds:
-        header += "".join(f" weight after round {r['round']} |" for r in rounds)
+        header += "".join(f" weight after round {r.round} |" for r in rounds)
         rule += "---:|" * len(rounds)
     if descriptions:
         header += " terms | nearest the centroid |"
@@ -195,7 +246,7 @@ def markdown_table(manifest, rounds: list[dict] | None = None, *, top: int = 15)
     for j in order[:top]:
         line = f"| {j} | {sizes[j]} | {100 * sizes[j] / sizes.sum():.1f} | {chosen[j]} | {100 * chosen[j] / picked:.1f} |"
         if rounds:
-            line += "".join(f" {r['weights'][j]:.3f} |" for r in rounds)
+            line += "".join(f" {r.weights[j]:.3f} |" for r in rounds)
         if descriptions:
             line += f" {markdown_cell(short_terms(descriptions[j], 5))} | {markdown_cell(_first_example(descriptions[j]))} |"
         lines.append(line)
@@ -209,11 +260,12 @@ def markdown_cell(text: str) -> str:
     return re.sub(r"([\\`*_\[\]<>|#~])", r"\\\1", text)
 
 
-def plot_selection(manifest, path: str, rounds: list[dict] | None = None) -> str:
+def plot_selection(manifest, path: str, rounds: list[RoundRecord] | None = None) -> str:
     """Save a PNG: pool share vs chosen share per cluster (largest first) and, for runs, weights per round.
 
     Up to 32 clusters are labelled by id and, when the manifest describes them, their top two terms.
     """
+    rounds = round_records(rounds or [])
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -245,7 +297,7 @@ def plot_selection(manifest, path: str, rounds: list[dict] | None = None) -> str
         uniform = np.full(len(order), 1.0 / len(order))
         ax.plot(x, uniform[order], color="gray", linestyle=":", label="start (uniform)")
         for r in rounds:
-            ax.plot(x, np.asarray(r["weights"])[order], marker="o" if len(order) <= 32 else None, label=f"after round {r['round']}")
+            ax.plot(x, np.asarray(r.weights)[order], marker="o" if len(order) <= 32 else None, label=f"after round {r.round}")
         _cluster_ticks(ax, labels, turned=described)
         ax.set_ylabel("sampling weight")
         ax.set_title("cluster weights per round")
@@ -257,26 +309,32 @@ def plot_selection(manifest, path: str, rounds: list[dict] | None = None) -> str
     return path
 
 
-def centroid_map(centroids: np.ndarray) -> list[list[float]]:
-    """Each cluster's place on a 2-D map of the pool: its centroid projected on the centroids' first two principal
-    components (scikit-learn's PCA, exact solver: the same centroids give the same map), rounded to 4 decimals."""
-    from sklearn.decomposition import PCA
-
-    centroids = np.asarray(centroids, dtype=np.float64)
-    if len(centroids) < 3:  # PCA needs more points than components; one or two clusters lie on a line
-        x = centroids @ (centroids[-1] - centroids[0]) if len(centroids) == 2 else np.zeros(1)
-        return [[round(float(v - x.mean()), 4), 0.0] for v in x]
-    points = PCA(n_components=2, svd_solver="full").fit_transform(centroids)
-    return np.round(points, 4).tolist()
-
-
 def plot_cluster_map(manifest, path: str, *, labelled: int = 24) -> str:
-    """Save a PNG map of the pool: one disc per cluster at its centroid's place ([`centroid_map`]), its area
+    """Save a PNG map of the pool ([`cluster_map_figure`]) to `path`.
+
+    Raises:
+        [`InvalidArgumentError`]: the manifest records no map (written before hf_idsel drew one).
+    """
+    import matplotlib.pyplot as plt
+
+    fig = cluster_map_figure(manifest, labelled=labelled)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def cluster_map_figure(manifest, *, labelled: int = 24):
+    """A matplotlib figure mapping the pool: one disc per cluster at its centroid's place ([`pipeline.centroid_map`]), its area
     proportional to the cluster's rows, its colour the share of them chosen.
 
     Clusters the selection barely drew from (pale discs) stand out; the `labelled` largest clusters and the
     `labelled // 3` with the lowest chosen share are labelled with their id and top terms, so that a cluster of
-    junk (greetings, boilerplate, broken rows) can be named at a glance.
+    junk (greetings, boilerplate, broken rows) can be named at a glance. When decontamination dropped rows, red
+    crosses mark the clusters they were nearest (`decontamination.nearest_clusters`), sized and labelled by their
+    count; a record without the clusters names the count in the legend and a note.
 
     Raises:
         [`InvalidArgumentError`]: the manifest records no map (written before hf_idsel drew one).
@@ -308,18 +366,65 @@ def plot_cluster_map(manifest, path: str, *, labelled: int = 24) -> str:
     for j in shown:
         terms = short_terms(descriptions[j], 2) if descriptions else ""
         ax.annotate(f"{j}: {terms}" if terms else str(j), points[j], fontsize=7, ha="center", va="center")
+    dropped = _draw_decontamination(ax, manifest.decontamination, points)
     ax.set_xlabel("first principal component of the centroids")
     ax.set_ylabel("second principal component")
     ax.set_title(
         f"{manifest.method}: {int(chosen.sum())} of {int(sizes.sum())} rows, k={manifest.k} "
-        "(disc area = rows, colour = share chosen)",
+        f"(disc area = rows, colour = share chosen){f'; {dropped} rows dropped by decontamination' if dropped else ''}",
         fontsize=9,
     )
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def dropped_per_cluster(record: dict | None, k: int) -> np.ndarray | None:
+    """Rows decontamination dropped, counted per cluster by the cluster each was nearest (`nearest_clusters`); `None`
+    when the record has no drops or does not say which clusters they were nearest.
+
+    Raises:
+        [`InvalidArgumentError`]: `nearest_clusters` is not one cluster id in `[0, k)` per dropped row.
+    """
+    if not record or not record.get("removed"):
+        return None
+    nearest = record.get("nearest_clusters")
+    if nearest is None:
+        return None
+    if (
+        not isinstance(nearest, list) or len(nearest) != len(record["removed_indices"])
+        or not all(isinstance(j, int) and not isinstance(j, bool) and 0 <= j < k for j in nearest)
+    ):
+        raise InvalidArgumentError(
+            f"`decontamination.nearest_clusters` must hold one cluster id in [0, {k}) per dropped row; use the manifest "
+            "as hf_idsel wrote it."
+        )
+    return np.bincount(np.asarray(nearest, dtype=np.int64), minlength=k)
+
+
+def _draw_decontamination(ax, record: dict | None, points: np.ndarray) -> int:
+    """Red crosses on the clusters decontamination took rows from (sized and labelled by the count), and a legend
+    naming the evaluation set; returns the rows dropped."""
+    if not record or not record.get("removed"):
+        return 0
+    removed = int(record["removed"])
+    against = evaluation_set_name(record.get("exclude") or {})
+    counts = dropped_per_cluster(record, len(points))
+    if counts is not None:
+        hit = np.flatnonzero(counts)
+        ax.scatter(
+            points[hit, 0], points[hit, 1], s=40.0 + 160.0 * counts[hit] / counts.max(), marker="x", color="red",
+            linewidths=1.5, zorder=3, label=f"{removed} rows dropped by decontamination (against {against}), by nearest cluster",
+        )
+        for j in hit:
+            ax.annotate(f"-{int(counts[j])}", points[j], xytext=(6, -10), textcoords="offset points", fontsize=7, color="red")
+    else:
+        ax.scatter([], [], marker="x", color="red", label=f"{removed} rows dropped by decontamination (against {against})")
+        ax.text(
+            0.01, 0.01, f"{removed} rows dropped before clustering; the manifest does not record their nearest clusters",
+            transform=ax.transAxes, fontsize=7, color="red", va="bottom",
+        )
+    ax.legend(loc="upper right", fontsize=7)
+    return removed
 
 
 def _cluster_labels(order, descriptions) -> list[str] | None:

@@ -13,24 +13,26 @@ import json
 import logging
 import math
 import os
-import re
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
 from .errors import InvalidArgumentError
+from .hub_layout import round_config, round_file, round_of_config
 from .manifest import Manifest, indices_digest
 from .sample import kmq_sample
 
 logger = logging.getLogger(__name__)
 
-ROUND_FILE = "round_{round}.json"
 ROUND_MODES = ("continue", "restart")
 WEIGHT_RULES = ("softmax", "linear", "softmax_replace")
 # Names of the rules before they were named for what they compute; still accepted, with a warning.
 WEIGHT_RULE_ALIASES = {"paper": "softmax", "research": "softmax_replace"}
-ROUND_QUOTAS = ("size", "weights")
+# The quota rules of a round: diverse_select's `quota` rules, weighted by the cluster weights.
+ROUND_QUOTAS = ("proportional", "equal")
+# The values of the config's `round_quotas` before it became `quota`; still accepted, with a warning.
+ROUND_QUOTA_ALIASES = {"size": "proportional", "weights": "equal"}
 SCORED_ROWS = ("round", "selected")
 _SEED_STRIDE = 1_000_003  # round r draws with seed * stride + r: rounds never share a stream
 
@@ -51,6 +53,20 @@ def canonical_weight_rule(rule: str, argument: str = "weight_update") -> str:
         warnings.warn(
             f"`{argument}`={rule!r} is deprecated: it is now called {new!r} (same behaviour). Pass {new!r}.",
             DeprecationWarning,
+            stacklevel=3,
+        )
+        return new
+    return rule
+
+
+def canonical_quota(rule: str, argument: str = "quota") -> str:
+    """The name of a round quota rule, an old value (`"size"`, `"weights"`) mapped to its new one with a
+    `FutureWarning`."""
+    if isinstance(rule, str) and rule in ROUND_QUOTA_ALIASES:
+        new = ROUND_QUOTA_ALIASES[rule]
+        warnings.warn(
+            f"`{argument}`={rule!r} is deprecated: it is now called {new!r} (same behaviour). Pass {new!r}.",
+            FutureWarning,
             stacklevel=3,
         )
         return new
@@ -145,7 +161,7 @@ def draw_round(
     selection_seed: int,
     quality: np.ndarray | None = None,
     quality_temperature: float = 1.0,
-    quotas: str = "size",
+    quotas: str = "proportional",
 ) -> np.ndarray:
     """kMQ draw of `size` rows not selected yet, with the cluster weights of `state` (uniform in round 1).
 
@@ -166,18 +182,18 @@ def draw_round(
             Per-row quality for the in-cluster draw.
         quality_temperature (`float`, *optional*, defaults to `1.0`):
             Softmax temperature of the in-cluster draw.
-        quotas (`str`, *optional*, defaults to `"size"`):
-            `"size"`: cluster j's quota is proportional to w_j x its rows not chosen yet (the paper; round 1 is
-            kMQ). `"weights"`: proportional to w_j alone (the research code; round 1, with uniform weights,
-            gives every cluster the same quota). Either way the quotas sum to `size` exactly, and a cluster
+        quotas (`str`, *optional*, defaults to `"proportional"`):
+            `"proportional"`: cluster j's quota is proportional to w_j x its rows not chosen yet (the paper; round 1
+            is kMQ). `"equal"`: proportional to w_j alone (the research code; round 1, with uniform weights, gives
+            every cluster the same quota). Either way the quotas sum to `size` exactly, and a cluster
             with too few rows left gives the rest to the others.
     """
     if quotas not in ROUND_QUOTAS:
-        raise InvalidArgumentError(f"`round_quotas`={quotas!r}; choose one of {list(ROUND_QUOTAS)}.")
+        raise InvalidArgumentError(f"`quota`={quotas!r}; choose one of {list(ROUND_QUOTAS)}.")
     eligible = np.asarray(trainable, dtype=bool).copy()
     eligible[np.asarray(state.selected(), dtype=np.int64)] = False
-    weights = None if round_index == 1 and quotas == "size" else np.asarray(state.weights, dtype=np.float64)
-    if quotas == "weights":
+    weights = None if round_index == 1 and quotas == "proportional" else np.asarray(state.weights, dtype=np.float64)
+    if quotas == "equal":
         # cluster_quotas shares in proportion to weight x rows left: dividing by the rows left leaves the weight.
         available = np.bincount(labels[eligible], minlength=state.k)
         weights = np.where(available > 0, weights / np.maximum(available, 1), 0.0)
@@ -401,6 +417,13 @@ class RoundRecord:
 
     @classmethod
     def from_dict(cls, data: dict) -> "RoundRecord":
+        """A round record from its JSON form (a round file, a checkpoint's `rounds`), checked field by field.
+
+        Raises:
+            [`InvalidArgumentError`]: a field is missing, unknown or not of its type (`k` values per cluster).
+        """
+        if not isinstance(data, dict):
+            raise InvalidArgumentError(f"Not a round record: a JSON object was expected, got {type(data).__name__}.")
         names = [f.name for f in fields(cls)]
         optional = {"k_selection", "cluster_terms", "weight_update", "eval"}  # older round files lack the later ones
         unknown, missing = set(data) - set(names), set(names) - optional - set(data)
@@ -408,7 +431,63 @@ class RoundRecord:
             raise InvalidArgumentError(
                 f"Not a round record: unknown fields {sorted(unknown)}, missing fields {sorted(missing)}."
             )
-        return cls(**data)
+        record = cls(**data)
+        wrong = record._wrong_fields()
+        if wrong:
+            raise InvalidArgumentError(f"Not a round record (round {data.get('round')!r}): {'; '.join(wrong)}.")
+        return record
+
+    def _wrong_fields(self) -> list[str]:
+        """What in this record is not of its type: one line per field."""
+        k = self.k if _is_int(self.k) and self.k >= 1 else None
+        wrong = [] if k is not None else [f"`k`={self.k!r} is not a positive integer"]
+        counts = {"round": 1, "cumulative_size": 0, "scored_rows": 0, "global_step": 0}
+        wrong += [f"`{name}`={getattr(self, name)!r} is not an integer >= {low}" for name, low in counts.items()
+                  if not (_is_int(getattr(self, name)) and getattr(self, name) >= low)]
+        per_cluster = {
+            "weights": lambda v: _is_number(v) and v >= 0,
+            "cluster_scores": lambda v: v is None or _is_number(v, finite=False),
+            "selected_per_cluster": lambda v: _is_int(v) and v >= 0,
+            "cluster_terms": lambda v: isinstance(v, str),
+        }
+        for name, ok in per_cluster.items():
+            values = getattr(self, name)
+            if values is None and name == "cluster_terms":
+                continue
+            if not isinstance(values, list) or (k is not None and len(values) != k) or not all(ok(v) for v in values):
+                wrong.append(f"`{name}` is not a list of {k if k is not None else 'k'} values, one per cluster")
+        if not isinstance(self.selected, list) or not all(_is_int(v) and v >= 0 for v in self.selected):
+            wrong.append("`selected` is not a list of pool rows")
+        if not isinstance(self.scorer, str):
+            wrong.append(f"`scorer`={self.scorer!r} is not a name")
+        if not isinstance(self.scored, bool):
+            wrong.append(f"`scored`={self.scored!r} is not true or false")
+        if self.weight_update is not None and not isinstance(self.weight_update, str):
+            wrong.append(f"`weight_update`={self.weight_update!r} is not a rule's name")
+        for name in ("k_selection", "eval"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
+                wrong.append(f"`{name}` is not a JSON object")
+        if isinstance(self.eval, dict) and not all(isinstance(self.eval.get(key), dict) for key in ("metrics", "items")):
+            wrong.append("`eval` lacks its `metrics` and `items`")
+        return wrong
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value, *, finite: bool = True) -> bool:
+    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    try:
+        return number and (not finite or math.isfinite(value))
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def round_records(rounds) -> list[RoundRecord]:
+    """`rounds` as `RoundRecord`s: records pass through, dicts (a `SelectionState`'s `rounds`) are read with
+    [`RoundRecord.from_dict`]."""
+    return [r if isinstance(r, RoundRecord) else RoundRecord.from_dict(r) for r in rounds]
 
 
 def close_round(
@@ -482,11 +561,11 @@ def selection_manifest(
     if config == "default":
         rows, what = state.selected(), {"rounds": [r["round"] for r in done]}
     else:
-        match = re.fullmatch(r"round_(\d+)", config)
-        if not match or not 1 <= int(match.group(1)) <= len(done):
-            finished = [f"round_{r['round']}" for r in done]
+        round_index = round_of_config(config)
+        if round_index is None or not 1 <= round_index <= len(done):
+            finished = [round_config(r["round"]) for r in done]
             raise InvalidArgumentError(f"`config`={config!r}: the finished rounds are {finished} (or 'default').")
-        rows, what = done[int(match.group(1)) - 1]["selected"], {"round": int(match.group(1))}
+        rows, what = done[round_index - 1]["selected"], {"round": round_index}
     rows = np.sort(np.asarray(rows, dtype=np.int64))
     selected_labels = labels[rows]
     kept = np.ones(len(labels), dtype=bool)
@@ -529,7 +608,25 @@ def write_round_file(folder: str, record: RoundRecord | dict) -> str:
     if isinstance(record, dict):
         record = RoundRecord.from_dict(record)
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, ROUND_FILE.format(round=record.round))
+    path = os.path.join(folder, round_file(record.round))
     with open(path, "w", encoding="utf-8") as f:
         json.dump(record.to_dict(), f, indent=2)
     return path
+
+
+def read_round_file(path: str) -> RoundRecord:
+    """The round record a round file holds ([`write_round_file`]), checked field by field before it is trusted.
+
+    Raises:
+        [`InvalidArgumentError`]: the file is not readable JSON (truncated, corrupt) or not a round record; the
+            message names the file.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (ValueError, OSError) as err:  # json's and the decoder's errors are ValueErrors
+        raise InvalidArgumentError(f"{path}: not a readable round file ({err}); a truncated or corrupt file?") from None
+    try:
+        return RoundRecord.from_dict(data)
+    except InvalidArgumentError as err:
+        raise InvalidArgumentError(f"{path}: {err}") from None

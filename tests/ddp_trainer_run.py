@@ -16,9 +16,8 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-from test_trainer import junk_judge, make_pool  # noqa: E402
+from helpers import junk_judge, make_pool, make_tiny_llama  # noqa: E402
 
-from _tiny import make_tiny_llama  # noqa: E402
 from hf_idsel import IterativeSelectionConfig, IterativeSelectionTrainer  # noqa: E402
 from hf_idsel.scorers import JudgeScorer  # noqa: E402
 

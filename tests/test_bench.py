@@ -161,6 +161,7 @@ def test_render_only_rewrites_the_same_report_from_json(quick_run):
     assert "{km[" not in markdown and "{t[" not in markdown  # no unformatted template left in the text
 
 
+@pytest.mark.scripts  # a bench/k_auto.py measurement (74 s on a loaded machine): run with `pytest -m scripts`
 def test_k_auto_bench_measures_the_chosen_k_and_its_time_ratio():
     """bench/k_auto.py's measurement on a small pool with 48 planted clusters: the chosen k, its ratio to the
     true k, the curve, and the time against one k-means at that k, each read from the same run."""

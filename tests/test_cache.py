@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from _tiny import make_tiny_llama, save_tiny_llama
+from helpers import make_tiny_llama, save_tiny_llama
 from hf_idsel.cache import PackagedModel, cache_file, cached_map, model_identity, read_cached, write_cached
 from hf_idsel.embed import DEFAULT_ENCODER, encoder_identity
 from hf_idsel.errors import InvalidArgumentError
@@ -317,7 +317,7 @@ def test_cached_embeddings_are_float16_half_the_size_and_old_float32_entries_are
 def test_an_edited_token_count_cache_cannot_break_a_token_budget(cache_dir, caplog):
     """A token-count file of all 1s under the right key (its payload swapped, its digest the original) would let a
     300-token budget take every row; the digest catches it and the counts are recomputed."""
-    from _tiny import make_tiny_tokenizer
+    from helpers import make_tiny_tokenizer
     from hf_idsel import diverse_select
 
     tokenizer = make_tiny_tokenizer()

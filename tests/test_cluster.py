@@ -1,11 +1,23 @@
 import json
+import math
 
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from conftest import planted_blobs
-from hf_idsel.cluster import assign, choose_k, default_k_candidates, kmeans, silhouette
+from helpers import planted_blobs
+from hf_idsel.cluster import (
+    assign,
+    choose_k,
+    default_k_candidates,
+    k_range,
+    kmeans,
+    local_maxima,
+    near_ties,
+    seed_spread,
+    silhouette,
+    warn_if_k_near_budget,
+)
 from hf_idsel.errors import InvalidArgumentError
 
 
@@ -55,19 +67,44 @@ def test_choose_k_recovers_the_planted_count():
     assert result.silhouette[6] == max(result.silhouette.values())
 
 
-def test_default_grid_reaches_the_papers_k_where_the_pool_has_16_rows_a_cluster():
+def test_global_grid_reaches_the_papers_k_where_the_pool_has_16_rows_a_cluster():
+    """k='auto-global' (the rule before the paper's range): 2 ... min(8192, n // 16), whatever the budget."""
     powers = [2**e for e in range(1, 14)]
     midpoints = [3, 6, 11, 23, 45, 91, 181, 362, 724, 1448, 2896, 5793]
-    assert default_k_candidates(200_000) == sorted(powers + midpoints)  # 2 ... 8192, the paper's 64 ... 8192 included
-    assert default_k_candidates(131_072)[-1] == 8192 and default_k_candidates(131_071)[-1] == 5793
-    assert default_k_candidates(70_000)[-1] == 4096  # WizardLM 70k: its peak k=2048 and one step beyond
-    assert default_k_candidates(4000) == [2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128, 181]  # <= 4000 // 16
-    assert default_k_candidates(10**6, max_k=100)[-1] == 91
-    assert default_k_candidates(19) == [] and default_k_candidates(20) == default_k_candidates(32) == [2]
-    assert default_k_candidates(47) == [2] and default_k_candidates(48) == [2, 3]
-    grid = default_k_candidates(200_000)
+    grid = default_k_candidates(200_000, rule="global")
+    assert grid == sorted(powers + midpoints) == default_k_candidates(200_000, 100, rule="global")
+    assert default_k_candidates(131_072, rule="global")[-1] == 8192 and default_k_candidates(131_071, rule="global")[-1] == 5793
+    assert default_k_candidates(70_000, rule="global")[-1] == 4096  # WizardLM 70k: its peak k=2048 and one step beyond
+    assert default_k_candidates(4000, rule="global") == [2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128, 181]
+    assert default_k_candidates(10**6, rule="global", max_k=100)[-1] == 91
+    assert default_k_candidates(19, rule="global") == [] and default_k_candidates(20, rule="global") == [2]
+    assert default_k_candidates(47, rule="global") == [2] and default_k_candidates(48, rule="global") == [2, 3]
     # Every k in the grid's range has a grid point within a factor of 1.2 (the grid is about x1.41 apart).
     assert max(min(max(k / g, g / k) for g in grid) for k in range(2, 8193)) <= 1.2
+
+
+def test_paper_grid_runs_from_64_to_a_budget_cap_and_falls_back_to_the_largest_feasible_candidates():
+    """k='auto': 64 ... min(8192, n // 16, below budget / 2); under a cap of 64, the grid from a quarter of the cap."""
+    paper = [64, 91, 128, 181, 256, 362, 512, 724, 1024, 1448, 2048, 2896, 4096, 5793, 8192]
+    assert default_k_candidates(200_000) == paper and k_range(200_000) == (64, 8192)
+    # The paper's setting: 10k of WizardLM's 196k rows, k < 5,000 (its peak, 2048, included).
+    assert default_k_candidates(196_000, 10_000) == paper[:-2] and k_range(196_000, 10_000) == (64, 4999)
+    assert default_k_candidates(20_000, 2000) == [64, 91, 128, 181, 256, 362, 512, 724]  # n // 16 = 1250, k < 1000
+    assert default_k_candidates(3983, 400) == [64, 91, 128, 181]  # the built-in pool: k < 200
+    # The budget cap is strict: k = budget / 2 is never a candidate.
+    assert k_range(10**6, 130) == (64, 64) and k_range(10**6, 129) == (64, 64)
+    assert default_k_candidates(10**6, 128) == [16, 23, 32, 45] and k_range(10**6, 128) == (16, 63)
+    # Pools under 1,024 rows (16 rows a cluster at k = 64) fall back the same way.
+    assert default_k_candidates(1024) == [64] and default_k_candidates(1023) == [16, 23, 32, 45]
+    assert default_k_candidates(400, 50) == [6, 8, 11, 16, 23] and k_range(400, 50) == (6, 24)
+    assert default_k_candidates(250, 30) == [4, 6, 8, 11]
+    # The smallest budgets and pools keep k = 2 (which the budget warning then names); under 20 rows, nothing.
+    assert default_k_candidates(1000, 4) == default_k_candidates(1000, 5) == default_k_candidates(20) == [2]
+    assert default_k_candidates(19, 50) == []
+    with pytest.raises(InvalidArgumentError, match=r"`budget`=0 must be an int >= 1"):
+        default_k_candidates(1000, 0)
+    with pytest.raises(InvalidArgumentError, match=r"`rule`='best'; choose one of \['paper', 'global'\]"):
+        choose_k(np.eye(30, dtype=np.float32), rule="best")
 
 
 def test_more_clusters_than_distinct_rows_warns_and_names_the_empty_ones(caplog):
@@ -249,18 +286,22 @@ def test_choose_k_silhouettes_are_sklearns_on_the_whole_pools_clustering():
     assert (repeat.k, repeat.silhouette) == (result.k, result.silhouette)
 
 
-def test_choose_k_default_grid_is_searched_coarse_to_fine_and_recorded():
+def test_choose_k_global_rule_is_the_search_before_the_papers_range():
+    """rule='global' (k='auto-global'): the default grid from 2, searched coarse-to-fine, the highest score wins."""
     x, _ = planted_blobs(6, 100, seed=4)  # 600 rows: grid up to 600 // 16 = 37
-    result = choose_k(x, seed=0, sample_size=300)
-    assert result.grid == default_k_candidates(600) == [2, 3, 4, 6, 8, 11, 16, 23, 32]
+    result = choose_k(x, seed=0, sample_size=300, rule="global", budget=20)  # the budget caps nothing here
+    assert result.grid == default_k_candidates(600, rule="global") == [2, 3, 4, 6, 8, 11, 16, 23, 32]
     # The powers of two, then the grid's neighbours of the best of them (4 here, so 3 and 6).
-    assert list(result.silhouette) == [2, 3, 4, 6, 8, 16, 32] and result.k == 6
+    assert list(result.silhouette) == [2, 3, 4, 6, 8, 16, 32] and result.k == result.best == 6
     assert max(result.silhouette[k] for k in (2, 8, 16, 32)) < result.silhouette[4]
     assert result.sample_size == 300 and all(0 < e < 0.02 for e in result.standard_error.values())
     record = result.record()
     assert record == json.loads(json.dumps(record))  # JSON values only
-    assert record["mode"] == "auto" and record["chosen"] == 6 and record["candidates"] == [2, 3, 4, 6, 8, 16, 32]
+    assert record["mode"] == "auto" and record["rule"] == "global" and record["chosen"] == record["best"] == 6
+    assert record["candidates"] == [2, 3, 4, 6, 8, 16, 32] and record["local_maxima"] == [6]
     assert record["silhouette"]["6"] == result.silhouette[6] and record["search"] == "coarse-to-fine"
+    assert record["range"] == {"lower": 2, "upper": 37, "fallback": False} and record["budget"] == 20
+    assert "seed_check" not in record and "ties" not in record  # one seed, no tie rule
     assert record["estimator"] == {"metric": "cosine", "clustering": "whole pool", "sample_size": 300, "min_rows_per_cluster": 16}
     with pytest.raises(InvalidArgumentError, match=r"k='auto' has no candidate k in \[2, 9\] to try \(candidates: \[10, 12\]\)"):
         choose_k(x[:10], [12, 10])
@@ -268,6 +309,78 @@ def test_choose_k_default_grid_is_searched_coarse_to_fine_and_recorded():
         choose_k(x[:19])
     with pytest.raises(InvalidArgumentError, match=r"`sample_size`=1"):
         choose_k(x, sample_size=1)
+
+
+def test_choose_k_paper_rule_searches_its_range_checks_the_seed_spread_and_records_the_curve(caplog):
+    """rule='paper' (k='auto') on the same pool: the fallback grid under 64 (logged), the three best candidates
+    re-run with seed + 1 on the same rows, and a record whose derived fields are what its curve gives."""
+    x, _ = planted_blobs(6, 100, seed=4)
+    with caplog.at_level("INFO", logger="hf_idsel.cluster"):
+        result = choose_k(x, seed=0, sample_size=300, budget=60)
+    assert "600 rows and a budget of 60 rows allow k up to 29" in caplog.text and "largest feasible candidates [8, 11, 16, 23]" in caplog.text
+    assert result.grid == default_k_candidates(600, 60) == [8, 11, 16, 23] and result.k_range == (8, 29)
+    assert list(result.silhouette) == [8, 11, 16]  # powers 8, 16, then the best's (8) neighbour on the grid: 11
+    check = result.seed_check
+    top3 = sorted(result.silhouette, key=lambda k: -result.silhouette[k])[:3]
+    assert check["seed"] == 1 and sorted(check["silhouette"]) == sorted(top3)
+    for k, score in check["silhouette"].items():  # seed + 1, scored on the silhouette's same rows
+        labels = kmeans(x, k, seed=1, warn_empty=False).labels
+        assert score == silhouette(x, labels, sample_size=300, seed=0)[0]
+    assert check["spread"] == seed_spread(result.silhouette, check["silhouette"]) > 0
+    assert result.tied == near_ties(result.silhouette, result.standard_error, check["spread"]) and result.k == result.tied[0]
+    assert result.k == result.best == 8  # a clear peak: no near-tie
+    record = result.record()
+    assert record == json.loads(json.dumps(record))
+    assert record["rule"] == "paper" and record["range"] == {"lower": 8, "upper": 29, "fallback": True} and record["budget"] == 60
+    assert record["local_maxima"] == local_maxima(result.silhouette) and record["ties"] == {"z": 2.0, "tied": [8], "rule": "smallest k"}
+    assert record["seed_check"]["silhouette"] == {str(k): v for k, v in check["silhouette"].items()}
+    # Deterministic: the same call gives the same record, and the clustering is kmeans at k with the first seed.
+    assert choose_k(x, seed=0, sample_size=300, budget=60).record() == record
+    assert np.array_equal(result.clustering.labels, kmeans(x, 8, seed=0).labels)
+
+
+def test_near_ties_go_to_the_smallest_k():
+    """Uniform rows on a sphere have no cluster structure: the silhouette rises slowly with k, every step inside
+    the noise. The best (k = 16) is not chosen; the smallest candidate within the band of it is."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1500, 4))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    result = choose_k(x, [4, 6, 8, 11, 16], seed=0, sample_size=500)
+    assert result.best == 16 and result.tied == [8, 11, 16] and result.k == 8
+    assert result.silhouette[8] < result.silhouette[11] < result.silhouette[16]
+    assert np.array_equal(result.clustering.labels, kmeans(x, 8, seed=0).labels)
+    # The band: two standard deviations of a difference of two single-run scores.
+    spread, se, s = result.seed_check["spread"], result.standard_error, result.silhouette
+    for k in (4, 6, 8, 11):
+        band = 2 * math.sqrt(se[16] ** 2 + se[k] ** 2 + 2 * spread**2)
+        assert (s[16] - s[k] <= band) == (k in result.tied)
+    # The global rule keeps the highest score.
+    assert choose_k(x, [4, 6, 8, 11, 16], seed=0, sample_size=500, rule="global").k == 16
+    # The rule on its own: ties with the best within the band, the exact tie going to the smaller k.
+    scores, errors = {2: 0.50, 4: 0.49, 8: 0.47, 16: 0.50}, {2: 0.005, 4: 0.005, 8: 0.005, 16: 0.005}
+    assert near_ties(scores, errors, 0.0) == [2, 4, 16] and near_ties(scores, errors, 0.01) == [2, 4, 8, 16]
+    assert local_maxima(scores) == [2, 16] and local_maxima({5: 0.1}) == [5] and local_maxima({2: 0.3, 3: 0.3, 4: 0.1}) == [2]
+    # The spread: the median |difference| between two seeds' scores, as a normal standard deviation of one score;
+    # a run caught in a poor local optimum (k = 8 below) does not widen every band.
+    assert seed_spread({2: 0.5, 4: 0.4}, {2: 0.48, 8: 0.1}) == pytest.approx(0.02 / (math.sqrt(2) * 0.6744898))
+    assert seed_spread({4: 0.75, 6: 0.95, 8: 0.72}, {4: 0.748, 6: 0.95, 8: 0.45}) == pytest.approx(0.002 / (math.sqrt(2) * 0.6744898))
+    assert seed_spread({2: 1}, {}) == 0.0
+
+
+def test_a_k_of_half_the_budget_or_more_warns(caplog):
+    x, _ = planted_blobs(6, 50, seed=5)
+    with caplog.at_level("WARNING", logger="hf_idsel.cluster"):
+        assert warn_if_k_near_budget(6, 12) and warn_if_k_near_budget(7, 12)
+    assert caplog.text.count("is at least half the budget of 12 rows") == 2 and "k=6 clusters" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_idsel.cluster"):
+        assert not warn_if_k_near_budget(5, 12) and not warn_if_k_near_budget(5000, None)
+        choose_k(x, budget=40, seed=0)  # the default grid stays below budget / 2: 6 ... 16 here
+        assert choose_k(x, [2, 3, 4, 6, 8], budget=40, seed=0).k == 6  # the user's candidates: not capped
+    assert caplog.text == ""
+    with caplog.at_level("WARNING", logger="hf_idsel.cluster"):
+        assert choose_k(x, [2, 3, 4, 6, 8], budget=12, seed=0).k == 6
+    assert "k=6 clusters is at least half the budget of 12 rows" in caplog.text
 
 
 @pytest.mark.parametrize("k", [2, 40, 400])
@@ -334,3 +447,54 @@ def test_kmeans_on_stored_float16_vectors_matches_the_float32_matrix_they_read_a
     nearest = np.argmax(dense @ c.centroids.T, axis=1)
     assert np.array_equal(c.labels, nearest)
     assert kmeans(stored, 1).centroids.shape == (1, 16)
+
+
+def test_diverse_select_passes_its_budget_to_the_k_choice_and_keeps_the_global_search_by_name(blob_pool, caplog):
+    """`k="auto"` caps its candidates below half the row budget and records that budget; `k="auto-global"` is the
+    search from k = 2 with the highest silhouette; a fixed k of half the budget or more warns; the dry run lists
+    the candidates the budget allows."""
+    from hf_idsel import diverse_select
+
+    common = dict(embedding_column="embedding", return_manifest=True)
+    _, paper = diverse_select(blob_pool, 12, k="auto", **common)  # 250 rows: k up to 5 (< 6 = budget / 2)
+    record = paper.k_selection
+    assert record["rule"] == "paper" and record["budget"] == 12 and record["range"] == {"lower": 2, "upper": 5, "fallback": True}
+    assert record["candidates"] == [2, 3, 4] and paper.k == record["chosen"] == 4  # the 6 planted blobs are out of reach
+    _, glob = diverse_select(blob_pool, 12, k="auto-global", **common)
+    assert glob.k_selection["rule"] == "global" and glob.arguments["k"] == "auto-global"
+    assert glob.k == glob.k_selection["best"] == 6 and glob.k_selection["range"] == {"lower": 2, "upper": 15, "fallback": False}
+    assert "seed_check" not in glob.k_selection
+    plan = diverse_select(blob_pool, 40, k="auto", embedding_column="embedding", dry_run=True)
+    assert plan.k_candidates == default_k_candidates(250, 40) == [4, 6, 8, 11]
+    with caplog.at_level("WARNING", logger="hf_idsel.cluster"):
+        diverse_select(blob_pool, 12, k=6, **common)
+    assert "k=6 clusters is at least half the budget of 12 rows" in caplog.text
+
+
+def test_a_manifest_from_before_the_papers_rule_replays_with_the_search_it_ran(blob_pool):
+    """A k="auto" manifest whose `k_selection` has no rule was chosen by the global search: a re-run uses it."""
+    from hf_idsel import Manifest, diverse_select, load_selection
+
+    subset, manifest = diverse_select(blob_pool, 12, k="auto-global", embedding_column="embedding", return_manifest=True)
+    data = manifest.to_dict()
+    data["arguments"]["k"] = "auto"
+    data["k_selection"] = {key: value for key, value in data["k_selection"].items() if key not in ("rule", "best", "local_maxima", "budget", "range")}
+    old = Manifest.from_dict(data)
+    assert old.k == 6  # the paper's rule would pick 4 here: 12 rows allow k < 6
+    again = load_selection(old, blob_pool, recompute=True)
+    assert again["source_index"] == subset["source_index"] and again["cluster"] == subset["cluster"]
+
+
+def test_exact_silhouette_ties_go_to_the_smaller_k_under_both_rules():
+    """Issue 29.2: identical rows score -1 at every k, an exact tie. Both rules choose the smallest k, call it the
+    best, and return its clustering (the global rule keeps only its best clustering: the kept one must be that k's)."""
+    x = np.tile(np.array([[0.0, 1.0, 0.0]], dtype=np.float32), (60, 1))
+    for rule in ("paper", "global"):
+        result = choose_k(x, [4, 2, 3], seed=0, rule=rule)
+        assert result.silhouette == {2: -1.0, 3: -1.0, 4: -1.0}, rule
+        assert result.k == result.best == 2 and result.clustering.k == 2, rule
+        assert result.clustering.centroids.shape == (2, 3), rule
+    assert choose_k(x, [4, 2, 3], seed=0, rule="paper").tied == [2, 3, 4]
+    # In `near_ties` too, the best of an exact tie is the smaller k: its own error sets the band (k = 16's is wide).
+    scores, errors = {2: 0.50, 8: 0.45, 16: 0.50}, {2: 0.001, 8: 0.001, 16: 0.1}
+    assert near_ties(scores, errors, 0.0) == [2, 16]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import hf_idsel
-from conftest import planted_blobs
+from helpers import make_trainer, planted_blobs
 from hf_idsel import InvalidArgumentError, Manifest, diverse_select
 from hf_idsel.cards import CardFacts, dataset_card
 from hf_idsel.cli import main
@@ -17,6 +17,7 @@ from hf_idsel.cluster import Clustering
 from hf_idsel.describe import cluster_terms, describe_clusters, describe_pool, description_rows, shorten
 from hf_idsel.render import resolve_render_options
 from hf_idsel.report import format_report, format_rounds, markdown_table, plot_selection, weight_changes
+from hf_idsel.rounds import RoundRecord
 
 # Three planted vocabularies over a shared filler: every row of a cluster holds its first two words, half hold
 # the third; every row of every cluster holds "common", and stop words and numbers that never count.
@@ -153,18 +154,24 @@ def described():
     return diverse_select(planted_pool(), 12, k=3, embedding_column="embedding", return_manifest=True)[1]
 
 
+def _round(index, weights, selected, per_cluster, cumulative, scored=True):
+    return RoundRecord(
+        round=index, weights=weights, cluster_scores=[None] * len(weights), selected=selected, selected_per_cluster=per_cluster,
+        cumulative_size=cumulative, scorer="loss", scored=scored, scored_rows=len(selected) if scored else 0, global_step=index,
+        k=len(weights),
+    )
+
+
 ROUNDS = [
-    {"round": 1, "weights": [0.6, 0.1, 0.3], "selected": [0, 1], "selected_per_cluster": [1, 1, 0], "cumulative_size": 2,
-     "scorer": "loss", "scored_rows": 2},
-    {"round": 2, "weights": [0.66, 0.02, 0.32], "selected": [2, 3], "selected_per_cluster": [1, 0, 1], "cumulative_size": 4,
-     "scorer": "loss", "scored": False},
+    _round(1, [0.6, 0.1, 0.3], [0, 1], [1, 1, 0], 2),
+    _round(2, [0.66, 0.02, 0.32], [2, 3], [1, 0, 1], 4, scored=False),
 ]
 
 
 def test_weight_changes_name_the_clusters_furthest_from_uniform():
     assert weight_changes(ROUNDS) == ([0], [1])  # 0.32 is within 10% of 1/3
-    assert weight_changes([{"weights": [0.25] * 4}]) == ([], [])
-    assert weight_changes([{"weights": [0.4, 0.3, 0.2, 0.1]}], top=1) == ([0], [3])
+    assert weight_changes([_round(1, [0.25] * 4, [0], [1, 0, 0, 0], 1)]) == ([], [])
+    assert weight_changes([_round(1, [0.4, 0.3, 0.2, 0.1], [0], [1, 0, 0, 0], 1)], top=1) == ([0], [3])
 
 
 def test_report_card_and_plot_show_the_descriptions(described, tmp_path):
@@ -234,8 +241,7 @@ def test_malformed_descriptions_are_refused_by_name(described, descriptions, pro
 
 
 def test_the_trainer_describes_its_clusters_in_manifests_cards_and_report(tmp_path, capsys):
-    from hf_idsel.publish import STAGING_DIR
-    from test_trainer import make_trainer
+    from hf_idsel.hub_layout import STAGING_DIR
 
     trainer = make_trainer(tmp_path, budget=24, scorer="loss")
     descriptions = trainer.cluster_descriptions

@@ -9,25 +9,8 @@ import datasets
 import numpy as np
 
 import hf_idsel
+from helpers import prompt_pool
 from hf_idsel.distributed import shard_bounds
-
-TEMPLATES = [
-    "Translate sentence {i} into French.",
-    "What is {i} times {j}?",
-    "Write a haiku about the number {i}.",
-    "Name a country whose capital starts with letter {c}.",
-    "Fix the bug in line {i} of my Python script.",
-]
-
-
-def make_pool(n: int = 1100) -> datasets.Dataset:
-    """More rows than two embedding chunks (1024 rows each), so both ranks embed a share."""
-    rows = []
-    for i in range(n):
-        t = TEMPLATES[i % len(TEMPLATES)]
-        rows.append({"prompt": t.format(i=i, j=i % 7, c=chr(65 + i % 26)), "completion": f"Answer {i}."})
-    return datasets.Dataset.from_list(rows)
-
 
 def test_shard_bounds_cover_every_chunk_once():
     for chunks in (1, 2, 3, 10):
@@ -64,7 +47,7 @@ def test_two_processes_select_exactly_what_one_process_selects(tmp_path):
 
     # One process, fresh cache: the same vectors, clusters and rows.
     subset, manifest = hf_idsel.diverse_select(
-        make_pool(), 100, k=5, seed=3, cache_dir=str(tmp_path / "single"), return_manifest=True
+        prompt_pool(), 100, k=5, seed=3, cache_dir=str(tmp_path / "single"), return_manifest=True
     )
     assert manifest.selected_digest == ranks[0]["selected_digest"]
     assert manifest.selected_clusters == ranks[0]["selected_clusters"]

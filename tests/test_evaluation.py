@@ -9,14 +9,21 @@ import json
 import numpy as np
 import pytest
 
-from _tiny import make_tiny_llama, save_tiny_llama, single_thread
+from helpers import make_pool, make_tiny_llama, make_trainer, save_tiny_llama, single_thread
 from hf_idsel import InvalidArgumentError
 from hf_idsel.cli import main
-from hf_idsel.evaluation import evaluate_model, extract_code, extract_final_number, held_out_items, humaneval_passed
+from hf_idsel.evaluation import (
+    check_round_evaluation,
+    evaluate_model,
+    evaluate_round,
+    extract_code,
+    extract_final_number,
+    held_out_items,
+    humaneval_passed,
+)
 from hf_idsel.pool import load_builtin_pool
 from hf_idsel.report import format_rounds, read_rounds
 from hf_idsel.rounds import RoundRecord
-from test_trainer import make_pool, make_trainer
 
 # A pool that leaves GSM8K and HumanEval rows out, as a pool built for a clean evaluation would.
 SMALLER = {"gsm8k": 1200, "humaneval": 140}
@@ -98,7 +105,7 @@ def test_hf_idsel_eval_writes_the_metrics_and_refuses_code_execution_unasked(tmp
     folder = save_tiny_llama(*make_tiny_llama(), tmp_path / "tiny")
     # Refused before the model is loaded: the model path does not even exist.
     assert main(["eval", str(tmp_path / "missing"), "--tasks", "humaneval"]) == 2
-    assert "--allow-code-execution" in capsys.readouterr().err
+    assert "--allow_code_execution" in capsys.readouterr().err
     out = tmp_path / "eval.json"
     with single_thread():
         # The default pool holds every GSM8K row: gsm8k is skipped with a warning, mmlu is evaluated.
@@ -119,17 +126,17 @@ def test_the_trainer_evaluates_after_every_round(tmp_path, caplog):
         trainer = make_trainer(tmp_path, pool=pool, budget=16, rounds=2, round_eval_tasks=["mmlu"], round_eval_items=3)
         trainer.train()
     rounds = read_rounds(trainer.args.output_dir)
-    assert [sorted(r["eval"]["metrics"]) for r in rounds] == [["mmlu/accuracy", "mmlu/gold_logprob"]] * 2
-    items = rounds[0]["eval"]["items"]["mmlu"]
-    assert items == rounds[1]["eval"]["items"]["mmlu"] and not set(items) & set(skipped)
+    assert [sorted(r.eval["metrics"]) for r in rounds] == [["mmlu/accuracy", "mmlu/gold_logprob"]] * 2
+    items = rounds[0].eval["items"]["mmlu"]
+    assert items == rounds[1].eval["items"]["mmlu"] and not set(items) & set(skipped)
     logged = [h for h in trainer.state.log_history if "eval/mmlu/accuracy" in h]
-    assert [h["eval/mmlu/gold_logprob"] for h in logged] == [r["eval"]["metrics"]["mmlu/gold_logprob"] for r in rounds]
+    assert [h["eval/mmlu/gold_logprob"] for h in logged] == [r.eval["metrics"]["mmlu/gold_logprob"] for r in rounds]
     # Training between the rounds moved the model, so its log-likelihood of the gold answers moved.
-    assert rounds[0]["eval"]["metrics"]["mmlu/gold_logprob"] != rounds[1]["eval"]["metrics"]["mmlu/gold_logprob"]
+    assert rounds[0].eval["metrics"]["mmlu/gold_logprob"] != rounds[1].eval["metrics"]["mmlu/gold_logprob"]
     text = format_rounds(rounds)
-    assert f"eval after it: mmlu/accuracy {rounds[1]['eval']['metrics']['mmlu/accuracy']:.3f}" in text
+    assert f"eval after it: mmlu/accuracy {rounds[1].eval['metrics']['mmlu/accuracy']:.3f}" in text
     # Round files written before `eval` existed still load.
-    old = {k: v for k, v in rounds[0].items() if k != "eval"}
+    old = {k: v for k, v in rounds[0].to_dict().items() if k != "eval"}
     assert RoundRecord.from_dict(old).eval is None
 
 
@@ -138,6 +145,30 @@ def test_round_eval_config_is_checked_up_front(tmp_path):
         make_trainer(tmp_path, round_eval_tasks=["humaneval"])
     with pytest.raises(InvalidArgumentError, match="`round_eval_items`=0 must be an int >= 1"):
         make_trainer(tmp_path, round_eval_tasks=["mmlu"], round_eval_items=0)
+
+
+def test_round_evaluation_needs_an_unsharded_model_and_says_when_pool_rows_may_be_evaluated(tmp_path, caplog):
+    from hf_idsel import IterativeSelectionConfig
+
+    pool = make_pool()
+    args = IterativeSelectionConfig(output_dir=str(tmp_path), budget=16, round_eval_tasks=["mmlu"], round_eval_items=3, use_cpu=True)
+    with pytest.raises(InvalidArgumentError, match="DeepSpeed ZeRO-3 or FSDP model cannot do alone"):
+        check_round_evaluation(args, pool, sharded=True)
+    with caplog.at_level("WARNING", logger="hf_idsel.evaluation"):
+        check_round_evaluation(args, pool.add_column("origin_id", [f"row/{i}" for i in range(len(pool))]), sharded=False)
+        assert "origin_id" not in caplog.text
+        check_round_evaluation(args, pool, sharded=False)
+    assert "the pool has no `origin_id` column" in caplog.text
+    check_round_evaluation(IterativeSelectionConfig(output_dir=str(tmp_path), budget=16, use_cpu=True), pool, sharded=True)
+
+    # A round's evaluation is evaluate_model with the run's settings, items held out from the pool.
+    skipped = [item["origin_id"] for item in held_out_items("mmlu", 3)]
+    pool = pool.add_column("origin_id", skipped + [f"row/{i}" for i in range(len(pool) - 3)])
+    model, tokenizer = make_tiny_llama()
+    with single_thread():
+        result = evaluate_round(model, tokenizer, args, pool)
+        again = evaluate_model(model, tokenizer, ["mmlu"], items=3, exclude=pool, seed=args.selection_seed, show_progress=False)
+    assert result == again and not set(result["items"]["mmlu"]) & set(skipped)
 
 
 @pytest.mark.slow

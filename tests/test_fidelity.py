@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from _tiny import single_thread
+from helpers import single_thread
 
 _BENCH = os.path.join(os.path.dirname(__file__), "..", "bench")
 sys.path.insert(0, os.path.abspath(_BENCH))
@@ -231,7 +231,7 @@ def test_mmlu_is_scored_on_the_answer_letter_only():
 
 
 def test_mmlu_loss_ignores_template_tokens_and_equals_the_letters_likelihood():
-    from _tiny import make_tiny_llama
+    from helpers import make_tiny_llama
 
     from hf_idsel.quality import answer_log_likelihood
 

@@ -57,7 +57,8 @@ def test_the_run_needs_no_faiss_datasets_or_trl(assets, tmp_path):
         result = json.load(f)
     assert result["machine"]["faiss"] is None and result["machine"]["datasets"] is None and result["machine"]["trl"] is None
     assert result["encoder"]["rows"] == 16 and result["encoder"]["rows_per_s"] > 0 and result["encoder"]["dim"] == 384
-    assert result["kmeans"]["implementation"].startswith("torch") and result["kmeans"]["rows"] == 100
+    assert result["finished"] and set(result["kmeans"]) == {"torch"}  # faiss does not import: the torch k-means only
+    assert result["kmeans"]["torch"]["implementation"].startswith("torch") and result["kmeans"]["torch"]["rows"] == 100
     select = result["select"]
     assert "in this script" in select["implementation"]
     assert select["selected"] == select["distinct"] == 10  # the exact budget, distinct rows

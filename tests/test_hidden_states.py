@@ -1,5 +1,5 @@
 """The hidden-state encoder (RDS+, arXiv 2503.01807): pooling, identity and cache keys, the manifest
-record, projections, and a selection with it; on tests/_tiny.py's tiny Llama, one real SmolLM2 run."""
+record, projections, and a selection with it; on tests/helpers.py's tiny Llama, one real SmolLM2 run."""
 
 import copy
 import logging
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from _tiny import make_tiny_llama, save_tiny_llama, train_tiny
+from helpers import make_pool, make_tiny_llama, make_trainer, qa_pool, save_tiny_llama, train_tiny
 from hf_idsel import diverse_select, load_selection
 from hf_idsel.embed import embed_dataset, embedding_cache_key, encoder_identity
 from hf_idsel.errors import InvalidArgumentError
@@ -25,17 +25,6 @@ def tiny():
 @pytest.fixture(scope="module")
 def tiny_dir(tiny, tmp_path_factory):
     return save_tiny_llama(*tiny, tmp_path_factory.mktemp("tiny-llama"))
-
-
-def qa_pool(n=40):
-    topics = ["colour of the sky", "two plus two", "a poem about the sea", "print numbers in python"]
-    return datasets.Dataset.from_dict(
-        {
-            "question": [f"Question {i}: tell me about the {topics[i % 4]}?" + " more" * (i % 7) for i in range(n)],
-            "answer": [f"Answer {i}: the {topics[i % 4]} is fine." for i in range(n)],
-            "source": [["math", "chat", "code"][i % 3] for i in range(n)],
-        }
-    )
 
 
 def test_weighted_mean_weighs_tokens_by_position_and_ignores_padding():
@@ -192,11 +181,10 @@ def test_smollm2_hidden_states_group_rows_by_topic(smollm2, cache_dir):
 
 
 def test_the_trainer_embeds_the_pool_with_the_model_before_training(tmp_path):
-    from _tiny import make_tiny_llama as fresh
-    from test_trainer import make_pool, make_trainer
+    from helpers import make_tiny_llama as fresh
 
     from hf_idsel.cache import parameter_checksum
-    from hf_idsel.select import cluster_pool
+    from hf_idsel.pipeline import cluster_pool
 
     model, tokenizer = fresh()
     untrained = parameter_checksum(model)

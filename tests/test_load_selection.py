@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import hf_idsel.embed
+from helpers import examples
 from hf_idsel import InvalidArgumentError, Manifest, SelectionMismatchError, diverse_select, load_selection
 from hf_idsel.embed import DEFAULT_ENCODER, encoder_identity
 from hf_idsel.errors import IdselError
@@ -176,7 +177,7 @@ def test_a_manifest_cannot_turn_on_remote_code_or_choose_the_encoder(text_select
     # Consent is the caller's own `encoder=` (here the same model from its local folder): it is loaded, and
     # trust_remote_code stays the caller's (False), whatever the manifest says.
     local = encoder_identity(DEFAULT_ENCODER).location
-    with caplog.at_level(logging.WARNING, logger="hf_idsel.select"):
+    with caplog.at_level(logging.WARNING, logger="hf_idsel.load"):
         again = load_selection(str(hostile), pool, recompute=True, encoder=local, cache_dir=str(tmp_path / "cache"))
     assert again["source_index"] == subset["source_index"] and again["cluster"] == subset["cluster"]
     assert [(c["encoder"], c["trust_remote_code"]) for c in load_encoder_calls] == [(local, False)]
@@ -335,7 +336,7 @@ def manifest_file(tmp_path):
 _ONCE = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=_ONCE)
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=_ONCE)
 @given(data=st.data())
 def test_damaged_manifests_give_a_clean_error_or_the_right_rows(data, selection, pool, manifest_file):
     subset, manifest = selection
@@ -352,7 +353,7 @@ def test_damaged_manifests_give_a_clean_error_or_the_right_rows(data, selection,
     assert rows.to_dict() == subset.to_dict()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=_ONCE)
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=_ONCE)
 @given(
     manifest=st.one_of(
         st.none(), st.integers(), st.text(max_size=30), st.binary(max_size=8), st.lists(st.integers(), max_size=3),
@@ -378,7 +379,7 @@ def test_bad_load_selection_arguments_give_a_clean_error(
         load_selection(manifest, pool, config=config, revision=revision, recompute=recompute, **overrides)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=_ONCE)
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=_ONCE)
 @given(data=st.data())
 def test_a_recompute_from_a_manifest_with_bad_recorded_arguments_is_clean(data, selection, pool):
     """`recompute=True` replays the recorded arguments: any bad value there meets the same checks as a call."""

@@ -876,7 +876,152 @@ def test_k_auto_silhouette_curve_is_verified_and_old_records_still_load(tiny):
         ("k_selection.silhouette", {"2": float("nan")}, "`k_selection.silhouette`={'2': nan} must map each candidate k to a number."),
         ("k_selection.standard_error", {"2": "0"}, "`k_selection.standard_error`={'2': '0'} must map each candidate k to a number."),
         ("k_selection.candidates", [2, 4], "`k_selection.candidates` must be the candidates of `k_selection.silhouette`, ascending."),
+        # A manifest given as a dict can hold keys JSON cannot: an int key is refused by name, not an AttributeError.
+        ("k_selection.silhouette", {2: 0.1}, "`k_selection.silhouette`={2: 0.1} must map each candidate k to a number."),
     ]:
         data = _edit(_edit(tiny.to_dict(), "k_selection", new), path, value)
         with pytest.raises(InvalidArgumentError, match=_invalid(message, "m.json")):
             Manifest.from_dict(data, origin="m.json")
+
+
+def test_k_auto_paper_rule_record_is_recomputed_from_its_curve_on_load(tiny):
+    """The paper's rule records the best candidate, the curve's local maxima, the second seed's scores and their
+    spread, and the near-ties: each is recomputed from the curve on load, so a record that does not follow from
+    its own numbers is refused. Here the best (k=4) lost to the smaller near-tie k=3 (the manifest's k)."""
+    spread = 0.01 / (2**0.5 * 0.6744897501960817)  # the median |difference| 0.01 between the two seeds' scores
+    paper = {
+        "mode": "auto", "rule": "paper", "candidates": [2, 3, 4], "silhouette": {"2": 0.1, "3": 0.4, "4": 0.41},
+        "standard_error": {"2": 0.01, "3": 0.01, "4": 0.01}, "chosen": 3, "best": 4, "local_maxima": [4], "budget": 12,
+        "range": {"lower": 2, "upper": 5, "fallback": True}, "grid": [2, 3, 4], "search": "coarse-to-fine",
+        "estimator": {"metric": "cosine", "clustering": "whole pool", "sample_size": 12, "min_rows_per_cluster": 16},
+        "seed_check": {"seed": 1, "silhouette": {"3": 0.39, "4": 0.42}, "spread": spread},
+        "ties": {"z": 2.0, "tied": [3, 4], "rule": "smallest k"},
+    }
+    glob = {key: value for key, value in paper.items() if key not in ("seed_check", "ties")} | {
+        "rule": "global", "silhouette": {"2": 0.1, "3": 0.4, "4": 0.31}, "best": 3, "local_maxima": [3]}
+    for record in (paper, glob):
+        data = _edit(tiny.to_dict(), "k_selection", record)
+        assert Manifest.from_dict(data, origin="m.json").k_selection == record
+    for base, path, value, message in [
+        (paper, "k_selection.rule", "best", "`k_selection.rule`='best' must be one of ['paper', 'global']."),
+        (paper, "k_selection.best", 3, "`k_selection.best`=3 is not the candidate with the highest silhouette."),
+        (paper, "k_selection.local_maxima", [3], "`k_selection.local_maxima`=[3] are not the silhouette curve's."),
+        (paper, "k_selection.seed_check.spread", 0.5, "`k_selection.seed_check.spread` is not the spread of its scores against the curve's."),
+        (paper, "k_selection.seed_check.silhouette", {"3": 0.39, "9": 0.1}, "`k_selection.seed_check.spread` is not the spread of its scores against the curve's."),
+        (paper, "k_selection.seed_check.silhouette", {"3": "high"}, "`k_selection.seed_check.silhouette`={'3': 'high'} must map each candidate k to a number."),
+        (paper, "k_selection.seed_check.seed", 1.5, "`k_selection.seed_check`={'seed': 1.5, 'silhouette': {'3': 0.39, '4': 0.42}, 'spre... must hold an int `seed`, `silhouette` and a number `spread`."),
+        (paper, "k_selection.ties.tied", [4], "`k_selection.ties.tied`=[4] must be the near-ties [3, 4], and k their smallest."),
+        (paper, "k_selection.ties.z", 0.1, "`k_selection.ties.tied`=[3, 4] must be the near-ties [4], and k their smallest."),
+        (paper, "k_selection.ties.rule", "largest k", "`k_selection.ties`={'z': 2.0, 'tied': [3, 4], 'rule': 'largest k'} needs `z`, rule 'smallest k', a seed check and every standard error."),
+        (paper, "k_selection.standard_error", {"2": 0.01, "3": 0.01}, "`k_selection.ties`={'z': 2.0, 'tied': [3, 4], 'rule': 'smallest k'} needs `z`, rule 'smallest k', a seed check and every standard error."),
+        (glob, "k_selection.silhouette", {"2": 0.1, "3": 0.4, "4": 0.41}, "`k_selection.best`=3 is not the candidate with the highest silhouette."),
+        (glob | {"best": 4, "local_maxima": [4]}, "k_selection.silhouette", {"2": 0.1, "3": 0.4, "4": 0.41}, "`k_selection.best` must be the manifest's `k` under the rule 'global'."),
+    ]:
+        data = _edit(_edit(tiny.to_dict(), "k_selection", base), path, value)
+        with pytest.raises(InvalidArgumentError, match=_invalid(message, "m.json")):
+            Manifest.from_dict(data, origin="m.json")
+
+
+# ---- numbers read from JSON: a map coordinate or a silhouette score is any JSON number ----
+# A number is accepted when its float value is finite, and refused by name otherwise; never a TypeError or an
+# OverflowError. A hypothesis test found `cluster_map` crashing `load_selection` on ints outside [-2**63, 2**64).
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from helpers import examples  # noqa: E402
+
+# The smallest int that rounds past the largest float (round half to even): ints below it in size are finite.
+_FLOAT_OVERFLOW = 2**1024 - 2**970
+_AUTO_K = {"mode": "auto", "candidates": [2, 3, 4], "silhouette": {"2": 0.1, "3": 0.4, "4": -1.0}}
+
+
+def _finite_as_float(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) < _FLOAT_OVERFLOW
+    return value == value and abs(value) != float("inf")
+
+
+def _with_number(tiny, field: str, value) -> dict:
+    """`tiny` as a dict with `value` as the second cluster's x in `cluster_map`, or as k=3's silhouette score."""
+    data = tiny.to_dict()
+    if field == "cluster_map":
+        data["cluster_map"] = [[0.5, -0.5], [value, 0.0], [-1.0, 2.0]]
+    else:
+        data["k_selection"] = dict(_AUTO_K, silhouette=dict(_AUTO_K["silhouette"], **{"3": value}))
+    return data
+
+
+@pytest.mark.parametrize("field", ["cluster_map", "k_selection"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(v, id=name)
+        for name, v in [
+            ("0", 0), ("-7", -7), ("2**63-1", 2**63 - 1), ("2**63", 2**63), ("2**64", 2**64), ("-2**63-1", -(2**63) - 1),
+            ("10**40", 10**40), ("largest-int", _FLOAT_OVERFLOW - 1), ("smallest-int", -(_FLOAT_OVERFLOW - 1)),
+            ("1.5", 1.5), ("-0.0", -0.0), ("1e308", 1e308),
+        ]
+    ],
+)
+def test_any_finite_json_number_is_accepted(tiny, field, value):
+    manifest = Manifest.load(json.dumps(_with_number(tiny, field, value)), origin="m.json")
+    read = manifest.cluster_map[1][0] if field == "cluster_map" else manifest.k_selection["silhouette"]["3"]
+    assert read == value and type(read) is type(value)
+
+
+@pytest.mark.parametrize(
+    "field, message",
+    [
+        ("cluster_map", "`cluster_map`={} must be null or one [x, y] pair of numbers per cluster (k=3)."),
+        ("k_selection", "`k_selection.silhouette`={} must map each candidate k to a number."),
+    ],
+    ids=["cluster_map", "k_selection"],
+)
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(v, id=name)
+        for name, v in [
+            ("past-largest-int", _FLOAT_OVERFLOW), ("past-smallest-int", -_FLOAT_OVERFLOW), ("10**400", 10**400),
+            ("inf", float("inf")), ("-inf", float("-inf")), ("nan", float("nan")), ("true", True), ("false", False),
+            ("text", "1"), ("null", None),
+        ]
+    ],
+)
+def test_a_number_past_the_float_range_or_not_a_number_is_refused_by_name(tiny, field, message, value):
+    data = _with_number(tiny, field, value)
+    before, after = _invalid(message, "m.json").split(re.escape("{}"))
+    refused = f"{before}.+{after}"  # the value as written, cut to 60 characters
+    with pytest.raises(InvalidArgumentError, match=refused):
+        Manifest.from_dict(data, origin="m.json")
+    if not isinstance(value, str):  # the same through JSON text (NaN and Infinity included: `json` reads them)
+        with pytest.raises(InvalidArgumentError, match=refused):
+            Manifest.load(json.dumps(data), origin="m.json")
+
+
+_JSON_NUMBERS = st.one_of(
+    st.integers(),
+    st.integers(min_value=2**63 - 4, max_value=2**1100),
+    st.integers(min_value=-(2**1100), max_value=-(2**63) + 4),
+    st.sampled_from([2**64, -(2**63) - 1, _FLOAT_OVERFLOW - 1, _FLOAT_OVERFLOW, -_FLOAT_OVERFLOW, 10**400]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+)
+
+
+@settings(max_examples=examples(100), suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(["cluster_map", "k_selection"]), value=_JSON_NUMBERS)
+def test_load_selection_of_a_manifest_with_any_json_number_loads_or_refuses_it_cleanly(tiny, tiny_pool, tmp_path, field, value):
+    """The property test that found the crash: any JSON number in a map coordinate or a silhouette score gives the
+    recorded rows or an `InvalidArgumentError` naming the field, never a TypeError or an OverflowError."""
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(_with_number(tiny, field, value)), encoding="utf-8")
+    if _finite_as_float(value):
+        assert load_selection(str(path), tiny_pool)["source_index"] == [1, 5, 6, 9]
+    else:
+        named = "`cluster_map`=" if field == "cluster_map" else "`k_selection.silhouette`="
+        with pytest.raises(InvalidArgumentError, match=re.escape(named)):
+            load_selection(str(path), tiny_pool)

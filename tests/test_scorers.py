@@ -5,6 +5,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -12,18 +13,23 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from _tiny import BOS, make_tiny_llama, make_tiny_tokenizer, save_tiny_llama, tiny_reward_model, train_tiny
+from helpers import BOS, make_tiny_llama, make_tiny_tokenizer, save_tiny_llama, tiny_reward_model, train_tiny
 from hf_idsel import scorers as scorers_module
 from hf_idsel.errors import InvalidArgumentError
-from hf_idsel.quality import answer_log_likelihood
+from hf_idsel.lm import answer_log_likelihood, generate_answers
+from hf_idsel.rounds import merge_scores
 from hf_idsel.scorers import (
     CallableScorer,
     JudgeScorer,
     LikelihoodScorer,
+    LossScorer,
     PerplexityScorer,
     RewardScorer,
     RoundScorer,
-    generate_answers,
+    as_scorer,
+    gold_answers_needed,
+    per_row_loss,
+    scorer_name,
 )
 
 
@@ -725,6 +731,102 @@ def test_scorers_check_inputs_and_outputs():
         _InfiniteScorer()(["a"], ["x"], None)
     empty = scorer([], [], [])
     assert empty.dtype == np.float64 and empty.shape == (0,)
+
+
+# --------------------------------------------------------------------------------------------
+# The round-end interface: LossScorer and the hooks the trainer calls
+# --------------------------------------------------------------------------------------------
+
+
+def test_every_scorer_is_a_round_scorer_and_says_whether_it_needs_gold_answers():
+    loss = as_scorer("loss", None)
+    assert isinstance(loss, LossScorer) and isinstance(loss, RoundScorer) and as_scorer(loss, None) is loss
+    judge = JudgeScorer(keyword_judge)
+    assert [gold_answers_needed(s) for s in ("loss", loss, "reward", "likelihood", judge, keyword_judge)] == [
+        False, False, True, True, True, True,
+    ]
+    assert [scorer_name(s) for s in ("loss", loss, judge, keyword_judge, as_scorer(keyword_judge, None))] == [
+        "loss", "loss", "judge", "callable", "callable",
+    ]
+    with pytest.raises(InvalidArgumentError, match="cannot score texts"):
+        loss(["a"], ["b"], None)
+
+
+def test_loss_scorer_records_training_passes_only_and_carries_them_across_a_checkpoint(trained):
+    model, tokenizer = copy.deepcopy(trained[0]), trained[1]
+    prompts, golds = fact_rows(tokenizer)
+    batch = tokenizer([p + g for p, g in zip(prompts[:3], golds[:3])], padding=True, return_tensors="pt")
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    labels[:, :4] = -100  # the first tokens as prompt: not scored
+    rows = torch.tensor([7, 2, 5])
+    scorer = LossScorer()
+    scorer.attach(model)
+    with torch.no_grad():
+        expected = per_row_loss(model(input_ids=input_ids, attention_mask=attention_mask), labels).tolist()
+        assert scorer.losses == []  # a pass outside training (scoring, evaluation) is not recorded
+        with scorer.training_batch(rows, labels):
+            model(input_ids=input_ids, attention_mask=attention_mask)
+        with pytest.raises(RuntimeError), scorer.training_batch(rows[:1], labels[:1]):
+            raise RuntimeError("a failed forward pass records nothing")
+        model(input_ids=input_ids[:1], attention_mask=attention_mask[:1])
+    assert [row for row, _ in scorer.losses] == [7, 2, 5]
+    np.testing.assert_allclose([loss for _, loss in scorer.losses], expected, rtol=1e-6)
+    assert all(loss > 0 for loss in expected)
+
+    saved = json.loads(json.dumps(scorer.state()))  # what a checkpoint writes
+    resumed = LossScorer()
+    resumed.restore(saved)
+    assert resumed.state() == saved and resumed.losses == scorer.losses
+    resumed.reset()
+    assert resumed.state() == [] and RoundScorer.state(JudgeScorer(keyword_judge)) == []
+    for damaged in ([["7", 1.0]], [[7, float("nan")]], [[7]], [[True, 1.0]], ["7:1.0"]):
+        with pytest.raises(InvalidArgumentError, match="pending losses must be \\[row, loss\\] pairs"):
+            LossScorer().restore(damaged)
+
+
+class TopicScorer(RoundScorer):
+    """A scorer that decides itself what a round runs: every candidate row scores its pool topic, nothing generated."""
+
+    name = "topic"
+    needs_generation = False
+
+    def __init__(self, topics):
+        self.topics = topics
+        self.calls = []
+
+    def _score(self, prompts, golds, generations):
+        return [float(len(g)) for g in golds]
+
+    def prepare(self, context):
+        self.calls.append(("prepare", context.pool_size, context.labels))
+
+    def score_round(self, rows, context):
+        self.calls.append(("score_round", context.round_index, len(rows)))
+        mine = rows[context.rank :: context.world_size]
+        return merge_scores(context.gather([(int(r), float(self.topics[r])) for r in mine]))
+
+    def reset(self):
+        self.calls.append(("reset",))
+
+
+def test_the_trainer_runs_the_scorers_own_hooks(tmp_path):
+    from helpers import single_thread
+    from helpers import make_pool, make_trainer, read_rounds
+
+    pool = make_pool()
+    scorer = TopicScorer(pool["topic"])
+    with single_thread():
+        trainer = make_trainer(tmp_path, pool=pool, scorer=scorer, budget=16, rounds=2, score_last_round=False)
+        trainer.train()
+    first = read_rounds(trainer.args.output_dir)[0]
+    assert first["scorer"] == "topic"
+    chosen = np.asarray(first["selected"])
+    topics = np.asarray(pool["topic"])
+    in_cluster = [chosen[trainer.labels[chosen] == c] for c in range(trainer.k)]
+    expected = [float(np.mean(topics[rows])) if len(rows) else None for rows in in_cluster]
+    assert first["cluster_scores"] == expected
+    assert scorer.calls == [("prepare", len(pool), None), ("score_round", 1, len(chosen)), ("reset",), ("reset",)]
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,9 +9,8 @@ import uuid
 import numpy as np
 import pytest
 
-from _tiny import single_thread
+from helpers import make_trainer, single_thread
 from hf_idsel.trackers import TABLE_COLUMNS, cluster_table_rows
-from test_trainer import make_trainer
 
 
 def test_the_cluster_table_has_a_row_per_cluster():

@@ -8,13 +8,11 @@ import numpy as np
 import pytest
 from huggingface_hub import DatasetCard, ModelCard
 
-from _tiny import single_thread
-from conftest import unit_rows
-from hf_idsel import InvalidArgumentError
+from helpers import make_pool, make_trainer, single_thread, unit_rows
+from hf_idsel import InvalidArgumentError, diverse_select
 from hf_idsel.cli import main
 from hf_idsel.manifest import Manifest
-from hf_idsel.publish import STAGING_DIR
-from test_trainer import make_pool, make_trainer
+from hf_idsel.hub_layout import STAGING_DIR
 
 
 def arithmetic_exclude(pool):
@@ -91,7 +89,7 @@ def test_the_trainer_uses_the_thresholds_it_is_given_and_refuses_bad_ones_before
         assert record["removed_indices"] == [26, 33] and record["cosine"] == [None, None]
         with pytest.raises(InvalidArgumentError, match="exclude_ngram_threshold"):
             make_trainer(tmp_path / "bad", pool=pool, exclude_dataset=exclude, exclude_ngram_threshold=1.5)
-        with pytest.raises(InvalidArgumentError, match="`exclude`"):
+        with pytest.raises(InvalidArgumentError, match="`exclude_dataset`"):
             make_trainer(tmp_path / "bad2", pool=pool, exclude_dataset=exclude.select_columns(["embedding"]))
 
 
@@ -107,3 +105,26 @@ def test_embed_with_model_embeds_the_evaluation_set_with_the_same_model_as_the_p
     assert trainer.encoder_info["dim"] == trainer.model.config.hidden_size  # the pool was embedded by the model
     assert 26 in record["removed_indices"] and 33 in record["removed_indices"]
     assert all(c >= 0.9999 for c in record["cosine"])
+
+
+def test_the_trainer_decontaminates_and_clusters_as_diverse_select_does(tmp_path):
+    """One decontamination method for static and iterative selection: the trainer's set-up runs the stage that
+    diverse_select runs, so on the same pool, k and seed the same rows are dropped and the rows left get the same
+    clusters (ids, sizes, map, representative rows). A dropped row carries its nearest centroid's id, never drawn."""
+    pool = make_pool()
+    exclude = arithmetic_exclude(pool)
+    with single_thread():
+        trainer = make_trainer(tmp_path, pool=pool, budget=24, rounds=2, exclude_dataset=exclude)
+    _, manifest = diverse_select(
+        pool, 40, k=trainer.k, seed=trainer.args.selection_seed, embedding_column="embedding", exclude=exclude,
+        return_manifest=True,
+    )
+    assert manifest.decontamination["removed_indices"] == trainer.decontamination["removed_indices"] == [26, 33]
+    kept = np.setdiff1d(np.arange(len(pool)), [26, 33])
+    assert manifest.cluster_sizes == np.bincount(trainer.labels[kept], minlength=trainer.k).tolist()
+    assert manifest.selected_clusters == trainer.labels[manifest.selected_indices].tolist()
+    assert manifest.cluster_map == trainer.cluster_map
+    examples = [d["example_rows"] for d in trainer.cluster_descriptions]
+    assert examples == [d["example_rows"] for d in manifest.cluster_descriptions]
+    assert not {26, 33} & {row for rows in examples for row in rows}  # a dropped row represents no cluster
+    assert not trainer.trainable[[26, 33]].any() and 0 <= trainer.labels[[26, 33]].min() < trainer.k

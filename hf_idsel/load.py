@@ -1,0 +1,279 @@
+"""load_selection: the subset a manifest describes, rebuilt from its pool (local, or read from the Hub), checked
+against the manifest's digests; or, with `recompute=True`, the selection re-run and compared.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import datasets
+
+from . import hidden_states, methods
+from .arguments import ADDED_COLUMNS, OLD_NAMES, RECORDED_ARGUMENTS, REPLAY_FROM_CALLER, take_old_names
+from .embed import DEFAULT_ENCODER
+from .errors import IdselError, InvalidArgumentError, SelectionMismatchError, redact_token
+from .hub_layout import DEFAULT_CONFIG, check_repo_id, manifest_path
+from .manifest import Manifest, selection_subset
+from .pool import BUILTIN_POOL, BUILTIN_POOL_NAME, load_pool
+from .select import diverse_select
+
+logger = logging.getLogger(__name__)
+
+
+def load_selection(
+    manifest,
+    pool: datasets.Dataset | None = None,
+    *,
+    config: str | None = None,
+    revision: str | None = None,
+    token=None,
+    recompute: bool = False,
+    **overrides,
+):
+    """Rebuild the subset a manifest describes from its pool: exactly the recorded rows, or an error.
+
+    What is checked: the manifest's fields (types, ranges, consistency) and the digests of its row ids
+    and cluster ids; the pool's size; the content of every column of `pool` against the digests the
+    manifest records, so each column of the returned subset is the one the selection saw (a changed
+    column is named). A column the manifest does not record is refused: leave it out of `pool`.
+
+    A manifest written before hf_idsel recorded column and cluster digests (format_version 1) is still
+    loaded and gives the same rows: its digests cover the row ids and the columns the selection read
+    (the text, or the vectors of `embedding_column`, and `quality_column`), not the other columns nor
+    the cluster ids; those are returned with a logged warning naming them (`recompute=True` checks the
+    cluster ids). Digests are checksums, not signatures: they catch a changed pool or a corrupt or
+    edited manifest field, not a manifest whose fields and digests were rewritten together.
+
+    Nothing in a manifest turns on `trust_remote_code` or chooses code to run: with `recompute=True`,
+    `trust_remote_code` is only what you pass, and an encoder the manifest names (other than the
+    default, which `diverse_select` uses anyway) is loaded only when you pass it as `encoder=`.
+
+    Args:
+        manifest (`Manifest`, `dict`, `str`):
+            A manifest, the path of its JSON file (or a folder holding `manifest.json`), or the id
+            of a Hub dataset repo made by `push_selection` or `IterativeSelectionTrainer`.
+        pool (`datasets.Dataset`, *optional*):
+            The pool the selection was made on. Default: the pool the manifest names (the built-in
+            pool, or the Hub dataset given as `pool_id` when the selection was pushed).
+        config (`str`, *optional*):
+            For a Hub repo: the config to rebuild (`"round_2"`); default: the repo's default config.
+        revision (`str`, *optional*):
+            For a Hub repo: the revision to read the manifest from.
+        token (`str`, *optional*):
+            Hub token for private repos.
+        recompute (`bool`, *optional*, defaults to `False`):
+            Re-run the whole selection (embed, cluster, sample) with the manifest's arguments and
+            check that it gives the same rows and cluster ids, instead of taking the recorded ones.
+        overrides:
+            With `recompute=True` only: the arguments of the re-run that are yours, not the manifest's:
+            `tokenizer`, `device`, `cache_dir`, `encode_batch_size` and the map settings (not recorded), `exclude_dataset`
+            (the evaluation set, required when the manifest records a decontamination), `trust_remote_code`
+            (never taken from a manifest; defaults to `False`), and `encoder` / `encoder_revision`.
+            Passing `encoder=` is your consent to load that encoder: a manifest that names another
+            encoder than the default is re-run only with it (`encoder_revision` defaults to the
+            manifest's when you pass the encoder it names).
+
+    Returns:
+        `datasets.Dataset`: the subset, with `source_index` and `cluster`.
+
+    Raises:
+        [`InvalidArgumentError`]: no such manifest, a malformed one, a bad argument, or a re-run that needs
+            your consent (the message says what to pass).
+        [`SelectionMismatchError`]: the pool, or the manifest's rows or cluster ids, differ from what the
+            manifest records; the message names what changed.
+    """
+    if not isinstance(recompute, bool):
+        raise InvalidArgumentError(f"`recompute`={recompute!r} must be True or False.")
+    if overrides and not recompute:
+        raise InvalidArgumentError(
+            f"{sorted(overrides)} only apply to a re-run: pass `recompute=True`, or leave them out."
+        )
+    manifest = _read_manifest(manifest, config=config, revision=revision, token=token)
+    manifest.check_integrity()
+    replay = _replay_arguments(manifest, overrides) if recompute else None
+    if pool is None:
+        pool = _load_recorded_pool(manifest, token)
+    if not isinstance(pool, datasets.Dataset):
+        raise InvalidArgumentError(f"`pool` must be a datasets.Dataset, got {type(pool).__name__}.")
+    clash = [c for c in ADDED_COLUMNS if c in pool.column_names]
+    if clash:
+        raise InvalidArgumentError(
+            f"`pool` has column(s) {clash} that the subset adds: pass the pool the selection was made on, not a subset."
+        )
+    if pool._indices is not None:
+        pool = pool.flatten_indices()
+    manifest.check_pool(pool)
+    if recompute:
+        return _recompute(manifest, pool, replay)
+    return selection_subset(pool, manifest.selected_indices, manifest.selected_clusters)
+
+
+# What `load_selection(..., recompute=True)` takes from its caller rather than from the manifest, by current or old name.
+_CALLER_ARGUMENTS = (*REPLAY_FROM_CALLER, *(old for old, new in OLD_NAMES.items() if new in REPLAY_FROM_CALLER))
+
+
+def _replay_arguments(manifest: Manifest, overrides: dict) -> dict:
+    """The `diverse_select` arguments of a re-run: the manifest's, but never its `trust_remote_code`, and
+    its encoder only when it is the default or the caller passes it."""
+    not_theirs = sorted(set(overrides) - set(_CALLER_ARGUMENTS))
+    if not_theirs:
+        raise InvalidArgumentError(
+            f"load_selection(..., recompute=True) got {not_theirs}: the re-run takes the manifest's arguments; "
+            f"only {list(_CALLER_ARGUMENTS)} may be passed."
+        )
+    current = {name: value for name, value in overrides.items() if name not in OLD_NAMES}
+    overrides = take_old_names(current, {name: overrides[name] for name in overrides if name in OLD_NAMES})
+    if manifest.method not in methods.METHODS:
+        raise InvalidArgumentError(
+            f"`recompute=True`: a {manifest.method!r} selection depends on a training run and cannot be re-run "
+            "here; load it without recompute (the recorded rows are checked against their digest)."
+        )
+    if manifest.decontamination is not None and overrides.get("exclude_dataset") is None:
+        raise InvalidArgumentError(
+            f"{manifest.origin} dropped {manifest.decontamination['removed']} pool rows matching an evaluation set "
+            f"({manifest.decontamination['exclude'].get('name') or 'unnamed'}, "
+            f"{manifest.decontamination['exclude'].get('num_rows')} rows) before clustering: pass that set again as "
+            "`exclude_dataset=` to re-run it, or load without `recompute`."
+        )
+    recorded = _current_names(manifest)
+    if recorded.get("k") == "auto" and manifest.k_selection.get("mode") == "auto" and "rule" not in manifest.k_selection:
+        recorded["k"] = "auto-global"  # written before k="auto" followed the paper's range: the search it ran
+    for name in ("method", "seed"):
+        if name in recorded and recorded[name] != getattr(manifest, name):
+            raise InvalidArgumentError(
+                f"{manifest.origin} records `arguments.{name}`={recorded[name]!r} but `{name}`={getattr(manifest, name)!r}: "
+                "the file was edited. Load it without `recompute` (the recorded rows are checked against their digests)."
+            )
+    if recorded.pop("trust_remote_code", False) is not False and "trust_remote_code" not in overrides:
+        logger.warning(
+            "%s asks for trust_remote_code; ignored: hf_idsel never takes trust_remote_code from a manifest. "
+            "Pass trust_remote_code=True to load_selection yourself if you trust the encoder's code.",
+            manifest.origin,
+        )
+    encoder = recorded.pop("encoder", DEFAULT_ENCODER)
+    encoder_revision = recorded.pop("encoder_revision", None)
+    if "encoder" in overrides:
+        same = isinstance(overrides["encoder"], str) and overrides["encoder"] == encoder
+        if same and "encoder_revision" not in overrides:
+            recorded["encoder_revision"] = encoder_revision
+        if same and encoder.startswith(hidden_states.PREFIX) and (manifest.encoder or {}).get("id") == encoder:
+            # The string names the model; the layer, pooling and projection the run used are in the manifest.
+            overrides = {**overrides, "encoder": hidden_states.from_manifest_record(
+                manifest.encoder, revision=overrides.get("encoder_revision", encoder_revision),
+                device=overrides.get("device"), trust_remote_code=bool(overrides.get("trust_remote_code", False)),
+            )}
+    elif recorded.get("embedding_column") is None and (encoder != DEFAULT_ENCODER or encoder_revision is not None):
+        at = f" at revision {encoder_revision!r}" if encoder_revision is not None else ""
+        raise InvalidArgumentError(
+            f"`recompute=True` would load the encoder {encoder!r}{at} that {manifest.origin} names, and "
+            "load_selection loads no encoder a manifest chooses without your consent. If you trust it, pass it "
+            f"yourself: `load_selection(..., recompute=True, encoder={encoder!r}"
+            f"{f', encoder_revision={encoder_revision!r}' if encoder_revision is not None else ''})`. Or load "
+            "without `recompute` (the recorded rows are checked against their digests)."
+        )
+    return {**recorded, **overrides}
+
+
+def _current_names(manifest: Manifest) -> dict:
+    """The manifest's `arguments` under their current names: a manifest written before a rename (`temperature`,
+    `include_answer`) replays as it was made."""
+    unknown = sorted(name for name in manifest.arguments if OLD_NAMES.get(name, name) not in RECORDED_ARGUMENTS)
+    if unknown:
+        raise InvalidArgumentError(
+            f"{manifest.origin} records {unknown} among its `arguments`, which diverse_select does not record: the "
+            "file was edited or not written by diverse_select. Load it without `recompute`."
+        )
+    recorded = {}
+    for name, value in manifest.arguments.items():
+        current = OLD_NAMES.get(name, name)
+        if current in recorded and recorded[current] != value:
+            old = name if name != current else next(o for o, new in OLD_NAMES.items() if new == current and o in manifest.arguments)
+            raise InvalidArgumentError(
+                f"{manifest.origin} records both `{current}` and its old name `{old}` among its `arguments`, with "
+                "different values: the file was edited. Load it without `recompute`."
+            )
+        recorded[current] = value
+    return recorded
+
+
+def _recompute(manifest: Manifest, pool: datasets.Dataset, arguments: dict) -> datasets.Dataset:
+    try:
+        subset, again = diverse_select(pool, return_manifest=True, **arguments)
+    except InvalidArgumentError as err:
+        raise InvalidArgumentError(f"Re-running the selection of {manifest.origin} (recompute=True): {err}") from err
+    if again.selected_digest != manifest.selected_digest or again.selected_clusters != manifest.selected_clusters:
+        what = "rows" if again.selected_digest != manifest.selected_digest else "cluster ids"
+        raise SelectionMismatchError(
+            f"Re-running the selection gave different {what} than {manifest.origin} records "
+            f"({again.selected_digest[:19]}... vs {manifest.selected_digest[:19]}...). Library versions then: "
+            f"{manifest.versions}; now: {again.versions}."
+        )
+    return subset
+
+
+def _read_manifest(source, *, config, revision, token) -> Manifest:
+    if not isinstance(source, str) or source.lstrip().startswith("{") or _is_local_path(source):
+        for name, value in (("config", config), ("revision", revision)):
+            if value is not None:
+                raise InvalidArgumentError(
+                    f"`{name}` only applies to a Hub repo id; for a local manifest pass its path and leave `{name}` out."
+                )
+        if isinstance(source, str) and not source.lstrip().startswith("{") and not os.path.exists(source):
+            folder = source.split("/")[0]
+            why = f" (read as a local path: the folder {folder!r} exists here)" if os.path.isdir(folder) else ""
+            raise InvalidArgumentError(
+                f"`manifest`={source!r}: no such local file or folder{why}. Check the path: pass a manifest.json, a "
+                "folder holding one, or the id 'namespace/name' of a Hub dataset repo."
+            )
+        return Manifest.load(source)
+    from huggingface_hub import hf_hub_download  # looked up at call time: tests replace it
+
+    if config is not None and not isinstance(config, str):
+        raise InvalidArgumentError(f"`config`={config!r} must be a config name such as 'round_2'.")
+    filename = manifest_path(config or DEFAULT_CONFIG)
+    try:
+        path = hf_hub_download(source, filename, repo_type="dataset", revision=revision, token=token)
+    except Exception as err:
+        raise InvalidArgumentError(
+            f"`manifest`={source!r} is no local file or folder, and reading {filename} from the dataset repo "
+            f"{source!r}{f' (config {config!r})' if config else ''} failed: "
+            f"{redact_token(str(err).splitlines()[0] if str(err) else type(err).__name__, token)}. "
+            "Check the path, or the repo id, the config name (round_1, round_2, ... or the default) and your token."
+        ) from None
+    return Manifest.load(path, origin=f"{filename} of the dataset repo {source!r}")
+
+
+def _is_local_path(source: str) -> bool:
+    """Whether `source` names a local manifest (existing or not) rather than a Hub repo id `namespace/name`."""
+    if os.path.exists(source):
+        return True
+    try:
+        check_repo_id(source)
+    except InvalidArgumentError:
+        return True  # not `namespace/name`: `./x`, `/x`, `~/x`, `a/b/c`, `manifest.jsn`
+    # `selection/manifst.json`, `selection/run2`: a mistyped file or folder under a local folder.
+    return source.lower().endswith(".json") or os.path.isdir(source.split("/")[0])
+
+
+def _load_recorded_pool(manifest: Manifest, token) -> datasets.Dataset:
+    source = manifest.pool.get("source") or {}
+    path = source.get("path")
+    if path is None and manifest.pool.get("name") == BUILTIN_POOL_NAME:
+        path = BUILTIN_POOL
+    if path is None:
+        raise InvalidArgumentError(
+            f"{manifest.origin} does not say where its pool lives: pass `pool=` (the dataset the selection was made on)."
+        )
+    try:
+        return load_pool(
+            path, split=source.get("split") or "train", config=source.get("config"), revision=source.get("revision"),
+            token=token, source_argument="the manifest's pool", split_argument="the manifest's pool split",
+        )
+    except IdselError:
+        raise
+    except Exception as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InvalidArgumentError(
+            f"Could not load the pool {path!r} that {manifest.origin} names: {redact_token(message, token)}. "
+            "Pass `pool=` (the dataset the selection was made on)."
+        ) from err
