@@ -33,6 +33,7 @@ Writes `<out>/fidelity_results.json` (after every run, so a run that dies keeps 
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import importlib.metadata
 import inspect
@@ -144,8 +145,18 @@ def check_config(cfg: FidelityConfig) -> None:
         logger.warning("seeds=%d: paired intervals need at least 2 seeds", cfg.seeds)
 
 
+def seeds_fit(seconds_left: float, seed_seconds: list, cluster_seconds: list, selection_seeds: int) -> tuple[bool, float]:
+    """Whether another training seed fits in `seconds_left`: its cost taken as the slowest finished seed's
+    (x 1.05), plus a reserve for the selection-only part (`selection_seeds` x the slowest shared clustering,
+    x 1.2, its cost per seed). Returns `(fits, seconds needed)`; with no seed finished it always fits."""
+    if not seed_seconds:
+        return True, 0.0
+    needed = 1.05 * max(seed_seconds) + 1.2 * selection_seeds * (max(cluster_seconds) if cluster_seconds else 0.0)
+    return seconds_left >= needed, needed
+
+
 def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: str | None = None, progress: bool = True,
-                   allow_dirty: bool = False) -> dict:
+                   allow_dirty: bool = False, deadline: float | None = None) -> dict:
     """Run every arm for every seed, then the selection-only part; returns the results dict (also written to
     `out_dir` after every run when given).
 
@@ -153,6 +164,10 @@ def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: s
     get the same clustering (`cluster_shared`; checked for every run), iterative arms the same round-1 rows
     (checked), and the placebo's rounds are replayed without training and checked against its trained rounds.
     Each run starts from the same base weights with `torch.manual_seed(seed)`.
+
+    With a `deadline` (a Unix time), a seed starts only when it and the selection-only part still fit
+    (`seeds_fit`), and the selection-only part stops at the deadline: the results then hold the complete
+    seeds that fitted and say where the run stopped (`stopped`).
     """
     started, cpu_started = time.perf_counter(), time.process_time()
     cfg = cfg.scaled()
@@ -186,12 +201,15 @@ def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: s
 
     runs, clusterings, first_rounds, placebo_scales = [], {}, {}, {}
     lookups = {}
+    seed_seconds, cluster_seconds, stopped = [], [], {}
 
     def clustering(seed: int, k) -> tuple[str, dict]:
         for key, c in clusterings.items():
             if c["seed"] == seed and c["k_requested"] == k:
                 return key, c
+        t = time.perf_counter()
         found, k_selection = cluster_shared(embeddings, k, seed, cfg.budget)
+        cluster_seconds.append(time.perf_counter() - t)
         key = f"{seed}:{found.k}"
         clusterings[key] = {"seed": seed, "k_requested": k, "k": int(found.k), "k_selection": k_selection,
                             "labels": found.labels, **cluster_junk_stats(found.labels, arrays["is_junk"], found.k)}
@@ -200,12 +218,25 @@ def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: s
     def write(partial: bool, selection_only=None):
         results = _assemble(cfg, pool, heldout, encoder, base_eval, clusterings, runs, timings, started, cpu_started,
                             code, selection_only, partial)
+        results["stopped"] = stopped or None
         if out_dir:
             _write(out_dir, results)
         return results
 
     work = [(seed, arm) for seed in range(cfg.seeds) for arm in cfg.arms]
+    seed_started = time.perf_counter()
     for seed, arm in tqdm(work, desc="fidelity runs", disable=not progress):
+        if arm == cfg.arms[0]:
+            if seed:
+                seed_seconds.append(time.perf_counter() - seed_started)
+            seed_started = time.perf_counter()
+            if deadline is not None:
+                fits, needed = seeds_fit(deadline - time.time(), seed_seconds, cluster_seconds, cfg.selection_seeds)
+                if not fits:
+                    stopped = {"training_seeds_done": seed, "reason": f"deadline: seed {seed} and the selection-only part "
+                               f"need {needed:.0f} s, {deadline - time.time():.0f} s left", "seed_seconds": seed_seconds}
+                    logger.warning("Stopping before seed %d: %s", seed, stopped["reason"])
+                    break
         spec = ARMS[arm]
         k = cfg.k if spec.k is None else spec.k
         key, shared = clustering(seed, k)
@@ -281,7 +312,9 @@ def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: s
         t, c = time.perf_counter(), time.process_time()
         scales = [s for per_seed in placebo_scales.values() for s in per_seed]
         scale = cfg.placebo_scale if cfg.placebo_scale is not None else (float(np.median(scales)) if scales else None)
-        selection_only = run_selection_only(cfg, embeddings, arrays, runs, scale, progress=progress)
+        selection_only = run_selection_only(cfg, embeddings, arrays, runs, scale, progress=progress, deadline=deadline)
+        if selection_only["seeds"] < cfg.selection_seeds:
+            stopped["selection_seeds_done"] = selection_only["seeds"]
         timings.update(selection_only_s=time.perf_counter() - t, selection_only_cpu_s=time.process_time() - c)
     timings["load_average_end"] = list(os.getloadavg())
     results = write(partial=False, selection_only=selection_only)
@@ -291,20 +324,26 @@ def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: s
 
 
 def run_selection_only(cfg: FidelityConfig, embeddings: np.ndarray, arrays: dict, runs: list[dict], placebo_scale,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, deadline: float | None = None) -> dict:
     """The arms whose selection needs no trained model (`SELECTION_ONLY_ARMS`), over seeds
     0 .. `cfg.selection_seeds` - 1, each seed with its own shared clustering at `cfg.k`.
 
     The placebo's cluster scores use one scale for every seed and round: the median of the scales the
     default arm set in the training part (or `placebo_scale`); without one the placebo is left out. The
     default and loss arms are not here: their rounds score a trained model. On the training part's seeds,
-    the static arms' rows are checked against the rows diverse_select chose for training.
+    the static arms' rows are checked against the rows diverse_select chose for training. With a `deadline`
+    (a Unix time) no seed starts after it; `seeds` says how many were drawn.
     """
     arms = [a for a in SELECTION_ONLY_ARMS if a != "iter-placebo" or placebo_scale is not None]
     trained = {(r["arm"], r["seed"]): r["selected"] for r in runs}
     per_seed = {a: [] for a in arms}
     ks = []
+    done = 0
     for seed in tqdm(range(cfg.selection_seeds), desc="selection only", disable=not progress):
+        if deadline is not None and time.time() >= deadline:
+            logger.warning("Selection only: deadline reached after %d of %d seeds", seed, cfg.selection_seeds)
+            break
+        done = seed + 1
         found, _ = cluster_shared(embeddings, cfg.k, seed, cfg.budget)
         ks.append(int(found.k))
         for arm in arms:
@@ -322,7 +361,7 @@ def run_selection_only(cfg: FidelityConfig, embeddings: np.ndarray, arrays: dict
         if arm != "random" and "random" in per_seed:
             paired_vs_random[arm] = {key: t_interval([a[key] - b[key] for a, b in zip(values, per_seed["random"])])
                                      for key in ("junk_share", "coverage", "mean_quality_selected")}
-    return {"seeds": cfg.selection_seeds, "arms": arms, "placebo_scale": placebo_scale if placebo_scale is not None else float("nan"),
+    return {"seeds": done, "arms": arms, "placebo_scale": placebo_scale if placebo_scale is not None else float("nan"),
             "k_per_seed": ks, "summary": summary, "paired_vs_random": paired_vs_random,
             "per_seed": {a: [{k: v for k, v in m.items() if k != "selected_per_kind"} for m in vals] for a, vals in per_seed.items()}}
 
@@ -400,6 +439,15 @@ def _write(out_dir: str, results: dict) -> str:
     return path
 
 
+def parse_deadline(text: str) -> float:
+    """`--deadline`: `HH:MM` (UTC, today) or a Unix time, as a Unix time."""
+    if ":" not in text:
+        return float(text)
+    hours, minutes = (int(x) for x in text.split(":"))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.replace(hour=hours, minute=minutes, second=0, microsecond=0).timestamp()
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=None, help="multiplies pool, held-out sets, budget and steps (default 1)")
@@ -420,6 +468,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--cache-dir", default=None, help="hf_idsel cache for embeddings and quality scores")
     parser.add_argument("--allow-dirty", action="store_true",
                         help="run from a tree with uncommitted code changes (a rehearsal: the results say so)")
+    parser.add_argument("--deadline", type=parse_deadline, default=None,
+                        help="finish by this time, HH:MM (UTC, today) or a Unix time: a seed starts only when it and the "
+                        "selection-only part still fit, and the selection-only part stops at it")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--render-only", action="store_true",
                         help="train nothing: redraw the plots and print the tables from <out>/fidelity_results.json")
@@ -447,7 +498,7 @@ def main(argv=None) -> dict:
     arms = tuple(a for a in args.arms.split(",") if a) if args.arms else None
     cfg = FidelityConfig(arms=arms, model=args.model, threads=args.threads, **overrides)
     results = run_experiment(cfg, out_dir=args.out, cache_dir=args.cache_dir, progress=not args.no_progress,
-                             allow_dirty=args.allow_dirty)
+                             allow_dirty=args.allow_dirty, deadline=args.deadline)
     print(render_tables(results))
     print(f"\nwall time {results['timings']['total_wall_s']:.0f} s; equal steps: {results['equal_steps']}; "
           f"results in {os.path.join(args.out, RESULTS_FILE)}")

@@ -213,7 +213,7 @@ def replay_placebo(labels: np.ndarray, quality: np.ndarray, k: int, cfg: Fidelit
     scorer = PlaceboScorer({}, k, seed, scales)
     for r, size in enumerate(round_sizes(cfg.budget, cfg.rounds), start=1):
         rows = draw_round(state, labels, size, round_index=r, trainable=trainable, selection_seed=seed,
-                          quality=quality, quality_temperature=cfg.quality_temperature, quotas="size")
+                          quality=quality, quality_temperature=cfg.quality_temperature, quotas=library_default("quota"))
         state.current_round, state.current_rows = r, rows.tolist()
         scored = r < cfg.rounds  # score_last_round=False, as in the trained arms
         if scored:

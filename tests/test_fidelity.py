@@ -289,6 +289,33 @@ def test_placebo_scores_are_seeded_per_seed_and_round_and_have_the_asked_spread(
         scorer(["unknown"], ["g"], None)
 
 
+def test_placebo_replay_moves_the_weights_by_the_placebo_draws_and_its_rows_follow_them():
+    from hf_idsel.rounds import update_weights
+
+    cfg = tiny_config(budget=24, rounds=3)
+    labels = np.repeat(np.arange(4), 30)
+    quality = np.zeros(len(labels))
+    scales = [3.0, 3.0]
+    rounds = fidelity_arms.replay_placebo(labels, quality, 4, cfg, seed=2, scales=scales)
+    assert [len(r["selected"]) for r in rounds] == [8, 8, 8]
+    assert len({row for r in rounds for row in r["selected"]}) == 24  # no row twice
+    # Round r's weights: the trainer's softmax update of the previous weights by the placebo's draws for (seed, r).
+    weights = np.full(4, 0.25)
+    for r in (1, 2):
+        z = fidelity_arms.placebo_cluster_scores(4, 2, r, scales[r - 1])
+        scored = [c for c in range(4) if rounds[r - 1]["cluster_scores"][c] is not None]
+        assert [rounds[r - 1]["cluster_scores"][c] for c in scored] == pytest.approx(z[scored].tolist())
+        full = np.array([z[c] if c in scored else np.nan for c in range(4)])
+        weights = update_weights(weights, full, rule="softmax", temperature=1.0)
+        assert rounds[r - 1]["weights"] == pytest.approx(weights.tolist())
+    # The draws decide the later rounds: no spread leaves the weights uniform and draws other rows.
+    flat = fidelity_arms.replay_placebo(labels, quality, 4, cfg, seed=2, scales=[0.0, 0.0])
+    assert flat[0]["selected"] == rounds[0]["selected"] and flat[1]["weights"] == pytest.approx([0.25] * 4)
+    assert [r["selected"] for r in flat[1:]] != [r["selected"] for r in rounds[1:]]
+    assert fidelity_arms.quick_selection("iter-placebo", labels, quality, None, 4, cfg, 2, scales).tolist() == [
+        row for r in rounds for row in r["selected"]]
+
+
 def test_cluster_prior_uses_the_trainers_weight_rule_and_one_kmq_draw():
     from hf_idsel.rounds import update_weights
 
@@ -389,7 +416,25 @@ def test_command_line_flags_reach_the_config(tmp_path, monkeypatch):
         fidelity.main(["--out", str(tmp_path)])
     cfg = seen["cfg"]
     assert cfg.arms is None and cfg.seeds == 6 and cfg.k == "auto" and cfg.selection_seeds == 200
-    assert seen["kwargs"]["allow_dirty"] is False
+    assert seen["kwargs"]["allow_dirty"] is False and seen["kwargs"]["deadline"] is None
+    with pytest.raises(SystemExit):
+        fidelity.main(["--out", str(tmp_path), "--deadline", "1700000000"])
+    assert seen["kwargs"]["deadline"] == 1700000000.0
+
+
+def test_deadline_parses_utc_clock_times_and_a_seed_starts_only_when_it_and_the_selection_part_fit():
+    import datetime
+
+    when = datetime.datetime.fromtimestamp(fidelity.parse_deadline("17:55"), tz=datetime.timezone.utc)
+    assert (when.hour, when.minute, when.second) == (17, 55, 0)
+    assert when.date() == datetime.datetime.now(datetime.timezone.utc).date()
+    assert fidelity.parse_deadline("1700000000.5") == 1700000000.5
+    assert fidelity.seeds_fit(1.0, [], [], 200) == (True, 0.0)  # nothing measured: the first seed always starts
+    # The slowest seed x 1.05 plus 200 selection seeds x the slowest clustering x 1.2.
+    fits, needed = fidelity.seeds_fit(1000.0, [500.0, 600.0], [2.0, 1.0], 200)
+    assert needed == pytest.approx(1.05 * 600 + 1.2 * 200 * 2.0) and not fits
+    assert fidelity.seeds_fit(1110.0, [500.0, 600.0], [2.0, 1.0], 200)[0]
+    assert fidelity.seeds_fit(700.0, [600.0], [2.0], 0)[0]  # no selection part: no reserve
 
 
 # --------------------------------------------------------------------------------------------
