@@ -145,18 +145,18 @@ def check_config(cfg: FidelityConfig) -> None:
         logger.warning("seeds=%d: paired intervals need at least 2 seeds", cfg.seeds)
 
 
-def seeds_fit(seconds_left: float, seed_seconds: list, cluster_seconds: list, selection_seeds: int) -> tuple[bool, float]:
-    """Whether another training seed fits in `seconds_left`: its cost taken as the slowest finished seed's
-    (x 1.05), plus a reserve for the selection-only part (`selection_seeds` x the slowest shared clustering,
-    x 1.2, its cost per seed). Returns `(fits, seconds needed)`; with no seed finished it always fits."""
-    if not seed_seconds:
+def run_fits(seconds_left: float, arm: str, run_seconds: dict) -> tuple[bool, float]:
+    """Whether a run of `arm` fits in `seconds_left`: its cost taken as the slowest finished run of that arm
+    (x 1.05), or of any arm when it has not run yet. Returns `(fits, seconds needed)`; the first run always
+    starts."""
+    if not run_seconds:
         return True, 0.0
-    needed = 1.05 * max(seed_seconds) + 1.2 * selection_seeds * (max(cluster_seconds) if cluster_seconds else 0.0)
+    needed = 1.05 * max(run_seconds.get(arm) or [t for times in run_seconds.values() for t in times])
     return seconds_left >= needed, needed
 
 
 def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: str | None = None, progress: bool = True,
-                   allow_dirty: bool = False, deadline: float | None = None) -> dict:
+                   allow_dirty: bool = False, deadline: float | None = None, train_deadline: float | None = None) -> dict:
     """Run every arm for every seed, then the selection-only part; returns the results dict (also written to
     `out_dir` after every run when given).
 
@@ -165,9 +165,10 @@ def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: s
     (checked), and the placebo's rounds are replayed without training and checked against its trained rounds.
     Each run starts from the same base weights with `torch.manual_seed(seed)`.
 
-    With a `deadline` (a Unix time), a seed starts only when it and the selection-only part still fit
-    (`seeds_fit`), and the selection-only part stops at the deadline: the results then hold the complete
-    seeds that fitted and say where the run stopped (`stopped`).
+    With a `train_deadline` (a Unix time; defaults to `deadline`) a run starts only when it still fits before
+    it (`run_fits`), and with a `deadline` the selection-only part stops there: the results then hold the
+    runs that fitted (the statistics pair seeds where both arms ran) and say where the run stopped
+    (`stopped`).
     """
     started, cpu_started = time.perf_counter(), time.process_time()
     cfg = cfg.scaled()
@@ -201,15 +202,14 @@ def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: s
 
     runs, clusterings, first_rounds, placebo_scales = [], {}, {}, {}
     lookups = {}
-    seed_seconds, cluster_seconds, stopped = [], [], {}
+    run_seconds, stopped = {}, {}
+    train_deadline = deadline if train_deadline is None else train_deadline
 
     def clustering(seed: int, k) -> tuple[str, dict]:
         for key, c in clusterings.items():
             if c["seed"] == seed and c["k_requested"] == k:
                 return key, c
-        t = time.perf_counter()
         found, k_selection = cluster_shared(embeddings, k, seed, cfg.budget)
-        cluster_seconds.append(time.perf_counter() - t)
         key = f"{seed}:{found.k}"
         clusterings[key] = {"seed": seed, "k_requested": k, "k": int(found.k), "k_selection": k_selection,
                             "labels": found.labels, **cluster_junk_stats(found.labels, arrays["is_junk"], found.k)}
@@ -224,19 +224,15 @@ def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: s
         return results
 
     work = [(seed, arm) for seed in range(cfg.seeds) for arm in cfg.arms]
-    seed_started = time.perf_counter()
     for seed, arm in tqdm(work, desc="fidelity runs", disable=not progress):
-        if arm == cfg.arms[0]:
-            if seed:
-                seed_seconds.append(time.perf_counter() - seed_started)
-            seed_started = time.perf_counter()
-            if deadline is not None:
-                fits, needed = seeds_fit(deadline - time.time(), seed_seconds, cluster_seconds, cfg.selection_seeds)
-                if not fits:
-                    stopped = {"training_seeds_done": seed, "reason": f"deadline: seed {seed} and the selection-only part "
-                               f"need {needed:.0f} s, {deadline - time.time():.0f} s left", "seed_seconds": seed_seconds}
-                    logger.warning("Stopping before seed %d: %s", seed, stopped["reason"])
-                    break
+        if train_deadline is not None:
+            fits, needed = run_fits(train_deadline - time.time(), arm, run_seconds)
+            if not fits:
+                stopped = {"training_stopped_before": [arm, seed], "reason": f"training deadline: {arm} at seed {seed} "
+                           f"needs {needed:.0f} s, {train_deadline - time.time():.0f} s left", "run_seconds": run_seconds}
+                logger.warning("Training stops before %s seed %d: %s", arm, seed, stopped["reason"])
+                break
+        run_started = time.perf_counter()
         spec = ARMS[arm]
         k = cfg.k if spec.k is None else spec.k
         key, shared = clustering(seed, k)
@@ -305,6 +301,7 @@ def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: s
                     arm, seed, record["k"], steps, record["junk_share"], record[PRIMARY_METRIC],
                     {d: round(v, 3) for d, v in record["loss"].items()}, train_s, train_cpu_s, eval_s, eval_cpu_s)
         del trainer
+        run_seconds.setdefault(arm, []).append(time.perf_counter() - run_started)
         write(partial=True)
 
     selection_only = None
@@ -469,8 +466,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--allow-dirty", action="store_true",
                         help="run from a tree with uncommitted code changes (a rehearsal: the results say so)")
     parser.add_argument("--deadline", type=parse_deadline, default=None,
-                        help="finish by this time, HH:MM (UTC, today) or a Unix time: a seed starts only when it and the "
-                        "selection-only part still fit, and the selection-only part stops at it")
+                        help="finish by this time, HH:MM (UTC, today) or a Unix time: the selection-only part stops at it, "
+                        "and without --train-deadline no run starts that would not finish before it")
+    parser.add_argument("--train-deadline", type=parse_deadline, default=None,
+                        help="no training run starts that would not finish before this time (HH:MM UTC or Unix time), "
+                        "leaving the rest until --deadline to the selection-only part")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--render-only", action="store_true",
                         help="train nothing: redraw the plots and print the tables from <out>/fidelity_results.json")
@@ -498,7 +498,8 @@ def main(argv=None) -> dict:
     arms = tuple(a for a in args.arms.split(",") if a) if args.arms else None
     cfg = FidelityConfig(arms=arms, model=args.model, threads=args.threads, **overrides)
     results = run_experiment(cfg, out_dir=args.out, cache_dir=args.cache_dir, progress=not args.no_progress,
-                             allow_dirty=args.allow_dirty, deadline=args.deadline)
+                             allow_dirty=args.allow_dirty, deadline=args.deadline,
+                             train_deadline=args.train_deadline)
     print(render_tables(results))
     print(f"\nwall time {results['timings']['total_wall_s']:.0f} s; equal steps: {results['equal_steps']}; "
           f"results in {os.path.join(args.out, RESULTS_FILE)}")

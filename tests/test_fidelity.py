@@ -419,22 +419,21 @@ def test_command_line_flags_reach_the_config(tmp_path, monkeypatch):
     assert seen["kwargs"]["allow_dirty"] is False and seen["kwargs"]["deadline"] is None
     with pytest.raises(SystemExit):
         fidelity.main(["--out", str(tmp_path), "--deadline", "1700000000"])
-    assert seen["kwargs"]["deadline"] == 1700000000.0
+    assert seen["kwargs"]["deadline"] == 1700000000.0 and seen["kwargs"]["train_deadline"] is None
 
 
-def test_deadline_parses_utc_clock_times_and_a_seed_starts_only_when_it_and_the_selection_part_fit():
+def test_deadline_parses_utc_clock_times_and_a_run_starts_only_when_it_fits():
     import datetime
 
     when = datetime.datetime.fromtimestamp(fidelity.parse_deadline("17:55"), tz=datetime.timezone.utc)
     assert (when.hour, when.minute, when.second) == (17, 55, 0)
     assert when.date() == datetime.datetime.now(datetime.timezone.utc).date()
     assert fidelity.parse_deadline("1700000000.5") == 1700000000.5
-    assert fidelity.seeds_fit(1.0, [], [], 200) == (True, 0.0)  # nothing measured: the first seed always starts
-    # The slowest seed x 1.05 plus 200 selection seeds x the slowest clustering x 1.2.
-    fits, needed = fidelity.seeds_fit(1000.0, [500.0, 600.0], [2.0, 1.0], 200)
-    assert needed == pytest.approx(1.05 * 600 + 1.2 * 200 * 2.0) and not fits
-    assert fidelity.seeds_fit(1110.0, [500.0, 600.0], [2.0, 1.0], 200)[0]
-    assert fidelity.seeds_fit(700.0, [600.0], [2.0], 0)[0]  # no selection part: no reserve
+    assert fidelity.run_fits(1.0, "random", {}) == (True, 0.0)  # nothing measured: the first run always starts
+    times = {"random": [100.0, 120.0], "iter-default": [300.0]}
+    assert fidelity.run_fits(126.0, "random", times) == (True, pytest.approx(126.0))  # its own slowest x 1.05
+    assert not fidelity.run_fits(125.0, "random", times)[0]
+    assert fidelity.run_fits(314.0, "kmq", times) == (False, pytest.approx(315.0))  # not run yet: the slowest of any
 
 
 # --------------------------------------------------------------------------------------------
