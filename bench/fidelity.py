@@ -141,7 +141,12 @@ def check_config(cfg: FidelityConfig) -> None:
     if "iter-placebo" in cfg.arms and "iter-default" not in cfg.arms and cfg.placebo_scale is None:
         raise ValueError("iter-placebo copies the spread of iter-default's cluster scores: run both arms, or give "
                          "--placebo-scale")
-    if cfg.seeds < 2:
+    if cfg.seeds == 0 and not cfg.selection_seeds:
+        raise ValueError("seeds=0 and selection_seeds=0: nothing to run")
+    if cfg.seeds == 0 and "iter-placebo" in cfg.arms and cfg.placebo_scale is None:
+        logger.warning("seeds=0: no iter-default run measures the placebo's spread; without --placebo-scale the "
+                       "selection-only part leaves the placebo out")
+    if 0 < cfg.seeds < 2:
         logger.warning("seeds=%d: paired intervals need at least 2 seeds", cfg.seeds)
 
 
@@ -192,7 +197,8 @@ def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: s
     if items < cfg.min_heldout_items:
         raise ValueError(f"{items} held-out items, fewer than min_heldout_items={cfg.min_heldout_items}")
     t1, c1 = time.perf_counter(), time.process_time()
-    base_eval = evaluate(base, tokenizer, heldout, cfg)
+    # --seeds 0 runs the selection-only part alone: nothing is trained, so the untrained model is not evaluated.
+    base_eval = evaluate(base, tokenizer, heldout, cfg) if cfg.seeds else None
     timings.update(setup_s=time.perf_counter() - t, setup_cpu_s=time.process_time() - c,
                    base_eval_s=time.perf_counter() - t1, base_eval_cpu_s=time.process_time() - c1)
     arrays = {"is_junk": np.asarray(pool["is_junk"], dtype=bool), "kind": np.asarray(pool["kind"]),
@@ -316,7 +322,8 @@ def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: s
     timings["load_average_end"] = list(os.getloadavg())
     results = write(partial=False, selection_only=selection_only)
     if out_dir:
-        plot(results, out_dir)
+        if runs:
+            plot(results, out_dir)
     return results
 
 

@@ -443,6 +443,19 @@ def test_deadline_parses_utc_clock_times_and_a_run_starts_only_when_it_fits():
 
 @needs_pool
 @pytest.mark.scripts
+def test_seeds_zero_runs_the_selection_only_part_alone(tmp_path):
+    cfg = tiny_config(seeds=0, selection_seeds=2, placebo_scale=0.5)
+    with single_thread():
+        results = fidelity.run_experiment(cfg, out_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), progress=False,
+                                          allow_dirty=True)
+    assert results["runs"] == [] and results["base_model"] is None and not results["scorer_decision"]["decided"]
+    part = results["selection_only"]
+    assert part["seeds"] == 2 and part["placebo_scale"] == 0.5 and "iter-placebo" in part["arms"]
+    assert "Selection only (2 seeds" in fidelity.render_tables(results)
+
+
+@needs_pool
+@pytest.mark.scripts
 def test_tiny_experiment_writes_consistent_results(tmp_path):
     cfg = tiny_config()
     out = str(tmp_path / "out")
