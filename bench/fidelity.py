@@ -495,7 +495,8 @@ def main(argv=None) -> dict:
             with open(args.merge, encoding="utf-8") as f:
                 results = merge_results(results, json.load(f))
             _write(args.out, results)
-        plot(results, args.out)
+        if results["runs"]:
+            plot(results, args.out)
         print(render_tables(results))
         return results
     overrides = dict(GPU_SCALED) if args.gpu_scaled else {}

@@ -12,6 +12,7 @@ import numpy as np
 
 from fidelity_arms import ARMS, REFERENCE_ARMS, Arm
 from fidelity_pool import DOMAINS, JUNK_KINDS, PRIMARY_DOMAINS, PRIMARY_METRIC
+from fidelity_stats import t_interval
 
 # CPU seconds per wall second of a 2-thread run on the idle 2-core machine (the v1 run, 2026-12-02:
 # 1.85-1.93 for training, 1.94-1.98 for evaluation); converts CPU time measured on a loaded machine
@@ -159,6 +160,24 @@ def selection_only_table(results: dict) -> str:
         shares = " | ".join(f"{s['domain_share'][dom]['mean']:.3f}" for dom in DOMAINS)
         lines.append(f"| {arm} | {s['junk_share']['mean']:.4f} ± {s['junk_share']['std']:.4f} | {delta('junk_share')} | "
                      f"{s['coverage']['mean']:.4f} ± {s['coverage']['std']:.4f} | {delta('coverage')} | {shares} |")
+    per_seed = part.get("per_seed") or {}
+    if "kmq" in per_seed:
+        metrics = ("junk_share", "coverage", "mean_quality_selected")
+        lines += ["", "Paired against `kmq`, seed by seed (Δ [95% t-interval]; * = the interval excludes 0):", "",
+                  "| arm | " + " | ".join(f"Δ {m.replace('_', ' ')}" for m in metrics) + " |", "|" + "---|" * (1 + len(metrics))]
+        for arm, values in per_seed.items():
+            if arm in ("kmq", "random"):
+                continue
+            cells = []
+            for m in metrics:
+                v = t_interval([a[m] - b[m] for a, b in zip(values, per_seed["kmq"])])
+                star = "*" if v["low"] is not None and (v["low"] > 0 or v["high"] < 0) else ""
+                cells.append(f"{v['mean']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}]{star}")
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+        ks = part.get("k_per_seed") or []
+        if ks:
+            counts = {k: ks.count(k) for k in sorted(set(ks))}
+            lines += ["", "k chosen by `k=\"auto\"` over the seeds: " + ", ".join(f"k = {k} in {n}" for k, n in counts.items()) + "."]
     return "\n".join(lines)
 
 

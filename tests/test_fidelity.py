@@ -451,7 +451,10 @@ def test_seeds_zero_runs_the_selection_only_part_alone(tmp_path):
     assert results["runs"] == [] and results["base_model"] is None and not results["scorer_decision"]["decided"]
     part = results["selection_only"]
     assert part["seeds"] == 2 and part["placebo_scale"] == 0.5 and "iter-placebo" in part["arms"]
-    assert "Selection only (2 seeds" in fidelity.render_tables(results)
+    tables = fidelity.render_tables(results)
+    assert "Selection only (2 seeds" in tables and "Paired against `kmq`" in tables
+    assert f"k = {part['k_per_seed'][0]} in" in tables
+    assert fidelity.main(["--render-only", "--out", str(tmp_path)])["selection_only"] == json.loads(json.dumps(part))
 
 
 @needs_pool
