@@ -56,9 +56,10 @@ import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)  # bench/fidelity.py: the CPU experiment's pool helpers and statistics
+sys.path.insert(0, HERE)  # bench/fidelity_pool.py, fidelity_stats.py: the CPU experiment's pool helpers and statistics
 
-from fidelity import DOMAINS, MMLU_PATTERN, SOURCE_ROWS, cluster_junk_stats, coverage_distance, junk_share, t_interval  # noqa: E402
+from fidelity_pool import DOMAINS, MMLU_PATTERN, SOURCE_ROWS, cluster_junk_stats, coverage_distance, junk_share  # noqa: E402
+from fidelity_stats import t_interval  # noqa: E402
 
 from hf_idsel.scorers import RoundScorer  # noqa: E402
 

@@ -104,8 +104,9 @@ class IterativeSelectionConfig(SFTConfig):
             How rounds are scored, by name: `"likelihood"`, `"loss"`, `"reward"` or `"perplexity"`
             (see `hf_idsel/scorers.py`). A scorer object (e.g. `JudgeScorer(judge)`) or a callable goes
             to the trainer's `scorer=` argument instead, which overrides this field. The default, with
-            `reference_model="base"`, won the fidelity experiment (docs/fidelity.md); `"loss"` is free
-            (no generation) but chases hard rows and junk.
+            `reference_model="base"`, is not shown to pick better rows than `"loss"` or random cluster
+            scores (docs/fidelity.md: v1 found it within noise of `"loss"`; the v2 rule that decides it has
+            not run yet); `"loss"` is free (no generation).
         reward_model (`str`, *optional*):
             Reward model id or path for `scorer="reward"`.
         reward_template (`str`, *optional*):
