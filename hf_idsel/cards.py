@@ -99,11 +99,16 @@ def _describe_k(manifest: Manifest) -> str:
                 + (f"{', '.join(str(c) for c in others)}, the smallest chosen" if others else "none")
             )
         return text
+    if mode in ("pool", "source"):
+        groups = "one per source" if mode == "source" else "the whole pool"
+        return f"no k-means: method {manifest.method} draws without vectors, from groups ({groups})"
     return "fixed by the user"
 
 
 def _describe_encoder(manifest: Manifest) -> str:
     encoder = manifest.encoder or {}
+    if manifest.encoder is None:
+        return f"none: method {manifest.method} draws without vectors"
     if "id" in encoder:
         return f"`{encoder['id']}` at revision `{encoder['revision']}` (dim {encoder['dim']})"
     return f"precomputed vectors in column `{encoder.get('embedding_column')}` (dim {encoder.get('dim')})"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from .hub_client import HubTimeouts, hub_timeouts
 from .manifest import Manifest
-from .pool import BUILTIN_POOL, BUILTIN_POOL_NAME, BUILTIN_SOURCES, DEFAULT_ROWS_PER_SOURCE
+from .pool import BUILTIN_POOL, BUILTIN_POOL_NAME, BUILTIN_SOURCES
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,10 @@ class PoolReference:
             Seed of the built-in pool's per-source sample, when recorded.
         rows_per_source (`dict[str, int]`, *optional*):
             Rows of each built-in source, when recorded.
+        sample_rows (`int`, *optional*):
+            Rows of the seeded sample the selection was made on ([`pool.sample_pool`], a recipe's `max_pool_rows`).
+        sample_seed (`int`, *optional*):
+            Seed of that sample.
     """
 
     kind: str
@@ -122,15 +126,24 @@ class PoolReference:
     split: str | None = None
     seed: int | None = None
     rows_per_source: dict | None = None
+    sample_rows: int | None = None
+    sample_seed: int | None = None
 
     @property
     def hub_id(self) -> str | None:
         """The Hub id of a Hub pool, else `None`."""
         return self.name if self.kind == "hub" else None
 
+    @property
+    def rebuildable(self) -> bool:
+        """Whether `load_selection` builds the pool again by itself: a Hub pool, or the built-in pool's recorded recipe."""
+        return self.kind == "hub" or (self.kind == "builtin" and self.seed is not None and self.rows_per_source is not None)
+
     def describe(self) -> str:
         """The pool in one markdown line: its reference, then its size and content digest."""
         size = f"{self.num_rows:,} rows, content digest `{self.digest}`"
+        if self.sample_rows is not None:
+            size = f"a sample of {self.sample_rows:,} rows drawn with seed {self.sample_seed} (`sample_pool`); " + size
         if self.kind == "hub":
             where = ", ".join(
                 f"{what} `{value}`"
@@ -165,6 +178,8 @@ def pool_reference(manifest: Manifest, fallback_id: str | None = None) -> PoolRe
     source = pool.get("source") or {}
     path = source.get("path")
     base = {"num_rows": int(pool["num_rows"]), "digest": pool["digest"]}
+    if source.get("sample_rows") is not None:
+        base.update(sample_rows=_int(source["sample_rows"]), sample_seed=_int(source.get("sample_seed", "0")))
     if path is None and source.get("file"):
         return PoolReference("local", source["file"], **base)
     if path is None:
@@ -254,7 +269,8 @@ def published_manifest(manifest: Manifest) -> Manifest:
     pool = record["pool"]
     if reference.kind == "local":
         pool["name"] = reference.name
-        pool["source"] = {"file": reference.name, "digest": reference.digest}
+        sample = {key: pool["source"][key] for key in ("sample_rows", "sample_seed") if key in (pool.get("source") or {})}
+        pool["source"] = {"file": reference.name, "digest": reference.digest, **sample}
     exclude = (record.get("decontamination") or {}).get("exclude")
     if exclude is not None:
         source = exclude.get("source") or {}
@@ -424,29 +440,20 @@ def rebuild_lines(reference: PoolReference, selection: str, config: str | None =
     """
     lines = ["import hf_idsel", ""]
     with_config = f", config={json.dumps(config)}" if config else ""
-    if reference.kind == "hub" or (reference.kind == "builtin" and _default_builtin(reference)):
-        lines.append(f"subset = hf_idsel.load_selection({selection}{with_config})  # loads the pool by itself")
+    if reference.rebuildable:
+        lines.append(f"subset = hf_idsel.load_selection({selection}{with_config})  # builds the pool from its recorded reference")
         return lines
-    if reference.kind == "builtin" and reference.rows_per_source is not None and reference.seed is not None:
-        lines += [
-            "from hf_idsel.pool import load_builtin_pool",
-            "",
-            f"pool = load_builtin_pool({json.dumps(reference.rows_per_source)}, seed={reference.seed})",
-        ]
-    elif reference.kind == "builtin":
+    if reference.kind == "builtin":
         lines.append("# pool: the built-in pool as the selection built it (its seed and rows per source were not recorded)")
     elif reference.kind == "local":
         lines += [
-            "from hf_idsel.pool import load_pool",
+            "from hf_idsel.pool import load_pool, sample_pool",
             "",
             f"pool = load_pool({json.dumps(reference.name)})  # the local file the rows came from; its digest is checked",
         ]
+        if reference.sample_rows is not None:
+            lines.append(f"pool = sample_pool(pool, {reference.sample_rows}, seed={reference.sample_seed})")
     else:
         lines.append("# pool: the dataset the selection was made on")
     lines.append(f"subset = hf_idsel.load_selection({selection}{with_config}, pool=pool)")
     return lines
-
-
-def _default_builtin(reference: PoolReference) -> bool:
-    """The recipe `load_selection` loads by itself (`load_pool("builtin")`): seed 0, the default rows per source."""
-    return reference.seed == 0 and reference.rows_per_source == DEFAULT_ROWS_PER_SOURCE
