@@ -150,7 +150,7 @@ def test_hf_idsel_push_writes_both_cards_again_for_the_repos_it_pushed_to(hub, t
     # `hf-idsel eval --model-card` writes the results into the card, which keeps its repos; a push sends it.
     folder = trainer.args.output_dir
     with single_thread():
-        assert main(["eval", folder, "--tasks", "mmlu", "--items", "2", "--model-card", folder, "--out", str(tmp_path / "e.json")]) == 0
+        assert main(["eval", folder, "--tasks", "mmlu", "--items", "2", "--exclude_pool", "builtin", "--model-card", folder, "--out", str(tmp_path / "e.json")]) == 0
     accuracy = json.loads((tmp_path / "e.json").read_text())["metrics"]["mmlu/accuracy"]
     local = ModelCard.load(os.path.join(folder, "README.md"))
     assert local.data.datasets == [dataset_repo] and f'from_pretrained("{model_repo}")' in local.text
@@ -252,7 +252,7 @@ def test_the_built_in_pools_card_gives_its_recipe_and_each_sources_licence(blob_
         assert ("| HumanEval (Chen et al. 2021) |" in text) == (seed == "0")  # a source left out is not listed
         rebuild = code_blocks(text, "Rebuild the selection")
         if seed == "0":
-            assert 'load_selection("me/picked")  # loads the pool by itself' in rebuild
+            assert 'load_selection("me/picked")  # builds the pool from its recorded reference' in rebuild
         else:
             assert 'load_builtin_pool({"gsm8k": 100, "humaneval": 0, "chitchat": 50, "mmlu": 80}, seed=42)' in rebuild
         assert_truthful(text, ["me/picked"])
