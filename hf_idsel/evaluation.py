@@ -321,7 +321,7 @@ def load_trained_model(model: str, *, base: str | None = None, device=None, dtyp
     model = os.fspath(model)
     if not is_adapter(model):
         if base is not None:
-            raise InvalidArgumentError(f"`base`={base!r} applies to a PEFT adapter, and {model!r} holds none (no adapter_config.json).")
+            raise InvalidArgumentError(f"`base` (--base_model)={base!r} applies to a PEFT adapter, and {model!r} is none (no adapter_config.json).")
         loaded, tokenizer, _, _ = load_reference_model(model, device=device, dtype=dtype)
         return loaded, tokenizer
     weights = recorded_base_weights(model) if base is None and os.path.isdir(model) else None
@@ -350,8 +350,10 @@ def is_adapter(model: str) -> bool:
 
     if os.path.isdir(model):
         return os.path.isfile(os.path.join(model, "adapter_config.json"))
-    if looks_like_path(model) or model.endswith(".gguf"):
-        return False
+    from .lm import DEFAULT_REFERENCE_MODEL
+
+    if looks_like_path(model) or model.endswith(".gguf") or model == DEFAULT_REFERENCE_MODEL:
+        return False  # the default id is a full model (the packaged copy offline): no request to make
     from huggingface_hub import hf_hub_download
 
     try:

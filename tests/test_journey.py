@@ -68,6 +68,46 @@ def test_eval_holds_out_the_pool_a_run_recorded_and_says_what_it_cannot_build(tm
     assert "cannot be built here" in err and "Pass --exclude_pool" in err and "\n" not in err
 
 
+def test_an_adapter_loads_on_the_local_base_its_run_recorded_or_the_one_passed(tmp_path, capsys):
+    """A LoRA run on a local model folder records that folder; `load_trained_model` merges the adapter into it (the
+    trained model's logits); moved away, eval says to pass --base_model, and with it loads the same weights."""
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+
+    from hf_idsel.cards import recorded_base_weights
+    from hf_idsel.evaluation import load_trained_model
+    from helpers import make_trainer
+
+    base_dir = save_tiny_llama(*make_tiny_llama(), tmp_path / "tiny")
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    with single_thread():
+        trainer = make_trainer(tmp_path, model=AutoModelForCausalLM.from_pretrained(base_dir), budget=16, rounds=2,
+                               learning_rate=5e-2, peft_config=peft_config)
+        trainer.train()
+        trainer.save_model()
+    out = trainer.args.output_dir
+    weights = recorded_base_weights(out)
+    assert (weights.kind, weights.path, weights.dtype) == ("local", base_dir, "float32")
+    batch = trainer.processing_class(["row 3 of the pool"], return_tensors="pt")
+    live = trainer.model.eval()(**{k: v for k, v in batch.items() if k != "token_type_ids"}).logits.detach()
+    model, _ = load_trained_model(out, device="cpu")
+    with torch.no_grad():
+        assert torch.allclose(model(**{k: v for k, v in batch.items() if k != "token_type_ids"}).logits, live, atol=1e-5)
+
+    moved = tmp_path / "elsewhere"
+    os.rename(base_dir, moved)
+    capsys.readouterr()
+    assert main(["eval", out, "--exclude_pool", "none", "--tasks", "mmlu", "--items", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "which is not on this machine" in err and "--base_model" in err and "\n" not in err
+    model, _ = load_trained_model(out, base=str(moved), device="cpu")
+    with torch.no_grad():
+        assert torch.allclose(model(**{k: v for k, v in batch.items() if k != "token_type_ids"}).logits, live, atol=1e-5)
+    assert main(["eval", str(moved), "--base_model", str(moved), "--exclude_pool", "none"]) == 2
+    assert "applies to a PEFT adapter" in capsys.readouterr().err
+
+
 def test_base_weights_records_read_back_publish_and_load_as_recorded():
     from hf_idsel.provenance import BaseWeights
 
@@ -132,6 +172,12 @@ def test_select_train_evaluate_publish_and_rebuild_elsewhere(hub, tmp_path, monk
     assert not set(result["items"]["mmlu"]) & set(pool["origin_id"])
     assert "| mmlu | accuracy |" in (out / "README.md").read_text()
     assert main(["push", str(out)]) == 0  # the card with its evaluation goes to the model repo
+    # The cards say what travels: the pool's whole recipe, the base weights by name (no local path).
+    dataset_card = hub.server.files(f"{model_repo}-selection")["README.md"].decode()
+    assert f"sampled with seed {SEED}" in dataset_card and f"a sample of {POOL_ROWS} rows drawn with seed {SEED}" in dataset_card
+    model_card = hub.server.files(model_repo, "model")["README.md"].decode()
+    assert "The base weights it trained from: the local model `tiny`, in float32." in model_card
+    assert "| mmlu | accuracy |" in model_card
 
     # Elsewhere, in a fresh process, with no pool passed: round 2 rebuilt from the Hub is the run's round 2.
     elsewhere = tmp_path / "elsewhere"
