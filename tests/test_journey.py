@@ -229,7 +229,7 @@ def test_eval_of_the_laptop_recipes_output_loads_the_packaged_base_offline(tmp_p
     out = tmp_path / "run"
     script_args, training_args, model_args = make_parser().parse_args_and_config([
         "--config", str(LAPTOP_LORA), "--output_dir", str(out), "--max_pool_rows", "32", "--budget", "8",
-        "--per_device_train_batch_size", "4", "--max_length", "96", "--k", "2", "--learning_rate", "1e-2",
+        "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--max_length", "96", "--k", "2", "--learning_rate", "1e-2",
         "--disable_tqdm", "true",
     ])
     with single_thread():
