@@ -314,9 +314,9 @@ def _load_recorded_pool(manifest: Manifest, token) -> datasets.Dataset:
             sample = f", then `sample_pool(pool, {source['sample_rows']}, seed={source.get('sample_seed', '0')})`"
         raise InvalidArgumentError(
             f"{manifest.origin} was made on the local file {os.path.basename(local)!r} (content digest "
-            f"{manifest.pool['digest']}), which is not on this machine{f' at {path!r}' if path else ''}: pass it "
-            f"yourself as `pool=` (`hf_idsel.pool.load_pool('path/to/{os.path.basename(local)}')`{sample}); its rows "
-            "are checked against that digest."
+            f"{manifest.pool['digest']}), which is not on this machine{f' at {path!r}' if path else ''}: pass `pool=` "
+            f"(`hf_idsel.pool.load_pool('path/to/{os.path.basename(local)}')`{sample}); its rows are checked against "
+            "that digest."
         )
     if path is None:
         raise InvalidArgumentError(
