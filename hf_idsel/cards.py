@@ -16,14 +16,17 @@ import shlex
 import numpy as np
 
 from .describe import short_terms
-from .hub_client import hub_timeouts
 from .errors import InvalidArgumentError
 from .manifest import Manifest, library_versions
 from .provenance import (
+    BaseWeights,
     CardFacts,
+    base_model_license,  # noqa: F401 (the trainer reads it here, with the other model card facts)
     card_facts,
     is_local_path,
     license_markdown,
+    model_base_weights,
+    model_name_or_path,
     pool_reference,
     published_manifest,
     rebuild_lines,
@@ -99,11 +102,16 @@ def _describe_k(manifest: Manifest) -> str:
                 + (f"{', '.join(str(c) for c in others)}, the smallest chosen" if others else "none")
             )
         return text
+    if mode in ("pool", "source"):
+        groups = "one per source" if mode == "source" else "the whole pool"
+        return f"no k-means: method {manifest.method} draws without vectors, from groups ({groups})"
     return "fixed by the user"
 
 
 def _describe_encoder(manifest: Manifest) -> str:
     encoder = manifest.encoder or {}
+    if manifest.encoder is None:
+        return f"none: method {manifest.method} draws without vectors"
     if "id" in encoder:
         return f"`{encoder['id']}` at revision `{encoder['revision']}` (dim {encoder['dim']})"
     return f"precomputed vectors in column `{encoder.get('embedding_column')}` (dim {encoder.get('dim')})"
@@ -392,6 +400,7 @@ def model_card_facts(
     output_dir: str,
     push_command: str,
     evaluation: dict | None = None,
+    base_weights: BaseWeights | None = None,
 ) -> dict:
     """What the model card of an `IterativeSelectionTrainer` run says, as JSON values.
 
@@ -428,6 +437,9 @@ def model_card_facts(
         evaluation (`dict`, *optional*):
             The latest held-out evaluation ([`evaluation.evaluate_model`]'s result, plus the `round` it
             followed): the card's evaluation table and its `model-index`.
+        base_weights ([`provenance.BaseWeights`], *optional*):
+            The weights trained ([`provenance.model_base_weights`]): the card names them, `hf-idsel eval` loads an
+            adapter on them ([`recorded_base_weights`]).
     """
     versions = library_versions(extra=("trl", "peft", "accelerate"))
     rounds = round_records(rounds)
@@ -435,6 +447,7 @@ def model_card_facts(
         "model_name": model_name,
         "base_model": base_model,
         "base_local": base_local,
+        "base_weights": base_weights.to_dict() if base_weights else None,
         "license": license,
         "tags": list(dict.fromkeys(list(tags) + TAGS + ["trl", "sft", "generated_from_trainer", PAPER])),
         "peft": peft,
@@ -528,6 +541,7 @@ def trainer_model_card_facts(
         model_name=model_name,
         base_model=base_model,
         base_local=base_model_folder(model),
+        base_weights=model_base_weights(model),
         license=license,
         tags=tags + list(trainer_tags),
         peft=bool(peft_config),
@@ -597,6 +611,8 @@ def model_card(facts: dict, folder: str, *, hub_model_id: str | None = None, dat
         facts = {**facts, "base_local": facts.get("base_local") and os.path.basename(facts["base_local"])}
         if is_local_path(facts.get("pool_id")):
             facts["pool_id"] = os.path.basename(facts["pool_id"])
+    weights = BaseWeights.from_dict(facts.get("base_weights"))  # facts saved before it was recorded lack it
+    weights = weights and (weights.published() if hub_model_id else weights)
     evaluation = facts.get("evaluation")  # facts saved before evaluations existed lack it
     data = ModelCardData(
         base_model=facts["base_model"],
@@ -616,7 +632,8 @@ def model_card(facts: dict, folder: str, *, hub_model_id: str | None = None, dat
     return ModelCard.from_template(
         data,
         template_path=template_path("model_card.md"),
-        **{**facts, "model_name": name, "evaluation": bool(evaluation)},
+        **{**facts, "model_name": name, "evaluation": bool(evaluation), "base_weights": weights and weights.describe(),
+           "packaged_base": bool(weights and weights.kind == "packaged-gguf" and facts["peft"])},
         eval_rows=eval_rows,
         eval_round=(evaluation or {}).get("round"),
         dataset_id=dataset_id,
@@ -678,6 +695,15 @@ def read_model_card_facts(folder: str) -> dict:
     return facts
 
 
+def recorded_base_weights(folder: str) -> BaseWeights | None:
+    """The weights the model saved in `folder` (or in the run folder above a `checkpoint-<step>` folder) was trained
+    from, as its run recorded them in its model card facts; `None` where nothing recorded them."""
+    for where in (folder, os.path.dirname(os.path.abspath(folder))):
+        if os.path.isfile(os.path.join(where, MODEL_CARD_FACTS)):
+            return BaseWeights.from_dict(read_model_card_facts(where).get("base_weights"))
+    return None
+
+
 def add_evaluation_to_model_card(folder: str, evaluation: dict) -> str:
     """Write `evaluation` (an [`evaluation.evaluate_model`] result) into the model card of a trainer's output folder:
     its evaluation table and its `model-index`, read back to check them.
@@ -716,47 +742,16 @@ def add_evaluation_to_model_card(folder: str, evaluation: dict) -> str:
     return path
 
 
-def _name_or_path(model) -> str | None:
-    if isinstance(model, str):
-        return model
-    name = getattr(getattr(model, "config", None), "_name_or_path", None)
-    peft_config = getattr(model, "peft_config", None)
-    if peft_config:
-        name = getattr(next(iter(peft_config.values())), "base_model_name_or_path", None) or name
-    return name or None
-
-
 def base_model_id(model) -> str | None:
     """The Hub id a model was loaded from (`None` for a local folder or a model built in memory)."""
-    name = _name_or_path(model)
+    name = model_name_or_path(model)
     return name if name and not os.path.isdir(name) else None
 
 
 def base_model_folder(model) -> str | None:
     """The local folder a model was loaded from (`None` for a Hub id or a model built in memory)."""
-    name = _name_or_path(model)
+    name = model_name_or_path(model)
     return os.path.abspath(name) if name and os.path.isdir(name) else None
-
-
-def base_model_license(base: str | None, hub_license: str | None, token=None) -> str:
-    """The model card's license: `hub_license`, else the base model card's; refused before training when neither."""
-    if hub_license:
-        return hub_license
-    if base:
-        from huggingface_hub import ModelCard
-
-        try:
-            with hub_timeouts():  # a Hub that never answers costs one timeout, not the constructor's life
-                license_ = ModelCard.load(base, token=token).data.get("license")
-        except Exception as err:
-            logger.info("Could not read the base model's card %s (%s).", base, type(err).__name__)
-            license_ = None
-        if license_:
-            return license_
-    raise InvalidArgumentError(
-        "`push_to_hub=True` needs a license for the model card: set `hub_license` (e.g. 'apache-2.0'; "
-        f"the base model {base or '(a local path)'} has no readable card to take it from)."
-    )
 
 
 def training_hyperparameters(args, *, processes: int, budget_rows: int, k: int, scorer: str, global_steps: int, peft_config=None):

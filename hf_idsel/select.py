@@ -20,6 +20,7 @@ from .distributed import broadcast, world
 from .embed import DEFAULT_ENCODER
 from .errors import InvalidArgumentError
 from .manifest import Manifest, selection_subset
+from .methods import vectors_needed
 from .pipeline import cluster_and_draw, pool_embeddings
 from .plan import plan_selection
 from .stream import select_stream
@@ -243,16 +244,18 @@ def _select(pool: datasets.Dataset, args: SelectArguments, *, dry_run: bool, ret
         return plan_selection(pool, args, checked)
 
     rank, world_size = world()
-    embeddings, identity = pool_embeddings(
-        pool,
-        checked.render,
-        distributed=world_size > 1,
-        batch_size=args.encode_batch_size,
-        **args.pick(
-            "encoder", "encoder_revision", "embedding_column", "tokenizer", "device", "cache_dir",
-            "trust_remote_code", "desc", "load_from_cache_file", "keep_in_memory",
-        ),
-    )
+    embeddings, identity = None, None  # a method that needs no vectors gets none (methods.vectors_needed)
+    if vectors_needed(args):
+        embeddings, identity = pool_embeddings(
+            pool,
+            checked.render,
+            distributed=world_size > 1,
+            batch_size=args.encode_batch_size,
+            **args.pick(
+                "encoder", "encoder_revision", "embedding_column", "tokenizer", "device", "cache_dir",
+                "trust_remote_code", "desc", "load_from_cache_file", "keep_in_memory",
+            ),
+        )
     # Every rank embedded its share; rank 0 decontaminates, clusters and draws, the others take its manifest.
     manifest = cluster_and_draw(pool, args, checked, embeddings, identity) if rank == 0 else None
     if world_size > 1:

@@ -21,6 +21,7 @@ from .cache import StoredVectors, cache_dir
 from .embed import batch_encoder, embeddings_from_column
 from .errors import IdselError, InvalidArgumentError
 from .manifest import Manifest, pool_digest
+from .methods import vectors_needed
 from .pipeline import cluster_and_draw
 from .render import check_text_to_embed
 
@@ -47,7 +48,9 @@ def select_stream(stream: datasets.IterableDataset, args: SelectArguments, *, dr
     try:
         pool, vectors, identity, features = spool_stream(stream, args, folder)
         checked = check_arguments(pool, args)  # now with the pool's size: budget, k, quality, token counts
-        embeddings = vectors if vectors is not None else embeddings_from_column(pool, args.embedding_column)
+        embeddings = vectors
+        if vectors is None and vectors_needed(args):
+            embeddings = embeddings_from_column(pool, args.embedding_column)
         manifest = cluster_and_draw(pool, args, checked, embeddings, identity)
         subset = chosen_rows(stream, manifest, features, pool)
     finally:
@@ -76,7 +79,7 @@ def spool_stream(stream, args: SelectArguments, folder: str):
                     checked = check_arguments(head, probe_arguments(args))
                     render, read = checked.render, spooled_columns(args, checked)
                     writer = ArrowWriter(path=columns_path, features=datasets.Features({c: features[c] for c in read}))
-                    if args.embedding_column is None:
+                    if args.embedding_column is None and vectors_needed(args):
                         vector_writer = ArrowWriter(path=vectors_path)
                         encode, identity = batch_encoder(
                             args.encoder, render, **args.pick("tokenizer", "device", "trust_remote_code"),

