@@ -20,14 +20,23 @@ from .errors import InvalidArgumentError
 MAX_INT32 = 2**31 - 1
 
 
+def scalar(value):
+    """`value`, or the one number a 0-dimensional numpy array holds (`np.array(3)` is `3`): numpy scalars and
+    0-d arrays are accepted alike, arrays of any other shape are left for the checks to refuse."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return value.item()
+    return value
+
+
 def check_int(value, argument: str, *, minimum: int | None = None, maximum: int | None = None, fix: str = "") -> int:
     """`value` as an `int`, refusing bools, floats, strings and values outside `[minimum, maximum]`."""
     wanted = "an int" + _bounds(at_least=minimum, at_most=maximum)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InvalidArgumentError(f"`{argument}`={value!r} must be {wanted}, not {type(value).__name__}.{fix}")
+    value = scalar(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise InvalidArgumentError(f"`{argument}`={short(value)} must be {wanted}, not {type(value).__name__}.{fix}")
     value = int(value)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise InvalidArgumentError(f"`{argument}`={value} must be {wanted}.{fix}")
+        raise InvalidArgumentError(f"`{argument}`={short(value)} must be {wanted}.{fix}")
     return value
 
 
@@ -49,21 +58,26 @@ def check_number(
     """`value` as a Python number (an int stays an int), refusing bools, strings, NaN, infinities and values out
     of bounds."""
     wanted = "a finite number" + _bounds(above=above, at_least=at_least, at_most=at_most)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InvalidArgumentError(f"`{argument}`={value!r} must be {wanted}, not {type(value).__name__}.{fix}")
-    number = float(value)
+    value = scalar(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise InvalidArgumentError(f"`{argument}`={short(value)} must be {wanted}, not {type(value).__name__}.{fix}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int (or a fraction) past the float range: not finite
+        number = math.inf
     if (
         not math.isfinite(number)
         or (above is not None and not number > above)
         or (at_least is not None and number < at_least)
         or (at_most is not None and number > at_most)
     ):
-        raise InvalidArgumentError(f"`{argument}`={value!r} must be {wanted}.{fix}")
+        raise InvalidArgumentError(f"`{argument}`={short(value)} must be {wanted}.{fix}")
     return value if type(value) in (int, float) else number
 
 
 def check_flag(value, argument: str) -> bool:
     """A `bool` (numpy's included); a string such as `"false"` is refused, not read as true."""
+    value = scalar(value)
     if not isinstance(value, (bool, np.bool_)):
         raise InvalidArgumentError(f"`{argument}`={value!r} must be True or False, not {type(value).__name__}.")
     return bool(value)
@@ -122,6 +136,16 @@ def check_tokenizer(value, argument: str = "tokenizer"):
         f"`{argument}` must be a loaded tokenizer, got {type(value).__name__} ({value!r}): pass "
         "transformers.AutoTokenizer.from_pretrained(name)."
     )
+
+
+def short(value, limit: int = 80) -> str:
+    """`repr(value)` on one line, cut to `limit` characters: an error quotes a hostile value without printing it all
+    (an int of 400 digits, a template of a million characters)."""
+    try:
+        text = " ".join(repr(value).split())
+    except ValueError:  # an int past Python's digit limit for str()
+        return f"<{type(value).__name__} too large to print>"
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
 
 
 def _bounds(*, above=None, at_least=None, at_most=None) -> str:
