@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import checks, methods, sample
+from .cache import check_cache_dir
 from .cluster import AUTO_K
 from .decontaminate import (
     DEFAULT_COSINE_THRESHOLD,
@@ -379,6 +380,8 @@ def check_values(args: SelectArguments) -> None:
             "k-means run): pass fewer, or leave it out for the default grid."
         )
     checks.check_int(args.kmeans_niter, "kmeans_niter", minimum=1, maximum=MAX_KMEANS_NITER)
+    if args.max_tokens is not None:
+        checks.check_int(args.max_tokens, "max_tokens", minimum=1, maximum=MAX_TOKENS)
     if isinstance(args.tokenizer, (str, os.PathLike)):  # a name, loaded once the other values pass
         checks.check_path(args.tokenizer, "tokenizer")
     else:
@@ -426,6 +429,8 @@ def check_arguments(pool: datasets.Dataset, args: SelectArguments) -> CheckedArg
     if n == 0:
         raise InvalidArgumentError("The pool (`dataset`) is empty; there is nothing to select from.")
     check_values(args)
+    if not args.keep_in_memory:
+        check_cache_dir(args.cache_dir)
     if (args.budget is None) == (args.max_tokens is None):
         raise InvalidArgumentError("Pass exactly one of `budget` (rows or fraction) and `max_tokens` (token budget).")
     rows = sample.resolve_budget(args.budget, n) if args.budget is not None else None

@@ -593,12 +593,13 @@ def _check_writable(path: str, flag: str) -> None:
     import tempfile
 
     if os.path.isdir(path):
-        raise InvalidArgumentError(f"{flag} {path!r} is a folder; pass a file name such as {os.path.join(path, 'plot.png')!r}.")
+        example = os.path.join(path, "plot.png" if flag in ("--plot", "--map") else "results.json")
+        raise InvalidArgumentError(f"{flag} {path!r} is a folder; pass a file name such as {example!r}.")
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise InvalidArgumentError(f"{flag} {path!r}: {parent!r} is a file, so the plot cannot be written under it.")
+        raise InvalidArgumentError(f"{flag} {path!r}: {parent!r} is a file, so nothing can be written under it.")
     try:
         with tempfile.TemporaryFile(dir=parent):
             pass
@@ -630,8 +631,12 @@ def _run_eval(args) -> int:
     from .lm import load_reference_model
 
     # Everything a typo can break is checked before the model loads.
-    if args.items < 1:
-        raise InvalidArgumentError(f"--items must be >= 1, got {args.items}.")
+    for flag, value, low in (("--items", args.items, 1), ("--max_new_tokens", args.max_new_tokens, 1),
+                             ("--batch_size", args.batch_size, 1), ("--seed", args.seed, 0), ("--pool_seed", args.pool_seed, 0)):
+        if value < low:
+            raise InvalidArgumentError(f"{flag} must be >= {low}, got {value}.")
+    if args.out:
+        _check_writable(args.out, "--out")  # before the evaluation runs, not after it
     if args.tasks is not None:
         tasks = check_tasks(args.tasks, allow_code_execution=args.allow_code_execution, argument="--tasks", allow_argument="--allow_code_execution")
     exclude = None if args.exclude_pool == "none" else load_pool(args.exclude_pool, seed=args.pool_seed, source_argument="--exclude_pool")
@@ -654,7 +659,7 @@ def _run_eval(args) -> int:
         from .cards import read_model_card_facts
 
         read_model_card_facts(args.model_card)  # a folder without a card to write is refused before the model loads
-    model, tokenizer, _, _ = load_reference_model(args.model, device=args.device)
+    model, tokenizer = _load_eval_model(args.model, args.device, load_reference_model)
     result = evaluate_model(
         model, tokenizer, tasks, items=args.items, exclude=exclude, seed=args.seed,
         allow_code_execution=args.allow_code_execution, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
@@ -662,6 +667,7 @@ def _run_eval(args) -> int:
     for name, value in result["metrics"].items():
         print(f"{name}: {value:.4f}")
     if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump({"model": args.model, "exclude_pool": args.exclude_pool, **result}, f, indent=2)
         print(f"Wrote {args.out}")
@@ -670,6 +676,22 @@ def _run_eval(args) -> int:
 
         print(f"Wrote the evaluation into {add_evaluation_to_model_card(args.model_card, result)}")
     return 0
+
+
+def _load_eval_model(name: str, device, load):
+    """`eval`'s MODEL loaded (`load` is lm.load_reference_model), or a one-line error saying what MODEL may be."""
+    try:
+        model, tokenizer, _, _ = load(name, device=device)
+    except IdselError:
+        raise
+    except (OSError, ValueError, ImportError) as err:
+        reason = " ".join((str(err) or type(err).__name__).split())[:300]
+        raise InvalidArgumentError(
+            f"MODEL {name!r} could not be loaded: {reason} Pass a local folder holding a causal LM (its config.json, "
+            "weights and tokenizer, e.g. a training run's output_dir), a .gguf file, or a Hub id (cached here when "
+            "offline)."
+        ) from None
+    return model, tokenizer
 
 
 def _train_flag_names() -> dict:
