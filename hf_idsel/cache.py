@@ -68,7 +68,7 @@ def cache_dir(directory: str | None = None) -> str:
 
 def check_cache_dir(directory: str | None = None, argument: str = "cache_dir") -> None:
     """Refuse a cache folder that cannot be written before any work: a file (or a file on its path), or a folder (or
-    the nearest existing folder above it) without write permission or on a read-only file system.
+    the nearest existing folder above it) where no file can be created.
 
     Raises:
         [`InvalidArgumentError`]: naming `argument` and the fix.
@@ -80,8 +80,13 @@ def check_cache_dir(directory: str | None = None, argument: str = "cache_dir") -
     fix = f"pass another `{argument}`, or keep_in_memory=True to write no cache file"
     if not os.path.isdir(existing):
         raise InvalidArgumentError(f"`{argument}`={directory!r}: {existing!r} is not a folder, so no cache can be written there; {fix}.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InvalidArgumentError(f"`{argument}`={directory!r}: the folder {existing!r} is not writable; {fix}.")
+    try:  # by trying: permissions alone do not tell (root, read-only mounts, sysfs)
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise InvalidArgumentError(
+            f"`{argument}`={directory!r}: the folder {existing!r} is not writable ({err.strerror or err}); {fix}."
+        ) from None
 
 
 # The errors of a cache folder that a user fixes by choosing another one (rather than bugs): reported naming it.
@@ -316,9 +321,11 @@ def _partial_file(path: str):
         # When locked, renamed before the lock goes, so no clean-up can take it for abandoned.
         os.replace(partial, path)
     finally:
-        file.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(partial)
+        try:
+            file.close()  # flushes what is buffered: on a full disk this fails too
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(partial)
 
 
 def _write_digest(path: str, digest: str) -> None:

@@ -156,7 +156,8 @@ def _replay_arguments(manifest: Manifest, overrides: dict) -> dict:
     for name in ("method", "seed"):
         if name in recorded and recorded[name] != getattr(manifest, name):
             raise InvalidArgumentError(
-                f"{manifest.origin} records `arguments.{name}`={recorded[name]!r} but `{name}`={getattr(manifest, name)!r}: "
+                f"{manifest.origin} records `arguments.{name}`={checks.short(recorded[name])} but "
+                f"`{name}`={checks.short(getattr(manifest, name))}: "
                 "the file was edited. Load it without `recompute` (the recorded rows are checked against their digests)."
             )
     if recorded.pop("trust_remote_code", False) is not False and "trust_remote_code" not in overrides:
