@@ -79,7 +79,7 @@ def check_flag(value, argument: str) -> bool:
     """A `bool` (numpy's included); a string such as `"false"` is refused, not read as true."""
     value = scalar(value)
     if not isinstance(value, (bool, np.bool_)):
-        raise InvalidArgumentError(f"`{argument}`={value!r} must be True or False, not {type(value).__name__}.")
+        raise InvalidArgumentError(f"`{argument}`={short(value)} must be True or False, not {type(value).__name__}.")
     return bool(value)
 
 
@@ -89,21 +89,21 @@ def check_name(value, argument: str, *, optional: bool = True) -> str | None:
         return None
     if not isinstance(value, str) or not value:
         wanted = "a non-empty string" + (" or None" if optional else "")
-        raise InvalidArgumentError(f"`{argument}`={value!r} must be {wanted}.")
+        raise InvalidArgumentError(f"`{argument}`={short(value)} must be {wanted}.")
     return value
 
 
 def check_choice(value, argument: str, choices) -> str:
     """One of `choices` (strings)."""
     if not isinstance(value, str) or value not in choices:
-        raise InvalidArgumentError(f"`{argument}`={value!r}; choose one of {list(choices)}.")
+        raise InvalidArgumentError(f"`{argument}`={short(value)}; choose one of {list(choices)}.")
     return value
 
 
 def check_path(value, argument: str) -> str | os.PathLike | None:
     """A folder or file path (`str` or `os.PathLike`), or `None`."""
     if value is not None and not (isinstance(value, os.PathLike) or (isinstance(value, str) and value)):
-        raise InvalidArgumentError(f"`{argument}`={value!r} must be a path (a non-empty str or os.PathLike) or None.")
+        raise InvalidArgumentError(f"`{argument}`={short(value)} must be a path (a non-empty str or os.PathLike) or None.")
     return value
 
 
@@ -114,7 +114,7 @@ def check_model(value, argument: str, *, loaded: bool = True):
     if loaded and callable(getattr(value, "encode", None)) and not isinstance(value, (str, bytes)):
         return value
     raise InvalidArgumentError(
-        f"`{argument}`={value!r} must be a sentence-transformers model id or local path"
+        f"`{argument}`={short(value)} must be a sentence-transformers model id or local path"
         + (" or a loaded SentenceTransformer." if loaded else ".")
     )
 
@@ -124,7 +124,7 @@ def check_device(value, argument: str = "device"):
     torch = sys.modules.get("torch")
     if value is None or (isinstance(value, str) and value) or (torch is not None and isinstance(value, torch.device)):
         return value
-    raise InvalidArgumentError(f"`{argument}`={value!r} must be a device name such as 'cpu' or 'cuda:0', or None.")
+    raise InvalidArgumentError(f"`{argument}`={short(value)} must be a device name such as 'cpu' or 'cuda:0', or None.")
 
 
 def check_tokenizer(value, argument: str = "tokenizer"):
@@ -133,7 +133,7 @@ def check_tokenizer(value, argument: str = "tokenizer"):
     if value is None or (transformers is not None and isinstance(value, transformers.PreTrainedTokenizerBase)):
         return value
     raise InvalidArgumentError(
-        f"`{argument}` must be a loaded tokenizer, got {type(value).__name__} ({value!r}): pass "
+        f"`{argument}` must be a loaded tokenizer, got {type(value).__name__} ({short(value)}): pass "
         "transformers.AutoTokenizer.from_pretrained(name)."
     )
 

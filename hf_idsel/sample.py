@@ -19,6 +19,7 @@ import numbers
 
 import numpy as np
 
+from .checks import short
 from .errors import InvalidArgumentError
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def check_budget(budget, *, argument: str = "budget") -> None:
     """Refuse a budget that is neither an int >= 1 (rows) nor a float in (0, 1] (fraction), before the pool is known."""
     if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
         raise InvalidArgumentError(
-            f"`{argument}` must be an int (rows) or a float in (0, 1] (fraction of the pool), got {budget!r}."
+            f"`{argument}` must be an int (rows) or a float in (0, 1] (fraction of the pool), got {short(budget)}."
         )
     if isinstance(budget, numbers.Integral):
         if budget < 1:
