@@ -514,14 +514,24 @@ def check_arguments(pool: datasets.Dataset, args: SelectArguments) -> CheckedArg
                 raise
             text = None
     if args.exclude_dataset is not None:  # the evaluation set's type and layout, before anything is embedded
-        evaluation = as_dataset(args.exclude_dataset)
-        if len(evaluation) == 0:
-            raise InvalidArgumentError(
-                "`exclude_dataset` has no rows: there is nothing to decontaminate against. Pass the evaluation set "
-                "(its rows), or leave `exclude_dataset` out."
-            )
-        exclude_render_options(evaluation, text)
+        exclude_render_options(evaluation_dataset(args.exclude_dataset), text)
     return CheckedArguments(rows=rows, render=render, text=text, quality=quality, sources=sources)
+
+
+def evaluation_dataset(exclude) -> datasets.Dataset:
+    """`exclude_dataset` as a Dataset ([`~decontaminate.as_dataset`]), refusing one without rows: decontaminating
+    against nothing is a mistake (an empty split, a filter that removed everything), not a no-op.
+
+    Raises:
+        [`InvalidArgumentError`]: naming `exclude_dataset`.
+    """
+    evaluation = as_dataset(exclude)
+    if len(evaluation) == 0:
+        raise InvalidArgumentError(
+            "`exclude_dataset` has no rows: there is nothing to decontaminate against. Pass the evaluation set "
+            "(its rows), or leave `exclude_dataset` out."
+        )
+    return evaluation
 
 
 def read_columns(args: SelectArguments, render: RenderOptions | None) -> list[str]:

@@ -54,6 +54,13 @@ def test_an_empty_evaluation_dataset_is_refused_naming_it():
                            exclude_dataset=empty, **kwargs)
 
 
+def test_the_trainer_refuses_an_empty_evaluation_dataset_before_training(tmp_path):
+    from helpers import make_trainer
+
+    with pytest.raises(InvalidArgumentError, match=r"`exclude_dataset` has no rows"):
+        make_trainer(tmp_path, exclude_dataset=datasets.Dataset.from_dict({"text": []}), exclude_cosine_threshold=None)
+
+
 def test_balanced_random_with_exclude_drops_the_copy_and_keeps_the_shares():
     copy = POOL[7]["text"]
     subset = diverse_select(POOL, 12, method="balanced-random", source_column="source", exclude_dataset=[copy],
