@@ -19,7 +19,7 @@ import numbers
 
 import numpy as np
 
-from .checks import short
+from .checks import scalar, short
 from .errors import InvalidArgumentError
 
 logger = logging.getLogger(__name__)
@@ -30,9 +30,10 @@ QUOTA_RULES = ("proportional", "equal")
 
 def parse_budget(value):
     """`budget` from the command line or a recipe, read as Python reads the number: "64" is 64 rows,
-    "0.1" and "1.0" are fractions of the pool. Anything but a string is returned as it is."""
+    "0.1" and "1.0" are fractions of the pool. A 0-dimensional numpy array is its number; anything else but a string
+    is returned as it is."""
     if not isinstance(value, str):
-        return value
+        return scalar(value)
     for kind in (int, float):
         try:
             return kind(value)

@@ -239,6 +239,21 @@ def test_a_0d_array_budget_and_flag_are_their_value():
         diverse_select(POOL, np.array([12]), **FAST)
 
 
+def test_the_trainer_config_takes_numpy_scalars_and_0d_arrays_as_their_number(tmp_path):
+    from hf_idsel import IterativeSelectionConfig
+
+    def config(**fields):
+        return IterativeSelectionConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", **fields)
+
+    plain = config(budget=48, rounds=3, selection_seed=5, weight_temperature=0.5, scoring_batch_size=4)
+    numpy = config(budget=np.array(48), rounds=np.int8(3), selection_seed=np.array(5, dtype=np.uint16),
+                   weight_temperature=np.array(0.5), scoring_batch_size=np.array(4))
+    for name in ("budget", "rounds", "selection_seed", "weight_temperature", "scoring_batch_size"):
+        assert getattr(numpy, name) == getattr(plain, name) and type(getattr(numpy, name)) is type(getattr(plain, name)), name
+    with pytest.raises(InvalidArgumentError, match=r"`scoring_batch_size`=array\(\[4, 4\]\)"):
+        config(scoring_batch_size=np.array([4, 4]))
+
+
 # ---- the command line's reproductions ----
 
 
