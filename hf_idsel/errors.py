@@ -51,3 +51,11 @@ def redact_token(text: str, token=None) -> str:
         # Also where a client quotes it without its line end (a token read from a file).
         text = text.replace(token, "***").replace(token.strip(), "***")
     return _TOKEN_PATTERN.sub("hf_***", text)
+
+
+def error_summary(err: BaseException, token=None, limit: int = 300) -> str:
+    """One line saying what `err` says, tokens redacted: its lines joined (a Hub error's first line is only
+    "404 Client Error. (Request ID: ...)"; what was not found comes after), cut at `limit` characters."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+    text = redact_token(text, token)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .errors import InvalidArgumentError, MissingDependencyError
+from .errors import InvalidArgumentError
 
 logger = logging.getLogger(__name__)
 

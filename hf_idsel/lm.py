@@ -234,20 +234,37 @@ def _tokenizer_for_object(model: torch.nn.Module, trust_remote_code: bool) -> An
 
 
 def unquantized(model: torch.nn.Module) -> torch.nn.Module:
-    """A plain float copy of a model loaded from a GGUF file, so that Trainer will fine-tune it.
+    """A model loaded from a GGUF file, made trainable in place (and returned), in train mode.
 
-    transformers dequantises GGUF weights on load but keeps the quantization marker, and Trainer
-    refuses to train a model marked quantized. Models without the marker are returned as they are.
+    transformers dequantises GGUF weights on load but keeps the quantization marker (`hf_quantizer`,
+    `config.quantization_config`), and Trainer refuses to train a model marked quantized. The weights are
+    plain float tensors already, so only the marker is removed: no second copy of the weights is built (it
+    cost the weights' size again at load, and freed memory the process kept). Models without the marker are
+    returned as they are.
+
+    Raises:
+        `InvalidArgumentError`: some weights were left packed in GGUF blocks (a transformers that computes
+            with GGUF kernels), which cannot be trained.
     """
     config = getattr(model, "config", None)
     if getattr(config, "quantization_config", None) is None and not getattr(model, "is_quantized", False):
         return model
-    config = copy.deepcopy(config)
-    del config.quantization_config
-    plain = type(model)(config)
-    plain.load_state_dict(model.state_dict())
-    plain.to(dtype=next(model.parameters()).dtype)
-    return plain
+    packed = [name for name, parameter in model.named_parameters() if not parameter.is_floating_point()]
+    if packed:
+        raise InvalidArgumentError(
+            f"The GGUF model keeps {len(packed)} weights packed in GGUF blocks (e.g. {packed[0]!r}), which cannot be "
+            "trained: load it dequantised (without the `kernels` package) or from a safetensors copy."
+        )
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)  # transformers' own undoing of the marker, in place
+    else:
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        if getattr(model, "is_quantized", False):
+            model.is_quantized = False
+    # The copy this replaced was a freshly built model, so in train mode.
+    return model.train()
 
 
 # --------------------------------------------------------------------------------------------

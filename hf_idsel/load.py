@@ -25,7 +25,7 @@ from .arguments import (
 )
 from .sample import resolve_budget
 from .embed import DEFAULT_ENCODER
-from .errors import IdselError, InvalidArgumentError, SelectionMismatchError, redact_token
+from .errors import IdselError, InvalidArgumentError, SelectionMismatchError, error_summary
 from .hub_layout import DEFAULT_CONFIG, check_repo_id, manifest_path
 from .manifest import Manifest, selection_subset
 from .pool import BUILTIN_POOL, BUILTIN_POOL_NAME, load_pool
@@ -327,7 +327,7 @@ def _read_manifest(source, *, config, revision, token) -> Manifest:
         raise InvalidArgumentError(
             f"`manifest`={source!r} is no local file or folder, and reading {filename} from the dataset repo "
             f"{source!r}{f' (config {config!r})' if config else ''} failed: "
-            f"{redact_token(str(err).splitlines()[0] if str(err) else type(err).__name__, token)}. "
+            f"{error_summary(err, token)}. "
             "Check the path, or the repo id, the config name (round_1, round_2, ... or the default) and your token."
         ) from None
     return Manifest.load(path, origin=f"{filename} of the dataset repo {source!r}")
@@ -362,8 +362,7 @@ def _load_recorded_pool(manifest: Manifest, token) -> datasets.Dataset:
     except IdselError:
         raise
     except Exception as err:
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise InvalidArgumentError(
-            f"Could not load the pool {path!r} that {manifest.origin} names: {redact_token(message, token)}. "
+            f"Could not load the pool {path!r} that {manifest.origin} names: {error_summary(err, token)}. "
             "Pass `pool=` (the dataset the selection was made on)."
         ) from err

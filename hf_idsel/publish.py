@@ -31,7 +31,7 @@ from typing import Callable
 
 import datasets
 
-from .errors import InvalidArgumentError, PushError, redact_token
+from .errors import InvalidArgumentError, PushError, error_summary, redact_token
 from .hub_client import hub_timeouts
 from .hub_layout import (
     CARD_FILE,
@@ -491,8 +491,7 @@ def _run_with_retries(fn, step, plan, steps, folder, token, max_retries, backoff
 
 def _short(err) -> str:
     status = _status(err)
-    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return f"{type(err).__name__}{f' {status}' if status else ''}: {first[:300]}"
+    return f"{type(err).__name__}{f' {status}' if status else ''}: {error_summary(err) if str(err).strip() else ''}"
 
 
 def _push_error(err, step, plan, steps, folder, token, retries) -> PushError:

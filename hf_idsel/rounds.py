@@ -603,6 +603,49 @@ def weight_entropy(weights) -> float:
     return float(-(positive * np.log(positive)).sum())
 
 
+def round_summary(state: SelectionState, *, rounds: int, budget_rows: int, clusters: int = 1) -> str:
+    """One line a person reads when a round closes: the rows drawn and the clusters whose weight moved most.
+
+    E.g. `round 1/2: drew 32 rows (32 of 64); weight up: cluster 3 'gsm8k, total, number' 0.125 -> 0.31; down:
+    cluster 5 'def, return, list' 0.125 -> 0.007 (starved)`. A cluster is named by its terms when the run
+    described its clusters; one left with under a tenth of an equal share (1/k) is marked starved, one with no
+    rows left exhausted.
+
+    Args:
+        state ([`SelectionState`]):
+            The run's progress; its last finished round is summarised, against the weights before it (uniform
+            before round 1).
+        rounds (`int`):
+            Rounds in the run.
+        budget_rows (`int`):
+            Rows selected over every round.
+        clusters (`int`, *optional*, defaults to `1`):
+            Clusters named on each side (gaining, losing).
+    """
+    record = round_records(state.rounds[-1:])[0]
+    before = np.asarray(state.rounds[-2]["weights"] if len(state.rounds) > 1 else [1.0 / record.k] * record.k)
+    after = np.asarray(record.weights, dtype=np.float64)
+    line = f"round {record.round}/{rounds}: drew {len(record.selected)} rows ({record.cumulative_size} of {budget_rows})"
+    change = after - before
+    moved = np.flatnonzero(np.abs(change) > 1e-9)
+    if not len(moved):
+        return line + "; weights unchanged" + ("" if record.scored else " (round not scored)")
+    # Largest moves first; equal moves by cluster id.
+    up = [int(j) for j in moved[np.lexsort((moved, -change[moved]))] if change[j] > 0][:clusters]
+    down = [int(j) for j in moved[np.lexsort((moved, change[moved]))] if change[j] < 0][:clusters]
+
+    def named(j: int) -> str:
+        terms = (record.cluster_terms or [""] * record.k)[j]
+        text = f"cluster {j}" + (f" {terms!r}" if terms else "") + f" {before[j]:.3g} -> {after[j]:.3g}"
+        if after[j] == 0:
+            return text + " (exhausted)"
+        return text + (" (starved)" if after[j] < 0.1 / record.k else "")
+
+    parts = [f"weight up: {'; '.join(named(j) for j in up)}"] if up else []
+    parts += [f"down: {'; '.join(named(j) for j in down)}"] if down else []
+    return f"{line}; {'; '.join(parts)}"
+
+
 def write_round_file(folder: str, record: RoundRecord | dict) -> str:
     """Write one round record as `folder/round_<r>.json` (the one shape round files have)."""
     if isinstance(record, dict):

@@ -52,84 +52,13 @@ from .manifest import Manifest, encoder_record, pool_record
 from .pipeline import decontaminate_and_cluster, pool_embeddings
 from .publish import set_model_push, stage_run
 from .render import prompt_and_answer, prompt_turns, resolve_render_options, training_render_options
-from .rounds import SelectionState, close_round, draw_round, round_metrics, selection_manifest, write_round_file
+from .round_sampler import ROW_ID, RoundSampler, RowIdCollator
+from .rounds import SelectionState, close_round, draw_round, round_metrics, round_summary, selection_manifest, write_round_file
 from .scorers import RoundScorer, ScoringContext, as_scorer, gold_answers_needed, per_row_loss, scorer_name
 
 __all__ = ["IterativeSelectionConfig", "IterativeSelectionTrainer"]
 
 logger = logging.getLogger(__name__)
-
-ROW_ID = "hf_idsel_row"
-
-
-class RoundSampler(torch.utils.data.Sampler):
-    """Yields the rows of the current round (positions in the prepared dataset) in the order that
-    `train_sampling_strategy` asks for, reseeded every epoch.
-
-    Its length is the current round's row count, so the dataloader's length (batches per rank, as
-    accelerate shards them) is the length of the epoch that runs; the trainer sizes each epoch and
-    the learning-rate schedule from it.
-
-    Args:
-        seed (`int`):
-            Seed of the order; the same seed and epoch give the same order on every rank.
-        strategy (`str`, *optional*, defaults to `"random"`):
-            `"random"` (a seeded shuffle), `"sequential"` (the order the rows were drawn in) or
-            `"group_by_length"` (transformers' length-grouped shuffle, so batches pad less).
-        lengths (`list[int]`, *optional*):
-            Token length of every prepared row; needed by `"group_by_length"`.
-        batch_size (`int`, *optional*, defaults to `1`):
-            Rows per optimizer step, the size of the groups `"group_by_length"` makes.
-    """
-
-    def __init__(self, seed: int, strategy: str = "random", lengths=None, batch_size: int = 1):
-        if strategy == "group_by_length" and lengths is None:
-            raise InvalidArgumentError("train_sampling_strategy='group_by_length' needs the rows' token lengths.")
-        self.length = 0
-        self.seed = seed
-        self.strategy = strategy
-        self.lengths = lengths
-        self.batch_size = batch_size
-        self.positions: list[int] = []
-        self.epoch = 0
-
-    def set_rows(self, positions) -> None:
-        self.positions = [int(p) for p in positions]
-        self.length = len(self.positions)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self):
-        if self.strategy == "sequential":
-            return iter(list(self.positions))
-        generator = torch.Generator()
-        generator.manual_seed(self.seed * 1_000_003 + self.epoch)
-        if self.strategy == "group_by_length":
-            from transformers.trainer_pt_utils import get_length_grouped_indices
-
-            lengths = [int(self.lengths[p]) for p in self.positions]
-            order = get_length_grouped_indices(lengths, self.batch_size, generator=generator)
-        else:
-            order = torch.randperm(len(self.positions), generator=generator).tolist()
-        return iter([self.positions[i] for i in order])
-
-
-class _RowIdCollator:
-    """Carries each example's pool row id past the collator, as a tensor the loss can read."""
-
-    def __init__(self, collator):
-        self.collator = collator
-
-    def __call__(self, examples):
-        rows = [example.pop(ROW_ID, -1) for example in examples]
-        batch = self.collator(examples)
-        batch[ROW_ID] = torch.tensor(rows, dtype=torch.long)
-        return batch
-
 
 class _RoundCallback(TrainerCallback):
     """Closes a round when the last epoch of that round ends."""
@@ -227,7 +156,7 @@ class IterativeSelectionTrainer(SFTTrainer):
             super().__init__(model, args=args, train_dataset=pool_with_ids, **kwargs)
         # Before the pool is embedded: a scorer that cannot serve this run refuses it here.
         self.scorer.prepare(self._scoring_context(self.model))
-        self.data_collator = _RowIdCollator(self.data_collator)
+        self.data_collator = RowIdCollator(self.data_collator)
         self._set_signature_columns_if_needed()
         self._signature_columns = list(self._signature_columns) + [ROW_ID]
 
@@ -283,6 +212,7 @@ class IterativeSelectionTrainer(SFTTrainer):
 
             self.add_callback(SelectionTablesCallback(self))
         self._pool_info = None
+        self._checkpoint_state = None  # the selection state of the checkpoint being saved (main process)
 
     # ---- set-up ----
 
@@ -478,6 +408,7 @@ class IterativeSelectionTrainer(SFTTrainer):
             metrics.update({f"eval/{name}": value for name, value in record.eval["metrics"].items()})
         if self.accelerator.is_main_process:
             write_round_file(os.path.join(self.args.output_dir, "selection"), record)
+            logger.info(round_summary(self.selection, rounds=self.args.rounds, budget_rows=self.budget_rows))
         self.log(metrics)
         if self.args.push_to_hub and self.accelerator.is_main_process:
             self._push_round(record.round)
@@ -720,15 +651,25 @@ class IterativeSelectionTrainer(SFTTrainer):
         return push_folder(self.staging_dir, token=token, private=private if private is not None else self.args.hub_private_repo)
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
         # What the scorer keeps of the round in progress lives on every rank: collect it so a resume scores the same round.
         pending = self._gather(self.scorer.state())
-        if not self.accelerator.is_main_process:
-            return
-        state = copy.deepcopy(self.selection)
-        state.pending_losses = [list(x) for x in pending]
-        state.pool_digest = self._pool_record()["digest"]
-        write_state(state, os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}"), self._selection_plan())
+        self._checkpoint_state = None
+        if self.accelerator.is_main_process:
+            state = copy.deepcopy(self.selection)
+            state.pending_losses = [list(x) for x in pending]
+            state.pool_digest = self._pool_record()["digest"]
+            self._checkpoint_state = state
+        super()._save_checkpoint(model, trial)
+        self._write_checkpoint_state(os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}"))
+
+    def _push_from_checkpoint(self, checkpoint_folder):
+        # Trainer pushes the checkpoint (hub_strategy) before `_save_checkpoint` returns: the state goes with it.
+        self._write_checkpoint_state(checkpoint_folder)
+        super()._push_from_checkpoint(checkpoint_folder)
+
+    def _write_checkpoint_state(self, folder: str) -> None:
+        if self._checkpoint_state is not None:
+            write_state(self._checkpoint_state, folder, self._selection_plan())
 
     def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial):
         epochs_trained, steps_in_epoch = super()._init_training_state(
@@ -768,6 +709,12 @@ class IterativeSelectionTrainer(SFTTrainer):
                     f"`resume_from_checkpoint`: {folder!r} holds no {STATE_FILE}; it was not written by IterativeSelectionTrainer."
                 )
             state, recorded = self._load_selection_state(path)
+            if state.epochs_done >= self.args.rounds * self.args.epochs_per_round:
+                raise InvalidArgumentError(
+                    f"`resume_from_checkpoint`: {folder} is the end of a finished run (all {self.args.rounds} rounds "
+                    "trained): nothing is left to train. Load the model from it, or publish the run with "
+                    "`hf-idsel push OUTPUT_DIR`."
+                )
             self.selection = state
             self._resumed_from = (path, recorded)
             self._sync_sampler()

@@ -241,6 +241,43 @@ def test_trainer_pushes_each_round_and_a_model_that_loads_back(hub, tmp_path):
     assert messages[-1] == "End of training" and sum("Training in progress" in m for m in messages) == 3, messages
 
 
+def test_a_config_the_dataset_repo_lacks_is_named_with_what_the_hub_said(hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the staging folder of push_selection
+    pool = make_pool()
+    subset, manifest = pool.diverse_select(budget=8, k=4, embedding_column="embedding", return_manifest=True)
+    repo = hub.repo("one-config")
+    push_selection(subset, repo, manifest=manifest)
+    # The Hub's first line is only the status and a request id; what was not found comes after it.
+    with pytest.raises(InvalidArgumentError, match=r"`manifest`=.*\(config 'round_9'\) failed: .*Request ID.*Entry Not Found"):
+        hf_idsel.load_selection(repo, pool, config="round_9")
+
+
+def test_a_checkpoint_pushed_by_hub_strategy_carries_its_selection_state(hub, tmp_path):
+    """hub_strategy="checkpoint" pushes each checkpoint while Trainer saves it: the selection state must be in the
+    folder by then, or the Hub's `last-checkpoint` cannot be resumed (it would hold no hf_idsel_selection.json)."""
+    from huggingface_hub import snapshot_download
+
+    from hf_idsel.checkpoint import STATE_FILE
+
+    model_repo = hub.repo("resumable")
+    with single_thread():
+        trainer = make_trainer(
+            tmp_path, budget=24, push_to_hub=True, hub_model_id=model_repo, hub_license="apache-2.0",
+            save_strategy="epoch", hub_strategy="checkpoint",
+        )
+        trainer.train()
+    local = tmp_path / "run" / f"checkpoint-{trainer.state.global_step}" / STATE_FILE
+    assert f"last-checkpoint/{STATE_FILE}" in hub.server.files(model_repo, "model")
+    downloaded = snapshot_download(model_repo, allow_patterns=["last-checkpoint/*"], local_dir=tmp_path / "from_hub")
+    folder = os.path.join(downloaded, "last-checkpoint")
+    assert open(os.path.join(folder, STATE_FILE)).read() == local.read_text()
+    # The Hub's copy is checked like a local one: it resumes, and here it is a finished run, said in one line.
+    with single_thread():
+        resumed = make_trainer(tmp_path / "again", budget=24)
+    with pytest.raises(InvalidArgumentError, match=r"is the end of a finished run \(all 3 rounds trained\)"):
+        resumed.train(resume_from_checkpoint=folder)
+
+
 def test_trainer_keeps_training_when_round_pushes_fail_and_hf_idsel_push_finishes_them(hub, tmp_path, caplog, monkeypatch):
     monkeypatch.setattr("hf_idsel.publish.time.sleep", lambda seconds: None)  # the retries' back-off, not their count
     model_repo = hub.repo("offline-rounds")

@@ -22,6 +22,7 @@ from hf_idsel.rounds import (
     read_round_file,
     round_metrics,
     round_records,
+    round_summary,
     round_sizes,
     sample_rows_per_cluster,
     selection_manifest,
@@ -672,3 +673,46 @@ def test_a_recorded_plan_is_compared_setting_by_setting_and_a_silhouette_up_to_f
         check_plan(plan, {**plan, "rounds": 4, "scorer": "loss"}, where="x.json")
     with pytest.raises(InvalidArgumentError, match="`rounds`: 3 in the checkpoint, True now"):
         check_plan(plan, {**plan, "rounds": True}, where="x.json")
+
+
+def test_round_summary_names_the_clusters_whose_weight_moved_most():
+    """The line a person reads when a round closes: rows drawn this round and so far, and the clusters gaining and
+    losing weight most, named by their terms, against the weights before the round (uniform before round 1)."""
+    labels = np.repeat(np.arange(4), 6)  # 4 clusters of 6 rows
+    trainable = np.ones(len(labels), dtype=bool)
+    state = SelectionState.start(labels, 4)
+    state.current_rows = [0, 6, 12, 18]
+    terms = ["gsm8k, number, total", "def, return, code", "", "hello, thanks"]
+    common = dict(rule="softmax", temperature=1.0, scorer="loss", scored=True, k_selection=None, cluster_terms=terms)
+    # Cluster 0 still has a high loss (its weight rises), cluster 1 is learned (its weight falls towards 0).
+    close_round(state, labels, trainable, np.array([0, 6, 12, 18]), np.array([3.0, -3.0, 0.5, 0.5]), global_step=1, **common)
+    line = round_summary(state, rounds=3, budget_rows=12)
+    w = state.weights
+    assert w[0] > 0.25 > w[1] and w[1] < 0.1 / 4
+    assert line == (
+        f"round 1/3: drew 4 rows (4 of 12); weight up: cluster 0 'gsm8k, number, total' 0.25 -> {w[0]:.3g}; "
+        f"down: cluster 1 'def, return, code' 0.25 -> {w[1]:.3g} (starved)"
+    )
+    assert "\n" not in line
+
+    # Round 2 is compared with round 1's weights; a cluster without terms is named by its id alone, and two a side.
+    before = list(state.weights)
+    state.current_round, state.current_rows = 2, [1, 2, 13, 19]
+    close_round(state, labels, trainable, np.array([1, 2, 13, 19]), np.array([-1.0, -1.0, 2.0, 0.0]), global_step=2, **common)
+    line = round_summary(state, rounds=3, budget_rows=12, clusters=2)
+    after = state.weights
+    assert line.startswith("round 2/3: drew 4 rows (8 of 12); weight up: cluster 2 0.")
+    assert f"cluster 2 {before[2]:.3g} -> {after[2]:.3g}" in line and "'hello, thanks'" in line
+    assert line.index("weight up") < line.index("cluster 2") < line.index("down: cluster 0 'gsm8k, number, total'")
+
+    # An unscored last round keeps the weights; a cluster with no rows left drops to 0 and says so.
+    state.current_round, state.current_rows = 3, [3, 4, 5, 14]
+    close_round(state, labels, trainable, np.zeros(0, dtype=np.int64), np.zeros(0), **{**common, "scored": False}, global_step=3)
+    line = round_summary(state, rounds=3, budget_rows=12)
+    assert line.startswith("round 3/3: drew 4 rows (12 of 12); ")
+    assert "-> 0 (exhausted)" in line and "cluster 0 'gsm8k, number, total'" in line  # rows 0-5 are all drawn now
+    unchanged = SelectionState.from_json(state.to_json(), where="test")
+    unchanged.rounds[-1] = {**unchanged.rounds[-1], "weights": unchanged.rounds[-2]["weights"]}
+    assert round_summary(unchanged, rounds=3, budget_rows=12) == (
+        "round 3/3: drew 4 rows (12 of 12); weights unchanged (round not scored)"
+    )

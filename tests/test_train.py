@@ -80,14 +80,21 @@ def test_laptop_recipe_on_two_cpu_ranks(tmp_path):
     chosen = [row for f in files for row in f["selected"]]
     assert len(set(chosen)) == budget and all(0 <= row < pool_rows for row in chosen)
     assert all(f["scorer"] == recipe["scorer"] and f["k"] == recipe["k"] for f in files)
-    # Both ranks trained: each step takes `batch` rows per rank, so a round is half the steps of one process.
-    steps_two_ranks = math.ceil(per_round / (batch * 2))
-    assert steps_two_ranks != math.ceil(per_round / batch)
+    # Both ranks trained: each step takes `batch` x `accumulation` rows per rank, so a round is half the steps of one
+    # process.
+    accumulation = recipe["gradient_accumulation_steps"]
+    steps_two_ranks = math.ceil(math.ceil(per_round / (batch * 2)) / accumulation)
+    assert steps_two_ranks != math.ceil(math.ceil(per_round / batch) / accumulation)
     assert [f["global_step"] for f in files] == [steps_two_ranks * (r + 1) for r in range(rounds)]
     # Every trained row was scored: the losses of both ranks were gathered.
     assert all(f["scored_rows"] == per_round for f in files)
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == steps_two_ranks * rounds
+    # One line a person reads per round, from the main process only, printed by the recipe's logging setup.
+    lines = [line for line in result.stderr.splitlines() if "hf_idsel.trainer: round " in line]
+    assert len(lines) == rounds, result.stderr[-4000:]
+    for r, line in enumerate(lines, start=1):
+        assert f"INFO hf_idsel.trainer: round {r}/{rounds}: drew {per_round} rows ({per_round * r} of {budget})" in line
 
     # The saved adapter loads with from_pretrained (onto the base named in its config) and was trained.
     adapter = load_file(str(out / "adapter_model.safetensors"))
@@ -273,7 +280,7 @@ def test_the_default_smollm2_id_loads_the_packaged_copy_offline(tmp_path):
     assert all(p.grad is not None for p in model.model.layers[0].parameters())
 
 
-def test_cli_train_then_report(tmp_path, capsys):
+def test_cli_train_then_report(tmp_path, capsys, caplog):
     """`hf-idsel train` runs the same entry point in-process; `hf-idsel report` reads its output directory."""
     from hf_idsel.cli import main as cli
 
@@ -281,7 +288,22 @@ def test_cli_train_then_report(tmp_path, capsys):
     argv = ["train", "--config", str(LAPTOP_LORA), "--model_name_or_path", tiny_model_dir(tmp_path / "tiny"),
             "--output_dir", str(out), "--max_pool_rows", "96", "--budget", "16"]
     assert cli(argv) == 0
-    assert [f["cumulative_size"] for f in read_rounds(out)] == [8, 16]
+    files = read_rounds(out)
+    assert [f["cumulative_size"] for f in files] == [8, 16]
+    # While training, one INFO line per round names the clusters whose weight moved most by their terms, with the
+    # weights of the round files (the recipe's softmax rule moves them after round 1).
+    lines = [r.getMessage() for r in caplog.records if r.name == "hf_idsel.trainer" and r.getMessage().startswith("round ")]
+    assert len(lines) == 2 and all(r.levelname == "INFO" for r in caplog.records if r.getMessage() in lines)
+    assert lines[0].startswith("round 1/2: drew 8 rows (8 of 16); weight up: cluster ")
+    assert lines[1].startswith("round 2/2: drew 8 rows (16 of 16); ")
+    # The recipe's schedule moves the weights from the first step: no warm-up step at learning rate 0.
+    state = json.loads((out / "trainer_state.json").read_text())
+    rates = [entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry]
+    assert len(rates) == 2 and rates[0] > 0
+    moved = np.asarray(files[0]["weights"]) - 1 / 8
+    up, down = int(np.argmax(moved)), int(np.argmin(moved))
+    assert f"weight up: cluster {up} {files[0]['cluster_terms'][up]!r} 0.125 -> {files[0]['weights'][up]:.3g}" in lines[0]
+    assert f"down: cluster {down} {files[0]['cluster_terms'][down]!r} 0.125 -> {files[0]['weights'][down]:.3g}" in lines[0]
     card = (out / "README.md").read_text()  # the recipe's card: hf_idsel's, not PEFT's template
     assert "| method | iterative-kmq |" in card and "| budget | 16 rows |" in card and "More Information Needed" not in card
     capsys.readouterr()
