@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import checks, methods, sample
+from .cache import check_cache_dir
 from .cluster import AUTO_K
 from .decontaminate import (
     DEFAULT_COSINE_THRESHOLD,
@@ -40,6 +41,7 @@ from .render import (
     check_countable,
     check_text_to_embed,
     resolve_render_options,
+    template_fields,
     validate_columns,
 )
 
@@ -345,6 +347,15 @@ class CheckedArguments:
 
 _COSINE = " It is a cosine similarity."  # the fix named by the threshold checks
 
+# Bounds on the settings whose cost grows with their value, so that no call, and no manifest a replay reads
+# (`load_selection(..., recompute=True)`), asks for unbounded time or memory; each is far above what a selection uses.
+# The template's bounds are render.py's (`template_fields`); k and the budget are bounded by the pool's rows.
+MAX_KMEANS_NITER = 1_000  # k-means iterations: the default is 20, faiss's 25
+MAX_K_CANDIDATES = 64  # each candidate k is one k-means run and one silhouette
+MAX_EXCLUDE_NGRAM = 64  # word n-gram length of the overlap test: 8 by default, 13 in the GPT-3 paper
+MAX_TOKENS = 2**62  # token counts are summed as int64
+MAX_NAME_LENGTH = 4_096  # a column, model id, revision, path or label: PATH_MAX
+
 
 def check_values(args: SelectArguments) -> None:
     """The type and range of every argument that does not depend on the pool."""
@@ -363,7 +374,14 @@ def check_values(args: SelectArguments) -> None:
             raise InvalidArgumentError(
                 f"`k_candidates`={args.k_candidates!r} must be a list of ints >= 2 (used with k='auto')."
             )
-    checks.check_int(args.kmeans_niter, "kmeans_niter", minimum=1, maximum=checks.MAX_INT32)
+    if args.k_candidates is not None and len(args.k_candidates) > MAX_K_CANDIDATES:
+        raise InvalidArgumentError(
+            f"`k_candidates` holds {len(args.k_candidates)} values; at most {MAX_K_CANDIDATES} are tried (each is a "
+            "k-means run): pass fewer, or leave it out for the default grid."
+        )
+    checks.check_int(args.kmeans_niter, "kmeans_niter", minimum=1, maximum=MAX_KMEANS_NITER)
+    if args.max_tokens is not None:
+        checks.check_int(args.max_tokens, "max_tokens", minimum=1, maximum=MAX_TOKENS)
     if isinstance(args.tokenizer, (str, os.PathLike)):  # a name, loaded once the other values pass
         checks.check_path(args.tokenizer, "tokenizer")
     else:
@@ -376,6 +394,15 @@ def check_values(args: SelectArguments) -> None:
     checks.check_model(args.encoder, "encoder")
     for name in ("encoder_revision", "embedding_column", "text_column", "template"):
         checks.check_name(getattr(args, name), name)
+    for name in ("quality_column", "source_column", "encoder", "encoder_revision", "embedding_column", "text_column",
+                 "tokenizer", "cache_dir", "desc"):
+        value = getattr(args, name)
+        if isinstance(value, (str, os.PathLike)) and len(os.fspath(value)) > MAX_NAME_LENGTH:
+            raise InvalidArgumentError(
+                f"`{name}` is {len(os.fspath(value))} characters long; a name or path has at most {MAX_NAME_LENGTH}."
+            )
+    if args.template is not None:
+        template_fields(args.template)
     if args.format is not None:
         checks.check_choice(args.format, "format", FORMATS)
     checks.check_flag(args.embed_answer, "embed_answer")
@@ -390,6 +417,7 @@ def check_values(args: SelectArguments) -> None:
     checks.check_flag(args.load_from_cache_file, "load_from_cache_file")
     checks.check_flag(args.keep_in_memory, "keep_in_memory")
     _ = args.decontamination  # checked with or without `exclude_dataset`: a bad value is a mistake either way
+    checks.check_int(args.exclude_ngram, "exclude_ngram", minimum=1, maximum=MAX_EXCLUDE_NGRAM)
     checks.check_device(args.device)
     checks.check_path(args.cache_dir, "cache_dir")
     checks.check_flag(args.trust_remote_code, "trust_remote_code")
@@ -401,11 +429,13 @@ def check_arguments(pool: datasets.Dataset, args: SelectArguments) -> CheckedArg
     if n == 0:
         raise InvalidArgumentError("The pool (`dataset`) is empty; there is nothing to select from.")
     check_values(args)
+    if not args.keep_in_memory:
+        check_cache_dir(args.cache_dir)
     if (args.budget is None) == (args.max_tokens is None):
         raise InvalidArgumentError("Pass exactly one of `budget` (rows or fraction) and `max_tokens` (token budget).")
     rows = sample.resolve_budget(args.budget, n) if args.budget is not None else None
     if args.max_tokens is not None:
-        checks.check_int(args.max_tokens, "max_tokens", minimum=1)
+        checks.check_int(args.max_tokens, "max_tokens", minimum=1, maximum=MAX_TOKENS)
         if args.tokenizer is None:
             raise InvalidArgumentError("`max_tokens` needs `tokenizer=` (the one you will train with) to count tokens.")
         ordered = methods.ordered_methods()
@@ -484,8 +514,24 @@ def check_arguments(pool: datasets.Dataset, args: SelectArguments) -> CheckedArg
                 raise
             text = None
     if args.exclude_dataset is not None:  # the evaluation set's type and layout, before anything is embedded
-        exclude_render_options(as_dataset(args.exclude_dataset), text)
+        exclude_render_options(evaluation_dataset(args.exclude_dataset), text)
     return CheckedArguments(rows=rows, render=render, text=text, quality=quality, sources=sources)
+
+
+def evaluation_dataset(exclude) -> datasets.Dataset:
+    """`exclude_dataset` as a Dataset ([`~decontaminate.as_dataset`]), refusing one without rows: decontaminating
+    against nothing is a mistake (an empty split, a filter that removed everything), not a no-op.
+
+    Raises:
+        [`InvalidArgumentError`]: naming `exclude_dataset`.
+    """
+    evaluation = as_dataset(exclude)
+    if len(evaluation) == 0:
+        raise InvalidArgumentError(
+            "`exclude_dataset` has no rows: there is nothing to decontaminate against. Pass the evaluation set "
+            "(its rows), or leave `exclude_dataset` out."
+        )
+    return evaluation
 
 
 def read_columns(args: SelectArguments, render: RenderOptions | None) -> list[str]:
@@ -509,8 +555,8 @@ def _is_json_value(value) -> bool:
 
 
 def _plain(value):
-    # numpy scalars as Python ones, also inside a list: faiss takes no numpy ints, manifests are JSON.
-    if isinstance(value, np.generic):
+    # numpy scalars (and 0-d arrays) as Python ones, also inside a list: faiss takes no numpy ints, manifests are JSON.
+    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
         return value.item()
     if type(value) in (list, tuple):
         return type(value)(_plain(v) for v in value)

@@ -19,6 +19,7 @@ Vectors are stored as float16 (half the disk and memory of float32) and read thr
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -63,6 +64,33 @@ def fingerprint(*parts) -> str:
 def cache_dir(directory: str | None = None) -> str:
     """Folder for hf_idsel's cached Arrow files: `directory` or `HF_DATASETS_CACHE/hf_idsel`."""
     return directory or os.path.join(str(datasets.config.HF_DATASETS_CACHE), "hf_idsel")
+
+
+def check_cache_dir(directory: str | None = None, argument: str = "cache_dir") -> None:
+    """Refuse a cache folder that cannot be written before any work: a file (or a file on its path), or a folder (or
+    the nearest existing folder above it) where no file can be created.
+
+    Raises:
+        [`InvalidArgumentError`]: naming `argument` and the fix.
+    """
+    folder = os.path.abspath(cache_dir(os.fspath(directory) if directory is not None else None))
+    existing = folder
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    fix = f"pass another `{argument}`, or keep_in_memory=True to write no cache file"
+    if not os.path.isdir(existing):
+        raise InvalidArgumentError(f"`{argument}`={directory!r}: {existing!r} is not a folder, so no cache can be written there; {fix}.")
+    try:  # by trying: permissions alone do not tell (root, read-only mounts, sysfs)
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise InvalidArgumentError(
+            f"`{argument}`={directory!r}: the folder {existing!r} is not writable ({err.strerror or err}); {fix}."
+        ) from None
+
+
+# The errors of a cache folder that a user fixes by choosing another one (rather than bugs): reported naming it.
+_FOLDER_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST)
 
 
 def cache_file(kind: str, key: str, directory: str | None = None) -> str:
@@ -240,9 +268,17 @@ def write_cached(kind: str, key: str, parts: Iterable[dict | pa.Table], *, direc
         `datasets.Dataset`: the written result, memory-mapped from its file.
     """
     path = cache_file(kind, key, directory)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with _partial_file(path) as file:
-        _write_stream(pa.PythonFile(file, mode="w"), key, parts)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with _partial_file(path) as file:
+            _write_stream(pa.PythonFile(file, mode="w"), key, parts)
+    except OSError as err:
+        if err.errno not in _FOLDER_ERRORS:
+            raise
+        raise InvalidArgumentError(
+            f"`cache_dir`: could not write the cache file {path!r} ({err.strerror or err}); nothing was left behind. "
+            "Free space there, pass another `cache_dir`, or keep_in_memory=True to write no cache file."
+        ) from None
     return datasets.Dataset.from_file(path)
 
 
@@ -285,9 +321,11 @@ def _partial_file(path: str):
         # When locked, renamed before the lock goes, so no clean-up can take it for abandoned.
         os.replace(partial, path)
     finally:
-        file.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(partial)
+        try:
+            file.close()  # flushes what is buffered: on a full disk this fails too
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(partial)
 
 
 def _write_digest(path: str, digest: str) -> None:

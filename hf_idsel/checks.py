@@ -20,14 +20,23 @@ from .errors import InvalidArgumentError
 MAX_INT32 = 2**31 - 1
 
 
+def scalar(value):
+    """`value`, or the one number a 0-dimensional numpy array holds (`np.array(3)` is `3`): numpy scalars and
+    0-d arrays are accepted alike, arrays of any other shape are left for the checks to refuse."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return value.item()
+    return value
+
+
 def check_int(value, argument: str, *, minimum: int | None = None, maximum: int | None = None, fix: str = "") -> int:
     """`value` as an `int`, refusing bools, floats, strings and values outside `[minimum, maximum]`."""
     wanted = "an int" + _bounds(at_least=minimum, at_most=maximum)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InvalidArgumentError(f"`{argument}`={value!r} must be {wanted}, not {type(value).__name__}.{fix}")
+    value = scalar(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise InvalidArgumentError(f"`{argument}`={short(value)} must be {wanted}, not {type(value).__name__}.{fix}")
     value = int(value)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise InvalidArgumentError(f"`{argument}`={value} must be {wanted}.{fix}")
+        raise InvalidArgumentError(f"`{argument}`={short(value)} must be {wanted}.{fix}")
     return value
 
 
@@ -49,23 +58,28 @@ def check_number(
     """`value` as a Python number (an int stays an int), refusing bools, strings, NaN, infinities and values out
     of bounds."""
     wanted = "a finite number" + _bounds(above=above, at_least=at_least, at_most=at_most)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InvalidArgumentError(f"`{argument}`={value!r} must be {wanted}, not {type(value).__name__}.{fix}")
-    number = float(value)
+    value = scalar(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise InvalidArgumentError(f"`{argument}`={short(value)} must be {wanted}, not {type(value).__name__}.{fix}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int (or a fraction) past the float range: not finite
+        number = math.inf
     if (
         not math.isfinite(number)
         or (above is not None and not number > above)
         or (at_least is not None and number < at_least)
         or (at_most is not None and number > at_most)
     ):
-        raise InvalidArgumentError(f"`{argument}`={value!r} must be {wanted}.{fix}")
+        raise InvalidArgumentError(f"`{argument}`={short(value)} must be {wanted}.{fix}")
     return value if type(value) in (int, float) else number
 
 
 def check_flag(value, argument: str) -> bool:
     """A `bool` (numpy's included); a string such as `"false"` is refused, not read as true."""
+    value = scalar(value)
     if not isinstance(value, (bool, np.bool_)):
-        raise InvalidArgumentError(f"`{argument}`={value!r} must be True or False, not {type(value).__name__}.")
+        raise InvalidArgumentError(f"`{argument}`={short(value)} must be True or False, not {type(value).__name__}.")
     return bool(value)
 
 
@@ -75,21 +89,21 @@ def check_name(value, argument: str, *, optional: bool = True) -> str | None:
         return None
     if not isinstance(value, str) or not value:
         wanted = "a non-empty string" + (" or None" if optional else "")
-        raise InvalidArgumentError(f"`{argument}`={value!r} must be {wanted}.")
+        raise InvalidArgumentError(f"`{argument}`={short(value)} must be {wanted}.")
     return value
 
 
 def check_choice(value, argument: str, choices) -> str:
     """One of `choices` (strings)."""
     if not isinstance(value, str) or value not in choices:
-        raise InvalidArgumentError(f"`{argument}`={value!r}; choose one of {list(choices)}.")
+        raise InvalidArgumentError(f"`{argument}`={short(value)}; choose one of {list(choices)}.")
     return value
 
 
 def check_path(value, argument: str) -> str | os.PathLike | None:
     """A folder or file path (`str` or `os.PathLike`), or `None`."""
     if value is not None and not (isinstance(value, os.PathLike) or (isinstance(value, str) and value)):
-        raise InvalidArgumentError(f"`{argument}`={value!r} must be a path (a non-empty str or os.PathLike) or None.")
+        raise InvalidArgumentError(f"`{argument}`={short(value)} must be a path (a non-empty str or os.PathLike) or None.")
     return value
 
 
@@ -100,7 +114,7 @@ def check_model(value, argument: str, *, loaded: bool = True):
     if loaded and callable(getattr(value, "encode", None)) and not isinstance(value, (str, bytes)):
         return value
     raise InvalidArgumentError(
-        f"`{argument}`={value!r} must be a sentence-transformers model id or local path"
+        f"`{argument}`={short(value)} must be a sentence-transformers model id or local path"
         + (" or a loaded SentenceTransformer." if loaded else ".")
     )
 
@@ -110,7 +124,7 @@ def check_device(value, argument: str = "device"):
     torch = sys.modules.get("torch")
     if value is None or (isinstance(value, str) and value) or (torch is not None and isinstance(value, torch.device)):
         return value
-    raise InvalidArgumentError(f"`{argument}`={value!r} must be a device name such as 'cpu' or 'cuda:0', or None.")
+    raise InvalidArgumentError(f"`{argument}`={short(value)} must be a device name such as 'cpu' or 'cuda:0', or None.")
 
 
 def check_tokenizer(value, argument: str = "tokenizer"):
@@ -119,9 +133,19 @@ def check_tokenizer(value, argument: str = "tokenizer"):
     if value is None or (transformers is not None and isinstance(value, transformers.PreTrainedTokenizerBase)):
         return value
     raise InvalidArgumentError(
-        f"`{argument}` must be a loaded tokenizer, got {type(value).__name__} ({value!r}): pass "
+        f"`{argument}` must be a loaded tokenizer, got {type(value).__name__} ({short(value)}): pass "
         "transformers.AutoTokenizer.from_pretrained(name)."
     )
+
+
+def short(value, limit: int = 80) -> str:
+    """`repr(value)` on one line, cut to `limit` characters: an error quotes a hostile value without printing it all
+    (an int of 400 digits, a template of a million characters)."""
+    try:
+        text = " ".join(repr(value).split())
+    except ValueError:  # an int past Python's digit limit for str()
+        return f"<{type(value).__name__} too large to print>"
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
 
 
 def _bounds(*, above=None, at_least=None, at_most=None) -> str:

@@ -598,12 +598,13 @@ def _check_writable(path: str, flag: str) -> None:
     import tempfile
 
     if os.path.isdir(path):
-        raise InvalidArgumentError(f"{flag} {path!r} is a folder; pass a file name such as {os.path.join(path, 'plot.png')!r}.")
+        example = os.path.join(path, "plot.png" if flag in ("--plot", "--map") else "results.json")
+        raise InvalidArgumentError(f"{flag} {path!r} is a folder; pass a file name such as {example!r}.")
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise InvalidArgumentError(f"{flag} {path!r}: {parent!r} is a file, so the plot cannot be written under it.")
+        raise InvalidArgumentError(f"{flag} {path!r}: {parent!r} is a file, so nothing can be written under it.")
     try:
         with tempfile.TemporaryFile(dir=parent):
             pass
@@ -634,8 +635,12 @@ def _run_eval(args) -> int:
     from .evaluation import DEFAULT_EVAL_TASKS, check_tasks, evaluate_model, held_out_items, load_trained_model
 
     # Everything a typo can break is checked before the model loads.
-    if args.items < 1:
-        raise InvalidArgumentError(f"--items must be >= 1, got {args.items}.")
+    for flag, value, low in (("--items", args.items, 1), ("--max_new_tokens", args.max_new_tokens, 1),
+                             ("--batch_size", args.batch_size, 1), ("--seed", args.seed, 0), ("--pool_seed", args.pool_seed, 0)):
+        if value is not None and value < low:  # --pool_seed: None means "not given"
+            raise InvalidArgumentError(f"{flag} must be >= {low}, got {value}.")
+    if args.out:
+        _check_writable(args.out, "--out")  # before the evaluation runs, not after it
     if args.tasks is not None:
         tasks = check_tasks(args.tasks, allow_code_execution=args.allow_code_execution, argument="--tasks", allow_argument="--allow_code_execution")
     exclude, excluded = _eval_pool(args)
@@ -658,7 +663,7 @@ def _run_eval(args) -> int:
         from .cards import read_model_card_facts
 
         read_model_card_facts(args.model_card)  # a folder without a card to write is refused before the model loads
-    model, tokenizer = load_trained_model(args.model, base=args.base_model, device=args.device)
+    model, tokenizer = _load_eval_model(args, load_trained_model)
     result = evaluate_model(
         model, tokenizer, tasks, items=args.items, exclude=exclude, seed=args.seed,
         allow_code_execution=args.allow_code_execution, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
@@ -666,6 +671,7 @@ def _run_eval(args) -> int:
     for name, value in result["metrics"].items():
         print(f"{name}: {value:.4f}")
     if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump({"model": args.model, "exclude_pool": excluded, **result}, f, indent=2)
         print(f"Wrote {args.out}")
@@ -706,6 +712,24 @@ def _eval_pool(args) -> tuple:
         raise InvalidArgumentError(f"--pool_seed applies to --exclude_pool builtin, not {name!r}; leave it out.")
     seed = 0 if args.pool_seed is None else args.pool_seed
     return load_pool(name, seed=seed, source_argument="--exclude_pool"), name
+
+
+def _load_eval_model(args, load):
+    """`eval`'s MODEL loaded (`load` is evaluation.load_trained_model: an adapter on the base weights its run
+    recorded, or `--base_model`), or a one-line error saying what MODEL may be."""
+    name = args.model
+    try:
+        model, tokenizer = load(name, base=args.base_model, device=args.device)
+    except IdselError:
+        raise
+    except (OSError, ValueError, ImportError) as err:
+        reason = " ".join((str(err) or type(err).__name__).split())[:300]
+        raise InvalidArgumentError(
+            f"MODEL {name!r} could not be loaded: {reason} Pass a local folder holding a causal LM (its config.json, "
+            "weights and tokenizer, e.g. a training run's output_dir), a .gguf file, or a Hub id (cached here when "
+            "offline)."
+        ) from None
+    return model, tokenizer
 
 
 def _train_flag_names() -> dict:

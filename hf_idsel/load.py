@@ -5,11 +5,25 @@ against the manifest's digests; or, with `recompute=True`, the selection re-run 
 from __future__ import annotations
 
 import logging
+import numbers
 import os
+import re
+from dataclasses import fields
+
 import datasets
 
-from . import hidden_states, methods
-from .arguments import ADDED_COLUMNS, OLD_NAMES, RECORDED_ARGUMENTS, REPLAY_FROM_CALLER, take_old_names
+from . import checks, hidden_states, methods
+from .arguments import (
+    ADDED_COLUMNS,
+    MAX_NAME_LENGTH,
+    OLD_NAMES,
+    RECORDED_ARGUMENTS,
+    REPLAY_FROM_CALLER,
+    SelectArguments,
+    check_values,
+    take_old_names,
+)
+from .sample import resolve_budget
 from .embed import DEFAULT_ENCODER
 from .errors import IdselError, InvalidArgumentError, SelectionMismatchError, error_summary
 from .hub_layout import DEFAULT_CONFIG, check_repo_id, manifest_path
@@ -143,12 +157,14 @@ def _replay_arguments(manifest: Manifest, overrides: dict) -> dict:
             "`exclude_dataset=` to re-run it, or load without `recompute`."
         )
     recorded = _current_names(manifest)
+    _check_recorded_encoder(manifest, recorded)
     if recorded.get("k") == "auto" and manifest.k_selection.get("mode") == "auto" and "rule" not in manifest.k_selection:
         recorded["k"] = "auto-global"  # written before k="auto" followed the paper's range: the search it ran
     for name in ("method", "seed"):
         if name in recorded and recorded[name] != getattr(manifest, name):
             raise InvalidArgumentError(
-                f"{manifest.origin} records `arguments.{name}`={recorded[name]!r} but `{name}`={getattr(manifest, name)!r}: "
+                f"{manifest.origin} records `arguments.{name}`={checks.short(recorded[name])} but "
+                f"`{name}`={checks.short(getattr(manifest, name))}: "
                 "the file was edited. Load it without `recompute` (the recorded rows are checked against their digests)."
             )
     if recorded.pop("trust_remote_code", False) is not False and "trust_remote_code" not in overrides:
@@ -165,6 +181,7 @@ def _replay_arguments(manifest: Manifest, overrides: dict) -> dict:
             recorded["encoder_revision"] = encoder_revision
         if same and encoder.startswith(hidden_states.PREFIX) and (manifest.encoder or {}).get("id") == encoder:
             # The string names the model; the layer, pooling and projection the run used are in the manifest.
+            _check_hidden_states_record(manifest)
             overrides = {**overrides, "encoder": hidden_states.from_manifest_record(
                 manifest.encoder, revision=overrides.get("encoder_revision", encoder_revision),
                 device=overrides.get("device"), trust_remote_code=bool(overrides.get("trust_remote_code", False)),
@@ -178,7 +195,80 @@ def _replay_arguments(manifest: Manifest, overrides: dict) -> dict:
             f"{f', encoder_revision={encoder_revision!r}' if encoder_revision is not None else ''})`. Or load "
             "without `recompute` (the recorded rows are checked against their digests)."
         )
-    return {**recorded, **overrides}
+    replay = {**recorded, **overrides}
+    _check_replay(manifest, replay, recorded=set(recorded) - set(overrides))
+    return replay
+
+
+# The bounds of a hidden-state encoder's settings that a manifest's `encoder` entry replays (its model is the
+# caller's): a context of 128k tokens, a projection to 64k dimensions, a model of 4096 layers.
+_HIDDEN_STATES_BOUNDS = {"layer": (-1, 4_096), "max_length": (8, 2**17), "dim": (1, 2**16), "projection_seed": (0, checks.MAX_INT32)}
+_SELECT_FIELDS = {f.name for f in fields(SelectArguments)}
+
+
+def _check_replay(manifest: Manifest, replay: dict, *, recorded: set) -> None:
+    """Every replayed setting checked and bounded before any work (no pool read, no encoder loaded): the checks of a
+    call ([`check_values`], with the bounds of arguments.py and render.py), and what depends only on the pool's size,
+    which the manifest records (`check_pool` then holds the pool to it): the budget and k fit `pool.num_rows`, and
+    an int `k` is the manifest's `k`. An error names the manifest's field (`arguments.template`)."""
+    def refuse(name: str, message: str):
+        field = f"`arguments.{name}` of {manifest.origin}" if name in recorded else f"`{name}`"
+        raise InvalidArgumentError(
+            f"load_selection(..., recompute=True): {field}: {message} Load it without `recompute` (the recorded rows "
+            "are checked against their digests), or re-run diverse_select yourself with arguments you chose."
+        )
+
+    try:
+        check_values(SelectArguments(**{name: value for name, value in replay.items() if name in _SELECT_FIELDS}))
+    except InvalidArgumentError as err:
+        named = re.findall(r"`(\w+)`", str(err))
+        refuse(named[0] if named else "arguments", str(err))
+    rows = manifest.pool["num_rows"]
+    budget = replay.get("budget")
+    if isinstance(budget, numbers.Integral) and not isinstance(budget, bool) and budget > rows:
+        refuse("budget", f"{checks.short(budget)} rows is more than the pool has ({rows} rows).")
+    if budget is not None:
+        try:
+            resolve_budget(replay["budget"], rows)
+        except InvalidArgumentError as err:
+            refuse("budget", f"{err} (the pool of {manifest.origin} has {rows} rows)")
+    if "k" not in recorded:
+        return
+    k = replay["k"]
+    if not isinstance(k, str) and k != manifest.k:
+        refuse("k", f"{checks.short(k)} is not the manifest's `k`={manifest.k}: the file was edited.")
+    if isinstance(k, str) and manifest.k_selection.get("mode") != "auto":
+        refuse("k", f"{checks.short(k)} chooses k, but the manifest records a fixed `k`={manifest.k}: the file was edited.")
+
+
+def _check_recorded_encoder(manifest: Manifest, recorded: dict) -> None:
+    """The encoder a manifest names (loaded only with the caller's consent) is a model id or path of bounded length:
+    its name is quoted in the consent error, and compared with the caller's."""
+    for name in ("encoder", "encoder_revision"):
+        if name not in recorded or (name == "encoder_revision" and recorded[name] is None):
+            continue
+        value = recorded[name]
+        if not isinstance(value, str) or not value or len(value) > MAX_NAME_LENGTH:
+            raise InvalidArgumentError(
+                f"load_selection(..., recompute=True): `arguments.{name}`={checks.short(value)} of {manifest.origin} is "
+                f"not a model id, path or revision (a non-empty string of at most {MAX_NAME_LENGTH} characters): the "
+                "file was edited. Load it without `recompute` (the recorded rows are checked against their digests)."
+            )
+
+
+def _check_hidden_states_record(manifest: Manifest) -> None:
+    """The layer, max_length, projection size and seed that a manifest's hidden-state `encoder` entry sets, bounded."""
+    for name, (low, high) in _HIDDEN_STATES_BOUNDS.items():
+        value = manifest.encoder.get(name)
+        if value is None:
+            continue
+        try:
+            checks.check_int(value, f"encoder.{name}", minimum=low, maximum=high)
+        except InvalidArgumentError as err:
+            raise InvalidArgumentError(
+                f"load_selection(..., recompute=True): {manifest.origin}: {err} The file was edited; load it without "
+                "`recompute` (the recorded rows are checked against their digests)."
+            ) from None
 
 
 def _current_names(manifest: Manifest) -> dict:

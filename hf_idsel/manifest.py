@@ -54,6 +54,8 @@ _VERSIONED_PACKAGES = (
 )
 _DIGEST_BATCH = 10_000
 _MAX_ROWS = 2**62  # bound on a manifest's row counts and ids, so that they fit int64 arrays
+_MAX_DEPTH = 16  # a manifest nests 5 levels deep (k_selection.seed_check.silhouette.<k>)
+_BUDGET_NUMBERS = ("requested", "rows", "max_tokens", "tokens", "total_rows", "round")
 
 
 def indices_digest(indices) -> str:
@@ -521,6 +523,9 @@ def check_fields(data, origin: str = "the manifest") -> None:
 def _check_fields(data, origin: str) -> None:
     if not isinstance(data, dict):
         raise _FieldError(f"expected a JSON object, got {type(data).__name__}.")
+    deep = _nested_deeper(data, _MAX_DEPTH)
+    if deep is not None:
+        raise _FieldError(f"`{deep}` is nested deeper than any manifest field ({_MAX_DEPTH} levels).")
     version = data.get("format_version", 1)
     if not _is_int(version) or version < 1:
         raise _FieldError(f"`format_version`={_short(version)} must be a positive int.")
@@ -592,6 +597,9 @@ def _check_fields(data, origin: str) -> None:
         if unrecorded:
             raise _FieldError(f"`pool.column_digests` lacks the columns {unrecorded} of `pool.digest_columns`.")
 
+    for key, value in data["budget"].items():
+        if key in _BUDGET_NUMBERS and value is not None and not (_is_finite(value) and 0 <= value <= _MAX_ROWS):
+            raise _FieldError(f"`budget.{key}`={_short(value)} must be a number in [0, {_MAX_ROWS}] or null.")
     k = data["k"]
     expect_int("k", k, 1, max(rows, 1))
     lists = {}
@@ -636,6 +644,21 @@ def _check_fields(data, origin: str) -> None:
         or not all(isinstance(p, list) and len(p) == 2 and all(_is_finite(v) for v in p) for p in points)
     ):
         raise _FieldError(f"`cluster_map`={_short(points)} must be null or one [x, y] pair of numbers per cluster (k={k}).")
+
+
+def _nested_deeper(data, limit: int) -> str | None:
+    """The path of a value nested deeper than `limit` levels in `data`, or None; iterative, so no depth of JSON that
+    `json` reads can exhaust the stack here (the copies and checks after this one recurse)."""
+    stack = [(data, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > limit:
+            return path
+        if isinstance(value, dict):
+            stack.extend((v, f"{path}.{k}" if path else str(k), depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value))
+    return None
 
 
 def _check_k_selection(record: dict, k: int) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import string
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -45,6 +46,17 @@ _ALPACA_INPUT_COLUMNS = ("input", "context")
 _ROLE_KEYS = (("role", "content"), ("from", "value"))
 _USER_ROLES = ("user", "human")
 _ASSISTANT_ROLES = ("assistant", "gpt", "model", "bot")
+
+# Bounds of a `template`, so that no template (neither a caller's nor one a manifest replays) renders a row into
+# unbounded text: a rendered row is at most the template's literal text plus, per field, the column's value or the
+# field's width. A template over a row's columns needs a few fields and a short text; `{x:>20000000}` is refused.
+MAX_TEMPLATE_LENGTH = 10_000
+MAX_TEMPLATE_FIELDS = 64
+MAX_FORMAT_WIDTH = 1_000  # width and precision of one field's format spec
+# The standard format-spec mini-language: [[fill]align][sign][z][#][0][width][grouping][.precision][type].
+_FORMAT_SPEC = re.compile(
+    r"(?:.?[<>=^])?[-+ ]?z?#?0?(?P<width>\d+)?[,_]?(?:\.(?P<precision>\d+))?[bcdeEfFgGnosxX%]?", re.DOTALL
+)
 
 
 @dataclass(frozen=True)
@@ -119,7 +131,7 @@ def resolve_render_options(
     if template is not None or format == "template":
         if not template:
             raise InvalidArgumentError("format='template' needs `template=`, e.g. template='{instruction}\\n{output}'.")
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f]
+        fields = [name for name, _, _ in template_fields(template)]
         missing = [f for f in fields if f not in names]
         if not fields or missing:
             raise InvalidArgumentError(
@@ -161,6 +173,64 @@ def resolve_render_options(
     )
 
 
+def template_fields(template, argument: str = "template") -> list[tuple[str, str | None, str]]:
+    """The replacement fields of a `str.format` template, `(column, conversion, format_spec)` each, checked before any
+    row is rendered: valid syntax (a literal brace is written `{{` or `}}`), fields that name a column (no positional
+    `{}`, attribute or index access), a standard format spec without nested fields, and the bounds
+    [`MAX_TEMPLATE_LENGTH`], [`MAX_TEMPLATE_FIELDS`] and [`MAX_FORMAT_WIDTH`].
+
+    Raises:
+        [`InvalidArgumentError`]: naming `argument` and what to change.
+    """
+    from .checks import short
+
+    def refuse(why: str):
+        raise InvalidArgumentError(f"`{argument}`={short(template)}: {why}")
+
+    if not isinstance(template, str) or not template:
+        refuse("it must be a non-empty str.format template over the pool's columns, e.g. '{title}\\n{body}'.")
+    if len(template) > MAX_TEMPLATE_LENGTH:
+        refuse(f"it is {len(template)} characters long; a template may have at most {MAX_TEMPLATE_LENGTH}.")
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as err:
+        refuse(f"not a str.format template ({err}). Write a literal brace as '{{{{' or '}}}}'.")
+    fields = [(name, conversion, spec) for _, name, spec, conversion in parts if name is not None]
+    if len(fields) > MAX_TEMPLATE_FIELDS:
+        refuse(f"it has {len(fields)} replacement fields; a template may have at most {MAX_TEMPLATE_FIELDS}.")
+    for name, conversion, spec in fields:
+        if not name.strip() or name.isdecimal():
+            refuse(f"the field {{{name}}} names no column; name one, e.g. '{{text}}'.")
+        if "." in name or "[" in name:
+            refuse(f"the field {{{name}}} reads an attribute or an item; a field names a column, e.g. '{{text}}'.")
+        if conversion not in (None, "r", "s", "a"):
+            refuse(f"the field {{{name}!{conversion}}} has an unknown conversion; use !s, !r or !a, or none.")
+        if "{" in spec or "}" in spec:
+            refuse(f"the format spec of {{{name}}} holds a replacement field; write the width into the template.")
+        match = _FORMAT_SPEC.fullmatch(spec)
+        if match is None:
+            refuse(f"{spec!r}, the format spec of {{{name}}}, is not a standard format spec (e.g. '>8' or '.3f').")
+        for part in ("width", "precision"):
+            if match.group(part) is not None and int(match.group(part)) > MAX_FORMAT_WIDTH:
+                refuse(f"the {part} of {{{name}}} is {match.group(part)}; a template's widths and precisions are at most {MAX_FORMAT_WIDTH}.")
+    return fields
+
+
+def _check_template_types(table: pa.Table, template: str) -> None:
+    """Each field's format spec against its column's type (a string column cannot take `{x:d}`), on a value of that
+    type: refused before any row is rendered, not in the middle of the embedding."""
+    examples = {"string": "x", "integer": 0, "floating": 0.0}
+    for name, conversion, spec in template_fields(template):
+        kind = table.column(name).type
+        value = examples["integer" if pa.types.is_integer(kind) else "floating" if pa.types.is_floating(kind) else "string"]
+        try:
+            format(value if conversion is None else repr(value), spec)
+        except ValueError as err:
+            raise InvalidArgumentError(
+                f"`template`: the field {{{name}:{spec}}} cannot format the column {name!r} ({kind}): {err}."
+            ) from None
+
+
 def chat_template_digest(tokenizer: Any) -> str:
     """Fingerprint of what `tokenizer.apply_chat_template` renders with: the template's text and the
     special tokens passed to it."""
@@ -197,6 +267,8 @@ def validate_columns(table: pa.Table, options: RenderOptions) -> None:
                 f"Column {name!r} has {column.null_count} None value(s) (first at row {first}). "
                 "Drop or fill those rows (e.g. `ds.filter(lambda r: r[...] is not None)`) before selecting."
             )
+    if options.format == "template":
+        _check_template_types(table, options.template)
 
 
 def _validate_chat_column(name: str, column: pa.ChunkedArray) -> None:

@@ -19,6 +19,7 @@ import numbers
 
 import numpy as np
 
+from .checks import scalar, short
 from .errors import InvalidArgumentError
 
 logger = logging.getLogger(__name__)
@@ -29,9 +30,10 @@ QUOTA_RULES = ("proportional", "equal")
 
 def parse_budget(value):
     """`budget` from the command line or a recipe, read as Python reads the number: "64" is 64 rows,
-    "0.1" and "1.0" are fractions of the pool. Anything but a string is returned as it is."""
+    "0.1" and "1.0" are fractions of the pool. A 0-dimensional numpy array is its number; anything else but a string
+    is returned as it is."""
     if not isinstance(value, str):
-        return value
+        return scalar(value)
     for kind in (int, float):
         try:
             return kind(value)
@@ -44,7 +46,7 @@ def check_budget(budget, *, argument: str = "budget") -> None:
     """Refuse a budget that is neither an int >= 1 (rows) nor a float in (0, 1] (fraction), before the pool is known."""
     if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
         raise InvalidArgumentError(
-            f"`{argument}` must be an int (rows) or a float in (0, 1] (fraction of the pool), got {budget!r}."
+            f"`{argument}` must be an int (rows) or a float in (0, 1] (fraction of the pool), got {short(budget)}."
         )
     if isinstance(budget, numbers.Integral):
         if budget < 1:

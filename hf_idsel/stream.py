@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import datasets
 import numpy as np
+import pyarrow as pa
 from datasets.arrow_writer import ArrowWriter
 from datasets.utils import tqdm as hf_tqdm
 
@@ -70,7 +71,7 @@ def spool_stream(stream, args: SelectArguments, folder: str):
     n = 0
     try:
         with hf_tqdm(desc="Embedding the streamed pool", unit=" examples") as bar:
-            for batch in stream.iter(batch_size=STREAM_BATCH):
+            for batch in _batches(stream):
                 size = len(next(iter(batch.values())))
                 if writer is None:
                     head = datasets.Dataset.from_dict(batch, features=stream.features)
@@ -112,6 +113,25 @@ def spool_stream(stream, args: SelectArguments, folder: str):
     return pool, vectors, identity, features
 
 
+def _batches(stream):
+    """`stream`'s batches of `STREAM_BATCH` rows; a shard that cannot be read as the stream's columns (data files with
+    other columns or types, a corrupt file) ends the selection with an error naming the row it stopped at."""
+    batches, rows = stream.iter(batch_size=STREAM_BATCH), 0
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (ValueError, pa.ArrowException, datasets.exceptions.DatasetGenerationError) as err:
+            reason = " ".join((str(err) or type(err).__name__).split())[:300]
+            raise InvalidArgumentError(
+                f"The streamed pool (`dataset`) could not be read after row {rows}: {reason}. Its data files must "
+                "all have the same columns and types: fix or leave out the odd file, or pass `features=` when loading it."
+            ) from None
+        rows += len(next(iter(batch.values()), []))
+        yield batch
+
+
 def probe_arguments(args: SelectArguments) -> SelectArguments:
     """`args` for checking the first batch of a stream: a row budget or `k` above one batch is judged later."""
     def fits(value):
@@ -138,7 +158,7 @@ def chosen_rows(stream, manifest: Manifest, features, pool: datasets.Dataset) ->
     chosen = np.asarray(manifest.selected_indices, dtype=np.int64)  # ascending
     parts, seen = [], 0
     with hf_tqdm(total=manifest.pool["num_rows"], desc="Keeping the chosen rows", unit=" examples") as bar:
-        for batch in stream.iter(batch_size=STREAM_BATCH):
+        for batch in _batches(stream):
             size = len(next(iter(batch.values())))
             lo, hi = np.searchsorted(chosen, [seen, seen + size])
             if hi > lo:

@@ -28,6 +28,7 @@ from typing import Any
 import datasets
 import trl
 
+from .arguments import evaluation_dataset
 from .errors import IdselError, InvalidArgumentError
 from .lm import DEFAULT_REFERENCE_MODEL
 from .pool import BUILTIN_POOL, sample_pool
@@ -40,7 +41,6 @@ from .decontaminate import (
     DEFAULT_NGRAM,
     DEFAULT_NGRAM_THRESHOLD,
     DecontaminationSettings,
-    as_dataset,
     exclude_render_options,
 )
 from .trainer import IterativeSelectionTrainer
@@ -298,7 +298,7 @@ def load_exclude(script_args: ScriptArguments, pool: datasets.Dataset) -> datase
         source_argument="`exclude_dataset`", split_argument="`exclude_dataset_split`",
     )
     # Its layout is checked now, before the model loads; the trainer renders it with the pool's settings.
-    exclude_render_options(as_dataset(exclude), resolve_render_options(pool.column_names))
+    exclude_render_options(evaluation_dataset(exclude), resolve_render_options(pool.column_names))
     return exclude
 
 

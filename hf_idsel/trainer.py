@@ -30,6 +30,7 @@ from transformers import TrainerCallback
 from trl import SFTTrainer
 
 from . import sample
+from .arguments import evaluation_dataset
 from .cards import base_model_id, base_model_license, run_dataset_card, save_model_card, trainer_model_card_facts
 from .checkpoint import STATE_FILE, check_steps, load_state, selection_plan, write_state
 from .config import IterativeSelectionConfig
@@ -38,7 +39,6 @@ from .decontaminate import (
     DEFAULT_NGRAM,
     DEFAULT_NGRAM_THRESHOLD,
     DecontaminationSettings,
-    as_dataset,
     exclude_render_options,
 )
 from .describe import short_terms
@@ -143,7 +143,7 @@ class IterativeSelectionTrainer(SFTTrainer):
         # Bad thresholds (with or without `exclude_dataset`, as in diverse_select) or evaluation sets: refused now.
         self._decontamination = DecontaminationSettings.from_arguments(exclude_ngram, exclude_ngram_threshold, exclude_cosine_threshold)
         if exclude_dataset is not None:
-            exclude_render_options(as_dataset(exclude_dataset), self._render)
+            exclude_render_options(evaluation_dataset(exclude_dataset), self._render)
 
         # The card's license is checked before the Trainer creates any repo or loads anything heavy (a base model card
         # read under Hub timeouts; the repo creation of `Trainer.__init__` below too, a stall ending in PushError).

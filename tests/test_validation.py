@@ -52,7 +52,8 @@ VALID = {"budget": 10, "k": 3, "embedding_column": "embedding"}
         ({"quality_temperature": float("nan")}, r"`quality_temperature`=nan must be a finite number > 0"),
         ({"quality_temperature": float("inf")}, r"`quality_temperature`=inf must be a finite number > 0"),
         ({"quality_temperature": True}, r"`quality_temperature`=True must be a finite number > 0, not bool"),
-        ({"kmeans_niter": 0}, r"`kmeans_niter`=0 must be an int in \[1, 2147483647\]"),
+        ({"kmeans_niter": 0}, r"`kmeans_niter`=0 must be an int in \[1, 1000\]"),
+        ({"kmeans_niter": 1001}, r"`kmeans_niter`=1001 must be an int in \[1, 1000\]"),
         ({"kmeans_niter": -5}, r"`kmeans_niter`=-5"),
         ({"kmeans_niter": 2**31}, r"`kmeans_niter`=2147483648"),
         ({"dedup_threshold": "0.9"}, r"`dedup_threshold`='0.9' must be a finite number in \(0, 1\], not str"),
@@ -84,7 +85,7 @@ VALID = {"budget": 10, "k": 3, "embedding_column": "embedding"}
         ({"quality_column": ["quality"]}, r"`quality_column`=\['quality'\] must be a non-empty string or None"),
         ({"text_column": ""}, r"`text_column`='' must be a non-empty string or None"),
         ({"split": ["train"]}, r"`split`=\['train'\] must be a non-empty string or None"),
-        ({"max_tokens": 2.5, "budget": None}, r"`max_tokens`=2.5 must be an int >= 1"),
+        ({"max_tokens": 2.5, "budget": None}, r"`max_tokens`=2.5 must be an int in \[1, "),
     ],
 )
 def test_bad_arguments_are_named_before_the_encoder(kwargs, match):
