@@ -43,6 +43,7 @@ TEMPLATE_ITEM_SHARE = 0.01
 TEMPLATE_MIN_ITEMS = 2
 SHORT_ITEM_MIN_WORDS = 5
 _PUNCTUATION = re.compile(r"[^\w\s]")
+_ASCII_PUNCTUATION = bytes(c for c in range(128) if not re.match(r"[\w\s]", chr(c)))
 _BLOCK = 2048  # pool rows per block of the cosine product
 _CHUNK_ROWS = 4096  # pool rows per block of the n-gram test: its memory does not grow with the pool
 _HANGUL_FILLERS = (0x115F, 0x1160, 0x3164, 0xFFA0)  # letters by category, drawn blank
@@ -77,6 +78,8 @@ def normalize(text: str) -> str:
 def words(text: str) -> list[str]:
     """The words of [`normalize`]`(text)` with punctuation deleted ("3.5" -> "35", "don't" -> "dont"): whitespace,
     case, punctuation, width and invisible characters do not hide a copy."""
+    if text.isascii():  # the same words, about twice as fast on bytes
+        return text.encode().lower().translate(None, _ASCII_PUNCTUATION).decode().split()
     return _PUNCTUATION.sub("", normalize(text)).split()
 
 
@@ -88,12 +91,12 @@ def _mix(ids: np.ndarray, salt: int) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def _hash_windows(mixed: np.ndarray, length: int) -> np.ndarray:
-    """The hash of each row of `mixed` (windows, one per row, of `length` mixed word ids): a polynomial modulo 2**64."""
-    h = mixed[:, 0].copy()
-    for j in range(1, length):
+def _hash_windows(windows: np.ndarray, salt: int) -> np.ndarray:
+    """The hash of each row of `windows` (word ids): a polynomial over their [`_mix`]es, modulo 2**64."""
+    h = _mix(windows[:, 0], salt)
+    for j in range(1, windows.shape[1]):
         h *= _MULTIPLIER
-        h += mixed[:, j]
+        h += _mix(windows[:, j], salt)
     return h
 
 
@@ -125,6 +128,21 @@ class _Grams:
     ids: np.ndarray  # (grams, length) word ids in the order of `hashes`
     first: int  # the index of its first gram among all lengths'
 
+    def __post_init__(self):
+        # A bitmap of the hashes' top bits, about 16 slots per n-gram: a lookup in it turns away most windows that
+        # are no evaluation n-gram before the binary search, which costs a cache miss per step.
+        bits = max(10, int(np.ceil(np.log2(16 * len(self.hashes)))))
+        self.shift = np.uint64(64 - bits)
+        self.seen = np.zeros(2**bits, dtype=bool)
+        self.seen[self.hashes >> self.shift] = True
+
+    def find(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The positions in `h` of hashes among `hashes`, and their index there."""
+        maybe = np.flatnonzero(self.seen[h >> self.shift])
+        at = np.minimum(np.searchsorted(self.hashes, h[maybe]), len(self.hashes) - 1)
+        hit = self.hashes[at] == h[maybe]
+        return maybe[hit], at[hit]
+
 
 class _ItemIndex:
     """The evaluation items' n-grams, built once: word ids, hashed n-grams by length, the items holding each n-gram
@@ -134,7 +152,7 @@ class _ItemIndex:
         self.vocabulary: dict[str, int] = {}  # word -> id from 1 (0: a word no item holds, or a row boundary)
         item_ids = []
         for text in exclude_texts:
-            item_ids.append(np.array([self.vocabulary.setdefault(w, len(self.vocabulary) + 1) for w in words(text)], np.int64))
+            item_ids.append(np.array([self.vocabulary.setdefault(w, len(self.vocabulary) + 1) for w in words(text)], np.int32))
         lengths = np.array([len(ids) for ids in item_ids], dtype=np.int64)
         self.num_items = len(item_ids)
         self.too_short = int(((lengths > 0) & (lengths < min(n, SHORT_ITEM_MIN_WORDS))).sum())
@@ -180,22 +198,23 @@ class _ItemIndex:
         """The distinct rows of `windows` sorted by hash, and each window's index among them."""
         first = sum(len(t.hashes) for t in self.tables)
         for salt in range(64):
-            h = _hash_windows(_mix(windows, salt), length)
-            hashes, index, inverse = np.unique(h, return_index=True, return_inverse=True)
+            hashes, index, inverse = np.unique(_hash_windows(windows, salt), return_index=True, return_inverse=True)
             # A hash shared by two different n-grams: try another salt (the pool side checks the words of every hit).
-            if (windows == windows[index[inverse]]).all():
-                return _Grams(length, anchored, salt, hashes, windows[index].astype(np.int32), first), inverse.ravel()
+            same = index[inverse]
+            if all((windows[:, j] == windows[same, j]).all() for j in range(length)):
+                return _Grams(length, anchored, salt, hashes, windows[index], first), inverse.ravel()
         raise RuntimeError("64 salts all gave colliding n-gram hashes")  # pragma: no cover (odds about 2**-1000)
 
     def row_ids(self, row_words: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Word ids of rows laid end to end, each row followed by a 0; the rows' starts and lengths."""
-        flat: list[str] = []
-        for ws in row_words:
-            flat += ws
-            flat.append("")
-        ids = np.fromiter(map(self.vocabulary.get, flat, itertools.repeat(0)), dtype=np.int64, count=len(flat))
         lengths = np.fromiter(map(len, row_words), dtype=np.int64, count=len(row_words))
+        words_ids = np.fromiter(
+            map(self.vocabulary.get, itertools.chain.from_iterable(row_words), itertools.repeat(0)),
+            dtype=np.int64, count=int(lengths.sum()),
+        )
         starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
+        ids = np.zeros(len(words_ids) + len(row_words), dtype=np.int64)
+        ids[np.arange(len(words_ids)) + np.repeat(np.arange(len(row_words)), lengths)] = words_ids
         return ids, starts, lengths
 
     def match(self, row_words: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
@@ -218,9 +237,8 @@ class _ItemIndex:
                 h = _hash_runs(mixed[table.salt], table.length)
                 where = np.flatnonzero(zeros[table.length :] == zeros[: len(h)])  # windows of known words in one row
                 h = h[where]
-            at = np.minimum(np.searchsorted(table.hashes, h), len(table.hashes) - 1)
-            hit = table.hashes[at] == h
-            where, at = where[hit], at[hit]
+            hit, at = table.find(h)
+            where = where[hit]
             same = np.ones(len(where), dtype=bool)
             for j in range(table.length):  # the words themselves, so that a hash collision never counts
                 same &= ids[where + j] == table.ids[at, j]
