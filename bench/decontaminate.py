@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import json
 import os
 import re
@@ -244,9 +243,10 @@ def main(argv=None) -> dict:
     scale = args.items / sum(ITEMS.values())
     counts = {s: max(1, round(c * scale)) for s, c in ITEMS.items()}
     counts["mmlu"] += args.items - sum(counts.values())
+    commit = _commit()
     pool, items = pool_and_held_out(counts)
     results = {
-        **_commit(),
+        **commit,
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "load_average_at_start": [round(v, 2) for v in os.getloadavg()]},
         "quick": args.quick, "pool_base_rows": len(pool), "items_per_source": counts, "ngram": 8, "threshold": THRESHOLD,

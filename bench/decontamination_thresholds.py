@@ -133,6 +133,7 @@ def measure_copies(pool_texts, item_texts, copies, vectors) -> dict:
                 cosine=stats(cosine), cosine_caught=int((cosine >= COSINE_THRESHOLD).sum()),
                 cosine_caught_at_0_95=int((cosine >= 0.95).sum()),
                 either_caught=int(((share >= NGRAM_THRESHOLD) | (cosine >= COSINE_THRESHOLD)).sum()),
+                either_caught_at_0_95=int(((share >= NGRAM_THRESHOLD) | (cosine >= 0.95)).sum()),
             )
         out[kind] = record
         print(f"[thresholds] {kind}: {record}", flush=True)
@@ -232,6 +233,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-cosine", action="store_true", help="skip the encoder (n-gram numbers only)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    commit = _commit()
     pool, items = pool_and_held_out(ITEMS)
     pool_rows = list(pool["messages"])
     pool_texts, item_texts = texts_of(pool_rows), texts_of(items)
@@ -244,7 +246,7 @@ def main(argv=None) -> dict:
             "copies": {kind: embed(rows, cache_dir) for kind, rows in copies.items()},
         }
     results = {
-        **_commit(),
+        **commit,
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "pool_rows": len(pool_texts), "items": ITEMS, "ngram": decontaminate.DEFAULT_NGRAM,
         "ngram_threshold": NGRAM_THRESHOLD, "cosine_threshold": COSINE_THRESHOLD,

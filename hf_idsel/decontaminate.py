@@ -146,7 +146,7 @@ class _Grams:
 
 class _ItemIndex:
     """The evaluation items' n-grams, built once: word ids, hashed n-grams by length, the items holding each n-gram
-    (CSR), templates, and each item's number of distinct n-grams that are not templates."""
+    (CSR), templates, and which n-grams count for which item (its n-grams that are not templates, or all of them)."""
 
     def __init__(self, exclude_texts: list[str], n: int):
         self.vocabulary: dict[str, int] = {}  # word -> id from 1 (0: a word no item holds, or a row boundary)
@@ -218,8 +218,8 @@ class _ItemIndex:
         return ids, starts, lengths
 
     def match(self, row_words: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
-        """For each row, the largest share of one item's distinct n-grams (templates left out) it holds, and that
-        item (the lowest-numbered one on a tie; -1 when it holds none)."""
+        """For each row, the largest share of one item's counted n-grams it holds, and that item (the lowest-numbered
+        one on a tie; -1 when it holds none)."""
         overlap, best = np.zeros(len(row_words)), np.full(len(row_words), -1, dtype=np.int64)
         if not self.tables:
             return overlap, best
