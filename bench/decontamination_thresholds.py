@@ -12,7 +12,8 @@ held-out evaluation items (100 GSM8K, 20 HumanEval, 200 MMLU; none in the pool),
   many each test catches, before (commit c95dcfb's n-gram test) and after;
 - `cliff`: one item copied into k rows, k from 1 to half the pool, on a 200-row pool and on the whole pool: rows
   dropped before and after;
-- `template_rule`: clean rows dropped and reworded copies caught under alternative template rules (a floor of items
+- `ngram_lengths`: the clean rows' largest share and the reworded copies' median share with 5-, 8- and 13-grams;
+- `template_rules`: clean rows dropped and reworded copies caught under alternative template rules (a floor of items
   and a share of the distinct items), for evaluation sets of 320 items, 60, 10, and single MMLU items;
 - `short_items`: for sequences of 1 to 8 words (windows and openings of held-out questions, held-out chitchat
   conversations that short), how many clean rows hold them, which sets `SHORT_ITEM_MIN_WORDS`.
@@ -184,6 +185,21 @@ def measure_template_rules(pool_texts, items, item_texts, reworded) -> dict:
     return out
 
 
+def measure_ngram_lengths(pool_texts, item_texts, reworded) -> list[dict]:
+    """For n-grams of 5, 8 and 13 words: the clean rows' largest share and the reworded copies' median share."""
+    out = []
+    for n in (5, 8, 13):
+        clean, _ = ngram_overlap(pool_texts, item_texts, n)
+        record = {"ngram": n, "clean_largest_share": round(float(clean.max()), 4), "clean_dropped": int((clean >= NGRAM_THRESHOLD).sum())}
+        for kind, texts in reworded.items():
+            share, _ = ngram_overlap(texts, item_texts, n)
+            record[f"median share: {kind}"] = round(float(np.median(share)), 4)
+            record[f"caught: {kind}"] = int((share >= NGRAM_THRESHOLD).sum())
+        out.append(record)
+        print(f"[thresholds] n-gram length {record}", flush=True)
+    return out
+
+
 def measure_short_items(pool_texts) -> dict:
     """Clean rows holding an L-word sequence: random windows and openings of held-out questions (the question text
     only: MMLU's stem and instruction lines left out), and held-out chitchat conversations of L words."""
@@ -268,6 +284,7 @@ def main(argv=None) -> dict:
     results["copies"] = measure_copies(pool_texts, item_texts, copies, vectors)
     results["cliff"] = measure_cliff(pool_texts, item_texts)
     reworded = {kind: texts_of(rows) for kind, rows in copies.items() if "changed" in kind}
+    results["ngram_lengths"] = measure_ngram_lengths(pool_texts, item_texts, reworded)
     results["template_rules"] = measure_template_rules(pool_texts, items, item_texts, reworded)
     results["short_items"] = measure_short_items(pool_texts)
     results["seconds"] = round(time.perf_counter() - start, 1)

@@ -493,3 +493,20 @@ def test_the_trainer_never_draws_rows_that_copy_its_exclude_dataset(tmp_path):
     assert len(drawn) == 80 and not {26, 33} & set(np.asarray(drawn).tolist())
     with pytest.raises(InvalidArgumentError, match="left after decontamination"):
         make_trainer(tmp_path / "big", pool=pool, budget=95, rounds=2, k="4", exclude_dataset=exclude)
+
+
+@pytest.mark.scripts
+@needs_pool
+def test_the_scale_benchmark_finds_every_planted_copy(tmp_path):
+    """`bench/decontaminate.py --quick`: both implementations run in their own processes and report time and memory;
+    the new one finds every planted copy, those with Unicode noise included, which the old one missed."""
+    bench = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench", "decontaminate.py")
+    out = tmp_path / "scale.json"
+    done = subprocess.run([sys.executable, bench, "--quick", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = {(r["implementation"], r["pool_rows"]): r for r in json.loads(out.read_text())["runs"]}
+    assert set(runs) == {(i, size) for i in ("before", "after") for size in (2000, 5000)}
+    for size in (2000, 5000):
+        after, before = runs["after", size], runs["before", size]
+        assert after["planted_found"] == after["planted"] == 100 and before["planted_found_unicode_noise"] < 50
+        assert after["wall_s"] > 0 and after["cpu_s"] > 0 and after["peak_rss_mib"] >= after["rss_before_call_mib"] > 0
