@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 
 import hf_idsel  # noqa: E402
 from hf_idsel.cluster import kmeans  # noqa: E402
-from hf_idsel.embed import DEFAULT_ENCODER, _Encoder, embed_dataset, encoder_identity, length_order, load_encoder  # noqa: E402
+from hf_idsel.embed import DEFAULT_ENCODER, batch_encoder, embed_dataset, encoder_identity, length_order, load_encoder  # noqa: E402
 from hf_idsel.render import render_batch, resolve_render_options  # noqa: E402
 from hf_idsel.sample import kmq_sample  # noqa: E402
 
@@ -255,7 +255,7 @@ def measure_encoders(rows: int = 2000, seed: int = 0, *, k: int = 32, encoder=No
     static_x, static_s = min((embed(static) for _ in range(max(repeats, 1))), key=lambda r: r[1])
     minilm_x, minilm_s = embed(minilm)
 
-    encode = _Encoder(minilm, None, options, None, revision=None, device=None, batch_size=64, trust_remote_code=False)
+    encode, _ = batch_encoder(minilm, options, batch_size=64)
     texts = encode.texts(pool, chunk)
     order = length_order(texts)
     pool_order = np.arange(len(texts))

@@ -591,7 +591,7 @@ def run(kit: str, out: str, *, seconds: float, seeds: int | None = None, device:
     import torch
 
     from hf_idsel import score_quality
-    from hf_idsel.select import cluster_pool
+    from hf_idsel.pipeline import cluster_pool
 
     started = time.monotonic()
     deadline = started + seconds

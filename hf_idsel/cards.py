@@ -12,14 +12,22 @@ import json
 import logging
 import os
 import shlex
-from dataclasses import dataclass
 
 import numpy as np
 
 from .describe import short_terms
+from .hub_client import hub_timeouts
 from .errors import InvalidArgumentError
 from .manifest import Manifest, library_versions
-from .pool import BUILTIN_POOL
+from .provenance import (
+    CardFacts,
+    card_facts,
+    is_local_path,
+    license_markdown,
+    pool_reference,
+    published_manifest,
+    rebuild_lines,
+)
 from .hub_layout import (
     CARD_FILE,
     DEFAULT_CONFIG,
@@ -58,58 +66,6 @@ def template_path(name: str) -> str:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"hf_idsel's card template {name!r} is missing from {os.path.dirname(path)}; reinstall hf_idsel.")
     return path
-
-
-@dataclass
-class CardFacts:
-    """The repo a dataset card is for, and what it inherits from the pool's own card.
-
-    Args:
-        repo_id (`str`):
-            The dataset repo; a bare name (no namespace) while the run has no Hub owner yet.
-        pool_id (`str`, *optional*):
-            Hub id of the pool.
-        pool_license (`str` or `list`, *optional*):
-            License from the pool's card.
-        pool_language (`str` or `list`, *optional*):
-            Language from the pool's card.
-        folder (`str`, *optional*):
-            The folder the rows are staged in (`data/<config>.parquet`): the card's usage lines read
-            from it while `repo_id` names no Hub repo.
-    """
-
-    repo_id: str
-    pool_id: str | None
-    pool_license: str | list | None
-    pool_language: str | list | None
-    folder: str | None = None
-
-    @property
-    def hub_id(self) -> str | None:
-        """`repo_id` when it is a Hub repo id with its namespace, else `None` (the card then loads from `folder`)."""
-        return self.repo_id if "/" in self.repo_id else None
-
-
-def card_facts(repo_id: str, pool_id: str | None, token=None, *, folder: str | None = None) -> CardFacts:
-    """`CardFacts` for `repo_id`; `pool_id="builtin"` is the built-in pool (all sources MIT-licensed, see pool.py)."""
-    if pool_id == BUILTIN_POOL:
-        return CardFacts(repo_id, None, "mit", "en", folder)
-    license_, language = _pool_card_metadata(pool_id, token)
-    return CardFacts(repo_id, pool_id, license_, language, folder)
-
-
-def _pool_card_metadata(pool_id: str | None, token=None) -> tuple[str | list | None, str | list | None]:
-    """License and language from the pool's own dataset card on the Hub, when it has one."""
-    if not pool_id:
-        return None, None
-    from huggingface_hub import DatasetCard
-
-    try:
-        card = DatasetCard.load(pool_id, token=token)
-    except Exception as err:  # no card, no network, gated: the card just says less
-        logger.info("Could not read the pool's dataset card %s (%s); license and language left out.", pool_id, type(err).__name__)
-        return None, None
-    return card.data.get("license"), card.data.get("language")
 
 
 def _describe_k(manifest: Manifest) -> str:
@@ -238,17 +194,24 @@ def dataset_card(
     manifest: Manifest, facts: CardFacts, *, configs: list[str], rounds: list[RoundRecord] | None = None,
     run_args: dict | None = None,
 ):
-    """The dataset card of a pushed selection (huggingface_hub `DatasetCard`), rendered from `model_cards/dataset_card.md`."""
+    """The dataset card of a pushed selection (huggingface_hub `DatasetCard`), rendered from `model_cards/dataset_card.md`.
+
+    The card describes the manifest as it is published ([`provenance.published_manifest`]): the pool by a reference
+    that travels (a Hub id with its config, split and revision, the built-in pool's recipe, a local file's name and
+    content digest), never by a local path.
+    """
     from huggingface_hub import DatasetCard, DatasetCardData
 
     from . import __version__
 
+    manifest = published_manifest(manifest)
+    reference = pool_reference(manifest, facts.pool_id)
     rounds = round_records(rounds or [])
     rows = len(manifest.selected_indices)
     data = DatasetCardData(
-        license=facts.pool_license,
+        license=facts.card_license,
         language=facts.pool_language,
-        source_datasets=[facts.pool_id] if facts.pool_id else None,
+        source_datasets=[reference.hub_id] if reference.hub_id else None,
         pretty_name=f"{facts.repo_id.split('/')[-1]}",
         size_categories=_size_category(rows),
         task_categories=["text-generation"],
@@ -263,18 +226,23 @@ def dataset_card(
             what = f"the rows drawn in {name.replace('_', ' ')}"
         config_lines.append(f"- `{name}`: {what}; `{_load_line(facts, name)}`")
     run_args = run_args or {}
+    pool_words = {
+        "hub": f"[{reference.hub_id}](https://huggingface.co/datasets/{reference.hub_id})",
+        "builtin": f"hf_idsel's built-in pool ({reference.num_rows:,} rows)",
+        "local": f"the local file `{reference.name}` ({reference.num_rows:,} rows)",
+    }.get(reference.kind, f"a {reference.num_rows}-row instruction pool")
+    rebuild = rebuild_lines(reference, _selection_source(facts, iterative), "round_1" if facts.hub_id and iterative else None)
     return DatasetCard.from_template(
         data,
         template_path=template_path("dataset_card.md"),
         pretty_name=data.pretty_name,
         hub_id=facts.hub_id,
         staged=None if facts.hub_id else _staged_folder(facts),
-        selection_source=_selection_source(facts, iterative),
         rows=rows,
-        pool_id=facts.pool_id,
-        pool_link=f"[{facts.pool_id}](https://huggingface.co/datasets/{facts.pool_id})" if facts.pool_id else None,
-        pool_rows=manifest.pool["num_rows"],
-        pool_digest=manifest.pool["digest"],
+        pool_words=pool_words,
+        pool=reference.describe(),
+        licenses=license_markdown(reference, facts),
+        rebuild="\n".join(rebuild),
         method=manifest.method,
         budget=_describe_budget(manifest),
         k=manifest.k,
@@ -307,6 +275,7 @@ def run_dataset_card(
     scorer: str,
     weight_update: str,
     token=None,
+    license: str | None = None,
 ):
     """The dataset card of an `IterativeSelectionTrainer` run: a config per finished round and the default one,
     the rounds table, and the run's scorer and weight rule.
@@ -328,11 +297,13 @@ def run_dataset_card(
             The weight rule.
         token (`str`, *optional*):
             Hub token, to read the pool's card for its license and language.
+        license (`str`, *optional*):
+            The selection's licence, in place of the pool's.
     """
     rounds = round_records(rounds)
     return dataset_card(
         everything,
-        card_facts(repo_id, pool_id, token, folder=folder),
+        card_facts(repo_id, pool_reference(everything, pool_id), token, folder=folder, license=license),
         configs=[round_config(r.round) for r in rounds] + [DEFAULT_CONFIG],
         rounds=rounds,
         run_args={"scorer": scorer, "weight_update": weight_update},
@@ -396,7 +367,7 @@ def restage_dataset_card(folder: str, repo_id: str, token=None) -> bool:
     arguments = manifest.arguments or {}
     card = dataset_card(
         manifest,
-        card_facts(repo_id, (manifest.pool.get("source") or {}).get("path"), token, folder=folder),
+        card_facts(repo_id, pool_reference(manifest), token, folder=folder, license=read_plan(folder).get("license")),
         configs=configs,
         rounds=rounds,
         run_args={"scorer": arguments.get("scorer"), "weight_update": arguments.get("weight_update")} if rounds else None,
@@ -622,6 +593,10 @@ def model_card(facts: dict, folder: str, *, hub_model_id: str | None = None, dat
     from huggingface_hub import ModelCard, ModelCardData
 
     name = facts["model_name"] or (hub_model_id.split("/")[-1] if hub_model_id else os.path.basename(facts["output_dir"]))
+    if hub_model_id:  # the card goes to the Hub: local folders by their names only
+        facts = {**facts, "base_local": facts.get("base_local") and os.path.basename(facts["base_local"])}
+        if is_local_path(facts.get("pool_id")):
+            facts["pool_id"] = os.path.basename(facts["pool_id"])
     evaluation = facts.get("evaluation")  # facts saved before evaluations existed lack it
     data = ModelCardData(
         base_model=facts["base_model"],
@@ -771,7 +746,8 @@ def base_model_license(base: str | None, hub_license: str | None, token=None) ->
         from huggingface_hub import ModelCard
 
         try:
-            license_ = ModelCard.load(base, token=token).data.get("license")
+            with hub_timeouts():  # a Hub that never answers costs one timeout, not the constructor's life
+                license_ = ModelCard.load(base, token=token).data.get("license")
         except Exception as err:
             logger.info("Could not read the base model's card %s (%s).", base, type(err).__name__)
             license_ = None

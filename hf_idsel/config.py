@@ -3,9 +3,12 @@ field) plus how the data is selected."""
 
 from __future__ import annotations
 
+import functools
 import numbers
 import os
+import warnings
 from dataclasses import dataclass, field, fields
+from typing import Annotated, get_type_hints
 
 from trl import SFTConfig
 
@@ -13,22 +16,30 @@ from .checks import check_choice, check_flag, check_int, check_model, check_name
 from .cluster import AUTO_K
 from .embed import DEFAULT_ENCODER
 from .errors import InvalidArgumentError
-from .rounds import ROUND_MODES, ROUND_QUOTAS, SCORED_ROWS, WEIGHT_RULES, canonical_weight_rule, round_sizes
+from .rounds import ROUND_MODES, ROUND_QUOTAS, SCORED_ROWS, WEIGHT_RULES, canonical_quota, canonical_weight_rule, round_sizes
 from .sample import check_budget, parse_budget, resolve_budget
 from .scorers import SCORERS
 
 
-# The fields a manifest records: what decides which rows an iterative run selects.
-_RECORDED_ARGUMENTS = (
-    "budget", "rounds", "k", "encoder", "embed_with_model", "embedding_column", "quality_column",
-    "quality_temperature", "scorer", "weight_update", "weight_temperature", "scored_rows", "scored_rows_per_cluster",
-    "epochs_per_round", "round_mode", "round_quotas", "embed_answer", "preset", "selection_seed", "pool_id",
-)
+
+
+class _Recorded:
+    """The mark of a field that an iterative run's manifests record under `arguments` (what decides the rows).
+
+    An annotation (`Annotated[type, RECORDED]`), not field metadata: TrlParser hands every metadata key to argparse,
+    and `get_type_hints` (which it calls) drops the mark.
+    """
+
+    def __repr__(self) -> str:
+        return "RECORDED"
+
+
+RECORDED = _Recorded()
 
 # `preset="research_code"`: every choice of the paper's research code that differs from our defaults.
 PRESETS = {
     "research_code": {
-        "round_quotas": "weights",  # round 1: equal quotas per cluster; later rounds: in proportion to the weights
+        "quota": "equal",  # round 1: equal quotas per cluster; later rounds: in proportion to the weights
         "weight_update": "softmax_replace",  # softmax of the scores replaces the weights
         "weight_temperature": 1.0,
         "round_mode": "restart",  # re-train from the base model on all of D' every round
@@ -140,16 +151,20 @@ class IterativeSelectionConfig(SFTConfig):
             `"continue"` (the paper) or `"restart"` (the research code): each round trains from the base weights
             on every row chosen so far, with a fresh optimizer and the whole learning-rate schedule (warm-up
             included) over that round's steps.
-        round_quotas (`str`, *optional*, defaults to `"size"`):
-            Each round's cluster quotas: `"size"`, proportional to weight x rows not chosen yet (round 1 is
-            kMQ, the paper), or `"weights"`, proportional to the weight alone (round 1 gives every cluster
-            the same quota, the research code). Quotas always sum to the round's size exactly.
+        quota (`str`, *optional*, defaults to `"proportional"`):
+            Each round's cluster quotas, `diverse_select`'s rules weighted by the cluster weights: `"proportional"`,
+            to weight x rows not chosen yet (round 1 is kMQ, the paper), or `"equal"`, to the weight alone (round 1
+            gives every cluster the same quota, the research code). Quotas always sum to the round's size exactly.
+            The old values `"size"` (= `"proportional"`) and `"weights"` (= `"equal"`) still work, with a
+            `FutureWarning`.
+        round_quotas (`str`, *optional*):
+            Deprecated name of `quota` (a `FutureWarning`).
         embed_answer (`bool`, *optional*, defaults to `True`):
             Embed each row's gold answer with its prompt (the paper); `False` embeds the prompt only
             (the research code).
         preset (`str`, *optional*):
             `"research_code"`: every selection choice of the paper's research code at once
-            (`round_quotas="weights"`, `weight_update="softmax_replace"` at T = 1, `round_mode="restart"`,
+            (`quota="equal"`, `weight_update="softmax_replace"` at T = 1, `round_mode="restart"`,
             `scored_rows="selected"`, `embed_answer=False`, a uniform draw inside clusters, so no
             `quality_column`), without its crash bugs (docs/method.md lists both). A field set to another
             value than the preset's is refused.
@@ -168,28 +183,28 @@ class IterativeSelectionConfig(SFTConfig):
             that cannot tell the license stops before training starts.
     """
 
-    budget: Budget = field(
+    budget: Annotated[Budget, RECORDED] = field(
         default=0.1,
         metadata={"help": "Rows to select over all rounds: an int is a row count, a float in (0, 1] a fraction of the pool."},
     )
-    rounds: int = field(default=3, metadata={"help": "Selection rounds; each draws budget / rounds new rows."})
-    k: str = field(
+    rounds: Annotated[int, RECORDED] = field(default=3, metadata={"help": "Selection rounds; each draws budget / rounds new rows."})
+    k: Annotated[str, RECORDED] = field(
         default="auto",
         metadata={"help": "Number of clusters, 'auto' (silhouette, k from 64 and below budget/2) or 'auto-global' (from k=2)."},
     )
-    encoder: str = field(default=DEFAULT_ENCODER, metadata={"help": "Sentence encoder id or path."})
-    embed_with_model: bool = field(
+    encoder: Annotated[str, RECORDED] = field(default=DEFAULT_ENCODER, metadata={"help": "Sentence encoder id or path."})
+    embed_with_model: Annotated[bool, RECORDED] = field(
         default=False,
         metadata={"help": "Embed the pool with the hidden states of the model being trained (before training) instead of `encoder`."},
     )
-    embedding_column: str | None = field(
+    embedding_column: Annotated[str | None, RECORDED] = field(
         default=None, metadata={"help": "Column of precomputed vectors to cluster instead of running the encoder."}
     )
-    quality_column: str | None = field(
+    quality_column: Annotated[str | None, RECORDED] = field(
         default=None, metadata={"help": "Per-row quality column for the draw inside a cluster (kMQ)."}
     )
-    quality_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the in-cluster draw."})
-    scorer: str = field(
+    quality_temperature: Annotated[float, RECORDED] = field(default=1.0, metadata={"help": "Softmax temperature of the in-cluster draw."})
+    scorer: Annotated[str, RECORDED] = field(
         default="likelihood",
         metadata={
             "help": f"Round scorer by name: one of {list(SCORERS)} (objects and callables go to the trainer's `scorer=`)."
@@ -210,15 +225,15 @@ class IterativeSelectionConfig(SFTConfig):
             "or a frozen copy of its starting weights without LoRA), or a model id or path."
         },
     )
-    weight_update: str = field(
+    weight_update: Annotated[str, RECORDED] = field(
         default="softmax",
         metadata={
             "help": "Cluster weight rule: 'softmax' (w x softmax(s/T)), 'linear' (the paper's Eq. 6, w x s/sum s) or "
             "'softmax_replace' (the research code). Old names 'paper' and 'research' are deprecated aliases."
         },
     )
-    weight_temperature: float = field(default=1.0, metadata={"help": "Temperature of the weight update (shift of 'linear')."})
-    scored_rows: str = field(
+    weight_temperature: Annotated[float, RECORDED] = field(default=1.0, metadata={"help": "Temperature of the weight update (shift of 'linear')."})
+    scored_rows: Annotated[str, RECORDED] = field(
         default="round",
         metadata={
             "help": "Rows each round is scored on, for every scorer: 'round' (drawn this round) or 'selected' (all "
@@ -226,7 +241,7 @@ class IterativeSelectionConfig(SFTConfig):
             "choices": list(SCORED_ROWS),
         },
     )
-    scored_rows_per_cluster: int = field(
+    scored_rows_per_cluster: Annotated[int, RECORDED] = field(
         default=8, metadata={"help": "Rows per cluster scored by generation scorers each round (0 = all)."}
     )
     generation_max_new_tokens: int = field(
@@ -237,27 +252,28 @@ class IterativeSelectionConfig(SFTConfig):
         default=True,
         metadata={"help": "Score the last round too (its scores only set the recorded final weights); False saves that pass."},
     )
-    epochs_per_round: int = field(default=1, metadata={"help": "Passes over each round's rows."})
-    round_mode: str = field(
+    epochs_per_round: Annotated[int, RECORDED] = field(default=1, metadata={"help": "Passes over each round's rows."})
+    round_mode: Annotated[str, RECORDED] = field(
         default="continue",
         metadata={"help": "'continue' (paper) or 'restart' (research code).", "choices": list(ROUND_MODES)},
     )
-    round_quotas: str = field(
-        default="size",
+    quota: Annotated[str, RECORDED] = field(
+        default="proportional",
         metadata={
-            "help": "Round quotas: 'size' (weight x rows left; round 1 = kMQ) or 'weights' (weight alone; the research code).",
-            "choices": list(ROUND_QUOTAS),
+            "help": "Round quotas: 'proportional' (weight x rows left; round 1 = kMQ) or 'equal' (weight alone; the "
+            "research code). Old values 'size' and 'weights' are deprecated aliases."
         },
     )
-    embed_answer: bool = field(
+    round_quotas: str | None = field(default=None, metadata={"help": "Deprecated name of `quota`."})
+    embed_answer: Annotated[bool, RECORDED] = field(
         default=True, metadata={"help": "Embed the gold answer with the prompt (False: prompt only, the research code)."}
     )
-    preset: str | None = field(
+    preset: Annotated[str | None, RECORDED] = field(
         default=None,
         metadata={"help": "'research_code': every selection choice of the paper's research code.", "choices": list(PRESETS)},
     )
-    selection_seed: int | None = field(default=None, metadata={"help": "Seed of clustering and draws (default: seed)."})
-    pool_id: str | None = field(
+    selection_seed: Annotated[int | None, RECORDED] = field(default=None, metadata={"help": "Seed of clustering and draws (default: seed)."})
+    pool_id: Annotated[str | None, RECORDED] = field(
         default=None, metadata={"help": "Hub id of the pool, recorded in manifests and cards (source_datasets)."}
     )
     hub_dataset_id: str | None = field(
@@ -332,8 +348,28 @@ class IterativeSelectionConfig(SFTConfig):
                 f"`quality_column`={self.quality_column!r} would be ignored: drop one of them."
             )
 
+    def _take_old_names(self) -> None:
+        """`round_quotas` (the old name of `quota`) moved to `quota`, with a `FutureWarning`; old values renamed."""
+        if self.round_quotas is not None:
+            warnings.warn(
+                "`round_quotas` is deprecated and will be removed: it is now called `quota`. Pass `quota` instead.",
+                FutureWarning,
+                stacklevel=5,
+            )
+            old = canonical_quota(self.round_quotas, "round_quotas")
+            check_choice(old, "round_quotas", ROUND_QUOTAS)
+            current = canonical_quota(self.quota)
+            if current != "proportional" and current != old:
+                raise InvalidArgumentError(
+                    f"`round_quotas`={self.round_quotas!r} and `quota`={self.quota!r} disagree: pass only `quota` "
+                    "(`round_quotas` is its deprecated name)."
+                )
+            self.quota, self.round_quotas = old, None
+        self.quota = canonical_quota(self.quota)  # configs record the canonical name
+
     def _check_selection_fields(self) -> None:
         """The type and range of every selection field, before anything is loaded; numbers become Python numbers."""
+        self._take_old_names()
         self._apply_preset()
         self.budget = parse_budget(self.budget)
         check_budget(self.budget)
@@ -369,7 +405,7 @@ class IterativeSelectionConfig(SFTConfig):
                 "`lr_scheduler_type`='reduce_lr_on_plateau' reacts to evaluation metrics and cannot start over with "
                 "every round of round_mode='restart': use a step schedule ('linear', 'cosine', 'constant', ...)."
             )
-        check_choice(self.round_quotas, "round_quotas", ROUND_QUOTAS)
+        check_choice(self.quota, "quota", ROUND_QUOTAS)
         check_choice(self.scored_rows, "scored_rows", SCORED_ROWS)
         self.embed_answer = check_flag(self.embed_answer, "embed_answer")
         self.scored_rows_per_cluster = check_int(
@@ -399,8 +435,9 @@ class IterativeSelectionConfig(SFTConfig):
         return _parse_k(self.k)
 
     def selection_arguments(self) -> dict:
-        """The selection fields as an iterative run's manifests record them under `arguments`."""
-        return {name: getattr(self, name) for name in _RECORDED_ARGUMENTS}
+        """The selection fields as an iterative run's manifests record them under `arguments` (the fields marked
+        [`RECORDED`])."""
+        return {name: getattr(self, name) for name in recorded_fields(type(self))}
 
     def check_pool(self, pool) -> tuple[int, list[int]]:
         """Check the budget, rounds, k and named columns against `pool`, before any model is loaded.
@@ -420,3 +457,10 @@ class IterativeSelectionConfig(SFTConfig):
             if column is not None and column not in pool.column_names:
                 raise InvalidArgumentError(f"`{name}`={column!r} is not a column of the pool (columns: {pool.column_names}).")
         return budget, sizes
+
+
+@functools.cache
+def recorded_fields(config_class: type = IterativeSelectionConfig) -> tuple[str, ...]:
+    """The fields of `config_class` marked [`RECORDED`] (`Annotated[type, RECORDED]`), in declaration order."""
+    hints = get_type_hints(config_class, include_extras=True)
+    return tuple(f.name for f in fields(config_class) if RECORDED in getattr(hints.get(f.name), "__metadata__", ()))

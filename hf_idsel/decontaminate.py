@@ -10,18 +10,19 @@ Two tests, either of which drops a row (thresholds measured on the built-in pool
 - embedding cosine: the cosine similarity of the row to the item, with the encoder of the selection (its vectors are
   cached like the pool's).
 
-Both compare the text the selection embeds (prompt and answer, or the prompt only with `include_answer=False`).
+Both compare the text the selection embeds (prompt and answer, or the prompt only with `embed_answer=False`). Their
+settings are one [`DecontaminationSettings`], which `diverse_select`, the trainer and the manifest's record share.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import logging
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, fields
 from typing import Any
 
 import datasets
@@ -117,7 +118,7 @@ def _hash_runs(mixed: np.ndarray, length: int, starts: np.ndarray | None = None)
     return h
 
 
-@dataclasses.dataclass
+@dataclass
 class _Grams:
     """The distinct evaluation n-grams of one length, sorted by hash; `anchored` ones match only a whole row."""
 
@@ -332,46 +333,85 @@ def max_cosine(pool_vectors: np.ndarray, exclude_vectors: np.ndarray) -> tuple[n
 
 
 def exclude_render_options(exclude: datasets.Dataset, pool_render: RenderOptions) -> RenderOptions:
-    """How evaluation rows become text: their own layout, detected from their columns, with the pool's `include_answer`."""
+    """How evaluation rows become text: their own layout, detected from their columns, with the pool's `include_answer`
+    (the `embed_answer` argument)."""
     try:
         return resolve_render_options(exclude.column_names, include_answer=pool_render.include_answer)
     except InvalidArgumentError as err:
         raise InvalidArgumentError(
-            f"`exclude`: {err} Pass the evaluation set as a Dataset with one of these layouts, or as a list of strings."
+            f"`exclude_dataset`: {err} Pass the evaluation set as a Dataset with one of these layouts, or as a list of strings."
         ) from None
 
 
 def as_dataset(exclude) -> datasets.Dataset:
-    """`exclude` as a Dataset: a Dataset as is (views materialised), a list of strings as a `text` column."""
+    """`exclude` (the `exclude_dataset` argument) as a Dataset: a Dataset as is (views materialised), a list of strings
+    as a `text` column."""
     if isinstance(exclude, datasets.Dataset):
         return exclude.flatten_indices() if exclude._indices is not None else exclude
     if isinstance(exclude, (list, tuple)) and exclude and all(isinstance(t, str) and t.strip() for t in exclude):
         return datasets.Dataset.from_dict({"text": list(exclude)})
     raise InvalidArgumentError(
-        f"`exclude` must be a datasets.Dataset (the evaluation set) or a non-empty list of non-blank strings, got "
+        f"`exclude_dataset` must be a datasets.Dataset (the evaluation set) or a non-empty list of non-blank strings, got "
         f"{type(exclude).__name__}{' (empty)' if isinstance(exclude, (list, tuple)) and not exclude else ''}."
     )
 
 
-def check_thresholds(ngram: int, ngram_threshold: float | None, cosine_threshold: float | None) -> None:
-    """Refuse thresholds out of range, before anything is embedded."""
-    from . import checks
+@dataclass(frozen=True)
+class DecontaminationSettings:
+    """How pool rows are matched against an evaluation set: the one settings object of `diverse_select`, the trainer
+    and the manifest's `decontamination` record. Checked when built.
 
-    checks.check_int(ngram, "exclude_ngram", minimum=1, fix=" Pass a word n-gram length such as 8 or 13.")
-    if ngram_threshold is None and cosine_threshold is None:
-        raise InvalidArgumentError(
-            "`exclude_ngram_threshold` and `exclude_cosine_threshold` are both None: nothing would be excluded. "
-            "Keep at least one (the defaults are 0.6 and 0.99)."
+    The front doors take these as `exclude_ngram`, `exclude_ngram_threshold` and `exclude_cosine_threshold`, and
+    errors name them so.
+
+    Args:
+        ngram (`int`, *optional*, defaults to `8`):
+            Word n-gram length of the overlap test.
+        ngram_threshold (`float`, *optional*, defaults to `0.6`):
+            Drop a row holding at least this share of one evaluation item's distinct n-grams; `None` skips the test.
+        cosine_threshold (`float`, *optional*, defaults to `0.99`):
+            Drop a row whose cosine similarity to an evaluation item is at least this; `None` skips the test.
+
+    Raises:
+        [`InvalidArgumentError`]: a length or threshold out of range, or both tests off.
+    """
+
+    ngram: int = DEFAULT_NGRAM
+    ngram_threshold: float | None = DEFAULT_NGRAM_THRESHOLD
+    cosine_threshold: float | None = DEFAULT_COSINE_THRESHOLD
+
+    def __post_init__(self):
+        from . import checks
+
+        object.__setattr__(
+            self, "ngram", checks.check_int(self.ngram, "exclude_ngram", minimum=1, fix=" Pass a word n-gram length such as 8 or 13.")
         )
-    if ngram_threshold is not None:
-        checks.check_number(
-            ngram_threshold, "exclude_ngram_threshold", above=0, at_most=1,
-            fix=" It is the share of an evaluation item's n-grams found in a pool row.",
-        )
-    if cosine_threshold is not None:
-        checks.check_number(
-            cosine_threshold, "exclude_cosine_threshold", above=0, at_most=1, fix=" It is a cosine similarity."
-        )
+        if self.ngram_threshold is None and self.cosine_threshold is None:
+            raise InvalidArgumentError(
+                "`exclude_ngram_threshold` and `exclude_cosine_threshold` are both None: nothing would be excluded. "
+                f"Keep at least one (the defaults are {DEFAULT_NGRAM_THRESHOLD} and {DEFAULT_COSINE_THRESHOLD})."
+            )
+        if self.ngram_threshold is not None:
+            object.__setattr__(self, "ngram_threshold", checks.check_number(
+                self.ngram_threshold, "exclude_ngram_threshold", above=0, at_most=1,
+                fix=" It is the share of an evaluation item's n-grams found in a pool row.",
+            ))
+        if self.cosine_threshold is not None:
+            object.__setattr__(self, "cosine_threshold", checks.check_number(
+                self.cosine_threshold, "exclude_cosine_threshold", above=0, at_most=1, fix=" It is a cosine similarity."
+            ))
+
+    @classmethod
+    def from_arguments(cls, exclude_ngram=DEFAULT_NGRAM, exclude_ngram_threshold=DEFAULT_NGRAM_THRESHOLD,
+                       exclude_cosine_threshold=DEFAULT_COSINE_THRESHOLD) -> "DecontaminationSettings":
+        """The settings from the front doors' argument names (`exclude_ngram`, `exclude_ngram_threshold`,
+        `exclude_cosine_threshold`)."""
+        return cls(ngram=exclude_ngram, ngram_threshold=exclude_ngram_threshold, cosine_threshold=exclude_cosine_threshold)
+
+    def to_record(self) -> dict:
+        """The settings as the manifest's `decontamination` record holds them (`ngram`, `ngram_threshold`,
+        `cosine_threshold`)."""
+        return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
 def decontaminate(
@@ -381,9 +421,7 @@ def decontaminate(
     *,
     pool_vectors: np.ndarray | None = None,
     exclude_vectors: np.ndarray | None = None,
-    ngram: int = DEFAULT_NGRAM,
-    ngram_threshold: float | None = DEFAULT_NGRAM_THRESHOLD,
-    cosine_threshold: float | None = DEFAULT_COSINE_THRESHOLD,
+    settings: DecontaminationSettings | None = None,
     tokenizer: Any = None,
 ) -> tuple[np.ndarray, dict]:
     """Which pool rows to keep, and a record of those dropped for matching an item of `exclude`.
@@ -398,13 +436,9 @@ def decontaminate(
         pool_vectors (`np.ndarray`, *optional*):
             The pool's unit-norm vectors, one per row; needed with `cosine_threshold`.
         exclude_vectors (`np.ndarray`, *optional*):
-            The evaluation items' vectors from the same encoder; needed with `cosine_threshold`.
-        ngram (`int`, *optional*, defaults to `8`):
-            Word n-gram length.
-        ngram_threshold (`float`, *optional*, defaults to `0.6`):
-            Drop a row holding at least this share of one evaluation item's distinct n-grams; `None` skips the test.
-        cosine_threshold (`float`, *optional*, defaults to `0.99`):
-            Drop a row whose cosine similarity to an evaluation item is at least this; `None` skips the test.
+            The evaluation items' vectors from the same encoder; needed with a `cosine_threshold`.
+        settings ([`DecontaminationSettings`], *optional*):
+            The n-gram length and the thresholds; the defaults when `None`.
         tokenizer (`PreTrainedTokenizerBase`, *optional*):
             Chat template for chat rows, as in the selection.
 
@@ -413,7 +447,8 @@ def decontaminate(
         thresholds, the evaluation set (name, fingerprint, rows), `removed` and, per dropped row, the evaluation
         item it matched with its n-gram share and cosine (`removed_indices`, `matched_items`, `ngram_overlap`, `cosine`).
     """
-    check_thresholds(ngram, ngram_threshold, cosine_threshold)
+    settings = DecontaminationSettings() if settings is None else settings
+    ngram, ngram_threshold, cosine_threshold = settings.ngram, settings.ngram_threshold, settings.cosine_threshold
     exclude = as_dataset(exclude)
     options = exclude_render_options(exclude, render)
     n = len(pool)
@@ -436,9 +471,7 @@ def decontaminate(
     matched = np.where(by_ngram, overlap_item[removed], cosine_item[removed])
     record = {
         "exclude": {"name": _name(exclude), "fingerprint": exclude._fingerprint, "num_rows": len(exclude)},
-        "ngram": int(ngram),
-        "ngram_threshold": ngram_threshold,
-        "cosine_threshold": cosine_threshold,
+        **settings.to_record(),
         "removed": int(len(removed)),
         "removed_indices": removed.tolist(),
         "matched_items": matched.tolist(),
@@ -461,9 +494,7 @@ def decontaminate_pool(
     encoder_revision: str | None = None,
     embedding_column: str | None = None,
     tokenizer: Any = None,
-    ngram: int = DEFAULT_NGRAM,
-    ngram_threshold: float | None = DEFAULT_NGRAM_THRESHOLD,
-    cosine_threshold: float | None = DEFAULT_COSINE_THRESHOLD,
+    settings: DecontaminationSettings | None = None,
     **embed_kwargs,
 ) -> tuple[np.ndarray, dict]:
     """[`decontaminate`] `pool` against `exclude`, embedding `exclude` the way the pool was embedded.
@@ -474,14 +505,14 @@ def decontaminate_pool(
     """
     from .embed import embed_dataset, embeddings_from_column
 
-    check_thresholds(ngram, ngram_threshold, cosine_threshold)
+    settings = DecontaminationSettings() if settings is None else settings
     exclude = as_dataset(exclude)
     exclude_vectors = None
-    if cosine_threshold is not None:
+    if settings.cosine_threshold is not None:
         if embedding_column is not None:
             if embedding_column not in exclude.column_names:
                 raise InvalidArgumentError(
-                    f"`exclude` lacks the vector column `embedding_column`={embedding_column!r} of the pool: give it "
+                    f"`exclude_dataset` lacks the vector column `embedding_column`={embedding_column!r} of the pool: give it "
                     "vectors from the same encoder, or pass `exclude_cosine_threshold=None` (n-gram overlap only)."
                 )
             exclude_vectors = embeddings_from_column(exclude, embedding_column, dim=pool_vectors.shape[1])
@@ -491,13 +522,13 @@ def decontaminate_pool(
                 tokenizer=tokenizer, **embed_kwargs,
             )
     keep, record = decontaminate(
-        pool, exclude, render, pool_vectors=pool_vectors, exclude_vectors=exclude_vectors, ngram=ngram,
-        ngram_threshold=ngram_threshold, cosine_threshold=cosine_threshold, tokenizer=tokenizer,
+        pool, exclude, render, pool_vectors=pool_vectors, exclude_vectors=exclude_vectors, settings=settings,
+        tokenizer=tokenizer,
     )
     if not keep.any():
         raise InvalidArgumentError(
-            f"Every one of the {len(pool)} pool rows matches an item of `exclude`: nothing is left to select. "
-            "Check that `exclude` is the evaluation set, not the pool."
+            f"Every one of the {len(pool)} pool rows matches an item of `exclude_dataset`: nothing is left to select. "
+            "Check that `exclude_dataset` is the evaluation set, not the pool."
         )
     return keep, record
 

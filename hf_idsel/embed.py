@@ -111,7 +111,14 @@ def load_encoder(
     kwargs = {"device": device, "trust_remote_code": trust_remote_code}
     if identity.location is None and revision is not None:
         kwargs["revision"] = revision
-    return SentenceTransformer(source, **kwargs)
+    try:
+        return SentenceTransformer(source, **kwargs)
+    except (OSError, ValueError) as err:  # not found, offline, not a model folder, an invalid id
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise InvalidArgumentError(
+            f"`encoder`={encoder!r} could not be loaded: {reason} Pass a sentence-transformers model id that is cached "
+            f"or reachable, a local folder holding one, or leave the default ({DEFAULT_ENCODER!r}, packaged, offline)."
+        ) from None
 
 
 def fit_pairs(prompts: list[str], answers: list[str], tokenizer: Any, max_tokens: int) -> list[str]:

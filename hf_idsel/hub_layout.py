@@ -7,6 +7,7 @@ paths from here, and never from each other, so a layout change is made in one pl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -34,6 +35,12 @@ PUSH_FILE = "hf_idsel_push.json"
 DATA_DIR = "data"
 """A staged folder's rows: `data/<config>.parquet`."""
 
+SUBSET_FILE = "subset.parquet"
+"""The rows `hf-idsel select --out DIR` writes, with the sha256 of their bytes beside them (`DIGEST_SUFFIX`)."""
+
+DIGEST_SUFFIX = ".sha256"
+"""Beside a file hf_idsel wrote for a later push: the sha256 of its bytes as written (`<file>.sha256`)."""
+
 CARD_FILE = "README.md"
 """The dataset card, at the top of a staged folder and of the dataset repo (the model card, beside the weights)."""
 
@@ -52,6 +59,7 @@ ROUND_COLUMN = "selection_round"
 ITERATIVE_METHOD = "iterative-kmq"
 """The `method` an iterative run's manifests record."""
 
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ROUND_CONFIG = re.compile(r"round_(\d+)")
 _ROUND_FILE = re.compile(r"round_(\d+)\.json")
@@ -137,13 +145,18 @@ def read_plan(folder: str) -> dict:
     except ValueError as err:
         raise InvalidArgumentError(f"{path}: not readable JSON ({err}); a truncated or corrupt file?") from None
     lists = ("configs", "done")
+    digests = plan.get("digests", {}) if isinstance(plan, dict) else None
     if (
         not isinstance(plan, dict)
         or not isinstance(plan.get("repo_id"), str)
         or not all(isinstance(plan.get(key), list) and all(isinstance(v, str) for v in plan[key]) for key in lists)
+        or not isinstance(digests, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) and _SHA256.fullmatch(v) for k, v in digests.items())
+        or not isinstance(plan.get("license"), (str, type(None)))
     ):
         raise InvalidArgumentError(
-            f"{path} is not a push plan written by hf_idsel (it needs `repo_id`, `configs` and `done`); stage the push again."
+            f"{path} is not a push plan written by hf_idsel (it needs `repo_id`, `configs` and `done`, and `digests` of "
+            "sha256 values); stage the push again."
         )
     return plan
 
@@ -163,3 +176,85 @@ def queue_model_upload(folder: str) -> None:
     if "model" in plan["done"]:
         plan["done"].remove("model")
     write_plan(folder, plan)
+
+
+# ---- digests of the files a push uploads ----
+
+
+def file_sha256(path: str) -> str:
+    """`sha256:<hex>` of a file's bytes, read in blocks."""
+    with open(path, "rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_file_digest(path: str) -> str:
+    """Store the sha256 of `path`'s bytes beside it (`<path>.sha256`), for [`check_file_digest`] before a push."""
+    digest = file_sha256(path)
+    tmp = path + DIGEST_SUFFIX + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(digest)
+    os.replace(tmp, path + DIGEST_SUFFIX)
+    return digest
+
+
+def check_file_digest(path: str, fix: str) -> str:
+    """`path`'s digest, when it matches the one [`write_file_digest`] stored beside it.
+
+    Raises:
+        [`InvalidArgumentError`]: no digest is stored, or the bytes changed since; one line naming the file and `fix`.
+    """
+    try:
+        with open(path + DIGEST_SUFFIX, encoding="utf-8") as f:
+            stored = f.read().strip()
+    except FileNotFoundError:
+        raise InvalidArgumentError(
+            f"{path} has no {DIGEST_SUFFIX} digest of its bytes as hf_idsel wrote them (written by an older hf_idsel, or "
+            f"the digest was removed), so edits since cannot be ruled out and it is not uploaded: {fix}"
+        ) from None
+    return _check_digest(path, stored, fix)
+
+
+def record_staged_file(plan: dict, folder: str, relpath: str) -> None:
+    """Record in `plan` the sha256 of the staged file `folder/relpath` as written, for [`check_staged_files`]."""
+    plan.setdefault("digests", {})[relpath.replace(os.sep, "/")] = file_sha256(os.path.join(folder, relpath))
+
+
+def check_staged_files(folder: str, plan: dict, relpaths: list[str], fix: str) -> None:
+    """Refuse to upload a staged file whose bytes differ from the digest recorded when it was staged.
+
+    Args:
+        folder (`str`):
+            The staged folder.
+        plan (`dict`):
+            Its push plan ([`read_plan`]).
+        relpaths (`list[str]`):
+            The staged files about to be uploaded, relative to `folder`.
+        fix (`str`):
+            What the user does to stage them again, quoted in the error.
+
+    Raises:
+        [`InvalidArgumentError`]: a file changed since it was staged, is missing, or has no recorded digest (a plan
+            staged by an older hf_idsel); one line naming the file and `fix`.
+    """
+    digests = plan.get("digests") or {}
+    for relpath in relpaths:
+        key = relpath.replace(os.sep, "/")
+        path = os.path.join(folder, relpath)
+        if key not in digests:
+            raise InvalidArgumentError(
+                f"{path}: its push plan ({PUSH_FILE}) records no digest of it (staged by an older hf_idsel), so edits "
+                f"since staging cannot be ruled out and it is not uploaded: {fix}"
+            )
+        if not os.path.isfile(path):
+            raise InvalidArgumentError(f"{path} was staged for this push and is gone: {fix}")
+        _check_digest(path, digests[key], fix)
+
+
+def _check_digest(path: str, stored: str, fix: str) -> str:
+    actual = file_sha256(path)
+    if actual != stored:
+        raise InvalidArgumentError(
+            f"{path} changed after it was staged (sha256 {stored[7:19]}... then, {actual[7:19]}... now): hf_idsel "
+            f"does not upload an edited file next to the manifest and card of the original: {fix}"
+        )
+    return actual

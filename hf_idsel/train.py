@@ -29,7 +29,7 @@ import datasets
 import numpy as np
 import trl
 
-from .errors import InvalidArgumentError
+from .errors import IdselError, InvalidArgumentError
 from .lm import DEFAULT_REFERENCE_MODEL
 from .pool import BUILTIN_POOL
 from .pool import load_pool as load_split
@@ -40,8 +40,8 @@ from .decontaminate import (
     DEFAULT_COSINE_THRESHOLD,
     DEFAULT_NGRAM,
     DEFAULT_NGRAM_THRESHOLD,
+    DecontaminationSettings,
     as_dataset,
-    check_thresholds,
     exclude_render_options,
 )
 from .trainer import IterativeSelectionTrainer
@@ -85,8 +85,9 @@ class ScriptArguments(trl.ScriptArguments):
             never drawn (`IterativeSelectionTrainer(..., exclude_dataset=...)`); the manifests and cards record them.
         exclude_dataset_config (`str`, *optional*):
             Config name of `exclude_dataset` (e.g. `"main"` for `openai/gsm8k`).
-        exclude_dataset_split (`str`, *optional*, defaults to `"test"`):
-            The split of `exclude_dataset` to exclude.
+        exclude_dataset_split (`str`, *optional*):
+            The split of `exclude_dataset` to exclude; by default its only split (a local file's is `"train"`). A
+            dataset with several splits (a Hub dataset's `train` and `test`) needs it.
         exclude_ngram (`int`, *optional*, defaults to `8`):
             Word n-gram length of the overlap test.
         exclude_ngram_threshold (`float`, *optional*, defaults to `0.6`):
@@ -124,7 +125,13 @@ class ScriptArguments(trl.ScriptArguments):
         },
     )
     exclude_dataset_config: str | None = field(default=None, metadata={"help": "Config name of `exclude_dataset`."})
-    exclude_dataset_split: str = field(default="test", metadata={"help": "The split of `exclude_dataset` to exclude."})
+    exclude_dataset_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "The split of `exclude_dataset` to exclude (default: its only split; a local file's is 'train'). "
+            "A dataset with several splits needs it."
+        },
+    )
     exclude_ngram: int = field(default=DEFAULT_NGRAM, metadata={"help": "Word n-gram length of the overlap test."})
     exclude_ngram_threshold: float | None = field(
         default=DEFAULT_NGRAM_THRESHOLD,
@@ -134,6 +141,37 @@ class ScriptArguments(trl.ScriptArguments):
         default=DEFAULT_COSINE_THRESHOLD,
         metadata={"help": "Drop a pool row whose embedding cosine to an evaluation item is at least this."},
     )
+
+    def decontamination(self) -> DecontaminationSettings:
+        """The decontamination settings of `exclude_ngram`, `exclude_ngram_threshold` and `exclude_cosine_threshold`
+        (checked)."""
+        return DecontaminationSettings.from_arguments(
+            self.exclude_ngram, self.exclude_ngram_threshold, self.exclude_cosine_threshold
+        )
+
+
+class _Parser(trl.TrlParser):
+    """[`~trl.TrlParser`] whose errors are one line, as every error of the `hf-idsel` CLI: usage errors and unknown
+    flags exit with status 2; a bad recipe or a value the dataclasses refuse is an [`InvalidArgumentError`]."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args_into_dataclasses(self, args=None, return_remaining_strings=False, **kwargs):
+        output = super().parse_args_into_dataclasses(args=args, return_remaining_strings=True, **kwargs)
+        if return_remaining_strings:
+            return output
+        if output[-1]:
+            self.error(f"unrecognized arguments: {' '.join(output[-1])}")
+        return output[:-1]
+
+    def parse_args_and_config(self, *args, **kwargs):
+        try:
+            return super().parse_args_and_config(*args, **kwargs)
+        except IdselError:
+            raise
+        except ValueError as err:  # a recipe that is no mapping, unknown recipe keys, TrainingArguments' own checks
+            raise InvalidArgumentError(str(err)) from None
 
 
 def make_parser(subparsers: Any = None, prog: str | None = None) -> trl.TrlParser:
@@ -154,7 +192,7 @@ def make_parser(subparsers: Any = None, prog: str | None = None) -> trl.TrlParse
         return subparsers.add_parser(
             "train", help="Iterative kMQ selection while fine-tuning (a TRL recipe).", dataclass_types=dataclass_types
         )
-    return trl.TrlParser(dataclass_types, prog=prog)
+    return _Parser(dataclass_types, prog=prog)
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,7 +236,7 @@ def validate_args(script_args: ScriptArguments, training_args: IterativeSelectio
             "there: drop one of them."
         )
     if script_args.exclude_dataset is not None:
-        check_thresholds(script_args.exclude_ngram, script_args.exclude_ngram_threshold, script_args.exclude_cosine_threshold)
+        script_args.decontamination()
         if script_args.exclude_dataset == BUILTIN_POOL:
             raise InvalidArgumentError(
                 f"`exclude_dataset`={BUILTIN_POOL!r} is the pool itself: name the evaluation set (a local file or "

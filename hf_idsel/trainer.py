@@ -31,13 +31,14 @@ from trl import SFTTrainer
 
 from . import sample
 from .cards import base_model_id, base_model_license, run_dataset_card, save_model_card, trainer_model_card_facts
+from .checkpoint import STATE_FILE, check_steps, load_state, selection_plan, write_state
 from .config import IterativeSelectionConfig
 from .decontaminate import (
     DEFAULT_COSINE_THRESHOLD,
     DEFAULT_NGRAM,
     DEFAULT_NGRAM_THRESHOLD,
+    DecontaminationSettings,
     as_dataset,
-    check_thresholds,
     exclude_render_options,
 )
 from .describe import short_terms
@@ -45,7 +46,7 @@ from .distributed import broadcast, equal_share
 from .errors import InvalidArgumentError, PushError
 from .evaluation import check_round_evaluation, evaluate_round
 from .hidden_states import HiddenStateEncoder
-from .hub import push_folder
+from .hub import model_repo_creation, push_folder
 from .hub_layout import DEFAULT_CONFIG, ITERATIVE_METHOD, round_config, selection_repo_id, staging_folder
 from .manifest import Manifest, encoder_record, pool_record
 from .pipeline import decontaminate_and_cluster, pool_embeddings
@@ -59,7 +60,6 @@ __all__ = ["IterativeSelectionConfig", "IterativeSelectionTrainer"]
 logger = logging.getLogger(__name__)
 
 ROW_ID = "hf_idsel_row"
-STATE_FILE = "hf_idsel_selection.json"
 
 
 class RoundSampler(torch.utils.data.Sampler):
@@ -211,20 +211,20 @@ class IterativeSelectionTrainer(SFTTrainer):
         self.pool = train_dataset
         scorer = args.scorer if scorer is None else scorer
         self.budget_rows, self.round_sizes = self._check_selection_args(args, train_dataset, scorer)
-        if exclude_dataset is not None:  # a bad evaluation set or threshold is refused before anything is embedded
-            check_thresholds(exclude_ngram, exclude_ngram_threshold, exclude_cosine_threshold)
+        # Bad thresholds (with or without `exclude_dataset`, as in diverse_select) or evaluation sets: refused now.
+        self._decontamination = DecontaminationSettings.from_arguments(exclude_ngram, exclude_ngram_threshold, exclude_cosine_threshold)
+        if exclude_dataset is not None:
             exclude_render_options(as_dataset(exclude_dataset), self._render)
-        self._exclude_thresholds = {
-            "ngram": exclude_ngram, "ngram_threshold": exclude_ngram_threshold, "cosine_threshold": exclude_cosine_threshold,
-        }
 
-        # The card's license is checked before the Trainer creates any repo or loads anything heavy.
+        # The card's license is checked before the Trainer creates any repo or loads anything heavy (a base model card
+        # read under Hub timeouts; the repo creation of `Trainer.__init__` below too, a stall ending in PushError).
         self._base_model = base_model_id(model)
         self._license = base_model_license(self._base_model, args.hub_license, args.hub_token) if args.push_to_hub else args.hub_license
         self.scorer = as_scorer(scorer, args, device=args.device, show_progress=args.process_index == 0)
         self.scorer_name = scorer_name(self.scorer)
         pool_with_ids = train_dataset.add_column(ROW_ID, list(range(len(train_dataset))))
-        super().__init__(model, args=args, train_dataset=pool_with_ids, **kwargs)
+        with model_repo_creation(args.push_to_hub, args.hub_token):
+            super().__init__(model, args=args, train_dataset=pool_with_ids, **kwargs)
         # Before the pool is embedded: a scorer that cannot serve this run refuses it here.
         self.scorer.prepare(self._scoring_context(self.model))
         self.data_collator = _RowIdCollator(self.data_collator)
@@ -319,11 +319,11 @@ class IterativeSelectionTrainer(SFTTrainer):
             # The stage diverse_select runs: rows matching `exclude_dataset` are left out of k-means and never drawn.
             clusters = decontaminate_and_cluster(
                 self.pool, embeddings, self._render, k=args.k_value, seed=args.selection_seed, budget=self.budget_rows,
-                exclude=self._exclude,
-                encoder=encoder, embedding_column=args.embedding_column, **self._exclude_thresholds,
+                exclude_dataset=self._exclude, decontamination=self._decontamination, encoder=encoder,
+                embedding_column=args.embedding_column,
             )
             data = {
-                "labels": clusters.labels_of_every_row(embeddings).tolist(), "k": clusters.clustering.k,
+                "labels": clusters.labels_of_every_row().tolist(), "k": clusters.clustering.k,
                 "k_selection": clusters.k_selection, "encoder": encoder_record(identity, args.embedding_column, embeddings.shape[1]),
                 "descriptions": clusters.descriptions, "decontamination": clusters.decontamination,
                 "cluster_map": clusters.cluster_map,
@@ -354,7 +354,7 @@ class IterativeSelectionTrainer(SFTTrainer):
                 selection_seed=self.args.selection_seed,
                 quality=self.quality,
                 quality_temperature=self.args.quality_temperature,
-                quotas=self.args.round_quotas,
+                quotas=self.args.quota,
             ).tolist()
         self.selection.current_round = round_index
         self.selection.current_rows = broadcast(rows)
@@ -568,6 +568,35 @@ class IterativeSelectionTrainer(SFTTrainer):
 
     # ---- state on disk ----
 
+    def _selection_plan(self) -> dict:
+        """The round plan a checkpoint records and a resume compares ([`~checkpoint.selection_plan`])."""
+        terms = None if self.cluster_descriptions is None else [short_terms(d) for d in self.cluster_descriptions]
+        return selection_plan(
+            self.args, scorer=self.scorer_name, generation=self.scorer.needs_generation, budget_rows=self.budget_rows,
+            round_sizes=self.round_sizes, k_selection=self.k_selection, encoder=self.encoder_info, cluster_terms=terms,
+            trainable=self.trainable, rows_per_step=self._rows_per_step(), epoch_steps=self._epoch_steps,
+        )
+
+    def _rows_per_step(self) -> int:
+        return self._train_batch_size * self.args.gradient_accumulation_steps * self.accelerator.num_processes
+
+    def _load_selection_state(self, path: str):
+        """The checkpoint state at `path` checked against this run ([`~checkpoint.load_state`]), with the scorer's saved
+        state restored; returns it and the plan it recorded. Every rank checks the scorer's state; only rank 0 keeps
+        it, so that the round's final gather counts it once."""
+        state, recorded = load_state(
+            path, self._selection_plan(), k=self.k, labels=self.labels, trainable=self.trainable, quality=self.quality,
+            pool=self._pool_record(),
+        )
+        try:
+            self.scorer.restore(state.pending_losses)
+        except InvalidArgumentError as err:
+            raise InvalidArgumentError(f"`resume_from_checkpoint`: {path}: `pending_losses`: {err}") from None
+        if not self.accelerator.is_main_process:
+            self.scorer.restore([])
+        state.pending_losses = []
+        return state, recorded
+
     # ---- publishing ----
 
     @property
@@ -699,9 +728,7 @@ class IterativeSelectionTrainer(SFTTrainer):
         state = copy.deepcopy(self.selection)
         state.pending_losses = [list(x) for x in pending]
         state.pool_digest = self._pool_record()["digest"]
-        folder = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
-        with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as f:
-            f.write(state.to_json())
+        write_state(state, os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}"), self._selection_plan())
 
     def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial):
         epochs_trained, steps_in_epoch = super()._init_training_state(
@@ -716,28 +743,33 @@ class IterativeSelectionTrainer(SFTTrainer):
             epochs_trained = self.selection.epochs_done
             done = self.state.global_step - (ends[-1] if ends else 0)
             steps_in_epoch = 0 if self.args.ignore_data_skip else done * self.args.gradient_accumulation_steps
+        if resume_from_checkpoint is not None and self._resumed_from is not None:
+            # Now that the epochs are planned: the checkpoint's batch plan, and its epochs ending where this plan says.
+            path, recorded = self._resumed_from
+            check_steps(
+                recorded, self.selection, rows_per_step=self._rows_per_step(), epoch_steps=self._epoch_steps,
+                global_step=self.state.global_step, where=path,
+            )
         return epochs_trained, steps_in_epoch
 
     def train(self, resume_from_checkpoint=None, **kwargs):
+        self._resumed_from = None  # (state file, recorded plan) of a resume, checked again once the epochs are planned
         if resume_from_checkpoint:
             from transformers.trainer_utils import get_last_checkpoint
 
             folder = resume_from_checkpoint
             if folder is True:
                 folder = get_last_checkpoint(self.args.output_dir)
+            elif not isinstance(folder, (str, os.PathLike)):
+                raise InvalidArgumentError(f"`resume_from_checkpoint`={folder!r} must be a checkpoint folder or True.")
             path = os.path.join(folder, STATE_FILE) if folder else None
             if not path or not os.path.isfile(path):
                 raise InvalidArgumentError(
                     f"`resume_from_checkpoint`: {folder!r} holds no {STATE_FILE}; it was not written by IterativeSelectionTrainer."
                 )
-            with open(path, encoding="utf-8") as f:
-                state = SelectionState.from_json(f.read(), where=path)
-            record = self._pool_record()
-            state.check_resumable(self.selection.labels_digest, record["digest"], record["digest_columns"], where=path)
-            # The scorer takes back the gathered record on rank 0 only, so the round's final gather counts each once.
-            self.scorer.restore(state.pending_losses if self.accelerator.is_main_process else [])
-            state.pending_losses = []
+            state, recorded = self._load_selection_state(path)
             self.selection = state
+            self._resumed_from = (path, recorded)
             self._sync_sampler()
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         if self.accelerator.is_main_process and self.selection.rounds:

@@ -346,3 +346,11 @@ def read_rounds(output_dir):
 
     files = sorted(glob.glob(os.path.join(output_dir, "selection", "round_*.json")))
     return [json.load(open(f)) for f in files]
+
+
+def code_blocks(text: str, heading: str) -> str:
+    """The python code under `## heading` of a card."""
+    import re
+
+    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return "\n".join(re.findall(r"```python\n(.*?)```", section, re.S))

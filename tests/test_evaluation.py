@@ -105,7 +105,7 @@ def test_hf_idsel_eval_writes_the_metrics_and_refuses_code_execution_unasked(tmp
     folder = save_tiny_llama(*make_tiny_llama(), tmp_path / "tiny")
     # Refused before the model is loaded: the model path does not even exist.
     assert main(["eval", str(tmp_path / "missing"), "--tasks", "humaneval"]) == 2
-    assert "--allow-code-execution" in capsys.readouterr().err
+    assert "--allow_code_execution" in capsys.readouterr().err
     out = tmp_path / "eval.json"
     with single_thread():
         # The default pool holds every GSM8K row: gsm8k is skipped with a warning, mmlu is evaluated.

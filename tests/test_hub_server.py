@@ -261,6 +261,25 @@ def test_dropped_lfs_upload_is_retried(hub):
     assert hub.server.pending_failures() == 0
 
 
+def test_a_stalled_request_is_read_and_never_answered_until_released(hub):
+    """stall(): the server takes the request and says nothing, so only the client's own timeout ends the call (the
+    shared huggingface_hub client has none by default); released, the server answers again."""
+    repo = hub.repo("stalled")
+    hub.server.stall(r"/api/repos/create", method="POST")
+    with httpx2.Client(timeout=httpx2.Timeout(1.0, connect=5.0)) as client:
+        start = time.monotonic()
+        with pytest.raises(httpx2.ReadTimeout):
+            client.post(
+                f"{hub.endpoint}/api/repos/create", json={"name": repo.split("/")[1], "type": "dataset"},
+                headers={"authorization": f"Bearer {hub.token}"},
+            )
+        assert 0.9 < time.monotonic() - start < 10
+    assert not hub.server.repo_exists(repo, "dataset") and hub.server.pending_failures() == 0
+    hub.server.clear_failures()
+    HfApi().create_repo(repo, repo_type="dataset")
+    assert hub.server.repo_exists(repo, "dataset")
+
+
 def test_dataset_push_fails_cleanly_on_commit_error(hub):
     repo = hub.repo("push-fail")
     ds = datasets.Dataset.from_dict({"text": ["a"]})

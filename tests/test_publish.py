@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 
 import datasets
 import pytest
@@ -16,6 +17,7 @@ from hf_idsel.errors import InvalidArgumentError, PushError
 from hf_idsel.hub import push_folder, push_selection
 from hf_idsel.hub_layout import read_plan
 from helpers import assert_truthful, make_pool, make_trainer, single_thread
+from hf_idsel.pool import load_pool
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -76,6 +78,9 @@ def test_card_inherits_the_pools_license_and_language_and_load_selection_finds_t
     card = DatasetCard.load(repo)
     assert card.data.source_datasets == [pool_repo]
     assert card.data.license == "cc-by-4.0" and card.data.language == ["en"]
+    # The pool by its reference (a link to the Hub dataset), and where the licence comes from.
+    assert f"| pool | [{pool_repo}](https://huggingface.co/datasets/{pool_repo}); 40 rows, content digest `" in card.text
+    assert "The pool's own dataset card gives its licence as `cc-by-4.0`" in card.text
     # No pool passed: the manifest names it, load_selection fetches it and checks its digest.
     rebuilt = hf_idsel.load_selection(repo)
     assert rebuilt["source_index"] == subset["source_index"] and rebuilt["prompt"] == subset["prompt"]
@@ -274,12 +279,17 @@ def test_cli_select_push_and_push_of_a_folder_never_pushed(hub, tmp_path, capsys
     pool_file.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     pushed, local = hub.repo("cli-pushed"), hub.repo("cli-later")
     out = tmp_path / "out"
-    assert main(["select", str(pool_file), "--budget", "10", "--k", "2", "--out", str(out), "--push-to-hub", pushed]) == 0
+    argv = ["select", str(pool_file), "--budget", "10", "--k", "2", "--out", str(out), "--push-to-hub", pushed]
+    assert main(argv + ["--license", "mit"]) == 0
     assert f"Pushed to {hub.endpoint}/datasets/{pushed}" in capsys.readouterr().out
+    assert DatasetCard.load(pushed).data.license == "mit"
     subset = datasets.Dataset.from_parquet(str(out / "subset.parquet"))
     assert datasets.load_dataset(pushed, split="train")["source_index"] == subset["source_index"]
-    # The manifest names the local pool file: load_selection finds it by itself.
-    assert hf_idsel.load_selection(pushed)["instruction"] == subset["instruction"]
+    # The local manifest still finds the local pool file by itself; the pushed one names the file, not its path.
+    assert hf_idsel.load_selection(str(out))["instruction"] == subset["instruction"]
+    with pytest.raises(InvalidArgumentError, match="pass `pool=`"):
+        hf_idsel.load_selection(pushed)
+    assert hf_idsel.load_selection(pushed, pool=load_pool(str(pool_file)))["instruction"] == subset["instruction"]
 
     later = tmp_path / "later"
     assert main(["select", str(pool_file), "--budget", "6", "--k", "2", "--out", str(later)]) == 0
@@ -328,3 +338,233 @@ def test_a_corrupt_push_plan_is_refused_by_name(tmp_path, capsys):
         read_plan(str(folder))
     assert main(["push", str(folder)]) == 2
     assert str(plan) in capsys.readouterr().err
+
+
+# ---- a Hub that never answers: timeouts, then PushError ----
+
+
+@pytest.mark.parametrize("stalled", ["/api/repos/create", "/commit/"])
+def test_a_hub_that_accepts_and_never_answers_ends_in_a_push_error_within_the_timeouts(hub, selection, tmp_path, stalled):
+    subset, manifest = selection
+    repo, stage = hub.repo("stalled"), str(tmp_path / "stage")
+    hub.server.stall(stalled, times=100, method="POST")
+    start = time.monotonic()
+    with pytest.raises(PushError) as info:
+        push_selection(subset, repo, manifest=manifest, local_dir=stage, timeout=1.0, max_retries=1, backoff=0.01)
+    elapsed = time.monotonic() - start
+    err = info.value
+    assert err.status is None and "after 1 retries" in str(err) and "did not answer in time" in str(err)
+    assert err.not_pushed[0] == ("repo" if "create" in stalled else "config:default")
+    assert elapsed < 30, elapsed  # without timeouts: forever
+    hub.server.clear_failures()
+    assert push_folder(stage).endswith(repo)  # the staged copy finishes once the Hub answers again
+    assert datasets.load_dataset(repo, split="train")["source_index"] == subset["source_index"]
+
+
+def test_the_trainer_constructor_ends_in_a_push_error_when_the_hub_never_answers(hub, tmp_path, monkeypatch):
+    """push_to_hub=True creates the model repo in Trainer.__init__: with the read timeout from the environment, a Hub
+    that never answers stops the constructor with PushError instead of holding it."""
+    from hf_idsel.hub_client import CONNECT_TIMEOUT_ENV, READ_TIMEOUT_ENV
+
+    monkeypatch.setenv(READ_TIMEOUT_ENV, "1")
+    model_repo = hub.repo("stalled-model")
+    hub.server.stall("/api/repos/create", times=100, method="POST")
+    start = time.monotonic()
+    with pytest.raises(PushError, match="creating the model repo on the Hub failed") as info:
+        make_trainer(tmp_path, push_to_hub=True, hub_model_id=model_repo, hub_license="apache-2.0")
+    assert time.monotonic() - start < 60 and info.value.not_pushed == ["model repo"]
+    assert "hf-idsel push OUTPUT_DIR" in str(info.value) and "\n" not in str(info.value)
+    hub.server.clear_failures()
+
+    # A bad setting is named before any request.
+    monkeypatch.setenv(CONNECT_TIMEOUT_ENV, "soon")
+    before = len(hub.server.requests)
+    with pytest.raises(InvalidArgumentError, match=CONNECT_TIMEOUT_ENV):
+        make_trainer(tmp_path, push_to_hub=True, hub_model_id=model_repo, hub_license="apache-2.0")
+    assert len(hub.server.requests) == before
+
+
+def test_timeouts_apply_only_inside_hf_idsel_calls_and_bad_values_are_refused(hub, selection, tmp_path):
+    import httpx2
+    from huggingface_hub import get_session
+
+    from hf_idsel.hub_client import HubTimeouts, hub_timeouts
+
+    subset, manifest = selection
+    assert HubTimeouts.resolve((2, 30)) == HubTimeouts(2.0, 30.0) and HubTimeouts.resolve(5) == HubTimeouts(5.0, 5.0)
+    for bad in (0, -1, float("inf"), "x", (1, 2, 3), True):
+        with pytest.raises(InvalidArgumentError, match="timeout"):
+            push_selection(subset, hub.repo(), manifest=manifest, local_dir=str(tmp_path / "x"), timeout=bad)
+    seen = []
+    with hub_timeouts((3, 7)):
+        request = get_session().build_request("GET", hub.endpoint, timeout=None)  # huggingface_hub passes None
+        for hook in get_session().event_hooks["request"]:
+            hook(request)
+        seen.append(request.extensions["timeout"])
+    request = get_session().build_request("GET", hub.endpoint, timeout=None)
+    for hook in get_session().event_hooks["request"]:
+        hook(request)
+    seen.append(request.extensions["timeout"])
+    assert seen[0] == {"connect": 3.0, "read": 7.0, "write": 7.0, "pool": 3.0}
+    assert seen[1] == httpx2.Timeout(None).as_dict()  # the user's own calls keep huggingface_hub's behaviour
+
+
+# ---- staged rows are uploaded as staged, or not at all ----
+
+
+def _edit_rows(path):
+    """Rewrite a parquet file with one text changed and `source_index` untouched: what the old check let through."""
+    rows = datasets.Dataset.from_parquet(str(path))
+    column = "instruction" if "instruction" in rows.column_names else "text"
+    edited = rows.map(lambda row, i: {column: "EDITED" if i == 0 else row[column]}, with_indices=True)
+    edited.to_parquet(str(path))
+
+
+def _pool_file(tmp_path, name="pool.jsonl"):
+    rows = [{"instruction": f"Translate sentence {i} into French.", "output": f"Phrase {i}."} for i in range(20)]
+    rows += [{"instruction": f"Compute {i} times 3.", "output": f"{3 * i}"} for i in range(20)]
+    path = tmp_path / name
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_push_refuses_rows_edited_after_select_or_staging(hub, selection, tmp_path, capsys):
+    def one_line_error(argv, *needles):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "Traceback" not in err, err
+        for needle in needles:
+            assert needle in err, err
+        return err
+
+    # A `select --out` folder never pushed: subset.parquet edited afterwards is refused, naming the fix.
+    out, repo = tmp_path / "out", hub.repo("edited")
+    assert main(["select", str(_pool_file(tmp_path)), "--budget", "8", "--k", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    _edit_rows(out / "subset.parquet")
+    one_line_error(["push", str(out), "--repo-id", repo], str(out / "subset.parquet"), "changed after", "--overwrite")
+    (out / "subset.parquet.sha256").unlink()  # a folder written before select recorded the digest
+    one_line_error(["push", str(out), "--repo-id", repo], "no .sha256 digest", "--overwrite")
+    assert not hub.server.repo_exists(repo, "dataset")
+
+    # A staged push that stopped: the rows staged in data/ are checked before anything is sent.
+    subset, manifest = selection
+    stage, repo = tmp_path / "stage", hub.repo("staged-edit")
+    hub.server.fail(status=503, path_regex="/api/repos/create", times=10, method="POST")
+    with pytest.raises(PushError):
+        push_selection(subset, repo, manifest=manifest, local_dir=str(stage), max_retries=0)
+    hub.server.clear_failures()
+    staged_rows = stage / "data" / "default.parquet"
+    original = staged_rows.read_bytes()
+    _edit_rows(staged_rows)
+    before = len(hub.server.requests)
+    with pytest.raises(InvalidArgumentError, match="changed after it was staged"):
+        push_folder(str(stage))
+    one_line_error(["push", str(stage)], str(staged_rows), "hf-idsel select ... --overwrite")
+    staged_rows.unlink()
+    one_line_error(["push", str(stage)], "is gone")
+    assert len(hub.server.requests) == before  # refused before any request
+    staged_rows.write_bytes(original)
+
+    # A plan staged before digests were recorded: refused (its files cannot be told from edited ones), not trusted.
+    plan_path = stage / "hf_idsel_push.json"
+    plan = json.loads(plan_path.read_text())
+    plan_path.write_text(json.dumps({k: v for k, v in plan.items() if k != "digests"}))
+    one_line_error(["push", str(stage)], "records no digest", "older hf_idsel")
+    plan_path.write_text(json.dumps(plan))
+    assert push_folder(str(stage)).endswith(repo)
+    assert datasets.load_dataset(repo, split="train")["text"] == subset["text"]
+
+
+def test_push_of_a_folder_that_is_not_staged_is_one_line(hub, tmp_path, capsys):
+    def one_line_error(argv, needle):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("hf-idsel push: error:") and "\n" not in err and needle in err, err
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_line_error(["push", str(empty)], "holds nothing to push")
+    (empty / "manifest.json").write_text("{}")
+    one_line_error(["push", str(empty)], "holds nothing to push")
+    (empty / "_hf_idsel_selection").mkdir()  # a trainer output_dir whose staging never finished
+    one_line_error(["push", str(empty)], "holds nothing to push")
+    one_line_error(["push", str(tmp_path / "missing")], "is not a folder")
+    out = tmp_path / "out"
+    assert main(["select", str(_pool_file(tmp_path)), "--budget", "8", "--k", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    (out / "subset.parquet").write_bytes(b"PAR1 not really")
+    from hf_idsel.hub_layout import write_file_digest
+
+    write_file_digest(str(out / "subset.parquet"))  # digest and bytes agree: the file itself is broken
+    one_line_error(["push", str(out), "--repo-id", hub.repo()], "not a readable parquet file")
+    one_line_error(["push", str(out), "--repo-id", hub.repo(), "--license", "Not A Licence"], "licence id")
+
+
+# ---- provenance: no local path published, licences on every push path ----
+
+
+def _files_holding(files: dict, needles) -> list[str]:
+    return [name for name, content in files.items() for needle in needles if needle.encode() in content]
+
+
+def test_a_pushed_selection_of_a_local_file_publishes_no_local_path(hub, tmp_path, capsys, caplog, monkeypatch):
+    pool_file = _pool_file(tmp_path)
+    eval_file = tmp_path / "eval.jsonl"
+    eval_file.write_text(json.dumps({"instruction": "Compute 7 times 3.", "output": "21"}) + "\n")
+    out, repo = tmp_path / "out", hub.repo("local-file")
+    argv = ["select", str(pool_file), "--budget", "10", "--k", "2", "--out", str(out), "--exclude", str(eval_file)]
+    assert main(argv + ["--exclude-split", "train"]) == 0
+    with caplog.at_level(logging.WARNING, logger="hf_idsel.hub"):
+        assert main(["push", str(out), "--repo-id", repo, "--license", "cc-by-4.0"]) == 0
+    assert "local file pool.jsonl" in caplog.text and "cannot be rebuilt elsewhere" in caplog.text
+
+    files = hub.server.files(repo)
+    assert {"manifest.json", "README.md", "selection.png"} <= set(files) and any(f.endswith(".parquet") for f in files)
+    # Every byte of every pushed file (parquet metadata included): no absolute path of this machine.
+    local = {str(tmp_path), os.path.realpath(tmp_path), str(pool_file), str(out.resolve())}
+    assert _files_holding(files, local) == []
+    pushed = hf_idsel.Manifest.load(files["manifest.json"].decode())
+    digest = pushed.pool["digest"]
+    assert pushed.pool["name"] == "pool.jsonl" and pushed.pool["source"] == {"file": "pool.jsonl", "digest": digest}
+    assert pushed.decontamination["exclude"]["name"] == "eval.jsonl"
+    assert pushed.decontamination["exclude"]["source"] == {"file": "eval.jsonl", "split": "train"}
+    # The local manifest keeps the path, so the selection still rebuilds on this machine by itself.
+    assert hf_idsel.Manifest.load(str(out)).pool["source"]["path"] == str(pool_file)
+
+    card = DatasetCard.load(repo)
+    assert card.data.source_datasets is None and card.data.license == "cc-by-4.0"
+    assert "huggingface.co/datasets//" not in card.text and "https://huggingface.co/datasets/pool.jsonl" not in card.text
+    assert f"the local file `pool.jsonl` (not on the Hub); 40 rows, content digest `{digest}`" in card.text
+    assert "**Made from a local file.**" in card.text and "can be rebuilt only with that file at hand" in card.text
+    assert "released this selection under `cc-by-4.0`" in card.text
+    assert "matching items of the evaluation set eval.jsonl, split train (1 rows)" in card.text  # not "json"
+    assert_truthful(card.text, [repo])
+    # The rebuild snippet works where the file is (here, by its name) and checks the rows.
+    from helpers import code_blocks
+
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(code_blocks(card.text, "Rebuild the selection"), scope)
+    assert scope["subset"]["source_index"] == datasets.load_dataset(repo, split="train")["source_index"]
+
+
+def test_licences_on_every_push_path(hub, selection, tmp_path, capsys):
+    subset, manifest = selection
+    repo = hub.repo("licensed")
+    push_selection(subset, repo, manifest=manifest, local_dir=str(tmp_path / "a"), license="apache-2.0")
+    assert DatasetCard.load(repo).data.license == "apache-2.0"
+    # hf-idsel push DIR --hub_license (TRL's spelling) on a staged folder: the card is written again with it.
+    assert main(["push", str(tmp_path / "a"), "--hub_license", "cc-by-sa-4.0"]) == 0
+    card = DatasetCard.load(repo)
+    assert card.data.license == "cc-by-sa-4.0" and "released this selection under `cc-by-sa-4.0`" in card.text
+    assert read_plan(str(tmp_path / "a"))["license"] == "cc-by-sa-4.0"
+    before = len(hub.server.requests)
+    with pytest.raises(InvalidArgumentError, match="licence id"):
+        push_selection(subset, hub.repo(), manifest=manifest, local_dir=str(tmp_path / "b"), license="MIT License")
+    assert len(hub.server.requests) == before
+    # Without one, the card says how to set it.
+    repo = hub.repo("unlicensed")
+    push_selection(subset, repo, manifest=manifest, local_dir=str(tmp_path / "c"))
+    card = DatasetCard.load(repo)
+    assert card.data.license is None and "`hf-idsel push DIR --license <id>` sets one" in card.text

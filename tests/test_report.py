@@ -194,3 +194,105 @@ def test_cluster_map_places_clusters_by_centroid_and_colours_them_by_share_chose
     manifest.cluster_map = None  # a manifest written before maps
     with pytest.raises(InvalidArgumentError, match="no cluster map"):
         plot_cluster_map(manifest, str(tmp_path / "none.png"))
+
+
+@pytest.fixture
+def decontaminated(blob_pool):
+    """A selection whose decontamination dropped 4 pool rows (exact copies of evaluation items, by cosine)."""
+    exclude = blob_pool.select([0, 1, 95, 200]).select_columns(["text", "embedding"])
+    return diverse_select(blob_pool, 50, k=6, embedding_column="embedding", seed=0, exclude=exclude, return_manifest=True)
+
+
+def _red_crosses(ax):
+    return [c for c in ax.collections if c.get_label() and "decontamination" in c.get_label()]
+
+
+def test_cluster_map_marks_what_decontamination_dropped_per_cluster(decontaminated, tmp_path):
+    import matplotlib.pyplot as plt
+
+    from hf_idsel.manifest import Manifest
+    from hf_idsel.report import cluster_map_figure, plot_cluster_map
+
+    _, manifest = decontaminated
+    assert manifest.decontamination["removed"] == 4
+    # The clusters the dropped rows were nearest, as the selection records them: 2 rows near cluster 3, 1 near 0 and 5.
+    record = manifest.to_dict()
+    record["decontamination"]["nearest_clusters"] = [3, 3, 0, 5]
+    manifest = Manifest.from_dict(record)
+    fig = cluster_map_figure(manifest)
+    ax = fig.axes[0]
+    (crosses,) = _red_crosses(ax)
+    points = np.asarray(manifest.cluster_map)
+    np.testing.assert_allclose(crosses.get_offsets(), points[[0, 3, 5]])
+    sizes = crosses.get_sizes()
+    assert sizes[1] > sizes[0] == sizes[2]  # two rows near cluster 3: the larger cross
+    counts = sorted(t.get_text() for t in ax.texts if t.get_text().startswith("-"))
+    assert counts == ["-1", "-1", "-2"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["4 rows dropped by decontamination (against not named, fingerprint "
+                      f"{manifest.decontamination['exclude']['fingerprint']}), by nearest cluster"]
+    assert "4 rows dropped by decontamination" in ax.get_title()
+    plt.close(fig)
+    assert plot_cluster_map(manifest, str(tmp_path / "map.png")).endswith("map.png")
+
+    # Recorded without the nearest clusters: the count and the evaluation set in the legend, and a note saying why
+    # the crosses are not placed.
+    record["decontamination"].pop("nearest_clusters")
+    record["decontamination"]["exclude"]["source"] = {"path": str(tmp_path / "eval.jsonl"), "split": "train"}
+    fig = cluster_map_figure(Manifest.from_dict(record))
+    ax = fig.axes[0]
+    (legend_only,) = _red_crosses(ax)
+    assert len(legend_only.get_offsets()) == 0
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "4 rows dropped by decontamination (against eval.jsonl, split train)"
+    ]
+    assert any("do not record their nearest clusters" in t.get_text() or "does not record" in t.get_text() for t in ax.texts)
+    plt.close(fig)
+
+    record["decontamination"]["nearest_clusters"] = [3, 3, 0, 6]  # k=6: no cluster 6
+    with pytest.raises(InvalidArgumentError, match="nearest_clusters"):
+        cluster_map_figure(Manifest.from_dict(record))
+
+
+def test_report_map_of_a_decontaminated_selection_and_report_errors_are_one_line(decontaminated, tmp_path, capsys):
+    _, manifest = decontaminated
+    folder = tmp_path / "sel"
+    folder.mkdir()
+    manifest.save(str(folder / "manifest.json"))
+    assert main(["report", str(folder), "--map", str(tmp_path / "map.png")]) == 0
+    out = capsys.readouterr().out
+    assert "decontamination: dropped 4 pool rows" in out and os.path.isfile(tmp_path / "map.png")
+
+    def one_line_error(argv):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("hf-idsel report: error:") and "\n" not in err and "Traceback" not in err
+        return err
+
+    # Inner fields missing from a hand-edited manifest: named, not a KeyError traceback.
+    record = manifest.to_dict()
+    del record["decontamination"]["ngram"]
+    (folder / "manifest.json").write_text(json.dumps(record))
+    assert "'ngram'" in one_line_error(["report", str(folder)])
+    record = manifest.to_dict()
+    record["k_selection"] = {"mode": "auto"}
+    (folder / "manifest.json").write_text(json.dumps(record))
+    assert "`k_selection.silhouette` is missing" in one_line_error(["report", str(folder)])
+    manifest.save(str(folder / "manifest.json"))
+
+    # Plots that cannot be written: refused before anything is printed.
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o500)
+    target = read_only / "plot.png"
+    if os.access(read_only, os.W_OK):  # root writes anywhere: sysfs refuses even root
+        target = "/sys/hf_idsel_plot.png"
+    try:
+        for flag in ("--plot", "--map"):
+            err = one_line_error(["report", str(folder), flag, str(target)])
+            assert f"{flag} " in err and "not writable" in err
+    finally:
+        read_only.chmod(0o700)
+    (tmp_path / "a-file").write_text("x")
+    assert "is a file" in one_line_error(["report", str(folder), "--plot", str(tmp_path / "a-file" / "plot.png")])
+    assert "is a folder" in one_line_error(["report", str(folder), "--map", str(tmp_path)])

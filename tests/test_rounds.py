@@ -2,12 +2,14 @@
 
 import dataclasses
 import json
+import os
 import re
 import warnings
 
 import numpy as np
 import pytest
 
+from hf_idsel.checkpoint import STATE_FILE, check_plan, read_state, state_digest, write_state
 from hf_idsel.errors import InvalidArgumentError
 from hf_idsel.rounds import (
     RoundRecord,
@@ -588,14 +590,14 @@ def test_research_code_quotas_are_equal_in_round_one_then_follow_the_weights_alo
     labels = _labels()  # clusters of 40, 30, 20, 10 rows
     trainable = np.ones(len(labels), dtype=bool)
     state = SelectionState.start(labels, 4)
-    first = draw_round(state, labels, 20, round_index=1, trainable=trainable, selection_seed=0, quotas="weights")
+    first = draw_round(state, labels, 20, round_index=1, trainable=trainable, selection_seed=0, quotas="equal")
     assert np.bincount(labels[first], minlength=4).tolist() == [5, 5, 5, 5]  # int(20 / 4) each
     # 22 rows: 5 each, the 2 left over by largest remainder (ties to the lower cluster id); budgets stay exact.
-    extra = draw_round(state, labels, 22, round_index=1, trainable=trainable, selection_seed=0, quotas="weights")
+    extra = draw_round(state, labels, 22, round_index=1, trainable=trainable, selection_seed=0, quotas="equal")
     assert np.bincount(labels[extra], minlength=4).tolist() == [6, 6, 5, 5]
     # A cluster smaller than its quota gives the rest to the others (the research code would crash):
     # 60 rows = 15 each, cluster 3 has 10, the other 50 split 17/17/16.
-    capped = draw_round(state, labels, 60, round_index=1, trainable=trainable, selection_seed=0, quotas="weights")
+    capped = draw_round(state, labels, 60, round_index=1, trainable=trainable, selection_seed=0, quotas="equal")
     assert np.bincount(labels[capped], minlength=4).tolist() == [17, 17, 16, 10]
     # The paper's quotas for the same 20 rows are size-proportional.
     sized = draw_round(state, labels, 20, round_index=1, trainable=trainable, selection_seed=0)
@@ -603,12 +605,70 @@ def test_research_code_quotas_are_equal_in_round_one_then_follow_the_weights_alo
     # Later rounds: proportional to the weight alone, whatever is left in each cluster...
     state.current_rows = first.tolist()
     state.weights = [0.5, 0.25, 0.25, 0.0]
-    second = draw_round(state, labels, 20, round_index=2, trainable=trainable, selection_seed=0, quotas="weights")
+    second = draw_round(state, labels, 20, round_index=2, trainable=trainable, selection_seed=0, quotas="equal")
     assert np.bincount(labels[second], minlength=4).tolist() == [10, 5, 5, 0]
     assert not set(second) & set(first)
     # ...where the paper's quotas weigh by the rows left too: shares 0.5 * 35, 0.25 * 25, 0.25 * 15 of 20 rows
     # = 12.73, 4.55, 2.73 -> 12, 4, 2 and the 2 largest remainders -> 13, 4, 3.
     paper = draw_round(state, labels, 20, round_index=2, trainable=trainable, selection_seed=0)
     assert np.bincount(labels[paper], minlength=4).tolist() == [13, 4, 3, 0]
-    with pytest.raises(InvalidArgumentError, match=r"`round_quotas`='equal'; choose one of \['size', 'weights'\]"):
-        draw_round(state, labels, 20, round_index=2, trainable=trainable, selection_seed=0, quotas="equal")
+    with pytest.raises(InvalidArgumentError, match=r"`quota`='weights'; choose one of \['proportional', 'equal'\]"):
+        draw_round(state, labels, 20, round_index=2, trainable=trainable, selection_seed=0, quotas="weights")
+
+
+
+def test_a_state_file_reads_back_what_was_written_whatever_its_layout(tmp_path):
+    labels = _labels()
+    state = SelectionState.start(labels, 4)
+    state.current_rows, state.pool_digest = [3, 50], "sha256:" + "1" * 64
+    path = write_state(state, str(tmp_path), {"rounds": 3})
+    assert os.listdir(tmp_path) == [STATE_FILE]  # written atomically: no partial file left beside it
+    assert read_state(path) == (state, {"rounds": 3})
+    # The digest covers the content, not the layout: re-indented with its keys in another order, it reads the same.
+    data = json.load(open(path))
+    assert data["format_version"] == 2 and data["digest"] == state_digest(data)
+    json.dump(dict(reversed(list(data.items()))), open(path, "w"), indent=4)
+    assert read_state(path) == (state, {"rounds": 3})
+    for text, match in (
+        (json.dumps(data)[:-40], "is not valid JSON .* the file is truncated or damaged"),
+        (json.dumps({**data, "current_rows": [3, 3]}), "`current_rows` repeats row 3; the file is damaged or was edited"),
+        (json.dumps({**data, "current_rows": [3, 51]}), "its content does not match its `digest`"),
+        (json.dumps({**data, "weights": [10**400, 0, 0, 0]}), r"`weights` is not a list of 4 finite weights >= 0"),
+        (json.dumps({k: v for k, v in data.items() if k != "digest"}), r"missing fields \['digest'\]"),
+        ("[" * 100_000, "is not readable"),
+        (json.dumps({**data, "plan": {"rounds": 3, "k_selection": json.loads("[" * 40 + "]" * 40)}}), "nested deeper"),
+    ):
+        open(path, "w").write(text)
+        with pytest.raises(InvalidArgumentError, match=f"^`resume_from_checkpoint`: {re.escape(path)}.*{match}"):
+            read_state(path)
+
+
+def test_round_records_refuse_numbers_too_large_for_a_float():
+    record = _close_round_record()
+    record["weights"] = [10**400, 0.0, 0.0, 0.0]
+    with pytest.raises(InvalidArgumentError, match="`weights` is not a list of 4 values"):
+        RoundRecord.from_dict(record)
+
+
+def _close_round_record() -> dict:
+    labels = _labels()
+    state = SelectionState.start(labels, 4)
+    state.current_rows = [0, 40]
+    return close_round(state, labels, np.ones(len(labels), dtype=bool), np.array([0, 40]), np.array([1.0, 2.0]),
+                       rule="softmax", temperature=1.0, scorer="loss", scored=True, global_step=1, k_selection=None).to_dict()
+
+
+def test_a_recorded_plan_is_compared_setting_by_setting_and_a_silhouette_up_to_float_noise():
+    plan = {"rounds": 3, "weight_update": "softmax", "k_selection": {"mode": "auto", "silhouette": {"4": 0.3125}}}
+    noisy = {**plan, "k_selection": {"mode": "auto", "silhouette": {"4": 0.3125 * (1 + 1e-15)}}}
+    check_plan(plan, noisy, where="x.json")  # the settings: no outcome is compared unless asked
+    check_plan(plan, noisy, where="x.json", outcomes=True)  # k-means on other threads: the last bits of a score
+    moved = {**plan, "k_selection": {"mode": "auto", "silhouette": {"4": 0.3126}}}
+    with pytest.raises(InvalidArgumentError, match=r"^`resume_from_checkpoint`: x.json was saved by a run with another "
+                       r"selection plan \(the choice of k \(`k_selection`\): .*0\.3125\}\} in the checkpoint, .*0\.3126\}\} now\)"):
+        check_plan(plan, moved, where="x.json", outcomes=True)
+    with pytest.raises(InvalidArgumentError, match=r"\(`rounds`: 3 in the checkpoint, 4 now; `scorer`: not used in the "
+                       r"checkpoint, 'loss' now\): resuming would change the selection mid-run"):
+        check_plan(plan, {**plan, "rounds": 4, "scorer": "loss"}, where="x.json")
+    with pytest.raises(InvalidArgumentError, match="`rounds`: 3 in the checkpoint, True now"):
+        check_plan(plan, {**plan, "rounds": True}, where="x.json")

@@ -71,7 +71,7 @@ def test_quality_column_shifts_the_draw(blob_pool):
     quality = np.array(blob_pool["quality"])
     plain = [quality[select(blob_pool, 40, seed=s)["source_index"]].mean() for s in range(10)]
     scored = [
-        quality[select(blob_pool, 40, seed=s, quality_column="quality", temperature=0.3)["source_index"]].mean()
+        quality[select(blob_pool, 40, seed=s, quality_column="quality", quality_temperature=0.3)["source_index"]].mean()
         for s in range(10)
     ]
     assert np.mean(scored) > np.mean(plain) + 0.5
@@ -92,7 +92,7 @@ def test_manifest_records_the_arguments_that_decide_the_rows(blob_pool, cache_di
         "max_tokens": None,
         "quality_column": None,
         "source_column": None,
-        "temperature": 1.0,
+        "quality_temperature": 1.0,
         "quality_weighting": "softmax",
         "quota": "proportional",
         "encoder": "sentence-transformers/all-MiniLM-L6-v2",
@@ -101,7 +101,7 @@ def test_manifest_records_the_arguments_that_decide_the_rows(blob_pool, cache_di
         "format": None,
         "text_column": None,
         "template": None,
-        "include_answer": True,
+        "embed_answer": True,
         "dedup_threshold": None,
         "deita_threshold": 0.9,
         "qdit_alpha": 0.5,
@@ -178,8 +178,8 @@ def test_a_method_added_to_the_table_runs_end_to_end(blob_pool, minilm_tokenizer
     def eligible_rows(inputs):
         return np.arange(len(inputs.embeddings)) if inputs.eligible is None else np.flatnonzero(inputs.eligible)
 
-    def top_quality(inputs, rows, *, temperature):
-        assert temperature == 0.5  # a declared option arrives by name
+    def top_quality(inputs, rows, *, quality_temperature):
+        assert quality_temperature == 0.5  # a declared option arrives by name
         return np.sort(np.argsort(-inputs.quality, kind="stable")[:rows])
 
     def needs_quality(args):
@@ -192,7 +192,7 @@ def test_a_method_added_to_the_table_runs_end_to_end(blob_pool, minilm_tokenizer
     monkeypatch.setitem(
         METHODS,
         "top-quality",
-        Method(draw=top_quality, options=("quality_column", "temperature"), check=needs_quality),
+        Method(draw=top_quality, options=("quality_column", "quality_temperature"), check=needs_quality),
     )
 
     subset, manifest = select(blob_pool, 37, method="first-n", return_manifest=True)
@@ -211,7 +211,7 @@ def test_a_method_added_to_the_table_runs_end_to_end(blob_pool, minilm_tokenizer
     assert manifest.budget["tokens"] == lengths[:fits].sum() <= 300 and manifest.budget["rows"] == fits
 
     quality = np.array(blob_pool["quality"])
-    subset = select(blob_pool, 10, method="top-quality", quality_column="quality", temperature=0.5)
+    subset = select(blob_pool, 10, method="top-quality", quality_column="quality", quality_temperature=0.5)
     assert sorted(subset["source_index"]) == sorted(np.argsort(-quality)[:10].tolist())
     with pytest.raises(InvalidArgumentError, match="quality_column"):
         select(blob_pool, 10, method="top-quality")
@@ -339,3 +339,101 @@ def test_map_settings_mean_what_they_mean_in_datasets(blob_pool, minilm_tokenize
     assert os.stat(path).st_mtime_ns == 0  # read from the cache
     _, again = select(blob_pool, None, load_from_cache_file=False, **kwargs)
     assert os.stat(path).st_mtime_ns > 0 and again.selected_indices == in_memory.selected_indices
+
+
+# ---- the parameter list, declared once (SelectArguments) ----
+
+# diverse_select's own parameters: the pool and the way the result is returned.
+FRONT_DOOR_ONLY = {"dataset", "split", "dry_run", "return_manifest"}
+
+
+def _documented_parameters(function) -> dict[str, str]:
+    """`name -> the parenthesis of its docstring entry` ("`float`, *optional*, defaults to `0.5`")."""
+    import re
+
+    args = function.__doc__.split("Args:")[1].split("Returns:")[0]
+    return dict(re.findall(r"^ {8}(\w+) \((.*)\):$", args, flags=re.M))
+
+
+def test_signature_docstring_and_dataclass_declare_the_same_parameters_and_defaults():
+    """Every parameter of diverse_select is documented and every documented one exists; the docstring's
+    "defaults to `x`", the signature's default and SelectArguments' default are one value for every parameter."""
+    import ast
+    import inspect
+
+    from hf_idsel.arguments import DEFAULTS, OLD_NAMES
+
+    signature = inspect.signature(diverse_select).parameters
+    documented = _documented_parameters(diverse_select)
+    assert list(documented) == list(signature)  # the same names, in the same order
+    fields = {f.name: f for f in dataclasses.fields(SelectArguments)}
+    assert set(signature) == set(fields) | FRONT_DOOR_ONLY | set(OLD_NAMES)
+    for name, parameter in signature.items():
+        said = documented[name]
+        if parameter.default is inspect.Parameter.empty:
+            assert "*optional*" not in said, name
+            continue
+        assert "*optional*" in said, name
+        if " defaults to `" in said:
+            assert ast.literal_eval(said.split(" defaults to `")[1].rstrip("`")) == parameter.default, name
+        else:  # a default of None goes unsaid
+            assert parameter.default is None, name
+        if name in fields:
+            assert DEFAULTS[name] == parameter.default, name
+    for old, new in OLD_NAMES.items():  # a deprecated name defaults to None (not given) and names its successor
+        assert signature[old].default is None and f"Deprecated name of `{new}`" in diverse_select.__doc__
+
+
+def test_every_field_has_help_and_the_manifest_tables_follow_from_its_metadata():
+    from hf_idsel.arguments import NOT_RECORDED, RECORDED_ARGUMENTS, REPLAY_FROM_CALLER
+
+    for field in dataclasses.fields(SelectArguments):
+        assert field.metadata["help"].strip(), field.name
+    assert set(RECORDED_ARGUMENTS) | set(NOT_RECORDED) == {f.name for f in dataclasses.fields(SelectArguments)}
+    assert not set(RECORDED_ARGUMENTS) & set(NOT_RECORDED)
+    assert set(NOT_RECORDED) == {
+        "tokenizer", "encode_batch_size", "device", "cache_dir", "exclude_dataset", "num_proc", "desc",
+        "load_from_cache_file", "keep_in_memory",
+    }
+    # A replay takes machine settings and anything that loads code or weights from its caller, never from a file.
+    assert set(REPLAY_FROM_CALLER) == set(NOT_RECORDED) | {"encoder", "encoder_revision", "trust_remote_code"}
+
+
+def test_the_method_list_in_the_docstring_names_every_method():
+    method = diverse_select.__doc__.split("        method (")[1].split("        k (")[0]
+    for name in METHODS:
+        assert f'`"{name}"`' in method, name
+
+
+def test_old_names_select_the_same_rows_with_a_warning_naming_the_new_name(blob_pool):
+    new_subset, new = select(blob_pool, 40, quality_column="quality", quality_temperature=0.3, return_manifest=True)
+    with pytest.warns(FutureWarning, match="`temperature` is deprecated .* now called `quality_temperature`") as caught:
+        old_subset, old = select(blob_pool, 40, quality_column="quality", temperature=0.3, return_manifest=True)
+    assert caught[0].filename == __file__  # the warning points at the caller
+    assert old_subset["source_index"] == new_subset["source_index"] and old.arguments == new.arguments
+    assert old.arguments["quality_temperature"] == 0.3 and "temperature" not in old.arguments
+    with pytest.warns(FutureWarning, match="now called `embed_answer`"):
+        _, old = select(blob_pool, 40, include_answer=False, return_manifest=True)
+    _, new = select(blob_pool, 40, embed_answer=False, return_manifest=True)
+    assert old.selected_digest == new.selected_digest and old.arguments == new.arguments
+    assert old.arguments["embed_answer"] is False and "include_answer" not in old.arguments
+    # The same value under both names is one argument; two values are refused.
+    with pytest.warns(FutureWarning):
+        assert len(select(blob_pool, 40, temperature=0.3, quality_temperature=0.3)) == 40
+    with pytest.warns(FutureWarning), pytest.raises(InvalidArgumentError, match=r"`temperature`=0.3 and `quality_temperature`=0.5 disagree"):
+        select(blob_pool, 40, temperature=0.3, quality_temperature=0.5)
+
+
+def test_a_manifest_written_with_the_old_names_replays_identically(blob_pool):
+    from hf_idsel import Manifest, load_selection
+
+    subset, manifest = select(blob_pool, 40, quality_column="quality", quality_temperature=0.3, embed_answer=False, return_manifest=True)
+    data = manifest.to_dict()
+    arguments = data["arguments"]
+    arguments["temperature"] = arguments.pop("quality_temperature")
+    arguments["include_answer"] = arguments.pop("embed_answer")
+    old = Manifest.from_dict(data)
+    assert load_selection(old, blob_pool, recompute=True)["source_index"] == subset["source_index"]
+    arguments["quality_temperature"] = 0.5  # both names, two values: an edited file
+    with pytest.raises(InvalidArgumentError, match="records both `quality_temperature` and its old name `temperature`"):
+        load_selection(Manifest.from_dict(data), blob_pool, recompute=True)

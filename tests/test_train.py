@@ -292,8 +292,9 @@ def test_cli_train_then_report(tmp_path, capsys):
 
 
 def test_train_excludes_an_evaluation_set_named_like_the_pool(tmp_path, capsys):
-    """`--exclude_dataset` (+ split and thresholds) loads the evaluation set like the pool, the trainer never draws
-    the pool rows that copy its items, and the run's manifest, card and report say so."""
+    """`--exclude_dataset` (+ thresholds; a local file needs no split: its only split is taken) loads the evaluation
+    set like the pool, the trainer never draws the pool rows that copy its items, and the run's manifest, card and
+    report say so."""
     from hf_idsel.cli import main as cli
     from hf_idsel.manifest import Manifest
     from hf_idsel.hub_layout import STAGING_DIR
@@ -306,10 +307,10 @@ def test_train_excludes_an_evaluation_set_named_like_the_pool(tmp_path, capsys):
     script_args, training_args, model_args = make_parser().parse_args_and_config([
         "--config", str(LAPTOP_LORA), "--model_name_or_path", tiny_model_dir(tmp_path / "tiny"),
         "--dataset_name", pool, "--max_pool_rows", "24", "--budget", "12", "--k", "3",
-        "--exclude_dataset", str(evaluation), "--exclude_dataset_split", "train", "--exclude_ngram", "4",
+        "--exclude_dataset", str(evaluation), "--exclude_ngram", "4",
         "--output_dir", str(tmp_path / "out"), "--disable_tqdm", "true",
     ])
-    assert (script_args.exclude_dataset, script_args.exclude_dataset_split) == (str(evaluation), "train")
+    assert (script_args.exclude_dataset, script_args.exclude_dataset_split) == (str(evaluation), None)
     assert (script_args.exclude_ngram, script_args.exclude_ngram_threshold, script_args.exclude_cosine_threshold) == (4, 0.6, 0.99)
     trainer = main(script_args, training_args, model_args)
     record = trainer.decontamination
@@ -323,3 +324,37 @@ def test_train_excludes_an_evaluation_set_named_like_the_pool(tmp_path, capsys):
     assert cli(["report", str(tmp_path / "out"), "--map", str(tmp_path / "map.png")]) == 0
     assert "decontamination: dropped 2 pool rows" in capsys.readouterr().out
     assert (tmp_path / "map.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_an_exclude_dataset_with_several_splits_needs_its_split_before_the_model_loads(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    folder = tmp_path / "evaluation"
+    items = datasets.Dataset.from_dict({"question": ["What is 2 plus 2?"], "answer": ["4"]})
+    datasets.DatasetDict({"train": items, "test": items}).save_to_disk(str(folder))
+    with pytest.raises(InvalidArgumentError, match=r"has splits \['train', 'test'\]: pass `exclude_dataset_split`"):
+        main(*_laptop_args(tmp_path, "--exclude_dataset", str(folder)))
+
+
+def test_train_errors_on_the_command_line_are_one_line_naming_the_flag(tmp_path, monkeypatch, capsys):
+    from hf_idsel.cli import main as cli
+
+    monkeypatch.chdir(REPO)
+    argv = ["train", "--config", str(LAPTOP_LORA), "--model_name_or_path", str(tmp_path / "no-model-here"),
+            "--output_dir", str(tmp_path / "out")]
+    for flags, expected in (
+        (["--quality_temperature", "nan"], "hf-idsel train: error: --quality_temperature nan must be a finite number > 0"),
+        (["--exclude_dataset", "builtin"], "hf-idsel train: error: --exclude_dataset 'builtin' is the pool itself"),
+        (["--k", "300"], "hf-idsel train: error: --k 300 must be between 1 and the number of pool rows (256)"),
+    ):
+        assert cli([*argv, *flags]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(expected), lines
+    with pytest.raises(SystemExit) as stopped:  # argparse's own errors: one line too, status 2
+        cli([*argv, "--no_such_flag", "1"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and len(lines) == 1 and "unrecognized arguments: --no_such_flag 1" in lines[0]
+    recipe = tmp_path / "recipe.yaml"  # a key no dataclass has: one line, not TRL's ValueError traceback
+    recipe.write_text(yaml.safe_dump({**yaml.safe_load(LAPTOP_LORA.read_text()), "bogus_key": 1}))
+    assert cli(["train", "--config", str(recipe), "--output_dir", str(tmp_path / "out")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "Unknown arguments from config file: ['--bogus_key', '1']" in lines[0], lines

@@ -1,3 +1,4 @@
+import dataclasses
 import glob
 import json
 import math
@@ -9,8 +10,11 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import (
+    examples,
     junk_judge,
     make_pool,
     make_tiny_llama,
@@ -24,6 +28,7 @@ from helpers import (
 )
 from hf_idsel import InvalidArgumentError
 from hf_idsel.cards import rounds_markdown
+from hf_idsel.checkpoint import STATE_FILE, check_steps, state_digest
 from hf_idsel.report import format_rounds
 from hf_idsel.scorers import CallableScorer, JudgeScorer, RoundScorer
 from hf_idsel.trainer import ROW_ID, IterativeSelectionConfig, IterativeSelectionTrainer
@@ -189,12 +194,14 @@ def test_resume_refuses_a_pool_whose_rows_changed_under_the_same_clustering(tmp_
         with pytest.raises(InvalidArgumentError, match="content of the pool changed"):
             resumed.train(resume_from_checkpoint=checkpoint)
     other_k = make_trainer(tmp_path / "k3", budget=24, k="3", save_strategy="no")
-    with pytest.raises(InvalidArgumentError, match="different clustering"):
+    with pytest.raises(InvalidArgumentError, match="`k`: 4 in the checkpoint, 3 now"):
         other_k.train(resume_from_checkpoint=checkpoint)
-    # A checkpoint written before content checks still resumes, with a warning that says what was not checked.
+    # A checkpoint written before content checks (and before the round plan) still resumes, with a warning that says
+    # what was not checked.
     state_file = os.path.join(checkpoint, "hf_idsel_selection.json")
     state = json.load(open(state_file))
-    del state["pool_digest"]
+    for name in ("pool_digest", "format_version", "plan", "digest"):
+        del state[name]
     json.dump(state, open(state_file, "w"))
     old = make_trainer(tmp_path / "old", budget=24, save_strategy="no")
     with caplog.at_level("WARNING", logger="hf_idsel.rounds"):
@@ -752,8 +759,8 @@ def test_research_code_preset_sets_every_choice_and_draws_its_quotas(tmp_path):
     pool = pool.select(np.flatnonzero((topics != 1) | (np.arange(len(pool)) % 2 == 0)))  # clusters of 24, 12, 24, 24
     trainer = make_trainer(tmp_path, pool=pool, preset="research_code", scorer=JudgeScorer(junk_judge), budget=48)
     a = trainer.args
-    assert (a.round_quotas, a.weight_update, a.weight_temperature, a.round_mode, a.scored_rows, a.embed_answer) == (
-        "weights", "softmax_replace", 1.0, "restart", "selected", False
+    assert (a.quota, a.weight_update, a.weight_temperature, a.round_mode, a.scored_rows, a.embed_answer) == (
+        "equal", "softmax_replace", 1.0, "restart", "selected", False
     )
     assert trainer._render.include_answer is False  # prompt-only text
     trainer.train()
@@ -777,7 +784,7 @@ def test_research_code_preset_sets_every_choice_and_draws_its_quotas(tmp_path):
         ({"preset": "research_code", "quality_column": "q"}, "draws uniformly inside clusters"),
         ({"preset": "paper"}, r"`preset`='paper'; choose one of \['research_code'\]"),
         ({"scored_rows": "all"}, r"`scored_rows`='all'; choose one of \['round', 'selected'\]"),
-        ({"round_quotas": "equal"}, r"`round_quotas`='equal'; choose one of \['size', 'weights'\]"),
+        ({"quota": "sized"}, r"`quota`='sized'; choose one of \['proportional', 'equal'\]"),
         ({"embed_answer": "no"}, r"`embed_answer`='no' must be True or False"),
     ],
 )
@@ -859,3 +866,278 @@ def test_the_base_reference_of_a_sharded_model_without_adapters_is_refused(tmp_p
     monkeypatch.setattr(IterativeSelectionTrainer, "_model_is_sharded", lambda self: True)
     with pytest.raises(InvalidArgumentError, match="reference_model='base' needs LoRA adapters.*peft_config"):
         make_trainer(tmp_path, scorer="likelihood", budget=24)
+
+
+# ---- resume: the checkpoint's round plan and state are checked before anything trains ----
+
+
+@pytest.fixture(scope="module")
+def checkpointed(tmp_path_factory):
+    """A run of 24 rows in 3 rounds of 2 optimizer steps each, with a checkpoint after every step."""
+    full = make_trainer(tmp_path_factory.mktemp("checkpointed"), budget=24, save_strategy="steps", save_steps=1)
+    full.train()
+    return full
+
+
+def _checkpoint(run, step: int, tmp_path) -> str:
+    """A copy of the run's checkpoint at `step` that a test may damage."""
+    target = tmp_path / "checkpoints" / f"checkpoint-{step}"
+    shutil.copytree(os.path.join(run.args.output_dir, f"checkpoint-{step}"), target)
+    return str(target)
+
+
+def _edit_state(checkpoint: str, edit, *, seal: bool = False) -> None:
+    """Apply `edit` to the checkpoint's state file; with `seal`, store the digest of the edited content."""
+    path = os.path.join(checkpoint, STATE_FILE)
+    data = json.load(open(path))
+    edit(data)
+    if seal:
+        data["digest"] = state_digest(data)
+    json.dump(data, open(path, "w"))
+
+
+def _as_format_1(data: dict) -> None:
+    """A state as hf_idsel wrote it before the round plan and the digest."""
+    for name in ("format_version", "plan", "digest"):
+        data.pop(name)
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"rounds": 4}, ["`rounds`: 3 in the checkpoint, 4 now"]),  # trained 28 rows of a 24-row budget
+        ({"budget": 30, "rounds": 2}, ["`budget`: 24 in the checkpoint, 30 now", "`rounds`: 3 in the checkpoint, 2 now"]),
+        ({"weight_update": "linear"}, ["`weight_update`: 'softmax' in the checkpoint, 'linear' now"]),
+        ({"round_mode": "restart"}, ["`round_mode`: 'continue' in the checkpoint, 'restart' now"]),
+        ({"scorer": "likelihood"}, ["`scorer`: 'loss' in the checkpoint, 'likelihood' now", "`reference_model`: not used"]),
+        ({"scorer": JudgeScorer(junk_judge)}, ["`scorer`: 'loss' in the checkpoint, 'judge' now"]),
+        ({"quota": "equal"}, ["`quota`: 'proportional' in the checkpoint, 'equal' now"]),
+        ({"scored_rows": "selected"}, ["`scored_rows`: 'round' in the checkpoint, 'selected' now"]),
+        ({"weight_temperature": 0.5}, ["`weight_temperature`: 1.0 in the checkpoint, 0.5 now"]),
+        ({"score_last_round": False}, ["`score_last_round`: True in the checkpoint, False now"]),
+        ({"epochs_per_round": 2}, ["`epochs_per_round`: 1 in the checkpoint, 2 now"]),
+        ({"selection_seed": 1}, ["`selection_seed`: 0 in the checkpoint, 1 now"]),
+        ({"k": "3"}, ["`k`: 4 in the checkpoint, 3 now"]),
+        ({"train_sampling_strategy": "sequential"}, ["`train_sampling_strategy`: 'random' in the checkpoint, 'sequential' now"]),
+    ],
+    ids=lambda v: ",".join(v) if isinstance(v, dict) else None,
+)
+def test_resume_refuses_a_changed_plan_naming_the_setting(checkpointed, tmp_path, change, named):
+    resumed = make_trainer(tmp_path, **{"budget": 24, **change})
+    checkpoint = os.path.join(checkpointed.args.output_dir, "checkpoint-3")  # in the middle of round 2
+    with pytest.raises(InvalidArgumentError) as caught:
+        resumed.train(resume_from_checkpoint=checkpoint)
+    message = str(caught.value)
+    assert all(part in message for part in named), message
+    assert message.startswith(f"`resume_from_checkpoint`: {checkpoint}/{STATE_FILE} was saved by a run with another")
+    assert message.endswith("Resume with the original config, or start a new run in another `output_dir`.")
+    assert "\n" not in message
+    # Refused before anything trained or was written.
+    assert resumed.state.global_step == 0 and not os.path.exists(os.path.join(resumed.args.output_dir, "selection"))
+
+
+def test_resume_allows_the_settings_that_keep_the_selection(checkpointed, tmp_path):
+    checkpoint = os.path.join(checkpointed.args.output_dir, "checkpoint-3")
+    # The same rows per optimizer step and steps per epoch; logging, saving, output, Hub and scoring batch settings.
+    allowed = dict(
+        per_device_train_batch_size=2, gradient_accumulation_steps=2, scoring_batch_size=2, logging_steps=3,
+        save_strategy="steps", save_steps=100, run_name="again", hub_dataset_id="someone/elsewhere", pool_id="someone/pool",
+    )
+    resumed = make_trainer(tmp_path, budget=24, **allowed)
+    resumed.train(resume_from_checkpoint=checkpoint)
+    expected = checkpointed.selection.rounds
+    assert [r["selected"] for r in resumed.selection.rounds] == [r["selected"] for r in expected]
+    assert np.allclose([r["weights"] for r in resumed.selection.rounds], [r["weights"] for r in expected], atol=1e-6)
+    assert resumed.state.global_step == checkpointed.state.global_step == 6
+    # 5 rows a step: still 2 steps an epoch, but the resumed epoch would skip 5 rows where 4 were trained.
+    for name, value, named in (
+        ("per_device_train_batch_size", 5, "the rows per optimizer step (all processes): 4 in the checkpoint, 5 now"),
+        ("gradient_accumulation_steps", 2, "the optimizer steps of each epoch: [2, 2, 2] in the checkpoint, [1, 1, 1] now"),
+    ):
+        other = make_trainer(tmp_path / name, budget=24, **{name: value})
+        with pytest.raises(InvalidArgumentError, match="another batch plan") as caught:
+            other.train(resume_from_checkpoint=checkpoint)
+        assert named in str(caught.value) and "`per_device_train_batch_size`, `gradient_accumulation_steps`" in str(caught.value)
+        assert not os.path.exists(os.path.join(other.args.output_dir, "selection"))
+
+
+def _repeat_a_row(data):
+    data["current_rows"] = [data["current_rows"][0]] * 8
+
+
+def _replace_a_row(data):
+    taken = set(data["current_rows"]) | {row for r in data["rounds"] for row in r["selected"]}
+    data["current_rows"][0] = next(row for row in range(96) if row not in taken)
+
+
+def _shift_the_weights(data):
+    weights = data["rounds"][0]["weights"]
+    weights[0], weights[1] = weights[1], weights[0]
+    data["weights"] = list(weights)
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        # The one row repeated 8 times trained on duplicates and wrote a manifest its own loader refused.
+        (lambda c: _edit_state(c, _repeat_a_row), r": `current_rows` repeats row \d+; the file is damaged or was edited"),
+        (lambda c: _edit_state(c, _repeat_a_row, seal=True), r": `current_rows` repeats row \d+"),
+        # A truncated file gave a raw JSONDecodeError.
+        (lambda c: open(os.path.join(c, STATE_FILE), "r+").truncate(700), r" is not valid JSON \(.+ at line 1 column \d+\): the file is truncated"),
+        (lambda c: _edit_state(c, _replace_a_row), r": its content does not match its `digest`"),
+        (lambda c: _edit_state(c, _replace_a_row, seal=True), r": `current_rows` are not the 8 rows round 2 draws under this plan"),
+        (lambda c: _edit_state(c, _shift_the_weights, seal=True), r": `rounds\[0\].weights` are not what the weight rule gives"),
+        (lambda c: _edit_state(c, lambda d: d.update(pending_losses=[[960, 1.0]]), seal=True), r": `pending_losses`: .*\[960, 1.0\]"),
+        (lambda c: _edit_state(c, lambda d: d.update(epochs_done=2, epoch_end_steps=[2, 4]), seal=True), r"`epochs_done`=2 does not close"),
+        (lambda c: _edit_state(c, lambda d: d["plan"].update(budget_rows=25), seal=True), r"the budget in rows: 25 in the checkpoint, 24 now"),
+        (lambda c: _edit_state(c, lambda d: d.update(format_version=3)), r"`format_version`=3 is not a format this hf_idsel reads"),
+        (lambda c: _edit_state(c, _as_format_1, seal=False) or _edit_state(c, _repeat_a_row), r"`current_rows` repeats row"),
+    ],
+    ids=["repeated row", "repeated row, sealed", "truncated", "edited", "edited, sealed", "weights, sealed",
+         "pending loss outside the pool", "epochs", "plan, sealed", "future format", "format 1, repeated row"],
+)
+def test_a_damaged_state_is_refused_naming_the_file_and_field(checkpointed, tmp_path, damage, match):
+    checkpoint = _checkpoint(checkpointed, 3, tmp_path)
+    damage(checkpoint)
+    resumed = make_trainer(tmp_path, budget=24)
+    with pytest.raises(InvalidArgumentError, match=match) as caught:
+        resumed.train(resume_from_checkpoint=checkpoint)
+    assert str(caught.value).startswith(f"`resume_from_checkpoint`: {checkpoint}/{STATE_FILE}") and "\n" not in str(caught.value)
+    assert resumed.state.global_step == 0 and not os.path.exists(os.path.join(resumed.args.output_dir, "selection"))
+
+
+def test_a_state_that_belongs_to_another_checkpoint_is_refused(checkpointed, tmp_path):
+    checkpoint = _checkpoint(checkpointed, 3, tmp_path)
+    shutil.copy(os.path.join(checkpointed.args.output_dir, "checkpoint-5", STATE_FILE), os.path.join(checkpoint, STATE_FILE))
+    resumed = make_trainer(tmp_path, budget=24)
+    with pytest.raises(InvalidArgumentError, match=r"does not belong to this checkpoint's training state \(global step 3; "
+                       r"the state has 2 epochs done, ending at steps \[2, 4\]"):
+        resumed.train(resume_from_checkpoint=checkpoint)
+    assert not os.path.exists(os.path.join(resumed.args.output_dir, "selection"))
+
+
+def test_a_state_from_before_the_plan_resumes_with_a_warning_unless_its_rounds_disagree(checkpointed, tmp_path, caplog):
+    checkpoint = _checkpoint(checkpointed, 3, tmp_path)
+    _edit_state(checkpoint, _as_format_1)
+    old = make_trainer(tmp_path / "old", budget=24)
+    with caplog.at_level("WARNING", logger="hf_idsel.checkpoint"):
+        old.train(resume_from_checkpoint=checkpoint)
+    assert "predates the round plan (format 1)" in caplog.text and "cannot be checked" in caplog.text
+    assert [r["selected"] for r in old.selection.rounds] == [r["selected"] for r in checkpointed.selection.rounds]
+    # Unsafe: its round 1 was not drawn under the plan of the run that resumes it.
+    for change, match in (
+        ({"rounds": 4}, r"`rounds\[0\].selected` are not the 6 rows round 1 draws under this plan"),
+        ({"budget": 30, "rounds": 2}, r"`rounds\[0\].selected` are not the 15 rows round 1 draws"),
+        ({"weight_update": "linear"}, r"`rounds\[0\].weight_update`='softmax' is not what this run records"),
+        ({"scorer": JudgeScorer(junk_judge)}, r"`rounds\[0\].scorer`='loss' is not what this run records"),
+    ):
+        resumed = make_trainer(tmp_path / str(len(change)), **{"budget": 24, **change})
+        with pytest.raises(InvalidArgumentError, match=match):
+            resumed.train(resume_from_checkpoint=checkpoint)
+        assert resumed.state.global_step == 0
+
+
+# Property tests: an edit of a checkpoint's state file gives an identical resume or a clean InvalidArgumentError. The
+# resumes are checked up to the first training step (`_load_selection_state`, the scorer's `restore`, `check_steps`);
+# training from an identical state is the identical trajectory (the tests above).
+
+# Fields a state may change without a digest to vouch for them: what training measured (losses, scores, evaluation)
+# and, in a state of format 1, the fields it predates.
+_MEASURED = {"pending_losses"}
+_MEASURED_PER_ROUND = {"cluster_scores", "scored_rows", "eval"}
+_PREDATED = {"pool_digest", "epoch_end_steps"}
+_PREDATED_PER_ROUND = {"weight_update", "cluster_terms"}
+
+
+@pytest.fixture(scope="module")
+def resumer(checkpointed, tmp_path_factory):
+    return make_trainer(tmp_path_factory.mktemp("resumer"), budget=24)
+
+
+def _what_decides(state, mode: str) -> dict:
+    """The state without its measurements (and, for format 1, without the fields it predates)."""
+    free, per_round = set(_MEASURED), set(_MEASURED_PER_ROUND)
+    if mode == "format 1":
+        free, per_round = free | _PREDATED, per_round | _PREDATED_PER_ROUND
+    data = {name: value for name, value in dataclasses.asdict(state).items() if name not in free}
+    data["rounds"] = [{n: v for n, v in r.items() if n not in per_round} for r in data["rounds"]]
+    return json.loads(json.dumps(data))
+
+
+def _json_values():
+    leaves = (
+        st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True, allow_infinity=True)
+        | st.text(max_size=6) | st.sampled_from(["sha256:" + "0" * 64, "softmax", "loss", ""])
+    )
+    return st.recursive(leaves, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8)
+
+
+def _edit_somewhere(draw, data):
+    """Change one place of the JSON tree `data` (in place): replace, delete, add, duplicate, move or nudge a value."""
+    parent, key = None, None
+    node = data
+    while isinstance(node, (dict, list)) and node and draw(st.booleans()):
+        parent, key = node, draw(st.sampled_from(sorted(node) if isinstance(node, dict) else range(len(node))))
+        node = node[key]
+    operation = draw(st.sampled_from(["replace", "delete", "add", "duplicate", "swap", "nudge"]))
+    if isinstance(node, (dict, list)) and operation in ("add", "duplicate", "swap") and node:
+        if isinstance(node, dict):
+            node[draw(st.text(max_size=5))] = draw(_json_values())
+        elif operation == "add":
+            node.insert(draw(st.integers(0, len(node))), draw(_json_values()))
+        elif operation == "duplicate":
+            node.append(node[draw(st.integers(0, len(node) - 1))])
+        else:
+            i, j = draw(st.integers(0, len(node) - 1)), draw(st.integers(0, len(node) - 1))
+            node[i], node[j] = node[j], node[i]
+    elif parent is not None and operation == "delete":
+        del parent[key]
+    elif parent is not None and operation == "nudge" and isinstance(node, (int, float)) and not isinstance(node, bool):
+        parent[key] = node + draw(st.sampled_from([1, -1, 0.5, 1e-6]))
+    elif parent is not None:
+        parent[key] = draw(_json_values())
+
+
+def _try_resume(trainer, path: str, global_step: int):
+    """What a resume of `path` does up to its first training step: the state it resumes, or the error it raises."""
+    try:
+        state, recorded = trainer._load_selection_state(path)
+        state.pending_losses = trainer.scorer.state()  # what the scorer took back
+        check_steps(recorded, state, rows_per_step=4, epoch_steps=[2, 2, 2], global_step=global_step, where=path)
+    except InvalidArgumentError as err:
+        return err
+    finally:
+        trainer.scorer.reset()
+    return state
+
+
+
+@settings(max_examples=examples(150))
+@given(data=st.data(), step=st.integers(1, 6), mode=st.sampled_from(["plain", "sealed", "format 1"]))
+def test_any_edit_of_a_state_resumes_identically_or_is_refused(checkpointed, resumer, tmp_path_factory, data, step, mode):
+    source = os.path.join(checkpointed.args.output_dir, f"checkpoint-{step}", STATE_FILE)
+    original = _try_resume(resumer, source, step)
+    assert not isinstance(original, Exception), original
+    text = open(source).read()
+    content = json.loads(text)
+    if mode == "format 1":
+        _as_format_1(content)
+    if data.draw(st.booleans()):  # an edit of the JSON tree, then written as hf_idsel writes
+        _edit_somewhere(data.draw, content)
+        if mode == "sealed" and isinstance(content, dict):
+            content["digest"] = state_digest(content)
+        text = json.dumps(content)
+    else:  # damage to the bytes: cut short, or a character replaced
+        text = json.dumps(content) if mode == "format 1" else text
+        at = data.draw(st.integers(0, len(text)))
+        text = text[:at] if data.draw(st.booleans()) else text[:at] + data.draw(st.characters()) + text[at + 1:]
+    path = os.path.join(str(tmp_path_factory.mktemp("edited")), STATE_FILE)
+    with open(path, "w", encoding="utf-8", errors="surrogatepass") as f:
+        f.write(text)
+    got = _try_resume(resumer, path, step)
+    if isinstance(got, InvalidArgumentError):
+        assert "\n" not in str(got) and path in str(got), str(got)
+    elif mode == "plain":
+        assert dataclasses.asdict(got) == dataclasses.asdict(original)
+    else:
+        assert _what_decides(got, mode) == _what_decides(original, mode)

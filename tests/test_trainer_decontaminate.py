@@ -89,7 +89,7 @@ def test_the_trainer_uses_the_thresholds_it_is_given_and_refuses_bad_ones_before
         assert record["removed_indices"] == [26, 33] and record["cosine"] == [None, None]
         with pytest.raises(InvalidArgumentError, match="exclude_ngram_threshold"):
             make_trainer(tmp_path / "bad", pool=pool, exclude_dataset=exclude, exclude_ngram_threshold=1.5)
-        with pytest.raises(InvalidArgumentError, match="`exclude`"):
+        with pytest.raises(InvalidArgumentError, match="`exclude_dataset`"):
             make_trainer(tmp_path / "bad2", pool=pool, exclude_dataset=exclude.select_columns(["embedding"]))
 
 

@@ -49,9 +49,9 @@ VALID = {"budget": 10, "k": 3, "embedding_column": "embedding"}
         ({"seed": "0"}, r"`seed`='0' must be an int .*not str"),
         ({"seed": True}, r"`seed`=True must be an int"),
         ({"seed": np.int64(2**40)}, r"`seed`=1099511627776 must be an int in \[0, 2147483647\]"),
-        ({"temperature": float("nan")}, r"`temperature`=nan must be a finite number > 0"),
-        ({"temperature": float("inf")}, r"`temperature`=inf must be a finite number > 0"),
-        ({"temperature": True}, r"`temperature`=True must be a finite number > 0, not bool"),
+        ({"quality_temperature": float("nan")}, r"`quality_temperature`=nan must be a finite number > 0"),
+        ({"quality_temperature": float("inf")}, r"`quality_temperature`=inf must be a finite number > 0"),
+        ({"quality_temperature": True}, r"`quality_temperature`=True must be a finite number > 0, not bool"),
         ({"kmeans_niter": 0}, r"`kmeans_niter`=0 must be an int in \[1, 2147483647\]"),
         ({"kmeans_niter": -5}, r"`kmeans_niter`=-5"),
         ({"kmeans_niter": 2**31}, r"`kmeans_niter`=2147483648"),
@@ -70,14 +70,15 @@ VALID = {"budget": 10, "k": 3, "embedding_column": "embedding"}
         ({"quota": None}, r"`quota`=None; choose one of"),
         ({"quality_weighting": np.array(["a", "b"])}, r"`quality_weighting`="),
         ({"format": "markdown"}, r"`format`='markdown'; choose one of \['messages'"),
-        ({"include_answer": "no"}, r"`include_answer`='no' must be True or False"),
+        ({"embed_answer": "no"}, r"`embed_answer`='no' must be True or False"),
         ({"trust_remote_code": "false"}, r"`trust_remote_code`='false' must be True or False"),
         ({"dry_run": 1}, r"`dry_run`=1 must be True or False"),
         ({"return_manifest": "yes"}, r"`return_manifest`='yes' must be True or False"),
         ({"encode_batch_size": 0}, r"`encode_batch_size`=0 must be an int >= 1"),
         ({"device": 0.5}, r"`device`=0.5 must be a device name"),
         ({"cache_dir": 3}, r"`cache_dir`=3 must be a path"),
-        ({"tokenizer": "gpt2"}, r"`tokenizer` must be a loaded tokenizer, got str .*AutoTokenizer.from_pretrained"),
+        ({"tokenizer": 3}, r"`tokenizer` must be a loaded tokenizer, got int .*AutoTokenizer.from_pretrained"),
+        ({"tokenizer": "/nonexistent/tokenizer"}, r"`tokenizer`='/nonexistent/tokenizer' could not be loaded: .* Pass a local folder"),
         ({"encoder": None}, r"`encoder`=None must be a sentence-transformers model id"),
         ({"encoder_revision": 3}, r"`encoder_revision`=3 must be a non-empty string or None"),
         ({"quality_column": ["quality"]}, r"`quality_column`=\['quality'\] must be a non-empty string or None"),
@@ -106,22 +107,22 @@ def test_numpy_numbers_select_the_same_rows_and_are_recorded_as_json():
     plain, plain_manifest = diverse_select(POOL, seed=7, return_manifest=True, **VALID)
     numpy_args = {"budget": np.int64(10), "k": np.int32(3), "seed": np.int64(7), "kmeans_niter": np.int16(20)}
     subset, manifest = diverse_select(
-        POOL, embedding_column="embedding", temperature=np.float32(1.0), return_manifest=True, **numpy_args
+        POOL, embedding_column="embedding", quality_temperature=np.float32(1.0), return_manifest=True, **numpy_args
     )
     assert subset["source_index"] == plain["source_index"]
     # Recorded as the plain numbers they are: the manifest is JSON, and `load_selection(recompute=True)` replays them.
     recorded = {name: manifest.arguments[name] for name in numpy_args}
     assert recorded == {"budget": 10, "k": 3, "seed": 7, "kmeans_niter": 20}
-    assert manifest.arguments["temperature"] == 1.0
+    assert manifest.arguments["quality_temperature"] == 1.0
     assert json.loads(json.dumps(manifest.to_dict()))["arguments"] == manifest.arguments
     assert manifest.selected_digest == plain_manifest.selected_digest
 
 
 def test_a_temperature_that_overflows_the_scores_is_refused():
-    with pytest.raises(InvalidArgumentError, match=r"`temperature`=5e-324 is too small .* temperature overflows"):
-        diverse_select(POOL, **VALID, quality_column="quality", temperature=5e-324)
+    with pytest.raises(InvalidArgumentError, match=r"`quality_temperature`=5e-324 is too small .* temperature overflows"):
+        diverse_select(POOL, **VALID, quality_column="quality", quality_temperature=5e-324)
     # Methods that ignore the temperature take it as it is.
-    assert len(diverse_select(POOL, **VALID, quality_column="quality", temperature=5e-324, method="qdit")) == 10
+    assert len(diverse_select(POOL, **VALID, quality_column="quality", quality_temperature=5e-324, method="qdit")) == 10
 
 
 # ---- IterativeSelectionConfig ----
@@ -177,6 +178,35 @@ def test_config_keeps_valid_values_and_makes_numbers_plain(tmp_path):
     )
     assert (args.selection_seed, args.budget, args.rounds, args.weight_temperature) == (9, 12, 3, 0.5)
     json.dumps(args.selection_arguments())  # the manifest records them
+
+
+def test_round_quotas_is_a_deprecated_name_of_quota_and_its_old_values_still_work(tmp_path):
+    """The static and iterative entry points name the quota rule alike: `quota`, 'proportional' or 'equal'. The config's
+    old name and values still work, with a FutureWarning naming the new ones; two different values are refused."""
+    from hf_idsel.config import recorded_fields
+    from hf_idsel.train import make_parser
+
+    with pytest.warns(FutureWarning, match="`round_quotas` is deprecated .* now called `quota`"):
+        old = _config(tmp_path, round_quotas="weights")
+    assert (old.quota, old.round_quotas) == ("equal", None)
+    with pytest.warns(FutureWarning, match="`quota`='size' is deprecated: it is now called 'proportional'"):
+        assert _config(tmp_path, quota="size").quota == "proportional"
+    with pytest.warns(FutureWarning):
+        assert _config(tmp_path, round_quotas="equal", quota="equal").quota == "equal"  # one value, both names
+    with pytest.warns(FutureWarning), pytest.raises(InvalidArgumentError, match="`round_quotas`='size' and `quota`='equal' disagree"):
+        _config(tmp_path, round_quotas="size", quota="equal")
+    with pytest.warns(FutureWarning), pytest.raises(InvalidArgumentError, match=r"`round_quotas`='sized'; choose one of"):
+        _config(tmp_path, round_quotas="sized")
+    # Recipes and the command line take both names.
+    with pytest.warns(FutureWarning):
+        _, parsed, _ = make_parser().parse_args_and_config(
+            ["--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false", "--round_quotas", "weights"]
+        )
+    assert parsed.quota == "equal"
+    # The manifests record the current name, and what they record is the fields marked RECORDED.
+    recorded = old.selection_arguments()
+    assert recorded["quota"] == "equal" and "round_quotas" not in recorded
+    assert tuple(recorded) == recorded_fields() and {"budget", "k", "embed_answer", "quality_temperature"} <= set(recorded)
 
 
 def test_trainer_refuses_a_pool_with_its_row_id_column_before_loading_the_model(tmp_path):
@@ -244,6 +274,7 @@ def _check_selection(result, kwargs, n):
         assert len(set(indices)) == rows and all(0 <= i < n for i in indices)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # junk under the deprecated names too
 @settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(dataset=st.sampled_from(DATASETS), changes=st.lists(_select_calls, min_size=1, max_size=3))
 def test_random_bad_arguments_of_diverse_select(tmp_path, monkeypatch, dataset, changes):
@@ -262,11 +293,12 @@ CONFIG_FIELDS = [
     "budget", "rounds", "k", "encoder", "embed_with_model", "embedding_column", "quality_column", "quality_temperature",
     "scorer", "reward_model", "reward_template", "reference_model", "weight_update", "weight_temperature", "scored_rows", "scored_rows_per_cluster",
     "generation_max_new_tokens", "scoring_batch_size", "score_last_round", "epochs_per_round", "round_mode",
-    "round_quotas", "embed_answer", "preset", "round_eval_tasks", "round_eval_items", "round_eval_allow_code_execution",
+    "quota", "round_quotas", "embed_answer", "preset", "round_eval_tasks", "round_eval_items", "round_eval_allow_code_execution",
     "selection_seed", "seed", "pool_id", "hub_dataset_id", "hub_license",
 ]
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # junk under the deprecated names too
 @settings(max_examples=examples(1000), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(changes=st.lists(st.tuples(st.sampled_from(CONFIG_FIELDS), st.sampled_from(JUNK)), min_size=1, max_size=3))
 def test_random_bad_fields_of_iterative_selection_config(tmp_path, changes):
