@@ -168,7 +168,7 @@ def build_pool(base, rows: int, items, folder: str) -> tuple["datasets.Dataset",
     import pyarrow as pa
 
     rng = np.random.default_rng(0)
-    at = np.linspace(0, rows - 1, min(PLANTED, rows // 10)).astype(int)
+    at = np.linspace(0, rows - 1, min(PLANTED, rows // 10, len(items))).astype(int)
     chosen = rng.choice(len(items), size=len(at), replace=False)
     planted = {}
     for n, (row, item) in enumerate(zip(at, chosen)):
