@@ -2,10 +2,11 @@
 
 Two tests, either of which drops a row (thresholds measured on the built-in pool, see docs/method.md):
 
-- word n-gram overlap: the share of an evaluation item's distinct word `ngram`-grams (lower-cased, punctuation
-  dropped) that also occur in the pool row. The usual practice (GPT-3, Llama) flags any shared 13-gram; a share of the
-  item's n-grams does not flag a row for one shared boilerplate phrase ("the following is a multiple-choice question
-  about ...") yet still catches a copy with a few words changed.
+- word n-gram overlap: the share of an evaluation item's distinct word `ngram`-grams that also occur in the pool row,
+  on text normalised so that case, punctuation, width (NFKC), accents and invisible characters do not hide a copy
+  ([`words`]). The usual practice (GPT-3, Llama) flags any shared 13-gram; a share of the item's n-grams does not flag
+  a row for one shared boilerplate phrase ("the following is a multiple-choice question about ...") yet still catches
+  a copy with a few words changed. Items shorter than `ngram` words are found inside rows ([`ngram_overlap`]).
 - embedding cosine: the cosine similarity of the row to the item, with the encoder of the selection (its vectors are
   cached like the pool's).
 
@@ -15,14 +16,18 @@ settings are one [`DecontaminationSettings`], which `diverse_select`, the traine
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import re
-from collections import Counter
+import unicodedata
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
 import datasets
 import numpy as np
+from datasets.utils import tqdm as hf_tqdm
 
 from .errors import InvalidArgumentError
 from .render import RenderOptions, render_batch, resolve_render_options
@@ -32,63 +37,288 @@ logger = logging.getLogger(__name__)
 DEFAULT_NGRAM = 8
 DEFAULT_NGRAM_THRESHOLD = 0.6
 DEFAULT_COSINE_THRESHOLD = 0.99
-TEMPLATE_SHARE = 0.01  # an n-gram in at least this share of all texts (pool and evaluation set) is a template
-TEMPLATE_MIN_TEXTS = 10  # ... and in at least this many
+# An n-gram held by at least this share of the distinct evaluation items, and by at least TEMPLATE_MIN_ITEMS of them,
+# is a template; an item shorter than `ngram` words is found inside a row from SHORT_ITEM_MIN_WORDS words on, and a
+# shorter one only in a row that is exactly its words (both measured on the built-in pool, see docs/method.md).
+TEMPLATE_ITEM_SHARE = 0.01
+TEMPLATE_MIN_ITEMS = 2
+SHORT_ITEM_MIN_WORDS = 5
 _PUNCTUATION = re.compile(r"[^\w\s]")
+_ASCII_PUNCTUATION = bytes(c for c in range(128) if not re.match(r"[\w\s]", chr(c)))
 _BLOCK = 2048  # pool rows per block of the cosine product
+_CHUNK_ROWS = 4096  # pool rows per block of the n-gram test: its memory does not grow with the pool
+_HANGUL_FILLERS = (0x115F, 0x1160, 0x3164, 0xFFA0)  # letters by category, drawn blank
+_MULTIPLIER = np.uint64(0x100000001B3)
+
+
+@functools.lru_cache(maxsize=None)
+def _invisible() -> dict[int, None]:
+    """`str.translate` table deleting format characters (Cf: zero-width spaces and joiners, BOM, soft hyphen, bidi
+    controls, tags), combining marks (M*, variation selectors included) and the Hangul fillers. Every code point of
+    those categories lies below U+20000 or in plane 14."""
+    ranges = (range(0x20000), range(0xE0000, 0xE1000))
+    table = {
+        c: None for r in ranges for c in r if unicodedata.category(chr(c))[0] == "M" or unicodedata.category(chr(c)) == "Cf"
+    }
+    return {**table, **dict.fromkeys(_HANGUL_FILLERS)}
+
+
+def normalize(text: str) -> str:
+    """`text` as the n-gram test reads it: compatibility forms folded (NFKC: full-width letters, ligatures,
+    superscripts), case folded, and invisible characters and combining marks deleted (zero-width spaces and joiners,
+    BOM, soft hyphen; accents: "café", "cafe" and "cafe" with a combining accent read the same). Deleted, not made a
+    space, as Unicode word segmentation (UAX #29, rule WB4) ignores format characters inside a word."""
+    if text.isascii():
+        return text.lower()
+    invisible = _invisible()
+    # Marks go before case folding too: folding turns one of them (U+0345, the Greek iota subscript) into a letter.
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).translate(invisible).casefold())
+    return unicodedata.normalize("NFC", text.translate(invisible))
 
 
 def words(text: str) -> list[str]:
-    """Lower-cased words with punctuation deleted ("3.5" -> "35", "don't" -> "dont"): whitespace, case and
-    punctuation changes do not hide a copy."""
-    return _PUNCTUATION.sub("", text.lower()).split()
+    """The words of [`normalize`]`(text)` with punctuation deleted ("3.5" -> "35", "don't" -> "dont"): whitespace,
+    case, punctuation, width and invisible characters do not hide a copy."""
+    if text.isascii():  # the same words, about twice as fast on bytes
+        return text.encode().lower().translate(None, _ASCII_PUNCTUATION).decode().split()
+    return _PUNCTUATION.sub("", normalize(text)).split()
 
 
-def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    """The distinct word `n`-grams of `text`; a text shorter than `n` words is one n-gram of all its words."""
-    tokens = words(text)
-    if len(tokens) < n:
-        return {tuple(tokens)} if tokens else set()
-    return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
+def _mix(ids: np.ndarray, salt: int) -> np.ndarray:
+    """splitmix64 of word ids: a stable 64-bit hash (the same in every process, unlike `hash(str)`)."""
+    x = ids.astype(np.uint64) + np.uint64((0x9E3779B97F4A7C15 * (salt + 1)) % 2**64)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
-def ngram_overlap(pool_texts: list[str], exclude_texts: list[str], n: int = DEFAULT_NGRAM) -> tuple[np.ndarray, np.ndarray]:
+def _hash_windows(windows: np.ndarray, salt: int) -> np.ndarray:
+    """The hash of each row of `windows` (word ids): a polynomial over their [`_mix`]es, modulo 2**64."""
+    h = _mix(windows[:, 0], salt)
+    for j in range(1, windows.shape[1]):
+        h *= _MULTIPLIER
+        h += _mix(windows[:, j], salt)
+    return h
+
+
+def _hash_runs(mixed: np.ndarray, length: int, starts: np.ndarray | None = None) -> np.ndarray:
+    """[`_hash_windows`] of the runs of `length` consecutive values of the 1-D `mixed` starting at `starts` (all of
+    them when `None`)."""
+    if starts is None:
+        count = max(len(mixed) - length + 1, 0)
+        h = mixed[:count].copy()
+        for j in range(1, length):
+            h *= _MULTIPLIER
+            h += mixed[j : j + count]
+        return h
+    h = mixed[starts]
+    for j in range(1, length):
+        h *= _MULTIPLIER
+        h += mixed[starts + j]
+    return h
+
+
+@dataclass
+class _Grams:
+    """The distinct evaluation n-grams of one length, sorted by hash; `anchored` ones match only a whole row."""
+
+    length: int
+    anchored: bool
+    salt: int
+    hashes: np.ndarray  # uint64, ascending, distinct
+    ids: np.ndarray  # (grams, length) word ids in the order of `hashes`
+    first: int  # the index of its first gram among all lengths'
+
+    def __post_init__(self):
+        # A bitmap of the hashes' top bits, about 16 slots per n-gram: a lookup in it turns away most windows that
+        # are no evaluation n-gram before the binary search, which costs a cache miss per step.
+        bits = max(10, int(np.ceil(np.log2(16 * len(self.hashes)))))
+        self.shift = np.uint64(64 - bits)
+        self.seen = np.zeros(2**bits, dtype=bool)
+        self.seen[self.hashes >> self.shift] = True
+
+    def find(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The positions in `h` of hashes among `hashes`, and their index there."""
+        maybe = np.flatnonzero(self.seen[h >> self.shift])
+        at = np.minimum(np.searchsorted(self.hashes, h[maybe]), len(self.hashes) - 1)
+        hit = self.hashes[at] == h[maybe]
+        return maybe[hit], at[hit]
+
+
+class _ItemIndex:
+    """The evaluation items' n-grams, built once: word ids, hashed n-grams by length, the items holding each n-gram
+    (CSR), templates, and which n-grams count for which item (its n-grams that are not templates, or all of them)."""
+
+    def __init__(self, exclude_texts: list[str], n: int):
+        self.vocabulary: dict[str, int] = {}  # word -> id from 1 (0: a word no item holds, or a row boundary)
+        item_ids = []
+        for text in exclude_texts:
+            item_ids.append(np.array([self.vocabulary.setdefault(w, len(self.vocabulary) + 1) for w in words(text)], np.int32))
+        lengths = np.array([len(ids) for ids in item_ids], dtype=np.int64)
+        self.num_items = len(item_ids)
+        self.too_short = int(((lengths > 0) & (lengths < min(n, SHORT_ITEM_MIN_WORDS))).sum())
+        # Identical items count once towards a template: a duplicated item keeps its n-grams.
+        distinct: dict[bytes, int] = {}
+        group = np.array([distinct.setdefault(ids.tobytes(), len(distinct)) for ids in item_ids], dtype=np.int64)
+        self.template_min = max(TEMPLATE_MIN_ITEMS, int(np.ceil(TEMPLATE_ITEM_SHARE * len(distinct))))
+        by_length: dict[int, tuple[list[np.ndarray], list[int]]] = {}
+        for item, ids in enumerate(item_ids):
+            if len(ids) >= n:
+                windows = np.lib.stride_tricks.sliding_window_view(ids, n)
+                by_length.setdefault(n, ([], []))[0].append(windows)
+                by_length[n][1].extend([item] * len(windows))
+            elif len(ids):
+                by_length.setdefault(len(ids), ([], []))[0].append(ids[None, :])
+                by_length[len(ids)][1].append(item)
+        self.tables: list[_Grams] = []
+        gram_of, item_of = [], []
+        for length in sorted(by_length):
+            windows = np.concatenate(by_length[length][0])
+            table, inverse = self._table(length, length < n and length < SHORT_ITEM_MIN_WORDS, windows)
+            gram_of.append(table.first + inverse)
+            item_of.append(np.asarray(by_length[length][1], dtype=np.int64))
+            self.tables.append(table)
+        self.num_grams = sum(len(t.hashes) for t in self.tables)
+        gram = np.concatenate(gram_of) if gram_of else np.empty(0, np.int64)
+        item = np.concatenate(item_of) if item_of else np.empty(0, np.int64)
+        pairs = np.unique(gram * self.num_items + item)  # (gram, item) distinct, by gram then item
+        gram, item = pairs // max(self.num_items, 1), pairs % max(self.num_items, 1)
+        groups = np.unique(gram * len(distinct) + group[item]) // max(len(distinct), 1)
+        self.template = np.bincount(groups, minlength=self.num_grams) >= self.template_min
+        # An item's share counts its n-grams that are not templates, or all of them when every one is a template (so
+        # that a verbatim copy of any item is always found).
+        only_templates = np.bincount(item[~self.template[gram]], minlength=self.num_items) == 0
+        self.counted = ~self.template[gram] | only_templates[item]  # per (gram, item) entry
+        self.sizes = np.bincount(item[self.counted], minlength=self.num_items)  # the denominators of the shares
+        self.useful = np.bincount(gram[self.counted], minlength=self.num_grams) > 0  # counted for some item
+        self.items = item  # the items holding each gram: items[indptr[g]:indptr[g + 1]]
+        self.indptr = np.concatenate([[0], np.cumsum(np.bincount(gram, minlength=self.num_grams))])
+        self.only_templates = int((only_templates & (lengths > 0)).sum())
+
+    def _table(self, length: int, anchored: bool, windows: np.ndarray) -> tuple[_Grams, np.ndarray]:
+        """The distinct rows of `windows` sorted by hash, and each window's index among them."""
+        first = sum(len(t.hashes) for t in self.tables)
+        for salt in range(64):
+            hashes, index, inverse = np.unique(_hash_windows(windows, salt), return_index=True, return_inverse=True)
+            # A hash shared by two different n-grams: try another salt (the pool side checks the words of every hit).
+            same = index[inverse]
+            if all((windows[:, j] == windows[same, j]).all() for j in range(length)):
+                return _Grams(length, anchored, salt, hashes, windows[index], first), inverse.ravel()
+        raise RuntimeError("64 salts all gave colliding n-gram hashes")  # pragma: no cover (odds about 2**-1000)
+
+    def row_ids(self, row_words: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Word ids of rows laid end to end, each row followed by a 0; the rows' starts and lengths."""
+        lengths = np.fromiter(map(len, row_words), dtype=np.int64, count=len(row_words))
+        words_ids = np.fromiter(
+            map(self.vocabulary.get, itertools.chain.from_iterable(row_words), itertools.repeat(0)),
+            dtype=np.int64, count=int(lengths.sum()),
+        )
+        starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
+        ids = np.zeros(len(words_ids) + len(row_words), dtype=np.int64)
+        ids[np.arange(len(words_ids)) + np.repeat(np.arange(len(row_words)), lengths)] = words_ids
+        return ids, starts, lengths
+
+    def match(self, row_words: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """For each row, the largest share of one item's counted n-grams it holds, and that item (the lowest-numbered
+        one on a tie; -1 when it holds none)."""
+        overlap, best = np.zeros(len(row_words)), np.full(len(row_words), -1, dtype=np.int64)
+        if not self.tables:
+            return overlap, best
+        ids, starts, lengths = self.row_ids(row_words)
+        zeros = np.concatenate([[0], np.cumsum(ids == 0)])
+        mixed: dict[int, np.ndarray] = {}
+        rows, grams = [], []
+        for table in self.tables:
+            if table.salt not in mixed:
+                mixed[table.salt] = _mix(ids, table.salt)
+            if table.anchored:
+                where = starts[lengths == table.length]
+                h = _hash_runs(mixed[table.salt], table.length, where)
+            else:
+                h = _hash_runs(mixed[table.salt], table.length)
+                where = np.flatnonzero(zeros[table.length :] == zeros[: len(h)])  # windows of known words in one row
+                h = h[where]
+            hit, at = table.find(h)
+            where = where[hit]
+            same = np.ones(len(where), dtype=bool)
+            for j in range(table.length):  # the words themselves, so that a hash collision never counts
+                same &= ids[where + j] == table.ids[at, j]
+            rows.append(np.searchsorted(starts, where[same], side="right") - 1)
+            grams.append(table.first + at[same])
+        row, gram = np.concatenate(rows), np.concatenate(grams)
+        keep = self.useful[gram]
+        pairs = np.unique(row[keep] * self.num_grams + gram[keep])  # a row's distinct n-grams
+        row, gram = pairs // self.num_grams, pairs % self.num_grams
+        counts = self.indptr[gram + 1] - self.indptr[gram]
+        entry = np.repeat(self.indptr[gram], counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        counted = self.counted[entry]
+        keys, hits = np.unique(np.repeat(row, counts)[counted] * self.num_items + self.items[entry[counted]], return_counts=True)
+        if not len(keys):
+            return overlap, best
+        row, item = keys // self.num_items, keys % self.num_items
+        share = hits / self.sizes[item]
+        order = np.lexsort((item, -share, row))  # by row, then share descending, then item
+        first = order[np.flatnonzero(np.diff(row[order], prepend=-1))]
+        overlap[row[first]], best[row[first]] = share[first], item[first]
+        return overlap, best
+
+
+def ngram_overlap(
+    pool_texts: Iterable[str], exclude_texts: list[str], n: int = DEFAULT_NGRAM, *, total: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """For each pool text, the largest share of one evaluation text's distinct n-grams it contains, and that text.
 
-    An n-gram found in at least 1% of all the texts, pool and evaluation set together (and in at least 10), is a
-    template (the benchmark's "the following is a multiple-choice question about", a stem many questions share) and
-    is left out of every share; an evaluation text made only of such n-grams matches nothing. A text copied into the
-    pool fewer than 10 times keeps its n-grams; more copies are still caught by the cosine test.
+    Both sides are read as [`words`]. An evaluation text of `n` words or more is its distinct `n`-grams. A shorter one
+    is one n-gram of all its words: found anywhere in a pool text (its words in a row) when it has at least
+    `SHORT_ITEM_MIN_WORDS` (5) words, else only in a pool text that is exactly its words.
+
+    Templates are decided by the evaluation texts alone, so copies of an item in the pool count for its contamination,
+    never against it: an n-gram held by at least `TEMPLATE_MIN_ITEMS` (2) distinct evaluation texts and by at least
+    `TEMPLATE_ITEM_SHARE` (1%) of them is a template (the benchmark's "the following is a multiple-choice question
+    about", a stem many questions share) and is left out of the shares of the texts holding it, except for a text
+    made only of templates, whose share counts all its n-grams. So a pool text holding a verbatim copy of an
+    evaluation text of `SHORT_ITEM_MIN_WORDS` words or more (set apart by whitespace) always reaches a share of 1.
+
+    The evaluation side is hashed once (stable 64-bit hashes of word ids, every hit checked word by word); the pool is
+    read in blocks of 4,096 texts, so memory does not grow with it and `pool_texts` may be a generator.
+
+    Args:
+        pool_texts (`Iterable[str]`):
+            The pool's texts.
+        exclude_texts (`list[str]`):
+            The evaluation items' texts.
+        n (`int`, *optional*, defaults to `8`):
+            Word n-gram length.
+        total (`int`, *optional*):
+            The number of pool texts, for the progress bar (`len(pool_texts)` when it has one).
 
     Returns:
         `tuple[np.ndarray, np.ndarray]`: `(overlap, item)`: float64 shares in [0, 1] and the index of the evaluation
-        text that reaches them (-1 when the row shares no n-gram).
+        text that reaches them (the lowest on a tie; -1 when the row shares no n-gram).
     """
-    index: dict[tuple[str, ...], list[int]] = {}
-    for item, text in enumerate(exclude_texts):
-        for gram in ngrams(text, n):
-            index.setdefault(gram, []).append(item)
-    # One pass over the pool keeps only the n-grams evaluation texts hold, and counts the rows holding each.
-    row_hits = [[gram for gram in ngrams(text, n) if gram in index] for text in pool_texts]
-    rows_with = Counter(gram for hits in row_hits for gram in hits)
-    common = max(TEMPLATE_MIN_TEXTS, int(np.ceil(TEMPLATE_SHARE * (len(pool_texts) + len(exclude_texts)))))
-    index = {gram: items for gram, items in index.items() if len(items) + rows_with[gram] < common}
-    sizes = np.zeros(len(exclude_texts), dtype=np.int64)
-    for items in index.values():
-        sizes[items] += 1
-    overlap = np.zeros(len(pool_texts))
-    best = np.full(len(pool_texts), -1, dtype=np.int64)
-    for row, grams in enumerate(row_hits):
-        hits: dict[int, int] = {}
-        for gram in grams:
-            for item in index.get(gram, ()):
-                hits[item] = hits.get(item, 0) + 1
-        if hits:
-            items = np.fromiter(hits, dtype=np.int64, count=len(hits))
-            shares = np.fromiter(hits.values(), dtype=np.float64, count=len(hits)) / sizes[items]
-            top = int(np.argmax(shares))
-            overlap[row], best[row] = shares[top], items[top]
-    return overlap, best
+    index = _ItemIndex(list(exclude_texts), n)
+    if index.too_short:
+        logger.info(
+            "%d evaluation items have fewer than %d words: each matches only a pool row that is exactly its words.",
+            index.too_short, min(n, SHORT_ITEM_MIN_WORDS),
+        )
+    if index.only_templates:
+        logger.info(
+            "%d evaluation items are made only of template n-grams (each held by %d or more items): their shares "
+            "count all their n-grams.", index.only_templates, index.template_min,
+        )
+    total = len(pool_texts) if total is None and hasattr(pool_texts, "__len__") else total
+    overlap, best = [], []
+    texts = iter(pool_texts)
+    with hf_tqdm(total=total, desc="Decontaminating (n-grams)", unit=" examples", disable=not total or total <= _CHUNK_ROWS) as bar:
+        while chunk := list(itertools.islice(texts, _CHUNK_ROWS)):
+            shares, items = index.match([words(text) for text in chunk])
+            overlap.append(shares)
+            best.append(items)
+            bar.update(len(chunk))
+    if not overlap:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    return np.concatenate(overlap), np.concatenate(best)
 
 
 def max_cosine(pool_vectors: np.ndarray, exclude_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -226,7 +456,9 @@ def decontaminate(
     overlap, overlap_item = np.zeros(n), np.full(n, -1, dtype=np.int64)
     cosine, cosine_item = np.full(n, np.nan), np.full(n, -1, dtype=np.int64)
     if ngram_threshold is not None:
-        overlap, overlap_item = ngram_overlap(render_texts(pool, render, tokenizer), render_texts(exclude, options, tokenizer), ngram)
+        overlap, overlap_item = ngram_overlap(
+            iter_texts(pool, render, tokenizer), list(iter_texts(exclude, options, tokenizer)), ngram, total=n
+        )
         drop |= overlap >= ngram_threshold
     if cosine_threshold is not None:
         if pool_vectors is None or exclude_vectors is None:
@@ -301,12 +533,11 @@ def decontaminate_pool(
     return keep, record
 
 
-def render_texts(dataset: datasets.Dataset, options: RenderOptions, tokenizer) -> list[str]:
-    texts = []
+def iter_texts(dataset: datasets.Dataset, options: RenderOptions, tokenizer) -> Iterator[str]:
+    """The rows' texts as the n-gram test reads them (prompt, then answer), rendered 1,000 rows at a time."""
     for batch in dataset.select_columns(options.input_columns).iter(batch_size=1000):
         prompts, answers = render_batch(batch, options, tokenizer if options.chat_template else None)
-        texts += [f"{p}\n{a}" if a else p for p, a in zip(prompts, answers)]
-    return texts
+        yield from (f"{p}\n{a}" if a else p for p, a in zip(prompts, answers))
 
 
 def _name(dataset: datasets.Dataset) -> str | None:

@@ -3,17 +3,25 @@ else; the manifest says what was dropped against what and is checked when read b
 
 import collections
 import json
+import math
+import os
 import re
+import subprocess
+import sys
+import unicodedata
 import warnings
 
 import datasets
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from helpers import make_pool, make_trainer, unit_rows
+from helpers import examples, make_pool, make_trainer, unit_rows
+from hf_idsel import decontaminate as decontamination
 from hf_idsel import diverse_select, load_selection
 from hf_idsel import pool as builtin
-from hf_idsel.decontaminate import DecontaminationSettings, decontaminate, ngram_overlap, ngrams
+from hf_idsel.decontaminate import DecontaminationSettings, decontaminate, ngram_overlap, normalize, words
 from hf_idsel.errors import InvalidArgumentError
 from hf_idsel.manifest import Manifest
 from hf_idsel.render import resolve_render_options
@@ -45,6 +53,33 @@ def reword(text: str, rng, changed: int) -> str:
     return reformat(" ".join(words), rng)
 
 
+# Characters a copy can hold and still read the same: every format character (zero-width spaces and joiners, BOM,
+# soft hyphen, bidi controls, tags), every combining mark, the Hangul fillers.
+FORMAT_CHARACTERS = [chr(c) for c in [*range(0x20000), *range(0xE0000, 0xE1000)] if unicodedata.category(chr(c)) == "Cf"]
+COMBINING_MARKS = [chr(c) for c in [*range(0x20000), *range(0xE0000, 0xE1000)] if unicodedata.category(chr(c))[0] == "M"]
+INVISIBLE = [*FORMAT_CHARACTERS, *COMBINING_MARKS, "\u115f", "\u1160", "\u3164", "\uffa0"]
+
+
+def widen(ch: str) -> str:
+    """The full-width form of a printable ASCII character (U+3000 for a space)."""
+    return "\u3000" if ch == " " else chr(ord(ch) + 0xFEE0) if "!" <= ch <= "~" else ch
+
+
+def unicode_noise(text: str, rng) -> str:
+    """`text` as a copy that reads the same: invisible characters inserted at about 1 position in 6, printable ASCII
+    widened to full width and case swapped, each with probability 1/3, accents decomposed (NFD)."""
+    out = []
+    for ch in unicodedata.normalize("NFD", text):
+        if rng.random() < 1 / 3:
+            ch = widen(ch)
+        if rng.random() < 1 / 3:
+            ch = ch.swapcase()
+        out.append(ch)
+        if rng.random() < 1 / 6:
+            out.append(INVISIBLE[int(rng.integers(len(INVISIBLE)))])
+    return "".join(out)
+
+
 def evaluation_set(items: list[list[dict]]) -> datasets.Dataset:
     """Items as an evaluation harness holds them: question and answer columns (not the pool's layout)."""
     return datasets.Dataset.from_dict({"question": [m[0]["content"] for m in items], "answer": [m[1]["content"] for m in items]})
@@ -66,15 +101,17 @@ def as_pair(user: str, assistant: str) -> list[dict]:
 @needs_pool
 def test_ngram_test_drops_copies_of_evaluation_items_and_no_row_of_the_builtin_pool():
     """On the whole built-in pool (3,863 rows here), with 320 held-out GSM8K, HumanEval and MMLU items: exact copies,
-    reformatted copies (whitespace, case, punctuation) and, for GSM8K/HumanEval items of 80 words or more, copies with
-    a word changed in the question and one in the answer are all dropped; no original row is. (Shorter reworded
-    copies are the cosine test's: see the slow test below.)"""
+    reformatted copies (whitespace, case, punctuation), copies with Unicode noise (invisible characters, full-width
+    forms, decomposed accents) and, for GSM8K/HumanEval items of 80 words or more, copies with a word changed in the
+    question and one in the answer are all dropped; no original row is. (Shorter reworded copies are the cosine
+    test's: see the slow test below.)"""
     pool = builtin.load_builtin_pool(POOL_ROWS)
     gsm8k, humaneval, mmlu = held_out(pool, "gsm8k", 100), held_out(pool, "humaneval", 20), held_out(pool, "mmlu", 200)
     items = gsm8k + humaneval + mmlu
     rng = np.random.default_rng(0)
     copies = [as_pair(*(m["content"] for m in item)) for item in items[::5]]
     copies += [as_pair(*(reformat(m["content"], rng) for m in item)) for item in items[2::5]]
+    copies += [as_pair(*(unicode_noise(m["content"], rng) for m in item)) for item in items[4::5]]
     long_items = [item for item in gsm8k + humaneval if sum(len(m["content"].split()) for m in item) >= 80]
     copies += [as_pair(*(reword(m["content"], rng, 1) for m in item)) for item in long_items[::3]]
     planted_pool, planted = plant(pool, copies)
@@ -97,7 +134,210 @@ def test_template_ngrams_shared_by_many_items_match_no_row():
     overlap, best = ngram_overlap(pool_texts, items, n=8)
     assert overlap[0] == 0 and best[0] == -1  # only the template is shared
     assert overlap[1] == 1 and best[1] == 3
-    assert ngrams("A, b!", 8) == {("a", "b")} and ngrams("", 8) == set()
+    assert words("A, b!") == ["a", "b"] and words("") == []
+
+
+def _random_rows(count: int, length: int, seed: int) -> list[str]:
+    """`count` texts of `length` words drawn from 5,000 made-up words: rows that share no 8-gram by chance."""
+    rng = np.random.default_rng(seed)
+    return [" ".join(f"w{j}" for j in rng.integers(0, 5000, size=length)) for _ in range(count)]
+
+
+@pytest.mark.parametrize("copies", [8, 9, 100])
+def test_an_item_copied_into_many_rows_is_dropped_from_every_one(copies):
+    """Issue 28.3: pool copies counted towards the template rule, so an item copied into 8 rows of a 200-row pool was
+    dropped from all 8 and one copied into 9 from none (the most contaminated items escaped). Templates are now the
+    evaluation items' alone: 8, 9 or 100 copies (half the pool) are all dropped, and nothing else."""
+    items = _random_rows(10, 40, seed=1)
+    pool_texts = _random_rows(200, 40, seed=2)
+    rows = list(range(0, 200, 200 // copies))[:copies]
+    for row in rows:
+        pool_texts[row] = f"Seen online: {items[4].upper()}. End of the post."
+    pool = datasets.Dataset.from_dict({"text": pool_texts})
+    keep, record = decontaminate(pool, items, resolve_render_options(pool.column_names), settings=DecontaminationSettings(cosine_threshold=None))
+    assert record["removed_indices"] == rows and record["matched_items"] == [4] * copies
+    assert record["ngram_overlap"] == [1.0] * copies and keep.sum() == 200 - copies
+
+
+@pytest.mark.parametrize(
+    "item, copy",
+    [
+        ("What is the capital city of the state of Texas in 2020?", "What\u200b is the capi\u200dtal\u00ad city of the state of Te\u200cxas in 2020?"),
+        ("What is the capital city of the state of Texas in 2020?", "\ufeffＷｈａｔ　ｉｓ　ｔｈｅ capital city OF THE STATE of Texas ｉｎ　２０２０？"),
+        ("The café served crème brûlée to the naïve critic on Sunday", "THE CAFE\u0301 SERVED CRE\u0300ME BRU\u0302LE\u0301E TO THE NAI\u0308VE CRITIC ON SUNDAY"),
+        ("The café served crème brûlée to the naïve critic on Sunday", "The cafe served creme brulee to the naive critic on Sunday"),
+        ("Die Straße war sehr lang und der Weg zum Ziel war weit", "DIE STRASSE WAR SEHR LANG UND DER WEG ZUM ZIEL WAR WEIT"),
+        ("The first official file was filed in the office of finance", "The ﬁrst oﬃcial ﬁle was ﬁled in the oﬃce of ﬁnance"),
+        ("x squared plus y squared equals r squared for every point", "x\u3164 squared plus y squared eq\u115fuals r squared for every point"),
+    ],
+    ids=["zero-width", "full-width", "decomposed-accents", "accents-dropped", "case-folding", "ligatures", "hangul-fillers"],
+)
+def test_unicode_variants_of_an_item_do_not_hide_a_copy(item, copy):
+    """Issue 28.3: zero-width characters and full-width forms hid a verbatim copy. Text is now read after NFKC, case
+    folding, and with format characters, combining marks and blank fillers deleted."""
+    assert words(copy) == words(item)
+    pool_texts = _random_rows(20, 30, seed=3)
+    pool_texts[7] = f"{pool_texts[7]} {copy} {pool_texts[8]}"
+    overlap, best = ngram_overlap(pool_texts, [*_random_rows(3, 30, seed=4), item])
+    assert overlap[7] == 1.0 and best[7] == 3
+    assert np.flatnonzero(overlap > 0).tolist() == [7]
+
+
+def test_normalize_folds_width_case_accents_and_invisible_characters():
+    assert normalize("Ｈｅｌｌｏ\u200b Ｗｏｒｌｄ") == "hello world"
+    assert normalize("İstanbul ǅemal Σίσυφος ΐ") == normalize("istanbul džemal σισυφοσ ι")
+    assert words("x² + y² = 3.5, don't") == ["x2", "y2", "35", "dont"]
+    assert words("\u200b\u200d\ufeff\u00ad") == [] and words("ａ\u3000ｂ") == ["a", "b"]
+
+
+def test_short_items_are_found_inside_rows_from_five_words():
+    """Issue 28.3: an item shorter than n words was one n-gram that no longer row could hold. From
+    `SHORT_ITEM_MIN_WORDS` (5) words it is found inside a row; a shorter one only in a row that is exactly its words,
+    so that "What is 2+2?" does not drop every row asking what something is."""
+    assert decontamination.SHORT_ITEM_MIN_WORDS == 5
+    items = ["Who wrote the novel Moby Dick?", "Name the largest planet, please.", "What is 2+2?", "Hello"]
+    pool_texts = [
+        "Quiz night. Who wrote the novel MOBY DICK? Herman Melville did, in 1851.",  # 0: item 0 inside
+        "Teacher: name the largest planet please! Student: Jupiter.",  # 1: item 1 inside
+        "What is 2+2? It is 4.",  # 2: item 2 inside a longer row: too short to count
+        "WHAT is 2+2!!",  # 3: exactly item 2's words
+        "Hello there, how are you?",  # 4: item 3 inside
+        "HELLO!",  # 5: exactly item 3
+        "Who wrote the novel Dracula? Bram Stoker.",  # 6: part of item 0 only
+    ]
+    overlap, best = ngram_overlap(pool_texts, items)
+    assert overlap.tolist() == [1, 1, 0, 1, 0, 1, 0]
+    assert best[[0, 1, 3, 5]].tolist() == [0, 1, 2, 3]
+    # Punctuation is deleted, not a word boundary: "2 + 2" is two words, "2+2" one, "Moby-Dick" one.
+    assert words("What is 2+2?") == ["what", "is", "22"] and ngram_overlap(["what is 2 + 2"], items)[0].tolist() == [0]
+    assert ngram_overlap(["Who wrote the novel Moby-Dick?"], items)[0].tolist() == [0]
+    # With 4-grams an item of 4 words or more is n-grams again.
+    assert ngram_overlap(["He asked: who wrote the novel Moby Dick first?"], items, n=4)[0].tolist() == [1]
+
+
+def _multiple_choice(topic: str, question: str, options: list[str]) -> str:
+    return (
+        f"The following is a multiple-choice question about {topic}.\n\n{question}\n\n"
+        + "\n".join(f"{x}. {o}" for x, o in zip("ABCD", options))
+        + "\n\nAnswer with the letter of the correct option."
+    )
+
+
+def test_templates_are_decided_by_the_evaluation_items():
+    """An instruction line that many MMLU-style items share is a template: a pool row with it and another question is
+    not dropped, a copy of an item is. A lone item has no templates: the same row then shares some of its n-grams.
+    Two items that are copies of each other still match their copies (an item made only of templates keeps all its
+    n-grams)."""
+    questions = _random_rows(20, 14, seed=5)
+    options = [_random_rows(4, 2, seed=6 + i) for i in range(20)]
+    items = [_multiple_choice("world history", questions[i], options[i]) for i in range(20)]
+    other = _multiple_choice("world history", "Which empire built the longest road network of the ancient world?", ["Rome", "Inca", "Persia", "Han"])
+    pool_texts = [other, f"Practice set: {items[11]}"]
+    overlap, best = ngram_overlap(pool_texts, items)
+    assert overlap.tolist() == [0, 1] and best.tolist() == [-1, 11]
+    lone, _ = ngram_overlap(pool_texts, items[11:12])
+    assert 0 < lone[0] < 0.6 and lone[1] == 1
+    # Item 0's n-grams are all in item 1 (item 2 is item 0 again, counted once): all templates, all counted.
+    twins = [items[3], items[3] + " Explain your answer.", items[3].upper()]
+    overlap, best = ngram_overlap([items[3], twins[1], items[5]], twins)
+    assert overlap[:2].tolist() == [1, 1] and best[:2].tolist() == [0, 0]  # a tie goes to the lowest item
+    assert 0 < overlap[2] < 0.6  # another question with the instruction line, which counts for item 0 now
+
+
+def test_the_pool_is_read_in_blocks_from_a_generator(monkeypatch):
+    items = _random_rows(30, 20, seed=7)
+    pool_texts = _random_rows(50, 25, seed=8)
+    for row in range(0, 50, 6):
+        pool_texts[row] += " " + items[row % 30]
+    whole = ngram_overlap(pool_texts, items)
+    monkeypatch.setattr(decontamination, "_CHUNK_ROWS", 7)
+    blocks = ngram_overlap((text for text in pool_texts), items, total=len(pool_texts))
+    assert np.array_equal(whole[0], blocks[0]) and np.array_equal(whole[1], blocks[1])
+    assert (whole[0][::6] == 1).all()
+    assert [len(a) for a in ngram_overlap(iter([]), items)] == [0, 0]
+
+
+def reference_overlap(pool_texts: list[str], exclude_texts: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The n-gram test written the slow, plain way: Python sets of word tuples, one (row, item) pair at a time."""
+
+    def grams(tokens):
+        if len(tokens) >= n:
+            return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
+        return {tuple(tokens)} if tokens else set()
+
+    items = [words(text) for text in exclude_texts]
+    distinct = {tuple(tokens) for tokens in items}
+    holders = collections.Counter(gram for tokens in distinct for gram in grams(list(tokens)))
+    limit = max(decontamination.TEMPLATE_MIN_ITEMS, math.ceil(decontamination.TEMPLATE_ITEM_SHARE * len(distinct)))
+    counted = [{g for g in grams(tokens) if holders[g] < limit} or grams(tokens) for tokens in items]
+    overlap, best = np.zeros(len(pool_texts)), np.full(len(pool_texts), -1)
+    for row, text in enumerate(pool_texts):
+        tokens = words(text)
+        row_grams = grams(tokens) if len(tokens) >= n else set()
+        for item, item_tokens in enumerate(items):
+            if not counted[item]:
+                continue
+            if len(item_tokens) >= n:
+                share = len(counted[item] & row_grams) / len(counted[item])
+            elif len(item_tokens) >= decontamination.SHORT_ITEM_MIN_WORDS:
+                size = len(item_tokens)
+                share = float(any(tokens[i : i + size] == item_tokens for i in range(len(tokens) - size + 1)))
+            else:
+                share = float(tokens == item_tokens)
+            if share > overlap[row]:
+                overlap[row], best[row] = share, item
+    return overlap, best
+
+
+VOCABULARY = ["a", "b", "c", "d", "B", "c!", "(d)", "café", "cafe\u0301", "ｄ"]
+texts = st.lists(st.sampled_from(VOCABULARY), max_size=14).map(" ".join)
+
+
+@settings(max_examples=examples(300))
+@given(
+    n=st.integers(1, 9), items=st.lists(texts, min_size=1, max_size=12), pool=st.lists(texts, min_size=1, max_size=10),
+    copies=st.lists(st.tuples(st.integers(0, 100), st.integers(0, 100)), max_size=4),
+)
+def test_the_vectorised_test_equals_the_reference(n, items, pool, copies):
+    """On random small inputs (a vocabulary of a few words, so that n-grams repeat, templates form and items are
+    short), the hashed, block-wise test gives exactly the slow reference's shares and items, ties included."""
+    for row, item in copies:  # some rows hold a copy of an item
+        pool[row % len(pool)] += " " + items[item % len(items)]
+    overlap, best = ngram_overlap(pool, items, n)
+    expected_overlap, expected_best = reference_overlap(pool, items, n)
+    assert overlap.tolist() == expected_overlap.tolist() and best.tolist() == expected_best.tolist()
+
+
+WORDS = ["the", "cat", "sat", "on", "mat", "café", "straße", "naïve", "ωmega", "x2", "don't", "3.5", "fin", "ﬁn"]
+noise = st.lists(st.tuples(st.integers(0, 3), st.sampled_from(INVISIBLE)), max_size=400)
+
+
+@settings(max_examples=examples(200))
+@given(
+    items=st.lists(st.lists(st.sampled_from(WORDS), min_size=5, max_size=20).map(" ".join), min_size=1, max_size=8),
+    pool=st.lists(st.lists(st.sampled_from(WORDS), max_size=20).map(" ".join), min_size=1, max_size=6),
+    which=st.tuples(st.integers(0, 100), st.integers(0, 100)), noise=noise, n=st.sampled_from([3, 8, 13]),
+)
+def test_a_verbatim_copy_with_unicode_noise_is_always_caught(items, pool, which, noise, n):
+    """Whatever the items (sharing templates, shorter than n), a verbatim copy of one of at least 5 words, set in a row
+    with invisible characters inserted, characters widened and case changed, reaches a share of 1."""
+    item, row = which[0] % len(items), which[1] % len(pool)
+    copy, marks = [], iter(noise)
+    for ch in items[item]:
+        action, invisible = next(marks, (0, ""))
+        copy.append((widen(ch) if action == 1 else ch.swapcase() if action == 2 else ch) + invisible)
+    pool[row] = f"{pool[row]} {''.join(copy)} {pool[(row + 1) % len(pool)]}"
+    overlap, _ = ngram_overlap(pool, items, n)
+    assert overlap[row] == 1.0
+
+
+@settings(max_examples=examples(200))
+@given(st.text())
+def test_normalising_twice_changes_nothing(text):
+    assert normalize(normalize(text)) == normalize(text)
+    assert words(" ".join(words(text))) == words(text)
+    if text.isascii():  # the fast path reads ASCII as the general one does
+        assert words(text) == re.sub(r"[^\w\s]", "", text.lower()).split()
 
 
 def _vectors_pool(n=120, dim=16, seed=0):
@@ -298,6 +538,23 @@ def test_the_trainer_never_draws_rows_that_copy_its_exclude_dataset(tmp_path):
     assert len(drawn) == 80 and not {26, 33} & set(np.asarray(drawn).tolist())
     with pytest.raises(InvalidArgumentError, match="left after decontamination"):
         make_trainer(tmp_path / "big", pool=pool, budget=95, rounds=2, k="4", exclude_dataset=exclude)
+
+
+@pytest.mark.scripts
+@needs_pool
+def test_the_scale_benchmark_finds_every_planted_copy(tmp_path):
+    """`bench/decontaminate.py --quick`: both implementations run in their own processes and report time and memory;
+    the new one finds every planted copy, those with Unicode noise included, which the old one missed."""
+    bench = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench", "decontaminate.py")
+    out = tmp_path / "scale.json"
+    done = subprocess.run([sys.executable, bench, "--quick", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = {(r["implementation"], r["pool_rows"]): r for r in json.loads(out.read_text())["runs"]}
+    assert set(runs) == {(i, size) for i in ("before", "after") for size in (2000, 5000)}
+    for size in (2000, 5000):
+        after, before = runs["after", size], runs["before", size]
+        assert after["planted_found"] == after["planted"] == 100 and before["planted_found_unicode_noise"] < 50
+        assert after["wall_s"] > 0 and after["cpu_s"] > 0 and after["peak_rss_mib"] >= after["rss_before_call_mib"] > 0
 
 
 # --- Issue 29.2: `exclude_ngram` and the thresholds' boundaries, through diverse_select ---
