@@ -175,6 +175,8 @@ def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: s
     runs that fitted (the statistics pair seeds where both arms ran) and say where the run stopped
     (`stopped`).
     """
+    from hf_idsel.methods import METHODS
+
     started, cpu_started = time.perf_counter(), time.process_time()
     cfg = cfg.scaled()
     cfg.arms = tuple(run_order(cfg.arms or default_arms()))
@@ -276,7 +278,9 @@ def run_experiment(cfg: FidelityConfig, out_dir: str | None = None, cache_dir: s
                 extra.update(prior)
             else:
                 selected, clusters, k_selection = static_selection(arm, pool, cfg, seed, k, cache_dir=cache_dir)
-                if clusters is not None and "encoder" not in spec.select and not np.array_equal(clusters, labels[selected]):
+                # A method that needs no vectors (random, balanced-random) records its draw groups, not k-means clusters.
+                clustered = METHODS[spec.select["method"]].needs_vectors
+                if clusters is not None and clustered and "encoder" not in spec.select and not np.array_equal(clusters, labels[selected]):
                     raise RuntimeError(f"{arm}: diverse_select clustered the pool differently from the shared clustering")
                 if k_selection is not None:
                     extra["k_selection"] = k_selection
