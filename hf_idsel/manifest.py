@@ -47,7 +47,7 @@ FORMAT_VERSION = 2
 # format_version 1: `pool.column_digests` and `clusters_digest` did not exist yet.
 _FIRST_VERSION_WITH_COLUMN_DIGESTS = 2
 # Fields that no format_version 1 writer ever wrote (they came with version 2 or later).
-_FIELDS_AFTER_VERSION_1 = ("clusters_digest", "decontamination", "cluster_map", "cluster_descriptions")
+_FIELDS_AFTER_VERSION_1 = ("clusters_digest", "decontamination", "cluster_map", "cluster_descriptions", "target")
 _VERSIONED_PACKAGES = (
     "hf_idsel", "datasets", "numpy", "faiss-cpu", "faiss-gpu", "sentence-transformers", "transformers", "torch",
 )
@@ -252,6 +252,10 @@ class Manifest:
             most distinctive words and the rows nearest its centroid, shortened. Text for readers, covered by
             no digest; `None` in manifests written before hf_idsel described clusters, or when the rows had no
             text to describe.
+        target (`dict`, *optional*):
+            When the selection was aimed at a target (`target_dataset`, see [`target`]): the examples (`name`,
+            `fingerprint`, `num_rows`, `digest` of their content), how they were read and used (`render`, `method`,
+            `sharpness`, `task_column`, `tasks`) and each cluster's `cluster_affinity`. `None` otherwise.
         versions (`dict`):
             Library versions that made the selection.
         created_at (`str`):
@@ -279,6 +283,7 @@ class Manifest:
     decontamination: dict | None = None
     cluster_map: list | None = None
     cluster_descriptions: list | None = None
+    target: dict | None = None
     versions: dict = field(default_factory=library_versions)
     created_at: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat())
     format_version: int = FORMAT_VERSION
@@ -543,7 +548,7 @@ def _check_fields(data, origin: str) -> None:
 
     for name in ("arguments", "k_selection", "budget"):
         expect(name, data[name], dict, "a JSON object")
-    for name in ("render", "encoder", "dedup", "decontamination"):
+    for name in ("render", "encoder", "dedup", "decontamination", "target"):
         expect(name, data.get(name), (dict, type(None)), "a JSON object or null")
     expect("versions", data.get("versions", {}), dict, "a JSON object")
     expect("method", data["method"], str, "a string")
@@ -618,6 +623,7 @@ def _check_fields(data, origin: str) -> None:
     if any(c > s for c, s in zip(per_cluster, sizes)):
         raise _FieldError("`selected_per_cluster` exceeds `cluster_sizes`.")
     _check_descriptions(data.get("cluster_descriptions"), k)
+    _check_target(data.get("target"), data["arguments"], k)
     _check_k_selection(data["k_selection"], k)
     points = data.get("cluster_map")
     if points is not None and (
@@ -715,6 +721,20 @@ def _check_decontamination(record, rows: int, selected: list, k: int) -> int:
     if set(removed) & set(selected):
         raise _FieldError("`decontamination.removed_indices` and `selected_indices` share rows: a removed row was selected.")
     return len(removed)
+
+
+def _check_target(record, arguments: dict, k: int) -> None:
+    """A target record: its examples' count and digest, a known method that the arguments agree with, one affinity in
+    [0, 1] per cluster."""
+    if record is None:
+        return
+    rows, digest, affinity = record.get("num_rows"), record.get("digest"), record.get("cluster_affinity")
+    if not _is_int(rows) or rows < 1 or not isinstance(digest, str) or not digest.startswith("sha256:"):
+        raise _FieldError(f"`target` must hold `num_rows` (an int >= 1) and a 'sha256:...' `digest`, got {_short(record)}.")
+    if record.get("method") not in ("kmq", "rds") or arguments.get("target_method", record["method"]) != record["method"]:
+        raise _FieldError(f"`target.method`={_short(record.get('method'))} must be 'kmq' or 'rds', as `arguments.target_method` says.")
+    if not isinstance(affinity, list) or len(affinity) != k or not all(_is_finite(a) and 0 <= a <= 1 for a in affinity):
+        raise _FieldError(f"`target.cluster_affinity`={_short(affinity)} must hold one number in [0, 1] per cluster (k={k}).")
 
 
 def _check_descriptions(descriptions, k) -> None:
