@@ -47,6 +47,7 @@ class PushError(IdselError, RuntimeError):
 
 def redact_token(text: str, token=None) -> str:
     """`text` without any Hub token in it: `token` itself (when a string) and anything shaped like one (`hf_...`)."""
-    if isinstance(token, str) and token:
-        text = text.replace(token, "***")
+    if isinstance(token, str) and token.strip():
+        # Also where a client quotes it without its line end (a token read from a file).
+        text = text.replace(token, "***").replace(token.strip(), "***")
     return _TOKEN_PATTERN.sub("hf_***", text)

@@ -483,3 +483,18 @@ def test_a_manifest_from_before_the_papers_rule_replays_with_the_search_it_ran(b
     assert old.k == 6  # the paper's rule would pick 4 here: 12 rows allow k < 6
     again = load_selection(old, blob_pool, recompute=True)
     assert again["source_index"] == subset["source_index"] and again["cluster"] == subset["cluster"]
+
+
+def test_exact_silhouette_ties_go_to_the_smaller_k_under_both_rules():
+    """Issue 29.2: identical rows score -1 at every k, an exact tie. Both rules choose the smallest k, call it the
+    best, and return its clustering (the global rule keeps only its best clustering: the kept one must be that k's)."""
+    x = np.tile(np.array([[0.0, 1.0, 0.0]], dtype=np.float32), (60, 1))
+    for rule in ("paper", "global"):
+        result = choose_k(x, [4, 2, 3], seed=0, rule=rule)
+        assert result.silhouette == {2: -1.0, 3: -1.0, 4: -1.0}, rule
+        assert result.k == result.best == 2 and result.clustering.k == 2, rule
+        assert result.clustering.centroids.shape == (2, 3), rule
+    assert choose_k(x, [4, 2, 3], seed=0, rule="paper").tied == [2, 3, 4]
+    # In `near_ties` too, the best of an exact tie is the smaller k: its own error sets the band (k = 16's is wide).
+    scores, errors = {2: 0.50, 8: 0.45, 16: 0.50}, {2: 0.001, 8: 0.001, 16: 0.1}
+    assert near_ties(scores, errors, 0.0) == [2, 16]

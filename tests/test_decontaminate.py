@@ -298,3 +298,72 @@ def test_the_trainer_never_draws_rows_that_copy_its_exclude_dataset(tmp_path):
     assert len(drawn) == 80 and not {26, 33} & set(np.asarray(drawn).tolist())
     with pytest.raises(InvalidArgumentError, match="left after decontamination"):
         make_trainer(tmp_path / "big", pool=pool, budget=95, rounds=2, k="4", exclude_dataset=exclude)
+
+
+# --- Issue 29.2: `exclude_ngram` and the thresholds' boundaries, through diverse_select ---
+
+# An evaluation item of 11 words no pool row holds otherwise: 10 distinct word 2-grams, 4 distinct 8-grams.
+ITEM_WORDS = "zebra quartz lantern orbit maple cobalt fjord saffron tundra velvet harbor".split()
+ITEM = " ".join(ITEM_WORDS)
+
+
+def _planted_pool(texts: dict[int, str], vectors: dict[int, list[float]] | None = None, n: int = 40, dim: int = 16):
+    """`n` rows of words of their own, the rows in `texts` given that text; every vector is orthogonal to the first
+    axis (cosine 0 to an item on it) but those in `vectors`."""
+    rng = np.random.default_rng(4)
+    matrix = unit_rows(np.hstack([np.zeros((n, 1)), rng.normal(size=(n, dim - 1))]))
+    for row, vector in (vectors or {}).items():
+        matrix[row] = vector
+    rows = [texts.get(i, f"row {i}: " + " ".join(f"w{i}x{j}" for j in range(10))) for i in range(n)]
+    return datasets.Dataset.from_dict({"text": rows, "embedding": matrix.tolist()})
+
+
+def _removed(pool, **kwargs):
+    _, manifest = diverse_select(pool, 10, k=2, embedding_column="embedding", return_manifest=True, **kwargs)
+    return manifest
+
+
+def test_exclude_ngram_sets_the_word_ngram_length_of_the_overlap_test():
+    """Row 7 holds the item's first 9 words: 8 of its 10 2-grams (0.8), but 2 of its 4 8-grams (0.5). With the
+    default 8-grams it stays; with `exclude_ngram=2` it goes, and the manifest records the length used."""
+    pool = _planted_pool({7: "row 7 says " + " ".join(ITEM_WORDS[:9]) + " and more"})
+    common = dict(exclude=[ITEM], exclude_cosine_threshold=None)
+    default = _removed(pool, **common)
+    assert default.decontamination["removed_indices"] == [] and default.decontamination["ngram"] == 8
+    two = _removed(pool, exclude_ngram=2, **common)
+    assert two.decontamination["removed_indices"] == [7] and two.decontamination["ngram_overlap"] == [0.8]
+    assert two.decontamination["ngram"] == 2 and two.arguments["exclude_ngram"] == 2
+    assert 7 not in two.selected_indices
+
+
+def _float32_above(value: float) -> float:
+    """The next float32 above `value`: a threshold just above a share or cosine, whatever precision compares them."""
+    return float(np.nextafter(np.float32(value), np.float32(2)))
+
+
+def test_a_row_exactly_at_the_ngram_threshold_is_dropped_and_one_just_below_is_kept():
+    """Rows 3 and 9 hold 6 and 5 of the item's 10 word 2-grams: shares of exactly 0.6 and 0.5. "At least the
+    threshold" drops a row at it; a threshold just above a row's share keeps the row."""
+    pool = _planted_pool({3: "row three " + " ".join(ITEM_WORDS[:7]), 9: "row nine " + " ".join(ITEM_WORDS[4:10])})
+    common = dict(exclude=[ITEM], exclude_ngram=2, exclude_cosine_threshold=None)
+    at = _removed(pool, exclude_ngram_threshold=0.6, **common).decontamination
+    assert at["removed_indices"] == [3] and at["ngram_overlap"] == [0.6]
+    assert _removed(pool, exclude_ngram_threshold=_float32_above(0.6), **common).decontamination["removed_indices"] == []
+    both = _removed(pool, exclude_ngram_threshold=0.5, **common).decontamination
+    assert both["removed_indices"] == [3, 9] and both["ngram_overlap"] == [0.6, 0.5]
+    assert _removed(pool, exclude_ngram_threshold=_float32_above(0.5), **common).decontamination["removed_indices"] == [3]
+
+
+def test_a_row_exactly_at_the_cosine_threshold_is_dropped_and_one_just_below_is_kept():
+    """The item's vector is the first axis. Row 5's vector (0.5, 0.5, 0.5, 0.5, 0, ...) has a cosine of exactly 0.5 to
+    it in any floating-point precision; row 12's (0.25, ...) about 0.25; every other row 0."""
+    quarter = np.zeros(16)
+    quarter[0], quarter[1] = 0.25, np.sqrt(1 - 0.25**2)
+    pool = _planted_pool({}, {5: [0.5] * 4 + [0.0] * 12, 12: quarter.tolist()})
+    axis = [1.0] + [0.0] * 15
+    exclude = datasets.Dataset.from_dict({"text": ["an evaluation item in words of its own"], "embedding": [axis]})
+    common = dict(exclude=exclude, exclude_ngram_threshold=None)
+    at = _removed(pool, exclude_cosine_threshold=0.5, **common).decontamination
+    assert at["removed_indices"] == [5] and at["cosine"] == [0.5] and at["matched_items"] == [0]
+    assert _removed(pool, exclude_cosine_threshold=_float32_above(0.5), **common).decontamination["removed_indices"] == []
+    assert _removed(pool, exclude_cosine_threshold=0.2, **common).decontamination["removed_indices"] == [5, 12]

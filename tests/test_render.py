@@ -257,3 +257,30 @@ def test_the_arrow_check_agrees_with_rendering_row_by_row(rows, include_answer):
         return
     with pytest.raises(InvalidArgumentError, match=rf"{sum(blank)} row\(s\).*first: row {blank.index(True)}\)"):
         check_text_to_embed(ds.data.table, options)
+
+
+def test_another_tokenizer_with_the_same_template_and_eos_gets_its_own_counts(cache_dir, caplog):
+    """Issue 29.2: the token-count cache key must follow the tokenizer itself, not only its chat template and EOS.
+    Two tokenizers that share both but not their vocabulary count the same pool differently; the second must not be
+    served the first one's cached counts."""
+    coarse, fine = make_tiny_tokenizer(), make_tiny_tokenizer(vocab_size=270)  # 270: few merges, more tokens per row
+    assert coarse.chat_template == fine.chat_template and coarse.eos_token == fine.eos_token
+    for name in ("messages", "text"):
+        pool = pools_in_every_layout()[name]
+        options = resolve_render_options(pool.column_names, tokenizer=coarse)
+        assert resolve_render_options(pool.column_names, tokenizer=fine) == options  # the options do not tell them apart
+        first = token_lengths(pool, options, coarse, cache_dir=cache_dir)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="hf_idsel"):
+            second = token_lengths(pool, options, fine, cache_dir=cache_dir)
+        assert "Loaded tokens from cache" not in caplog.text, name
+        if name == "messages":
+            assert second.tolist() == [true_chat_tokens(fine, c) for c in pool["messages"]]
+        else:
+            assert second.tolist() == [len(fine(t + fine.eos_token)["input_ids"]) for t in pool["text"]]
+        assert (second > first).all(), name
+        # The first tokenizer's counts are still served from its own entry.
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="hf_idsel"):
+            assert token_lengths(pool, options, coarse, cache_dir=cache_dir).tolist() == first.tolist()
+        assert "Loaded tokens from cache" in caplog.text, name

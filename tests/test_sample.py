@@ -378,3 +378,52 @@ def test_validate_quality_errors_point_at_the_first_bad_row():
         "probabilities; use quality_weighting='softmax' or shift the scores."
     )):
         validate_quality([1.0, 0.0, -2.0, -1.0], "q", weighting="linear")
+
+
+# --- Issue 29.2: exact quotas at capacity edges, for any capacities and weights ---
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from helpers import examples  # noqa: E402
+
+
+def test_a_capped_heavy_cluster_gives_its_rest_to_the_others_exactly():
+    """The report's case: cluster 0 (1 row, weight 3.95) is owed 1.9 rows of 50 and can give 1. A rule that hands the
+    largest remainder to a cluster already at capacity, or shares the rest against the capped cluster's weight too,
+    comes out one row short (49)."""
+    quotas = cluster_quotas(np.array([1, 100]), 50, np.array([3.95, 1.0]))
+    assert quotas.tolist() == [1, 49] and quotas.sum() == 50
+    # The same edge with more clusters: two capped clusters, the rest split by weight x size among the others.
+    quotas = cluster_quotas(np.array([1, 2, 100, 100]), 101, np.array([3.95, 9.0, 1.0, 1.0]))
+    assert quotas.tolist() == [1, 2, 49, 49]
+
+
+@st.composite
+def _capacities_weights_budget(draw):
+    k = draw(st.integers(1, 8))
+    # Small clusters next to large ones: the capacity edges, where a share is cut to the rows a cluster holds.
+    capacities = draw(st.lists(st.one_of(st.integers(0, 3), st.integers(0, 120)), min_size=k, max_size=k))
+    weight = st.one_of(st.just(0.0), st.floats(1e-3, 20.0), st.sampled_from([1.0, 3.95, 0.25]))
+    weights = draw(st.one_of(st.none(), st.lists(weight, min_size=k, max_size=k)))
+    budget = draw(st.integers(0, sum(capacities) + 5))
+    return np.array(capacities), weights, budget
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(case=_capacities_weights_budget())
+def test_quotas_spend_exactly_the_budget_for_any_capacities_and_weights(case):
+    """Exact budgets are a promise: the quotas add up to min(budget, rows available), within each cluster's rows; a
+    budget above the rows available is refused by name, never silently cut."""
+    capacities, weights, budget = case
+    w = None if weights is None else np.array(weights)
+    if budget > capacities.sum():
+        with pytest.raises(InvalidArgumentError, match=f"Cannot draw {budget} rows: only {capacities.sum()} are available"):
+            cluster_quotas(capacities, budget, w)
+        budget = int(capacities.sum())
+    quotas = cluster_quotas(capacities, budget, w)
+    assert quotas.sum() == min(budget, capacities.sum())
+    assert (quotas >= 0).all() and (quotas <= capacities).all()
+    if w is not None and (quotas[w == 0] > 0).any():
+        # Zero-weight clusters are used only once every cluster with a positive weight is spent.
+        assert (quotas[w > 0] == capacities[w > 0]).all()

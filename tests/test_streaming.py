@@ -258,3 +258,25 @@ def test_a_streamed_selection_equals_the_in_memory_one_for_every_method_and_opti
     if call.get("exclude") is not None:
         assert manifest.decontamination is not None
         assert not set(manifest.decontamination["removed_indices"]) & set(manifest.selected_indices)
+
+
+def test_a_stream_longer_than_one_batch_keeps_its_last_partial_batch(cache_dir):
+    """Issue 29.2: no stream here was longer than one batch (`STREAM_BATCH`, 1,024 rows), so a stream that lost its
+    last partial batch went unseen: 1,500 rows would become a 1,024-row pool, silently. At the real batch size, every
+    row is read on both passes, and rows past the first batch are selected as from the pool loaded whole."""
+    from hf_idsel.stream import STREAM_BATCH
+
+    n = 1500
+    assert STREAM_BATCH < n < 2 * STREAM_BATCH  # one full batch and one partial batch (per pass)
+    rng = np.random.default_rng(11)
+    centres = rng.normal(size=(5, 8))
+    vectors = centres[np.arange(n) % 5] + 0.4 * rng.normal(size=(n, 8))
+    pool = datasets.Dataset.from_dict({"embedding": vectors.astype(np.float32).tolist(), "id": list(range(n))})
+    common = dict(k=5, seed=3, embedding_column="embedding", return_manifest=True, cache_dir=cache_dir)
+    whole, expected = hf_idsel.diverse_select(pool, 300, **common)
+    subset, manifest = hf_idsel.diverse_select(pool.to_iterable_dataset(), 300, **common)
+    assert manifest.pool["num_rows"] == n and sum(manifest.cluster_sizes) == n
+    assert manifest.pool["digest"] == expected.pool["digest"]
+    assert len(subset) == 300 and manifest.selected_indices == expected.selected_indices
+    assert max(manifest.selected_indices) >= STREAM_BATCH  # rows of the partial batch are among the chosen
+    assert subset["id"] == whole["id"] == manifest.selected_indices
