@@ -724,8 +724,8 @@ def _check_decontamination(record, rows: int, selected: list, k: int) -> int:
 
 
 def _check_target(record, arguments: dict, k: int) -> None:
-    """A target record: its examples' count and digest, a known method that the arguments agree with, one affinity in
-    [0, 1] per cluster."""
+    """A target record: its examples' count and digest, a known method and sharpness that the arguments agree with, task
+    counts that add up, one affinity in [0, 1] per cluster."""
     if record is None:
         return
     rows, digest, affinity = record.get("num_rows"), record.get("digest"), record.get("cluster_affinity")
@@ -735,6 +735,11 @@ def _check_target(record, arguments: dict, k: int) -> None:
         raise _FieldError(f"`target.method`={_short(record.get('method'))} must be 'kmq' or 'rds', as `arguments.target_method` says.")
     if not isinstance(affinity, list) or len(affinity) != k or not all(_is_finite(a) and 0 <= a <= 1 for a in affinity):
         raise _FieldError(f"`target.cluster_affinity`={_short(affinity)} must hold one number in [0, 1] per cluster (k={k}).")
+    sharpness, tasks = record.get("sharpness"), record.get("tasks")
+    if record["method"] == "kmq" and not (_is_finite(sharpness) and sharpness >= 0 and arguments.get("target_sharpness", sharpness) == sharpness):
+        raise _FieldError(f"`target.sharpness`={_short(sharpness)} must be a number >= 0, as `arguments.target_sharpness` says.")
+    if tasks is not None and not (isinstance(tasks, dict) and all(_is_int(n) and n > 0 for n in tasks.values()) and sum(tasks.values()) == rows):
+        raise _FieldError(f"`target.tasks`={_short(tasks)} must count each task's examples, {rows} in all.")
 
 
 def _check_descriptions(descriptions, k) -> None:
