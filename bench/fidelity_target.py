@@ -11,18 +11,20 @@ The setting (pre-registered in docs/fidelity.md, "Selecting for a target"):
    pool rows; no planted junk. Rows are conversational prompt/completion, as in bench/fidelity.py.
 2. Arms under one row budget, each trained with bench/fidelity.py's `train_static` (trl SFTTrainer + LoRA on the
    packaged SmolLM2-135M-Instruct, one epoch, budget / batch steps): `random`, `balanced-random` (an equal share per
-   source), `kmq` (k = 16, quality = the base model's answer log-likelihood), and, per target, `target-kmq` (kmq with
-   `target_dataset=` the 32 examples, `target_method="kmq"`, default sharpness) and `target-rds`
-   (`target_method="rds"`). The untargeted arms do not depend on the target: one run per seed serves both targets.
-3. Metrics, per target: held-out loss on the target's source (mean per-token NLL of the gold answer; for MMLU of the
-   gold option, as bench/fidelity.py's `evaluate`), the mean held-out loss on the three other sources, the share of
+   source), `kmq` (k = 16, uniform inside clusters: no quality pre-pass, which would cost more CPU than two training
+   runs on this shared machine), and, per target, `target-kmq` (kmq with `target_dataset=` the 32 examples,
+   `target_method="kmq"`, default sharpness) and `target-rds` (`target_method="rds"`). The untargeted arms do not
+   depend on the target: one run per seed serves both targets.
+3. Metrics, per target: held-out loss on the target's source (mean per-token NLL of the gold answer given the prompt
+   in the chat template; for MMLU the gold option's text "The answer is X. ...", all sources batched in one call of
+   `hf_idsel.quality.answer_log_likelihood`; no MMLU accuracy), the mean held-out loss on the three other sources, the share of
    the budget drawn from the target's source, and coverage inside the target's region: the mean over the pool rows of
    the target's source of 1 - the cosine (MiniLM) to the nearest selected row. Paired differences per seed (same
    pool, held-out rows and training seed for every arm) with 95% Student-t intervals.
 
 Reused from bench/fidelity.py by import (the names bench/gpu_fidelity.py also imports, plus the training and
-evaluation functions): `DOMAINS`, `MMLU_PATTERN`, `SOURCE_ROWS`, `t_interval`, `FidelityConfig`, `load_base`,
-`drop_long_prompts`, `train_static`, `evaluate`. Writes `<out>/fidelity_target_results.json` after every run (with the
+training function): `DOMAINS`, `MMLU_PATTERN`, `SOURCE_ROWS`, `t_interval`, `FidelityConfig`, `load_base`,
+`drop_long_prompts`, `train_static`. Writes `<out>/fidelity_target_results.json` after every run (with the
 commit) and prints the markdown tables.
 """
 
@@ -54,7 +56,6 @@ from fidelity import (  # noqa: E402
     SOURCE_ROWS,
     FidelityConfig,
     drop_long_prompts,
-    evaluate,
     load_base,
     t_interval,
     train_static,
@@ -134,14 +135,32 @@ def select(arm: str, pool, cfg: FidelityConfig, seed: int, target, cache_dir: st
     kwargs = {
         "random": {"method": "random"},
         "balanced-random": {"method": "balanced-random", "source_column": "origin"},
-        "kmq": {"quality_column": "quality"},
-        "target-kmq": {"quality_column": "quality", "target_dataset": target, "target_method": "kmq"},
+        "kmq": {},
+        "target-kmq": {"target_dataset": target, "target_method": "kmq"},
         "target-rds": {"target_dataset": target, "target_method": "rds"},
     }[arm]
-    subset = hf_idsel.diverse_select(
-        pool, budget=cfg.budget, k=cfg.k, seed=seed, cache_dir=cache_dir, quality_temperature=cfg.quality_temperature, **kwargs
-    )
+    subset = hf_idsel.diverse_select(pool, budget=cfg.budget, k=cfg.k, seed=seed, cache_dir=cache_dir, **kwargs)
     return np.sort(np.asarray(subset["source_index"], dtype=np.int64))
+
+
+def evaluate(model, tokenizer, heldout: dict, cfg: FidelityConfig) -> dict:
+    """Held-out gold-answer loss per source (mean per-token NLL given the chat-templated prompt), one batched call."""
+    from hf_idsel.quality import answer_log_likelihood
+
+    items = [(d, item) for d in DOMAINS for item in heldout[d]]
+    prompts = [tokenizer.apply_chat_template(item["prompt"], tokenize=False, add_generation_prompt=True) for _, item in items]
+    was_training = model.training
+    model.eval()
+    try:
+        ll = answer_log_likelihood(
+            model, tokenizer, prompts, [item["answer"] for _, item in items], batch_size=cfg.eval_batch_size,
+            max_length=cfg.eval_max_length, show_progress=False,
+        )
+    finally:
+        model.train(was_training)
+    domains = np.asarray([d for d, _ in items])
+    loss = {d: float(-ll[domains == d].mean()) for d in DOMAINS if heldout[d]}
+    return {"loss": loss, "loss_mean": float(np.mean(list(loss.values())))}
 
 
 def metrics_for(target: str, evaluation: dict, selected: np.ndarray, origins: np.ndarray, embeddings: np.ndarray) -> dict:
@@ -155,7 +174,6 @@ def metrics_for(target: str, evaluation: dict, selected: np.ndarray, origins: np
 
 
 def run(seeds: int, targets: tuple, threads: int | None, out_dir: str | None, cache_dir: str) -> dict:
-    import hf_idsel
     from hf_idsel.embed import embed_dataset
     from hf_idsel.render import resolve_render_options
     from hf_idsel.target import DEFAULT_TARGET_SHARPNESS
@@ -171,11 +189,6 @@ def run(seeds: int, targets: tuple, threads: int | None, out_dir: str | None, ca
     t = time.perf_counter()
     embeddings, _ = embed_dataset(pool, resolve_render_options(pool.column_names), cache_dir=cache_dir)
     embeddings = np.asarray(embeddings, dtype=np.float32)
-    scored = hf_idsel.score_quality(
-        pool, model=base, tokenizer=tokenizer, max_length=cfg.max_length, batch_size=cfg.eval_batch_size,
-        cache_dir=cache_dir, show_progress=False,
-    )
-    pool = pool.add_column("quality", np.asarray(scored["quality"], dtype=np.float64).tolist())
     prepare_s = time.perf_counter() - t
     origins = np.asarray(pool["origin"])
     base_eval = evaluate(base, tokenizer, heldout, cfg)
