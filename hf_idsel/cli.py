@@ -178,6 +178,11 @@ class SelectCommandArguments:
             "aliases": ["--exclude_split"],
         },
     )
+    target_dataset_config: str | None = field(default=None, metadata={"help": "Config name of --target_dataset."})
+    target_dataset_split: str | None = field(
+        default=None,
+        metadata={"help": "Split of --target_dataset (default: its only split; a local file's is 'train')."},
+    )
     out: str | None = field(
         default=None,
         metadata={
@@ -243,8 +248,9 @@ def _selection_flags() -> type:
             annotation = str if isinstance(f.default, str) else str | None
         metadata = {key: f.metadata[key] for key in ("help", "choices") if key in f.metadata}
         old = [f"--{name}" for name, new in OLD_NAMES.items() if new == f.name]
-        if old:
-            metadata["aliases"] = old
+        short = [f"--{name}" for name in f.metadata.get("aliases", ())]  # `--target`: `--target_dataset`, no warning
+        if old or short:
+            metadata["aliases"] = old + short
         specs.append((f.name, annotation, field(default=f.default, metadata=metadata)))
     return dataclasses.make_dataclass("SelectFlags", specs)
 
@@ -313,7 +319,8 @@ def _run_select(argv: list[str]) -> int:
     if not command.dry_run:
         if command.out is None:
             raise InvalidArgumentError("--out is required: the folder to write the selection to (or pass --dry_run).")
-        _check_out(command.out, command.overwrite, {"POOL": pool_name, "--exclude_dataset": selection["exclude_dataset"]})
+        sources = {"POOL": pool_name, **{f"--{name}": selection[name] for name in ("exclude_dataset", "target_dataset")}}
+        _check_out(command.out, command.overwrite, sources)
     if selection["max_tokens"] is not None and not selection["tokenizer"]:
         raise InvalidArgumentError("--max_tokens needs --tokenizer (the tokenizer you will train with).")
     if command.streaming:
@@ -328,6 +335,12 @@ def _run_select(argv: list[str]) -> int:
         selection["exclude_dataset"] = load_pool(
             selection["exclude_dataset"], split=command.exclude_dataset_split, config=command.exclude_dataset_config,
             source_argument="--exclude_dataset", split_argument="--exclude_dataset_split",
+        )
+    target_name = selection["target_dataset"]
+    if target_name is not None:
+        selection["target_dataset"] = load_pool(
+            target_name, split=command.target_dataset_split, config=command.target_dataset_config,
+            source_argument="--target_dataset", split_argument="--target_dataset_split",
         )
     from .select import diverse_select
 
@@ -350,6 +363,9 @@ def _run_select(argv: list[str]) -> int:
         exclude = _data_source(exclude_name, command.exclude_dataset_config, command.exclude_dataset_split, None)
         name = os.path.basename(exclude["path"]) if os.path.isabs(exclude["path"]) else exclude["path"]
         manifest.decontamination["exclude"].update(name=name, source=exclude)
+    if manifest.target is not None:  # the target by its file name or Hub id too
+        source = _data_source(target_name, command.target_dataset_config, command.target_dataset_split, None)
+        manifest.target.update(name=os.path.basename(source["path"]) if os.path.isabs(source["path"]) else source["path"], source=source)
     out = command.out
     if command.overwrite:
         _remove_earlier_selection(out)

@@ -740,6 +740,9 @@ def _check_target(record, arguments: dict, k: int) -> None:
         raise _FieldError(f"`target.sharpness`={_short(sharpness)} must be a number >= 0, as `arguments.target_sharpness` says.")
     if tasks is not None and not (isinstance(tasks, dict) and all(_is_int(n) and n > 0 for n in tasks.values()) and sum(tasks.values()) == rows):
         raise _FieldError(f"`target.tasks`={_short(tasks)} must count each task's examples, {rows} in all.")
+    nearest = record.get("example_clusters")  # absent in records written before the target-loss scorer
+    if nearest is not None and not (isinstance(nearest, list) and len(nearest) == rows and all(_is_int(c) and 0 <= c < k for c in nearest)):
+        raise _FieldError(f"`target.example_clusters`={_short(nearest)} must hold each example's cluster in [0, {k}).")
 
 
 def _check_descriptions(descriptions, k) -> None:

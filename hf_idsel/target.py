@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import checks, sample
-from .decontaminate import words
+from .decontaminate import as_dataset, exclude_render_options, words
 from .errors import InvalidArgumentError
 from .render import RenderOptions, check_text_to_embed, prompt_and_answer, resolve_render_options, validate_columns
 
@@ -326,6 +326,8 @@ class Target:
         sharpness (`float`): the exponent of the affinity in the kMQ quotas.
         task_column (`str`, *optional*): the column naming each example's task.
         affinity (`np.ndarray`): each cluster's affinity to the target ([`cluster_affinity`]).
+        example_clusters (`np.ndarray`): each example's nearest cluster (highest cosine to its centroid; ties to the
+            lower cluster), what [`~scoring.TargetLossScorer`] scores clusters by.
     """
 
     dataset: datasets.Dataset
@@ -336,6 +338,7 @@ class Target:
     sharpness: float
     task_column: str | None
     affinity: np.ndarray
+    example_clusters: np.ndarray
 
     @property
     def weights(self) -> np.ndarray:
@@ -394,6 +397,7 @@ class Target:
             "tasks": tasks,
             "render": self.options.to_dict() if self.options is not None else None,
             "cluster_affinity": [round(float(a), 6) for a in self.affinity],
+            "example_clusters": [int(c) for c in self.example_clusters],
         }
 
 
@@ -418,10 +422,11 @@ def prepare_target(
         vectors = np.asarray(vectors, dtype=np.float32)
     tasks = target_tasks(dataset, task_column)
     affinity = cluster_affinity(clustering.centroids, vectors, tasks)
+    nearest = np.argmax(_unit(np.asarray(clustering.centroids, dtype=np.float32)) @ _unit(vectors).T, axis=0)
     logger.info(
         "Target: %d examples (%s); cluster affinity from %.3f to %.3f", len(dataset), method, affinity.min(), affinity.max()
     )
-    return Target(dataset, vectors, tasks, options, method, float(sharpness), task_column, affinity)
+    return Target(dataset, vectors, tasks, options, method, float(sharpness), task_column, affinity, nearest)
 
 
 def affinity_split(affinity, cluster_sizes, selected_per_cluster, bands: int = 4) -> list[dict]:
@@ -445,3 +450,29 @@ def affinity_split(affinity, cluster_sizes, selected_per_cluster, bands: int = 4
             "affinity": [round(float(affinity[members].min()), 4), round(float(affinity[members].max()), 4)],
         })
     return split
+
+
+def check_trainer_target(target, exclude, render: RenderOptions, *, task_column, embedding_column) -> datasets.Dataset | None:
+    """[`check_target`] for `IterativeSelectionTrainer(..., target_dataset=...)`: its layout, tasks and vectors, and no
+    item of `exclude_dataset`, checked before the model or any encoder loads; `None` without a target."""
+    if target is None:
+        return None
+    exclude = None if exclude is None else as_dataset(exclude)
+    return check_target(
+        target, pool_render=render, include_answer=render.include_answer, task_column=task_column,
+        embedding_column=embedding_column, exclude=exclude,
+        exclude_options=None if exclude is None else exclude_render_options(exclude, render),
+    )
+
+
+def trainer_target_record(target, clustering, render: RenderOptions, args, *, encoder, dim: int) -> dict | None:
+    """The trainer's target stage (main process): embed `target` as the pool was and measure each cluster's affinity
+    ([`prepare_target`], `target_method="kmq"` with `args.target_sharpness`); its manifest record, the round plan's
+    fixed cluster weights ([`~rounds.target_prior`]), or `None` without a target."""
+    if target is None:
+        return None
+    return prepare_target(
+        target, clustering, method="kmq", sharpness=args.target_sharpness, task_column=args.target_task_column,
+        pool_render=render, include_answer=render.include_answer, encoder=encoder, embedding_column=args.embedding_column,
+        dim=dim,
+    ).record()
