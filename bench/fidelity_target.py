@@ -75,12 +75,12 @@ COMPARISONS = (
 METRICS = ("target_loss", "other_loss", "target_share", "target_coverage")
 
 
-def config(seeds: int = 4, threads: int | None = 2) -> FidelityConfig:
-    """bench/fidelity.py's CPU setting (budget 24, batch 4, k 16, LoRA r 16, lr 5e-4), without junk, with 20 held-out
-    rows of each target source."""
+def config(seeds: int = 4, threads: int | None = 2, budget: int = 24) -> FidelityConfig:
+    """bench/fidelity.py's CPU setting (batch 4, k 16, LoRA r 16, lr 5e-4; budget 24 unless `--budget`), without junk,
+    with 12 held-out rows of each target source, 6 of chit-chat and 4 of HumanEval (sized for a shared 2-core CPU)."""
     return FidelityConfig(
-        seeds=seeds, threads=threads, junk_rows={"offtopic": 0, "corrupted": 0},
-        heldout_rows={"gsm8k": 20, "humaneval": 4, "chitchat": 10, "mmlu": 20},
+        seeds=seeds, threads=threads, budget=budget, junk_rows={"offtopic": 0, "corrupted": 0},
+        heldout_rows={"gsm8k": 12, "humaneval": 4, "chitchat": 6, "mmlu": 12},
     )
 
 
@@ -173,13 +173,14 @@ def metrics_for(target: str, evaluation: dict, selected: np.ndarray, origins: np
     }
 
 
-def run(seeds: int, targets: tuple, threads: int | None, out_dir: str | None, cache_dir: str) -> dict:
+def run(seeds: int, targets: tuple, threads: int | None, out_dir: str | None, cache_dir: str, *, budget: int = 24,
+        deadline: float | None = None) -> dict:
     from hf_idsel.embed import embed_dataset
     from hf_idsel.render import resolve_render_options
     from hf_idsel.target import DEFAULT_TARGET_SHARPNESS
 
     started = time.perf_counter()
-    cfg = config(seeds, threads)
+    cfg = config(seeds, threads, budget)
     if threads:
         torch.set_num_threads(threads)
     datasets.disable_progress_bars()
@@ -191,7 +192,6 @@ def run(seeds: int, targets: tuple, threads: int | None, out_dir: str | None, ca
     embeddings = np.asarray(embeddings, dtype=np.float32)
     prepare_s = time.perf_counter() - t
     origins = np.asarray(pool["origin"])
-    base_eval = evaluate(base, tokenizer, heldout, cfg)
     results = {
         "experiment": "hf_idsel selecting for a target (issue 30)",
         "command": "python bench/fidelity_target.py " + " ".join(sys.argv[1:]),
@@ -202,13 +202,21 @@ def run(seeds: int, targets: tuple, threads: int | None, out_dir: str | None, ca
                  "heldout": {d: len(v) for d, v in heldout.items()}},
         "torch_threads": torch.get_num_threads(),
         "load_average_at_start": os.getloadavg(),
-        "base_model": base_eval,
+        "deadline": deadline,
         "prepare_s": prepare_s,
         "runs": [],
     }
-    work = [item for seed in range(seeds) for item in
-            [(seed, arm, None) for arm in UNTARGETED_ARMS] + [(seed, arm, tg) for tg in targets for arm in TARGETED_ARMS]]
+    # The first target's paired seeds first (its runs and the untargeted ones), then each further target's arms.
+    work = [(seed, arm, None) if arm in UNTARGETED_ARMS else (seed, arm, targets[0])
+            for seed in range(seeds) for arm in UNTARGETED_ARMS + TARGETED_ARMS]
+    work += [(seed, arm, tg) for tg in targets[1:] for seed in range(seeds) for arm in TARGETED_ARMS]
     for seed, arm, target in work:
+        if deadline is not None and time.time() > deadline:
+            logger.info("Deadline reached: %d of %d runs done.", len(results["runs"]), len(work))
+            results["stopped_at_deadline"] = {"runs_done": len(results["runs"]), "runs_planned": len(work)}
+            if out_dir:
+                _write(out_dir, results)
+            break
         t0 = time.perf_counter()
         selected = select(arm, pool, cfg, seed, target_sets[target] if target else None, cache_dir)
         select_s = time.perf_counter() - t0
@@ -306,6 +314,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--targets", default=",".join(TARGET_SOURCES))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--budget", type=int, default=24)
+    parser.add_argument("--deadline", default=None, help="HH:MM (UTC): start no run after it; the results so far are kept.")
     parser.add_argument("--out", default=None)
     parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "hf_idsel_fidelity_target_cache"))
     parser.add_argument("--render-only", default=None, metavar="JSON")
@@ -319,7 +329,14 @@ def main(argv=None) -> int:
     unknown = [t for t in targets if t not in TARGET_SOURCES]
     if unknown:
         parser.error(f"--targets {unknown}: choose from {list(TARGET_SOURCES)}")
-    results = run(args.seeds, targets, args.threads, args.out, args.cache_dir)
+    deadline = None
+    if args.deadline:
+        import datetime
+
+        now = datetime.datetime.now(datetime.timezone.utc)
+        hour, minute = (int(x) for x in args.deadline.split(":"))
+        deadline = now.replace(hour=hour, minute=minute, second=0, microsecond=0).timestamp()
+    results = run(args.seeds, targets, args.threads, args.out, args.cache_dir, budget=args.budget, deadline=deadline)
     print(markdown(results))
     return 0
 
