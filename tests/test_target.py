@@ -239,3 +239,27 @@ def test_report_and_dataset_card_say_what_the_selection_was_aimed_at(targeted):
     card = str(dataset_card(manifest, card_facts("me/picked", None), configs=["default"]))
     assert "### Target" in card and "aimed at 4 examples" in card
     assert f"| 1 | {first['affinity'][0]:.2f}-{first['affinity'][1]:.2f} |" in card
+
+
+# ---- the command line ----
+
+
+def test_select_target_flag_loads_the_target_like_the_pool(blob_pool, tmp_path, capsys):
+    from hf_idsel.cli import main
+
+    pool, target = tmp_path / "pool.jsonl", tmp_path / "target.jsonl"
+    blob_pool.to_json(str(pool))
+    blob_target(blob_pool, blob=3).to_json(str(target))
+    out = tmp_path / "out"
+    argv = ["select", str(pool), "--embedding_column", "embedding", "--k", "6", "--budget", "20", "--out", str(out)]
+    assert main([*argv, "--target", str(target)]) == 0
+    assert "target: aimed at 4 examples (target.jsonl); target_method='kmq'" in capsys.readouterr().out
+    manifest = Manifest.load(str(out / "manifest.json"))
+    assert manifest.target["name"] == "target.jsonl" and manifest.target["source"]["path"] == str(target)
+    assert np.mean(np.asarray(datasets.Dataset.from_parquet(str(out / "subset.parquet"))["blob"]) == 3) > 0.5
+    # The long name with hyphens, and RDS+.
+    assert main([*argv, "--overwrite", "--target-dataset", str(target), "--target_method", "rds"]) == 0
+    assert Manifest.load(str(out / "manifest.json")).target["method"] == "rds"
+    # A target that is not there is named by its flag.
+    assert main([*argv[:-1], str(tmp_path / "t" / "out"), "--target", str(tmp_path / "t")]) != 0
+    assert "--target_dataset" in capsys.readouterr().err
