@@ -15,9 +15,9 @@ selection's own encoder (cached like the pool's vectors), then draws the budget 
   products, nothing per row, so it costs the same on any pool); a mean over the examples is not moved by one stray
   example the way a max would be, and a cluster near several examples ranks above one near a single one; clipping
   keeps an anti-correlated cluster at weight 0 instead of a negative one. `target_sharpness` s sets the contrast: two
-  clusters of one size get quotas in the ratio `(a_1 / a_2) ** s`; s = 0 is plain kMQ. On the built-in pool with
-  MiniLM (GSM8K or MMLU as target, k = 16 or 64) s = 4, the default, puts about 90% of the budget in the target's
-  source while still drawing from about 4 to 18 clusters (docs/method.md, "When to pass a target").
+  clusters of one size get quotas in the ratio `(a_1 / a_2) ** s`; s = 0 is plain kMQ. What the default s = 4 does
+  on the built-in pool (share of the budget from the target's source, held-out loss) is measured in docs/fidelity.md,
+  "Selecting for a target".
 - `"rds"`: RDS+ (Ivison et al., arXiv 2503.01807) as published: the cosine of every pool row to every target
   example; the target examples take turns (round-robin, in the target's order), each taking its most similar row not
   yet taken; with `target_task_column`, the tasks take turns too (task A's next example, task B's next example, ...),
