@@ -92,6 +92,11 @@ def test_target_loss_scorer_scores_the_target_clusters_by_the_models_loss(tmp_pa
         # The score is the mean loss of the examples nearest that cluster under the trained model.
         assert all(0 < record["cluster_scores"][j] < 20 for j in scored)
     assert trainer.scorer_name == "target_loss"
+    # The model card says what the run was aimed at.
+    from hf_idsel.cards import model_card
+
+    card = str(model_card(trainer._model_card_facts(), trainer.args.output_dir))
+    assert "| selected for a target | aimed at 6 examples" in card and "cluster quotas" in card
     # Its losses are the model's: the same examples scored directly agree.
     scorer = TargetLossScorer(target).bind(trainer.model, trainer.processing_class)
     pairs = scorer.pairs(trainer.processing_class)
