@@ -77,10 +77,10 @@ METRICS = ("target_loss", "other_loss", "target_share", "target_coverage")
 
 def config(seeds: int = 4, threads: int | None = 2, budget: int = 24) -> FidelityConfig:
     """bench/fidelity.py's CPU setting (batch 4, k 16, LoRA r 16, lr 5e-4; budget 24 unless `--budget`), without junk,
-    with 12 held-out rows of each target source, 6 of chit-chat and 4 of HumanEval (sized for a shared 2-core CPU)."""
+    with 8 held-out rows of each target source, 4 of chit-chat and 2 of HumanEval (sized for a shared 2-core CPU)."""
     return FidelityConfig(
         seeds=seeds, threads=threads, budget=budget, junk_rows={"offtopic": 0, "corrupted": 0},
-        heldout_rows={"gsm8k": 12, "humaneval": 4, "chitchat": 6, "mmlu": 12},
+        heldout_rows={"gsm8k": 8, "humaneval": 2, "chitchat": 4, "mmlu": 8},
     )
 
 
@@ -164,17 +164,18 @@ def evaluate(model, tokenizer, heldout: dict, cfg: FidelityConfig) -> dict:
 
 
 def metrics_for(target: str, evaluation: dict, selected: np.ndarray, origins: np.ndarray, embeddings: np.ndarray) -> dict:
-    losses = evaluation["loss"]
+    losses = evaluation["loss"] if evaluation else None
     return {
-        "target_loss": losses[target],
-        "other_loss": float(np.mean([v for d, v in losses.items() if d != target])),
+        "target_loss": losses[target] if losses else None,
+        "other_loss": float(np.mean([v for d, v in losses.items() if d != target])) if losses else None,
         "target_share": float((origins[selected] == target).mean()),
         "target_coverage": region_coverage(embeddings, np.flatnonzero(origins == target), selected),
     }
 
 
 def run(seeds: int, targets: tuple, threads: int | None, out_dir: str | None, cache_dir: str, *, budget: int = 24,
-        deadline: float | None = None) -> dict:
+        deadline: float | None = None, resume: str | None = None, train: bool = True) -> dict:
+    """The runs (`train=False`: the selections alone, for the share and coverage metrics over more seeds)."""
     from hf_idsel.embed import embed_dataset
     from hf_idsel.render import resolve_render_options
     from hf_idsel.target import DEFAULT_TARGET_SHARPNESS
@@ -206,10 +207,23 @@ def run(seeds: int, targets: tuple, threads: int | None, out_dir: str | None, ca
         "prepare_s": prepare_s,
         "runs": [],
     }
-    # The first target's paired seeds first (its runs and the untargeted ones), then each further target's arms.
-    work = [(seed, arm, None) if arm in UNTARGETED_ARMS else (seed, arm, targets[0])
-            for seed in range(seeds) for arm in UNTARGETED_ARMS + TARGETED_ARMS]
+    # In order of what the comparison needs most, so that a run cut by the deadline still has paired seeds: for the
+    # first target, random and target-kmq over the seeds, then target-rds, then kmq and balanced-random; then each
+    # further target's arms.
+    first = targets[0]
+    work = [(seed, arm, None if arm in UNTARGETED_ARMS else first)
+            for group in (("random", "target-kmq"), ("target-rds",), ("kmq", "balanced-random"))
+            for seed in range(seeds) for arm in group]
     work += [(seed, arm, tg) for tg in targets[1:] for seed in range(seeds) for arm in TARGETED_ARMS]
+    if resume:  # runs of an earlier invocation with the same setting are kept, not run again
+        with open(resume) as f:
+            earlier = json.load(f)
+        if {k: v for k, v in earlier["config"].items()} != json.loads(json.dumps(results["config"])):
+            raise SystemExit(f"--resume {resume}: another setting; start without --resume.")
+        results["runs"] = list(earlier["runs"])
+        results["resumed_from"] = {"commit": earlier["commit"], "runs": len(earlier["runs"])}
+    done = {(r["seed"], r["arm"], r["target"]) for r in results["runs"]}
+    work = [item for item in work if item not in done]
     for seed, arm, target in work:
         if deadline is not None and time.time() > deadline:
             logger.info("Deadline reached: %d of %d runs done.", len(results["runs"]), len(work))
@@ -221,6 +235,16 @@ def run(seeds: int, targets: tuple, threads: int | None, out_dir: str | None, ca
         selected = select(arm, pool, cfg, seed, target_sets[target] if target else None, cache_dir)
         select_s = time.perf_counter() - t0
         torch.manual_seed(seed)
+        if not train:
+            results["runs"].append({
+                "arm": arm, "seed": seed, "target": target, "selected": selected.tolist(), "select_s": select_s,
+                "selected_per_source": {d: int((origins[selected] == d).sum()) for d in DOMAINS},
+                "per_target": {tg: metrics_for(tg, None, selected, origins, embeddings) for tg in ([target] if target else targets)},
+            })
+            results["summary"], results["paired"] = summarize(results)
+            if out_dir:
+                _write(out_dir, results, "fidelity_target_selection.json")
+            continue
         with tempfile.TemporaryDirectory(prefix=f"target-{arm}-{seed}-") as run_dir:
             t1 = time.perf_counter()
             trainer, _ = train_static(base, tokenizer, pool, selected, cfg, seed, run_dir)
@@ -263,34 +287,43 @@ def summarize(results: dict) -> tuple[dict, dict]:
         for arm in UNTARGETED_ARMS + TARGETED_ARMS:
             seeds = sorted(s for a, s in rows if a == arm)
             if seeds:
-                summary[target][arm] = {m: t_interval([rows[(arm, s)][m] for s in seeds]) for m in METRICS}
+                summary[target][arm] = {
+                    m: t_interval([rows[(arm, s)][m] for s in seeds]) for m in METRICS if rows[(arm, seeds[0])][m] is not None
+                }
         paired[target] = {}
         for arm, against in COMPARISONS:
             seeds = sorted(s for a, s in rows if a == arm and (against, s) in rows)
             if seeds:
                 paired[target][f"{arm} - {against}"] = {
-                    m: t_interval([rows[(arm, s)][m] - rows[(against, s)][m] for s in seeds]) for m in METRICS
+                    m: t_interval([rows[(arm, s)][m] - rows[(against, s)][m] for s in seeds])
+                    for m in METRICS if rows[(arm, seeds[0])][m] is not None
                 }
     return summary, paired
 
 
 def markdown(results: dict) -> str:
+    """Per target: each arm's mean +- std over seeds, and the paired differences (mean [95% CI]); "-" where a
+    metric was not measured (selection-only runs have no losses)."""
     def cell(x, digits=3):
+        if x is None:
+            return "-"
         if x["low"] is None:
-            return f"{x['mean']:.{digits}f}"
+            return f"{x['mean']:+.{digits}f} (n=1)"
         return f"{x['mean']:+.{digits}f} [{x['low']:+.{digits}f}, {x['high']:+.{digits}f}]"
+
+    def spread(x):
+        return "-" if x is None else f"{x['mean']:.3f} ± {x['std'] or 0:.3f}"
 
     lines = []
     for target, arms in results["summary"].items():
         lines += [f"\n### Target: {target}\n", "| arm | seeds | target-source loss | other-source loss | share of budget from "
                   f"{target} | coverage distance in {target}'s region |", "|---|---|---|---|---|---|"]
         for arm, m in arms.items():
-            lines.append(f"| {arm} | {m['target_loss']['n']} | " + " | ".join(
-                f"{m[k]['mean']:.3f} ± {m[k]['std'] or 0:.3f}" for k in METRICS) + " |")
+            lines.append(f"| {arm} | {m['target_share']['n']} | " + " | ".join(spread(m.get(k)) for k in METRICS) + " |")
         lines += ["", "| paired difference (mean [95% CI]) | target-source loss | other-source loss | share | coverage distance |",
                   "|---|---|---|---|---|"]
         for name, m in results["paired"][target].items():
-            lines.append(f"| {name} (n={m['target_loss']['n']}) | " + " | ".join(cell(m[k]) for k in METRICS) + " |")
+            lines.append(f"| {name} (n={m['target_share']['n']}) | " + " | ".join(cell(m.get(k)) for k in METRICS) + " |")
     return "\n".join(lines)
 
 
@@ -301,9 +334,9 @@ def _commit() -> str | None:
         return None
 
 
-def _write(out_dir: str, results: dict) -> None:
+def _write(out_dir: str, results: dict, name: str = "fidelity_target_results.json") -> None:
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "fidelity_target_results.json")
+    path = os.path.join(out_dir, name)
     with open(path + ".tmp", "w") as f:
         json.dump(results, f, indent=1)
     os.replace(path + ".tmp", path)
@@ -315,6 +348,8 @@ def main(argv=None) -> int:
     parser.add_argument("--targets", default=",".join(TARGET_SOURCES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budget", type=int, default=24)
+    parser.add_argument("--selection-only", action="store_true", help="Select only (share and coverage), no training.")
+    parser.add_argument("--resume", default=None, metavar="JSON", help="Keep the runs of this results file (same setting).")
     parser.add_argument("--deadline", default=None, help="HH:MM (UTC): start no run after it; the results so far are kept.")
     parser.add_argument("--out", default=None)
     parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "hf_idsel_fidelity_target_cache"))
@@ -336,7 +371,8 @@ def main(argv=None) -> int:
         now = datetime.datetime.now(datetime.timezone.utc)
         hour, minute = (int(x) for x in args.deadline.split(":"))
         deadline = now.replace(hour=hour, minute=minute, second=0, microsecond=0).timestamp()
-    results = run(args.seeds, targets, args.threads, args.out, args.cache_dir, budget=args.budget, deadline=deadline)
+    results = run(args.seeds, targets, args.threads, args.out, args.cache_dir, budget=args.budget, deadline=deadline, resume=args.resume,
+                  train=not args.selection_only)
     print(markdown(results))
     return 0
 
