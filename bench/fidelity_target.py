@@ -243,7 +243,7 @@ def run(seeds: int, targets: tuple, threads: int | None, out_dir: str | None, ca
             })
             results["summary"], results["paired"] = summarize(results)
             if out_dir:
-                _write(out_dir, results, "fidelity_target_selection.json")
+                _write(out_dir, results, f"fidelity_target_selection_b{cfg.budget}.json")
             continue
         with tempfile.TemporaryDirectory(prefix=f"target-{arm}-{seed}-") as run_dir:
             t1 = time.perf_counter()
