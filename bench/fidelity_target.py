@@ -218,7 +218,8 @@ def run(seeds: int, targets: tuple, threads: int | None, out_dir: str | None, ca
     if resume:  # runs of an earlier invocation with the same setting are kept, not run again
         with open(resume) as f:
             earlier = json.load(f)
-        if {k: v for k, v in earlier["config"].items()} != json.loads(json.dumps(results["config"])):
+        same = lambda config: {k: v for k, v in config.items() if k != "seeds"}  # noqa: E731 (fewer or more seeds is fine)
+        if same(earlier["config"]) != same(json.loads(json.dumps(results["config"]))):
             raise SystemExit(f"--resume {resume}: another setting; start without --resume.")
         results["runs"] = list(earlier["runs"])
         results["resumed_from"] = {"commit": earlier["commit"], "runs": len(earlier["runs"])}
