@@ -39,6 +39,7 @@ _LAZY = {
     "PerplexityScorer": "scorers",
     "RewardScorer": "scorers",
     "RoundScorer": "scorers",
+    "TargetLossScorer": "scoring",
     "score_quality": "quality",
     "push_selection": "hub",
 }
@@ -69,6 +70,7 @@ __all__ = [
     "RoundScorer",
     "SelectionMismatchError",
     "SelectionPlan",
+    "TargetLossScorer",
     "diverse_select",
     "install_dataset_method",
     "load_builtin_pool",

@@ -22,7 +22,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
-from . import checks, methods, sample
+from . import checks, methods, sample, target
 from .cache import check_cache_dir
 from .cluster import AUTO_K
 from .decontaminate import (
@@ -53,6 +53,7 @@ RECORDED = "recorded"  # the manifest records it; a replay (`load_selection(reco
 CONSENT = "consent"  # recorded, but a replay takes it only from its caller: code or weights a file never chooses
 LOCAL = "local"  # not recorded (objects, settings of this machine); a replay takes it from its caller
 WITH_EXCLUSION = "with_exclusion"  # recorded only with `exclude_dataset` (the settings of a test that ran)
+WITH_TARGET = "with_target"  # recorded only with `target_dataset` (how the target was used)
 
 
 def _parse_k(text: str) -> int | str:
@@ -74,8 +75,8 @@ class SelectArguments:
     Python numbers (`np.int64(3)` is recorded as `3`).
 
     Field metadata: `"help"`; `"record"` ([`RECORDED`], [`CONSENT`], [`LOCAL`] or [`WITH_EXCLUSION`]); `"old_names"`,
-    deprecated names still accepted; `"choices"`; `"parse"`, how the command line reads a value when its type alone
-    does not say.
+    deprecated names still accepted (with a `FutureWarning`); `"aliases"`, short names accepted as well, without a
+    warning; `"choices"`; `"parse"`, how the command line reads a value when its type alone does not say.
     """
 
     budget: int | float | None = field(
@@ -204,6 +205,41 @@ class SelectArguments:
             "parse": _parse_threshold,
         },
     )
+    target_dataset: Any = field(
+        default=None,
+        metadata={
+            "help": "Examples of the tasks to select for (a Dataset in any layout the pool may have, or a list of "
+            "strings; on the command line a local file or folder, or a Hub dataset id), embedded by the selection's "
+            "encoder: the budget goes where they lie in the pool (see `target_method`). Never the test set.",
+            "record": LOCAL,
+            "aliases": ("target",),
+        },
+    )
+    target_method: str = field(
+        default="kmq",
+        metadata={
+            "help": "How a target is used: 'kmq' (cluster quotas ~ size x affinity ** target_sharpness, diverse inside "
+            "the target's region) or 'rds' (RDS+: round-robin over the target examples, each taking its most similar row).",
+            "choices": list(target.TARGET_METHODS),
+            "record": WITH_TARGET,
+        },
+    )
+    target_sharpness: float = field(
+        default=target.DEFAULT_TARGET_SHARPNESS,
+        metadata={
+            "help": "target_method='kmq': the exponent of each cluster's affinity to the target in its quota (0 is "
+            "plain kMQ; higher concentrates the budget on the clusters nearest the target).",
+            "record": WITH_TARGET,
+        },
+    )
+    target_task_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "A column of `target_dataset` naming each example's task: every task pulls equally (kmq), the "
+            "tasks take turns (rds).",
+            "record": WITH_TARGET,
+        },
+    )
     num_proc: int | None = field(default=None, metadata={"help": "Processes for counting tokens.", "record": LOCAL})
     desc: str | None = field(default=None, metadata={"help": "Prefix of the progress bars' labels.", "record": LOCAL})
     load_from_cache_file: bool = field(
@@ -239,12 +275,14 @@ class SelectArguments:
         """The manifest's `arguments`: every recorded field that is a JSON value (see [`RECORDED_ARGUMENTS`]).
 
         An encoder passed as an object is recorded by the id of its `identity` ([`~cache.ModelIdentity`]); the
-        decontamination settings only with `exclude_dataset`.
+        decontamination settings only with `exclude_dataset`, the target's settings only with `target_dataset`.
         """
         arguments = {
             name: getattr(self, name)
             for name in RECORDED_ARGUMENTS
-            if _is_json_value(getattr(self, name)) and (self.exclude_dataset is not None or _RECORD[name] != WITH_EXCLUSION)
+            if _is_json_value(getattr(self, name))
+            and (self.exclude_dataset is not None or _RECORD[name] != WITH_EXCLUSION)
+            and (self.target_dataset is not None or _RECORD[name] != WITH_TARGET)
         }
         if not isinstance(self.encoder, str):
             arguments["encoder"] = identity.id
@@ -261,6 +299,29 @@ NOT_RECORDED = tuple(name for name, record in _RECORD.items() if record == LOCAL
 REPLAY_FROM_CALLER = tuple(name for name, record in _RECORD.items() if record in (LOCAL, CONSENT))
 # Deprecated argument names: old name -> current name.
 OLD_NAMES = {old: f.name for f in fields(SelectArguments) for old in f.metadata.get("old_names", ())}
+# Short names accepted without a warning: alias -> name.
+ALIASES = {alias: f.name for f in fields(SelectArguments) for alias in f.metadata.get("aliases", ())}
+
+
+def take_aliases(arguments: dict, given: dict) -> dict:
+    """`arguments` with the values given under a short alias (`given`, alias -> value; `None` is not given) moved to
+    their names ([`ALIASES`]), without a warning: `target=` is `target_dataset=`.
+
+    Raises:
+        [`InvalidArgumentError`]: an alias and its name both given, with different values.
+    """
+    arguments = dict(arguments)
+    for alias, value in given.items():
+        if value is None:
+            continue
+        name = ALIASES[alias]
+        current = arguments.get(name, DEFAULTS[name])
+        if current is not None and not _same(current, value):
+            raise InvalidArgumentError(
+                f"`{alias}` and `{name}` are one argument (`{alias}` is its short name) and were given two values: pass one."
+            )
+        arguments[name] = value
+    return arguments
 
 
 def take_old_names(arguments: dict, old: dict) -> dict:
@@ -421,6 +482,15 @@ def check_values(args: SelectArguments) -> None:
     checks.check_device(args.device)
     checks.check_path(args.cache_dir, "cache_dir")
     checks.check_flag(args.trust_remote_code, "trust_remote_code")
+    target.check_settings(
+        args.target_method, args.target_sharpness, args.target_task_column,
+        **(args.pick("quality_column", "quota") if args.target_dataset is not None else {}),
+    )
+    if args.target_dataset is not None and args.method != "kmq":
+        raise InvalidArgumentError(
+            f"`target_dataset` selects with `target_method` ('kmq' or 'rds'), not with `method`={args.method!r}: leave "
+            "`method` at 'kmq', or drop the target."
+        )
 
 
 def check_arguments(pool: datasets.Dataset, args: SelectArguments) -> CheckedArguments:
@@ -513,8 +583,16 @@ def check_arguments(pool: datasets.Dataset, args: SelectArguments) -> CheckedArg
             if args.exclude_dataset is not None:
                 raise
             text = None
+    exclude = exclude_options = None
     if args.exclude_dataset is not None:  # the evaluation set's type and layout, before anything is embedded
-        exclude_render_options(evaluation_dataset(args.exclude_dataset), text)
+        exclude = evaluation_dataset(args.exclude_dataset)
+        exclude_options = exclude_render_options(exclude, text)
+    if args.target_dataset is not None:  # its layout, tasks and vectors, and no item of the test set, before embedding
+        target.check_target(
+            args.target_dataset, pool_render=render or text, include_answer=args.embed_answer,
+            task_column=args.target_task_column, embedding_column=args.embedding_column, exclude=exclude,
+            exclude_options=exclude_options,
+        )
     return CheckedArguments(rows=rows, render=render, text=text, quality=quality, sources=sources)
 
 

@@ -49,6 +49,8 @@ from .report import (
     markdown_cell,
     markdown_table,
     read_rounds,
+    target_markdown,
+    target_summary,
     weight_changes,
 )
 from .rounds import RoundRecord, round_records, weight_entropy
@@ -267,6 +269,7 @@ def dataset_card(
         described=bool(manifest.cluster_descriptions),
         cluster_map=bool(manifest.cluster_map),
         decontamination=decontamination_markdown(manifest.decontamination),
+        target=target_markdown(manifest),
         table=markdown_table(manifest, rounds or None),
         configs="\n".join(config_lines),
         version=__version__,
@@ -464,6 +467,7 @@ def model_card_facts(
         "round_rows": ", ".join(str(len(r.selected)) for r in rounds),
         "rounds_table": rounds_markdown(rounds) if rounds else "",
         "decontamination": markdown_cell(decontamination_summary(manifest.decontamination)) if manifest.decontamination else None,
+        "target": markdown_cell(target_summary(manifest.target)) if manifest.target else None,
         "cluster_map": bool(manifest.cluster_map),
         **{name: run_args.get(name) for name in ("quality_column", "scorer", "weight_update", "weight_temperature", "round_mode")},
         "hyperparameters": [[name, _json_value(value)] for name, value in hyperparameters],

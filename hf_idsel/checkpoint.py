@@ -45,7 +45,7 @@ import numpy as np
 
 from .errors import InvalidArgumentError
 from .manifest import indices_digest
-from .rounds import RoundRecord, SelectionState, draw_round, labels_digest, update_weights
+from .rounds import RoundRecord, SelectionState, draw_round, labels_digest, target_prior, update_weights
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ _FIX = "resume from another checkpoint, or start a new run in another `output_di
 
 def selection_plan(
     args, *, scorer: str, generation: bool, budget_rows: int, round_sizes, k_selection, encoder, cluster_terms,
-    trainable: np.ndarray, rows_per_step: int | None = None, epoch_steps=None,
+    trainable: np.ndarray, rows_per_step: int | None = None, epoch_steps=None, target: dict | None = None,
 ) -> dict:
     """The round plan of a run, as a checkpoint records it and a resume compares it (JSON values only).
 
@@ -97,6 +97,9 @@ def selection_plan(
         rows_per_step (`int`, *optional*), epoch_steps (`list[int]`, *optional*):
             Rows per optimizer step over all processes, and the optimizer steps of every epoch; known once training
             started, so a checkpoint records them and a resume compares them in [`check_steps`].
+        target (`dict`, *optional*):
+            The run's target record ([`~target.Target.record`]): its digest, sharpness, task column and cluster
+            affinities are recorded (the draws depend on them), only when the run has a target.
     """
     settings = {name: getattr(args, name) for name in PLAN_SETTINGS}
     settings["k"] = args.k_value  # "4" and 4 are the same k
@@ -112,6 +115,8 @@ def selection_plan(
         "k_selection": k_selection, "cluster_terms": cluster_terms,
         "trainable_rows": {"rows": int(len(rows)), "digest": indices_digest(rows)},
     }
+    if target is not None:
+        plan["target"] = {name: target[name] for name in ("digest", "sharpness", "task_column", "cluster_affinity")}
     if epoch_steps:
         plan.update(rows_per_step=int(rows_per_step), epoch_steps=[int(s) for s in epoch_steps])
     return json.loads(json.dumps(plan))
@@ -363,7 +368,7 @@ def _draw(state: SelectionState, plan: dict, round_index: int, *, labels, traina
     return draw_round(
         state, labels, plan["round_sizes"][round_index - 1], round_index=round_index, trainable=trainable,
         selection_seed=plan["selection_seed"], quality=quality, quality_temperature=plan["quality_temperature"],
-        quotas=plan["quota"],
+        quotas=plan["quota"], prior=target_prior(plan.get("target")),
     ).tolist()
 
 

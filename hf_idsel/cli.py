@@ -183,6 +183,11 @@ class SelectCommandArguments:
             "aliases": ["--exclude_split"],
         },
     )
+    target_dataset_config: str | None = field(default=None, metadata={"help": "Config name of --target_dataset."})
+    target_dataset_split: str | None = field(
+        default=None,
+        metadata={"help": "Split of --target_dataset (default: its only split; a local file's is 'train')."},
+    )
     out: str | None = field(
         default=None,
         metadata={
@@ -248,8 +253,9 @@ def _selection_flags() -> type:
             annotation = str if isinstance(f.default, str) else str | None
         metadata = {key: f.metadata[key] for key in ("help", "choices") if key in f.metadata}
         old = [f"--{name}" for name, new in OLD_NAMES.items() if new == f.name]
-        if old:
-            metadata["aliases"] = old
+        short = [f"--{name}" for name in f.metadata.get("aliases", ())]  # `--target`: `--target_dataset`, no warning
+        if old or short:
+            metadata["aliases"] = old + short
         specs.append((f.name, annotation, field(default=f.default, metadata=metadata)))
     return dataclasses.make_dataclass("SelectFlags", specs)
 
@@ -318,7 +324,8 @@ def _run_select(argv: list[str]) -> int:
     if not command.dry_run:
         if command.out is None:
             raise InvalidArgumentError("--out is required: the folder to write the selection to (or pass --dry_run).")
-        _check_out(command.out, command.overwrite, {"POOL": pool_name, "--exclude_dataset": selection["exclude_dataset"]})
+        sources = {"POOL": pool_name, **{f"--{name}": selection[name] for name in ("exclude_dataset", "target_dataset")}}
+        _check_out(command.out, command.overwrite, sources)
     if selection["max_tokens"] is not None and not selection["tokenizer"]:
         raise InvalidArgumentError("--max_tokens needs --tokenizer (the tokenizer you will train with).")
     if command.streaming:
@@ -333,6 +340,12 @@ def _run_select(argv: list[str]) -> int:
         selection["exclude_dataset"] = load_pool(
             selection["exclude_dataset"], split=command.exclude_dataset_split, config=command.exclude_dataset_config,
             source_argument="--exclude_dataset", split_argument="--exclude_dataset_split",
+        )
+    target_name = selection["target_dataset"]
+    if target_name is not None:
+        selection["target_dataset"] = load_pool(
+            target_name, split=command.target_dataset_split, config=command.target_dataset_config,
+            source_argument="--target_dataset", split_argument="--target_dataset_split",
         )
     from .select import diverse_select
 
@@ -355,6 +368,9 @@ def _run_select(argv: list[str]) -> int:
         exclude = _data_source(exclude_name, command.exclude_dataset_config, command.exclude_dataset_split, None)
         name = os.path.basename(exclude["path"]) if os.path.isabs(exclude["path"]) else exclude["path"]
         manifest.decontamination["exclude"].update(name=name, source=exclude)
+    if manifest.target is not None:  # the target by its file name or Hub id too
+        source = _data_source(target_name, command.target_dataset_config, command.target_dataset_split, None)
+        manifest.target.update(name=os.path.basename(source["path"]) if os.path.isabs(source["path"]) else source["path"], source=source)
     out = command.out
     if command.overwrite:
         _remove_earlier_selection(out)
@@ -378,32 +394,16 @@ def _run_select(argv: list[str]) -> int:
     return 0
 
 
-def _load_stream(pool_name: str, command: SelectCommandArguments) -> "datasets.IterableDataset":
+def _load_stream(pool_name: str, command: SelectCommandArguments):
     """POOL as a `datasets.IterableDataset` (`load_dataset(..., streaming=True)`), for `--streaming`."""
-    import datasets
-
-    from .pool import FILE_BUILDERS
+    from .pool import load_pool_stream
 
     if pool_name == BUILTIN_POOL:
         raise InvalidArgumentError("--streaming reads a Hub dataset or local data files; the built-in pool is loaded whole, drop --streaming.")
     if command.dry_run:
         raise InvalidArgumentError("--dry_run needs the pool's size, which a stream only knows once read; drop --streaming or --dry_run.")
-    if os.path.isfile(pool_name):
-        builder = FILE_BUILDERS.get(os.path.splitext(pool_name)[1].lower())
-        if builder is None:
-            raise InvalidArgumentError(f"POOL={pool_name!r}: unsupported file type; use one of {sorted(FILE_BUILDERS)}.")
-        return datasets.load_dataset(builder, data_files=pool_name, split="train", streaming=True)
-    try:
-        return datasets.load_dataset(
-            pool_name, command.dataset_config, revision=command.dataset_revision, split=command.dataset_train_split,
-            streaming=True,
-        )
-    except (OSError, ValueError, datasets.exceptions.DatasetsError) as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-        raise InvalidArgumentError(
-            f"POOL={pool_name!r} cannot be streamed (split {command.dataset_train_split!r}): {reason}. Check the path or "
-            "dataset id, --dataset_config and --dataset_train_split, or drop --streaming."
-        ) from None
+    config, split, revision = command.dataset_config, command.dataset_train_split, command.dataset_revision
+    return load_pool_stream(pool_name, split=split, config=config, revision=revision)
 
 
 def _check_out(out: str, overwrite: bool, sources: dict) -> None:

@@ -19,6 +19,8 @@ from .errors import InvalidArgumentError
 from .rounds import ROUND_MODES, ROUND_QUOTAS, SCORED_ROWS, WEIGHT_RULES, canonical_quota, canonical_weight_rule, round_sizes
 from .sample import check_budget, parse_budget, resolve_budget
 from .scorers import SCORERS
+from .target import DEFAULT_TARGET_SHARPNESS
+from .target import check_settings as check_target_settings
 
 
 
@@ -160,6 +162,11 @@ class IterativeSelectionConfig(SFTConfig):
             `FutureWarning`.
         round_quotas (`str`, *optional*):
             Deprecated name of `quota` (a `FutureWarning`).
+        target_sharpness (`float`, *optional*, defaults to `4.0`):
+            With the trainer's `target_dataset=`: the exponent of each cluster's affinity to the target in the quotas
+            (`size x affinity ** target_sharpness`, as `diverse_select(..., target_method="kmq")`); 0 ignores the target.
+        target_task_column (`str`, *optional*):
+            A column of `target_dataset` naming each example's task: every task pulls equally.
         embed_answer (`bool`, *optional*, defaults to `True`):
             Embed each row's gold answer with its prompt (the paper); `False` embeds the prompt only
             (the research code).
@@ -266,6 +273,13 @@ class IterativeSelectionConfig(SFTConfig):
         },
     )
     round_quotas: str | None = field(default=None, metadata={"help": "Deprecated name of `quota`."})
+    target_sharpness: float = field(
+        default=DEFAULT_TARGET_SHARPNESS,
+        metadata={"help": "With a target: the exponent of each cluster's affinity to it in the quotas (0 ignores it)."},
+    )
+    target_task_column: str | None = field(
+        default=None, metadata={"help": "A column of the target naming each example's task: every task pulls equally."}
+    )
     embed_answer: Annotated[bool, RECORDED] = field(
         default=True, metadata={"help": "Embed the gold answer with the prompt (False: prompt only, the research code)."}
     )
@@ -407,6 +421,8 @@ class IterativeSelectionConfig(SFTConfig):
                 "every round of round_mode='restart': use a step schedule ('linear', 'cosine', 'constant', ...)."
             )
         check_choice(self.quota, "quota", ROUND_QUOTAS)
+        check_target_settings("kmq", self.target_sharpness, self.target_task_column)
+        self.target_sharpness = float(self.target_sharpness)
         check_choice(self.scored_rows, "scored_rows", SCORED_ROWS)
         self.embed_answer = check_flag(self.embed_answer, "embed_answer")
         self.scored_rows_per_cluster = check_int(

@@ -16,11 +16,13 @@ from . import checks, hidden_states, methods
 from .arguments import (
     ADDED_COLUMNS,
     MAX_NAME_LENGTH,
+    ALIASES,
     OLD_NAMES,
     RECORDED_ARGUMENTS,
     REPLAY_FROM_CALLER,
     SelectArguments,
     check_values,
+    take_aliases,
     take_old_names,
 )
 from .sample import resolve_budget
@@ -31,6 +33,7 @@ from .manifest import Manifest, selection_subset
 from .pool import BUILTIN_POOL, BUILTIN_POOL_NAME, load_pool_source
 from .provenance import is_local_path, pool_reference
 from .select import diverse_select
+from .target import as_target_dataset, target_digest
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +87,9 @@ def load_selection(
         overrides:
             With `recompute=True` only: the arguments of the re-run that are yours, not the manifest's:
             `tokenizer`, `device`, `cache_dir`, `encode_batch_size` and the map settings (not recorded), `exclude_dataset`
-            (the evaluation set, required when the manifest records a decontamination), `trust_remote_code`
+            (the evaluation set, required when the manifest records a decontamination), `target_dataset` (or
+            `target`: the target examples, required when the manifest records a target, and checked against its
+            digest before anything runs), `trust_remote_code`
             (never taken from a manifest; defaults to `False`), and `encoder` / `encoder_revision`.
             Passing `encoder=` is your consent to load that encoder: a manifest that names another
             encoder than the default is re-run only with it (`encoder_revision` defaults to the
@@ -130,7 +135,10 @@ def load_selection(
 
 
 # What `load_selection(..., recompute=True)` takes from its caller rather than from the manifest, by current or old name.
-_CALLER_ARGUMENTS = (*REPLAY_FROM_CALLER, *(old for old, new in OLD_NAMES.items() if new in REPLAY_FROM_CALLER))
+_CALLER_ARGUMENTS = (
+    *REPLAY_FROM_CALLER,
+    *(name for name, new in {**OLD_NAMES, **ALIASES}.items() if new in REPLAY_FROM_CALLER),
+)
 
 
 def _replay_arguments(manifest: Manifest, overrides: dict) -> dict:
@@ -142,8 +150,10 @@ def _replay_arguments(manifest: Manifest, overrides: dict) -> dict:
             f"load_selection(..., recompute=True) got {not_theirs}: the re-run takes the manifest's arguments; "
             f"only {list(_CALLER_ARGUMENTS)} may be passed."
         )
-    current = {name: value for name, value in overrides.items() if name not in OLD_NAMES}
-    overrides = take_old_names(current, {name: overrides[name] for name in overrides if name in OLD_NAMES})
+    given = overrides
+    current = {name: value for name, value in given.items() if name not in OLD_NAMES and name not in ALIASES}
+    overrides = take_old_names(current, {name: given[name] for name in given if name in OLD_NAMES})
+    overrides = take_aliases(overrides, {name: given[name] for name in given if name in ALIASES})
     if manifest.method not in methods.METHODS:
         raise InvalidArgumentError(
             f"`recompute=True`: a {manifest.method!r} selection depends on a training run and cannot be re-run "
@@ -156,6 +166,7 @@ def _replay_arguments(manifest: Manifest, overrides: dict) -> dict:
             f"{manifest.decontamination['exclude'].get('num_rows')} rows) before clustering: pass that set again as "
             "`exclude_dataset=` to re-run it, or load without `recompute`."
         )
+    _check_target(manifest, overrides.get("target_dataset"))
     recorded = _current_names(manifest)
     _check_recorded_encoder(manifest, recorded)
     if recorded.get("k") == "auto" and manifest.k_selection.get("mode") == "auto" and "rule" not in manifest.k_selection:
@@ -269,6 +280,29 @@ def _check_hidden_states_record(manifest: Manifest) -> None:
                 f"load_selection(..., recompute=True): {manifest.origin}: {err} The file was edited; load it without "
                 "`recompute` (the recorded rows are checked against their digests)."
             ) from None
+
+
+def _check_target(manifest: Manifest, target) -> None:
+    """A re-run of a targeted selection needs the very target it was aimed at (checked against the recorded digest,
+    before anything is embedded); one that was not aimed at a target takes none."""
+    record = manifest.target
+    if record is None:
+        if target is not None:
+            raise InvalidArgumentError(
+                f"{manifest.origin} was not aimed at a target: drop `target_dataset` to re-run it as it was made."
+            )
+        return
+    what = f"({record.get('name') or 'unnamed'}, {record['num_rows']} rows, target_method={record['method']!r})"
+    if target is None:
+        raise InvalidArgumentError(
+            f"{manifest.origin} was aimed at a target {what}: pass those examples again as `target_dataset=` to re-run "
+            "it, or load without `recompute` (the recorded rows are checked against their digests)."
+        )
+    if target_digest(as_target_dataset(target)) != record["digest"]:
+        raise SelectionMismatchError(
+            f"The `target_dataset` passed differs from the target {what} that {manifest.origin} was aimed at (content "
+            "digest): pass the same examples, unchanged and in the same order."
+        )
 
 
 def _current_names(manifest: Manifest) -> dict:

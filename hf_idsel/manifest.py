@@ -25,7 +25,6 @@ a corrupt file or an edit of one field, not someone who edits a field and its di
 from __future__ import annotations
 
 import datetime
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -39,6 +38,7 @@ import datasets
 import numpy as np
 
 from .cluster import K_RULES, local_maxima, near_ties, seed_spread
+from .digests import clusters_digest, column_digests, indices_digest, pool_digest, pool_name
 from .errors import InvalidArgumentError, SelectionMismatchError
 from .pool import pool_source
 
@@ -48,106 +48,13 @@ FORMAT_VERSION = 2
 # format_version 1: `pool.column_digests` and `clusters_digest` did not exist yet.
 _FIRST_VERSION_WITH_COLUMN_DIGESTS = 2
 # Fields that no format_version 1 writer ever wrote (they came with version 2 or later).
-_FIELDS_AFTER_VERSION_1 = ("clusters_digest", "decontamination", "cluster_map", "cluster_descriptions")
+_FIELDS_AFTER_VERSION_1 = ("clusters_digest", "decontamination", "cluster_map", "cluster_descriptions", "target")
 _VERSIONED_PACKAGES = (
     "hf_idsel", "datasets", "numpy", "faiss-cpu", "faiss-gpu", "sentence-transformers", "transformers", "torch",
 )
-_DIGEST_BATCH = 10_000
 _MAX_ROWS = 2**62  # bound on a manifest's row counts and ids, so that they fit int64 arrays
 _MAX_DEPTH = 16  # a manifest nests 5 levels deep (k_selection.seed_check.silhouette.<k>)
 _BUDGET_NUMBERS = ("requested", "rows", "max_tokens", "tokens", "total_rows", "round")
-
-
-def indices_digest(indices) -> str:
-    """sha256 of the selected row ids, in pool order."""
-    ids = np.sort(np.asarray(indices, dtype=np.int64))
-    return "sha256:" + hashlib.sha256(ids.astype("<i8").tobytes()).hexdigest()
-
-
-def clusters_digest(indices, clusters) -> str:
-    """sha256 of the selected row ids together with their cluster ids, in the order given."""
-    pairs = np.stack([np.asarray(indices, dtype=np.int64), np.asarray(clusters, dtype=np.int64)]).astype("<i8")
-    digest = hashlib.sha256(json.dumps({"rows": int(pairs.shape[1])}).encode())
-    digest.update(pairs.tobytes())
-    return "sha256:" + digest.hexdigest()
-
-
-def pool_digest(dataset: datasets.Dataset, columns: list[str]) -> str:
-    """sha256 of the content of `columns` (the ones the selection reads), independent of file layout."""
-    from .embed import column_matrix
-
-    dataset = _flat(dataset)
-    digest = hashlib.sha256()
-    digest.update(json.dumps({"rows": len(dataset), "columns": sorted(columns)}).encode())
-    table = dataset.data.table
-    for name in sorted(columns):
-        column = table.column(name)
-        if _is_vector_column(column.type):
-            for start in range(0, len(dataset), _DIGEST_BATCH * 10):
-                block = column_matrix(table.slice(start, _DIGEST_BATCH * 10), name)
-                digest.update(np.ascontiguousarray(block, dtype="<f4").tobytes())
-            continue
-        for start in range(0, len(dataset), _DIGEST_BATCH):
-            digest.update(_json_bytes(column.slice(start, _DIGEST_BATCH)))
-    return "sha256:" + digest.hexdigest()
-
-
-def column_digests(dataset: datasets.Dataset, columns: list[str] | None = None) -> dict[str, str]:
-    """sha256 of each column's content (every column by default), exact and independent of file layout.
-
-    Float vectors are hashed as float64 values (exact for float32 and float64 alike) with their lengths
-    and missing values; every other column as the JSON of its values.
-    """
-    dataset = _flat(dataset)
-    table = dataset.data.table
-    digests = {}
-    for name in dataset.column_names if columns is None else columns:
-        column = table.column(name)
-        digest = hashlib.sha256(json.dumps({"rows": len(dataset), "column": name}).encode())
-        vectors = _is_vector_column(column.type)
-        for start in range(0, len(dataset), _DIGEST_BATCH):
-            block = column.slice(start, _DIGEST_BATCH)
-            digest.update(_vector_bytes(block) if vectors else _json_bytes(block))
-        digests[name] = "sha256:" + digest.hexdigest()
-    return digests
-
-
-def _json_bytes(block) -> bytes:
-    return json.dumps(block.to_pylist(), sort_keys=True, ensure_ascii=False, default=str).encode()
-
-
-def _vector_bytes(block) -> bytes:
-    import pyarrow.compute as pc
-
-    array = block.combine_chunks()
-    lengths = pc.fill_null(pc.list_value_length(array), -1).to_numpy(zero_copy_only=False).astype("<i8")
-    values = array.flatten()
-    missing = values.is_null().to_numpy(zero_copy_only=False).astype(np.uint8)
-    numbers_ = np.asarray(values.to_numpy(zero_copy_only=False), dtype="<f8")
-    return lengths.tobytes() + missing.tobytes() + numbers_.tobytes()
-
-
-def _flat(dataset: datasets.Dataset) -> datasets.Dataset:
-    # Digests read the Arrow table in storage order: a select/shuffle view is materialised first.
-    return dataset.flatten_indices() if dataset._indices is not None else dataset
-
-
-def _is_vector_column(arrow_type) -> bool:
-    import pyarrow as pa
-
-    if not (pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type)):
-        return False
-    return pa.types.is_floating(arrow_type.value_type)
-
-
-def pool_name(pool: datasets.Dataset) -> str | None:
-    """The pool's dataset name (`name/config` for a non-default config), when `datasets` knows it."""
-    info = pool.info
-    name = getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)
-    config = getattr(info, "config_name", None)
-    if name and config and config != "default":
-        return f"{name}/{config}"
-    return name
 
 
 def pool_record(pool: datasets.Dataset, columns: list[str], *, name: str | None = None, source: dict | None = None) -> dict:
@@ -264,6 +171,10 @@ class Manifest:
             most distinctive words and the rows nearest its centroid, shortened. Text for readers, covered by
             no digest; `None` in manifests written before hf_idsel described clusters, or when the rows had no
             text to describe.
+        target (`dict`, *optional*):
+            When the selection was aimed at a target (`target_dataset`, see [`target`]): the examples (`name`,
+            `fingerprint`, `num_rows`, `digest` of their content), how they were read and used (`render`, `method`,
+            `sharpness`, `task_column`, `tasks`) and each cluster's `cluster_affinity`. `None` otherwise.
         versions (`dict`):
             Library versions that made the selection.
         created_at (`str`):
@@ -291,6 +202,7 @@ class Manifest:
     decontamination: dict | None = None
     cluster_map: list | None = None
     cluster_descriptions: list | None = None
+    target: dict | None = None
     versions: dict = field(default_factory=library_versions)
     created_at: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat())
     format_version: int = FORMAT_VERSION
@@ -558,7 +470,7 @@ def _check_fields(data, origin: str) -> None:
 
     for name in ("arguments", "k_selection", "budget"):
         expect(name, data[name], dict, "a JSON object")
-    for name in ("render", "encoder", "dedup", "decontamination"):
+    for name in ("render", "encoder", "dedup", "decontamination", "target"):
         expect(name, data.get(name), (dict, type(None)), "a JSON object or null")
     expect("versions", data.get("versions", {}), dict, "a JSON object")
     expect("method", data["method"], str, "a string")
@@ -636,6 +548,7 @@ def _check_fields(data, origin: str) -> None:
     if any(c > s for c, s in zip(per_cluster, sizes)):
         raise _FieldError("`selected_per_cluster` exceeds `cluster_sizes`.")
     _check_descriptions(data.get("cluster_descriptions"), k)
+    _check_target(data.get("target"), data["arguments"], k)
     _check_k_selection(data["k_selection"], k)
     points = data.get("cluster_map")
     if points is not None and (
@@ -748,6 +661,28 @@ def _check_decontamination(record, rows: int, selected: list, k: int) -> int:
     if set(removed) & set(selected):
         raise _FieldError("`decontamination.removed_indices` and `selected_indices` share rows: a removed row was selected.")
     return len(removed)
+
+
+def _check_target(record, arguments: dict, k: int) -> None:
+    """A target record: its examples' count and digest, a known method and sharpness that the arguments agree with, task
+    counts that add up, one affinity in [0, 1] per cluster."""
+    if record is None:
+        return
+    rows, digest, affinity = record.get("num_rows"), record.get("digest"), record.get("cluster_affinity")
+    if not _is_int(rows) or rows < 1 or not isinstance(digest, str) or not digest.startswith("sha256:"):
+        raise _FieldError(f"`target` must hold `num_rows` (an int >= 1) and a 'sha256:...' `digest`, got {_short(record)}.")
+    if record.get("method") not in ("kmq", "rds") or arguments.get("target_method", record["method"]) != record["method"]:
+        raise _FieldError(f"`target.method`={_short(record.get('method'))} must be 'kmq' or 'rds', as `arguments.target_method` says.")
+    if not isinstance(affinity, list) or len(affinity) != k or not all(_is_finite(a) and 0 <= a <= 1 for a in affinity):
+        raise _FieldError(f"`target.cluster_affinity`={_short(affinity)} must hold one number in [0, 1] per cluster (k={k}).")
+    sharpness, tasks = record.get("sharpness"), record.get("tasks")
+    if record["method"] == "kmq" and not (_is_finite(sharpness) and sharpness >= 0 and arguments.get("target_sharpness", sharpness) == sharpness):
+        raise _FieldError(f"`target.sharpness`={_short(sharpness)} must be a number >= 0, as `arguments.target_sharpness` says.")
+    if tasks is not None and not (isinstance(tasks, dict) and all(_is_int(n) and n > 0 for n in tasks.values()) and sum(tasks.values()) == rows):
+        raise _FieldError(f"`target.tasks`={_short(tasks)} must count each task's examples, {rows} in all.")
+    nearest = record.get("example_clusters")  # absent in records written before the target-loss scorer
+    if nearest is not None and not (isinstance(nearest, list) and len(nearest) == rows and all(_is_int(c) and 0 <= c < k for c in nearest)):
+        raise _FieldError(f"`target.example_clusters`={_short(nearest)} must hold each example's cluster in [0, {k}).")
 
 
 def _check_descriptions(descriptions, k) -> None:

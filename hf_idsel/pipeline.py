@@ -30,6 +30,7 @@ from .embed import DEFAULT_ENCODER, embed_dataset, embeddings_from_column, encod
 from .errors import InvalidArgumentError
 from .manifest import Manifest, encoder_record, indices_digest, pool_record
 from .render import RenderOptions, token_lengths
+from .target import Target, prepare_target
 
 logger = logging.getLogger(__name__)
 
@@ -232,15 +233,20 @@ def cluster_and_draw(pool: datasets.Dataset, args: SelectArguments, checked: Che
             )
 
     inputs = methods.DrawInputs(vectors, clustering, args.seed, quality=quality, eligible=eligible, sources=sources)
+    target = target_stage(args, checked, clusters)  # None without `target_dataset`
+    draw_options = args.pick("quality_temperature", "quality_weighting", "quota")
     budget = {"requested": args.budget, "rows": rows}
     if rows is not None:
-        indices = methods.draw(inputs, rows, args)
+        indices = target.draw(inputs, rows, **draw_options) if target else methods.draw(inputs, rows, args)
     else:
         lengths = token_lengths(
             clusters.pool, checked.render, args.tokenizer, cache_dir=args.cache_dir,
             **args.pick("desc", "num_proc", "load_from_cache_file", "keep_in_memory"),
         )
-        order = methods.token_order(inputs, args)
+        if target is not None:
+            order = target.order(inputs, lengths, args.max_tokens, **draw_options)
+        else:
+            order = methods.token_order(inputs, args)
         indices = sample.token_prefix(order, lengths, args.max_tokens)
         if len(indices) == 0:
             raise InvalidArgumentError(
@@ -276,6 +282,23 @@ def cluster_and_draw(pool: datasets.Dataset, args: SelectArguments, checked: Che
         decontamination=clusters.decontamination,
         cluster_map=clusters.cluster_map,
         cluster_descriptions=clusters.descriptions,
+        target=target.record() if target is not None else None,
+    )
+
+
+def target_stage(args: SelectArguments, checked: CheckedArguments, clusters: PoolClusters) -> Target | None:
+    """The target stage: embed `args.target_dataset` the way the pool was embedded (as decontamination embeds its
+    evaluation set) and measure each cluster's affinity to it ([`target.prepare_target`]); `None` without a target."""
+    if args.target_dataset is None:
+        return None
+    return prepare_target(
+        args.target_dataset, clusters.clustering, method=args.target_method, sharpness=args.target_sharpness,
+        task_column=args.target_task_column, pool_render=checked.render or checked.text, include_answer=args.embed_answer,
+        dim=clusters.vectors.shape[1], batch_size=args.encode_batch_size, desc=" ".join(filter(None, (args.desc, "Target:"))),
+        **args.pick(
+            "encoder", "encoder_revision", "embedding_column", "tokenizer", "device", "cache_dir", "trust_remote_code",
+            "load_from_cache_file", "keep_in_memory",
+        ),
     )
 
 

@@ -47,7 +47,7 @@ import datasets
 import numpy as np
 
 from .cache import looks_like_path, package_file
-from .errors import InvalidArgumentError, MissingDependencyError
+from .errors import InvalidArgumentError, MissingDependencyError, error_summary
 
 
 logger = logging.getLogger(__name__)
@@ -347,6 +347,28 @@ BUILTIN_POOL = "builtin"  # the pool name the CLI, recipes (`dataset_name`) and 
 # to select from; training refuses it for lacking a gold answer (`train.to_trainable_rows`).
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow", ".txt": "text"}
 _SAVED_MARKERS = ("state.json", "dataset_dict.json")  # what `save_to_disk` writes for a Dataset / a DatasetDict
+
+
+def load_pool_stream(
+    source: str, *, split: str = "train", config: str | None = None, revision: str | None = None, source_argument: str = "POOL"
+) -> datasets.IterableDataset:
+    """One split of a local data file or a Hub dataset as a `datasets.IterableDataset` (`streaming=True`).
+
+    The built-in pool is loaded whole by [`load_pool`]; a local file is read by the builder of its extension
+    ([`FILE_BUILDERS`]). A source that cannot be streamed is an [`InvalidArgumentError`] naming `source_argument`.
+    """
+    if os.path.isfile(source):
+        builder = FILE_BUILDERS.get(os.path.splitext(source)[1].lower())
+        if builder is None:
+            raise InvalidArgumentError(f"{source_argument}={source!r}: unsupported file type; use one of {sorted(FILE_BUILDERS)}.")
+        return datasets.load_dataset(builder, data_files=source, split="train", streaming=True)
+    try:
+        return datasets.load_dataset(source, config, revision=revision, split=split, streaming=True)
+    except (OSError, ValueError, datasets.exceptions.DatasetsError) as err:
+        raise InvalidArgumentError(
+            f"{source_argument}={source!r} cannot be streamed (split {split!r}): {error_summary(err)}. Check the path or "
+            "dataset id, its config and split, or load it whole."
+        ) from None
 
 
 def load_pool(

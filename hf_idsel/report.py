@@ -16,6 +16,7 @@ from .describe import short_terms
 from .errors import InvalidArgumentError
 from .hub_layout import SELECTION_DIR, round_of_file
 from .rounds import RoundRecord, read_round_file, round_records, weight_entropy
+from .target import affinity_split
 
 WEIGHT_CHANGE_MARGIN = 0.1  # a cluster is favoured (cut) when its final weight is 10% above (below) uniform
 
@@ -44,6 +45,9 @@ def format_report(manifest, *, top: int = 20) -> str:
         lines.append(f"de-duplication: removed {manifest.dedup['removed']} rows at cosine >= {manifest.dedup['threshold']}")
     if manifest.decontamination:
         lines.append(f"decontamination: {decontamination_summary(manifest.decontamination)}")
+    if manifest.target:
+        lines.append(f"target: {target_summary(manifest.target)}")
+        lines += [f"  {row}" for row in target_split_rows(manifest)]
     descriptions = manifest.cluster_descriptions
     what, names = cluster_labels(manifest)
     lines.append("")
@@ -133,6 +137,56 @@ def decontamination_summary(record: dict) -> str:
         f"dropped {record['removed']} pool rows matching items of the evaluation set {evaluation_set_name(exclude)} "
         f"({exclude.get('num_rows')} rows) before clustering ({' or '.join(tests)})"
     )
+
+
+def target_summary(record: dict) -> str:
+    """One line: what the selection was aimed at and how the target was used."""
+    tasks = record.get("tasks")
+    how = f"target_method={record['method']!r}"
+    if record["method"] == "kmq":
+        how += f", cluster quotas ~ size x affinity ** {record['sharpness']:g}"
+    else:
+        how += ", RDS+ round-robin over the target examples" + (" and their tasks" if tasks else "")
+    named = evaluation_set_name(record) if record.get("name") or record.get("source") else f"fingerprint {record.get('fingerprint')}"
+    on_tasks = f" of {len(tasks)} tasks ({', '.join(f'{t}: {n}' for t, n in tasks.items())})" if tasks else ""
+    return f"aimed at {record['num_rows']} examples{on_tasks} ({named}); {how}"
+
+
+def target_split_rows(manifest) -> list[str]:
+    """How the chosen rows split by affinity: the pool's clusters ranked by affinity to the target and cut into four
+    bands of about equal pool rows ([`~target.affinity_split`]); uniform sampling would give each about 25%."""
+    split = affinity_split(manifest.target["cluster_affinity"], manifest.cluster_sizes, manifest.selected_per_cluster)
+    pool, chosen = max(sum(b["pool_rows"] for b in split), 1), max(sum(b["selected_rows"] for b in split), 1)
+    rows = ["affinity band (clusters nearest the target first): pool rows -> chosen rows"]
+    for band in split:
+        low, high = band["affinity"]
+        rows.append(
+            f"band {band['band']} (affinity {low:.2f}-{high:.2f}, {band['clusters']} clusters): "
+            f"{band['pool_rows']} ({100 * band['pool_rows'] / pool:.0f}%) -> {band['selected_rows']} "
+            f"({100 * band['selected_rows'] / chosen:.0f}%)"
+        )
+    return rows
+
+
+def target_markdown(manifest) -> str:
+    """The dataset card's target section: what the selection was aimed at, and how the chosen rows split by affinity."""
+    if not manifest.target:
+        return ""
+    split = affinity_split(manifest.target["cluster_affinity"], manifest.cluster_sizes, manifest.selected_per_cluster)
+    pool, chosen = max(sum(b["pool_rows"] for b in split), 1), max(sum(b["selected_rows"] for b in split), 1)
+    lines = [
+        f"Selected for a target: {markdown_cell(target_summary(manifest.target))}. The pool's clusters, ranked by "
+        "affinity to the target (mean cosine of the centroid to the target examples), cut into four bands of about "
+        "equal pool rows; a target-blind draw would take about a quarter from each:", "",
+        "| band | affinity | clusters | pool rows | chosen rows |", "|---:|---|---:|---:|---:|",
+    ]
+    for band in split:
+        lines.append(
+            f"| {band['band']} | {band['affinity'][0]:.2f}-{band['affinity'][1]:.2f} | {band['clusters']} | "
+            f"{band['pool_rows']} ({100 * band['pool_rows'] / pool:.0f}%) | {band['selected_rows']} "
+            f"({100 * band['selected_rows'] / chosen:.0f}%) |"
+        )
+    return "\n".join(lines)
 
 
 # `datasets` names a dataset read from local files after its builder ("json"): no name for a reader.

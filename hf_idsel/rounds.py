@@ -21,7 +21,7 @@ import numpy as np
 from .errors import InvalidArgumentError
 from .hub_layout import round_config, round_file, round_of_config
 from .manifest import Manifest, indices_digest
-from .sample import kmq_sample
+from .sample import affinity_weights, kmq_sample
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +162,7 @@ def draw_round(
     quality: np.ndarray | None = None,
     quality_temperature: float = 1.0,
     quotas: str = "proportional",
+    prior: np.ndarray | None = None,
 ) -> np.ndarray:
     """kMQ draw of `size` rows not selected yet, with the cluster weights of `state` (uniform in round 1).
 
@@ -187,12 +188,17 @@ def draw_round(
             is kMQ). `"equal"`: proportional to w_j alone (the research code; round 1, with uniform weights, gives
             every cluster the same quota). Either way the quotas sum to `size` exactly, and a cluster
             with too few rows left gives the rest to the others.
+        prior (`np.ndarray`, *optional*):
+            Fixed cluster weights multiplied into every round's (a target's `affinity ** sharpness`,
+            [`target_prior`]): round 1 draws the target's kMQ quotas, later rounds reweight inside them.
     """
     if quotas not in ROUND_QUOTAS:
         raise InvalidArgumentError(f"`quota`={quotas!r}; choose one of {list(ROUND_QUOTAS)}.")
     eligible = np.asarray(trainable, dtype=bool).copy()
     eligible[np.asarray(state.selected(), dtype=np.int64)] = False
     weights = None if round_index == 1 and quotas == "proportional" else np.asarray(state.weights, dtype=np.float64)
+    if prior is not None:
+        weights = np.asarray(prior, dtype=np.float64) * (1.0 if weights is None else weights)
     if quotas == "equal":
         # cluster_quotas shares in proportion to weight x rows left: dividing by the rows left leaves the weight.
         available = np.bincount(labels[eligible], minlength=state.k)
@@ -212,6 +218,14 @@ def draw_round(
 # --------------------------------------------------------------------------------------------
 # Scoring and re-weighting
 # --------------------------------------------------------------------------------------------
+
+
+def target_prior(record: dict | None) -> np.ndarray | None:
+    """The fixed cluster weights of a run aimed at a target: `affinity ** sharpness` from its record (the manifest's
+    `target`, [`~target.Target.record`]), or `None` without one."""
+    if record is None:
+        return None
+    return affinity_weights(record["cluster_affinity"], record["sharpness"])
 
 
 def _check_labels_and_rows(labels, rows) -> tuple[np.ndarray, np.ndarray]:

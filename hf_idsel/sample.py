@@ -9,6 +9,10 @@ Inside a cluster, rows are drawn without replacement with probability proportion
 `softmax(quality / temperature)` (or to `quality` itself, "linear"), using Gumbel-top-k: a row's
 priority is `log p + Gumbel noise`, and the top `quota` priorities of a cluster are an exact
 weighted sample without replacement. Without a quality column the draw is uniform.
+
+A selection aimed at a target (`hf_idsel.target`) passes cluster weights `affinity ** sharpness`
+([`affinity_weights`]): the quotas become proportional to size x weight, with the same exact
+rounding and the same in-cluster draw.
 """
 
 from __future__ import annotations
@@ -94,6 +98,24 @@ def validate_quality(values, column: str, *, weighting: str = "softmax") -> np.n
             "which linear weighting cannot use as probabilities; use quality_weighting='softmax' or shift the scores."
         )
     return array
+
+
+def affinity_weights(affinity, sharpness: float) -> np.ndarray:
+    """Cluster weights for a target: `affinity ** sharpness` (float64; `0 ** 0` is 1, so a sharpness of 0 gives kMQ's
+    uniform weights).
+
+    Args:
+        affinity (`np.ndarray`):
+            Each cluster's affinity to the target, in [0, 1] ([`~target.cluster_affinity`]).
+        sharpness (`float`):
+            The exponent, >= 0: quotas per row of two clusters are in the ratio `(a_1 / a_2) ** sharpness`.
+    """
+    affinity = np.asarray(affinity, dtype=np.float64)
+    if not np.isfinite(affinity).all() or (affinity < 0).any() or (affinity > 1).any():
+        raise InvalidArgumentError("Cluster affinities must be finite numbers in [0, 1].")
+    if not math.isfinite(sharpness) or sharpness < 0:
+        raise InvalidArgumentError(f"`target_sharpness`={sharpness!r} must be a finite number >= 0.")
+    return np.power(affinity, float(sharpness))
 
 
 def cluster_quotas(available: np.ndarray, total: int, weights: np.ndarray | None = None) -> np.ndarray:
@@ -218,8 +240,9 @@ def kmq_sample(
     """
     rng = np.random.default_rng(seed) if not isinstance(seed, np.random.Generator) else seed
     available = np.bincount(labels if eligible is None else labels[eligible], minlength=k)
-    if quota == "equal":
-        weights = (available > 0).astype(np.float64) / np.maximum(available, 1)
+    if quota == "equal":  # with weights (a target): proportional to the weight alone
+        share = (available > 0).astype(np.float64) / np.maximum(available, 1)
+        weights = share if weights is None else np.asarray(weights, dtype=np.float64) * share
     quotas = cluster_quotas(available, budget, weights)
     key, tiebreak = row_priorities(len(labels), rng, quality=quality, temperature=temperature, weighting=weighting)
     return take_top(labels, quotas, key, tiebreak, eligible)
@@ -253,12 +276,14 @@ def priority_order(
     k: int,
     eligible=None,
     quota: str = "proportional",
+    weights: np.ndarray | None = None,
 ) -> np.ndarray:
     """Every eligible row in the order a growing budget would take it (for token budgets).
 
     Clusters are interleaved by Sainte-Lague seat order over their sizes (or equal shares with
-    `quota="equal"`), so any prefix has per-cluster counts within one of the proportional share;
-    inside a cluster rows go by descending `key`, ties by `tiebreak` (e.g. [`row_priorities`]).
+    `quota="equal"`), times their `weights` when given (a target's), so any prefix has per-cluster
+    counts within one of the weighted share; a cluster of weight 0 comes after every other. Inside a
+    cluster rows go by descending `key`, ties by `tiebreak` (e.g. [`row_priorities`]).
     """
     n = len(labels)
     mask = np.ones(n, dtype=bool) if eligible is None else eligible
@@ -268,9 +293,12 @@ def priority_order(
     sorted_labels = labels[order]
     available = np.bincount(sorted_labels, minlength=k).astype(np.float64)
     share = (available > 0).astype(np.float64) if quota == "equal" else available
+    if weights is not None:
+        share = share * np.asarray(weights, dtype=np.float64)
     starts = np.searchsorted(sorted_labels, np.arange(k))
     rank = np.arange(len(order)) - starts[sorted_labels]
-    seat = (rank + 0.5) / share[sorted_labels]
+    with np.errstate(divide="ignore"):  # a zero share seats its rows at infinity: after every other cluster's
+        seat = (rank + 0.5) / share[sorted_labels]
     return order[np.lexsort((sorted_labels, seat))]
 
 

@@ -23,8 +23,10 @@ import torch
 
 from .distributed import equal_share
 from .errors import InvalidArgumentError
-from .lm import check_strings, generate_answers
+from .lm import answer_log_likelihood, check_strings, generate_answers
+from .render import prompt_and_answer, resolve_render_options
 from .rounds import merge_scores, round_seed, sample_rows_per_cluster
+from .target import as_target_dataset, target_digest
 
 
 def check_scores(values: Any, n: int, who: str) -> np.ndarray:
@@ -105,6 +107,9 @@ class ScoringContext:
             Cluster of every pool row; set when a round ends, `None` in `prepare` (before clustering).
         round_index (`int`, *optional*, defaults to `0`):
             The round that just ended (1-based); `0` in `prepare`.
+        target (`dict`, *optional*):
+            The run's target record ([`~target.Target.record`]: digest, `example_clusters`, ...) when the trainer
+            was given `target_dataset=`; `None` otherwise, and in `prepare`.
     """
 
     model: Any
@@ -121,6 +126,7 @@ class ScoringContext:
     show_progress: bool = True
     labels: np.ndarray | None = None
     round_index: int = 0
+    target: dict | None = None
 
 
 class RoundScorer(abc.ABC):
@@ -300,3 +306,100 @@ def score_rows(
     if scorer.needs_conversations:
         return scorer(prompts, golds, generations, conversations=conversations)
     return scorer(prompts, golds, generations)
+
+
+class TargetLossScorer(RoundScorer):
+    """Scores clusters by the trained model's loss on the target examples: the signal the iterative loop lacks when
+    the goal is known. Pass the trainer's own target: `IterativeSelectionTrainer(..., target_dataset=examples,
+    scorer=TargetLossScorer(examples))`.
+
+    When a round ends, each target example's loss (mean per-token negative log-likelihood of its answer given its
+    prompt, in the trained model's chat template: [`~lm.answer_log_likelihood`]) is computed under the current model,
+    and each cluster holding target examples (by nearest centroid, the record's `example_clusters`) is scored by their
+    mean loss; clusters with no target example are not scored and keep their weight. With the default softmax rule
+    the clusters where the model still does worst on the target gain weight, the ones it has learned lose it.
+
+    Cost: one no-grad forward pass over the m target examples per scored round (m x their tokens; 32 examples of
+    ~200 tokens are one batch-of-8 pass of 4 steps), shared by the ranks; no generation and no pool row is scored.
+    The candidate `rows` are not read, so `scored_rows` and `scored_rows_per_cluster` change nothing.
+
+    Args:
+        target_dataset (`datasets.Dataset` or `list[str]`):
+            The examples given to the trainer as `target_dataset` (checked against its recorded digest), with
+            prompts and answers (a list of strings has no answers and cannot be scored).
+        batch_size (`int`, *optional*, defaults to `8`):
+            Examples per forward pass.
+        max_length (`int`, *optional*, defaults to `1024`):
+            Maximum tokens of an example (prompt + answer).
+    """
+
+    name = "target_loss"
+    needs_generation = False
+    needs_gold = False
+
+    def __init__(self, target_dataset, *, batch_size: int = 8, max_length: int = 1024):
+        self.examples = as_target_dataset(target_dataset, "TargetLossScorer(target_dataset)")
+        self.digest = target_digest(self.examples)
+        self.batch_size, self.max_length = batch_size, max_length
+        self._model = self._tokenizer = None
+
+    def bind(self, model: Any, tokenizer: Any) -> RoundScorer:
+        self._model, self._tokenizer = model, tokenizer
+        return self
+
+    def _score(self, prompts: list[str], golds: list[str], generations: list[str] | None) -> np.ndarray:
+        """Each pair's loss under the bound model: mean per-token NLL of the gold answer given the prompt."""
+        if self._model is None:
+            raise InvalidArgumentError("TargetLossScorer reads the trained model: bind it first (`scorer.bind(model, tokenizer)`).")
+        return -answer_log_likelihood(
+            self._model, self._tokenizer, prompts, golds, batch_size=self.batch_size, max_length=self.max_length,
+            show_progress=False,
+        )
+
+    def prepare(self, context: ScoringContext) -> None:
+        if context.sharded and context.world_size > 1:
+            raise InvalidArgumentError(
+                "TargetLossScorer runs the model on each rank's share of the target examples, which a model sharded "
+                "across ranks (DeepSpeed ZeRO-3, FSDP) cannot: use another scorer, or train without sharding."
+            )
+        self.pairs(context.tokenizer)  # a target without answers is refused before anything is embedded
+
+    def pairs(self, tokenizer: Any) -> list[tuple[str, str]]:
+        """Each target example's prompt (the tokenizer's chat template, generation prompt open) and answer."""
+        try:
+            options = resolve_render_options(self.examples.column_names, tokenizer=tokenizer)
+        except InvalidArgumentError as err:
+            raise InvalidArgumentError(f"TargetLossScorer(target_dataset): {err}") from None
+        pairs = [prompt_and_answer(self.examples[i], options, tokenizer) for i in range(len(self.examples))]
+        empty = [i for i, (_, answer) in enumerate(pairs) if not answer]
+        if empty:
+            raise InvalidArgumentError(
+                f"TargetLossScorer(target_dataset): rows {empty[:10]} have no answer to score the model's loss on; pass "
+                "examples with prompts and answers (the layouts of a pool)."
+            )
+        return pairs
+
+    def score_round(self, rows: np.ndarray, context: ScoringContext) -> tuple[np.ndarray, np.ndarray]:
+        """One score per cluster holding target examples (their mean loss), carried by that cluster's first candidate
+        row (its first pool row when no candidate is in it), so that [`~rounds.cluster_scores`] reads it back."""
+        record = context.target
+        if record is None or record.get("digest") != self.digest or record.get("example_clusters") is None:
+            raise InvalidArgumentError(
+                "TargetLossScorer scores clusters by the model's loss on the run's target: give the trainer the same "
+                "examples as `target_dataset=`."
+            )
+        pairs = self.pairs(context.tokenizer)
+        mine = equal_share(np.arange(len(pairs)), context.rank, context.world_size)
+        losses = score_rows(self, context.model, context.tokenizer, [pairs[i][0] for i in mine], [pairs[i][1] for i in mine])
+        loss = np.empty(len(pairs))
+        for example, value in context.gather(list(zip(mine.tolist(), losses.tolist()))):
+            loss[example] = value
+        nearest = np.asarray(record["example_clusters"], dtype=np.int64)
+        labels = np.asarray(context.labels)
+        candidates = np.sort(np.asarray(rows, dtype=np.int64))
+        scored = []
+        for cluster in np.unique(nearest):
+            inside = candidates[labels[candidates] == cluster]
+            row = inside[0] if len(inside) else np.flatnonzero(labels == cluster)[0]
+            scored.append((int(row), float(loss[nearest == cluster].mean())))
+        return merge_scores(scored)

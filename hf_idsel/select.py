@@ -14,7 +14,15 @@ from typing import Any
 import datasets
 
 from . import checks
-from .arguments import OLD_NAMES, SelectArguments, check_arguments, take_old_names, with_loaded_tokenizer
+from .arguments import (
+    ALIASES,
+    OLD_NAMES,
+    SelectArguments,
+    check_arguments,
+    take_aliases,
+    take_old_names,
+    with_loaded_tokenizer,
+)
 from .decontaminate import DEFAULT_COSINE_THRESHOLD, DEFAULT_NGRAM, DEFAULT_NGRAM_THRESHOLD
 from .distributed import broadcast, world
 from .embed import DEFAULT_ENCODER
@@ -24,6 +32,7 @@ from .methods import vectors_needed
 from .pipeline import cluster_and_draw, pool_embeddings
 from .plan import plan_selection
 from .stream import select_stream
+from .target import DEFAULT_TARGET_SHARPNESS
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +76,11 @@ def diverse_select(
     exclude_ngram: int = DEFAULT_NGRAM,
     exclude_ngram_threshold: float | None = DEFAULT_NGRAM_THRESHOLD,
     exclude_cosine_threshold: float | None = DEFAULT_COSINE_THRESHOLD,
+    target_dataset=None,
+    target_method: str = "kmq",
+    target_sharpness: float = DEFAULT_TARGET_SHARPNESS,
+    target_task_column: str | None = None,
+    target=None,
     num_proc: int | None = None,
     desc: str | None = None,
     load_from_cache_file: bool = True,
@@ -170,6 +184,25 @@ def diverse_select(
             Drop a row holding at least this share of one evaluation item's distinct word n-grams; `None` skips the test.
         exclude_cosine_threshold (`float`, *optional*, defaults to `0.99`):
             Drop a row whose embedding cosine similarity to an evaluation item is at least this; `None` skips the test.
+        target_dataset (`datasets.Dataset` or `list[str]`, *optional*):
+            Examples of the tasks to select for (a few dozen to a few hundred; a Dataset in any layout the pool may
+            have, or a list of strings), embedded with the selection's encoder (cached like the pool). The budget goes
+            where they lie in the pool, the way `target_method` says; decontamination still applies, and an item that
+            is also an item of `exclude_dataset` is refused (the target must not be the test set). The manifest
+            records it (name, fingerprint, rows, digest) and a replay needs it again. See `hf_idsel.target`.
+        target_method (`str`, *optional*, defaults to `"kmq"`):
+            `"kmq"`: cluster quotas proportional to size x affinity ** `target_sharpness` (a cluster's affinity is
+            the mean over target examples of its centroid's cosine to the example, clipped at 0), quality-weighted
+            draw inside clusters as usual. `"rds"`: RDS+ (arXiv 2503.01807), round-robin over the target examples,
+            each taking its most similar pool row not yet taken (and over tasks, with `target_task_column`).
+        target_sharpness (`float`, *optional*, defaults to `4.0`):
+            `target_method="kmq"`: the exponent of the affinity in the quotas; 0 is plain kMQ, higher concentrates
+            the budget on the clusters nearest the target.
+        target_task_column (`str`, *optional*):
+            A column of `target_dataset` naming each example's task: each task pulls equally (`"kmq"`), the tasks take
+            turns (`"rds"`).
+        target (`datasets.Dataset` or `list[str]`, *optional*):
+            Short name of `target_dataset` (no warning): pass either.
         num_proc (`int`, *optional*):
             Processes for counting tokens (`max_tokens`), as in `datasets.Dataset.map`; embedding runs in this process
             (the encoder already uses every core).
@@ -200,7 +233,7 @@ def diverse_select(
     given = locals()  # every argument by name: SelectArguments takes them as they are declared there
     current = {name: given[name] for name in SELECT_ARGUMENT_NAMES}
     old = {name: given[name] for name in OLD_NAMES}
-    args = SelectArguments(**take_old_names(current, old))
+    args = SelectArguments(**take_aliases(take_old_names(current, old), {name: given[name] for name in ALIASES}))
     checks.check_flag(dry_run, "dry_run")
     checks.check_flag(return_manifest, "return_manifest")
     checks.check_name(split, "split")

@@ -89,6 +89,11 @@ class ScriptArguments(trl.ScriptArguments):
             dataset with several splits (a Hub dataset's `train` and `test`) needs it.
         exclude_ngram (`int`, *optional*, defaults to `8`):
             Word n-gram length of the overlap test.
+        target_dataset (`str`, *optional*):
+            Examples of the tasks to train for, loaded like `dataset_name`: every round's quotas lean to the clusters
+            nearest them (`IterativeSelectionTrainer(..., target_dataset=...)`, `target_sharpness`); never the test set.
+        target_dataset_config (`str`, *optional*), target_dataset_split (`str`, *optional*):
+            Config name and split of `target_dataset` (default: its only split; a local file's is `"train"`).
         exclude_ngram_threshold (`float`, *optional*, defaults to `0.6`):
             Drop a pool row holding at least this share of one evaluation item's distinct n-grams; `null` in a
             recipe skips the test.
@@ -132,6 +137,17 @@ class ScriptArguments(trl.ScriptArguments):
         },
     )
     exclude_ngram: int = field(default=DEFAULT_NGRAM, metadata={"help": "Word n-gram length of the overlap test."})
+    target_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Examples of the tasks to train for (local file or folder, or Hub dataset id): every round's quotas "
+            "lean to the clusters nearest them (see `target_sharpness`). Never the test set."
+        },
+    )
+    target_dataset_config: str | None = field(default=None, metadata={"help": "Config name of `target_dataset`."})
+    target_dataset_split: str | None = field(
+        default=None, metadata={"help": "Split of `target_dataset` (default: its only split; a local file's is 'train')."}
+    )
     exclude_ngram_threshold: float | None = field(
         default=DEFAULT_NGRAM_THRESHOLD,
         metadata={"help": "Drop a pool row holding at least this share of an evaluation item's distinct n-grams."},
@@ -493,6 +509,10 @@ def main(script_args: ScriptArguments, training_args: IterativeSelectionConfig, 
     training_args.check_pool(pool)  # budget, rounds, k and columns, before the model loads
     with training_args.main_process_first(desc="loading the evaluation set to exclude"):
         exclude = load_exclude(script_args, pool)
+        target = None if script_args.target_dataset is None else load_split(
+            script_args.target_dataset, split=script_args.target_dataset_split, config=script_args.target_dataset_config,
+            source_argument="`target_dataset`", split_argument="`target_dataset_split`",
+        )
     if script_args.quality_model:
         with training_args.main_process_first(desc="scoring the pool's quality"):  # the others read the cache
             pool = score_quality(pool, script_args.quality_model, column=quality_column, device=training_args.device)
@@ -528,6 +548,7 @@ def main(script_args: ScriptArguments, training_args: IterativeSelectionConfig, 
         exclude_ngram=script_args.exclude_ngram,
         exclude_ngram_threshold=script_args.exclude_ngram_threshold,
         exclude_cosine_threshold=script_args.exclude_cosine_threshold,
+        target_dataset=target,
     )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = dict(result.metrics)

@@ -53,8 +53,18 @@ from .pipeline import decontaminate_and_cluster, pool_embeddings
 from .publish import set_model_push, stage_run
 from .render import prompt_and_answer, prompt_turns, resolve_render_options, training_render_options
 from .round_sampler import ROW_ID, RoundSampler, RowIdCollator
-from .rounds import SelectionState, close_round, draw_round, round_metrics, round_summary, selection_manifest, write_round_file
+from .rounds import (
+    SelectionState,
+    close_round,
+    draw_round,
+    round_metrics,
+    round_summary,
+    selection_manifest,
+    target_prior,
+    write_round_file,
+)
 from .scorers import RoundScorer, ScoringContext, as_scorer, gold_answers_needed, per_row_loss, scorer_name
+from .target import check_trainer_target, trainer_target_record
 
 __all__ = ["IterativeSelectionConfig", "IterativeSelectionTrainer"]
 
@@ -106,6 +116,10 @@ class IterativeSelectionTrainer(SFTTrainer):
             Drop a pool row holding at least this share of one evaluation item's distinct n-grams; `None` skips the test.
         exclude_cosine_threshold (`float`, *optional*, defaults to `0.99`):
             Drop a pool row whose embedding cosine to an evaluation item is at least this; `None` skips the test.
+        target_dataset (`datasets.Dataset` or `list[str]`, *optional*):
+            Examples of the tasks to train for: every round's quotas are multiplied by each cluster's affinity to them
+            ** `args.target_sharpness`, so round 1 draws `diverse_select(..., target_dataset=...)`'s kMQ quotas
+            ([`~target`]); never an item of `exclude_dataset`. Recorded in the run's manifests, plan and cards.
         **kwargs:
             Every other [`~trl.SFTTrainer`] argument (`eval_dataset`, `processing_class`, `peft_config`, ...).
     """
@@ -121,6 +135,7 @@ class IterativeSelectionTrainer(SFTTrainer):
         exclude_ngram: int = DEFAULT_NGRAM,
         exclude_ngram_threshold: float | None = DEFAULT_NGRAM_THRESHOLD,
         exclude_cosine_threshold: float | None = DEFAULT_COSINE_THRESHOLD,
+        target_dataset=None,
         **kwargs,
     ):
         if args is None:
@@ -144,6 +159,9 @@ class IterativeSelectionTrainer(SFTTrainer):
         self._decontamination = DecontaminationSettings.from_arguments(exclude_ngram, exclude_ngram_threshold, exclude_cosine_threshold)
         if exclude_dataset is not None:
             exclude_render_options(evaluation_dataset(exclude_dataset), self._render)
+        target_dataset = check_trainer_target(
+            target_dataset, exclude_dataset, self._render, task_column=args.target_task_column, embedding_column=args.embedding_column
+        )
 
         # The card's license is checked before the Trainer creates any repo or loads anything heavy (a base model card
         # read under Hub timeouts; the repo creation of `Trainer.__init__` below too, a stall ending in PushError).
@@ -173,7 +191,7 @@ class IterativeSelectionTrainer(SFTTrainer):
                 "tokenization; lower the budget."
             )
 
-        self._exclude = exclude_dataset
+        self._exclude, self._target = exclude_dataset, target_dataset
         self.decontamination = None
         self.labels, self.k, self.k_selection = self._cluster_pool()
         if self.decontamination is not None:
@@ -257,12 +275,13 @@ class IterativeSelectionTrainer(SFTTrainer):
                 "k_selection": clusters.k_selection, "encoder": encoder_record(identity, args.embedding_column, embeddings.shape[1]),
                 "descriptions": clusters.descriptions, "decontamination": clusters.decontamination,
                 "cluster_map": clusters.cluster_map,
+                "target": trainer_target_record(self._target, clusters.clustering, self._render, args, encoder=encoder, dim=embeddings.shape[1]),
             }
         data = broadcast(data)
         self.decontamination = data["decontamination"]
         self.cluster_map = data["cluster_map"]
         self.encoder_info = data["encoder"]
-        self.cluster_descriptions = data["descriptions"]
+        self.cluster_descriptions, self.target = data["descriptions"], data["target"]
         return np.asarray(data["labels"], dtype=np.int64), int(data["k"]), data["k_selection"]
 
     # ---- rounds ----
@@ -285,6 +304,7 @@ class IterativeSelectionTrainer(SFTTrainer):
                 quality=self.quality,
                 quality_temperature=self.args.quality_temperature,
                 quotas=self.args.quota,
+                prior=target_prior(self.target),
             ).tolist()
         self.selection.current_round = round_index
         self.selection.current_rows = broadcast(rows)
@@ -442,7 +462,7 @@ class IterativeSelectionTrainer(SFTTrainer):
             sharded=self._model_is_sharded(), prompts_and_golds=self._prompts_and_golds, conversations=self._prompt_turns,
             forward_losses=self._forward_losses, gather=self._gather, rank=self.accelerator.process_index,
             world_size=self.accelerator.num_processes, show_progress=self.accelerator.is_main_process,
-            labels=labels, round_index=round_index,
+            labels=labels, round_index=round_index, target=getattr(self, "target", None),
         )
 
     def _forward_losses(self, rows: np.ndarray) -> list:
@@ -505,7 +525,7 @@ class IterativeSelectionTrainer(SFTTrainer):
         return selection_plan(
             self.args, scorer=self.scorer_name, generation=self.scorer.needs_generation, budget_rows=self.budget_rows,
             round_sizes=self.round_sizes, k_selection=self.k_selection, encoder=self.encoder_info, cluster_terms=terms,
-            trainable=self.trainable, rows_per_step=self._rows_per_step(), epoch_steps=self._epoch_steps,
+            trainable=self.trainable, rows_per_step=self._rows_per_step(), epoch_steps=self._epoch_steps, target=self.target,
         )
 
     def _rows_per_step(self) -> int:
@@ -560,7 +580,7 @@ class IterativeSelectionTrainer(SFTTrainer):
             arguments={**self.args.selection_arguments(), "scorer": self.scorer_name},
             k_selection=self.k_selection, render=self._render.to_dict(), encoder=self.encoder_info,
             cluster_descriptions=self.cluster_descriptions, decontamination=self.decontamination,
-            cluster_map=self.cluster_map,
+            cluster_map=self.cluster_map, target=self.target,
         )
 
     def _stage_selection(self, configs: list[str] | None = None) -> None:

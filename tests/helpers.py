@@ -297,7 +297,9 @@ def make_trainer(tmp_path, pool=None, model=None, **config):
         scorer="loss",  # the free scorer keeps these tests fast; the default (likelihood, base) has its own tests
     )
     defaults.update(config)
-    trainer_only = ("peft_config", "exclude_dataset", "exclude_ngram", "exclude_ngram_threshold", "exclude_cosine_threshold")
+    trainer_only = (
+        "peft_config", "exclude_dataset", "exclude_ngram", "exclude_ngram_threshold", "exclude_cosine_threshold", "target_dataset",
+    )
     extra = {k: defaults.pop(k) for k in trainer_only if k in defaults}
     if not isinstance(defaults.get("scorer", "loss"), str):  # a scorer object or a callable goes to the trainer
         extra["scorer"] = defaults.pop("scorer")

@@ -460,7 +460,7 @@ def test_manifest_round_trips_through_json_files_folders_and_text(tiny, tmp_path
     assert set(data) == {
         "pool", "arguments", "method", "seed", "k", "k_selection", "budget", "cluster_sizes", "selected_per_cluster",
         "selected_indices", "selected_clusters", "selected_digest", "clusters_digest", "render", "encoder", "dedup",
-        "versions", "created_at", "format_version", "cluster_descriptions", "decontamination", "cluster_map",
+        "versions", "created_at", "format_version", "cluster_descriptions", "decontamination", "cluster_map", "target",
     }
     text = tiny.to_json()
     assert json.loads(text) == data

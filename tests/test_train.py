@@ -348,6 +348,25 @@ def test_train_excludes_an_evaluation_set_named_like_the_pool(tmp_path, capsys):
     assert (tmp_path / "map.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_train_target_dataset_leans_round_one_to_the_target(tmp_path):
+    """`--target_dataset` (a local file, loaded like the pool) reaches the trainer: round 1 leans to the target's
+    topic, and the run records the target."""
+    pool = write_alpaca_pool(tmp_path / "pool.jsonl")
+    target = tmp_path / "target.jsonl"  # new sums: the pool's second topic
+    target.write_text("".join(json.dumps({"instruction": f"Add {i} and {i}.", "output": f"{i} plus {i} is {2 * i}."}) + "\n" for i in range(20, 26)))
+    script_args, training_args, model_args = make_parser().parse_args_and_config([
+        "--config", str(LAPTOP_LORA), "--model_name_or_path", tiny_model_dir(tmp_path / "tiny"),
+        "--dataset_name", pool, "--budget", "9", "--k", "3", "--target_dataset", str(target), "--target_sharpness", "8",
+        "--output_dir", str(tmp_path / "out"), "--disable_tqdm", "true",
+    ])
+    assert (script_args.target_dataset, training_args.target_sharpness) == (str(target), 8.0)
+    trainer = main(script_args, training_args, model_args)
+    assert trainer.target["num_rows"] == 6 and trainer.target["sharpness"] == 8.0
+    round_one = trainer.selection.rounds[0]["selected"] if trainer.selection.rounds else trainer.selection.current_rows
+    sums = sum(" plus " in json.dumps(trainer.pool[int(r)]) for r in round_one)
+    assert sums > len(round_one) / 2
+
+
 def test_an_exclude_dataset_with_several_splits_needs_its_split_before_the_model_loads(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     folder = tmp_path / "evaluation"
