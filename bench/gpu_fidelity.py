@@ -430,6 +430,7 @@ def train_arm(arm: str, base, tokenizer, pool, cfg: GpuFidelityConfig, seed: int
     import torch
 
     import hf_idsel
+    from hf_idsel.methods import METHODS
     from trl import SFTConfig, SFTTrainer
 
     spec = ARMS[arm]
@@ -461,7 +462,9 @@ def train_arm(arm: str, base, tokenizer, pool, cfg: GpuFidelityConfig, seed: int
         subset = hf_idsel.diverse_select(pool, budget=cfg.budget, k=cfg.k, seed=seed, embedding_column="embedding",
                                          **spec["select"])
         selected = np.asarray(subset["source_index"], dtype=np.int64)
-        if "cluster" in subset.column_names and not np.array_equal(np.asarray(subset["cluster"]), labels[selected]):
+        # A method that needs no vectors (random) records its draw groups, not the k-means clusters.
+        clustered = METHODS[spec["select"].get("method", "kmq")].needs_vectors
+        if clustered and "cluster" in subset.column_names and not np.array_equal(np.asarray(subset["cluster"]), labels[selected]):
             raise RuntimeError(f"{arm}: diverse_select clustered the pool differently from the shared clustering")
     rows = pool.select(selected.tolist()).select_columns(["prompt", "completion"])
     trainer = SFTTrainer(model, args=SFTConfig(num_train_epochs=1, **_train_args(cfg, device, workdir, seed)),

@@ -361,13 +361,13 @@ def test_signature_docstring_and_dataclass_declare_the_same_parameters_and_defau
     import ast
     import inspect
 
-    from hf_idsel.arguments import DEFAULTS, OLD_NAMES
+    from hf_idsel.arguments import ALIASES, DEFAULTS, OLD_NAMES
 
     signature = inspect.signature(diverse_select).parameters
     documented = _documented_parameters(diverse_select)
     assert list(documented) == list(signature)  # the same names, in the same order
     fields = {f.name: f for f in dataclasses.fields(SelectArguments)}
-    assert set(signature) == set(fields) | FRONT_DOOR_ONLY | set(OLD_NAMES)
+    assert set(signature) == set(fields) | FRONT_DOOR_ONLY | set(OLD_NAMES) | set(ALIASES)
     for name, parameter in signature.items():
         said = documented[name]
         if parameter.default is inspect.Parameter.empty:
@@ -392,7 +392,7 @@ def test_every_field_has_help_and_the_manifest_tables_follow_from_its_metadata()
     assert set(RECORDED_ARGUMENTS) | set(NOT_RECORDED) == {f.name for f in dataclasses.fields(SelectArguments)}
     assert not set(RECORDED_ARGUMENTS) & set(NOT_RECORDED)
     assert set(NOT_RECORDED) == {
-        "tokenizer", "encode_batch_size", "device", "cache_dir", "exclude_dataset", "num_proc", "desc",
+        "tokenizer", "encode_batch_size", "device", "cache_dir", "exclude_dataset", "target_dataset", "num_proc", "desc",
         "load_from_cache_file", "keep_in_memory",
     }
     # A replay takes machine settings and anything that loads code or weights from its caller, never from a file.
