@@ -16,7 +16,7 @@ import re
 import datasets
 
 from .cards import dataset_card, refresh_model_card, restage_dataset_card
-from .errors import InvalidArgumentError, PushError, redact_token
+from .errors import InvalidArgumentError, PushError, error_summary
 from .hub_client import HubTimeouts, hub_timeouts
 from .hub_layout import DEFAULT_CONFIG, MANIFEST_FILE, MANIFESTS_DIR, check_repo_id, read_plan
 from .manifest import Manifest, indices_digest
@@ -222,10 +222,9 @@ def model_repo_creation(enabled: bool = True, token=None, timeout=None):
         except Exception as err:
             if not (network_failure(err) and _request_url(err).endswith("/api/repos/create")):
                 raise
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             raise PushError(
                 f"push_to_hub=True: creating the model repo on the Hub failed ({type(err).__name__}: "
-                f"{redact_token(first, token)}) before training started; nothing was pushed. The Hub did not answer in "
+                f"{error_summary(err, token)}) before training started; nothing was pushed. The Hub did not answer in "
                 "time or could not be reached: check the connection (HF_ENDPOINT), try again later, or train with "
                 "push_to_hub=False and publish afterwards with `hf-idsel push OUTPUT_DIR`.",
                 not_pushed=["model repo"],

@@ -429,7 +429,7 @@ def load_pool(
             if bad_line is not None:
                 raise InvalidArgumentError(f"{named}: {bad_line}; fix or remove that line.") from None
             raise InvalidArgumentError(
-                f"{named} cannot be read as {FILE_BUILDERS[ext]}: {_first_line(err.__cause__ or err)}."
+                f"{named} cannot be read as {FILE_BUILDERS[ext]}: {error_summary(err.__cause__ or err)}."
             ) from None
     elif os.path.isdir(source):
         try:
@@ -438,7 +438,7 @@ def load_pool(
             else:
                 loaded = datasets.load_dataset(source, config, revision=revision)
         except (OSError, ValueError, datasets.exceptions.DatasetsError) as err:
-            reason = _first_line(err.__cause__ or err)
+            reason = error_summary(err.__cause__ or err)
             raise InvalidArgumentError(f"{named}: the folder cannot be read as a dataset: {reason}.") from None
     elif _looks_local(source):
         raise InvalidArgumentError(
@@ -449,7 +449,7 @@ def load_pool(
             loaded = datasets.load_dataset(source, config, revision=revision, token=token)
         except (OSError, datasets.exceptions.DatasetsError) as err:
             raise InvalidArgumentError(
-                f"{named} is no local file or folder, and loading it as a Hub dataset failed: {_first_line(err)}. "
+                f"{named} is no local file or folder, and loading it as a Hub dataset failed: {error_summary(err)}. "
                 "Check the path, or the dataset id, config, network and token."
             ) from None
     if isinstance(loaded, datasets.DatasetDict):
@@ -636,8 +636,3 @@ def _json_error(path: str) -> str | None:
         except json.JSONDecodeError as err:
             return f"line {err.lineno} is not valid JSON ({err.msg} at column {err.colno})"
     return None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:300] if text else type(err).__name__
