@@ -24,8 +24,8 @@ peak resident set size (RSS) of each stage:
 | `other` | everything else: argument checks, optimizer steps, the schedule, saving, the model card |
 
 A stage's peak is the highest RSS while it runs, outside the stages nested in it. On Linux it is exact: the kernel's
-high-water mark (`VmHWM`) is read and reset (`/proc/self/clear_refs`) at every stage boundary; elsewhere a
-thread samples the RSS every 5 ms, and the whole run's peak is also read from
+high-water mark (`VmHWM`) is read and reset (`/proc/self/clear_refs`) at every stage boundary, once a 64 MiB block
+mapped and freed at start has shown that the kernel's mark keeps freed pages; elsewhere a thread samples the RSS every 5 ms, and the whole run's peak is also read from
 `resource.getrusage(RUSAGE_CHILDREN).ru_maxrss` in the parent (which a short peak cannot slip past; on Linux the
 reset high-water mark resets it too, so there it is not a whole-run figure). `rss_after` is what a stage leaves
 resident when it returns.
@@ -40,6 +40,7 @@ import argparse
 import datetime
 import functools
 import json
+import mmap
 import os
 import platform
 import resource
@@ -57,6 +58,7 @@ STAGES = (
     "training: forward", "training: LM head", "training: backward", "training steps", "round scoring", "other",
 )
 GIB = 2**30
+_CALIBRATION_BYTES = 64 * 2**20  # mapped, touched and freed once to check the kernel keeps a high-water mark
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,6 +78,7 @@ class _Probe:
         self.stack = ["startup"]
         self.started = time.perf_counter()
         self._sampled = 0
+        self._stopped = threading.Event()
         if not self.exact:
             threading.Thread(target=self._sample, daemon=True).start()
 
@@ -88,12 +91,25 @@ class _Probe:
         raise KeyError(field)
 
     def _can_reset(self) -> bool:
+        """Whether the kernel's high-water mark can be reset and then sees a block mapped and freed since.
+
+        Some kernels accept the reset but keep no mark of pages unmapped since (the mark is updated lazily);
+        those get the sampling thread instead of a peak that misses every freed allocation.
+        """
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # resets the high-water mark to the current RSS
-            return True
-        except OSError:
+            before = self._status("VmRSS")
+            block = mmap.mmap(-1, _CALIBRATION_BYTES)
+            for offset in range(0, _CALIBRATION_BYTES, mmap.PAGESIZE):
+                block[offset] = 1  # touched, so resident
+            block.close()
+            seen = self._status("VmHWM") - before
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except (OSError, KeyError):
             return False
+        return seen >= _CALIBRATION_BYTES * 3 // 4
 
     def rss(self) -> int:
         if self.exact:
@@ -103,9 +119,8 @@ class _Probe:
         return psutil.Process().memory_info().rss
 
     def _sample(self) -> None:
-        while True:
+        while not self._stopped.wait(0.005):
             self._sampled = max(self._sampled, self.rss())
-            time.sleep(0.005)
 
     def _take_peak(self) -> int:
         """The peak since the last boundary, and a new window starting now."""
@@ -149,6 +164,7 @@ class _Probe:
         setattr(owner, attribute, staticmethod(probed) if static else probed)
 
     def result(self) -> dict:
+        self._stopped.set()  # the sampling thread, where there is one, ends with the measurement
         total = max(self.peak.values())
         return {
             "exact": self.exact,
