@@ -19,6 +19,11 @@ standard error), the curve's local maxima, the second seed's scores, the seed sp
 seconds it took. The results JSON records the commit it ran at. `--quick` shrinks the pools for a smoke test; its
 numbers are not meaningful.
 
+`--search-rows N` compares, on the synthetic pools at a budget of 5%, the paper's rule searching the whole pool
+with the search on a seeded sample of N rows (at least 16 a cluster of the largest candidate) that `choose_k`
+runs on pools above its `search_rows` (131,072): the k each picks, the ARI of the whole pool's clustering at it,
+and the seconds of each, measured in the same run.
+
 `measure` (used by `bench/run.py`, and by `--pools ROWS:K`) is the earlier check on flat blobs: `choose_k` on the
 default grid against the picker hf_idsel used before (a 4,000-row sample) and one k-means at the chosen k.
 """
@@ -168,14 +173,14 @@ def pool_and_levels(spec: dict, encoder: str | None, cache_dir: str | None, seed
     return x, {"source": sources}, {"dim": int(x.shape[1]), "rows": len(x), "encoder": encoder_id, **spec}
 
 
-def pick(x, levels: dict, *, rule: str, budget=None, seed: int = 0) -> dict:
+def pick(x, levels: dict, *, rule: str, budget=None, seed: int = 0, search_rows: int | None = None) -> dict:
     """One `choose_k` call: its manifest record, the seconds it took, and the ARI of its clustering at every level."""
     from sklearn.metrics import adjusted_rand_score
 
-    from hf_idsel.cluster import choose_k
+    from hf_idsel.cluster import SEARCH_ROWS, choose_k
 
     start = time.perf_counter()
-    result = choose_k(x, budget=budget, rule=rule, seed=seed)
+    result = choose_k(x, budget=budget, rule=rule, seed=seed, search_rows=search_rows or SEARCH_ROWS)
     seconds = time.perf_counter() - start
     return {
         **result.record(),
@@ -258,6 +263,30 @@ def run_study(names, *, quick: bool, out: str | None, encoder=None, cache_dir=No
     return results
 
 
+def compare_search(names, search_rows: int, *, out: str | None, seed: int = 0) -> dict:
+    """The paper's rule at a 5% budget on each synthetic pool, searching the whole pool and a seeded sample."""
+    results = {
+        **_commit(),
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "load_average_at_start": [round(v, 2) for v in os.getloadavg()]},
+        "search_rows": search_rows, "budget_fraction": BUDGET_FRACTIONS[0], "seed": seed, "pools": [],
+    }
+    for name in names or [n for n in STUDY if STUDY[n]["kind"] != "builtin"]:
+        x, levels, described = pool_and_levels(STUDY[name], None, None, seed)
+        budget = int(round(BUDGET_FRACTIONS[0] * len(x)))
+        whole = pick(x, levels, rule="paper", budget=budget, seed=seed, search_rows=len(x))
+        sampled = pick(x, levels, rule="paper", budget=budget, seed=seed, search_rows=search_rows)
+        r = {"pool": name, **described, "budget": budget, "whole": whole, "sampled": sampled,
+             "same_k": whole["chosen"] == sampled["chosen"], "time_ratio": round(sampled["seconds"] / whole["seconds"], 3)}
+        results["pools"].append(r)
+        print(f"[k-auto] {name}: whole pool {_describe(whole)}; sample of {sampled['estimator'].get('search_rows', len(x)):,} "
+              f"rows {_describe(sampled)}; time ratio {r['time_ratio']:.2f}", flush=True)
+        if out:
+            with open(out, "w") as f:
+                json.dump(results, f, indent=1)
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="Small pools: a smoke test.")
@@ -266,7 +295,11 @@ def main(argv=None):
     parser.add_argument("--encoder", default=None, help="Encoder of the built-in pool (default: the packaged MiniLM; 'static' is faster).")
     parser.add_argument("--cache-dir", default=None, help="Where the built-in pool's vectors are cached.")
     parser.add_argument("--pools", nargs="+", metavar="ROWS:K", help="The earlier flat-blob check (`measure`) on these pools instead.")
+    parser.add_argument("--search-rows", type=int, default=None,
+                        help="Compare the whole-pool search with a search on a seeded sample of this many rows instead.")
     args = parser.parse_args(argv)
+    if args.search_rows:
+        return compare_search(args.only, args.search_rows, out=args.out)
     if not args.pools:
         return run_study(args.only, quick=args.quick, out=args.out, encoder=args.encoder, cache_dir=args.cache_dir)
     cfg = QUICK if args.quick else FULL

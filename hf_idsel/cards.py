@@ -91,9 +91,13 @@ def _describe_k(manifest: Manifest) -> str:
             )
         bounds, ties = record.get("range"), record.get("ties")
         within = f"k from {bounds['lower']} to {bounds['upper']}" if bounds else "the candidates given"
+        clustered = (
+            "the whole pool's k-means clustering" if "search_rows" not in estimator else
+            f"k-means on a seeded sample of {estimator['search_rows']:,} rows (the whole pool then clustered at the chosen k)"
+        )
         text = (
-            f"chosen by k=\"auto\" (rule {record['rule']!r}, {within}): the cosine silhouette of the whole pool's "
-            f"k-means clustering (k: silhouette {shown}), averaged over {estimator['sample_size']:,} rows (standard "
+            f"chosen by k=\"auto\" (rule {record['rule']!r}, {within}): the cosine silhouette of {clustered} "
+            f"(k: silhouette {shown}), averaged over {estimator['sample_size']:,} rows (standard "
             f"error at most {error:.4f}); local maxima at k = {', '.join(str(c) for c in record.get('local_maxima', []))}"
         )
         if ties:

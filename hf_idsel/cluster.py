@@ -39,6 +39,9 @@ AUTO_K = {"auto": "paper", "auto-global": "global"}
 _HALF_NORMAL_MEDIAN = statistics.NormalDist().inv_cdf(0.75)  # median |z| of a standard normal z
 SILHOUETTE_SAMPLE = 20000
 SILHOUETTE_CHUNK = 2048
+# Above this many rows k="auto" runs its search on a seeded sample of them (16 rows a cluster at k = 8192), then
+# clusters the whole pool once at the chosen k: each candidate's k-means on the whole pool costs rows x k.
+SEARCH_ROWS = MIN_ROWS_PER_CLUSTER * MAX_AUTO_K
 
 
 @dataclass
@@ -447,6 +450,9 @@ class KSelection:
             deviation of one score ([`seed_spread`]).
         tied (`list[int]`, *optional*):
             Rule `"paper"`: the candidates within the noise band of the best ([`near_ties`]); the smallest is chosen.
+        search_rows (`int`, *optional*):
+            Rows of the seeded sample the candidates were clustered and scored on; `None` when the search
+            clustered the whole pool.
     """
 
     k: int
@@ -462,6 +468,7 @@ class KSelection:
     best: int | None = None
     seed_check: dict | None = None
     tied: list | None = None
+    search_rows: int | None = None
 
     @property
     def local_maxima(self) -> list[int]:
@@ -487,11 +494,13 @@ class KSelection:
             "search": self.search,
             "estimator": {
                 "metric": "cosine",
-                "clustering": "whole pool",
+                "clustering": "whole pool" if self.search_rows is None else "seeded sample",
                 "sample_size": self.sample_size,
                 "min_rows_per_cluster": MIN_ROWS_PER_CLUSTER,
             },
         }
+        if self.search_rows is not None:
+            record["estimator"]["search_rows"] = self.search_rows
         if self.seed_check is not None:
             record["seed_check"] = {
                 "seed": self.seed_check["seed"],
@@ -510,6 +519,7 @@ def choose_k(
     rule: str = "paper",
     seed: int = 0,
     sample_size: int = SILHOUETTE_SAMPLE,
+    search_rows: int = SEARCH_ROWS,
     niter: int = 20,
     gpu: bool | None = None,
 ) -> KSelection:
@@ -530,6 +540,12 @@ def choose_k(
     tell them apart, and fewer clusters give each cluster more of the budget's rows, so its quota and the
     iterative scores rest on more rows. The chosen clustering is still the first seed's.
 
+    A pool of more than `search_rows` rows (131,072 by default: 16 rows a cluster at k = 8192) is searched on a
+    seeded uniform sample of that many rows (at least 16 rows a cluster of the largest candidate): every
+    candidate is clustered and scored on the sample, and the whole pool is clustered once, at the chosen k, as
+    `kmeans(embeddings, k)` clusters it. A candidate's k-means on the whole pool costs rows x k, which at a
+    million rows made the search most of a selection's time.
+
     `rule="global"` (`k="auto-global"`): candidates from 2 (no budget cap), and the highest score wins (ties:
     the smaller k), with no second seed: hf_idsel's `k="auto"` before the paper's rule.
 
@@ -548,6 +564,9 @@ def choose_k(
             Seeds each k-means (as the final clustering is seeded) and the silhouette's sample.
         sample_size (`int`, *optional*, defaults to `20000`):
             Rows whose silhouette is averaged; every row when the pool is no larger.
+        search_rows (`int`, *optional*, defaults to `131072`):
+            Pools above this many rows are searched on a seeded sample of this many rows (more when a candidate
+            needs them for 16 rows a cluster), as above.
         niter (`int`, *optional*, defaults to `20`):
             k-means iterations per candidate.
         gpu (`bool`, *optional*):
@@ -559,6 +578,7 @@ def choose_k(
     n = embeddings.shape[0]
     seed = check_seed(seed)
     sample_size = check_int(sample_size, "sample_size", minimum=2, maximum=MAX_INT32)
+    search_rows = check_int(search_rows, "search_rows", minimum=2, maximum=MAX_INT32)
     lower_upper = k_range(n, budget, rule=rule)  # checks rule and budget
     if budget is not None:
         budget = int(budget)
@@ -581,12 +601,21 @@ def choose_k(
             f"k='auto' has no candidate k in [2, {n - 1}] to try (candidates: {grid}); "
             "pass an explicit `k`, `k_candidates`, or a pool of at least 20 rows."
         )
+    searched, rows = embeddings, None
+    if n > search_rows:
+        rows_needed = min(n, max(search_rows, MIN_ROWS_PER_CLUSTER * max(usable)))
+        if rows_needed < n:
+            rows = np.sort(np.random.default_rng([seed, 2]).choice(n, size=rows_needed, replace=False))
+            searched = embeddings[rows] if isinstance(embeddings, np.ndarray) else _gather(embeddings, rows)
+            logger.info("k='auto': searching k on a seeded sample of %d of the pool's %d rows.", rows_needed, n)
     scores, errors, kept = {}, {}, {}
 
     def score(ks, desc):
         for k in tqdm(ks, desc=desc, unit="k"):
-            clustering = kmeans(embeddings, k, seed=seed, niter=niter, gpu=gpu, warn_empty=False)
-            scores[k], errors[k] = silhouette(embeddings, clustering.labels, sample_size=sample_size, seed=seed)
+            clustering = kmeans(searched, k, seed=seed, niter=niter, gpu=gpu, warn_empty=False)
+            scores[k], errors[k] = silhouette(searched, clustering.labels, sample_size=sample_size, seed=seed)
+            if rows is not None:
+                continue  # the sample's clusterings are not the pool's: the pool is clustered once, at the chosen k
             # The global rule keeps only its best clustering (each holds n labels); the paper's keeps every one,
             # since a near-tie may go to any candidate.
             if rule == "paper" or not kept or (scores[k], -k) > max((scores[c], -c) for c in kept):
@@ -611,8 +640,8 @@ def choose_k(
         rerun = sorted(scores, key=lambda k: (-scores[k], k))[:SEED_CHECK_TOP]
         again = {}
         for k in tqdm(sorted(rerun), desc="Choosing k (seed spread)", unit="k"):
-            labels = kmeans(embeddings, k, seed=other, niter=niter, gpu=gpu, warn_empty=False).labels
-            again[k] = silhouette(embeddings, labels, sample_size=sample_size, seed=seed)[0]
+            labels = kmeans(searched, k, seed=other, niter=niter, gpu=gpu, warn_empty=False).labels
+            again[k] = silhouette(searched, labels, sample_size=sample_size, seed=seed)[0]
         spread = seed_spread({k: scores[k] for k in again}, again)
         seed_check = {"seed": other, "silhouette": again, "spread": spread}
         tied = near_ties(scores, errors, spread)
@@ -626,12 +655,14 @@ def choose_k(
         chosen,
     )
     warn_if_k_near_budget(chosen, budget)
+    if rows is not None:
+        kept[chosen] = kmeans(embeddings, chosen, seed=seed, niter=niter, gpu=gpu, warn_empty=False)
     return KSelection(
         k=chosen,
         silhouette=curve,
         standard_error={c: errors[c] for c in sorted(errors)},
         clustering=kept[chosen],
-        sample_size=min(n, sample_size),
+        sample_size=min(len(searched), sample_size),
         grid=usable,
         search=search,
         rule=rule,
@@ -640,6 +671,7 @@ def choose_k(
         best=top,
         seed_check=seed_check,
         tied=tied,
+        search_rows=None if rows is None else len(rows),
     )
 
 

@@ -589,6 +589,12 @@ def _check_k_selection(record: dict, k: int) -> None:
     if "chosen" in record and record["chosen"] != k:
         raise _FieldError(f"`k_selection.chosen`={_short(record['chosen'])} must be the manifest's `k`={k}.")
     curve = {int(c): v for c, v in record["silhouette"].items()}
+    estimator = record.get("estimator")
+    if estimator is not None and (
+        not isinstance(estimator, dict)
+        or not all(_is_int(estimator.get(name)) and estimator[name] > 0 for name in ("sample_size", *estimator.keys() & {"search_rows"}))
+    ):
+        raise _FieldError(f"`k_selection.estimator`={_short(estimator)} must hold a positive int `sample_size` (and `search_rows`).")
     if "rule" in record and record["rule"] not in K_RULES:
         raise _FieldError(f"`k_selection.rule`={_short(record['rule'])} must be one of {list(K_RULES)}.")
     if "best" in record and curve and record["best"] != max(curve, key=lambda c: (curve[c], -c)):

@@ -94,7 +94,9 @@ def silhouette_curve(k_selection: dict, k: int) -> list[str]:
     estimator = k_selection.get("estimator")
     check = k_selection.get("seed_check") or {}
     again = check.get("silhouette", {})
-    how = f" (cosine, whole pool's clustering, {estimator['sample_size']:,} rows scored)" if estimator else ""
+    searched = "whole pool's clustering" if "search_rows" not in (estimator or {}) else (
+        f"clustered on a seeded sample of {estimator['search_rows']:,} rows")
+    how = f" (cosine, {searched}, {estimator['sample_size']:,} rows scored)" if estimator else ""
     lines = [f"k chosen by silhouette{how}:"]
     rule, bounds = k_selection.get("rule"), k_selection.get("range")
     if rule:

@@ -498,3 +498,38 @@ def test_exact_silhouette_ties_go_to_the_smaller_k_under_both_rules():
     # In `near_ties` too, the best of an exact tie is the smaller k: its own error sets the band (k = 16's is wide).
     scores, errors = {2: 0.50, 8: 0.45, 16: 0.50}, {2: 0.001, 8: 0.001, 16: 0.1}
     assert near_ties(scores, errors, 0.0) == [2, 16]
+
+
+def test_a_pool_above_search_rows_is_searched_on_a_seeded_sample_and_clustered_whole_at_the_chosen_k(caplog):
+    """Above `search_rows` every candidate is clustered and scored on one seeded sample of the pool (its curve is
+    choose_k's on those rows), and the pool is clustered once, whole, at the chosen k: the clustering an explicit k
+    gives. Stored float16 vectors are searched on the same rows as the matrix they read as."""
+    import pyarrow as pa
+
+    from hf_idsel.cache import StoredVectors, unit_rows
+
+    x, truth = planted_blobs(6, 200, dim=16, seed=5)  # 1,200 rows, 6 planted clusters
+    x = unit_rows(x.astype(np.float16))
+    with caplog.at_level("INFO", logger="hf_idsel.cluster"):
+        result = choose_k(x, [3, 6, 12], seed=2, search_rows=400)
+    assert "searching k on a seeded sample of 400 of the pool's 1200 rows" in caplog.text
+    rows = np.sort(np.random.default_rng([2, 2]).choice(1200, size=400, replace=False))
+    on_sample = choose_k(x[rows], [3, 6, 12], seed=2)
+    assert result.silhouette == on_sample.silhouette and result.seed_check == on_sample.seed_check
+    assert result.k == on_sample.k == 6 and result.search_rows == 400 and result.sample_size == 400
+    whole = kmeans(x, 6, seed=2)
+    assert len(result.clustering.labels) == 1200 and np.array_equal(result.clustering.labels, whole.labels)
+    assert adjusted_rand_score(truth, result.clustering.labels) == 1.0
+    record = result.record()
+    assert record["estimator"] == {"metric": "cosine", "clustering": "seeded sample", "sample_size": 400,
+                                   "min_rows_per_cluster": 16, "search_rows": 400}
+    # A candidate that needs more rows for 16 a cluster gets them: k = 30 searches 480 rows.
+    assert choose_k(x, [3, 30], seed=2, search_rows=400, rule="global").search_rows == 480
+    # At or below search_rows nothing changes: the whole pool is searched, as before.
+    assert choose_k(x, [3, 6, 12], seed=2, search_rows=1200).search_rows is None
+    # Stored vectors: the same sample rows, gathered chunk by chunk, give the same curve and clustering.
+    chunks = [pa.FixedSizeListArray.from_arrays(pa.array(x[s : s + 500].reshape(-1)), 16) for s in range(0, 1200, 500)]
+    stored = choose_k(StoredVectors(pa.chunked_array(chunks)), [3, 6, 12], seed=2, search_rows=400)
+    assert stored.silhouette == result.silhouette and np.array_equal(stored.clustering.labels, result.clustering.labels)
+    with pytest.raises(InvalidArgumentError, match=r"`search_rows`=1"):
+        choose_k(x, search_rows=1)

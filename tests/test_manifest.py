@@ -899,7 +899,8 @@ def test_k_auto_paper_rule_record_is_recomputed_from_its_curve_on_load(tiny):
     }
     glob = {key: value for key, value in paper.items() if key not in ("seed_check", "ties")} | {
         "rule": "global", "silhouette": {"2": 0.1, "3": 0.4, "4": 0.31}, "best": 3, "local_maxima": [3]}
-    for record in (paper, glob):
+    sampled = paper | {"estimator": paper["estimator"] | {"clustering": "seeded sample", "search_rows": 131072}}
+    for record in (paper, glob, sampled):
         data = _edit(tiny.to_dict(), "k_selection", record)
         assert Manifest.from_dict(data, origin="m.json").k_selection == record
     for base, path, value, message in [
@@ -916,6 +917,10 @@ def test_k_auto_paper_rule_record_is_recomputed_from_its_curve_on_load(tiny):
         (paper, "k_selection.standard_error", {"2": 0.01, "3": 0.01}, "`k_selection.ties`={'z': 2.0, 'tied': [3, 4], 'rule': 'smallest k'} needs `z`, rule 'smallest k', a seed check and every standard error."),
         (glob, "k_selection.silhouette", {"2": 0.1, "3": 0.4, "4": 0.41}, "`k_selection.best`=3 is not the candidate with the highest silhouette."),
         (glob | {"best": 4, "local_maxima": [4]}, "k_selection.silhouette", {"2": 0.1, "3": 0.4, "4": 0.41}, "`k_selection.best` must be the manifest's `k` under the rule 'global'."),
+        # The card and report print the estimator's row counts: they are positive ints or the record is refused.
+        (paper, "k_selection.estimator.search_rows", "many", "`k_selection.estimator`={'metric': 'cosine', 'clustering': 'whole pool', 'sample_... must hold a positive int `sample_size` (and `search_rows`)."),
+        (paper, "k_selection.estimator.sample_size", 0, "`k_selection.estimator`={'metric': 'cosine', 'clustering': 'whole pool', 'sample_... must hold a positive int `sample_size` (and `search_rows`)."),
+        (paper, "k_selection.estimator", [12], "`k_selection.estimator`=[12] must hold a positive int `sample_size` (and `search_rows`)."),
     ]:
         data = _edit(_edit(tiny.to_dict(), "k_selection", base), path, value)
         with pytest.raises(InvalidArgumentError, match=_invalid(message, "m.json")):

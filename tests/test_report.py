@@ -151,6 +151,11 @@ def test_report_and_card_show_a_near_tie_broken_to_the_smaller_k_and_old_records
     assert lines[4].endswith("0.390  near-tie, <- chosen") and lines[5].endswith("0.420  local max, best")
     assert lines[6].endswith("near-ties of the best (k=4) within 2 sd: 3 -> the smallest, k=3")
     assert "near-ties of the best (k=4) within 2 sd of the noise (k-means seed-to-seed spread 0.0105): 3, the smallest chosen" in card(record)
+    # A pool above choose_k's search_rows was searched on a sample: the report and the card say so.
+    sampled = record | {"estimator": record["estimator"] | {"clustering": "seeded sample", "search_rows": 131072}}
+    assert silhouette_curve(sampled, 3)[0] == "k chosen by silhouette (cosine, clustered on a seeded sample of 131,072 rows, 12 rows scored):"
+    assert ("the cosine silhouette of k-means on a seeded sample of 131,072 rows (the whole pool then clustered at the chosen k) "
+            "(k: silhouette 2: 0.100, 3: 0.400, 4: 0.410)") in card(sampled)
     old = {"mode": "auto", "candidates": [2, 3, 4], "silhouette": {"2": 0.1, "3": 0.4, "4": 0.3}, "chosen": 3,
            "standard_error": {"2": 0.0, "3": 0.0, "4": 0.0}, "grid": [2, 3, 4], "search": "coarse-to-fine",
            "estimator": {"metric": "cosine", "clustering": "whole pool", "sample_size": 12, "min_rows_per_cluster": 16}}
