@@ -694,6 +694,12 @@ def test_round_summary_names_the_clusters_whose_weight_moved_most():
         f"down: cluster 1 'def, return, code' 0.25 -> {w[1]:.3g} (starved)"
     )
     assert "\n" not in line
+    # Every cluster named: equal moves (clusters 2 and 3) in cluster order.
+    assert round_summary(state, rounds=3, budget_rows=12, clusters=4) == (
+        f"round 1/3: drew 4 rows (4 of 12); weight up: cluster 0 'gsm8k, number, total' 0.25 -> {w[0]:.3g}; "
+        f"down: cluster 1 'def, return, code' 0.25 -> {w[1]:.3g} (starved); cluster 2 0.25 -> {w[2]:.3g}; "
+        f"cluster 3 'hello, thanks' 0.25 -> {w[3]:.3g}"
+    )
 
     # Round 2 is compared with round 1's weights; a cluster without terms is named by its id alone, and two a side.
     before = list(state.weights)
@@ -701,16 +707,32 @@ def test_round_summary_names_the_clusters_whose_weight_moved_most():
     close_round(state, labels, trainable, np.array([1, 2, 13, 19]), np.array([-1.0, -1.0, 2.0, 0.0]), global_step=2, **common)
     line = round_summary(state, rounds=3, budget_rows=12, clusters=2)
     after = state.weights
-    assert line.startswith("round 2/3: drew 4 rows (8 of 12); weight up: cluster 2 0.")
-    assert f"cluster 2 {before[2]:.3g} -> {after[2]:.3g}" in line and "'hello, thanks'" in line
-    assert line.index("weight up") < line.index("cluster 2") < line.index("down: cluster 0 'gsm8k, number, total'")
+    # Cluster 1 gained too (+0.005), less than cluster 3 (+0.007): two a side leaves it out.
+    assert after[1] - before[1] < after[3] - before[3] < after[2] - before[2]
+    assert line == (
+        f"round 2/3: drew 4 rows (8 of 12); weight up: cluster 2 {before[2]:.3g} -> {after[2]:.3g}; "
+        f"cluster 3 'hello, thanks' {before[3]:.3g} -> {after[3]:.3g}; "
+        f"down: cluster 0 'gsm8k, number, total' {before[0]:.3g} -> {after[0]:.3g}"
+    )
+    # A weight of exactly a tenth of an equal share (1/k) is not starved; one below it is.
+    for weight, mark in [(0.025, ""), (0.0249, " (starved)")]:
+        edited = SelectionState.from_json(state.to_json(), where="test")
+        edited.rounds[-1] = {**edited.rounds[-1], "weights": [weight, 0.3, 0.5, 0.2 - weight]}
+        assert round_summary(edited, rounds=3, budget_rows=12) == (
+            f"round 2/3: drew 4 rows (8 of 12); weight up: cluster 2 {before[2]:.3g} -> 0.5; "
+            f"down: cluster 0 'gsm8k, number, total' {before[0]:.3g} -> {weight:.3g}{mark}"
+        )
 
     # An unscored last round keeps the weights; a cluster with no rows left drops to 0 and says so.
     state.current_round, state.current_rows = 3, [3, 4, 5, 14]
     close_round(state, labels, trainable, np.zeros(0, dtype=np.int64), np.zeros(0), **{**common, "scored": False}, global_step=3)
     line = round_summary(state, rounds=3, budget_rows=12)
-    assert line.startswith("round 3/3: drew 4 rows (12 of 12); ")
-    assert "-> 0 (exhausted)" in line and "cluster 0 'gsm8k, number, total'" in line  # rows 0-5 are all drawn now
+    last = state.weights
+    assert last[0] == 0  # rows 0-5 are all drawn now
+    assert line == (
+        f"round 3/3: drew 4 rows (12 of 12); weight up: cluster 2 {after[2]:.3g} -> {last[2]:.3g}; "
+        f"down: cluster 0 'gsm8k, number, total' {after[0]:.3g} -> 0 (exhausted)"
+    )
     unchanged = SelectionState.from_json(state.to_json(), where="test")
     unchanged.rounds[-1] = {**unchanged.rounds[-1], "weights": unchanged.rounds[-2]["weights"]}
     assert round_summary(unchanged, rounds=3, budget_rows=12) == (
