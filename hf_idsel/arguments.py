@@ -34,7 +34,7 @@ from .decontaminate import (
     exclude_render_options,
 )
 from .embed import DEFAULT_ENCODER
-from .errors import IdselError, InvalidArgumentError
+from .errors import IdselError, InvalidArgumentError, error_summary
 from .render import (
     FORMATS,
     RenderOptions,
@@ -377,7 +377,7 @@ def load_tokenizer(name, argument: str = "tokenizer"):
     except IdselError:  # the packaged copy's own errors say what to install
         raise
     except (OSError, ValueError) as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        reason = error_summary(err)
         raise InvalidArgumentError(
             f"`{argument}`={name!r} could not be loaded: {reason} Pass a local folder holding the tokenizer's files "
             "(a training run's output_dir, or one written by `tokenizer.save_pretrained(folder)`), or "

@@ -25,7 +25,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 
-from .errors import IdselError, InvalidArgumentError
+from .errors import IdselError, InvalidArgumentError, error_summary
 from .hub_layout import write_file_digest
 from .pool import BUILTIN_POOL, DEFAULT_ROWS_PER_SOURCE, load_pool
 from .report import format_report
@@ -537,7 +537,7 @@ def _read_parquet(path: str):
     try:
         return datasets.Dataset.from_parquet(path)
     except Exception as err:  # pyarrow's and datasets' errors for a truncated or foreign file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = error_summary(err)
         raise InvalidArgumentError(f"{path} is not a readable parquet file ({reason}).") from None
 
 
@@ -723,7 +723,7 @@ def _load_eval_model(args, load):
     except IdselError:
         raise
     except (OSError, ValueError, ImportError) as err:
-        reason = " ".join((str(err) or type(err).__name__).split())[:300]
+        reason = error_summary(err)
         raise InvalidArgumentError(
             f"MODEL {name!r} could not be loaded: {reason} Pass a local folder holding a causal LM (its config.json, "
             "weights and tokenizer, e.g. a training run's output_dir), a .gguf file, or a Hub id (cached here when "

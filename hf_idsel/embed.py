@@ -29,7 +29,7 @@ from .cache import (
     read_cached,
     write_cached,
 )
-from .errors import IdselError, InvalidArgumentError, MissingDependencyError
+from .errors import IdselError, InvalidArgumentError, MissingDependencyError, error_summary
 from .hidden_states import HiddenStateEncoder, as_hidden_state_encoder
 from .render import RenderOptions, check_text_to_embed, render_batch
 from .static_embed import built_static_weights, is_static, load_static, static_base, static_identity, static_weights
@@ -114,7 +114,7 @@ def load_encoder(
     try:
         return SentenceTransformer(source, **kwargs)
     except (OSError, ValueError) as err:  # not found, offline, not a model folder, an invalid id
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        reason = error_summary(err)
         raise InvalidArgumentError(
             f"`encoder`={encoder!r} could not be loaded: {reason} Pass a sentence-transformers model id that is cached "
             f"or reachable, a local folder holding one, or leave the default ({DEFAULT_ENCODER!r}, packaged, offline)."

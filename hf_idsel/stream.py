@@ -20,7 +20,7 @@ from datasets.utils import tqdm as hf_tqdm
 from .arguments import CheckedArguments, SelectArguments, check_arguments, check_values, read_columns
 from .cache import StoredVectors, cache_dir
 from .embed import batch_encoder, embeddings_from_column
-from .errors import IdselError, InvalidArgumentError
+from .errors import IdselError, InvalidArgumentError, error_summary
 from .manifest import Manifest, pool_digest
 from .methods import vectors_needed
 from .pipeline import cluster_and_draw
@@ -123,7 +123,7 @@ def _batches(stream):
         except StopIteration:
             return
         except (ValueError, pa.ArrowException, datasets.exceptions.DatasetGenerationError) as err:
-            reason = " ".join((str(err) or type(err).__name__).split())[:300]
+            reason = error_summary(err)
             raise InvalidArgumentError(
                 f"The streamed pool (`dataset`) could not be read after row {rows}: {reason}. Its data files must "
                 "all have the same columns and types: fix or leave out the odd file, or pass `features=` when loading it."
