@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import re
+import sys
 import warnings
 
 import numpy as np
@@ -14,6 +15,7 @@ from hf_idsel.errors import InvalidArgumentError
 from hf_idsel.rounds import (
     RoundRecord,
     SelectionState,
+    canonical_quota,
     close_round,
     cluster_scores,
     draw_round,
@@ -738,3 +740,45 @@ def test_round_summary_names_the_clusters_whose_weight_moved_most():
     assert round_summary(unchanged, rounds=3, budget_rows=12) == (
         "round 3/3: drew 4 rows (12 of 12); weights unchanged (round not scored)"
     )
+
+
+def test_a_state_resumes_only_on_its_own_clustering_and_unchanged_pool_rows(caplog):
+    """The checks a checkpoint's state runs before its row ids are trusted: the clustering's digest must match, and
+    the pool's content digest too; a state from before content digests is resumed with a warning naming the file."""
+    labels = np.repeat(np.arange(3), 4)
+    state = SelectionState.start(labels, 3)
+    state.pool_digest = "abc"
+    state.check_resumable(labels_digest(labels), "abc", ["messages"], where="ckpt/state.json")  # nothing to refuse
+    with pytest.raises(InvalidArgumentError, match=r"^`resume_from_checkpoint`: ckpt/state.json was made with a "
+                       r"different clustering of the pool \(a different pool, encoder, k or seed\)"):
+        state.check_resumable(labels_digest(labels[::-1]), "abc", ["messages"], where="ckpt/state.json")
+    with pytest.raises(InvalidArgumentError, match=r"^`resume_from_checkpoint`: the content of the pool changed since "
+                       r"ckpt/state.json was saved \(columns \['messages', 'quality'\]: rows edited"):
+        state.check_resumable(labels_digest(labels), "abd", ["messages", "quality"], where="ckpt/state.json")
+    old = SelectionState.start(labels, 3)  # pool_digest "": written before content checks
+    with caplog.at_level("WARNING", logger="hf_idsel.rounds"):
+        old.check_resumable(labels_digest(labels), "anything", ["messages"], where="ckpt/state.json")
+    assert caplog.messages == [
+        "ckpt/state.json predates content checks: only its clustering was verified, not the content of the pool's rows."
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_idsel.rounds"):
+        state.check_resumable(labels_digest(labels), "abc", ["messages"], where="ckpt/state.json")
+    assert caplog.messages == []  # a state with a digest that matches resumes silently
+
+
+def test_old_quota_names_map_to_the_new_ones_with_a_warning_naming_the_argument():
+    def config_field(value):  # the config's own check calls canonical_quota: the warning points past it, at the user
+        return canonical_quota(value, "round_quotas")
+
+    for old, new in [("size", "proportional"), ("weights", "equal")]:
+        with pytest.warns(FutureWarning) as caught:
+            assert config_field(old) == new
+        assert [str(w.message) for w in caught] == [
+            f"`round_quotas`={old!r} is deprecated: it is now called {new!r} (same behaviour). Pass {new!r}."
+        ]
+        assert (caught[0].filename, caught[0].lineno) == (__file__, sys._getframe().f_lineno - 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # current names and values that are no name pass through silently
+        for value in ("proportional", "equal", "other", None, 3):
+            assert canonical_quota(value) == value
