@@ -22,7 +22,7 @@ numbers are not meaningful.
 `--search-rows N` compares, on the synthetic pools at a budget of 5%, the paper's rule searching the whole pool
 with the search on a seeded sample of N rows (at least 16 a cluster of the largest candidate) that `choose_k`
 runs on pools above its `search_rows` (131,072): the k each picks, the ARI of the whole pool's clustering at it,
-and the seconds of each, measured in the same run.
+and the seconds of each, measured in the same run; `--blobs ROWS:K:SPREAD ...` runs it on blob pools of those sizes.
 
 `measure` (used by `bench/run.py`, and by `--pools ROWS:K`) is the earlier check on flat blobs: `choose_k` on the
 default grid against the picker hf_idsel used before (a 4,000-row sample) and one k-means at the chosen k.
@@ -263,16 +263,19 @@ def run_study(names, *, quick: bool, out: str | None, encoder=None, cache_dir=No
     return results
 
 
-def compare_search(names, search_rows: int, *, out: str | None, seed: int = 0) -> dict:
-    """The paper's rule at a 5% budget on each synthetic pool, searching the whole pool and a seeded sample."""
+def compare_search(names, search_rows: int, *, out: str | None, seed: int = 0, blobs=None) -> dict:
+    """The paper's rule at a 5% budget on each synthetic pool, searching the whole pool and a seeded sample.
+    `blobs`: `[(rows, true_k, spread)]` blob pools to use instead of the study's."""
     results = {
         **_commit(),
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "load_average_at_start": [round(v, 2) for v in os.getloadavg()]},
         "search_rows": search_rows, "budget_fraction": BUDGET_FRACTIONS[0], "seed": seed, "pools": [],
     }
-    for name in names or [n for n in STUDY if STUDY[n]["kind"] != "builtin"]:
-        x, levels, described = pool_and_levels(STUDY[name], None, None, seed)
+    specs = {f"blobs-{rows}-{true_k}-{spread:g}": {"kind": "blobs", "rows": rows, "true_k": true_k, "spread": spread}
+             for rows, true_k, spread in blobs} if blobs else {n: STUDY[n] for n in names or STUDY if STUDY[n]["kind"] != "builtin"}
+    for name, spec in specs.items():
+        x, levels, described = pool_and_levels(spec, None, None, seed)
         budget = int(round(BUDGET_FRACTIONS[0] * len(x)))
         whole = pick(x, levels, rule="paper", budget=budget, seed=seed, search_rows=len(x))
         sampled = pick(x, levels, rule="paper", budget=budget, seed=seed, search_rows=search_rows)
@@ -297,9 +300,12 @@ def main(argv=None):
     parser.add_argument("--pools", nargs="+", metavar="ROWS:K", help="The earlier flat-blob check (`measure`) on these pools instead.")
     parser.add_argument("--search-rows", type=int, default=None,
                         help="Compare the whole-pool search with a search on a seeded sample of this many rows instead.")
+    parser.add_argument("--blobs", nargs="+", metavar="ROWS:K:SPREAD",
+                        help="With --search-rows: blob pools of these sizes (noise norm SPREAD) instead of the study's.")
     args = parser.parse_args(argv)
     if args.search_rows:
-        return compare_search(args.only, args.search_rows, out=args.out)
+        blobs = [(int(r), int(k), float(sp)) for r, k, sp in (b.split(":") for b in args.blobs or [])]
+        return compare_search(args.only, args.search_rows, out=args.out, blobs=blobs)
     if not args.pools:
         return run_study(args.only, quick=args.quick, out=args.out, encoder=args.encoder, cache_dir=args.cache_dir)
     cfg = QUICK if args.quick else FULL
