@@ -6,6 +6,7 @@ import os
 import sys
 import time
 
+import psutil
 import pytest
 from helpers import make_tiny_llama, save_tiny_llama
 
@@ -18,12 +19,16 @@ MIB = 2**20
 
 
 class _Work:
+    grew = 0  # how much the RSS rose while the block was held, as the operating system reports it
+
     def allocate(self, mib: int) -> int:
         # A fresh mapping, so the pages are new to the process (an allocator could reuse resident free memory),
         # touched so they are resident, and held long enough for the sampling thread where the kernel's mark is off.
+        before = psutil.Process().memory_info().rss
         block = mmap.mmap(-1, mib * MIB)
         for offset in range(0, mib * MIB, mmap.PAGESIZE):
             block[offset] = 1
+        _Work.grew = psutil.Process().memory_info().rss - before
         time.sleep(0.1)
         touched = sum(block[offset] for offset in range(0, mib * MIB, 1 << 20))
         block.close()
@@ -48,6 +53,8 @@ def test_a_stage_peak_sees_its_own_allocation_and_not_its_nested_stages(kernel_m
         for name in ("allocate", "outer"):  # unwrap: the class is shared with nothing else, but keep it clean
             setattr(_Work, name, getattr(_Work, name).__wrapped__)
     result = probe.result()["stages"]
+    if _Work.grew < 290 * MIB:  # nothing to measure: the RSS this system reports did not show the touched pages
+        pytest.skip(f"the RSS rose by {_Work.grew / MIB:.0f} MiB while 300 MiB of touched pages were held")
     assert result["pool embedding"]["calls"] == result["trainer set-up"]["calls"] == 1
     assert result["pool embedding"]["peak_rss"] >= memory_before + 290 * MIB
     # The 300 MiB were freed when the nested stage returned: the enclosing stage's own peak is below it.
