@@ -19,8 +19,8 @@ training seed and, for the two iterative arms, round 1):
 
 * `random`: `diverse_select(method="random")`, then one epoch of a plain trl SFTTrainer.
 * `kmq`: `diverse_select(method="kmq", quality_column="quality")` at k = 64, then the same.
-* `iter-default`: `IterativeSelectionTrainer` with the library's defaults (likelihood scorer, reference "base":
-  without LoRA a frozen copy of the starting weights), 3 rounds; the last round is not scored (its scores would
+* `iter-default`: `IterativeSelectionTrainer` with the library's defaults at run time (the `loss` scorer since
+  the CPU fidelity v2 run; `likelihood` against the base when this experiment was written), 3 rounds; the last round is not scored (its scores would
   move no draw) and generation runs in batches of `scoring_batch_size` (speed only).
 * `iter-placebo`: the same trainer and config with `PlaceboScorer`: random scores that ignore the rows, so the
   cluster weights move at random. What `iter-default` gains over it is what its scores carry.

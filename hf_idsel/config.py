@@ -102,14 +102,14 @@ class IterativeSelectionConfig(SFTConfig):
             Per-row quality for the draw inside a cluster (kMQ).
         quality_temperature (`float`, *optional*, defaults to `1.0`):
             Softmax temperature of the in-cluster draw.
-        scorer (`str`, *optional*, defaults to `"likelihood"`):
-            How rounds are scored, by name: `"likelihood"`, `"loss"`, `"reward"` or `"perplexity"`
+        scorer (`str`, *optional*, defaults to `"loss"`):
+            How rounds are scored, by name: `"loss"`, `"likelihood"`, `"reward"` or `"perplexity"`
             (see `hf_idsel/scorers.py`). A scorer object (e.g. `JudgeScorer(judge)`) or a callable goes
-            to the trainer's `scorer=` argument instead, which overrides this field. The default, with
-            `reference_model="base"`, is not shown to pick better rows than `"loss"` or random cluster
-            scores (docs/fidelity.md: v1 found it within noise of `"loss"`; in v2, 4 of 6 seeds so far, it did not
-            beat random cluster scores, and the pre-registered rule then makes `"loss"` the default once the full
-            run confirms it); `"loss"` is free (no generation).
+            to the trainer's `scorer=` argument instead, which overrides this field. `"loss"` is free (the
+            training forward passes' own losses, no generation); it is the default by the rule docs/fidelity.md
+            pre-registered: in its v2 run no scorer's feedback beat random cluster scores, so the cheapest one
+            is the default. `"likelihood"` (against `reference_model`) was the default before; nothing there
+            shows it picks better rows than `"loss"`.
         reward_model (`str`, *optional*):
             Reward model id or path for `scorer="reward"`.
         reward_template (`str`, *optional*):
@@ -214,7 +214,7 @@ class IterativeSelectionConfig(SFTConfig):
     )
     quality_temperature: Annotated[float, RECORDED] = field(default=1.0, metadata={"help": "Softmax temperature of the in-cluster draw."})
     scorer: Annotated[str, RECORDED] = field(
-        default="likelihood",
+        default="loss",
         metadata={
             "help": f"Round scorer by name: one of {list(SCORERS)} (objects and callables go to the trainer's `scorer=`)."
         },

@@ -294,7 +294,7 @@ def make_trainer(tmp_path, pool=None, model=None, **config):
         generation_max_new_tokens=8,
         seed=0,
         disable_tqdm=True,
-        scorer="loss",  # the free scorer keeps these tests fast; the default (likelihood, base) has its own tests
+        scorer="loss",  # the default, named: these tests do not change when the default does
     )
     defaults.update(config)
     trainer_only = (

@@ -826,12 +826,12 @@ def test_loss_scorer_over_all_rows_refuses_a_sharded_model_before_training(tmp_p
     make_trainer(tmp_path, budget=24, scored_rows="selected", round_mode="restart")  # restart trains all of D'
 
 
-# --- the default scorer: likelihood against the base model (docs/fidelity.md chose it) ---
+# --- the default scorer: loss, by the rule docs/fidelity.md pre-registered; likelihood's reference is the base ---
 
 
-def test_the_default_scorer_is_likelihood_against_the_base_model():
+def test_the_default_scorer_is_loss_and_likelihood_scores_against_the_base_model():
     config = IterativeSelectionConfig(output_dir="unused", use_cpu=True, bf16=False, report_to="none")
-    assert (config.scorer, config.reference_model) == ("likelihood", "base")
+    assert (config.scorer, config.reference_model) == ("loss", "base")
 
 
 @pytest.mark.parametrize("lora", [True, False])
