@@ -71,10 +71,32 @@ METRICS = ("target_loss", "other_loss", "target_share", "target_coverage")
 def config(seeds: int = 4, threads: int | None = 2, budget: int = 24) -> FidelityConfig:
     """bench/fidelity.py's CPU setting (batch 4, k 16, LoRA r 16, lr 5e-4; budget 24 unless `--budget`), without junk,
     with 8 held-out rows of each target source, 4 of chit-chat and 2 of HumanEval (sized for a shared 2-core CPU)."""
+    # k is named: FidelityConfig's own default became "auto" with fidelity v2, and these runs are at k = 16.
     return FidelityConfig(
-        seeds=seeds, threads=threads, budget=budget, junk_rows={"offtopic": 0, "corrupted": 0},
+        seeds=seeds, threads=threads, budget=budget, k=16, junk_rows={"offtopic": 0, "corrupted": 0},
         heldout_rows={"gsm8k": 8, "humaneval": 2, "chitchat": 4, "mmlu": 8},
     )
+
+
+# FidelityConfig fields this harness never reads (bench/fidelity.py's selection-only part, held-out floor and
+# placebo): results files written before they existed still resume.
+UNUSED_FIELDS = ("seeds", "selection_seeds", "min_heldout_items", "placebo_scale")
+
+
+def setting(cfg: FidelityConfig, targets) -> dict:
+    """The `config` a results file records: the FidelityConfig, the arms, the targets and their settings (JSON)."""
+    from hf_idsel.target import DEFAULT_TARGET_SHARPNESS
+
+    return json.loads(json.dumps({**cfg.__dict__, "arms": list(UNTARGETED_ARMS + TARGETED_ARMS), "targets": list(targets),
+                                  "target_rows": TARGET_ROWS, "target_sharpness": DEFAULT_TARGET_SHARPNESS}))
+
+
+def same_setting(earlier: dict, now: dict) -> bool:
+    """Whether two results' configs are one setting (the seed count and the fields this harness ignores aside)."""
+    def kept(config):
+        return {k: v for k, v in config.items() if k not in UNUSED_FIELDS}
+
+    return kept(earlier) == kept(now)
 
 
 def build(cfg: FidelityConfig):
@@ -171,7 +193,6 @@ def run(seeds: int, targets: tuple, threads: int | None, out_dir: str | None, ca
     """The runs (`train=False`: the selections alone, for the share and coverage metrics over more seeds)."""
     from hf_idsel.embed import embed_dataset
     from hf_idsel.render import resolve_render_options
-    from hf_idsel.target import DEFAULT_TARGET_SHARPNESS
 
     started = time.perf_counter()
     cfg = config(seeds, threads, budget)
@@ -190,8 +211,7 @@ def run(seeds: int, targets: tuple, threads: int | None, out_dir: str | None, ca
         "experiment": "hf_idsel selecting for a target (issue 30)",
         "command": "python bench/fidelity_target.py " + " ".join(sys.argv[1:]),
         "commit": _commit(),
-        "config": {**cfg.__dict__, "arms": list(UNTARGETED_ARMS + TARGETED_ARMS), "targets": list(targets),
-                   "target_rows": TARGET_ROWS, "target_sharpness": DEFAULT_TARGET_SHARPNESS},
+        "config": setting(cfg, targets),
         "pool": {"rows": len(pool), "per_source": {d: int((origins == d).sum()) for d in DOMAINS},
                  "heldout": {d: len(v) for d, v in heldout.items()}},
         "torch_threads": torch.get_num_threads(),
@@ -211,8 +231,7 @@ def run(seeds: int, targets: tuple, threads: int | None, out_dir: str | None, ca
     if resume:  # runs of an earlier invocation with the same setting are kept, not run again
         with open(resume) as f:
             earlier = json.load(f)
-        same = lambda config: {k: v for k, v in config.items() if k != "seeds"}  # noqa: E731 (fewer or more seeds is fine)
-        if same(earlier["config"]) != same(json.loads(json.dumps(results["config"]))):
+        if not same_setting(earlier["config"], results["config"]):
             raise SystemExit(f"--resume {resume}: another setting; start without --resume.")
         results["runs"] = list(earlier["runs"])
         results["resumed_from"] = {"commit": earlier["commit"], "runs": len(earlier["runs"])}

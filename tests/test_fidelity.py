@@ -505,3 +505,18 @@ def test_tiny_experiment_writes_consistent_results(tmp_path):
     assert all(len(part["per_seed"][a]) == 4 for a in part["arms"])
     tables = fidelity.render_tables(results)
     assert "Pre-registered contrasts" in tables and "Selection only (4 seeds" in tables and "idle machine" in tables
+
+
+def test_the_target_harness_runs_at_its_documented_k_and_resumes_files_from_before_v2_fields():
+    """bench/fidelity_target.py's setting is k = 16 (docs/fidelity.md, its results files), whatever
+    FidelityConfig's own default; a results file written before the v2 fields existed is the same setting."""
+    import fidelity_target
+
+    cfg = fidelity_target.config(seeds=5, threads=2, budget=8)
+    assert (cfg.k, cfg.budget, cfg.seeds) == (16, 8, 5) and fidelity_pool.FidelityConfig().k == "auto"
+    with open(os.path.join(_BENCH, "..", "docs", "fidelity_target_results.json")) as f:
+        earlier = json.load(f)["config"]
+    now = fidelity_target.setting(cfg, fidelity_target.TARGET_SOURCES)
+    assert fidelity_target.same_setting(earlier, {**now, "seeds": 8})
+    assert not fidelity_target.same_setting(earlier, {**now, "k": "auto"})
+    assert not fidelity_target.same_setting(earlier, {**now, "budget": 24})
