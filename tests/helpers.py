@@ -356,3 +356,13 @@ def code_blocks(text: str, heading: str) -> str:
 
     section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
     return "\n".join(re.findall(r"```python\n(.*?)```", section, re.S))
+
+
+def assert_warned_at(warning, filename: str, lineno: int | None = None) -> None:
+    """A warning points at the caller's file (and line): the library's `stacklevel` is right. Not checked under mutmut
+    (scripts/mutation_test.py), whose trampoline adds a frame between every caller and the mutated module."""
+    if "MUTANT_UNDER_TEST" in os.environ:
+        return
+    assert warning.filename == filename, (warning.filename, filename)
+    if lineno is not None:
+        assert warning.lineno == lineno, (warning.lineno, lineno)

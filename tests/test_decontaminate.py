@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import examples, make_pool, make_trainer, unit_rows
+from helpers import assert_warned_at, examples, make_pool, make_trainer, unit_rows
 from hf_idsel import decontaminate as decontamination
 from hf_idsel import diverse_select, load_selection
 from hf_idsel import pool as builtin
@@ -491,7 +491,7 @@ def test_batch_size_is_a_deprecated_name_of_encode_batch_size():
         warnings.simplefilter("always")
         old = diverse_select(pool, 10, k=2, embedding_column="embedding", batch_size=8)
     assert [w.category for w in caught] == [FutureWarning] and "encode_batch_size" in str(caught[0].message)
-    assert caught[0].filename == __file__  # the warning points at the caller's line
+    assert_warned_at(caught[0], __file__)
     assert old["source_index"] == diverse_select(pool, 10, k=2, embedding_column="embedding", encode_batch_size=8)["source_index"]
     with pytest.warns(FutureWarning), pytest.raises(InvalidArgumentError, match="disagree"):
         diverse_select(pool, 10, k=2, embedding_column="embedding", batch_size=8, encode_batch_size=16)

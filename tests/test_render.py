@@ -17,9 +17,12 @@ from hf_idsel.embed import embed_dataset
 from hf_idsel.errors import InvalidArgumentError
 from hf_idsel.render import (
     check_text_to_embed,
+    first_empty_answer,
     prompt_and_answer,
+    prompt_turns,
     resolve_render_options,
     token_lengths,
+    training_render_options,
     validate_columns,
 )
 from hf_idsel.train import to_trainable_rows
@@ -284,3 +287,95 @@ def test_another_tokenizer_with_the_same_template_and_eos_gets_its_own_counts(ca
         with caplog.at_level(logging.INFO, logger="hf_idsel"):
             assert token_lengths(pool, options, coarse, cache_dir=cache_dir).tolist() == first.tolist()
         assert "Loaded tokens from cache" in caplog.text, name
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the trainer reads: the prompt turns it generates from, and the gold answers its scorers compare against.
+
+
+def test_prompt_turns_are_the_turns_before_the_gold_answer_in_every_chat_layout():
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "3+3?"},
+        {"role": "assistant", "content": "6"},
+        {"role": "user", "content": "thanks"},  # after the gold answer: not part of the prompt
+    ]
+    options = resolve_render_options(["messages"])
+    assert prompt_turns({"messages": chat}, options) == chat[:4]
+    # No assistant turn: the whole conversation is the prompt.
+    assert prompt_turns({"messages": chat[:2]}, options) == chat[:2]
+    # ShareGPT turns come back as role/content with the roles TRL knows.
+    share = [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"},
+             {"from": "human", "value": "3+3?"}, {"from": "gpt", "value": "6"}]
+    assert prompt_turns({"conversations": share}, resolve_render_options(["conversations"])) == chat[:4]
+    # prompt/completion: a string prompt is one user turn; a list of messages is used as it is.
+    text = resolve_render_options(["prompt", "completion"])
+    assert prompt_turns({"prompt": "2+2?", "completion": "4"}, text) == [{"role": "user", "content": "2+2?"}]
+    assert prompt_turns({"prompt": chat[:2], "completion": chat[2:3]}, text) == chat[:2]
+    # The turns are those `prompt_and_answer` renders (without a chat template, their contents joined).
+    for row, opts in (({"messages": chat}, options), ({"conversations": share}, resolve_render_options(["conversations"]))):
+        prompt, answer = prompt_and_answer(row, opts)
+        assert prompt == "\n".join(t["content"] for t in prompt_turns(row, opts)) and answer == "6"
+    # The row is not changed in place.
+    assert chat[0] == {"role": "system", "content": "Be brief."} and len(chat) == 6
+
+
+_ANSWER_ROLES = st.sampled_from(["user", "assistant", "system", "gpt", "human"])
+
+
+@settings(max_examples=examples(60), deadline=None)
+@given(
+    layout=st.sampled_from(["messages", "sharegpt", "completion text", "completion turns"]),
+    rows=st.lists(st.lists(st.tuples(_ANSWER_ROLES, st.sampled_from(["", " ", "a"])), min_size=1, max_size=4), min_size=1, max_size=6),
+    start=st.integers(0, 2),
+)
+def test_the_first_empty_gold_answer_is_the_one_rendering_finds(layout, rows, start):
+    """Property: `first_empty_answer` (Arrow, no loop) names the first row whose rendered gold answer is "", in every
+    layout the trainer reads, on a table that starts part-way into its buffers (a slice)."""
+    if layout in ("messages", "sharegpt"):
+        keys = ("role", "content") if layout == "messages" else ("from", "value")
+        column = "messages" if layout == "messages" else "conversations"
+        ds = datasets.Dataset.from_dict({column: [[{keys[0]: r, keys[1]: c} for r, c in row] for row in rows]})
+    elif layout == "completion text":
+        ds = datasets.Dataset.from_dict({"prompt": ["q"] * len(rows), "completion": [row[0][1] for row in rows]})
+    else:  # the answer side as a list of turns: joined with newlines, so only one empty turn renders as ""
+        ds = datasets.Dataset.from_dict(
+            {"prompt": ["q"] * len(rows), "completion": [[{"role": "assistant", "content": c} for _, c in row] for row in rows]}
+        )
+    options = resolve_render_options(ds.column_names)
+    table = ds.data.table.slice(min(start, len(ds) - 1))
+    offset = min(start, len(ds) - 1)
+    rendered = [prompt_and_answer(ds[i], options)[1] for i in range(offset, len(ds))]
+    expected = next((i for i, answer in enumerate(rendered) if answer == ""), None)
+    assert first_empty_answer(table, options) == expected
+
+
+def test_the_trainer_reads_chat_or_prompt_completion_rows_with_a_gold_answer_when_its_scorer_needs_one():
+    chats = datasets.Dataset.from_dict({"messages": [
+        [{"role": "user", "content": "a?"}, {"role": "assistant", "content": "A"}],
+        [{"role": "user", "content": "b?"}, {"role": "assistant", "content": "B"}, {"role": "user", "content": "more"}],
+        [{"role": "user", "content": "c?"}, {"role": "assistant", "content": ""}],
+        [{"role": "user", "content": "d?"}],
+    ]})
+    options = training_render_options(chats.select(range(2)).flatten_indices(), scorer="gold_likelihood", gold_needed=True)
+    assert options == resolve_render_options(["messages"], include_answer=True) and options.format == "messages"
+    with pytest.raises(InvalidArgumentError, match=r"scorer='gold_likelihood' compares .* pool row 2 has no gold completion"):
+        training_render_options(chats, scorer="gold_likelihood", gold_needed=True)
+    no_answer = chats.select([0, 1, 3]).flatten_indices()
+    with pytest.raises(InvalidArgumentError, match=r"pool row 2 has no gold completion .*scorer='loss'"):
+        training_render_options(no_answer, scorer="gold_likelihood", gold_needed=True)
+    # A scorer that never reads the gold answer takes such rows.
+    assert training_render_options(chats, scorer="loss", gold_needed=False).format == "messages"
+    pairs = datasets.Dataset.from_dict({"prompt": ["a?", "b?"], "completion": ["A", ""]})
+    assert training_render_options(pairs, scorer="loss", gold_needed=False).columns == {"prompt": "prompt", "answer": "completion"}
+    with pytest.raises(InvalidArgumentError, match="pool row 1 has no gold completion"):
+        training_render_options(pairs, scorer="gold_likelihood", gold_needed=True)
+    # Layouts without a gold answer per row are refused, naming the layout; so are broken chat columns.
+    for layout, pool in (("alpaca", {"instruction": ["a"], "output": ["A"]}), ("text", {"text": ["a A"]})):
+        with pytest.raises(InvalidArgumentError, match=rf"needs chat `messages` or `prompt`/`completion` rows .*format='{layout}'"):
+            training_render_options(datasets.Dataset.from_dict(pool), scorer="loss", gold_needed=False)
+    broken = datasets.Dataset.from_dict({"messages": [[{"role": "user", "content": "a"}], []]})
+    with pytest.raises(InvalidArgumentError, match="messages"):
+        training_render_options(broken, scorer="loss", gold_needed=False)

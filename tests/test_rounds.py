@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
+from helpers import assert_warned_at
 from hf_idsel.checkpoint import STATE_FILE, check_plan, read_state, state_digest, write_state
 from hf_idsel.errors import InvalidArgumentError
 from hf_idsel.rounds import (
@@ -28,6 +29,7 @@ from hf_idsel.rounds import (
     round_sizes,
     sample_rows_per_cluster,
     selection_manifest,
+    target_prior,
     update_weights,
     weight_entropy,
     write_round_file,
@@ -339,9 +341,9 @@ def test_round_file_lands_in_the_folder_under_its_round_number(tmp_path):
 def test_round_records_read_old_files_and_refuse_incomplete_ones():
     record = RoundRecord(round=1, weights=[1.0], cluster_scores=[2.0], selected=[0], selected_per_cluster=[1],
                          cumulative_size=1, scorer="loss", scored=True, scored_rows=1, global_step=1, k=1).to_dict()
-    del record["k_selection"], record["cluster_terms"], record["eval"]  # written before these existed
-    assert RoundRecord.from_dict(record).k_selection is None and RoundRecord.from_dict(record).cluster_terms is None
-    assert RoundRecord.from_dict(record).eval is None
+    del record["k_selection"], record["cluster_terms"], record["weight_update"], record["eval"]  # written before these existed
+    old = RoundRecord.from_dict(record)
+    assert (old.k_selection, old.cluster_terms, old.weight_update, old.eval) == (None, None, None, None)
     del record["k"]
     with pytest.raises(InvalidArgumentError, match=re.escape("missing fields ['k']")):
         RoundRecord.from_dict(record)
@@ -535,6 +537,12 @@ def test_selection_manifest_of_every_row_and_of_each_round():
     assert (both.pool, both.arguments, both.k_selection) == (recorded["pool"], recorded["arguments"],
                                                              recorded["k_selection"])
     json.dumps(both.to_dict())  # plain JSON types
+    # Rows decontamination removed carry a label but were in no cluster's draw: cluster sizes count the rows left.
+    removed = [*np.flatnonzero(labels == 0)[:2].tolist(), int(np.flatnonzero(labels == 3)[0])]
+    cleaned = selection_manifest(state, labels, method="iterative_kmq", seed=4, budget_requested=0.12, budget_rows=12,
+                                 decontamination={"removed_indices": removed}, **recorded)
+    assert cleaned.cluster_sizes == [38, 30, 20, 9, 0] and cleaned.selected_indices == rows
+    assert cleaned.decontamination == {"removed_indices": removed}
     for r in (1, 2):
         one = selection_manifest(state, labels, f"round_{r}", method="iterative_kmq", seed=4, budget_requested=0.12,
                                  budget_rows=12, **recorded)
@@ -740,6 +748,15 @@ def test_round_summary_names_the_clusters_whose_weight_moved_most():
     assert round_summary(unchanged, rounds=3, budget_rows=12) == (
         "round 3/3: drew 4 rows (12 of 12); weights unchanged (round not scored)"
     )
+    # A scored round whose scores left every weight where it was says only that; a run without terms names ids.
+    unchanged.rounds[-1] = {**unchanged.rounds[-1], "scored": True}
+    assert round_summary(unchanged, rounds=3, budget_rows=12) == "round 3/3: drew 4 rows (12 of 12); weights unchanged"
+    unnamed = SelectionState.from_json(state.to_json(), where="test")
+    unnamed.rounds[-1] = {**unnamed.rounds[-1], "cluster_terms": None}
+    assert round_summary(unnamed, rounds=3, budget_rows=12) == (
+        f"round 3/3: drew 4 rows (12 of 12); weight up: cluster 2 {after[2]:.3g} -> {last[2]:.3g}; "
+        f"down: cluster 0 {after[0]:.3g} -> 0 (exhausted)"
+    )
 
 
 def test_a_state_resumes_only_on_its_own_clustering_and_unchanged_pool_rows(caplog):
@@ -750,10 +767,13 @@ def test_a_state_resumes_only_on_its_own_clustering_and_unchanged_pool_rows(capl
     state.pool_digest = "abc"
     state.check_resumable(labels_digest(labels), "abc", ["messages"], where="ckpt/state.json")  # nothing to refuse
     with pytest.raises(InvalidArgumentError, match=r"^`resume_from_checkpoint`: ckpt/state.json was made with a "
-                       r"different clustering of the pool \(a different pool, encoder, k or seed\)"):
+                       r"different clustering of the pool \(a different pool, encoder, k or seed\): resume with the "
+                       r"pool and arguments of that run, or start a new run\.$"):
         state.check_resumable(labels_digest(labels[::-1]), "abc", ["messages"], where="ckpt/state.json")
     with pytest.raises(InvalidArgumentError, match=r"^`resume_from_checkpoint`: the content of the pool changed since "
-                       r"ckpt/state.json was saved \(columns \['messages', 'quality'\]: rows edited"):
+                       r"ckpt/state.json was saved \(columns \['messages', 'quality'\]: rows edited, reordered or "
+                       r"replaced\), so its row ids would point at other rows\. Resume with the unchanged pool, or start a "
+                       r"new run\.$"):
         state.check_resumable(labels_digest(labels), "abd", ["messages", "quality"], where="ckpt/state.json")
     old = SelectionState.start(labels, 3)  # pool_digest "": written before content checks
     with caplog.at_level("WARNING", logger="hf_idsel.rounds"):
@@ -777,8 +797,97 @@ def test_old_quota_names_map_to_the_new_ones_with_a_warning_naming_the_argument(
         assert [str(w.message) for w in caught] == [
             f"`round_quotas`={old!r} is deprecated: it is now called {new!r} (same behaviour). Pass {new!r}."
         ]
-        assert (caught[0].filename, caught[0].lineno) == (__file__, sys._getframe().f_lineno - 4)
+        assert_warned_at(caught[0], __file__, sys._getframe().f_lineno - 4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # current names and values that are no name pass through silently
         for value in ("proportional", "equal", "other", None, 3):
             assert canonical_quota(value) == value
+
+
+def test_equal_quotas_draw_a_clusters_last_row_and_skip_clusters_with_none_left():
+    """Equal quotas divide by the rows left in each cluster: a cluster down to its last row still gets its equal
+    share (one row), and one with no row left (the last cluster here, which `bincount` alone would not count) gets
+    none, without breaking the draw."""
+    labels = np.array([0] * 1 + [1] * 10 + [2] * 10)
+    trainable = np.ones(len(labels), dtype=bool)
+    state = SelectionState.start(labels, 3)
+    counts = [np.bincount(labels[draw_round(state, labels, size, round_index=2, trainable=trainable, selection_seed=0,
+                                            quotas="equal")], minlength=3).tolist() for size in (1, 2, 3, 5)]
+    assert counts == [[1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 2, 2]]
+    state.current_rows = list(range(11, 21))  # the last cluster is used up
+    rows = draw_round(state, labels, 5, round_index=2, trainable=trainable, selection_seed=0, quotas="equal")
+    assert np.bincount(labels[rows], minlength=3).tolist() == [1, 4, 0]
+
+
+def test_a_target_prior_multiplies_every_rounds_weights():
+    """`target_prior` reads a target record's `affinity ** sharpness`; `draw_round` multiplies it into round 1's kMQ
+    quotas (proportional to prior x rows) and into later rounds' learned weights."""
+    assert target_prior(None) is None
+    np.testing.assert_array_equal(target_prior({"cluster_affinity": [1.0, 0.5, 0.0], "sharpness": 2.0}), [1.0, 0.25, 0.0])
+    np.testing.assert_array_equal(target_prior({"cluster_affinity": [1.0, 0.5, 0.0], "sharpness": 0.0}), [1.0, 1.0, 1.0])
+    prior = target_prior({"cluster_affinity": [1.0, 0.5, 0.0], "sharpness": 1.0})
+    labels = np.repeat(np.arange(3), 20)
+    trainable = np.ones(len(labels), dtype=bool)
+    state = SelectionState.start(labels, 3)
+
+    def drawn(round_index, **kwargs):
+        rows = draw_round(state, labels, 12, round_index=round_index, trainable=trainable, selection_seed=0, prior=prior,
+                          **kwargs)
+        return np.bincount(labels[rows], minlength=3).tolist()
+
+    assert drawn(1) == drawn(1, quotas="equal") == [8, 4, 0]
+    state.weights = [0.25, 0.5, 0.25]  # learned: prior x weights = 0.25, 0.25, 0
+    assert drawn(2) == [6, 6, 0]
+
+
+def test_a_linear_rule_shifts_scores_whose_lowest_is_exactly_zero():
+    """Eq. 6 as printed needs positive scores: a lowest score of exactly 0 is shifted like a negative one, so that
+    cluster keeps a share set by the temperature instead of dropping to weight 0."""
+    np.testing.assert_allclose(update_weights([1 / 3] * 3, [0.0, 1.0, 3.0], rule="linear", temperature=1.0),
+                               [1 / 7, 2 / 7, 4 / 7])
+    np.testing.assert_allclose(update_weights([1 / 3] * 3, [0.5, 1.0, 3.0], rule="linear", temperature=1.0),
+                               [1 / 9, 2 / 9, 6 / 9])  # all positive: used as they are
+
+
+def _record(**changes) -> dict:
+    record = RoundRecord(round=1, weights=[0.5, 0.5], cluster_scores=[1.0, None], selected=[0, 3],
+                         selected_per_cluster=[2, 0], cumulative_size=2, scorer="loss", scored=True, scored_rows=2,
+                         global_step=4, k=2, cluster_terms=["a b", "c"], weight_update="softmax").to_dict()
+    return {**record, **changes}
+
+
+def test_round_records_take_every_value_at_its_lower_bound():
+    """The smallest legal counts, NaN cluster scores (a mean over nothing written by hand) and no terms are valid."""
+    record = RoundRecord.from_dict(_record(cumulative_size=0, scored_rows=0, global_step=0, cluster_terms=None,
+                                           cluster_scores=[float("nan"), None], selected=[]))
+    assert (record.cumulative_size, record.scored_rows, record.global_step, record.cluster_terms) == (0, 0, 0, None)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(round=0), "`round`=0 is not an integer >= 1"),
+        (dict(cumulative_size=-1, global_step=-1), "`cumulative_size`=-1 is not an integer >= 0; `global_step`=-1 is not an integer >= 0"),
+        (dict(k=0), "`k`=0 is not a positive integer"),
+        (dict(k="2", weights=[-1.0, 1.0]), "`k`='2' is not a positive integer; `weights` is not a list of k values, one per cluster"),
+        (dict(cluster_scores=[1.0, "high"]), "`cluster_scores` is not a list of 2 values, one per cluster"),
+        (dict(cluster_terms=[1, 2]), "`cluster_terms` is not a list of 2 values, one per cluster"),
+        (dict(cluster_terms=None, weights=[0.5]), "`weights` is not a list of 2 values, one per cluster"),
+        (dict(selected=[0, -3]), "`selected` is not a list of pool rows"),
+        (dict(scorer=3), "`scorer`=3 is not a name"),
+        (dict(scored="yes"), "`scored`='yes' is not true or false"),
+        (dict(weight_update=1), "`weight_update`=1 is not a rule's name"),
+        (dict(k_selection=[2]), "`k_selection` is not a JSON object"),
+        (dict(eval={"metrics": {}}), "`eval` lacks its `metrics` and `items`"),
+        (dict(eval=[1], scorer=None), "`scorer`=None is not a name; `eval` is not a JSON object"),
+    ],
+)
+def test_round_records_name_every_wrong_field(changes, message):
+    round_number = changes.get("round", 1)
+    with pytest.raises(InvalidArgumentError, match=_exactly(f"Not a round record (round {round_number!r}): {message}.")):
+        RoundRecord.from_dict(_record(**changes))
+
+
+def test_a_round_record_that_is_not_an_object_is_refused_naming_what_it_is():
+    with pytest.raises(InvalidArgumentError, match=_exactly("Not a round record: a JSON object was expected, got list.")):
+        RoundRecord.from_dict([1, 2])

@@ -4,6 +4,7 @@ import datasets
 import numpy as np
 import pytest
 
+from helpers import assert_warned_at
 import hf_idsel
 from hf_idsel import InvalidArgumentError, diverse_select
 from hf_idsel.methods import METHODS, Method
@@ -409,7 +410,7 @@ def test_old_names_select_the_same_rows_with_a_warning_naming_the_new_name(blob_
     new_subset, new = select(blob_pool, 40, quality_column="quality", quality_temperature=0.3, return_manifest=True)
     with pytest.warns(FutureWarning, match="`temperature` is deprecated .* now called `quality_temperature`") as caught:
         old_subset, old = select(blob_pool, 40, quality_column="quality", temperature=0.3, return_manifest=True)
-    assert caught[0].filename == __file__  # the warning points at the caller
+    assert_warned_at(caught[0], __file__)
     assert old_subset["source_index"] == new_subset["source_index"] and old.arguments == new.arguments
     assert old.arguments["quality_temperature"] == 0.3 and "temperature" not in old.arguments
     with pytest.warns(FutureWarning, match="now called `embed_answer`"):
