@@ -275,6 +275,7 @@ MISSING_ENCODER = "/nonexistent/encoder"
 )
 def test_bad_input_fails_before_the_encoder(pool, kwargs, match):
     ds = datasets.Dataset.from_dict(pool) if pool.get("text") != [] else datasets.Dataset.from_dict({"text": []}, features=datasets.Features({"text": datasets.Value("string")}))
+    kwargs = dict(kwargs)  # the parameters are shared: a second run of the test (mutmut's) must see them whole
     budget = kwargs.pop("budget")
     with pytest.raises(InvalidArgumentError, match=match):
         diverse_select(ds, budget, encoder=MISSING_ENCODER, k=kwargs.pop("k", 1), **kwargs)
