@@ -62,12 +62,12 @@ MODULES = {
 # call it, so a file listed here that never reaches a function costs nothing for that function's mutants.
 SELECTION_TESTS = [
     "tests/test_select.py", "tests/test_validation.py", "tests/test_streaming.py", "tests/test_decontaminate.py",
-    "tests/test_quality_draws.py", "tests/test_kmeans_seeds.py", "tests/test_baselines.py",
+    "tests/test_quality_draws.py", "tests/test_kmeans_seeds.py", "tests/test_baselines.py", "tests/test_hostile_errors.py",
 ]
 TESTS = {
     "sample": ["tests/test_sample.py", "tests/test_rounds.py"],
     "rounds": ["tests/test_sample.py", "tests/test_rounds.py"],
-    "manifest": ["tests/test_manifest.py", "tests/test_load_selection.py"],
+    "manifest": ["tests/test_manifest.py", "tests/test_load_selection.py", "tests/test_hostile_manifest.py"],
     "select": SELECTION_TESTS,
     "arguments": SELECTION_TESTS,
     "pipeline": SELECTION_TESTS,
@@ -75,7 +75,8 @@ TESTS = {
     "stream": SELECTION_TESTS,
     "decontaminate": SELECTION_TESTS,
     "cluster": ["tests/test_cluster.py", "tests/test_kmeans_seeds.py", "tests/test_select.py"],
-    "render": ["tests/test_render.py", "tests/test_cache.py", "tests/test_select.py"],
+    "render": ["tests/test_render.py", "tests/test_cache.py", "tests/test_select.py", "tests/test_hostile_errors.py",
+               "tests/test_hostile_manifest.py"],
 }
 # Real-model tests (`slow`) and bench runs (`scripts`) are left out of every run.
 PYTEST_ARGS = ["-p", "no:cacheprovider", "-q", "-m", "not slow and not scripts"]

