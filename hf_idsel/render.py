@@ -370,7 +370,8 @@ def _chat_text(messages: list[dict], tokenizer: Any, *, add_generation_prompt: b
     if tokenizer is None:
         # The encoder sees the turns' contents; role markers are the same in every row and add nothing.
         return "\n".join(_content(m) for m in messages)
-    normalised = [{"role": _role(m), "content": _content(m)} for m in messages]
+    # ShareGPT roles as the trainer passes them (`human` -> `user`): strict templates refuse other roles.
+    normalised = [{"role": t["role"], "content": t["content"]} for t in chatml_turns(messages)]
     return tokenizer.apply_chat_template(normalised, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 

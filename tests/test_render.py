@@ -16,12 +16,14 @@ from hf_idsel import diverse_select
 from hf_idsel.embed import embed_dataset
 from hf_idsel.errors import InvalidArgumentError
 from hf_idsel.render import (
+    chat_template_digest,
     check_text_to_embed,
     first_empty_answer,
     prompt_and_answer,
     prompt_turns,
     resolve_render_options,
     token_lengths,
+    training_input,
     training_render_options,
     validate_columns,
 )
@@ -379,3 +381,141 @@ def test_the_trainer_reads_chat_or_prompt_completion_rows_with_a_gold_answer_whe
     broken = datasets.Dataset.from_dict({"messages": [[{"role": "user", "content": "a"}], []]})
     with pytest.raises(InvalidArgumentError, match="messages"):
         training_render_options(broken, scorer="loss", gold_needed=False)
+
+
+
+def test_token_counts_are_of_the_whole_row_and_cached_per_rendering(cache_dir, caplog):
+    """SFTTrainer trains on prompt and answer whatever the embedding reads (`embed_answer=False` counts the same
+    tokens), and the cache key holds the rendering: the same pool read through other columns is counted again."""
+    tokenizer = make_tiny_tokenizer()
+    pool = datasets.Dataset.from_dict({"title": ["a b c d e f", "x"], "body": ["y", "g h i j k l m n"]})
+    with_answer = resolve_render_options(pool.column_names, template="{title}")
+    without = resolve_render_options(pool.column_names, template="{title}", include_answer=False)
+    counted = token_lengths(pool, with_answer, tokenizer, cache_dir=cache_dir)
+    assert token_lengths(pool, without, tokenizer, cache_dir=cache_dir).tolist() == counted.tolist()
+    assert counted.tolist() == [len(tokenizer(t + tokenizer.eos_token)["input_ids"]) for t in pool["title"]]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="hf_idsel"):
+        body = token_lengths(pool, resolve_render_options(pool.column_names, template="{body}"), tokenizer, cache_dir=cache_dir)
+    assert "Loaded tokens from cache" not in caplog.text
+    assert body.tolist() == [len(tokenizer(t + tokenizer.eos_token)["input_ids"]) for t in pool["body"]]
+    assert body.dtype == np.int64 and body[1] > body[0] and counted[0] > counted[1]
+
+
+def test_counting_conversations_without_a_chat_template_names_the_tokenizer_and_the_column(cache_dir):
+    """Chat rows (`messages`, or prompt/completion given as messages) need the chat template SFTTrainer renders them
+    with; string prompt/completion rows do not, since SFTTrainer joins them as text."""
+    tokenizer = make_tiny_tokenizer()
+    tokenizer.chat_template = None
+    tokenizer.name_or_path = "my/tokenizer"
+    pools = pools_in_every_layout()
+    chat = pools["prompt_completion chat"]
+    with pytest.raises(InvalidArgumentError, match=re.escape(
+        "`tokenizer` ('my/tokenizer') has no chat template, but the pool's rows are conversations (column 'prompt'): "
+        "TRL's SFTTrainer renders them with the chat template, so their tokens cannot be counted without it. Pass the "
+        "tokenizer you will train with, its chat template set (e.g. `tokenizer.chat_template = "
+        "open('template.jinja').read()`)."
+    )):
+        token_lengths(chat, resolve_render_options(chat.column_names), tokenizer, cache_dir=cache_dir)
+    text = pools["prompt_completion text"]
+    counted = token_lengths(text, resolve_render_options(text.column_names), tokenizer, cache_dir=cache_dir)
+    joined = [p + c + tokenizer.eos_token for p, c in zip(text["prompt"], text["completion"])]
+    assert counted.tolist() == [len(tokenizer(t)["input_ids"]) for t in joined]
+
+
+def test_the_trainer_input_of_a_prompt_and_completion_with_one_side_as_messages_is_a_conversation():
+    text = resolve_render_options(["prompt", "completion"])
+    answer_turns = [{"role": "assistant", "content": "4"}]
+    assert training_input({"prompt": "2+2?", "completion": answer_turns}, text, chat=True) == [
+        {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
+    ]
+    assert training_input({"prompt": [{"from": "human", "value": "2+2?"}], "completion": "4"}, text, chat=True) == [
+        {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
+    ]
+    # A pair with a chat template becomes a user and an assistant turn, even with an empty answer.
+    pair = resolve_render_options(["question", "answer"])
+    assert training_input({"question": "Q?", "answer": ""}, pair, chat=True) == [
+        {"role": "user", "content": "Q?"}, {"role": "assistant", "content": ""},
+    ]
+    assert training_input({"question": "Q?", "answer": "A"}, pair, chat=False) == "Q?A"
+
+
+def test_chat_prompts_rendered_with_a_chat_template_end_where_the_answer_starts():
+    """With a tokenizer's chat template, a chat row's prompt is the template over the turns before the gold answer
+    (ShareGPT turns as the trainer passes them: `human` -> `user`, which strict templates require) with the
+    generation prompt; a chat without an answer is rendered whole,
+    without it. The digest of the template follows its special tokens too."""
+    tokenizer = make_tiny_tokenizer()
+    share = [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"}]
+    options = resolve_render_options(["conversations"], tokenizer=tokenizer)
+    prompt, answer = prompt_and_answer({"conversations": share}, options, tokenizer)
+    turns = [{"role": "user", "content": "2+2?"}]
+    assert prompt == tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True) and answer == "4"
+    assert prompt != tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=False)
+    alone, none = prompt_and_answer({"conversations": share[:1]}, options, tokenizer)
+    assert alone == tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=False) and none == ""
+    # Options without a chat template ignore the tokenizer: contents joined.
+    plain = resolve_render_options(["conversations"])
+    assert prompt_and_answer({"conversations": share}, plain, tokenizer) == ("2+2?", "4")
+    digest = chat_template_digest(tokenizer)
+    tokenizer.add_special_tokens({"eos_token": "<end>"})  # the template may write it: same template, new digest
+    assert chat_template_digest(tokenizer) != digest
+
+
+@pytest.mark.parametrize(
+    "pool, message",
+    [
+        ({"messages": ["hi", "there"]}, "Chat column 'messages' has type string; expected a list of messages."),
+        ({"messages": [[{"role": "user", "content": "a"}], None]}, "Chat column 'messages' has 1 None value(s) (first at row 1)."),
+        ({"messages": [["a"]]}, "Chat column 'messages' holds string, expected {'role', 'content'} dicts."),
+        ({"messages": [[{"speaker": "user", "text": "a"}]]},
+         "Messages in 'messages' have keys ['speaker', 'text']; expected 'role'/'content' (or 'from'/'value')."),
+        ({"messages": [[{"role": "user", "content": "a"}], [], []]}, "empty conversation"),
+        ({"messages": [[{"role": "user", "content": None}]]}, "Chat column 'messages': every message's 'content' is None; messages need text."),
+        ({"messages": [[{"role": "user", "content": 1}]]}, "Message 'content' in 'messages' has type int64, not text."),
+        ({"messages": [[{"role": "user", "content": "a"}, {"role": "assistant", "content": None}]]},
+         "Chat column 'messages' has 1 message(s) whose 'content' is None. Fill or drop them before selecting."),
+        ({"text": [None, None]}, "Column 'text' is entirely None; every row needs text there."),
+        ({"text": ["a", None, None]},
+         "Column 'text' has 2 None value(s) (first at row 1). Drop or fill those rows (e.g. `ds.filter(lambda r: r[...] "
+         "is not None)`) before selecting."),
+        ({"text": [1, 2]}, "Column 'text' has type int64, not text. Cast it to string or pass `template=`."),
+    ],
+)
+def test_bad_columns_are_refused_with_a_message_naming_the_column_and_the_row(pool, message):
+    ds = datasets.Dataset.from_dict(pool)
+    with pytest.raises(InvalidArgumentError, match=re.escape(message)):
+        validate_columns(ds.data.table, resolve_render_options(ds.column_names))
+
+
+def test_columns_a_rendering_may_leave_empty_or_numeric_are_accepted():
+    # An Alpaca `input` column that is None everywhere (or in some rows) is optional; the others are still checked.
+    alpaca = datasets.Dataset.from_dict({"instruction": ["a", "b"], "input": [None, None], "output": ["A", "B"]})
+    validate_columns(alpaca.data.table, resolve_render_options(alpaca.column_names))
+    some = datasets.Dataset.from_dict({"instruction": ["a", "b"], "input": [None, "x"], "output": ["A", "B"]})
+    validate_columns(some.data.table, resolve_render_options(some.column_names))
+    broken = datasets.Dataset.from_dict({"instruction": ["a", None], "input": [None, None], "output": ["A", "B"]})
+    with pytest.raises(InvalidArgumentError, match=r"Column 'instruction' has 1 None value\(s\) \(first at row 1\)"):
+        validate_columns(broken.data.table, resolve_render_options(broken.column_names))
+    # A template formats integer and float columns; a text layout does not.
+    numbers = datasets.Dataset.from_dict({"n": [1, 2], "x": [0.5, 1.5], "text": ["a", "b"]})
+    validate_columns(numbers.data.table, resolve_render_options(numbers.column_names, template="{n}: {x:.1f} {text}"))
+    with pytest.raises(InvalidArgumentError, match=r"Column 'n' has type int64, not text"):
+        validate_columns(numbers.data.table, resolve_render_options(numbers.column_names, text_column="n"))
+    # The template's own format specs are checked against the column types, before any row renders.
+    with pytest.raises(InvalidArgumentError, match=re.escape("`template`: the field {text:d} cannot format the column 'text' (string)")):
+        validate_columns(numbers.data.table, resolve_render_options(numbers.column_names, template="{text:d}"))
+    with pytest.raises(InvalidArgumentError, match=re.escape("`template`: the field {x:d} cannot format the column 'x' (double)")):
+        validate_columns(numbers.data.table, resolve_render_options(numbers.column_names, template="{x:d}"))
+    validate_columns(numbers.data.table, resolve_render_options(numbers.column_names, template="{n:d} {text!r:>8} {x:e}"))
+
+
+def test_prompt_completion_rows_given_as_messages_with_no_text_are_refused_before_the_encoder():
+    ds = datasets.Dataset.from_dict({
+        "prompt": [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": " "}], [{"role": "user", "content": ""}]],
+        "completion": [[{"role": "assistant", "content": ""}], [{"role": "assistant", "content": "\n"}], [{"role": "assistant", "content": "ok"}]],
+    })
+    options = resolve_render_options(ds.column_names)
+    with pytest.raises(InvalidArgumentError, match=r"1 row\(s\) have no text to embed: .*\(first: row 1\)"):
+        check_text_to_embed(ds.data.table, options)
+    check_text_to_embed(ds.data.table.slice(2), options)
