@@ -793,6 +793,71 @@ def test_malformed_fields_are_refused_by_name(tiny, path, value, message):
         check_fields(data, "m.json")
 
 
+def _targeted(tiny_pool, **record) -> dict:
+    """The tiny manifest aimed at a 2-example target (kMQ, sharpness 2), with `record`'s fields changed."""
+    target = {"num_rows": 2, "digest": "sha256:" + "0" * 64, "method": "kmq", "sharpness": 2.0,
+              "cluster_affinity": [0.0, 0.5, 1.0], "tasks": {"a": 1, "b": 1}, "example_clusters": [0, 2]}
+    target.update(record)
+    arguments = {"budget": 4, "k": 3, "target_method": "kmq", "target_sharpness": 2.0}
+    return _tiny_manifest(tiny_pool, target=target, arguments=arguments).to_dict()
+
+
+_BAD_TARGETS = [
+    (dict(num_rows=0), "`target` must hold `num_rows` (an int >= 1) and a 'sha256:...' `digest`, got"),
+    (dict(num_rows=2.0), "`target` must hold `num_rows` (an int >= 1) and a 'sha256:...' `digest`, got"),
+    (dict(digest="md5:00"), "`target` must hold `num_rows` (an int >= 1) and a 'sha256:...' `digest`, got"),
+    (dict(digest=None), "`target` must hold `num_rows` (an int >= 1) and a 'sha256:...' `digest`, got"),
+    (dict(method="nearest"), "`target.method`='nearest' must be 'kmq' or 'rds', as `arguments.target_method` says."),
+    (dict(method="rds"), "`target.method`='rds' must be 'kmq' or 'rds', as `arguments.target_method` says."),
+    (dict(cluster_affinity=[0.0, 0.5]), "`target.cluster_affinity`=[0.0, 0.5] must hold one number in [0, 1] per cluster (k=3)."),
+    (dict(cluster_affinity=[0.0, 0.5, 1.01]), "`target.cluster_affinity`=[0.0, 0.5, 1.01] must hold one number in [0, 1] per cluster (k=3)."),
+    (dict(cluster_affinity=[-0.01, 0.5, 1.0]), "`target.cluster_affinity`=[-0.01, 0.5, 1.0] must hold one number in [0, 1] per cluster (k=3)."),
+    (dict(cluster_affinity="0.5"), "`target.cluster_affinity`='0.5' must hold one number in [0, 1] per cluster (k=3)."),
+    (dict(sharpness=-1.0), "`target.sharpness`=-1.0 must be a number >= 0, as `arguments.target_sharpness` says."),
+    (dict(sharpness=3.0), "`target.sharpness`=3.0 must be a number >= 0, as `arguments.target_sharpness` says."),
+    (dict(sharpness=None), "`target.sharpness`=None must be a number >= 0, as `arguments.target_sharpness` says."),
+    (dict(tasks={"a": 1}), "`target.tasks`={'a': 1} must count each task's examples, 2 in all."),
+    (dict(tasks={"a": 2, "b": 0}), "`target.tasks`={'a': 2, 'b': 0} must count each task's examples, 2 in all."),
+    (dict(tasks={"a": 1.0, "b": 1}), "`target.tasks`={'a': 1.0, 'b': 1} must count each task's examples, 2 in all."),
+    (dict(tasks=[1, 1]), "`target.tasks`=[1, 1] must count each task's examples, 2 in all."),
+    (dict(example_clusters=[0]), "`target.example_clusters`=[0] must hold each example's cluster in [0, 3)."),
+    (dict(example_clusters=[0, 3]), "`target.example_clusters`=[0, 3] must hold each example's cluster in [0, 3)."),
+    (dict(example_clusters=[-1, 2]), "`target.example_clusters`=[-1, 2] must hold each example's cluster in [0, 3)."),
+    (dict(example_clusters=[0, True]), "`target.example_clusters`=[0, True] must hold each example's cluster in [0, 3)."),
+    (dict(example_clusters="0,2"), "`target.example_clusters`='0,2' must hold each example's cluster in [0, 3)."),
+]
+
+
+@pytest.mark.parametrize("changes, message", _BAD_TARGETS, ids=[str(i) for i in range(len(_BAD_TARGETS))])
+def test_a_malformed_target_record_is_refused_by_field(tiny_pool, changes, message):
+    data = _targeted(tiny_pool, **changes)
+    with pytest.raises(InvalidArgumentError, match="^" + re.escape(f"m.json is not a valid hf_idsel manifest: {message}")):
+        Manifest.from_dict(data, origin="m.json")
+
+
+def test_a_target_record_at_the_edges_of_each_range_loads(tiny_pool):
+    ok = [
+        dict(),
+        dict(num_rows=1, tasks={"a": 1}, example_clusters=[1]),
+        dict(cluster_affinity=[0, 1, 1.0]),  # ints count as numbers
+        dict(tasks=None, example_clusters=None),  # records written before they existed
+    ]
+    for changes in ok:
+        data = _targeted(tiny_pool, **changes)
+        assert Manifest.from_dict(data).target == data["target"], changes
+    flat = _targeted(tiny_pool, sharpness=0)  # 0 ** 0 is 1: kMQ's own weights
+    flat["arguments"]["target_sharpness"] = 0
+    assert Manifest.from_dict(flat).target["sharpness"] == 0
+    # RDS takes no sharpness; kMQ without a recorded `target_sharpness` takes its own; no target is no check.
+    rds = _targeted(tiny_pool, method="rds", sharpness=None)
+    rds["arguments"]["target_method"] = "rds"
+    assert Manifest.from_dict(rds).target["method"] == "rds"
+    bare = _targeted(tiny_pool, sharpness=5.0)
+    del bare["arguments"]["target_method"], bare["arguments"]["target_sharpness"]
+    assert Manifest.from_dict(bare).target["sharpness"] == 5.0
+    assert Manifest.from_dict(_tiny_manifest(tiny_pool).to_dict()).target is None
+
+
 def test_check_fields_refuses_what_is_not_an_object_and_newer_formats(tiny):
     with pytest.raises(InvalidArgumentError, match=_invalid("expected a JSON object, got list.")):
         check_fields([])
