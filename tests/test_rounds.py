@@ -590,8 +590,9 @@ def test_old_rule_names_still_work_with_a_warning_naming_the_new_one():
     old = np.array([0.2, 0.8])
     scores = np.array([np.log(3.0), 0.0])
     for alias, name in (("paper", "softmax"), ("research", "softmax_replace")):
-        with pytest.warns(DeprecationWarning, match=f"`weight_update`='{alias}' is deprecated: it is now called '{name}'"):
+        with pytest.warns(DeprecationWarning, match=f"`weight_update`='{alias}' is deprecated: it is now called '{name}'") as caught:
             got = update_weights(old, scores, rule=alias)
+        assert_warned_at(caught[0], __file__, sys._getframe().f_lineno - 1)  # the caller's line
         np.testing.assert_allclose(got, update_weights(old, scores, rule=name))
     np.testing.assert_allclose(update_weights(old, scores, rule="softmax"), [3 / 7, 4 / 7])
     np.testing.assert_allclose(update_weights(old, scores, rule="softmax_replace"), [0.75, 0.25])
