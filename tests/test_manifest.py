@@ -411,10 +411,29 @@ def test_pool_record(tiny_pool):
     assert pool_record(datasets.Dataset.from_dict({"a": [1]}, info=info), ["a"])["name"] == "org/data"
 
 
+def test_pool_record_names_the_source_this_process_built_the_pool_from(tmp_path):
+    """A pool `load_pool` read from a file records that file as its source (how to build it again), also when the
+    caller passes the same path; a given source naming another place (a Hub id for a local copy) wins."""
+    from hf_idsel.pool import load_pool, pool_source
+
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(3)))
+    pool = load_pool(str(path))
+    built = pool_source(pool)
+    assert built is not None and built["path"] == str(path.resolve())
+    assert pool_record(pool, ["text"])["source"] == built
+    assert pool_record(pool, ["text"], source={"path": built["path"], "note": "given"})["source"] == built
+    hub = {"path": "org/data", "revision": "abc"}
+    assert pool_record(pool, ["text"], source=hub)["source"] == hub
+    assert "source" not in pool_record(pool.map(lambda row: row), ["text"])  # changed since: no longer that file's rows
+
+
 def test_encoder_record():
     identity = SimpleNamespace(id="org/encoder", revision="0123abc")
     record = encoder_record(identity, "ignored", np.int64(384))
     assert record == {"id": "org/encoder", "revision": "0123abc", "dim": 384} and type(record["dim"]) is int
+    hidden = SimpleNamespace(id="org/lm", revision="r1", settings=(("layer", -1), ("pooling", "mean")))
+    assert encoder_record(hidden, None, 64) == {"id": "org/lm", "revision": "r1", "dim": 64, "layer": -1, "pooling": "mean"}
     record = encoder_record(None, "embedding", np.int32(16))
     assert record == {"embedding_column": "embedding", "dim": 16} and type(record["dim"]) is int
 
@@ -965,7 +984,10 @@ def test_k_auto_paper_rule_record_is_recomputed_from_its_curve_on_load(tiny):
     glob = {key: value for key, value in paper.items() if key not in ("seed_check", "ties")} | {
         "rule": "global", "silhouette": {"2": 0.1, "3": 0.4, "4": 0.31}, "best": 3, "local_maxima": [3]}
     sampled = paper | {"estimator": paper["estimator"] | {"clustering": "seeded sample", "search_rows": 131072}}
-    for record in (paper, glob, sampled):
+    smallest = paper | {"estimator": paper["estimator"] | {"sample_size": 1, "search_rows": 1}}  # the least rows counted
+    # An exact tie for the highest score is the smaller k's, as the search breaks it.
+    tie = glob | {"silhouette": {"2": 0.1, "3": 0.4, "4": 0.4}, "best": 3, "local_maxima": [3]}
+    for record in (paper, glob, sampled, smallest, tie):
         data = _edit(tiny.to_dict(), "k_selection", record)
         assert Manifest.from_dict(data, origin="m.json").k_selection == record
     for base, path, value, message in [
@@ -982,6 +1004,10 @@ def test_k_auto_paper_rule_record_is_recomputed_from_its_curve_on_load(tiny):
         (paper, "k_selection.standard_error", {"2": 0.01, "3": 0.01}, "`k_selection.ties`={'z': 2.0, 'tied': [3, 4], 'rule': 'smallest k'} needs `z`, rule 'smallest k', a seed check and every standard error."),
         (glob, "k_selection.silhouette", {"2": 0.1, "3": 0.4, "4": 0.41}, "`k_selection.best`=3 is not the candidate with the highest silhouette."),
         (glob | {"best": 4, "local_maxima": [4]}, "k_selection.silhouette", {"2": 0.1, "3": 0.4, "4": 0.41}, "`k_selection.best` must be the manifest's `k` under the rule 'global'."),
+        (tie, "k_selection.best", 4, "`k_selection.best`=4 is not the candidate with the highest silhouette."),
+        (paper, "k_selection.silhouette", ..., "`k_selection.silhouette` is missing: a k='auto' record holds the curve that chose k."),
+        (paper, "k_selection.chosen", 4, "`k_selection.chosen`=4 must be the manifest's `k`=3."),
+        (paper, "k_selection.seed_check.spread", spread * (1 + 1e-6), "`k_selection.seed_check.spread` is not the spread of its scores against the curve's."),
         # The card and report print the estimator's row counts: they are positive ints or the record is refused.
         (paper, "k_selection.estimator.search_rows", "many", "`k_selection.estimator`={'metric': 'cosine', 'clustering': 'whole pool', 'sample_... must hold a positive int `sample_size` (and `search_rows`)."),
         (paper, "k_selection.estimator.sample_size", 0, "`k_selection.estimator`={'metric': 'cosine', 'clustering': 'whole pool', 'sample_... must hold a positive int `sample_size` (and `search_rows`)."),
