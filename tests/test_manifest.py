@@ -812,6 +812,95 @@ def test_malformed_fields_are_refused_by_name(tiny, path, value, message):
         check_fields(data, "m.json")
 
 
+def _decontaminated(tiny_pool, **record) -> dict:
+    """The tiny manifest after decontamination removed rows 0 and 2 (cluster 0: 2 rows left), with `record`'s fields
+    changed."""
+    removal = {"removed": 2, "removed_indices": [0, 2], "matched_items": [[0], [3]], "ngram_overlap": [1.0, 0.6],
+               "cosine": [None, 0.97], "nearest_clusters": [0, 0]}
+    removal.update(record)
+    return _tiny_manifest(tiny_pool, decontamination=removal, cluster_sizes=[2, 4, 4]).to_dict()
+
+
+_BAD_REMOVALS = [
+    (dict(removed_indices="0,2"), "`decontamination.removed_indices`='0,2' must be a list of ints."),
+    (dict(removed_indices=[0, 2.0]), "`decontamination.removed_indices`=[0, 2.0] must be a list of ints."),
+    (dict(removed=3), "`decontamination.removed`=3 must count `removed_indices`."),
+    (dict(removed=None), "`decontamination.removed`=None must count `removed_indices`."),
+    (dict(removed_indices=[2, 0]), "`decontamination.removed_indices` must be ascending rows of the 12-row pool."),
+    (dict(removed_indices=[0, 0]), "`decontamination.removed_indices` must be ascending rows of the 12-row pool."),
+    (dict(removed_indices=[-1, 2]), "`decontamination.removed_indices` must be ascending rows of the 12-row pool."),
+    (dict(removed_indices=[0, 12]), "`decontamination.removed_indices` must be ascending rows of the 12-row pool."),
+    (dict(matched_items=[[0]]), "`decontamination.matched_items` must be a list with one entry per removed row."),
+    (dict(ngram_overlap=None), "`decontamination.ngram_overlap` must be a list with one entry per removed row."),
+    (dict(cosine=[0.9, 0.97, 0.99]), "`decontamination.cosine` must be a list with one entry per removed row."),
+    (dict(nearest_clusters=[0]), "`decontamination.nearest_clusters`=[0] must hold one cluster id in [0, 3) per removed row."),
+    (dict(nearest_clusters=[0, 3]), "`decontamination.nearest_clusters`=[0, 3] must hold one cluster id in [0, 3) per removed row."),
+    (dict(nearest_clusters=[-1, 0]), "`decontamination.nearest_clusters`=[-1, 0] must hold one cluster id in [0, 3) per removed row."),
+    (dict(nearest_clusters="0"), "`decontamination.nearest_clusters`='0' must hold one cluster id in [0, 3) per removed row."),
+    (dict(removed_indices=[0, 1]), "`decontamination.removed_indices` and `selected_indices` share rows: a removed row was selected."),
+    (dict(removed_indices=[0, 9]), "`decontamination.removed_indices` and `selected_indices` share rows: a removed row was selected."),
+]
+
+
+@pytest.mark.parametrize("changes, message", _BAD_REMOVALS, ids=[str(i) for i in range(len(_BAD_REMOVALS))])
+def test_a_malformed_decontamination_record_is_refused_by_field(tiny_pool, changes, message):
+    with pytest.raises(InvalidArgumentError, match="^" + re.escape(f"m.json is not a valid hf_idsel manifest: {message}")):
+        Manifest.from_dict(_decontaminated(tiny_pool, **changes), origin="m.json")
+
+
+def test_a_decontamination_record_at_its_edges_loads_and_its_rows_leave_the_cluster_sizes(tiny_pool):
+    for changes in (dict(), dict(removed_indices=[0, 11]), dict(nearest_clusters=[0, 2]), dict(nearest_clusters=None)):
+        data = _decontaminated(tiny_pool, **changes)
+        assert Manifest.from_dict(data).decontamination == data["decontamination"], changes
+    nothing = _tiny_manifest(tiny_pool, decontamination={"removed": 0, "removed_indices": [], "matched_items": [],
+                                                          "ngram_overlap": [], "cosine": []}).to_dict()
+    assert Manifest.from_dict(nothing).decontamination["removed"] == 0
+    # The sizes count the rows left: the whole pool's sizes are refused once rows were removed.
+    data = _decontaminated(tiny_pool)
+    data["cluster_sizes"] = [4, 4, 4]
+    with pytest.raises(InvalidArgumentError, match=re.escape(
+        "`cluster_sizes` must be non-negative and sum to `pool.num_rows`=12 less the 2 rows decontamination removed."
+    )):
+        Manifest.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "descriptions, message",
+    [
+        ("terms", "`cluster_descriptions`='terms' must be null or a list of one entry per cluster (k=3)."),
+        ([{"terms": [], "examples": []}] * 2, "must be null or a list of one entry per cluster (k=3)."),
+        ([{"terms": [], "examples": []}, "x", {"terms": [], "examples": []}], "`cluster_descriptions[1]`='x' must be a JSON object."),
+        ([{"terms": [], "examples": []}, {"terms": ["a", 1], "examples": []}, {"terms": [], "examples": []}],
+         "`cluster_descriptions[1].terms`=['a', 1] must be a list of strings."),
+        ([{"terms": [], "examples": []}, {"terms": []}, {"terms": [], "examples": []}],
+         "`cluster_descriptions[1].examples`=None must be a list of strings."),
+        ([{"terms": [], "examples": [], "example_rows": [1, "2"]}, {"terms": [], "examples": []}, {"terms": [], "examples": []}],
+         "`cluster_descriptions[0].example_rows`=[1, '2'] must be a list of ints."),
+    ],
+)
+def test_malformed_cluster_descriptions_are_refused_by_entry(tiny_pool, descriptions, message):
+    with pytest.raises(InvalidArgumentError, match=re.escape(message)):
+        Manifest.from_dict(_tiny_manifest(tiny_pool, cluster_descriptions=descriptions).to_dict())
+    ok = [{"terms": ["a"], "examples": ["x"], "example_rows": [1]}, {"terms": [], "examples": []}, {"terms": [], "examples": []}]
+    assert Manifest.from_dict(_tiny_manifest(tiny_pool, cluster_descriptions=ok).to_dict()).cluster_descriptions == ok
+
+
+def test_a_value_nested_deeper_than_any_field_is_refused_by_its_path(tiny):
+    """16 levels are allowed (a manifest uses 5); the 17th is refused, naming where, through dicts and lists."""
+    def nest(levels):
+        value = 1
+        for i in range(levels):
+            value = {"a": value} if i % 2 else [value]
+        return value
+
+    ok = _edit(tiny.to_dict(), "arguments.extra", nest(14))  # its innermost value 16 levels below the top
+    assert Manifest.from_dict(ok).arguments["extra"] == nest(14)
+    deep = _edit(tiny.to_dict(), "arguments.extra", nest(15))
+    path = "arguments.extra" + "".join(".a" if i % 2 else "[0]" for i in reversed(range(15)))
+    with pytest.raises(InvalidArgumentError, match=re.escape(f"`{path}` is nested deeper than any manifest field (16 levels).")):
+        Manifest.from_dict(deep)
+
+
 def _targeted(tiny_pool, **record) -> dict:
     """The tiny manifest aimed at a 2-example target (kMQ, sharpness 2), with `record`'s fields changed."""
     target = {"num_rows": 2, "digest": "sha256:" + "0" * 64, "method": "kmq", "sharpness": 2.0,
