@@ -550,7 +550,10 @@ def test_a_later_manifest_relabelled_as_format_1_cannot_smuggle_edited_cluster_i
     data = tiny.to_dict()
     data.update(format_version=1, selected_clusters=[0, 1, 2, 1], cluster_map=[[0.0, 1.0]] * 3)
     data.pop("clusters_digest")
-    with pytest.raises(InvalidArgumentError, match=r"holds \['cluster_map', 'pool.column_digests'\]"):
+    with pytest.raises(InvalidArgumentError, match=re.escape(
+        "it says `format_version` 1 but holds ['cluster_map', 'pool.column_digests'], which only later versions write: "
+        "it was relabelled, and its fields cannot be verified against the digests of the version it was written as."
+    )):
         Manifest.from_dict(data)
 
 
@@ -800,6 +803,13 @@ _MALFORMED = [
         ("selected_clusters", [0, 1, 1, 3], "`selected_clusters[3]`=3 is not a cluster id in [0, k=3)."),
         ("selected_per_cluster", [1, 1, 2], "`selected_per_cluster` does not count the `selected_clusters`."),
         ("cluster_sizes", [4, 1, 7], "`selected_per_cluster` exceeds `cluster_sizes`."),
+        ("decontamination", [0], "`decontamination`=[0] must be a JSON object or null."),
+        ("target", "gsm8k", "`target`='gsm8k' must be a JSON object or null."),
+        ("budget.rows", -1, f"`budget.rows`=-1 must be a number in [0, {_BIG}] or null."),
+        ("budget.tokens", _BIG + 1, f"`budget.tokens`={_BIG + 1} must be a number in [0, {_BIG}] or null."),
+        ("budget.requested", float("inf"), f"`budget.requested`=inf must be a number in [0, {_BIG}] or null."),
+        ("cluster_map", "abc", "`cluster_map`='abc' must be null or one [x, y] pair of numbers per cluster (k=3)."),
+        ("cluster_map", [[0, 0], [1, 1]], "`cluster_map`=[[0, 0], [1, 1]] must be null or one [x, y] pair of numbers per cluster (k=3)."),
 ]
 
 
@@ -1009,6 +1019,11 @@ def test_check_fields_accepts_the_edges_of_each_range(tiny, tiny_pool):
         ("arguments", {}),
         ("selected_indices", [0, 5, 6, 11]),  # the first and last rows
         ("selected_clusters", [0, 1, 2, 2]),  # with selected_per_cluster as below
+        ("budget.rows", 0),  # budget numbers: [0, 2**62] or null
+        ("budget.tokens", _BIG),
+        ("budget.max_tokens", None),
+        ("budget.note", -5),  # other budget keys are not row counts
+        ("cluster_map", [[0, 0.5], [-1e300, 2], [3, 4]]),
     ]:
         edited_ = _edit(data, path, value)
         if path == "selected_clusters":
