@@ -15,8 +15,8 @@ mutates only the group's modules and runs, for each mutant, the tests among the 
 function (it records which on a first pass over the tests). A mutant is killed when one of them fails or times out.
 
 Every run stores its scores, the commit it ran on and the surviving mutants' names in docs/mutation_scores.json
-(one entry per module, replaced when that module runs again) and writes the score table of docs/testing.md from
-that file, between the `mutation-scores` markers: the table is generated, never typed by hand (`--no-docs` leaves
+(one entry per module, replaced when that module runs again; written as each group finishes, so a run stopped
+during a later group keeps the earlier ones) and writes the score table of docs/testing.md from that file, between the `mutation-scores` markers: the table is generated, never typed by hand (`--no-docs` leaves
 both files alone).
 """
 
@@ -343,12 +343,13 @@ def main() -> int:
                     print(diff.stdout)
             r.update(meta, seconds=round(elapsed), jobs=args.jobs, group=group)
         report["modules"].update(result)
+        # Written after every group, so that a run stopped during a later group keeps the scores it finished.
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2))
+        if not args.no_docs:
+            write_docs({"modules": result})
+            print(f"wrote {SCORES.relative_to(ROOT)} and the score table of {DOC.relative_to(ROOT)}")
         sys.stdout.flush()
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    if not args.no_docs:
-        write_docs(report)
-        print(f"wrote {SCORES.relative_to(ROOT)} and the score table of {DOC.relative_to(ROOT)}")
     return 0
 
 
