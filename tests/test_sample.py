@@ -7,6 +7,7 @@ import pytest
 
 from hf_idsel.errors import InvalidArgumentError
 from hf_idsel.sample import (
+    affinity_weights,
     check_budget,
     cluster_quotas,
     kmeans_closest,
@@ -427,3 +428,33 @@ def test_quotas_spend_exactly_the_budget_for_any_capacities_and_weights(case):
     if w is not None and (quotas[w == 0] > 0).any():
         # Zero-weight clusters are used only once every cluster with a positive weight is spent.
         assert (quotas[w > 0] == capacities[w > 0]).all()
+
+
+# ---- a target's cluster weights (issue 30) in the draws and in the token-budget order ----
+
+
+def test_affinity_weights_are_affinity_to_the_sharpness_and_refuse_what_is_not_an_affinity():
+    np.testing.assert_array_equal(affinity_weights([0.0, 0.5, 1.0], 2.0), [0.0, 0.25, 1.0])
+    np.testing.assert_array_equal(affinity_weights([0, 1], 0), [1.0, 1.0])  # 0 ** 0 is 1: kMQ's own weights
+    for bad in ([0.5, 1.0001], [-0.01, 0.5], [float("nan"), 0.5], [float("inf")]):
+        with pytest.raises(InvalidArgumentError, match=r"^Cluster affinities must be finite numbers in \[0, 1\]\.$"):
+            affinity_weights(bad, 1.0)
+    for bad in (-0.5, float("inf"), float("nan")):
+        with pytest.raises(InvalidArgumentError, match=r"^`target_sharpness`=.* must be a finite number >= 0\.$"):
+            affinity_weights([0.5], bad)
+
+
+def test_weighted_quotas_multiply_the_weights_into_each_quota_rule():
+    """Proportional quotas share by weight x rows; equal quotas by the weight alone; and the token-budget order
+    interleaves clusters the same way, a cluster of weight 0 after every other (without a divide warning)."""
+    labels = np.repeat(np.arange(3), [10, 20, 30])
+    draw = {q: np.bincount(labels[kmq_sample(labels, 12, k=3, weights=np.array([2.0, 1.0, 1.0]), quota=q)], minlength=3).tolist()
+            for q in ("proportional", "equal")}
+    assert draw == {"proportional": [4, 3, 5], "equal": [6, 3, 3]}
+    key, tiebreak = np.zeros(60), np.arange(60)
+    for quota, first in (("proportional", [6, 6, 0]), ("equal", [8, 4, 0])):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            order = priority_order(labels, key, tiebreak, k=3, quota=quota, weights=np.array([2.0, 1.0, 0.0]))
+        assert np.bincount(labels[order[:12]], minlength=3).tolist() == first, quota
+        assert sorted(order.tolist()) == list(range(60)) and (labels[order[-30:]] == 2).all()
