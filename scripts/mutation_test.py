@@ -16,8 +16,8 @@ function (it records which on a first pass over the tests). A mutant is killed w
 
 Every run stores its scores, the commit it ran on and the surviving mutants' names in docs/mutation_scores.json
 (one entry per module, replaced when that module runs again; written as each group finishes, so a run stopped
-during a later group keeps the earlier ones) and writes the score table of docs/testing.md from that file, between the `mutation-scores` markers: the table is generated, never typed by hand (`--no-docs` leaves
-both files alone).
+during a later group keeps the earlier ones) and writes the score table of docs/testing.md from that file, between
+the `mutation-scores` markers: the table is generated, never typed by hand (`--no-docs` leaves both files alone).
 """
 
 from __future__ import annotations
