@@ -65,11 +65,12 @@ SELECTION_TESTS = [
     "tests/test_select.py", "tests/test_validation.py", "tests/test_streaming.py", "tests/test_decontaminate.py",
     "tests/test_quality_draws.py", "tests/test_kmeans_seeds.py", "tests/test_baselines.py", "tests/test_hostile_errors.py",
 ]
+MANIFEST_TESTS = ["tests/test_manifest.py", "tests/test_load_selection.py", "tests/test_hostile_manifest.py"]
 TESTS = {
     "sample": ["tests/test_sample.py", "tests/test_rounds.py"],
     "rounds": ["tests/test_sample.py", "tests/test_rounds.py"],
-    "manifest": ["tests/test_manifest.py", "tests/test_load_selection.py", "tests/test_hostile_manifest.py"],
-    "digests": ["tests/test_manifest.py", "tests/test_load_selection.py", "tests/test_hostile_manifest.py"],
+    "manifest": MANIFEST_TESTS,
+    "digests": MANIFEST_TESTS,
     "select": SELECTION_TESTS,
     "arguments": SELECTION_TESTS,
     "pipeline": SELECTION_TESTS,

@@ -104,6 +104,11 @@ def true_chat_tokens(tokenizer, conversation) -> int:
     return len(tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"])
 
 
+def true_text_tokens(tokenizer, texts) -> list[int]:
+    """The tokenizer's own count of each text with EOS appended, as SFTTrainer tokenizes a text."""
+    return [len(tokenizer(t + tokenizer.eos_token)["input_ids"]) for t in texts]
+
+
 def test_token_budget_holds_on_a_chat_pool(chat_tokenizer, cache_dir):
     conv = conversations(40)
     rng = np.random.default_rng(0)
@@ -143,7 +148,7 @@ def test_counting_conversations_needs_a_chat_template(cache_dir):
     # Texts need none: SFTTrainer tokenizes them with EOS appended.
     text = pools_in_every_layout()["text"]
     counted = token_lengths(text, resolve_render_options(text.column_names), tokenizer, cache_dir=cache_dir)
-    assert counted.tolist() == [len(tokenizer(t + tokenizer.eos_token)["input_ids"]) for t in text["text"]]
+    assert counted.tolist() == true_text_tokens(tokenizer, text["text"])
 
 
 def test_editing_the_chat_template_gives_new_keys_and_new_counts(cache_dir, caplog):
@@ -282,7 +287,7 @@ def test_another_tokenizer_with_the_same_template_and_eos_gets_its_own_counts(ca
         if name == "messages":
             assert second.tolist() == [true_chat_tokens(fine, c) for c in pool["messages"]]
         else:
-            assert second.tolist() == [len(fine(t + fine.eos_token)["input_ids"]) for t in pool["text"]]
+            assert second.tolist() == true_text_tokens(fine, pool["text"])
         assert (second > first).all(), name
         # The first tokenizer's counts are still served from its own entry.
         caplog.clear()
@@ -393,12 +398,12 @@ def test_token_counts_are_of_the_whole_row_and_cached_per_rendering(cache_dir, c
     without = resolve_render_options(pool.column_names, template="{title}", include_answer=False)
     counted = token_lengths(pool, with_answer, tokenizer, cache_dir=cache_dir)
     assert token_lengths(pool, without, tokenizer, cache_dir=cache_dir).tolist() == counted.tolist()
-    assert counted.tolist() == [len(tokenizer(t + tokenizer.eos_token)["input_ids"]) for t in pool["title"]]
+    assert counted.tolist() == true_text_tokens(tokenizer, pool["title"])
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="hf_idsel"):
         body = token_lengths(pool, resolve_render_options(pool.column_names, template="{body}"), tokenizer, cache_dir=cache_dir)
     assert "Loaded tokens from cache" not in caplog.text
-    assert body.tolist() == [len(tokenizer(t + tokenizer.eos_token)["input_ids"]) for t in pool["body"]]
+    assert body.tolist() == true_text_tokens(tokenizer, pool["body"])
     assert body.dtype == np.int64 and body[1] > body[0] and counted[0] > counted[1]
 
 
